@@ -1,0 +1,88 @@
+"""The errors a user can see, each named as the contract names it (`ErrorName: message`).
+
+Every error carries the exit code the CLI uses for it (SPEC 4) and the HTTP status the API
+answers with (SPEC 5), so the edges never keep their own mapping tables.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway reports to a person or a script."""
+
+    exit_code: int = 1
+    http_status: int = 500
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else self.name
+
+
+class ConfigError(GatewayError):
+    """A bad `gateway.json` (or a bad config value): names the key path and what is wrong."""
+
+    exit_code = 2
+    http_status = 400
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"{path}: {what}")
+        self.path = path
+        self.what = what
+
+
+class UsageError(GatewayError):
+    exit_code = 2
+    http_status = 400
+
+
+class BadRequestError(GatewayError):
+    """Bad input to the HTTP API: names the field."""
+
+    exit_code = 3
+    http_status = 400
+
+
+class DeliveryValidationError(GatewayError):
+    """An address that does not fit its channel; nothing was written."""
+
+    exit_code = 3
+    http_status = 400
+
+
+class GatewayDrainingError(GatewayError):
+    """New work refused because the gateway is draining for a restart or stop."""
+
+    exit_code = 1
+    http_status = 503
+
+
+class GatewayUnreachableError(GatewayError):
+    exit_code = 1
+    http_status = 502
+
+
+class GatewayLockedError(GatewayError):
+    exit_code = 1
+    http_status = 409
+
+
+class NotFoundError(GatewayError):
+    exit_code = 1
+    http_status = 404
+
+
+class WorkAbortedError(GatewayError):
+    """A unit of work was cancelled by stall recovery, a session abort or a drain."""
+
+    exit_code = 1
+    http_status = 500
+
+
+class ModelCallError(GatewayError):
+    """The model upstream answered with an error or something that is not a completion."""
+
+    exit_code = 1
+    http_status = 502
