@@ -47,7 +47,9 @@ def resolve(origin: Origin | None, agent: AgentConfig) -> Route:
     if origin is not None and origin.channel:
         return Route(origin.channel, origin.to, origin.account_id or agent.account_id, "origin")
     if origin is not None and origin.delivery_channel:
-        return Route(origin.delivery_channel, origin.to, origin.account_id or agent.account_id, "origin.deliveryChannel")
+        return Route(
+            origin.delivery_channel, origin.to, origin.account_id or agent.account_id, "origin.deliveryChannel"
+        )
     # No origin at all (an internal notice): the agent's first bound channel. The address is
     # the origin's if it had one, never borrowed from another channel's configuration.
     to = origin.to if origin is not None else None

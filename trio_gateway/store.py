@@ -7,6 +7,7 @@ instant leaves the old file or the new one, never a torn one (the Maildir discip
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -55,10 +56,8 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644, sync_dir: 
         os.replace(tmp_name, path)
     except BaseException:
         # The temporary file is ours and never seen by readers; removing it loses nothing.
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
         raise
     if sync_dir:
         fsync_dir(directory)

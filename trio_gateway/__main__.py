@@ -1,0 +1,3 @@
+from trio_gateway.cli import run
+
+run()

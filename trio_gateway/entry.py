@@ -1,0 +1,61 @@
+"""A delivery entry (SPEC 7): the record one file in `delivery-queue/` holds. Pure data."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+import attrs
+
+from trio_gateway.config import make_strict_converter
+
+DeliveryKind = Literal["reply", "subagent_completion", "subagent_failure", "cron_result", "manual"]
+
+
+@attrs.frozen
+class RequesterOrigin:
+    channel: str | None = None
+    to: str | None = None
+    account_id: str | None = None
+    delivery_channel: str | None = None
+
+
+@attrs.frozen
+class Payload:
+    text: str
+
+
+@attrs.frozen
+class DeliveryEntry:
+    id: str
+    kind: DeliveryKind
+    channel: str
+    to: str
+    account_id: str | None
+    agent_id: str | None
+    requester_origin: RequesterOrigin | None
+    payload: Payload
+    idempotency_key: str
+    created_at: dt.datetime
+    next_attempt_at: dt.datetime
+    version: int = 1
+    attempts: int = 0
+    last_error: str | None = None
+    send_started_at: dt.datetime | None = None
+    failed_reason: str | None = None
+    failed_at: dt.datetime | None = None
+
+
+# The file format: camelCase keys, ISO datetimes, no unknown keys, no coercion.
+ENTRY_CONVERTER = make_strict_converter()
+
+
+def entry_to_json(entry: DeliveryEntry) -> dict[str, Any]:
+    data: dict[str, Any] = ENTRY_CONVERTER.unstructure(entry)
+    return data
+
+
+def entry_from_json(data: object) -> DeliveryEntry:
+    """Raises `cattrs` / `TypeError` / `ValueError` on a malformed entry; the queue turns that
+    into a quarantine, never a crash."""
+    return ENTRY_CONVERTER.structure(data, DeliveryEntry)

@@ -1,0 +1,103 @@
+"""The registry of units of work: what is running, of what kind, and when it last made progress.
+
+Every unit (`model_call`, `tool_call`, `api_request`, `embedded_run`, `delivery_attempt`) runs
+inside `WorkRegistry.track(...)`, which gives it its own cancel scope. The work records its own
+progress (`unit.progress("model_call:first_token")`, once per streamed chunk); nobody guesses.
+The stall watchdog and the drain read this registry; cancelling `unit.scope` is how either
+stops one unit without touching its neighbours.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import attrs
+import trio
+from trio_util import AsyncValue
+
+from trio_gateway.errors import WorkAbortedError
+from trio_gateway.log import EventLog
+
+WorkKind = Literal["model_call", "tool_call", "api_request", "embedded_run", "delivery_attempt"]
+WORK_KINDS: tuple[WorkKind, ...] = ("model_call", "tool_call", "api_request", "embedded_run", "delivery_attempt")
+
+
+@attrs.define(eq=False)
+class WorkUnit:
+    id: int
+    kind: WorkKind
+    session_id: str | None
+    started_at: float
+    last_progress_at: float
+    last_progress: str
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    # Set by whoever cancels the unit, so the unit can tell its caller why it ended.
+    abort_reason: str | None = None
+    stall_reported: bool = False
+
+    def progress(self, label: str | None = None) -> None:
+        """Record that the work moved. Called by the work itself (per chunk, per step)."""
+        self.last_progress_at = trio.current_time()
+        if label is not None:
+            self.last_progress = label
+
+    def abort(self, reason: str) -> None:
+        if self.abort_reason is None:
+            self.abort_reason = reason
+        self.scope.cancel()
+
+    def age(self, now: float) -> float:
+        return now - self.started_at
+
+    def idle_for(self, now: float) -> float:
+        return now - self.last_progress_at
+
+
+@attrs.define
+class WorkRegistry:
+    log: EventLog
+    _units: dict[int, WorkUnit] = attrs.Factory(dict)
+    _ids: Iterator[int] = attrs.Factory(lambda: itertools.count(1))
+    # Count of units by kind that a drain waits on; AsyncValue lets a waiter sleep until a
+    # predicate holds instead of polling.
+    active: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
+    aborts_by_kind: dict[str, int] = attrs.Factory(dict)
+
+    def units(self) -> list[WorkUnit]:
+        return list(self._units.values())
+
+    def for_session(self, session_id: str) -> list[WorkUnit]:
+        return [u for u in self._units.values() if u.session_id == session_id]
+
+    @contextmanager
+    def track(self, kind: WorkKind, session_id: str | None = None) -> Iterator[WorkUnit]:
+        """Run the body as one unit of work in its own cancel scope.
+
+        If the unit is aborted (stall recovery, session abort) the body sees `trio.Cancelled`,
+        the scope absorbs it, and the caller gets `WorkAbortedError` naming the reason, so a
+        turn can end with a clear failure instead of a silent nothing. A cancellation from an
+        enclosing scope (a drain deadline) is not absorbed: it propagates as `Cancelled`.
+        """
+        now = trio.current_time()
+        unit = WorkUnit(next(self._ids), kind, session_id, now, now, f"{kind}:started")
+        self._units[unit.id] = unit
+        self.active.value += 1
+        try:
+            with unit.scope:
+                yield unit
+        finally:
+            del self._units[unit.id]
+            self.active.value -= 1
+            if unit.abort_reason is not None:
+                self.aborts_by_kind[kind] = self.aborts_by_kind.get(kind, 0) + 1
+                self._log_abort_complete(unit)
+        if unit.abort_reason is not None and unit.scope.cancelled_caught:
+            raise WorkAbortedError(f"{kind} aborted: {unit.abort_reason}")
+
+    def _log_abort_complete(self, unit: WorkUnit) -> None:
+        took = round(trio.current_time() - unit.started_at)
+        session = unit.session_id or "-"
+        self.log.info("ABORT COMPLETE", f"{unit.kind} terminated after {took}s session={session}")
