@@ -33,8 +33,9 @@ class Event:
     def text(self) -> str:
         stamp = self.wall.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         tag = f" [{self.tag}]" if self.tag else ""
+        message = f" {self.message}" if self.message else ""
         kv = "".join(f" {k}={_kv_value(v)}" for k, v in self.fields.items())
-        return f"{stamp} {self.level}{tag} {self.message}{kv}"
+        return f"{stamp} {self.level}{tag}{message}{kv}"
 
     def json(self) -> str:
         record: dict[str, Any] = {

@@ -13,16 +13,18 @@ import os
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
 T = TypeVar("T")
 
+
 # How blocking disk work is run from trio code. Production hands it to a worker thread so the
 # event loop keeps serving; tests on a MockClock run it inline, because trio's autojump clock
 # would otherwise jump to the next deadline while the thread is still fsyncing.
-BlockingRunner = Callable[[Callable[[], T]], Awaitable[T]]
+class BlockingRunner(Protocol):
+    def __call__(self, fn: Callable[[], T], /) -> Awaitable[T]: ...
 
 
 async def in_thread(fn: Callable[[], T]) -> T:

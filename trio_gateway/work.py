@@ -33,6 +33,9 @@ class WorkUnit:
     started_at: float
     last_progress_at: float
     last_progress: str
+    # The unit this one runs inside (a model call inside a subagent's embedded run): progress
+    # here is progress there too, so a container is never judged stalled while its child moves.
+    parent: WorkUnit | None = None
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     # Set by whoever cancels the unit, so the unit can tell its caller why it ended.
     abort_reason: str | None = None
@@ -40,9 +43,14 @@ class WorkUnit:
 
     def progress(self, label: str | None = None) -> None:
         """Record that the work moved. Called by the work itself (per chunk, per step)."""
-        self.last_progress_at = trio.current_time()
+        now = trio.current_time()
+        self.last_progress_at = now
         if label is not None:
             self.last_progress = label
+        parent = self.parent
+        while parent is not None:
+            parent.last_progress_at = now
+            parent = parent.parent
 
     def abort(self, reason: str) -> None:
         if self.abort_reason is None:
@@ -73,7 +81,9 @@ class WorkRegistry:
         return [u for u in self._units.values() if u.session_id == session_id]
 
     @contextmanager
-    def track(self, kind: WorkKind, session_id: str | None = None) -> Iterator[WorkUnit]:
+    def track(
+        self, kind: WorkKind, session_id: str | None = None, parent: WorkUnit | None = None
+    ) -> Iterator[WorkUnit]:
         """Run the body as one unit of work in its own cancel scope.
 
         If the unit is aborted (stall recovery, session abort) the body sees `trio.Cancelled`,
@@ -82,7 +92,7 @@ class WorkRegistry:
         enclosing scope (a drain deadline) is not absorbed: it propagates as `Cancelled`.
         """
         now = trio.current_time()
-        unit = WorkUnit(next(self._ids), kind, session_id, now, now, f"{kind}:started")
+        unit = WorkUnit(next(self._ids), kind, session_id, now, now, f"{kind}:started", parent)
         self._units[unit.id] = unit
         self.active.value += 1
         try:

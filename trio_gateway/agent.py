@@ -1,0 +1,336 @@
+"""Sessions, turns and subagents: the agent loop and the task tree it runs in.
+
+A session owns a nursery that lives while the session has work: its turns (one at a time, in
+arrival order) and the subagents they spawn. Every model call and tool call is one unit in
+the work registry, in its own cancel scope. A subagent runs in the session's nursery, carries
+its requester's origin unchanged, and as it leaves that nursery, however it leaves (done,
+failed, aborted, cancelled by a drain), exactly one notice is handed to the outbox.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import attrs
+import trio
+
+from trio_gateway.config import Config
+from trio_gateway.entry import DeliveryKind
+from trio_gateway.errors import DeliveryValidationError, GatewayError, ModelCallError, WorkAbortedError
+from trio_gateway.log import EventLog
+from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
+from trio_gateway.routing import Origin
+from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnRecord
+from trio_gateway.work import WorkRegistry, WorkUnit
+
+
+class Outbox(Protocol):
+    async def submit(
+        self,
+        *,
+        kind: DeliveryKind,
+        origin: Origin | None,
+        agent_id: str,
+        text: str,
+        idempotency_key: str | None = None,
+    ) -> object: ...
+
+
+SPAWN_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "spawn_subagent",
+        "description": "Start a subagent on a task; returns its id at once. Its result is delivered to the requester.",
+        "parameters": {
+            "type": "object",
+            "properties": {"agent": {"type": "string"}, "task": {"type": "string"}},
+            "required": ["task"],
+        },
+    },
+}
+
+
+@attrs.define
+class Runtime:
+    """What a turn needs from its generation. Built once per generation, so a restart that
+    reloads the config hands new turns the new models and rules."""
+
+    config: Config
+    models: Mapping[str, Model]
+    registry: WorkRegistry
+    outbox: Outbox
+    store: SessionStore
+    log: EventLog
+    wall: Callable[[], dt.datetime]
+
+    @property
+    def cleanup_timeout(self) -> float:
+        return self.config.gateway.drain.cleanup_timeout_seconds
+
+
+@attrs.define(eq=False)
+class Subagent:
+    id: str
+    agent: str
+    depth: int
+    task: str
+    state: str = "running"
+
+
+@attrs.define(eq=False)
+class Session:
+    record: SessionRecord
+    nursery: trio.Nursery | None = None
+    lock: trio.Lock = attrs.Factory(trio.Lock)
+    waiting: int = 0
+    current: TurnRecord | None = None
+    subagents: dict[str, Subagent] = attrs.Factory(dict)
+    aborting: bool = False
+    _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def busy(self) -> bool:
+        return self.nursery is not None
+
+    def next_id(self, prefix: str) -> str:
+        return f"{prefix}-{self.id}-{next(self._ids)}"
+
+    def abort(self) -> None:
+        """Cancel all of this session's work (operator's `session abort`)."""
+        if self.nursery is not None:
+            self.aborting = True
+            self.nursery.cancel_scope.cancel()
+
+
+# --- the session task -----------------------------------------------------------------------
+
+
+async def run_session(rt: Runtime, session: Session, turn: TurnRecord, *, task_status: Any) -> None:
+    """The session's task in the generation's work nursery. Ends when the session has no turn
+    queued and no subagent running; `submit_turn` starts a new one after that."""
+    try:
+        async with trio.open_nursery() as nursery:
+            session.nursery = nursery
+            nursery.start_soon(run_turn, rt, session, turn)
+            task_status.started()
+    finally:
+        session.nursery = None
+        session.aborting = False
+
+
+def queue_turn(session: Session, rt: Runtime, turn: TurnRecord) -> bool:
+    """Add a turn to a session whose task is alive; False when the caller must start one."""
+    if session.nursery is None:
+        return False
+    try:
+        session.nursery.start_soon(run_turn, rt, session, turn)
+    except RuntimeError:  # the nursery is closing: its last child has just finished
+        return False
+    return True
+
+
+async def run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
+    session.waiting += 1
+    try:
+        async with session.lock:
+            session.waiting -= 1
+            session.current = turn
+            try:
+                await _run_turn_locked(rt, session, turn)
+            finally:
+                session.current = None
+    except trio.Cancelled:
+        raise
+    except Exception as exc:  # a bug in one turn must not take the gateway down
+        rt.log.error("TURN", "Turn failed unexpectedly", sessionId=session.id, turnId=turn.id, error=repr(exc))
+
+
+async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> None:
+    record = session.record
+    turn.status = "running"
+    await rt.store.save(record)
+    agent = rt.config.agents[record.agent]
+    messages = _initial_messages(agent.system_prompt, record.history, turn.prompt)
+    kind: DeliveryKind = "cron_result" if turn.kind == "cron" else "reply"
+    try:
+        text = await agent_loop(rt, session, record.agent, messages, turn.origin, depth=0, stall=turn.stall_seconds)
+    except (WorkAbortedError, ModelCallError) as exc:
+        kind, text = "reply", f"Sorry, this request failed: {exc}"
+        rt.log.warn("TURN", "Turn ended with a failure", sessionId=session.id, turnId=turn.id, error=str(exc))
+    except trio.Cancelled:
+        with trio.move_on_after(rt.cleanup_timeout, shield=True):
+            await _interrupted(rt, session, turn)
+        raise
+    record.remember([{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": text}])
+    # Deliver first, then forget the turn: a crash in between re-runs it (a possible
+    # duplicate reply) rather than losing it.
+    await _deliver(rt, kind=kind, origin=turn.origin, agent_id=record.agent, text=text, key=turn.id)
+    record.turns.remove(turn)
+    await rt.store.save(record)
+
+
+async def _interrupted(rt: Runtime, session: Session, turn: TurnRecord) -> None:
+    """A drain deadline or an operator abort cut this turn off. After a drain it stays on disk
+    as `interrupted` and is run again after restart (SPEC 6); after an abort, or when resuming
+    is off, the requester is told now instead of hearing nothing."""
+    record = session.record
+    resume = rt.config.gateway.drain.resume_interrupted and not session.aborting
+    if resume:
+        turn.status = "interrupted"
+    else:
+        record.turns.remove(turn)
+        why = "aborted by the operator" if session.aborting else "interrupted by a gateway restart"
+        await _deliver(
+            rt,
+            kind="reply",
+            origin=turn.origin,
+            agent_id=record.agent,
+            text=f"Sorry, this request was {why}.",
+            key=turn.id,
+        )
+    await rt.store.save(record)
+    rt.log.warn("TURN", "Turn interrupted", sessionId=session.id, turnId=turn.id, resume=resume)
+
+
+def _initial_messages(system_prompt: str, history: list[Message], prompt: str) -> list[Message]:
+    messages: list[Message] = []
+    if system_prompt:
+        messages.append({"role": "system", "content": system_prompt})
+    messages.extend(history)
+    messages.append({"role": "user", "content": prompt})
+    return messages
+
+
+async def _deliver(
+    rt: Runtime, *, kind: DeliveryKind, origin: Origin | None, agent_id: str, text: str, key: str | None
+) -> None:
+    try:
+        await rt.outbox.submit(kind=kind, origin=origin, agent_id=agent_id, text=text, idempotency_key=key)
+    except DeliveryValidationError as exc:
+        # The origin itself is unusable (validated at intake, so this means a stale session):
+        # say so loudly; there is nowhere correct to send it.
+        rt.log.error("DELIVERY", "Not enqueued: origin address does not fit its channel", error=str(exc))
+
+
+# --- the agent loop -------------------------------------------------------------------------
+
+
+async def agent_loop(
+    rt: Runtime,
+    session: Session,
+    agent_id: str,
+    messages: list[Message],
+    origin: Origin | None,
+    *,
+    depth: int,
+    parent: WorkUnit | None = None,
+    stall: float | None = None,
+) -> str:
+    """Model, tools, model ... until the model answers with text. Raises `WorkAbortedError`
+    when stall recovery cancels one of its units, `ModelCallError` on upstream errors."""
+    agent = rt.config.agents[agent_id]
+    model = rt.models[agent.model]
+    tools = [SPAWN_TOOL] if depth < agent.max_subagent_depth else []
+    for _ in range(agent.max_tool_rounds):
+        reply = await _model_call(rt, session, model, messages, tools, parent, stall)
+        stall = None
+        messages.append(reply.as_message())
+        if not reply.tool_calls:
+            return reply.text or ""
+        for call in reply.tool_calls:
+            result = await _tool_call(rt, session, call, agent_id, origin, depth, parent)
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+    raise ModelCallError(f"no answer after {agent.max_tool_rounds} tool rounds")
+
+
+async def _model_call(
+    rt: Runtime,
+    session: Session,
+    model: Model,
+    messages: list[Message],
+    tools: list[dict[str, Any]],
+    parent: WorkUnit | None,
+    stall: float | None,
+) -> ModelReply:
+    with rt.registry.track("model_call", session.id, parent) as unit:
+        if stall is not None:
+            # The test endpoint's injected stall: the call is in flight and makes no progress,
+            # exactly what a silent upstream looks like to the watchdog and the drain.
+            await trio.sleep(stall)
+        return await model.complete(messages, tools, unit)
+    raise AssertionError("unreachable: track() re-raises when it absorbs a cancellation")
+
+
+async def _tool_call(
+    rt: Runtime,
+    session: Session,
+    call: ToolCall,
+    agent_id: str,
+    origin: Origin | None,
+    depth: int,
+    parent: WorkUnit | None,
+) -> str:
+    with rt.registry.track("tool_call", session.id, parent) as unit:
+        unit.progress(f"tool_call:{call.name}")
+        if call.name == "spawn_subagent":
+            return spawn_subagent(rt, session, call.arguments, agent_id, origin, depth + 1)
+        return json.dumps({"error": f"unknown tool {call.name!r}"})
+    raise AssertionError("unreachable: track() re-raises when it absorbs a cancellation")
+
+
+# --- subagents ------------------------------------------------------------------------------
+
+
+def spawn_subagent(
+    rt: Runtime, session: Session, args: Mapping[str, Any], parent_agent: str, origin: Origin | None, depth: int
+) -> str:
+    agent_id = args.get("agent") or parent_agent
+    task = args.get("task")
+    if not isinstance(agent_id, str) or agent_id not in rt.config.agents:
+        return json.dumps({"error": f"no agent named {agent_id!r}"})
+    if not isinstance(task, str) or not task:
+        return json.dumps({"error": "task must be a non-empty string"})
+    if session.nursery is None:
+        return json.dumps({"error": "session is not running"})
+    sub = Subagent(session.next_id("sub"), agent_id, depth, task)
+    session.subagents[sub.id] = sub
+    session.nursery.start_soon(run_subagent, rt, session, sub, origin)
+    rt.log.info("SUBAGENT", "Subagent spawned", sessionId=session.id, subagentId=sub.id, agent=agent_id, depth=depth)
+    return json.dumps({"subagentId": sub.id})
+
+
+async def run_subagent(rt: Runtime, session: Session, sub: Subagent, origin: Origin | None) -> None:
+    """One subagent run. The `finally` is the point where it leaves the session's nursery:
+    the notice is routed from the origin it carried and enqueued there, shielded and bounded,
+    whether it finished, failed, was aborted or was cancelled by a drain."""
+    kind: DeliveryKind = "subagent_failure"
+    text = f"Subagent {sub.id} was cancelled before it finished."
+    try:
+        with rt.registry.track("embedded_run", session.id) as unit:
+            unit.progress("embedded_run:started")
+            messages: list[Message] = [{"role": "user", "content": sub.task}]
+            result = await agent_loop(rt, session, sub.agent, messages, origin, depth=sub.depth, parent=unit)
+        kind, text = "subagent_completion", f"Subagent {sub.id} finished: {result}"
+        sub.state = "completed"
+    except (GatewayError, ModelCallError) as exc:
+        text = f"Subagent {sub.id} failed: {exc}"
+        sub.state = "failed"
+    except Exception as exc:  # a bug: still tell the requester, never silence
+        text = f"Subagent {sub.id} failed: internal error {type(exc).__name__}"
+        sub.state = "failed"
+        rt.log.error("SUBAGENT", "Subagent crashed", sessionId=session.id, subagentId=sub.id, error=repr(exc))
+    finally:
+        if sub.state == "running":
+            sub.state = "cancelled"
+        with trio.move_on_after(rt.cleanup_timeout, shield=True):
+            await _deliver(rt, kind=kind, origin=origin, agent_id=sub.agent, text=text, key=sub.id)
+        session.subagents.pop(sub.id, None)
+        rt.log.info("SUBAGENT", "Subagent ended", sessionId=session.id, subagentId=sub.id, state=sub.state)

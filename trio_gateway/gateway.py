@@ -1,0 +1,453 @@
+"""The gateway's lifecycle: one root nursery, one generation of work at a time.
+
+    trio.run(gateway.serve)
+    └── root nursery                 servers (HTTP) live here, across generations
+        └── generation N
+            ├── services nursery     delivery worker, stall watchdog, cron
+            └── work scope
+                └── work nursery     one task per busy session (turns, subagents)
+
+A restart closes intake, stops cron and the delivery worker (their state is on disk), drains
+the work nursery under ONE deadline (`drain.drain`), closes the generation's model and channel
+clients, reloads the configuration and opens generation N+1 in the same process. A stop does
+the same and then cancels the root nursery.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from typing import Any, Literal, Protocol
+
+import attrs
+import trio
+from trio_util import AsyncValue
+
+from trio_gateway import agent
+from trio_gateway.cli_config import load as load_config_file
+from trio_gateway.clock import WallClock
+from trio_gateway.config import Config, ModelConfig
+from trio_gateway.cron import run_cron
+from trio_gateway.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, drain
+from trio_gateway.errors import BadRequestError, ConfigError, GatewayDrainingError, NotFoundError
+from trio_gateway.home import Home
+from trio_gateway.log import EventLog, ms
+from trio_gateway.models.base import Model
+from trio_gateway.routing import Origin
+from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnKind, TurnRecord
+from trio_gateway.stall import StallWatchdog
+from trio_gateway.store import BlockingRunner, in_thread
+from trio_gateway.work import WorkRegistry
+
+State = Literal["starting", "running", "draining", "stopped"]
+
+
+class DeliveryService(Protocol):
+    """The delivery side of one generation: the outbox turns hand notices to, and the worker."""
+
+    outbox: agent.Outbox
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    async def aclose(self) -> None: ...
+
+
+DeliveryFactory = Callable[[Config, "Gateway"], Awaitable[DeliveryService]]
+ModelFactory = Callable[[ModelConfig], Model]
+Server = Callable[..., Awaitable[None]]
+
+
+@attrs.define
+class GatewayDeps:
+    """Everything the gateway gets from outside, so tests and scenarios swap fakes in."""
+
+    home: Home
+    log: EventLog
+    load_config: Callable[[], Config]
+    model_factory: ModelFactory
+    delivery_factory: DeliveryFactory
+    runner: BlockingRunner = in_thread
+    wall_base: dt.datetime | None = None
+    servers: list[Server] = attrs.Factory(list)
+
+
+@attrs.define(eq=False)
+class Generation:
+    number: int
+    config: Config
+    runtime: agent.Runtime
+    work: trio.Nursery
+    started_at: float
+
+
+@attrs.define(eq=False)
+class Gateway:
+    deps: GatewayDeps
+    config: Config
+    state: AsyncValue[State] = attrs.Factory(lambda: AsyncValue("starting"))
+    generation_number: int = 0
+    current: Generation | None = None
+    sessions: dict[str, agent.Session] = attrs.Factory(dict)
+    busy: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
+    registry: WorkRegistry = attrs.field(init=False)
+    store: SessionStore = attrs.field(init=False)
+    drains: list[DrainReport] = attrs.Factory(list)
+    started_at: float = 0.0
+    wall: WallClock | None = None
+    delivery: DeliveryService | None = None
+    watchdog: StallWatchdog | None = None
+    _drain: DrainRequest | None = None
+    _drain_wanted: trio.Event = attrs.Factory(trio.Event)
+    _by_origin: dict[tuple[str, Origin | None], str] = attrs.Factory(dict)
+    _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
+    _root: trio.Nursery | None = None
+
+    def __attrs_post_init__(self) -> None:
+        self.registry = WorkRegistry(self.deps.log)
+        self.store = SessionStore(self.deps.home.sessions_dir, self.deps.runner, self.deps.log)
+
+    @property
+    def log(self) -> EventLog:
+        return self.deps.log
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> DrainReport:
+        """Run until stopped. `task_status.started()` fires when generation 1 accepts work."""
+        self.started_at = trio.current_time()
+        self.wall = WallClock.start(self.deps.wall_base)
+        for record in await self.store.load_all():
+            self.sessions[record.id] = agent.Session(record)
+            self._by_origin[(record.agent, record.origin)] = record.id
+        started = task_status
+        async with trio.open_nursery() as root:
+            self._root = root
+            for server in self.deps.servers:
+                await root.start(server, self)
+            while True:
+                request = await self._run_generation(self.config, started)
+                started = trio.TASK_STATUS_IGNORED
+                if request.kind == "stop":
+                    break
+                self.config = self._reload(self.config)
+            self.state.value = "stopped"
+            request.done.set()
+            root.cancel_scope.cancel()
+        assert request.report is not None
+        return request.report
+
+    def _reload(self, old: Config) -> Config:
+        """A restart reloads `gateway.json`; a bad file keeps the running config (a restart
+        must never leave the operator with no gateway)."""
+        try:
+            return self.deps.load_config()
+        except ConfigError as exc:
+            self.log.error("RESTART", "Config reload failed; keeping the current config", error=str(exc))
+            return old
+
+    async def _run_generation(self, config: Config, task_status: Any) -> DrainRequest:
+        self.generation_number += 1
+        number = self.generation_number
+        async with AsyncExitStack() as resources:
+            models = await self._open_models(config, resources)
+            delivery = await self.deps.delivery_factory(config, self)
+            resources.push_async_callback(self._close_bounded, delivery.aclose, config)
+            self.delivery = delivery
+            assert self.wall is not None
+            rt = agent.Runtime(config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now)
+            self.watchdog = StallWatchdog(self.registry, config.gateway.stalled_task_detection, self.log, self._depth)
+            async with trio.open_nursery() as services:
+                intake_scope = trio.CancelScope()
+                services.start_soon(self._run_scoped, intake_scope, delivery.run)
+                services.start_soon(self._run_scoped, intake_scope, self._cron, config)
+                services.start_soon(self.watchdog.run)
+                with trio.CancelScope() as work_scope:
+                    async with trio.open_nursery() as work:
+                        self.current = Generation(number, config, rt, work, trio.current_time())
+                        await self._resume_turns(config)
+                        self.state.value = "running"
+                        self.log.info("RESTART", f"generation={number} accepting work")
+                        if self._drain is not None:  # the restart that led here is complete
+                            self._drain.new_generation = number
+                            self._drain.done.set()
+                            self._drain = None
+                        task_status.started()
+                        request = await self._wait_for_drain_request()
+                        self.state.value = "draining"
+                        intake_scope.cancel()
+                        timed_out, left = await drain(
+                            request,
+                            busy=self.busy,
+                            counts=self._counts,
+                            work_scope=work_scope,
+                            progress_interval=config.gateway.drain.progress_interval_seconds,
+                            log=self.log,
+                        )
+                services.cancel_scope.cancel()
+        self._finish_drain(request, timed_out, left)
+        return request
+
+    async def _open_models(self, config: Config, resources: AsyncExitStack) -> dict[str, Model]:
+        models = {}
+        for name, model_config in config.models.items():
+            model = self.deps.model_factory(model_config)
+            resources.push_async_callback(self._close_bounded, model.aclose, config)
+            models[name] = model
+        return models
+
+    @staticmethod
+    async def _close_bounded(close: Callable[[], Awaitable[None]], config: Config) -> None:
+        # Closing clients must not hang a restart either: bounded, and shielded because it
+        # runs while the generation may be cancelled.
+        with trio.move_on_after(config.gateway.channel_stop_timeout_seconds, shield=True):
+            await close()
+
+    @staticmethod
+    async def _run_scoped(scope: trio.CancelScope, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+        with scope:
+            await fn(*args)
+
+    def _finish_drain(self, request: DrainRequest, timed_out: bool, left: DrainCounts) -> None:
+        now = trio.current_time()
+        took = now - request.requested_at
+        aborted = tuple(f"{u.kind} session={u.session_id or '-'}" for u in left.blockers) if timed_out else ()
+        request.report = DrainReport(
+            kind=request.kind,
+            forced=request.force,
+            timed_out=timed_out,
+            timeout_seconds=request.timeout_seconds,
+            started_at=request.requested_at,
+            waited_seconds=took,
+            aborted_tasks=left.tasks if timed_out else 0,
+            aborted_work=aborted,
+        )
+        self.drains.append(request.report)
+        if not timed_out:
+            self.log.info("DRAINING", "All tasks cleared; proceeding with shutdown")
+        self.log.info("SHUTDOWN", f"Shutdown completed cleanly in {ms(took)}", generation=self.generation_number)
+
+    # --- drain requests ------------------------------------------------------------------
+
+    def request_drain(self, kind: DrainKind, *, force: bool = False, timeout: float | None = None) -> DrainRequest:
+        """Ask for a restart or a stop. A request while a drain runs joins that drain."""
+        if timeout is not None and not timeout > 0:
+            raise BadRequestError(f"timeoutSeconds must be a positive number, got {timeout}")
+        default = self.config.gateway.drain.timeout_seconds
+        seconds = timeout if timeout is not None else default
+        if self._drain is not None:
+            self._drain.join(kind=kind, force=force, timeout_seconds=seconds)
+            return self._drain
+        self._drain = DrainRequest(kind, force, seconds, trio.current_time())
+        self._drain_wanted.set()
+        return self._drain
+
+    async def _wait_for_drain_request(self) -> DrainRequest:
+        await self._drain_wanted.wait()
+        self._drain_wanted = trio.Event()
+        assert self._drain is not None
+        return self._drain
+
+    @property
+    def draining(self) -> DrainRequest | None:
+        return self._drain
+
+    # --- intake --------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        *,
+        agent_id: str,
+        origin: Origin | None,
+        prompt: str,
+        kind: TurnKind = "inbound",
+        session_id: str | None = None,
+        stall_seconds: float | None = None,
+    ) -> tuple[str, str]:
+        """Accept one turn: written to `sessions/` before this returns, then started.
+        Returns (session id, turn id). Raises `GatewayDrainingError` while draining."""
+        gen = self._accepting()
+        if agent_id not in gen.config.agents:
+            raise BadRequestError(f"agent: no agent named {agent_id!r}")
+        session = self._session_for(agent_id, origin, session_id)
+        turn = TurnRecord(
+            session.next_id("turn"), prompt, origin, kind, accepted_at=self._now(), stall_seconds=stall_seconds
+        )
+        session.record.turns.append(turn)
+        await self.store.save(session.record)
+        # Saving yields: a drain may have begun meanwhile. The turn is on disk as accepted,
+        # so the next generation runs it; starting it now would only lengthen this drain.
+        if self.state.value == "running" and self.current is gen:
+            await self._start_turn(gen, session, turn)
+        return session.id, turn.id
+
+    def _accepting(self) -> Generation:
+        if self.state.value != "running" or self.current is None:
+            raise GatewayDrainingError("the gateway is draining for a restart or stop; try again shortly")
+        return self.current
+
+    def _session_for(self, agent_id: str, origin: Origin | None, session_id: str | None) -> agent.Session:
+        if session_id is not None:
+            if session_id in self.sessions:
+                return self.sessions[session_id]
+        else:
+            known = self._by_origin.get((agent_id, origin))
+            if known is not None and known in self.sessions:
+                return self.sessions[known]
+        new_id = session_id or f"s-{self.generation_number}-{next(self._ids)}"
+        record = SessionRecord(new_id, agent_id, origin, self._now())
+        session = agent.Session(record)
+        self.sessions[new_id] = session
+        self._by_origin[(agent_id, origin)] = new_id
+        return session
+
+    async def _start_turn(self, gen: Generation, session: agent.Session, turn: TurnRecord) -> None:
+        if not agent.queue_turn(session, gen.runtime, turn):
+            await gen.work.start(self._session_task, gen.runtime, session, turn)
+
+    async def _session_task(
+        self, rt: agent.Runtime, session: agent.Session, turn: TurnRecord, *, task_status: Any
+    ) -> None:
+        self.busy.value += 1
+        try:
+            await agent.run_session(rt, session, turn, task_status=task_status)
+        finally:
+            self.busy.value -= 1
+
+    async def _resume_turns(self, config: Config) -> None:
+        """Turns left on disk by a drain deadline or a crash: run each once more, or tell the
+        requester it was lost to a restart when it has been resumed already (SPEC 6)."""
+        assert self.current is not None
+        gen = self.current
+        for session in list(self.sessions.values()):
+            for turn in list(session.record.turns):
+                if turn.resumes >= 1 or not config.gateway.drain.resume_interrupted:
+                    await self._give_up_turn(gen, session, turn)
+                    continue
+                turn.resumes += 1
+                turn.status = "accepted"
+                turn.stall_seconds = None
+                self.log.info("RESTART", "Resuming interrupted turn", sessionId=session.id, turnId=turn.id)
+                await self.store.save(session.record)
+                await self._start_turn(gen, session, turn)
+
+    async def _give_up_turn(self, gen: Generation, session: agent.Session, turn: TurnRecord) -> None:
+        session.record.turns.remove(turn)
+        text = "Sorry, this request was interrupted by gateway restarts and was not completed."
+        await gen.runtime.outbox.submit(
+            kind="reply", origin=turn.origin, agent_id=session.record.agent, text=text, idempotency_key=turn.id
+        )
+        await self.store.save(session.record)
+        self.log.warn("RESTART", "Interrupted turn not resumed again", sessionId=session.id, turnId=turn.id)
+
+    async def _cron(self, config: Config) -> None:
+        await run_cron(config.cron, self, self.log)
+
+    # --- operations ----------------------------------------------------------------------
+
+    async def stall_model_call(self, session_id: str | None, seconds: float) -> tuple[str, str]:
+        """The test endpoint: a turn whose model call makes no progress for `seconds`."""
+        if session_id is not None and session_id in self.sessions:
+            s = self.sessions[session_id]
+            return await self.submit(
+                agent_id=s.record.agent, origin=s.record.origin, prompt="(stalled model call)",
+                session_id=session_id, stall_seconds=seconds,
+            )  # fmt: skip
+        gen = self._accepting()
+        agent_id = next(iter(gen.config.agents))
+        origin = Origin("console", "test", None)
+        return await self.submit(
+            agent_id=agent_id,
+            origin=origin,
+            prompt="(stalled model call)",
+            session_id=session_id,
+            stall_seconds=seconds,
+        )
+
+    def abort_session(self, session_id: str) -> bool:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise NotFoundError(f"no session {session_id!r}")
+        was_busy = session.busy
+        session.abort()
+        self.log.warn("SESSION", "Session aborted by operator", sessionId=session_id, wasBusy=was_busy)
+        return was_busy
+
+    # --- observation ---------------------------------------------------------------------
+
+    def _now(self) -> dt.datetime:
+        assert self.wall is not None
+        return self.wall.now()
+
+    def _depth(self, session_id: str | None) -> int:
+        session = self.sessions.get(session_id or "")
+        if session is None:
+            return 0
+        return session.waiting + (1 if session.current is not None else 0)
+
+    def _counts(self) -> DrainCounts:
+        now = trio.current_time()
+        units = [u for u in self.registry.units() if u.kind not in ("embedded_run", "delivery_attempt")]
+        embedded = sum(1 for u in self.registry.units() if u.kind == "embedded_run")
+        blockers = tuple(sorted(units, key=lambda u: -u.idle_for(now)))
+        return DrainCounts(self.busy.value, embedded, blockers)
+
+    def status(self) -> dict[str, Any]:
+        now = trio.current_time()
+        stalled = sorted({u.session_id or "-" for u in self.registry.units() if u.stall_reported})
+        work = [
+            {
+                "id": u.id,
+                "kind": u.kind,
+                "sessionId": u.session_id,
+                "ageSeconds": round(u.age(now), 3),
+                "lastProgress": u.last_progress,
+                "lastProgressAgeSeconds": round(u.idle_for(now), 3),
+            }
+            for u in self.registry.units()
+        ]
+        queue = self.delivery.counts() if self.delivery is not None else {"pending": 0, "failed": 0}
+        status: dict[str, Any] = {
+            "state": "running" if self.state.value == "running" else "draining",
+            "generation": self.generation_number,
+            "uptimeSeconds": round(now - self.started_at, 3),
+            "sessions": [self._session_status(s) for s in self.sessions.values()],
+            "work": work,
+            "stalled": stalled,
+            "queue": queue,
+        }
+        if self._drain is not None:
+            status["drain"] = drain_status(self._drain, now)
+        return status
+
+    def _session_status(self, session: agent.Session) -> dict[str, Any]:
+        o = session.record.origin
+        subagents = [
+            {"id": s.id, "agent": s.agent, "depth": s.depth, "state": s.state} for s in session.subagents.values()
+        ]
+        return {
+            "id": session.id,
+            "agent": session.record.agent,
+            "state": "processing" if session.busy else "idle",
+            "queueDepth": self._depth(session.id),
+            "origin": None if o is None else {"channel": o.channel, "to": o.to, "accountId": o.account_id},
+            "subagents": subagents,
+            "pendingTurns": len(session.record.turns),
+        }
+
+
+def drain_status(request: DrainRequest, now: float) -> dict[str, Any]:
+    return {
+        "kind": request.kind,
+        "force": request.force,
+        "timeoutSeconds": request.timeout_seconds,
+        "elapsedSeconds": round(now - request.requested_at, 3),
+        "remainingSeconds": round(max(0.0, request.deadline - now), 3),
+    }
+
+
+def load_config_from(home: Home) -> Callable[[], Config]:
+    return lambda: load_config_file(home.config_path)
