@@ -117,8 +117,10 @@ async def _report_progress(
     while True:
         await trio.sleep(interval)
         now = trio.current_time()
+        remaining = request.deadline - now
+        if remaining <= 0:
+            return  # the deadline's own line says the rest
         c = counts()
-        remaining = max(0.0, request.deadline - now)
         blockers = " ".join(f"{u.kind}@{u.session_id or '-'}(idle {round(u.idle_for(now))}s)" for u in c.blockers[:3])
         log.info(
             "DRAINING",

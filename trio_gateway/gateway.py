@@ -162,8 +162,7 @@ class Gateway:
             self.watchdog = StallWatchdog(self.registry, config.gateway.stalled_task_detection, self.log, self._depth)
             async with trio.open_nursery() as services:
                 intake_scope = trio.CancelScope()
-                services.start_soon(self._run_scoped, intake_scope, delivery.run)
-                services.start_soon(self._run_scoped, intake_scope, self._cron, config)
+                services.start_soon(self._run_intake, intake_scope, delivery, config)
                 services.start_soon(self.watchdog.run)
                 with trio.CancelScope() as work_scope:
                     async with trio.open_nursery() as work:
@@ -206,10 +205,13 @@ class Gateway:
         with trio.move_on_after(config.gateway.channel_stop_timeout_seconds, shield=True):
             await close()
 
-    @staticmethod
-    async def _run_scoped(scope: trio.CancelScope, fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+    async def _run_intake(self, scope: trio.CancelScope, delivery: DeliveryService, config: Config) -> None:
+        """The delivery worker and cron: stopped the moment a drain starts. A delivery's state
+        is on disk and a cron run is not owed, so neither is ever waited for."""
         with scope:
-            await fn(*args)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(delivery.run)
+                nursery.start_soon(self._cron, config)
 
     def _finish_drain(self, request: DrainRequest, timed_out: bool, left: DrainCounts) -> None:
         now = trio.current_time()

@@ -56,13 +56,6 @@ class SessionRecord:
 
 
 _CONVERTER = make_strict_converter()
-_CONVERTER.register_structure_hook(dict[str, Any], lambda v, _: _object(v))
-
-
-def _object(value: object) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise TypeError(f"expected an object, got {type(value).__name__}")
-    return value
 
 
 @attrs.define
