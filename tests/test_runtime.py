@@ -59,7 +59,8 @@ async def test_seed_incident_restart_completes_at_the_deadline(tmp_path: Path, a
     assert any(ln.startswith("[SHUTDOWN] Shutdown completed cleanly in 60000ms") for ln in lines)
     assert "[RESTART] generation=2 accepting work" in lines
     report = gateway.drains[0]
-    assert report.timed_out and report.aborted_tasks == 1
+    assert report.timed_out
+    assert report.aborted_tasks == 1
     assert report.aborted_work == ("model_call session=s-1-1",)
 
 

@@ -47,7 +47,8 @@ State = Literal["starting", "running", "draining", "stopped"]
 class DeliveryService(Protocol):
     """The delivery side of one generation: the outbox turns hand notices to, and the worker."""
 
-    outbox: agent.Outbox
+    @property
+    def outbox(self) -> agent.Outbox: ...
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None: ...
 

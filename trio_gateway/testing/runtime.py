@@ -18,6 +18,7 @@ import trio
 
 from trio_gateway import config as cfg
 from trio_gateway.entry import DeliveryKind
+from trio_gateway.errors import ModelCallError
 from trio_gateway.gateway import DeliveryFactory, Gateway, GatewayDeps, Server
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog, MemorySink
@@ -122,8 +123,6 @@ class ScriptedModel:
                 None, (ToolCall(f"call-{self.calls}", "spawn_subagent", {"agent": agent_id, "task": task}),)
             )
         if text.startswith("/fail"):
-            from trio_gateway.errors import ModelCallError
-
             raise ModelCallError("HTTP 500 from upstream")
         await trio.lowlevel.checkpoint()
         unit.progress("model_call:first_token")
