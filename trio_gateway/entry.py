@@ -44,6 +44,9 @@ class DeliveryEntry:
     send_started_at: dt.datetime | None = None
     failed_reason: str | None = None
     failed_at: dt.datetime | None = None
+    # When an operator last moved the entry back from failed/ (`delivery retry`): the retry
+    # budget (maxTotalRetrySeconds) counts from here instead of `createdAt`.
+    retried_at: dt.datetime | None = None
 
 
 # The file format: camelCase keys, ISO datetimes, no unknown keys, no coercion.
