@@ -30,7 +30,7 @@ async def test_subagent_notice_goes_to_the_requester_not_the_first_bound_channel
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
     notices: list[Notice] = []
-    gateway, sink = build_gateway(tmp_path, seed_config(), notices=notices)
+    gateway, _ = build_gateway(tmp_path, seed_config(), notices=notices)
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)
         await gateway.submit(agent_id="main", origin=WEIXIN, prompt="/spawn main summarise the day")
@@ -164,7 +164,7 @@ async def test_turns_left_on_disk_by_a_crash_resume_at_next_start(
             crash.cancel()
     # The turn was accepted (written) before submit returned; a new process finds it.
     notices: list[Notice] = []
-    second, sink = build_gateway(tmp_path, config, notices=notices)
+    second, _ = build_gateway(tmp_path, config, notices=notices)
     async with trio.open_nursery() as nursery:
         await nursery.start(second.serve)
         await second.busy.wait_value(0)
