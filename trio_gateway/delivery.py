@@ -1,0 +1,538 @@
+"""Getting entries to their channels (SPEC 7): the `Outbox` agents write to, the worker that
+sends, and `repair` for queues that were written wrong before validation existed.
+
+The worker runs beside the generations, not inside them: a restart cancels it at once, and
+that loses nothing, because the queue is the state. Waiting retries are timers over files on
+disk, not work: only an attempt in flight is registered in the `WorkRegistry`, each in its
+own cancel scope. An attempt cut by cancellation goes back to pending uncounted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import random
+from collections.abc import Callable, Sequence
+from typing import Literal, Protocol
+
+import attrs
+import trio
+
+from trio_gateway import backoff, routing, validation
+from trio_gateway.channels.base import Channel
+from trio_gateway.classify import Outcome
+from trio_gateway.clock import WallClock
+from trio_gateway.config import AgentConfig, Config, DeliveryConfig
+from trio_gateway.entry import DeliveryEntry, DeliveryKind, Payload, RequesterOrigin
+from trio_gateway.errors import DeliveryValidationError, WorkAbortedError
+from trio_gateway.log import EventLog
+from trio_gateway.queue import Claimed, DeliveryQueue, EntryGone, NotDue
+from trio_gateway.work import WorkRegistry
+
+# A cancelled attempt's entry must get back to pending even while the worker is being torn
+# down; disk work is milliseconds, so a short shielded bound is plenty.
+RELEASE_TIMEOUT_SECONDS = 2.0
+# An account the platform paused (WeChat errcode -14: session expired) needs a person; we
+# probe it again after this long rather than hammering it or forgetting it.
+PAUSE_PROBE_SECONDS = 300.0
+
+
+class ChannelLookup(Protocol):
+    def get(self, channel: str, account_id: str | None) -> Channel | None: ...
+
+
+# --- the outbox -------------------------------------------------------------------------------
+
+
+def _requester(origin: routing.Origin | None) -> RequesterOrigin | None:
+    # The same four fields under the file's name for them: carried over unchanged.
+    return None if origin is None else RequesterOrigin(**attrs.asdict(origin))
+
+
+@attrs.define
+class Outbox:
+    """What agents, cron and the edges call to send something: route, validate, enqueue."""
+
+    queue: DeliveryQueue
+    agents: dict[str, AgentConfig]
+    clock: WallClock
+    log: EventLog
+    # The worker's `notify`, so a new entry is sent now rather than at the next rescan.
+    on_enqueued: Callable[[DeliveryEntry], None] | None = None
+
+    async def submit(
+        self,
+        *,
+        kind: DeliveryKind,
+        origin: routing.Origin | None,
+        agent_id: str,
+        text: str,
+        idempotency_key: str | None = None,
+    ) -> DeliveryEntry:
+        agent = self.agents.get(agent_id)
+        if agent is None:
+            raise DeliveryValidationError(f"no agent named {agent_id!r}")
+        route = routing.resolve(origin, agent)
+        if route.is_fallback:
+            self.log.warn(
+                "DELIVERY",
+                f"No requester origin channel; delivering {kind} to agent {agent_id}'s first channel {route.channel}",
+            )
+        return await self._enqueue(
+            kind, route.channel, route.to, route.account_id, agent_id, origin, text, idempotency_key
+        )
+
+    async def submit_manual(
+        self, channel: str, to: str, account_id: str | None, agent_id: str | None, text: str
+    ) -> DeliveryEntry:
+        """`delivery create` and `POST /v1/deliveries`: an explicit address, no routing."""
+        if account_id is None and agent_id is not None and agent_id in self.agents:
+            account_id = self.agents[agent_id].account_id
+        return await self._enqueue("manual", channel, to, account_id, agent_id, None, text, None)
+
+    async def _enqueue(
+        self,
+        kind: DeliveryKind,
+        channel: str,
+        to: str | None,
+        account_id: str | None,
+        agent_id: str | None,
+        origin: routing.Origin | None,
+        text: str,
+        idempotency_key: str | None,
+    ) -> DeliveryEntry:
+        try:
+            warning = validation.check_address(channel, to)
+        except DeliveryValidationError:
+            self.log.error("VALIDATION", f"Channel-address mismatch: channel={channel}, address={to}")
+            raise
+        if warning is not None:
+            self.log.warn("VALIDATION", warning)
+        assert to is not None  # check_address refuses an empty address
+        now = self.clock.now()
+        entry_id = self.queue.new_id(now)
+        entry = DeliveryEntry(
+            id=entry_id,
+            kind=kind,
+            channel=channel,
+            to=to,
+            account_id=account_id,
+            agent_id=agent_id,
+            requester_origin=_requester(origin),
+            payload=Payload(text),
+            idempotency_key=idempotency_key or entry_id,
+            created_at=now,
+            next_attempt_at=now,
+        )
+        await self.queue.enqueue(entry)
+        if self.on_enqueued is not None:
+            self.on_enqueued(entry)
+        return entry
+
+
+# --- the worker -------------------------------------------------------------------------------
+
+ResultKind = Literal["ok", "retry", "failed", "paused", "released", "skipped"]
+
+
+@attrs.frozen
+class AttemptResult:
+    """What became of one entry in one pass (`delivery process --once` prints these)."""
+
+    id: str
+    kind: ResultKind
+    channel: str = ""
+    to: str = ""
+    detail: str = ""
+
+    @property
+    def line(self) -> str:
+        return f"{self.id} {self.kind} channel={self.channel} to={self.to} {self.detail}".rstrip()
+
+
+@attrs.frozen
+class Slot:
+    """The worker's in-memory view of one pending entry: enough to schedule it, no more."""
+
+    due: float  # trio clock
+    channel: str
+    account_id: str | None
+
+
+@attrs.define
+class DeliveryWorker:
+    queue: DeliveryQueue
+    channels: ChannelLookup
+    config: DeliveryConfig
+    clock: WallClock
+    log: EventLog
+    work: WorkRegistry
+    rng: random.Random
+    _schedule: dict[str, Slot] = attrs.Factory(dict)
+    _active: set[str] = attrs.Factory(set)
+    _paused: dict[tuple[str, str | None], float] = attrs.Factory(dict)
+    _wake: trio.Event = attrs.Factory(trio.Event)
+
+    # --- scheduling -------------------------------------------------------------------------
+
+    def notify(self, entry: DeliveryEntry) -> None:
+        """A new or rescheduled entry: wake the dispatcher if it is now the earliest."""
+        self._schedule[entry.id] = Slot(self.clock.trio_time(entry.next_attempt_at), entry.channel, entry.account_id)
+        self._wake.set()
+
+    def pending_count(self) -> int:
+        return len(self._schedule) + len(self._active)
+
+    def _effective_due(self, slot: Slot) -> float:
+        return max(slot.due, self._paused.get((slot.channel, slot.account_id), -math.inf))
+
+    def _next_due(self) -> float:
+        times = [self._effective_due(s) for i, s in self._schedule.items() if i not in self._active]
+        return min(times, default=math.inf)
+
+    def _take_due(self) -> list[str]:
+        now = trio.current_time()
+        due = [i for i, s in self._schedule.items() if i not in self._active and self._effective_due(s) <= now]
+        return sorted(due)
+
+    async def _rescan(self) -> None:
+        """Pick up what other processes wrote (and what this one recovered). Adds and updates
+        only: an id that vanished is dropped when its claim finds nothing."""
+        await self.queue.recover()
+        for entry in await self.queue.list_pending():
+            if entry.id not in self._active:
+                self.notify(entry)
+
+    async def _rescan_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.rescan_interval_seconds)
+            await self._rescan()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Deliver continuously until cancelled. Started once the channels are up."""
+        await self._rescan()
+        task_status.started()
+        limiter = trio.Semaphore(self.config.concurrency)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._rescan_loop)
+            while True:
+                await self._sleep_until_due()
+                for entry_id in self._take_due():
+                    await limiter.acquire()
+                    self._active.add(entry_id)
+                    nursery.start_soon(self._run_one, entry_id, limiter)
+
+    async def _sleep_until_due(self) -> None:
+        with trio.move_on_at(self._next_due()):
+            await self._wake.wait()
+        self._wake = trio.Event()
+
+    async def _run_one(self, entry_id: str, limiter: trio.Semaphore) -> None:
+        try:
+            await self.attempt(entry_id)
+        finally:
+            self._active.discard(entry_id)
+            limiter.release()
+            self._wake.set()  # its new due time (or a free slot) may change what comes next
+
+    async def process_once(self) -> list[AttemptResult]:
+        """Deliver every due pending entry once (`delivery process --once`)."""
+        await self.queue.recover()
+        due = await self.queue.due(self.clock.now())
+        results: list[AttemptResult] = []
+        limiter = trio.Semaphore(self.config.concurrency)
+
+        async def one(entry_id: str) -> None:
+            async with limiter:
+                results.append(await self.attempt(entry_id))
+
+        async with trio.open_nursery() as nursery:
+            for entry in due:
+                nursery.start_soon(one, entry.id)
+        return sorted(results, key=lambda r: r.id)
+
+    # --- one attempt ------------------------------------------------------------------------
+
+    async def attempt(self, entry_id: str) -> AttemptResult:
+        """Claim, send and settle one entry. Cancellation releases it uncounted."""
+        claimed = await self.queue.claim(entry_id, self.clock.now())
+        if not isinstance(claimed, Claimed):
+            return self._unclaimed(entry_id, claimed)
+        self._schedule.pop(entry_id, None)
+        entry = claimed.entry
+        channel = self.channels.get(entry.channel, entry.account_id)
+        pause_end = self._paused.get((entry.channel, entry.account_id), -math.inf)
+        if channel is None or pause_end > trio.current_time():
+            with trio.move_on_after(RELEASE_TIMEOUT_SECONDS, shield=True):
+                return await self._not_sendable(claimed, channel is None)
+        else:
+            try:
+                outcome = await self._send(channel, claimed)
+            except BaseException:
+                with trio.move_on_after(RELEASE_TIMEOUT_SECONDS, shield=True):
+                    await self.queue.release(claimed)
+                self.log.info(
+                    "DELIVERY", f"Channel={entry.channel} id={entry.id} Released: attempt cut off, not counted"
+                )
+                raise
+            # Settling is short disk work whose result must survive a cancellation arriving
+            # after the channel answered: an `ok` lost here would be re-sent after a restart.
+            with trio.move_on_after(RELEASE_TIMEOUT_SECONDS, shield=True):
+                return await self._settle(claimed, outcome)
+        return AttemptResult(entry.id, "released", entry.channel, entry.to, "settling timed out; recovered at restart")
+
+    async def _not_sendable(self, claimed: Claimed, unconfigured: bool) -> AttemptResult:
+        entry = claimed.entry
+        if unconfigured:
+            account = entry.account_id or "-"
+            return await self._fail(claimed, f"no channel {entry.channel} with account {account} is configured")
+        await self._hold(claimed, "account paused")
+        return AttemptResult(entry.id, "paused", entry.channel, entry.to, "account paused")
+
+    def _unclaimed(self, entry_id: str, claimed: NotDue | None) -> AttemptResult:
+        slot = self._schedule.pop(entry_id, None)
+        if isinstance(claimed, NotDue) and slot is not None:
+            self._schedule[entry_id] = attrs.evolve(slot, due=self.clock.trio_time(claimed.next_attempt_at))
+            return AttemptResult(entry_id, "skipped", slot.channel, detail="not due yet")
+        return AttemptResult(entry_id, "skipped", detail="gone (claimed elsewhere or deleted)")
+
+    async def _send(self, channel: Channel, claimed: Claimed) -> Outcome:
+        entry = claimed.entry
+        if entry.send_started_at is not None and not channel.deduplicates:
+            self.log.warn(
+                "DELIVERY",
+                f"Channel={entry.channel} id={entry.id} Possible duplicate: a send started at "
+                f"{entry.send_started_at.isoformat()} had no recorded outcome; resending",
+                idempotencyKey=entry.idempotency_key,
+            )
+        try:
+            claimed = await self.queue.mark_sending(claimed, self.clock.now())
+        except EntryGone:
+            return Outcome("permanent", "entry deleted by hand")
+        timeout = self.config.attempt_timeout_seconds
+        try:
+            with self.work.track("delivery_attempt") as unit:
+                unit.progress(f"delivery_attempt:{entry.channel}")
+                with trio.move_on_after(timeout) as scope:
+                    return await channel.send(claimed.entry)
+        except WorkAbortedError as exc:
+            return Outcome("retry", str(exc))
+        except Exception as exc:  # a broken adapter must not take the worker down
+            self.log.error("DELIVERY", f"Channel={entry.channel} id={entry.id} send raised {exc!r}")
+            return Outcome("retry", f"channel error: {type(exc).__name__}: {exc}")
+        assert scope.cancelled_caught
+        return Outcome("retry", f"attempt timed out after {timeout:g}s")
+
+    async def _settle(self, claimed: Claimed, outcome: Outcome) -> AttemptResult:
+        entry = claimed.entry
+        if outcome.kind == "ok":
+            await self.queue.ack(claimed)
+            self.log.info("DELIVERY", f"Channel={entry.channel} id={entry.id} to={entry.to} Success")
+            return AttemptResult(entry.id, "ok", entry.channel, entry.to)
+        if outcome.kind == "permanent":
+            return await self._fail(claimed, outcome.reason or "permanent rejection")
+        if outcome.kind == "paused":
+            self._pause(entry, outcome.reason)
+            await self._hold(claimed, f"paused: {outcome.reason}")
+            return AttemptResult(entry.id, "paused", entry.channel, entry.to, outcome.reason)
+        return await self._retry(claimed, outcome)
+
+    async def _retry(self, claimed: Claimed, outcome: Outcome) -> AttemptResult:
+        entry, cfg = claimed.entry, self.config
+        attempts = entry.attempts + 1
+        wait = backoff.delay(
+            attempts, cfg.initial_backoff_seconds, cfg.max_backoff_seconds, self.rng, outcome.retry_after
+        )
+        now = self.clock.now()
+        elapsed = (now - (entry.retried_at or entry.created_at)).total_seconds()
+        give_up = backoff.exhausted(
+            attempts=attempts,
+            elapsed=elapsed,
+            next_delay=wait,
+            max_attempts=cfg.max_attempts,
+            max_total_seconds=cfg.max_total_retry_seconds,
+        )
+        reason = outcome.reason or outcome.kind
+        if give_up is not None:
+            return await self._fail(claimed, f"{reason}; {give_up}", attempts=attempts)
+        updated = await self.queue.retry_later(claimed, reason, now + dt.timedelta(seconds=wait))
+        self.notify(updated)
+        self.log.warn(
+            "DELIVERY",
+            f"Channel={entry.channel} id={entry.id} to={entry.to} Retry {attempts}/{cfg.max_attempts} in {wait:.1f}s",
+            reason=reason,
+        )
+        return AttemptResult(entry.id, "retry", entry.channel, entry.to, f"in {wait:.1f}s: {reason}")
+
+    async def _fail(self, claimed: Claimed, reason: str, *, attempts: int | None = None) -> AttemptResult:
+        entry = claimed.entry
+        if attempts is not None:
+            claimed = Claimed(attrs.evolve(entry, attempts=attempts), claimed.path)
+        await self.queue.dead_letter(claimed, reason, self.clock.now())
+        self.log.error("DELIVERY", f"Channel={entry.channel} id={entry.id} to={entry.to} Failed: {reason}")
+        return AttemptResult(entry.id, "failed", entry.channel, entry.to, reason)
+
+    def _pause(self, entry: DeliveryEntry, reason: str) -> None:
+        key = (entry.channel, entry.account_id)
+        if self._paused.get(key, -math.inf) <= trio.current_time():
+            self.log.error(
+                "DELIVERY",
+                f"Channel={entry.channel} account={entry.account_id or '-'} Paused: {reason}; "
+                f"its entries stay pending, next probe in {PAUSE_PROBE_SECONDS:g}s",
+            )
+        self._paused[key] = trio.current_time() + PAUSE_PROBE_SECONDS
+
+    async def _hold(self, claimed: Claimed, reason: str) -> None:
+        resume = self._paused.get((claimed.entry.channel, claimed.entry.account_id), trio.current_time())
+        next_at = self.clock.now() + dt.timedelta(seconds=max(resume - trio.current_time(), 0.0))
+        self.notify(await self.queue.hold(claimed, reason, next_at))
+
+
+# --- repair -----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Reroute:
+    channel: str
+    to: str
+    account_id: str | None
+    why: str
+
+
+@attrs.frozen
+class DeadLetter:
+    reason: str
+
+
+RepairAction = Reroute | DeadLetter
+
+
+def _problem(entry: DeliveryEntry) -> str | None:
+    origin = entry.requester_origin
+    if origin is not None and origin.channel and origin.channel != entry.channel:
+        return f"channel {entry.channel} disagrees with requesterOrigin.channel {origin.channel}"
+    try:
+        validation.check_address(entry.channel, entry.to)
+    except DeliveryValidationError as exc:
+        return str(exc)
+    return None
+
+
+def plan_repair(entry: DeliveryEntry, agents: dict[str, AgentConfig]) -> RepairAction | None:
+    """What `delivery repair` does with one pending entry; None when it is sound. Pure."""
+    problem = _problem(entry)
+    if problem is None:
+        return None
+    ro = entry.requester_origin
+    if ro is None or not (ro.channel or ro.delivery_channel):
+        return DeadLetter(f"{problem}; no requester origin to re-route to")
+    agent = agents.get(entry.agent_id or "") or AgentConfig()
+    route = routing.resolve(routing.Origin(ro.channel, ro.to, ro.account_id, ro.delivery_channel), agent)
+    if not validation.fits(route.channel, route.to) or route.to is None:
+        return DeadLetter(f"{problem}; requester origin {route.channel}:{route.to} is not a valid address either")
+    return Reroute(route.channel, route.to, route.account_id, f"re-routed by repair: {problem}")
+
+
+@attrs.frozen
+class RepairReport:
+    entry: DeliveryEntry
+    action: RepairAction
+    done: bool  # False in a dry run, or when the entry was claimed elsewhere meanwhile
+
+    @property
+    def line(self) -> str:
+        e, a = self.entry, self.action
+        verb = "would" if not self.done else "did"
+        if isinstance(a, Reroute):
+            return f"{e.id} {verb} re-route {e.channel}:{e.to} -> {a.channel}:{a.to} ({a.why})"
+        return f"{e.id} {verb} dead-letter {e.channel}:{e.to}: {a.reason}"
+
+
+async def repair(
+    queue: DeliveryQueue,
+    agents: dict[str, AgentConfig],
+    clock: WallClock,
+    *,
+    dry_run: bool,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> list[RepairReport]:
+    """Re-route or dead-letter every misrouted pending entry. Deletes nothing."""
+    entries: Sequence[DeliveryEntry] = await queue.list_pending()
+    reports: list[RepairReport] = []
+    for n, entry in enumerate(entries, 1):
+        if on_progress is not None:
+            on_progress(n, len(entries))
+        action = plan_repair(entry, agents)
+        if action is None:
+            continue
+        done = False if dry_run else await _apply(queue, entry, action, clock)
+        reports.append(RepairReport(entry, action, done))
+    return reports
+
+
+async def _apply(queue: DeliveryQueue, entry: DeliveryEntry, action: RepairAction, clock: WallClock) -> bool:
+    # A claim, not a direct write: a running worker may be sending this entry right now.
+    # Repair acts whether or not the entry is due: a misrouted entry waiting on a backoff
+    # is exactly the seed's case.
+    claimed = await queue.claim(entry.id, dt.datetime.max.replace(tzinfo=dt.UTC))
+    if not isinstance(claimed, Claimed):
+        return False
+    now = clock.now()
+    if isinstance(action, Reroute):
+        await queue.reroute(
+            claimed, channel=action.channel, to=action.to, account_id=action.account_id, now=now, why=action.why
+        )
+    else:
+        await queue.dead_letter(claimed, action.reason, now)
+    return True
+
+
+# --- the runtime's view -----------------------------------------------------------------------
+
+
+class ClosableChannels(ChannelLookup, Protocol):
+    async def aclose(self) -> None: ...
+
+
+@attrs.define
+class QueueDelivery:
+    """One generation's delivery side (`gateway.DeliveryService`): the outbox turns write to
+    and the worker that empties the queue, over the same `DeliveryQueue` object (one per
+    process, so `recover()` knows which of its own claims are live)."""
+
+    outbox: Outbox
+    worker: DeliveryWorker
+    channels: ClosableChannels
+    _failed: int = 0
+
+    @classmethod
+    def build(
+        cls,
+        queue: DeliveryQueue,
+        channels: ClosableChannels,
+        config: Config,
+        clock: WallClock,
+        log: EventLog,
+        work: WorkRegistry,
+        rng: random.Random | None = None,
+    ) -> QueueDelivery:
+        worker = DeliveryWorker(queue, channels, config.delivery, clock, log, work, rng or random.Random())
+        outbox = Outbox(queue, config.agents, clock, log, on_enqueued=worker.notify)
+        return cls(outbox, worker, channels)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.worker.run)
+            task_status.started()
+            nursery.start_soon(self._count_failed)
+
+    async def _count_failed(self) -> None:
+        while True:
+            self._failed = len(await self.worker.queue.list_failed())
+            await trio.sleep(self.worker.config.rescan_interval_seconds)
+
+    def counts(self) -> dict[str, int]:
+        return {"pending": self.worker.pending_count(), "failed": self._failed}
+
+    async def aclose(self) -> None:
+        await self.channels.aclose()
