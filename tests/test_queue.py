@@ -218,3 +218,16 @@ def test_a_reused_pid_is_not_the_claimer() -> None:
     # Our own process started before now: a claim written an hour ago cannot be ours.
     assert claimer_alive(os.getpid(), dt.datetime.now().timestamp())
     assert not claimer_alive(os.getpid(), dt.datetime.now().timestamp() - 3600 * 24 * 365)
+
+
+async def test_recover_removes_temporaries_of_dead_claimers_only(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    inflight = tmp_path / "inflight"
+    inflight.mkdir()
+    dead = inflight / f".01ABC.{_dead_pid()}.json.x1y2.tmp"
+    alive = inflight / f".01ABD.{os.getppid()}.json.x1y2.tmp"
+    dead.write_text("{")
+    alive.write_text("{")
+    await q.recover()
+    assert not dead.exists()
+    assert alive.exists()

@@ -356,7 +356,22 @@ class DeliveryQueue:
         """`delivery retry ID`: a dead letter back to pending, attempts and budget reset."""
         return await self._run(lambda: self._retry_dead_sync(entry_id, now))
 
+    def _remove_dead_temporaries_sync(self) -> None:
+        # `.<id>.<pid>.json.XXXX.tmp`: a rewrite cut by a crash. The claimed file beside it is
+        # whole (the rename never happened), so removing the temporary loses nothing.
+        try:
+            names = [n for n in os.listdir(self.inflight_dir) if n.startswith(".") and n.endswith(".tmp")]
+        except FileNotFoundError:
+            return
+        for name in names:
+            pid_text = name[1:].split(".")[1]
+            path = self.inflight_dir / name
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                if int(pid_text) != self.pid and not claimer_alive(int(pid_text), path.stat().st_mtime):
+                    path.unlink()
+
     def _recover_sync(self) -> list[str]:
+        self._remove_dead_temporaries_sync()
         recovered = []
         for path in _entry_files(self.inflight_dir):
             entry_id, _, rest = path.name.partition(".")
