@@ -1,0 +1,111 @@
+"""The `console` channel: one JSON line per delivery in `logs/console.jsonl`, so a newcomer sees
+a whole turn with no accounts anywhere. Deduplicates by entry id like a real platform would by
+its idempotency key: re-sending an id already in the file is a successful no-op."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from trio_gateway.classify import OK, Outcome
+from trio_gateway.entry import DeliveryEntry
+
+
+def line_for(entry: DeliveryEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "channel": entry.channel,
+        "to": entry.to,
+        "accountId": entry.account_id,
+        "agentId": entry.agent_id,
+        "kind": entry.kind,
+        "text": entry.payload.text,
+        "idempotencyKey": entry.idempotency_key,
+    }
+
+
+@attrs.define
+class SeenIds:
+    """Ids already in the file. Reads only what was appended since the last look, so another
+    process appending to the same file (`delivery process --once`) is seen too, at little cost."""
+
+    path: Path
+    ids: set[str] = attrs.Factory(set)
+    offset: int = 0
+
+    def refresh(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                if f.seek(0, os.SEEK_END) < self.offset:  # truncated by hand: start over
+                    self.ids.clear()
+                    self.offset = 0
+                f.seek(self.offset)
+                data = f.read()
+        except FileNotFoundError:
+            self.ids.clear()
+            self.offset = 0
+            return
+        complete = data[: data.rfind(b"\n") + 1]  # a torn last line is read again once finished
+        self.offset += len(complete)
+        for raw in complete.splitlines():
+            self.ids.update(_id_of(raw))
+
+
+def _id_of(raw: bytes) -> list[str]:
+    try:
+        record = json.loads(raw)
+    except ValueError:
+        return []
+    value = record.get("id") if isinstance(record, dict) else None
+    return [value] if isinstance(value, str) else []
+
+
+def append_once(seen: SeenIds, entry: DeliveryEntry) -> None:
+    """Blocking: runs in a worker thread. fsync before success, because the queue deletes the
+    entry on `ok`: a line lost in a crash after that would be a message lost."""
+    seen.refresh()
+    if entry.id in seen.ids:
+        return
+    seen.path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(line_for(entry), ensure_ascii=False).encode() + b"\n"
+    with seen.path.open("ab") as f:
+        if f.tell() > 0 and _ends_torn(seen.path):
+            line = b"\n" + line  # a crash left half a line: never glue ours onto it
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+    seen.ids.add(entry.id)
+
+
+def _ends_torn(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) != b"\n"
+
+
+@attrs.define
+class ConsoleChannel:
+    path: Path
+    seen: SeenIds = attrs.field(init=False)
+    lock: trio.Lock = attrs.Factory(trio.Lock)
+    name: str = "console"
+    deduplicates: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        self.seen = SeenIds(self.path)
+
+    async def send(self, entry: DeliveryEntry) -> Outcome:
+        async with self.lock:
+            try:
+                await trio.to_thread.run_sync(append_once, self.seen, entry)
+            except OSError as exc:
+                return Outcome("retry", f"console: {type(exc).__name__}: {exc.strerror or exc}")
+        return OK
+
+    async def aclose(self) -> None:
+        return None

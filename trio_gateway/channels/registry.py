@@ -1,0 +1,167 @@
+"""The channels of one generation: an adapter per configured account, plus `console`, built
+from the config, the home and the environment. Built all at once, so a missing secret is a
+`ConfigError` before anything starts, never a gateway that half-starts."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Callable, Mapping
+
+import attrs
+import httpx
+import trio
+
+from trio_gateway.channels.base import Channel
+from trio_gateway.channels.console import ConsoleChannel
+from trio_gateway.channels.discord import DiscordChannel
+from trio_gateway.channels.feishu import FeishuChannel
+from trio_gateway.channels.http import make_transport
+from trio_gateway.channels.slack import SlackChannel
+from trio_gateway.channels.telegram import TelegramChannel
+from trio_gateway.channels.weixin import WeixinChannel
+from trio_gateway.config import AccountConfig, Config
+from trio_gateway.errors import ConfigError
+from trio_gateway.home import Home
+
+
+@attrs.frozen
+class AccountSpec:
+    """One account being opened: what it says, where it sits in the file, and the environment."""
+
+    channel: str
+    account_id: str
+    account: AccountConfig
+    env: Mapping[str, str]
+    transport: Callable[[], httpx.AsyncBaseTransport]
+
+    @property
+    def path(self) -> str:
+        return f"channels.{self.channel}.accounts.{self.account_id}"
+
+    @property
+    def base_url(self) -> str:
+        return self.required("baseUrl", self.account.base_url)
+
+    def required(self, key: str, value: str | None) -> str:
+        if not value:
+            raise ConfigError(f"{self.path}.{key}", "required")
+        return value
+
+    def secret(self, key: str, env_name: str | None) -> str:
+        name = self.required(key, env_name)
+        value = self.env.get(name)
+        if not value:
+            raise ConfigError(f"{self.path}.{key}", f"environment variable {name} is not set")
+        return value
+
+
+def _feishu(a: AccountSpec) -> Channel:
+    app_id = a.required("appId", a.account.app_id)
+    return FeishuChannel.open(a.base_url, app_id, a.secret("appSecretEnv", a.account.app_secret_env), a.transport())
+
+
+def _weixin(a: AccountSpec) -> Channel:
+    token = a.secret("tokenEnv", a.account.token_env)
+    return WeixinChannel.open(a.base_url, token, a.account.context_token, a.transport())
+
+
+def _slack(a: AccountSpec) -> Channel:
+    return SlackChannel.open(a.base_url, a.secret("tokenEnv", a.account.token_env), a.transport())
+
+
+def _discord(a: AccountSpec) -> Channel:
+    return DiscordChannel.open(a.base_url, a.secret("tokenEnv", a.account.token_env), a.transport())
+
+
+def _telegram(a: AccountSpec) -> Channel:
+    return TelegramChannel.open(a.base_url, a.secret("tokenEnv", a.account.token_env), a.transport())
+
+
+OPENERS: dict[str, Callable[[AccountSpec], Channel]] = {
+    "feishu": _feishu,
+    "openclaw-weixin": _weixin,
+    "slack": _slack,
+    "discord": _discord,
+    "telegram": _telegram,
+}
+
+
+def _validate(specs: list[AccountSpec]) -> None:
+    """Every required key and secret of every account, checked before any client is opened."""
+    for spec in specs:
+        _ = spec.base_url
+        if spec.channel == "feishu":
+            spec.required("appId", spec.account.app_id)
+            spec.secret("appSecretEnv", spec.account.app_secret_env)
+        else:
+            spec.secret("tokenEnv", spec.account.token_env)
+
+
+@attrs.define
+class ChannelSet:
+    """`get(channel, account_id)` for the delivery worker; `aclose()` when the generation ends."""
+
+    console: ConsoleChannel
+    accounts: dict[str, dict[str, Channel]] = attrs.Factory(dict)
+
+    @classmethod
+    def build(
+        cls,
+        config: Config,
+        home: Home,
+        env: Mapping[str, str],
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> ChannelSet:
+        """`transport` replaces the network for every account (an in-process fake in tests)."""
+        make = _transport_factory(transport)
+        specs = [
+            AccountSpec(channel, account_id, account, env, make)
+            for channel, section in config.channels.items()
+            if channel in OPENERS
+            for account_id, account in section.accounts.items()
+        ]
+        _validate(specs)
+        channels = cls(ConsoleChannel(home.console_path))
+        for spec in specs:
+            channels.accounts.setdefault(spec.channel, {})[spec.account_id] = OPENERS[spec.channel](spec)
+        return channels
+
+    def get(self, channel: str, account_id: str | None) -> Channel | None:
+        """The adapter for this account; with no account, the channel's first one. `console`
+        has no accounts: any account id reaches it."""
+        if channel == "console":
+            return self.console
+        accounts = self.accounts.get(channel, {})
+        if account_id is None:
+            return next(iter(accounts.values()), None)
+        return accounts.get(account_id)
+
+    def all(self) -> list[Channel]:
+        return [self.console, *(c for accounts in self.accounts.values() for c in accounts.values())]
+
+    async def aclose(self) -> None:
+        """Closes every client, each even when another fails; the caller bounds the time."""
+        async with trio.open_nursery() as nursery:
+            for channel in self.all():
+                nursery.start_soon(_close_quietly, channel)
+
+
+async def _close_quietly(channel: Channel) -> None:
+    # One adapter failing to close must not stop the others from closing.
+    with contextlib.suppress(Exception):
+        await channel.aclose()
+
+
+def _transport_factory(shared: httpx.AsyncBaseTransport | None) -> Callable[[], httpx.AsyncBaseTransport]:
+    if shared is not None:
+        return lambda: shared
+    context: list[ssl.SSLContext] = []
+
+    def real() -> httpx.AsyncBaseTransport:
+        # One SSL context for all accounts: building it is the slow part of opening a client.
+        if not context:
+            context.append(httpx.create_ssl_context())
+        return make_transport(context[0])
+
+    return real
