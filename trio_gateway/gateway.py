@@ -168,9 +168,14 @@ class Gateway:
                 with trio.CancelScope() as work_scope:
                     async with trio.open_nursery() as work:
                         self.current = Generation(number, config, rt, work, trio.current_time())
-                        await self._resume_turns(config)
+                        leftover = [(s, t) for s in self.sessions.values() for t in s.record.turns]
                         self.state.value = "running"
                         self.log.info("RESTART", f"generation={number} accepting work")
+                        if leftover:
+                            # Resuming is work like any other: it must not delay accepting new
+                            # work, and it is busy from this instant, so nobody sees "idle" first.
+                            self.busy.value += 1
+                            work.start_soon(self._resume_turns, self.current, leftover)
                         if self._drain is not None:  # the restart that led here is complete
                             self._drain.new_generation = number
                             self._drain.done.set()
@@ -320,22 +325,30 @@ class Gateway:
         finally:
             self.busy.value -= 1
 
-    async def _resume_turns(self, config: Config) -> None:
-        """Turns left on disk by a drain deadline or a crash: run each once more, or tell the
-        requester it was lost to a restart when it has been resumed already (SPEC 6)."""
-        assert self.current is not None
-        gen = self.current
-        for session in list(self.sessions.values()):
-            for turn in list(session.record.turns):
-                if turn.resumes >= 1 or not config.gateway.drain.resume_interrupted:
-                    await self._give_up_turn(gen, session, turn)
-                    continue
-                turn.resumes += 1
-                turn.status = "accepted"
-                turn.stall_seconds = None
-                self.log.info("RESTART", "Resuming interrupted turn", sessionId=session.id, turnId=turn.id)
-                await self.store.save(session.record)
-                await self._start_turn(gen, session, turn)
+    async def _resume_turns(self, gen: Generation, leftover: list[tuple[agent.Session, TurnRecord]]) -> None:
+        """Turns left by a drain deadline or a crash (`leftover`, taken before this generation
+        accepted anything): run each once more, or tell the requester it was lost to a restart
+        when it has been resumed already (SPEC 6)."""
+        try:
+            await self._resume_each(gen, leftover)
+        finally:
+            self.busy.value -= 1
+
+    async def _resume_each(self, gen: Generation, leftover: list[tuple[agent.Session, TurnRecord]]) -> None:
+        resume = gen.config.gateway.drain.resume_interrupted
+        for session, turn in leftover:
+            if self.current is not gen or self.state.value != "running":
+                return  # a drain began: the rest stay on disk for the next generation
+            if turn.resumes >= 1 or not resume:
+                await self._give_up_turn(gen, session, turn)
+                continue
+            turn.resumes += 1
+            turn.status = "accepted"
+            turn.stall_seconds = None
+            self.log.info("RESTART", "Resuming interrupted turn", sessionId=session.id, turnId=turn.id)
+            # Durable before it runs, so a crash mid-turn cannot resume it forever.
+            await self.store.save(session.record)
+            await self._start_turn(gen, session, turn)
 
     async def _give_up_turn(self, gen: Generation, session: agent.Session, turn: TurnRecord) -> None:
         session.record.turns.remove(turn)
