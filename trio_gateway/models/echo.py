@@ -1,0 +1,81 @@
+"""The embedded model: answers in-process, so a gateway with no configuration runs a full turn.
+
+The scripting rule lives here once and the fake model server (`trio_gateway.testing.fake_model`)
+reuses it, so the in-process echo and the HTTP fake answer a conversation the same way:
+
+- a user message `/spawn <agent> <task...>` is answered with a `spawn_subagent` tool call
+  `{"agent": ..., "task": ...}`, when that tool is offered (a model cannot call a tool it was
+  not given, e.g. a subagent at the depth limit); otherwise the text is echoed;
+- after a tool result (the last message has role "tool") the answer is `spawned: <content>`;
+- anything else is answered with the last user message's text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from trio_gateway.models.base import Message, ModelReply, ToolCall
+from trio_gateway.work import WorkUnit
+
+SPAWN_TOOL = "spawn_subagent"
+
+
+def message_text(message: Message) -> str:
+    """The text of a message; OpenAI also allows a list of typed parts for `content`."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def last_user_text(messages: Sequence[Message]) -> str:
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return message_text(message)
+    return ""
+
+
+def offers_tool(tools: Sequence[dict[str, Any]], name: str) -> bool:
+    return any(t.get("function", {}).get("name") == name for t in tools)
+
+
+def parse_spawn(text: str) -> tuple[str, str] | None:
+    """`/spawn AGENT TASK...` -> (agent, task); None when the text is not a spawn request."""
+    parts = text.strip().split(maxsplit=2)
+    if len(parts) < 3 or parts[0] != "/spawn":
+        return None
+    return parts[1], parts[2]
+
+
+def scripted_reply(messages: Sequence[Message], tools: Sequence[dict[str, Any]], call_id: str) -> ModelReply:
+    """The echo rule (module docstring), shared by `EchoModel` and the fake model server."""
+    if messages and messages[-1].get("role") == "tool":
+        return ModelReply(f"spawned: {message_text(messages[-1])}")
+    text = last_user_text(messages)
+    spawn = parse_spawn(text)
+    if spawn is not None and offers_tool(tools, SPAWN_TOOL):
+        agent, task = spawn
+        return ModelReply(None, (ToolCall(call_id, SPAWN_TOOL, {"agent": agent, "task": task}),))
+    return ModelReply(text)
+
+
+class EchoModel:
+    """In-process model with the echo rule; holds nothing, so closing it is free."""
+
+    def __init__(self) -> None:
+        self._calls = 0
+
+    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
+        # A checkpoint makes the call cancellable and yields, like a real call would.
+        await trio.lowlevel.checkpoint()
+        self._calls += 1
+        unit.progress("model_call:first_token")
+        return scripted_reply(messages, tools, f"call_echo_{self._calls}")
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
