@@ -263,4 +263,4 @@ def classify_telegram(status: int, body: object, headers: Headers) -> Outcome:
     effective = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600 else status
     if 200 <= effective < 300:
         return Outcome("retry", reason, http_status=status)
-    return by_status(effective, headers, reason)
+    return attrs.evolve(by_status(effective, headers, reason), http_status=status)

@@ -127,6 +127,11 @@ class ChannelSet:
             channels.accounts.setdefault(spec.channel, {})[spec.account_id] = OPENERS[spec.channel](spec)
         return channels
 
+    @classmethod
+    def from_config(cls, config: Config, home: Home, env: Mapping[str, str]) -> ChannelSet:
+        # The name `delivery process --once` (cli_delivery) calls; same as `build` without a fake.
+        return cls.build(config, home, env)
+
     def get(self, channel: str, account_id: str | None) -> Channel | None:
         """The adapter for this account; with no account, the channel's first one. `console`
         has no accounts: any account id reaches it."""
