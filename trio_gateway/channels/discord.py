@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import attrs
-import httpx
 
 from trio_gateway.channels.http import JsonClient, stable_key
 from trio_gateway.classify import Outcome, classify_discord, field
 from trio_gateway.entry import DeliveryEntry
+from trio_gateway.http_client import AsyncBaseTransport
 
 DM_PATH = "/users/@me/channels"
 # Discord rejects a nonce longer than 25 characters.
@@ -37,7 +37,7 @@ class DiscordChannel:
     deduplicates: bool = True
 
     @classmethod
-    def open(cls, base_url: str, token: str, transport: httpx.AsyncBaseTransport) -> DiscordChannel:
+    def open(cls, base_url: str, token: str, transport: AsyncBaseTransport) -> DiscordChannel:
         headers = {"Authorization": f"Bot {token}"}
         return cls(JsonClient.open(base_url, transport, headers=headers, secrets=[token]))
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import attrs
-import httpx
 import trio
 
 from trio_gateway.channels.http import JsonClient, Reply, stable_key
 from trio_gateway.classify import FEISHU_TOKEN_INVALID_CODES, Outcome, classify_feishu, classify_feishu_token, field
 from trio_gateway.entry import DeliveryEntry
+from trio_gateway.http_client import AsyncBaseTransport
 
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 MESSAGES_PATH = "/open-apis/im/v1/messages"
@@ -73,7 +73,7 @@ class FeishuChannel:
     deduplicates: bool = True
 
     @classmethod
-    def open(cls, base_url: str, app_id: str, app_secret: str, transport: httpx.AsyncBaseTransport) -> FeishuChannel:
+    def open(cls, base_url: str, app_id: str, app_secret: str, transport: AsyncBaseTransport) -> FeishuChannel:
         return cls(JsonClient.open(base_url, transport, secrets=[app_secret]), app_id, app_secret)
 
     async def send(self, entry: DeliveryEntry) -> Outcome:

@@ -1,4 +1,4 @@
-"""The httpx plumbing every HTTP channel shares: one client per account, POST JSON, turn
+"""The HTTP plumbing every HTTP channel shares: one client per account, POST JSON, turn
 transport failures into `retry` outcomes, and keep secrets out of anything we report.
 
 One `AsyncClient` per account rather than one for the gateway: each account has its own base
@@ -16,8 +16,12 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import attrs
-import httpx
 
+# `http_client` picks the library for every upstream call; these two it does not re-export yet,
+# so they come from the same library here (keep in step with `http_client.LIBRARY`).
+from httpx2 import AsyncHTTPTransport, create_ssl_context
+
+from trio_gateway import http_client as httpx
 from trio_gateway.classify import Headers, Outcome, short, transport_error
 
 # Bounds inside the worker's own per-attempt deadline: a connect that hangs should end as a
@@ -79,8 +83,12 @@ class SecretPathTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+def new_ssl_context() -> ssl.SSLContext:
+    return create_ssl_context()
+
+
 def make_transport(ssl_context: ssl.SSLContext | None) -> httpx.AsyncBaseTransport:
-    return httpx.AsyncHTTPTransport(verify=ssl_context if ssl_context is not None else True, retries=0)
+    return AsyncHTTPTransport(verify=ssl_context if ssl_context is not None else True, retries=0)
 
 
 @attrs.define
@@ -112,7 +120,7 @@ class JsonClient:
             response = await self.client.post(path, content=content, headers=wire_headers)
         except httpx.TimeoutException as exc:
             return self.clean(transport_error("timeout", type(exc).__name__))
-        except httpx.RequestError as exc:
+        except httpx.HTTPError as exc:
             return self.clean(transport_error(type(exc).__name__, str(exc)))
         return Reply(response.status_code, _json_or_none(response), response.headers)
 

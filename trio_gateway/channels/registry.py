@@ -9,20 +9,20 @@ import ssl
 from collections.abc import Callable, Mapping
 
 import attrs
-import httpx
 import trio
 
 from trio_gateway.channels.base import Channel
 from trio_gateway.channels.console import ConsoleChannel
 from trio_gateway.channels.discord import DiscordChannel
 from trio_gateway.channels.feishu import FeishuChannel
-from trio_gateway.channels.http import make_transport
+from trio_gateway.channels.http import make_transport, new_ssl_context
 from trio_gateway.channels.slack import SlackChannel
 from trio_gateway.channels.telegram import TelegramChannel
 from trio_gateway.channels.weixin import WeixinChannel
 from trio_gateway.config import AccountConfig, Config
 from trio_gateway.errors import ConfigError
 from trio_gateway.home import Home
+from trio_gateway.http_client import AsyncBaseTransport
 
 
 @attrs.frozen
@@ -33,7 +33,7 @@ class AccountSpec:
     account_id: str
     account: AccountConfig
     env: Mapping[str, str]
-    transport: Callable[[], httpx.AsyncBaseTransport]
+    transport: Callable[[], AsyncBaseTransport]
 
     @property
     def path(self) -> str:
@@ -111,7 +111,7 @@ class ChannelSet:
         config: Config,
         home: Home,
         env: Mapping[str, str],
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: AsyncBaseTransport | None = None,
     ) -> ChannelSet:
         """`transport` replaces the network for every account (an in-process fake in tests)."""
         make = _transport_factory(transport)
@@ -158,15 +158,15 @@ async def _close_quietly(channel: Channel) -> None:
         await channel.aclose()
 
 
-def _transport_factory(shared: httpx.AsyncBaseTransport | None) -> Callable[[], httpx.AsyncBaseTransport]:
+def _transport_factory(shared: AsyncBaseTransport | None) -> Callable[[], AsyncBaseTransport]:
     if shared is not None:
         return lambda: shared
     context: list[ssl.SSLContext] = []
 
-    def real() -> httpx.AsyncBaseTransport:
+    def real() -> AsyncBaseTransport:
         # One SSL context for all accounts: building it is the slow part of opening a client.
         if not context:
-            context.append(httpx.create_ssl_context())
+            context.append(new_ssl_context())
         return make_transport(context[0])
 
     return real

@@ -4,11 +4,11 @@ a crash may show the message twice (the worker logs it as a possible duplicate).
 from __future__ import annotations
 
 import attrs
-import httpx
 
 from trio_gateway.channels.http import JsonClient
 from trio_gateway.classify import Outcome, classify_slack
 from trio_gateway.entry import DeliveryEntry
+from trio_gateway.http_client import AsyncBaseTransport
 
 SEND_PATH = "/chat.postMessage"
 
@@ -20,7 +20,7 @@ class SlackChannel:
     deduplicates: bool = False
 
     @classmethod
-    def open(cls, base_url: str, token: str, transport: httpx.AsyncBaseTransport) -> SlackChannel:
+    def open(cls, base_url: str, token: str, transport: AsyncBaseTransport) -> SlackChannel:
         headers = {"Authorization": f"Bearer {token}"}
         return cls(JsonClient.open(base_url, transport, headers=headers, secrets=[token]))
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import re
 
 import attrs
-import httpx
 
 from trio_gateway.channels.http import JsonClient, SecretPathTransport
 from trio_gateway.classify import Outcome, classify_telegram
 from trio_gateway.entry import DeliveryEntry
+from trio_gateway.http_client import AsyncBaseTransport
 
 TOKEN_PLACEHOLDER = "TOKEN"
 SEND_PATH = f"/bot{TOKEN_PLACEHOLDER}/sendMessage"
@@ -35,7 +35,7 @@ class TelegramChannel:
     deduplicates: bool = False
 
     @classmethod
-    def open(cls, base_url: str, token: str, transport: httpx.AsyncBaseTransport) -> TelegramChannel:
+    def open(cls, base_url: str, token: str, transport: AsyncBaseTransport) -> TelegramChannel:
         wire = SecretPathTransport(transport, f"/bot{TOKEN_PLACEHOLDER}/", f"/bot{token}/")
         return cls(JsonClient.open(base_url, wire, secrets=[token]))
 

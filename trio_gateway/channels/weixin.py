@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
-import httpx
 
 from trio_gateway.channels.http import JsonClient
 from trio_gateway.classify import Outcome, classify_weixin
 from trio_gateway.entry import DeliveryEntry
+from trio_gateway.http_client import AsyncBaseTransport
 
 SEND_PATH = "/ilink/bot/sendmessage"
 MESSAGE_TYPE_BOT = 2
@@ -38,9 +38,7 @@ class WeixinChannel:
     deduplicates: bool = True
 
     @classmethod
-    def open(
-        cls, base_url: str, token: str, context_token: str | None, transport: httpx.AsyncBaseTransport
-    ) -> WeixinChannel:
+    def open(cls, base_url: str, token: str, context_token: str | None, transport: AsyncBaseTransport) -> WeixinChannel:
         headers = {"Authorization": f"Bearer {token}", "AuthorizationType": "ilink_bot_token"}
         return cls(JsonClient.open(base_url, transport, headers=headers, secrets=[token]), context_token)
 

@@ -4,7 +4,7 @@ idempotency key where the real platform does, and accepts, rejects, fails, rate-
 slowly on command.
 
 Two ways to use it, same behaviour:
-- in-process: `FakeChannels().transport()` is an `httpx.AsyncBaseTransport` (no sockets; delays
+- in-process: `FakeChannels().transport()` is an `http_client.AsyncBaseTransport` (no sockets; delays
   are trio sleeps, so MockClock tests run instantly);
 - on loopback: `await nursery.start(serve_fake_channels, fakes)` returns the base URL, or
   `python -m trio_gateway.testing.fake_channels --port N` prints it as its first stdout line and
@@ -22,12 +22,14 @@ import json
 import math
 import re
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Literal
 
 import attrs
-import httpx
 import trio
+
+from trio_gateway import http_client as http
 
 Json = Any
 Action = Literal["reject", "fail", "rate_limit"]
@@ -439,7 +441,7 @@ class FakeChannels:
             if not message.get("more_body"):
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        query = dict(httpx.QueryParams(scope["query_string"].decode("latin-1")))
+        query = dict(urllib.parse.parse_qsl(scope["query_string"].decode("latin-1")))
         response = await self.handle(
             FakeRequest(scope["method"], scope["path"], query, headers, _parse(b"".join(chunks)))
         )
@@ -495,19 +497,19 @@ async def _respond(send: Send, response: FakeResponse) -> None:
     await send({"type": "http.response.body", "body": content})
 
 
-class FakeTransport(httpx.AsyncBaseTransport):
+class FakeTransport(http.AsyncBaseTransport):
     """The fake as an httpx transport: requests never touch a socket."""
 
     def __init__(self, fakes: FakeChannels) -> None:
         self.fakes = fakes
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def handle_async_request(self, request: http.Request) -> http.Response:
         raw = await request.aread()
         headers = {k.lower(): v for k, v in request.headers.items()}
         fake = FakeRequest(request.method, request.url.path, dict(request.url.params), headers, _parse(raw))
         response = await self.fakes.handle(fake)
         wire_headers = {"content-type": "application/json", **response.headers}
-        return httpx.Response(response.status, headers=wire_headers, content=response.encode(), request=request)
+        return http.Response(response.status, headers=wire_headers, content=response.encode(), request=request)
 
 
 async def serve_fake_channels(
