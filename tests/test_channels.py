@@ -386,6 +386,11 @@ def test_missing_feishu_app_id_is_config_error(tmp_path: Path) -> None:
         ChannelSet.build(config, Home(tmp_path), {"X": "1"})
 
 
+def test_base_url_must_be_http(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"channels\.feishu\.accounts\.acct\.baseUrl: must be an http\(s\) URL"):
+        ChannelSet.build(make_config(base_url="slack.com/api"), Home(tmp_path), ENV)
+
+
 async def test_registry_lookup(channels: ChannelSet) -> None:
     assert channels.get("console", None) is channels.get("console", "anything")
     assert channels.get("slack", None) is channels.get("slack", "acct")

@@ -41,7 +41,11 @@ class AccountSpec:
 
     @property
     def base_url(self) -> str:
-        return self.required("baseUrl", self.account.base_url)
+        url = self.required("baseUrl", self.account.base_url)
+        if not url.startswith(("http://", "https://")):
+            # Caught here, not as a retry on every send: no attempt could ever succeed.
+            raise ConfigError(f"{self.path}.baseUrl", f"must be an http(s) URL, got {url!r}")
+        return url
 
     def required(self, key: str, value: str | None) -> str:
         if not value:
