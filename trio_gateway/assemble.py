@@ -6,14 +6,40 @@ swap fakes in; this module is the one place that picks the production ones.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 
+from trio_gateway import http_client as http
+from trio_gateway.channels.registry import ChannelSet
 from trio_gateway.config import Config
-from trio_gateway.gateway import Gateway, GatewayDeps, Server, load_config_from
+from trio_gateway.delivery import QueueDelivery
+from trio_gateway.gateway import DeliveryFactory, Gateway, GatewayDeps, Server, load_config_from
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog
+from trio_gateway.models import build_model
+from trio_gateway.queue import DeliveryQueue
 from trio_gateway.store import BlockingRunner, in_thread
-from trio_gateway.testing.runtime import ScriptedModel, recording_delivery
+
+
+def queue_delivery(
+    home: Home,
+    log: EventLog,
+    env: Mapping[str, str],
+    runner: BlockingRunner,
+    *,
+    transport: http.AsyncBaseTransport | None = None,
+    rng: random.Random | None = None,
+) -> DeliveryFactory:
+    """Per generation: the channels of that generation's config and a worker over the ONE
+    queue object of this process (its claims must be known to its own `recover()`)."""
+    queue = DeliveryQueue(home.queue_dir, runner, log)
+
+    async def factory(config: Config, gateway: Gateway) -> QueueDelivery:
+        assert gateway.wall is not None
+        channels = ChannelSet.build(config, home, env, transport)
+        return QueueDelivery.build(queue, channels, config, gateway.wall, log, gateway.registry, rng)
+
+    return factory
 
 
 def production_gateway(
@@ -25,14 +51,13 @@ def production_gateway(
     servers: list[Server] | None = None,
     runner: BlockingRunner = in_thread,
 ) -> Gateway:
-    # TEMPORARY until the model client and the delivery queue land: echo-ish model, notices
-    # recorded in memory. Replaced by the real factories in the same function signature.
+    home.ensure()
     deps = GatewayDeps(
-        home=home.ensure(),
+        home=home,
         log=log,
         load_config=load_config_from(home),
-        model_factory=lambda _mc: ScriptedModel(),
-        delivery_factory=recording_delivery([]),
+        model_factory=lambda model_config: build_model(model_config, env),
+        delivery_factory=queue_delivery(home, log, env, runner),
         runner=runner,
         servers=servers or [],
     )
