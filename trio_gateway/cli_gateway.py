@@ -1,11 +1,202 @@
-"""`trio-gateway gateway ...` (SPEC 4). Placeholder until its issue lands."""
+"""`trio-gateway gateway start|restart|stop|status` (SPEC 4).
+
+`start` runs the process in the foreground (`process.py`). The others talk to it over HTTP
+(`client.py`) and follow what they asked for by polling: a restart is done when `/healthz`
+shows the next generation ok, a stop when the process is gone. Every wait is bounded by the
+drain's own deadline plus a margin, so the CLI can never wait longer than the gateway may.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from trio_gateway import process
+from trio_gateway.client import GatewayClient
+from trio_gateway.errors import GatewayError, GatewayUnreachableError
+
+if TYPE_CHECKING:
+    from trio_gateway.cli import Context
+
+POLL_SECONDS = 0.2
+# After the drain deadline the gateway may still spend bounded time on shielded cleanup and
+# on closing clients (cleanupTimeoutSeconds, channelStopTimeoutSeconds), then reload config.
+MARGIN_SECONDS = 15.0
+
+
+class RestartFailedError(GatewayError):
+    exit_code = 1
 
 
 def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("gateway", help="gateway commands")
-    parser.set_defaults(func=lambda args, ctx: 2)
+    parser: argparse.ArgumentParser = groups.add_parser("gateway", help="run and control the gateway")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
+    start = sub.add_parser("start", help="run the gateway in the foreground until stopped")
+    start.add_argument("--port", type=int, help="HTTP port (0: any free port); default gateway.port")
+    start.add_argument("--bind", help="HTTP bind address; default gateway.bind (loopback)")
+    start.set_defaults(func=_start)
+    for name, helptext, func in (
+        ("restart", "drain and restart the running gateway; wait until it accepts work", _restart),
+        ("stop", "drain and stop the running gateway; wait until it has exited", _stop),
+    ):
+        cmd = sub.add_parser(name, help=helptext)
+        cmd.add_argument("--force", action="store_true", help="abort active work now instead of draining")
+        cmd.add_argument("--timeout", type=float, metavar="S", help="drain timeout in seconds for this drain")
+        cmd.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+        cmd.set_defaults(func=func)
+    status = sub.add_parser("status", help="state, generation, sessions, work, stalls, queue")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_status)
+
+
+def _start(args: argparse.Namespace, ctx: Context) -> int:
+    return process.start(process.StartOptions(ctx.home, ctx.log_format, args.port, args.bind))
+
+
+def _drain_body(args: argparse.Namespace) -> dict[str, Any]:
+    return {"force": args.force, "timeoutSeconds": args.timeout}
+
+
+# --- restart ----------------------------------------------------------------------------------
+
+
+@attrs.define
+class Follow:
+    """Polls a drain until `done()` says it is over, printing progress, under one deadline."""
+
+    client: GatewayClient
+    deadline: float
+    quiet: bool
+    say: Callable[[str], None] = attrs.Factory(lambda: lambda line: print(line, file=sys.stderr, flush=True))
+
+    def until(self, done: Callable[[], bool], what: str) -> None:
+        last = ""
+        while not done():
+            if time.monotonic() > self.deadline:
+                raise RestartFailedError(f"the gateway did not {what} in time (pid {self.client.target.pid})")
+            line = self._progress()
+            if line and line != last and not self.quiet:
+                self.say(line)
+                last = line
+            time.sleep(POLL_SECONDS)
+
+    def _progress(self) -> str:
+        try:
+            status = self.client.get("/v1/status")
+        except GatewayUnreachableError:
+            return ""
+        return progress_line(status)
+
+
+def progress_line(status: dict[str, Any]) -> str:
+    drain = status.get("drain")
+    if status.get("state") != "draining" or not drain:
+        return ""
+    blockers = [w for w in status.get("work", []) if w.get("kind") not in ("embedded_run", "delivery_attempt")]
+    what = ", ".join(f"{w['kind']} session={w['sessionId']} idle {w['lastProgressAgeSeconds']:.0f}s" for w in blockers)
+    left = f"{drain['remainingSeconds']:.0f}s left" if not drain.get("force") else "forced"
+    return f"draining generation {status['generation']}: {len(blockers)} blocking ({what or 'none'}), {left}"
+
+
+def _restart(args: argparse.Namespace, ctx: Context) -> int:
+    started = time.monotonic()
+    with GatewayClient.connect(ctx.home) as client:
+        drain = client.post("/v1/gateway/restart", _drain_body(args))["drain"]
+        before = int(drain["fromGeneration"])
+        follow = Follow(client, started + drain["remainingSeconds"] + MARGIN_SECONDS, quiet=args.json)
+        follow.until(lambda: _generation_ok(client, before), "come back with a new generation")
+        drains = client.get("/v1/gateway/drains")
+    took = time.monotonic() - started
+    report = drains["drains"][-1] if drains["drains"] else None
+    outcome = {"restarted": True, "fromGeneration": before, "generation": drains["generation"]}
+    outcome |= {"seconds": round(took, 3), "drain": report}
+    print(json.dumps(outcome) if args.json else _restart_line(outcome))
+    return 0
+
+
+def _generation_ok(client: GatewayClient, before: int) -> bool:
+    """The restart is complete when /healthz answers ok with a newer generation. The process
+    disappearing meanwhile is a failure, not something to keep polling for."""
+    try:
+        health = client.get("/healthz")
+    except GatewayUnreachableError:
+        if not client.target.alive():
+            raise RestartFailedError(f"the gateway (pid {client.target.pid}) exited during the restart") from None
+        return False
+    return bool(health["status"] == "ok" and health["generation"] > before)
+
+
+def _restart_line(outcome: dict[str, Any]) -> str:
+    head = f"restarted: generation {outcome['fromGeneration']} -> {outcome['generation']} in {outcome['seconds']:.2f}s"
+    report = outcome["drain"]
+    if report is None:
+        return head
+    if report["forced"] or report["timedOut"]:
+        why = "forced" if report["forced"] else f"drain timeout {report['timeoutSeconds']:g}s exceeded"
+        aborted = "; ".join(report["abortedWork"]) or f"{report['abortedTasks']} task(s)"
+        return f"{head} ({why}; aborted {aborted}; interrupted turns resume in the new generation)"
+    return f"{head} (drained cleanly in {report['waitedSeconds']:.2f}s)"
+
+
+# --- stop -------------------------------------------------------------------------------------
+
+
+def _stop(args: argparse.Namespace, ctx: Context) -> int:
+    started = time.monotonic()
+    with GatewayClient.connect(ctx.home) as client:
+        drain = client.post("/v1/gateway/stop", _drain_body(args))["drain"]
+        follow = Follow(client, started + drain["remainingSeconds"] + MARGIN_SECONDS, quiet=args.json)
+        follow.until(lambda: not client.target.alive(), "exit")
+    took = round(time.monotonic() - started, 3)
+    outcome = {"stopped": True, "pid": client.target.pid, "fromGeneration": drain["fromGeneration"], "seconds": took}
+    print(json.dumps(outcome) if args.json else f"stopped: gateway pid {client.target.pid} exited after {took:.2f}s")
+    return 0
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace, ctx: Context) -> int:
+    with GatewayClient.connect(ctx.home) as client:
+        status = client.get("/v1/status")
+        if args.json:
+            print(json.dumps(status, indent=2, ensure_ascii=False))
+        else:
+            print("\n".join(status_lines(status, client.target.pid, client.target.url)))
+    return 0
+
+
+def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
+    queue = status.get("queue", {})
+    lines = [
+        f"state: {status['state']}  generation: {status['generation']}  uptime: {status['uptimeSeconds']:.0f}s"
+        f"  pid: {pid}  {url}",
+        f"queue: {queue.get('pending', 0)} pending, {queue.get('failed', 0)} dead letter(s)",
+        f"stalled sessions: {', '.join(status.get('stalled', [])) or 'none'}",
+        f"sessions ({len(status['sessions'])}):",
+    ]
+    lines += [f"  {row}" for row in session_rows(status["sessions"])]
+    lines.append(f"work ({len(status['work'])}):")
+    for w in status["work"]:
+        lines.append(
+            f"  {w['kind']:16} session={w['sessionId'] or '-'}  age={w['ageSeconds']:.0f}s"
+            f"  last={w['lastProgress']} ({w['lastProgressAgeSeconds']:.0f}s ago)"
+        )
+    if status.get("drain"):
+        lines.append(progress_line(status) or f"drain: {status['drain']}")
+    return lines
+
+
+def session_rows(sessions: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for s in sessions:
+        o = s.get("origin") or {}
+        origin = f"{o.get('channel')}:{o.get('to')}" if o else "-"
+        rows.append(f"{s['id']:14} {s['agent']:10} {s['state']:10} queue={s['queueDepth']}  {origin}")
+    return rows

@@ -1,11 +1,59 @@
-"""`trio-gateway session ...` (SPEC 4). Placeholder until its issue lands."""
+"""`trio-gateway session start|list|abort` (SPEC 4): against the running gateway."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+from typing import TYPE_CHECKING, Any
+
+from trio_gateway.cli_gateway import session_rows
+from trio_gateway.client import GatewayClient
+
+if TYPE_CHECKING:
+    from trio_gateway.cli import Context
 
 
 def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("session", help="session commands")
-    parser.set_defaults(func=lambda args, ctx: 2)
+    parser: argparse.ArgumentParser = groups.add_parser("session", help="start, list and abort sessions")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
+    start = sub.add_parser("start", help="start a turn as if a message came from that origin")
+    start.add_argument("--agent", required=True)
+    start.add_argument("--channel", required=True)
+    start.add_argument("--to", required=True, help="the sender's address on that channel")
+    start.add_argument("--prompt", required=True)
+    start.add_argument("--account", help="account id (default: the agent's accountId)")
+    start.set_defaults(func=_start)
+    list_ = sub.add_parser("list", help="sessions the gateway knows")
+    list_.add_argument("--json", action="store_true")
+    list_.set_defaults(func=_list)
+    abort = sub.add_parser("abort", help="cancel all of a session's work now")
+    abort.add_argument("id")
+    abort.set_defaults(func=_abort)
+
+
+def _start(args: argparse.Namespace, ctx: Context) -> int:
+    origin = {"channel": args.channel, "to": args.to, "accountId": args.account}
+    body = {"agent": args.agent, "origin": origin, "prompt": args.prompt}
+    with GatewayClient.connect(ctx.home) as client:
+        answer = client.post("/v1/sessions", body)
+    print(answer["sessionId"])
+    return 0
+
+
+def _list(args: argparse.Namespace, ctx: Context) -> int:
+    with GatewayClient.connect(ctx.home) as client:
+        sessions = client.get("/v1/sessions")["sessions"]
+    if args.json:
+        print(json.dumps(sessions, indent=2, ensure_ascii=False))
+    else:
+        for row in session_rows(sessions):
+            print(row)
+        print(f"{len(sessions)} session(s)")
+    return 0
+
+
+def _abort(args: argparse.Namespace, ctx: Context) -> int:
+    with GatewayClient.connect(ctx.home) as client:
+        answer = client.post(f"/v1/sessions/{args.id}/abort")
+    print(f"aborted {args.id}" if answer["aborted"] else f"{args.id} was idle; nothing to abort")
+    return 0

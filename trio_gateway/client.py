@@ -1,0 +1,134 @@
+"""The CLI's way to a running gateway: `gateway.state.json` says where, `gateway.token` says
+who we are, and every error the API answers comes back as the same `GatewayError` the
+gateway raised (so `ErrorName: message` and the exit code match what happened there).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import attrs
+import httpx
+
+from trio_gateway import errors
+from trio_gateway.errors import GatewayError, GatewayUnreachableError
+from trio_gateway.home import Home
+from trio_gateway.http import auth
+
+# Every API call is quick (a drain is followed by polling, never by one long request).
+REQUEST_TIMEOUT_SECONDS = 10.0
+
+_KNOWN_ERRORS: dict[str, type[GatewayError]] = {
+    cls.__name__: cls
+    for cls in (
+        *(v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, GatewayError)),
+        auth.UnauthorizedError,
+        auth.PayloadTooLargeError,
+    )
+}
+
+
+def unreachable(home: Home, why: str = "") -> GatewayUnreachableError:
+    detail = f" ({why})" if why else ""
+    return GatewayUnreachableError(
+        f"no gateway running for home {home.root}{detail} (start one with: trio-gateway gateway start)"
+    )
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process holds that pid: it exists
+    return True
+
+
+def remote_error(status: int, body: bytes) -> GatewayError:
+    """Rebuild the gateway's error from its `{"error", "message"}` body."""
+    try:
+        data = json.loads(body)
+        name, message = str(data["error"]), str(data["message"])
+    except (ValueError, KeyError, TypeError):
+        return GatewayError(f"HTTP {status} from the gateway: {body[:200]!r}")
+    cls = _KNOWN_ERRORS.get(name)
+    if cls is None:
+        return GatewayError(f"{name}: {message}")
+    exc = cls.__new__(cls)
+    Exception.__init__(exc, message)  # bypass subclass __init__s that take structured fields
+    return exc
+
+
+@attrs.frozen
+class Target:
+    home: Home
+    pid: int
+    url: str
+    state: str
+    generation: int
+
+    @classmethod
+    def find(cls, home: Home) -> Target:
+        try:
+            data = json.loads(home.state_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise unreachable(home) from None
+        except ValueError:
+            raise unreachable(home, f"{home.state_path} is unreadable") from None
+        pid, url = data.get("pid"), data.get("url")
+        if not isinstance(pid, int) or not pid_alive(pid):
+            raise unreachable(home, f"the gateway recorded in {home.state_path.name} is not running")
+        if not isinstance(url, str):
+            raise unreachable(home, "the gateway is still starting; try again in a moment")
+        return cls(home, pid, url, str(data.get("state")), int(data.get("generation") or 0))
+
+    def alive(self) -> bool:
+        return pid_alive(self.pid)
+
+
+@attrs.define
+class GatewayClient:
+    target: Target
+    http: httpx.Client
+
+    @classmethod
+    def connect(cls, home: Home) -> GatewayClient:
+        target = Target.find(home)
+        token = auth.read_token(home.token_path)
+        if token is None:
+            raise unreachable(home, f"{home.token_path} is missing")
+        http = httpx.Client(
+            base_url=target.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=REQUEST_TIMEOUT_SECONDS,
+            trust_env=False,  # a proxy from the environment must never see loopback admin calls
+        )
+        return cls(target, http)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            response = self.http.request(method, path, json=body)
+        except httpx.TransportError as exc:
+            why = "the gateway exited" if not self.target.alive() else f"{type(exc).__name__}: {exc}"
+            raise unreachable(self.target.home, why) from None
+        if response.status_code >= 400:
+            raise remote_error(response.status_code, response.content)
+        return response.json()
+
+    def get(self, path: str) -> Any:
+        return self.call("GET", path)
+
+    def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        return self.call("POST", path, body or {})

@@ -1,0 +1,388 @@
+"""The HTTP API (SPEC 5) as a plain ASGI application over a running `Gateway`.
+
+No framework: a dozen routes, JSON in and out, and two things a framework would hide that
+matter here. First, a handler that waits on long work must notice its client leaving
+(hypercorn does not cancel it), so those run in `_until_disconnected`. Second, intake is
+atomic: once `gateway.submit` has started it runs to completion, because the turn is on disk
+before it returns and a half-cancelled submit would leave accepted work nobody started.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from trio_gateway import delivery as delivery_mod
+from trio_gateway.config import KNOWN_CHANNELS, AccountConfig, Config
+from trio_gateway.drain import DrainKind, DrainReport, DrainRequest
+from trio_gateway.entry import entry_to_json
+from trio_gateway.errors import (
+    BadRequestError,
+    DeliveryValidationError,
+    GatewayDrainingError,
+    GatewayError,
+    NotFoundError,
+)
+from trio_gateway.gateway import Gateway, drain_status
+from trio_gateway.http import auth, inbound, metrics
+from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
+from trio_gateway.http.body import JsonObject, json_object, opt_bool, opt_number, opt_str, req_obj, req_str
+from trio_gateway.queue import DeliveryQueue
+from trio_gateway.routing import Origin
+from trio_gateway.validation import check_address
+
+# The stall endpoint's default: longer than any sane stall threshold or drain timeout.
+DEFAULT_STALL_MS = 3_600_000
+
+
+@attrs.frozen
+class Request:
+    method: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self, *, empty_ok: bool = False) -> JsonObject:
+        return json_object(self.body, empty_ok=empty_ok)
+
+
+@attrs.frozen
+class Response:
+    status: int
+    body: bytes
+    content_type: str = "application/json"
+
+
+def json_response(status: int, obj: object) -> Response:
+    return Response(status, json.dumps(obj, ensure_ascii=False).encode() + b"\n")
+
+
+def error_response(exc: GatewayError) -> Response:
+    return json_response(exc.http_status, {"error": exc.name, "message": str(exc)})
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+@attrs.frozen
+class Route:
+    method: str
+    pattern: tuple[str, ...]  # path segments; "{name}" captures one segment
+    handler: Handler
+    auth: bool = True
+    # Waits on long work: runs under a watch for the client's disconnect.
+    long: bool = False
+
+    def match(self, method: str, segments: list[str]) -> dict[str, str] | None:
+        if method != self.method or len(segments) != len(self.pattern):
+            return None
+        params = {}
+        for want, got in zip(self.pattern, segments, strict=True):
+            if want.startswith("{"):
+                params[want[1:-1]] = got
+            elif want != got:
+                return None
+        return params
+
+
+def _segments(path: str) -> list[str]:
+    return [s for s in path.split("/") if s]
+
+
+@attrs.define(eq=False)
+class GatewayApp:
+    gateway: Gateway
+    token: str
+    env: Mapping[str, str]
+    wall_time: Callable[[], float] = time.time
+    routes: list[Route] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        r = Route
+        self.routes = [
+            r("GET", ("healthz",), self._healthz, auth=False),
+            r("GET", ("metrics",), self._metrics),
+            r("GET", ("v1", "status"), self._status),
+            r("POST", ("v1", "gateway", "restart"), self._restart, long=True),
+            r("POST", ("v1", "gateway", "stop"), self._stop),
+            r("GET", ("v1", "gateway", "drains"), self._drains),
+            r("GET", ("v1", "sessions"), self._list_sessions),
+            r("POST", ("v1", "sessions"), self._start_session),
+            r("POST", ("v1", "sessions", "{session_id}", "abort"), self._abort_session),
+            r("GET", ("v1", "deliveries"), self._list_deliveries),
+            r("POST", ("v1", "deliveries"), self._create_delivery),
+            # A platform cannot send our bearer token: each channel's own signature is checked.
+            r("POST", ("channels", "{channel}", "{account_id}", "events"), self._channel_event, auth=False),
+            r("POST", ("internal", "test", "stall-model-call"), self._stall_model_call),
+        ]
+
+    @property
+    def config(self) -> Config:
+        return self.gateway.config
+
+    # --- ASGI ----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await lifespan(receive, send)
+        elif scope["type"] == "http":
+            response = await self._respond(scope, receive)
+            await _send(send, response)
+
+    async def _respond(self, scope: Scope, receive: Receive) -> Response:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            route, params = self._route(scope["method"], scope["path"], headers)
+            body = await _read_body(receive, headers, self.config.gateway.max_body_bytes)
+            request = Request(scope["method"], scope["path"], headers, body)
+            if route.long:
+                return await _until_disconnected(receive, lambda: route.handler(request, **params))
+            return await route.handler(request, **params)
+        except GatewayError as exc:
+            return error_response(exc)
+        except Exception as exc:  # one broken request must not take the server down
+            self.gateway.log.error("HTTP", "Request failed", path=scope["path"], error=repr(exc))
+            return json_response(500, {"error": "InternalError", "message": "unexpected error; see the gateway log"})
+
+    def _route(self, method: str, path: str, headers: Mapping[str, str]) -> tuple[Route, dict[str, str]]:
+        segments = _segments(path)
+        found = [(r, p) for r in self.routes if (p := r.match(method, segments)) is not None]
+        if not found:
+            # Authenticate before saying what exists, so a stranger learns nothing.
+            if path != "/healthz":
+                auth.check_bearer(headers, self.token)
+            raise NotFoundError(f"no route {method} {path}")
+        route, params = found[0]
+        if route.auth:
+            auth.check_bearer(headers, self.token)
+        if segments[0] == "internal" and not self.config.gateway.test_endpoints.enabled:
+            raise NotFoundError(f"no route {method} {path} (gateway.testEndpoints.enabled is false)")
+        return route, params
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def _healthz(self, request: Request) -> Response:
+        status = "ok" if self.gateway.state.value == "running" else "draining"
+        return json_response(200, {"status": status, "generation": self.gateway.generation_number})
+
+    async def _status(self, request: Request) -> Response:
+        return json_response(200, self.gateway.status())
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(200, metrics.render(self.gateway).encode(), metrics.CONTENT_TYPE)
+
+    async def _restart(self, request: Request) -> Response:
+        data = request.json(empty_ok=True)
+        drain, accepted = self._request_drain("restart", data)
+        if not opt_bool(data, "wait"):
+            return accepted
+        # `"wait": true`: answer when the new generation accepts work (for scripts and curl).
+        await drain.done.wait()
+        return json_response(200, self._outcome())
+
+    async def _drains(self, request: Request) -> Response:
+        """Completed drains of this process, oldest first: how `gateway restart` reports the
+        outcome of the drain it asked for."""
+        reports = [report_json(r) for r in self.gateway.drains]
+        return json_response(200, {"generation": self.gateway.generation_number, "drains": reports})
+
+    async def _stop(self, request: Request) -> Response:
+        return self._request_drain("stop", request.json(empty_ok=True))[1]
+
+    def _request_drain(self, kind: DrainKind, data: JsonObject) -> tuple[DrainRequest, Response]:
+        if self.gateway.state.value == "stopped":
+            raise GatewayDrainingError("the gateway is stopping")
+        force = bool(opt_bool(data, "force"))
+        timeout = opt_number(data, "timeoutSeconds")
+        generation = self.gateway.generation_number
+        drain = self.gateway.request_drain(kind, force=force, timeout=timeout)
+        body = drain_status(drain, trio.current_time()) | {"fromGeneration": generation}
+        return drain, json_response(202, {"drain": body})
+
+    def _outcome(self) -> dict[str, Any]:
+        report = self.gateway.drains[-1] if self.gateway.drains else None
+        return {
+            "generation": self.gateway.generation_number,
+            "drain": None if report is None else report_json(report),
+        }
+
+    # --- sessions ------------------------------------------------------------------------
+
+    async def _list_sessions(self, request: Request) -> Response:
+        return json_response(200, {"sessions": self.gateway.status()["sessions"]})
+
+    async def _start_session(self, request: Request) -> Response:
+        data = request.json()
+        agent_id = req_str(data, "agent")
+        prompt = req_str(data, "prompt")
+        origin = self._origin(req_obj(data, "origin"), agent_id)
+        session_id, turn_id = await self.gateway.submit(agent_id=agent_id, origin=origin, prompt=prompt)
+        return json_response(202, {"sessionId": session_id, "turnId": turn_id})
+
+    def _origin(self, raw: JsonObject, agent_id: str) -> Origin:
+        agent = self.config.agents.get(agent_id)
+        if agent is None:
+            raise BadRequestError(f"agent: no agent named {agent_id!r} (known: {', '.join(self.config.agents)})")
+        channel = req_str(raw, "channel", "origin.channel")
+        to = req_str(raw, "to", "origin.to")
+        account = opt_str(raw, "accountId", "origin.accountId") or agent.account_id
+        if channel not in KNOWN_CHANNELS:
+            raise BadRequestError(f"origin.channel: unknown channel {channel!r} (known: {', '.join(KNOWN_CHANNELS)})")
+        check_address(channel, to)
+        return Origin(channel, to, account)
+
+    async def _abort_session(self, request: Request, session_id: str) -> Response:
+        was_busy = self.gateway.abort_session(session_id)
+        return json_response(200, {"sessionId": session_id, "aborted": was_busy})
+
+    # --- deliveries ----------------------------------------------------------------------
+
+    def _queue(self) -> DeliveryQueue:
+        deps = self.gateway.deps
+        return DeliveryQueue(deps.home.queue_dir, deps.runner, deps.log)
+
+    async def _list_deliveries(self, request: Request) -> Response:
+        queue = self._queue()
+        pending = [entry_to_json(e) | {"state": "sending"} for e in await queue.list_inflight()]
+        pending += [entry_to_json(e) | {"state": "pending"} for e in await queue.list_pending()]
+        failed = [entry_to_json(e) | {"state": "failed"} for e in await queue.list_failed()]
+        return json_response(200, {"pending": pending, "failed": failed})
+
+    async def _create_delivery(self, request: Request) -> Response:
+        data = request.json()
+        channel = req_str(data, "channel")
+        to = req_str(data, "to")
+        text = req_str(data, "text")
+        account = opt_str(data, "accountId")
+        agent_id = opt_str(data, "agentId")
+        if agent_id is not None and agent_id not in self.config.agents:
+            raise BadRequestError(f"agentId: no agent named {agent_id!r}")
+        entry = await self._manual_outbox().submit_manual(channel, to, account, agent_id, text)
+        return json_response(202, {"id": entry.id, "channel": entry.channel, "to": entry.to})
+
+    def _manual_outbox(self) -> delivery_mod.Outbox:
+        # The generation's outbox wakes its worker at once; without one (or one that only
+        # records), write to the queue directly and the worker finds it at its next scan.
+        service = self.gateway.delivery
+        outbox = getattr(service, "outbox", None)
+        if isinstance(outbox, delivery_mod.Outbox):
+            return outbox
+        assert self.gateway.wall is not None
+        return delivery_mod.Outbox(self._queue(), self.config.agents, self.gateway.wall, self.gateway.log)
+
+    # --- inbound -------------------------------------------------------------------------
+
+    async def _channel_event(self, request: Request, channel: str, account_id: str) -> Response:
+        account = self._account(channel, account_id)
+        event = inbound.parse(channel, request.headers, request.body, account, self.env, self.wall_time)
+        if event.challenge is not None:
+            return json_response(200, {"challenge": event.challenge})
+        if event.message is None:
+            return json_response(200, {"ignored": event.ignored or "not a message"})
+        agent_id = self._agent_for(channel, account_id)
+        try:
+            check_address(channel, event.message.to)
+        except DeliveryValidationError as exc:
+            raise BadRequestError(f"sender: {exc}") from None
+        origin = Origin(channel, event.message.to, account_id)
+        session_id, turn_id = await self.gateway.submit(agent_id=agent_id, origin=origin, prompt=event.message.text)
+        return json_response(200, {"sessionId": session_id, "turnId": turn_id})
+
+    def _account(self, channel: str, account_id: str) -> AccountConfig:
+        section = self.config.channels.get(channel)
+        account = section.accounts.get(account_id) if section is not None else None
+        if account is None:
+            raise NotFoundError(f"no account {account_id!r} configured for channel {channel!r}")
+        return account
+
+    def _agent_for(self, channel: str, account_id: str) -> str:
+        for name, agent in self.config.agents.items():
+            if channel in agent.channels and agent.account_id in (None, account_id):
+                return name
+        raise NotFoundError(f"no agent is bound to channel {channel!r} with account {account_id!r}")
+
+    # --- test endpoints ------------------------------------------------------------------
+
+    async def _stall_model_call(self, request: Request) -> Response:
+        data = request.json(empty_ok=True)
+        session_id = opt_str(data, "sessionId")
+        duration_ms = opt_number(data, "durationMs")
+        seconds = (duration_ms if duration_ms is not None else DEFAULT_STALL_MS) / 1000
+        if seconds <= 0:
+            raise BadRequestError("durationMs: must be a positive number")
+        session, turn = await self.gateway.stall_model_call(session_id, seconds)
+        return json_response(202, {"sessionId": session, "turnId": turn, "durationMs": seconds * 1000})
+
+
+def report_json(report: DrainReport) -> dict[str, Any]:
+    return {
+        "kind": report.kind,
+        "forced": report.forced,
+        "timedOut": report.timed_out,
+        "timeoutSeconds": report.timeout_seconds,
+        "waitedSeconds": round(report.waited_seconds, 3),
+        "abortedTasks": report.aborted_tasks,
+        "abortedWork": list(report.aborted_work),
+    }
+
+
+# --- ASGI plumbing ------------------------------------------------------------------------
+
+
+async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+    declared = headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise auth.PayloadTooLargeError(f"body of {declared} bytes exceeds gateway.maxBodyBytes={limit}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone("client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise auth.PayloadTooLargeError(f"body exceeds gateway.maxBodyBytes={limit}")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class _ClientGone(GatewayError):
+    """The client left before sending its whole request: nothing to answer."""
+
+    http_status = 400
+
+
+async def _until_disconnected(receive: Receive, handler: Callable[[], Awaitable[Response]]) -> Response:
+    """Run `handler`, cancelling it if the client disconnects first (then the answer goes
+    nowhere, and `_ClientGone` is what is 'sent')."""
+    result: list[Response] = []
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        result.append(await handler())
+        nursery.cancel_scope.cancel()
+    if not result:
+        raise _ClientGone("client disconnected")
+    return result[0]
+
+
+async def _send(send: Send, response: Response) -> None:
+    headers = [
+        (b"content-type", response.content_type.encode()),
+        (b"content-length", str(len(response.body)).encode()),
+        (b"cache-control", b"no-store"),
+    ]
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": response.body})

@@ -1,0 +1,111 @@
+"""`POST /channels/{channel}/{accountId}/events`: verify a platform's webhook, then read the
+one thing the gateway needs from it: who wrote what (or the URL-verification challenge).
+
+Only channels with a verification scheme we can check are accepted: Slack (signing secret),
+Telegram (secret token header) and Feishu (verification token, unencrypted events). Anything
+else is refused with 401 rather than trusted.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from trio_gateway.config import AccountConfig
+from trio_gateway.errors import BadRequestError
+from trio_gateway.http import auth
+from trio_gateway.http.body import JsonObject, json_object
+
+
+@attrs.frozen
+class Message:
+    to: str  # where a reply goes: the conversation or sender on that channel
+    text: str
+
+
+@attrs.frozen
+class Event:
+    message: Message | None = None
+    challenge: str | None = None
+    ignored: str | None = None
+
+
+def parse(
+    channel: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    account: AccountConfig,
+    env: Mapping[str, str],
+    wall_time: Callable[[], float],
+) -> Event:
+    if channel == "slack":
+        auth.verify_slack(headers, body, account, env, wall_time)
+        return _slack(json_object(body))
+    if channel == "telegram":
+        auth.verify_telegram(headers, account, env)
+        return _telegram(json_object(body))
+    if channel == "feishu":
+        data = json_object(body)
+        if "encrypt" in data:
+            raise BadRequestError("body: encrypted Feishu events are not supported; turn the encrypt key off")
+        auth.verify_feishu(data, account, env)
+        return _feishu(data)
+    raise auth.UnauthorizedError(f"channel {channel!r} has no inbound verification the gateway can check")
+
+
+def _dict(value: object) -> JsonObject:
+    return value if isinstance(value, dict) else {}
+
+
+def _slack(data: JsonObject) -> Event:
+    if data.get("type") == "url_verification":
+        return Event(challenge=str(data.get("challenge", "")))
+    event = _dict(data.get("event"))
+    if event.get("type") != "message" or event.get("bot_id") or event.get("subtype"):
+        # Our own replies come back as bot messages: answering them would loop forever.
+        return Event(ignored=f"slack event {event.get('type')!r} {event.get('subtype') or ''}".strip())
+    return _message(event.get("channel"), event.get("text"), "event.channel", "event.text")
+
+
+def _telegram(data: JsonObject) -> Event:
+    message = _dict(data.get("message") or data.get("edited_message"))
+    if not message:
+        return Event(ignored="telegram update without a message")
+    chat = _dict(message.get("chat"))
+    chat_id = chat.get("id")
+    return _message(
+        str(chat_id) if isinstance(chat_id, int) else None, message.get("text"), "message.chat.id", "message.text"
+    )
+
+
+def _feishu(data: JsonObject) -> Event:
+    if data.get("type") == "url_verification":
+        return Event(challenge=str(data.get("challenge", "")))
+    header = _dict(data.get("header"))
+    if header.get("event_type") != "im.message.receive_v1":
+        return Event(ignored=f"feishu event {header.get('event_type')!r}")
+    event = _dict(data.get("event"))
+    sender = _dict(_dict(event.get("sender")).get("sender_id")).get("open_id")
+    message = _dict(event.get("message"))
+    text = _feishu_text(message.get("content"))
+    return _message(sender, text, "event.sender.sender_id.open_id", "event.message.content")
+
+
+def _feishu_text(content: Any) -> str | None:
+    # Feishu sends the message content as a JSON string inside the JSON body.
+    try:
+        text = json.loads(content).get("text") if isinstance(content, str) else None
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return text if isinstance(text, str) else None
+
+
+def _message(to: object, text: object, to_field: str, text_field: str) -> Event:
+    if not isinstance(to, str) or not to:
+        raise BadRequestError(f"{to_field}: missing sender")
+    if not isinstance(text, str) or not text.strip():
+        return Event(ignored=f"{text_field}: no text")
+    return Event(message=Message(to, text))

@@ -1,0 +1,138 @@
+"""`GET /metrics`: the gateway's numbers in the Prometheus text format (version 0.0.4).
+
+Written by hand: a handful of gauges, counters and one histogram do not need a client
+library, and everything is read from the gateway at scrape time (no second set of counters
+to keep in step with the runtime).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+if TYPE_CHECKING:
+    from trio_gateway.gateway import Gateway
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Drain durations of interest run from a forced restart (well under a second) to the longest
+# drain timeout anyone should configure.
+DRAIN_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+PREFIX = "trio_gateway_"
+
+
+@attrs.define
+class Exposition:
+    lines: list[str] = attrs.Factory(list)
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        self.lines.append(f"# HELP {PREFIX}{name} {help_text}")
+        self.lines.append(f"# TYPE {PREFIX}{name} {kind}")
+
+    def sample(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
+        self.lines.append(f"{PREFIX}{name}{_labels(labels)} {_number(value)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(labels: Mapping[str, str] | None) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+
+
+def _number(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+def render(gateway: Gateway) -> str:
+    out = Exposition()
+    _lifecycle(out, gateway)
+    _work(out, gateway)
+    _drains(out, gateway)
+    _delivery(out, gateway)
+    return out.text()
+
+
+def _lifecycle(out: Exposition, gateway: Gateway) -> None:
+    out.family("generation", "gauge", "Number of the generation currently accepting work")
+    out.sample("generation", gateway.generation_number)
+    out.family("state", "gauge", "1 for the gateway's current lifecycle state")
+    for state in ("starting", "running", "draining", "stopped"):
+        out.sample("state", 1 if gateway.state.value == state else 0, {"state": state})
+    out.family("uptime_seconds", "gauge", "Seconds since the gateway started")
+    out.sample("uptime_seconds", round(trio.current_time() - gateway.started_at, 3))
+
+
+def _work(out: Exposition, gateway: Gateway) -> None:
+    units = gateway.registry.units()
+    out.family("sessions", "gauge", "Known sessions")
+    out.sample("sessions", len(gateway.sessions))
+    out.family("sessions_active", "gauge", "Sessions with work running")
+    out.sample("sessions_active", sum(1 for s in gateway.sessions.values() if s.busy))
+    out.family("work_active", "gauge", "Active units of work by kind")
+    for kind, n in sorted(Counter(u.kind for u in units).items()):
+        out.sample("work_active", n, {"kind": kind})
+    out.family("sessions_stalled", "gauge", "Sessions with a unit of work reported stalled")
+    out.sample("sessions_stalled", len({u.session_id for u in units if u.stall_reported}))
+    out.family("stalls_total", "counter", "Stalled units detected by the watchdog")
+    out.sample("stalls_total", gateway.watchdog.stalled_total if gateway.watchdog is not None else 0)
+    out.family("aborts_total", "counter", "Units of work aborted, by kind")
+    for aborted_kind, n in sorted(gateway.registry.aborts_by_kind.items()):
+        out.sample("aborts_total", n, {"kind": aborted_kind})
+
+
+def _drains(out: Exposition, gateway: Gateway) -> None:
+    reports = list(gateway.drains)
+    out.family("drains_total", "counter", "Completed drains by kind and whether the deadline aborted work")
+    tally = Counter((r.kind, "timed_out" if r.timed_out else "clean") for r in reports)
+    for (kind, outcome), n in sorted(tally.items()):
+        out.sample("drains_total", n, {"kind": kind, "outcome": outcome})
+    out.family("drain_duration_seconds", "histogram", "Seconds from a drain request to its work being gone")
+    _histogram(out, "drain_duration_seconds", [r.waited_seconds for r in reports], DRAIN_BUCKETS)
+
+
+def _histogram(out: Exposition, name: str, values: Iterable[float], buckets: tuple[float, ...]) -> None:
+    values = list(values)
+    for bound in (*buckets, math.inf):
+        out.sample(f"{name}_bucket", sum(1 for v in values if v <= bound), {"le": _number(bound)})
+    out.sample(f"{name}_sum", round(sum(values), 6))
+    out.sample(f"{name}_count", len(values))
+
+
+def _delivery(out: Exposition, gateway: Gateway) -> None:
+    counts = gateway.delivery.counts() if gateway.delivery is not None else {}
+    out.family("delivery_queue_pending", "gauge", "Delivery entries waiting to be sent")
+    out.sample("delivery_queue_pending", counts.get("pending", 0))
+    out.family("delivery_dead_letters", "gauge", "Delivery entries in failed/")
+    out.sample("delivery_dead_letters", counts.get("failed", 0))
+    outcomes = _outcomes(gateway.delivery)
+    if outcomes:
+        out.family("deliveries_total", "counter", "Delivery attempts by channel and outcome")
+        for (channel, outcome), n in sorted(outcomes.items()):
+            out.sample("deliveries_total", n, {"channel": channel, "outcome": outcome})
+
+
+def _outcomes(delivery: Any) -> dict[tuple[str, str], int]:
+    """Attempt outcomes by (channel, outcome), when the delivery service keeps them: an
+    optional `outcome_counts()` so the metric appears the day it does, and nothing breaks
+    while it does not."""
+    get = getattr(delivery, "outcome_counts", None)
+    if not callable(get):
+        return {}
+    try:
+        raw = get()
+        return {(str(c), str(o)): int(n) for (c, o), n in raw.items()}
+    except (TypeError, ValueError, AttributeError):
+        return {}

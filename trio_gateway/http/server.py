@@ -1,0 +1,72 @@
+"""The HTTP server as one of the gateway's servers (`GatewayDeps.servers`).
+
+hypercorn runs inside the gateway's root nursery, so the gateway's lifecycle is the server's:
+it keeps answering through every drain (health checks, status, a second restart request
+joining the first) and goes when the root nursery is cancelled at stop. Its own two-stage
+shutdown never gets a say: our drain has one deadline.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import attrs
+import hypercorn.config
+import hypercorn.trio
+import trio
+
+from trio_gateway.errors import GatewayError
+from trio_gateway.gateway import Gateway
+from trio_gateway.http.app import GatewayApp
+
+
+class ListenError(GatewayError):
+    """The HTTP port could not be bound (in use, or an address this host does not have)."""
+
+    exit_code = 1
+
+
+def host_port(bind: str, port: int) -> str:
+    return f"[{bind}]:{port}" if ":" in bind and not bind.startswith("[") else f"{bind}:{port}"
+
+
+@attrs.define(eq=False)
+class HttpServer:
+    bind: str
+    port: int
+    token: str
+    env: Mapping[str, str]
+    urls: list[str] = attrs.Factory(list)
+
+    @property
+    def bound_port(self) -> int | None:
+        """The real port (the configured one may be 0: any free port)."""
+        return urllib.parse.urlsplit(self.urls[0]).port if self.urls else None
+
+    def _config(self) -> hypercorn.config.Config:
+        config = hypercorn.config.Config()
+        config.bind = [host_port(self.bind, self.port)]
+        # Our own log line says where we listen; hypercorn's access log would put one
+        # untagged line per health probe into the contract log.
+        config.accesslog = None
+        config.errorlog = None
+        return config
+
+    async def serve(self, gateway: Gateway, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        # hypercorn types its app as a union of typed-dict callables; ours takes plain dicts.
+        app: Any = GatewayApp(gateway, self.token, self.env)
+        stopped = partial(gateway.state.wait_value, "stopped")
+        try:
+            async with trio.open_nursery() as nursery:
+                self.urls = await nursery.start(
+                    partial(hypercorn.trio.serve, app, self._config(), shutdown_trigger=stopped)
+                )
+                gateway.log.info("HTTP", f"Listening on {', '.join(self.urls)}")
+                task_status.started(self.urls)
+        except* OSError as group:
+            first = group.exceptions[0]
+            reason = first.strerror if isinstance(first, OSError) and first.strerror else str(first)
+            raise ListenError(f"cannot listen on {host_port(self.bind, self.port)}: {reason}") from None

@@ -1,0 +1,176 @@
+"""`trio-gateway gateway start`: one gateway process, in the foreground.
+
+load + validate config          a bad file exits 2 here: no lock, no token, no port
+token (created on loopback)     a non-loopback bind needs an existing token
+gateway.lock (flock)            a second gateway on this home exits 1 naming the holder
+trio.run
+└── helpers nursery
+    ├── signals                 SIGTERM/SIGINT stop, 2nd SIGINT forced, SIGHUP restart
+    ├── publisher               gateway.state.json + systemd notify on each state change
+    ├── systemd watchdog pings  (when WATCHDOG_USEC is set)
+    └── gateway.serve()         HTTP server in its root nursery; returns at stop
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from contextlib import aclosing
+from typing import Any
+
+import attrs
+import trio
+
+from trio_gateway import assemble
+from trio_gateway.cli_config import load as load_config
+from trio_gateway.config import Config
+from trio_gateway.errors import GatewayError
+from trio_gateway.gateway import Gateway, State
+from trio_gateway.home import Home
+from trio_gateway.http.auth import token_for_start
+from trio_gateway.http.server import HttpServer
+from trio_gateway.lockfile import hold_lock
+from trio_gateway.log import EventLog, LogFormat, open_log
+from trio_gateway.sd_notify import Notifier
+from trio_gateway.store import atomic_write_json
+
+
+@attrs.frozen
+class StartOptions:
+    home: Home
+    log_format: LogFormat = "text"
+    port: int | None = None
+    bind: str | None = None
+
+
+def with_overrides(config: Config, port: int | None, bind: str | None) -> Config:
+    section = config.gateway
+    section = attrs.evolve(section, port=section.port if port is None else port)
+    section = attrs.evolve(section, bind=section.bind if bind is None else bind)
+    return attrs.evolve(config, gateway=section)
+
+
+def start(options: StartOptions, env: Mapping[str, str] = os.environ) -> int:
+    home = options.home
+    config = with_overrides(load_config(home.config_path), options.port, options.bind)
+    home.ensure()
+    token = token_for_start(home.token_path, config.gateway.bind)
+    with hold_lock(home.lock_path, home.root):
+        log = open_log(home.log_path, fmt=options.log_format, echo=sys.stderr)
+        try:
+            server = HttpServer(config.gateway.bind, config.gateway.port, token, env)
+            gateway = assemble.production_gateway(home, config, log, env, servers=[server.serve])
+            process = GatewayProcess(gateway, server, home, Notifier.from_env(env), log)
+            return trio.run(process.run)
+        finally:
+            StateFile(home).remove()
+            log.close()
+
+
+@attrs.define
+class StateFile:
+    """`gateway.state.json`: how the CLI finds the running gateway (pid, port, state)."""
+
+    home: Home
+
+    def write(self, fields: dict[str, Any]) -> None:
+        # mode 0644: nothing secret in it; the token lives in its own 0600 file.
+        atomic_write_json(self.home.state_path, fields)
+
+    def remove(self) -> None:
+        self.home.state_path.unlink(missing_ok=True)
+
+
+@attrs.define(eq=False)
+class GatewayProcess:
+    gateway: Gateway
+    server: HttpServer
+    home: Home
+    notifier: Notifier
+    log: EventLog
+    started_at: str = attrs.Factory(lambda: _iso_now())
+
+    async def run(self) -> int:
+        async with trio.open_nursery() as helpers:
+            await helpers.start(self._handle_signals)
+            helpers.start_soon(self._publish_state)
+            if self.notifier.watchdog_interval is not None:
+                helpers.start_soon(self._ping_watchdog, self.notifier.watchdog_interval)
+            try:
+                await self.gateway.serve()
+            except* GatewayError as group:
+                # e.g. the port is taken: one clean `ErrorName: message`, not a traceback.
+                raise group.exceptions[0] from None
+            finally:
+                helpers.cancel_scope.cancel()
+        self.notifier.stopping("stopped")
+        return 0
+
+    # --- signals -------------------------------------------------------------------------
+
+    async def _handle_signals(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            interrupts = 0
+            async for signum in signals:
+                if signum == signal.SIGINT:
+                    interrupts += 1
+                self._on_signal(signum, interrupts)
+
+    def _on_signal(self, signum: int, interrupts: int) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            self.log.info("SIGNAL", f"{name} received; graceful restart")
+            self.gateway.request_drain("restart")
+        elif interrupts >= 2:
+            # The operator pressed Ctrl-C twice: they do not want to wait for the drain.
+            self.log.warn("SIGNAL", f"{name} received again; forced stop")
+            self.gateway.request_drain("stop", force=True)
+        else:
+            self.log.info("SIGNAL", f"{name} received; graceful stop (press Ctrl-C again to force)")
+            self.gateway.request_drain("stop")
+
+    # --- state file and systemd ----------------------------------------------------------
+
+    async def _publish_state(self) -> None:
+        state_file = StateFile(self.home)
+        async with aclosing(self.gateway.state.eventual_values()) as states:
+            async for state in states:
+                fields = self._state_fields(state)
+                await trio.to_thread.run_sync(state_file.write, fields)
+                self._notify(state)
+
+    def _state_fields(self, state: State) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "bind": self.server.bind,
+            "port": self.server.bound_port,
+            "url": self.server.urls[0] if self.server.urls else None,
+            "state": state,
+            "generation": self.gateway.generation_number,
+            "startedAt": self.started_at,
+            "updatedAt": _iso_now(),
+        }
+
+    def _notify(self, state: State) -> None:
+        generation = self.gateway.generation_number
+        if state == "running":
+            self.notifier.ready(f"generation {generation} accepting work")
+        elif state == "draining":
+            drain = self.gateway.draining
+            if drain is not None and drain.kind == "restart":
+                self.notifier.reloading(f"draining generation {generation} for restart")
+            else:
+                self.notifier.stopping(f"draining generation {generation} for stop")
+
+    async def _ping_watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await trio.sleep(interval)
+
+
+def _iso_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
