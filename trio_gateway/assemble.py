@@ -10,9 +10,11 @@ import random
 from collections.abc import Mapping
 
 from trio_gateway import http_client as http
+from trio_gateway.channels import registry as channel_registry
 from trio_gateway.channels.registry import ChannelSet
 from trio_gateway.config import Config
 from trio_gateway.delivery import QueueDelivery
+from trio_gateway.errors import ConfigError
 from trio_gateway.gateway import DeliveryFactory, Gateway, GatewayDeps, Server, load_config_from
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog
@@ -51,6 +53,7 @@ def production_gateway(
     servers: list[Server] | None = None,
     runner: BlockingRunner = in_thread,
 ) -> Gateway:
+    preflight(config, env)
     home.ensure()
     deps = GatewayDeps(
         home=home,
@@ -60,5 +63,15 @@ def production_gateway(
         delivery_factory=queue_delivery(home, log, env, runner),
         runner=runner,
         servers=servers or [],
+        preflight=lambda new_config: preflight(new_config, env),
     )
     return Gateway(deps, config)
+
+
+def preflight(config: Config, env: Mapping[str, str]) -> None:
+    """Everything a config needs from the environment, checked before anything starts: a bad
+    config never half-starts a gateway (ConfigError, exit 2)."""
+    channel_registry.check(config, env)
+    for name, model in config.models.items():
+        if model.api_key_env and not env.get(model.api_key_env):
+            raise ConfigError(f"models.{name}.apiKeyEnv", f"environment variable {model.api_key_env} is not set")

@@ -330,7 +330,8 @@ class DeliveryWorker:
             self.log.info("DELIVERY", f"Channel={entry.channel} id={entry.id} to={entry.to} Success")
             return AttemptResult(entry.id, "ok", entry.channel, entry.to)
         if outcome.kind == "permanent":
-            return await self._fail(claimed, outcome.reason or "permanent rejection")
+            # The attempt was made and answered: it counts, so `attempts` says how often we asked.
+            return await self._fail(claimed, outcome.reason or "permanent rejection", attempts=entry.attempts + 1)
         if outcome.kind == "paused":
             self._pause(entry, outcome.reason)
             await self._hold(claimed, f"paused: {outcome.reason}")

@@ -71,6 +71,9 @@ class GatewayDeps:
     load_config: Callable[[], Config]
     model_factory: ModelFactory
     delivery_factory: DeliveryFactory
+    # Checks a config against the environment (secrets present) without opening anything;
+    # raises ConfigError. Run on every reload before the running config is let go.
+    preflight: Callable[[Config], None] = lambda _config: None
     runner: BlockingRunner = in_thread
     wall_base: dt.datetime | None = None
     servers: list[Server] = attrs.Factory(list)
@@ -145,7 +148,9 @@ class Gateway:
         """A restart reloads `gateway.json`; a bad file keeps the running config (a restart
         must never leave the operator with no gateway)."""
         try:
-            return self.deps.load_config()
+            config = self.deps.load_config()
+            self.deps.preflight(config)
+            return config
         except ConfigError as exc:
             self.log.error("RESTART", "Config reload failed; keeping the current config", error=str(exc))
             return old

@@ -91,6 +91,25 @@ OPENERS: dict[str, Callable[[AccountSpec], Channel]] = {
 }
 
 
+def _specs(config: Config, env: Mapping[str, str], make: Callable[[], AsyncBaseTransport]) -> list[AccountSpec]:
+    return [
+        AccountSpec(channel, account_id, account, env, make)
+        for channel, section in config.channels.items()
+        if channel in OPENERS
+        for account_id, account in section.accounts.items()
+    ]
+
+
+def check(config: Config, env: Mapping[str, str]) -> None:
+    """What `ChannelSet.build` would refuse, without opening anything: for start-up and for a
+    restart's reloaded config, so a bad one is refused before the running one is let go."""
+    _validate(_specs(config, env, _no_transport))
+
+
+def _no_transport() -> AsyncBaseTransport:
+    raise AssertionError("check() opens no client")
+
+
 def _validate(specs: list[AccountSpec]) -> None:
     """Every required key and secret of every account, checked before any client is opened."""
     for spec in specs:
@@ -118,13 +137,7 @@ class ChannelSet:
         transport: AsyncBaseTransport | None = None,
     ) -> ChannelSet:
         """`transport` replaces the network for every account (an in-process fake in tests)."""
-        make = _transport_factory(transport)
-        specs = [
-            AccountSpec(channel, account_id, account, env, make)
-            for channel, section in config.channels.items()
-            if channel in OPENERS
-            for account_id, account in section.accounts.items()
-        ]
+        specs = _specs(config, env, _transport_factory(transport))
         _validate(specs)
         channels = cls(ConsoleChannel(home.console_path))
         for spec in specs:
