@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 import attrs
 import trio
 import trio.testing
-from trio_util import move_on_when
+from trio_util import AsyncValue, move_on_when
 
 from trio_gateway import config as cfg
 from trio_gateway.classify import OK, Outcome
@@ -609,6 +609,7 @@ class FakeChannels:
     requests: list[ChannelRequest] = attrs.Factory(list)
     t0: float = 0.0
     _attempts: collections.Counter[str] = attrs.Factory(collections.Counter)
+    _seen: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
 
     def spec(self, channel: str) -> ChannelSpec:
         return self.specs.get(channel, ChannelSpec())
@@ -631,6 +632,13 @@ class FakeChannels:
     def record(self, entry: DeliveryEntry, outcome: Outcome) -> None:
         at = trio.current_time() - self.t0
         self.requests.append(ChannelRequest(at, entry.channel, entry.to, entry.account_id, entry.kind, outcome.kind))
+        self._seen.value = len(self.requests)
+
+    async def wait_delivered(self, count: int = 1, channel: str | None = None) -> list[ChannelRequest]:
+        """Until `count` deliveries were accepted (on `channel`): the worker sends after the
+        turn is over, so `gateway.busy` reaching 0 does not mean the reply arrived yet."""
+        await self._seen.wait_value(lambda _: len(self.delivered(channel)) >= count)
+        return self.delivered(channel)
 
     def get(self, channel: str, account_id: str | None) -> FakeChannel:
         return FakeChannel(channel, self)
@@ -834,20 +842,26 @@ def _describe_event(event: Event) -> str:
 
 
 def timeline(events: list[Event], t0: float, *, keep: int = 3) -> list[TimelineEntry]:
-    """Events in virtual seconds; a run of same-shaped events (numbers aside) shows its first
-    `keep` and folds the rest into a count, so 10,000 sessions read as a few lines."""
+    """Events in virtual seconds. Within a stretch of repeating events (a retry storm, 10,000
+    sessions starting) each shape, numbers aside, shows its first `keep` events and folds the
+    rest into a count on the last one shown. An event with a tag not seen in the stretch (a
+    drain starting amid a retry storm) starts a new stretch."""
     out: list[TimelineEntry] = []
-    run_shape: tuple[str, str] | None = None
-    run_len = 0
+    seen: dict[tuple[str, str], int] = {}  # shape -> index in `out` of its last shown event
+    shown: collections.Counter[tuple[str, str]] = collections.Counter()
     for event in events:
-        at = (event.clock if event.clock is not None else t0) - t0
+        at = round((event.clock if event.clock is not None else t0) - t0, 6)
         shape = _shape(event)
-        run_len = run_len + 1 if shape == run_shape else 1
-        run_shape = shape
-        if run_len <= keep:
-            out.append(TimelineEntry(round(at, 6), event.level, event.tag, _describe_event(event)))
+        if shape not in seen and event.tag not in {tag for tag, _ in seen}:
+            seen.clear()
+            shown.clear()
+        if shown[shape] < keep:
+            shown[shape] += 1
+            seen[shape] = len(out)
+            out.append(TimelineEntry(at, event.level, event.tag, _describe_event(event)))
         else:
-            out[-1] = attrs.evolve(out[-1], repeated=out[-1].repeated + 1, until=round(at, 6))
+            i = seen[shape]
+            out[i] = attrs.evolve(out[i], repeated=out[i].repeated + 1, until=at)
     return out
 
 
@@ -994,14 +1008,9 @@ def render(result: ScenarioResult) -> str:
 
 
 def describe_file(path: Path) -> str:
-    """The leading comment of a scenario file: what incident it rehearses."""
+    """The first line of a scenario file's leading comment: what incident it rehearses."""
     try:
-        text = path.read_text(encoding="utf-8")
+        first = path.read_text(encoding="utf-8").splitlines()[:1]
     except OSError:
         return ""
-    first: list[str] = []
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            break
-        first.append(line.lstrip("# ").strip())
-    return " ".join(t for t in first if t)
+    return first[0].lstrip("# ").strip() if first and first[0].startswith("#") else ""

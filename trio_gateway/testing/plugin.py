@@ -1,0 +1,103 @@
+"""pytest fixtures that run a whole gateway in-process on trio's virtual clock (SPEC 10).
+
+    async def test_reply_reaches_the_requester(gateway, fake_channels):
+        await gateway.submit(agent_id="main", origin=Origin("console", "me"), prompt="hi")
+        await gateway.busy.wait_value(0)
+        assert fake_channels.delivered("console")[0].to == "me"
+
+Fixtures: `gateway` (a running `Gateway`, generation 1 accepting work), `fake_model` (the model
+upstream: prompt directives `/stall`, `/slow N T`, `/spawn AGENT TASK`, `/fail`, plus
+`.spec`, `.kill_upstream()`), `fake_channels` (every channel's fake server: `.configure()`,
+`.requests`, `.delivered()`), `gateway_log` (the events, with virtual times),
+`gateway_harness` (all of them), and `gateway_config` to override for a different setup.
+
+A test that uses `gateway` runs on `MockClock(autojump_threshold=0)` without asking for
+`autojump_clock` itself: sleeps and deadlines cost no wall time. Needs pytest-trio with
+`trio_mode = true` (or the `trio` marker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from trio_gateway.config import Config
+from trio_gateway.gateway import Gateway
+from trio_gateway.log import MemorySink
+from trio_gateway.scenario import FakeChannels, Harness, ScenarioModel
+from trio_gateway.testing.runtime import quick_config
+
+# How long the fixture's teardown may take to stop the gateway (virtual seconds: free).
+STOP_TIMEOUT_SECONDS = 30.0
+
+
+def run_on_virtual_clock(fn: Callable[[], Any], *, clock: trio.abc.Clock | None = None, **kwargs: Any) -> Any:
+    """pytest-trio's runner, with an autojump MockClock unless the test brought its own."""
+    return trio.run(fn, clock=clock or trio.testing.MockClock(autojump_threshold=0), **kwargs)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # pytest-trio picks the clock from the test's own arguments only, so a fixture cannot ask
+    # for one; mark the tests that use the gateway to run on a virtual clock instead.
+    for item in items:
+        if "gateway_harness" in getattr(item, "fixturenames", ()) and item.get_closest_marker("trio") is None:
+            item.add_marker(pytest.mark.trio(run=run_on_virtual_clock))
+
+
+@pytest.fixture
+def gateway_config() -> Config:
+    """The built-in defaults (echo model, `console` channel). Override in your conftest."""
+    return quick_config()
+
+
+@pytest.fixture
+def fake_model() -> ScenarioModel:
+    return ScenarioModel()
+
+
+@pytest.fixture
+def fake_channels() -> FakeChannels:
+    return FakeChannels()
+
+
+@pytest.fixture
+async def gateway_harness(
+    tmp_path: Path, gateway_config: Config, fake_model: ScenarioModel, fake_channels: FakeChannels, nursery: Any
+) -> AsyncIterator[Harness]:
+    _require_virtual_clock()
+    harness = Harness.build(tmp_path / "home", gateway_config, model=fake_model, channels=fake_channels)
+    await nursery.start(harness.gateway.serve)
+    fake_channels.t0 = trio.current_time()
+    yield harness
+    await _stop(harness.gateway)
+
+
+@pytest.fixture
+def gateway(gateway_harness: Harness) -> Gateway:
+    return gateway_harness.gateway
+
+
+@pytest.fixture
+def gateway_log(gateway_harness: Harness) -> MemorySink:
+    return gateway_harness.sink
+
+
+def _require_virtual_clock() -> None:
+    if not isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock):
+        raise RuntimeError(
+            "the gateway fixtures run on a virtual clock: use them in a trio test (pytest-trio), "
+            "with no trio marker of your own or with autojump_clock"
+        )
+
+
+async def _stop(gw: Gateway) -> None:
+    if gw.state.value == "stopped":
+        return
+    with trio.move_on_after(STOP_TIMEOUT_SECONDS):
+        gw.request_drain("stop", force=True)
+        await gw.state.wait_value("stopped")
