@@ -363,16 +363,19 @@ async def _until_disconnected(receive: Receive, handler: Callable[[], Awaitable[
     """Run `handler`, cancelling it if the client disconnects first (then the answer goes
     nowhere, and `_ClientGone` is what is 'sent')."""
     result: list[Response] = []
-    async with trio.open_nursery() as nursery:
+    try:
+        async with trio.open_nursery() as nursery:
 
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            result.append(await handler())
             nursery.cancel_scope.cancel()
-
-        nursery.start_soon(watch)
-        result.append(await handler())
-        nursery.cancel_scope.cancel()
+    except* GatewayError as group:
+        raise group.exceptions[0] from None  # answered like any other handler's error
     if not result:
         raise _ClientGone("client disconnected")
     return result[0]

@@ -1,0 +1,455 @@
+"""The HTTP API (SPEC 5), in-process: the ASGI app driven directly on MockClock, plus one test
+through real hypercorn on a loopback port."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from trio_gateway import config as cfg
+from trio_gateway.gateway import Gateway
+from trio_gateway.http.app import GatewayApp
+from trio_gateway.http.asgi import Message
+from trio_gateway.http.server import HttpServer
+from trio_gateway.log import MemorySink
+from trio_gateway.testing.runtime import build_gateway, quick_config
+
+TOKEN = "test-token-123"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+NOW = 1_800_000_000.0
+SLACK_SECRET = "slack-signing-secret"
+CHANNELS = {
+    "channels": {
+        "slack": {"accounts": {"T1": {"baseUrl": "http://127.0.0.1:9", "signingSecretEnv": "SLACK_SIGNING"}}},
+        "telegram": {"accounts": {"bot1": {"baseUrl": "http://127.0.0.1:9", "secretTokenEnv": "TG_SECRET"}}},
+        "feishu": {"accounts": {"app1": {"baseUrl": "http://127.0.0.1:9", "verificationTokenEnv": "FEISHU_VERIFY"}}},
+        "discord": {"accounts": {"d1": {"baseUrl": "http://127.0.0.1:9"}}},
+    },
+    "agents": {"main": {"channels": ["console", "slack", "telegram", "feishu", "discord"]}},
+}
+ENV = {"SLACK_SIGNING": SLACK_SECRET, "TG_SECRET": "tg-secret", "FEISHU_VERIFY": "fs-verify"}
+
+
+@attrs.frozen
+class Reply:
+    status: int
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@attrs.define
+class Driver:
+    """A minimal ASGI server: one request, the body in one message, then (optionally) the
+    client leaving when `disconnect` is set."""
+
+    app: GatewayApp
+    disconnect: trio.Event = attrs.Factory(trio.Event)
+
+    async def __call__(
+        self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None
+    ) -> Reply:
+        raw = body if isinstance(body, bytes) else (b"" if body is None else json.dumps(body).encode())
+        hdrs = {**AUTH, **(headers or {})}
+        scope = {
+            "type": "http",
+            "method": method,
+            "path": path,
+            "headers": [(k.encode(), v.encode()) for k, v in hdrs.items()],
+        }
+        sent: list[Message] = []
+        delivered = False
+
+        async def receive() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            await self.disconnect.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await self.app(scope, receive, send)
+        start, body_msg = sent
+        return Reply(start["status"], body_msg["body"])
+
+
+@attrs.define
+class Running:
+    gateway: Gateway
+    sink: MemorySink
+    call: Driver
+
+
+def config() -> cfg.Config:
+    raw: dict[str, Any] = json.loads(json.dumps(CHANNELS))
+    raw["gateway"] = {
+        "testEndpoints": {"enabled": True},
+        "stalledTaskDetection": {"enabled": False},
+        "drain": {"timeoutSeconds": 10},
+    }
+    return cfg.parse(raw)
+
+
+@pytest.fixture
+async def running(tmp_path: Path, autojump_clock: trio.abc.Clock) -> AsyncIterator[Running]:
+    gateway, sink = build_gateway(tmp_path, config())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        yield Running(gateway, sink, Driver(GatewayApp(gateway, TOKEN, ENV, wall_time=lambda: NOW)))
+        if gateway.state.value != "stopped":
+            gateway.request_drain("stop", force=True)
+
+
+SESSION = {"agent": "main", "origin": {"channel": "console", "to": "ops"}, "prompt": "hello"}
+
+
+# --- auth -------------------------------------------------------------------------------------
+
+
+async def test_healthz_needs_no_token_and_reports_generation(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    reply = await running.call("GET", "/healthz", headers={"authorization": ""})
+    assert (reply.status, reply.json) == (200, {"status": "ok", "generation": 1})
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/status"),
+        ("GET", "/metrics"),
+        ("POST", "/v1/gateway/restart"),
+        ("POST", "/v1/gateway/stop"),
+        ("POST", "/v1/sessions"),
+        ("GET", "/v1/sessions"),
+        ("GET", "/v1/deliveries"),
+        ("POST", "/internal/test/stall-model-call"),
+        ("GET", "/no/such/route"),
+    ],
+)
+@pytest.mark.parametrize("header", ["", "Bearer wrong-token", "Basic " + TOKEN, "Bearer"])
+async def test_every_route_but_healthz_refuses_a_missing_or_wrong_token(
+    running: Running, autojump_clock: trio.abc.Clock, method: str, path: str, header: str
+) -> None:
+    reply = await running.call(method, path, SESSION, headers={"authorization": header})
+    assert reply.status == 401
+    assert reply.json["error"] == "UnauthorizedError"
+    assert TOKEN not in reply.body.decode()
+    # ... and changed nothing.
+    assert running.gateway.sessions == {}
+    assert running.gateway.draining is None
+    assert running.gateway.state.value == "running"
+
+
+# --- sessions ---------------------------------------------------------------------------------
+
+
+async def test_session_start_is_acknowledged_after_the_turn_is_on_disk(
+    running: Running, autojump_clock: trio.abc.Clock, tmp_path: Path
+) -> None:
+    reply = await running.call("POST", "/v1/sessions", SESSION)
+    assert reply.status == 202
+    session_id = reply.json["sessionId"]
+    assert session_id in running.gateway.sessions
+    assert any(session_id in p.name for p in (tmp_path / "sessions").iterdir())
+    listed = await running.call("GET", "/v1/sessions")
+    assert [s["id"] for s in listed.json["sessions"]] == [session_id]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error", "names"),
+    [
+        (b"{not json", 400, "BadRequestError", "body"),
+        (b"[1, 2]", 400, "BadRequestError", "body"),
+        ({**SESSION, "prompt": 5}, 400, "BadRequestError", "prompt"),
+        ({**SESSION, "agent": "nobody"}, 400, "BadRequestError", "agent"),
+        ({**SESSION, "origin": "console"}, 400, "BadRequestError", "origin"),
+        ({**SESSION, "origin": {"channel": "fax", "to": "1"}}, 400, "BadRequestError", "origin.channel"),
+        ({**SESSION, "origin": {"channel": "console"}}, 400, "BadRequestError", "origin.to"),
+        (
+            {**SESSION, "origin": {"channel": "feishu", "to": "o9cq80abc@im.wechat"}},
+            400,
+            "DeliveryValidationError",
+            "channel=feishu",
+        ),
+    ],
+)
+async def test_bad_session_input_is_400_naming_the_field(
+    running: Running, autojump_clock: trio.abc.Clock, body: object, status: int, error: str, names: str
+) -> None:
+    reply = await running.call("POST", "/v1/sessions", body)
+    assert (reply.status, reply.json["error"]) == (status, error)
+    assert names in reply.json["message"]
+    assert running.gateway.sessions == {}
+
+
+async def test_body_over_max_body_bytes_is_413(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    limit = running.gateway.config.gateway.max_body_bytes
+    reply = await running.call("POST", "/v1/sessions", {**SESSION, "prompt": "x" * limit})
+    assert reply.status == 413
+    assert reply.json["error"] == "PayloadTooLargeError"
+    assert running.gateway.sessions == {}
+
+
+async def test_abort_a_stalled_session_and_404_for_an_unknown_one(
+    running: Running, autojump_clock: trio.abc.Clock
+) -> None:
+    stalled = await running.call("POST", "/internal/test/stall-model-call", {"durationMs": 600_000})
+    session_id = stalled.json["sessionId"]
+    await trio.sleep(1)
+    assert [w["kind"] for w in (await running.call("GET", "/v1/status")).json["work"]] == ["model_call"]
+    reply = await running.call("POST", f"/v1/sessions/{session_id}/abort")
+    assert reply.json == {"sessionId": session_id, "aborted": True}
+    await trio.sleep(1)
+    assert (await running.call("GET", "/v1/status")).json["work"] == []
+    missing = await running.call("POST", "/v1/sessions/s-nope/abort")
+    assert (missing.status, missing.json["error"]) == (404, "NotFoundError")
+
+
+async def test_test_endpoints_are_404_unless_enabled(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    gateway, _ = build_gateway(tmp_path, quick_config())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        reply = await Driver(GatewayApp(gateway, TOKEN, {}))("POST", "/internal/test/stall-model-call", {})
+        assert (reply.status, reply.json["error"]) == (404, "NotFoundError")
+        assert gateway.sessions == {}
+        gateway.request_drain("stop", force=True)
+
+
+# --- restart and stop -------------------------------------------------------------------------
+
+
+async def test_restart_is_202_at_once_joins_a_running_drain_and_503s_intake(
+    running: Running, autojump_clock: trio.abc.Clock
+) -> None:
+    await running.call("POST", "/internal/test/stall-model-call", {"durationMs": 600_000})
+    first = await running.call("POST", "/v1/gateway/restart", {"timeoutSeconds": 10})
+    assert first.status == 202
+    assert first.json["drain"]["kind"] == "restart"
+    assert first.json["drain"]["fromGeneration"] == 1
+    assert first.json["drain"]["remainingSeconds"] == pytest.approx(10)
+    await trio.sleep(2)
+    health = await running.call("GET", "/healthz")
+    assert health.json == {"status": "draining", "generation": 1}
+    refused = await running.call("POST", "/v1/sessions", SESSION)
+    assert (refused.status, refused.json["error"]) == (503, "GatewayDrainingError")
+    # A second request joins the drain and may only tighten it.
+    joined = await running.call("POST", "/v1/gateway/restart", {"timeoutSeconds": 3})
+    assert joined.json["drain"]["elapsedSeconds"] == pytest.approx(2, abs=0.05)
+    assert joined.json["drain"]["remainingSeconds"] == pytest.approx(3, abs=0.05)
+    start = trio.current_time()
+    await running.gateway.state.wait_value(lambda s: s == "running" and running.gateway.generation_number == 2)
+    assert trio.current_time() - start == pytest.approx(3, abs=0.05)
+    assert len(running.gateway.drains) == 1
+    drains = await running.call("GET", "/v1/gateway/drains")
+    assert drains.json["drains"][0]["timedOut"] is True
+    assert drains.json["drains"][0]["abortedWork"][0].startswith("model_call")
+
+
+@pytest.mark.parametrize(("body", "field"), [({"force": "yes"}, "force"), ({"timeoutSeconds": -1}, "timeoutSeconds")])
+async def test_bad_restart_input_is_400_and_starts_no_drain(
+    running: Running, autojump_clock: trio.abc.Clock, body: object, field: str
+) -> None:
+    reply = await running.call("POST", "/v1/gateway/restart", body)
+    assert (reply.status, reply.json["error"]) == (400, "BadRequestError")
+    assert field in reply.json["message"]
+    assert running.gateway.draining is None
+
+
+async def test_restart_with_wait_answers_when_the_new_generation_accepts_work(
+    running: Running, autojump_clock: trio.abc.Clock
+) -> None:
+    reply = await running.call("POST", "/v1/gateway/restart", {"wait": True, "force": True})
+    assert reply.status == 200
+    assert reply.json["generation"] == 2
+    assert reply.json["drain"]["forced"] is True
+
+
+async def test_a_waiting_handler_is_cancelled_when_its_client_disconnects(
+    running: Running, autojump_clock: trio.abc.Clock
+) -> None:
+    await running.call("POST", "/internal/test/stall-model-call", {"durationMs": 600_000})
+    call = running.call
+    replies: list[Reply] = []
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _append(replies, call("POST", "/v1/gateway/restart", {"wait": True})))
+        await trio.sleep(1)
+        call.disconnect.set()
+    # The handler returned at the disconnect, not after the 10 s drain it was waiting for;
+    # the drain itself goes on (the client leaving does not cancel the restart).
+    assert trio.current_time() - start == pytest.approx(1, abs=0.05)
+    assert replies[0].json["error"] == "_ClientGone"
+    assert running.gateway.state.value == "draining"
+
+
+async def _append(out: list[Reply], reply: Any) -> None:
+    out.append(await reply)
+
+
+async def test_stop_is_202_then_the_gateway_stops(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    gateway, _ = build_gateway(tmp_path, config())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        reply = await Driver(GatewayApp(gateway, TOKEN, {}))("POST", "/v1/gateway/stop", {})
+        assert reply.status == 202
+        assert reply.json["drain"]["kind"] == "stop"
+    assert gateway.state.value == "stopped"
+
+
+# --- deliveries, metrics ----------------------------------------------------------------------
+
+
+async def test_deliveries_create_validates_then_lists(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    bad = {"channel": "feishu", "to": "o9cq80abc@im.wechat", "accountId": "app1", "agentId": "main", "text": "x"}
+    refused = await running.call("POST", "/v1/deliveries", bad)
+    assert (refused.status, refused.json["error"]) == (400, "DeliveryValidationError")
+    assert (await running.call("GET", "/v1/deliveries")).json == {"pending": [], "failed": []}
+    good = {**bad, "to": "ou_abc123"}
+    created = await running.call("POST", "/v1/deliveries", good)
+    assert created.status == 202
+    listed = (await running.call("GET", "/v1/deliveries")).json
+    assert [(e["id"], e["channel"], e["to"], e["kind"]) for e in listed["pending"]] == [
+        (created.json["id"], "feishu", "ou_abc123", "manual")
+    ]
+
+
+async def test_metrics_after_a_timed_out_drain(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    await running.call("POST", "/internal/test/stall-model-call", {"durationMs": 600_000})
+    await running.call("POST", "/v1/gateway/restart", {"timeoutSeconds": 2})
+    await running.gateway.state.wait_value(lambda s: s == "running" and running.gateway.generation_number == 2)
+    reply = await running.call("GET", "/metrics")
+    text = reply.body.decode()
+    assert reply.status == 200
+    lines = set(text.splitlines())
+    assert 'trio_gateway_drains_total{kind="restart",outcome="timed_out"} 1' in lines
+    assert 'trio_gateway_drain_duration_seconds_bucket{le="1"} 0' in lines
+    assert 'trio_gateway_drain_duration_seconds_bucket{le="2.5"} 1' in lines
+    assert "trio_gateway_drain_duration_seconds_count 1" in lines
+    assert "trio_gateway_generation 2" in lines
+    assert 'trio_gateway_aborts_total{kind="model_call"} 1' in lines
+    assert "trio_gateway_delivery_queue_pending 0" in lines
+    assert all(ln.startswith(("# HELP", "# TYPE", "trio_gateway_")) for ln in text.splitlines())
+
+
+# --- inbound channel events -------------------------------------------------------------------
+
+
+def slack_headers(body: bytes, ts: float = NOW, secret: str = SLACK_SECRET) -> dict[str, str]:
+    stamp = str(int(ts))
+    digest = hmac.new(secret.encode(), f"v0:{stamp}:".encode() + body, hashlib.sha256).hexdigest()
+    return {"authorization": "", "x-slack-request-timestamp": stamp, "x-slack-signature": f"v0={digest}"}
+
+
+SLACK_MESSAGE = json.dumps(
+    {"type": "event_callback", "event": {"type": "message", "channel": "C0123456789", "user": "U1", "text": "hi"}}
+).encode()
+
+
+async def test_signed_slack_message_starts_a_turn_for_its_sender(
+    running: Running, autojump_clock: trio.abc.Clock
+) -> None:
+    reply = await running.call("POST", "/channels/slack/T1/events", SLACK_MESSAGE, slack_headers(SLACK_MESSAGE))
+    assert reply.status == 200
+    session = running.gateway.sessions[reply.json["sessionId"]]
+    origin = session.record.origin
+    assert origin is not None
+    assert (origin.channel, origin.to, origin.account_id) == ("slack", "C0123456789", "T1")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        slack_headers(SLACK_MESSAGE, secret="wrong"),
+        slack_headers(SLACK_MESSAGE, ts=NOW - 301),  # a replay from outside the 5-minute window
+        slack_headers(b"another body"),
+        {"authorization": ""},
+    ],
+)
+async def test_unverifiable_slack_events_are_401(
+    running: Running, autojump_clock: trio.abc.Clock, headers: dict[str, str]
+) -> None:
+    reply = await running.call("POST", "/channels/slack/T1/events", SLACK_MESSAGE, headers)
+    assert (reply.status, reply.json["error"]) == (401, "UnauthorizedError")
+    assert SLACK_SECRET not in reply.body.decode()
+    assert running.gateway.sessions == {}
+
+
+async def test_slack_url_verification_answers_the_challenge(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    body = json.dumps({"type": "url_verification", "challenge": "c-123"}).encode()
+    reply = await running.call("POST", "/channels/slack/T1/events", body, slack_headers(body))
+    assert reply.json == {"challenge": "c-123"}
+
+
+async def test_telegram_secret_token(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    update = {"update_id": 1, "message": {"chat": {"id": -100123}, "text": "hello"}}
+    bad = await running.call("POST", "/channels/telegram/bot1/events", update, {"authorization": ""})
+    assert bad.status == 401
+    headers = {"authorization": "", "x-telegram-bot-api-secret-token": "tg-secret"}
+    good = await running.call("POST", "/channels/telegram/bot1/events", update, headers)
+    assert good.status == 200
+    origin = running.gateway.sessions[good.json["sessionId"]].record.origin
+    assert origin is not None
+    assert origin.to == "-100123"
+
+
+async def test_feishu_verification_token_and_challenge(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    challenge = {"type": "url_verification", "challenge": "fc", "token": "fs-verify"}
+    assert (await running.call("POST", "/channels/feishu/app1/events", challenge)).json == {"challenge": "fc"}
+    event = {
+        "schema": "2.0",
+        "header": {"event_type": "im.message.receive_v1", "token": "fs-verify"},
+        "event": {
+            "sender": {"sender_id": {"open_id": "ou_sender1"}},
+            "message": {"content": json.dumps({"text": "hi"})},
+        },
+    }
+    good = await running.call("POST", "/channels/feishu/app1/events", event)
+    assert good.status == 200
+    forged = {**event, "header": {**event["header"], "token": "guess"}}
+    assert (await running.call("POST", "/channels/feishu/app1/events", forged)).status == 401
+    assert len(running.gateway.sessions) == 1
+
+
+async def test_channels_without_a_verifiable_scheme_or_account_are_refused(
+    running: Running, autojump_clock: trio.abc.Clock
+) -> None:
+    body = {"content": "hi"}
+    assert (await running.call("POST", "/channels/discord/d1/events", body)).status == 401
+    assert (await running.call("POST", "/channels/slack/nope/events", body)).status == 404
+    assert running.gateway.sessions == {}
+
+
+# --- through real hypercorn -------------------------------------------------------------------
+
+
+async def test_hypercorn_serves_the_app_in_the_gateway_root_nursery(tmp_path: Path) -> None:
+    import httpx
+
+    server = HttpServer("127.0.0.1", 0, TOKEN, {})
+    gateway, sink = build_gateway(tmp_path, config(), servers=[server.serve])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        assert server.bound_port
+        async with httpx.AsyncClient(base_url=server.urls[0], trust_env=False) as client:
+            health = await client.get("/healthz")
+            unauthorized = await client.get("/v1/status")
+            restart = await client.post("/v1/gateway/restart", json={"wait": True}, headers=AUTH)
+            after = await client.get("/healthz")
+        gateway.request_drain("stop")
+    assert health.json() == {"status": "ok", "generation": 1}
+    assert unauthorized.status_code == 401
+    assert (restart.status_code, restart.json()["generation"]) == (200, 2)
+    assert after.json() == {"status": "ok", "generation": 2}
+    assert any(e.tag == "HTTP" and server.urls[0] in e.message for e in sink.events)
