@@ -284,3 +284,15 @@ def have_module(name: str) -> bool:
     except ImportError:
         return False
     return True
+
+
+async def poll_until(predicate: Any, within: float, every: float = 0.01) -> bool:
+    """Poll `predicate()` from outside the code under test (which offers no event for it);
+    False if it did not hold within `within` seconds."""
+    import trio
+
+    with trio.move_on_after(within):
+        while not predicate():  # noqa: ASYNC110 - observing state that has no event to wait on
+            await trio.sleep(every)
+        return True
+    return False
