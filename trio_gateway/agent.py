@@ -20,7 +20,7 @@ import trio
 
 from trio_gateway.config import Config
 from trio_gateway.entry import DeliveryKind
-from trio_gateway.errors import DeliveryValidationError, GatewayError, ModelCallError, WorkAbortedError
+from trio_gateway.errors import DeliveryValidationError, GatewayError, ModelCallError
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.routing import Origin
@@ -162,13 +162,16 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
     kind: DeliveryKind = "cron_result" if turn.kind == "cron" else "reply"
     try:
         text = await agent_loop(rt, session, record.agent, messages, turn.origin, depth=0, stall=turn.stall_seconds)
-    except (WorkAbortedError, ModelCallError) as exc:
-        kind, text = "reply", f"Sorry, this request failed: {exc}"
-        rt.log.warn("TURN", "Turn ended with a failure", sessionId=session.id, turnId=turn.id, error=str(exc))
     except trio.Cancelled:
         with trio.move_on_after(rt.cleanup_timeout, shield=True):
             await _interrupted(rt, session, turn)
         raise
+    except Exception as exc:
+        error = gateway_error(exc)
+        if error is None:
+            raise  # a bug: run_turn logs it
+        kind, text = "reply", f"Sorry, this request failed: {error}"
+        rt.log.warn("TURN", "Turn ended with a failure", sessionId=session.id, turnId=turn.id, error=str(error))
     record.remember([{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": text}])
     # Deliver first, then forget the turn: a crash in between re-runs it (a possible
     # duplicate reply) rather than losing it.
@@ -198,6 +201,27 @@ async def _interrupted(rt: Runtime, session: Session, turn: TurnRecord) -> None:
         )
     await rt.store.save(record)
     rt.log.warn("TURN", "Turn interrupted", sessionId=session.id, turnId=turn.id, resume=resume)
+
+
+def gateway_error(exc: BaseException) -> GatewayError | None:
+    """The gateway error behind `exc`, also when a nursery inside a model client wrapped it
+    in an exception group; None when it is anything else (a bug)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        leaves = [gateway_error(e) for e in exc.exceptions]
+        if leaves and all(leaf is not None for leaf in leaves):
+            return leaves[0]
+    return None
+
+
+def _subagent_failure(rt: Runtime, session: Session, sub: Subagent, exc: Exception) -> str:
+    error = gateway_error(exc)
+    if error is not None:
+        return f"Subagent {sub.id} failed: {error}"
+    # A bug: still tell the requester, never silence; the log keeps the detail.
+    rt.log.error("SUBAGENT", "Subagent crashed", sessionId=session.id, subagentId=sub.id, error=repr(exc))
+    return f"Subagent {sub.id} failed: internal error {type(exc).__name__}"
 
 
 def _initial_messages(system_prompt: str, history: list[Message], prompt: str) -> list[Message]:
@@ -320,13 +344,8 @@ async def run_subagent(rt: Runtime, session: Session, sub: Subagent, origin: Ori
             result = await agent_loop(rt, session, sub.agent, messages, origin, depth=sub.depth, parent=unit)
         kind, text = "subagent_completion", f"Subagent {sub.id} finished: {result}"
         sub.state = "completed"
-    except (GatewayError, ModelCallError) as exc:
-        text = f"Subagent {sub.id} failed: {exc}"
-        sub.state = "failed"
-    except Exception as exc:  # a bug: still tell the requester, never silence
-        text = f"Subagent {sub.id} failed: internal error {type(exc).__name__}"
-        sub.state = "failed"
-        rt.log.error("SUBAGENT", "Subagent crashed", sessionId=session.id, subagentId=sub.id, error=repr(exc))
+    except Exception as exc:
+        text, sub.state = _subagent_failure(rt, session, sub, exc), "failed"
     finally:
         if sub.state == "running":
             sub.state = "cancelled"

@@ -167,8 +167,12 @@ class Gateway:
             rt = agent.Runtime(config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now)
             self.watchdog = StallWatchdog(self.registry, config.gateway.stalled_task_detection, self.log, self._depth)
             async with trio.open_nursery() as services:
-                intake_scope = trio.CancelScope()
-                services.start_soon(self._run_intake, intake_scope, delivery, config)
+                cron_scope = trio.CancelScope()
+                services.start_soon(self._run_cron, cron_scope, config)
+                # The worker keeps sending through the drain's wait (a reply that finishes
+                # then reaches its user now) but is never waited for: it lives here, not in
+                # the work nursery, and is cancelled the moment the work is gone.
+                services.start_soon(delivery.run)
                 services.start_soon(self.watchdog.run)
                 with trio.CancelScope() as work_scope:
                     async with trio.open_nursery() as work:
@@ -188,7 +192,7 @@ class Gateway:
                         task_status.started()
                         request = await self._wait_for_drain_request()
                         self.state.value = "draining"
-                        intake_scope.cancel()
+                        cron_scope.cancel()
                         timed_out, left = await drain(
                             request,
                             busy=self.busy,
@@ -216,13 +220,10 @@ class Gateway:
         with trio.move_on_after(config.gateway.channel_stop_timeout_seconds, shield=True):
             await close()
 
-    async def _run_intake(self, scope: trio.CancelScope, delivery: DeliveryService, config: Config) -> None:
-        """The delivery worker and cron: stopped the moment a drain starts. A delivery's state
-        is on disk and a cron run is not owed, so neither is ever waited for."""
+    async def _run_cron(self, scope: trio.CancelScope, config: Config) -> None:
+        """Cron stops the moment a drain starts: a scheduled run is not owed to anyone."""
         with scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(delivery.run)
-                nursery.start_soon(self._cron, config)
+            await run_cron(config.cron, self, self.log)
 
     def _finish_drain(self, request: DrainRequest, timed_out: bool, left: DrainCounts) -> None:
         now = trio.current_time()
@@ -255,6 +256,9 @@ class Gateway:
             self._drain.join(kind=kind, force=force, timeout_seconds=seconds)
             return self._drain
         self._drain = DrainRequest(kind, force, seconds, trio.current_time())
+        # Intake closes at the request, not when the generation loop next runs: a submit right
+        # after a restart request must already get GatewayDrainingError.
+        self.state.value = "draining"
         self._drain_wanted.set()
         return self._drain
 
@@ -363,9 +367,6 @@ class Gateway:
         )
         await self.store.save(session.record)
         self.log.warn("RESTART", "Interrupted turn not resumed again", sessionId=session.id, turnId=turn.id)
-
-    async def _cron(self, config: Config) -> None:
-        await run_cron(config.cron, self, self.log)
 
     # --- operations ----------------------------------------------------------------------
 

@@ -45,8 +45,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # pytest-trio picks the clock from the test's own arguments only, so a fixture cannot ask
     # for one; mark the tests that use the gateway to run on a virtual clock instead.
     for item in items:
-        if "gateway_harness" in getattr(item, "fixturenames", ()) and item.get_closest_marker("trio") is None:
-            item.add_marker(pytest.mark.trio(run=run_on_virtual_clock))
+        marker = item.get_closest_marker("trio")
+        plain = marker is None or marker.kwargs.get("run", trio.run) is trio.run
+        if "gateway_harness" in getattr(item, "fixturenames", ()) and plain:
+            # Prepended: pytest-trio's trio_mode appends its own marker, and the first one wins
+            # whichever plugin's hook runs first (entry point or conftest order).
+            item.add_marker(pytest.mark.trio(run=run_on_virtual_clock), append=False)
 
 
 @pytest.fixture
