@@ -407,7 +407,7 @@ async def test_telegram_secret_token(running: Running, autojump_clock: trio.abc.
 async def test_feishu_verification_token_and_challenge(running: Running, autojump_clock: trio.abc.Clock) -> None:
     challenge = {"type": "url_verification", "challenge": "fc", "token": "fs-verify"}
     assert (await running.call("POST", "/channels/feishu/app1/events", challenge)).json == {"challenge": "fc"}
-    event = {
+    event: dict[str, Any] = {
         "schema": "2.0",
         "header": {"event_type": "im.message.receive_v1", "token": "fs-verify"},
         "event": {

@@ -34,6 +34,10 @@ class RestartFailedError(GatewayError):
     exit_code = 1
 
 
+class StopFailedError(GatewayError):
+    exit_code = 1
+
+
 def register(groups: Any) -> None:
     parser: argparse.ArgumentParser = groups.add_parser("gateway", help="run and control the gateway")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
@@ -73,13 +77,14 @@ class Follow:
     client: GatewayClient
     deadline: float
     quiet: bool
+    failure: type[GatewayError] = RestartFailedError
     say: Callable[[str], None] = attrs.Factory(lambda: lambda line: print(line, file=sys.stderr, flush=True))
 
     def until(self, done: Callable[[], bool], what: str) -> None:
         last = ""
         while not done():
             if time.monotonic() > self.deadline:
-                raise RestartFailedError(f"the gateway did not {what} in time (pid {self.client.target.pid})")
+                raise self.failure(f"the gateway did not {what} in time (pid {self.client.target.pid})")
             line = self._progress()
             if line and line != last and not self.quiet:
                 self.say(line)
@@ -151,7 +156,8 @@ def _stop(args: argparse.Namespace, ctx: Context) -> int:
     started = time.monotonic()
     with GatewayClient.connect(ctx.home) as client:
         drain = client.post("/v1/gateway/stop", _drain_body(args))["drain"]
-        follow = Follow(client, started + drain["remainingSeconds"] + MARGIN_SECONDS, quiet=args.json)
+        deadline = started + drain["remainingSeconds"] + MARGIN_SECONDS
+        follow = Follow(client, deadline, quiet=args.json, failure=StopFailedError)
         follow.until(lambda: not client.target.alive(), "exit")
     took = round(time.monotonic() - started, 3)
     outcome = {"stopped": True, "pid": client.target.pid, "fromGeneration": drain["fromGeneration"], "seconds": took}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -44,7 +45,17 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # someone else's process holds that pid: it exists
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """An exited process its parent has not reaped yet still answers `kill(pid, 0)`; for us it
+    is gone (it will never serve again)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False  # no procfs (or it vanished just now): trust kill()
+    return stat.rpartition(")")[2].split()[:1] in (["Z"], ["X"])
 
 
 def remote_error(status: int, body: bytes) -> GatewayError:

@@ -1,0 +1,267 @@
+"""End to end with real processes on loopback: `python -m trio_gateway gateway start` in a temp
+home, driven over HTTP and through the CLI. Few and short; every wait polls under a deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+STARTUP_SECONDS = 10.0
+
+
+def cli(home: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "trio_gateway", "--home", str(home), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def poll(what: str, check: Callable[[], Any], timeout: float = 10.0, every: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+@attrs.define
+class Proc:
+    home: Path
+    popen: subprocess.Popen[str]
+    url: str = ""
+    token: str = ""
+
+    @property
+    def log(self) -> str:
+        path = self.home / "logs" / "gateway.log"
+        return path.read_text() if path.exists() else ""
+
+    def http(self, method: str, path: str, body: object = None, *, auth: bool = True) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
+        return httpx.request(method, self.url + path, json=body, headers=headers, timeout=5, trust_env=False)
+
+    def health(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.http("GET", "/healthz", auth=False).json()
+        return data
+
+    def wait_ready(self) -> Proc:
+        def ready() -> bool:
+            if self.popen.poll() is not None:
+                raise AssertionError(f"gateway exited {self.popen.returncode}: {self.popen.stderr}")
+            state_path = self.home / "gateway.state.json"
+            try:
+                state = json.loads(state_path.read_text())
+            except (FileNotFoundError, ValueError):
+                return False
+            # After a SIGKILL the old process's state file is still there: wait for ours.
+            if state.get("pid") != self.popen.pid or state.get("state") != "running" or not state.get("url"):
+                return False
+            self.url = state["url"]
+            self.token = (self.home / "gateway.token").read_text().strip()
+            return True
+
+        poll("the gateway to accept work", ready, STARTUP_SECONDS)
+        return self
+
+    def stop_hard(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+def write_config(home: Path, **gateway: Any) -> None:
+    section = {"testEndpoints": {"enabled": True}, "drain": {"timeoutSeconds": 2}} | gateway
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "gateway.json").write_text(json.dumps({"gateway": section}))
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    procs: list[Proc] = []
+
+    def start(home: Path | None = None, **gateway: Any) -> Proc:
+        home = home or tmp_path / "home"
+        if gateway or not (home / "gateway.json").exists():
+            write_config(home, **gateway)
+        cmd = [sys.executable, "-m", "trio_gateway", "--home", str(home), "gateway", "start", "--port", "0"]
+        popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+        proc = Proc(home, popen)
+        procs.append(proc)
+        return proc.wait_ready()
+
+    yield start
+    for proc in procs:
+        proc.stop_hard()
+
+
+def stall(proc: Proc) -> str:
+    reply = proc.http("POST", "/internal/test/stall-model-call", {"durationMs": 600_000})
+    assert reply.status_code == 202
+    session_id: str = reply.json()["sessionId"]
+    poll(
+        "the stalled model call",
+        lambda: any(w["kind"] == "model_call" for w in proc.http("GET", "/v1/status").json()["work"]),
+    )
+    return session_id
+
+
+def console_texts(home: Path) -> list[str]:
+    path = home / "logs" / "console.jsonl"
+    if not path.exists():
+        return []
+    return [json.dumps(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_restart_with_a_stalled_model_call_finishes_within_the_drain_timeout(
+    start_gateway: Callable[..., Proc],
+) -> None:
+    gw = start_gateway()
+    stall(gw)
+    began = time.monotonic()
+    done = cli(gw.home, "gateway", "restart", "--json")
+    took = time.monotonic() - began
+    print(f"\nrestart with a stalled call, drain timeout 2 s: {took:.2f} s wall (CLI included)")
+    assert done.returncode == 0, done.stderr
+    assert took < 3.0
+    outcome = json.loads(done.stdout)
+    assert (outcome["fromGeneration"], outcome["generation"]) == (1, 2)
+    assert outcome["drain"]["timedOut"] is True
+    log = gw.log
+    for line in (
+        "[DRAINING] Starting graceful drain of 1 task(s), timeout=2000ms",
+        "[DRAINING] Draining timeout exceeded (2000ms); forcing task abort",
+        "[SHUTDOWN] Shutdown completed cleanly in",
+        "[RESTART] generation=2 accepting work",
+    ):
+        assert line in log
+    assert gw.health() == {"status": "ok", "generation": 2}
+    # The new generation runs new work to the end: the reply reaches the console channel.
+    started = cli(gw.home, "session", "start", "--agent", "main", "--channel", "console", "--to", "e2e-user",
+                  "--prompt", "after the restart")  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    poll("the reply", lambda: any("after the restart" in t and "e2e-user" in t for t in console_texts(gw.home)))
+
+
+def test_forced_restart_is_immediate(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway(drain={"timeoutSeconds": 60})
+    stall(gw)
+    began = time.monotonic()
+    done = cli(gw.home, "gateway", "restart", "--force")
+    took = time.monotonic() - began
+    print(f"\nforced restart: {took:.2f} s wall (CLI included)")
+    assert done.returncode == 0, done.stderr
+    assert took < 1.0
+    assert "restarted: generation 1 -> 2" in done.stdout
+    assert "[DRAINING] Forced drain; aborting 1 task(s) now" in gw.log
+
+
+def test_stall_abort_while_healthz_keeps_answering(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway(stalledTaskDetection={"thresholdSeconds": 1, "checkIntervalSeconds": 0.2})
+    session = stall(gw)
+    answers: list[int] = []
+
+    def aborted() -> bool:
+        answers.append(gw.http("GET", "/healthz", auth=False).status_code)
+        return "[ABORT COMPLETE] model_call terminated" in gw.log
+
+    poll("the stall abort", aborted, timeout=5)
+    assert set(answers) == {200}
+    assert len(answers) > 5
+    assert f"[STALLED SESSION DETECTED] sessionId={session}" in gw.log
+    assert "[AUTO-ABORT] Aborting stalled model_call" in gw.log
+
+
+def test_auth_and_draining_over_the_wire(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
+    assert gw.http("GET", "/v1/status", auth=False).status_code == 401
+    body = {"agent": "main", "origin": {"channel": "console", "to": "x"}, "prompt": "p"}
+    assert gw.http("POST", "/v1/sessions", body, auth=False).status_code == 401
+    assert gw.http("GET", "/v1/sessions").json()["sessions"] == []
+    stall(gw)
+    assert gw.http("POST", "/v1/gateway/restart").status_code == 202
+    refused = gw.http("POST", "/v1/sessions", body)
+    assert (refused.status_code, refused.json()["error"]) == (503, "GatewayDrainingError")
+    assert gw.health()["status"] == "draining"
+    poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2}, timeout=5)
+
+
+def test_second_gateway_on_the_same_home_exits_1_naming_the_holder(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
+    second = cli(gw.home, "gateway", "start", "--port", "0", timeout=15)
+    assert second.returncode == 1
+    assert f"GatewayLockedError: another gateway (pid {gw.popen.pid})" in second.stderr
+    assert gw.health()["status"] == "ok"
+
+
+def test_bad_config_exits_2_and_starts_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "bad"
+    home.mkdir()
+    (home / "gateway.json").write_text(json.dumps({"gateway": {"drain": {"timeoutSeconds": "soon"}}}))
+    done = cli(home, "gateway", "start", "--port", "0", timeout=15)
+    assert done.returncode == 2
+    assert done.stderr.startswith("ConfigError: gateway.drain.timeoutSeconds")
+    assert sorted(p.name for p in home.iterdir()) == ["gateway.json"]
+
+
+def test_no_gateway_running_is_a_clear_error(tmp_path: Path) -> None:
+    done = cli(tmp_path, "gateway", "status")
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"GatewayUnreachableError: no gateway running for home {tmp_path}")
+
+
+def test_sigkill_mid_turn_then_start_resumes_the_turn(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
+    session = stall(gw)
+    gw.popen.send_signal(signal.SIGKILL)
+    gw.popen.wait(5)
+    again = start_gateway(gw.home)
+    assert again.health()["generation"] == 1
+    poll("the resumed turn", lambda: f"Resuming interrupted turn sessionId={session}" in again.log)
+    # Resumed without the injected stall, it completes: the requester hears back.
+    poll("the resumed reply", lambda: any("(stalled model call)" in t for t in console_texts(again.home)))
+
+
+def test_signals_hup_restarts_and_term_stops_cleanly(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
+    gw.popen.send_signal(signal.SIGHUP)
+    poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2})
+    gw.popen.send_signal(signal.SIGTERM)
+    assert gw.popen.wait(10) == 0
+    assert not (gw.home / "gateway.state.json").exists()
+    assert "SIGTERM received; graceful stop" in gw.log
+    stopped = cli(gw.home, "gateway", "status")
+    assert stopped.returncode == 1
+
+
+def test_cli_stop_waits_for_the_process_to_exit(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
+    done = cli(gw.home, "gateway", "stop")
+    assert done.returncode == 0, done.stderr
+    assert gw.popen.poll() == 0  # already gone when the CLI returned
+    assert f"stopped: gateway pid {gw.popen.pid} exited" in done.stdout
+
+
+def test_environment_is_not_leaked_into_status(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
+    status = gw.http("GET", "/v1/status").text + json.dumps(json.loads((gw.home / "gateway.state.json").read_text()))
+    assert gw.token not in status
+    assert oct(os.stat(gw.home / "gateway.token").st_mode & 0o777) == "0o600"
