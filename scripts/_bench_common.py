@@ -68,6 +68,8 @@ def banner(name: str, params: dict[str, Any]) -> None:
         ("trio", _version("trio")),
         ("httpx", _version("httpx")),
         ("httpcore", _version("httpcore")),
+        ("httpx2", _version("httpx2")),
+        ("httpcore2", _version("httpcore2")),
         ("cpus", str(os.cpu_count())),
         ("load avg (1/5/15 min)", " / ".join(f"{x:.2f}" for x in load)),
         ("platform", platform.platform()),
