@@ -103,14 +103,14 @@ async def gateway_case(n_stalled: int, n_slow: int, threshold: float, interval: 
                     detect.append(event.clock - (last_progress[sid] + threshold))
                     abort_times.append(event.clock)
             slow_aborted = sum(1 for e in aborts if session_of(e) in slow_set)
-            closes = sorted(fake.closed_at)
-            # Pair the k-th abort with the k-th close after the first abort (close times are not
-            # keyed by session); the last pair bounds the whole batch.
+            # Close times are not keyed by session: each close in the window counts from the latest
+            # abort before it (aborts come in batches, one per watchdog check). The window ends
+            # 2 s after the last abort, long before the slow streams end, so their closes are out.
             abort_times.sort()
-            # Only the first n closes: the slow sessions' keep-alive connections close later, when
-            # the model client is closed at the end of the run.
-            closes_after = [c for c in closes if abort_times and c >= abort_times[0] - 0.001][:n_stalled]
-            eof = [c - a for a, c in zip(abort_times, closes_after, strict=False)]
+            t_end = abort_times[-1] + 2.0 if abort_times else 0.0
+            closes = sorted(c for c in fake.closed_at if abort_times and abort_times[0] - 0.001 <= c < t_end)
+            eof = [c - max(a for a in abort_times if a <= c + 0.001) for c in closes]
+            closes_after = closes
             result = {
                 "n": n_stalled,
                 "slow": n_slow,
