@@ -92,6 +92,9 @@ class GatewayProcess:
     notifier: Notifier
     log: EventLog
     started_at: str = attrs.Factory(lambda: _iso_now())
+    # What systemd was last told (see `_notify`).
+    _ready_generation: int = 0
+    _reload_reported: bool = False
 
     async def run(self) -> int:
         async with trio.open_nursery() as helpers:
@@ -157,14 +160,22 @@ class GatewayProcess:
 
     def _notify(self, state: State) -> None:
         generation = self.gateway.generation_number
-        if state == "running":
+        if state == "running" and generation != self._ready_generation:
+            if self._ready_generation and not self._reload_reported:
+                # A quick restart can pass through "draining" before we look: systemd
+                # still needs RELOADING=1 before the READY=1 that ends the reload.
+                self.notifier.reloading("restarted")
             self.notifier.ready(f"generation {generation} accepting work")
+            self._ready_generation, self._reload_reported = generation, False
         elif state == "draining":
             drain = self.gateway.draining
-            if drain is not None and drain.kind == "restart":
-                self.notifier.reloading(f"draining generation {generation} for restart")
+            # No drain request left means it already completed into a new generation: only a
+            # restart does that (a stop keeps its request to the end).
+            if drain is None or drain.kind == "restart":
+                self.notifier.reloading("draining for restart")
+                self._reload_reported = True
             else:
-                self.notifier.stopping(f"draining generation {generation} for stop")
+                self.notifier.stopping("draining for stop")
 
     async def _ping_watchdog(self, interval: float) -> None:
         while True:
