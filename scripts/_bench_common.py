@@ -18,8 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +203,7 @@ class GatewayProcess:
         self.port: int | None = None
         self.token: str = ""
         self.log_path = home / "bench-gateway.stderr"
+        self.model_url = ""
 
     @property
     def base_url(self) -> str:
@@ -298,3 +299,28 @@ async def poll_until(predicate: Any, within: float, every: float = 0.01) -> bool
             await trio.sleep(every)
         return True
     return False
+
+
+@asynccontextmanager
+async def gateway_on_fake_model(
+    fake: Any, config_for: Callable[[str], dict[str, Any]]
+) -> AsyncIterator[GatewayProcess]:
+    """A loopback fake model server (`fake`, served in this trio run so its counters can be
+    read) and a fresh gateway process on a temp home configured by `config_for(model_url)`.
+    `gp.model_url` is the fake's base URL. Both are stopped on exit."""
+    import trio
+
+    from trio_gateway.testing.fake_model import serve_fake_model
+
+    async with trio.open_nursery() as nursery:
+        model_url = await nursery.start(serve_fake_model, fake)
+        with temp_home("bench-gateway-") as home:
+            write_config(home, config_for(model_url))
+            gp = GatewayProcess(home)
+            gp.model_url = model_url
+            try:
+                await trio.to_thread.run_sync(gp.start, 60.0)
+                yield gp
+            finally:
+                await trio.to_thread.run_sync(gp.stop)
+        nursery.cancel_scope.cancel()

@@ -25,10 +25,10 @@ from typing import Any
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import GatewayProcess, banner, percentile, poll_until, table, temp_home, write_config
+from _bench_common import banner, gateway_on_fake_model, percentile, poll_until, table
 
 from trio_gateway import http_client as http
-from trio_gateway.testing.fake_model import FakeModel, serve_fake_model
+from trio_gateway.testing.fake_model import FakeModel
 
 
 def count_lines(path: Path) -> int:
@@ -54,43 +54,41 @@ async def run(turns: int) -> dict[str, list[float]]:
     fake = TimedFake()
     seen_at = SEEN_AT
     out: dict[str, list[float]] = {"gateway": [], "intake": [], "direct": []}
-    async with trio.open_nursery() as nursery:
-        model_url = await nursery.start(serve_fake_model, fake)
-        with temp_home("bench-overhead-") as home:
-            write_config(home, {"models": {"default": {"baseUrl": model_url, "model": "fake", "stream": True}}})
-            gp = GatewayProcess(home)
-            console = home / "logs" / "console.jsonl"
-            try:
-                await trio.to_thread.run_sync(gp.start, 60.0)
-                async with http.AsyncClient(timeout=30.0) as client, http.AsyncClient(timeout=30.0) as direct:
-                    body = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hello there"}]}
-                    for i in range(-10, turns):  # 10 warm-up turns of each, not counted
-                        # Direct reference.
-                        t0 = time.perf_counter()
-                        async with direct.stream("POST", model_url + "/chat/completions", json=body) as r:
-                            async for _ in r.aiter_bytes():
-                                pass
-                        t_direct = time.perf_counter() - t0
-                        # Through the gateway.
-                        before = count_lines(console)
-                        n_seen = len(seen_at)
-                        session = {"agent": "main", "origin": {"channel": "console", "to": f"u{i}"}, "prompt": "hello"}
-                        t0 = time.perf_counter()
-                        r2 = await client.post(f"{gp.base_url}/v1/sessions", json=session, headers=gp.headers)
-                        assert r2.status_code == 202, r2.text
-                        if not await poll_until(lambda before=before: count_lines(console) > before, 30, every=0.0005):
-                            raise RuntimeError("no reply line in console.jsonl within 30 s")
-                        t_turn = time.perf_counter() - t0
-                        if i >= 0:
-                            out["direct"].append(t_direct)
-                            out["gateway"].append(t_turn)
-                            if len(seen_at) > n_seen:
-                                out["intake"].append(seen_at[n_seen] - t0)
-                last = json.loads(console.read_text().splitlines()[-1])
-                assert "hello" in last.get("text", ""), f"unexpected reply line: {last}"
-            finally:
-                await trio.to_thread.run_sync(gp.stop)
-        nursery.cancel_scope.cancel()
+    config: dict[str, Any] = {"models": {"default": {"model": "fake", "stream": True}}}
+
+    def config_for(url: str) -> dict[str, Any]:
+        config["models"]["default"]["baseUrl"] = url
+        return config
+
+    async with gateway_on_fake_model(fake, config_for) as gp:
+        model_url = gp.model_url
+        console = gp.home / "logs" / "console.jsonl"
+        async with http.AsyncClient(timeout=30.0) as client, http.AsyncClient(timeout=30.0) as direct:
+            body = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "hello there"}]}
+            for i in range(-10, turns):  # 10 warm-up turns of each, not counted
+                # Direct reference.
+                t0 = time.perf_counter()
+                async with direct.stream("POST", model_url + "/chat/completions", json=body) as r:
+                    async for _ in r.aiter_bytes():
+                        pass
+                t_direct = time.perf_counter() - t0
+                # Through the gateway.
+                before = count_lines(console)
+                n_seen = len(seen_at)
+                session = {"agent": "main", "origin": {"channel": "console", "to": f"u{i}"}, "prompt": "hello"}
+                t0 = time.perf_counter()
+                r2 = await client.post(f"{gp.base_url}/v1/sessions", json=session, headers=gp.headers)
+                assert r2.status_code == 202, r2.text
+                if not await poll_until(lambda before=before: count_lines(console) > before, 30, every=0.0005):
+                    raise RuntimeError("no reply line in console.jsonl within 30 s")
+                t_turn = time.perf_counter() - t0
+                if i >= 0:
+                    out["direct"].append(t_direct)
+                    out["gateway"].append(t_turn)
+                    if len(seen_at) > n_seen:
+                        out["intake"].append(seen_at[n_seen] - t0)
+        last = json.loads(console.read_text().splitlines()[-1])
+        assert "hello" in last.get("text", ""), f"unexpected reply line: {last}"
     return out
 
 

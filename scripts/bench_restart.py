@@ -31,10 +31,10 @@ from typing import Any
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import GatewayProcess, banner, poll_until, rss_mb, table, temp_home, verdict, write_config
+from _bench_common import GatewayProcess, banner, gateway_on_fake_model, poll_until, rss_mb, table, verdict
 
 from trio_gateway import http_client as http
-from trio_gateway.testing.fake_model import FakeModel, serve_fake_model
+from trio_gateway.testing.fake_model import FakeModel
 
 
 def gateway_config(model_url: str, drain_timeout: float) -> dict[str, Any]:
@@ -77,45 +77,36 @@ async def one_cell(n: int, force: bool, drain_timeout: float) -> dict[str, Any]:
     fake = FakeModel()
     fake.behaviour.mode = "stall"
     out: dict[str, Any] = {"n": n, "force": force}
-    async with trio.open_nursery() as nursery:
-        model_url = await nursery.start(serve_fake_model, fake)
-        with temp_home("bench-restart-") as home:
-            write_config(home, gateway_config(model_url, drain_timeout))
-            gp = GatewayProcess(home)
-            try:
-                await trio.to_thread.run_sync(gp.start, 60.0)
-                limits = http.Limits(max_connections=32, max_keepalive_connections=32)
-                async with http.AsyncClient(timeout=120.0, limits=limits) as client:
-                    await trio.sleep(0.3)
-                    out["rss_idle_mb"] = rss_mb(gp.pid)
-                    if n:
-                        out["start_s"] = await start_sessions(client, gp, n)
-                        await poll_until(lambda: fake.open_connections.value >= min(n, 100), 120)
-                        with trio.move_on_after(120):
-                            for _ in range(600):  # until every session's call is in flight
-                                if await model_calls_in_flight(client, gp) >= n:
-                                    break
-                                await trio.sleep(0.2)
-                        await trio.sleep(0.3)
-                    out["in_flight"] = await model_calls_in_flight(client, gp) if n else 0
-                    out["upstream_before"] = fake.open_connections.value
-                    out["rss_stuck_mb"] = rss_mb(gp.pid)
-                    body = {"force": force, "wait": True}
-                    t0 = time.perf_counter()
-                    r = await client.post(f"{gp.base_url}/v1/gateway/restart", json=body, headers=gp.headers)
-                    t_answer = time.perf_counter() - t0
-                    h = await client.get(f"{gp.base_url}/healthz")
-                    t_health = time.perf_counter() - t0
-                    out["restart_status"] = r.status_code
-                    out["health"] = h.json()
-                    out["wall_s"] = t_answer
-                    out["health_s"] = t_health
-                    out["upstream_after"] = fake.open_connections.value
-                    await trio.sleep(1.0)
-                    out["upstream_after_1s"] = fake.open_connections.value
-            finally:
-                await trio.to_thread.run_sync(gp.stop)
-        nursery.cancel_scope.cancel()
+    async with gateway_on_fake_model(fake, lambda url: gateway_config(url, drain_timeout)) as gp:
+        limits = http.Limits(max_connections=32, max_keepalive_connections=32)
+        async with http.AsyncClient(timeout=120.0, limits=limits) as client:
+            await trio.sleep(0.3)
+            out["rss_idle_mb"] = rss_mb(gp.pid)
+            if n:
+                out["start_s"] = await start_sessions(client, gp, n)
+                await poll_until(lambda: fake.open_connections.value >= min(n, 100), 120)
+                with trio.move_on_after(120):
+                    for _ in range(600):  # until every session's call is in flight
+                        if await model_calls_in_flight(client, gp) >= n:
+                            break
+                        await trio.sleep(0.2)
+                await trio.sleep(0.3)
+            out["in_flight"] = await model_calls_in_flight(client, gp) if n else 0
+            out["upstream_before"] = fake.open_connections.value
+            out["rss_stuck_mb"] = rss_mb(gp.pid)
+            body = {"force": force, "wait": True}
+            t0 = time.perf_counter()
+            r = await client.post(f"{gp.base_url}/v1/gateway/restart", json=body, headers=gp.headers)
+            t_answer = time.perf_counter() - t0
+            h = await client.get(f"{gp.base_url}/healthz")
+            t_health = time.perf_counter() - t0
+            out["restart_status"] = r.status_code
+            out["health"] = h.json()
+            out["wall_s"] = t_answer
+            out["health_s"] = t_health
+            out["upstream_after"] = fake.open_connections.value
+            await trio.sleep(1.0)
+            out["upstream_after_1s"] = fake.open_connections.value
     return out
 
 
