@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,9 @@ from typing import Any
 import attrs
 import httpx
 import pytest
+import trio
+
+from trio_gateway.testing.fake_model import FakeBehaviour, FakeModel, serve_fake_model
 
 pytestmark = pytest.mark.e2e
 
@@ -265,3 +270,60 @@ def test_environment_is_not_leaked_into_status(start_gateway: Callable[..., Proc
     status = gw.http("GET", "/v1/status").text + json.dumps(json.loads((gw.home / "gateway.state.json").read_text()))
     assert gw.token not in status
     assert oct(os.stat(gw.home / "gateway.token").st_mode & 0o777) == "0o600"
+
+
+@attrs.define
+class UpstreamThread:
+    """The fake model server on loopback, run by trio in a thread of this test process so the
+    test can read what the upstream saw (connections opened and closed)."""
+
+    fake: FakeModel
+    url: str = ""
+    token: trio.lowlevel.TrioToken | None = None
+    _cancel: trio.CancelScope | None = None
+
+    async def _main(self, ready: queue.Queue[str]) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as self._cancel:
+            async with trio.open_nursery() as nursery:
+                ready.put(await nursery.start(serve_fake_model, self.fake))
+
+    def stop(self) -> None:
+        assert self.token is not None
+        assert self._cancel is not None
+        trio.from_thread.run_sync(self._cancel.cancel, trio_token=self.token)
+
+
+@pytest.fixture
+def stalling_upstream() -> Iterator[UpstreamThread]:
+    upstream = UpstreamThread(FakeModel(FakeBehaviour(mode="stall")))
+    ready: queue.Queue[str] = queue.Queue()
+    thread = threading.Thread(target=trio.run, args=(upstream._main, ready), daemon=True)
+    thread.start()
+    upstream.url = ready.get(timeout=5)
+    yield upstream
+    upstream.stop()
+    thread.join(5)
+
+
+def test_restart_closes_the_stalled_upstream_connection(
+    start_gateway: Callable[..., Proc], stalling_upstream: UpstreamThread, tmp_path: Path
+) -> None:
+    """The stall is a real loopback upstream that never answers: after the restart the
+    gateway has closed its connection (the upstream saw EOF), not left it hanging."""
+    home = tmp_path / "home"
+    write_config(home)
+    raw = json.loads((home / "gateway.json").read_text())
+    raw["models"] = {"default": {"baseUrl": stalling_upstream.url, "model": "fake", "stream": True}}
+    (home / "gateway.json").write_text(json.dumps(raw))
+    gw = start_gateway(home)
+    fake = stalling_upstream.fake
+    body = {"agent": "main", "origin": {"channel": "console", "to": "up"}, "prompt": "hello upstream"}
+    assert gw.http("POST", "/v1/sessions", body).status_code == 202
+    poll("the upstream connection", lambda: fake.open_connections.value >= 1 and fake.received.value >= 1)
+    done = cli(gw.home, "gateway", "restart")
+    assert done.returncode == 0, done.stderr
+    assert "Draining timeout exceeded (2000ms)" in gw.log
+    # The resumed turn stalls upstream again, on a new connection; the first one is closed.
+    poll("the upstream to see the first connection close", lambda: len(fake.closed_at) >= 1, timeout=5)
+    assert fake.connections_opened >= 1
