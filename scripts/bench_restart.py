@@ -15,8 +15,10 @@ its own fresh process:
 - RSS per stalled session, from /proc/<pid>/status (VmRSS stuck minus VmRSS idle, over N).
 
 Reference in the same run: an idle gateway's restart time (same config, no sessions).
-Stall detection is set far away (threshold 3600 s) so only the drain acts; resumeInterrupted is
-off so generation 2 does not call the model again (each cut turn gets its "interrupted" notice).
+Stall detection is set far away (threshold 3600 s) so only the drain acts. resumeInterrupted is
+on (the default; `--no-resume` turns it off): just before the restart the fake switches to
+answering, so generation 2's resumed calls finish, and "connections not closed" counts the
+stalled generation-1 connections whose close the fake has not seen.
 Targets: overhead < 0.5 s at every N, drained and forced; 0 upstream connections left.
 """
 
@@ -37,10 +39,10 @@ from trio_gateway import http_client as http
 from trio_gateway.testing.fake_model import FakeModel
 
 
-def gateway_config(model_url: str, drain_timeout: float) -> dict[str, Any]:
+def gateway_config(model_url: str, drain_timeout: float, resume: bool) -> dict[str, Any]:
     return {
         "gateway": {
-            "drain": {"timeoutSeconds": drain_timeout, "resumeInterrupted": False},
+            "drain": {"timeoutSeconds": drain_timeout, "resumeInterrupted": resume},
             "stalledTaskDetection": {"thresholdSeconds": 3600},
             "testEndpoints": {"enabled": True},
         },
@@ -55,7 +57,7 @@ async def start_sessions(client: Any, gp: GatewayProcess, n: int, parallel: int 
 
     async def one(i: int) -> None:
         async with limiter:
-            body = {"agent": "main", "origin": {"channel": "console", "to": f"user-{i}"}, "prompt": "/stall"}
+            body = {"agent": "main", "origin": {"channel": "console", "to": f"user-{i}"}, "prompt": "hello"}
             r = await client.post(f"{gp.base_url}/v1/sessions", json=body, headers=gp.headers)
             if r.status_code != 202:
                 failures.append(f"{r.status_code} {r.text[:200]}")
@@ -73,11 +75,11 @@ async def model_calls_in_flight(client: Any, gp: GatewayProcess) -> int:
     return sum(1 for w in r.json().get("work", []) if w.get("kind") == "model_call")
 
 
-async def one_cell(n: int, force: bool, drain_timeout: float) -> dict[str, Any]:
+async def one_cell(n: int, force: bool, drain_timeout: float, resume: bool) -> dict[str, Any]:
     fake = FakeModel()
     fake.behaviour.mode = "stall"
     out: dict[str, Any] = {"n": n, "force": force}
-    async with gateway_on_fake_model(fake, lambda url: gateway_config(url, drain_timeout)) as gp:
+    async with gateway_on_fake_model(fake, lambda url: gateway_config(url, drain_timeout, resume)) as gp:
         limits = http.Limits(max_connections=32, max_keepalive_connections=32)
         async with http.AsyncClient(timeout=120.0, limits=limits) as client:
             await trio.sleep(0.3)
@@ -95,6 +97,10 @@ async def one_cell(n: int, force: bool, drain_timeout: float) -> dict[str, Any]:
             out["upstream_before"] = fake.open_connections.value
             out["rss_stuck_mb"] = rss_mb(gp.pid)
             body = {"force": force, "wait": True}
+            # Calls made from now on (resumed turns of generation 2) are answered: only the
+            # stalled calls of generation 1 stay stuck, and their closes are counted below.
+            fake.behaviour.mode = "echo"
+            closed_before = len(fake.closed_at)
             t0 = time.perf_counter()
             r = await client.post(f"{gp.base_url}/v1/gateway/restart", json=body, headers=gp.headers)
             t_answer = time.perf_counter() - t0
@@ -104,9 +110,9 @@ async def one_cell(n: int, force: bool, drain_timeout: float) -> dict[str, Any]:
             out["health"] = h.json()
             out["wall_s"] = t_answer
             out["health_s"] = t_health
-            out["upstream_after"] = fake.open_connections.value
+            out["upstream_after"] = max(0, out["upstream_before"] - (len(fake.closed_at) - closed_before))
             await trio.sleep(1.0)
-            out["upstream_after_1s"] = fake.open_connections.value
+            out["upstream_after_1s"] = max(0, out["upstream_before"] - (len(fake.closed_at) - closed_before))
     return out
 
 
@@ -115,6 +121,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N = 1, 100")
     parser.add_argument("--sizes", default=None, help="session counts (default 1,100,1000,10000)")
     parser.add_argument("--timeout", type=float, default=2.0, help="gateway.drain.timeoutSeconds T (default 2)")
+    parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="resumeInterrupted off: every cut turn enqueues its 'interrupted' notice inside the drain",
+    )
     args = parser.parse_args()
     sizes = [int(x) for x in (args.sizes or ("1,100" if args.quick else "1,100,1000,10000")).split(",")]
     banner(
@@ -125,11 +136,12 @@ def main() -> None:
             "gateway model client": http.LIBRARY,
             "upstream": "testing.fake_model on 127.0.0.1 (in this process), mode stall",
             "process": "fresh `trio-gateway gateway start` per cell",
+            "resumeInterrupted": not args.no_resume,
         },
     )
     T = args.timeout
-    idle = trio.run(one_cell, 0, False, T)
-    idle_forced = trio.run(one_cell, 0, True, T)
+    idle = trio.run(one_cell, 0, False, T, not args.no_resume)
+    idle_forced = trio.run(one_cell, 0, True, T, not args.no_resume)
     print(f"  idle reference: restart {idle['wall_s']:.3f}s, forced {idle_forced['wall_s']:.3f}s", flush=True)
     rows = [
         ["0 (idle)", "drained", idle["wall_s"], "", "", idle["upstream_after"], idle["upstream_after_1s"], "", ""],
@@ -138,7 +150,7 @@ def main() -> None:
     ok = True
     for n in sizes:
         for force in (False, True):
-            r = trio.run(one_cell, n, force, T)
+            r = trio.run(one_cell, n, force, T, not args.no_resume)
             overhead = r["wall_s"] - (0.0 if force else T)
             met = overhead < 0.5 and r["upstream_after_1s"] == 0 and r["health"].get("generation") == 2
             ok = ok and met
@@ -165,7 +177,7 @@ def main() -> None:
             "request->gen 2 (s)",
             "overhead (s)",
             "calls/upstream conns before",
-            "conns after",
+            "gen-1 conns not closed",
             "conns +1s",
             "RSS/session (kB)",
             "target",
