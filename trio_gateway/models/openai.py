@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import trio
 
 from trio_gateway import http_client as http
 from trio_gateway.config import ModelConfig
@@ -29,6 +30,10 @@ from trio_gateway.models.base import Message, ModelReply, ToolCall
 from trio_gateway.work import WorkUnit
 
 ERROR_SNIPPET_CHARS = 200
+# Concurrent calls per model endpoint. Calls beyond it wait in trio (a Semaphore), not in the
+# connection pool: cancelling a waiter in httpcore's pool queue scans the whole pool, so a
+# drain that aborts 10,000 queued calls there took seconds (scripts/bench_restart.py).
+MAX_CONCURRENT_CALLS = 100
 _ERROR_BODY_LIMIT = 4096
 
 
@@ -44,14 +49,19 @@ class OpenAIModel:
         headers = {"authorization": f"Bearer {self._key}"} if self._key else {}
         # One timeout value for every phase: each is a bound on silence, not on total duration.
         timeout = http.Timeout(config.request_timeout_seconds)
-        self._client = http.AsyncClient(headers=headers, timeout=timeout, transport=transport)
+        limits = http.Limits(max_connections=MAX_CONCURRENT_CALLS, max_keepalive_connections=20)
+        self._client = http.AsyncClient(headers=headers, timeout=timeout, transport=transport, limits=limits)
+        self._slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
 
     async def complete(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
         self._check_key()
         payload = self._payload(messages, tools)
         trace = _progress_trace(unit)
         try:
-            async with self._client.stream("POST", self._url, json=payload, extensions={"trace": trace}) as response:
+            async with (
+                self._slots,
+                self._client.stream("POST", self._url, json=payload, extensions={"trace": trace}) as response,
+            ):
                 unit.progress("model_call:headers")
                 if not response.is_success:
                     raise ModelCallError(await self._status_error(response))
