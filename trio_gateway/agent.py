@@ -21,7 +21,7 @@ import trio
 from trio_gateway.config import Config
 from trio_gateway.entry import DeliveryKind
 from trio_gateway.errors import DeliveryValidationError, GatewayError, ModelCallError
-from trio_gateway.log import EventLog
+from trio_gateway.log import EventLog, Level
 from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.routing import Origin
 from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnRecord
@@ -115,12 +115,13 @@ class Session:
 
 async def run_session(rt: Runtime, session: Session, turn: TurnRecord, *, task_status: Any) -> None:
     """The session's task in the generation's work nursery. Ends when the session has no turn
-    queued and no subagent running; `submit_turn` starts a new one after that."""
+    queued and no subagent running; `queue_turn` adds turns while it lives. The first turn runs
+    in this task itself: one task per busy session, not two, halves what a drain must cancel."""
     try:
         async with trio.open_nursery() as nursery:
             session.nursery = nursery
-            nursery.start_soon(run_turn, rt, session, turn)
             task_status.started()
+            await run_turn(rt, session, turn)
     finally:
         session.nursery = None
         session.aborting = False
@@ -186,7 +187,10 @@ async def _interrupted(rt: Runtime, session: Session, turn: TurnRecord) -> None:
     is off, the requester is told now instead of hearing nothing."""
     record = session.record
     resume = rt.config.gateway.drain.resume_interrupted and not session.aborting
-    rt.log.warn("TURN", "Turn interrupted", sessionId=session.id, turnId=turn.id, resume=resume)
+    # Per turn at DEBUG: a drain logs its own summary, and thousands of lines here would slow
+    # the very cut they describe. An abort or a lost turn is worth a WARN each.
+    level: Level = "DEBUG" if resume else "WARN"
+    rt.log.emit(level, "TURN", "Turn interrupted", sessionId=session.id, turnId=turn.id, resume=resume)
     if resume:
         # Memory is enough: the next generation reads this record, and on disk the turn is
         # still `running`, which a new process treats as interrupted too. Not writing here

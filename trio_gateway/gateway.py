@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, ExitStack
 from typing import Any, Literal, Protocol
 
 import attrs
@@ -30,7 +30,7 @@ from trio_gateway.cli_config import load as load_config_file
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config, ModelConfig
 from trio_gateway.cron import run_cron
-from trio_gateway.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, drain
+from trio_gateway.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, collector_paused, drain
 from trio_gateway.errors import BadRequestError, ConfigError, GatewayDrainingError, NotFoundError
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog, ms
@@ -174,7 +174,8 @@ class Gateway:
                 # the work nursery, and is cancelled the moment the work is gone.
                 services.start_soon(delivery.run)
                 services.start_soon(self.watchdog.run)
-                with trio.CancelScope() as work_scope:
+                cut = ExitStack()
+                with cut, trio.CancelScope() as work_scope:
                     async with trio.open_nursery() as work:
                         self.current = Generation(number, config, rt, work, trio.current_time())
                         leftover = [(s, t) for s in self.sessions.values() for t in s.record.turns]
@@ -201,6 +202,8 @@ class Gateway:
                             progress_interval=config.gateway.drain.progress_interval_seconds,
                             log=self.log,
                         )
+                        if timed_out:
+                            cut.enter_context(collector_paused())
                 services.cancel_scope.cancel()
         self._finish_drain(request, timed_out, left)
         return request
@@ -229,6 +232,9 @@ class Gateway:
         now = trio.current_time()
         took = now - request.requested_at
         aborted = tuple(f"{u.kind} session={u.session_id or '-'}" for u in left.blockers) if timed_out else ()
+        for unit in left.blockers if timed_out else ():
+            # Drain aborts count with stall aborts (metrics), without a log line each.
+            self.registry.aborts_by_kind[unit.kind] = self.registry.aborts_by_kind.get(unit.kind, 0) + 1
         request.report = DrainReport(
             kind=request.kind,
             forced=request.force,
