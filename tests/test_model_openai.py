@@ -167,9 +167,16 @@ async def test_slow_stream_keeps_progress_fresh_and_is_never_cut(fake: FakeModel
     # 23 SSE events (role, 20 words, finish, [DONE]): 22 gaps of 50 s.
     assert trio.current_time() - start == pytest.approx(22 * 50)
     assert worst_idle <= 50
-    prefix = ["model_call:connected", "model_call:request_sent", "model_call:headers", "model_call:first_token"]
-    assert unit.labels[:4] == prefix
-    assert unit.labels[4:] == ["model_call:streaming"] * 21
+    prefix = [
+        "model_call:waiting_for_slot",
+        "model_call:slot_acquired",
+        "model_call:connected",
+        "model_call:request_sent",
+        "model_call:headers",
+        "model_call:first_token",
+    ]
+    assert unit.labels[:6] == prefix
+    assert unit.labels[6:] == ["model_call:streaming"] * 21
 
 
 async def test_silence_past_the_timeout_is_model_call_error(fake: FakeModel, autojump_clock: Any) -> None:

@@ -57,22 +57,27 @@ class OpenAIModel:
         self._check_key()
         payload = self._payload(messages, tools)
         trace = _progress_trace(unit)
+        unit.progress("model_call:waiting_for_slot")
         try:
-            async with (
-                self._slots,
-                self._client.stream("POST", self._url, json=payload, extensions={"trace": trace}) as response,
-            ):
-                unit.progress("model_call:headers")
-                if not response.is_success:
-                    raise ModelCallError(await self._status_error(response))
-                if _is_event_stream(response):
-                    return await _read_stream(response, unit)
-                return _parse_completion(_json(await response.aread()))
+            async with self._slots:
+                # Getting a slot is progress: the stall clock measures the upstream's silence,
+                # not the time spent queued behind other calls.
+                unit.progress("model_call:slot_acquired")
+                return await self._call(payload, trace, unit)
         except http.TimeoutException as exc:
             seconds = self._config.request_timeout_seconds
             raise ModelCallError(f"model upstream silent for {seconds:g}s ({type(exc).__name__})") from None
         except http.TransportError as exc:
             raise ModelCallError(f"model upstream unreachable: {type(exc).__name__}: {self._scrub(str(exc))}") from None
+
+    async def _call(self, payload: dict[str, Any], trace: Any, unit: WorkUnit) -> ModelReply:
+        async with self._client.stream("POST", self._url, json=payload, extensions={"trace": trace}) as response:
+            unit.progress("model_call:headers")
+            if not response.is_success:
+                raise ModelCallError(await self._status_error(response))
+            if _is_event_stream(response):
+                return await _read_stream(response, unit)
+            return _parse_completion(_json(await response.aread()))
 
     async def aclose(self) -> None:
         await self._client.aclose()
