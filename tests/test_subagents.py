@@ -170,6 +170,15 @@ async def test_turns_left_on_disk_by_a_crash_resume_at_next_start(
         await second.busy.wait_value(0)
         second.request_drain("stop")
     assert [n.text for n in notices] == ["echo: remember me"]
+    # A new session in the new process gets a fresh id, never one of the stored sessions'.
+    assert len(second.sessions) == 1
+    async with trio.open_nursery() as nursery:
+        third, _ = build_gateway(tmp_path, config, notices=notices)
+        await nursery.start(third.serve)
+        sid, _ = await third.submit(agent_id="main", origin=Origin("console", "u2"), prompt="new")
+        assert sid not in second.sessions
+        assert len(third.sessions) == 2
+        third.request_drain("stop")
 
 
 async def test_session_abort_cancels_its_work_and_tells_the_requester(

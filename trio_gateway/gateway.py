@@ -156,8 +156,9 @@ class Gateway:
             return old
 
     async def _run_generation(self, config: Config, task_status: Any) -> DrainRequest:
-        self.generation_number += 1
-        number = self.generation_number
+        # `generation_number` names the generation that runs or drains; it moves to N+1 only
+        # when N+1 accepts work, so `/healthz` never shows "draining" with the new number.
+        number = self.generation_number + 1
         async with AsyncExitStack() as resources:
             models = await self._open_models(config, resources)
             delivery = await self.deps.delivery_factory(config, self)
@@ -179,6 +180,7 @@ class Gateway:
                     async with trio.open_nursery() as work:
                         self.current = Generation(number, config, rt, work, trio.current_time())
                         leftover = [(s, t) for s in self.sessions.values() for t in s.record.turns]
+                        self.generation_number = number
                         self.state.value = "running"
                         self.log.info("RESTART", f"generation={number} accepting work")
                         if leftover:
@@ -320,12 +322,20 @@ class Gateway:
             known = self._by_origin.get((agent_id, origin))
             if known is not None and known in self.sessions:
                 return self.sessions[known]
-        new_id = session_id or f"s-{self.generation_number}-{next(self._ids)}"
+        new_id = session_id or self._new_session_id()
         record = SessionRecord(new_id, agent_id, origin, self._now())
         session = agent.Session(record)
         self.sessions[new_id] = session
         self._by_origin[(agent_id, origin)] = new_id
         return session
+
+    def _new_session_id(self) -> str:
+        # Sessions loaded from disk keep their ids; a new process counts from 1 again, so skip
+        # any id already taken rather than overwrite a stored session.
+        while True:
+            candidate = f"s-{max(1, self.generation_number)}-{next(self._ids)}"
+            if candidate not in self.sessions:
+                return candidate
 
     async def _start_turn(self, gen: Generation, session: agent.Session, turn: TurnRecord) -> None:
         if not agent.queue_turn(session, gen.runtime, turn):
@@ -439,7 +449,9 @@ class Gateway:
         ]
         queue = self.delivery.counts() if self.delivery is not None else {"pending": 0, "failed": 0}
         status: dict[str, Any] = {
-            "state": "running" if self.state.value == "running" else "draining",
+            # SPEC 4 names running and draining; starting and stopped are shown as they are
+            # (visible only for an instant, but a script should not be told a lie).
+            "state": self.state.value,
             "generation": self.generation_number,
             "uptimeSeconds": round(now - self.started_at, 3),
             "sessions": [self._session_status(s) for s in self.sessions.values()],
