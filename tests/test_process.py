@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import trio
 
-from trio_gateway.errors import ConfigError, GatewayLockedError
+from trio_gateway.errors import ConfigError, GatewayLockedError, UnauthorizedError
 from trio_gateway.home import Home
-from trio_gateway.http.auth import UnauthorizedError, check_bearer, is_loopback, token_for_start
+from trio_gateway.http.auth import check_bearer, is_loopback, token_for_start
 from trio_gateway.http.server import HttpServer
 from trio_gateway.lockfile import hold_lock
 from trio_gateway.log import EventLog

@@ -23,11 +23,7 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 
 _KNOWN_ERRORS: dict[str, type[GatewayError]] = {
     cls.__name__: cls
-    for cls in (
-        *(v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, GatewayError)),
-        auth.UnauthorizedError,
-        auth.PayloadTooLargeError,
-    )
+    for cls in (v for v in vars(errors).values() if isinstance(v, type) and issubclass(v, GatewayError))
 }
 
 

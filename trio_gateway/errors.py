@@ -45,6 +45,18 @@ class BadRequestError(GatewayError):
     http_status = 400
 
 
+class UnauthorizedError(GatewayError):
+    """A missing or wrong credential. Says what was missing, never what was expected."""
+
+    exit_code = 1
+    http_status = 401
+
+
+class PayloadTooLargeError(GatewayError):
+    exit_code = 3
+    http_status = 413
+
+
 class DeliveryValidationError(GatewayError):
     """An address that does not fit its channel; nothing was written."""
 

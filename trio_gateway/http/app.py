@@ -27,6 +27,7 @@ from trio_gateway.errors import (
     GatewayDrainingError,
     GatewayError,
     NotFoundError,
+    PayloadTooLargeError,
 )
 from trio_gateway.gateway import Gateway, drain_status
 from trio_gateway.http import auth, inbound, metrics
@@ -337,7 +338,7 @@ def report_json(report: DrainReport) -> dict[str, Any]:
 async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise auth.PayloadTooLargeError(f"body of {declared} bytes exceeds gateway.maxBodyBytes={limit}")
+        raise PayloadTooLargeError(f"body of {declared} bytes exceeds gateway.maxBodyBytes={limit}")
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -347,7 +348,7 @@ async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise auth.PayloadTooLargeError(f"body exceeds gateway.maxBodyBytes={limit}")
+            raise PayloadTooLargeError(f"body exceeds gateway.maxBodyBytes={limit}")
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -19,22 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from trio_gateway.config import AccountConfig
-from trio_gateway.errors import ConfigError, GatewayError
+from trio_gateway.errors import ConfigError, UnauthorizedError
 
 # Slack rejects signatures older than this to stop replays; so do we.
 SLACK_REPLAY_WINDOW_SECONDS = 300.0
-
-
-class UnauthorizedError(GatewayError):
-    """A missing or wrong credential. Says what was missing, never what was expected."""
-
-    exit_code = 1
-    http_status = 401
-
-
-class PayloadTooLargeError(GatewayError):
-    exit_code = 3
-    http_status = 413
 
 
 # --- the admin token ----------------------------------------------------------------------

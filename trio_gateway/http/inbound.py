@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 
 from trio_gateway.config import AccountConfig
-from trio_gateway.errors import BadRequestError
+from trio_gateway.errors import BadRequestError, UnauthorizedError
 from trio_gateway.http import auth
 from trio_gateway.http.body import JsonObject, json_object
 
@@ -53,7 +53,7 @@ def parse(
             raise BadRequestError("body: encrypted Feishu events are not supported; turn the encrypt key off")
         auth.verify_feishu(data, account, env)
         return _feishu(data)
-    raise auth.UnauthorizedError(f"channel {channel!r} has no inbound verification the gateway can check")
+    raise UnauthorizedError(f"channel {channel!r} has no inbound verification the gateway can check")
 
 
 def _dict(value: object) -> JsonObject:

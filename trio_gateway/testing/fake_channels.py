@@ -30,6 +30,7 @@ import attrs
 import trio
 
 from trio_gateway import http_client as http
+from trio_gateway.http.asgi import lifespan
 
 Json = Any
 Action = Literal["reject", "fail", "rate_limit"]
@@ -432,7 +433,7 @@ class FakeChannels:
 
     async def asgi(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await lifespan(receive, send)
             return
         chunks = []
         while True:
@@ -477,16 +478,6 @@ def _parse(raw: bytes) -> Json:
 def _request_json(r: FakeRequest) -> dict[str, Json]:
     return {"channel": r.channel, "op": r.op, "method": r.method, "path": r.path, "query": dict(r.query),
             "headers": dict(r.headers), "body": r.body, "at": r.at}  # fmt: skip
-
-
-async def _lifespan(receive: Receive, send: Send) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 async def _respond(send: Send, response: FakeResponse) -> None:
