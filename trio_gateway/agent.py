@@ -20,7 +20,7 @@ import trio
 
 from trio_gateway.config import Config
 from trio_gateway.entry import DeliveryKind
-from trio_gateway.errors import DeliveryValidationError, GatewayError, ModelCallError
+from trio_gateway.errors import ConfigError, DeliveryValidationError, GatewayError, ModelCallError
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.routing import Origin
@@ -89,7 +89,9 @@ class Session:
     waiting: int = 0
     current: TurnRecord | None = None
     subagents: dict[str, Subagent] = attrs.Factory(dict)
-    aborting: bool = False
+    # Turns an operator abort cut off: their requesters are told, and they are not resumed.
+    # Kept per turn, not as a session flag, so a turn submitted after the abort is unaffected.
+    aborted: set[str] = attrs.Factory(set)
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
     @property
@@ -103,11 +105,13 @@ class Session:
     def next_id(self, prefix: str) -> str:
         return f"{prefix}-{self.id}-{next(self._ids)}"
 
-    def abort(self) -> None:
+    def abort(self) -> bool:
         """Cancel all of this session's work (operator's `session abort`)."""
-        if self.nursery is not None:
-            self.aborting = True
-            self.nursery.cancel_scope.cancel()
+        if self.nursery is None:
+            return False
+        self.aborted.update(t.id for t in self.record.turns)
+        self.nursery.cancel_scope.cancel()
+        return True
 
 
 # --- the session task -----------------------------------------------------------------------
@@ -117,22 +121,27 @@ async def run_session(rt: Runtime, session: Session, turn: TurnRecord, *, task_s
     """The session's task in the generation's work nursery. Ends when the session has no turn
     queued and no subagent running; `queue_turn` adds turns while it lives. The first turn runs
     in this task itself: one task per busy session, not two, halves what a drain must cancel."""
+    nursery: trio.Nursery | None = None
     try:
         async with trio.open_nursery() as nursery:
             session.nursery = nursery
             task_status.started()
             await run_turn(rt, session, turn)
     finally:
-        session.nursery = None
-        session.aborting = False
+        # A newer session task may already own the session (started while this one closed):
+        # only clear what is still ours.
+        if session.nursery is nursery:
+            session.nursery = None
 
 
 def queue_turn(session: Session, rt: Runtime, turn: TurnRecord) -> bool:
-    """Add a turn to a session whose task is alive; False when the caller must start one."""
-    if session.nursery is None:
+    """Add a turn to a session whose task is alive; False when the caller must start one
+    (no task, a task whose nursery is closing, or one an abort is unwinding)."""
+    nursery = session.nursery
+    if nursery is None or nursery.cancel_scope.cancel_called:
         return False
     try:
-        session.nursery.start_soon(run_turn, rt, session, turn)
+        nursery.start_soon(run_turn, rt, session, turn)
     except RuntimeError:  # the nursery is closing: its last child has just finished
         return False
     return True
@@ -141,32 +150,37 @@ def queue_turn(session: Session, rt: Runtime, turn: TurnRecord) -> bool:
 async def run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
     session.waiting += 1
     try:
-        async with session.lock:
-            session.waiting -= 1
-            session.current = turn
-            try:
-                await _run_turn_locked(rt, session, turn)
-            finally:
-                session.current = None
+        await session.lock.acquire()
+    except trio.Cancelled:
+        # Cut while queued behind another turn: the same rules as a running turn.
+        session.waiting -= 1
+        await _cut(rt, session, turn)
+        raise
+    session.waiting -= 1
+    session.current = turn
+    try:
+        await _run_turn_locked(rt, session, turn)
     except trio.Cancelled:
         raise
     except Exception as exc:  # a bug in one turn must not take the gateway down
         rt.log.error("TURN", "Turn failed unexpectedly", sessionId=session.id, turnId=turn.id, error=repr(exc))
+        await drop_turn(rt, session, turn, "Sorry, this request failed with an internal error.")
+    finally:
+        session.current = None
+        session.lock.release()
 
 
 async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> None:
     record = session.record
     turn.status = "running"
     await rt.store.save(record)
-    agent = rt.config.agents[record.agent]
-    messages = _initial_messages(agent.system_prompt, record.history, turn.prompt)
+    agent = rt.config.agents.get(record.agent)
+    messages = _initial_messages(agent.system_prompt if agent else "", record.history, turn.prompt)
     kind: DeliveryKind = "cron_result" if turn.kind == "cron" else "reply"
     try:
         text = await agent_loop(rt, session, record.agent, messages, turn.origin, depth=0, stall=turn.stall_seconds)
     except trio.Cancelled:
-        if not _kept_for_resume(rt, session, turn):
-            with trio.move_on_after(rt.cleanup_timeout, shield=True):
-                await _tell_interrupted(rt, session, turn)
+        await _cut(rt, session, turn)
         raise
     except Exception as exc:
         error = gateway_error(exc)
@@ -182,29 +196,40 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
     await rt.store.save(record)
 
 
+async def _cut(rt: Runtime, session: Session, turn: TurnRecord) -> None:
+    """A cancellation reached this turn (drain deadline, operator abort). Called with the
+    `Cancelled` in flight; the caller re-raises it."""
+    if _kept_for_resume(rt, session, turn):
+        return
+    why = "aborted by the operator" if turn.id in session.aborted else "interrupted by a gateway restart"
+    session.aborted.discard(turn.id)
+    with trio.move_on_after(rt.cleanup_timeout, shield=True) as bound:
+        await drop_turn(rt, session, turn, f"Sorry, this request was {why}.")
+    if bound.cancelled_caught:
+        rt.log.error("TURN", "Requester not told within the cleanup bound", sessionId=session.id, turnId=turn.id)
+
+
+async def drop_turn(rt: Runtime, session: Session, turn: TurnRecord, text: str) -> None:
+    """Forget a turn that will not run (again), telling its requester first."""
+    record = session.record
+    rt.log.warn("TURN", "Turn dropped", sessionId=session.id, turnId=turn.id, notice=text)
+    if turn in record.turns:
+        record.turns.remove(turn)
+    await _deliver(rt, kind="reply", origin=turn.origin, agent_id=record.agent, text=text, key=turn.id)
+    await rt.store.save(record)
+
+
 def _kept_for_resume(rt: Runtime, session: Session, turn: TurnRecord) -> bool:
     """A drain deadline cut this turn off: keep it for the next generation (SPEC 6), and say
     so. Memory is enough: the next generation reads this record, and on disk the turn is still
     `running`, which a new process treats as interrupted too. No I/O, no await, no shielded
     scope: at 10,000 cut turns, each of those was measurable in the restart time."""
-    if session.aborting or not rt.config.gateway.drain.resume_interrupted:
+    if turn.id in session.aborted or not rt.config.gateway.drain.resume_interrupted:
         return False
     turn.status = "interrupted"
     # DEBUG: the drain logs its own summary, and thousands of lines would slow the cut itself.
     rt.log.debug("TURN", "Turn interrupted; kept for the next generation", sessionId=session.id, turnId=turn.id)
     return True
-
-
-async def _tell_interrupted(rt: Runtime, session: Session, turn: TurnRecord) -> None:
-    """An operator abort, or a drain with resuming off: the requester is told now instead of
-    hearing nothing, and the turn is forgotten."""
-    record = session.record
-    why = "aborted by the operator" if session.aborting else "interrupted by a gateway restart"
-    rt.log.warn("TURN", "Turn interrupted", sessionId=session.id, turnId=turn.id, reason=why)
-    record.turns.remove(turn)
-    text = f"Sorry, this request was {why}."
-    await _deliver(rt, kind="reply", origin=turn.origin, agent_id=record.agent, text=text, key=turn.id)
-    await rt.store.save(record)
 
 
 def gateway_error(exc: BaseException) -> GatewayError | None:
@@ -239,13 +264,20 @@ def _initial_messages(system_prompt: str, history: list[Message], prompt: str) -
 
 async def _deliver(
     rt: Runtime, *, kind: DeliveryKind, origin: Origin | None, agent_id: str, text: str, key: str | None
-) -> None:
+) -> bool:
+    """Hand a notice to the outbox. Never raises (but `Cancelled`): a notice that cannot be
+    enqueued is logged loudly with its text, and the caller's cleanup goes on."""
     try:
         await rt.outbox.submit(kind=kind, origin=origin, agent_id=agent_id, text=text, idempotency_key=key)
     except DeliveryValidationError as exc:
-        # The origin itself is unusable (validated at intake, so this means a stale session):
-        # say so loudly; there is nowhere correct to send it.
-        rt.log.error("DELIVERY", "Not enqueued: origin address does not fit its channel", error=str(exc))
+        # The origin itself is unusable (validated at intake, so this means a stale session or
+        # a removed agent): there is nowhere correct to send it.
+        rt.log.error("DELIVERY", "Notice not enqueued: no valid route", kind=kind, error=str(exc), text=text[:200])
+        return False
+    except Exception as exc:  # disk full, I/O error: say so, keep going
+        rt.log.error("DELIVERY", "Notice not enqueued", kind=kind, error=repr(exc), text=text[:200])
+        return False
+    return True
 
 
 # --- the agent loop -------------------------------------------------------------------------
@@ -264,7 +296,9 @@ async def agent_loop(
 ) -> str:
     """Model, tools, model ... until the model answers with text. Raises `WorkAbortedError`
     when stall recovery cancels one of its units, `ModelCallError` on upstream errors."""
-    agent = rt.config.agents[agent_id]
+    agent = rt.config.agents.get(agent_id)
+    if agent is None:
+        raise ConfigError(f"agents.{agent_id}", "no longer configured (removed by a config reload?)")
     model = rt.models[agent.model]
     tools = [SPAWN_TOOL] if depth < agent.max_subagent_depth else []
     for _ in range(agent.max_tool_rounds):
@@ -353,7 +387,9 @@ async def run_subagent(rt: Runtime, session: Session, sub: Subagent, origin: Ori
     finally:
         if sub.state == "running":
             sub.state = "cancelled"
-        with trio.move_on_after(rt.cleanup_timeout, shield=True):
+        with trio.move_on_after(rt.cleanup_timeout, shield=True) as bound:
             await _deliver(rt, kind=kind, origin=origin, agent_id=sub.agent, text=text, key=sub.id)
+        if bound.cancelled_caught:
+            rt.log.error("SUBAGENT", "Notice not enqueued within the cleanup bound", subagentId=sub.id, text=text[:200])
         session.subagents.pop(sub.id, None)
         rt.log.info("SUBAGENT", "Subagent ended", sessionId=session.id, subagentId=sub.id, state=sub.state)

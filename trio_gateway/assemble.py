@@ -20,6 +20,7 @@ from trio_gateway.home import Home
 from trio_gateway.log import EventLog
 from trio_gateway.models import build_model
 from trio_gateway.queue import DeliveryQueue
+from trio_gateway.sessions_store import in_thread_abandoning
 from trio_gateway.store import BlockingRunner, in_thread
 
 
@@ -62,6 +63,7 @@ def production_gateway(
         model_factory=lambda model_config: build_model(model_config, env),
         delivery_factory=queue_delivery(home, log, env, runner),
         runner=runner,
+        session_runner=in_thread_abandoning if runner is in_thread else None,
         servers=servers or [],
         preflight=lambda new_config: preflight(new_config, env),
     )

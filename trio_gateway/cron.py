@@ -39,4 +39,7 @@ async def _run_entry(entry: CronEntry, intake: Intake, log: EventLog) -> None:
         except GatewayError as exc:
             log.warn("CRON", "Cron run not started", cronId=entry.id, error=str(exc))
             continue
+        except Exception as exc:  # a disk error writing the turn: this run is lost, not the gateway
+            log.error("CRON", "Cron run failed to start", cronId=entry.id, error=repr(exc))
+            continue
         log.info("CRON", "Cron run started", cronId=entry.id, sessionId=session_id, turnId=turn_id)

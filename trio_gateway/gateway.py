@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack
 from typing import Any, Literal, Protocol
@@ -42,6 +43,7 @@ from trio_gateway.store import BlockingRunner, in_thread
 from trio_gateway.work import WorkRegistry
 
 State = Literal["starting", "running", "draining", "stopped"]
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class DeliveryService(Protocol):
@@ -77,6 +79,8 @@ class GatewayDeps:
     runner: BlockingRunner = in_thread
     wall_base: dt.datetime | None = None
     servers: list[Server] = attrs.Factory(list)
+    # Session writes; None: `runner`. Production abandons a cancelled write's thread.
+    session_runner: BlockingRunner | None = None
 
 
 @attrs.define(eq=False)
@@ -112,7 +116,8 @@ class Gateway:
 
     def __attrs_post_init__(self) -> None:
         self.registry = WorkRegistry(self.deps.log)
-        self.store = SessionStore(self.deps.home.sessions_dir, self.deps.runner, self.deps.log)
+        runner = self.deps.session_runner or self.deps.runner
+        self.store = SessionStore(self.deps.home.sessions_dir, runner, self.deps.log)
 
     @property
     def log(self) -> EventLog:
@@ -132,12 +137,14 @@ class Gateway:
             self._root = root
             for server in self.deps.servers:
                 await root.start(server, self)
+            completed: DrainRequest | None = None
             while True:
-                request = await self._run_generation(self.config, started)
+                request = await self._run_generation(self.config, started, completed)
                 started = trio.TASK_STATUS_IGNORED
                 if request.kind == "stop":
                     break
                 self.config = self._reload(self.config)
+                completed = request
             self.state.value = "stopped"
             request.done.set()
             root.cancel_scope.cancel()
@@ -155,7 +162,7 @@ class Gateway:
             self.log.error("RESTART", "Config reload failed; keeping the current config", error=str(exc))
             return old
 
-    async def _run_generation(self, config: Config, task_status: Any) -> DrainRequest:
+    async def _run_generation(self, config: Config, task_status: Any, completed: DrainRequest | None) -> DrainRequest:
         # `generation_number` names the generation that runs or drains; it moves to N+1 only
         # when N+1 accepts work, so `/healthz` never shows "draining" with the new number.
         number = self.generation_number + 1
@@ -188,10 +195,8 @@ class Gateway:
                             # work, and it is busy from this instant, so nobody sees "idle" first.
                             self.busy.value += 1
                             work.start_soon(self._resume_turns, self.current, leftover)
-                        if self._drain is not None:  # the restart that led here is complete
-                            self._drain.new_generation = number
-                            self._drain.done.set()
-                            self._drain = None
+                        if completed is not None:
+                            self._complete_restart(completed, number)
                         task_status.started()
                         request = await self._wait_for_drain_request()
                         self.state.value = "draining"
@@ -270,6 +275,19 @@ class Gateway:
         self._drain_wanted.set()
         return self._drain
 
+    def _complete_restart(self, request: DrainRequest, number: int) -> None:
+        """Generation `number` accepts work: the restart that drained its predecessor is done.
+        Only that request: one made while this generation was starting stays pending, and this
+        generation drains for it at once."""
+        if request.kind == "stop":
+            # A stop joined the restart after its drain had finished: honour it now.
+            self._drain_wanted.set()
+            return
+        request.new_generation = number
+        request.done.set()
+        if self._drain is request:
+            self._drain = None
+
     async def _wait_for_drain_request(self) -> DrainRequest:
         await self._drain_wanted.wait()
         self._drain_wanted = trio.Event()
@@ -315,6 +333,9 @@ class Gateway:
         return self.current
 
     def _session_for(self, agent_id: str, origin: Origin | None, session_id: str | None) -> agent.Session:
+        if session_id is not None and not SESSION_ID.fullmatch(session_id):
+            # Session ids name files under sessions/: never a path.
+            raise BadRequestError(f"sessionId: must match {SESSION_ID.pattern}, got {session_id!r}")
         if session_id is not None:
             if session_id in self.sessions:
                 return self.sessions[session_id]
@@ -360,12 +381,12 @@ class Gateway:
             self.busy.value -= 1
 
     async def _resume_each(self, gen: Generation, leftover: list[tuple[agent.Session, TurnRecord]]) -> None:
-        resume = gen.config.gateway.drain.resume_interrupted
         for session, turn in leftover:
             if self.current is not gen or self.state.value != "running":
                 return  # a drain began: the rest stay on disk for the next generation
-            if turn.resumes >= 1 or not resume:
-                await self._give_up_turn(gen, session, turn)
+            why = self._why_not_resume(gen, session, turn)
+            if why is not None:
+                await self._give_up_turn(gen, session, turn, why)
                 continue
             turn.resumes += 1
             turn.status = "accepted"
@@ -375,14 +396,22 @@ class Gateway:
             await self.store.save(session.record)
             await self._start_turn(gen, session, turn)
 
-    async def _give_up_turn(self, gen: Generation, session: agent.Session, turn: TurnRecord) -> None:
-        session.record.turns.remove(turn)
-        text = "Sorry, this request was interrupted by gateway restarts and was not completed."
-        await gen.runtime.outbox.submit(
-            kind="reply", origin=turn.origin, agent_id=session.record.agent, text=text, idempotency_key=turn.id
-        )
-        await self.store.save(session.record)
-        self.log.warn("RESTART", "Interrupted turn not resumed again", sessionId=session.id, turnId=turn.id)
+    @staticmethod
+    def _why_not_resume(gen: Generation, session: agent.Session, turn: TurnRecord) -> str | None:
+        if session.record.agent not in gen.config.agents:
+            return f"agent {session.record.agent!r} is no longer configured"
+        if not gen.config.gateway.drain.resume_interrupted:
+            return "it was interrupted by a gateway restart"
+        if turn.resumes >= 1:
+            return "it was interrupted by gateway restarts twice"
+        return None
+
+    async def _give_up_turn(self, gen: Generation, session: agent.Session, turn: TurnRecord, why: str) -> None:
+        text = f"Sorry, this request was not completed: {why}."
+        self.log.warn("RESTART", "Interrupted turn not resumed", sessionId=session.id, turnId=turn.id, why=why)
+        # Through the agent's own path: an undeliverable notice is logged, never raised, so a
+        # bad leftover turn cannot stop the generation that found it.
+        await agent.drop_turn(gen.runtime, session, turn, text)
 
     # --- operations ----------------------------------------------------------------------
 
@@ -409,8 +438,7 @@ class Gateway:
         session = self.sessions.get(session_id)
         if session is None:
             raise NotFoundError(f"no session {session_id!r}")
-        was_busy = session.busy
-        session.abort()
+        was_busy = session.abort()
         self.log.warn("SESSION", "Session aborted by operator", sessionId=session_id, wasBusy=was_busy)
         return was_busy
 

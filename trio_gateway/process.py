@@ -70,6 +70,10 @@ def start(options: StartOptions, env: Mapping[str, str] = os.environ) -> int:
             log.close()
 
 
+# How long the HTTP server may take to let go of its connections after a stop.
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
 @attrs.define
 class StateFile:
     """`gateway.state.json`: how the CLI finds the running gateway (pid, port, state)."""
@@ -100,6 +104,7 @@ class GatewayProcess:
         async with trio.open_nursery() as helpers:
             await helpers.start(self._handle_signals)
             helpers.start_soon(self._publish_state)
+            helpers.start_soon(self._exit_backstop)
             if self.notifier.watchdog_interval is not None:
                 helpers.start_soon(self._ping_watchdog, self.notifier.watchdog_interval)
             try:
@@ -111,6 +116,18 @@ class GatewayProcess:
                 helpers.cancel_scope.cancel()
         self.notifier.stopping("stopped")
         return 0
+
+    async def _exit_backstop(self) -> None:
+        """The one wait on the stop path that is not ours to bound: hypercorn writes a response
+        inside a shielded scope with no timeout, so a client that stops reading a large answer
+        would hold the root nursery open forever. Once the gateway has stopped (its work is
+        drained and its state on disk), give the server a grace period, then leave."""
+        await self.gateway.state.wait_value("stopped")
+        await trio.sleep(SHUTDOWN_GRACE_SECONDS)
+        self.log.error("SHUTDOWN", f"HTTP connections still open {SHUTDOWN_GRACE_SECONDS:g}s after the stop; exiting")
+        StateFile(self.home).remove()
+        self.log.close()
+        os._exit(0)
 
     # --- signals -------------------------------------------------------------------------
 

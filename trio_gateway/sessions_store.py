@@ -9,17 +9,21 @@ replaced atomically; an unreadable file is moved to `sessions/quarantine/`, neve
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
+import trio
 
 from trio_gateway.config import make_strict_converter
 from trio_gateway.log import EventLog
 from trio_gateway.routing import Origin
-from trio_gateway.store import BlockingRunner, atomic_write_bytes, durable_rename
+from trio_gateway.store import BlockingRunner, T, atomic_write_bytes, durable_rename
 
 TurnKind = Literal["inbound", "cron", "internal"]
 TurnStatus = Literal["accepted", "running", "interrupted"]
@@ -58,19 +62,41 @@ class SessionRecord:
 _CONVERTER = make_strict_converter()
 
 
+async def in_thread_abandoning(fn: Callable[[], T]) -> T:
+    """Session writes in production: a thread the caller may abandon when cancelled, so a
+    stuck disk cannot hold a forced restart past its deadline. Safe because every write is
+    atomic and `SessionStore` drops a write older than one already on disk."""
+    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+
+
 @attrs.define
 class SessionStore:
     root: Path
     runner: BlockingRunner
     log: EventLog
+    # Writes of one session may finish out of order (threads, abandoned writes): each carries
+    # a sequence number, and a write older than the one on disk is skipped.
+    _seq: Iterator[int] = attrs.Factory(lambda: itertools.count(1))
+    _written: dict[str, int] = attrs.Factory(dict)
+    _locks: dict[str, threading.Lock] = attrs.Factory(dict)
+    _guard: threading.Lock = attrs.Factory(threading.Lock)
 
     def _path(self, session_id: str) -> Path:
         return self.root / f"{session_id}.json"
 
     async def save(self, record: SessionRecord) -> None:
+        seq = next(self._seq)
         data = json.dumps(_CONVERTER.unstructure(record), ensure_ascii=False).encode()
-        path = self._path(record.id)
-        await self.runner(lambda: atomic_write_bytes(path, data))
+        await self.runner(lambda: self._write_if_newer(record.id, seq, data))
+
+    def _write_if_newer(self, session_id: str, seq: int, data: bytes) -> None:
+        with self._guard:
+            lock = self._locks.setdefault(session_id, threading.Lock())
+        with lock:
+            if self._written.get(session_id, 0) > seq:
+                return
+            atomic_write_bytes(self._path(session_id), data)
+            self._written[session_id] = seq
 
     async def load_all(self) -> list[SessionRecord]:
         records: list[SessionRecord] = await self.runner(self._load_all_sync)
