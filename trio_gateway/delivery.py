@@ -10,6 +10,7 @@ own cancel scope. An attempt cut by cancellation goes back to pending uncounted.
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ from trio_gateway.config import AgentConfig, Config, DeliveryConfig
 from trio_gateway.entry import DeliveryEntry, DeliveryKind, Payload, RequesterOrigin
 from trio_gateway.errors import DeliveryValidationError, WorkAbortedError
 from trio_gateway.log import EventLog
-from trio_gateway.queue import Claimed, DeliveryQueue, EntryGone, NotDue
+from trio_gateway.queue import Claimed, DeliveryQueue, NotDue
 from trio_gateway.work import WorkRegistry
 
 # A cancelled attempt's entry must get back to pending even while the worker is being torn
@@ -154,9 +155,14 @@ class AttemptResult:
 class Slot:
     """The worker's in-memory view of one pending entry: enough to schedule it, no more."""
 
-    due: float  # trio clock
-    channel: str
+    due: float  # trio clock; -inf when not known yet (the claim reads the file and finds out)
+    channel: str | None  # None until parsed: no account pause applies before the claim
     account_id: str | None
+
+
+# Every entry known only from the directory listing shares this one slot: due at once, oldest
+# id first. Start-up schedules from `listdir` alone and holds no parsed entry per file.
+LISTED = Slot(-math.inf, None, None)
 
 
 @attrs.define
@@ -169,6 +175,9 @@ class DeliveryWorker:
     work: WorkRegistry
     rng: random.Random
     _schedule: dict[str, Slot] = attrs.Factory(dict)
+    # (due, id) for every scheduled id, lazily cleaned: an item is live while it is no earlier
+    # than its id's slot and the id is not being attempted (see `_peek_heap`).
+    _heap: list[tuple[float, str]] = attrs.Factory(list)
     _active: set[str] = attrs.Factory(set)
     _paused: dict[tuple[str, str | None], float] = attrs.Factory(dict)
     _wake: trio.Event = attrs.Factory(trio.Event)
@@ -177,30 +186,67 @@ class DeliveryWorker:
 
     def notify(self, entry: DeliveryEntry) -> None:
         """A new or rescheduled entry: wake the dispatcher if it is now the earliest."""
-        self._schedule[entry.id] = Slot(self.clock.trio_time(entry.next_attempt_at), entry.channel, entry.account_id)
+        self._put(entry.id, Slot(self.clock.trio_time(entry.next_attempt_at), entry.channel, entry.account_id))
+
+    def _put(self, entry_id: str, slot: Slot) -> None:
+        self._schedule[entry_id] = slot
+        heapq.heappush(self._heap, (slot.due, entry_id))
         self._wake.set()
 
     def pending_count(self) -> int:
-        return len(self._schedule) + len(self._active)
+        return len(self._schedule) + sum(1 for i in self._active if i not in self._schedule)
 
     def _effective_due(self, slot: Slot) -> float:
+        if slot.channel is None:
+            return slot.due
         return max(slot.due, self._paused.get((slot.channel, slot.account_id), -math.inf))
 
-    def _next_due(self) -> float:
-        times = [self._effective_due(s) for i, s in self._schedule.items() if i not in self._active]
-        return min(times, default=math.inf)
+    def _peek_heap(self) -> tuple[float, str] | None:
+        """The earliest live heap item; stale ones are dropped on the way (an attempt that
+        ends with its id still scheduled pushes it again)."""
+        while self._heap:
+            when, entry_id = self._heap[0]
+            slot = self._schedule.get(entry_id)
+            if slot is not None and entry_id not in self._active and when >= slot.due:
+                return when, entry_id
+            heapq.heappop(self._heap)
+        return None
 
-    def _take_due(self) -> list[str]:
+    def _next_due(self) -> float:
+        top = self._peek_heap()
+        return math.inf if top is None else top[0]
+
+    def _pop_due(self) -> str | None:
+        """The oldest due id, skipping (and re-timing) those of paused accounts."""
         now = trio.current_time()
-        due = [i for i, s in self._schedule.items() if i not in self._active and self._effective_due(s) <= now]
-        return sorted(due)
+        while (top := self._peek_heap()) is not None and top[0] <= now:
+            heapq.heappop(self._heap)
+            effective = self._effective_due(self._schedule[top[1]])
+            if effective <= now:
+                return top[1]
+            heapq.heappush(self._heap, (effective, top[1]))
+        return None
 
     async def _rescan(self) -> None:
-        """Pick up what other processes wrote (and what this one recovered). Adds and updates
-        only: an id that vanished is dropped when its claim finds nothing."""
+        """Pick up what other processes wrote (and what this one recovered) from the directory
+        listing alone: a new id is due at once and parsed when claimed. Adds only: an id that
+        vanished is dropped when its claim finds nothing. Entries known to be waiting are
+        re-read, only those whose file changed, in case another process rescheduled one
+        (`delivery repair` makes a waiting entry due now)."""
         await self.queue.recover()
-        for entry in await self.queue.list_pending():
-            if entry.id not in self._active:
+        ids = await self.queue.pending_ids()
+        now = trio.current_time()
+        waiting = []
+        for entry_id in ids:
+            slot = self._schedule.get(entry_id)
+            if entry_id in self._active:
+                continue
+            if slot is None:
+                self._put(entry_id, LISTED)
+            elif slot.due > now:
+                waiting.append(entry_id)
+        for entry in (await self.queue.peek(waiting)).values() if waiting else ():
+            if entry.id in self._schedule and entry.id not in self._active:
                 self.notify(entry)
 
     async def _rescan_loop(self) -> None:
@@ -216,14 +262,17 @@ class DeliveryWorker:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._rescan_loop)
             while True:
-                await self._sleep_until_due()
-                for entry_id in self._take_due():
-                    await limiter.acquire()
+                await self._sleep_until_due(free=limiter.value > 0)
+                # Start every due attempt there is room for without yielding: they reach the
+                # queue together and share one claim batch (`GroupCommit`).
+                while limiter.value > 0 and (entry_id := self._pop_due()) is not None:
+                    limiter.acquire_nowait()
                     self._active.add(entry_id)
                     nursery.start_soon(self._run_one, entry_id, limiter)
 
-    async def _sleep_until_due(self) -> None:
-        with trio.move_on_at(self._next_due()):
+    async def _sleep_until_due(self, *, free: bool) -> None:
+        # With no free slot only a finishing attempt (which sets `_wake`) can change anything.
+        with trio.move_on_at(self._next_due() if free else math.inf):
             await self._wake.wait()
         self._wake = trio.Event()
 
@@ -232,6 +281,9 @@ class DeliveryWorker:
             await self.attempt(entry_id)
         finally:
             self._active.discard(entry_id)
+            slot = self._schedule.get(entry_id)
+            if slot is not None:  # not settled (not due yet, or cut off): back on the heap
+                heapq.heappush(self._heap, (slot.due, entry_id))
             limiter.release()
             self._wake.set()  # its new due time (or a free slot) may change what comes next
 
@@ -255,7 +307,9 @@ class DeliveryWorker:
 
     async def attempt(self, entry_id: str) -> AttemptResult:
         """Claim, send and settle one entry. Cancellation releases it uncounted."""
-        claimed = await self.queue.claim(entry_id, self.clock.now())
+        # Claimed and marked as sending in one step (one fsync per batch); an entry that then
+        # turns out unsendable is settled at once, its mark cleared with it.
+        claimed = await self.queue.claim_to_send(entry_id, self.clock.now())
         if not isinstance(claimed, Claimed):
             return self._unclaimed(entry_id, claimed)
         self._schedule.pop(entry_id, None)
@@ -292,23 +346,20 @@ class DeliveryWorker:
     def _unclaimed(self, entry_id: str, claimed: NotDue | None) -> AttemptResult:
         slot = self._schedule.pop(entry_id, None)
         if isinstance(claimed, NotDue) and slot is not None:
-            self._schedule[entry_id] = attrs.evolve(slot, due=self.clock.trio_time(claimed.next_attempt_at))
-            return AttemptResult(entry_id, "skipped", slot.channel, detail="not due yet")
+            due = self.clock.trio_time(claimed.next_attempt_at)
+            self._schedule[entry_id] = Slot(due, claimed.channel, claimed.account_id)
+            return AttemptResult(entry_id, "skipped", claimed.channel or "", detail="not due yet")
         return AttemptResult(entry_id, "skipped", detail="gone (claimed elsewhere or deleted)")
 
     async def _send(self, channel: Channel, claimed: Claimed) -> Outcome:
         entry = claimed.entry
-        if entry.send_started_at is not None and not channel.deduplicates:
+        if claimed.resend_of is not None and not channel.deduplicates:
             self.log.warn(
                 "DELIVERY",
                 f"Channel={entry.channel} id={entry.id} Possible duplicate: a send started at "
-                f"{entry.send_started_at.isoformat()} had no recorded outcome; resending",
+                f"{claimed.resend_of.isoformat()} had no recorded outcome; resending",
                 idempotencyKey=entry.idempotency_key,
             )
-        try:
-            claimed = await self.queue.mark_sending(claimed, self.clock.now())
-        except EntryGone:
-            return Outcome("permanent", "entry deleted by hand")
         timeout = self.config.attempt_timeout_seconds
         try:
             with self.work.track("delivery_attempt") as unit:

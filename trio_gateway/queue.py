@@ -1,7 +1,8 @@
 """The durable delivery queue (SPEC 2, 7): one JSON file per entry, moved between folders.
 
     delivery-queue/<id>.json                    pending (due at `nextAttemptAt`)
-    delivery-queue/inflight/<id>.<pid>.json     claimed by process <pid>, being sent
+    delivery-queue/inflight/<id>.<pid>.json     claimed by process <pid>, not sent yet
+    delivery-queue/inflight/<id>.<pid>.<ms>.json   ... and its send started at <ms> (epoch)
     delivery-queue/failed/<id>.json             dead letters, with `failedReason`
     delivery-queue/quarantine/<name>            files that did not parse; never deleted
 
@@ -11,6 +12,13 @@ only one process can win: the gateway's worker and `delivery process --once` nev
 entry twice at once. The only deletion is `ack`, of an entry the channel accepted.
 All disk work runs through the injected `BlockingRunner` (a thread in production, inline on a
 MockClock).
+
+The hot path costs one file fsync and three directory fsyncs per entry, the last two shared by
+every entry in the same batch (`GroupCommit`): enqueue (file + dir), claim-to-send (renames, one
+dir fsync for the batch), ack (unlinks, one dir fsync for the batch). `sendStartedAt` is
+recorded by the second rename, into a name that carries the time: a rename is all a durable
+mark needs, where a rewrite needs a file fsync too. The claim's own rename is not synced: a
+claim lost in a crash leaves the entry pending, which is what recovery makes of it anyway.
 """
 
 from __future__ import annotations
@@ -19,18 +27,28 @@ import contextlib
 import datetime as dt
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import attrs
+import trio
 
 from trio_gateway.entry import DeliveryEntry, entry_from_json, entry_to_json
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
-from trio_gateway.store import BlockingRunner, atomic_write_json, durable_rename, fsync_dir
+from trio_gateway.store import (
+    BlockingRunner,
+    atomic_write_bytes,
+    atomic_write_compact_json,
+    compact_json,
+    durable_rename,
+    fsync_dir,
+)
 
 T = TypeVar("T")
+I = TypeVar("I")  # noqa: E741 - the conventional name for an item type
+R = TypeVar("R")
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _RANDOM_BITS = 80
@@ -63,12 +81,20 @@ class IdGenerator:
         return _base32(ms, 10) + _base32(rand, 16)
 
 
+# Entries this process wrote and has not claimed yet, kept with their bytes so the claim that
+# normally follows within milliseconds skips the parse. Bounded: past it, claims just parse.
+FRESH_CACHE_LIMIT = 4096
+
+
 @attrs.frozen
 class Claimed:
     """An entry this process has claimed, and the inflight file that holds it."""
 
     entry: DeliveryEntry
     path: Path
+    # The `sendStartedAt` found on disk when this send was marked: an earlier send that may
+    # have reached the channel (a crash or a drain cut it), so this one may be a duplicate.
+    resend_of: dt.datetime | None = None
 
 
 @attrs.frozen
@@ -76,24 +102,110 @@ class NotDue:
     """Claim refused: the entry on disk is not due yet (another worker rescheduled it)."""
 
     next_attempt_at: dt.datetime
+    # What the worker needs to schedule it, learnt by the claim (a lazily listed entry had none).
+    channel: str | None = attrs.field(default=None, eq=False)
+    account_id: str | None = attrs.field(default=None, eq=False)
+
+
+@attrs.define(eq=False)
+class _Ticket(Generic[I, R]):
+    item: I
+    done: trio.Event = attrs.Factory(trio.Event)
+    finished: bool = False
+    result: R | None = None
+    error: BaseException | None = None
+
+    def value(self) -> R:
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]  # set with finished, R may be None
+
+
+@attrs.define
+class GroupCommit(Generic[I, R]):
+    """Callers that arrive while a batch is on disk join the next batch: one thread hand-off
+    and one directory fsync for all of them (group commit), instead of one each.
+
+    The first caller leads: it runs the batch, then hands leadership to the oldest waiter, so
+    no caller is kept working for others indefinitely. Waiting and running are shielded: a
+    submitted item is always processed (its caller asked for it), and the disk work is short
+    and cannot be interrupted anyway once in a thread. `run_batch` answers items in order.
+    """
+
+    run_batch: Callable[[list[I]], Awaitable[list[R]]]
+    _waiting: list[_Ticket[I, R]] = attrs.Factory(list)
+    _leading: bool = False
+
+    async def submit(self, item: I) -> R:
+        ticket: _Ticket[I, R] = _Ticket(item)
+        self._waiting.append(ticket)
+        with trio.CancelScope(shield=True):
+            if self._leading:
+                await ticket.done.wait()
+            if not ticket.finished:  # no batch was running, or leadership was handed to us
+                await self._lead()
+        return ticket.value()
+
+    async def _lead(self) -> None:
+        self._leading = True
+        # Callers already runnable (the dispatcher starts several attempts in one go) join now.
+        await trio.lowlevel.checkpoint()
+        batch, self._waiting = self._waiting, []
+        try:
+            results = await self.run_batch([t.item for t in batch])
+            for ticket, result in zip(batch, results, strict=True):
+                ticket.result = result
+        except BaseException as exc:
+            for ticket in batch:
+                ticket.error = exc
+            raise
+        finally:
+            for ticket in batch:
+                ticket.finished = True
+                ticket.done.set()
+            if self._waiting:
+                self._waiting[0].done.set()  # not finished: it leads the next batch
+            else:
+                self._leading = False
+
+
+def _inflight_name(entry_id: str, pid: int, send_started_at: dt.datetime | None) -> str:
+    if send_started_at is None:
+        return f"{entry_id}.{pid}.json"
+    return f"{entry_id}.{pid}.{int(send_started_at.timestamp() * 1000)}.json"
+
+
+def _parse_inflight_name(name: str) -> tuple[str, int, dt.datetime | None] | None:
+    """(id, claimer pid, send started at) of `<id>.<pid>[.<ms>].json`; None for anything else."""
+    parts = name.removesuffix(".json").split(".")
+    if not name.endswith(".json") or len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[1:]):
+        return None
+    started = None if len(parts) == 2 else dt.datetime.fromtimestamp(int(parts[2]) / 1000, dt.UTC)
+    return parts[0], int(parts[1]), started
 
 
 class EntryGone(Exception):
     """The entry's file vanished under us (deleted by hand): skip it, it is not an error."""
 
 
-def _load(path: Path) -> DeliveryEntry:
+def _parse(data: bytes, name: str) -> DeliveryEntry:
     """Raises ValueError (with the cattrs detail) for anything that is not a whole entry."""
     try:
-        raw = json.loads(path.read_bytes())
-        entry = entry_from_json(raw)
-    except FileNotFoundError:
-        raise
+        entry = entry_from_json(json.loads(data))
     except Exception as exc:
         raise ValueError(f"not a delivery entry: {type(exc).__name__}: {exc}") from exc
-    if entry.id != path.name.split(".", 1)[0]:
+    if entry.id != name.split(".", 1)[0]:
         raise ValueError(f"id {entry.id!r} does not match the file name")
     return entry
+
+
+def _load(path: Path) -> DeliveryEntry:
+    """Raises FileNotFoundError, or ValueError for anything that is not a whole entry."""
+    return _parse(path.read_bytes(), path.name)
+
+
+def _entry_bytes(entry: DeliveryEntry) -> bytes:
+    return compact_json(entry_to_json(entry))
 
 
 def _entry_files(directory: Path) -> list[Path]:
@@ -149,6 +261,15 @@ class DeliveryQueue:
     _claimed: set[str] = attrs.Factory(set)
     # Parsed pending files by name, keyed on (mtime_ns, size): a rescan re-reads only changes.
     _cache: dict[str, tuple[tuple[int, int], DeliveryEntry]] = attrs.Factory(dict)
+    # Entries this object enqueued, with the exact bytes written: a claim that reads the same
+    # bytes back skips the parse. Comparing bytes, not timestamps, so never stale.
+    _fresh: dict[str, tuple[bytes, DeliveryEntry]] = attrs.Factory(dict)
+    _sends: GroupCommit[tuple[str, dt.datetime], Claimed | NotDue | None] = attrs.field(init=False)
+    _acks: GroupCommit[Claimed, None] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._sends = GroupCommit(lambda items: self._run(lambda: self._claim_to_send_sync(items)))
+        self._acks = GroupCommit(lambda claims: self._run(lambda: self._ack_sync(claims)))
 
     @property
     def inflight_dir(self) -> Path:
@@ -173,27 +294,37 @@ class DeliveryQueue:
 
     # --- writing new entries ----------------------------------------------------------------
 
+    def _enqueue_sync(self, entry: DeliveryEntry) -> None:
+        data = atomic_write_compact_json(self.pending_path(entry.id), entry_to_json(entry))
+        if len(self._fresh) < FRESH_CACHE_LIMIT:
+            self._fresh[entry.id] = (data, entry)
+
     async def enqueue(self, entry: DeliveryEntry) -> None:
         """Write a new pending entry durably; when this returns, a crash cannot lose it."""
-        await self._run(lambda: atomic_write_json(self.pending_path(entry.id), entry_to_json(entry)))
+        await self._run(lambda: self._enqueue_sync(entry))
 
     # --- reading --------------------------------------------------------------------------
+
+    def _read_cached_sync(self, path: Path) -> DeliveryEntry:
+        """Raises FileNotFoundError, ValueError."""
+        st = path.stat()
+        key = (st.st_mtime_ns, st.st_size)
+        cached = self._cache.get(path.name)
+        entry = cached[1] if cached is not None and cached[0] == key else _load(path)
+        self._cache[path.name] = (key, entry)
+        return entry
 
     def _scan_sync(self) -> list[DeliveryEntry]:
         entries: list[DeliveryEntry] = []
         seen: set[str] = set()
         for path in _entry_files(self.root):
             try:
-                st = path.stat()
-                key = (st.st_mtime_ns, st.st_size)
-                cached = self._cache.get(path.name)
-                entry = cached[1] if cached is not None and cached[0] == key else _load(path)
+                entry = self._read_cached_sync(path)
             except FileNotFoundError:
                 continue  # claimed or deleted while we listed
             except ValueError as exc:
                 self._quarantine_sync(path, str(exc))
                 continue
-            self._cache[path.name] = (key, entry)
             seen.add(path.name)
             entries.append(entry)
         for stale in self._cache.keys() - seen:
@@ -204,11 +335,37 @@ class DeliveryQueue:
         """Pending entries, oldest first; unparseable files are quarantined on the way."""
         return await self._run(self._scan_sync)
 
+    def _pending_ids_sync(self) -> list[str]:
+        return [p.name.removesuffix(".json") for p in _entry_files(self.root)]
+
+    async def pending_ids(self) -> list[str]:
+        """Ids of the pending files, oldest first, from the directory listing alone: what the
+        worker schedules from at start-up, parsing each entry only when it claims it."""
+        return await self._run(self._pending_ids_sync)
+
+    def _peek_sync(self, entry_ids: list[str]) -> dict[str, DeliveryEntry]:
+        found: dict[str, DeliveryEntry] = {}
+        for entry_id in entry_ids:
+            with contextlib.suppress(FileNotFoundError, ValueError):  # a claim deals with those
+                found[entry_id] = self._read_cached_sync(self.pending_path(entry_id))
+        for stale in self._cache.keys() - {f"{i}.json" for i in found}:
+            del self._cache[stale]
+        return found
+
+    async def peek(self, entry_ids: list[str]) -> dict[str, DeliveryEntry]:
+        """These pending entries as on disk, read without claiming (a file that changed since
+        the last peek is re-read); missing and unparseable ones are left out."""
+        return await self._run(lambda: self._peek_sync(entry_ids))
+
     def _read_folder_sync(self, directory: Path) -> list[DeliveryEntry]:
         entries = []
         for path in _entry_files(directory):
             with contextlib.suppress(FileNotFoundError, ValueError):
-                entries.append(_load(path))
+                entry = _load(path)
+                parsed = _parse_inflight_name(path.name) if directory == self.inflight_dir else None
+                if parsed is not None and parsed[2] is not None:
+                    entry = attrs.evolve(entry, send_started_at=parsed[2])  # recorded by the name
+                entries.append(entry)
         return entries
 
     async def list_inflight(self) -> list[DeliveryEntry]:
@@ -222,39 +379,86 @@ class DeliveryQueue:
 
     # --- claiming -------------------------------------------------------------------------
 
+    def _read_claimed_sync(self, entry_id: str, path: Path) -> DeliveryEntry:
+        """The entry we just renamed to `path`; its own bytes when we wrote them (no parse)."""
+        data = path.read_bytes()
+        fresh = self._fresh.pop(entry_id, None)
+        if fresh is not None and fresh[0] == data:
+            return fresh[1]
+        return _parse(data, path.name)
+
     def _claim_sync(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
-        path = self.inflight_dir / f"{entry_id}.{self.pid}.json"
+        # Not synced: a claim lost in a crash leaves the entry pending, as recovery would.
+        path = self.inflight_dir / _inflight_name(entry_id, self.pid, None)
         try:
-            durable_rename(self.pending_path(entry_id), path)
+            os.rename(self.pending_path(entry_id), path)
         except FileNotFoundError:
+            if not self.inflight_dir.exists():
+                self.inflight_dir.mkdir(parents=True, exist_ok=True)
+                return self._claim_sync(entry_id, now)
             return None  # another worker has it, or a person deleted it
         try:
-            entry = _load(path)
+            entry = self._read_claimed_sync(entry_id, path)
         except ValueError as exc:
-            self._quarantine_sync(path, str(exc))
+            self._quarantine_sync(path, str(exc), name=f"{entry_id}.json")
             return None
         if entry.next_attempt_at > now:
-            durable_rename(path, self.pending_path(entry_id))
-            return NotDue(entry.next_attempt_at)
+            os.rename(path, self.pending_path(entry_id))  # either place recovers to pending
+            return NotDue(entry.next_attempt_at, entry.channel, entry.account_id)
         self._claimed.add(entry_id)
         return Claimed(entry, path)
 
     async def claim(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
-        """Take a due entry for sending; None when it is gone (claimed elsewhere, deleted)."""
+        """Take a due entry (not for sending yet); None when it is gone (claimed elsewhere,
+        deleted)."""
         return await self._run(lambda: self._claim_sync(entry_id, now))
+
+    def _mark_sync(self, claimed: Claimed, now: dt.datetime) -> Claimed:
+        """Rename to the name that records the send's start; the caller syncs the folder."""
+        entry = claimed.entry
+        path = self.inflight_dir / _inflight_name(entry.id, self.pid, now)
+        try:
+            os.rename(claimed.path, path)
+        except FileNotFoundError:
+            self._claimed.discard(entry.id)
+            raise EntryGone(entry.id) from None
+        return Claimed(attrs.evolve(entry, send_started_at=now), path, resend_of=entry.send_started_at)
+
+    async def mark_sending(self, claimed: Claimed, now: dt.datetime) -> Claimed:
+        """Record `sendStartedAt` before the send, so a crash mid-send is recognisable."""
+
+        def work() -> Claimed:
+            marked = self._mark_sync(claimed, now)
+            fsync_dir(self.inflight_dir)
+            return marked
+
+        return await self._run(work)
+
+    def _claim_to_send_sync(self, items: list[tuple[str, dt.datetime]]) -> list[Claimed | NotDue | None]:
+        results: list[Claimed | NotDue | None] = []
+        for entry_id, now in items:
+            claimed = self._claim_sync(entry_id, now)
+            if isinstance(claimed, Claimed):
+                try:
+                    claimed = self._mark_sync(claimed, now)
+                except EntryGone:
+                    claimed = None  # deleted by hand between the two renames
+            results.append(claimed)
+        if any(isinstance(r, Claimed) for r in results):
+            fsync_dir(self.inflight_dir)  # one fsync makes the whole batch's marks durable
+        return results
+
+    async def claim_to_send(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
+        """`claim` and `mark_sending` at once, group-committed with concurrent callers: when
+        this returns a `Claimed`, its `sendStartedAt` is on disk and the send may start."""
+        return await self._sends.submit((entry_id, now))
+
+    # --- finishing a claim ----------------------------------------------------------------
 
     def _rewrite_sync(self, claimed: Claimed, entry: DeliveryEntry) -> None:
         if not claimed.path.exists():
             raise EntryGone(claimed.entry.id)
-        atomic_write_json(claimed.path, entry_to_json(entry))
-
-    async def mark_sending(self, claimed: Claimed, now: dt.datetime) -> Claimed:
-        """Record `sendStartedAt` before the send, so a crash mid-send is recognisable."""
-        entry = attrs.evolve(claimed.entry, send_started_at=now)
-        await self._run(lambda: self._rewrite_sync(claimed, entry))
-        return Claimed(entry, claimed.path)
-
-    # --- finishing a claim ----------------------------------------------------------------
+        atomic_write_bytes(claimed.path, _entry_bytes(entry))
 
     def _finish_sync(self, claimed: Claimed, entry: DeliveryEntry | None, dest: Path) -> bool:
         """Move the claimed file to `dest`, rewritten to `entry` first when given. False when
@@ -270,16 +474,19 @@ class DeliveryQueue:
         self._cache.pop(dest.name, None)
         return True
 
-    async def ack(self, claimed: Claimed) -> None:
-        """The channel accepted the entry: the one place an entry file is deleted."""
-
-        def work() -> None:
+    def _ack_sync(self, claims: list[Claimed]) -> list[None]:
+        for claimed in claims:
             self._claimed.discard(claimed.entry.id)
             with contextlib.suppress(FileNotFoundError):
                 claimed.path.unlink()
-                fsync_dir(claimed.path.parent)
+        with contextlib.suppress(FileNotFoundError):
+            fsync_dir(self.inflight_dir)  # one fsync makes the whole batch's deletions durable
+        return [None] * len(claims)
 
-        await self._run(work)
+    async def ack(self, claimed: Claimed) -> None:
+        """The channel accepted the entry: the one place an entry file is deleted. Durable when
+        this returns; group-committed with concurrent acks."""
+        await self._acks.submit(claimed)
 
     async def retry_later(self, claimed: Claimed, last_error: str, next_at: dt.datetime) -> DeliveryEntry:
         """A failed attempt that will be retried: counted, and back to pending."""
@@ -304,9 +511,12 @@ class DeliveryQueue:
         """A drain or a crash cut the attempt: back to pending as it is, attempts unchanged.
 
         `sendStartedAt` stays: the send may have reached the channel, so the next send is
-        logged as a possible duplicate where the channel cannot deduplicate.
+        logged as a possible duplicate where the channel cannot deduplicate. A marked claim
+        holds it in its name only, so the file is rewritten to carry it.
         """
-        await self._run(lambda: self._finish_sync(claimed, None, self.pending_path(claimed.entry.id)))
+        marked = _parse_inflight_name(claimed.path.name)
+        entry = claimed.entry if marked is not None and marked[2] is not None else None
+        await self._run(lambda: self._finish_sync(claimed, entry, self.pending_path(claimed.entry.id)))
 
     async def dead_letter(self, claimed: Claimed, reason: str, now: dt.datetime) -> DeliveryEntry:
         entry = attrs.evolve(claimed.entry, failed_reason=reason, failed_at=now, send_started_at=None)
@@ -348,7 +558,7 @@ class DeliveryQueue:
             failed_at=None,
             send_started_at=None,
         )
-        atomic_write_json(path, entry_to_json(entry))
+        atomic_write_bytes(path, _entry_bytes(entry))
         durable_rename(path, self.pending_path(entry_id))
         return entry
 
@@ -357,8 +567,8 @@ class DeliveryQueue:
         return await self._run(lambda: self._retry_dead_sync(entry_id, now))
 
     def _remove_dead_temporaries_sync(self) -> None:
-        # `.<id>.<pid>.json.XXXX.tmp`: a rewrite cut by a crash. The claimed file beside it is
-        # whole (the rename never happened), so removing the temporary loses nothing.
+        # `.<id>.<pid>[.<ms>].json.XXXX.tmp`: a rewrite cut by a crash. The claimed file beside
+        # it is whole (the rename never happened), so removing the temporary loses nothing.
         try:
             names = [n for n in os.listdir(self.inflight_dir) if n.startswith(".") and n.endswith(".tmp")]
         except FileNotFoundError:
@@ -370,16 +580,25 @@ class DeliveryQueue:
                 if int(pid_text) != self.pid and not claimer_alive(int(pid_text), path.stat().st_mtime):
                     path.unlink()
 
+    def _return_to_pending_sync(self, path: Path, entry_id: str, send_started_at: dt.datetime | None) -> None:
+        """A dead claimer's entry back to pending. A send it had started is written into the
+        file first (in place, so a crash here only means doing it again), because the pending
+        name cannot carry it."""
+        if send_started_at is not None:
+            entry = _load(path)
+            if entry.send_started_at != send_started_at:
+                atomic_write_bytes(path, _entry_bytes(attrs.evolve(entry, send_started_at=send_started_at)))
+        durable_rename(path, self.pending_path(entry_id))
+
     def _recover_sync(self) -> list[str]:
         self._remove_dead_temporaries_sync()
         recovered = []
         for path in _entry_files(self.inflight_dir):
-            entry_id, _, rest = path.name.partition(".")
-            pid_text = rest.removesuffix(".json")
-            if not pid_text.isdigit():
-                self._quarantine_sync(path, "inflight file name is not <id>.<pid>.json")
+            parsed = _parse_inflight_name(path.name)
+            if parsed is None:
+                self._quarantine_sync(path, "inflight file name is not <id>.<pid>[.<ms>].json")
                 continue
-            pid = int(pid_text)
+            entry_id, pid, started = parsed
             if pid == self.pid and entry_id in self._claimed:
                 continue
             try:
@@ -388,10 +607,15 @@ class DeliveryQueue:
                 continue
             if pid != self.pid and claimer_alive(pid, mtime):
                 continue
-            with contextlib.suppress(FileNotFoundError):
-                durable_rename(path, self.pending_path(entry_id))
-                recovered.append(entry_id)
-                self.log.warn("DELIVERY", f"Recovered entry {entry_id} claimed by pid {pid}, which is gone")
+            try:
+                self._return_to_pending_sync(path, entry_id, started)
+            except FileNotFoundError:
+                continue
+            except ValueError as exc:
+                self._quarantine_sync(path, str(exc), name=f"{entry_id}.json")
+                continue
+            recovered.append(entry_id)
+            self.log.warn("DELIVERY", f"Recovered entry {entry_id} claimed by pid {pid}, which is gone")
         return recovered
 
     async def recover(self) -> list[str]:
@@ -399,14 +623,16 @@ class DeliveryQueue:
         pending. Their `sendStartedAt`, when set, marks a send that may have happened."""
         return await self._run(self._recover_sync)
 
-    def _quarantine_sync(self, path: Path, reason: str) -> None:
+    def _quarantine_sync(self, path: Path, reason: str, *, name: str | None = None) -> None:
+        """Move `path` aside under `name` (its own by default), never over an earlier file."""
+        base = name or path.name
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        dest = self.quarantine_dir / path.name
+        dest = self.quarantine_dir / base
         n = 1
         while dest.exists():
-            dest = self.quarantine_dir / f"{path.name}.{n}"
+            dest = self.quarantine_dir / f"{base}.{n}"
             n += 1
         with contextlib.suppress(FileNotFoundError):
             durable_rename(path, dest)
-            self.log.warn("QUARANTINE", f"Moved unparseable {path.name} to quarantine/{dest.name}: {reason}")
+            self.log.warn("QUARANTINE", f"Moved unparseable {base} to quarantine/{dest.name}: {reason}")
         self._cache.pop(path.name, None)

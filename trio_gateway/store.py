@@ -70,6 +70,18 @@ def atomic_write_json(path: Path, obj: Any, *, mode: int = 0o644) -> None:
     atomic_write_bytes(path, data, mode=mode)
 
 
+def compact_json(obj: Any) -> bytes:
+    """One line, no padding: files read by programs, where every byte is written and fsynced."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def atomic_write_compact_json(path: Path, obj: Any, *, mode: int = 0o644) -> bytes:
+    """`atomic_write_json`, compact; returns the bytes written (callers cache them)."""
+    data = compact_json(obj)
+    atomic_write_bytes(path, data, mode=mode)
+    return data
+
+
 def durable_rename(src: Path, dst: Path) -> None:
     """Move a file within one filesystem and make the move survive a crash."""
     dst.parent.mkdir(parents=True, exist_ok=True)
