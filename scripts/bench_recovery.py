@@ -126,7 +126,7 @@ def child_gateway(home: Path) -> dict[str, Any]:
 
         service.worker.channels = Lookup()
         async with trio.open_nursery() as nursery:
-            await nursery.start(service.run)  # returns after recover() + the first full scan
+            await nursery.start(service.run)  # returns after recover() + the directory listing
             out["loaded"] = time.time()
             out["rss_loaded_mb"] = rss_mb()
             out["scheduled"] = service.worker.pending_count()

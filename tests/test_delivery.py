@@ -21,7 +21,7 @@ from trio_gateway.delivery import DeadLetter, DeliveryWorker, Outbox, Reroute, p
 from trio_gateway.entry import DeliveryEntry, RequesterOrigin
 from trio_gateway.errors import DeliveryValidationError
 from trio_gateway.log import EventLog, MemorySink
-from trio_gateway.queue import DeliveryQueue
+from trio_gateway.queue import Claimed, DeliveryQueue
 from trio_gateway.routing import Origin
 from trio_gateway.store import inline
 from trio_gateway.work import WorkRegistry
@@ -370,3 +370,61 @@ async def test_repair_over_a_seed_style_queue(tmp_path: Path) -> None:
     assert dead.id == orphan.id
     assert "no requester origin" in (dead.failed_reason or "")
     assert isinstance(plan_repair(orphan, AGENTS), DeadLetter)
+
+
+# --- start-up from the directory listing ------------------------------------------------------
+
+
+async def test_start_up_schedules_from_the_listing_and_parses_only_at_claim(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    console = ScriptedChannel("console")
+    # One at a time, so the order of the sends is the order of scheduling.
+    rig = make_rig(tmp_path, console, concurrency=1, rescan_interval_seconds=3600)
+    writer = Outbox(rig.queue, AGENTS, rig.worker.clock, EventLog())  # an earlier life: no notify
+    entries = [await writer.submit_manual("console", "x", None, "main", f"m{i}") for i in range(5)]
+    later = attrs.evolve(entries[2], next_attempt_at=entries[2].next_attempt_at + dt.timedelta(seconds=30))
+    await rig.queue.enqueue(later)  # waiting on a backoff
+    (tmp_path / "delivery-queue" / "torn.json").write_text("{")
+
+    def no_full_scan(_self: DeliveryQueue) -> list[DeliveryEntry]:
+        raise AssertionError("start-up must not parse the whole queue")
+
+    monkeypatch.setattr(DeliveryQueue, "_scan_sync", no_full_scan)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rig.worker.run)
+        assert rig.worker.pending_count() == 6  # known from the listing, nothing parsed yet
+        await trio.sleep(60)
+        nursery.cancel_scope.cancel()
+    due_ids = [e.id for e in entries if e.id != later.id]
+    assert console.sends == [(0.0, i) for i in due_ids] + [(30.0, later.id)]  # oldest first
+    assert (tmp_path / "delivery-queue" / "quarantine" / "torn.json").exists()
+    assert rig.worker.pending_count() == 0
+
+
+async def test_a_listed_entry_of_a_paused_account_is_held_uncounted(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    wx = ScriptedChannel("openclaw-weixin", lambda _e, _n: Outcome("paused", "errcode -14 session expired"))
+    rig = make_rig(tmp_path, wx, concurrency=1, rescan_interval_seconds=3600)
+    writer = Outbox(rig.queue, AGENTS, rig.worker.clock, EventLog())
+    for _ in range(3):
+        await writer.submit_manual("openclaw-weixin", "o9cq80abc@im.wechat", None, "main", "hi")
+    await rig.run_for(60)
+    assert len(wx.sends) == 1
+    pending = await rig.queue.list_pending()
+    assert [e.attempts for e in pending] == [0, 0, 0]
+    assert all(e.send_started_at is None for e in pending)  # a hold clears the mark it was claimed with
+
+
+async def test_a_marked_entry_of_a_dead_worker_is_resent_with_its_key_as_a_possible_duplicate(
+    tmp_path: Path,
+) -> None:
+    rig = make_rig(tmp_path, ScriptedChannel("console", deduplicates=False))
+    (entry,) = await rig.add()
+    dead = DeliveryQueue(rig.queue.root, inline, EventLog(), pid=2**22 + 1)  # above any pid_max
+    assert isinstance(await dead.claim_to_send(entry.id, rig.worker.clock.now()), Claimed)
+    (result,) = await rig.worker.process_once()
+    assert result.kind == "ok"
+    assert rig.messages(f"id={entry.id} Possible duplicate")
+    assert rig.messages(f"idempotencyKey={entry.idempotency_key}")

@@ -26,9 +26,11 @@ CONCURRENCY = 8
 
 # A small worker entry point: `process_once` over the real queue with a console-like channel
 # that appends one JSON line per send (the way `console` writes logs/console.jsonl) and is slow
-# enough that a kill lands mid-way.
+# enough that a kill lands mid-way. `crash=ack` makes it SIGKILL itself inside a batched ack,
+# after the first unlink of a batch of several (a deterministic kill in that window);
+# `dedupe=0` gives a channel that cannot deduplicate, so resends are logged.
 WORKER = """
-import json, random, sys
+import json, os, random, signal, sys
 from pathlib import Path
 import attrs, trio
 from trio_gateway.classify import OK
@@ -41,12 +43,26 @@ from trio_gateway.store import in_thread
 from trio_gateway.work import WorkRegistry
 
 home, concurrency = Path(sys.argv[1]), int(sys.argv[2])
+opts = dict(a.split("=") for a in sys.argv[3:])
+
+if opts.get("crash") == "ack":
+    plain_ack = DeliveryQueue._ack_sync
+    acked = [0]
+
+    def ack_then_die(self, claims):
+        if len(claims) >= 2 and acked[0] >= 100:
+            claims[0].path.unlink()
+            os.kill(os.getpid(), signal.SIGKILL)
+        acked[0] += len(claims)
+        return plain_ack(self, claims)
+
+    DeliveryQueue._ack_sync = ack_then_die
 
 @attrs.define
 class SlowConsole:
     out: object
     name: str = "console"
-    deduplicates: bool = True
+    deduplicates: bool = opts.get("dedupe", "1") == "1"
     async def send(self, entry):
         await trio.sleep(0.004)
         self.out.write(json.dumps({"id": entry.id, "key": entry.idempotency_key}) + "\\n")
@@ -83,8 +99,8 @@ def _delivered(home: Path) -> list[str]:
     return [json.loads(line)["key"] for line in path.read_text().splitlines(keepends=True) if line.endswith("\n")]
 
 
-def _worker(home: Path, script: Path) -> subprocess.Popen[str]:
-    args = [sys.executable, str(script), str(home), str(CONCURRENCY)]
+def _worker(home: Path, script: Path, *opts: str) -> subprocess.Popen[str]:
+    args = [sys.executable, str(script), str(home), str(CONCURRENCY), *opts]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -131,3 +147,39 @@ def test_sigkill_mid_way_loses_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "delivery-queue" / "failed").exists()
     assert int(out) >= ENTRIES - at_kill  # the second run sent at least what the first had not
     assert "Recovered entry" in (tmp_path / "worker.log").read_text()
+
+
+def _marked(home: Path) -> set[str]:
+    """Ids whose inflight file records a started send (`<id>.<pid>.<ms>.json`)."""
+    names = os.listdir(home / "delivery-queue" / "inflight")
+    return {n.split(".")[0] for n in names if not n.startswith(".") and n.count(".") == 3}
+
+
+@pytest.mark.e2e
+def test_sigkill_inside_a_batched_ack_resends_only_that_batch_and_says_so(tmp_path: Path) -> None:
+    keys = trio.run(_enqueue, tmp_path)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+
+    first = _worker(tmp_path, script, "crash=ack", "dedupe=0")
+    first.communicate(timeout=30)
+    assert first.returncode == -signal.SIGKILL, "the worker should have died inside an ack"
+    at_kill = collections.Counter(_delivered(tmp_path))
+    marked = _marked(tmp_path)
+    # The batch being acked: sent, some unlinked before the kill, the rest still marked.
+    assert 0 < len(marked) <= CONCURRENCY
+
+    second = _worker(tmp_path, script, "dedupe=0")
+    _out, err = second.communicate(timeout=30)
+    assert second.returncode == 0, err
+
+    counts = collections.Counter(_delivered(tmp_path))
+    assert set(counts) == keys  # nothing lost
+    resent = {k for k, n in counts.items() if n > 1}
+    assert resent  # the batch's entries not yet unlinked at the kill
+    assert resent <= marked  # an acked (unlinked) entry is never resent; only marked ones are
+    assert all(at_kill[k] == 1 for k in resent)
+    log = (tmp_path / "worker.log").read_text()
+    for key in resent:  # every resend of a send that may have happened is logged as such
+        assert f"id={key} Possible duplicate" in log
+    assert os.listdir(tmp_path / "delivery-queue" / "inflight") == []

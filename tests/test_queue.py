@@ -12,11 +12,12 @@ from pathlib import Path
 
 import attrs
 import pytest
+import trio
 
 from trio_gateway.entry import DeliveryEntry, Payload, RequesterOrigin, entry_to_json
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog, MemorySink
-from trio_gateway.queue import Claimed, DeliveryQueue, NotDue, claimer_alive
+from trio_gateway.queue import Claimed, DeliveryQueue, GroupCommit, NotDue, claimer_alive
 from trio_gateway.store import inline
 
 T0 = dt.datetime(2026, 6, 15, 3, 21, tzinfo=dt.UTC)
@@ -231,3 +232,133 @@ async def test_recover_removes_temporaries_of_dead_claimers_only(tmp_path: Path)
     await q.recover()
     assert not dead.exists()
     assert alive.exists()
+
+
+# --- the group-committed hot path -------------------------------------------------------------
+
+
+async def test_claim_to_send_records_the_start_in_the_name_and_recovery_keeps_it(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    entry = make_entry(q)
+    await q.enqueue(entry)
+    sent_at = T0 + dt.timedelta(seconds=1)
+    claimed = await q.claim_to_send(entry.id, sent_at)
+    assert isinstance(claimed, Claimed)
+    assert (claimed.entry.send_started_at, claimed.resend_of) == (sent_at, None)
+    ms = int(sent_at.timestamp() * 1000)
+    assert claimed.path == tmp_path / "inflight" / f"{entry.id}.{os.getpid()}.{ms}.json"
+    (shown,) = await q.list_inflight()
+    assert shown.send_started_at == sent_at  # `delivery list` sees the send in flight
+
+    # A crash now: the next life of this process recovers it with the start written in.
+    again = make_queue(tmp_path)
+    assert await again.recover() == [entry.id]
+    (pending,) = await again.list_pending()
+    assert pending.send_started_at == sent_at
+    resent = await again.claim_to_send(entry.id, T0 + dt.timedelta(minutes=1))
+    assert isinstance(resent, Claimed)
+    assert resent.resend_of == sent_at  # the worker logs this send as a possible duplicate
+
+
+async def test_a_claim_not_marked_recovers_as_not_started(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    entry = make_entry(q)
+    await q.enqueue(entry)
+    await claim(q, entry.id)  # a crash between the claim and the mark
+    again = make_queue(tmp_path)
+    await again.recover()
+    (pending,) = await again.list_pending()
+    assert pending.send_started_at is None
+
+
+async def test_concurrent_claims_and_acks_share_one_directory_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = make_queue(tmp_path)
+    entries = [make_entry(q) for _ in range(10)]
+    for e in entries:
+        await q.enqueue(e)
+    synced: list[Path] = []
+    monkeypatch.setattr("trio_gateway.queue.fsync_dir", synced.append)
+    claims: list[Claimed] = []
+
+    async def send_one(entry_id: str) -> None:
+        claimed = await q.claim_to_send(entry_id, T0)
+        assert isinstance(claimed, Claimed)
+        claims.append(claimed)
+
+    async with trio.open_nursery() as nursery:
+        for e in entries:
+            nursery.start_soon(send_one, e.id)
+    assert synced == [tmp_path / "inflight"]
+    synced.clear()
+    async with trio.open_nursery() as nursery:
+        for c in claims:
+            nursery.start_soon(q.ack, c)
+    assert synced == [tmp_path / "inflight"]
+    assert os.listdir(tmp_path / "inflight") == []
+    assert await q.list_pending() == []
+
+
+async def test_a_group_commit_serves_cancelled_callers_and_reports_errors_to_all() -> None:
+    batches: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int]:
+        await trio.lowlevel.checkpoint()
+        batches.append(items)
+        if 13 in items:
+            raise OSError("disk full")
+        return [i * 2 for i in items]
+
+    group: GroupCommit[int, int] = GroupCommit(run)
+    results: dict[int, int] = {}
+
+    async def submit(i: int) -> None:
+        results[i] = await group.submit(i)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(3):
+            nursery.start_soon(submit, i)
+        await trio.lowlevel.checkpoint()
+        nursery.cancel_scope.cancel()  # callers already waiting: their items are still done
+    assert sorted(i for b in batches for i in b) == [0, 1, 2]
+    assert results == {0: 0, 1: 2, 2: 4}
+
+    errors: list[BaseException] = []
+
+    async def failing(i: int) -> None:
+        try:
+            await group.submit(i)
+        except OSError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        for i in (12, 13):
+            nursery.start_soon(failing, i)
+    assert len(errors) == 2
+    assert await group.submit(4) == 8  # and the group still works afterwards
+
+
+async def test_a_claim_reads_what_is_on_disk_not_what_we_wrote(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    entry = make_entry(q)
+    await q.enqueue(entry)
+    # Another process rewrites it (as `delivery repair` would) before our claim.
+    changed = attrs.evolve(entry, to="o9cq80xyz@im.wechat", attempts=3)
+    q.pending_path(entry.id).write_text(json.dumps(entry_to_json(changed)))
+    claimed = await claim(q, entry.id)
+    assert claimed.entry == changed
+
+
+async def test_pending_ids_lists_without_parsing_and_a_claim_quarantines_junk(tmp_path: Path) -> None:
+    sink = MemorySink()
+    q = make_queue(tmp_path, sink)
+    entry = make_entry(q)
+    await q.enqueue(entry)
+    (tmp_path / "torn.json").write_text('{"id": ')
+    (tmp_path / ".torn.json.x1.tmp").write_text("{")  # a write in progress: not listed
+    assert await q.pending_ids() == sorted([entry.id, "torn"])
+    assert await q.claim_to_send("torn", T0) is None
+    assert (tmp_path / "quarantine" / "torn.json").read_text() == '{"id": '
+    assert os.listdir(tmp_path / "inflight") == []
+    assert sink.tagged("QUARANTINE")
