@@ -39,8 +39,8 @@ from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
 from trio_gateway.store import (
     BlockingRunner,
+    atomic_create_bytes,
     atomic_write_bytes,
-    atomic_write_compact_json,
     compact_json,
     durable_rename,
     fsync_dir,
@@ -295,7 +295,8 @@ class DeliveryQueue:
     # --- writing new entries ----------------------------------------------------------------
 
     def _enqueue_sync(self, entry: DeliveryEntry) -> None:
-        data = atomic_write_compact_json(self.pending_path(entry.id), entry_to_json(entry))
+        data = _entry_bytes(entry)
+        atomic_create_bytes(self.pending_path(entry.id), data)  # ids are unique: no one else writes it
         if len(self._fresh) < FRESH_CACHE_LIMIT:
             self._fresh[entry.id] = (data, entry)
 
