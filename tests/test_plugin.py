@@ -10,33 +10,39 @@ from trio_gateway.errors import GatewayDrainingError
 from trio_gateway.gateway import Gateway
 from trio_gateway.log import MemorySink
 from trio_gateway.routing import Origin
-from trio_gateway.scenario import FakeChannels, ScenarioModel
+from trio_gateway.testing.fake_channels import FakeChannels
+from trio_gateway.testing.harness import DeliveryTap, Harness, HarnessModel, fake_account
 from trio_gateway.testing.runtime import quick_config
 
 ME = Origin("console", "me")
+SLACK = Origin("slack", "C0123456789")
 
 
-async def test_a_turn_is_answered_on_the_requesters_channel(gateway: Gateway, fake_channels: FakeChannels) -> None:
+async def test_a_turn_is_answered_on_the_requesters_channel(
+    gateway: Gateway, deliveries: DeliveryTap, gateway_harness: Harness
+) -> None:
     sid, _ = await gateway.submit(agent_id="main", origin=ME, prompt="hello")
     await gateway.busy.wait_value(0)
-    [reply] = await fake_channels.wait_delivered(1, "console")
+    [reply] = await deliveries.wait_delivered(1, "console")
     assert (reply.to, reply.kind) == ("me", "reply")
     assert gateway.status()["sessions"][0]["id"] == sid
+    [line] = gateway_harness.messages("console")  # what the console channel wrote to its file
+    assert (line.to, line.text) == ("me", "echo: hello")
 
 
 async def test_runs_on_a_virtual_clock_without_asking_for_one(
-    gateway: Gateway, fake_channels: FakeChannels, gateway_log: MemorySink
+    gateway: Gateway, deliveries: DeliveryTap, gateway_log: MemorySink
 ) -> None:
     start = trio.current_time()
     await gateway.submit(agent_id="main", origin=ME, prompt="/slow 60 3600")  # an hour of streaming
-    [reply] = await fake_channels.wait_delivered()
+    [reply] = await deliveries.wait_delivered()
     assert reply.at - start == pytest.approx(3600, abs=1)
     assert gateway.status()["uptimeSeconds"] >= 3600
     assert not gateway_log.tagged("STALLED SESSION DETECTED")  # it streamed: progress every 60 s
 
 
 async def test_restart_on_a_stalled_model_keeps_its_bound(
-    gateway: Gateway, fake_model: ScenarioModel, gateway_log: MemorySink
+    gateway: Gateway, fake_model: HarnessModel, gateway_log: MemorySink
 ) -> None:
     fake_model.kill_upstream()  # harmless with nothing in flight
     await gateway.submit(agent_id="main", origin=ME, prompt="/stall")
@@ -48,19 +54,35 @@ async def test_restart_on_a_stalled_model_keeps_its_bound(
     assert "Draining timeout exceeded (10000ms); forcing task abort" in messages
 
 
-async def test_failing_channel_retries_and_the_test_can_change_it(
-    gateway: Gateway, fake_channels: FakeChannels
+async def test_failing_channel_retries_through_the_real_adapter(
+    gateway: Gateway, fake_channels: FakeChannels, deliveries: DeliveryTap
 ) -> None:
-    fake_channels.configure("console", mode="fail", failTimes=2)
-    await gateway.submit(agent_id="main", origin=ME, prompt="hi")
-    await fake_channels.wait_delivered()  # the backoff passes in virtual time
-    outcomes = [r.outcome for r in fake_channels.requests]
-    assert outcomes == ["retry", "retry", "ok"]
+    fake_channels.fail("slack", times=2)
+    await gateway.submit(agent_id="main", origin=SLACK, prompt="hi")
+    await deliveries.wait_delivered(1, "slack")  # the backoff passes in virtual time
+    assert [(a.outcome, a.reason) for a in deliveries.attempts] == [("retry", "HTTP 503")] * 2 + [("ok", "")]
+    assert len(fake_channels.requests_to("slack")) == 3
+    [message] = fake_channels.delivered("slack")
+    assert (message.to, message.text) == ("C0123456789", "echo: hi")
+
+
+async def test_a_rejection_is_classified_per_channel_and_dead_lettered(
+    gateway: Gateway, fake_channels: FakeChannels, gateway_harness: Harness
+) -> None:
+    fake_channels.reject("feishu")  # the platform's "invalid ids": HTTP 400, code 99992360
+    await gateway.submit(agent_id="main", origin=Origin("feishu", "ou_nobody"), prompt="hi")
+    await gateway.busy.wait_value(0)
+    await trio.sleep(1)
+    [dead] = await gateway_harness.dead_letters()
+    assert dead.failed_reason == "HTTP 400 feishu_code 99992360 Invalid ids"
+    assert [r.op for r in fake_channels.requests if r.channel == "feishu"] == ["token", "send"]
 
 
 @pytest.fixture
 def gateway_config() -> Config:
-    return quick_config(**{"gateway.drain.timeoutSeconds": 5})
+    # Accounts need only the keys their adapter requires; the harness makes up the secrets.
+    accounts = {f"channels.{c}.accounts.default": fake_account(c) for c in ("slack", "feishu")}
+    return quick_config(**{"gateway.drain.timeoutSeconds": 5, **accounts})
 
 
 async def test_gateway_config_can_be_overridden(gateway: Gateway) -> None:

@@ -91,6 +91,7 @@ BAD_FILES = [
         "line 1: config.gateway.drain.timeoutSeconds: must be a positive",
     ),
     ('[channels.feishu]\nmode = "flaky"\n', 'line 1: channels.feishu.mode: expected one of "accept", "reject"'),
+    ('[channels.console]\nmode = "fail"\n', "line 1: channels.console.mode: console has no fake server"),
     ('[[expect]]\ntype = "log"\n', "line 1: expect[0].tag: required key missing"),
     ("[modle]\n", "line 1: modle: unknown table"),
     ("[[action]\n", "not valid TOML"),
@@ -123,3 +124,51 @@ def test_timeline_folds_repeats_but_keeps_other_tags() -> None:
     assert len(result.timeline) < 40
     assert tags.count("DRAINING") == 2
     assert sum(t.repeated for t in result.timeline) > 100
+
+
+MISROUTED = """
+[channels.feishu]
+mode = "reject"
+
+[channels.telegram]
+mode = "rate_limit"
+failTimes = 2
+retryAfterSeconds = 7
+
+[[action]]
+at = 0
+type = "inject_deliveries"
+channel = "feishu"
+to = "ou_not_in_this_app"
+
+[[action]]
+at = 0
+type = "inject_deliveries"
+channel = "telegram"
+to = "12345"
+
+[[expect]]
+type = "dead_letter"
+channel = "feishu"
+reason = "HTTP 400 feishu_code 99992360 Invalid ids"
+count = 1
+
+[[expect]]
+type = "delivery"
+channel = "telegram"
+to = "12345"
+by = 14.5
+
+[[expect]]
+type = "no_request"
+channel = "feishu"
+"""
+
+
+def test_channels_are_the_real_adapters_behind_http_fakes() -> None:
+    result = scenario.run(scenario.parse_text(MISROUTED))
+    assert [e.passed for e in result.expectations] == [True, True, False], scenario.render(result)
+    # The real Feishu adapter fetched its tenant token, then sent once: a permanent rejection.
+    assert result.summary["httpRequests"] == {"feishu": {"token": 1, "send": 1}, "telegram": {"send": 3}}
+    assert result.summary["channelRequests"]["telegram"] == {"rate_limited": 2, "ok": 1}
+    assert "2 request(s), first POST /open-apis/auth/v3/tenant_access_token/internal" in result.expectations[2].detail

@@ -1,15 +1,21 @@
 """pytest fixtures that run a whole gateway in-process on trio's virtual clock (SPEC 10).
 
-    async def test_reply_reaches_the_requester(gateway, fake_channels):
+    async def test_reply_reaches_the_requester(gateway, deliveries):
         await gateway.submit(agent_id="main", origin=Origin("console", "me"), prompt="hi")
-        await gateway.busy.wait_value(0)
-        assert fake_channels.delivered("console")[0].to == "me"
+        [reply] = await deliveries.wait_delivered(1, "console")
+        assert reply.to == "me"
 
 Fixtures: `gateway` (a running `Gateway`, generation 1 accepting work), `fake_model` (the model
 upstream: prompt directives `/stall`, `/slow N T`, `/spawn AGENT TASK`, `/fail`, plus
-`.spec`, `.kill_upstream()`), `fake_channels` (every channel's fake server: `.configure()`,
-`.requests`, `.delivered()`), `gateway_log` (the events, with virtual times),
-`gateway_harness` (all of them), and `gateway_config` to override for a different setup.
+`.spec`, `.kill_upstream()`), `fake_channels` (`testing.fake_channels.FakeChannels`: the
+HTTP-level server of every platform's send API behind the real channel adapters; steer it with
+`.reject()`, `.fail()`, `.rate_limit()`, `.delay()`, `.accept()`, read `.requests_to()`,
+`.delivered()`), `deliveries` (every send the delivery worker made, with its kind and its
+classified outcome: `.attempts`, `.delivered()`, `.wait_delivered()`), `gateway_log` (the
+events, with virtual times), `gateway_harness` (all of them), and `gateway_config` to override
+for a different setup. Accounts in the config need only `baseUrl` (any: it is never dialled)
+and the names of their secrets (`tokenEnv`, Feishu `appId` + `appSecretEnv`); the harness
+makes up their values (`testing.harness.fake_account(channel)` writes such an account).
 
 A test that uses `gateway` runs on `MockClock(autojump_threshold=0)` without asking for
 `autojump_clock` itself: sleeps and deadlines cost no wall time. Needs pytest-trio with
@@ -29,7 +35,8 @@ import trio.testing
 from trio_gateway.config import Config
 from trio_gateway.gateway import Gateway
 from trio_gateway.log import MemorySink
-from trio_gateway.scenario import FakeChannels, Harness, ScenarioModel
+from trio_gateway.testing.fake_channels import FakeChannels
+from trio_gateway.testing.harness import DeliveryTap, Harness, HarnessModel
 from trio_gateway.testing.runtime import quick_config
 
 # How long the fixture's teardown may take to stop the gateway (virtual seconds: free).
@@ -60,8 +67,8 @@ def gateway_config() -> Config:
 
 
 @pytest.fixture
-def fake_model() -> ScenarioModel:
-    return ScenarioModel()
+def fake_model() -> HarnessModel:
+    return HarnessModel()
 
 
 @pytest.fixture
@@ -71,12 +78,11 @@ def fake_channels() -> FakeChannels:
 
 @pytest.fixture
 async def gateway_harness(
-    tmp_path: Path, gateway_config: Config, fake_model: ScenarioModel, fake_channels: FakeChannels, nursery: Any
+    tmp_path: Path, gateway_config: Config, fake_model: HarnessModel, fake_channels: FakeChannels, nursery: Any
 ) -> AsyncIterator[Harness]:
     _require_virtual_clock()
     harness = Harness.build(tmp_path / "home", gateway_config, model=fake_model, channels=fake_channels)
     await nursery.start(harness.gateway.serve)
-    fake_channels.t0 = trio.current_time()
     yield harness
     await _stop(harness.gateway)
 
@@ -84,6 +90,11 @@ async def gateway_harness(
 @pytest.fixture
 def gateway(gateway_harness: Harness) -> Gateway:
     return gateway_harness.gateway
+
+
+@pytest.fixture
+def deliveries(gateway_harness: Harness) -> DeliveryTap:
+    return gateway_harness.tap
 
 
 @pytest.fixture
