@@ -30,7 +30,7 @@ from trio_gateway.classify import OK, Outcome
 from trio_gateway.delivery import ClosableChannels, QueueDelivery
 from trio_gateway.entry import DeliveryEntry
 from trio_gateway.errors import ModelCallError
-from trio_gateway.gateway import Gateway
+from trio_gateway.gateway import DeliveryFactory, Gateway
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.models.base import Message, ModelReply
@@ -249,7 +249,7 @@ class Harness:
         gateway.deps.delivery_factory = harness._delivery_factory(fake_env(config) if env is None else env, seed)
         return harness
 
-    def _delivery_factory(self, env: Mapping[str, str], seed: int) -> Any:
+    def _delivery_factory(self, env: Mapping[str, str], seed: int) -> DeliveryFactory:
         production = queue_delivery(
             self.home, self.gateway.log, env, inline, transport=self.channels.transport(), rng=random.Random(seed)
         )
