@@ -14,6 +14,7 @@ import trio
 
 from trio_gateway.classify import OK, Outcome
 from trio_gateway.entry import DeliveryEntry
+from trio_gateway.store import BlockingRunner, in_thread
 
 
 def line_for(entry: DeliveryEntry) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def _id_of(raw: bytes) -> list[str]:
 
 
 def append_once(seen: SeenIds, entry: DeliveryEntry) -> None:
-    """Blocking: runs in a worker thread. fsync before success, because the queue deletes the
+    """Blocking: runs through the channel's `BlockingRunner`. fsync before success, because the queue deletes the
     entry on `ok`: a line lost in a crash after that would be a message lost."""
     seen.refresh()
     if entry.id in seen.ids:
@@ -91,6 +92,9 @@ def _ends_torn(path: Path) -> bool:
 @attrs.define
 class ConsoleChannel:
     path: Path
+    # How the blocking append runs: a worker thread in production, `inline` on a MockClock
+    # (which cannot see work in a thread and would jump its clock meanwhile).
+    runner: BlockingRunner = in_thread
     seen: SeenIds = attrs.field(init=False)
     lock: trio.Lock = attrs.Factory(trio.Lock)
     name: str = "console"
@@ -102,7 +106,7 @@ class ConsoleChannel:
     async def send(self, entry: DeliveryEntry) -> Outcome:
         async with self.lock:
             try:
-                await trio.to_thread.run_sync(append_once, self.seen, entry)
+                await self.runner(lambda: append_once(self.seen, entry))
             except OSError as exc:
                 return Outcome("retry", f"console: {type(exc).__name__}: {exc.strerror or exc}")
         return OK

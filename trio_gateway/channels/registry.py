@@ -23,6 +23,7 @@ from trio_gateway.config import AccountConfig, Config
 from trio_gateway.errors import ConfigError
 from trio_gateway.home import Home
 from trio_gateway.http_client import AsyncBaseTransport
+from trio_gateway.store import in_thread
 
 
 @attrs.frozen
@@ -139,7 +140,7 @@ class ChannelSet:
         """`transport` replaces the network for every account (an in-process fake in tests)."""
         specs = _specs(config, env, _transport_factory(transport))
         _validate(specs)
-        channels = cls(ConsoleChannel(home.console_path))
+        channels = cls(ConsoleChannel(home.console_path, in_thread))
         for spec in specs:
             channels.accounts.setdefault(spec.channel, {})[spec.account_id] = OPENERS[spec.channel](spec)
         return channels

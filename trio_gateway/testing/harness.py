@@ -25,8 +25,8 @@ from trio_util import AsyncValue, move_on_when
 from trio_gateway import config as cfg
 from trio_gateway.assemble import queue_delivery
 from trio_gateway.channels.base import Channel
-from trio_gateway.channels.console import ConsoleChannel, append_once
-from trio_gateway.classify import OK, Outcome
+from trio_gateway.channels.console import ConsoleChannel
+from trio_gateway.classify import Outcome
 from trio_gateway.delivery import ClosableChannels, QueueDelivery
 from trio_gateway.entry import DeliveryEntry
 from trio_gateway.errors import ModelCallError
@@ -165,22 +165,6 @@ class TappedChannel:
 
 
 @attrs.define
-class InlineConsole(ConsoleChannel):
-    """The console channel writing on the trio thread. MockClock cannot see work in a worker
-    thread: with `autojump_threshold=0` it jumps to the next deadline while the line is being
-    written, so a reply would land seconds of virtual time late, by chance. (The queue runs
-    `inline` for the same reason.)"""
-
-    async def send(self, entry: DeliveryEntry) -> Outcome:
-        await trio.lowlevel.checkpoint()
-        try:
-            append_once(self.seen, entry)
-        except OSError as exc:
-            return Outcome("retry", f"console: {type(exc).__name__}: {exc.strerror or exc}")
-        return OK
-
-
-@attrs.define
 class TappedChannels:
     inner: ClosableChannels
     tap: DeliveryTap
@@ -259,7 +243,7 @@ class Harness:
             assert isinstance(delivery, QueueDelivery)  # what `queue_delivery` builds
             # Only the worker's lookup is wrapped, to record each verdict with the entry's kind;
             # the adapters, the queue and the closing of the channels stay production's own.
-            console = InlineConsole(self.home.console_path)
+            console = ConsoleChannel(self.home.console_path, inline)
             delivery.worker.channels = TappedChannels(delivery.channels, self.tap, console)
             self.current = delivery
             return delivery
