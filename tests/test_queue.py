@@ -362,3 +362,54 @@ async def test_pending_ids_lists_without_parsing_and_a_claim_quarantines_junk(tm
     assert (tmp_path / "quarantine" / "torn.json").read_text() == '{"id": '
     assert os.listdir(tmp_path / "inflight") == []
     assert sink.tagged("QUARANTINE")
+
+
+async def test_concurrent_enqueues_share_one_directory_fsync_after_every_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = make_queue(tmp_path)
+    (tmp_path / "inflight").mkdir(parents=True)
+    entries = [make_entry(q) for _ in range(10)]
+    returned: list[str] = []
+    synced: list[tuple[Path, list[str], int]] = []
+
+    def fake_fsync_dir(directory: Path) -> None:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
+        synced.append((directory, names, len(returned)))
+
+    monkeypatch.setattr("trio_gateway.queue.fsync_dir", fake_fsync_dir)
+
+    async def enqueue(entry: DeliveryEntry) -> None:
+        await q.enqueue(entry)
+        returned.append(entry.id)
+
+    async with trio.open_nursery() as nursery:
+        for e in entries:
+            nursery.start_soon(enqueue, e)
+    # One folder fsync, after all ten renames, before any caller was told its entry is written.
+    assert synced == [(tmp_path, sorted(f"{e.id}.json" for e in entries), 0)]
+    assert sorted(returned) == sorted(e.id for e in entries)
+    assert [e.id for e in await q.list_pending()] == sorted(e.id for e in entries)
+
+
+async def test_an_enqueue_batch_that_fails_fails_every_caller_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    q = make_queue(tmp_path)
+    entries = [make_entry(q) for _ in range(3)]
+
+    def broken(directory: Path) -> None:
+        raise OSError("fsync failed")
+
+    monkeypatch.setattr("trio_gateway.queue.fsync_dir", broken)
+    failed: list[str] = []
+
+    async def enqueue(entry: DeliveryEntry) -> None:
+        with pytest.raises(OSError, match="fsync failed"):
+            await q.enqueue(entry)
+        failed.append(entry.id)
+
+    async with trio.open_nursery() as nursery:
+        for e in entries:
+            nursery.start_soon(enqueue, e)
+    assert sorted(failed) == sorted(e.id for e in entries)  # none was reported durable
