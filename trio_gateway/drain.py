@@ -47,7 +47,7 @@ class DrainReport:
     started_at: float
     waited_seconds: float  # request to work gone (cleanup included)
     aborted_tasks: int
-    aborted_work: tuple[str, ...]  # "model_call session=s-1 idle=168s" for each unit cut off
+    aborted_work: tuple[str, ...]  # "model_call session=s-1-1" for each unit cut off
 
 
 @attrs.define(eq=False)

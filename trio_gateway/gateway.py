@@ -89,7 +89,6 @@ class Generation:
     config: Config
     runtime: agent.Runtime
     work: trio.Nursery
-    started_at: float
 
 
 @attrs.define(eq=False)
@@ -112,7 +111,6 @@ class Gateway:
     _drain_wanted: trio.Event = attrs.Factory(trio.Event)
     _by_origin: dict[tuple[str, Origin | None], str] = attrs.Factory(dict)
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
-    _root: trio.Nursery | None = None
 
     def __attrs_post_init__(self) -> None:
         self.registry = WorkRegistry(self.deps.log)
@@ -134,7 +132,6 @@ class Gateway:
             self._by_origin[(record.agent, record.origin)] = record.id
         started = task_status
         async with trio.open_nursery() as root:
-            self._root = root
             for server in self.deps.servers:
                 await root.start(server, self)
             completed: DrainRequest | None = None
@@ -185,7 +182,7 @@ class Gateway:
                 cut = ExitStack()
                 with cut, trio.CancelScope() as work_scope:
                     async with trio.open_nursery() as work:
-                        self.current = Generation(number, config, rt, work, trio.current_time())
+                        self.current = Generation(number, config, rt, work)
                         leftover = [(s, t) for s in self.sessions.values() for t in s.record.turns]
                         self.generation_number = number
                         self.state.value = "running"
@@ -238,10 +235,11 @@ class Gateway:
     def _finish_drain(self, request: DrainRequest, timed_out: bool, left: DrainCounts) -> None:
         now = trio.current_time()
         took = now - request.requested_at
-        aborted = tuple(f"{u.kind} session={u.session_id or '-'}" for u in left.blockers) if timed_out else ()
-        for unit in left.blockers if timed_out else ():
+        cut = left.blockers if timed_out else ()
+        aborted = tuple(f"{u.kind} session={u.session_id or '-'}" for u in cut)
+        for unit in cut:
             # Drain aborts count with stall aborts (metrics), without a log line each.
-            self.registry.aborts_by_kind[unit.kind] = self.registry.aborts_by_kind.get(unit.kind, 0) + 1
+            self.registry.count_abort(unit.kind)
         request.report = DrainReport(
             kind=request.kind,
             forced=request.force,

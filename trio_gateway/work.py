@@ -16,7 +16,6 @@ from typing import Literal
 
 import attrs
 import trio
-from trio_util import AsyncValue
 
 from trio_gateway.errors import WorkAbortedError
 from trio_gateway.log import EventLog
@@ -69,9 +68,6 @@ class WorkRegistry:
     log: EventLog
     _units: dict[int, WorkUnit] = attrs.Factory(dict)
     _ids: Iterator[int] = attrs.Factory(lambda: itertools.count(1))
-    # Count of units by kind that a drain waits on; AsyncValue lets a waiter sleep until a
-    # predicate holds instead of polling.
-    active: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
     aborts_by_kind: dict[str, int] = attrs.Factory(dict)
 
     def units(self) -> list[WorkUnit]:
@@ -94,18 +90,20 @@ class WorkRegistry:
         now = trio.current_time()
         unit = WorkUnit(next(self._ids), kind, session_id, now, now, f"{kind}:started", parent)
         self._units[unit.id] = unit
-        self.active.value += 1
         try:
             with unit.scope:
                 yield unit
         finally:
             del self._units[unit.id]
-            self.active.value -= 1
             if unit.abort_reason is not None:
-                self.aborts_by_kind[kind] = self.aborts_by_kind.get(kind, 0) + 1
+                self.count_abort(kind)
                 self._log_abort_complete(unit)
         if unit.abort_reason is not None and unit.scope.cancelled_caught:
             raise WorkAbortedError(f"{kind} aborted: {unit.abort_reason}")
+
+    def count_abort(self, kind: str) -> None:
+        """One unit of `kind` was cut off (stall recovery, session abort or a drain): /metrics."""
+        self.aborts_by_kind[kind] = self.aborts_by_kind.get(kind, 0) + 1
 
     def _log_abort_complete(self, unit: WorkUnit) -> None:
         took = round(trio.current_time() - unit.started_at)
