@@ -338,12 +338,12 @@ async def test_slow_answer_is_cut_by_caller_deadline(
 # --- console ----------------------------------------------------------------------------------
 
 
-async def test_console_appends_once_per_id(tmp_path: Path) -> None:
+async def test_console_appends_once_per_idempotency_key(tmp_path: Path) -> None:
     path = tmp_path / "logs" / "console.jsonl"
     console = ConsoleChannel(path)
     assert (await console.send(entry("console", "me", entry_id="e1"))).ok
     assert (await console.send(entry("console", "me", entry_id="e1"))).ok
-    assert (await console.send(entry("console", "me", text="again", entry_id="e2"))).ok
+    assert (await console.send(entry("console", "me", text="again", key="key-2", entry_id="e2"))).ok
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["id"] for line in lines] == ["e1", "e2"]
     assert lines[0] == {
@@ -357,7 +357,7 @@ async def test_console_appends_once_per_id(tmp_path: Path) -> None:
         "idempotencyKey": "key-1",
     }
     # A fresh adapter (a restarted gateway) still sees what the file holds.
-    assert (await ConsoleChannel(path).send(entry("console", "me", entry_id="e2"))).ok
+    assert (await ConsoleChannel(path).send(entry("console", "me", key="key-2", entry_id="e2"))).ok
     assert len(path.read_text().splitlines()) == 2
 
 

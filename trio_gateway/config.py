@@ -7,6 +7,7 @@ so an operator can find it; nothing is coerced (`"5"` is not a number, `4.9` is 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import re
@@ -208,6 +209,17 @@ def _strict_str(value: object, _: type) -> str:
     return value
 
 
+def _strict_datetime(value: object, _: type) -> dt.datetime:
+    # Every time the gateway stores is UTC with an offset; a naive one cannot be compared
+    # with them (TypeError at the first comparison), so it is refused where it is read.
+    if not isinstance(value, str):
+        raise TypeError(f"expected an ISO 8601 time, got {json.dumps(value)}")
+    parsed = dt.datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"expected a time with a timezone offset, got {json.dumps(value)}")
+    return parsed
+
+
 def _strict_literal(value: object, tp: Any) -> object:
     allowed = get_args(tp)
     if value not in allowed or isinstance(value, bool):
@@ -226,6 +238,7 @@ def make_strict_converter(*, camel_keys: bool = True) -> cattrs.Converter:
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(dt.datetime, _strict_datetime)
     conv.register_structure_hook_func(lambda t: getattr(t, "__origin__", None) is Literal, _strict_literal)
 
     def renames(cls: type) -> dict[str, Any]:

@@ -9,6 +9,7 @@ own cancel scope. An attempt cut by cancellation goes back to pending uncounted.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import heapq
 import math
@@ -252,7 +253,10 @@ class DeliveryWorker:
     async def _rescan_loop(self) -> None:
         while True:
             await trio.sleep(self.config.rescan_interval_seconds)
-            await self._rescan()
+            try:
+                await self._rescan()
+            except OSError as exc:  # a full or failing disk: the next rescan tries again
+                self.log.error("DELIVERY", "Queue rescan failed; retrying at the next interval", error=repr(exc))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver continuously until cancelled. Started once the channels are up."""
@@ -279,6 +283,12 @@ class DeliveryWorker:
     async def _run_one(self, entry_id: str, limiter: trio.Semaphore) -> None:
         try:
             await self.attempt(entry_id)
+        except Exception as exc:
+            # One entry's disk trouble (a vanished file, ENOSPC, EIO) must never take the
+            # worker, the generation and the process down with it: the entry stays where it is
+            # on disk and the next rescan (or start) picks it up again.
+            self.log.error("DELIVERY", f"Attempt at entry {entry_id} failed; left for a later rescan", error=repr(exc))
+            self._schedule.pop(entry_id, None)
         finally:
             self._active.discard(entry_id)
             slot = self._schedule.get(entry_id)
@@ -580,7 +590,8 @@ class QueueDelivery:
 
     async def _count_failed(self) -> None:
         while True:
-            self._failed = len(await self.worker.queue.list_failed())
+            with contextlib.suppress(OSError):  # a count for /v1/status only: keep the last one
+                self._failed = len(await self.worker.queue.list_failed())
             await trio.sleep(self.worker.config.rescan_interval_seconds)
 
     def counts(self) -> dict[str, int]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import re
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack
 from typing import Any, Literal, Protocol
@@ -37,13 +36,12 @@ from trio_gateway.home import Home
 from trio_gateway.log import EventLog, ms
 from trio_gateway.models.base import Model
 from trio_gateway.routing import Origin
-from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnKind, TurnRecord
+from trio_gateway.sessions_store import SESSION_ID, SessionRecord, SessionStore, TurnKind, TurnRecord
 from trio_gateway.stall import StallWatchdog
 from trio_gateway.store import BlockingRunner, in_thread
 from trio_gateway.work import WorkRegistry
 
 State = Literal["starting", "running", "draining", "stopped"]
-SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class DeliveryService(Protocol):

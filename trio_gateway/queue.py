@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import attrs
+import cattrs
 import trio
 
 from trio_gateway.entry import DeliveryEntry, entry_from_json, entry_to_json
@@ -189,10 +190,17 @@ class EntryGone(Exception):
     """The entry's file vanished under us (deleted by hand): skip it, it is not an error."""
 
 
+def _what(exc: BaseException, _type: object) -> str:
+    return str(exc.args[0]) if isinstance(exc, (TypeError, ValueError)) and exc.args else repr(exc)
+
+
 def _parse(data: bytes, name: str) -> DeliveryEntry:
     """Raises ValueError (with the cattrs detail) for anything that is not a whole entry."""
     try:
         entry = entry_from_json(json.loads(data))
+    except cattrs.BaseValidationError as exc:
+        detail = "; ".join(cattrs.transform_error(exc, path="entry", format_exception=_what))
+        raise ValueError(f"not a delivery entry: {detail}") from exc
     except Exception as exc:
         raise ValueError(f"not a delivery entry: {type(exc).__name__}: {exc}") from exc
     if entry.id != name.split(".", 1)[0]:
@@ -200,9 +208,18 @@ def _parse(data: bytes, name: str) -> DeliveryEntry:
     return entry
 
 
+def _read(path: Path) -> bytes:
+    """Raises FileNotFoundError, or ValueError for a name that is not a regular file (a
+    directory called `<id>.json` must be quarantined, not crash every start)."""
+    try:
+        return path.read_bytes()
+    except (IsADirectoryError, PermissionError) as exc:
+        raise ValueError(f"not a readable entry file: {exc.strerror}") from None
+
+
 def _load(path: Path) -> DeliveryEntry:
     """Raises FileNotFoundError, or ValueError for anything that is not a whole entry."""
-    return _parse(path.read_bytes(), path.name)
+    return _parse(_read(path), path.name)
 
 
 def _entry_bytes(entry: DeliveryEntry) -> bytes:
@@ -396,13 +413,28 @@ class DeliveryQueue:
 
     def _read_claimed_sync(self, entry_id: str, path: Path) -> DeliveryEntry:
         """The entry we just renamed to `path`; its own bytes when we wrote them (no parse)."""
-        data = path.read_bytes()
+        data = _read(path)
         fresh = self._fresh.pop(entry_id, None)
         if fresh is not None and fresh[0] == data:
             return fresh[1]
         return _parse(data, path.name)
 
     def _claim_sync(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
+        # Marked ours BEFORE the rename: from the instant the inflight file exists, a
+        # concurrent `recover()` (the rescan, in another thread) sees it as a live claim of
+        # this process and leaves it alone. Marked after, it could move our own fresh claim
+        # back to pending between the rename and the read.
+        self._claimed.add(entry_id)
+        try:
+            result = self._claim_marked_sync(entry_id, now)
+        except BaseException:
+            self._claimed.discard(entry_id)
+            raise
+        if not isinstance(result, Claimed):
+            self._claimed.discard(entry_id)
+        return result
+
+    def _claim_marked_sync(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
         # Not synced: a claim lost in a crash leaves the entry pending, as recovery would.
         path = self.inflight_dir / _inflight_name(entry_id, self.pid, None)
         try:
@@ -410,17 +442,18 @@ class DeliveryQueue:
         except FileNotFoundError:
             if not self.inflight_dir.exists():
                 self.inflight_dir.mkdir(parents=True, exist_ok=True)
-                return self._claim_sync(entry_id, now)
+                return self._claim_marked_sync(entry_id, now)
             return None  # another worker has it, or a person deleted it
         try:
             entry = self._read_claimed_sync(entry_id, path)
+        except FileNotFoundError:
+            return None  # deleted by hand the instant after our rename
         except ValueError as exc:
             self._quarantine_sync(path, str(exc), name=f"{entry_id}.json")
             return None
         if entry.next_attempt_at > now:
             os.rename(path, self.pending_path(entry_id))  # either place recovers to pending
             return NotDue(entry.next_attempt_at, entry.channel, entry.account_id)
-        self._claimed.add(entry_id)
         return Claimed(entry, path)
 
     async def claim(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
@@ -477,8 +510,10 @@ class DeliveryQueue:
 
     def _finish_sync(self, claimed: Claimed, entry: DeliveryEntry | None, dest: Path) -> bool:
         """Move the claimed file to `dest`, rewritten to `entry` first when given. False when
-        a person deleted it meanwhile: their deletion stands."""
-        self._claimed.discard(claimed.entry.id)
+        a person deleted it meanwhile: their deletion stands.
+
+        The claim stays ours until the file has left `inflight/`: released earlier, a
+        concurrent `recover()` could move it back to pending under us (and re-send it)."""
         try:
             if entry is not None:
                 self._rewrite_sync(claimed, entry)
@@ -486,14 +521,17 @@ class DeliveryQueue:
         except (FileNotFoundError, EntryGone):
             self.log.warn("DELIVERY", f"Entry {claimed.entry.id} vanished while claimed (deleted by hand?); skipped")
             return False
+        finally:
+            self._claimed.discard(claimed.entry.id)
         self._cache.pop(dest.name, None)
         return True
 
     def _ack_sync(self, claims: list[Claimed]) -> list[None]:
         for claimed in claims:
-            self._claimed.discard(claimed.entry.id)
+            # Unlinked first, released after: see `_finish_sync`.
             with contextlib.suppress(FileNotFoundError):
                 claimed.path.unlink()
+            self._claimed.discard(claimed.entry.id)
         with contextlib.suppress(FileNotFoundError):
             fsync_dir(self.inflight_dir)  # one fsync makes the whole batch's deletions durable
         return [None] * len(claims)

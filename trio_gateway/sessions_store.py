@@ -12,6 +12,7 @@ import datetime as dt
 import itertools
 import json
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,9 @@ from trio_gateway.store import BlockingRunner, T, atomic_write_bytes, durable_re
 
 TurnKind = Literal["inbound", "cron", "internal"]
 TurnStatus = Literal["accepted", "running", "interrupted"]
+
+# Session ids name files under sessions/: a plain name, never a path.
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 # History kept per session: enough context for a chat, bounded so a file stays small.
 MAX_HISTORY = 40
@@ -69,6 +73,15 @@ async def in_thread_abandoning(fn: Callable[[], T]) -> T:
     return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
 
 
+def _read_record(path: Path) -> SessionRecord:
+    record = _CONVERTER.structure(json.loads(path.read_bytes()), SessionRecord)
+    # The id names the file the gateway writes back: `"id": "../../EVIL"` would write outside
+    # the home, and an id that disagrees with its file name would fork the session in two.
+    if not SESSION_ID.fullmatch(record.id) or f"{record.id}.json" != path.name:
+        raise ValueError(f"id {record.id!r} is not a plain name matching the file name {path.name!r}")
+    return record
+
+
 @attrs.define
 class SessionStore:
     root: Path
@@ -82,6 +95,8 @@ class SessionStore:
     _guard: threading.Lock = attrs.Factory(threading.Lock)
 
     def _path(self, session_id: str) -> Path:
+        if not SESSION_ID.fullmatch(session_id):  # never reached from valid input: a last guard
+            raise ValueError(f"session id {session_id!r} is not a plain file name")
         return self.root / f"{session_id}.json"
 
     async def save(self, record: SessionRecord) -> None:
@@ -108,7 +123,7 @@ class SessionStore:
             return []
         for path in sorted(self.root.glob("*.json")):
             try:
-                records.append(_CONVERTER.structure(json.loads(path.read_bytes()), SessionRecord))
+                records.append(_read_record(path))
             except Exception as exc:  # any unreadable file: keep it for a person, move on
                 self._quarantine(path, exc)
         return records

@@ -1,6 +1,8 @@
 """The `console` channel: one JSON line per delivery in `logs/console.jsonl`, so a newcomer sees
-a whole turn with no accounts anywhere. Deduplicates by entry id like a real platform would by
-its idempotency key: re-sending an id already in the file is a successful no-op."""
+a whole turn with no accounts anywhere. Deduplicates by idempotency key like a real platform:
+re-sending a key already in the file is a successful no-op. By key, not by entry id: a turn
+re-run after a crash enqueues its reply again under a new entry id but the same key (the turn's
+id), and its requester must still see one reply."""
 
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ def line_for(entry: DeliveryEntry) -> dict[str, Any]:
 
 @attrs.define
 class SeenIds:
-    """Ids already in the file. Reads only what was appended since the last look, so another
+    """Idempotency keys already in the file (a line without one counts by its entry id).
+    Reads only what was appended since the last look, so another
     process appending to the same file (`delivery process --once`) is seen too, at little cost."""
 
     path: Path
@@ -62,7 +65,9 @@ def _id_of(raw: bytes) -> list[str]:
         record = json.loads(raw)
     except ValueError:
         return []
-    value = record.get("id") if isinstance(record, dict) else None
+    if not isinstance(record, dict):
+        return []
+    value = record.get("idempotencyKey") or record.get("id")
     return [value] if isinstance(value, str) else []
 
 
@@ -70,7 +75,7 @@ def append_once(seen: SeenIds, entry: DeliveryEntry) -> None:
     """Blocking: runs through the channel's `BlockingRunner`. fsync before success, because the queue deletes the
     entry on `ok`: a line lost in a crash after that would be a message lost."""
     seen.refresh()
-    if entry.id in seen.ids:
+    if entry.idempotency_key in seen.ids:
         return
     seen.path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(line_for(entry), ensure_ascii=False).encode() + b"\n"
@@ -80,7 +85,7 @@ def append_once(seen: SeenIds, entry: DeliveryEntry) -> None:
         f.write(line)
         f.flush()
         os.fsync(f.fileno())
-    seen.ids.add(entry.id)
+    seen.ids.add(entry.idempotency_key)
 
 
 def _ends_torn(path: Path) -> bool:
