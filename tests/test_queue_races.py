@@ -13,10 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import trio
 from test_queue import T0, make_entry, make_queue
 
 from trio_gateway.log import MemorySink
-from trio_gateway.queue import Claimed, DeliveryQueue
+from trio_gateway.queue import Claimed, DeliveryQueue, GroupCommit, OutcomeUnknown
 
 
 def _interleave(q: DeliveryQueue, monkeypatch: pytest.MonkeyPatch, method: str) -> list[str]:
@@ -145,3 +146,45 @@ async def test_a_directory_in_inflight_is_recovered_then_quarantined(tmp_path: P
     await q.recover()
     assert await q.claim_to_send(bogus, T0) is None
     assert (q.quarantine_dir / f"{bogus}.json").is_dir()
+
+
+async def test_a_hung_batch_tells_every_caller_outcome_unknown_within_the_bound(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    hang = trio.Event()
+
+    async def run(items: list[int]) -> list[int]:
+        if not hang.is_set():
+            await trio.sleep_forever()  # an abandonable thread that never returns
+        return [i * 2 for i in items]
+
+    group: GroupCommit[int, int] = GroupCommit(run, timeout=3.0)
+    outcomes: dict[int, str] = {}
+
+    async def submit(i: int) -> None:
+        try:
+            outcomes[i] = str(await group.submit(i))
+        except OutcomeUnknown:
+            outcomes[i] = "unknown"
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(submit, i)
+    assert outcomes == {0: "unknown", 1: "unknown", 2: "unknown", 3: "unknown"}
+    assert trio.current_time() - start == pytest.approx(3.0)
+    hang.set()  # the disk answers again: the group is not wedged
+    assert await group.submit(7) == 14
+
+
+async def test_an_enqueue_retried_after_an_unknown_outcome_writes_one_entry(tmp_path: Path) -> None:
+    q = make_queue(tmp_path)
+    entry = make_entry(q)
+    await q.enqueue(entry)
+    q._uncertain.add(entry.id)  # as if the first enqueue's caller had been cut off
+    await q.enqueue(entry)
+    claimed = await q.claim_to_send(entry.id, T0)
+    assert isinstance(claimed, Claimed)
+    q._uncertain.add(entry.id)
+    await q.enqueue(entry)  # already claimed (inflight): not written again
+    assert await q.pending_ids() == []

@@ -14,13 +14,13 @@ from trio_gateway.channels import registry as channel_registry
 from trio_gateway.channels.registry import ChannelSet
 from trio_gateway.config import Config
 from trio_gateway.delivery import QueueDelivery
+from trio_gateway.disk import DiskRunners
 from trio_gateway.errors import ConfigError
 from trio_gateway.gateway import DeliveryFactory, Gateway, GatewayDeps, Server, load_config_from
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog
 from trio_gateway.models import build_model
 from trio_gateway.queue import DeliveryQueue
-from trio_gateway.sessions_store import in_thread_abandoning
 from trio_gateway.store import BlockingRunner, in_thread
 
 
@@ -32,6 +32,7 @@ def queue_delivery(
     *,
     transport: http.AsyncBaseTransport | None = None,
     rng: random.Random | None = None,
+    console_runner: BlockingRunner = in_thread,
 ) -> DeliveryFactory:
     """Per generation: the channels of that generation's config and a worker over the ONE
     queue object of this process (its claims must be known to its own `recover()`)."""
@@ -39,7 +40,7 @@ def queue_delivery(
 
     async def factory(config: Config, gateway: Gateway) -> QueueDelivery:
         assert gateway.wall is not None
-        channels = ChannelSet.build(config, home, env, transport)
+        channels = ChannelSet.build(config, home, env, transport, console_runner)
         return QueueDelivery.build(queue, channels, config, gateway.wall, log, gateway.registry, rng)
 
     return factory
@@ -56,14 +57,16 @@ def production_gateway(
 ) -> Gateway:
     preflight(config, env)
     home.ensure()
+    # One thread pool per subsystem, abandonable (`disk`): a stuck directory starves only itself.
+    disks = DiskRunners.threads() if runner is in_thread else DiskRunners.same(runner)
     deps = GatewayDeps(
         home=home,
         log=log,
         load_config=load_config_from(home),
         model_factory=lambda model_config: build_model(model_config, env),
-        delivery_factory=queue_delivery(home, log, env, runner),
+        delivery_factory=queue_delivery(home, log, env, disks.queue, console_runner=disks.console),
         runner=runner,
-        session_runner=in_thread_abandoning if runner is in_thread else None,
+        session_runner=disks.sessions,
         servers=servers or [],
         preflight=lambda new_config: preflight(new_config, env),
     )

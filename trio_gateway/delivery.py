@@ -175,6 +175,9 @@ class DeliveryWorker:
     log: EventLog
     work: WorkRegistry
     rng: random.Random
+    # Bound on settling or releasing an attempt after the send (shielded disk work): the
+    # drain's `cleanupTimeoutSeconds`, so a hung queue disk cannot stretch a restart past it.
+    cleanup_timeout: float = RELEASE_TIMEOUT_SECONDS
     _schedule: dict[str, Slot] = attrs.Factory(dict)
     # (due, id) for every scheduled id, lazily cleaned: an item is live while it is no earlier
     # than its id's slot and the id is not being attempted (see `_peek_heap`).
@@ -327,13 +330,13 @@ class DeliveryWorker:
         channel = self.channels.get(entry.channel, entry.account_id)
         pause_end = self._paused.get((entry.channel, entry.account_id), -math.inf)
         if channel is None or pause_end > trio.current_time():
-            with trio.move_on_after(RELEASE_TIMEOUT_SECONDS, shield=True):
+            with trio.move_on_after(self.cleanup_timeout, shield=True):
                 return await self._not_sendable(claimed, channel is None)
         else:
             try:
                 outcome = await self._send(channel, claimed)
             except BaseException:
-                with trio.move_on_after(RELEASE_TIMEOUT_SECONDS, shield=True):
+                with trio.move_on_after(self.cleanup_timeout, shield=True):
                     await self.queue.release(claimed)
                 self.log.info(
                     "DELIVERY", f"Channel={entry.channel} id={entry.id} Released: attempt cut off, not counted"
@@ -341,7 +344,7 @@ class DeliveryWorker:
                 raise
             # Settling is short disk work whose result must survive a cancellation arriving
             # after the channel answered: an `ok` lost here would be re-sent after a restart.
-            with trio.move_on_after(RELEASE_TIMEOUT_SECONDS, shield=True):
+            with trio.move_on_after(self.cleanup_timeout, shield=True):
                 return await self._settle(claimed, outcome)
         return AttemptResult(entry.id, "released", entry.channel, entry.to, "settling timed out; recovered at restart")
 
@@ -578,7 +581,16 @@ class QueueDelivery:
         work: WorkRegistry,
         rng: random.Random | None = None,
     ) -> QueueDelivery:
-        worker = DeliveryWorker(queue, channels, config.delivery, clock, log, work, rng or random.Random())
+        worker = DeliveryWorker(
+            queue,
+            channels,
+            config.delivery,
+            clock,
+            log,
+            work,
+            rng or random.Random(),
+            cleanup_timeout=min(RELEASE_TIMEOUT_SECONDS, config.gateway.drain.cleanup_timeout_seconds),
+        )
         outbox = Outbox(queue, config.agents, clock, log, on_enqueued=worker.notify)
         return cls(outbox, worker, channels)
 

@@ -7,9 +7,15 @@ virtual time each event happened at, so a timeline can be printed in MockClock s
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import json
+import os
+import queue
+import stat
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
@@ -72,25 +78,91 @@ class StreamSink:
         self.stream.flush()
 
 
+def open_append(path: Path) -> IO[str]:
+    """The log file, opened for appending, line-buffered. Refuses a FIFO or a device (opening
+    one for writing can block until a reader comes, which would be forever)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, f"{path} is not a regular file")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+
+
+# Lines waiting for the writer thread; past this (a log disk that stopped answering) new lines
+# are dropped and counted, never queued without bound.
+LOG_BACKLOG = 50_000
+
+
 @attrs.define
 class FileSink:
-    """Appends to `logs/gateway.log`. Line-buffered: a crash loses at most the line being
-    written, and `tail -f` shows events as they happen."""
+    """Appends to `logs/gateway.log`, from a thread of its own (the `logs` subsystem): logging
+    is called from everywhere, error handling included, so it must never block the event loop
+    (a hung disk, a FIFO) and never raise (ENOSPC). A line that cannot be written is counted;
+    the first failure is reported on stderr once. Line-buffered: `tail -f` shows events as they
+    happen, and a write that fails reopens the file for the next line (space may come back).
+
+    `opener` is the seam for fault injection (`testing.faults`): how the file is opened."""
 
     path: Path
     fmt: LogFormat = "text"
+    opener: Callable[[Path], IO[str]] = open_append
+    report: Callable[[str], None] = lambda text: _report_once(text)
+    failed: int = 0
     _file: IO[str] | None = None
+    _lines: queue.Queue[str | None] = attrs.Factory(lambda: queue.Queue(LOG_BACKLOG))
+    _thread: threading.Thread | None = None
+    _reported: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        # Started here, not on the first line: lines come from several threads at once.
+        self._thread = threading.Thread(target=self._drain, name="log-writer", daemon=True)
+        self._thread.start()
 
     def write(self, event: Event) -> None:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8", buffering=1)
-        self._file.write(event.line(self.fmt) + "\n")
+        try:
+            self._lines.put_nowait(event.line(self.fmt) + "\n")
+        except queue.Full:
+            self._failure("the log disk stopped answering; lines are being dropped")
 
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+    def _drain(self) -> None:
+        while (line := self._lines.get()) is not None:
+            try:
+                if self._file is None:
+                    self._file = self.opener(self.path)
+                self._file.write(line)
+            except Exception as exc:
+                self._close_file()
+                self._failure(f"{type(exc).__name__}: {exc}")
+
+    def _failure(self, why: str) -> None:
+        self.failed += 1
+        if not self._reported:
+            self._reported = True
+            self.report(f"trio-gateway: cannot write {self.path} ({why}); later failures are counted, not shown")
+
+    def _close_file(self) -> None:
+        with contextlib.suppress(Exception):
+            if self._file is not None:
+                self._file.close()
+        self._file = None
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Write what is queued (for at most `timeout`: a hung disk keeps its lines), then close."""
+        if self._thread is not None:
+            with contextlib.suppress(queue.Full):
+                self._lines.put_nowait(None)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                return  # stuck in a write: abandoned (a daemon thread), never waited for
+            self._thread = None
+        self._close_file()
+
+
+def _report_once(text: str) -> None:
+    with contextlib.suppress(Exception):  # stderr itself may be gone or full
+        print(text, file=sys.stderr, flush=True)
 
 
 @attrs.define
@@ -124,12 +196,28 @@ class EventLog:
     min_level: Level = "INFO"
     wall_clock: Callable[[], dt.datetime] = _utc_now
 
+    # Sink writes that raised (a full or closed stderr): counted, the first reported once.
+    failed: int = 0
+
     def emit(self, level: Level, tag: str, message: str, **fields: Any) -> None:
+        """Never raises and never blocks on a disk: logging runs inside error handling."""
         if _LEVELS[level] < _LEVELS[self.min_level]:
             return
         event = Event(self.wall_clock(), _trio_clock(), level, tag, message, fields)
         for sink in self.sinks:
-            sink.write(event)
+            try:
+                sink.write(event)
+            except Exception as exc:
+                self.failed += 1
+                if self.failed == 1:
+                    _report_once(
+                        f"trio-gateway: a log sink failed ({type(exc).__name__}: {exc}); later failures are counted"
+                    )
+
+    @property
+    def failed_writes(self) -> int:
+        """Every line some sink could not take, the file sink's included."""
+        return self.failed + sum(s.failed for s in self.sinks if isinstance(s, FileSink))
 
     def debug(self, tag: str, message: str, **fields: Any) -> None:
         self.emit("DEBUG", tag, message, **fields)

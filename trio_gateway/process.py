@@ -160,7 +160,7 @@ class GatewayProcess:
         async with aclosing(self.gateway.state.eventual_values()) as states:
             async for state in states:
                 fields = self._state_fields(state)
-                await trio.to_thread.run_sync(state_file.write, fields)
+                await trio.to_thread.run_sync(state_file.write, fields, abandon_on_cancel=True)  # atomic write
                 self._notify(state)
 
     def _state_fields(self, state: State) -> dict[str, Any]:

@@ -123,52 +123,87 @@ class _Ticket(Generic[I, R]):
         return self.result  # type: ignore[return-value]  # set with finished, R may be None
 
 
+class OutcomeUnknown(Exception):
+    """The caller was cut from a disk write before it learnt how the write ended: it may be on
+    disk or not. Retrying with the same entry id is safe (enqueue is idempotent by id)."""
+
+
+# How long a caller waits for its group-committed batch before it is told "outcome unknown".
+# Generous: disk work is milliseconds; this only bounds a disk that stopped answering.
+DISK_WAIT_SECONDS = 10.0
+
+
 @attrs.define
 class GroupCommit(Generic[I, R]):
     """Callers that arrive while a batch is on disk join the next batch: one thread hand-off
     and one directory fsync for all of them (group commit), instead of one each.
 
     The first caller leads: it runs the batch, then hands leadership to the oldest waiter, so
-    no caller is kept working for others indefinitely. Waiting and running are shielded: a
-    submitted item is always processed (its caller asked for it), and the disk work is short
-    and cannot be interrupted anyway once in a thread. `run_batch` answers items in order.
+    no caller is kept working for others indefinitely. Every wait is bounded: by the caller's
+    own cancellation and by `timeout`. A caller cut from the wait before its item joined a
+    batch withdraws it (nothing was written for it); one cut while its batch was on disk gets
+    `OutcomeUnknown` (or its `Cancelled`) and may retry. A leader cut mid-batch (its thread is
+    abandoned) tells the rest of the batch `OutcomeUnknown`, and hands the lead on.
+    `run_batch` answers items in order.
     """
 
     run_batch: Callable[[list[I]], Awaitable[list[R]]]
+    timeout: float = DISK_WAIT_SECONDS
     _waiting: list[_Ticket[I, R]] = attrs.Factory(list)
     _leading: bool = False
 
     async def submit(self, item: I) -> R:
         ticket: _Ticket[I, R] = _Ticket(item)
         self._waiting.append(ticket)
-        with trio.CancelScope(shield=True):
-            if self._leading:
-                await ticket.done.wait()
-            if not ticket.finished:  # no batch was running, or leadership was handed to us
-                await self._lead()
+        try:
+            with trio.move_on_after(self.timeout) as bound:
+                if self._leading:
+                    await ticket.done.wait()
+                if not ticket.finished:  # no batch was running, or leadership was handed to us
+                    await self._lead()
+        except BaseException:
+            self._withdraw(ticket)
+            raise
+        if bound.cancelled_caught and not ticket.finished:
+            self._withdraw(ticket)
+            raise OutcomeUnknown(f"disk did not answer within {self.timeout:g}s")
         return ticket.value()
+
+    def _withdraw(self, ticket: _Ticket[I, R]) -> None:
+        if ticket not in self._waiting:
+            return  # its batch is on disk or in flight: the batch settles it
+        self._waiting.remove(ticket)
+        if ticket.done.is_set() and not ticket.finished:
+            self._hand_over()  # it had been handed the lead and leaves without using it
+
+    def _hand_over(self) -> None:
+        if self._waiting:
+            self._waiting[0].done.set()  # not finished: it leads the next batch
+        else:
+            self._leading = False
 
     async def _lead(self) -> None:
         self._leading = True
-        # Callers already runnable (the dispatcher starts several attempts in one go) join now.
-        await trio.lowlevel.checkpoint()
-        batch, self._waiting = self._waiting, []
+        batch: list[_Ticket[I, R]] = []
         try:
+            # Callers already runnable (the dispatcher starts several attempts in one go) join now.
+            await trio.lowlevel.checkpoint()
+            batch, self._waiting = self._waiting, []
             results = await self.run_batch([t.item for t in batch])
             for ticket, result in zip(batch, results, strict=True):
                 ticket.result = result
         except BaseException as exc:
+            # A leader cut mid-batch does not know the outcome, nor do its followers; they
+            # must never re-raise the leader's own `Cancelled`.
+            shared = OutcomeUnknown("the batch's disk write was abandoned") if isinstance(exc, trio.Cancelled) else exc
             for ticket in batch:
-                ticket.error = exc
+                ticket.error = shared
             raise
         finally:
             for ticket in batch:
                 ticket.finished = True
                 ticket.done.set()
-            if self._waiting:
-                self._waiting[0].done.set()  # not finished: it leads the next batch
-            else:
-                self._leading = False
+            self._hand_over()
 
 
 def _inflight_name(entry_id: str, pid: int, send_started_at: dt.datetime | None) -> str:
@@ -282,6 +317,8 @@ class DeliveryQueue:
     # Entries this object enqueued, with the exact bytes written: a claim that reads the same
     # bytes back skips the parse. Comparing bytes, not timestamps, so never stale.
     _fresh: dict[str, tuple[bytes, DeliveryEntry]] = attrs.Factory(dict)
+    # Ids whose last enqueue ended without a known outcome: a retry looks on disk first.
+    _uncertain: set[str] = attrs.Factory(set)
     _sends: GroupCommit[tuple[str, dt.datetime], Claimed | NotDue | None] = attrs.field(init=False)
     _acks: GroupCommit[Claimed, None] = attrs.field(init=False)
     _enqueues: GroupCommit[DeliveryEntry, None] = attrs.field(init=False)
@@ -314,8 +351,20 @@ class DeliveryQueue:
 
     # --- writing new entries ----------------------------------------------------------------
 
+    def _already_written_sync(self, entry_id: str) -> bool:
+        """Is this entry on disk in any folder? Asked only for an id whose earlier enqueue
+        ended with an unknown outcome, so the hot path never lists `inflight/`."""
+        if self.pending_path(entry_id).exists() or (self.failed_dir / f"{entry_id}.json").exists():
+            return True
+        try:
+            return any(n.startswith(f"{entry_id}.") for n in os.listdir(self.inflight_dir))
+        except FileNotFoundError:
+            return False
+
     def _enqueue_batch_sync(self, entries: list[DeliveryEntry]) -> list[None]:
         for entry in entries:
+            if entry.id in self._uncertain and self._already_written_sync(entry.id):
+                continue  # a retry of a write that did happen: enqueue is idempotent by id
             data = _entry_bytes(entry)
             # Ids are unique: no one else writes the name. Each file is fsynced before its
             # rename; the folder once, after every rename of the batch, before any caller returns.
@@ -327,8 +376,18 @@ class DeliveryQueue:
 
     async def enqueue(self, entry: DeliveryEntry) -> None:
         """Write a new pending entry durably; when this returns, a crash cannot lose it.
-        Group-committed with concurrent enqueues: one thread hand-off and one directory fsync."""
-        await self._enqueues.submit(entry)
+        Group-committed with concurrent enqueues: one thread hand-off and one directory fsync.
+
+        Raises `OutcomeUnknown` when the disk did not answer in time, `OSError` when it failed
+        (ENOSPC): either way the caller may retry with the same entry, which is written at
+        most once (a retry first looks for it on disk). An entry acked in between would be
+        written again; the channels dedupe by idempotency key."""
+        try:
+            await self._enqueues.submit(entry)
+        except BaseException:
+            self._uncertain.add(entry.id)
+            raise
+        self._uncertain.discard(entry.id)
 
     # --- reading --------------------------------------------------------------------------
 

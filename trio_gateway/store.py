@@ -28,7 +28,11 @@ class BlockingRunner(Protocol):
 
 
 async def in_thread(fn: Callable[[], T]) -> T:
-    return await trio.to_thread.run_sync(fn)
+    # Abandoned when the caller is cancelled: a hung disk must never hold a cancelled caller
+    # (a drain's cleanup bound) hostage. Safe because every write here is atomic, so an
+    # abandoned one lands whole or not at all. The gateway itself gives each subsystem its
+    # own limiter (`disk.DiskRunners`); this shared one serves the CLI and the HTTP reads.
+    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
 
 
 async def inline(fn: Callable[[], T]) -> T:
@@ -76,7 +80,9 @@ def atomic_create_bytes(path: Path, data: bytes, *, sync_dir: bool = True) -> No
     is missing. The same discipline at fewer syscalls, for a queue's hot path. With
     `sync_dir=False` the caller fsyncs the folder itself (once for several files) and must not
     report the file as written before it has."""
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    # Unique per call, not just per process: a retry must not collide with the temporary of
+    # an abandoned write still stuck in its thread.
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except FileNotFoundError:

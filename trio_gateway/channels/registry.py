@@ -23,7 +23,7 @@ from trio_gateway.config import AccountConfig, Config
 from trio_gateway.errors import ConfigError
 from trio_gateway.home import Home
 from trio_gateway.http_client import AsyncBaseTransport
-from trio_gateway.store import in_thread
+from trio_gateway.store import BlockingRunner, in_thread
 
 
 @attrs.frozen
@@ -136,11 +136,13 @@ class ChannelSet:
         home: Home,
         env: Mapping[str, str],
         transport: AsyncBaseTransport | None = None,
+        console_runner: BlockingRunner = in_thread,
     ) -> ChannelSet:
-        """`transport` replaces the network for every account (an in-process fake in tests)."""
+        """`transport` replaces the network for every account (an in-process fake in tests);
+        `console_runner` runs the console file's appends (its own thread pool in production)."""
         specs = _specs(config, env, _transport_factory(transport))
         _validate(specs)
-        channels = cls(ConsoleChannel(home.console_path, in_thread))
+        channels = cls(ConsoleChannel(home.console_path, console_runner))
         for spec in specs:
             channels.accounts.setdefault(spec.channel, {})[spec.account_id] = OPENERS[spec.channel](spec)
         return channels
