@@ -13,7 +13,7 @@ import datetime as dt
 import itertools
 import json
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 import trio
@@ -39,6 +39,9 @@ class Outbox(Protocol):
         idempotency_key: str | None = None,
     ) -> object: ...
 
+
+# How long a turn waits for a session save it can do without (the disk keeps an older copy).
+SAVE_WAIT_SECONDS = 10.0
 
 SPAWN_TOOL: dict[str, Any] = {
     "type": "function",
@@ -173,7 +176,7 @@ async def run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
 async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> None:
     record = session.record
     turn.status = "running"
-    await rt.store.save(record)
+    await save_best_effort(rt, record)
     agent = rt.config.agents.get(record.agent)
     messages = _initial_messages(agent.system_prompt if agent else "", record.history, turn.prompt)
     kind: DeliveryKind = "cron_result" if turn.kind == "cron" else "reply"
@@ -189,11 +192,43 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
         kind, text = "reply", f"Sorry, this request failed: {error}"
         rt.log.warn("TURN", "Turn ended with a failure", sessionId=session.id, turnId=turn.id, error=str(error))
     record.remember([{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": text}])
-    # Deliver first, then forget the turn: a crash in between re-runs it (a possible
-    # duplicate reply) rather than losing it.
-    await _deliver(rt, kind=kind, origin=turn.origin, agent_id=record.agent, text=text, key=turn.id)
-    record.turns.remove(turn)
-    await rt.store.save(record)
+    turn.reply, turn.reply_kind = text, kind
+    await finish_turn(rt, session, turn)
+
+
+async def finish_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
+    """Hand the turn's reply to the outbox, then forget the turn. Deliver first: a crash in
+    between re-runs it (a duplicate the channel dedupes by the turn's id) rather than losing
+    it. A reply the outbox could not take keeps the turn, reply and all, for the next
+    generation: accepted work is never dropped because its reply could not be enqueued."""
+    assert turn.reply is not None
+    kind = turn.reply_kind or "reply"
+    outcome = await _deliver(
+        rt, kind=kind, origin=turn.origin, agent_id=session.record.agent, text=turn.reply, key=turn.id
+    )
+    if outcome == "failed":
+        turn.status = "interrupted"
+        return
+    if turn in session.record.turns:
+        session.record.turns.remove(turn)
+    await save_best_effort(rt, session.record)
+
+
+async def save_best_effort(rt: Runtime, record: SessionRecord) -> None:
+    """Save a session whose turn is already accepted. A failure (full disk) is logged, not
+    raised: the file on disk is older, which is safe (it still lists the turn, so a crash
+    re-runs it), and the turn must not be dropped over it."""
+    with trio.move_on_after(SAVE_WAIT_SECONDS) as bound:
+        try:
+            await rt.store.save(record)
+        except Exception as exc:
+            rt.log.error(
+                "SESSIONS", "Session not saved; the older copy on disk stands", sessionId=record.id, error=repr(exc)
+            )
+    if bound.cancelled_caught:  # a hung sessions disk: the turn goes on, the write is abandoned
+        rt.log.error(
+            "SESSIONS", "Session save did not finish in time; the older copy on disk stands", sessionId=record.id
+        )
 
 
 async def _cut(rt: Runtime, session: Session, turn: TurnRecord) -> None:
@@ -210,13 +245,11 @@ async def _cut(rt: Runtime, session: Session, turn: TurnRecord) -> None:
 
 
 async def drop_turn(rt: Runtime, session: Session, turn: TurnRecord, text: str) -> None:
-    """Forget a turn that will not run (again), telling its requester first."""
-    record = session.record
+    """Forget a turn that will not run (again), telling its requester first. A notice the
+    outbox cannot take keeps the turn as owing that notice (`finish_turn`)."""
     rt.log.warn("TURN", "Turn dropped", sessionId=session.id, turnId=turn.id, notice=text)
-    if turn in record.turns:
-        record.turns.remove(turn)
-    await _deliver(rt, kind="reply", origin=turn.origin, agent_id=record.agent, text=text, key=turn.id)
-    await rt.store.save(record)
+    turn.reply, turn.reply_kind = text, "reply"
+    await finish_turn(rt, session, turn)
 
 
 def _kept_for_resume(rt: Runtime, session: Session, turn: TurnRecord) -> bool:
@@ -262,22 +295,27 @@ def _initial_messages(system_prompt: str, history: list[Message], prompt: str) -
     return messages
 
 
+DeliverOutcome = Literal["enqueued", "no_route", "failed"]
+
+
 async def _deliver(
     rt: Runtime, *, kind: DeliveryKind, origin: Origin | None, agent_id: str, text: str, key: str | None
-) -> bool:
+) -> DeliverOutcome:
     """Hand a notice to the outbox. Never raises (but `Cancelled`): a notice that cannot be
-    enqueued is logged loudly with its text, and the caller's cleanup goes on."""
+    enqueued is logged loudly with its text, and the caller decides what to keep. (The queue's
+    outbox itself retries a full disk until cancelled; `failed` is what any other error or
+    outbox gives.)"""
     try:
         await rt.outbox.submit(kind=kind, origin=origin, agent_id=agent_id, text=text, idempotency_key=key)
     except DeliveryValidationError as exc:
         # The origin itself is unusable (validated at intake, so this means a stale session or
         # a removed agent): there is nowhere correct to send it.
         rt.log.error("DELIVERY", "Notice not enqueued: no valid route", kind=kind, error=str(exc), text=text[:200])
-        return False
+        return "no_route"
     except Exception as exc:  # disk full, I/O error: say so, keep going
         rt.log.error("DELIVERY", "Notice not enqueued", kind=kind, error=repr(exc), text=text[:200])
-        return False
-    return True
+        return "failed"
+    return "enqueued"
 
 
 # --- the agent loop -------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def queue_delivery(
     async def factory(config: Config, gateway: Gateway) -> QueueDelivery:
         assert gateway.wall is not None
         channels = ChannelSet.build(config, home, env, transport, console_runner)
-        return QueueDelivery.build(queue, channels, config, gateway.wall, log, gateway.registry, rng)
+        return QueueDelivery.build(queue, channels, config, gateway.wall, log, gateway.registry, rng, gateway.storage)
 
     return factory
 

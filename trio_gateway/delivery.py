@@ -25,15 +25,20 @@ from trio_gateway.channels.base import Channel
 from trio_gateway.classify import Outcome
 from trio_gateway.clock import WallClock
 from trio_gateway.config import AgentConfig, Config, DeliveryConfig
+from trio_gateway.disk import StorageHealth, is_no_space
 from trio_gateway.entry import DeliveryEntry, DeliveryKind, Payload, RequesterOrigin
-from trio_gateway.errors import DeliveryValidationError, WorkAbortedError
+from trio_gateway.errors import DeliveryValidationError, InsufficientStorageError, WorkAbortedError
 from trio_gateway.log import EventLog
-from trio_gateway.queue import Claimed, DeliveryQueue, NotDue
+from trio_gateway.queue import Claimed, DeliveryQueue, NotDue, OutcomeUnknown
 from trio_gateway.work import WorkRegistry
 
 # A cancelled attempt's entry must get back to pending even while the worker is being torn
 # down; disk work is milliseconds, so a short shielded bound is plenty.
 RELEASE_TIMEOUT_SECONDS = 2.0
+# A notice of accepted work that the queue disk refused is retried from this delay, doubling
+# up to the maximum: a full disk is freed by a person, in minutes, not milliseconds.
+ENQUEUE_RETRY_FIRST_SECONDS = 0.5
+ENQUEUE_RETRY_MAX_SECONDS = 30.0
 # An account the platform paused (WeChat errcode -14: session expired) needs a person; we
 # probe it again after this long rather than hammering it or forgetting it.
 PAUSE_PROBE_SECONDS = 300.0
@@ -61,6 +66,8 @@ class Outbox:
     log: EventLog
     # The worker's `notify`, so a new entry is sent now rather than at the next rescan.
     on_enqueued: Callable[[DeliveryEntry], None] | None = None
+    # Told while accepted work waits for a full queue disk, so intake refuses new work (507).
+    storage: StorageHealth = attrs.Factory(StorageHealth)
 
     async def submit(
         self,
@@ -80,9 +87,9 @@ class Outbox:
                 "DELIVERY",
                 f"No requester origin channel; delivering {kind} to agent {agent_id}'s first channel {route.channel}",
             )
-        return await self._enqueue(
-            kind, route.channel, route.to, route.account_id, agent_id, origin, text, idempotency_key
-        )
+        entry = self._entry(kind, route.channel, route.to, route.account_id, agent_id, origin, text, idempotency_key)
+        await self._enqueue_until_kept(entry)
+        return entry
 
     async def submit_manual(
         self, channel: str, to: str, account_id: str | None, agent_id: str | None, text: str
@@ -90,9 +97,51 @@ class Outbox:
         """`delivery create` and `POST /v1/deliveries`: an explicit address, no routing."""
         if account_id is None and agent_id is not None and agent_id in self.agents:
             account_id = self.agents[agent_id].account_id
-        return await self._enqueue("manual", channel, to, account_id, agent_id, None, text, None)
+        entry = self._entry("manual", channel, to, account_id, agent_id, None, text, None)
+        try:
+            await self.queue.enqueue(entry)
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            raise InsufficientStorageError(f"the delivery queue's disk is full: {exc.strerror}") from None
+        except OutcomeUnknown as exc:
+            raise InsufficientStorageError(f"the delivery queue's disk is not answering: {exc}") from None
+        self._enqueued(entry)
+        return entry
 
-    async def _enqueue(
+    async def _enqueue_until_kept(self, entry: DeliveryEntry) -> None:
+        """Accepted work's notices are never dropped because the disk is full or stuck: the
+        same entry (same id, so a write that did land is not doubled) is retried with backoff
+        until it is on disk, or the caller is cancelled (a drain: the turn is kept for the
+        next generation, its reply with it)."""
+        delay = ENQUEUE_RETRY_FIRST_SECONDS
+        attempt = 1
+        while True:
+            try:
+                await self.queue.enqueue(entry)
+                break
+            except (OSError, OutcomeUnknown) as exc:
+                self.storage.failed("queue", exc)
+                if attempt == 1:
+                    self.log.error(
+                        "DELIVERY",
+                        f"Entry {entry.id} not enqueued yet; retrying until the queue disk takes it",
+                        kind=entry.kind,
+                        error=repr(exc),
+                    )
+            await trio.sleep(delay)
+            delay = min(delay * 2, ENQUEUE_RETRY_MAX_SECONDS)
+            attempt += 1
+        self.storage.recovered("queue")
+        if attempt > 1:
+            self.log.info("DELIVERY", f"Entry {entry.id} enqueued after {attempt} attempts")
+        self._enqueued(entry)
+
+    def _enqueued(self, entry: DeliveryEntry) -> None:
+        if self.on_enqueued is not None:
+            self.on_enqueued(entry)
+
+    def _entry(
         self,
         kind: DeliveryKind,
         channel: str,
@@ -103,6 +152,7 @@ class Outbox:
         text: str,
         idempotency_key: str | None,
     ) -> DeliveryEntry:
+        """A validated, routed entry, not written yet."""
         try:
             warning = validation.check_address(channel, to)
         except DeliveryValidationError:
@@ -126,9 +176,6 @@ class Outbox:
             created_at=now,
             next_attempt_at=now,
         )
-        await self.queue.enqueue(entry)
-        if self.on_enqueued is not None:
-            self.on_enqueued(entry)
         return entry
 
 
@@ -253,17 +300,20 @@ class DeliveryWorker:
             if entry.id in self._schedule and entry.id not in self._active:
                 self.notify(entry)
 
+    async def _rescan_safely(self) -> None:
+        try:
+            await self._rescan()
+        except (OSError, OutcomeUnknown) as exc:  # a full or failing disk: the next rescan tries again
+            self.log.error("DELIVERY", "Queue rescan failed; retrying at the next interval", error=repr(exc))
+
     async def _rescan_loop(self) -> None:
         while True:
             await trio.sleep(self.config.rescan_interval_seconds)
-            try:
-                await self._rescan()
-            except OSError as exc:  # a full or failing disk: the next rescan tries again
-                self.log.error("DELIVERY", "Queue rescan failed; retrying at the next interval", error=repr(exc))
+            await self._rescan_safely()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver continuously until cancelled. Started once the channels are up."""
-        await self._rescan()
+        await self._rescan_safely()
         task_status.started()
         limiter = trio.Semaphore(self.config.concurrency)
         async with trio.open_nursery() as nursery:
@@ -580,6 +630,7 @@ class QueueDelivery:
         log: EventLog,
         work: WorkRegistry,
         rng: random.Random | None = None,
+        storage: StorageHealth | None = None,
     ) -> QueueDelivery:
         worker = DeliveryWorker(
             queue,
@@ -591,7 +642,7 @@ class QueueDelivery:
             rng or random.Random(),
             cleanup_timeout=min(RELEASE_TIMEOUT_SECONDS, config.gateway.drain.cleanup_timeout_seconds),
         )
-        outbox = Outbox(queue, config.agents, clock, log, on_enqueued=worker.notify)
+        outbox = Outbox(queue, config.agents, clock, log, on_enqueued=worker.notify, storage=storage or StorageHealth())
         return cls(outbox, worker, channels)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

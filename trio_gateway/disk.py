@@ -22,6 +22,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
+from trio_gateway.errors import InsufficientStorageError
 from trio_gateway.store import BlockingRunner, T
 
 # Threads per subsystem. Small: each is a disk, and more threads than the disk has queue
@@ -66,3 +67,23 @@ class DiskRunners:
 
 
 SUBSYSTEMS = tuple(a.name for a in attrs.fields(DiskRunners))
+
+
+@attrs.define
+class StorageHealth:
+    """Which subsystems' disks are refusing writes right now. Set by whoever retries accepted
+    work against a full disk (the outbox), cleared by its next success; `check` is how intake
+    refuses NEW work meanwhile (507) instead of accepting turns whose replies cannot be kept."""
+
+    full: dict[str, str] = attrs.Factory(dict)
+
+    def failed(self, subsystem: str, exc: BaseException) -> None:
+        self.full[subsystem] = f"{type(exc).__name__}: {exc}"
+
+    def recovered(self, subsystem: str) -> None:
+        self.full.pop(subsystem, None)
+
+    def check(self) -> None:
+        if self.full:
+            what = "; ".join(f"{name} disk: {why}" for name, why in sorted(self.full.items()))
+            raise InsufficientStorageError(f"not accepting new work until storage recovers ({what})")

@@ -98,3 +98,12 @@ class ModelCallError(GatewayError):
 
     exit_code = 1
     http_status = 502
+
+
+class InsufficientStorageError(GatewayError):
+    """New work refused because the disk that would hold it is full (or stopped answering).
+    Work already accepted is kept and retried; the gateway stays up and takes work again as
+    soon as space returns."""
+
+    exit_code = 1
+    http_status = 507

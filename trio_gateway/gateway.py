@@ -30,8 +30,15 @@ from trio_gateway.cli_config import load as load_config_file
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config, ModelConfig
 from trio_gateway.cron import run_cron
+from trio_gateway.disk import StorageHealth, is_no_space
 from trio_gateway.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, collector_paused, drain
-from trio_gateway.errors import BadRequestError, ConfigError, GatewayDrainingError, NotFoundError
+from trio_gateway.errors import (
+    BadRequestError,
+    ConfigError,
+    GatewayDrainingError,
+    InsufficientStorageError,
+    NotFoundError,
+)
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog, ms
 from trio_gateway.models.base import Model
@@ -40,6 +47,9 @@ from trio_gateway.sessions_store import SESSION_ID, SessionRecord, SessionStore,
 from trio_gateway.stall import StallWatchdog
 from trio_gateway.store import BlockingRunner, in_thread
 from trio_gateway.work import WorkRegistry
+
+# How long intake waits for the write that accepts a turn before answering 507.
+DISK_WAIT_SECONDS = 10.0
 
 State = Literal["starting", "running", "draining", "stopped"]
 
@@ -105,6 +115,8 @@ class Gateway:
     wall: WallClock | None = None
     delivery: DeliveryService | None = None
     watchdog: StallWatchdog | None = None
+    # Disks refusing writes right now: intake answers 507 while accepted work waits.
+    storage: StorageHealth = attrs.Factory(StorageHealth)
     _drain: DrainRequest | None = None
     _drain_wanted: trio.Event = attrs.Factory(trio.Event)
     _by_origin: dict[tuple[str, Origin | None], str] = attrs.Factory(dict)
@@ -311,17 +323,35 @@ class Gateway:
         gen = self._accepting()
         if agent_id not in gen.config.agents:
             raise BadRequestError(f"agent: no agent named {agent_id!r}")
+        self.storage.check()  # a full disk refuses new work (507); accepted work is retried
         session = self._session_for(agent_id, origin, session_id)
         turn = TurnRecord(
             session.next_id("turn"), prompt, origin, kind, accepted_at=self._now(), stall_seconds=stall_seconds
         )
         session.record.turns.append(turn)
-        await self.store.save(session.record)
+        await self._save_accepted(session, turn)
         # Saving yields: a drain may have begun meanwhile. The turn is on disk as accepted,
         # so the next generation runs it; starting it now would only lengthen this drain.
         if self.state.value == "running" and self.current is gen:
             await self._start_turn(gen, session, turn)
         return session.id, turn.id
+
+    async def _save_accepted(self, session: agent.Session, turn: TurnRecord) -> None:
+        """The write that makes a turn accepted. Fails whole: a turn not on disk is not kept in
+        memory either (it would be run, or resumed, without its requester having a 202)."""
+        try:
+            with trio.fail_after(DISK_WAIT_SECONDS):
+                await self.store.save(session.record)
+        except BaseException as exc:
+            if turn in session.record.turns:
+                session.record.turns.remove(turn)
+            if is_no_space(exc):
+                raise InsufficientStorageError(f"the sessions disk is full: {exc}") from None
+            if isinstance(exc, trio.TooSlowError):
+                raise InsufficientStorageError(
+                    f"the sessions disk did not answer within {DISK_WAIT_SECONDS:g}s"
+                ) from None
+            raise
 
     def _accepting(self) -> Generation:
         if self.state.value != "running" or self.current is None:
@@ -380,6 +410,12 @@ class Gateway:
         for session, turn in leftover:
             if self.current is not gen or self.state.value != "running":
                 return  # a drain began: the rest stay on disk for the next generation
+            if turn.reply is not None:
+                # Its reply was known but not enqueued (a full queue disk): deliver that,
+                # never run the model again for it.
+                self.log.info("RESTART", "Delivering the kept reply of a turn", sessionId=session.id, turnId=turn.id)
+                await agent.finish_turn(gen.runtime, session, turn)
+                continue
             why = self._why_not_resume(gen, session, turn)
             if why is not None:
                 await self._give_up_turn(gen, session, turn, why)

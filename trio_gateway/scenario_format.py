@@ -19,6 +19,7 @@ import attrs
 from trio_gateway import config as cfg
 from trio_gateway.errors import GatewayError
 from trio_gateway.scenario_expect import Expectation
+from trio_gateway.testing.faults import Faults
 from trio_gateway.testing.harness import ModelSpec
 
 if TYPE_CHECKING:
@@ -180,3 +181,4 @@ class Scenario:
     actions: list[Action]
     expects: list[Expectation]
     source: str = "<scenario>"
+    faults: Faults = attrs.Factory(Faults)

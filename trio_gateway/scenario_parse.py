@@ -25,9 +25,10 @@ from trio_gateway.scenario_format import (
     ScenarioMeta,
     StartSession,
 )
+from trio_gateway.testing.faults import Faults
 from trio_gateway.testing.harness import ModelSpec, fake_account
 
-_TOP_KEYS = ("scenario", "config", "model", "channels", "action", "expect")
+_TOP_KEYS = ("scenario", "config", "model", "channels", "faults", "action", "expect")
 
 
 @attrs.frozen
@@ -151,7 +152,10 @@ def parse_text(text: str, source: str = "<scenario>") -> Scenario:
     expects = [e for e, _ in _typed_list(raw.get("expect", []), "expect", EXPECT_TYPES, lines, source)]
     if meta.duration_seconds <= 0:
         raise _fail(source, lines.header("scenario"), "scenario.durationSeconds", "must be a positive number")
-    return Scenario(meta, config, model, channels, sorted(actions, key=lambda a: a.at), expects, source)
+    faults = _structure(raw.get("faults", {}), Faults, source, lines.header("faults"), "faults")
+    if faults.until_seconds is not None and faults.until_seconds < faults.from_seconds:
+        raise _fail(source, lines.header("faults"), "faults.untilSeconds", "must not be before fromSeconds")
+    return Scenario(meta, config, model, channels, sorted(actions, key=lambda a: a.at), expects, source, faults)
 
 
 def load(path: Path) -> Scenario:

@@ -31,7 +31,9 @@ def build_harness(scenario: Scenario, home: Path) -> Harness:
         if name != "console":
             spec.apply(fakes, name)
     model = HarnessModel(scenario.model)
-    return Harness.build(home, scenario.config, model=model, channels=fakes, seed=scenario.meta.seed)
+    return Harness.build(
+        home, scenario.config, model=model, channels=fakes, seed=scenario.meta.seed, faults=scenario.faults
+    )
 
 
 async def _play(scenario: Scenario, harness: Harness) -> tuple[Player, float]:
@@ -41,6 +43,8 @@ async def _play(scenario: Scenario, harness: Harness) -> tuple[Player, float]:
         await nursery.start(harness.gateway.serve)
         player = Player(harness, trio.current_time())
         player.note(f"scenario {scenario.meta.name or scenario.source}: generation 1 accepting work")
+        if scenario.faults.any():
+            nursery.start_soon(harness.faults.run, player.t0)
         nursery.start_soon(player.play, scenario.actions, nursery)
         with trio.move_on_at(player.t0 + scenario.meta.duration_seconds):
             await harness.gateway.state.wait_value("stopped")

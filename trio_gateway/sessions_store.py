@@ -22,6 +22,7 @@ import attrs
 import trio
 
 from trio_gateway.config import make_strict_converter
+from trio_gateway.entry import DeliveryKind
 from trio_gateway.log import EventLog
 from trio_gateway.routing import Origin
 from trio_gateway.store import BlockingRunner, T, atomic_write_bytes, durable_rename
@@ -47,6 +48,10 @@ class TurnRecord:
     accepted_at: dt.datetime | None = None
     # A turn armed to stall its model call (the test endpoint), in seconds.
     stall_seconds: float | None = None
+    # The reply (or notice) this turn owes its requester, once known but not yet enqueued
+    # (a full queue disk): a resumed turn delivers it instead of running the model again.
+    reply: str | None = None
+    reply_kind: DeliveryKind | None = None
 
 
 @attrs.define

@@ -32,11 +32,12 @@ from trio_gateway.entry import DeliveryEntry
 from trio_gateway.errors import ModelCallError
 from trio_gateway.gateway import DeliveryFactory, Gateway
 from trio_gateway.home import Home
-from trio_gateway.log import EventLog, MemorySink
+from trio_gateway.log import EventLog, FileSink, MemorySink
 from trio_gateway.models.base import Message, ModelReply
 from trio_gateway.queue import DeliveryQueue
 from trio_gateway.store import inline
 from trio_gateway.testing.fake_channels import Delivered, FakeChannels
+from trio_gateway.testing.faults import FaultKit, Faults, FaultSwitch, faulty_opener, faulty_runner
 from trio_gateway.testing.runtime import ScriptedModel, build_gateway
 from trio_gateway.work import WorkUnit
 
@@ -64,6 +65,8 @@ class HarnessModel:
 
     spec: ModelSpec = ModelSpec()
     scripted: ScriptedModel = attrs.Factory(ScriptedModel)
+    # `[faults] modelCall = "hang"`: every call waits here while the fault lasts.
+    fault: FaultSwitch = attrs.Factory(lambda: FaultSwitch(None))
     _killed: trio.Event | None = None
 
     @property
@@ -87,6 +90,7 @@ class HarnessModel:
         raise ModelCallError("upstream connection reset (the model server went away)")
 
     async def _answer(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
+        await self.fault.hold()
         if self.spec.delay_seconds > 0:
             await trio.sleep(self.spec.delay_seconds)
         last = messages[-1]
@@ -150,12 +154,14 @@ class TappedChannel:
     tap: DeliveryTap
     name: str
     deduplicates: bool
+    fault: FaultSwitch
 
     @classmethod
-    def around(cls, inner: Channel, tap: DeliveryTap) -> TappedChannel:
-        return cls(inner, tap, inner.name, inner.deduplicates)
+    def around(cls, inner: Channel, tap: DeliveryTap, fault: FaultSwitch) -> TappedChannel:
+        return cls(inner, tap, inner.name, inner.deduplicates, fault)
 
     async def send(self, entry: DeliveryEntry) -> Outcome:
+        await self.fault.hold()  # `[faults] channelSend = "hang"`
         outcome = await self.inner.send(entry)
         self.tap.record(entry, outcome)
         return outcome
@@ -169,10 +175,11 @@ class TappedChannels:
     inner: ClosableChannels
     tap: DeliveryTap
     console: Channel
+    fault: FaultSwitch
 
     def get(self, channel: str, account_id: str | None) -> Channel | None:
         found = self.console if channel == "console" else self.inner.get(channel, account_id)
-        return None if found is None else TappedChannel.around(found, self.tap)
+        return None if found is None else TappedChannel.around(found, self.tap, self.fault)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -213,6 +220,9 @@ class Harness:
     channels: FakeChannels
     tap: DeliveryTap
     home: Home
+    # The `[faults]` of this run: switches in front of each subsystem, armed by `faults.run`
+    # (a scenario) or by hand (a test).
+    faults: FaultKit = attrs.Factory(lambda: FaultKit(Faults()))
     # This generation's delivery side, for actions that enqueue straight into it.
     current: QueueDelivery | None = None
 
@@ -226,16 +236,24 @@ class Harness:
         channels: FakeChannels | None = None,
         env: Mapping[str, str] | None = None,
         seed: int = 0,
+        faults: Faults | None = None,
     ) -> Harness:
+        kit = FaultKit(faults or Faults())
         the_model = model or HarnessModel()
-        gateway, sink = build_gateway(home, config, model=the_model)
-        harness = cls(gateway, sink, the_model, channels or FakeChannels(), DeliveryTap(), Home(home))
+        the_model.fault = kit.switch("model_call")
+        sessions = faulty_runner(inline, kit.switch("sessions_disk"))
+        gateway, sink = build_gateway(home, config, model=the_model, session_runner=sessions)
+        if kit.faults.log_file is not None:
+            opener = faulty_opener(kit.switch("log_file"))
+            gateway.log.sinks.append(FileSink(Home(home).log_path, opener=opener))
+        harness = cls(gateway, sink, the_model, channels or FakeChannels(), DeliveryTap(), Home(home), kit)
         gateway.deps.delivery_factory = harness._delivery_factory(fake_env(config) if env is None else env, seed)
         return harness
 
     def _delivery_factory(self, env: Mapping[str, str], seed: int) -> DeliveryFactory:
+        queue_disk = faulty_runner(inline, self.faults.switch("queue_disk"))
         production = queue_delivery(
-            self.home, self.gateway.log, env, inline, transport=self.channels.transport(), rng=random.Random(seed)
+            self.home, self.gateway.log, env, queue_disk, transport=self.channels.transport(), rng=random.Random(seed)
         )
 
         async def factory(config: cfg.Config, gateway: Gateway) -> QueueDelivery:
@@ -243,8 +261,10 @@ class Harness:
             assert isinstance(delivery, QueueDelivery)  # what `queue_delivery` builds
             # Only the worker's lookup is wrapped, to record each verdict with the entry's kind;
             # the adapters, the queue and the closing of the channels stay production's own.
-            console = ConsoleChannel(self.home.console_path, inline)
-            delivery.worker.channels = TappedChannels(delivery.channels, self.tap, console)
+            console = ConsoleChannel(self.home.console_path, faulty_runner(inline, self.faults.switch("console_file")))
+            delivery.worker.channels = TappedChannels(
+                delivery.channels, self.tap, console, self.faults.switch("channel_send")
+            )
             self.current = delivery
             return delivery
 

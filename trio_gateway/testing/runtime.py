@@ -24,7 +24,7 @@ from trio_gateway.home import Home
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.routing import Origin, resolve
-from trio_gateway.store import inline
+from trio_gateway.store import BlockingRunner, inline
 from trio_gateway.work import WorkUnit
 
 
@@ -150,6 +150,7 @@ def build_gateway(
     notices: list[Notice] | None = None,
     servers: list[Server] | None = None,
     load_config: Callable[[], cfg.Config] | None = None,
+    session_runner: BlockingRunner | None = None,
 ) -> tuple[Gateway, MemorySink]:
     sink = MemorySink()
     log = EventLog([sink])
@@ -163,5 +164,6 @@ def build_gateway(
         runner=inline,
         wall_base=dt.datetime(2026, 6, 15, 3, 21, tzinfo=dt.UTC),
         servers=servers or [],
+        session_runner=session_runner,
     )
     return Gateway(deps, config), sink
