@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_http_api import SESSION, TOKEN, Driver
 
 from trio_gateway.errors import GatewayError, InsufficientStorageError
+from trio_gateway.http.app import GatewayApp
 from trio_gateway.routing import Origin
 from trio_gateway.testing.faults import SUBSYSTEMS, Faults
 from trio_gateway.testing.harness import Harness
@@ -137,3 +139,21 @@ async def test_a_reply_kept_for_a_full_disk_is_delivered_not_rerun_after_a_resta
         gateway.request_drain("stop")
     [message] = harness.console_messages()
     assert message.text == "echo: keep me"
+
+
+async def test_a_full_sessions_disk_is_507_over_http_and_the_next_request_is_served(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    harness = Harness.build(tmp_path, CONFIG, faults=Faults(sessions_disk="enospc"))
+    call = Driver(GatewayApp(harness.gateway, TOKEN, {}, wall_time=lambda: 1_800_000_000.0))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(harness.gateway.serve)
+        harness.faults.arm()
+        refused = await call("POST", "/v1/sessions", SESSION)
+        assert (refused.status, refused.json["error"]) == (507, "InsufficientStorageError")
+        assert "sessions disk is full" in refused.json["message"]
+        assert all(s.record.turns == [] for s in harness.gateway.sessions.values())  # nothing half-kept
+        harness.faults.clear()
+        accepted = await call("POST", "/v1/sessions", SESSION)
+        assert accepted.status == 202
+        harness.gateway.request_drain("stop")
