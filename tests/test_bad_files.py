@@ -79,3 +79,17 @@ async def test_console_dedupes_by_idempotency_key_not_entry_id(tmp_path: Path) -
     assert (await ConsoleChannel(path, inline).send(entry("console", "me", key="turn-s-1-1-2", entry_id="e3"))).ok
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["id"] for line in lines] == ["e1", "e3"]
+
+
+async def test_turn_ids_are_not_reused_by_a_new_process(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """A turn id is its reply's idempotency key, which the console dedupes by: a reused id
+    after a restart of the process would swallow a new turn's reply."""
+    config = quick_config(**{"gateway.stalledTaskDetection.enabled": False})
+    ids = []
+    for _ in range(2):  # two processes over one home
+        gateway, _ = build_gateway(tmp_path, config)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.serve)
+            ids.append((await gateway.submit(agent_id="main", origin=CONSOLE, prompt="hi"))[1])
+            gateway.request_drain("stop")
+    assert ids == ["turn-s-1-1-1", "turn-s-1-1-2"]

@@ -16,6 +16,7 @@ import queue
 import stat
 import sys
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
@@ -93,6 +94,8 @@ def open_append(path: Path) -> IO[str]:
 # Lines waiting for the writer thread; past this (a log disk that stopped answering) new lines
 # are dropped and counted, never queued without bound.
 LOG_BACKLOG = 50_000
+# How long closing (or exiting) waits for queued lines to reach the file.
+EXIT_FLUSH_SECONDS = 2.0
 
 
 @attrs.define
@@ -116,9 +119,12 @@ class FileSink:
     _reported: bool = False
 
     def __attrs_post_init__(self) -> None:
-        # Started here, not on the first line: lines come from several threads at once.
+        # Started here, not on the first line: lines come from several threads at once. A
+        # daemon, so a hung disk never holds the process at exit; what is queued is written
+        # at exit by `_finish` (bounded), also for a short CLI run that never calls `close`.
         self._thread = threading.Thread(target=self._drain, name="log-writer", daemon=True)
         self._thread.start()
+        weakref.finalize(self, _finish, self._lines, self._thread, EXIT_FLUSH_SECONDS)
 
     def write(self, event: Event) -> None:
         try:
@@ -135,6 +141,7 @@ class FileSink:
             except Exception as exc:
                 self._close_file()
                 self._failure(f"{type(exc).__name__}: {exc}")
+        self._close_file()
 
     def _failure(self, why: str) -> None:
         self.failed += 1
@@ -148,16 +155,18 @@ class FileSink:
                 self._file.close()
         self._file = None
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Write what is queued (for at most `timeout`: a hung disk keeps its lines), then close."""
+    def close(self, timeout: float = EXIT_FLUSH_SECONDS) -> None:
+        """Write what is queued (for at most `timeout`: a hung disk keeps its lines), then close.
+        A sink is closed once; lines written after that are dropped."""
         if self._thread is not None:
-            with contextlib.suppress(queue.Full):
-                self._lines.put_nowait(None)
-            self._thread.join(timeout)
-            if self._thread.is_alive():
-                return  # stuck in a write: abandoned (a daemon thread), never waited for
-            self._thread = None
-        self._close_file()
+            _finish(self._lines, self._thread, timeout)
+
+
+def _finish(lines: queue.Queue[str | None], thread: threading.Thread, timeout: float) -> None:
+    # Stuck in a write past `timeout`: abandoned (a daemon thread), never waited for longer.
+    with contextlib.suppress(queue.Full):
+        lines.put_nowait(None)
+    thread.join(timeout)
 
 
 def _report_once(text: str) -> None:

@@ -62,6 +62,8 @@ class SessionRecord:
     created_at: dt.datetime
     history: list[dict[str, Any]] = attrs.Factory(list)
     turns: list[TurnRecord] = attrs.Factory(list)
+    # The last number handed out for a turn or subagent id of this session (`Session.next_id`).
+    seq: int = 0
 
     def remember(self, messages: list[dict[str, Any]]) -> None:
         self.history.extend(messages)
