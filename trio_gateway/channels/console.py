@@ -6,8 +6,10 @@ id), and its requester must still see one reply."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,7 @@ def _id_of(raw: bytes) -> list[str]:
 def append_once(seen: SeenIds, entry: DeliveryEntry) -> None:
     """Blocking: runs through the channel's `BlockingRunner`. fsync before success, because the queue deletes the
     entry on `ok`: a line lost in a crash after that would be a message lost."""
+    _refuse_special(seen.path)
     seen.refresh()
     if entry.idempotency_key in seen.ids:
         return
@@ -86,6 +89,18 @@ def append_once(seen: SeenIds, entry: DeliveryEntry) -> None:
         f.flush()
         os.fsync(f.fileno())
     seen.ids.add(entry.idempotency_key)
+
+
+def _refuse_special(path: Path) -> None:
+    """A FIFO (or a device) where the file should be: opening it would block until another
+    process opens the other end, maybe forever. Refused as an I/O error, so the send is
+    retried later and the attempt never hangs."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        raise OSError(errno.EINVAL, f"{path.name} is not a regular file")
 
 
 def _ends_torn(path: Path) -> bool:
