@@ -100,6 +100,8 @@ async def test_nothing_accepted_is_lost_to_a_full_disk(
                 refused.append(exc)
             await trio.sleep(2)
         assert gateway.state.value == "running"  # the gateway stays up
+        if subsystem == "queue_disk":
+            assert "queue" in gateway.status()["storage"]["full"]  # what status shows meanwhile
         if subsystem in ("queue_disk", "sessions_disk"):
             assert refused  # new work is refused with 507 while the disk is full ...
             assert refused[0].http_status == 507
@@ -115,8 +117,9 @@ async def test_nothing_accepted_is_lost_to_a_full_disk(
         gateway.request_drain("stop")
     assert len(_keys(harness)) == len(set(_keys(harness)))
     assert await harness.dead_letters() == []
+    assert gateway.status()["storage"]["full"] == {}  # recovered
     if subsystem == "log_file":
-        assert gateway.log.failed_writes > 0
+        assert gateway.status()["storage"]["logWriteFailures"] > 0
         assert capfd.readouterr().err.count("later failures are counted") == 1  # reported once
 
 

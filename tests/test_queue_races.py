@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_delivery import ScriptedChannel, make_rig
 from test_queue import T0, make_entry, make_queue
 
 from trio_gateway.log import MemorySink
@@ -188,3 +189,27 @@ async def test_an_enqueue_retried_after_an_unknown_outcome_writes_one_entry(tmp_
     q._uncertain.add(entry.id)
     await q.enqueue(entry)  # already claimed (inflight): not written again
     assert await q.pending_ids() == []
+
+
+async def test_a_claim_whose_caller_was_cut_is_recovered_at_the_next_rescan(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """The soak's two lost entries: attempts cut while their claim batch was on disk (a restart
+    cancelling the worker) left claims nobody would finish, which `recover()` skipped as live."""
+    rig = make_rig(tmp_path, ScriptedChannel("console"))
+
+    async def slow_disk(fn: Callable[[], object]) -> object:
+        result = fn()  # the batch lands on disk ...
+        await trio.sleep(1)  # ... but its thread answers late
+        return result
+
+    rig.queue.runner = slow_disk  # type: ignore[assignment]
+    entries = await rig.add(3)
+    async with trio.open_nursery() as nursery:
+        for entry in entries:
+            nursery.start_soon(rig.worker.attempt, entry.id)
+        await trio.sleep(0.5)
+        nursery.cancel_scope.cancel()  # the worker is cancelled mid-batch
+    assert not any(rig.queue.holds(e.id) for e in entries)
+    assert sorted(await rig.queue.recover()) == sorted(e.id for e in entries)
+    assert sorted(await rig.queue.pending_ids()) == sorted(e.id for e in entries)

@@ -369,12 +369,26 @@ class DeliveryWorker:
     # --- one attempt ------------------------------------------------------------------------
 
     async def attempt(self, entry_id: str) -> AttemptResult:
-        """Claim, send and settle one entry. Cancellation releases it uncounted."""
-        # Claimed and marked as sending in one step (one fsync per batch); an entry that then
-        # turns out unsendable is settled at once, its mark cleared with it.
-        claimed = await self.queue.claim_to_send(entry_id, self.clock.now())
+        """Claim, send and settle one entry. Cancellation releases it uncounted. A claim this
+        attempt could not finish (cut from the claim's batch, or settling past its bound) is
+        let go, so the next rescan's recovery returns it to pending."""
+        try:
+            # Claimed and marked as sending in one step (one fsync per batch); an entry that
+            # then turns out unsendable is settled at once, its mark cleared with it.
+            claimed = await self.queue.claim_to_send(entry_id, self.clock.now())
+        except BaseException:
+            self.queue.let_go(entry_id)  # its batch may still claim it for us
+            raise
         if not isinstance(claimed, Claimed):
             return self._unclaimed(entry_id, claimed)
+        try:
+            return await self._attempt_claimed(claimed)
+        finally:
+            if self.queue.holds(entry_id):
+                self.queue.let_go(entry_id)
+
+    async def _attempt_claimed(self, claimed: Claimed) -> AttemptResult:
+        entry_id = claimed.entry.id
         self._schedule.pop(entry_id, None)
         entry = claimed.entry
         channel = self.channels.get(entry.channel, entry.account_id)
@@ -396,7 +410,9 @@ class DeliveryWorker:
             # after the channel answered: an `ok` lost here would be re-sent after a restart.
             with trio.move_on_after(self.cleanup_timeout, shield=True):
                 return await self._settle(claimed, outcome)
-        return AttemptResult(entry.id, "released", entry.channel, entry.to, "settling timed out; recovered at restart")
+        return AttemptResult(
+            entry.id, "released", entry.channel, entry.to, "settling timed out; recovered at the next rescan"
+        )
 
     async def _not_sendable(self, claimed: Claimed, unconfigured: bool) -> AttemptResult:
         entry = claimed.entry

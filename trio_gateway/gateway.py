@@ -518,6 +518,8 @@ class Gateway:
             "work": work,
             "stalled": stalled,
             "queue": queue,
+            # Disks refusing writes (new work gets 507 meanwhile) and log lines lost to a bad disk.
+            "storage": {"full": dict(self.storage.full), "logWriteFailures": self.log.failed_writes},
         }
         if self._drain is not None:
             status["drain"] = drain_status(self._drain, now)

@@ -319,6 +319,9 @@ class DeliveryQueue:
     _fresh: dict[str, tuple[bytes, DeliveryEntry]] = attrs.Factory(dict)
     # Ids whose last enqueue ended without a known outcome: a retry looks on disk first.
     _uncertain: set[str] = attrs.Factory(set)
+    # Claims whose caller left before it got them (`let_go`): a thread still finishing one
+    # drops it from `_claimed` when it sees its id here, so `recover()` can take it back.
+    _let_go: set[str] = attrs.Factory(set)
     _sends: GroupCommit[tuple[str, dt.datetime], Claimed | NotDue | None] = attrs.field(init=False)
     _acks: GroupCommit[Claimed, None] = attrs.field(init=False)
     _enqueues: GroupCommit[DeliveryEntry, None] = attrs.field(init=False)
@@ -489,8 +492,8 @@ class DeliveryQueue:
         except BaseException:
             self._claimed.discard(entry_id)
             raise
-        if not isinstance(result, Claimed):
-            self._claimed.discard(entry_id)
+        if not isinstance(result, Claimed) or entry_id in self._let_go:
+            self._claimed.discard(entry_id)  # checked after the add: see `let_go`
         return result
 
     def _claim_marked_sync(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
@@ -518,7 +521,22 @@ class DeliveryQueue:
     async def claim(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
         """Take a due entry (not for sending yet); None when it is gone (claimed elsewhere,
         deleted)."""
+        self._let_go.discard(entry_id)
         return await self._run(lambda: self._claim_sync(entry_id, now))
+
+    def holds(self, entry_id: str) -> bool:
+        """Is this entry claimed by this process and not finished (acked, moved) yet?"""
+        return entry_id in self._claimed
+
+    def let_go(self, entry_id: str) -> None:
+        """Stop holding a claim its caller cannot finish: the caller was cut from the claim's
+        batch (whose thread may still be claiming it), or its settling never completed. The
+        inflight file then looks like a dead claimer's, and the next `recover()` (every
+        rescan) moves it back to pending: delivered late, never lost, never stuck. The id is
+        marked before it is dropped, and a claiming thread checks the mark after adding it,
+        so whichever runs second leaves it dropped."""
+        self._let_go.add(entry_id)
+        self._claimed.discard(entry_id)
 
     def _mark_sync(self, claimed: Claimed, now: dt.datetime) -> Claimed:
         """Rename to the name that records the send's start; the caller syncs the folder."""
@@ -557,7 +575,9 @@ class DeliveryQueue:
 
     async def claim_to_send(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
         """`claim` and `mark_sending` at once, group-committed with concurrent callers: when
-        this returns a `Claimed`, its `sendStartedAt` is on disk and the send may start."""
+        this returns a `Claimed`, its `sendStartedAt` is on disk and the send may start. A
+        caller cut from the wait (cancelled, `OutcomeUnknown`) must `let_go` of the id."""
+        self._let_go.discard(entry_id)
         return await self._sends.submit((entry_id, now))
 
     # --- finishing a claim ----------------------------------------------------------------
