@@ -6,6 +6,7 @@ Faults are the kit's (`testing.faults`), passed at construction; everything on a
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from test_http_api import SESSION, TOKEN, Driver
 
 from trio_gateway.errors import GatewayError, InsufficientStorageError
 from trio_gateway.http.app import GatewayApp
+from trio_gateway.log import Event, EventLog, FileSink
 from trio_gateway.routing import Origin
 from trio_gateway.testing.faults import SUBSYSTEMS, Faults
 from trio_gateway.testing.harness import Harness
@@ -160,3 +162,23 @@ async def test_a_full_sessions_disk_is_507_over_http_and_the_next_request_is_ser
         accepted = await call("POST", "/v1/sessions", SESSION)
         assert accepted.status == 202
         harness.gateway.request_drain("stop")
+
+
+def test_logging_never_raises_counts_failures_and_reports_once(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    class FullStderr:
+        def write(self, event: Event) -> None:
+            raise OSError(28, "No space left on device")
+
+    fifo = tmp_path / "gateway.log"
+    os.mkfifo(fifo)  # a log file nobody reads: opening it for writing would block forever
+    file_sink = FileSink(fifo)
+    log = EventLog([FullStderr(), file_sink])
+    for i in range(3):
+        log.error("TEST", f"inside error handling {i}")  # must not raise, must not block
+    file_sink.close()
+    assert log.failed_writes == 6
+    err = capfd.readouterr().err
+    assert err.count("a log sink failed") == 1
+    assert err.count(f"cannot write {fifo}") == 1  # ENXIO: no reader; never a blocked open
