@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import attrs
 
-from trio_gateway import cli_config, cli_delivery, cli_gateway, cli_scenario, cli_session
-from trio_gateway.errors import GatewayError
+from trio_gateway import cli_config, cli_delivery, cli_gateway, cli_scenario, cli_session, strict_json
+from trio_gateway.errors import GatewayError, UsageError
 from trio_gateway.home import Home
 from trio_gateway.log import LogFormat
 
@@ -44,11 +44,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Arguments that name files: bytes that are not UTF-8 are a legal file name there.
+_PATH_ARGS = frozenset({"home", "file", "dir"})
+
+
+def check_text_args(args: argparse.Namespace) -> None:
+    """Text arguments must be valid Unicode: argv bytes that are not UTF-8 arrive as lone
+    surrogates, which every later write (session file, queue entry, log) would choke on."""
+    for name, value in vars(args).items():
+        why = strict_json.bad_text(value) if isinstance(value, str) and name not in _PATH_ARGS else None
+        if why is not None:
+            raise UsageError(f"{name}: {why}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     ctx = Context(Home.resolve(args.home), args.log_format)
     try:
+        check_text_args(args)
         code: int = args.func(args, ctx)
     except GatewayError as exc:
         print(f"{exc.name}: {exc}", file=sys.stderr)

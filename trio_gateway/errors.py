@@ -57,6 +57,13 @@ class PayloadTooLargeError(GatewayError):
     http_status = 413
 
 
+class RequestTimeoutError(GatewayError):
+    """A request body that did not arrive within `gateway.bodyReadTimeoutSeconds`."""
+
+    exit_code = 1
+    http_status = 408
+
+
 class DeliveryValidationError(GatewayError):
     """An address that does not fit its channel; nothing was written."""
 

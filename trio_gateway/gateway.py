@@ -140,7 +140,7 @@ class Gateway:
                 started = trio.TASK_STATUS_IGNORED
                 if request.kind == "stop":
                     break
-                self.config = self._reload(self.config)
+                self.config = self._reload(self.config, request)
                 completed = request
             self.state.value = "stopped"
             request.done.set()
@@ -148,15 +148,19 @@ class Gateway:
         assert request.report is not None
         return request.report
 
-    def _reload(self, old: Config) -> Config:
+    def _reload(self, old: Config, request: DrainRequest) -> Config:
         """A restart reloads `gateway.json`; a bad file keeps the running config (a restart
-        must never leave the operator with no gateway)."""
+        must never leave the operator with no gateway), and the restart's report says so."""
         try:
             config = self.deps.load_config()
             self.deps.preflight(config)
             return config
-        except ConfigError as exc:
-            self.log.error("RESTART", "Config reload failed; keeping the current config", error=str(exc))
+        except Exception as exc:  # the reader makes every bad file a ConfigError; this is the belt
+            why = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            self.log.error("RESTART", "Config reload failed; keeping the current config", error=why)
+            if request.report is not None:
+                request.report = attrs.evolve(request.report, config_rejected=why)
+                self.drains[-1] = request.report
             return old
 
     async def _run_generation(self, config: Config, task_status: Any, completed: DrainRequest | None) -> DrainRequest:
@@ -313,40 +317,55 @@ class Gateway:
         gen = self._accepting()
         if agent_id not in gen.config.agents:
             raise BadRequestError(f"agent: no agent named {agent_id!r}")
-        session = self._session_for(agent_id, origin, session_id)
+        session, created = self._session_for(agent_id, origin, session_id)
         turn = TurnRecord(
             session.next_id("turn"), prompt, origin, kind, accepted_at=self._now(), stall_seconds=stall_seconds
         )
         session.record.turns.append(turn)
-        await self.store.save(session.record)
+        try:
+            await self.store.save(session.record)
+        except Exception:
+            self._forget_unsaved(session, turn, created)
+            raise
         # Saving yields: a drain may have begun meanwhile. The turn is on disk as accepted,
         # so the next generation runs it; starting it now would only lengthen this drain.
         if self.state.value == "running" and self.current is gen:
             await self._start_turn(gen, session, turn)
         return session.id, turn.id
 
+    def _forget_unsaved(self, session: agent.Session, turn: TurnRecord, created: bool) -> None:
+        """A turn whose save failed was never accepted: leave no trace of it in memory, or every
+        later save of its session (and the next restart's resume) fails on it again."""
+        if turn in session.record.turns:
+            session.record.turns.remove(turn)
+        if created and not session.record.turns and not session.record.history and not session.busy:
+            self.sessions.pop(session.id, None)
+            key = (session.record.agent, session.record.origin)
+            if self._by_origin.get(key) == session.id:
+                del self._by_origin[key]
+
     def _accepting(self) -> Generation:
         if self.state.value != "running" or self.current is None:
             raise GatewayDrainingError("the gateway is draining for a restart or stop; try again shortly")
         return self.current
 
-    def _session_for(self, agent_id: str, origin: Origin | None, session_id: str | None) -> agent.Session:
+    def _session_for(self, agent_id: str, origin: Origin | None, session_id: str | None) -> tuple[agent.Session, bool]:
         if session_id is not None and not SESSION_ID.fullmatch(session_id):
             # Session ids name files under sessions/: never a path.
             raise BadRequestError(f"sessionId: must match {SESSION_ID.pattern}, got {session_id!r}")
         if session_id is not None:
             if session_id in self.sessions:
-                return self.sessions[session_id]
+                return self.sessions[session_id], False
         else:
             known = self._by_origin.get((agent_id, origin))
             if known is not None and known in self.sessions:
-                return self.sessions[known]
+                return self.sessions[known], False
         new_id = session_id or self._new_session_id()
         record = SessionRecord(new_id, agent_id, origin, self._now())
         session = agent.Session(record)
         self.sessions[new_id] = session
         self._by_origin[(agent_id, origin)] = new_id
-        return session
+        return session, True
 
     def _new_session_id(self) -> str:
         # Sessions loaded from disk keep their ids; a new process counts from 1 again, so skip

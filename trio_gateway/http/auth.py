@@ -8,11 +8,13 @@ account's configuration names; their values never reach a log line, a status or 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import ipaddress
 import os
 import secrets
+import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,12 +30,41 @@ SLACK_REPLAY_WINDOW_SECONDS = 300.0
 # --- the admin token ----------------------------------------------------------------------
 
 
+# `secrets.token_urlsafe(32)` is 43 characters; anything much shorter is guessable.
+MIN_TOKEN_CHARS = 32
+
+
 def read_token(path: Path) -> str | None:
+    """The token in `path`, None when there is none. A token file anyone else could read or
+    swap (a symlink, group/world bits) or a short token is refused naming the fix."""
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
-    return token or None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(
+                str(path), "is a symbolic link; replace it with the token file itself (mode 0600)"
+            ) from None
+        raise ConfigError(str(path), f"cannot read the token: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(str(path), "is not a regular file; delete it to have a new token made")
+        if info.st_mode & 0o077:
+            mode = f"{stat.S_IMODE(info.st_mode):04o}"
+            raise ConfigError(str(path), f"is open to group or others (mode {mode}); run: chmod 600 {path}")
+        data = f.read(4096)
+    token = data.decode("utf-8", errors="replace").strip()
+    if not token:
+        return None
+    if len(token) < MIN_TOKEN_CHARS or not (token.isascii() and token.isprintable()) or " " in token:
+        raise ConfigError(
+            str(path),
+            f"is not a usable token (need at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces); "
+            "delete it and start the gateway on loopback to have a new one made",
+        )
+    return token
 
 
 def create_token(path: Path) -> str:
@@ -98,6 +129,25 @@ def _secret(env: Mapping[str, str], name: str | None, what: str) -> str:
     return secret
 
 
+def check_slack_headers(
+    headers: Mapping[str, str], account: AccountConfig, env: Mapping[str, str], now: Callable[[], float] = time.time
+) -> tuple[str, str, str]:
+    """What can be checked before the body arrives: a signing secret, a timestamp inside the
+    replay window, a signature header. Returns (secret, timestamp, signature)."""
+    secret = _secret(env, account.signing_secret_env, "signingSecretEnv")
+    stamp = headers.get("x-slack-request-timestamp", "")
+    given = headers.get("x-slack-signature", "")
+    # Whole seconds, as Slack sends them: `float()` would take "nan", whose age compares
+    # false with everything and so passed the window check.
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
+        raise UnauthorizedError("missing or bad X-Slack-Request-Timestamp (whole Unix seconds)")
+    if abs(now() - int(stamp)) > SLACK_REPLAY_WINDOW_SECONDS:
+        raise UnauthorizedError("X-Slack-Request-Timestamp is outside the 5-minute window")
+    if not given.startswith("v0="):
+        raise UnauthorizedError("missing or bad X-Slack-Signature")
+    return secret, stamp, given
+
+
 def verify_slack(
     headers: Mapping[str, str],
     body: bytes,
@@ -106,15 +156,7 @@ def verify_slack(
     now: Callable[[], float] = time.time,
 ) -> None:
     """Slack's v0 scheme: HMAC-SHA256 of `v0:<timestamp>:<body>` with the signing secret."""
-    secret = _secret(env, account.signing_secret_env, "signingSecretEnv")
-    stamp = headers.get("x-slack-request-timestamp", "")
-    given = headers.get("x-slack-signature", "")
-    try:
-        age = abs(now() - float(stamp))
-    except ValueError:
-        raise UnauthorizedError("missing or bad X-Slack-Request-Timestamp") from None
-    if age > SLACK_REPLAY_WINDOW_SECONDS:
-        raise UnauthorizedError("X-Slack-Request-Timestamp is outside the 5-minute window")
+    secret, stamp, given = check_slack_headers(headers, account, env, now)
     digest = hmac.new(secret.encode(), b"v0:" + stamp.encode() + b":" + body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(given.encode(), f"v0={digest}".encode()):
         raise UnauthorizedError("bad X-Slack-Signature")
@@ -125,6 +167,11 @@ def verify_telegram(headers: Mapping[str, str], account: AccountConfig, env: Map
     given = headers.get("x-telegram-bot-api-secret-token", "")
     if not hmac.compare_digest(given.encode(), secret.encode()):
         raise UnauthorizedError("bad X-Telegram-Bot-Api-Secret-Token")
+
+
+def check_feishu_configured(account: AccountConfig, env: Mapping[str, str]) -> None:
+    """Feishu's token is in the body; before it arrives, only that we could check it."""
+    _secret(env, account.verification_token_env, "verificationTokenEnv")
 
 
 def verify_feishu(event: Mapping[str, Any], account: AccountConfig, env: Mapping[str, str]) -> None:
