@@ -76,6 +76,9 @@ class GatewaySection:
     body_read_timeout_seconds: float = 30.0
     # Open HTTP connections at once; one more is closed at accept (the gateway keeps serving).
     max_connections: int = 1000
+    # A session with nothing running or owed leaves memory after this long without a turn;
+    # its file stays, and its next turn reads it back.
+    session_evict_after_seconds: float = 3600.0
 
 
 @attrs.frozen
@@ -330,6 +333,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "gateway.maxBodyBytes": (256, 64 * 1_048_576),
     "gateway.bodyReadTimeoutSeconds": (0.1, 3_600),
     "gateway.maxConnections": (1, 100_000),
+    "gateway.sessionEvictAfterSeconds": (1, 31_622_400),
     "models.*.requestTimeoutSeconds": (0.01, 86_400),
     "agents.*.maxSubagentDepth": (1, 16),
     "agents.*.maxToolRounds": (1, 100),
