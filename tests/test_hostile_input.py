@@ -541,3 +541,22 @@ async def test_an_event_for_an_unknown_account_is_refused_without_waiting_for_it
         assert b"connection: close" in reply.lower()
         await stream.aclose()
         gateway.request_drain("stop")
+
+
+async def test_unverified_bodies_read_at_once_are_capped(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    raw = cfg.to_json(config())
+    raw["gateway"]["maxUnverifiedBodies"] = 1
+    gateway, _ = build_gateway(tmp_path, cfg.parse(raw))
+    headers = {"x-slack-request-timestamp": str(int(NOW)), "x-slack-signature": "v0=" + "0" * 64}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        app = GatewayApp(gateway, TOKEN, ENV, wall_time=lambda: NOW)
+        stranger = SlowClient(app)
+        nursery.start_soon(stranger, "/channels/slack/T1/events", headers)  # holds the one slot
+        await trio.sleep(1)
+        busy = await SlowClient(app)("/channels/slack/T1/events", headers)
+        assert (busy.status, json.loads(busy.body)["error"]) == (503, "GatewayBusyError")
+        await trio.sleep(gateway.config.gateway.body_read_timeout_seconds)  # the stranger's 408 frees it
+        signed = await Driver(app)("POST", "/channels/slack/T1/events", SLACK_MESSAGE, slack_headers(SLACK_MESSAGE))
+        assert signed.status == 200
+        gateway.request_drain("stop", force=True)

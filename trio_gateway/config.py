@@ -76,6 +76,9 @@ class GatewaySection:
     body_read_timeout_seconds: float = 30.0
     # Open HTTP connections at once; one more is closed at accept (the gateway keeps serving).
     max_connections: int = 1000
+    # Bodies of unauthenticated requests (webhooks: their signature is checked after the body)
+    # read at once; one more is refused with 503, so strangers pin at most this x maxBodyBytes.
+    max_unverified_bodies: int = 64
     # A session with nothing running or owed leaves memory after this long without a turn;
     # its file stays, and its next turn reads it back.
     session_evict_after_seconds: float = 3600.0
@@ -334,6 +337,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "gateway.bodyReadTimeoutSeconds": (0.1, 3_600),
     "gateway.maxConnections": (1, 100_000),
     "gateway.sessionEvictAfterSeconds": (1, 31_622_400),
+    "gateway.maxUnverifiedBodies": (1, 10_000),
     "models.*.requestTimeoutSeconds": (0.01, 86_400),
     "agents.*.maxSubagentDepth": (1, 16),
     "agents.*.maxToolRounds": (1, 100),

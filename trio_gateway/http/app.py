@@ -24,6 +24,7 @@ from trio_gateway.entry import entry_to_json
 from trio_gateway.errors import (
     BadRequestError,
     DeliveryValidationError,
+    GatewayBusyError,
     GatewayDrainingError,
     GatewayError,
     NotFoundError,
@@ -110,6 +111,8 @@ class GatewayApp:
     env: Mapping[str, str]
     wall_time: Callable[[], float] = time.time
     routes: list[Route] = attrs.field(init=False)
+    # Unauthenticated bodies being read now (sized from the config at first use).
+    _unverified: trio.CapacityLimiter | None = None
 
     def __attrs_post_init__(self) -> None:
         r = Route
@@ -157,7 +160,7 @@ class GatewayApp:
                 _check_declared_length(headers, self.config.gateway.max_body_bytes)
                 if route.before_body is not None:
                     route.before_body(headers, **params)
-                body = await self._read_body(receive, headers)
+                body = await (self._read_body if route.auth else self._read_unverified_body)(receive, headers)
             except GatewayError as exc:
                 # Refused before the whole body was read: close the connection rather than
                 # wait for (and discard) the rest of a body nobody will read.
@@ -171,6 +174,23 @@ class GatewayApp:
         except Exception as exc:  # one broken request must not take the server down
             self.gateway.log.error("HTTP", "Request failed", path=scope["path"], error=repr(exc))
             return json_response(500, {"error": "InternalError", "message": "unexpected error; see the gateway log"})
+
+    async def _read_unverified_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
+        """A body whose sender is not known yet: at most `maxUnverifiedBodies` read at once, so
+        strangers with many connections still pin a bounded amount of memory."""
+        if self._unverified is None:
+            self._unverified = trio.CapacityLimiter(self.config.gateway.max_unverified_bodies)
+        try:
+            self._unverified.acquire_nowait()
+        except trio.WouldBlock:
+            limit = self.config.gateway.max_unverified_bodies
+            raise GatewayBusyError(
+                f"{limit} unverified request bodies are being read (gateway.maxUnverifiedBodies)"
+            ) from None
+        try:
+            return await self._read_body(receive, headers)
+        finally:
+            self._unverified.release()
 
     async def _read_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
         gateway = self.config.gateway
