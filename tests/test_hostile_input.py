@@ -20,8 +20,8 @@ from test_http_api import ENV, NOW, SESSION, SLACK_MESSAGE, TOKEN, Driver, Reply
 from trio_gateway import config as cfg
 from trio_gateway import log as log_mod
 from trio_gateway.cli import main
-from trio_gateway.cli_config import load as load_config_file
-from trio_gateway.cli_config import read_raw
+from trio_gateway.config_file import load as load_config_file
+from trio_gateway.config_file import read_raw
 from trio_gateway.errors import ConfigError
 from trio_gateway.gateway import Gateway
 from trio_gateway.http import auth

@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from test_http_api import ENV, NOW, SESSION, SLACK_SECRET, TOKEN, Driver, Reply, config
 
 from trio_gateway import config as cfg
-from trio_gateway.cli_config import load as load_config_file
+from trio_gateway.config_file import load as load_config_file
 from trio_gateway.errors import ConfigError
 from trio_gateway.gateway import Gateway
 from trio_gateway.http.app import GatewayApp

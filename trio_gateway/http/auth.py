@@ -8,13 +8,11 @@ account's configuration names; their values never reach a log line, a status or 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import hmac
 import ipaddress
 import os
 import secrets
-import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,49 +20,13 @@ from typing import Any
 
 from trio_gateway.config import AccountConfig
 from trio_gateway.errors import ConfigError, UnauthorizedError
+from trio_gateway.home import read_token
 
 # Slack rejects signatures older than this to stop replays; so do we.
 SLACK_REPLAY_WINDOW_SECONDS = 300.0
 
 
 # --- the admin token ----------------------------------------------------------------------
-
-
-# `secrets.token_urlsafe(32)` is 43 characters; anything much shorter is guessable.
-MIN_TOKEN_CHARS = 32
-
-
-def read_token(path: Path) -> str | None:
-    """The token in `path`, None when there is none. A token file anyone else could read or
-    swap (a symlink, group/world bits) or a short token is refused naming the fix."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ConfigError(
-                str(path), "is a symbolic link; replace it with the token file itself (mode 0600)"
-            ) from None
-        raise ConfigError(str(path), f"cannot read the token: {exc.strerror or exc}") from None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ConfigError(str(path), "is not a regular file; delete it to have a new token made")
-        if info.st_mode & 0o077:
-            mode = f"{stat.S_IMODE(info.st_mode):04o}"
-            raise ConfigError(str(path), f"is open to group or others (mode {mode}); run: chmod 600 {path}")
-        data = f.read(4096)
-    token = data.decode("utf-8", errors="replace").strip()
-    if not token:
-        return None
-    if len(token) < MIN_TOKEN_CHARS or not (token.isascii() and token.isprintable()) or " " in token:
-        raise ConfigError(
-            str(path),
-            f"is not a usable token (need at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces); "
-            "delete it and start the gateway on loopback to have a new one made",
-        )
-    return token
 
 
 def create_token(path: Path) -> str:
