@@ -560,3 +560,20 @@ async def test_unverified_bodies_read_at_once_are_capped(tmp_path: Path, autojum
         signed = await Driver(app)("POST", "/channels/slack/T1/events", SLACK_MESSAGE, slack_headers(SLACK_MESSAGE))
         assert signed.status == 200
         gateway.request_drain("stop", force=True)
+
+
+@pytest.mark.parametrize(
+    ("data", "says"),
+    [
+        (b'[scenario]\nname = "\xff"\n', "not valid UTF-8"),
+        (b"[scenario]\ndurationSeconds = inf\n", "scenario.durationSeconds: expected a finite number"),
+        (b'[config]\n"gateway.drain.timeoutSeconds" = 1e308\n', "must be between 0.001 and 86400"),
+    ],
+)
+def test_a_hostile_scenario_file_is_a_scenario_error(tmp_path: Path, data: bytes, says: str) -> None:
+    from trio_gateway.scenario_parse import ScenarioError, load
+
+    path = tmp_path / "bad.toml"
+    path.write_bytes(data)
+    with pytest.raises(ScenarioError, match=says):
+        load(path)
