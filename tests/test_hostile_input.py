@@ -556,6 +556,8 @@ async def test_unverified_bodies_read_at_once_are_capped(tmp_path: Path, autojum
         await trio.sleep(1)
         busy = await SlowClient(app)("/channels/slack/T1/events", headers)
         assert (busy.status, json.loads(busy.body)["error"]) == (503, "GatewayBusyError")
+        health = await Driver(app)("GET", "/healthz", headers={"authorization": ""})
+        assert health.status == 200
         await trio.sleep(gateway.config.gateway.body_read_timeout_seconds)  # the stranger's 408 frees it
         signed = await Driver(app)("POST", "/channels/slack/T1/events", SLACK_MESSAGE, slack_headers(SLACK_MESSAGE))
         assert signed.status == 200

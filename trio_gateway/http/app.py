@@ -160,7 +160,8 @@ class GatewayApp:
                 _check_declared_length(headers, self.config.gateway.max_body_bytes)
                 if route.before_body is not None:
                     route.before_body(headers, **params)
-                body = await (self._read_body if route.auth else self._read_unverified_body)(receive, headers)
+                verified = route.auth or route.method == "GET"  # GET /healthz must answer under attack
+                body = await (self._read_body if verified else self._read_unverified_body)(receive, headers)
             except GatewayError as exc:
                 # Refused before the whole body was read: close the connection rather than
                 # wait for (and discard) the rest of a body nobody will read.
