@@ -579,3 +579,13 @@ def test_a_hostile_scenario_file_is_a_scenario_error(tmp_path: Path, data: bytes
     path.write_bytes(data)
     with pytest.raises(ScenarioError, match=says):
         load(path)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e306", "0", "-5", "soon"])
+def test_gateway_restart_timeout_must_be_in_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--home", str(tmp_path), "gateway", "restart", "--timeout", value])
+    assert info.value.code == 2
+    assert "must be a number of seconds greater than 0 and at most 86400" in capsys.readouterr().err
