@@ -104,16 +104,21 @@ class Served:
     call: Driver
 
 
+# The property is about parsing, not durability: a memory filesystem keeps the session fsyncs
+# (10-50 ms each on a busy shared disk) from dominating the run. Plain tmp_path without one.
+SHM = Path("/dev/shm") if Path("/dev/shm").is_dir() else None
+
+
 @asynccontextmanager
 async def serving(tmp_path: Path) -> AsyncIterator[Served]:
-    """A whole gateway for one example, in a fresh home: what one example left on disk must
-    not explain the next one. (Not a fixture: pytest-trio runs each example in its own trio.run.)"""
-    gw, sink = build_gateway(Path(tempfile.mkdtemp(dir=tmp_path)), config())
-    async with trio.open_nursery() as nursery:
-        await nursery.start(gw.serve)
-        yield Served(gw, sink, Driver(GatewayApp(gw, TOKEN, ENV, wall_time=lambda: NOW)))
-        if gw.state.value != "stopped":
-            gw.request_drain("stop", force=True)
+    """One whole gateway in a fresh home, for all the examples of a test."""
+    with tempfile.TemporaryDirectory(dir=SHM or tmp_path) as home:
+        gw, sink = build_gateway(Path(home), config())
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gw.serve)
+            yield Served(gw, sink, Driver(GatewayApp(gw, TOKEN, ENV, wall_time=lambda: NOW)))
+            if gw.state.value != "stopped":
+                gw.request_drain("stop", force=True)
 
 
 async def _still_serves(served: Served, reply: Reply, what: str) -> None:
