@@ -60,7 +60,7 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
-    close: bool | None = None  # True: `Connection: close`
+    close: bool = False  # True: `Connection: close`
 
 
 def json_response(status: int, obj: object) -> Response:
@@ -155,26 +155,39 @@ class GatewayApp:
     async def _respond(self, scope: Scope, receive: Receive) -> Response:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            try:
-                route, params = self._route(scope["method"], scope["path"], headers)
-                _check_declared_length(headers, self.config.gateway.max_body_bytes)
-                if route.before_body is not None:
-                    route.before_body(headers, **params)
-                verified = route.auth or route.method == "GET"  # GET /healthz must answer under attack
-                body = await (self._read_body if verified else self._read_unverified_body)(receive, headers)
-            except GatewayError as exc:
-                # Refused before the whole body was read: close the connection rather than
-                # wait for (and discard) the rest of a body nobody will read.
-                return attrs.evolve(error_response(exc), close=True)
+            route, params, body = await self._intake(scope, receive, headers)
+        except GatewayError as exc:
+            # Refused before the whole body was read: close the connection rather than wait
+            # for (and discard) the rest of a body nobody will read.
+            return attrs.evolve(error_response(exc), close=True)
+        except Exception as exc:
+            return attrs.evolve(self._unexpected(scope, exc), close=True)
+        try:
             request = Request(scope["method"], scope["path"], headers, body)
             if route.long:
                 return await _until_disconnected(receive, lambda: route.handler(request, **params))
             return await route.handler(request, **params)
         except GatewayError as exc:
             return error_response(exc)
-        except Exception as exc:  # one broken request must not take the server down
-            self.gateway.log.error("HTTP", "Request failed", path=scope["path"], error=repr(exc))
-            return json_response(500, {"error": "InternalError", "message": "unexpected error; see the gateway log"})
+        except Exception as exc:
+            return self._unexpected(scope, exc)
+
+    def _unexpected(self, scope: Scope, exc: Exception) -> Response:
+        # One broken request must not take the server down.
+        self.gateway.log.error("HTTP", "Request failed", path=scope["path"], error=repr(exc))
+        return json_response(500, {"error": "InternalError", "message": "unexpected error; see the gateway log"})
+
+    async def _intake(
+        self, scope: Scope, receive: Receive, headers: Mapping[str, str]
+    ) -> tuple[Route, dict[str, str], bytes]:
+        """Route, refuse what the headers already condemn, then read the body (bounded)."""
+        route, params = self._route(scope["method"], scope["path"], headers)
+        _check_declared_length(headers, self.config.gateway.max_body_bytes)
+        if route.before_body is not None:
+            route.before_body(headers, **params)
+        verified = route.auth or route.method == "GET"  # GET /healthz must answer under attack
+        body = await (self._read_body if verified else self._read_unverified_body)(receive, headers)
+        return route, params, body
 
     async def _read_unverified_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
         """A body whose sender is not known yet: at most `maxUnverifiedBodies` read at once, so
