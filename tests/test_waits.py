@@ -48,8 +48,10 @@ def unbounded_waits(source: str, filename: str = "<src>") -> list[str]:
                         problems.append(f"{where}: {name}(inf, shield=True) is no bound")
                 else:
                     problems.append(f"{where}: {name}(shield=...) is not a scope with a deadline")
+            # An explicit `abandon_on_cancel=False` is a decision WAITS.md must explain; only
+            # the silent default (a thread the caller cannot leave) is refused.
             if name == "run_sync" and "abandon_on_cancel" not in kw and "cancellable" not in kw:
-                problems.append(f"{where}: to_thread.run_sync without abandon_on_cancel=True")
+                problems.append(f"{where}: to_thread.run_sync without abandon_on_cancel=")
         elif isinstance(node, ast.Assign | ast.AugAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for target in targets:

@@ -11,8 +11,10 @@ import contextlib
 import datetime as dt
 import errno
 import json
+import math
 import os
 import queue
+import re
 import stat
 import sys
 import threading
@@ -40,7 +42,7 @@ class Event:
     def text(self) -> str:
         stamp = self.wall.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         tag = f" [{self.tag}]" if self.tag else ""
-        message = f" {self.message}" if self.message else ""
+        message = f" {escape_controls(self.message)}" if self.message else ""
         kv = "".join(f" {k}={_kv_value(v)}" for k, v in self.fields.items())
         return f"{stamp} {self.level}{tag}{message}{kv}"
 
@@ -58,10 +60,20 @@ class Event:
         return self.json() if fmt == "json" else self.text()
 
 
+# Characters that end a line or drive a terminal. A value with one of them (a console address
+# `"ops\nINFO [RESTART] ..."`) would otherwise forge a line of its own in the text log.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as its JSON escape (`\\n`, `\\u001b`)."""
+    return _CONTROLS.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
 def _kv_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    if text == "" or any(c.isspace() or c == '"' for c in text):
-        return json.dumps(text, ensure_ascii=False)
+    if text == "" or _CONTROLS.search(text) or any(c.isspace() or c == '"' for c in text):
+        return escape_controls(json.dumps(text, ensure_ascii=False))
     return text
 
 
@@ -88,7 +100,9 @@ def open_append(path: Path) -> IO[str]:
         os.close(fd)
         raise OSError(errno.EINVAL, f"{path} is not a regular file")
     os.set_blocking(fd, True)
-    return os.fdopen(fd, "a", encoding="utf-8", buffering=1)
+    # backslashreplace: a string that cannot be UTF-8 (a lone surrogate) is written escaped
+    # rather than failing the line.
+    return os.fdopen(fd, "a", encoding="utf-8", errors="backslashreplace", buffering=1)
 
 
 # Lines waiting for the writer thread; past this (a log disk that stopped answering) new lines
@@ -118,15 +132,24 @@ class FileSink:
     _thread: threading.Thread | None = None
     _reported: bool = False
 
+    # False: write on the caller's thread (a one-shot CLI command, whose lines must be in the
+    # file when it returns and which has no event loop to keep serving); still never raises.
+    threaded: bool = True
+
     def __attrs_post_init__(self) -> None:
+        if not self.threaded:
+            return
         # Started here, not on the first line: lines come from several threads at once. A
         # daemon, so a hung disk never holds the process at exit; what is queued is written
-        # at exit by `_finish` (bounded), also for a short CLI run that never calls `close`.
+        # at exit by `_finish` (bounded), also for a run that never calls `close`.
         self._thread = threading.Thread(target=self._drain, name="log-writer", daemon=True)
         self._thread.start()
         weakref.finalize(self, _finish, self._lines, self._thread, EXIT_FLUSH_SECONDS)
 
     def write(self, event: Event) -> None:
+        if not self.threaded:
+            self._write_line(event.line(self.fmt) + "\n")
+            return
         try:
             self._lines.put_nowait(event.line(self.fmt) + "\n")
         except queue.Full:
@@ -134,14 +157,17 @@ class FileSink:
 
     def _drain(self) -> None:
         while (line := self._lines.get()) is not None:
-            try:
-                if self._file is None:
-                    self._file = self.opener(self.path)
-                self._file.write(line)
-            except Exception as exc:
-                self._close_file()
-                self._failure(f"{type(exc).__name__}: {exc}")
+            self._write_line(line)
         self._close_file()
+
+    def _write_line(self, line: str) -> None:
+        try:
+            if self._file is None:
+                self._file = self.opener(self.path)
+            self._file.write(line)
+        except Exception as exc:
+            self._close_file()
+            self._failure(f"{type(exc).__name__}: {exc}")
 
     def _failure(self, why: str) -> None:
         self.failed += 1
@@ -160,6 +186,8 @@ class FileSink:
         A sink is closed once; lines written after that are dropped."""
         if self._thread is not None:
             _finish(self._lines, self._thread, timeout)
+        else:
+            self._close_file()
 
 
 def _finish(lines: queue.Queue[str | None], thread: threading.Thread, timeout: float) -> None:
@@ -249,10 +277,12 @@ class EventLog:
 _LEVELS: dict[Level, int] = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
 
 
-def open_log(log_path: Path | None, *, fmt: LogFormat = "text", echo: IO[str] | None = sys.stderr) -> EventLog:
+def open_log(
+    log_path: Path | None, *, fmt: LogFormat = "text", echo: IO[str] | None = sys.stderr, threaded: bool = True
+) -> EventLog:
     sinks: list[Sink] = []
     if log_path is not None:
-        sinks.append(FileSink(log_path, fmt))
+        sinks.append(FileSink(log_path, fmt, threaded=threaded))
     if echo is not None:
         sinks.append(StreamSink(echo, fmt))
     return EventLog(sinks)
@@ -260,4 +290,6 @@ def open_log(log_path: Path | None, *, fmt: LogFormat = "text", echo: IO[str] | 
 
 def ms(seconds: float) -> str:
     """Durations in log lines are whole milliseconds, as the contract's lines show them."""
-    return f"{round(seconds * 1000)}ms"
+    millis = seconds * 1000
+    # Formatting a log line must never be what kills the gateway: `round(inf)` raises.
+    return f"{round(millis)}ms" if math.isfinite(millis) else f"{millis}ms"

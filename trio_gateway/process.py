@@ -168,9 +168,11 @@ class GatewayProcess:
         while True:
             await self.gateway.state.wait_value(changed)
             state, generation = published = (self.gateway.state.value, self.gateway.generation_number)
-            # Abandonable: an atomic write, so a hung disk never holds a cancelled caller.
+            # Deliberately NOT abandonable (WAITS.md): an abandoned write could land after the
+            # stop has removed the state file, leaving a stale one that says a dead process
+            # runs. It is one small atomic write to the home directory.
             await trio.to_thread.run_sync(
-                state_file.write, self._state_fields(state, generation), abandon_on_cancel=True
+                state_file.write, self._state_fields(state, generation), abandon_on_cancel=False
             )
             # What was written, not what is current: the next round reports what changed since.
             self._notify(state, generation)

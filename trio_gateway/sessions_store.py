@@ -120,6 +120,21 @@ class SessionStore:
             atomic_write_bytes(self._path(session_id), data)
             self._written[session_id] = seq
 
+    async def load(self, session_id: str) -> SessionRecord | None:
+        """One session read back (an evicted one); None when its file is gone or unreadable
+        (an unreadable one is quarantined, as at start-up)."""
+        record: SessionRecord | None = await self.runner(lambda: self._load_one_sync(self._path(session_id)))
+        return record
+
+    def _load_one_sync(self, path: Path) -> SessionRecord | None:
+        try:
+            return _read_record(path)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # any unreadable file: keep it for a person
+            self._quarantine(path, exc)
+            return None
+
     async def load_all(self) -> list[SessionRecord]:
         records: list[SessionRecord] = await self.runner(self._load_all_sync)
         return records
@@ -137,5 +152,9 @@ class SessionStore:
 
     def _quarantine(self, path: Path, exc: Exception) -> None:
         target = self.root / "quarantine" / f"{path.name}.{os.getpid()}"
+        n = 1
+        while target.exists():  # never over an earlier quarantined file
+            target = self.root / "quarantine" / f"{path.name}.{os.getpid()}.{n}"
+            n += 1
         durable_rename(path, target)
         self.log.error("SESSIONS", "Unreadable session file quarantined", file=str(target), error=str(exc)[:200])

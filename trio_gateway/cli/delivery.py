@@ -69,7 +69,8 @@ def _sync(handler: Handler) -> Callable[[argparse.Namespace, Context], int]:
 
 def _log(ctx: Context) -> EventLog:
     # The [DELIVERY] lines go to the gateway's log file; stdout carries the command's answer.
-    return open_log(ctx.home.ensure().log_path, fmt=ctx.log_format, echo=None)
+    # Written inline: a one-shot command's lines are in the file when it returns.
+    return open_log(ctx.home.ensure().log_path, fmt=ctx.log_format, echo=None, threaded=False)
 
 
 def _queue(home: Home, log: EventLog) -> DeliveryQueue:
