@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
@@ -283,7 +284,7 @@ def _event_writer(path: str | None) -> Callable[[dict[str, Any]], None]:
         if path is None:
             return
         with open(path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({**event, "pid": os.getpid()}) + "\n")
+            f.write(json.dumps({**event, "pid": os.getpid(), "t": time.time()}) + "\n")
 
     return write
 
