@@ -288,3 +288,21 @@ async def test_a_silent_http_request_is_an_aborted_api_request(tmp_path: Path, a
         assert "api_request aborted" in reply.text
         assert 10 <= reply.at - started <= 11.1
         gateway.request_drain("stop", force=True)
+
+
+async def test_a_call_while_the_server_restarts_with_its_generation_waits_for_it(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Generation 2 offers generation 1's tool listing while its own server starts; a call
+    made meanwhile waits for the server, inside its unit."""
+    async with trio.open_nursery() as nursery:
+        gateway, _sink, fakes, notices = await run_gateway(nursery, tmp_path, tools_config())
+        fakes["files"].start_delay = 5
+        await gateway.request_drain("restart").done.wait()
+        restarted = trio.current_time()
+        assert gateway.tools is not None
+        assert gateway.tools.servers["files"].state == "starting"
+        reply = await ask(gateway, notices, '/tool files__echo {"text": "after start"}')
+        assert reply.text == "tool files__echo: after start"
+        assert reply.at - restarted == pytest.approx(5, abs=0.1)
+        gateway.request_drain("stop", force=True)

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import trio
 
+from tests import test_e2e
 from tests.test_e2e import Proc, cli, poll, start_gateway
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.tools.mcp import McpServer
@@ -93,8 +94,10 @@ def write_tools_config(home: Path, events_file: Path) -> None:
 
 
 def test_restart_while_a_stdio_tool_hangs_completes_within_the_budget(
-    tmp_path: Path, start_gateway: Callable[..., Proc]
+    tmp_path: Path, start_gateway: Callable[..., Proc], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Importing the MCP SDK adds a second or more to start-up on a busy machine: wait longer.
+    monkeypatch.setattr(test_e2e, "STARTUP_SECONDS", 60.0)
     home, events_file = tmp_path / "home", tmp_path / "events.jsonl"
     write_tools_config(home, events_file)
     proc = start_gateway(home)
@@ -130,3 +133,28 @@ def test_restart_while_a_stdio_tool_hangs_completes_within_the_budget(
 def _running_server(proc: Proc) -> dict[str, Any] | None:
     servers: list[dict[str, Any]] = proc.http("GET", "/v1/status").json()["tools"]["mcpServers"]
     return servers[0] if servers and servers[0]["state"] == "running" else None
+
+
+async def test_a_server_that_ignores_sigterm_is_killed_with_its_children(tmp_path: Path) -> None:
+    """Deaf to stdin's end and to SIGTERM, with a child in its process group: the stop
+    escalates to SIGKILL of the group after the stop timeout, and both are gone and reaped."""
+    log_file = tmp_path / "events.jsonl"
+    opener = stdio_opener([*FAKE, "--stubborn", "--events", str(log_file)], {}, stop_timeout=0.5, stderr_path=None)
+    server = McpServer("stubborn", opener, EventLog([MemorySink()]), max_result_bytes=1 << 20)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run)
+        await wait_state(server, "running")
+        pid = server.pid
+        assert pid is not None
+        nursery.cancel_scope.cancel()
+    [child] = [e["childPid"] for e in events(log_file) if e["event"] == "child"]
+    assert not alive(pid)
+    # The child was reparented when its parent died; it is gone once init reaps it.
+    poll("the server's child to be gone", lambda: not alive(child) or _zombie(child), timeout=10)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False

@@ -175,7 +175,9 @@ class Gateway:
             resources.push_async_callback(self._close_bounded, delivery.aclose, config)
             self.delivery = delivery
             assert self.wall is not None
-            self.tools = tools = self._build_tools(config)
+            tools = self._build_tools(config)
+            tools.inherit(self.tools)
+            self.tools = tools
             resources.push_async_callback(self._close_bounded, tools.aclose, config)
             rt = agent.Runtime(
                 config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now, tools

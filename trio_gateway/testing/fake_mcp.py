@@ -7,7 +7,7 @@ middle of a call), which a well-behaved server library would not let it do.
 The same core serves two ways:
 - in-process, no subprocess: `FakeMcpServer.serve(receive, send)` over trio memory streams (the
   gateway's `InProcessMcp` transport wires them), so it runs on MockClock (`autojump_clock`);
-- as a real stdio server: `python -m trio_gateway.testing.fake_mcp [--events FILE]`, which
+- as a real stdio server: `python -m trio_gateway.testing.fake_mcp [--events FILE] [--stubborn]`, which
   appends one JSON line per event (`started` with its pid, `call`, `cancelled`) to FILE so a
   real-process test can see what the server saw.
 
@@ -26,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -88,6 +90,8 @@ class FakeMcpServer:
     `cancelled` the request ids the client cancelled (`notifications/cancelled`)."""
 
     name: str = "fake"
+    # Seconds before it answers `initialize`: a server slow to start.
+    start_delay: float = 0.0
     calls: list[str] = attrs.Factory(list)
     cancelled: list[Any] = attrs.Factory(list)
     on_event: Callable[[dict[str, Any]], None] = lambda _event: None
@@ -142,6 +146,7 @@ class FakeMcpServer:
         method = message["method"]
         params = message.get("params") or {}
         if method == "initialize":
+            await trio.sleep(self.start_delay)
             return {
                 "protocolVersion": params.get("protocolVersion", "2025-06-18"),
                 "capabilities": {"tools": {}},
@@ -292,6 +297,12 @@ def _event_writer(path: str | None) -> Callable[[dict[str, Any]], None]:
 async def _main(args: argparse.Namespace) -> None:
     on_event = _event_writer(args.events)
     fake = FakeMcpServer(name=args.name, on_event=on_event)
+    if args.stubborn:
+        # Ignores SIGTERM and stdin's end, and forks a child into its process group: only
+        # SIGKILL to the group ends both (the gateway's stop must leave no orphan behind).
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        child = subprocess.Popen(["sleep", "3600"])  # noqa: ASYNC220 (a fire-and-forget child)
+        on_event({"event": "child", "childPid": child.pid})
     on_event({"event": "started"})
     stdin = trio.lowlevel.FdStream(os.dup(0))
     stdout = trio.lowlevel.FdStream(os.dup(1))
@@ -303,6 +314,8 @@ async def _main(args: argparse.Namespace) -> None:
 
     try:
         await fake.serve(stdin, send)
+        if args.stubborn:
+            await trio.sleep_forever()
     except BaseExceptionGroup as group:
         if group.subgroup(FakeCrash) is None:
             raise
@@ -314,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m trio_gateway.testing.fake_mcp", description=__doc__)
     parser.add_argument("--name", default="fake")
     parser.add_argument("--events", default=None, help="append one JSON line per event to this file")
+    parser.add_argument("--stubborn", action="store_true", help="ignore SIGTERM and EOF; fork a child")
     args = parser.parse_args(argv)
     try:
         trio.run(_main, args)

@@ -61,6 +61,10 @@ class McpServer:
     pid: int | None = None
     _session: ClientSession | None = None
     _link: Link | None = None
+    # Set when the first connection of this generation is ready: a call made while the server
+    # is still starting (a resumed turn right after a restart) waits for it, inside its unit,
+    # so the stall watchdog bounds the wait. After a crash calls fail at once instead.
+    _first_ready: trio.Event = attrs.Factory(trio.Event)
 
     async def run(self) -> None:
         """Connect, serve until the connection dies, back off, connect again; until cancelled."""
@@ -68,6 +72,7 @@ class McpServer:
         try:
             while True:
                 served = await self._serve_once()
+                self._first_ready.set()  # from now on a call to a server that is down fails at once
                 failures = 0 if served else failures + 1
                 wait = backoff.delay(failures + 1, RESTART_INITIAL_SECONDS, RESTART_MAX_SECONDS, self.rng)
                 self.state = "restarting"
@@ -91,7 +96,9 @@ class McpServer:
                 if link.failure is None:
                     self._session, self._link, self.pid = session, link, link.pid
                     self.state, served = "running", True
-                    self.log.info("TOOLS", "MCP server ready", server=self.name, tools=len(self.tools), pid=link.pid)
+                    self._first_ready.set()
+                    pid = {} if link.pid is None else {"pid": link.pid}
+                    self.log.info("TOOLS", "MCP server ready", server=self.name, tools=len(self.tools), **pid)
                 await link.dead.wait()
                 self.last_error = link.failure
         except* Exception as group:  # a spawn failure, a protocol error: never the gateway
@@ -112,6 +119,9 @@ class McpServer:
 
     async def call(self, tool: str, arguments: dict[str, Any], unit: WorkUnit) -> CallOutcome:
         """Call one tool. Never raises but `Cancelled` (the unit's abort or a drain)."""
+        if self.state == "starting":
+            unit.progress(f"tool_call:{self.name}__{tool} waiting for the server to start")
+            await self._first_ready.wait()
         session, link = self._session, self._link
         if session is None or link is None:
             why = f": {self.last_error}" if self.last_error else ""

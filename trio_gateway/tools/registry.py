@@ -129,6 +129,17 @@ class ToolBox:
         result = await self.servers[server].call(tool, call.arguments, unit)
         return result.text, result.outcome
 
+    def inherit(self, previous: ToolBox | None) -> None:
+        """Offer the previous generation's tool listings until each server lists its own: a
+        turn resumed right after a restart still sees its tools (its call waits for the start)."""
+        if previous is None:
+            return
+        for name, server in self.servers.items():
+            old = previous.servers.get(name)
+            same = self.config.tools.mcp_servers.get(name) == previous.config.tools.mcp_servers.get(name)
+            if old is not None and same and not server.tools:
+                server.tools = list(old.tools)
+
     # --- lifecycle ----------------------------------------------------------------------
 
     async def run(self) -> None:

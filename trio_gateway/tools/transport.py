@@ -35,6 +35,8 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 FLUSH_SECONDS = 0.5
 # How long to wait, after a server's output ends, for its exit status (for the error message).
 EXIT_GRACE_SECONDS = 0.5
+# A server that exits when its stdin closes (most do) is spared the signals.
+EOF_GRACE_SECONDS = 0.1
 # After SIGKILL the kernel frees a process at once; this only bounds waiting to reap it.
 REAP_TIMEOUT_SECONDS = 1.0
 
@@ -187,15 +189,22 @@ def stdio_opener(command: list[str], env: Mapping[str, str], stop_timeout: float
                 link.pid = process.pid
                 yield link
         finally:
-            with trio.move_on_after(stop_timeout + REAP_TIMEOUT_SECONDS, shield=True):
+            with trio.move_on_after(EOF_GRACE_SECONDS + stop_timeout + REAP_TIMEOUT_SECONDS, shield=True):
                 await stop_process(process, stop_timeout)
 
     return open_stdio
 
 
 async def stop_process(process: trio.Process, stop_timeout: float) -> None:
-    """SIGTERM to the process group, SIGKILL after `stop_timeout`, then reap: no orphan (the
-    group goes too), no zombie (we wait). Called under the caller's shielded deadline."""
+    """Close its stdin and give it `EOF_GRACE_SECONDS` to exit (the MCP stdio shutdown; it also
+    lets a server read the `notifications/cancelled` just written), then SIGTERM to the process
+    group, SIGKILL after `stop_timeout`, then reap: no orphan (the group goes too), no zombie
+    (we wait). Called under the caller's shielded deadline."""
+    if process.stdin is not None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await process.stdin.aclose()
+    with trio.move_on_after(min(EOF_GRACE_SECONDS, stop_timeout)):
+        await process.wait()
     if process.returncode is None:
         _signal_group(process.pid, signal.SIGTERM)
         with trio.move_on_after(stop_timeout):
