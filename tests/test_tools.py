@@ -177,6 +177,8 @@ async def test_a_drain_deadline_cuts_a_hanging_tool_and_stops_its_server(
         files = gateway.tools.servers["files"]
         await until(lambda: files.state == "running")  # generation 2's connection
         assert fakes["files"].connections == 2
+        # /metrics counts across generations: the cut call is still there in generation 2.
+        assert gateway.tools.outcomes[("mcp", "cancelled")] == 1
         gateway.request_drain("stop", force=True)
 
 

@@ -19,6 +19,7 @@ import datetime as dt
 import itertools
 import os
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack
 from typing import Any, Literal, Protocol
@@ -113,6 +114,7 @@ class Gateway:
     delivery: DeliveryService | None = None
     watchdog: StallWatchdog | None = None
     tools: ToolBox | None = None
+    tool_outcomes: Counter[tuple[str, str]] = attrs.Factory(Counter)
     _drain: DrainRequest | None = None
     _drain_wanted: trio.Event = attrs.Factory(trio.Event)
     _by_origin: dict[tuple[str, Origin | None], str] = attrs.Factory(dict)
@@ -177,6 +179,7 @@ class Gateway:
             assert self.wall is not None
             tools = self._build_tools(config)
             tools.inherit(self.tools)
+            tools.outcomes = self.tool_outcomes  # a counter for /metrics: it never goes back
             self.tools = tools
             resources.push_async_callback(self._close_bounded, tools.aclose, config)
             rt = agent.Runtime(

@@ -144,11 +144,11 @@ def _tools(out: Exposition, gateway: Gateway) -> None:
     tools = gateway.tools
     if tools is None:
         return
-    out.family("tool_calls_total", "counter", "Tool calls by kind (mcp, http) and outcome, this generation")
+    out.family("tool_calls_total", "counter", "Tool calls by kind (mcp, http) and outcome")
     for (kind, outcome), n in sorted(tools.outcomes.items()):
         out.sample("tool_calls_total", n, {"kind": kind, "outcome": outcome})
     out.family("mcp_server_up", "gauge", "1 when the MCP server is connected and serving calls")
-    out.family("mcp_server_restarts_total", "counter", "Times the MCP server was restarted, this generation")
+    out.family("mcp_server_restarts", "gauge", "Times the MCP server was restarted in this generation")
     for server in tools.servers.values():
         out.sample("mcp_server_up", 1 if server.state == "running" else 0, {"server": server.name})
-        out.sample("mcp_server_restarts_total", server.restarts, {"server": server.name})
+        out.sample("mcp_server_restarts", server.restarts, {"server": server.name})
