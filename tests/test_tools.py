@@ -16,7 +16,7 @@ from trio_gateway import config as cfg
 from trio_gateway import http_client as http
 from trio_gateway.errors import ConfigError
 from trio_gateway.gateway import Gateway
-from trio_gateway.log import MemorySink
+from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.routing import Origin
 from trio_gateway.testing.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.testing.runtime import Notice, build_gateway
@@ -308,3 +308,47 @@ async def test_a_call_while_the_server_restarts_with_its_generation_waits_for_it
         assert reply.text == "tool files__echo: after start"
         assert reply.at - restarted == pytest.approx(5, abs=0.1)
         gateway.request_drain("stop", force=True)
+
+
+# --- streamable HTTP -----------------------------------------------------------------------------
+
+
+async def test_a_streamable_http_server_answers_reports_progress_and_is_told_of_an_abort(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The production HTTP opener (the SDK's streamable HTTP client over our httpx2 client) with
+    the header named by headersEnv, against the fake served over a MockTransport."""
+    from trio_gateway.testing.fake_mcp import FakeMcpServer, http_transport
+    from trio_gateway.tools.mcp import McpServer
+    from trio_gateway.tools.transport import http_opener
+    from trio_gateway.work import WorkRegistry
+
+    fake = FakeMcpServer(name="search")
+    log = EventLog([MemorySink()])
+    registry = WorkRegistry(log)
+    async with http_transport(fake) as transport, trio.open_nursery() as nursery:
+        seen_auth: list[str] = []
+
+        def client() -> http.AsyncClient:
+            async def record(request: http.Request) -> None:
+                seen_auth.append(request.headers.get("authorization", ""))
+
+            return http.AsyncClient(transport=transport, event_hooks={"request": [record]})
+
+        opener = http_opener("http://search.invalid/mcp", {"Authorization": "Bearer s3cret"}, client)
+        server = McpServer("search", opener, log, max_result_bytes=1 << 20)
+        nursery.start_soon(server.run)
+        await until(lambda: server.state == "running")
+        with registry.track("tool_call") as unit:
+            answer = await server.call("echo", {"text": "over http"}, unit)
+        assert (answer.text, answer.outcome) == ("over http", "ok")
+        with registry.track("tool_call") as unit:
+            slow = await server.call("slow", {"seconds": 3, "every": 1}, unit)
+            assert unit.last_progress == "tool_call:search__slow progress 3/3"
+        assert slow.text == "slow done"
+        with registry.track("tool_call") as unit, trio.move_on_after(2):
+            await server.call("hang", {}, unit)
+        await until(lambda: bool(fake.cancelled))
+        assert seen_auth
+        assert all(a == "Bearer s3cret" for a in seen_auth)
+        nursery.cancel_scope.cancel()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -279,6 +280,53 @@ def in_process_tools(
         return build_toolbox(config, gateway.registry, gateway.log, fakes.opener_for, http_transport=http_transport)
 
     return factory
+
+
+# --- streamable HTTP, in-process -------------------------------------------------------------
+
+
+@asynccontextmanager
+async def http_transport(fake: FakeMcpServer) -> AsyncIterator[http.AsyncBaseTransport]:
+    """`fake` as a streamable HTTP MCP endpoint behind an httpx2 `MockTransport` (no socket, so
+    MockClock-friendly): each request POST is answered with an SSE stream carrying its progress
+    notifications and its response; a notification POST gets 202. No session id, so the client
+    opens no GET stream. The same `serve` core runs behind it, fed one line per POST."""
+    from trio_gateway import http_client
+
+    to_server, server_in = trio.testing.memory_stream_one_way_pair()
+    routes: dict[Any, trio.MemorySendChannel[bytes]] = {}
+
+    async def from_server(data: bytes) -> None:
+        for line in data.splitlines():
+            message = json.loads(line)
+            key = message.get("id", (message.get("params") or {}).get("progressToken"))
+            route = routes.get(key)
+            if route is not None:
+                route.send_nowait(line)
+                if "id" in message:
+                    route.close()
+
+    async def handle(request: http_client.Request) -> http_client.Response:
+        body = request.content
+        message = json.loads(body)
+        if "id" not in message or "method" not in message:
+            await to_server.send_all(body + b"\n")
+            return http_client.Response(202)
+        send, receive = trio.open_memory_channel[bytes](math.inf)
+        routes[message["id"]] = send
+        await to_server.send_all(body + b"\n")
+
+        async def events() -> AsyncIterator[bytes]:
+            async with receive:
+                async for line in receive:
+                    yield b"event: message\ndata: " + line + b"\n\n"
+
+        return http_client.Response(200, headers={"content-type": "text/event-stream"}, content=events())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake.serve, server_in, from_server)
+        yield http_client.MockTransport(handle)
+        nursery.cancel_scope.cancel(reason="fake HTTP MCP server closed")
 
 
 # --- stdio --------------------------------------------------------------------------------
