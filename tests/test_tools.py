@@ -352,3 +352,45 @@ async def test_a_streamable_http_server_answers_reports_progress_and_is_told_of_
         assert seen_auth
         assert all(a == "Bearer s3cret" for a in seen_auth)
         nursery.cancel_scope.cancel()
+
+
+async def test_a_slow_http_body_that_keeps_sending_is_never_aborted(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Each received chunk is progress: 12 chunks 5 s apart (60 s) under a 10 s threshold."""
+
+    async def chunks() -> Any:
+        for i in range(12):
+            await trio.sleep(5)
+            yield f"{i % 10}".encode()
+
+    async def handler(request: http.Request) -> http.Response:
+        await trio.lowlevel.checkpoint()
+        return http.Response(200, content=chunks())
+
+    async with trio.open_nursery() as nursery:
+        gateway, notices = await run_with_http(nursery, tmp_path, http_config(), handler)
+        started = trio.current_time()
+        reply = await ask(gateway, notices, '/tool http_request {"url": "https://api.example.com/stream"}')
+        answer = json.loads(reply.text.removeprefix("tool http_request: "))
+        assert answer["body"] == "0123456789"  # capped at maxResponseBytes = 10
+        assert answer["truncated"] is True
+        assert reply.at - started >= 55
+        gateway.request_drain("stop", force=True)
+
+
+def test_preflight_names_a_missing_header_secret() -> None:
+    from trio_gateway.assemble import preflight
+
+    config = cfg.parse(
+        {
+            "tools": {
+                "mcpServers": {"search": {"url": "https://s.example/mcp", "headersEnv": {"Authorization": "S_AUTH"}}}
+            }
+        }
+    )
+    with pytest.raises(ConfigError) as info:
+        preflight(config, {})
+    assert str(info.value).startswith("tools.mcpServers.search.headersEnv.Authorization")
+    assert "S_AUTH is not set" in str(info.value)
+    preflight(config, {"S_AUTH": "Bearer x"})

@@ -229,10 +229,12 @@ class Harness:
         channels: FakeChannels | None = None,
         env: Mapping[str, str] | None = None,
         seed: int = 0,
+        mcp: FakeMcpServers | None = None,
     ) -> Harness:
         the_model = model or HarnessModel()
         gateway, sink = build_gateway(home, config, model=the_model)
         harness = cls(gateway, sink, the_model, channels or FakeChannels(), DeliveryTap(), Home(home))
+        harness.mcp = mcp or harness.mcp
         gateway.deps.delivery_factory = harness._delivery_factory(fake_env(config) if env is None else env, seed)
         gateway.deps.tools_factory = in_process_tools(harness.mcp)
         return harness

@@ -145,6 +145,10 @@ class McpServer:
             return CallOutcome(tool_error(text), "tool_error")
         return CallOutcome(text, "ok")
 
+    async def started(self) -> None:
+        """Until the first connection of this generation is ready or has failed."""
+        await self._first_ready.wait()
+
     def status(self) -> dict[str, Any]:
         return {
             "name": self.name,

@@ -156,6 +156,11 @@ class ToolBox:
     def status(self) -> list[dict[str, Any]]:
         return [server.status() for server in self.servers.values()]
 
+    async def started(self) -> None:
+        """Until every server has connected once or failed to (tests, fixtures)."""
+        for server in self.servers.values():
+            await server.started()
+
 
 def _function(name: str, tool: Mapping[str, Any]) -> dict[str, Any]:
     schema = tool.get("inputSchema") or {"type": "object", "properties": {}}
