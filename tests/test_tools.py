@@ -211,7 +211,7 @@ def test_tools_config_is_strict() -> None:
 async def test_status_and_metrics_show_servers_and_call_outcomes(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    from trio_gateway.cli_gateway import status_lines
+    from trio_gateway.cli.gateway import status_lines
     from trio_gateway.http.metrics import render
 
     async with trio.open_nursery() as nursery:
