@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -36,23 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import GatewayProcess, banner, percentile, table, temp_home, verdict, write_config
 
 from trio_gateway import http_client as http
+from trio_gateway.testing.fake_mcp import STDIO_COMMAND, process_state, read_events
 
-FAKE = [sys.executable, "-m", "trio_gateway.testing.fake_mcp"]
-
-
-def events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def process_state(pid: int) -> str:
-    """'gone', 'zombie' or 'alive', from /proc (a zombie still answers kill(pid, 0))."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "gone"
-    return "zombie" if stat.rsplit(")", 1)[1].split()[0] == "Z" else "alive"
+FAKE = STDIO_COMMAND
+events = read_events
 
 
 def tools_config(home: Path, servers: int, timeout: float, stall: dict[str, Any]) -> dict[str, Any]:

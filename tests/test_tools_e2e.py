@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ import trio
 from tests import test_e2e
 from tests.test_e2e import Proc, cli, poll, start_gateway
 from trio_gateway.log import EventLog, MemorySink
+from trio_gateway.testing.fake_mcp import STDIO_COMMAND, process_state, read_events
 from trio_gateway.tools.mcp import McpServer
 from trio_gateway.tools.transport import stdio_opener
 from trio_gateway.work import WorkRegistry
@@ -25,13 +25,8 @@ from trio_gateway.work import WorkRegistry
 pytestmark = pytest.mark.e2e
 __all__ = ["start_gateway"]  # the fixture, shared with test_e2e
 
-FAKE = [sys.executable, "-m", "trio_gateway.testing.fake_mcp"]
-
-
-def events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+FAKE = STDIO_COMMAND
+events = read_events
 
 
 def alive(pid: int) -> bool:
@@ -150,11 +145,4 @@ async def test_a_server_that_ignores_sigterm_is_killed_with_its_children(tmp_pat
     [child] = [e["childPid"] for e in events(log_file) if e["event"] == "child"]
     assert not alive(pid)
     # The child was reparented when its parent died; it is gone once init reaps it.
-    poll("the server's child to be gone", lambda: not alive(child) or _zombie(child), timeout=10)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
+    poll("the server's child to be gone", lambda: process_state(child) != "alive", timeout=10)

@@ -4,12 +4,16 @@ Hand-written JSON-RPC over newline-delimited lines, not the SDK's server: the po
 is to misbehave on purpose (a line that is not JSON, a reply bigger than any cap, an exit in the
 middle of a call), which a well-behaved server library would not let it do.
 
-The same core serves two ways:
-- in-process, no subprocess: `FakeMcpServer.serve(receive, send)` over trio memory streams (the
-  gateway's `InProcessMcp` transport wires them), so it runs on MockClock (`autojump_clock`);
-- as a real stdio server: `python -m trio_gateway.testing.fake_mcp [--events FILE] [--stubborn]`, which
-  appends one JSON line per event (`started` with its pid, `call`, `cancelled`) to FILE so a
-  real-process test can see what the server saw.
+The same core serves three ways:
+- in-process, no subprocess: `FakeMcpServer.serve(receive, send)` over trio memory streams
+  (`in_process_opener`, `FakeMcpServers`, `in_process_tools` wire it to a gateway through the
+  production line transport), so it runs on MockClock (`autojump_clock`);
+- as a streamable HTTP endpoint, in-process: `async with http_transport(fake) as transport` gives
+  an httpx2 `MockTransport` for the production HTTP opener;
+- as a real stdio server: `python -m trio_gateway.testing.fake_mcp [--events FILE] [--stubborn]`,
+  which appends one JSON line per event (`started` with its pid, `call`, `cancelled`) to FILE so
+  a real-process test can see what the server saw (`read_events`); `--stubborn` ignores SIGTERM
+  and stdin's end and forks a child, to prove the stop leaves no orphan.
 
 Tools (arguments in parentheses):
     echo(text)                   answers with the text
@@ -33,6 +37,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -330,6 +335,25 @@ async def http_transport(fake: FakeMcpServer) -> AsyncIterator[http.AsyncBaseTra
 
 
 # --- stdio --------------------------------------------------------------------------------
+
+# How to start the stdio fake from a config, a test or a benchmark.
+STDIO_COMMAND = [sys.executable, "-m", "trio_gateway.testing.fake_mcp"]
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """What a stdio fake started with `--events path` saw, one dict per event."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def process_state(pid: int) -> str:
+    """'gone', 'zombie' or 'alive', from /proc (a zombie still answers kill(pid, 0))."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "gone"
+    return "zombie" if stat.rsplit(")", 1)[1].split()[0] == "Z" else "alive"
 
 
 def _event_writer(path: str | None) -> Callable[[dict[str, Any]], None]:
