@@ -394,3 +394,19 @@ def test_preflight_names_a_missing_header_secret() -> None:
     assert str(info.value).startswith("tools.mcpServers.search.headersEnv.Authorization")
     assert "S_AUTH is not set" in str(info.value)
     preflight(config, {"S_AUTH": "Bearer x"})
+
+
+async def test_a_turn_at_start_up_waits_for_its_servers_tool_listing(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    fakes = FakeMcpServers()
+    fakes["files"].start_delay = 5
+    notices: list[Notice] = []
+    gateway, _sink = build_gateway(tmp_path, tools_config(), notices=notices, tools_factory=in_process_tools(fakes))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        started = trio.current_time()
+        reply = await ask(gateway, notices, '/tool files__echo {"text": "first"}')
+        assert reply.text == "tool files__echo: first"
+        assert reply.at - started == pytest.approx(5, abs=0.1)
+        gateway.request_drain("stop", force=True)

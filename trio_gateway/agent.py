@@ -305,6 +305,7 @@ async def agent_loop(
     model = rt.models[agent.model]
     tools = [SPAWN_TOOL] if depth < agent.max_subagent_depth else []
     if rt.tools is not None:
+        await rt.tools.listed(agent_id)  # a server still starting: wait for its tool listing
         tools += rt.tools.offered(agent_id)
     for _ in range(agent.max_tool_rounds):
         reply = await _model_call(rt, session, model, messages, tools, parent, stall)

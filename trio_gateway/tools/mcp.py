@@ -147,7 +147,8 @@ class McpServer:
 
     async def started(self) -> None:
         """Until the first connection of this generation is ready or has failed."""
-        await self._first_ready.wait()
+        if not self._first_ready.is_set():
+            await self._first_ready.wait()
 
     def status(self) -> dict[str, Any]:
         return {

@@ -77,6 +77,17 @@ class ToolBox:
             offer.append(HTTP_TOOL)
         return offer
 
+    async def listed(self, agent_id: str) -> None:
+        """Until every server the agent may use has connected once (or failed to): a turn that
+        starts with the generation (a resumed one) is offered the tools it would be offered a
+        second later. Bounded by the server's start timeout; no await at all once they are known
+        (an agent without MCP tools, 10,000 sessions: not one extra checkpoint each)."""
+        agent = self.config.agents.get(agent_id)
+        allow = agent.tools if agent is not None else []
+        for server in self.servers.values():
+            if any(entry.startswith(f"{server.name}.") for entry in allow):
+                await server.started()
+
     def handles(self, name: str) -> bool:
         return name == "http_request" or SEPARATOR in name
 
