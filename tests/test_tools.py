@@ -410,3 +410,22 @@ async def test_a_turn_at_start_up_waits_for_its_servers_tool_listing(
         assert reply.text == "tool files__echo: first"
         assert reply.at - started == pytest.approx(5, abs=0.1)
         gateway.request_drain("stop", force=True)
+
+
+def test_a_stdio_server_gets_basics_its_env_and_named_secrets_never_the_gateways() -> None:
+    from trio_gateway.assemble import preflight
+    from trio_gateway.tools.registry import server_env
+
+    raw = {"command": ["srv"], "env": {"ROOT": "/srv"}, "envFrom": {"GITHUB_TOKEN": "GW_GITHUB"}}
+    config = cfg.parse({"tools": {"mcpServers": {"gh": raw}}})
+    gateway_env = {"PATH": "/usr/bin", "HOME": "/root", "OPENAI_API_KEY": "sk-secret", "GW_GITHUB": "ghp_x"}
+    assert server_env(config.tools.mcp_servers["gh"], gateway_env) == {
+        "PATH": "/usr/bin",
+        "HOME": "/root",
+        "ROOT": "/srv",
+        "GITHUB_TOKEN": "ghp_x",
+    }
+    with pytest.raises(ConfigError, match=r"envFrom\.GITHUB_TOKEN: environment variable GW_GITHUB is not set"):
+        preflight(config, {})
+    with pytest.raises(ConfigError, match=r"tools.mcpServers.gh.envFrom.TOKEN"):
+        cfg.parse({"tools": {"mcpServers": {"gh": {"command": ["srv"], "envFrom": {"TOKEN": "ghp_literal-value"}}}}})

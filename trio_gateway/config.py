@@ -125,11 +125,16 @@ class AgentConfig:
 @attrs.frozen
 class McpServerConfig:
     """One MCP server (SPEC 14): `command` (stdio) or `url` (streamable HTTP), never both.
-    `env` is passed to the server as written (not secrets); `headersEnv` names, per header, the
-    environment variable holding its value, so a token never sits in gateway.json."""
+    `env` is passed to the server as written (not secrets); `envFrom` and `headersEnv` name, per
+    variable or header, the environment variable holding its value, so a token never sits in
+    gateway.json. A stdio server inherits only a few harmless variables (PATH, HOME, ...) of the
+    gateway's environment, never its secrets."""
 
     command: list[str] | None = None
     env: dict[str, str] = attrs.Factory(dict)
+    # Secrets for a stdio server: its variable name -> the gateway's environment variable
+    # holding the value (`{"GITHUB_TOKEN": "GATEWAY_GITHUB_TOKEN"}`), like `headersEnv`.
+    env_from: dict[str, str] = attrs.Factory(dict)
     url: str | None = None
     headers_env: dict[str, str] = attrs.Factory(dict)
 
@@ -418,8 +423,12 @@ def _check_tools(tools: ToolsConfig) -> None:
             raise ConfigError(f"{path}.command", "must be a non-empty list: the program, then its arguments")
         if server.url is not None and not server.url.startswith(("http://", "https://")):
             raise ConfigError(f"{path}.url", f"must be an http(s) URL, got {server.url!r}")
-        if server.url is not None and server.env:
-            raise ConfigError(f"{path}.env", "only for a stdio server (command)")
+        for key in ("env", "env_from"):
+            if server.url is not None and getattr(server, key):
+                raise ConfigError(f"{path}.{camel(key)}", "only for a stdio server (command)")
+        for var, source in server.env_from.items():
+            if not ENV_NAME.fullmatch(var) or not ENV_NAME.fullmatch(source):
+                raise ConfigError(f"{path}.envFrom.{var}", f"must map a variable name to one, got {source!r}")
         if server.command is not None and server.headers_env:
             raise ConfigError(f"{path}.headersEnv", "only for a streamable HTTP server (url)")
         for header, var in server.headers_env.items():

@@ -218,7 +218,7 @@ def production_openers(env: Mapping[str, str], logs_dir: str | None) -> OpenerFa
         stop = config.gateway.channel_stop_timeout_seconds
         if server.command is not None:
             stderr = os.path.join(logs_dir, f"mcp-{name}.stderr.log") if logs_dir else None
-            return stdio_opener(server.command, server.env, stop, stderr)
+            return stdio_opener(server.command, server_env(server, env), stop, stderr)
         assert server.url is not None
         headers = {header: env.get(var, "") for header, var in server.headers_env.items()}
         return http_opener(server.url, headers, lambda: http.AsyncClient(trust_env=False))
@@ -226,9 +226,24 @@ def production_openers(env: Mapping[str, str], logs_dir: str | None) -> OpenerFa
     return opener_for
 
 
+# What a stdio server inherits from the gateway's environment: enough to find programs and a
+# home, never the gateway's own secrets (model keys, channel tokens).
+INHERITED_ENV = ("HOME", "LANG", "LC_ALL", "LOGNAME", "PATH", "SHELL", "TERM", "TMPDIR", "TZ", "USER")
+
+
+def server_env(server: McpServerConfig, env: Mapping[str, str]) -> dict[str, str]:
+    """The whole environment of a stdio server: inherited basics, `env`, then `envFrom`."""
+    inherited = {k: env[k] for k in INHERITED_ENV if k in env}
+    secrets = {var: env.get(source, "") for var, source in server.env_from.items()}
+    return {**inherited, **server.env, **secrets}
+
+
 def check_env(config: Config, env: Mapping[str, str]) -> None:
     """Every secret a tools config names is present (run by `assemble.preflight`)."""
     for name, server in config.tools.mcp_servers.items():
+        for var, source in server.env_from.items():
+            if not env.get(source):
+                raise ConfigError(f"tools.mcpServers.{name}.envFrom.{var}", f"environment variable {source} is not set")
         for header, var in server.headers_env.items():
             if not env.get(var):
                 raise ConfigError(

@@ -157,7 +157,8 @@ async def pipe_link(
 
 
 def stdio_opener(command: list[str], env: Mapping[str, str], stop_timeout: float, stderr_path: str | None) -> Opener:
-    """A stdio server in its own process group (so SIGTERM reaches whatever it forks)."""
+    """A stdio server in its own process group (so SIGTERM reaches whatever it forks), with
+    `env` as its whole environment."""
 
     @asynccontextmanager
     async def open_stdio() -> AsyncIterator[Link]:
@@ -169,7 +170,7 @@ def stdio_opener(command: list[str], env: Mapping[str, str], stop_timeout: float
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=err,
-                env={**os.environ, **env},
+                env=dict(env),  # exactly what the caller chose: never the gateway's whole environment
                 start_new_session=True,
             )
         finally:
