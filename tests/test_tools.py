@@ -429,3 +429,32 @@ def test_a_stdio_server_gets_basics_its_env_and_named_secrets_never_the_gateways
         preflight(config, {})
     with pytest.raises(ConfigError, match=r"tools.mcpServers.gh.envFrom.TOKEN"):
         cfg.parse({"tools": {"mcpServers": {"gh": {"command": ["srv"], "envFrom": {"TOKEN": "ghp_literal-value"}}}}})
+
+
+async def test_a_bug_in_a_server_supervisor_stops_that_server_not_the_gateway(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    from trio_gateway.tools.registry import build_toolbox
+    from trio_gateway.work import WorkRegistry
+
+    sink = MemorySink()
+    log = EventLog([sink])
+    box = build_toolbox(tools_config(), WorkRegistry(log), log, FakeMcpServers().opener_for)
+
+    from trio_gateway.tools.mcp import McpServer
+
+    class Broken(McpServer):
+        async def run(self) -> None:
+            await trio.sleep(1)
+            raise RuntimeError("a bug")
+
+    files = box.servers["files"]
+    box.servers["files"] = Broken("files", files.opener, log, files.max_result_bytes)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(box.run)
+        await until(lambda: box.servers["other"].state == "running")
+        await trio.sleep(2)
+        assert box.servers["files"].last_error == "supervisor failed: RuntimeError('a bug')"
+        assert box.servers["other"].state == "running"
+        nursery.cancel_scope.cancel()
+    assert any(e.message == "MCP server supervisor failed; server stopped" for e in sink.events)

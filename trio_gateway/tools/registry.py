@@ -158,7 +158,14 @@ class ToolBox:
         after the drain; each transport bounds its own stop)."""
         async with trio.open_nursery() as nursery:
             for server in self.servers.values():
-                nursery.start_soon(server.run)
+                nursery.start_soon(self._supervise, server)
+
+    async def _supervise(self, server: McpServer) -> None:
+        try:
+            await server.run()
+        except Exception as exc:  # a bug in the supervisor: that server stops, never the gateway
+            server.last_error = f"supervisor failed: {exc!r}"
+            self.log.error("TOOLS", "MCP server supervisor failed; server stopped", server=server.name, error=repr(exc))
 
     async def aclose(self) -> None:
         if self.http is not None:
