@@ -44,6 +44,7 @@ from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnKind, T
 from trio_gateway.stall import StallWatchdog
 from trio_gateway.store import BlockingRunner, in_thread
 from trio_gateway.tools.registry import ToolBox, build_toolbox, production_openers
+from trio_gateway.tools.registry import preload as preload_tools
 from trio_gateway.work import WorkRegistry
 
 State = Literal["starting", "running", "draining", "stopped"]
@@ -186,6 +187,7 @@ class Gateway:
             resources.push_async_callback(self._close_bounded, delivery.aclose, config)
             self.delivery = delivery
             assert self.wall is not None
+            await preload_tools(config)
             tools = self._build_tools(config)
             tools.inherit(self.tools)
             tools.outcomes = self.tool_outcomes  # a counter for /metrics: it never goes back

@@ -11,10 +11,12 @@ The MCP SDK costs about a second to import, so it is imported only when a server
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
 import re
+import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -189,6 +191,13 @@ def _function(name: str, tool: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --- building ---------------------------------------------------------------------------------
+
+
+async def preload(config: Config) -> None:
+    """Import the MCP SDK in a thread when this config needs it for the first time: the import
+    takes a second or more, and on the event loop it would freeze `/healthz` and every turn."""
+    if config.tools.mcp_servers and "trio_gateway.tools.mcp" not in sys.modules:
+        await trio.to_thread.run_sync(importlib.import_module, "trio_gateway.tools.mcp")
 
 
 def build_toolbox(
