@@ -14,7 +14,6 @@ progress, so a tool that reports progress is never judged stalled. Cancelling th
 
 from __future__ import annotations
 
-import json
 import random
 from typing import Any, Literal
 
@@ -26,6 +25,7 @@ from mcp.shared.exceptions import MCPError
 
 from trio_gateway import backoff
 from trio_gateway.log import EventLog
+from trio_gateway.tools import tool_error
 from trio_gateway.tools.transport import Link, Opener
 from trio_gateway.work import WorkUnit
 
@@ -34,11 +34,6 @@ ServerState = Literal["starting", "running", "restarting", "stopped"]
 START_TIMEOUT_SECONDS = 30.0
 RESTART_INITIAL_SECONDS = 0.5
 RESTART_MAX_SECONDS = 30.0
-
-
-def tool_error(text: str) -> str:
-    """What the model receives when a tool call did not produce a result."""
-    return json.dumps({"error": text}, ensure_ascii=False)
 
 
 @attrs.define(eq=False)

@@ -12,7 +12,6 @@ The MCP SDK costs about a second to import, so it is imported only when a server
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import random
 import re
@@ -29,6 +28,7 @@ from trio_gateway.config import Config, McpServerConfig
 from trio_gateway.errors import ConfigError, WorkAbortedError
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import ToolCall
+from trio_gateway.tools import tool_error
 from trio_gateway.tools.http import HTTP_TOOL, DeniedError, HttpTool
 from trio_gateway.work import WorkKind, WorkRegistry, WorkUnit
 
@@ -43,10 +43,6 @@ OUTCOMES = ("ok", "tool_error", "failed", "denied", "aborted", "cancelled")
 
 # Per server: how to open one connection to it (stdio process, HTTP, or a test's fake).
 OpenerFactory = Callable[[str, McpServerConfig, Config], "Opener"]
-
-
-def tool_error(text: str) -> str:
-    return json.dumps({"error": text}, ensure_ascii=False)
 
 
 def allowed(allow_list: list[str], server: str, tool: str) -> bool:

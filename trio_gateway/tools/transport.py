@@ -14,7 +14,6 @@ server plugs into the very same code (`pipe_link`) without a subprocess.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -244,7 +243,3 @@ def http_opener(url: str, headers: Mapping[str, str], client_factory: Callable[[
                 yield Link(read, write)
 
     return open_http
-
-
-def dumps_compact(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
