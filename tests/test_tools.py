@@ -458,3 +458,22 @@ async def test_a_bug_in_a_server_supervisor_stops_that_server_not_the_gateway(
         assert box.servers["other"].state == "running"
         nursery.cancel_scope.cancel()
     assert any(e.message == "MCP server supervisor failed; server stopped" for e in sink.events)
+
+
+async def test_the_line_transport_splits_and_joins_messages_across_chunks(autojump_clock: trio.abc.Clock) -> None:
+    import trio.testing
+
+    from trio_gateway.tools.transport import pipe_link
+
+    client, server = trio.testing.memory_stream_pair()
+    ping = b'{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":%d}}'
+    async with pipe_link(client, client) as link:
+        await server.send_all(ping % 1 + b"\n" + ping % 2 + b"\n" + (ping % 3)[:10])
+        await server.send_all((ping % 3)[10:40])
+        await server.send_all((ping % 3)[40:] + b"\n\n")
+        got = [await link.read.receive() for _ in range(3)]
+        assert [m.message.params["progress"] for m in got] == [1, 2, 3]
+        assert link.failure is None
+        await server.send_all(b"not json\n")
+        await link.dead.wait()
+        assert link.failure == "the server wrote something that is not JSON-RPC: 'not json'"

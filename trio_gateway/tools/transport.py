@@ -85,10 +85,12 @@ async def _read_lines(stream: trio.abc.ReceiveStream, link: Link, sink: Any, eof
         if not chunk:
             link.fail(await eof_reason())
             return
+        scan = len(buffer)  # what is already in the buffer holds no line end: search only the new bytes
         buffer += chunk
-        while (end := buffer.find(b"\n")) >= 0:
+        while (end := buffer.find(b"\n", scan)) >= 0:
             line = bytes(buffer[:end])
             del buffer[: end + 1]
+            scan = 0
             if len(line) > MAX_MESSAGE_BYTES:
                 link.fail(_too_long(len(line)))
                 return
