@@ -32,7 +32,18 @@ def unbounded_waits(source: str, filename: str = "<src>") -> list[str]:
     """Each shielded scope without a finite deadline on it, each `.shield = ...` assignment
     (a scope's shield turned on after the fact), each thread a cancellation cannot abandon."""
     problems: list[str] = []
-    for node in ast.walk(ast.parse(source, filename)):
+    tree = ast.parse(source, filename)
+    # `scope = CancelScope(shield=True)` ... `scope.deadline = ...`: a deadline given to the
+    # same scope later (the moment its shielded part begins) counts as its bound.
+    later = {
+        ast.unparse(t.value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+        if isinstance(t, ast.Attribute) and t.attr in ("deadline", "relative_deadline")
+    }
+    named = {id(n.value): ast.unparse(n.targets[0]) for n in ast.walk(tree) if isinstance(n, ast.Assign) and n.targets}
+    for node in ast.walk(tree):
         where = f"{filename}:{getattr(node, 'lineno', '?')}"
         if isinstance(node, ast.Call):
             name = _name(node.func)
@@ -40,6 +51,8 @@ def unbounded_waits(source: str, filename: str = "<src>") -> list[str]:
             if "shield" in kw and _truthy(kw["shield"]):
                 if name == "CancelScope":
                     deadline = kw.get("deadline") or kw.get("relative_deadline")
+                    if deadline is None and named.get(id(node)) in later:
+                        continue
                     if deadline is None or _infinite(deadline):
                         problems.append(f"{where}: CancelScope(shield=True) without a deadline")
                 elif name in DEADLINE_SCOPES:
@@ -87,6 +100,9 @@ async def f(d):
         pass
     with trio.CancelScope(shield=False):
         pass
+    writer = trio.CancelScope(shield=True)
+    with writer:
+        writer.deadline = trio.current_time() + 1
     await trio.to_thread.run_sync(print, abandon_on_cancel=True)
     # with trio.CancelScope(shield=True): a comment is not code
 """

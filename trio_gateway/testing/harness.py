@@ -37,6 +37,7 @@ from trio_gateway.models.base import Message, ModelReply
 from trio_gateway.queue import DeliveryQueue
 from trio_gateway.store import inline
 from trio_gateway.testing.fake_channels import Delivered, FakeChannels
+from trio_gateway.testing.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.testing.faults import FaultKit, Faults, FaultSwitch, faulty_opener, faulty_runner
 from trio_gateway.testing.runtime import ScriptedModel, build_gateway
 from trio_gateway.work import WorkUnit
@@ -225,6 +226,8 @@ class Harness:
     faults: FaultKit = attrs.Factory(lambda: FaultKit(Faults()))
     # This generation's delivery side, for actions that enqueue straight into it.
     current: QueueDelivery | None = None
+    # The MCP servers a config names, served in-process (`mcp["files"].calls`, `.cancelled`).
+    mcp: FakeMcpServers = attrs.Factory(FakeMcpServers)
 
     @classmethod
     def build(
@@ -237,6 +240,7 @@ class Harness:
         env: Mapping[str, str] | None = None,
         seed: int = 0,
         faults: Faults | None = None,
+        mcp: FakeMcpServers | None = None,
     ) -> Harness:
         kit = FaultKit(faults or Faults())
         the_model = model or HarnessModel()
@@ -247,7 +251,9 @@ class Harness:
             opener = faulty_opener(kit.switch("log_file"))
             gateway.log.sinks.append(FileSink(Home(home).log_path, opener=opener))
         harness = cls(gateway, sink, the_model, channels or FakeChannels(), DeliveryTap(), Home(home), kit)
+        harness.mcp = mcp or harness.mcp
         gateway.deps.delivery_factory = harness._delivery_factory(fake_env(config) if env is None else env, seed)
+        gateway.deps.tools_factory = in_process_tools(harness.mcp)
         return harness
 
     def _delivery_factory(self, env: Mapping[str, str], seed: int) -> DeliveryFactory:
