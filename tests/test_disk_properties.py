@@ -6,12 +6,16 @@ from __future__ import annotations
 import datetime as dt
 import json
 import tempfile
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_properties import SHM
 
 from trio_gateway.entry import DeliveryEntry, Payload, RequesterOrigin, entry_to_json
 from trio_gateway.routing import Origin
@@ -52,8 +56,12 @@ def _mutated(base: dict[str, Any], key: str, value: Any) -> bytes:
     return json.dumps({**base, key: value}).encode()
 
 
-def _home(tmp_path: Path) -> Path:
-    return Path(tempfile.mkdtemp(dir=tmp_path))  # one per example: the fixture is shared
+@contextmanager
+def _home(tmp_path: Path) -> Iterator[Path]:
+    """One fresh home per example (the fixture is shared), on a memory filesystem when there
+    is one: the property is about parsing, not durability (`test_properties.SHM`)."""
+    with tempfile.TemporaryDirectory(dir=SHM or tmp_path) as home:
+        yield Path(home)
 
 
 async def _run(home: Path) -> Harness:
@@ -93,19 +101,12 @@ async def _check_queue(home: Path, bad: bytes) -> None:
 
 
 @SETTINGS
-@given(bad=st.binary(max_size=300))
-async def test_any_bytes_in_the_queue_are_quarantined(
-    tmp_path: Path, autojump_clock: trio.abc.Clock, bad: bytes
-) -> None:
-    await _check_queue(_home(tmp_path), bad)
-
-
-@SETTINGS
 @given(key=st.sampled_from(sorted(_entry_json(BAD_ID))), value=json_values)
 async def test_any_json_field_in_a_queue_entry_is_delivered_or_quarantined(
     tmp_path: Path, autojump_clock: trio.abc.Clock, key: str, value: Any
 ) -> None:
-    await _check_queue(_home(tmp_path), _mutated(_entry_json(BAD_ID), key, value))
+    with _home(tmp_path) as home:
+        await _check_queue(home, _mutated(_entry_json(BAD_ID), key, value))
 
 
 def _session_json() -> dict[str, Any]:
@@ -129,12 +130,14 @@ async def _check_sessions(home: Path, bad: bytes) -> None:
     assert "s-9-9" in harness.gateway.sessions or bad in _quarantined(sessions / "quarantine")
 
 
+@pytest.mark.parametrize("check", [_check_queue, _check_sessions], ids=["queue-entry", "session-file"])
 @SETTINGS
 @given(bad=st.binary(max_size=300))
-async def test_any_bytes_as_a_session_file_are_quarantined(
-    tmp_path: Path, autojump_clock: trio.abc.Clock, bad: bytes
+async def test_any_bytes_on_disk_are_quarantined(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, check: Callable[[Path, bytes], Awaitable[None]], bad: bytes
 ) -> None:
-    await _check_sessions(_home(tmp_path), bad)
+    with _home(tmp_path) as home:
+        await check(home, bad)
 
 
 @SETTINGS
@@ -142,4 +145,5 @@ async def test_any_bytes_as_a_session_file_are_quarantined(
 async def test_any_json_field_in_a_session_file_loads_or_is_quarantined(
     tmp_path: Path, autojump_clock: trio.abc.Clock, key: str, value: Any
 ) -> None:
-    await _check_sessions(_home(tmp_path), _mutated(_session_json(), key, value))
+    with _home(tmp_path) as home:
+        await _check_sessions(home, _mutated(_session_json(), key, value))
