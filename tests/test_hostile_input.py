@@ -523,6 +523,43 @@ async def test_connection_n_plus_1_is_closed_and_the_open_ones_are_served(tmp_pa
         gateway.request_drain("stop")
 
 
+async def test_stop_closes_a_connection_whose_client_reads_nothing(tmp_path: Path) -> None:
+    """hypercorn writes a response inside a shield with no deadline: a client that pipelines
+    requests and never reads its answers once held `gateway stop` forever."""
+    from trio_gateway.http.server import HttpServer
+
+    server = HttpServer("127.0.0.1", 0, TOKEN, {})
+    gateway, _ = build_gateway(tmp_path, config(), servers=[server.serve])
+    request = f"GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\r\n".encode()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        assert server.bound_port is not None
+        assert server.cap is not None
+        client = trio.socket.socket()
+        client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        try:
+            await client.connect(("127.0.0.1", server.bound_port))
+            await _send_until_the_server_stops_reading(client, request)
+            gateway.request_drain("stop")
+            with trio.move_on_after(30):
+                await server.cap.open.wait_value(0)
+            assert server.cap.open.value == 0
+        finally:
+            client.close()  # without the fix, this is what lets the server task finish
+
+
+async def _send_until_the_server_stops_reading(sock: trio.socket.SocketType, request: bytes) -> None:
+    """Pipeline requests until the server takes no more for a second (its answers fill our
+    small receive buffer and its send buffer). Under load this may stop early; the test then
+    proves less, but cannot fail for it."""
+    chunk = request * 1000
+    for _ in range(10_000):
+        with trio.move_on_after(1) as waited:
+            await sock.send(chunk)
+        if waited.cancelled_caught:
+            return
+
+
 async def test_an_event_for_an_unknown_account_is_refused_without_waiting_for_its_body(tmp_path: Path) -> None:
     from trio_gateway.http.server import HttpServer
 

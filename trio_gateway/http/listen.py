@@ -4,7 +4,9 @@ hypercorn accepts every connection it is offered (3,000 idle sockets were all ac
 holding memory and a file descriptor) and has no setting to cap them. So the gateway runs the
 loop that `hypercorn.trio.serve` would run (listen, `trio.serve_listeners`, one hypercorn
 `TCPServer` per connection) with a `ConnectionCap` in front: a connection beyond
-`gateway.maxConnections` is closed at once, and the ones already open keep being served.
+`gateway.maxConnections` is closed at once, and the ones already open keep being served. At
+shutdown every connection still open is closed by us: hypercorn writes each response inside a
+shield with no deadline, so a client that stops reading would otherwise hold the stop forever.
 Plain HTTP only (the gateway binds loopback or sits behind a TLS proxy), no lifespan (the app
 owns nothing).
 """
@@ -36,6 +38,7 @@ class ConnectionCap:
     open: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
     refused: int = 0
     _saying_full: bool = False
+    _streams: set[trio.SocketStream] = attrs.Factory(set)
 
     async def handle(self, serve_one: StreamHandler, stream: trio.SocketStream) -> None:
         if self.open.value >= self.limit:
@@ -43,11 +46,19 @@ class ConnectionCap:
             await trio.aclose_forcefully(stream)
             return
         self.open.value += 1
+        self._streams.add(stream)
         self._saying_full = False
         try:
             await serve_one(stream)
         finally:
+            self._streams.discard(stream)
             self.open.value -= 1
+
+    def close_all(self) -> None:
+        """Close every connection being served. A task blocked writing to one (even inside
+        hypercorn's deadline-less shield) wakes with ClosedResourceError and finishes."""
+        for stream in list(self._streams):
+            stream.socket.close()
 
     def _refuse(self) -> None:
         self.refused += 1
@@ -77,11 +88,16 @@ async def serve(
         urls.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
     one: StreamHandler = partial(_serve_connection, asgi, config, context)
     async with trio.open_nursery() as nursery:
-        await nursery.start(trio.serve_listeners, partial(cap.handle, one), listeners)
-        task_status.started(urls)
-        await shutdown_trigger()
-        await context.terminated.set()  # keep-alive connections close instead of idling on
-        nursery.cancel_scope.cancel()
+        try:
+            await nursery.start(trio.serve_listeners, partial(cap.handle, one), listeners)
+            task_status.started(urls)
+            await shutdown_trigger()
+            await context.terminated.set()  # keep-alive connections close instead of idling on
+        finally:
+            # Also when we are cancelled from outside: the nursery cannot exit while a
+            # connection task sits in hypercorn's shielded send to a client that reads nothing.
+            nursery.cancel_scope.cancel(reason="HTTP server shutting down")
+            cap.close_all()
 
 
 async def _serve_connection(asgi: Any, config: hypercorn.config.Config, context: Any, stream: Any) -> None:
