@@ -530,7 +530,6 @@ async def test_stop_closes_a_connection_whose_client_reads_nothing(tmp_path: Pat
 
     server = HttpServer("127.0.0.1", 0, TOKEN, {})
     gateway, _ = build_gateway(tmp_path, config(), servers=[server.serve])
-    request = f"GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\r\n".encode()
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)
         assert server.bound_port is not None
@@ -539,7 +538,7 @@ async def test_stop_closes_a_connection_whose_client_reads_nothing(tmp_path: Pat
         client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
         try:
             await client.connect(("127.0.0.1", server.bound_port))
-            await _send_until_the_server_stops_reading(client, request)
+            await _send_until_the_server_stops_reading(client, _PIPELINED_GET)
             gateway.request_drain("stop")
             with trio.move_on_after(30):
                 await server.cap.open.wait_value(0)
@@ -548,14 +547,49 @@ async def test_stop_closes_a_connection_whose_client_reads_nothing(tmp_path: Pat
             client.close()  # without the fix, this is what lets the server task finish
 
 
+async def test_a_client_that_reads_nothing_loses_its_connection_after_the_send_stall(tmp_path: Path) -> None:
+    """Without a write deadline, such a client held a connection slot for as long as it liked:
+    `maxConnections` of them shut everyone out."""
+    import httpx
+
+    from trio_gateway.http.server import HttpServer
+
+    server = HttpServer("127.0.0.1", 0, TOKEN, {}, send_stall_seconds=0.5)
+    gateway, _ = build_gateway(tmp_path, config(), servers=[server.serve])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        assert server.bound_port is not None
+        assert server.cap is not None
+        client = trio.socket.socket()
+        client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        try:
+            await client.connect(("127.0.0.1", server.bound_port))
+            await _send_until_the_server_stops_reading(client, _PIPELINED_GET)
+            with trio.move_on_after(30):
+                await server.cap.open.wait_value(0)
+            assert server.cap.open.value == 0
+            assert gateway.state.value == "running"
+        finally:
+            client.close()
+        async with httpx.AsyncClient(base_url=server.urls[0], trust_env=False) as http:
+            assert (await http.get("/healthz")).status_code == 200
+        gateway.request_drain("stop")
+
+
+_PIPELINED_GET = f"GET /metrics HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\r\n".encode()
+
+
 async def _send_until_the_server_stops_reading(sock: trio.socket.SocketType, request: bytes) -> None:
     """Pipeline requests until the server takes no more for a second (its answers fill our
-    small receive buffer and its send buffer). Under load this may stop early; the test then
-    proves less, but cannot fail for it."""
+    small receive buffer and its send buffer), or closes the connection. Under load this may stop
+    early; the test then proves less, but cannot fail for it."""
     chunk = request * 1000
     for _ in range(10_000):
         with trio.move_on_after(1) as waited:
-            await sock.send(chunk)
+            try:
+                await sock.send(chunk)
+            except OSError:  # the server has closed the connection already
+                return
         if waited.cancelled_caught:
             return
 
