@@ -635,6 +635,26 @@ async def test_unverified_bodies_read_at_once_are_capped(tmp_path: Path, autojum
         gateway.request_drain("stop", force=True)
 
 
+async def test_a_restart_resizes_the_unverified_body_slots(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    raw = cfg.to_json(config())
+    raw["gateway"]["maxUnverifiedBodies"] = 1
+    reloaded = cfg.to_json(config())
+    reloaded["gateway"]["maxUnverifiedBodies"] = 2
+    gateway, _ = build_gateway(tmp_path, cfg.parse(raw), load_config=lambda: cfg.parse(reloaded))
+    headers = {"x-slack-request-timestamp": str(int(NOW)), "x-slack-signature": "v0=" + "0" * 64}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        app = GatewayApp(gateway, TOKEN, ENV, wall_time=lambda: NOW)
+        nursery.start_soon(SlowClient(app), "/channels/slack/T1/events", headers)  # holds the one slot
+        await trio.sleep(1)
+        await gateway.request_drain("restart").done.wait()
+        assert gateway.config.gateway.max_unverified_bodies == 2
+        # A second stranger now gets the second slot: its body never comes, so a 408, not a 503.
+        second = await SlowClient(app)("/channels/slack/T1/events", headers)
+        assert (second.status, json.loads(second.body)["error"]) == (408, "RequestTimeoutError")
+        gateway.request_drain("stop", force=True)
+
+
 @pytest.mark.parametrize(
     ("data", "says"),
     [
