@@ -41,7 +41,8 @@ SEND_CHUNK = 65_536
 class ConnectionCap:
     limit: int
     log: EventLog
-    # Connections being served now (an AsyncValue: tests and status wait on it, never poll).
+    # How many connections are being served now: always len(_streams), as an AsyncValue so
+    # tests and status wait on it, never poll.
     open: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
     send_stall_seconds: float = SEND_STALL_SECONDS
     refused: int = 0
@@ -53,14 +54,14 @@ class ConnectionCap:
             self._refuse()
             await trio.aclose_forcefully(stream)
             return
-        self.open.value += 1
         self._streams.add(stream)
+        self.open.value = len(self._streams)
         self._saying_full = False
         try:
             await serve_one(stream)
         finally:
             self._streams.discard(stream)
-            self.open.value -= 1
+            self.open.value = len(self._streams)
 
     def close_all(self) -> None:
         """Close every connection being served. A task blocked writing to one (even inside
