@@ -13,7 +13,7 @@ from trio_gateway import http_client as http
 from trio_gateway.channels import registry as channel_registry
 from trio_gateway.channels.registry import ChannelSet
 from trio_gateway.config import Config
-from trio_gateway.delivery import QueueDelivery
+from trio_gateway.delivery import OutcomeTally, QueueDelivery
 from trio_gateway.errors import ConfigError
 from trio_gateway.gateway import DeliveryFactory, Gateway, GatewayDeps, Server, load_config_from
 from trio_gateway.home import Home
@@ -36,11 +36,12 @@ def queue_delivery(
     """Per generation: the channels of that generation's config and a worker over the ONE
     queue object of this process (its claims must be known to its own `recover()`)."""
     queue = DeliveryQueue(home.queue_dir, runner, log)
+    outcomes = OutcomeTally()  # like the queue, one per process: counters survive restarts
 
     async def factory(config: Config, gateway: Gateway) -> QueueDelivery:
         assert gateway.wall is not None
         channels = ChannelSet.build(config, home, env, transport)
-        return QueueDelivery.build(queue, channels, config, gateway.wall, log, gateway.registry, rng)
+        return QueueDelivery.build(queue, channels, config, gateway.wall, log, gateway.registry, rng, outcomes)
 
     return factory
 

@@ -13,6 +13,7 @@ import datetime as dt
 import heapq
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
@@ -151,6 +152,22 @@ class AttemptResult:
         return f"{self.id} {self.kind} channel={self.channel} to={self.to} {self.detail}".rstrip()
 
 
+@attrs.define
+class OutcomeTally:
+    """Attempts by (channel, outcome) since the process started: one per process, shared by
+    every generation's worker, so `/metrics` counters only grow (SPEC 5: deliveries by
+    outcome). "skipped" (nothing was attempted) is not counted."""
+
+    _counts: Counter[tuple[str, str]] = attrs.Factory(Counter)
+
+    def add(self, channel: str, outcome: ResultKind) -> None:
+        if outcome != "skipped":
+            self._counts[(channel, outcome)] += 1
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        return dict(self._counts)
+
+
 @attrs.frozen
 class Slot:
     """The worker's in-memory view of one pending entry: enough to schedule it, no more."""
@@ -174,6 +191,7 @@ class DeliveryWorker:
     log: EventLog
     work: WorkRegistry
     rng: random.Random
+    outcomes: OutcomeTally = attrs.Factory(OutcomeTally)
     _schedule: dict[str, Slot] = attrs.Factory(dict)
     # (due, id) for every scheduled id, lazily cleaned: an item is live while it is no earlier
     # than its id's slot and the id is not being attempted (see `_peek_heap`).
@@ -306,7 +324,13 @@ class DeliveryWorker:
     # --- one attempt ------------------------------------------------------------------------
 
     async def attempt(self, entry_id: str) -> AttemptResult:
-        """Claim, send and settle one entry. Cancellation releases it uncounted."""
+        """Claim, send and settle one entry. Cancellation releases it uncounted (as an
+        attempt: `outcomes` tallies it "released")."""
+        result = await self._attempt(entry_id)
+        self.outcomes.add(result.channel, result.kind)
+        return result
+
+    async def _attempt(self, entry_id: str) -> AttemptResult:
         # Claimed and marked as sending in one step (one fsync per batch); an entry that then
         # turns out unsendable is settled at once, its mark cleared with it.
         claimed = await self.queue.claim_to_send(entry_id, self.clock.now())
@@ -323,6 +347,7 @@ class DeliveryWorker:
             try:
                 outcome = await self._send(channel, claimed)
             except BaseException:
+                self.outcomes.add(entry.channel, "released")
                 with trio.move_on_after(RELEASE_TIMEOUT_SECONDS, shield=True):
                     await self.queue.release(claimed)
                 self.log.info(
@@ -567,8 +592,11 @@ class QueueDelivery:
         log: EventLog,
         work: WorkRegistry,
         rng: random.Random | None = None,
+        outcomes: OutcomeTally | None = None,
     ) -> QueueDelivery:
-        worker = DeliveryWorker(queue, channels, config.delivery, clock, log, work, rng or random.Random())
+        worker = DeliveryWorker(
+            queue, channels, config.delivery, clock, log, work, rng or random.Random(), outcomes or OutcomeTally()
+        )
         outbox = Outbox(queue, config.agents, clock, log, on_enqueued=worker.notify)
         return cls(outbox, worker, channels)
 
@@ -585,6 +613,10 @@ class QueueDelivery:
 
     def counts(self) -> dict[str, int]:
         return {"pending": self.worker.pending_count(), "failed": self._failed}
+
+    def outcome_counts(self) -> dict[tuple[str, str], int]:
+        """Attempts by (channel, outcome) since the process started (`/metrics`)."""
+        return self.worker.outcomes.counts()
 
     async def aclose(self) -> None:
         await self.channels.aclose()

@@ -26,7 +26,7 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from trio_gateway import agent
+from trio_gateway import __version__, agent
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config, ModelConfig
 from trio_gateway.config_file import load as load_config_file
@@ -479,6 +479,7 @@ class Gateway:
             # (visible only for an instant, but a script should not be told a lie).
             "state": self.state.value,
             "generation": self.generation_number,
+            "version": __version__,
             "uptimeSeconds": round(now - self.started_at, 3),
             "sessions": [self._session_status(s) for s in self.sessions.values()],
             "work": work,

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from trio_gateway import __version__
+
 if TYPE_CHECKING:
     from trio_gateway.gateway import Gateway
 
@@ -66,6 +68,8 @@ def render(gateway: Gateway) -> str:
 
 
 def _lifecycle(out: Exposition, gateway: Gateway) -> None:
+    out.family("build_info", "gauge", "Always 1; the running trio-gateway version as a label")
+    out.sample("build_info", 1, {"version": __version__})
     out.family("generation", "gauge", "Number of the generation currently accepting work")
     out.sample("generation", gateway.generation_number)
     out.family("state", "gauge", "1 for the gateway's current lifecycle state")
