@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
-import attrs
 
-
-@attrs.frozen
-class Home:
+# A NamedTuple, not an attrs class: every CLI command imports this module, and importing attrs
+# (with inspect) was the largest single cost of `trio-gateway gateway status` (bench_cli.py).
+class Home(NamedTuple):
     root: Path
 
     @classmethod

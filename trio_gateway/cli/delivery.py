@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from trio_gateway import delivery
+from trio_gateway.cli import add_commands
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config
 from trio_gateway.config_file import load as load_config
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
+    sub = add_commands(parser)
     list_ = sub.add_parser("list", help="pending entries (or dead letters with --failed)")
     list_.add_argument("--failed", action="store_true")
     list_.add_argument("--json", action="store_true")

@@ -13,10 +13,9 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import attrs
-
+from trio_gateway.cli import add_commands
 from trio_gateway.cli.session import session_rows
 from trio_gateway.client import GatewayClient
 from trio_gateway.errors import GatewayError, GatewayUnreachableError
@@ -24,6 +23,9 @@ from trio_gateway.errors import GatewayError, GatewayUnreachableError
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
 
+# Polls start quick (a forced restart is over in tens of milliseconds; a fixed 0.2 s poll was
+# most of its time at the terminal) and back off to POLL_SECONDS for a long drain.
+FIRST_POLL_SECONDS = 0.01
 POLL_SECONDS = 0.2
 # After the drain deadline the gateway may still spend bounded time on shielded cleanup and
 # on closing clients (cleanupTimeoutSeconds, channelStopTimeoutSeconds), then reload config.
@@ -39,7 +41,7 @@ class StopFailedError(GatewayError):
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
+    sub = add_commands(parser)
     start = sub.add_parser("start", help="run the gateway in the foreground until stopped")
     start.add_argument("--port", type=int, help="HTTP port (0: any free port); default gateway.port")
     start.add_argument("--bind", help="HTTP bind address; default gateway.bind (loopback)")
@@ -71,18 +73,22 @@ def _drain_body(args: argparse.Namespace) -> dict[str, Any]:
 # --- restart ----------------------------------------------------------------------------------
 
 
-@attrs.define
-class Follow:
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class Follow(NamedTuple):  # not attrs: the CLI's light path (see home.py)
     """Polls a drain until `done()` says it is over, printing progress, under one deadline."""
 
     client: GatewayClient
     deadline: float
     quiet: bool
     failure: type[GatewayError] = RestartFailedError
-    say: Callable[[str], None] = attrs.Factory(lambda: lambda line: print(line, file=sys.stderr, flush=True))
+    say: Callable[[str], None] = _to_stderr
 
     def until(self, done: Callable[[], bool], what: str) -> None:
         last = ""
+        pause = FIRST_POLL_SECONDS
         while not done():
             if time.monotonic() > self.deadline:
                 raise self.failure(f"the gateway did not {what} in time (pid {self.client.target.pid})")
@@ -90,7 +96,8 @@ class Follow:
             if line and line != last and not self.quiet:
                 self.say(line)
                 last = line
-            time.sleep(POLL_SECONDS)
+            time.sleep(pause)
+            pause = min(pause * 2, POLL_SECONDS)
 
     def _progress(self) -> str:
         try:
