@@ -67,6 +67,14 @@ def production_gateway(
         servers=servers or [],
         preflight=lambda new_config: preflight(new_config, env),
     )
+    if config.cluster.backend == "postgres":
+        # Imported here: a gateway on files never loads psycopg.
+        from trio_gateway.cluster.wiring import cluster_parts
+
+        node, deps.delivery_factory = cluster_parts(home, config, log, env, inline=runner is not in_thread)
+        # The node joins before generation 1 and leaves after the last (the root nursery).
+        deps.servers = [node.serve, *deps.servers]
+        deps.describe_storage = node.describe
     return Gateway(deps, config)
 
 
@@ -74,6 +82,8 @@ def preflight(config: Config, env: Mapping[str, str]) -> None:
     """Everything a config needs from the environment, checked before anything starts: a bad
     config never half-starts a gateway (ConfigError, exit 2)."""
     channel_registry.check(config, env)
+    if config.cluster.backend == "postgres" and not env.get(config.cluster.dsn_env):
+        raise ConfigError("cluster.dsnEnv", f"environment variable {config.cluster.dsn_env} is not set")
     for name, model in config.models.items():
         if model.api_key_env and not env.get(model.api_key_env):
             raise ConfigError(f"models.{name}.apiKeyEnv", f"environment variable {model.api_key_env} is not set")

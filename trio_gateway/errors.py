@@ -98,3 +98,10 @@ class ModelCallError(GatewayError):
 
     exit_code = 1
     http_status = 502
+
+
+class ClusterDatabaseError(GatewayError):
+    """Cluster mode (SPEC 12): the shared database refused, or did not answer in time."""
+
+    exit_code = 1
+    http_status = 503

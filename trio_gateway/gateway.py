@@ -81,6 +81,8 @@ class GatewayDeps:
     servers: list[Server] = attrs.Factory(list)
     # Session writes; None: `runner`. Production abandons a cancelled write's thread.
     session_runner: BlockingRunner | None = None
+    # Where state lives, for `gateway status` (cluster mode adds the node id).
+    describe_storage: Callable[[], dict[str, Any]] = lambda: {"backend": "files"}
 
 
 @attrs.define(eq=False)
@@ -484,6 +486,7 @@ class Gateway:
             "work": work,
             "stalled": stalled,
             "queue": queue,
+            "storage": self.deps.describe_storage(),
         }
         if self._drain is not None:
             status["drain"] = drain_status(self._drain, now)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -35,6 +35,7 @@ from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
 from trio_gateway.http.body import JsonObject, json_object, opt_bool, opt_number, opt_str, req_obj, req_str
 from trio_gateway.queue import DeliveryQueue
 from trio_gateway.routing import Origin
+from trio_gateway.storage import DeliveryStore
 from trio_gateway.validation import check_address
 
 # The stall endpoint's default: longer than any sane stall threshold or drain timeout.
@@ -243,7 +244,11 @@ class GatewayApp:
 
     # --- deliveries ----------------------------------------------------------------------
 
-    def _queue(self) -> DeliveryQueue:
+    def _queue(self) -> DeliveryStore:
+        # The generation's own store (in cluster mode, the shared database); else the files.
+        store = getattr(self.gateway.delivery, "store", None)
+        if store is not None:
+            return cast(DeliveryStore, store)
         deps = self.gateway.deps
         return DeliveryQueue(deps.home.queue_dir, deps.runner, deps.log)
 

@@ -1,0 +1,12 @@
+"""Cluster mode (SPEC 12): several gateways share one PostgreSQL database.
+
+    db.py        the connection pool and THE way to call the database from trio: a thread
+                 (inline on a MockClock), a deadline, cancellation that cancels the query
+    schema.py    the tables, created and migrated at start (a schema_version table)
+    pg_queue.py  the delivery queue: claims with a lease and a fencing counter
+    pg_delivery.py  the delivery worker that claims due entries in batches
+    node.py      this node's heartbeat, the takeover of dead nodes' claims, `cluster status`
+    leases.py    a generic per-key lease with an epoch (inbound listeners, session owners)
+
+Imported only when `cluster.backend` is "postgres": a gateway on files never loads psycopg.
+"""
