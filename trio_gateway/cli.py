@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from trio_gateway import cli_config, cli_delivery, cli_gateway, cli_scenario, cli_session
+from trio_gateway import cli_cluster, cli_config, cli_delivery, cli_gateway, cli_scenario, cli_session
 from trio_gateway.errors import GatewayError
 from trio_gateway.home import Home
 from trio_gateway.log import LogFormat
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", help="home directory (default: $TRIO_GATEWAY_HOME or ~/.trio-gateway)")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND", parser_class=_Parser)
-    for module in (cli_gateway, cli_config, cli_session, cli_delivery, cli_scenario):
+    for module in (cli_gateway, cli_config, cli_session, cli_delivery, cli_scenario, cli_cluster):
         module.register(groups)
     return parser
 

@@ -22,6 +22,7 @@ import trio
 
 from trio_gateway.cluster import schema
 from trio_gateway.cluster.db import CANCEL_BOUND_SECONDS, Conn, Database
+from trio_gateway.cluster.leases import Leases
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
 from trio_gateway.config import ClusterConfig
 from trio_gateway.errors import ClusterDatabaseError
@@ -39,6 +40,7 @@ class ClusterNode:
     node_id: str
     log: EventLog
     queue: PgDeliveryQueue
+    leases: Leases
     # The gateway's wall clock, bound when the gateway starts serving.
     now: Callable[[], dt.datetime]
     state: Callable[[], tuple[str, int]] = lambda: ("running", 0)
@@ -53,7 +55,7 @@ class ClusterNode:
         queue = PgDeliveryQueue(
             db, node_id, log, now, lease_seconds=lease_seconds, dead_after_seconds=config.dead_after_seconds
         )
-        return cls(db, config, node_id, log, queue, now)
+        return cls(db, config, node_id, log, queue, Leases(db, node_id, config.dead_after_seconds), now)
 
     async def start(self) -> None:
         """Connect, migrate, register, and take back claims an earlier life of this node id
@@ -62,15 +64,15 @@ class ClusterNode:
         found, now_at = await self.db.run(schema.migrate)
         if found != now_at:
             self.log.info("CLUSTER", f"Database schema migrated from version {found} to {now_at}")
-        await self.db.run(self._register)
+        now = self.now()  # on the trio thread: the wall clock follows trio's
+        await self.db.run(lambda conn: self._register(conn, now))
         released = await self.queue.release_own()
         if released:
             self.log.warn("CLUSTER", f"Released {released} claim(s) left by an earlier life of node {self.node_id}")
         self.ready = True
         self.log.info("CLUSTER", f"Node {self.node_id} joined", backend="postgres")
 
-    def _register(self, conn: Conn) -> None:
-        now = self.now()
+    def _register(self, conn: Conn, now: dt.datetime) -> None:
         conn.execute(
             "INSERT INTO nodes (node_id, state, host, pid, started_at, heartbeat_at)"
             " VALUES (%s, 'running', %s, %s, %s, %s)"
@@ -106,14 +108,15 @@ class ClusterNode:
             with trio.move_on_after(CANCEL_BOUND_SECONDS * 2, shield=True):
                 await self.leave()
 
-    async def leave(self) -> None:
-        """Release every claim and mark this node stopped: peers take its work at once."""
+    async def leave(self, *, forget: bool = False) -> None:
+        """Release every claim and mark this node stopped (or, for a CLI command's node,
+        remove its row): peers take its work at once."""
+        sql = "DELETE FROM nodes" if forget else "UPDATE nodes SET state = 'stopped'"
         try:
-            released = await self.queue.release_own()
-            await self.db.run(
-                lambda conn: conn.execute("UPDATE nodes SET state = 'stopped' WHERE node_id = %s", (self.node_id,))
-            )
-            self.log.info("CLUSTER", f"Node {self.node_id} left the cluster", released=released)
+            released = await self.queue.release_own() + await self.leases.release_all()
+            await self.db.run(lambda conn: conn.execute(f"{sql} WHERE node_id = %s", (self.node_id,)))
+            if not forget:
+                self.log.info("CLUSTER", f"Node {self.node_id} left the cluster", released=released)
         except ClusterDatabaseError as exc:
             self.log.error("CLUSTER", "Could not leave the cluster cleanly", error=str(exc))
         finally:

@@ -4,15 +4,20 @@ delivery factory over the shared queue. `assemble.py` asks for them when
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+
+import attrs
+import trio
 
 from trio_gateway import http_client as http
 from trio_gateway.channels.registry import ChannelSet
-from trio_gateway.cluster.db import Database
-from trio_gateway.cluster.node import ClusterNode
+from trio_gateway.cluster.db import CANCEL_BOUND_SECONDS, Database
+from trio_gateway.cluster.node import ClusterNode, default_node_id
 from trio_gateway.cluster.pg_delivery import PgDelivery
+from trio_gateway.cluster.pg_queue import PgDeliveryQueue
 from trio_gateway.config import Config
 from trio_gateway.errors import ConfigError
 from trio_gateway.gateway import DeliveryFactory, Gateway
@@ -40,6 +45,20 @@ def node_for(config: Config, db: Database, log: EventLog) -> ClusterNode:
     # The lease is a backstop only: longer than any attempt plus the time to judge a node dead.
     lease = config.delivery.attempt_timeout_seconds + config.cluster.dead_after_seconds + LEASE_MARGIN_SECONDS
     return ClusterNode.create(db, config.cluster, log, lambda: dt.datetime.now(dt.UTC), lease_seconds=lease)
+
+
+@contextlib.asynccontextmanager
+async def cli_queue(config: Config, env: Mapping[str, str], log: EventLog) -> AsyncIterator[PgDeliveryQueue]:
+    """The shared queue for one CLI command (`delivery ...`): a short-lived node of its own,
+    so its claims (`process --once`, `repair`) are fenced and taken over like any node's."""
+    cli = attrs.evolve(config.cluster, node_id=f"cli-{default_node_id()}")
+    node = node_for(attrs.evolve(config, cluster=cli), database(config, env), log)
+    await node.start()
+    try:
+        yield node.queue
+    finally:
+        with trio.move_on_after(CANCEL_BOUND_SECONDS * 3, shield=True):
+            await node.leave(forget=True)
 
 
 def cluster_parts(
