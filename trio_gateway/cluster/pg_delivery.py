@@ -45,15 +45,16 @@ class PgDeliveryWorker(DeliveryWorker):
         assert self.pg is not None
         task_status.started()
         limiter = trio.Semaphore(self.config.concurrency)
+        # Claim in batches: with most slots busy, wait for more to free up (each finishing
+        # attempt wakes us) rather than paying one claim statement per freed slot.
+        batch = max(1, self.config.concurrency // 2)
         async with trio.open_nursery() as nursery:
             while True:
-                claims = await self._claim(self.pg, limiter.value) if limiter.value else []
+                free = limiter.value
+                claims = await self._claim(self.pg, free) if free >= batch else []
                 for claimed in claims:
                     limiter.acquire_nowait()
                     nursery.start_soon(self._deliver_one, claimed, limiter)
-                if claims and limiter.value:
-                    await trio.lowlevel.checkpoint()
-                    continue  # a full batch: there may be more due at once
                 with trio.move_on_after(self.poll_seconds):
                     await self._wake.wait()
                 self._wake = trio.Event()

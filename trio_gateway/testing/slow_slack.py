@@ -35,6 +35,9 @@ class SlowSlack:
     # Cleared: requests are recorded on arrival, then held until it is set again (bounded), so
     # a test can queue work behind in-flight sends before any completes.
     gate: threading.Event = attrs.Factory(threading.Event)
+    # Requests with these tokens are held even while the gate is open (bounded): one node's
+    # sends stay in flight while the others flow.
+    blocked: set[str] = attrs.Factory(set)
     _lock: threading.Lock = attrs.Factory(threading.Lock)
     _server: ThreadingHTTPServer | None = None
 
@@ -55,6 +58,9 @@ class SlowSlack:
                 with outer._lock:
                     outer.received.append(Received(token, str(body.get("text")), time.monotonic()))
                 outer.gate.wait(60)
+                deadline = time.monotonic() + 60
+                while token in outer.blocked and time.monotonic() < deadline:
+                    time.sleep(0.01)
                 time.sleep(outer.delay)
                 reply = json.dumps({"ok": True}).encode()
                 self.send_response(200)
