@@ -87,7 +87,7 @@ class Node:
 
 def node_config(name: str, slack_url: str) -> dict[str, Any]:
     return {
-        "gateway": {"drain": {"timeoutSeconds": 2}},
+        "gateway": {"drain": {"timeoutSeconds": 2}, "testEndpoints": {"enabled": True}},
         "channels": {"slack": {"accounts": {ACCOUNT: {"baseUrl": slack_url, "tokenEnv": "SLACK_BOT_TOKEN"}}}},
         "agents": {"main": {"accountId": ACCOUNT, "channels": ["slack"]}},
         "delivery": {"concurrency": 8},
@@ -172,3 +172,32 @@ def test_sigkill_of_one_node_mid_delivery_loses_nothing(
     nodes = cluster_status(b.home, pg_dsn)
     assert (nodes["a"]["state"], nodes["a"]["claimsHeld"]) == ("dead", 0)
     assert (nodes["b"]["state"], nodes["b"]["claimsHeld"]) == ("stopped", 0)
+
+
+def console_replies(node: Node, key: str) -> list[dict[str, Any]]:
+    path = node.home / "logs" / "console.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [r for r in map(json.loads, lines) if r.get("idempotencyKey") == key]
+
+
+def test_sigkill_with_a_stalled_turn_the_survivor_finishes_it_once(start_node: Callable[[str], Node]) -> None:
+    a, b = start_node("a"), start_node("b")
+    stalled = a.http("POST", "/internal/test/stall-model-call", {"durationMs": 600_000}).json()
+    turn_id = stalled["turnId"]
+    poll(
+        "a's stalled model call",
+        lambda: any(w["kind"] == "model_call" for w in a.http("GET", "/v1/status").json()["work"]),
+    )
+    a.kill()
+    # b sees a dead after deadAfterSeconds, adopts the session and runs the turn once more.
+    [reply] = poll("b's reply to the resumed turn", lambda: console_replies(b, turn_id))
+    assert reply["kind"] == "reply"
+    assert console_replies(a, turn_id) == []
+    assert f"sessionId={stalled['sessionId']}" in b.log
+    assert "Adopted a session left with turns pending" in b.log
+    assert "Resuming interrupted turn" in b.log
+    # Once: nothing more arrives, and b's session has no turn left.
+    poll(
+        "b's session idle", lambda: all(s["pendingTurns"] == 0 for s in b.http("GET", "/v1/status").json()["sessions"])
+    )
+    assert len(console_replies(b, turn_id)) == 1

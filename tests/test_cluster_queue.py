@@ -129,7 +129,8 @@ async def test_schema_is_created_once_and_a_newer_one_is_refused(cluster: Callab
     a = await cluster("a")  # type: ignore[misc]
     await cluster("b")  # type: ignore[misc]  # the second node finds it migrated
     with psycopg.connect(pg_dsn) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(schema.LATEST,)]
+        versions = conn.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+        assert versions == [(v,) for v, _ in schema.MIGRATIONS]  # each applied once
         conn.execute("INSERT INTO schema_version VALUES (%s, now())", (schema.LATEST + 1,))
     with pytest.raises(ClusterDatabaseError, match="newer than this gateway"):
         await a.db.run(schema.migrate)

@@ -69,12 +69,14 @@ def production_gateway(
     )
     if config.cluster.backend == "postgres":
         # Imported here: a gateway on files never loads psycopg.
-        from trio_gateway.cluster.wiring import cluster_parts
+        from trio_gateway.cluster import wiring
 
-        node, deps.delivery_factory = cluster_parts(home, config, log, env, inline=runner is not in_thread)
+        node, deps.delivery_factory = wiring.cluster_parts(home, config, log, env, inline=runner is not in_thread)
         # The node joins before generation 1 and leaves after the last (the root nursery).
         deps.servers = [node.serve, *deps.servers]
         deps.describe_storage = node.describe
+        deps.session_store = wiring.session_store_for(node)
+        deps.session_id_prefix = wiring.session_id_prefix()
     return Gateway(deps, config)
 
 

@@ -39,6 +39,7 @@ from trio_gateway.models.base import Model
 from trio_gateway.routing import Origin
 from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnKind, TurnRecord
 from trio_gateway.stall import StallWatchdog
+from trio_gateway.storage import SessionStorage
 from trio_gateway.store import BlockingRunner, in_thread
 from trio_gateway.work import WorkRegistry
 
@@ -83,6 +84,10 @@ class GatewayDeps:
     session_runner: BlockingRunner | None = None
     # Where state lives, for `gateway status` (cluster mode adds the node id).
     describe_storage: Callable[[], dict[str, Any]] = lambda: {"backend": "files"}
+    # Cluster mode: sessions in the database (None: files under the home), and new session ids
+    # that cannot collide with another node's.
+    session_store: Callable[[Gateway], SessionStorage] | None = None
+    session_id_prefix: str = "s"
 
 
 @attrs.define(eq=False)
@@ -103,7 +108,7 @@ class Gateway:
     sessions: dict[str, agent.Session] = attrs.Factory(dict)
     busy: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
     registry: WorkRegistry = attrs.field(init=False)
-    store: SessionStore = attrs.field(init=False)
+    store: SessionStorage = attrs.field(init=False)
     drains: list[DrainReport] = attrs.Factory(list)
     started_at: float = 0.0
     wall: WallClock | None = None
@@ -117,7 +122,10 @@ class Gateway:
     def __attrs_post_init__(self) -> None:
         self.registry = WorkRegistry(self.deps.log)
         runner = self.deps.session_runner or self.deps.runner
-        self.store = SessionStore(self.deps.home.sessions_dir, runner, self.deps.log)
+        make_store = self.deps.session_store
+        self.store = (
+            make_store(self) if make_store else SessionStore(self.deps.home.sessions_dir, runner, self.deps.log)
+        )
 
     @property
     def log(self) -> EventLog:
@@ -354,7 +362,7 @@ class Gateway:
         # Sessions loaded from disk keep their ids; a new process counts from 1 again, so skip
         # any id already taken rather than overwrite a stored session.
         while True:
-            candidate = f"s-{max(1, self.generation_number)}-{next(self._ids)}"
+            candidate = f"{self.deps.session_id_prefix}-{max(1, self.generation_number)}-{next(self._ids)}"
             if candidate not in self.sessions:
                 return candidate
 
@@ -412,6 +420,38 @@ class Gateway:
         # Through the agent's own path: an undeliverable notice is logged, never raised, so a
         # bad leftover turn cannot stop the generation that found it.
         await agent.drop_turn(gen.runtime, session, turn, text)
+
+    # --- cluster mode: sessions moving between nodes ---------------------------------------
+
+    def adopt_sessions(self, records: list[SessionRecord]) -> None:
+        """Sessions a peer left (it stopped or died) with turns pending, now owned here: their
+        turns resume through the same path as after a restart, at once when running, else in
+        the next generation."""
+        leftover = []
+        for record in records:
+            if record.id in self.sessions:
+                continue
+            session = agent.Session(record)
+            self.sessions[record.id] = session
+            self._by_origin[(record.agent, record.origin)] = record.id
+            leftover += [(session, turn) for turn in record.turns]
+        gen = self.current
+        if leftover and gen is not None and self.state.value == "running":
+            self.busy.value += 1
+            gen.work.start_soon(self._resume_turns, gen, leftover)
+
+    def forget_session(self, session_id: str) -> None:
+        """Another node owns this session now (a write here was refused): stop its work here
+        and keep nothing of it; its turns are the owner's."""
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        key = (session.record.agent, session.record.origin)
+        if self._by_origin.get(key) == session_id:
+            del self._by_origin[key]
+        if session.nursery is not None:
+            session.nursery.cancel_scope.cancel(reason="session owned by another node")
+        self.log.warn("CLUSTER", "Session owned by another node; its work here is cancelled", sessionId=session_id)
 
     # --- operations ----------------------------------------------------------------------
 

@@ -13,6 +13,16 @@ from typing import Protocol
 
 from trio_gateway.entry import DeliveryEntry
 from trio_gateway.queue import Claimed, NotDue
+from trio_gateway.sessions_store import SessionRecord
+
+
+class SessionStorage(Protocol):
+    """Sessions with their history and accepted-but-unfinished turns (SPEC 6). In cluster mode
+    a save is refused (and changes nothing) once another node owns the session."""
+
+    async def save(self, record: SessionRecord) -> None: ...
+
+    async def load_all(self) -> list[SessionRecord]: ...
 
 
 class DeliveryStore(Protocol):

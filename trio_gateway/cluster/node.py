@@ -24,6 +24,7 @@ from trio_gateway.cluster import schema
 from trio_gateway.cluster.db import CANCEL_BOUND_SECONDS, Conn, Database
 from trio_gateway.cluster.leases import Leases
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
+from trio_gateway.cluster.pg_sessions import PgSessionStore
 from trio_gateway.config import ClusterConfig
 from trio_gateway.errors import ClusterDatabaseError
 from trio_gateway.log import EventLog
@@ -41,6 +42,7 @@ class ClusterNode:
     log: EventLog
     queue: PgDeliveryQueue
     leases: Leases
+    sessions: PgSessionStore
     # The gateway's wall clock, bound when the gateway starts serving.
     now: Callable[[], dt.datetime]
     state: Callable[[], tuple[str, int]] = lambda: ("running", 0)
@@ -55,7 +57,8 @@ class ClusterNode:
         queue = PgDeliveryQueue(
             db, node_id, log, now, lease_seconds=lease_seconds, dead_after_seconds=config.dead_after_seconds
         )
-        return cls(db, config, node_id, log, queue, Leases(db, node_id, config.dead_after_seconds), now)
+        leases = Leases(db, node_id, config.dead_after_seconds)
+        return cls(db, config, node_id, log, queue, leases, PgSessionStore(db, leases, log, now), now)
 
     async def start(self) -> None:
         """Connect, migrate, register, and take back claims an earlier life of this node id
@@ -66,9 +69,11 @@ class ClusterNode:
             self.log.info("CLUSTER", f"Database schema migrated from version {found} to {now_at}")
         now = self.now()  # on the trio thread: the wall clock follows trio's
         await self.db.run(lambda conn: self._register(conn, now))
-        released = await self.queue.release_own()
+        released = await self.queue.release_own() + await self.leases.release_all()
         if released:
-            self.log.warn("CLUSTER", f"Released {released} claim(s) left by an earlier life of node {self.node_id}")
+            self.log.warn(
+                "CLUSTER", f"Released {released} claim(s) and lease(s) left by an earlier life of node {self.node_id}"
+            )
         self.ready = True
         self.log.info("CLUSTER", f"Node {self.node_id} joined", backend="postgres")
 
@@ -128,11 +133,15 @@ class ClusterNode:
 
     async def serve(self, gateway: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """As a gateway server: joins before generation 1 starts, leaves after the last."""
-        self.now = self.queue.now = lambda: gateway.wall.now()
+        self.now = self.queue.now = self.sessions.now = lambda: gateway.wall.now()
         self.state = lambda: (str(gateway.state.value), int(gateway.generation_number))
         await self.start()
         task_status.started()
-        await self.run()
+        async with trio.open_nursery() as nursery:
+            # Sessions peers left with turns pending: looked for at the short poll, so a
+            # peer's drain hands its turns over within a fraction of a second.
+            nursery.start_soon(self.sessions.adopt_loop, gateway.adopt_sessions, self.config.poll_seconds)
+            await self.run()
 
 
 async def cluster_status(db: Database, now: dt.datetime, dead_after_seconds: float) -> list[dict[str, Any]]:

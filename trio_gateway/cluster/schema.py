@@ -50,6 +50,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        """
+        CREATE TABLE sessions (
+            id            text PRIMARY KEY,
+            record        jsonb NOT NULL,          -- history and accepted turns (SPEC 6)
+            pending_turns integer NOT NULL,        -- turns accepted and not finished
+            updated_at    timestamptz NOT NULL
+        );
+        CREATE INDEX sessions_pending ON sessions (id) WHERE pending_turns > 0;
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 

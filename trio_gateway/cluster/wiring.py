@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import random
-from collections.abc import AsyncIterator, Mapping
+import secrets
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import attrs
 import trio
@@ -18,6 +19,7 @@ from trio_gateway.cluster.db import CANCEL_BOUND_SECONDS, Database
 from trio_gateway.cluster.node import ClusterNode, default_node_id
 from trio_gateway.cluster.pg_delivery import PgDelivery
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
+from trio_gateway.cluster.pg_sessions import PgSessionStore
 from trio_gateway.config import Config
 from trio_gateway.errors import ConfigError
 from trio_gateway.gateway import DeliveryFactory, Gateway
@@ -79,3 +81,17 @@ def cluster_parts(
         return PgDelivery.build(node.queue, channels, config, gateway.wall, log, gateway.registry, rng)
 
     return node, factory
+
+
+def session_store_for(node: ClusterNode) -> Callable[[Gateway], PgSessionStore]:
+    def make(gateway: Gateway) -> PgSessionStore:
+        node.sessions.on_lost = gateway.forget_session
+        return node.sessions
+
+    return make
+
+
+def session_id_prefix() -> str:
+    """New session ids carry a prefix random per process: two nodes (or two lives of one
+    node id) never mint the same id."""
+    return f"s-{secrets.token_hex(4)}"
