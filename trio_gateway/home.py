@@ -1,4 +1,5 @@
-"""Where a gateway keeps its files (SPEC 2). Pure path arithmetic plus `ensure()`."""
+"""Where a gateway keeps its files (SPEC 2). Path arithmetic, `ensure()`, and reading the token
+(the CLI's client and the server both need it; this module stays cheap to import)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,12 @@ class Home:
         for d in (self.root, self.logs_dir, self.queue_dir, self.sessions_dir):
             d.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def read_token(path: Path) -> str | None:
+    """The admin token in `path`, None when the file is missing or empty."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return token or None

@@ -20,20 +20,13 @@ from typing import Any
 
 from trio_gateway.config import AccountConfig
 from trio_gateway.errors import ConfigError, UnauthorizedError
+from trio_gateway.home import read_token
 
 # Slack rejects signatures older than this to stop replays; so do we.
 SLACK_REPLAY_WINDOW_SECONDS = 300.0
 
 
 # --- the admin token ----------------------------------------------------------------------
-
-
-def read_token(path: Path) -> str | None:
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    return token or None
 
 
 def create_token(path: Path) -> str:

@@ -12,13 +12,14 @@ import random
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
-from trio_gateway import cli_config, delivery
+from trio_gateway import delivery
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config
+from trio_gateway.config_file import load as load_config
 from trio_gateway.entry import DeliveryEntry, entry_to_json
 from trio_gateway.errors import GatewayError, UsageError
 from trio_gateway.home import Home
@@ -33,8 +34,7 @@ if TYPE_CHECKING:
     from trio_gateway.cli import Context
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("delivery", help="inspect and repair the delivery queue")
+def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
     list_ = sub.add_parser("list", help="pending entries (or dead letters with --failed)")
     list_.add_argument("--failed", action="store_true")
@@ -81,7 +81,7 @@ def _queue(home: Home, log: EventLog) -> DeliveryQueue:
 @contextlib.asynccontextmanager
 async def _store(ctx: Context, log: EventLog) -> AsyncIterator[DeliveryStore]:
     """The home's queue; in cluster mode (SPEC 12) the shared one in the database."""
-    config = cli_config.load(ctx.home.config_path)
+    config = load_config(ctx.home.config_path)
     if config.cluster.backend != "postgres":
         yield _queue(ctx.home, log)
         return
@@ -130,7 +130,7 @@ async def _list(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def _create(args: argparse.Namespace, ctx: Context) -> int:
-    config = cli_config.load(ctx.home.config_path)
+    config = load_config(ctx.home.config_path)
     log = _log(ctx)
     async with _store(ctx, log) as queue:
         outbox = delivery.Outbox(queue, config.agents, WallClock.start(), log)
@@ -152,7 +152,7 @@ async def _retry(args: argparse.Namespace, ctx: Context) -> int:
 async def _process(args: argparse.Namespace, ctx: Context) -> int:
     if not args.once:
         raise UsageError("only `delivery process --once`; a running gateway delivers continuously")
-    config = cli_config.load(ctx.home.config_path)
+    config = load_config(ctx.home.config_path)
     log = _log(ctx)
     channels = channels_for(config, ctx.home)
     try:
@@ -174,7 +174,7 @@ async def _process(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def _repair(args: argparse.Namespace, ctx: Context) -> int:
-    config = cli_config.load(ctx.home.config_path)
+    config = load_config(ctx.home.config_path)
     root = ctx.home.queue_dir
     bar = Progress(len(os.listdir(root)) if root.exists() else 0, sys.stderr, "repair ")
     try:

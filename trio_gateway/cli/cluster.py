@@ -11,17 +11,14 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-import trio
-
-from trio_gateway import cli_config
+from trio_gateway.config_file import load as load_config
 from trio_gateway.errors import UsageError
 
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("cluster", help="the nodes sharing the cluster database")
+def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
     status = sub.add_parser("status", help="nodes with state, heartbeat age, sessions owned, claims held")
     status.add_argument("--json", action="store_true")
@@ -29,9 +26,11 @@ def register(groups: Any) -> None:
 
 
 def _status(args: argparse.Namespace, ctx: Context) -> int:
-    config = cli_config.load(ctx.home.config_path)
+    config = load_config(ctx.home.config_path)
     if config.cluster.backend != "postgres":
         raise UsageError('cluster mode is off: set cluster.backend to "postgres" (SPEC 12)')
+    import trio  # only when there is a database to ask
+
     nodes: list[dict[str, Any]] = trio.run(_read, config)
     if args.json:
         print(json.dumps({"backend": "postgres", "nodes": nodes}, indent=2))
