@@ -13,6 +13,8 @@ import pytest
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode
 from trio_gateway.config import ClusterConfig
+from trio_gateway.cron import CRON_SLOT
+from trio_gateway.errors import CronSlotTakenError
 from trio_gateway.log import EventLog
 from trio_gateway.routing import Origin
 from trio_gateway.sessions_store import SessionRecord, TurnRecord
@@ -117,3 +119,30 @@ async def test_a_leaving_node_hands_its_pending_sessions_over_at_once(
     await a.node.leave()
     [adopted] = await b.node.sessions.adopt_orphans()  # no waiting for deadAfterSeconds
     assert adopted.id == record().id
+
+
+async def test_a_cron_slot_fires_once_in_the_cluster(members: Callable[[str], Awaitable[Member]], pg_dsn: str) -> None:
+    a, b = await members("a"), await members("b")
+    every = 60.0
+    slot_start = dt.datetime.fromtimestamp((T0.timestamp() // every) * every, dt.UTC)
+
+    def run(session_id: str) -> SessionRecord:
+        rec = record()
+        rec.id = session_id
+        return rec
+
+    token = CRON_SLOT.set(("digest", every))
+    try:
+        a.clock.at = b.clock.at = slot_start + dt.timedelta(seconds=5)
+        await a.node.sessions.save(run("s-a-1"))
+        with pytest.raises(CronSlotTakenError):
+            await b.node.sessions.save(run("s-b-1"))  # same slot, a few seconds later on b's timer
+        # The next slot: whoever comes first fires it.
+        a.clock.at = b.clock.at = slot_start + dt.timedelta(seconds=every + 1)
+        await b.node.sessions.save(run("s-b-2"))
+        with pytest.raises(CronSlotTakenError):
+            await a.node.sessions.save(run("s-a-2"))
+    finally:
+        CRON_SLOT.reset(token)
+    # The refused runs wrote nothing: the turn and the slot are one transaction.
+    assert sorted(str(row[0]) for row in stored(pg_dsn)) == ["s-a-1", "s-b-2"]

@@ -105,3 +105,17 @@ class ClusterDatabaseError(GatewayError):
 
     exit_code = 1
     http_status = 503
+
+
+class CronSlotTakenError(GatewayError):
+    """Cluster mode: another node fired this cron slot already (one firing per slot)."""
+
+    exit_code = 1
+    http_status = 409
+
+
+class SessionElsewhereError(GatewayError):
+    """Cluster mode: another node owns this session now; the turn was not accepted here."""
+
+    exit_code = 1
+    http_status = 503

@@ -32,7 +32,13 @@ from trio_gateway.config import Config, ModelConfig
 from trio_gateway.config_file import load as load_config_file
 from trio_gateway.cron import run_cron
 from trio_gateway.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, collector_paused, drain
-from trio_gateway.errors import BadRequestError, ConfigError, GatewayDrainingError, NotFoundError
+from trio_gateway.errors import (
+    BadRequestError,
+    ConfigError,
+    GatewayDrainingError,
+    NotFoundError,
+    SessionElsewhereError,
+)
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog, ms
 from trio_gateway.models.base import Model
@@ -328,7 +334,17 @@ class Gateway:
             session.next_id("turn"), prompt, origin, kind, accepted_at=self._now(), stall_seconds=stall_seconds
         )
         session.record.turns.append(turn)
-        await self.store.save(session.record)
+        try:
+            await self.store.save(session.record)
+        except BaseException:
+            # Not accepted: leave no trace a later save of this session would write.
+            if turn in session.record.turns:
+                session.record.turns.remove(turn)
+            raise
+        if self.sessions.get(session.id) is not session:
+            # Cluster mode: the write was refused, another node owns the session (forgotten
+            # here meanwhile); the caller retries and gets a session of its own.
+            raise SessionElsewhereError(f"session {session.id} is owned by another node; try again")
         # Saving yields: a drain may have begun meanwhile. The turn is on disk as accepted,
         # so the next generation runs it; starting it now would only lengthen this drain.
         if self.state.value == "running" and self.current is gen:

@@ -25,7 +25,8 @@ from psycopg.types.json import Jsonb
 from trio_gateway.cluster.db import Conn, Database
 from trio_gateway.cluster.leases import Leases
 from trio_gateway.config import make_strict_converter
-from trio_gateway.errors import ClusterDatabaseError
+from trio_gateway.cron import CRON_SLOT
+from trio_gateway.errors import ClusterDatabaseError, CronSlotTakenError
 from trio_gateway.log import EventLog
 from trio_gateway.sessions_store import SessionRecord
 
@@ -38,6 +39,23 @@ ADOPT_BATCH = 100
 
 def lease_key(session_id: str) -> str:
     return f"session:{session_id}"
+
+
+def claim_cron_slot(conn: Conn, slot: tuple[str, float], now: dt.datetime) -> None:
+    """Compare-and-set on the cron entry's next fire time, in the caller's transaction (the
+    one writing the run's turn): the slot `now` falls in fires once in the whole cluster, on
+    whichever node's timer reaches it first. Slots are aligned on the epoch, so every node
+    agrees on them whatever its start time."""
+    cron_id, every = slot
+    epoch_seconds = now.timestamp()
+    next_fire = dt.datetime.fromtimestamp((epoch_seconds // every + 1) * every, dt.UTC)
+    cur = conn.execute(
+        "INSERT INTO cron_slots AS c (cron_id, next_fire_at) VALUES (%s, %s)"
+        " ON CONFLICT (cron_id) DO UPDATE SET next_fire_at = EXCLUDED.next_fire_at WHERE c.next_fire_at <= %s",
+        (cron_id, next_fire, now),
+    )
+    if cur.rowcount != 1:
+        raise CronSlotTakenError(f"cron {cron_id}: this slot fired on another node")
 
 
 @attrs.define
@@ -74,6 +92,7 @@ class PgSessionStore:
         doc = Jsonb(_CONVERTER.unstructure(record))
         now = self.now()
         me, key = self.leases.node_id, lease_key(record.id)
+        slot = CRON_SLOT.get()
 
         def write(conn: Conn) -> bool:
             held = conn.execute(
@@ -81,6 +100,8 @@ class PgSessionStore:
             ).fetchone()
             if held is None:
                 return False
+            if slot is not None:
+                claim_cron_slot(conn, slot, now)  # raises (and rolls back) when fired elsewhere
             conn.execute(
                 "INSERT INTO sessions (id, record, pending_turns, updated_at) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record,"

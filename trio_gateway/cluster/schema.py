@@ -62,6 +62,15 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX sessions_pending ON sessions (id) WHERE pending_turns > 0;
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE cron_slots (
+            cron_id      text PRIMARY KEY,
+            next_fire_at timestamptz NOT NULL      -- the start of the next unfired slot
+        );
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 
