@@ -141,6 +141,14 @@ def test_sigkill_of_one_node_mid_delivery_loses_nothing(
     a, b = start_node("a"), start_node("b")
     assert a.http("GET", "/v1/status").json()["storage"] == {"backend": "postgres", "nodeId": "a"}
     assert 'node="b"' in b.http("GET", "/metrics").text
+    # Each node's state follows its gateway's at the next heartbeat ("starting" before that).
+    poll(
+        "both nodes running in GET /v1/cluster",
+        lambda: (
+            {n["nodeId"]: n["state"] for n in b.http("GET", "/v1/cluster").json()["nodes"]}
+            == {"a": "running", "b": "running"}
+        ),
+    )
     slack.gate.clear()  # the first sends of each node wait until all 300 are queued
     for i in range(300):
         node = (a, b)[i % 2]

@@ -75,6 +75,7 @@ def production_gateway(
         # The node joins before generation 1 and leaves after the last (the root nursery).
         deps.servers = [node.serve, *deps.servers]
         deps.describe_storage = node.describe
+        deps.cluster_status = node.status
         deps.session_store = wiring.session_store_for(node)
         deps.session_id_prefix = wiring.session_id_prefix()
     return Gateway(deps, config)

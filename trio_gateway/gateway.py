@@ -94,6 +94,8 @@ class GatewayDeps:
     # that cannot collide with another node's.
     session_store: Callable[[Gateway], SessionStorage] | None = None
     session_id_prefix: str = "s"
+    # `GET /v1/cluster`: the nodes sharing the database (None: not in cluster mode).
+    cluster_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
 
 @attrs.define(eq=False)

@@ -128,6 +128,10 @@ class ClusterNode:
             with trio.move_on_after(CANCEL_BOUND_SECONDS, shield=True):
                 await self.db.close()
 
+    async def status(self) -> dict[str, Any]:
+        nodes = await cluster_status(self.db, self.now(), self.config.dead_after_seconds)
+        return {"backend": "postgres", "nodeId": self.node_id, "nodes": nodes}
+
     def describe(self) -> dict[str, Any]:
         return {"backend": "postgres", "nodeId": self.node_id}
 

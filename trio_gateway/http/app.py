@@ -110,6 +110,7 @@ class GatewayApp:
             r("GET", ("healthz",), self._healthz, auth=False),
             r("GET", ("metrics",), self._metrics),
             r("GET", ("v1", "status"), self._status),
+            r("GET", ("v1", "cluster"), self._cluster),
             r("POST", ("v1", "gateway", "restart"), self._restart, long=True),
             r("POST", ("v1", "gateway", "stop"), self._stop),
             r("GET", ("v1", "gateway", "drains"), self._drains),
@@ -174,6 +175,13 @@ class GatewayApp:
 
     async def _status(self, request: Request) -> Response:
         return json_response(200, self.gateway.status())
+
+    async def _cluster(self, request: Request) -> Response:
+        """What `cluster status --json` prints (SPEC 12), as this node sees the database."""
+        read = self.gateway.deps.cluster_status
+        if read is None:
+            raise NotFoundError('cluster mode is off (cluster.backend is not "postgres")')
+        return json_response(200, await read())
 
     async def _metrics(self, request: Request) -> Response:
         return Response(200, metrics.render(self.gateway).encode(), metrics.CONTENT_TYPE)
