@@ -133,3 +133,26 @@ def running_server() -> Iterator[PgServer]:
         yield server
     finally:
         server.stop()
+
+
+def main() -> None:
+    """`python -m trio_gateway.testing.postgres`: a throwaway server to try cluster mode on
+    one machine; prints the DSN, runs until Ctrl-C (or SIGTERM), then removes everything."""
+    import signal
+    import sys
+
+    server = PgServer.start()
+    try:
+        dsn = server.create_database("gateway")
+        print(f"export TRIO_GATEWAY_PG_DSN='{dsn}'", flush=True)
+        print("PostgreSQL running; Ctrl-C stops it and deletes its data", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        signal.pause()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
