@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -209,3 +210,61 @@ def test_sigkill_with_a_stalled_turn_the_survivor_finishes_it_once(start_node: C
         "b's session idle", lambda: all(s["pendingTurns"] == 0 for s in b.http("GET", "/v1/status").json()["sessions"])
     )
     assert len(console_replies(b, turn_id)) == 1
+
+
+def test_a_rolling_restart_under_steady_traffic_loses_no_turn_and_answers_none_twice(
+    start_node: Callable[[str], Node],
+) -> None:
+    nodes = {"a": start_node("a"), "b": start_node("b")}
+    accepted: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            for node in list(nodes.values()):  # the first node that accepts takes it
+                body = {"agent": "main", "origin": {"channel": "console", "to": f"u{i}"}, "prompt": f"p{i}"}
+                try:
+                    reply = node.http("POST", "/v1/sessions", body)
+                except (httpx.HTTPError, RuntimeError):
+                    continue  # that node is restarting (its client may be closed)
+                if reply.status_code == 202:
+                    accepted.append(reply.json()["turnId"])
+                    break
+            time.sleep(0.02)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        for name in ("a", "b"):
+            node = nodes[name]
+            # A turn the drain must cut: the other node resumes it once the node has left.
+            stalled = node.http("POST", "/internal/test/stall-model-call", {"durationMs": 60_000}).json()
+            accepted.append(stalled["turnId"])
+            poll(
+                f"{name}'s stalled call",
+                lambda n=node: any(w["kind"] == "model_call" for w in n.http("GET", "/v1/status").json()["work"]),
+            )
+            count = len(accepted)
+            node.http("POST", "/v1/gateway/stop", {})
+            node.popen.wait(60)
+            nodes[name] = start_node(name)  # the same home and node id: a new life
+            poll("traffic after the restart", lambda c=count: len(accepted) > c + 5)
+    finally:
+        stop.set()
+        sender.join(30)
+    replies: dict[str, int] = {}
+
+    def all_answered() -> bool:
+        replies.clear()
+        for node in nodes.values():
+            path = node.home / "logs" / "console.jsonl"
+            for line in path.read_text().splitlines() if path.exists() else []:
+                key = json.loads(line).get("idempotencyKey")
+                replies[key] = replies.get(key, 0) + 1
+        return all(t in replies for t in accepted)
+
+    poll("a reply to every accepted turn", all_answered)
+    assert len(accepted) > 20
+    assert {t: replies[t] for t in accepted if replies[t] != 1} == {}  # none twice
