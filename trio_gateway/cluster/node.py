@@ -2,9 +2,10 @@
 claims, and `cluster status`.
 
 The node runs in the gateway's root nursery (as one of its `servers`), across generations: a
-restart drains work, not membership. Its loop heartbeats every `heartbeatSeconds` and then
-takes over the claims of nodes silent for `deadAfterSeconds` (the lease is only a backstop: a
-time-only rescue would take live work from a slow node). At exit, shielded and bounded, it
+restart drains work, not membership. It heartbeats every `heartbeatSeconds`, and every
+`pollSeconds` it takes over the claims and pending sessions of nodes silent for
+`deadAfterSeconds` or gone (the lease is only a backstop: a time-only rescue would take live
+work from a slow node). At exit, shielded and bounded, it
 releases whatever it still holds and marks itself stopped, so peers resume at once instead of
 waiting out `deadAfterSeconds`.
 """
@@ -28,6 +29,7 @@ from trio_gateway.cluster.pg_sessions import PgSessionStore
 from trio_gateway.config import ClusterConfig
 from trio_gateway.errors import ClusterDatabaseError
 from trio_gateway.log import EventLog
+from trio_gateway.sessions_store import SessionRecord
 
 
 def default_node_id() -> str:
@@ -100,18 +102,31 @@ class ClusterNode:
         self.last_heartbeat = trio.current_time()
 
     async def run(self) -> None:
-        """Heartbeat and takeover until cancelled; then leave the cluster (bounded)."""
+        """Heartbeat until cancelled; then leave the cluster (bounded)."""
         try:
             while True:
                 try:
                     await self.heartbeat()
-                    await self.queue.recover()
                 except ClusterDatabaseError as exc:
                     self.log.error("CLUSTER", "Heartbeat failed; retrying", node=self.node_id, error=str(exc))
                 await trio.sleep(self.config.heartbeat_seconds)
         finally:
             with trio.move_on_after(CANCEL_BOUND_SECONDS * 2, shield=True):
                 await self.leave()
+
+    async def sweep(self, adopt: Callable[[list[SessionRecord]], None]) -> None:
+        """At the short poll: take over the delivery claims of dead nodes, and adopt sessions
+        left with turns pending. Run this often (not at the heartbeat) so work moves within
+        `deadAfterSeconds` + `pollSeconds` of a death, and within `pollSeconds` of a leave."""
+        while True:
+            try:
+                await self.queue.recover()
+                records = await self.sessions.adopt_orphans()
+                if records:
+                    adopt(records)
+            except ClusterDatabaseError as exc:
+                self.log.error("CLUSTER", "Takeover sweep failed; retrying", node=self.node_id, error=str(exc))
+            await trio.sleep(self.config.poll_seconds)
 
     async def leave(self, *, forget: bool = False) -> None:
         """Release every claim and mark this node stopped (or, for a CLI command's node,
@@ -142,9 +157,7 @@ class ClusterNode:
         await self.start()
         task_status.started()
         async with trio.open_nursery() as nursery:
-            # Sessions peers left with turns pending: looked for at the short poll, so a
-            # peer's drain hands its turns over within a fraction of a second.
-            nursery.start_soon(self.sessions.adopt_loop, gateway.adopt_sessions, self.config.poll_seconds)
+            nursery.start_soon(self.sweep, gateway.adopt_sessions)
             await self.run()
 
 

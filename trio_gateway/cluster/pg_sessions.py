@@ -26,7 +26,7 @@ from trio_gateway.cluster.db import Conn, Database
 from trio_gateway.cluster.leases import Leases
 from trio_gateway.config import make_strict_converter
 from trio_gateway.cron import CRON_SLOT
-from trio_gateway.errors import ClusterDatabaseError, CronSlotTakenError
+from trio_gateway.errors import CronSlotTakenError
 from trio_gateway.log import EventLog
 from trio_gateway.sessions_store import SessionRecord
 
@@ -160,13 +160,3 @@ class PgSessionStore:
         except Exception as exc:  # a row this version cannot read: leave it for a person
             self.log.error("CLUSTER", "Unreadable session row left alone", sessionId=session_id, error=str(exc)[:200])
             return None
-
-    async def adopt_loop(self, adopt: Callable[[list[SessionRecord]], None], every: float) -> None:
-        while True:
-            try:
-                records = await self.adopt_orphans()
-                if records:
-                    adopt(records)
-            except ClusterDatabaseError as exc:
-                self.log.error("CLUSTER", "Looking for orphaned sessions failed; retrying", error=str(exc))
-            await trio.sleep(every)
