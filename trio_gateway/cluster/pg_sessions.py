@@ -75,6 +75,10 @@ class PgSessionStore:
         await trio.lowlevel.checkpoint()
         return []
 
+    async def load(self, session_id: str) -> SessionRecord | None:
+        """One session read back (an evicted one: idle, so no peer adopts it meanwhile)."""
+        return await self._read(session_id)
+
     async def save(self, record: SessionRecord) -> None:
         # One write of a session at a time, in order (each write is the whole record).
         lock = self._locks.setdefault(record.id, trio.Lock())
