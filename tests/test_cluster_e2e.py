@@ -268,3 +268,23 @@ def test_a_rolling_restart_under_steady_traffic_loses_no_turn_and_answers_none_t
     poll("a reply to every accepted turn", all_answered)
     assert len(accepted) > 20
     assert {t: replies[t] for t in accepted if replies[t] != 1} == {}  # none twice
+
+
+def test_an_unreachable_database_is_one_clear_error(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    config = {"cluster": {"backend": "postgres", "statementTimeoutSeconds": 0.5}}
+    (home / "gateway.json").write_text(json.dumps(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "trio_gateway", "--home", str(home), "gateway", "start", "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ | {"TRIO_GATEWAY_PG_DSN": "host=127.0.0.1 port=1 user=nobody dbname=none"},
+        check=False,
+    )
+    assert done.returncode == 1
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith("ClusterDatabaseError: cannot connect to the cluster database")
+    )
+    assert "Traceback" not in done.stderr

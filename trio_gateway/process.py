@@ -100,19 +100,24 @@ class GatewayProcess:
     _reload_reported: bool = False
 
     async def run(self) -> int:
-        async with trio.open_nursery() as helpers:
-            await helpers.start(self._handle_signals)
-            helpers.start_soon(self._publish_state)
-            helpers.start_soon(self._exit_backstop)
-            if self.notifier.watchdog_interval is not None:
-                helpers.start_soon(self._ping_watchdog, self.notifier.watchdog_interval)
-            try:
-                await self.gateway.serve()
-            except* GatewayError as group:
-                # e.g. the port is taken: one clean `ErrorName: message`, not a traceback.
-                raise group.exceptions[0] from None
-            finally:
-                helpers.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as helpers:
+                await helpers.start(self._handle_signals)
+                helpers.start_soon(self._publish_state)
+                helpers.start_soon(self._exit_backstop)
+                if self.notifier.watchdog_interval is not None:
+                    helpers.start_soon(self._ping_watchdog, self.notifier.watchdog_interval)
+                try:
+                    await self.gateway.serve()
+                finally:
+                    helpers.cancel_scope.cancel()
+        except* GatewayError as group:
+            # e.g. the port is taken, or the cluster database is unreachable: one clean
+            # `ErrorName: message`, not a traceback, however deep the nurseries nest it.
+            leaf: BaseException = group
+            while isinstance(leaf, BaseExceptionGroup):
+                leaf = leaf.exceptions[0]
+            raise leaf from None
         self.notifier.stopping("stopped")
         return 0
 

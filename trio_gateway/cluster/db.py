@@ -14,6 +14,7 @@ clock fire deadlines while the query runs; an inline call advances virtual time 
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -26,6 +27,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from trio_gateway.errors import ClusterDatabaseError as DatabaseError
 
 T = TypeVar("T")
+
+# psycopg_pool logs every failed connection attempt as a warning; with no handler configured,
+# Python prints each one to stderr. The gateway reports the outcome itself, in its own log.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 
 CANCEL_BOUND_SECONDS = 2.0
 # Past the server's statement timeout, how long trio waits before giving the call up itself
