@@ -80,6 +80,17 @@ def production_gateway(
         preflight=lambda new_config: preflight(new_config, env),
         tools_factory=production_tools(home, log, env),
     )
+    if config.cluster.backend == "postgres":
+        # Imported here: a gateway on files never loads psycopg.
+        from trio_gateway.cluster import wiring
+
+        node, deps.delivery_factory = wiring.cluster_parts(home, config, log, env, inline=runner is not in_thread)
+        # The node joins before generation 1 and leaves after the last (the root nursery).
+        deps.servers = [node.serve, *deps.servers]
+        deps.describe_storage = node.describe
+        deps.cluster_status = node.status
+        deps.session_store = wiring.session_store_for(node)
+        deps.session_id_prefix = wiring.session_id_prefix()
     return Gateway(deps, config)
 
 
@@ -87,6 +98,8 @@ def preflight(config: Config, env: Mapping[str, str]) -> None:
     """Everything a config needs from the environment, checked before anything starts: a bad
     config never half-starts a gateway (ConfigError, exit 2)."""
     channel_registry.check(config, env)
+    if config.cluster.backend == "postgres" and not env.get(config.cluster.dsn_env):
+        raise ConfigError("cluster.dsnEnv", f"environment variable {config.cluster.dsn_env} is not set")
     tool_registry.check_env(config, env)
     for name, model in config.models.items():
         if model.api_key_env and not env.get(model.api_key_env):

@@ -28,7 +28,8 @@ from trio_gateway.config import AgentConfig, Config, DeliveryConfig
 from trio_gateway.entry import DeliveryEntry, DeliveryKind, Payload, RequesterOrigin
 from trio_gateway.errors import DeliveryValidationError, WorkAbortedError
 from trio_gateway.log import EventLog
-from trio_gateway.queue import Claimed, DeliveryQueue, NotDue
+from trio_gateway.queue import Claimed, NotDue
+from trio_gateway.storage import DeliveryStore
 from trio_gateway.work import WorkRegistry
 
 # A cancelled attempt's entry must get back to pending even while the worker is being torn
@@ -55,7 +56,7 @@ def _requester(origin: routing.Origin | None) -> RequesterOrigin | None:
 class Outbox:
     """What agents, cron and the edges call to send something: route, validate, enqueue."""
 
-    queue: DeliveryQueue
+    queue: DeliveryStore
     agents: dict[str, AgentConfig]
     clock: WallClock
     log: EventLog
@@ -184,7 +185,7 @@ LISTED = Slot(-math.inf, None, None)
 
 @attrs.define
 class DeliveryWorker:
-    queue: DeliveryQueue
+    queue: DeliveryStore
     channels: ChannelLookup
     config: DeliveryConfig
     clock: WallClock
@@ -337,6 +338,11 @@ class DeliveryWorker:
         if not isinstance(claimed, Claimed):
             return self._unclaimed(entry_id, claimed)
         self._schedule.pop(entry_id, None)
+        return await self.deliver(claimed)
+
+    async def deliver(self, claimed: Claimed) -> AttemptResult:
+        """Send and settle one entry claimed and marked as sending. Cancellation releases it
+        uncounted."""
         entry = claimed.entry
         channel = self.channels.get(entry.channel, entry.account_id)
         pause_end = self._paused.get((entry.channel, entry.account_id), -math.inf)
@@ -444,7 +450,7 @@ class DeliveryWorker:
     async def _fail(self, claimed: Claimed, reason: str, *, attempts: int | None = None) -> AttemptResult:
         entry = claimed.entry
         if attempts is not None:
-            claimed = Claimed(attrs.evolve(entry, attempts=attempts), claimed.path)
+            claimed = attrs.evolve(claimed, entry=attrs.evolve(entry, attempts=attempts))
         await self.queue.dead_letter(claimed, reason, self.clock.now())
         self.log.error("DELIVERY", f"Channel={entry.channel} id={entry.id} to={entry.to} Failed: {reason}")
         return AttemptResult(entry.id, "failed", entry.channel, entry.to, reason)
@@ -526,7 +532,7 @@ class RepairReport:
 
 
 async def repair(
-    queue: DeliveryQueue,
+    queue: DeliveryStore,
     agents: dict[str, AgentConfig],
     clock: WallClock,
     *,
@@ -547,7 +553,7 @@ async def repair(
     return reports
 
 
-async def _apply(queue: DeliveryQueue, entry: DeliveryEntry, action: RepairAction, clock: WallClock) -> bool:
+async def _apply(queue: DeliveryStore, entry: DeliveryEntry, action: RepairAction, clock: WallClock) -> bool:
     # A claim, not a direct write: a running worker may be sending this entry right now.
     # Repair acts whether or not the entry is due: a misrouted entry waiting on a backoff
     # is exactly the seed's case.
@@ -585,7 +591,7 @@ class QueueDelivery:
     @classmethod
     def build(
         cls,
-        queue: DeliveryQueue,
+        queue: DeliveryStore,
         channels: ClosableChannels,
         config: Config,
         clock: WallClock,
@@ -617,6 +623,10 @@ class QueueDelivery:
     def outcome_counts(self) -> dict[tuple[str, str], int]:
         """Attempts by (channel, outcome) since the process started (`/metrics`)."""
         return self.worker.outcomes.counts()
+
+    @property
+    def store(self) -> DeliveryStore:
+        return self.worker.queue
 
     async def aclose(self) -> None:
         await self.channels.aclose()

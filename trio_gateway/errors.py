@@ -131,3 +131,24 @@ def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(leaf, BaseExceptionGroup):
         leaf = leaf.exceptions[0]
     return leaf
+
+
+class ClusterDatabaseError(GatewayError):
+    """Cluster mode (SPEC 12): the shared database refused, or did not answer in time."""
+
+    exit_code = 1
+    http_status = 503
+
+
+class CronSlotTakenError(GatewayError):
+    """Cluster mode: another node fired this cron slot already (one firing per slot)."""
+
+    exit_code = 1
+    http_status = 409
+
+
+class SessionElsewhereError(GatewayError):
+    """Cluster mode: another node owns this session now; the turn was not accepted here."""
+
+    exit_code = 1
+    http_status = 503

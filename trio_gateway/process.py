@@ -112,8 +112,9 @@ class GatewayProcess:
                 finally:
                     helpers.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            # e.g. the port is taken: one clean `ErrorName: message`, not a traceback. Raised
-            # here, outside every nursery, so no nursery wraps it into a group again.
+            # e.g. the port is taken, or the cluster database is unreachable: one clean
+            # `ErrorName: message`, not a traceback. Raised here, outside every nursery, so no
+            # nursery wraps it into a group again.
             error = only_gateway_error(group)
             if error is None:
                 raise

@@ -34,6 +34,7 @@ GROUPS: dict[str, str] = {
     "session": "start, list and abort sessions",
     "delivery": "inspect and repair the delivery queue",
     "scenario": "rehearse restarts on a virtual clock",
+    "cluster": "the nodes sharing the cluster database",
 }
 # Global options that take a value: skipped when looking for the group name in argv.
 _VALUED_OPTIONS = ("--home", "--log-format")

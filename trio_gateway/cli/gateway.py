@@ -211,12 +211,18 @@ def _status(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def storage_line(storage: dict[str, Any]) -> str:
+    node = f"  node: {storage['nodeId']}" if storage.get("nodeId") else ""
+    return f"storage: {storage.get('backend', 'files')}{node}"
+
+
 def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
     queue = status.get("queue", {})
     lines = [
         f"state: {status['state']}  generation: {status['generation']}  uptime: {status['uptimeSeconds']:.0f}s"
         f"  pid: {pid}  {url}  version: {status.get('version', '?')}",
         f"queue: {queue.get('pending', 0)} pending, {queue.get('failed', 0)} dead letter(s)",
+        storage_line(status.get("storage", {})),
         f"stalled sessions: {', '.join(status.get('stalled', [])) or 'none'}",
         f"sessions ({len(status['sessions'])}):",
     ]

@@ -30,13 +30,15 @@ PREFIX = "trio_gateway_"
 @attrs.define
 class Exposition:
     lines: list[str] = attrs.Factory(list)
+    # Labels on every sample: in cluster mode {"node": ...}, so one scrape config serves all nodes.
+    base: dict[str, str] = attrs.Factory(dict)
 
     def family(self, name: str, kind: str, help_text: str) -> None:
         self.lines.append(f"# HELP {PREFIX}{name} {help_text}")
         self.lines.append(f"# TYPE {PREFIX}{name} {kind}")
 
     def sample(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
-        self.lines.append(f"{PREFIX}{name}{_labels(labels)} {_number(value)}")
+        self.lines.append(f"{PREFIX}{name}{_labels({**self.base, **(labels or {})})} {_number(value)}")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -59,7 +61,8 @@ def _number(value: float) -> str:
 
 
 def render(gateway: Gateway) -> str:
-    out = Exposition()
+    node = gateway.deps.describe_storage().get("nodeId")
+    out = Exposition(base={"node": str(node)} if node else {})
     _lifecycle(out, gateway)
     _work(out, gateway)
     _drains(out, gateway)
