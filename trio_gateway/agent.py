@@ -23,7 +23,8 @@ from trio_gateway.errors import ConfigError, DeliveryValidationError, GatewayErr
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.routing import Origin
-from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnRecord
+from trio_gateway.sessions_store import SessionRecord, TurnRecord
+from trio_gateway.storage import SessionStorage
 from trio_gateway.tools.registry import ToolBox
 from trio_gateway.work import WorkRegistry, WorkUnit
 
@@ -66,7 +67,7 @@ class Runtime:
     models: Mapping[str, Model]
     registry: WorkRegistry
     outbox: Outbox
-    store: SessionStore
+    store: SessionStorage
     log: EventLog
     wall: Callable[[], dt.datetime]
     # MCP servers and http_request (SPEC 14); None: only spawn_subagent.

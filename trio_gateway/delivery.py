@@ -14,8 +14,9 @@ import datetime as dt
 import heapq
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
 import attrs
 import trio
@@ -29,7 +30,8 @@ from trio_gateway.disk import StorageHealth, is_no_space
 from trio_gateway.entry import DeliveryEntry, DeliveryKind, Payload, RequesterOrigin
 from trio_gateway.errors import DeliveryValidationError, InsufficientStorageError, WorkAbortedError
 from trio_gateway.log import EventLog
-from trio_gateway.queue import Claimed, DeliveryQueue, NotDue, OutcomeUnknown
+from trio_gateway.queue import Claimed, NotDue, OutcomeUnknown
+from trio_gateway.storage import DeliveryStore
 from trio_gateway.work import WorkRegistry
 
 # A cancelled attempt's entry must get back to pending even while the worker is being torn
@@ -60,7 +62,7 @@ def _requester(origin: routing.Origin | None) -> RequesterOrigin | None:
 class Outbox:
     """What agents, cron and the edges call to send something: route, validate, enqueue."""
 
-    queue: DeliveryQueue
+    queue: DeliveryStore
     agents: dict[str, AgentConfig]
     clock: WallClock
     log: EventLog
@@ -199,6 +201,22 @@ class AttemptResult:
         return f"{self.id} {self.kind} channel={self.channel} to={self.to} {self.detail}".rstrip()
 
 
+@attrs.define
+class OutcomeTally:
+    """Attempts by (channel, outcome) since the process started: one per process, shared by
+    every generation's worker, so `/metrics` counters only grow (SPEC 5: deliveries by
+    outcome). "skipped" (nothing was attempted) is not counted."""
+
+    _counts: Counter[tuple[str, str]] = attrs.Factory(Counter)
+
+    def add(self, channel: str, outcome: ResultKind) -> None:
+        if outcome != "skipped":
+            self._counts[(channel, outcome)] += 1
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        return dict(self._counts)
+
+
 @attrs.frozen
 class Slot:
     """The worker's in-memory view of one pending entry: enough to schedule it, no more."""
@@ -215,7 +233,7 @@ LISTED = Slot(-math.inf, None, None)
 
 @attrs.define
 class DeliveryWorker:
-    queue: DeliveryQueue
+    queue: DeliveryStore
     channels: ChannelLookup
     config: DeliveryConfig
     clock: WallClock
@@ -225,6 +243,7 @@ class DeliveryWorker:
     # Bound on settling or releasing an attempt after the send (shielded disk work): the
     # drain's `cleanupTimeoutSeconds`, so a hung queue disk cannot stretch a restart past it.
     cleanup_timeout: float = RELEASE_TIMEOUT_SECONDS
+    outcomes: OutcomeTally = attrs.Factory(OutcomeTally)
     _schedule: dict[str, Slot] = attrs.Factory(dict)
     # (due, id) for every scheduled id, lazily cleaned: an item is live while it is no earlier
     # than its id's slot and the id is not being attempted (see `_peek_heap`).
@@ -232,6 +251,25 @@ class DeliveryWorker:
     _active: set[str] = attrs.Factory(set)
     _paused: dict[tuple[str, str | None], float] = attrs.Factory(dict)
     _wake: trio.Event = attrs.Factory(trio.Event)
+
+    @classmethod
+    def for_config(
+        cls,
+        queue: DeliveryStore,
+        channels: ChannelLookup,
+        config: Config,
+        clock: WallClock,
+        log: EventLog,
+        work: WorkRegistry,
+        rng: random.Random | None,
+        **extra: Any,
+    ) -> Self:
+        """A worker (of this class: the file queue's or cluster mode's) for a generation's
+        config: its `delivery` section, and the drain's cleanup bound on settling."""
+        cleanup = min(RELEASE_TIMEOUT_SECONDS, config.gateway.drain.cleanup_timeout_seconds)
+        return cls(
+            queue, channels, config.delivery, clock, log, work, rng or random.Random(), cleanup_timeout=cleanup, **extra
+        )
 
     # --- scheduling -------------------------------------------------------------------------
 
@@ -369,9 +407,15 @@ class DeliveryWorker:
     # --- one attempt ------------------------------------------------------------------------
 
     async def attempt(self, entry_id: str) -> AttemptResult:
-        """Claim, send and settle one entry. Cancellation releases it uncounted. A claim this
-        attempt could not finish (cut from the claim's batch, or settling past its bound) is
-        let go, so the next rescan's recovery returns it to pending."""
+        """Claim, send and settle one entry. Cancellation releases it uncounted (as an
+        attempt: `outcomes` tallies it "released")."""
+        result = await self._attempt(entry_id)
+        self.outcomes.add(result.channel, result.kind)
+        return result
+
+    async def _attempt(self, entry_id: str) -> AttemptResult:
+        # A claim this attempt could not finish (cut from the claim's batch, or settling past
+        # its bound) is let go, so the next rescan's recovery returns it to pending.
         try:
             # Claimed and marked as sending in one step (one fsync per batch); an entry that
             # then turns out unsendable is settled at once, its mark cleared with it.
@@ -390,6 +434,11 @@ class DeliveryWorker:
     async def _attempt_claimed(self, claimed: Claimed) -> AttemptResult:
         entry_id = claimed.entry.id
         self._schedule.pop(entry_id, None)
+        return await self.deliver(claimed)
+
+    async def deliver(self, claimed: Claimed) -> AttemptResult:
+        """Send and settle one entry claimed and marked as sending. Cancellation releases it
+        uncounted."""
         entry = claimed.entry
         channel = self.channels.get(entry.channel, entry.account_id)
         pause_end = self._paused.get((entry.channel, entry.account_id), -math.inf)
@@ -400,6 +449,7 @@ class DeliveryWorker:
             try:
                 outcome = await self._send(channel, claimed)
             except BaseException:
+                self.outcomes.add(entry.channel, "released")
                 with trio.move_on_after(self.cleanup_timeout, shield=True):
                     await self.queue.release(claimed)
                 self.log.info(
@@ -498,7 +548,7 @@ class DeliveryWorker:
     async def _fail(self, claimed: Claimed, reason: str, *, attempts: int | None = None) -> AttemptResult:
         entry = claimed.entry
         if attempts is not None:
-            claimed = Claimed(attrs.evolve(entry, attempts=attempts), claimed.path)
+            claimed = attrs.evolve(claimed, entry=attrs.evolve(entry, attempts=attempts))
         await self.queue.dead_letter(claimed, reason, self.clock.now())
         self.log.error("DELIVERY", f"Channel={entry.channel} id={entry.id} to={entry.to} Failed: {reason}")
         return AttemptResult(entry.id, "failed", entry.channel, entry.to, reason)
@@ -580,7 +630,7 @@ class RepairReport:
 
 
 async def repair(
-    queue: DeliveryQueue,
+    queue: DeliveryStore,
     agents: dict[str, AgentConfig],
     clock: WallClock,
     *,
@@ -601,7 +651,7 @@ async def repair(
     return reports
 
 
-async def _apply(queue: DeliveryQueue, entry: DeliveryEntry, action: RepairAction, clock: WallClock) -> bool:
+async def _apply(queue: DeliveryStore, entry: DeliveryEntry, action: RepairAction, clock: WallClock) -> bool:
     # A claim, not a direct write: a running worker may be sending this entry right now.
     # Repair acts whether or not the entry is due: a misrouted entry waiting on a backoff
     # is exactly the seed's case.
@@ -639,7 +689,7 @@ class QueueDelivery:
     @classmethod
     def build(
         cls,
-        queue: DeliveryQueue,
+        queue: DeliveryStore,
         channels: ClosableChannels,
         config: Config,
         clock: WallClock,
@@ -647,16 +697,10 @@ class QueueDelivery:
         work: WorkRegistry,
         rng: random.Random | None = None,
         storage: StorageHealth | None = None,
+        outcomes: OutcomeTally | None = None,
     ) -> QueueDelivery:
-        worker = DeliveryWorker(
-            queue,
-            channels,
-            config.delivery,
-            clock,
-            log,
-            work,
-            rng or random.Random(),
-            cleanup_timeout=min(RELEASE_TIMEOUT_SECONDS, config.gateway.drain.cleanup_timeout_seconds),
+        worker = DeliveryWorker.for_config(
+            queue, channels, config, clock, log, work, rng, outcomes=outcomes or OutcomeTally()
         )
         outbox = Outbox(queue, config.agents, clock, log, on_enqueued=worker.notify, storage=storage or StorageHealth())
         return cls(outbox, worker, channels)
@@ -675,6 +719,14 @@ class QueueDelivery:
 
     def counts(self) -> dict[str, int]:
         return {"pending": self.worker.pending_count(), "failed": self._failed}
+
+    def outcome_counts(self) -> dict[tuple[str, str], int]:
+        """Attempts by (channel, outcome) since the process started (`/metrics`)."""
+        return self.worker.outcomes.counts()
+
+    @property
+    def store(self) -> DeliveryStore:
+        return self.worker.queue
 
     async def aclose(self) -> None:
         await self.channels.aclose()

@@ -27,7 +27,7 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from trio_gateway import agent, session_evict
+from trio_gateway import __version__, agent, session_evict
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config, ModelConfig
 from trio_gateway.config_file import load as load_config_file
@@ -40,6 +40,7 @@ from trio_gateway.errors import (
     GatewayDrainingError,
     InsufficientStorageError,
     NotFoundError,
+    SessionElsewhereError,
 )
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog, ms
@@ -48,6 +49,7 @@ from trio_gateway.routing import Origin
 from trio_gateway.session_evict import Evicted
 from trio_gateway.sessions_store import SESSION_ID, SessionRecord, SessionStore, TurnKind, TurnRecord
 from trio_gateway.stall import StallWatchdog
+from trio_gateway.storage import SessionStorage
 from trio_gateway.store import BlockingRunner, in_thread
 from trio_gateway.tools.registry import ToolBox, build_toolbox, production_openers
 from trio_gateway.tools.registry import preload as preload_tools
@@ -95,6 +97,14 @@ class GatewayDeps:
     servers: list[Server] = attrs.Factory(list)
     # Session writes; None: `runner`. Production abandons a cancelled write's thread.
     session_runner: BlockingRunner | None = None
+    # Where state lives, for `gateway status` (cluster mode adds the node id).
+    describe_storage: Callable[[], dict[str, Any]] = lambda: {"backend": "files"}
+    # Cluster mode: sessions in the database (None: files under the home), and new session ids
+    # that cannot collide with another node's.
+    session_store: Callable[[Gateway], SessionStorage] | None = None
+    session_id_prefix: str = "s"
+    # `GET /v1/cluster`: the nodes sharing the database (None: not in cluster mode).
+    cluster_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
     # MCP servers and http_request per generation (SPEC 14); None: real processes and HTTP.
     tools_factory: ToolsFactory | None = None
 
@@ -117,7 +127,7 @@ class Gateway:
     sessions: dict[str, agent.Session] = attrs.Factory(dict)
     busy: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
     registry: WorkRegistry = attrs.field(init=False)
-    store: SessionStore = attrs.field(init=False)
+    store: SessionStorage = attrs.field(init=False)
     drains: list[DrainReport] = attrs.Factory(list)
     started_at: float = 0.0
     wall: WallClock | None = None
@@ -138,7 +148,10 @@ class Gateway:
     def __attrs_post_init__(self) -> None:
         self.registry = WorkRegistry(self.deps.log)
         runner = self.deps.session_runner or self.deps.runner
-        self.store = SessionStore(self.deps.home.sessions_dir, runner, self.deps.log)
+        make_store = self.deps.session_store
+        self.store = (
+            make_store(self) if make_store else SessionStore(self.deps.home.sessions_dir, runner, self.deps.log)
+        )
 
     @property
     def log(self) -> EventLog:
@@ -371,6 +384,10 @@ class Gateway:
         except BaseException:
             self._forget_unsaved(session, turn, created)
             raise
+        if self.sessions.get(session.id) is not session:
+            # Cluster mode: the write was refused, another node owns the session (forgotten
+            # here meanwhile); the caller retries and gets a session of its own.
+            raise SessionElsewhereError(f"session {session.id} is owned by another node; try again")
         self._last_active[session.id] = trio.current_time()
         # Saving yields: a drain may have begun meanwhile. The turn is on disk as accepted,
         # so the next generation runs it; starting it now would only lengthen this drain.
@@ -457,7 +474,7 @@ class Gateway:
         # Sessions loaded from disk keep their ids; a new process counts from 1 again, so skip
         # any id already taken rather than overwrite a stored session.
         while True:
-            candidate = f"s-{max(1, self.generation_number)}-{next(self._ids)}"
+            candidate = f"{self.deps.session_id_prefix}-{max(1, self.generation_number)}-{next(self._ids)}"
             if candidate not in self.sessions and candidate not in self._evicted:
                 return candidate
 
@@ -521,6 +538,38 @@ class Gateway:
         # Through the agent's own path: an undeliverable notice is logged, never raised, so a
         # bad leftover turn cannot stop the generation that found it.
         await agent.drop_turn(gen.runtime, session, turn, text)
+
+    # --- cluster mode: sessions moving between nodes ---------------------------------------
+
+    def adopt_sessions(self, records: list[SessionRecord]) -> None:
+        """Sessions a peer left (it stopped or died) with turns pending, now owned here: their
+        turns resume through the same path as after a restart, at once when running, else in
+        the next generation."""
+        leftover = []
+        for record in records:
+            if record.id in self.sessions:
+                continue
+            session = agent.Session(record)
+            self.sessions[record.id] = session
+            self._by_origin[(record.agent, record.origin)] = record.id
+            leftover += [(session, turn) for turn in record.turns]
+        gen = self.current
+        if leftover and gen is not None and self.state.value == "running":
+            self.busy.value += 1
+            gen.work.start_soon(self._resume_turns, gen, leftover)
+
+    def forget_session(self, session_id: str) -> None:
+        """Another node owns this session now (a write here was refused): stop its work here
+        and keep nothing of it; its turns are the owner's."""
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        key = (session.record.agent, session.record.origin)
+        if self._by_origin.get(key) == session_id:
+            del self._by_origin[key]
+        if session.nursery is not None:
+            session.nursery.cancel_scope.cancel(reason="session owned by another node")
+        self.log.warn("CLUSTER", "Session owned by another node; its work here is cancelled", sessionId=session_id)
 
     # --- operations ----------------------------------------------------------------------
 
@@ -592,13 +641,19 @@ class Gateway:
             # (visible only for an instant, but a script should not be told a lie).
             "state": self.state.value,
             "generation": self.generation_number,
+            "version": __version__,
             "uptimeSeconds": round(now - self.started_at, 3),
             "sessions": [self._session_status(s) for s in self.sessions.values()],
             "work": work,
             "stalled": stalled,
             "queue": queue,
-            # Disks refusing writes (new work gets 507 meanwhile) and log lines lost to a bad disk.
-            "storage": {"full": dict(self.storage.full), "logWriteFailures": self.log.failed_writes},
+            # Where state lives (files or PostgreSQL), disks refusing writes (new work gets 507
+            # meanwhile) and log lines lost to a bad disk.
+            "storage": {
+                **self.deps.describe_storage(),
+                "full": dict(self.storage.full),
+                "logWriteFailures": self.log.failed_writes,
+            },
             "tools": {"mcpServers": self.tools.status() if self.tools is not None else []},
         }
         if self._drain is not None:
