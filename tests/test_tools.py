@@ -477,3 +477,74 @@ async def test_the_line_transport_splits_and_joins_messages_across_chunks(autoju
         await server.send_all(b"not json\n")
         await link.dead.wait()
         assert link.failure == "the server wrote something that is not JSON-RPC: 'not json'"
+
+
+async def test_an_abort_is_not_held_up_by_a_server_that_stopped_reading(autojump_clock: trio.abc.Clock) -> None:
+    """A server busy in a blocking tool reads no more input and the pipe fills: the writer is
+    stuck on the next request. Aborting a call must still end it at once; the SDK would hold
+    the abort for up to 5 s handing over its `notifications/cancelled` if our writer took it
+    only when free (a drain's cut would wait that long too)."""
+    from contextlib import asynccontextmanager
+
+    import trio.testing
+
+    from trio_gateway.errors import WorkAbortedError
+    from trio_gateway.testing.fake_mcp import FakeMcpServer
+    from trio_gateway.tools.mcp import McpServer
+    from trio_gateway.tools.transport import pipe_link
+    from trio_gateway.work import WorkRegistry
+
+    client, server_end = trio.testing.lockstep_stream_pair()  # no buffer: like a full pipe
+    wedged = trio.Event()
+
+    class Input(trio.abc.ReceiveStream):
+        async def receive_some(self, max_bytes: int | None = None) -> bytes:
+            if wedged.is_set():
+                await trio.sleep_forever()
+            return await server_end.receive_some(max_bytes)
+
+        async def aclose(self) -> None:
+            await server_end.aclose()
+
+    async def send(data: bytes) -> None:
+        await server_end.send_all(data)
+
+    fake = FakeMcpServer(name="busy", on_event=lambda e: wedged.set() if e["event"] == "call" else None)
+
+    @asynccontextmanager
+    async def opener() -> Any:
+        async with pipe_link(client, client) as link:
+            yield link
+
+    log = EventLog([MemorySink()])
+    registry = WorkRegistry(log)
+    server = McpServer("busy", opener, log, max_result_bytes=1 << 20)
+    outcome: list[tuple[str, float]] = []
+    units: list[Any] = []
+
+    async def hang() -> None:
+        try:
+            with registry.track("tool_call") as unit:
+                units.append(unit)
+                await server.call("hang", {}, unit)
+        except WorkAbortedError:
+            outcome.append(("aborted", trio.current_time()))
+
+    async def second() -> None:
+        with registry.track("tool_call") as unit:
+            await server.call("echo", {"text": "queued"}, unit)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake.serve, Input(), send)
+        nursery.start_soon(server.run)
+        await until(lambda: server.state == "running")
+        nursery.start_soon(hang)
+        await wedged.wait()
+        nursery.start_soon(second)
+        nursery.start_soon(second)
+        await trio.sleep(1)  # one request is stuck in the writer, the other waits for it
+        aborted_at = trio.current_time()
+        units[0].abort("test")
+        await until(lambda: bool(outcome))
+        assert outcome[0][1] - aborted_at < 0.5
+        nursery.cancel_scope.cancel()

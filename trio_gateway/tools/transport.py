@@ -30,6 +30,12 @@ from mcp.shared.message import SessionMessage
 # One JSON-RPC message from a server may not exceed this (a tool reply is cut further, to
 # `tools.http.maxResponseBytes`, before the model sees it).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Messages the SDK may hand over while the writer is stuck on a server that stopped reading
+# its input (a full pipe). The SDK waits up to 5 s, shielded, to hand over the
+# `notifications/cancelled` of an aborted call: with no room here, every abort (and a drain's
+# cut) would take that long. Bounded, so a server that floods requests and reads nothing
+# holds back the session's answers instead of growing memory.
+WRITE_QUEUE_MESSAGES = 64
 # How long a closing connection may take to hand its last messages (a cancellation) to the server.
 FLUSH_SECONDS = 0.5
 # How long to wait, after a server's output ends, for its exit status (for the error message).
@@ -128,7 +134,7 @@ async def pipe_link(
     """Newline-delimited JSON-RPC over two trio streams, for `ClientSession`. When the link
     dies (EOF, garbage, oversize) the read stream closes, so the SDK fails pending calls."""
     to_session, read = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    write, from_session = anyio.create_memory_object_stream[SessionMessage](0)
+    write, from_session = anyio.create_memory_object_stream[SessionMessage](WRITE_QUEUE_MESSAGES)
     link = Link(read, write)
     # The writer outlives a cancellation for a moment: a call cut by a drain deadline hands the
     # SDK's `notifications/cancelled` to it while its scope is cancelled, and the server must
