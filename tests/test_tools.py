@@ -548,3 +548,34 @@ async def test_an_abort_is_not_held_up_by_a_server_that_stopped_reading(autojump
         await until(lambda: bool(outcome))
         assert outcome[0][1] - aborted_at < 0.5
         nursery.cancel_scope.cancel()
+
+
+async def test_a_compressed_reply_is_cut_without_inflating_all_of_it(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A gzip bomb (16 MiB of zeros in 16 KiB) is cut at the cap without ever holding the
+    whole of it: httpx2 inflates in steps of at most 1 MiB and the tool stops reading at the
+    cap. A guard for the client choice (a decoder that inflates a chunk whole would not pass)."""
+    import gzip
+    import tracemalloc
+
+    bomb = gzip.compress(b"\0" * (16 << 20))
+
+    async def wire() -> Any:  # streamed, as a real connection delivers it (bytes would be read at once)
+        yield bomb
+
+    def handler(request: http.Request) -> http.Response:
+        return http.Response(200, content=wire(), headers={"content-encoding": "gzip"})
+
+    async with trio.open_nursery() as nursery:
+        gateway, notices = await run_with_http(nursery, tmp_path, http_config(), handler)
+        tracemalloc.start()
+        try:
+            reply = await ask(gateway, notices, '/tool http_request {"url": "https://api.example.com/x"}')
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        answer = json.loads(reply.text.removeprefix("tool http_request: "))
+        assert (answer["body"], answer["truncated"]) == ("\0" * 10, True)
+        assert peak < 8 << 20, peak  # inflating it whole would cost 16 MiB
+        gateway.request_drain("stop", force=True)
