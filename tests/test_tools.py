@@ -579,3 +579,35 @@ async def test_a_compressed_reply_is_cut_without_inflating_all_of_it(
         assert (answer["body"], answer["truncated"]) == ("\0" * 10, True)
         assert peak < 8 << 20, peak  # inflating it whole would cost 16 MiB
         gateway.request_drain("stop", force=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        # urllib drops the tab and sees an allowed host; httpx2 refuses the URL (was: internal error)
+        ({"url": "https://evil.example.net\t@api.example.com/"}, "url is not valid"),
+        # httpx2 cannot encode it (was: UnicodeEncodeError, the turn failed)
+        ({"url": "https://api.example.com/", "headers": {"X-Note": "caf\u00e9"}}, "header 'X-Note'"),
+        # a header injected into the request (refused before any client or parser sees it)
+        ({"url": "https://api.example.com/", "headers": {"X-Bad": "a\r\nInjected: 1"}}, "header 'X-Bad'"),
+    ],
+)
+async def test_a_request_the_client_would_refuse_is_denied_and_the_turn_goes_on(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, args: dict[str, Any], says: str
+) -> None:
+    seen: list[str] = []
+
+    def handler(request: http.Request) -> http.Response:
+        seen.append(str(request.url))
+        return http.Response(200, content=b"ok")
+
+    async with trio.open_nursery() as nursery:
+        gateway, notices = await run_with_http(nursery, tmp_path, http_config(), handler)
+        reply = await ask(gateway, notices, f"/tool http_request {json.dumps(args)}")
+        assert reply.text.startswith("tool http_request: "), reply.text
+        error = json.loads(reply.text.removeprefix("tool http_request: "))["error"]
+        assert says in error, error
+        assert seen == []
+        assert gateway.tools is not None
+        assert gateway.tools.outcomes == {("http", "denied"): 1}
+        gateway.request_drain("stop", force=True)
