@@ -611,3 +611,22 @@ async def test_a_request_the_client_would_refuse_is_denied_and_the_turn_goes_on(
         assert gateway.tools is not None
         assert gateway.tools.outcomes == {("http", "denied"): 1}
         gateway.request_drain("stop", force=True)
+
+
+async def test_a_cookie_one_request_receives_is_never_sent_by_another(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """One client serves every session's http_request: a cookie jar on it would hand one
+    user's login to another user's model. Each request carries only its own headers."""
+    sent: list[str] = []
+
+    def handler(request: http.Request) -> http.Response:
+        sent.append(request.headers.get("cookie", ""))
+        return http.Response(200, content=b"ok", headers={"set-cookie": "session=alice-secret; Path=/"})
+
+    async with trio.open_nursery() as nursery:
+        gateway, notices = await run_with_http(nursery, tmp_path, http_config(), handler)
+        for _ in range(2):
+            await ask(gateway, notices, '/tool http_request {"url": "https://api.example.com/login"}')
+        assert sent == ["", ""]
+        gateway.request_drain("stop", force=True)

@@ -18,6 +18,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -215,7 +216,12 @@ def build_toolbox(
             box.servers[name] = McpServer(name, opener, log, cap, rng or random.Random())
     if any("http_request" in a.tools for a in config.agents.values()):
         timeout = http.Timeout(30.0, connect=10.0)
-        client = http.AsyncClient(transport=http_transport, timeout=timeout, follow_redirects=False, trust_env=False)
+        # One client serves every session: a cookie one request receives must never ride on
+        # another's (one user's login handed to another user's model). A jar that keeps none.
+        no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+        client = http.AsyncClient(
+            transport=http_transport, timeout=timeout, follow_redirects=False, trust_env=False, cookies=no_cookies
+        )
         box.http = HttpTool(config.tools.http, client)
     return box
 
