@@ -456,6 +456,14 @@ async def test_a_bug_in_a_server_supervisor_stops_that_server_not_the_gateway(
         await trio.sleep(2)
         assert box.servers["files"].last_error == "supervisor failed: RuntimeError('a bug')"
         assert box.servers["other"].state == "running"
+        # Nothing waits for it any more: a turn's tool listing, a call (was: "starting" for
+        # good, and a turn waited outside any unit, where no watchdog could abort it).
+        assert box.servers["files"].state == "stopped"
+        with trio.fail_after(1):
+            await box.listed("main")
+            with WorkRegistry(log).track("tool_call") as unit:
+                failed = await box.servers["files"].call("echo", {}, unit)
+        assert "MCP server 'files' is stopped: supervisor failed" in failed.text
         nursery.cancel_scope.cancel()
     assert any(e.message == "MCP server supervisor failed; server stopped" for e in sink.events)
 

@@ -163,7 +163,7 @@ class ToolBox:
         try:
             await server.run()
         except Exception as exc:  # a bug in the supervisor: that server stops, never the gateway
-            server.last_error = f"supervisor failed: {exc!r}"
+            server.given_up(f"supervisor failed: {exc!r}")
             self.log.error("TOOLS", "MCP server supervisor failed; server stopped", server=server.name, error=repr(exc))
 
     async def aclose(self) -> None:
