@@ -638,3 +638,25 @@ async def test_a_cookie_one_request_receives_is_never_sent_by_another(
             await ask(gateway, notices, '/tool http_request {"url": "https://api.example.com/login"}')
         assert sent == ["", ""]
         gateway.request_drain("stop", force=True)
+
+
+@pytest.mark.parametrize("header", ["Host", "host", "Content-Length", "Transfer-Encoding", "Connection"])
+async def test_the_model_cannot_set_the_headers_that_route_or_frame_a_request(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, header: str
+) -> None:
+    """`Host: internal-admin` to an allowed front end reaches a virtual host nobody allowed;
+    framing headers of its own can smuggle a second request past that front end."""
+    seen: list[str] = []
+
+    def handler(request: http.Request) -> http.Response:
+        seen.append(request.headers.get("host", ""))
+        return http.Response(200, content=b"ok")
+
+    async with trio.open_nursery() as nursery:
+        gateway, notices = await run_with_http(nursery, tmp_path, http_config(), handler)
+        args = {"method": "POST", "url": "https://api.example.com/", "headers": {header: "0"}, "body": "x"}
+        reply = await ask(gateway, notices, f"/tool http_request {json.dumps(args)}")
+        error = json.loads(reply.text.removeprefix("tool http_request: "))["error"]
+        assert f"header {header!r}" in error, error
+        assert seen == []
+        gateway.request_drain("stop", force=True)

@@ -21,6 +21,11 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 # client, or reaching a server whose parser differs.
 HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+# Headers the client sets itself: `Host` picks the virtual host behind an allowed front end
+# (one nobody allowed), and framing headers of the model's own can smuggle a second request.
+CLIENT_HEADERS = frozenset(
+    ("host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade")
+)
 
 HTTP_TOOL: dict[str, Any] = {
     "type": "function",
@@ -77,6 +82,8 @@ def parse_request(args: dict[str, Any], config: HttpToolConfig) -> HttpRequest:
     for name, value in headers.items():
         if not HEADER_NAME.fullmatch(name) or not HEADER_VALUE.fullmatch(value):
             raise DeniedError(f"header {name[:60]!r}: names are tokens and values printable ASCII")
+        if name.lower() in CLIENT_HEADERS or name.lower().startswith("proxy-"):
+            raise DeniedError(f"header {name!r} is set by the gateway's client, not by the model")
     if body is not None and not isinstance(body, str):
         raise DeniedError("body must be a string")
     return HttpRequest(method.upper(), url, headers, body)
