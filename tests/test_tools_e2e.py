@@ -4,6 +4,7 @@ deadlines; nothing asserts a tight wall-clock figure."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -151,3 +152,34 @@ async def test_a_server_that_ignores_sigterm_is_killed_with_its_children(tmp_pat
     assert not alive(pid)
     # The child was reparented when its parent died; it is gone once init reaps it.
     poll("the server's child to be gone", lambda: process_state(child) != "alive", timeout=10)
+
+
+async def test_a_stop_that_runs_out_of_time_still_leaves_no_process_zombie_or_pipe(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop's shielded deadline can expire before the reap (a process slow to die after
+    SIGKILL; here no time at all is left for it): the group is still killed, the process
+    reaped by a thread, its pipes closed, instead of a zombie for the gateway's lifetime."""
+    from trio_gateway.tools import transport
+
+    monkeypatch.setattr(transport, "REAP_TIMEOUT_SECONDS", -0.6)  # the deadline hits before SIGKILL
+    log_file = tmp_path / "events.jsonl"
+    opener = stdio_opener([*FAKE, "--stubborn", "--events", str(log_file)], {}, stop_timeout=0.5, stderr_path=None)
+    server = McpServer("stubborn", opener, EventLog([MemorySink()]), max_result_bytes=1 << 20)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.run)
+            await wait_state(server, "running")
+            pid = server.pid
+            assert pid is not None
+            fds_before = len(os.listdir("/proc/self/fd"))
+            nursery.cancel_scope.cancel()
+        poll("the server to be gone and reaped", lambda: not alive(pid), timeout=10)
+        [child] = [e["childPid"] for e in events(log_file) if e["event"] == "child"]
+        poll("the server's child to be gone", lambda: process_state(child) != "alive", timeout=10)
+        assert len(os.listdir("/proc/self/fd")) <= fds_before - 2  # its stdin and stdout closed
+    finally:
+        for event in events(log_file):  # never leak the stubborn server, whatever failed above
+            if event["event"] == "started":
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(event["pid"], signal.SIGKILL)

@@ -14,6 +14,7 @@ server plugs into the very same code (`pipe_link`) without a subprocess.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -199,8 +200,26 @@ def stdio_opener(command: list[str], env: Mapping[str, str], stop_timeout: float
         finally:
             with trio.move_on_after(EOF_GRACE_SECONDS + stop_timeout + REAP_TIMEOUT_SECONDS, shield=True):
                 await stop_process(process, stop_timeout)
+            release(process)
 
     return open_stdio
+
+
+def release(process: trio.Process) -> None:
+    """Whatever the bounded stop got done: its pipes closed, and a process not reaped yet (slow
+    to die after SIGKILL, or the deadline came first) killed with its group and reaped by a
+    thread, never a zombie for the gateway's lifetime. Nothing here waits."""
+    for pipe in (process.stdin, process.stdout):
+        if isinstance(pipe, trio.lowlevel.FdStream):
+            pipe.close()
+    if process.returncode is None:
+        _signal_group(process.pid, signal.SIGKILL)
+        trio.lowlevel.start_thread_soon(functools.partial(_reap, process.pid), lambda _outcome: None)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):  # reaped already
+        os.waitpid(pid, 0)
 
 
 async def stop_process(process: trio.Process, stop_timeout: float) -> None:
