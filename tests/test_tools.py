@@ -456,6 +456,14 @@ async def test_a_bug_in_a_server_supervisor_stops_that_server_not_the_gateway(
         await trio.sleep(2)
         assert box.servers["files"].last_error == "supervisor failed: RuntimeError('a bug')"
         assert box.servers["other"].state == "running"
+        # Nothing waits for it any more: a turn's tool listing, a call (was: "starting" for
+        # good, and a turn waited outside any unit, where no watchdog could abort it).
+        assert box.servers["files"].state == "stopped"
+        with trio.fail_after(1):
+            await box.listed("main")
+            with WorkRegistry(log).track("tool_call") as unit:
+                failed = await box.servers["files"].call("echo", {}, unit)
+        assert "MCP server 'files' is stopped: supervisor failed" in failed.text
         nursery.cancel_scope.cancel()
     assert any(e.message == "MCP server supervisor failed; server stopped" for e in sink.events)
 
@@ -477,3 +485,178 @@ async def test_the_line_transport_splits_and_joins_messages_across_chunks(autoju
         await server.send_all(b"not json\n")
         await link.dead.wait()
         assert link.failure == "the server wrote something that is not JSON-RPC: 'not json'"
+
+
+async def test_an_abort_is_not_held_up_by_a_server_that_stopped_reading(autojump_clock: trio.abc.Clock) -> None:
+    """A server busy in a blocking tool reads no more input and the pipe fills: the writer is
+    stuck on the next request. Aborting a call must still end it at once; the SDK would hold
+    the abort for up to 5 s handing over its `notifications/cancelled` if our writer took it
+    only when free (a drain's cut would wait that long too)."""
+    from contextlib import asynccontextmanager
+
+    import trio.testing
+
+    from trio_gateway.errors import WorkAbortedError
+    from trio_gateway.testing.fake_mcp import FakeMcpServer
+    from trio_gateway.tools.mcp import McpServer
+    from trio_gateway.tools.transport import pipe_link
+    from trio_gateway.work import WorkRegistry
+
+    client, server_end = trio.testing.lockstep_stream_pair()  # no buffer: like a full pipe
+    wedged = trio.Event()
+
+    class Input(trio.abc.ReceiveStream):
+        async def receive_some(self, max_bytes: int | None = None) -> bytes:
+            if wedged.is_set():
+                await trio.sleep_forever()
+            return await server_end.receive_some(max_bytes)
+
+        async def aclose(self) -> None:
+            await server_end.aclose()
+
+    async def send(data: bytes) -> None:
+        await server_end.send_all(data)
+
+    fake = FakeMcpServer(name="busy", on_event=lambda e: wedged.set() if e["event"] == "call" else None)
+
+    @asynccontextmanager
+    async def opener() -> Any:
+        async with pipe_link(client, client) as link:
+            yield link
+
+    log = EventLog([MemorySink()])
+    registry = WorkRegistry(log)
+    server = McpServer("busy", opener, log, max_result_bytes=1 << 20)
+    outcome: list[tuple[str, float]] = []
+    units: list[Any] = []
+
+    async def hang() -> None:
+        try:
+            with registry.track("tool_call") as unit:
+                units.append(unit)
+                await server.call("hang", {}, unit)
+        except WorkAbortedError:
+            outcome.append(("aborted", trio.current_time()))
+
+    async def second() -> None:
+        with registry.track("tool_call") as unit:
+            await server.call("echo", {"text": "queued"}, unit)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake.serve, Input(), send)
+        nursery.start_soon(server.run)
+        await until(lambda: server.state == "running")
+        nursery.start_soon(hang)
+        await wedged.wait()
+        nursery.start_soon(second)
+        nursery.start_soon(second)
+        await trio.sleep(1)  # one request is stuck in the writer, the other waits for it
+        aborted_at = trio.current_time()
+        units[0].abort("test")
+        await until(lambda: bool(outcome))
+        assert outcome[0][1] - aborted_at < 0.5
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_compressed_reply_is_cut_without_inflating_all_of_it(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """A gzip bomb (16 MiB of zeros in 16 KiB) is cut at the cap without ever holding the
+    whole of it: httpx2 inflates in steps of at most 1 MiB and the tool stops reading at the
+    cap. A guard for the client choice (a decoder that inflates a chunk whole would not pass)."""
+    import gzip
+    import tracemalloc
+
+    bomb = gzip.compress(b"\0" * (16 << 20))
+
+    async def wire() -> Any:  # streamed, as a real connection delivers it (bytes would be read at once)
+        yield bomb
+
+    def handler(request: http.Request) -> http.Response:
+        return http.Response(200, content=wire(), headers={"content-encoding": "gzip"})
+
+    async with trio.open_nursery() as nursery:
+        gateway, notices = await run_with_http(nursery, tmp_path, http_config(), handler)
+        tracemalloc.start()
+        try:
+            reply = await ask(gateway, notices, '/tool http_request {"url": "https://api.example.com/x"}')
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        answer = json.loads(reply.text.removeprefix("tool http_request: "))
+        assert (answer["body"], answer["truncated"]) == ("\0" * 10, True)
+        assert peak < 8 << 20, peak  # inflating it whole would cost 16 MiB
+        gateway.request_drain("stop", force=True)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        # urllib drops the tab and sees an allowed host; httpx2 refuses the URL (was: internal error)
+        ({"url": "https://evil.example.net\t@api.example.com/"}, "url is not valid"),
+        # httpx2 cannot encode it (was: UnicodeEncodeError, the turn failed)
+        ({"url": "https://api.example.com/", "headers": {"X-Note": "caf\u00e9"}}, "header 'X-Note'"),
+        # a header injected into the request (refused before any client or parser sees it)
+        ({"url": "https://api.example.com/", "headers": {"X-Bad": "a\r\nInjected: 1"}}, "header 'X-Bad'"),
+    ],
+)
+async def test_a_request_the_client_would_refuse_is_denied_and_the_turn_goes_on(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, args: dict[str, Any], says: str
+) -> None:
+    seen: list[str] = []
+
+    def handler(request: http.Request) -> http.Response:
+        seen.append(str(request.url))
+        return http.Response(200, content=b"ok")
+
+    async with trio.open_nursery() as nursery:
+        gateway, notices = await run_with_http(nursery, tmp_path, http_config(), handler)
+        reply = await ask(gateway, notices, f"/tool http_request {json.dumps(args)}")
+        assert reply.text.startswith("tool http_request: "), reply.text
+        error = json.loads(reply.text.removeprefix("tool http_request: "))["error"]
+        assert says in error, error
+        assert seen == []
+        assert gateway.tools is not None
+        assert gateway.tools.outcomes == {("http", "denied"): 1}
+        gateway.request_drain("stop", force=True)
+
+
+async def test_a_cookie_one_request_receives_is_never_sent_by_another(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """One client serves every session's http_request: a cookie jar on it would hand one
+    user's login to another user's model. Each request carries only its own headers."""
+    sent: list[str] = []
+
+    def handler(request: http.Request) -> http.Response:
+        sent.append(request.headers.get("cookie", ""))
+        return http.Response(200, content=b"ok", headers={"set-cookie": "session=alice-secret; Path=/"})
+
+    async with trio.open_nursery() as nursery:
+        gateway, notices = await run_with_http(nursery, tmp_path, http_config(), handler)
+        for _ in range(2):
+            await ask(gateway, notices, '/tool http_request {"url": "https://api.example.com/login"}')
+        assert sent == ["", ""]
+        gateway.request_drain("stop", force=True)
+
+
+@pytest.mark.parametrize("header", ["Host", "host", "Content-Length", "Transfer-Encoding", "Connection"])
+async def test_the_model_cannot_set_the_headers_that_route_or_frame_a_request(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, header: str
+) -> None:
+    """`Host: internal-admin` to an allowed front end reaches a virtual host nobody allowed;
+    framing headers of its own can smuggle a second request past that front end."""
+    seen: list[str] = []
+
+    def handler(request: http.Request) -> http.Response:
+        seen.append(request.headers.get("host", ""))
+        return http.Response(200, content=b"ok")
+
+    async with trio.open_nursery() as nursery:
+        gateway, notices = await run_with_http(nursery, tmp_path, http_config(), handler)
+        args = {"method": "POST", "url": "https://api.example.com/", "headers": {header: "0"}, "body": "x"}
+        reply = await ask(gateway, notices, f"/tool http_request {json.dumps(args)}")
+        error = json.loads(reply.text.removeprefix("tool http_request: "))["error"]
+        assert f"header {header!r}" in error, error
+        assert seen == []
+        gateway.request_drain("stop", force=True)

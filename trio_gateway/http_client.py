@@ -13,11 +13,13 @@ Stall aborts hit calls at any moment, so the gateway cannot live with the leak.
 from __future__ import annotations
 
 from httpx2 import (
+    URL,
     AsyncBaseTransport,
     AsyncByteStream,
     AsyncClient,
     HTTPError,
     HTTPStatusError,
+    InvalidURL,
     Limits,
     MockTransport,
     ReadTimeout,
@@ -32,11 +34,13 @@ LIBRARY = "httpx2"
 
 __all__ = [
     "LIBRARY",
+    "URL",
     "AsyncBaseTransport",
     "AsyncByteStream",
     "AsyncClient",
     "HTTPError",
     "HTTPStatusError",
+    "InvalidURL",
     "Limits",
     "MockTransport",
     "ReadTimeout",

@@ -6,8 +6,8 @@ httpx2 client (`http_client.py`), whose cancellation closes the connection."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 
@@ -16,6 +16,16 @@ from trio_gateway.config import HttpToolConfig
 from trio_gateway.work import WorkUnit
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+# RFC 9110 field names and values the client can send as they are (printable ASCII): anything
+# else (CR/LF, NUL, non-ASCII) is refused here with a clear error instead of failing in the
+# client, or reaching a server whose parser differs.
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
+# Headers the client sets itself: `Host` picks the virtual host behind an allowed front end
+# (one nobody allowed), and framing headers of the model's own can smuggle a second request.
+CLIENT_HEADERS = frozenset(
+    ("host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer", "upgrade")
+)
 
 HTTP_TOOL: dict[str, Any] = {
     "type": "function",
@@ -57,13 +67,23 @@ def parse_request(args: dict[str, Any], config: HttpToolConfig) -> HttpRequest:
         raise DeniedError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if not isinstance(url, str):
         raise DeniedError("url must be a string")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    # The host checked is the one the client connects to: the client's own parse of the URL
+    # (urllib and httpx2 disagree on some inputs, a tab in the authority for one).
+    try:
+        target = http.URL(url)
+    except http.InvalidURL as exc:
+        raise DeniedError(f"url is not valid ({exc}): {url[:200]!r}") from None
+    if target.scheme not in ("http", "https") or not target.host:
         raise DeniedError(f"url must be an http(s) URL, got {url[:200]!r}")
-    if parts.hostname.lower() not in config.allow_hosts:
-        raise DeniedError(f"host {parts.hostname!r} is not in tools.http.allowHosts")
+    if target.host not in config.allow_hosts:
+        raise DeniedError(f"host {target.host!r} is not in tools.http.allowHosts")
     if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
         raise DeniedError("headers must be an object of strings")
+    for name, value in headers.items():
+        if not HEADER_NAME.fullmatch(name) or not HEADER_VALUE.fullmatch(value):
+            raise DeniedError(f"header {name[:60]!r}: names are tokens and values printable ASCII")
+        if name.lower() in CLIENT_HEADERS or name.lower().startswith("proxy-"):
+            raise DeniedError(f"header {name!r} is set by the gateway's client, not by the model")
     if body is not None and not isinstance(body, str):
         raise DeniedError("body must be a string")
     return HttpRequest(method.upper(), url, headers, body)

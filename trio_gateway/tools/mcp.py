@@ -77,6 +77,13 @@ class McpServer:
                 await trio.sleep(wait)
         finally:
             self.state = "stopped"
+            self._first_ready.set()  # nothing may wait for a server with no supervisor
+
+    def given_up(self, error: str) -> None:
+        """Its supervisor is gone (a bug): calls fail at once, turns stop waiting for its tools."""
+        self.last_error = error
+        self.state = "stopped"
+        self._first_ready.set()
 
     async def _serve_once(self) -> bool:
         """One connection's life. True when it got as far as serving calls."""

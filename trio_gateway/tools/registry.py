@@ -18,6 +18,7 @@ import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -162,7 +163,7 @@ class ToolBox:
         try:
             await server.run()
         except Exception as exc:  # a bug in the supervisor: that server stops, never the gateway
-            server.last_error = f"supervisor failed: {exc!r}"
+            server.given_up(f"supervisor failed: {exc!r}")
             self.log.error("TOOLS", "MCP server supervisor failed; server stopped", server=server.name, error=repr(exc))
 
     async def aclose(self) -> None:
@@ -216,7 +217,12 @@ def build_toolbox(
             box.servers[name] = McpServer(name, opener, log, cap, rng or random.Random())
     if any("http_request" in a.tools for a in config.agents.values()):
         timeout = http.Timeout(30.0, connect=10.0)
-        client = http.AsyncClient(transport=http_transport, timeout=timeout, follow_redirects=False, trust_env=False)
+        # One client serves every session: a cookie one request receives must never ride on
+        # another's (one user's login handed to another user's model). A jar that keeps none.
+        no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+        client = http.AsyncClient(
+            transport=http_transport, timeout=timeout, follow_redirects=False, trust_env=False, cookies=no_cookies
+        )
         box.http = HttpTool(config.tools.http, client)
     return box
 

@@ -14,6 +14,7 @@ server plugs into the very same code (`pipe_link`) without a subprocess.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import subprocess
@@ -30,6 +31,12 @@ from mcp.shared.message import SessionMessage
 # One JSON-RPC message from a server may not exceed this (a tool reply is cut further, to
 # `tools.http.maxResponseBytes`, before the model sees it).
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Messages the SDK may hand over while the writer is stuck on a server that stopped reading
+# its input (a full pipe). The SDK waits up to 5 s, shielded, to hand over the
+# `notifications/cancelled` of an aborted call: with no room here, every abort (and a drain's
+# cut) would take that long. Bounded, so a server that floods requests and reads nothing
+# holds back the session's answers instead of growing memory.
+WRITE_QUEUE_MESSAGES = 64
 # How long a closing connection may take to hand its last messages (a cancellation) to the server.
 FLUSH_SECONDS = 0.5
 # How long to wait, after a server's output ends, for its exit status (for the error message).
@@ -128,7 +135,7 @@ async def pipe_link(
     """Newline-delimited JSON-RPC over two trio streams, for `ClientSession`. When the link
     dies (EOF, garbage, oversize) the read stream closes, so the SDK fails pending calls."""
     to_session, read = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    write, from_session = anyio.create_memory_object_stream[SessionMessage](0)
+    write, from_session = anyio.create_memory_object_stream[SessionMessage](WRITE_QUEUE_MESSAGES)
     link = Link(read, write)
     # The writer outlives a cancellation for a moment: a call cut by a drain deadline hands the
     # SDK's `notifications/cancelled` to it while its scope is cancelled, and the server must
@@ -193,8 +200,26 @@ def stdio_opener(command: list[str], env: Mapping[str, str], stop_timeout: float
         finally:
             with trio.move_on_after(EOF_GRACE_SECONDS + stop_timeout + REAP_TIMEOUT_SECONDS, shield=True):
                 await stop_process(process, stop_timeout)
+            release(process)
 
     return open_stdio
+
+
+def release(process: trio.Process) -> None:
+    """Whatever the bounded stop got done: its pipes closed, and a process not reaped yet (slow
+    to die after SIGKILL, or the deadline came first) killed with its group and reaped by a
+    thread, never a zombie for the gateway's lifetime. Nothing here waits."""
+    for pipe in (process.stdin, process.stdout):
+        if isinstance(pipe, trio.lowlevel.FdStream):
+            pipe.close()
+    if process.returncode is None:
+        _signal_group(process.pid, signal.SIGKILL)
+        trio.lowlevel.start_thread_soon(functools.partial(_reap, process.pid), lambda _outcome: None)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):  # reaped already
+        os.waitpid(pid, 0)
 
 
 async def stop_process(process: trio.Process, stop_timeout: float) -> None:
