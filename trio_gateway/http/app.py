@@ -30,9 +30,10 @@ from trio_gateway.errors import (
     PayloadTooLargeError,
 )
 from trio_gateway.gateway import Gateway, drain_status
-from trio_gateway.http import auth, inbound, metrics
+from trio_gateway.http import inbound, metrics
 from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
 from trio_gateway.http.body import JsonObject, json_object, opt_bool, opt_number, opt_str, req_obj, req_str
+from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.queue import DeliveryQueue
 from trio_gateway.routing import Origin
 from trio_gateway.validation import check_address
@@ -57,6 +58,12 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    # A streamed body (server-sent events): sent after the headers, instead of `body`.
+    stream: Callable[[Receive, Send], Awaitable[None]] | None = None
+
+    def with_headers(self, *more: tuple[bytes, bytes]) -> Response:
+        return attrs.evolve(self, headers=self.headers + more)
 
 
 def json_response(status: int, obj: object) -> Response:
@@ -102,8 +109,13 @@ class GatewayApp:
     env: Mapping[str, str]
     wall_time: Callable[[], float] = time.time
     routes: list[Route] = attrs.field(init=False)
+    # The bearer token, or the Control UI's session cookie (SPEC 13).
+    ui_auth: UiAuth = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        from trio_gateway.http import ui  # builds on this module's Route and Response
+
+        self.ui_auth = UiAuth(self.token)
         r = Route
         self.routes = [
             r("GET", ("healthz",), self._healthz, auth=False),
@@ -120,6 +132,7 @@ class GatewayApp:
             # A platform cannot send our bearer token: each channel's own signature is checked.
             r("POST", ("channels", "{channel}", "{account_id}", "events"), self._channel_event, auth=False),
             r("POST", ("internal", "test", "stall-model-call"), self._stall_model_call),
+            *ui.routes(self),
         ]
 
     @property
@@ -133,7 +146,7 @@ class GatewayApp:
             await lifespan(receive, send)
         elif scope["type"] == "http":
             response = await self._respond(scope, receive)
-            await _send(send, response)
+            await _send(send, response, receive)
 
     async def _respond(self, scope: Scope, receive: Receive) -> Response:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -156,11 +169,11 @@ class GatewayApp:
         if not found:
             # Authenticate before saying what exists, so a stranger learns nothing.
             if path != "/healthz":
-                auth.check_bearer(headers, self.token)
+                self.ui_auth.check(method, headers)
             raise NotFoundError(f"no route {method} {path}")
         route, params = found[0]
         if route.auth:
-            auth.check_bearer(headers, self.token)
+            self.ui_auth.check(method, headers)
         if segments[0] == "internal" and not self.config.gateway.test_endpoints.enabled:
             raise NotFoundError(f"no route {method} {path} (gateway.testEndpoints.enabled is false)")
         return route, params
@@ -382,11 +395,16 @@ async def _until_disconnected(receive: Receive, handler: Callable[[], Awaitable[
     return result[0]
 
 
-async def _send(send: Send, response: Response) -> None:
+async def _send(send: Send, response: Response, receive: Receive) -> None:
+    if response.stream is not None:
+        await send({"type": "http.response.start", "status": response.status, "headers": list(response.headers)})
+        await response.stream(receive, send)
+        return
     headers = [
         (b"content-type", response.content_type.encode()),
         (b"content-length", str(len(response.body)).encode()),
         (b"cache-control", b"no-store"),
+        *response.headers,
     ]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})
