@@ -333,14 +333,21 @@ async def test_metrics_after_a_timed_out_drain(running: Running, autojump_clock:
     text = reply.body.decode()
     assert reply.status == 200
     lines = set(text.splitlines())
-    assert 'trio_gateway_drains_total{kind="restart",outcome="timed_out"} 1' in lines
-    assert 'trio_gateway_drain_duration_seconds_bucket{le="1"} 0' in lines
-    assert 'trio_gateway_drain_duration_seconds_bucket{le="2.5"} 1' in lines
-    assert "trio_gateway_drain_duration_seconds_count 1" in lines
-    assert "trio_gateway_generation 2" in lines
-    assert 'trio_gateway_aborts_total{kind="model_call"} 1' in lines
-    assert "trio_gateway_delivery_queue_pending 0" in lines
-    assert all(ln.startswith(("# HELP", "# TYPE", "trio_gateway_")) for ln in text.splitlines())
+    # prometheus-client writes every value as a float.
+    assert 'trio_gateway_drains_total{kind="restart",outcome="timed_out"} 1.0' in lines
+    assert 'trio_gateway_drain_duration_seconds_bucket{le="1"} 0.0' in lines
+    assert 'trio_gateway_drain_duration_seconds_bucket{le="2.5"} 1.0' in lines
+    assert "trio_gateway_drain_duration_seconds_count 1.0" in lines
+    assert "trio_gateway_generation 2.0" in lines
+    assert 'trio_gateway_aborts_total{kind="model_call"} 1.0' in lines
+    assert "trio_gateway_delivery_queue_pending 0.0" in lines
+    assert "# TYPE trio_gateway_drains_total counter" in lines
+    assert "# TYPE trio_gateway_drain_duration_seconds histogram" in lines
+    # Process metrics come from prometheus-client's collectors, the version from ours.
+    assert any(ln.startswith("process_resident_memory_bytes ") for ln in lines)
+    assert any(ln.startswith('trio_gateway_build_info{version="') and ln.endswith(" 1.0") for ln in lines)
+    families = ("# HELP", "# TYPE", "trio_gateway_", "process_", "python_")
+    assert all(ln.startswith(families) for ln in text.splitlines())
 
 
 # --- inbound channel events -------------------------------------------------------------------
