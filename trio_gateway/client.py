@@ -104,9 +104,10 @@ class GatewayClient:
     @classmethod
     def connect(cls, home: Home) -> GatewayClient:
         target = Target.find(home)
-        token = auth.read_token(home.token_path)
+        path = auth.token_path(home.token_path, os.environ)
+        token = auth.read_token(path)
         if token is None:
-            raise unreachable(home, f"{home.token_path} is missing")
+            raise unreachable(home, f"{path} is missing")
         http = httpx.Client(
             base_url=target.url,
             headers={"Authorization": f"Bearer {token}"},

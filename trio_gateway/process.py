@@ -57,7 +57,7 @@ def start(options: StartOptions, env: Mapping[str, str] = os.environ) -> int:
     home = options.home
     config = with_overrides(load_config(home.config_path), options.port, options.bind)
     home.ensure()
-    token = token_for_start(home.token_path, config.gateway.bind)
+    token = token_for_start(home.token_path, config.gateway.bind, env)
     with hold_lock(home.lock_path, home.root):
         log = open_log(home.log_path, fmt=options.log_format, echo=sys.stderr)
         try:

@@ -54,6 +54,16 @@ def create_token(path: Path) -> str:
     return token
 
 
+# A token made elsewhere (a container secret, a configuration manager): read, never written.
+TOKEN_FILE_ENV = "TRIO_GATEWAY_TOKEN_FILE"
+
+
+def token_path(default: Path, env: Mapping[str, str]) -> Path:
+    """Where the admin token is: `$TRIO_GATEWAY_TOKEN_FILE` when set, else the home's file."""
+    named = env.get(TOKEN_FILE_ENV)
+    return Path(named) if named else default
+
+
 def is_loopback(bind: str) -> bool:
     if bind == "localhost":
         return True
@@ -62,13 +72,17 @@ def is_loopback(bind: str) -> bool:
     return False
 
 
-def token_for_start(path: Path, bind: str) -> str:
+def token_for_start(path: Path, bind: str, env: Mapping[str, str] | None = None) -> str:
     """The token a starting gateway uses. On loopback it is created when missing; a gateway
     reachable from other hosts must never come up with a token nobody has seen yet, so a
-    non-loopback bind without an existing token file is refused."""
-    existing = read_token(path)
+    non-loopback bind without an existing token file is refused. A file named by
+    `$TRIO_GATEWAY_TOKEN_FILE` must exist: it is someone else's to write."""
+    named = token_path(path, env or {})
+    existing = read_token(named)
     if existing is not None:
         return existing
+    if named != path:
+        raise ConfigError(TOKEN_FILE_ENV, f"{named} does not exist or is empty")
     if not is_loopback(bind):
         raise ConfigError(
             "gateway.bind",
