@@ -148,6 +148,20 @@ class CronEntry:
     origin: OriginConfig | None = None
 
 
+@attrs.frozen
+class LoggingConfig:
+    """`logs/gateway.log` rotates by size; at most (backupCount + 1) * maxFileBytes on disk."""
+
+    max_file_bytes: int = 10 * 1024 * 1024
+    backup_count: int = 5
+
+
+# Bounds: a file smaller than 64 KiB rotates every few seconds of a busy drain; one larger
+# than 1 GiB is no longer something an operator opens.
+LOG_FILE_BYTES = (64 * 1024, 1024 * 1024 * 1024)
+LOG_BACKUPS = (0, 100)
+
+
 def _default_models() -> dict[str, ModelConfig]:
     return {"default": ModelConfig(provider="echo")}
 
@@ -164,6 +178,7 @@ class Config:
     agents: dict[str, AgentConfig] = attrs.Factory(_default_agents)
     delivery: DeliveryConfig = DeliveryConfig()
     cron: list[CronEntry] = attrs.Factory(list)
+    logging: LoggingConfig = LoggingConfig()
 
 
 # Channels the gateway can speak. `console` needs no account: it appends to logs/console.jsonl.
@@ -306,6 +321,12 @@ def _positive(path: str, value: float) -> None:
         raise ConfigError(path, f"must be a positive number, got {value:g}")
 
 
+def _within(path: str, value: int, bounds: tuple[int, int]) -> None:
+    low, high = bounds
+    if not low <= value <= high:
+        raise ConfigError(path, f"must be {low}..{high}, got {value}")
+
+
 def check(config: Config) -> Config:
     """Rules that types cannot say: positive timeouts, references that resolve."""
     g = config.gateway
@@ -318,9 +339,17 @@ def check(config: Config) -> Config:
     _positive("gateway.maxBodyBytes", g.max_body_bytes)
     if not 0 <= g.port <= 65535:
         raise ConfigError("gateway.port", f"must be 0..65535, got {g.port}")
+    _within("logging.maxFileBytes", config.logging.max_file_bytes, LOG_FILE_BYTES)
+    _within("logging.backupCount", config.logging.backup_count, LOG_BACKUPS)
     for name, model in config.models.items():
         path = f"models.{name}"
         _positive(f"{path}.requestTimeoutSeconds", model.request_timeout_seconds)
+        if model.provider is None and model.base_url is None and (model.model or model.api_key_env):
+            # Without this, `config set models.gpt.model gpt-4o` would quietly make an echo model.
+            raise ConfigError(
+                f"{path}.baseUrl",
+                'a model needs a provider: set baseUrl (an OpenAI-compatible endpoint) or provider "echo"',
+            )
         if model.kind == "openai":
             if not model.base_url:
                 raise ConfigError(f"{path}.baseUrl", "required for an OpenAI-compatible model")
