@@ -22,8 +22,9 @@ def browser_base(url: str) -> str:
     return f"{parts.scheme}://{host}:{parts.port}" if parts.port else f"{parts.scheme}://{host}"
 
 
-def dashboard_url(home: Home) -> str:
+def dashboard_url(home: Home) -> tuple[str, float]:
+    """The URL to open, and for how many seconds its code is good."""
     with GatewayClient.connect(home) as client:
-        code = client.post("/v1/ui/codes")["code"]
+        answer = client.post("/v1/ui/codes")
         base = browser_base(client.target.url)
-    return f"{base}/ui#code={code}"
+    return f"{base}/ui#code={answer['code']}", float(answer["expiresInSeconds"])
