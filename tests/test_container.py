@@ -97,6 +97,12 @@ def test_the_images_entry_command_serves_healthz_and_drains_on_its_stop_signal(t
     env = {**image.env, "TRIO_GATEWAY_HOME": str(home), "TRIO_GATEWAY_TOKEN_FILE": str(secret)}
     env |= {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
     assert "PYTHONUNBUFFERED" in env
+    # The shipped scenarios are package data: a wheel runs them by name, from any directory.
+    listed = subprocess.run(["trio-gateway", "scenario", "list"], env=env, cwd=home, capture_output=True, text=True)
+    assert "seed-stalled-model-restart" in listed.stdout, listed.stderr
+    seed = ["trio-gateway", "scenario", "run", "seed-stalled-model-restart"]
+    ran = subprocess.run(seed, env=env, cwd=home, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
     log = (tmp_path / "stderr.log").open("w")
     proc = subprocess.Popen(image.cmd, env=env, cwd=home, stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -15,8 +15,9 @@ from typing import Any
 
 from trio_gateway import scenario
 
-# The scenarios shipped beside the package (a source checkout or an editable install).
-SHIPPED = Path(__file__).resolve().parent.parent / "scenarios"
+# The scenarios shipped inside the package (package data: a wheel has them too); the repo's
+# `scenarios/` is a link to this directory.
+SHIPPED = Path(__file__).resolve().parent / "scenarios"
 
 
 def register(groups: Any) -> None:
