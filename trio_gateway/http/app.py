@@ -113,7 +113,7 @@ class GatewayApp:
     ui_auth: UiAuth = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        from trio_gateway.http import ui  # builds on this module's Route and Response
+        from trio_gateway.http import turns, ui  # build on this module's Route and Response
 
         self.ui_auth = UiAuth(self.token)
         r = Route
@@ -133,6 +133,7 @@ class GatewayApp:
             r("POST", ("channels", "{channel}", "{account_id}", "events"), self._channel_event, auth=False),
             r("POST", ("internal", "test", "stall-model-call"), self._stall_model_call),
             *ui.routes(self),
+            *turns.routes(self),
         ]
 
     @property
