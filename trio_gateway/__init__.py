@@ -1,8 +1,6 @@
 """trio-gateway: a gateway between AI agents and messaging channels that never deadlocks on restart."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("trio-gateway")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
+# The one place the version is written: pyproject.toml reads it from here
+# ([tool.setuptools.dynamic]), so the package metadata and `trio-gateway --version` agree,
+# and the CLI gets it without importing importlib.metadata.
+__version__ = "0.1.0"

@@ -59,6 +59,9 @@ class Tree:
                 if isinstance(action, argparse._HelpAction):
                     continue
                 flags = [s for s in action.option_strings if s.startswith("--")] or action.option_strings
+                if isinstance(action, argparse._VersionAction):
+                    words.extend(flags)  # only where it is given, not after a command
+                    continue
                 options.extend(flags)
                 if action.nargs != 0:
                     self.valued.update(action.option_strings)

@@ -79,12 +79,12 @@ def _home(home: Home) -> Check:
 
 
 def _config(home: Home) -> tuple[Check, dict[str, Any] | None]:
-    from trio_gateway import cli_config
+    from trio_gateway import config_file
 
     path = home.config_path
     try:
-        raw = cli_config.read_raw(path)
-        cli_config.load(path)
+        raw = config_file.read_raw(path)
+        config_file.load(path)
     except GatewayError as exc:
         return Check("FAIL", "config", f"{exc.name}: {exc}"), None
     detail = f"{path} is valid" if path.exists() else f"{path} absent: the built-in defaults"
@@ -103,7 +103,7 @@ def _secrets(raw: Mapping[str, Any], env: Mapping[str, str]) -> Iterator[Check]:
 
 
 def _token(home: Home, env: Mapping[str, str]) -> Check:
-    from trio_gateway.http.auth import read_token, token_path
+    from trio_gateway.home import read_token, token_path
 
     path = token_path(home.token_path, env)
     if read_token(path) is None:

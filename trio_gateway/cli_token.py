@@ -11,6 +11,7 @@ import argparse
 import os
 from typing import TYPE_CHECKING, Any
 
+from trio_gateway.home import read_token, token_path
 from trio_gateway.http import auth
 
 if TYPE_CHECKING:
@@ -26,8 +27,8 @@ def register(groups: Any) -> None:
 
 
 def _create(args: argparse.Namespace, ctx: Context) -> int:
-    path = auth.token_path(ctx.home.token_path, os.environ)
-    existed = auth.read_token(path) is not None
+    path = token_path(ctx.home.token_path, os.environ)
+    existed = read_token(path) is not None
     path.parent.mkdir(parents=True, exist_ok=True)
     token = auth.create_token(path)
     if args.print:

@@ -27,9 +27,9 @@ import trio
 from trio_util import AsyncValue
 
 from trio_gateway import agent
-from trio_gateway.cli_config import load as load_config_file
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config, ModelConfig
+from trio_gateway.config_file import load as load_config_file
 from trio_gateway.cron import run_cron
 from trio_gateway.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, collector_paused, drain
 from trio_gateway.errors import BadRequestError, ConfigError, GatewayDrainingError, NotFoundError

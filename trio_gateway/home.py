@@ -1,4 +1,5 @@
-"""Where a gateway keeps its files (SPEC 2). Pure path arithmetic plus `ensure()`."""
+"""Where a gateway keeps its files (SPEC 2). Path arithmetic, `ensure()`, and reading the token
+(the CLI's client and the server both need it; this module stays cheap to import)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,23 @@ class Home:
         for d in (self.root, self.logs_dir, self.queue_dir, self.sessions_dir):
             d.mkdir(parents=True, exist_ok=True)
         return self
+
+
+def read_token(path: Path) -> str | None:
+    """The admin token in `path`, None when the file is missing or empty."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    return token or None
+
+
+# A token made elsewhere (a container secret, a configuration manager): the gateway reads it,
+# never writes it.
+TOKEN_FILE_ENV = "TRIO_GATEWAY_TOKEN_FILE"
+
+
+def token_path(default: Path, env: Mapping[str, str]) -> Path:
+    """Where the admin token is: `$TRIO_GATEWAY_TOKEN_FILE` when set, else the home's file."""
+    named = env.get(TOKEN_FILE_ENV)
+    return Path(named) if named else default

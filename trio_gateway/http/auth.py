@@ -20,20 +20,13 @@ from typing import Any
 
 from trio_gateway.config import AccountConfig
 from trio_gateway.errors import ConfigError, UnauthorizedError
+from trio_gateway.home import TOKEN_FILE_ENV, read_token, token_path
 
 # Slack rejects signatures older than this to stop replays; so do we.
 SLACK_REPLAY_WINDOW_SECONDS = 300.0
 
 
 # --- the admin token ----------------------------------------------------------------------
-
-
-def read_token(path: Path) -> str | None:
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    return token or None
 
 
 def create_token(path: Path) -> str:
@@ -52,16 +45,6 @@ def create_token(path: Path) -> str:
         f.flush()
         os.fsync(f.fileno())
     return token
-
-
-# A token made elsewhere (a container secret, a configuration manager): read, never written.
-TOKEN_FILE_ENV = "TRIO_GATEWAY_TOKEN_FILE"
-
-
-def token_path(default: Path, env: Mapping[str, str]) -> Path:
-    """Where the admin token is: `$TRIO_GATEWAY_TOKEN_FILE` when set, else the home's file."""
-    named = env.get(TOKEN_FILE_ENV)
-    return Path(named) if named else default
 
 
 def is_loopback(bind: str) -> bool:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from trio_gateway import process
+from trio_gateway.cli.session import session_rows
 from trio_gateway.client import GatewayClient
 from trio_gateway.errors import GatewayError, GatewayUnreachableError
 
@@ -38,8 +38,7 @@ class StopFailedError(GatewayError):
     exit_code = 1
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("gateway", help="run and control the gateway")
+def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
     start = sub.add_parser("start", help="run the gateway in the foreground until stopped")
     start.add_argument("--port", type=int, help="HTTP port (0: any free port); default gateway.port")
@@ -60,6 +59,8 @@ def register(groups: Any) -> None:
 
 
 def _start(args: argparse.Namespace, ctx: Context) -> int:
+    from trio_gateway import process  # the server side: only `gateway start` pays for it
+
     return process.start(process.StartOptions(ctx.home, ctx.log_format, args.port, args.bind))
 
 
@@ -197,12 +198,3 @@ def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
     if status.get("drain"):
         lines.append(progress_line(status) or f"drain: {status['drain']}")
     return lines
-
-
-def session_rows(sessions: list[dict[str, Any]]) -> list[str]:
-    rows = []
-    for s in sessions:
-        o = s.get("origin") or {}
-        origin = f"{o.get('channel')}:{o.get('to')}" if o else "-"
-        rows.append(f"{s['id']:14} {s['agent']:10} {s['state']:10} queue={s['queueDepth']}  {origin}")
-    return rows
