@@ -3,7 +3,6 @@ keep `config set` from making something the operator did not mean."""
 
 from __future__ import annotations
 
-import argparse
 import http.server
 import json
 import os
@@ -18,25 +17,15 @@ from typing import Any
 
 import pytest
 
-from trio_gateway import cli_completion, cli_doctor, cli_logs, cli_token
 from trio_gateway import config as cfg
-from trio_gateway.cli import Context, build_parser
+from trio_gateway.cli import main
+from trio_gateway.cli.logs import follow
 from trio_gateway.env_check import NamedSecret, missing_secrets
-from trio_gateway.errors import ConfigError, NotFoundError
-from trio_gateway.home import Home
-
-MODULES = (cli_logs, cli_doctor, cli_token, cli_completion)
+from trio_gateway.errors import ConfigError
 
 
 def run(home: Path, *argv: str) -> int:
-    parser = build_parser()
-    groups = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    for module in MODULES:
-        if module.__name__.rsplit("_", 1)[1] not in groups.choices:
-            module.register(groups)
-    args = parser.parse_args(list(argv))
-    code: int = args.func(args, Context(Home(home), "text"))
-    return code
+    return main(["--home", str(home), *argv])
 
 
 # --- logs -------------------------------------------------------------------------------------
@@ -78,8 +67,7 @@ def test_logs_json_splits_text_lines_and_keeps_json_lines(tmp_path: Path, capsys
 
 def test_logs_on_a_home_without_a_log_is_a_clear_error_and_creates_nothing(tmp_path: Path) -> None:
     home = tmp_path / "typo"
-    with pytest.raises(NotFoundError, match="no log at"):
-        run(home, "logs")
+    assert run(home, "logs") == 1
     assert not home.exists()
 
 
@@ -90,10 +78,10 @@ def test_follow_prints_appended_lines_across_a_rotation(tmp_path: Path) -> None:
         f.read()
         with path.open("a") as w:
             w.write("appended\n")
-        cli_logs.follow(path, f, seen.append, stop=lambda: len(seen) >= 1)
+        follow(path, f, seen.append, stop=lambda: len(seen) >= 1)
         path.rename(path.with_name("gateway.log.1"))
         path.write_text("after rotation\n")
-        cli_logs.follow(path, f, seen.append, stop=lambda: len(seen) >= 2)
+        follow(path, f, seen.append, stop=lambda: len(seen) >= 2)
     assert seen == ["appended", "after rotation"]
 
 
@@ -252,6 +240,7 @@ def test_bash_completion_offers_commands_subcommands_options_and_choices(
     assert {"--force", "--timeout", "--json", "--home"} <= set(restart_options)
     assert complete(tmp_path, script, ["trio-gateway", "--log-format", ""]) == ["text", "json"]
     assert complete(tmp_path, script, ["trio-gateway", "scenario", ""]) == ["run", "list", "--home", "--log-format"]
+    assert complete(tmp_path, script, ["trio-gateway", "completion", "z"]) == ["zsh"]
 
 
 @pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
@@ -260,3 +249,67 @@ def test_zsh_completion_parses(tmp_path: Path, capsys: pytest.CaptureFixture[str
     path = tmp_path / "completion.zsh"
     path.write_text(capsys.readouterr().out)
     assert subprocess.run(["zsh", "-n", str(path)], timeout=30).returncode == 0
+
+
+# --- config unset, validate --env -------------------------------------------------------------
+
+
+def test_config_unset_restores_the_default_and_refuses_what_is_not_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(tmp_path, "config", "set", "gateway.drain.timeoutSeconds", "5") == 0
+    assert run(tmp_path, "config", "unset", "gateway.drain.timeoutSeconds") == 0
+    assert "default 60.0" in capsys.readouterr().out
+    assert json.loads((tmp_path / "gateway.json").read_text()) == {}  # emptied objects go too
+    assert run(tmp_path, "config", "unset", "gateway.port") == 2
+    assert "ConfigError: gateway.port: is not set in gateway.json" in capsys.readouterr().err
+
+
+def test_config_unset_that_would_break_the_file_writes_nothing(tmp_path: Path) -> None:
+    model = '{"baseUrl": "http://127.0.0.1:9", "model": "m"}'
+    assert run(tmp_path, "config", "set", "models.fw", model) == 0
+    before = (tmp_path / "gateway.json").read_text()
+    assert run(tmp_path, "config", "unset", "models.fw.model") == 2
+    assert (tmp_path / "gateway.json").read_text() == before
+
+
+def test_config_validate_env_names_each_missing_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = '{"baseUrl": "http://127.0.0.1:9", "model": "m", "apiKeyEnv": "TG_TEST_KEY"}'
+    assert run(tmp_path, "config", "set", "models.fw", model) == 0
+    monkeypatch.delenv("TG_TEST_KEY", raising=False)
+    assert run(tmp_path, "config", "validate") == 0
+    assert run(tmp_path, "config", "validate", "--env") == 2
+    assert "ConfigError: models.fw.apiKeyEnv: environment variable TG_TEST_KEY is not set" in capsys.readouterr().err
+    monkeypatch.setenv("TG_TEST_KEY", "value")
+    assert run(tmp_path, "config", "validate", "--env") == 0
+
+
+def test_config_set_model_alone_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(tmp_path, "config", "set", "models.gpt.model", "gpt-4o") == 2
+    assert "models.gpt.baseUrl: a model needs a provider" in capsys.readouterr().err
+    assert not (tmp_path / "gateway.json").exists()
+
+
+# --- delivery: create to an unconfigured channel, list on a missing home ------------------------
+
+
+def test_delivery_create_to_an_unconfigured_channel_exits_3_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(tmp_path, "delivery", "create", "--channel", "slack", "--to", "C0123456789", "--text", "hi") == 3
+    err = capsys.readouterr().err
+    assert err.startswith("DeliveryValidationError: channel=slack: not configured on this gateway")
+    queue = tmp_path / "delivery-queue"
+    assert not queue.exists() or [p for p in queue.iterdir() if p.is_file()] == []
+    assert run(tmp_path, "delivery", "create", "--channel", "console", "--to", "ops", "--text", "hi") == 0
+
+
+def test_delivery_list_on_a_missing_home_is_an_error_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "typo"
+    assert run(home, "delivery", "list") == 1
+    assert "no gateway home at" in capsys.readouterr().err
+    assert not home.exists()

@@ -241,9 +241,13 @@ def test_bad_config_exits_2_and_starts_nothing(tmp_path: Path) -> None:
 
 
 def test_no_gateway_running_is_a_clear_error(tmp_path: Path) -> None:
-    done = cli(tmp_path, "gateway", "status")
+    done = cli(tmp_path, "gateway", "restart")
     assert done.returncode == 1
     assert done.stderr.startswith(f"GatewayUnreachableError: no gateway running for home {tmp_path}")
+    # Status and stop follow the supervisors' habits (SPEC 4): 3 "stopped", and stop is a no-op.
+    status = cli(tmp_path, "gateway", "status", "--json")
+    assert (status.returncode, json.loads(status.stdout)) == (3, {"state": "stopped"})
+    assert cli(tmp_path, "gateway", "stop").returncode == 0
 
 
 def test_sigkill_mid_turn_then_start_resumes_the_turn(start_gateway: Callable[..., Proc]) -> None:
@@ -267,7 +271,8 @@ def test_signals_hup_restarts_and_term_stops_cleanly(start_gateway: Callable[...
     assert not (gw.home / "gateway.state.json").exists()
     assert "SIGTERM received; graceful stop" in gw.log
     stopped = cli(gw.home, "gateway", "status")
-    assert stopped.returncode == 1
+    assert stopped.returncode == 3
+    assert stopped.stdout.startswith("state: stopped")
 
 
 def test_cli_stop_waits_for_the_process_to_exit(start_gateway: Callable[..., Proc]) -> None:

@@ -39,6 +39,16 @@ def unreachable(home: Home, why: str = "") -> GatewayUnreachableError:
     )
 
 
+def nothing_running(home: Home) -> bool:
+    """No gateway serves this home: no state file, or the process it names is gone. (A live
+    process that does not answer is not "nothing": that is a failure to report.)"""
+    try:
+        pid = json.loads(home.state_path.read_text(encoding="utf-8")).get("pid")
+    except (FileNotFoundError, ValueError, AttributeError):
+        return True
+    return not (isinstance(pid, int) and pid_alive(pid))
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

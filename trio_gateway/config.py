@@ -457,6 +457,26 @@ def parse_value(text: str) -> Any:
         return text
 
 
+def unset_key(raw: Mapping[str, Any], key: str) -> tuple[dict[str, Any], Config]:
+    """A new raw document without `key` (the built-in default applies again), objects it leaves
+    empty removed, and its parsed config; raises, writing nothing, if the result is not valid."""
+    parts = _split_key(key)
+    new: dict[str, Any] = json.loads(json.dumps(raw))
+    trail: list[dict[str, Any]] = [new]
+    for part in parts[:-1]:
+        child = trail[-1].get(part)
+        if not isinstance(child, dict):
+            raise ConfigError(key, "is not set in gateway.json; nothing to unset")
+        trail.append(child)
+    if parts[-1] not in trail[-1]:
+        raise ConfigError(key, "is not set in gateway.json; nothing to unset")
+    del trail[-1][parts[-1]]
+    for parent, part, child in reversed(list(zip(trail, parts, trail[1:], strict=False))):
+        if not child:
+            del parent[part]
+    return new, parse(new)
+
+
 def set_key(raw: Mapping[str, Any], key: str, value: Any) -> tuple[dict[str, Any], Config]:
     """A new raw document with `key` set, and its parsed config. Raises before returning
     anything when the whole new document would not be valid, so a caller writes all or nothing."""

@@ -36,7 +36,7 @@ from trio_gateway.http.body import JsonObject, json_object, opt_bool, opt_number
 from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.queue import DeliveryQueue
 from trio_gateway.routing import Origin
-from trio_gateway.validation import check_address
+from trio_gateway.validation import check_address, check_configured
 
 # The stall endpoint's default: longer than any sane stall threshold or drain timeout.
 DEFAULT_STALL_MS = 3_600_000
@@ -277,6 +277,7 @@ class GatewayApp:
         agent_id = opt_str(data, "agentId")
         if agent_id is not None and agent_id not in self.config.agents:
             raise BadRequestError(f"agentId: no agent named {agent_id!r}")
+        check_configured(self.config.channels, channel, to, account)
         entry = await self._manual_outbox().submit_manual(channel, to, account, agent_id, text)
         return json_response(202, {"id": entry.id, "channel": entry.channel, "to": entry.to})
 

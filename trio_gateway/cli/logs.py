@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from trio_gateway.errors import NotFoundError
 
@@ -27,8 +27,7 @@ FOLLOW_POLL_SECONDS = 0.2
 TEXT_LINE = re.compile(r"^(?P<ts>\S+) (?P<level>DEBUG|INFO|WARN|ERROR)(?: \[(?P<tag>[^\]]*)\])?(?: (?P<message>.*))?$")
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("logs", help="print the gateway's log (read-only)")
+def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing new lines until Ctrl-C")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("-n", "--lines", type=int, default=100, metavar="N", help="start N lines back (0: all)")

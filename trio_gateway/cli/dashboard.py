@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trio_gateway.dashboard import dashboard_url
 
@@ -11,10 +11,7 @@ if TYPE_CHECKING:
     from trio_gateway.cli import Context
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser(
-        "dashboard", help="print the Control UI's URL with a one-time login code"
-    )
+def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_dashboard)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trio_gateway.home import read_token, token_path
 from trio_gateway.http import auth
@@ -18,8 +18,7 @@ if TYPE_CHECKING:
     from trio_gateway.cli import Context
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("token", help="the admin token")
+def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
     create = sub.add_parser("create", help="create the admin token file (mode 0600) unless it exists")
     create.add_argument("--print", action="store_true", help="also print the token itself on stdout")

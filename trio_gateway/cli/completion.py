@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -23,10 +23,7 @@ if TYPE_CHECKING:
 SHELLS = ("bash", "zsh")
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser(
-        "completion", help='print a shell completion script: eval "$(trio-gateway completion bash)"'
-    )
+def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("shell", choices=SHELLS)
     parser.set_defaults(func=_completion)
 

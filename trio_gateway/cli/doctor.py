@@ -38,10 +38,7 @@ class Check:
         return f"{self.verdict:<4}  {self.name:<10}  {self.detail}"
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser(
-        "doctor", help="check home, config, secrets, token, port and upstreams; one line each"
-    )
+def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--offline", action="store_true", help="skip the upstream reachability checks")
     parser.set_defaults(func=_doctor)
 
