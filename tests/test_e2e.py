@@ -20,6 +20,7 @@ import httpx
 import pytest
 import trio
 
+import trio_gateway
 from trio_gateway.testing.fake_model import FakeBehaviour, FakeModel, serve_fake_model
 
 pytestmark = pytest.mark.e2e
@@ -71,6 +72,7 @@ class Proc:
 
     def health(self) -> dict[str, Any]:
         data: dict[str, Any] = self.http("GET", "/healthz", auth=False).json()
+        assert data.pop("version") == trio_gateway.__version__  # SPEC 4: shown in /healthz too
         return data
 
     def wait_ready(self) -> Proc:

@@ -194,7 +194,7 @@ def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
     queue = status.get("queue", {})
     lines = [
         f"state: {status['state']}  generation: {status['generation']}  uptime: {status['uptimeSeconds']:.0f}s"
-        f"  pid: {pid}  {url}",
+        f"  pid: {pid}  {url}" + (f"  version: {status['version']}" if "version" in status else ""),
         f"queue: {queue.get('pending', 0)} pending, {queue.get('failed', 0)} dead letter(s)",
         f"stalled sessions: {', '.join(status.get('stalled', [])) or 'none'}",
         f"sessions ({len(status['sessions'])}):",

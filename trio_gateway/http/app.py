@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import trio
 
+from trio_gateway import __version__
 from trio_gateway import delivery as delivery_mod
 from trio_gateway.config import KNOWN_CHANNELS, AccountConfig, Config
 from trio_gateway.drain import DrainKind, DrainReport, DrainRequest
@@ -183,10 +184,11 @@ class GatewayApp:
 
     async def _healthz(self, request: Request) -> Response:
         status = "ok" if self.gateway.state.value == "running" else "draining"
-        return json_response(200, {"status": status, "generation": self.gateway.generation_number})
+        body = {"status": status, "generation": self.gateway.generation_number, "version": __version__}
+        return json_response(200, body)
 
     async def _status(self, request: Request) -> Response:
-        return json_response(200, self.gateway.status())
+        return json_response(200, self.gateway.status() | {"version": __version__})
 
     async def _metrics(self, request: Request) -> Response:
         return Response(200, metrics.render(self.gateway).encode(), metrics.CONTENT_TYPE)
