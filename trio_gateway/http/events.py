@@ -35,16 +35,16 @@ class LogTail:
     """A log sink that keeps the last events, numbered, for the streams to read.
 
     Appending to a bounded deque is safe from any thread, and the streams poll it at their
-    tick: no cross-thread wake-up to get wrong."""
+    tick: no cross-thread wake-up to get wrong. An event is only formatted when a stream sends
+    it, so with no page open the log pays one append per line."""
 
-    events: collections.deque[tuple[int, dict[str, Any]]] = attrs.Factory(lambda: collections.deque(maxlen=TAIL_EVENTS))
+    events: collections.deque[tuple[int, Event]] = attrs.Factory(lambda: collections.deque(maxlen=TAIL_EVENTS))
     _numbers: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
     def write(self, event: Event) -> None:
-        record = json.loads(event.json())
-        self.events.append((next(self._numbers), record))
+        self.events.append((next(self._numbers), event))
 
-    def since(self, seen: int) -> list[tuple[int, dict[str, Any]]]:
+    def since(self, seen: int) -> list[tuple[int, Event]]:
         return [(n, e) for n, e in list(self.events) if n > seen]
 
     def last_number(self) -> int:
@@ -54,7 +54,8 @@ class LogTail:
 
 def encode(event: str, data: object) -> bytes:
     """One SSE message. JSON never contains a raw newline, so one `data:` line suffices."""
-    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n".encode()
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, default=str)
+    return f"event: {event}\ndata: {text}\n\n".encode()
 
 
 STREAM_HEADERS = (
@@ -86,8 +87,8 @@ class EventStream:
         await send({"type": "http.response.body", "body": b": trio-gateway events\n\n", "more_body": True})
         while True:
             chunks = []
-            for number, record in self.tail.since(seen):
-                chunks.append(encode("log", record))
+            for number, event in self.tail.since(seen):
+                chunks.append(encode("log", event.json()))  # a JSON log line, as `--log-format json`
                 seen = number
             chunks.append(encode("status", self.snapshot()))
             await send({"type": "http.response.body", "body": b"".join(chunks), "more_body": True})
