@@ -11,8 +11,10 @@
 # `stop_grace_period: 75s` in compose.yaml, `terminationGracePeriodSeconds: 75` on Kubernetes.
 #
 # Token: bound to 0.0.0.0 the gateway refuses to start without an admin token it did not make
-# up itself. Mount one as a secret at $TRIO_GATEWAY_TOKEN_FILE (below), or unset that variable
-# and create the token in the home volume once:
+# up itself. Mount one as a secret at $TRIO_GATEWAY_TOKEN_FILE (below): mode 0600 (or 0400),
+# owned by uid 10001 (the gateway refuses a token file group or others can read; on Kubernetes
+# `defaultMode: 0400` with `runAsUser`/`fsGroup` 10001). Or unset that variable and create the
+# token in the home volume once:
 #   docker run --rm -e TRIO_GATEWAY_TOKEN_FILE= -v tg-home:/var/lib/trio-gateway trio-gateway trio-gateway token create
 
 FROM python:3.11-slim AS build

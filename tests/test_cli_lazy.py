@@ -54,6 +54,9 @@ def loaded_by(*argv: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
     return done, modules
 
 
+TOKEN = "t0ken-" + "x" * 40
+
+
 def heavy(modules: list[str]) -> list[str]:
     return [m for m in modules if any(m == f or m.startswith(f + ".") for f in FORBIDDEN)]
 
@@ -73,7 +76,7 @@ STATUS = {
 
 class _Status(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        ok = self.path == "/v1/status" and self.headers["Authorization"] == "Bearer t0ken"
+        ok = self.path == "/v1/status" and self.headers["Authorization"] == f"Bearer {TOKEN}"
         body = json.dumps(STATUS if ok else {"error": "UnauthorizedError", "message": "no"}).encode()
         self.send_response(200 if ok else 401)
         self.send_header("Content-Type", "application/json")
@@ -95,7 +98,9 @@ def answering_home(tmp_path: Path) -> Iterator[Path]:
     url = f"http://127.0.0.1:{server.server_address[1]}"
     state = {"pid": os.getpid(), "url": url, "state": "running", "generation": 3}
     (tmp_path / "gateway.state.json").write_text(json.dumps(state))
-    (tmp_path / "gateway.token").write_text("t0ken\n")
+    token = tmp_path / "gateway.token"
+    token.write_text(TOKEN + "\n")
+    token.chmod(0o600)  # the CLI refuses a token file others can read
     yield tmp_path
     server.shutdown()
     thread.join(30)

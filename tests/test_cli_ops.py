@@ -189,7 +189,7 @@ def test_doctor_flags_a_token_others_can_read(tmp_path: Path, capsys: pytest.Cap
     token.write_text("x" * 43)
     os.chmod(token, 0o644)
     assert run(tmp_path, "doctor", "--offline") == 1
-    assert "has mode 0644; others can read it" in capsys.readouterr().out
+    assert "is open to group or others (mode 0644); run: chmod 600" in capsys.readouterr().out
 
 
 # --- named secrets, config rules ---------------------------------------------------------------

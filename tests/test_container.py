@@ -26,6 +26,7 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
 DRAIN_SECONDS = 2
+TOKEN = "container-secret-token-0123456789abcdef"
 # Generous: building and installing a wheel on a busy 2-core machine.
 INSTALL_TIMEOUT = 300
 
@@ -89,7 +90,8 @@ def test_the_images_entry_command_serves_healthz_and_drains_on_its_stop_signal(t
     home = tmp_path / "var-lib-trio-gateway"
     secret = tmp_path / "run-secrets" / "gateway_token"
     secret.parent.mkdir()
-    secret.write_text("container-secret-token\n")
+    secret.write_text(f"{TOKEN}\n")
+    secret.chmod(0o600)  # a mounted secret must be readable by the gateway's user only
     home.mkdir()
     config = {"gateway": {"port": 0, "testEndpoints": {"enabled": True}, "drain": {"timeoutSeconds": DRAIN_SECONDS}}}
     (home / "gateway.json").write_text(json.dumps(config))
@@ -112,7 +114,7 @@ def test_the_images_entry_command_serves_healthz_and_drains_on_its_stop_signal(t
         health = subprocess.run(image.healthcheck, env=env, capture_output=True, text=True, timeout=30)
         assert health.returncode == 0, health.stderr
         url = f"http://127.0.0.1:{state['port']}"
-        auth = {"Authorization": "Bearer container-secret-token"}
+        auth = {"Authorization": f"Bearer {TOKEN}"}
         stalled = httpx.post(f"{url}/internal/test/stall-model-call", json={}, headers=auth, trust_env=False)
         assert stalled.status_code == 202
         assert httpx.get(f"{url}/ui", trust_env=False).status_code == 200  # package data made it in

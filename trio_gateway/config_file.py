@@ -6,24 +6,28 @@ The runtime (`gateway.py` reloads it at every restart, `process.py` at start) an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from trio_gateway import config as cfg
+from trio_gateway import strict_json
 from trio_gateway.errors import ConfigError
 
 
 def read_raw(path: Path) -> dict[str, Any]:
     """The file's JSON object, `{}` when there is no file (the built-in defaults)."""
+    # Every way reading can fail is a ConfigError naming the file: a reload catches exactly
+    # that and keeps the running config, so anything else here would kill a running gateway.
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(str(path), f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raw = strict_json.loads(data)
+    except strict_json.JsonInputError as exc:
+        raise ConfigError(f"{path}{' ' + exc.where if exc.where else ''}", exc.what) from None
     if not isinstance(raw, dict):
         raise ConfigError(str(path), "expected a JSON object at the top level")
     return raw

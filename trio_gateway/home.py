@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
+
+from trio_gateway.errors import ConfigError
 
 
 @attrs.frozen
@@ -65,17 +69,45 @@ class Home:
         return self
 
 
+# `secrets.token_urlsafe(32)` is 43 characters; anything much shorter is guessable.
+MIN_TOKEN_CHARS = 32
+
+
 def read_token(path: Path) -> str | None:
-    """The admin token in `path`, None when the file is missing or empty."""
+    """The admin token in `path`, None when the file is missing or empty. A token file anyone
+    else could read or swap (a symlink, group/world bits) or a short token is refused naming
+    the fix."""
     try:
-        token = path.read_text(encoding="utf-8").strip()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
-    return token or None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            why = "is a symbolic link; replace it with the token file itself (mode 0600)"
+            raise ConfigError(str(path), why) from None
+        raise ConfigError(str(path), f"cannot read the token: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(str(path), "is not a regular file; delete it to have a new token made")
+        if info.st_mode & 0o077:
+            mode = f"{stat.S_IMODE(info.st_mode):04o}"
+            raise ConfigError(str(path), f"is open to group or others (mode {mode}); run: chmod 600 {path}")
+        data = f.read(4096)
+    token = data.decode("utf-8", errors="replace").strip()
+    if not token:
+        return None
+    if len(token) < MIN_TOKEN_CHARS or not (token.isascii() and token.isprintable()) or " " in token:
+        raise ConfigError(
+            str(path),
+            f"is not a usable token (need at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces); "
+            "delete it and start the gateway on loopback to have a new one made",
+        )
+    return token
 
 
-# A token made elsewhere (a container secret, a configuration manager): the gateway reads it,
-# never writes it.
+# A token made elsewhere (a container secret, a configuration manager): the gateway reads it
+# (with the same checks as its own), never writes it.
 TOKEN_FILE_ENV = "TRIO_GATEWAY_TOKEN_FILE"
 
 

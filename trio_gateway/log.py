@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,7 +39,7 @@ class Event:
     def text(self) -> str:
         stamp = self.wall.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         tag = f" [{self.tag}]" if self.tag else ""
-        message = f" {self.message}" if self.message else ""
+        message = f" {escape_controls(self.message)}" if self.message else ""
         kv = "".join(f" {k}={_kv_value(v)}" for k, v in self.fields.items())
         return f"{stamp} {self.level}{tag}{message}{kv}"
 
@@ -61,10 +63,20 @@ def _json_key(label: str) -> str:
     return label[:1].lower() + label[1:]
 
 
+# Characters that end a line or drive a terminal. A value with one of them (a console address
+# `"ops\nINFO [RESTART] ..."`) would otherwise forge a line of its own in the text log.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as its JSON escape (`\\n`, `\\u001b`)."""
+    return _CONTROLS.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
 def _kv_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    if text == "" or any(c.isspace() or c == '"' for c in text):
-        return json.dumps(text, ensure_ascii=False)
+    if text == "" or _CONTROLS.search(text) or any(c.isspace() or c == '"' for c in text):
+        return escape_controls(json.dumps(text, ensure_ascii=False))
     return text
 
 
@@ -107,7 +119,9 @@ class FileSink:
         line = event.line(self.fmt) + "\n"
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8", buffering=1)
+            # backslashreplace: a string that cannot be UTF-8 (a lone surrogate) is written
+            # escaped rather than raising inside whatever error handling is logging it.
+            self._file = self.path.open("a", encoding="utf-8", errors="backslashreplace", buffering=1)
             self._size = self._file.tell()
         size = len(line.encode())
         if self.rotation is not None and self._size > 0 and self._size + size > self.rotation.max_bytes:
@@ -128,7 +142,7 @@ class FileSink:
                 self.path.unlink(missing_ok=True)
         except OSError:
             pass  # a failed rotation must not lose the line: keep appending to what is there
-        self._file = self.path.open("a", encoding="utf-8", buffering=1)
+        self._file = self.path.open("a", encoding="utf-8", errors="backslashreplace", buffering=1)
         self._size = self._file.tell()
 
     def close(self) -> None:
@@ -221,4 +235,6 @@ def open_log(
 
 def ms(seconds: float) -> str:
     """Durations in log lines are whole milliseconds, as the contract's lines show them."""
-    return f"{round(seconds * 1000)}ms"
+    millis = seconds * 1000
+    # Formatting a log line must never be what kills the gateway: `round(inf)` raises.
+    return f"{round(millis)}ms" if math.isfinite(millis) else f"{millis}ms"

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from trio_gateway import __version__
-from trio_gateway.errors import GatewayError
+from trio_gateway import __version__, strict_json
+from trio_gateway.errors import GatewayError, UsageError
 from trio_gateway.home import Home
 
 if TYPE_CHECKING:
@@ -114,12 +114,26 @@ def build_parser(groups: Iterable[str] = GROUPS) -> argparse.ArgumentParser:
     return parser
 
 
+# Arguments that name files: bytes that are not UTF-8 are a legal file name there.
+_PATH_ARGS = frozenset({"home", "file", "dir"})
+
+
+def check_text_args(args: argparse.Namespace) -> None:
+    """Text arguments must be valid Unicode: argv bytes that are not UTF-8 arrive as lone
+    surrogates, which every later write (session file, queue entry, log) would choke on."""
+    for name, value in vars(args).items():
+        why = strict_json.bad_text(value) if isinstance(value, str) and name not in _PATH_ARGS else None
+        if why is not None:
+            raise UsageError(f"{name}: {why}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = hoist_globals(sys.argv[1:] if argv is None else argv)
     group = chosen_group(argv)
     args = build_parser([group] if group else []).parse_args(argv)
     ctx = Context(Home.resolve(args.home), args.log_format)
     try:
+        check_text_args(args)
         code: int = args.func(args, ctx)
     except GatewayError as exc:
         print(f"{exc.name}: {exc}", file=sys.stderr)

@@ -100,15 +100,17 @@ def _secrets(raw: Mapping[str, Any], env: Mapping[str, str]) -> Iterator[Check]:
 
 
 def _token(home: Home, env: Mapping[str, str]) -> Check:
+    from trio_gateway.errors import ConfigError
     from trio_gateway.home import read_token, token_path
 
     path = token_path(home.token_path, env)
-    if read_token(path) is None:
+    try:
+        token = read_token(path)  # refuses a token file others could read or swap
+    except ConfigError as exc:
+        return Check("FAIL", "token", str(exc))
+    if token is None:
         return Check("warn", "token", f"{path} missing (made at the first start on loopback; `token create`)")
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        return Check("FAIL", "token", f"{path} has mode {mode:04o}; others can read it (chmod 600)")
-    return Check("ok", "token", f"{path} (mode {mode:04o})")
+    return Check("ok", "token", f"{path} (mode {stat.S_IMODE(path.stat().st_mode):04o})")
 
 
 def _gateway_or_port(home: Home, config: Config) -> Check:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -52,12 +53,26 @@ def register(parser: argparse.ArgumentParser) -> None:
     ):
         cmd = sub.add_parser(name, help=helptext)
         cmd.add_argument("--force", action="store_true", help="abort active work now instead of draining")
-        cmd.add_argument("--timeout", type=float, metavar="S", help="drain timeout in seconds for this drain")
+        cmd.add_argument("--timeout", type=_timeout, metavar="S", help="drain timeout in seconds for this drain")
         cmd.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
         cmd.set_defaults(func=func)
     status = sub.add_parser("status", help="state, generation, sessions, work, stalls, queue")
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=_status)
+
+
+def _timeout(text: str) -> float:
+    """`--timeout S`: the range the HTTP API accepts for timeoutSeconds (nan and 1e306 refused)."""
+    from trio_gateway.config import RANGES  # here: config imports cattrs, too heavy for `status`
+
+    high = RANGES["gateway.drain.timeoutSeconds"][1]
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= high:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds greater than 0 and at most {high:g}, got {text}")
+    return seconds
 
 
 def _start(args: argparse.Namespace, ctx: Context) -> int:
@@ -124,7 +139,15 @@ def _restart(args: argparse.Namespace, ctx: Context) -> int:
     report = drains["drains"][-1] if drains["drains"] else None
     outcome = {"restarted": True, "fromGeneration": before, "generation": drains["generation"]}
     outcome |= {"seconds": round(took, 3), "drain": report}
+    rejected = report.get("configRejected") if report else None
+    if rejected:
+        outcome["configRejected"] = rejected
     print(json.dumps(outcome) if args.json else _restart_line(outcome))
+    if rejected:
+        # The process restarted, but not on the configuration the operator asked for: a
+        # script checking `$?` must not carry on as if the new gateway.json were live.
+        print(f"ConfigError: new gateway.json rejected, previous configuration kept: {rejected}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -142,6 +165,8 @@ def _generation_ok(client: GatewayClient, before: int) -> bool:
 
 def _restart_line(outcome: dict[str, Any]) -> str:
     head = f"restarted: generation {outcome['fromGeneration']} -> {outcome['generation']} in {outcome['seconds']:.2f}s"
+    if outcome.get("configRejected"):
+        head += " on the PREVIOUS configuration (the new gateway.json was rejected)"
     report = outcome["drain"]
     if report is None:
         return head

@@ -64,7 +64,7 @@ def wait_for_turn(client: GatewayClient, session_id: str, turn_id: str, deadline
     the session and resumes the turn)."""
     path = f"/v1/sessions/{session_id}/turns/{turn_id}/wait"
     while (left := deadline - time.monotonic()) > 0:
-        outcome: dict[str, Any] = client.post(path, {"timeoutSeconds": round(min(POLL_SECONDS, left), 3)})
+        outcome: dict[str, Any] = client.post(path, {"timeoutSeconds": max(0.01, round(min(POLL_SECONDS, left), 3))})
         if outcome["state"] == "done":
             return outcome
     raise TurnWaitTimeoutError(f"no reply to turn {turn_id} within the wait (session {session_id} goes on)")

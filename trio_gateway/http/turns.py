@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trio_gateway.errors import BadRequestError, NotFoundError
+from trio_gateway.errors import NotFoundError
 from trio_gateway.http.app import Request, Response, Route, json_response
 from trio_gateway.http.body import opt_number
 
@@ -24,10 +24,8 @@ MAX_WAIT_SECONDS = 60.0
 
 def routes(app: GatewayApp) -> list[Route]:
     async def wait(request: Request, session_id: str, turn_id: str) -> Response:
-        timeout = opt_number(request.json(empty_ok=True), "timeoutSeconds")
+        timeout = opt_number(request.json(empty_ok=True), "timeoutSeconds", 0, MAX_WAIT_SECONDS)
         seconds = MAX_WAIT_SECONDS if timeout is None else timeout
-        if not 0 <= seconds <= MAX_WAIT_SECONDS:
-            raise BadRequestError(f"timeoutSeconds: must be 0..{MAX_WAIT_SECONDS:g}, got {seconds:g}")
         with trio.move_on_after(seconds):
             while True:
                 session = app.gateway.sessions.get(session_id)
