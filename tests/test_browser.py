@@ -205,3 +205,23 @@ def test_retry_a_dead_letter_from_the_page(
     wait(browser, "the dead letter to leave the list", lambda d: not d.find_elements(By.CSS_SELECTOR, row_css))
     poll("the retried delivery", lambda: any("sent again from the Control UI" in t for t in console_texts(home)), 30)
     assert "Dead letter retried by operator" in gw.log
+
+
+def test_stop_from_the_page_asks_first_then_stops_the_gateway(
+    gateway_process: Callable[..., Proc], browser: WebDriver, tmp_path: Path
+) -> None:
+    gw = gateway_process()
+    open_dashboard(browser, gw)
+    browser.find_element(By.ID, "stop").click()
+    wait(browser, "the confirmation", lambda d: d.find_element(By.ID, "confirm-no").is_displayed())
+    assert "Stop the gateway?" in text(browser, "confirm-text")
+    browser.find_element(By.ID, "confirm-no").click()
+    wait(browser, "the dialog to close", lambda d: not d.find_element(By.ID, "confirm").is_displayed())
+    assert gw.health()["status"] == "ok"  # cancelled: nothing asked of the gateway
+    assert gw.popen.poll() is None
+    browser.find_element(By.ID, "stop").click()
+    wait(browser, "the confirmation", lambda d: d.find_element(By.ID, "confirm-yes").is_displayed())
+    browser.find_element(By.ID, "confirm-yes").click()
+    assert gw.popen.wait(WAIT_SECONDS) == 0
+    wait(browser, "the page to see it gone", lambda d: text(d, "state") in ("offline", "stopped"))
+    assert "[SHUTDOWN] Shutdown completed cleanly" in gw.log
