@@ -41,6 +41,8 @@ class Exposition:
     """The families of one scrape, built as prometheus-client `Metric`s."""
 
     metrics: list[Metric] = attrs.Factory(list)
+    # Labels on every sample (e.g. the node in cluster mode).
+    base: dict[str, str] = attrs.Factory(dict)
 
     def family(self, name: str, kind: str, help_text: str) -> None:
         # prometheus-client names a counter family without its `_total`; its samples keep it.
@@ -48,7 +50,7 @@ class Exposition:
         self.metrics.append(Metric(PREFIX + family, help_text, kind))
 
     def sample(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
-        self.metrics[-1].add_sample(PREFIX + name, dict(labels or {}), float(value))
+        self.metrics[-1].add_sample(PREFIX + name, {**self.base, **(labels or {})}, float(value))
 
 
 def _number(value: float) -> str:
@@ -64,7 +66,6 @@ class GatewayCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         out = Exposition()
-        _build_info(out)
         _lifecycle(out, self.gateway)
         _work(out, self.gateway)
         _drains(out, self.gateway)
@@ -85,12 +86,9 @@ def render(gateway: Gateway) -> str:
     return _generate(registry(gateway)).decode()
 
 
-def _build_info(out: Exposition) -> None:
-    out.family("build_info", "gauge", "The running trio-gateway's version (always 1)")
-    out.sample("build_info", 1, {"version": __version__})
-
-
 def _lifecycle(out: Exposition, gateway: Gateway) -> None:
+    out.family("build_info", "gauge", "Always 1; the running trio-gateway version as a label")
+    out.sample("build_info", 1, {"version": __version__})
     out.family("generation", "gauge", "Number of the generation currently accepting work")
     out.sample("generation", gateway.generation_number)
     out.family("state", "gauge", "1 for the gateway's current lifecycle state")
