@@ -225,3 +225,32 @@ def test_stop_from_the_page_asks_first_then_stops_the_gateway(
     assert gw.popen.wait(WAIT_SECONDS) == 0
     wait(browser, "the page to see it gone", lambda d: text(d, "state") in ("offline", "stopped"))
     assert "[SHUTDOWN] Shutdown completed cleanly" in gw.log
+
+
+def test_channel_accounts_render_with_paused_ones_highlighted(
+    gateway_process: Callable[..., Proc], browser: WebDriver
+) -> None:
+    """The `channels` list of SPEC 11's status, fed to the page's own renderer (the gateway in
+    this test has no listening accounts): one script call renders and reads back, so the next
+    live snapshot cannot race the assertion."""
+    gw = gateway_process()
+    open_dashboard(browser, gw)
+    status = gw.http("GET", "/v1/status").json() | {
+        "channels": [
+            {"channel": "telegram", "accountId": "bot1", "inbound": {"mode": "poll", "state": "listening",
+             "lastMessageAgeSeconds": 4.2, "messages": 17}},
+            {"channel": "openclaw-weixin", "accountId": "wx", "inbound": {"mode": "poll", "state": "paused",
+             "lastMessageAgeSeconds": None, "messages": 0}},
+        ]
+    }  # fmt: skip
+    rows = browser.execute_script(
+        "render(arguments[0]);"
+        "const card = document.getElementById('channels-card');"
+        "return [!card.hidden, [...document.querySelectorAll('#channels tr')].map(r => [r.className, r.innerText])];",
+        status,
+    )
+    visible, table = rows
+    assert visible
+    assert [cls for cls, _ in table] == ["", "stalled"]
+    assert "telegram\tbot1\tpoll\tlistening\t17\t4.2 s ago" in table[0][1]
+    assert "openclaw-weixin\twx\tpoll\tpaused" in table[1][1]

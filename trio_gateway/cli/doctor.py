@@ -156,11 +156,16 @@ def _upstreams(config: Config, reach: Callable[[str], str | None]) -> Iterator[C
 
 
 def reachable(url: str) -> str | None:
-    """None when `url` answers HTTP at all (any status: reachable is the question), else why not."""
-    import httpx
+    """None when `url` answers HTTP at all (any status: reachable is the question), else why not.
+    The standard library's client: a one-off probe from the CLI, no connection pool to keep."""
+    import urllib.error
+    import urllib.request
 
     try:
-        httpx.get(url, timeout=REACH_TIMEOUT_SECONDS)
-    except httpx.HTTPError as exc:
-        return f"unreachable: {type(exc).__name__}: {exc}"
-    return None
+        with urllib.request.urlopen(url, timeout=REACH_TIMEOUT_SECONDS):
+            return None
+    except urllib.error.HTTPError:
+        return None  # an HTTP answer, whatever its status: the upstream is there
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        return f"unreachable: {reason}"
