@@ -19,7 +19,7 @@ import gc
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Literal
 
 import attrs
 import trio
@@ -114,8 +114,7 @@ async def drain(
     # itself would become the slow part of the cut.
     kinds = Counter(u.kind for u in left.blockers)
     summary = " ".join(f"{kind}={n}" for kind, n in sorted(kinds.items()))
-    extra: dict[str, Any] = {"kinds": summary} if summary else {}
-    log.warn("DRAINING", f"Aborting {len(left.blockers)} unit(s) of work", **extra)
+    log.warn("DRAINING", f"Aborting {len(left.blockers)} unit(s) of work", **({"kinds": summary} if summary else {}))
     work_scope.cancel()
     return True, left
 
@@ -149,10 +148,9 @@ async def _report_progress(
             return  # the deadline's own line says the rest
         c = counts()
         blockers = " ".join(f"{u.kind}@{u.session_id or '-'}(idle {round(u.idle_for(now))}s)" for u in c.blockers[:3])
-        extra: dict[str, Any] = {"blockers": blockers} if blockers else {}
         log.info(
             "DRAINING",
             f"still draining {c.tasks} active task(s) and {c.embedded_runs} active embedded run(s)... "
             f"({round(remaining)}s remaining)",
-            **extra,
+            **({"blockers": blockers} if blockers else {}),
         )

@@ -12,7 +12,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any, Literal, Protocol
 
@@ -182,9 +182,7 @@ class EventLog:
     min_level: Level = "INFO"
     wall_clock: Callable[[], dt.datetime] = _utc_now
 
-    def emit(
-        self, level: Level, tag: str, message: str, *, lead: Mapping[str, Any] | None = None, **fields: Any
-    ) -> None:
+    def emit(self, level: Level, tag: str, message: str, *, lead: Any = None, **fields: Any) -> None:
         if _LEVELS[level] < _LEVELS[self.min_level]:
             return
         clock = _trio_clock()
@@ -197,16 +195,16 @@ class EventLog:
         for sink in self.sinks:
             sink.write(event)
 
-    def debug(self, tag: str, message: str, *, lead: Mapping[str, Any] | None = None, **fields: Any) -> None:
+    def debug(self, tag: str, message: str, *, lead: Any = None, **fields: Any) -> None:
         self.emit("DEBUG", tag, message, lead=lead, **fields)
 
-    def info(self, tag: str, message: str, *, lead: Mapping[str, Any] | None = None, **fields: Any) -> None:
+    def info(self, tag: str, message: str, *, lead: Any = None, **fields: Any) -> None:
         self.emit("INFO", tag, message, lead=lead, **fields)
 
-    def warn(self, tag: str, message: str, *, lead: Mapping[str, Any] | None = None, **fields: Any) -> None:
+    def warn(self, tag: str, message: str, *, lead: Any = None, **fields: Any) -> None:
         self.emit("WARN", tag, message, lead=lead, **fields)
 
-    def error(self, tag: str, message: str, *, lead: Mapping[str, Any] | None = None, **fields: Any) -> None:
+    def error(self, tag: str, message: str, *, lead: Any = None, **fields: Any) -> None:
         self.emit("ERROR", tag, message, lead=lead, **fields)
 
     def close(self) -> None:
