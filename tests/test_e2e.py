@@ -357,7 +357,7 @@ def test_absurd_numbers_and_a_rejected_reload_leave_the_process_up(start_gateway
         gw.url + "/v1/gateway/restart",
         content=b'{"timeoutSeconds": 1e306}',
         headers={"Authorization": f"Bearer {gw.token}"},
-        timeout=5,
+        timeout=WAIT_SECONDS,
         trust_env=False,
     )
     assert (absurd.status_code, absurd.json()["error"]) == (400, "BadRequestError")

@@ -125,10 +125,17 @@ async def test_healthz_needs_no_token_and_reports_generation(running: Running, a
     assert (reply.status, reply.json) == (200, {"status": "ok", "generation": 1, "version": trio_gateway.__version__})
 
 
+async def test_cluster_route_says_cluster_mode_is_off(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    reply = await running.call("GET", "/v1/cluster")
+    assert reply.status == 404
+    assert "cluster mode is off" in reply.json["message"]
+
+
 @pytest.mark.parametrize(
     ("method", "path"),
     [
         ("GET", "/v1/status"),
+        ("GET", "/v1/cluster"),
         ("GET", "/metrics"),
         ("POST", "/v1/gateway/restart"),
         ("POST", "/v1/gateway/stop"),

@@ -85,3 +85,20 @@ async def test_scraped_through_hypercorn_under_trio(tmp_path: Path) -> None:
     assert found[("trio_gateway_generation", frozenset())] == 1
     assert found[("process_open_fds", frozenset())] > 0
     assert refused.status_code == 401
+
+
+async def test_cluster_node_label_is_on_every_sample_process_metrics_included(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """SPEC 12: one scrape config serves every node, so each sample names its node, the
+    prometheus-client runtime families (process_*, python_*) as much as the gateway's."""
+    gateway, _ = build_gateway(tmp_path, cfg.Config())
+    gateway.deps.describe_storage = lambda: {"backend": "postgres", "nodeId": "node-b"}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        scraped = samples(metrics.render(gateway))
+        gateway.request_drain("stop", force=True)
+    assert scraped[("trio_gateway_generation", frozenset({("node", "node-b")}))] == 1
+    assert scraped[("process_resident_memory_bytes", frozenset({("node", "node-b")}))] > 0
+    assert any(name == "python_info" for name, _ in scraped)
+    assert all(("node", "node-b") in labels for _, labels in scraped)

@@ -10,7 +10,6 @@ failed, aborted, cancelled by a drain), exactly one notice is handed to the outb
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -24,7 +23,8 @@ from trio_gateway.errors import ConfigError, DeliveryValidationError, GatewayErr
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.routing import Origin
-from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnRecord
+from trio_gateway.sessions_store import SessionRecord, TurnRecord
+from trio_gateway.storage import SessionStorage
 from trio_gateway.tools.registry import ToolBox
 from trio_gateway.work import WorkRegistry, WorkUnit
 
@@ -64,7 +64,7 @@ class Runtime:
     models: Mapping[str, Model]
     registry: WorkRegistry
     outbox: Outbox
-    store: SessionStore
+    store: SessionStorage
     log: EventLog
     wall: Callable[[], dt.datetime]
     # MCP servers and http_request (SPEC 14); None: only spawn_subagent.
@@ -110,7 +110,6 @@ class Session:
     outcomes: dict[str, TurnOutcome] = attrs.Factory(dict)
     # Set (and replaced) each time a turn ends: what a waiter for an outcome sleeps on.
     ended: trio.Event = attrs.Factory(trio.Event)
-    _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
     @property
     def id(self) -> str:
@@ -121,7 +120,8 @@ class Session:
         return self.nursery is not None
 
     def next_id(self, prefix: str) -> str:
-        return f"{prefix}-{self.id}-{next(self._ids)}"
+        self.record.seq += 1
+        return f"{prefix}-{self.id}-{self.record.seq}"
 
     def finish(self, turn_id: str, *, ok: bool, text: str) -> None:
         self.outcomes[turn_id] = TurnOutcome(ok, text)

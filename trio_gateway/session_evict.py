@@ -1,13 +1,11 @@
 """Idle sessions leave memory (issue 9: sessions were never evicted, so memory grew with every
 origin that ever wrote). Their files stay in `sessions/`; a new turn for one reads it back.
 
-What stays in memory per evicted session is its id, its origin key and its turn-id counter
-(so a turn id is never handed out twice in one process: deliveries are keyed by turn id).
+What stays in memory per evicted session is its id, its origin key and its last id number
+(the record stores it too, `SessionRecord.seq`; kept here as well in case the file lags).
 """
 
 from __future__ import annotations
-
-import itertools
 
 import attrs
 
@@ -39,4 +37,4 @@ def evictable(session: Session, last_active: float, now: float, idle_seconds: fl
 class Evicted:
     """What is kept of an evicted session."""
 
-    turn_ids: itertools.count[int]
+    seq: int

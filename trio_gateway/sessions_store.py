@@ -53,6 +53,10 @@ class SessionRecord:
     created_at: dt.datetime
     history: list[dict[str, Any]] = attrs.Factory(list)
     turns: list[TurnRecord] = attrs.Factory(list)
+    # The last number handed out for an id inside this session (turns, subagents). Stored, so a
+    # session read back after a restart (or adopted by another node) never reuses a turn id:
+    # turn ids are the replies' idempotency keys, and a platform drops a reused one as a repeat.
+    seq: int = 0
 
     def remember(self, messages: list[dict[str, Any]]) -> None:
         self.history.extend(messages)

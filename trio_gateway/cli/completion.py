@@ -45,6 +45,8 @@ class Tree:
     choices: dict[str, list[str]] = attrs.Factory(dict)
 
     def walk(self, parser: argparse.ArgumentParser, path: str, inherited: list[str]) -> None:
+        from trio_gateway.cli import PrintVersion  # the CLI's own `--version` (no help formatter)
+
         words: list[str] = []
         options = list(inherited)
         for action in parser._actions:
@@ -56,7 +58,7 @@ class Tree:
                 if isinstance(action, argparse._HelpAction):
                     continue
                 flags = [s for s in action.option_strings if s.startswith("--")] or action.option_strings
-                if isinstance(action, argparse._VersionAction):
+                if isinstance(action, argparse._VersionAction | PrintVersion):
                     words.extend(flags)  # only where it is given, not after a command
                     continue
                 options.extend(flags)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
@@ -39,6 +39,7 @@ from trio_gateway.http.body import JsonObject, json_object, opt_bool, opt_number
 from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.queue import DeliveryQueue
 from trio_gateway.routing import Origin
+from trio_gateway.storage import DeliveryStore
 from trio_gateway.validation import check_address, check_configured
 
 # The stall endpoint's default: longer than any sane stall threshold or drain timeout.
@@ -133,6 +134,7 @@ class GatewayApp:
             r("GET", ("healthz",), self._healthz, auth=False),
             r("GET", ("metrics",), self._metrics),
             r("GET", ("v1", "status"), self._status),
+            r("GET", ("v1", "cluster"), self._cluster),
             r("POST", ("v1", "gateway", "restart"), self._restart, long=True),
             r("POST", ("v1", "gateway", "stop"), self._stop),
             r("GET", ("v1", "gateway", "drains"), self._drains),
@@ -255,7 +257,14 @@ class GatewayApp:
         return json_response(200, body)
 
     async def _status(self, request: Request) -> Response:
-        return json_response(200, self.gateway.status() | {"version": __version__})
+        return json_response(200, self.gateway.status())
+
+    async def _cluster(self, request: Request) -> Response:
+        """What `cluster status --json` prints (SPEC 12), as this node sees the database."""
+        read = self.gateway.deps.cluster_status
+        if read is None:
+            raise NotFoundError('cluster mode is off (cluster.backend is not "postgres")')
+        return json_response(200, await read())
 
     async def _metrics(self, request: Request) -> Response:
         return Response(200, metrics.render(self.gateway).encode(), metrics.CONTENT_TYPE)
@@ -326,7 +335,11 @@ class GatewayApp:
 
     # --- deliveries ----------------------------------------------------------------------
 
-    def _queue(self) -> DeliveryQueue:
+    def _queue(self) -> DeliveryStore:
+        # The generation's own store (in cluster mode, the shared database); else the files.
+        store = getattr(self.gateway.delivery, "store", None)
+        if store is not None:
+            return cast(DeliveryStore, store)
         deps = self.gateway.deps
         return DeliveryQueue(deps.home.queue_dir, deps.runner, deps.log)
 

@@ -41,7 +41,7 @@ class Exposition:
     """The families of one scrape, built as prometheus-client `Metric`s."""
 
     metrics: list[Metric] = attrs.Factory(list)
-    # Labels on every sample (e.g. the node in cluster mode).
+    # Labels on every sample: in cluster mode {"node": ...}, so one scrape config serves all nodes.
     base: dict[str, str] = attrs.Factory(dict)
 
     def family(self, name: str, kind: str, help_text: str) -> None:
@@ -63,9 +63,10 @@ def _number(value: float) -> str:
 @attrs.define(eq=False)
 class GatewayCollector(Collector):
     gateway: Gateway
+    base: dict[str, str] = attrs.Factory(dict)
 
     def collect(self) -> Iterator[Metric]:
-        out = Exposition()
+        out = Exposition(base=self.base)
         _lifecycle(out, self.gateway)
         _work(out, self.gateway)
         _drains(out, self.gateway)
@@ -74,12 +75,33 @@ class GatewayCollector(Collector):
         return iter(out.metrics)
 
 
+@attrs.define(eq=False)
+class Labelled(Collector):
+    """Another collector's families with `base` added to every sample (the cluster node)."""
+
+    inner: Collector
+    base: dict[str, str]
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.inner.collect():
+            metric.samples = [s._replace(labels={**self.base, **s.labels}) for s in metric.samples]
+            yield metric
+
+
 def registry(gateway: Gateway) -> CollectorRegistry:
+    node = gateway.deps.describe_storage().get("nodeId")
+    base = {"node": str(node)} if node else {}
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(GatewayCollector(gateway))
-    ProcessCollector(registry=reg)
-    PlatformCollector(registry=reg)
-    GCCollector(registry=reg)
+    reg.register(GatewayCollector(gateway, base))
+    # Built on a scratch registry (they register themselves), then registered here with the node
+    # label added: one scrape config serves every node, the process metrics included.
+    scratch = CollectorRegistry(auto_describe=False)
+    for runtime in (
+        ProcessCollector(registry=scratch),
+        PlatformCollector(registry=scratch),
+        GCCollector(registry=scratch),
+    ):
+        reg.register(Labelled(runtime, base) if base else runtime)
     return reg
 
 
