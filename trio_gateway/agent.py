@@ -75,6 +75,18 @@ class Runtime:
         return self.config.gateway.drain.cleanup_timeout_seconds
 
 
+@attrs.frozen
+class TurnOutcome:
+    """How a turn ended, once its reply or failure notice is durably enqueued."""
+
+    ok: bool
+    text: str
+
+
+# Outcomes kept per session for `session start --wait`: a waiter arrives within seconds.
+MAX_OUTCOMES = 32
+
+
 @attrs.define(eq=False)
 class Subagent:
     id: str
@@ -95,6 +107,9 @@ class Session:
     # Turns an operator abort cut off: their requesters are told, and they are not resumed.
     # Kept per turn, not as a session flag, so a turn submitted after the abort is unaffected.
     aborted: set[str] = attrs.Factory(set)
+    outcomes: dict[str, TurnOutcome] = attrs.Factory(dict)
+    # Set (and replaced) each time a turn ends: what a waiter for an outcome sleeps on.
+    ended: trio.Event = attrs.Factory(trio.Event)
 
     @property
     def id(self) -> str:
@@ -107,6 +122,13 @@ class Session:
     def next_id(self, prefix: str) -> str:
         self.record.seq += 1
         return f"{prefix}-{self.id}-{self.record.seq}"
+
+    def finish(self, turn_id: str, *, ok: bool, text: str) -> None:
+        self.outcomes[turn_id] = TurnOutcome(ok, text)
+        while len(self.outcomes) > MAX_OUTCOMES:
+            del self.outcomes[next(iter(self.outcomes))]
+        self.ended.set()
+        self.ended = trio.Event()
 
     def abort(self) -> bool:
         """Cancel all of this session's work (operator's `session abort`)."""
@@ -180,6 +202,7 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
     agent = rt.config.agents.get(record.agent)
     messages = _initial_messages(agent.system_prompt if agent else "", record.history, turn.prompt)
     kind: DeliveryKind = "cron_result" if turn.kind == "cron" else "reply"
+    ok = True
     try:
         text = await agent_loop(rt, session, record.agent, messages, turn.origin, depth=0, stall=turn.stall_seconds)
     except trio.Cancelled:
@@ -189,12 +212,13 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
         error = gateway_error(exc)
         if error is None:
             raise  # a bug: run_turn logs it
-        kind, text = "reply", f"Sorry, this request failed: {error}"
+        kind, text, ok = "reply", f"Sorry, this request failed: {error}", False
         rt.log.warn("TURN", "Turn ended with a failure", sessionId=session.id, turnId=turn.id, error=str(error))
     record.remember([{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": text}])
     # Deliver first, then forget the turn: a crash in between re-runs it (a possible
     # duplicate reply) rather than losing it.
     await _deliver(rt, kind=kind, origin=turn.origin, agent_id=record.agent, text=text, key=turn.id)
+    session.finish(turn.id, ok=ok, text=text)
     record.turns.remove(turn)
     await rt.store.save(record)
 
@@ -219,6 +243,7 @@ async def drop_turn(rt: Runtime, session: Session, turn: TurnRecord, text: str) 
     if turn in record.turns:
         record.turns.remove(turn)
     await _deliver(rt, kind="reply", origin=turn.origin, agent_id=record.agent, text=text, key=turn.id)
+    session.finish(turn.id, ok=False, text=text)
     await rt.store.save(record)
 
 
