@@ -75,9 +75,7 @@ def test_no_state_file_or_a_dead_pid_is_unreachable(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["gateway", "status"],
         ["gateway", "restart"],
-        ["gateway", "stop"],
         ["session", "list"],
         ["session", "abort", "s-1"],
         ["session", "start", "--agent", "main", "--channel", "console", "--to", "x", "--prompt", "p"],
@@ -90,6 +88,18 @@ def test_commands_without_a_gateway_exit_1_with_the_contract_message(
     err = capsys.readouterr().err
     assert err.startswith(f"GatewayUnreachableError: no gateway running for home {tmp_path}")
     assert err.rstrip().endswith("(start one with: trio-gateway gateway start)")
+
+
+def test_status_says_stopped_with_exit_3_and_stop_is_a_no_op_when_nothing_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--home", str(tmp_path), "gateway", "status", "--json"]) == 3
+    assert json.loads(capsys.readouterr().out) == {"state": "stopped"}
+    assert main(["gateway", "status", "--home", str(tmp_path)]) == 3  # global option after the command
+    assert capsys.readouterr().out.startswith("state: stopped")
+    assert main(["--home", str(tmp_path), "gateway", "stop", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"stopped": True, "wasRunning": False}
+    assert list(tmp_path.iterdir()) == []  # and neither created anything
 
 
 def test_start_with_a_bad_config_exits_2_before_taking_anything(

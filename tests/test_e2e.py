@@ -20,7 +20,7 @@ import httpx
 import pytest
 import trio
 
-from trio_gateway import __version__
+import trio_gateway
 from trio_gateway.testing.fake_model import FakeBehaviour, FakeModel, serve_fake_model
 
 pytestmark = pytest.mark.e2e
@@ -72,6 +72,7 @@ class Proc:
 
     def health(self) -> dict[str, Any]:
         data: dict[str, Any] = self.http("GET", "/healthz", auth=False).json()
+        assert data.pop("version") == trio_gateway.__version__  # SPEC 4: shown in /healthz too
         return data
 
     def wait_ready(self) -> Proc:
@@ -165,7 +166,7 @@ def test_restart_with_a_stalled_model_call_finishes_within_the_drain_timeout(
         "[RESTART] generation=2 accepting work",
     ):
         assert line in log
-    assert gw.health() == {"status": "ok", "generation": 2, "version": __version__}
+    assert gw.health() == {"status": "ok", "generation": 2}
     # The new generation runs new work to the end: the reply reaches the console channel.
     started = cli(gw.home, "session", "start", "--agent", "main", "--channel", "console", "--to", "e2e-user",
                   "--prompt", "after the restart")  # fmt: skip
@@ -220,7 +221,7 @@ def test_auth_and_draining_over_the_wire(start_gateway: Callable[..., Proc]) -> 
     refused = gw.http("POST", "/v1/sessions", body)
     assert (refused.status_code, refused.json()["error"]) == (503, "GatewayDrainingError")
     assert gw.health()["status"] == "draining"
-    poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2, "version": __version__})
+    poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2})
 
 
 def test_second_gateway_on_the_same_home_exits_1_naming_the_holder(start_gateway: Callable[..., Proc]) -> None:
@@ -242,9 +243,13 @@ def test_bad_config_exits_2_and_starts_nothing(tmp_path: Path) -> None:
 
 
 def test_no_gateway_running_is_a_clear_error(tmp_path: Path) -> None:
-    done = cli(tmp_path, "gateway", "status")
+    done = cli(tmp_path, "gateway", "restart")
     assert done.returncode == 1
     assert done.stderr.startswith(f"GatewayUnreachableError: no gateway running for home {tmp_path}")
+    # Status and stop follow the supervisors' habits (SPEC 4): 3 "stopped", and stop is a no-op.
+    status = cli(tmp_path, "gateway", "status", "--json")
+    assert (status.returncode, json.loads(status.stdout)) == (3, {"state": "stopped"})
+    assert cli(tmp_path, "gateway", "stop").returncode == 0
 
 
 def test_sigkill_mid_turn_then_start_resumes_the_turn(start_gateway: Callable[..., Proc]) -> None:
@@ -262,13 +267,14 @@ def test_sigkill_mid_turn_then_start_resumes_the_turn(start_gateway: Callable[..
 def test_signals_hup_restarts_and_term_stops_cleanly(start_gateway: Callable[..., Proc]) -> None:
     gw = start_gateway()
     gw.popen.send_signal(signal.SIGHUP)
-    poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2, "version": __version__})
+    poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2})
     gw.popen.send_signal(signal.SIGTERM)
     assert gw.popen.wait(WAIT_SECONDS) == 0
     assert not (gw.home / "gateway.state.json").exists()
     assert "SIGTERM received; graceful stop" in gw.log
     stopped = cli(gw.home, "gateway", "status")
-    assert stopped.returncode == 1
+    assert stopped.returncode == 3
+    assert stopped.stdout.startswith("state: stopped")
 
 
 def test_cli_stop_waits_for_the_process_to_exit(start_gateway: Callable[..., Proc]) -> None:
@@ -355,7 +361,7 @@ def test_absurd_numbers_and_a_rejected_reload_leave_the_process_up(start_gateway
         trust_env=False,
     )
     assert (absurd.status_code, absurd.json()["error"]) == (400, "BadRequestError")
-    assert gw.health() == {"status": "ok", "generation": 1, "version": __version__}
+    assert gw.health() == {"status": "ok", "generation": 1}
     (gw.home / "gateway.json").write_bytes(b'{"gateway": {"bind": "\xff"}}')
     done = cli(gw.home, "gateway", "restart")
     assert done.returncode == 1, done.stderr
@@ -363,4 +369,4 @@ def test_absurd_numbers_and_a_rejected_reload_leave_the_process_up(start_gateway
     assert done.stderr.startswith("ConfigError: new gateway.json rejected")
     assert "not valid UTF-8" in done.stderr
     assert gw.popen.poll() is None
-    assert gw.health() == {"status": "ok", "generation": 2, "version": __version__}
+    assert gw.health() == {"status": "ok", "generation": 2}

@@ -14,7 +14,7 @@ import attrs
 import pytest
 import trio
 
-from trio_gateway import __version__
+import trio_gateway
 from trio_gateway import config as cfg
 from trio_gateway.gateway import Gateway
 from trio_gateway.http.app import GatewayApp
@@ -122,7 +122,7 @@ SESSION = {"agent": "main", "origin": {"channel": "console", "to": "ops"}, "prom
 
 async def test_healthz_needs_no_token_and_reports_generation(running: Running, autojump_clock: trio.abc.Clock) -> None:
     reply = await running.call("GET", "/healthz", headers={"authorization": ""})
-    assert (reply.status, reply.json) == (200, {"status": "ok", "generation": 1, "version": __version__})
+    assert (reply.status, reply.json) == (200, {"status": "ok", "generation": 1, "version": trio_gateway.__version__})
 
 
 async def test_cluster_route_says_cluster_mode_is_off(running: Running, autojump_clock: trio.abc.Clock) -> None:
@@ -249,7 +249,7 @@ async def test_restart_is_202_at_once_joins_a_running_drain_and_503s_intake(
     assert first.json["drain"]["remainingSeconds"] == pytest.approx(10)
     await trio.sleep(2)
     health = await running.call("GET", "/healthz")
-    assert health.json == {"status": "draining", "generation": 1, "version": __version__}
+    assert health.json == {"status": "draining", "generation": 1, "version": trio_gateway.__version__}
     refused = await running.call("POST", "/v1/sessions", SESSION)
     assert (refused.status, refused.json["error"]) == (503, "GatewayDrainingError")
     # A second request joins the drain and may only tighten it.
@@ -341,14 +341,21 @@ async def test_metrics_after_a_timed_out_drain(running: Running, autojump_clock:
     text = reply.body.decode()
     assert reply.status == 200
     lines = set(text.splitlines())
-    assert 'trio_gateway_drains_total{kind="restart",outcome="timed_out"} 1' in lines
-    assert 'trio_gateway_drain_duration_seconds_bucket{le="1"} 0' in lines
-    assert 'trio_gateway_drain_duration_seconds_bucket{le="2.5"} 1' in lines
-    assert "trio_gateway_drain_duration_seconds_count 1" in lines
-    assert "trio_gateway_generation 2" in lines
-    assert 'trio_gateway_aborts_total{kind="model_call"} 1' in lines
-    assert "trio_gateway_delivery_queue_pending 0" in lines
-    assert all(ln.startswith(("# HELP", "# TYPE", "trio_gateway_")) for ln in text.splitlines())
+    # prometheus-client writes every value as a float.
+    assert 'trio_gateway_drains_total{kind="restart",outcome="timed_out"} 1.0' in lines
+    assert 'trio_gateway_drain_duration_seconds_bucket{le="1"} 0.0' in lines
+    assert 'trio_gateway_drain_duration_seconds_bucket{le="2.5"} 1.0' in lines
+    assert "trio_gateway_drain_duration_seconds_count 1.0" in lines
+    assert "trio_gateway_generation 2.0" in lines
+    assert 'trio_gateway_aborts_total{kind="model_call"} 1.0' in lines
+    assert "trio_gateway_delivery_queue_pending 0.0" in lines
+    assert "# TYPE trio_gateway_drains_total counter" in lines
+    assert "# TYPE trio_gateway_drain_duration_seconds histogram" in lines
+    # Process metrics come from prometheus-client's collectors, the version from ours.
+    assert any(ln.startswith("process_resident_memory_bytes ") for ln in lines)
+    assert any(ln.startswith('trio_gateway_build_info{version="') and ln.endswith(" 1.0") for ln in lines)
+    families = ("# HELP", "# TYPE", "trio_gateway_", "process_", "python_")
+    assert all(ln.startswith(families) for ln in text.splitlines())
 
 
 # --- inbound channel events -------------------------------------------------------------------
@@ -456,8 +463,8 @@ async def test_hypercorn_serves_the_app_in_the_gateway_root_nursery(tmp_path: Pa
             restart = await client.post("/v1/gateway/restart", json={"wait": True}, headers=AUTH)
             after = await client.get("/healthz")
         gateway.request_drain("stop")
-    assert health.json() == {"status": "ok", "generation": 1, "version": __version__}
+    assert health.json() == {"status": "ok", "generation": 1, "version": trio_gateway.__version__}
     assert unauthorized.status_code == 401
     assert (restart.status_code, restart.json()["generation"]) == (200, 2)
-    assert after.json() == {"status": "ok", "generation": 2, "version": __version__}
+    assert after.json() == {"status": "ok", "generation": 2, "version": trio_gateway.__version__}
     assert any(e.tag == "HTTP" and server.urls[0] in e.message for e in sink.events)

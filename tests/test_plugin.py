@@ -110,6 +110,7 @@ async def test_metrics_count_deliveries_by_outcome_across_restarts(gateway: Gate
     await deliveries.wait_delivered(2, "console")
     await trio.testing.wait_all_tasks_blocked()  # the send is recorded; let its attempt settle
     lines = metrics.render(gateway).splitlines()
-    assert 'trio_gateway_deliveries_total{channel="console",outcome="ok"} 2' in lines
-    assert f'trio_gateway_build_info{{version="{__version__}"}} 1' in lines
+    # prometheus-client writes every value as a float.
+    assert 'trio_gateway_deliveries_total{channel="console",outcome="ok"} 2.0' in lines
+    assert f'trio_gateway_build_info{{version="{__version__}"}} 1.0' in lines
     assert gateway.status()["version"] == __version__

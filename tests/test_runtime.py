@@ -195,8 +195,17 @@ async def test_stall_detected_within_one_check_interval_and_session_stays_usable
     assert fields["lastProgress"] == "model_call:started"
     assert fields["recovery"] == "abort"
     assert fields["sessionId"] == session_id
-    assert sink.tagged("AUTO-ABORT")[0].message == f"Aborting stalled model_call in session={session_id}"
-    assert sink.tagged("ABORT COMPLETE")[0].message == f"model_call terminated after 120s session={session_id}"
+    # The session is a field of its own (a key in JSON lines); the text line reads as SPEC 8's.
+    assert (
+        sink.tagged("AUTO-ABORT")[0]
+        .text()
+        .endswith(f"[AUTO-ABORT] Aborting stalled model_call in session={session_id}")
+    )
+    assert (
+        sink.tagged("ABORT COMPLETE")[0]
+        .text()
+        .endswith(f"[ABORT COMPLETE] model_call terminated after 120s session={session_id}")
+    )
     # The requester hears a clear failure on its own channel, and the next turn works.
     assert [(n.channel, n.to) for n in notices] == [(WEIXIN.channel, WEIXIN.to)] * 2
     assert notices[0].text.startswith("Sorry, this request failed: model_call aborted: no progress for 120s")

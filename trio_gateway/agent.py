@@ -78,6 +78,18 @@ class Runtime:
         return self.config.gateway.drain.cleanup_timeout_seconds
 
 
+@attrs.frozen
+class TurnOutcome:
+    """How a turn ended, once its reply or failure notice is durably enqueued."""
+
+    ok: bool
+    text: str
+
+
+# Outcomes kept per session for `session start --wait`: a waiter arrives within seconds.
+MAX_OUTCOMES = 32
+
+
 @attrs.define(eq=False)
 class Subagent:
     id: str
@@ -98,6 +110,9 @@ class Session:
     # Turns an operator abort cut off: their requesters are told, and they are not resumed.
     # Kept per turn, not as a session flag, so a turn submitted after the abort is unaffected.
     aborted: set[str] = attrs.Factory(set)
+    outcomes: dict[str, TurnOutcome] = attrs.Factory(dict)
+    # Set (and replaced) each time a turn ends: what a waiter for an outcome sleeps on.
+    ended: trio.Event = attrs.Factory(trio.Event)
 
     @property
     def id(self) -> str:
@@ -112,6 +127,13 @@ class Session:
         # reused after a restart, and it is the reply's idempotency key (channels dedupe by it).
         self.record.seq += 1
         return f"{prefix}-{self.id}-{self.record.seq}"
+
+    def finish(self, turn_id: str, *, ok: bool, text: str) -> None:
+        self.outcomes[turn_id] = TurnOutcome(ok, text)
+        while len(self.outcomes) > MAX_OUTCOMES:
+            del self.outcomes[next(iter(self.outcomes))]
+        self.ended.set()
+        self.ended = trio.Event()
 
     def abort(self) -> bool:
         """Cancel all of this session's work (operator's `session abort`)."""
@@ -185,6 +207,7 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
     agent = rt.config.agents.get(record.agent)
     messages = _initial_messages(agent.system_prompt if agent else "", record.history, turn.prompt)
     kind: DeliveryKind = "cron_result" if turn.kind == "cron" else "reply"
+    ok = True
     try:
         text = await agent_loop(rt, session, record.agent, messages, turn.origin, depth=0, stall=turn.stall_seconds)
     except trio.Cancelled:
@@ -194,18 +217,20 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
         error = gateway_error(exc)
         if error is None:
             raise  # a bug: run_turn logs it
-        kind, text = "reply", f"Sorry, this request failed: {error}"
+        kind, text, ok = "reply", f"Sorry, this request failed: {error}", False
         rt.log.warn("TURN", "Turn ended with a failure", sessionId=session.id, turnId=turn.id, error=str(error))
     record.remember([{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": text}])
     turn.reply, turn.reply_kind = text, kind
-    await finish_turn(rt, session, turn)
+    await finish_turn(rt, session, turn, ok=ok)
 
 
-async def finish_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
+async def finish_turn(rt: Runtime, session: Session, turn: TurnRecord, *, ok: bool = True) -> None:
     """Hand the turn's reply to the outbox, then forget the turn. Deliver first: a crash in
     between re-runs it (a duplicate the channel dedupes by the turn's id) rather than losing
     it. A reply the outbox could not take keeps the turn, reply and all, for the next
-    generation: accepted work is never dropped because its reply could not be enqueued."""
+    generation: accepted work is never dropped because its reply could not be enqueued. `ok`
+    is the outcome a waiting requester is told (`Session.finish`); a reply kept across a
+    restart does not record it and counts as ok."""
     assert turn.reply is not None
     kind = turn.reply_kind or "reply"
     outcome = await _deliver(
@@ -214,6 +239,7 @@ async def finish_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
     if outcome == "failed":
         turn.status = "interrupted"
         return
+    session.finish(turn.id, ok=ok, text=turn.reply)
     if turn in session.record.turns:
         session.record.turns.remove(turn)
     await save_best_effort(rt, session.record)
@@ -254,7 +280,7 @@ async def drop_turn(rt: Runtime, session: Session, turn: TurnRecord, text: str) 
     outbox cannot take keeps the turn as owing that notice (`finish_turn`)."""
     rt.log.warn("TURN", "Turn dropped", sessionId=session.id, turnId=turn.id, notice=text)
     turn.reply, turn.reply_kind = text, "reply"
-    await finish_turn(rt, session, turn)
+    await finish_turn(rt, session, turn, ok=False)
 
 
 def _kept_for_resume(rt: Runtime, session: Session, turn: TurnRecord) -> bool:

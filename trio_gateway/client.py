@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from trio_gateway import errors
 from trio_gateway.errors import GatewayError, GatewayUnreachableError
-from trio_gateway.home import Home, read_token
+from trio_gateway.home import Home, read_token, token_path
 
 # Every API call is quick (a drain is followed by polling, never by one long request).
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -37,6 +37,16 @@ def unreachable(home: Home, why: str = "") -> GatewayUnreachableError:
     return GatewayUnreachableError(
         f"no gateway running for home {home.root}{detail} (start one with: trio-gateway gateway start)"
     )
+
+
+def nothing_running(home: Home) -> bool:
+    """No gateway serves this home: no state file, or the process it names is gone. (A live
+    process that does not answer is not "nothing": that is a failure to report.)"""
+    try:
+        pid = json.loads(home.state_path.read_text(encoding="utf-8")).get("pid")
+    except (FileNotFoundError, ValueError, AttributeError):
+        return True
+    return not (isinstance(pid, int) and pid_alive(pid))
 
 
 def pid_alive(pid: int) -> bool:
@@ -112,9 +122,10 @@ class GatewayClient:
     @classmethod
     def connect(cls, home: Home) -> GatewayClient:
         target = Target.find(home)
-        token = read_token(home.token_path)
+        path = token_path(home.token_path, os.environ)
+        token = read_token(path)
         if token is None:
-            raise unreachable(home, f"{home.token_path} is missing")
+            raise unreachable(home, f"{path} is missing")
         return cls(target, token)
 
     def close(self) -> None:

@@ -192,6 +192,20 @@ class CronEntry:
 
 
 @attrs.frozen
+class LoggingConfig:
+    """`logs/gateway.log` rotates by size; at most (backupCount + 1) * maxFileBytes on disk."""
+
+    max_file_bytes: int = 10 * 1024 * 1024
+    backup_count: int = 5
+
+
+# Bounds: a file smaller than 64 KiB rotates every few seconds of a busy drain; one larger
+# than 1 GiB is no longer something an operator opens.
+LOG_FILE_BYTES = (64 * 1024, 1024 * 1024 * 1024)
+LOG_BACKUPS = (0, 100)
+
+
+@attrs.frozen
 class ClusterConfig:
     """SPEC 12. Absent (or `backend` "files"): one gateway per home, state in files."""
 
@@ -223,6 +237,7 @@ class Config:
     agents: dict[str, AgentConfig] = attrs.Factory(_default_agents)
     delivery: DeliveryConfig = DeliveryConfig()
     cron: list[CronEntry] = attrs.Factory(list)
+    logging: LoggingConfig = LoggingConfig()
     cluster: ClusterConfig = ClusterConfig()
     tools: ToolsConfig = ToolsConfig()
 
@@ -400,6 +415,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "gateway.maxConnections": (1, 100_000),
     "gateway.sessionEvictAfterSeconds": (1, 31_622_400),
     "gateway.maxUnverifiedBodies": (1, 10_000),
+    "logging.maxFileBytes": LOG_FILE_BYTES,
+    "logging.backupCount": LOG_BACKUPS,
     "models.*.requestTimeoutSeconds": (0.01, 86_400),
     "agents.*.maxSubagentDepth": (1, 16),
     "agents.*.maxToolRounds": (1, 100),
@@ -461,6 +478,12 @@ def check(config: Config) -> Config:
     _check_ranges(config)
     for name, model in config.models.items():
         path = f"models.{name}"
+        if model.provider is None and model.base_url is None and (model.model or model.api_key_env):
+            # Without this, `config set models.gpt.model gpt-4o` would quietly make an echo model.
+            raise ConfigError(
+                f"{path}.baseUrl",
+                'a model needs a provider: set baseUrl (an OpenAI-compatible endpoint) or provider "echo"',
+            )
         if model.kind == "openai":
             if not model.base_url:
                 raise ConfigError(f"{path}.baseUrl", "required for an OpenAI-compatible model")
@@ -609,6 +632,26 @@ def parse_value(text: str) -> Any:
         return strict_json.loads(text)
     except strict_json.JsonInputError:
         return text
+
+
+def unset_key(raw: Mapping[str, Any], key: str) -> tuple[dict[str, Any], Config]:
+    """A new raw document without `key` (the built-in default applies again), objects it leaves
+    empty removed, and its parsed config; raises, writing nothing, if the result is not valid."""
+    parts = _split_key(key)
+    new: dict[str, Any] = json.loads(json.dumps(raw))
+    trail: list[dict[str, Any]] = [new]
+    for part in parts[:-1]:
+        child = trail[-1].get(part)
+        if not isinstance(child, dict):
+            raise ConfigError(key, "is not set in gateway.json; nothing to unset")
+        trail.append(child)
+    if parts[-1] not in trail[-1]:
+        raise ConfigError(key, "is not set in gateway.json; nothing to unset")
+    del trail[-1][parts[-1]]
+    for parent, part, child in reversed(list(zip(trail, parts, trail[1:], strict=False))):
+        if not child:
+            del parent[part]
+    return new, parse(new)
 
 
 def set_key(raw: Mapping[str, Any], key: str, value: Any) -> tuple[dict[str, Any], Config]:

@@ -183,6 +183,13 @@ class Outbox:
 
 # --- the worker -------------------------------------------------------------------------------
 
+
+def _lead(entry: DeliveryEntry, *, to: bool = True) -> dict[str, str]:
+    """What a `[DELIVERY]` line names first (SPEC 8): in JSON, keys of their own."""
+    lead = {"Channel": entry.channel, "id": entry.id}
+    return lead | {"to": entry.to} if to else lead
+
+
 ResultKind = Literal["ok", "retry", "failed", "paused", "released", "skipped"]
 
 
@@ -452,9 +459,7 @@ class DeliveryWorker:
                 self.outcomes.add(entry.channel, "released")
                 with trio.move_on_after(self.cleanup_timeout, shield=True):
                     await self.queue.release(claimed)
-                self.log.info(
-                    "DELIVERY", f"Channel={entry.channel} id={entry.id} Released: attempt cut off, not counted"
-                )
+                self.log.info("DELIVERY", "Released: attempt cut off, not counted", lead=_lead(entry, to=False))
                 raise
             # Settling is short disk work whose result must survive a cancellation arriving
             # after the channel answered: an `ok` lost here would be re-sent after a restart.
@@ -485,8 +490,9 @@ class DeliveryWorker:
         if claimed.resend_of is not None and not channel.deduplicates:
             self.log.warn(
                 "DELIVERY",
-                f"Channel={entry.channel} id={entry.id} Possible duplicate: a send started at "
-                f"{claimed.resend_of.isoformat()} had no recorded outcome; resending",
+                f"Possible duplicate: a send started at {claimed.resend_of.isoformat()} had no recorded "
+                "outcome; resending",
+                lead=_lead(entry, to=False),
                 idempotencyKey=entry.idempotency_key,
             )
         timeout = self.config.attempt_timeout_seconds
@@ -498,7 +504,7 @@ class DeliveryWorker:
         except WorkAbortedError as exc:
             return Outcome("retry", str(exc))
         except Exception as exc:  # a broken adapter must not take the worker down
-            self.log.error("DELIVERY", f"Channel={entry.channel} id={entry.id} send raised {exc!r}")
+            self.log.error("DELIVERY", f"send raised {exc!r}", lead=_lead(entry, to=False))
             return Outcome("retry", f"channel error: {type(exc).__name__}: {exc}")
         assert scope.cancelled_caught
         return Outcome("retry", f"attempt timed out after {timeout:g}s")
@@ -507,7 +513,7 @@ class DeliveryWorker:
         entry = claimed.entry
         if outcome.kind == "ok":
             await self.queue.ack(claimed)
-            self.log.info("DELIVERY", f"Channel={entry.channel} id={entry.id} to={entry.to} Success")
+            self.log.info("DELIVERY", "Success", lead=_lead(entry))
             return AttemptResult(entry.id, "ok", entry.channel, entry.to)
         if outcome.kind == "permanent":
             # The attempt was made and answered: it counts, so `attempts` says how often we asked.
@@ -540,7 +546,8 @@ class DeliveryWorker:
         self.notify(updated)
         self.log.warn(
             "DELIVERY",
-            f"Channel={entry.channel} id={entry.id} to={entry.to} Retry {attempts}/{cfg.max_attempts} in {wait:.1f}s",
+            f"Retry {attempts}/{cfg.max_attempts} in {wait:.1f}s",
+            lead=_lead(entry),
             reason=reason,
         )
         return AttemptResult(entry.id, "retry", entry.channel, entry.to, f"in {wait:.1f}s: {reason}")
@@ -550,7 +557,7 @@ class DeliveryWorker:
         if attempts is not None:
             claimed = attrs.evolve(claimed, entry=attrs.evolve(entry, attempts=attempts))
         await self.queue.dead_letter(claimed, reason, self.clock.now())
-        self.log.error("DELIVERY", f"Channel={entry.channel} id={entry.id} to={entry.to} Failed: {reason}")
+        self.log.error("DELIVERY", f"Failed: {reason}", lead=_lead(entry))
         return AttemptResult(entry.id, "failed", entry.channel, entry.to, reason)
 
     def _pause(self, entry: DeliveryEntry, reason: str) -> None:
@@ -558,8 +565,8 @@ class DeliveryWorker:
         if self._paused.get(key, -math.inf) <= trio.current_time():
             self.log.error(
                 "DELIVERY",
-                f"Channel={entry.channel} account={entry.account_id or '-'} Paused: {reason}; "
-                f"its entries stay pending, next probe in {PAUSE_PROBE_SECONDS:g}s",
+                f"Paused: {reason}; its entries stay pending, next probe in {PAUSE_PROBE_SECONDS:g}s",
+                lead={"Channel": entry.channel, "account": entry.account_id or "-"},
             )
         self._paused[key] = trio.current_time() + PAUSE_PROBE_SECONDS
 

@@ -239,7 +239,7 @@ class Gateway:
                         leftover = [(s, t) for s in self.sessions.values() for t in s.record.turns]
                         self.generation_number = number
                         self.state.value = "running"
-                        self.log.info("RESTART", f"generation={number} accepting work")
+                        self.log.info("RESTART", "accepting work", lead={"generation": number})
                         if leftover:
                             # Resuming is work like any other: it must not delay accepting new
                             # work, and it is busy from this instant, so nobody sees "idle" first.

@@ -104,3 +104,14 @@ def read_token(path: Path) -> str | None:
             "delete it and start the gateway on loopback to have a new one made",
         )
     return token
+
+
+# A token made elsewhere (a container secret, a configuration manager): the gateway reads it
+# (with the same checks as its own), never writes it.
+TOKEN_FILE_ENV = "TRIO_GATEWAY_TOKEN_FILE"
+
+
+def token_path(default: Path, env: Mapping[str, str]) -> Path:
+    """Where the admin token is: `$TRIO_GATEWAY_TOKEN_FILE` when set, else the home's file."""
+    named = env.get(TOKEN_FILE_ENV)
+    return Path(named) if named else default

@@ -36,8 +36,12 @@ class Event:
     clock: float | None  # trio.current_time() when logged inside trio (virtual under MockClock)
     level: Level
     tag: str
-    message: str
+    message: str  # as the text line shows it: `lead` fields first, then the words
     fields: dict[str, Any]
+    # Fields the contract's text puts before the words (`Channel=x id=y to=z Success`): in a
+    # JSON line they are keys of their own and `words` is the message.
+    lead: dict[str, Any] = attrs.Factory(dict)
+    words: str | None = None
 
     def text(self) -> str:
         stamp = self.wall.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
@@ -51,13 +55,19 @@ class Event:
             "ts": self.wall.isoformat().replace("+00:00", "Z"),
             "level": self.level,
             "tag": self.tag,
-            "message": self.message,
+            "message": self.message if self.words is None else self.words,
         }
+        record.update((_json_key(k), v) for k, v in self.lead.items())
         record.update(self.fields)
         return json.dumps(record, default=str, ensure_ascii=False)
 
     def line(self, fmt: LogFormat) -> str:
         return self.json() if fmt == "json" else self.text()
+
+
+def _json_key(label: str) -> str:
+    """`Channel` (as the contract's text spells it) -> `channel` (as JSON keys are spelled)."""
+    return label[:1].lower() + label[1:]
 
 
 # Characters that end a line or drive a terminal. A value with one of them (a console address
@@ -112,22 +122,35 @@ LOG_BACKLOG = 50_000
 EXIT_FLUSH_SECONDS = 2.0
 
 
+@attrs.frozen
+class Rotation:
+    """Size-based rotation (`logging.maxFileBytes`, `logging.backupCount`): past the size, the
+    file becomes `gateway.log.1`, the older ones move up one, and the oldest beyond
+    `backup_count` goes. Bounded disk: (backup_count + 1) * max_bytes."""
+
+    max_bytes: int = 10 * 1024 * 1024
+    backup_count: int = 5
+
+
 @attrs.define
 class FileSink:
-    """Appends to `logs/gateway.log`, from a thread of its own (the `logs` subsystem): logging
-    is called from everywhere, error handling included, so it must never block the event loop
-    (a hung disk, a FIFO) and never raise (ENOSPC). A line that cannot be written is counted;
-    the first failure is reported on stderr once. Line-buffered: `tail -f` shows events as they
-    happen, and a write that fails reopens the file for the next line (space may come back).
+    """Appends to `logs/gateway.log` (rotated by size, `Rotation`), from a thread of its own
+    (the `logs` subsystem): logging is called from everywhere, error handling included, so it
+    must never block the event loop (a hung disk, a FIFO) and never raise (ENOSPC). A line that
+    cannot be written is counted; the first failure is reported on stderr once. Line-buffered:
+    `tail -f` shows events as they happen (`tail -F` across rotations), and a write that fails
+    reopens the file for the next line (space may come back).
 
     `opener` is the seam for fault injection (`testing.faults`): how the file is opened."""
 
     path: Path
     fmt: LogFormat = "text"
+    rotation: Rotation | None = None
     opener: Callable[[Path], IO[str]] = open_append
     report: Callable[[str], None] = lambda text: _report_once(text)
     failed: int = 0
     _file: IO[str] | None = None
+    _size: int = 0
     _lines: queue.Queue[str | None] = attrs.Factory(lambda: queue.Queue(LOG_BACKLOG))
     _thread: threading.Thread | None = None
     _reported: bool = False
@@ -163,11 +186,34 @@ class FileSink:
     def _write_line(self, line: str) -> None:
         try:
             if self._file is None:
-                self._file = self.opener(self.path)
+                self._open()
+            size = len(line.encode(errors="backslashreplace"))
+            if self.rotation is not None and self._size > 0 and self._size + size > self.rotation.max_bytes:
+                self._rotate(self.rotation)
+            assert self._file is not None
             self._file.write(line)
+            self._size += size
         except Exception as exc:
             self._close_file()
             self._failure(f"{type(exc).__name__}: {exc}")
+
+    def _open(self) -> None:
+        self._file = self.opener(self.path)
+        self._size = self._file.tell()
+
+    def _rotate(self, rotation: Rotation) -> None:
+        self._close_file()
+        try:
+            for n in range(rotation.backup_count, 0, -1):
+                older = self.path.with_name(f"{self.path.name}.{n}")
+                newer = self.path.with_name(f"{self.path.name}.{n - 1}") if n > 1 else self.path
+                if newer.exists():
+                    newer.replace(older)  # the one at backup_count is replaced: the oldest goes
+            if rotation.backup_count == 0:
+                self.path.unlink(missing_ok=True)
+        except OSError:
+            pass  # a failed rotation must not lose the line: keep appending to what is there
+        self._open()
 
     def _failure(self, why: str) -> None:
         self.failed += 1
@@ -236,11 +282,17 @@ class EventLog:
     # Sink writes that raised (a full or closed stderr): counted, the first reported once.
     failed: int = 0
 
-    def emit(self, level: Level, tag: str, message: str, **fields: Any) -> None:
+    def emit(self, level: Level, tag: str, message: str, *, lead: Any = None, **fields: Any) -> None:
         """Never raises and never blocks on a disk: logging runs inside error handling."""
         if _LEVELS[level] < _LEVELS[self.min_level]:
             return
-        event = Event(self.wall_clock(), _trio_clock(), level, tag, message, fields)
+        clock = _trio_clock()
+        if lead:
+            head = " ".join(f"{k}={_kv_value(v)}" for k, v in lead.items())
+            text = f"{head} {message}" if message else head
+            event = Event(self.wall_clock(), clock, level, tag, text, fields, dict(lead), message)
+        else:
+            event = Event(self.wall_clock(), clock, level, tag, message, fields)
         for sink in self.sinks:
             try:
                 sink.write(event)
@@ -256,17 +308,17 @@ class EventLog:
         """Every line some sink could not take, the file sink's included."""
         return self.failed + sum(s.failed for s in self.sinks if isinstance(s, FileSink))
 
-    def debug(self, tag: str, message: str, **fields: Any) -> None:
-        self.emit("DEBUG", tag, message, **fields)
+    def debug(self, tag: str, message: str, *, lead: Any = None, **fields: Any) -> None:
+        self.emit("DEBUG", tag, message, lead=lead, **fields)
 
-    def info(self, tag: str, message: str, **fields: Any) -> None:
-        self.emit("INFO", tag, message, **fields)
+    def info(self, tag: str, message: str, *, lead: Any = None, **fields: Any) -> None:
+        self.emit("INFO", tag, message, lead=lead, **fields)
 
-    def warn(self, tag: str, message: str, **fields: Any) -> None:
-        self.emit("WARN", tag, message, **fields)
+    def warn(self, tag: str, message: str, *, lead: Any = None, **fields: Any) -> None:
+        self.emit("WARN", tag, message, lead=lead, **fields)
 
-    def error(self, tag: str, message: str, **fields: Any) -> None:
-        self.emit("ERROR", tag, message, **fields)
+    def error(self, tag: str, message: str, *, lead: Any = None, **fields: Any) -> None:
+        self.emit("ERROR", tag, message, lead=lead, **fields)
 
     def close(self) -> None:
         for sink in self.sinks:
@@ -278,11 +330,16 @@ _LEVELS: dict[Level, int] = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
 
 
 def open_log(
-    log_path: Path | None, *, fmt: LogFormat = "text", echo: IO[str] | None = sys.stderr, threaded: bool = True
+    log_path: Path | None,
+    *,
+    fmt: LogFormat = "text",
+    echo: IO[str] | None = sys.stderr,
+    rotation: Rotation | None = None,
+    threaded: bool = True,
 ) -> EventLog:
     sinks: list[Sink] = []
     if log_path is not None:
-        sinks.append(FileSink(log_path, fmt, threaded=threaded))
+        sinks.append(FileSink(log_path, fmt, rotation, threaded=threaded))
     if echo is not None:
         sinks.append(StreamSink(echo, fmt))
     return EventLog(sinks)

@@ -32,7 +32,7 @@ from trio_gateway.home import Home
 from trio_gateway.http.auth import token_for_start
 from trio_gateway.http.server import HttpServer
 from trio_gateway.lockfile import hold_lock
-from trio_gateway.log import EventLog, LogFormat, open_log
+from trio_gateway.log import EventLog, LogFormat, Rotation, open_log
 from trio_gateway.sd_notify import Notifier
 from trio_gateway.store import atomic_write_json
 
@@ -56,9 +56,10 @@ def start(options: StartOptions, env: Mapping[str, str] = os.environ) -> int:
     home = options.home
     config = with_overrides(load_config(home.config_path), options.port, options.bind)
     home.ensure()
-    token = token_for_start(home.token_path, config.gateway.bind)
+    token = token_for_start(home.token_path, config.gateway.bind, env)
     with hold_lock(home.lock_path, home.root):
-        log = open_log(home.log_path, fmt=options.log_format, echo=sys.stderr)
+        rotation = Rotation(config.logging.max_file_bytes, config.logging.backup_count)
+        log = open_log(home.log_path, fmt=options.log_format, echo=sys.stderr, rotation=rotation)
         try:
             server = HttpServer(config.gateway.bind, config.gateway.port, token, env)
             gateway = assemble.production_gateway(home, config, log, env, servers=[server.serve])

@@ -86,5 +86,5 @@ class StallWatchdog:
             recovery=verdict.recovery,
         )
         if verdict.recovery == "abort":
-            self.log.warn("AUTO-ABORT", f"Aborting stalled {unit.kind} in session={session}")
+            self.log.warn("AUTO-ABORT", f"Aborting stalled {unit.kind} in", session=session)
             unit.abort(f"no progress for {round(verdict.idle_for)}s (stall recovery)")

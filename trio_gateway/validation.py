@@ -9,10 +9,15 @@ through, so Feishu names the foreign id suffixes it must never accept.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import attrs
 
 from trio_gateway.errors import DeliveryValidationError
+
+if TYPE_CHECKING:
+    from trio_gateway.config import ChannelConfig
 
 
 @attrs.frozen
@@ -75,3 +80,27 @@ def fits(channel: str, to: str | None) -> bool:
     except DeliveryValidationError:
         return False
     return True
+
+
+def check_configured(channels: Mapping[str, ChannelConfig], channel: str, to: str, account_id: str | None) -> None:
+    """An explicit delivery (`delivery create`, `POST /v1/deliveries`) must name a channel this
+    gateway can send on: refused now, rather than dead-lettered a rescan later. `console` needs
+    no account; any other channel needs the account (or, with none named, any account). An
+    address that does not fit its channel is left to the outbox, which refuses it with its
+    `[VALIDATION]` line (SPEC 8)."""
+    try:
+        check_address(channel, to)
+    except DeliveryValidationError:
+        return
+    if channel == "console":
+        return
+    section = channels.get(channel)
+    accounts = section.accounts if section is not None else {}
+    if not accounts:
+        raise DeliveryValidationError(
+            f"channel={channel}: not configured on this gateway (add channels.{channel}.accounts.<id> to gateway.json)"
+        )
+    if account_id is not None and account_id not in accounts:
+        raise DeliveryValidationError(
+            f"channel={channel}, account={account_id}: no such account (configured: {', '.join(accounts)})"
+        )

@@ -108,4 +108,4 @@ class WorkRegistry:
     def _log_abort_complete(self, unit: WorkUnit) -> None:
         took = round(trio.current_time() - unit.started_at)
         session = unit.session_id or "-"
-        self.log.info("ABORT COMPLETE", f"{unit.kind} terminated after {took}s session={session}")
+        self.log.info("ABORT COMPLETE", f"{unit.kind} terminated after {took}s", session=session)

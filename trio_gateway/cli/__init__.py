@@ -34,6 +34,11 @@ GROUPS: dict[str, str] = {
     "session": "start, list and abort sessions",
     "delivery": "inspect and repair the delivery queue",
     "scenario": "rehearse restarts on a virtual clock",
+    "logs": "print the gateway's log (read-only)",
+    "doctor": "check home, config, secrets, token, port and upstreams; one line each",
+    "token": "the admin token (token create: for a gateway on a non-loopback address)",
+    "dashboard": "print the Control UI's URL with a one-time login code",
+    "completion": 'print a shell completion script: eval "$(trio-gateway completion bash)"',
     "cluster": "the nodes sharing the cluster database",
 }
 # Global options that take a value: skipped when looking for the group name in argv.
@@ -80,7 +85,7 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-class _Version(argparse.Action):
+class PrintVersion(argparse.Action):
     """`--version`, printed directly: argparse's own version action builds a help formatter,
     which imports shutil (and with it bz2 and lzma) for the terminal width."""
 
@@ -109,11 +114,34 @@ def chosen_group(argv: Sequence[str]) -> str | None:
     return None
 
 
+def hoist_globals(argv: Sequence[str]) -> list[str]:
+    """SPEC 4: the global options are accepted after the command too. argparse only knows them
+    before it, so move each (`--home DIR`, `--log-format=json`, ...) to the front; nothing after
+    a literal `--` is touched."""
+    front: list[str] = []
+    rest: list[str] = []
+    words = iter(argv)
+    for word in words:
+        if word == "--":
+            rest.append(word)
+            rest.extend(words)
+        elif word in _VALUED_OPTIONS:
+            front.append(word)
+            value = next(words, None)
+            if value is not None:
+                front.append(value)
+        elif word.split("=", 1)[0] in _VALUED_OPTIONS:
+            front.append(word)
+        else:
+            rest.append(word)
+    return front + rest
+
+
 def build_parser(groups: Iterable[str] = GROUPS) -> argparse.ArgumentParser:
     """The whole command line, with the commands of `groups` filled in; the other groups are
     listed (for help and for argparse's "invalid choice") but not imported."""
     parser = _Parser(prog="trio-gateway", description="A gateway between AI agents and messaging channels.")
-    parser.add_argument("--version", action=_Version, nargs=0, help="print trio-gateway X.Y.Z and exit")
+    parser.add_argument("--version", action=PrintVersion, nargs=0, help="print trio-gateway X.Y.Z and exit")
     parser.add_argument("--home", help="home directory (default: $TRIO_GATEWAY_HOME or ~/.trio-gateway)")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
     sub = add_commands(parser, dest="group")
@@ -139,7 +167,7 @@ def check_text_args(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = hoist_globals(sys.argv[1:] if argv is None else argv)
     group = chosen_group(argv)
     args = build_parser([group] if group else []).parse_args(argv)
     ctx = Context(Home.resolve(args.home), args.log_format)

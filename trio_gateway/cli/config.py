@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from typing import TYPE_CHECKING
 
 from trio_gateway import config as cfg
 from trio_gateway.cli import add_commands
 from trio_gateway.config_file import load, read_raw
+from trio_gateway.env_check import missing_secrets
+from trio_gateway.errors import ConfigError
 from trio_gateway.store import atomic_write_json
 
 if TYPE_CHECKING:
@@ -24,7 +28,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     set_.add_argument("key")
     set_.add_argument("value")
     set_.set_defaults(func=_set)
+    unset = sub.add_parser("unset", help="remove a dotted key from gateway.json (its default applies)")
+    unset.add_argument("key")
+    unset.set_defaults(func=_unset)
     validate = sub.add_parser("validate", help="check gateway.json; exit 2 naming the first problem")
+    validate.add_argument("--env", action="store_true", help="also check that every named secret is set")
     validate.set_defaults(func=_validate)
 
 
@@ -42,8 +50,22 @@ def _set(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def _unset(args: argparse.Namespace, ctx: Context) -> int:
+    path = ctx.home.config_path
+    new_raw, _ = cfg.unset_key(read_raw(path), args.key)
+    atomic_write_json(path, new_raw)
+    print(f"{args.key} unset; default {json.dumps(cfg.get_key(new_raw, args.key), default=str)}")
+    return 0
+
+
 def _validate(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
     load(path)
+    if args.env:
+        missing = missing_secrets(read_raw(path), os.environ)
+        for secret in missing:
+            print(f"ConfigError: {secret.path}: environment variable {secret.variable} is not set", file=sys.stderr)
+        if missing:
+            return ConfigError.exit_code
     print(f"{path}: ok" if path.exists() else f"{path}: absent; the built-in defaults are valid")
     return 0

@@ -22,13 +22,14 @@ from trio_gateway.clock import WallClock
 from trio_gateway.config import Config
 from trio_gateway.config_file import load as load_config
 from trio_gateway.entry import DeliveryEntry, entry_to_json
-from trio_gateway.errors import GatewayError, UsageError
+from trio_gateway.errors import GatewayError, NotFoundError, UsageError
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog, open_log
 from trio_gateway.progress import Progress
 from trio_gateway.queue import DeliveryQueue
 from trio_gateway.storage import DeliveryStore
 from trio_gateway.store import in_thread
+from trio_gateway.validation import check_configured
 from trio_gateway.work import WorkRegistry
 
 if TYPE_CHECKING:
@@ -112,7 +113,10 @@ def _row(entry: DeliveryEntry, state: str) -> str:
 
 
 async def _list(args: argparse.Namespace, ctx: Context) -> int:
-    async with _store(ctx, _log(ctx)) as queue:
+    if not ctx.home.root.is_dir():
+        # A read command never creates a home: a mistyped --home is named, not filled.
+        raise NotFoundError(f"no gateway home at {ctx.home.root} (mistyped --home? `gateway start` creates one)")
+    async with _store(ctx, EventLog()) as queue:
         if args.failed:
             rows = [("failed", e) for e in await queue.list_failed()]
         else:
@@ -133,6 +137,7 @@ async def _list(args: argparse.Namespace, ctx: Context) -> int:
 
 async def _create(args: argparse.Namespace, ctx: Context) -> int:
     config = load_config(ctx.home.config_path)
+    check_configured(config.channels, args.channel, args.to, args.account)
     log = _log(ctx)
     async with _store(ctx, log) as queue:
         outbox = delivery.Outbox(queue, config.agents, WallClock.start(), log)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trio_gateway.cli import add_commands
 from trio_gateway.cli.session import session_rows
-from trio_gateway.client import GatewayClient
+from trio_gateway.client import GatewayClient, nothing_running
 from trio_gateway.errors import GatewayError, GatewayUnreachableError
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 # most of its time at the terminal) and back off to POLL_SECONDS for a long drain.
 FIRST_POLL_SECONDS = 0.01
 POLL_SECONDS = 0.2
+# `gateway status` when nothing runs: what `systemctl status` says for an inactive unit.
+NOT_RUNNING_EXIT = 3
 # After the drain deadline the gateway may still spend bounded time on shielded cleanup and
 # on closing clients (cleanupTimeoutSeconds, channelStopTimeoutSeconds), then reload config.
 MARGIN_SECONDS = 15.0
@@ -186,6 +188,10 @@ def _restart_line(outcome: dict[str, Any]) -> str:
 
 
 def _stop(args: argparse.Namespace, ctx: Context) -> int:
+    if nothing_running(ctx.home):
+        # Idempotent, as `systemctl stop` and `docker stop` are: the wanted state holds.
+        print(json.dumps({"stopped": True, "wasRunning": False}) if args.json else "not running: nothing to stop")
+        return 0
     started = time.monotonic()
     with GatewayClient.connect(ctx.home) as client:
         drain = client.post("/v1/gateway/stop", _drain_body(args))["drain"]
@@ -202,6 +208,11 @@ def _stop(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _status(args: argparse.Namespace, ctx: Context) -> int:
+    if nothing_running(ctx.home):
+        print(
+            json.dumps({"state": "stopped"}) if args.json else f"state: stopped (no gateway runs for {ctx.home.root})"
+        )
+        return NOT_RUNNING_EXIT
     with GatewayClient.connect(ctx.home) as client:
         status = client.get("/v1/status")
         if args.json:
@@ -220,7 +231,7 @@ def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
     queue = status.get("queue", {})
     lines = [
         f"state: {status['state']}  generation: {status['generation']}  uptime: {status['uptimeSeconds']:.0f}s"
-        f"  pid: {pid}  {url}  version: {status.get('version', '?')}",
+        f"  pid: {pid}  {url}" + (f"  version: {status['version']}" if "version" in status else ""),
         f"queue: {queue.get('pending', 0)} pending, {queue.get('failed', 0)} dead letter(s)",
         storage_line(status.get("storage", {})),
         f"stalled sessions: {', '.join(status.get('stalled', [])) or 'none'}",

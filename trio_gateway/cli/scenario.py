@@ -15,8 +15,9 @@ from pathlib import Path
 from trio_gateway import scenario
 from trio_gateway.cli import add_commands
 
-# The scenarios shipped beside the package (a source checkout or an editable install).
-SHIPPED = Path(__file__).resolve().parents[2] / "scenarios"
+# The scenarios shipped inside the package (package data: a wheel has them too); the repo's
+# `scenarios/` is a link to that directory.
+SHIPPED = Path(__file__).resolve().parents[1] / "scenarios"
 
 
 def register(parser: argparse.ArgumentParser) -> None:

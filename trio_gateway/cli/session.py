@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from trio_gateway.cli import add_commands
-from trio_gateway.client import GatewayClient
+from trio_gateway.client import REQUEST_TIMEOUT_SECONDS, GatewayClient
+from trio_gateway.errors import GatewayError
 
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
+
+WAIT_SECONDS = 600.0
+# One long poll: well inside the client's per-request timeout.
+POLL_SECONDS = REQUEST_TIMEOUT_SECONDS / 2
+
+
+class TurnWaitTimeoutError(GatewayError):
+    exit_code = 1
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +31,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     start.add_argument("--to", required=True, help="the sender's address on that channel")
     start.add_argument("--prompt", required=True)
     start.add_argument("--account", help="account id (default: the agent's accountId)")
+    start.add_argument(
+        "--wait", action="store_true", help="wait for the reply (or failure notice), print it; exit 0 or 1"
+    )
+    start.add_argument(
+        "--timeout", type=float, default=WAIT_SECONDS, metavar="S", help=f"with --wait (default {WAIT_SECONDS:g})"
+    )
     start.set_defaults(func=_start)
     list_ = sub.add_parser("list", help="sessions the gateway knows")
     list_.add_argument("--json", action="store_true")
@@ -35,8 +51,24 @@ def _start(args: argparse.Namespace, ctx: Context) -> int:
     body = {"agent": args.agent, "origin": origin, "prompt": args.prompt}
     with GatewayClient.connect(ctx.home) as client:
         answer = client.post("/v1/sessions", body)
-    print(answer["sessionId"])
-    return 0
+        if not args.wait:
+            print(answer["sessionId"])
+            return 0
+        outcome = wait_for_turn(client, answer["sessionId"], answer["turnId"], time.monotonic() + args.timeout)
+    print(outcome["text"])
+    return 0 if outcome["ok"] else 1
+
+
+def wait_for_turn(client: GatewayClient, session_id: str, turn_id: str, deadline: float) -> dict[str, Any]:
+    """Long-poll the gateway until the turn's reply or failure notice is enqueued. Each poll is
+    shorter than the client's request timeout; a restart in between is fine (the gateway keeps
+    the session and resumes the turn)."""
+    path = f"/v1/sessions/{session_id}/turns/{turn_id}/wait"
+    while (left := deadline - time.monotonic()) > 0:
+        outcome: dict[str, Any] = client.post(path, {"timeoutSeconds": max(0.01, round(min(POLL_SECONDS, left), 3))})
+        if outcome["state"] == "done":
+            return outcome
+    raise TurnWaitTimeoutError(f"no reply to turn {turn_id} within the wait (session {session_id} goes on)")
 
 
 def _list(args: argparse.Namespace, ctx: Context) -> int:

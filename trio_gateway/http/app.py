@@ -33,13 +33,14 @@ from trio_gateway.errors import (
     RequestTimeoutError,
 )
 from trio_gateway.gateway import Gateway, drain_status
-from trio_gateway.http import auth, inbound, metrics
+from trio_gateway.http import inbound, metrics
 from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
 from trio_gateway.http.body import JsonObject, json_object, opt_bool, opt_number, opt_str, req_obj, req_str
+from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.queue import DeliveryQueue
 from trio_gateway.routing import Origin
 from trio_gateway.storage import DeliveryStore
-from trio_gateway.validation import check_address
+from trio_gateway.validation import check_address, check_configured
 
 # The stall endpoint's default: longer than any sane stall threshold or drain timeout.
 DEFAULT_STALL_MS = 3_600_000
@@ -63,6 +64,12 @@ class Response:
     body: bytes
     content_type: str = "application/json"
     close: bool = False  # True: `Connection: close`
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    # A streamed body (server-sent events): sent after the headers, instead of `body`.
+    stream: Callable[[Receive, Send], Awaitable[None]] | None = None
+
+    def with_headers(self, *more: tuple[bytes, bytes]) -> Response:
+        return attrs.evolve(self, headers=self.headers + more)
 
 
 def json_response(status: int, obj: object) -> Response:
@@ -113,10 +120,15 @@ class GatewayApp:
     env: Mapping[str, str]
     wall_time: Callable[[], float] = time.time
     routes: list[Route] = attrs.field(init=False)
+    # The bearer token, or the Control UI's session cookie (SPEC 13).
+    ui_auth: UiAuth = attrs.field(init=False)
     # Unauthenticated bodies being read now (sized from the running config at each use).
     _unverified: trio.CapacityLimiter | None = None
 
     def __attrs_post_init__(self) -> None:
+        from trio_gateway.http import turns, ui  # build on this module's Route and Response
+
+        self.ui_auth = UiAuth(self.token)
         r = Route
         self.routes = [
             r("GET", ("healthz",), self._healthz, auth=False),
@@ -140,6 +152,8 @@ class GatewayApp:
                 before_body=self._channel_before_body,
             ),
             r("POST", ("internal", "test", "stall-model-call"), self._stall_model_call),
+            *ui.routes(self),
+            *turns.routes(self),
         ]
 
     @property
@@ -153,7 +167,7 @@ class GatewayApp:
             await lifespan(receive, send)
         elif scope["type"] == "http":
             response = await self._respond(scope, receive)
-            await _send(send, response)
+            await _send(send, response, receive)
 
     async def _respond(self, scope: Scope, receive: Receive) -> Response:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -226,11 +240,11 @@ class GatewayApp:
         if not found:
             # Authenticate before saying what exists, so a stranger learns nothing.
             if path != "/healthz":
-                auth.check_bearer(headers, self.token)
+                self.ui_auth.check(method, headers)
             raise NotFoundError(f"no route {method} {path}")
         route, params = found[0]
         if route.auth:
-            auth.check_bearer(headers, self.token)
+            self.ui_auth.check(method, headers)
         if segments[0] == "internal" and not self.config.gateway.test_endpoints.enabled:
             raise NotFoundError(f"no route {method} {path} (gateway.testEndpoints.enabled is false)")
         return route, params
@@ -345,6 +359,7 @@ class GatewayApp:
         agent_id = opt_str(data, "agentId")
         if agent_id is not None and agent_id not in self.config.agents:
             raise BadRequestError(f"agentId: no agent named {agent_id!r}")
+        check_configured(self.config.channels, channel, to, account)
         entry = await self._manual_outbox().submit_manual(channel, to, account, agent_id, text)
         return json_response(202, {"id": entry.id, "channel": entry.channel, "to": entry.to})
 
@@ -472,11 +487,16 @@ async def _until_disconnected(receive: Receive, handler: Callable[[], Awaitable[
     return result[0]
 
 
-async def _send(send: Send, response: Response) -> None:
+async def _send(send: Send, response: Response, receive: Receive) -> None:
+    if response.stream is not None:
+        await send({"type": "http.response.start", "status": response.status, "headers": list(response.headers)})
+        await response.stream(receive, send)
+        return
     headers = [
         (b"content-type", response.content_type.encode()),
         (b"content-length", str(len(response.body)).encode()),
         (b"cache-control", b"no-store"),
+        *response.headers,
     ]
     if response.close:
         headers.append((b"connection", b"close"))

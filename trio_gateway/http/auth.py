@@ -20,7 +20,7 @@ from typing import Any
 
 from trio_gateway.config import AccountConfig
 from trio_gateway.errors import ConfigError, UnauthorizedError
-from trio_gateway.home import read_token
+from trio_gateway.home import TOKEN_FILE_ENV, read_token, token_path
 
 # Slack rejects signatures older than this to stop replays; so do we.
 SLACK_REPLAY_WINDOW_SECONDS = 300.0
@@ -55,13 +55,17 @@ def is_loopback(bind: str) -> bool:
     return False
 
 
-def token_for_start(path: Path, bind: str) -> str:
+def token_for_start(path: Path, bind: str, env: Mapping[str, str] | None = None) -> str:
     """The token a starting gateway uses. On loopback it is created when missing; a gateway
     reachable from other hosts must never come up with a token nobody has seen yet, so a
-    non-loopback bind without an existing token file is refused."""
-    existing = read_token(path)
+    non-loopback bind without an existing token file is refused. A file named by
+    `$TRIO_GATEWAY_TOKEN_FILE` must exist: it is someone else's to write."""
+    named = token_path(path, env or {})
+    existing = read_token(named)
     if existing is not None:
         return existing
+    if named != path:
+        raise ConfigError(TOKEN_FILE_ENV, f"{named} does not exist or is empty")
     if not is_loopback(bind):
         raise ConfigError(
             "gateway.bind",

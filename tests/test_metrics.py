@@ -1,0 +1,104 @@
+"""`/metrics` on prometheus-client (SPEC 5): every family the contract names, read at scrape
+time, in-process on MockClock and once through real hypercorn under the Trio worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from trio_gateway import __version__
+from trio_gateway import config as cfg
+from trio_gateway.http import metrics
+from trio_gateway.http.server import HttpServer
+from trio_gateway.testing.runtime import build_gateway
+
+TOKEN = "metrics-token"
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Parsed with prometheus-client's own parser: the text is valid exposition format."""
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def stalled_config() -> cfg.Config:
+    return cfg.parse(
+        {
+            "gateway": {
+                "testEndpoints": {"enabled": True},
+                "drain": {"timeoutSeconds": 5},
+                # Reported but left running, so the stalled session is still there to count.
+                "stalledTaskDetection": {
+                    "thresholdSeconds": 10,
+                    "checkIntervalSeconds": 1,
+                    "recovery": {"model_call": "none"},
+                },
+            }
+        }
+    )
+
+
+async def test_every_spec_family_is_read_at_scrape_time(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    gateway, _ = build_gateway(tmp_path, stalled_config())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        await gateway.stall_model_call(None, 600)
+        await trio.sleep(15)
+        during = samples(metrics.render(gateway))
+        gateway.request_drain("restart")
+        await gateway.state.wait_value(lambda s: s == "running" and gateway.generation_number == 2)
+        after = samples(metrics.render(gateway))
+        gateway.request_drain("stop", force=True)
+    assert during[("trio_gateway_sessions_active", frozenset())] == 1
+    assert during[("trio_gateway_work_active", frozenset({("kind", "model_call")}))] == 1
+    assert during[("trio_gateway_sessions_stalled", frozenset())] == 1
+    assert during[("trio_gateway_stalls_total", frozenset())] == 1
+    assert during[("trio_gateway_build_info", frozenset({("version", __version__)}))] == 1
+    assert after[("trio_gateway_generation", frozenset())] == 2
+    assert after[("trio_gateway_aborts_total", frozenset({("kind", "model_call")}))] == 1
+    assert after[("trio_gateway_drains_total", frozenset({("kind", "restart"), ("outcome", "timed_out")}))] == 1
+    assert after[("trio_gateway_drain_duration_seconds_count", frozenset())] == 1
+    assert 5 <= after[("trio_gateway_drain_duration_seconds_sum", frozenset())] < 7
+    assert after[("trio_gateway_delivery_queue_pending", frozenset())] >= 0
+    assert ("trio_gateway_delivery_dead_letters", frozenset()) in after
+    assert after[("process_resident_memory_bytes", frozenset())] > 0
+
+
+async def test_scraped_through_hypercorn_under_trio(tmp_path: Path) -> None:
+    server = HttpServer("127.0.0.1", 0, TOKEN, {})
+    gateway, _ = build_gateway(tmp_path, stalled_config(), servers=[server.serve])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        async with httpx.AsyncClient(base_url=server.urls[0], trust_env=False) as client:
+            reply = await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+            refused = await client.get("/metrics")
+        gateway.request_drain("stop")
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain; version=")
+    found = samples(reply.text)
+    assert found[("trio_gateway_generation", frozenset())] == 1
+    assert found[("process_open_fds", frozenset())] > 0
+    assert refused.status_code == 401
+
+
+async def test_cluster_node_label_is_on_every_sample_process_metrics_included(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """SPEC 12: one scrape config serves every node, so each sample names its node, the
+    prometheus-client runtime families (process_*, python_*) as much as the gateway's."""
+    gateway, _ = build_gateway(tmp_path, cfg.Config())
+    gateway.deps.describe_storage = lambda: {"backend": "postgres", "nodeId": "node-b"}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        scraped = samples(metrics.render(gateway))
+        gateway.request_drain("stop", force=True)
+    assert scraped[("trio_gateway_generation", frozenset({("node", "node-b")}))] == 1
+    assert scraped[("process_resident_memory_bytes", frozenset({("node", "node-b")}))] > 0
+    assert any(name == "python_info" for name, _ in scraped)
+    assert all(("node", "node-b") in labels for _, labels in scraped)

@@ -1,0 +1,40 @@
+"""`POST /v1/sessions/{id}/turns/{turnId}/wait` `{"timeoutSeconds"}`: how a turn ended.
+
+For `session start --wait`: answers as soon as the turn's reply (or failure notice) is durably
+enqueued, `{"state": "done", "ok": true|false, "text"}`, or `{"state": "pending"}` when the
+timeout passes first; the client asks again. A long poll bounded by its timeout (at most
+`MAX_WAIT_SECONDS`) and by the client staying connected.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from trio_gateway.errors import NotFoundError
+from trio_gateway.http.app import Request, Response, Route, json_response
+from trio_gateway.http.body import opt_number
+
+if TYPE_CHECKING:
+    from trio_gateway.http.app import GatewayApp
+
+MAX_WAIT_SECONDS = 60.0
+
+
+def routes(app: GatewayApp) -> list[Route]:
+    async def wait(request: Request, session_id: str, turn_id: str) -> Response:
+        timeout = opt_number(request.json(empty_ok=True), "timeoutSeconds", 0, MAX_WAIT_SECONDS)
+        seconds = MAX_WAIT_SECONDS if timeout is None else timeout
+        with trio.move_on_after(seconds):
+            while True:
+                session = app.gateway.sessions.get(session_id)
+                if session is None:
+                    raise NotFoundError(f"no session {session_id!r}")
+                outcome = session.outcomes.get(turn_id)
+                if outcome is not None:
+                    return json_response(200, {"state": "done", "ok": outcome.ok, "text": outcome.text})
+                await session.ended.wait()
+        return json_response(200, {"state": "pending"})
+
+    return [Route("POST", ("v1", "sessions", "{session_id}", "turns", "{turn_id}", "wait"), wait, long=True)]
