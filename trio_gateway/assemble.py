@@ -11,11 +11,20 @@ from collections.abc import Mapping
 
 from trio_gateway import http_client as http
 from trio_gateway.channels import registry as channel_registry
-from trio_gateway.channels.registry import ChannelSet
+from trio_gateway.channels.listen import CursorStore, ListenerSupervisor, NoSender, SenderControl
+from trio_gateway.channels.registry import ChannelSet, build_listeners
 from trio_gateway.config import Config
 from trio_gateway.delivery import QueueDelivery
 from trio_gateway.errors import ConfigError
-from trio_gateway.gateway import DeliveryFactory, Gateway, GatewayDeps, Server, load_config_from
+from trio_gateway.gateway import (
+    DeliveryFactory,
+    DeliveryService,
+    Gateway,
+    GatewayDeps,
+    ListenerFactory,
+    Server,
+    load_config_from,
+)
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog
 from trio_gateway.models import build_model
@@ -45,6 +54,33 @@ def queue_delivery(
     return factory
 
 
+def listeners(
+    home: Home,
+    log: EventLog,
+    env: Mapping[str, str],
+    runner: BlockingRunner,
+    *,
+    transport: http.AsyncBaseTransport | None = None,
+    rng: random.Random | None = None,
+) -> ListenerFactory:
+    """Per generation: a listener for every account of that generation's config (SPEC 11)."""
+    cursors = CursorStore(home.inbound_dir, runner, log)
+
+    async def factory(config: Config, gateway: Gateway, delivery: DeliveryService) -> ListenerSupervisor:
+        sender: SenderControl = delivery.worker if isinstance(delivery, QueueDelivery) else NoSender()
+        return ListenerSupervisor(
+            build_listeners(config, env, log, transport),
+            gateway.submit_inbound,
+            cursors,
+            log,
+            config.gateway.channel_stop_timeout_seconds,
+            sender,
+            rng or random.Random(),
+        )
+
+    return factory
+
+
 def production_gateway(
     home: Home,
     config: Config,
@@ -62,6 +98,7 @@ def production_gateway(
         load_config=load_config_from(home),
         model_factory=lambda model_config: build_model(model_config, env),
         delivery_factory=queue_delivery(home, log, env, runner),
+        listener_factory=listeners(home, log, env, runner),
         runner=runner,
         session_runner=in_thread_abandoning if runner is in_thread else None,
         servers=servers or [],

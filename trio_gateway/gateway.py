@@ -27,6 +27,7 @@ import trio
 from trio_util import AsyncValue
 
 from trio_gateway import agent
+from trio_gateway.channels.listen import ListenerSupervisor
 from trio_gateway.cli_config import load as load_config_file
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config, ModelConfig
@@ -60,6 +61,9 @@ class DeliveryService(Protocol):
 
 
 DeliveryFactory = Callable[[Config, "Gateway"], Awaitable[DeliveryService]]
+# The listeners of one generation (SPEC 11), given its delivery side (an auth failure pauses
+# the account's sender too).
+ListenerFactory = Callable[[Config, "Gateway", DeliveryService], Awaitable[ListenerSupervisor]]
 ModelFactory = Callable[[ModelConfig], Model]
 Server = Callable[..., Awaitable[None]]
 
@@ -81,6 +85,8 @@ class GatewayDeps:
     servers: list[Server] = attrs.Factory(list)
     # Session writes; None: `runner`. Production abandons a cancelled write's thread.
     session_runner: BlockingRunner | None = None
+    # None: nothing listens (the in-process kit without channel fakes).
+    listener_factory: ListenerFactory | None = None
 
 
 @attrs.define(eq=False)
@@ -107,6 +113,7 @@ class Gateway:
     wall: WallClock | None = None
     delivery: DeliveryService | None = None
     watchdog: StallWatchdog | None = None
+    listeners: ListenerSupervisor | None = None
     _drain: DrainRequest | None = None
     _drain_wanted: trio.Event = attrs.Factory(trio.Event)
     _by_origin: dict[tuple[str, Origin | None], str] = attrs.Factory(dict)
@@ -129,7 +136,7 @@ class Gateway:
         self.wall = WallClock.start(self.deps.wall_base)
         for record in await self.store.load_all():
             self.sessions[record.id] = agent.Session(record)
-            self._by_origin[(record.agent, record.origin)] = record.id
+            self._by_origin[(record.agent, _conversation(record.origin))] = record.id
         started = task_status
         async with trio.open_nursery() as root:
             for server in self.deps.servers:
@@ -171,9 +178,12 @@ class Gateway:
             assert self.wall is not None
             rt = agent.Runtime(config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now)
             self.watchdog = StallWatchdog(self.registry, config.gateway.stalled_task_detection, self.log, self._depth)
+            listeners = await self._open_listeners(config, delivery)
             async with trio.open_nursery() as services:
                 cron_scope = trio.CancelScope()
                 services.start_soon(self._run_cron, cron_scope, config)
+                if listeners is not None:
+                    services.start_soon(listeners.run)
                 # The worker keeps sending through the drain's wait (a reply that finishes
                 # then reaches its user now) but is never waited for: it lives here, not in
                 # the work nursery, and is cancelled the moment the work is gone.
@@ -198,6 +208,8 @@ class Gateway:
                         request = await self._wait_for_drain_request()
                         self.state.value = "draining"
                         cron_scope.cancel()
+                        if listeners is not None:
+                            listeners.stop()  # already at the request; here for a drain asked while starting
                         timed_out, left = await drain(
                             request,
                             busy=self.busy,
@@ -211,6 +223,11 @@ class Gateway:
                 services.cancel_scope.cancel()
         self._finish_drain(request, timed_out, left)
         return request
+
+    async def _open_listeners(self, config: Config, delivery: DeliveryService) -> ListenerSupervisor | None:
+        factory = self.deps.listener_factory
+        self.listeners = None if factory is None else await factory(config, self, delivery)
+        return self.listeners
 
     async def _open_models(self, config: Config, resources: AsyncExitStack) -> dict[str, Model]:
         models = {}
@@ -270,6 +287,9 @@ class Gateway:
         # Intake closes at the request, not when the generation loop next runs: a submit right
         # after a restart request must already get GatewayDrainingError.
         self.state.value = "draining"
+        if self.listeners is not None:
+            # Listeners stop with intake (SPEC 11): their long polls and sockets close now.
+            self.listeners.stop()
         self._drain_wanted.set()
         return self._drain
 
@@ -310,14 +330,39 @@ class Gateway:
     ) -> tuple[str, str]:
         """Accept one turn: written to `sessions/` before this returns, then started.
         Returns (session id, turn id). Raises `GatewayDrainingError` while draining."""
+        accepted = await self._accept(agent_id, origin, prompt, kind, session_id, stall_seconds, None)
+        assert accepted is not None
+        return accepted
+
+    async def submit_inbound(self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str) -> bool:
+        """A message a channel heard (SPEC 11): True when it became a new durable turn, False
+        when this conversation already had a message with that platform id (a re-read after a
+        crash, a webhook retry). The id is written in the same atomic write as the turn."""
+        accepted = await self._accept(agent_id, origin, prompt, "inbound", None, None, inbound_id)
+        return accepted is not None
+
+    async def _accept(
+        self,
+        agent_id: str,
+        origin: Origin | None,
+        prompt: str,
+        kind: TurnKind,
+        session_id: str | None,
+        stall_seconds: float | None,
+        inbound_id: str | None,
+    ) -> tuple[str, str] | None:
         gen = self._accepting()
         if agent_id not in gen.config.agents:
             raise BadRequestError(f"agent: no agent named {agent_id!r}")
         session = self._session_for(agent_id, origin, session_id)
+        if inbound_id is not None and session.record.heard(inbound_id):
+            return None
         turn = TurnRecord(
             session.next_id("turn"), prompt, origin, kind, accepted_at=self._now(), stall_seconds=stall_seconds
         )
         session.record.turns.append(turn)
+        if inbound_id is not None:
+            session.record.remember_inbound(inbound_id)
         await self.store.save(session.record)
         # Saving yields: a drain may have begun meanwhile. The turn is on disk as accepted,
         # so the next generation runs it; starting it now would only lengthen this drain.
@@ -338,14 +383,14 @@ class Gateway:
             if session_id in self.sessions:
                 return self.sessions[session_id]
         else:
-            known = self._by_origin.get((agent_id, origin))
+            known = self._by_origin.get((agent_id, _conversation(origin)))
             if known is not None and known in self.sessions:
                 return self.sessions[known]
         new_id = session_id or self._new_session_id()
         record = SessionRecord(new_id, agent_id, origin, self._now())
         session = agent.Session(record)
         self.sessions[new_id] = session
-        self._by_origin[(agent_id, origin)] = new_id
+        self._by_origin[(agent_id, _conversation(origin))] = new_id
         return session
 
     def _new_session_id(self) -> str:
@@ -484,6 +529,7 @@ class Gateway:
             "work": work,
             "stalled": stalled,
             "queue": queue,
+            "channels": self.listeners.status() if self.listeners is not None else [],
         }
         if self._drain is not None:
             status["drain"] = drain_status(self._drain, now)
@@ -503,6 +549,11 @@ class Gateway:
             "subagents": subagents,
             "pendingTurns": len(session.record.turns),
         }
+
+
+def _conversation(origin: Origin | None) -> Origin | None:
+    # A WeChat context token changes per message; the conversation is the rest of the origin.
+    return None if origin is None else origin.conversation
 
 
 def drain_status(request: DrainRequest, now: float) -> dict[str, Any]:

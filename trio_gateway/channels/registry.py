@@ -16,13 +16,15 @@ from trio_gateway.channels.console import ConsoleChannel
 from trio_gateway.channels.discord import DiscordChannel
 from trio_gateway.channels.feishu import FeishuChannel
 from trio_gateway.channels.http import make_transport, new_ssl_context
+from trio_gateway.channels.listen import AccountListener, Listener, account_file_ok, agent_for
 from trio_gateway.channels.slack import SlackChannel
-from trio_gateway.channels.telegram import TelegramChannel
-from trio_gateway.channels.weixin import WeixinChannel
+from trio_gateway.channels.telegram import TelegramChannel, TelegramListener
+from trio_gateway.channels.weixin import WeixinChannel, WeixinListener
 from trio_gateway.config import AccountConfig, Config
 from trio_gateway.errors import ConfigError
 from trio_gateway.home import Home
 from trio_gateway.http_client import AsyncBaseTransport
+from trio_gateway.log import EventLog
 from trio_gateway.store import in_thread
 
 
@@ -90,6 +92,61 @@ OPENERS: dict[str, Callable[[AccountSpec], Channel]] = {
     "discord": _discord,
     "telegram": _telegram,
 }
+
+
+# --- listening (SPEC 11) ---------------------------------------------------------------------
+
+LISTENERS: dict[str, Callable[[AccountSpec], Listener]] = {
+    "openclaw-weixin": lambda a: WeixinListener.open(
+        a.base_url, a.secret("tokenEnv", a.account.token_env), a.account_id, a.transport()
+    ),
+    "telegram": lambda a: TelegramListener.open(
+        a.base_url, a.secret("tokenEnv", a.account.token_env), a.account_id, a.transport()
+    ),
+}
+
+
+def inbound_mode(channel: str, account: AccountConfig) -> str:
+    """The account's `inbound.mode`, else its channel's default for the credentials it has."""
+    if account.inbound.mode is not None:
+        return account.inbound.mode
+    if channel == "telegram":
+        # Telegram refuses getUpdates while a webhook is set: a secret token means a webhook.
+        return "webhook" if account.secret_token_env else "poll"
+    if channel == "slack":
+        return "socket" if account.app_token_env else "webhook"
+    if channel == "feishu":
+        return "webhook"  # the long connection is not built yet (README: departures)
+    return {"openclaw-weixin": "poll", "discord": "socket"}.get(channel, "off")
+
+
+def build_listeners(
+    config: Config, env: Mapping[str, str], log: EventLog, transport: AsyncBaseTransport | None = None
+) -> list[AccountListener]:
+    """One `AccountListener` per configured account; those that cannot listen are `off`, each
+    with one warning saying why."""
+    accounts = []
+    for spec in _specs(config, env, _transport_factory(transport)):
+        mode = inbound_mode(spec.channel, spec.account)
+        agent_id = agent_for(config.agents, spec.channel, spec.account_id)
+        listener, why = _open_listener(spec, mode, agent_id)
+        if why is not None:
+            log.warn("CHANNEL", f"Not listening channel={spec.channel} account={spec.account_id}: {why}")
+        accounts.append(AccountListener(spec.channel, spec.account_id, mode, agent_id, listener))
+    return accounts
+
+
+def _open_listener(spec: AccountSpec, mode: str, agent_id: str | None) -> tuple[Listener | None, str | None]:
+    if mode in ("off", "webhook"):
+        return None, None
+    if agent_id is None:
+        return None, "no agent is bound to this channel and account"
+    if not account_file_ok(spec.account_id):
+        return None, "the account id cannot name a cursor file"
+    opener = LISTENERS.get(spec.channel)
+    if opener is None or (spec.channel, mode) not in (("openclaw-weixin", "poll"), ("telegram", "poll")):
+        return None, f"inbound mode {mode!r} is not available for {spec.channel} in this version"
+    return opener(spec), None
 
 
 def _specs(config: Config, env: Mapping[str, str], make: Callable[[], AsyncBaseTransport]) -> list[AccountSpec]:

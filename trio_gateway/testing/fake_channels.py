@@ -31,6 +31,7 @@ import trio
 
 from trio_gateway import http_client as http
 from trio_gateway.http.asgi import lifespan
+from trio_gateway.testing.fake_inbound import Dropped, FakeInbound
 
 Json = Any
 Action = Literal["reject", "fail", "rate_limit"]
@@ -146,7 +147,13 @@ ROUTES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"/users/@me/channels$"), "discord", "dm"),
     (re.compile(r"/channels/(?P<id>\d+)/messages$"), "discord", "send"),
     (re.compile(r"/bot(?P<token>[^/]+)/sendMessage$"), "telegram", "send"),
+    # The listening side (SPEC 11): testing/fake_inbound.py.
+    (re.compile(r"/ilink/bot/getupdates$"), "openclaw-weixin", "poll"),
+    (re.compile(r"/ilink/bot/msg/notifystart$"), "openclaw-weixin", "notifystart"),
+    (re.compile(r"/ilink/bot/msg/notifystop$"), "openclaw-weixin", "notifystop"),
+    (re.compile(r"/bot(?P<token>[^/]+)/getUpdates$"), "telegram", "poll"),
 ]
+INBOUND_OPS = ("poll", "notifystart", "notifystop")
 
 
 def route(path: str) -> tuple[str, str, dict[str, str]] | None:
@@ -185,8 +192,24 @@ class FakeChannels:
     _feishu_tokens: dict[str, float] = attrs.Factory(dict)
     _dm_channels: dict[str, str] = attrs.Factory(dict)
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
+    inbound: FakeInbound = attrs.Factory(FakeInbound)
 
     # --- commands ---
+
+    def push(self, channel: str, text: str, *, sender: str | None = None, context_token: str | None = None,
+             bot: bool = False) -> str:  # fmt: skip
+        """A person writes to the bot: the next long poll of `channel` hears it (its id back)."""
+        return self.inbound.push(channel, text, sender=sender, context_token=context_token, bot=bot)
+
+    def drop_connection(self, channel: str) -> None:
+        self.inbound.drop_connection(channel)
+
+    def reject_auth(self, channel: str) -> None:
+        """Polls get the platform's auth failure (WeChat errcode -14, Telegram 401) until `accept_auth`."""
+        self.inbound.reject_auth(channel)
+
+    def accept_auth(self, channel: str | None = None) -> None:
+        self.inbound.accept_auth(channel)
 
     def accept(self, channel: str | None = None) -> None:
         """Back to accepting everything promptly (one channel, or all)."""
@@ -257,6 +280,8 @@ class FakeChannels:
             await trio.sleep(delay)
         if request.method != "POST":
             return _bad(405, {"error": "method not allowed"})
+        if op in INBOUND_OPS:
+            return await self._listen(request, channel, op, params)
         if op == "send":
             ruled = self._apply_rule(channel)
             if ruled is not None:
@@ -305,6 +330,17 @@ class FakeChannels:
 
     def _next_id(self) -> str:
         return str(1_000_000_000_000_000_000 + next(self._ids))
+
+    async def _listen(self, request: FakeRequest, channel: str, op: str, params: dict[str, str]) -> FakeResponse:
+        if channel == "openclaw-weixin" and (
+            request.headers.get("authorizationtype") != "ilink_bot_token"
+            or not self._credential_ok(channel, _bearer(request.headers))
+        ):
+            return _bad(401, {"ret": -1, "errmsg": "unauthorized"})
+        if channel == "telegram" and not self._credential_ok(channel, params["token"]):
+            return _bad(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+        answer = await self.inbound.handle(channel, op, request.body)
+        return FakeResponse(answer.status, answer.body)
 
     # --- feishu ---
 
@@ -412,13 +448,17 @@ class FakeChannels:
         return _bad(404, {"error": "unknown control endpoint"})
 
     def _command(self, body: dict[str, Json]) -> FakeResponse:
-        commands: dict[str, Callable[..., None]] = {
+        commands: dict[str, Callable[..., object]] = {
             "accept": self.accept,
             "reject": self.reject,
             "fail": self.fail,
             "rate_limit": self.rate_limit,
             "delay": self.delay,
             "expire_feishu_tokens": self.expire_feishu_tokens,
+            "push": self.push,
+            "drop_connection": self.drop_connection,
+            "reject_auth": self.reject_auth,
+            "accept_auth": self.accept_auth,
         }
         command = commands.get(body.pop("action", ""))
         if command is None:
@@ -443,10 +483,25 @@ class FakeChannels:
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = dict(urllib.parse.parse_qsl(scope["query_string"].decode("latin-1")))
-        response = await self.handle(
-            FakeRequest(scope["method"], scope["path"], query, headers, _parse(b"".join(chunks)))
-        )
-        await _respond(send, response)
+        request = FakeRequest(scope["method"], scope["path"], query, headers, _parse(b"".join(chunks)))
+        response: FakeResponse | None = None
+        # hypercorn does not cancel a handler whose client went away: watch for it, so a held
+        # long poll ends (and is recorded as closed) the moment the gateway hangs up.
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            try:
+                response = await self.handle(request)
+            except Dropped as exc:
+                response = _bad(502, {"error": str(exc)})
+            nursery.cancel_scope.cancel()
+        if response is not None:
+            await _respond(send, response)
 
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -498,7 +553,10 @@ class FakeTransport(http.AsyncBaseTransport):
         raw = await request.aread()
         headers = {k.lower(): v for k, v in request.headers.items()}
         fake = FakeRequest(request.method, request.url.path, dict(request.url.params), headers, _parse(raw))
-        response = await self.fakes.handle(fake)
+        try:
+            response = await self.fakes.handle(fake)
+        except Dropped as exc:
+            raise http.RemoteProtocolError(str(exc), request=request) from None
         wire_headers = {"content-type": "application/json", **response.headers}
         return http.Response(response.status, headers=wire_headers, content=response.encode(), request=request)
 

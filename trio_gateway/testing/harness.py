@@ -23,7 +23,7 @@ import trio
 from trio_util import AsyncValue, move_on_when
 
 from trio_gateway import config as cfg
-from trio_gateway.assemble import queue_delivery
+from trio_gateway.assemble import listeners, queue_delivery
 from trio_gateway.channels.base import Channel
 from trio_gateway.channels.console import ConsoleChannel
 from trio_gateway.classify import Outcome
@@ -230,7 +230,12 @@ class Harness:
         the_model = model or HarnessModel()
         gateway, sink = build_gateway(home, config, model=the_model)
         harness = cls(gateway, sink, the_model, channels or FakeChannels(), DeliveryTap(), Home(home))
-        gateway.deps.delivery_factory = harness._delivery_factory(fake_env(config) if env is None else env, seed)
+        the_env = fake_env(config) if env is None else env
+        gateway.deps.delivery_factory = harness._delivery_factory(the_env, seed)
+        # The listeners are production's too, long-polling the same fake (SPEC 11).
+        gateway.deps.listener_factory = listeners(
+            harness.home, gateway.log, the_env, inline, transport=harness.channels.transport(), rng=random.Random(seed)
+        )
         return harness
 
     def _delivery_factory(self, env: Mapping[str, str], seed: int) -> DeliveryFactory:

@@ -1,0 +1,390 @@
+"""Channels that listen (SPEC 11): one listener per account, supervised in the generation's
+services nursery, each in its own cancel scope.
+
+    services nursery
+    └── ListenerSupervisor.run
+        └── one task per listening account  (cancel scope: `stop()` cancels it at drain start)
+            listen → connection error → full-jitter backoff (1–60 s) → listen …
+                   → auth failure     → paused (listener and sender) until `resume()`
+            after the scope: the platform's stop call, bounded by channelStopTimeoutSeconds
+
+A message a listener hears goes through `AccountIntake.accept`: a turn written to `sessions/`
+before it returns (the session file also records the platform's message id, in the same atomic
+write, so a re-read message is a no-op). Only then does the listener advance and persist its
+cursor (`inbound/<channel>/<accountId>.json`, atomic) or ack the envelope.
+Everything about one platform lives in that platform's module (`weixin.py`, `telegram.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import attrs
+import trio
+
+from trio_gateway import backoff
+from trio_gateway import http_client as httpx
+from trio_gateway.channels.http import JsonClient, scrub
+from trio_gateway.config import AgentConfig, Config
+from trio_gateway.errors import DeliveryValidationError, GatewayDrainingError
+from trio_gateway.log import EventLog, ms
+from trio_gateway.routing import Origin
+from trio_gateway.store import BlockingRunner, atomic_write_json, durable_rename
+from trio_gateway.validation import check_address
+
+ListenState = Literal["listening", "reconnecting", "paused", "off"]
+BACKOFF_INITIAL_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 60.0
+# Account ids name files under inbound/: never a path.
+ACCOUNT_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
+
+
+class ListenError(Exception):
+    """The connection failed or closed: reconnect after a backoff."""
+
+
+class AuthFailed(Exception):
+    """The platform refused our credentials (401/403, WeChat errcode -14): pause the account."""
+
+
+@attrs.frozen
+class Heard:
+    """One message from a person, as the gateway needs it."""
+
+    id: str  # the platform's id for it, unique per account: the dedupe key
+    to: str  # where the reply goes
+    text: str
+    context_token: str | None = None
+
+
+class Intake(Protocol):
+    """What a listener talks to: hand over messages, keep its cursor."""
+
+    async def accept(self, heard: Heard) -> None:
+        """Returns once the message is a durable turn (or known already). Never raises for a
+        bad message; while the gateway drains it waits to be cancelled."""
+
+    async def load_cursor(self) -> Any: ...
+
+    async def save_cursor(self, cursor: Any) -> None: ...
+
+    def connected(self) -> None:
+        """The platform answered: state `listening`, the backoff starts over."""
+
+
+class Listener(Protocol):
+    channel: str
+    account_id: str
+
+    async def listen(self, intake: Intake) -> None:
+        """Until cancelled; raises `ListenError` or `AuthFailed`."""
+
+    async def stop(self) -> None:
+        """The platform's own stop call (WeChat `notifystop`, a close frame); bounded by the caller."""
+
+    async def aclose(self) -> None: ...
+
+
+# --- HTTP helpers the long-poll listeners share ------------------------------------------------
+
+
+async def post_json(client: JsonClient, path: str, body: Any, *, read_seconds: float) -> Any:
+    """POST `body` and return the parsed JSON answer. 401/403 raise `AuthFailed`, anything
+    else that is not a 2xx JSON answer raises `ListenError`; secrets never reach the reason."""
+    content = json.dumps(body, ensure_ascii=False).encode()
+    timeout = httpx.Timeout(read_seconds, connect=10.0)
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    try:
+        response = await client.client.post(path, content=content, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ListenError(scrub(f"{type(exc).__name__}: {exc}", client.secrets)) from None
+    if response.status_code in (401, 403):
+        raise AuthFailed(f"HTTP {response.status_code}")
+    if not 200 <= response.status_code < 300:
+        raise ListenError(f"HTTP {response.status_code}")
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError):
+        raise ListenError(f"HTTP {response.status_code}: answer is not JSON") from None
+
+
+# --- cursors -------------------------------------------------------------------------------------
+
+
+@attrs.define
+class CursorStore:
+    """`inbound/<channel>/<accountId>.json`: `{"cursor": …}`, replaced atomically. An unreadable
+    file is quarantined (never deleted) and the account starts from the platform's default."""
+
+    root: Path
+    runner: BlockingRunner
+    log: EventLog
+
+    def path(self, channel: str, account_id: str) -> Path:
+        return self.root / channel / f"{account_id}.json"
+
+    async def load(self, channel: str, account_id: str) -> Any:
+        path = self.path(channel, account_id)
+        return await self.runner(lambda: self._load_sync(path))
+
+    def _load_sync(self, path: Path) -> Any:
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            self._quarantine(path, exc)
+            return None
+        if not isinstance(data, dict):
+            self._quarantine(path, ValueError("not a JSON object"))
+            return None
+        return data.get("cursor")
+
+    def _quarantine(self, path: Path, exc: Exception) -> None:
+        target = path.parent / "quarantine" / path.name
+        durable_rename(path, target)
+        self.log.error("CHANNEL", "Unreadable cursor file quarantined", file=str(target), error=str(exc)[:200])
+
+    async def save(self, channel: str, account_id: str, cursor: Any) -> None:
+        path = self.path(channel, account_id)
+        await self.runner(lambda: atomic_write_json(path, {"cursor": cursor}))
+
+
+# --- one account ---------------------------------------------------------------------------------
+
+
+class Submit(Protocol):
+    async def __call__(self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str) -> bool:
+        """True: a new turn was accepted (durable); False: the message was known already."""
+
+
+@attrs.define(eq=False)
+class AccountListener:
+    channel: str
+    account_id: str
+    mode: str
+    agent_id: str | None
+    listener: Listener | None
+    state: ListenState = "off"
+    messages: int = 0
+    last_message_at: float | None = None
+    stop_requested_at: float | None = None
+    pause_reason: str | None = None
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    resumed: trio.Event = attrs.Factory(trio.Event)
+    attempt: int = 0
+
+    def status(self, now: float) -> dict[str, Any]:
+        age = None if self.last_message_at is None else round(now - self.last_message_at, 3)
+        inbound: dict[str, Any] = {
+            "mode": self.mode,
+            "state": self.state,
+            "lastMessageAgeSeconds": age,
+            "messages": self.messages,
+        }
+        if self.pause_reason is not None:
+            inbound["pausedReason"] = self.pause_reason
+        return {"channel": self.channel, "accountId": self.account_id, "inbound": inbound}
+
+
+@attrs.define(eq=False)
+class AccountIntake:
+    """`Intake` for one account: turns into `submit`, cursors into the `CursorStore`."""
+
+    account: AccountListener
+    submit: Submit
+    cursors: CursorStore
+    log: EventLog
+    on_message: Callable[[str, str], None]
+
+    async def accept(self, heard: Heard) -> None:
+        a = self.account
+        assert a.agent_id is not None
+        try:
+            check_address(a.channel, heard.to)
+        except DeliveryValidationError as exc:
+            self.log.warn("CHANNEL", f"Skipped message channel={a.channel} account={a.account_id}: {exc}")
+            return
+        origin = Origin(a.channel, heard.to, a.account_id, context_token=heard.context_token)
+        try:
+            new = await self.submit(agent_id=a.agent_id, origin=origin, prompt=heard.text, inbound_id=heard.id)
+        except GatewayDrainingError:
+            # The drain stops this listener at once; the cursor stays where it was, so the
+            # next generation hears this message again.
+            await trio.sleep_forever()
+        if new:
+            a.messages += 1
+            a.last_message_at = trio.current_time()
+            self.on_message(a.channel, a.account_id)
+        else:
+            self.log.debug("CHANNEL", f"Duplicate message skipped channel={a.channel} account={a.account_id}")
+
+    async def load_cursor(self) -> Any:
+        return await self.cursors.load(self.account.channel, self.account.account_id)
+
+    async def save_cursor(self, cursor: Any) -> None:
+        await self.cursors.save(self.account.channel, self.account.account_id, cursor)
+
+    def connected(self) -> None:
+        self.account.state = "listening"
+        self.account.attempt = 0
+
+
+def agent_for(agents: Mapping[str, AgentConfig], channel: str, account_id: str) -> str | None:
+    """SPEC 11: the first agent whose `channels` name this channel and whose `accountId` is this
+    account (an agent with no `accountId` takes any account of its channels)."""
+    for name, agent in agents.items():
+        if channel in agent.channels and agent.account_id in (None, account_id):
+            return name
+    return None
+
+
+class SenderControl(Protocol):
+    """The delivery side's half of a pause: an auth failure pauses sends of that account too."""
+
+    def pause_account(self, channel: str, account_id: str, reason: str) -> None: ...
+
+    def resume_account(self, channel: str, account_id: str) -> None: ...
+
+
+@attrs.define
+class NoSender:
+    def pause_account(self, channel: str, account_id: str, reason: str) -> None:
+        pass
+
+    def resume_account(self, channel: str, account_id: str) -> None:
+        pass
+
+
+# --- the supervisor ------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class ListenerSupervisor:
+    accounts: list[AccountListener]
+    submit: Submit
+    cursors: CursorStore
+    log: EventLog
+    stop_timeout_seconds: float
+    sender: SenderControl = attrs.Factory(NoSender)
+    rng: random.Random = attrs.Factory(random.Random)
+    # Seconds each listener took from the drain's start to its scope closed and its stop call
+    # done: `/metrics` (trio_gateway_channel_stop_seconds) and the benchmark read them.
+    stop_durations: list[float] = attrs.Factory(list)
+    inbound_counts: dict[tuple[str, str], int] = attrs.Factory(dict)
+    _stopped: bool = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for account in self.accounts:
+                if account.listener is not None and not self._stopped:
+                    nursery.start_soon(self._supervise, account)
+            task_status.started()
+
+    def stop(self) -> None:
+        """At the start of a drain, with intake: every listener's scope is cancelled now, which
+        closes its long poll or socket at once. Synchronous, so it cannot hold the drain."""
+        self._stopped = True
+        now = trio.current_time()
+        for account in self.accounts:
+            if account.listener is not None:
+                account.stop_requested_at = now
+                account.scope.cancel(reason="drain started: listeners stop with intake")
+
+    def find(self, channel: str, account_id: str) -> AccountListener | None:
+        return next((a for a in self.accounts if (a.channel, a.account_id) == (channel, account_id)), None)
+
+    def resume(self, channel: str, account_id: str) -> bool:
+        """`channels resume C A`: True when the account was paused and now retries."""
+        account = self.find(channel, account_id)
+        self.sender.resume_account(channel, account_id)
+        if account is None or account.state != "paused":
+            return False
+        self.log.info("CHANNEL", f"Resumed channel={channel} account={account_id}")
+        account.resumed.set()
+        return True
+
+    def status(self) -> list[dict[str, Any]]:
+        now = trio.current_time()
+        return [a.status(now) for a in self.accounts]
+
+    def _count(self, channel: str, account_id: str) -> None:
+        key = (channel, account_id)
+        self.inbound_counts[key] = self.inbound_counts.get(key, 0) + 1
+
+    async def _supervise(self, account: AccountListener) -> None:
+        listener = account.listener
+        assert listener is not None
+        intake = AccountIntake(account, self.submit, self.cursors, self.log, self._count)
+        with account.scope:
+            while True:
+                account.state = "reconnecting" if account.attempt else "listening"
+                outcome = await self._listen_once(listener, intake)
+                if isinstance(outcome, AuthFailed):
+                    await self._pause(account, str(outcome))
+                    continue
+                account.attempt += 1
+                account.state = "reconnecting"
+                wait = backoff.delay(account.attempt, BACKOFF_INITIAL_SECONDS, BACKOFF_MAX_SECONDS, self.rng)
+                self.log.warn(
+                    "CHANNEL",
+                    f"Reconnecting channel={account.channel} account={account.account_id} in {wait:.1f}s",
+                    reason=str(outcome)[:200],
+                )
+                await trio.sleep(wait)
+        await self._stop_platform(account, listener)
+
+    async def _listen_once(self, listener: Listener, intake: Intake) -> Exception:
+        try:
+            await listener.listen(intake)
+        except (ListenError, AuthFailed) as exc:
+            return exc
+        except Exception as exc:  # a broken listener must not take the generation down
+            self.log.error("CHANNEL", f"Listener raised {exc!r}", channel=listener.channel)
+            return ListenError(f"{type(exc).__name__}: {exc}")
+        return ListenError("the platform closed the connection")
+
+    async def _pause(self, account: AccountListener, reason: str) -> None:
+        account.state = "paused"
+        account.pause_reason = reason
+        self.log.error(
+            "CHANNEL",
+            f"Paused channel={account.channel} account={account.account_id}: {reason}; "
+            f"listener and sender wait for `channels resume {account.channel} {account.account_id}` or a restart",
+        )
+        self.sender.pause_account(account.channel, account.account_id, reason)
+        await account.resumed.wait()
+        account.resumed = trio.Event()
+        account.pause_reason = None
+        account.attempt = 0
+
+    async def _stop_platform(self, account: AccountListener, listener: Listener) -> None:
+        """Runs after the scope is cancelled (and while the services nursery may be): shielded,
+        and bounded by channelStopTimeoutSeconds, so a hung platform cannot hold a restart."""
+        with trio.move_on_after(self.stop_timeout_seconds, shield=True):
+            try:
+                await listener.stop()
+            except Exception as exc:
+                self.log.warn("CHANNEL", f"Stop call failed channel={account.channel}: {exc!r}")
+            finally:
+                with trio.move_on_after(self.stop_timeout_seconds, shield=True):
+                    await listener.aclose()
+        started = account.stop_requested_at if account.stop_requested_at is not None else trio.current_time()
+        took = trio.current_time() - started
+        self.stop_durations.append(took)
+        account.state = "off"
+        self.log.info("CHANNEL", f"Stopped channel={account.channel} account={account.account_id} in {ms(took)}")
+
+
+# --- building from the config --------------------------------------------------------------------
+
+ListenerOpener = Callable[[str, str, Config], "Listener | None"]
+
+
+def account_file_ok(account_id: str) -> bool:
+    return ACCOUNT_FILE.fullmatch(account_id) is not None
