@@ -431,6 +431,32 @@ async def test_channels_without_a_verifiable_scheme_or_account_are_refused(
     assert running.gateway.sessions == {}
 
 
+async def test_replayed_webhook_events_start_one_turn(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    """Issue 9 item 9: a signed retry (Slack `event_id`, Telegram `update_id`, Feishu
+    `header.event_id`) is a no-op, recorded with the turn in the session file."""
+    slack = json.dumps({**json.loads(SLACK_MESSAGE), "event_id": "Ev01"}).encode()
+    telegram = {"update_id": 77, "message": {"chat": {"id": 5}, "text": "hello"}}
+    tg_headers = {"authorization": "", "x-telegram-bot-api-secret-token": "tg-secret"}
+    feishu = {
+        "schema": "2.0",
+        "header": {"event_type": "im.message.receive_v1", "token": "fs-verify", "event_id": "fe-1"},
+        "event": {"sender": {"sender_id": {"open_id": "ou_x"}}, "message": {"content": json.dumps({"text": "hi"})}},
+    }
+    for _ in range(3):
+        replies = [
+            await running.call("POST", "/channels/slack/T1/events", slack, slack_headers(slack)),
+            await running.call("POST", "/channels/telegram/bot1/events", telegram, tg_headers),
+            await running.call("POST", "/channels/feishu/app1/events", feishu),
+        ]
+        assert all(r.status == 200 for r in replies)
+    assert [r.json for r in replies] == [{"duplicate": True}] * 3
+    turns = [t for s in running.gateway.sessions.values() for t in s.record.turns]
+    assert len(running.gateway.sessions) == 3
+    assert len(turns) <= 3  # each answered once (some may have finished already)
+    histories = [s.record.inbound_ids for s in running.gateway.sessions.values()]
+    assert sorted(histories) == [["77"], ["Ev01"], ["fe-1"]]
+
+
 # --- through real hypercorn -------------------------------------------------------------------
 
 

@@ -219,3 +219,25 @@ def test_backoff_is_full_jitter_between_one_second_and_a_minute() -> None:
     waits = [backoff.delay(a, 1.0, BACKOFF_MAX_SECONDS, rng) for a in range(1, 40)]
     assert all(1.0 <= w <= 60.0 for w in waits)
     assert max(waits) > 30
+
+
+async def test_channels_routes_and_metrics(gateway: Gateway, fake_channels: FakeChannels) -> None:
+    from tests.test_http_api import TOKEN, Driver
+    from trio_gateway.http.app import GatewayApp
+
+    call = Driver(GatewayApp(gateway, TOKEN, {}))
+    fake_channels.push(WX, "metered")
+    await replies(fake_channels, 1)
+    fake_channels.reject_auth(WX)
+    await until(lambda: any(c["inbound"]["state"] == "paused" for c in gateway.status()["channels"]), 0.1)
+    listed = (await call("GET", "/v1/channels")).json["channels"]
+    assert {(c["channel"], c["inbound"]["state"]) for c in listed} == {(WX, "paused"), ("telegram", "listening")}
+    assert (await call("POST", "/v1/channels/slack/nope/resume")).status == 404
+    fake_channels.accept_auth(WX)
+    resumed = await call("POST", f"/v1/channels/{WX}/{ACCOUNT}/resume")
+    assert resumed.json == {"channel": WX, "accountId": ACCOUNT, "resumed": True}
+    await gateway.request_drain("restart").done.wait()
+    lines = set((await call("GET", "/metrics")).body.decode().splitlines())
+    assert f'trio_gateway_inbound_messages_total{{channel="{WX}",account="{ACCOUNT}"}} 1' in lines
+    assert 'trio_gateway_channel_stop_seconds_bucket{le="0.005"} 2' in lines  # both stopped at once
+    assert "trio_gateway_channel_stop_seconds_count 2" in lines

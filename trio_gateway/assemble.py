@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from trio_gateway import http_client as http
 from trio_gateway.channels import registry as channel_registry
-from trio_gateway.channels.listen import CursorStore, ListenerSupervisor, NoSender, SenderControl
+from trio_gateway.channels.listen import CursorStore, InboundStats, ListenerSupervisor, NoSender, SenderControl
 from trio_gateway.channels.registry import ChannelSet, build_listeners
 from trio_gateway.config import Config
 from trio_gateway.delivery import QueueDelivery
@@ -65,6 +65,7 @@ def listeners(
 ) -> ListenerFactory:
     """Per generation: a listener for every account of that generation's config (SPEC 11)."""
     cursors = CursorStore(home.inbound_dir, runner, log)
+    stats = InboundStats()
 
     async def factory(config: Config, gateway: Gateway, delivery: DeliveryService) -> ListenerSupervisor:
         sender: SenderControl = delivery.worker if isinstance(delivery, QueueDelivery) else NoSender()
@@ -76,6 +77,7 @@ def listeners(
             config.gateway.channel_stop_timeout_seconds,
             sender,
             rng or random.Random(),
+            stats,
         )
 
     return factory

@@ -334,12 +334,14 @@ class Gateway:
         assert accepted is not None
         return accepted
 
-    async def submit_inbound(self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str) -> bool:
-        """A message a channel heard (SPEC 11): True when it became a new durable turn, False
-        when this conversation already had a message with that platform id (a re-read after a
-        crash, a webhook retry). The id is written in the same atomic write as the turn."""
-        accepted = await self._accept(agent_id, origin, prompt, "inbound", None, None, inbound_id)
-        return accepted is not None
+    async def submit_inbound(
+        self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str
+    ) -> tuple[str, str] | None:
+        """A message a channel heard (SPEC 11): (session id, turn id) when it became a new
+        durable turn, None when this conversation already had a message with that platform id
+        (a re-read after a crash, a webhook retry). The id is written in the same atomic write
+        as the turn."""
+        return await self._accept(agent_id, origin, prompt, "inbound", None, None, inbound_id)
 
     async def _accept(
         self,

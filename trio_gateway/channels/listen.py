@@ -159,8 +159,8 @@ class CursorStore:
 
 
 class Submit(Protocol):
-    async def __call__(self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str) -> bool:
-        """True: a new turn was accepted (durable); False: the message was known already."""
+    async def __call__(self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str) -> tuple[str, str] | None:
+        """(session, turn) of a new durable turn; None: the message was known already."""
 
 
 @attrs.define(eq=False)
@@ -217,7 +217,7 @@ class AccountIntake:
             # The drain stops this listener at once; the cursor stays where it was, so the
             # next generation hears this message again.
             await trio.sleep_forever()
-        if new:
+        if new is not None:
             a.messages += 1
             a.last_message_at = trio.current_time()
             self.on_message(a.channel, a.account_id)
@@ -264,6 +264,21 @@ class NoSender:
 # --- the supervisor ------------------------------------------------------------------------------
 
 
+@attrs.define
+class InboundStats:
+    """Counters that outlive a generation (the metrics are counters: they never go back)."""
+
+    # Messages that became turns, by (channel, account).
+    messages: dict[tuple[str, str], int] = attrs.Factory(dict)
+    # Seconds each listener took from the drain's start to its scope closed and its stop call
+    # done: `/metrics` (trio_gateway_channel_stop_seconds) and the benchmark read them.
+    stop_seconds: list[float] = attrs.Factory(list)
+
+    def count(self, channel: str, account_id: str) -> None:
+        key = (channel, account_id)
+        self.messages[key] = self.messages.get(key, 0) + 1
+
+
 @attrs.define(eq=False)
 class ListenerSupervisor:
     accounts: list[AccountListener]
@@ -273,10 +288,7 @@ class ListenerSupervisor:
     stop_timeout_seconds: float
     sender: SenderControl = attrs.Factory(NoSender)
     rng: random.Random = attrs.Factory(random.Random)
-    # Seconds each listener took from the drain's start to its scope closed and its stop call
-    # done: `/metrics` (trio_gateway_channel_stop_seconds) and the benchmark read them.
-    stop_durations: list[float] = attrs.Factory(list)
-    inbound_counts: dict[tuple[str, str], int] = attrs.Factory(dict)
+    stats: InboundStats = attrs.Factory(InboundStats)
     _stopped: bool = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -313,14 +325,10 @@ class ListenerSupervisor:
         now = trio.current_time()
         return [a.status(now) for a in self.accounts]
 
-    def _count(self, channel: str, account_id: str) -> None:
-        key = (channel, account_id)
-        self.inbound_counts[key] = self.inbound_counts.get(key, 0) + 1
-
     async def _supervise(self, account: AccountListener) -> None:
         listener = account.listener
         assert listener is not None
-        intake = AccountIntake(account, self.submit, self.cursors, self.log, self._count)
+        intake = AccountIntake(account, self.submit, self.cursors, self.log, self.stats.count)
         with account.scope:
             while True:
                 account.state = "reconnecting" if account.attempt else "listening"
@@ -376,7 +384,7 @@ class ListenerSupervisor:
                     await listener.aclose()
         started = account.stop_requested_at if account.stop_requested_at is not None else trio.current_time()
         took = trio.current_time() - started
-        self.stop_durations.append(took)
+        self.stats.stop_seconds.append(took)
         account.state = "off"
         self.log.info("CHANNEL", f"Stopped channel={account.channel} account={account.account_id} in {ms(took)}")
 

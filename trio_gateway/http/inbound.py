@@ -24,6 +24,9 @@ from trio_gateway.http.body import JsonObject, json_object
 class Message:
     to: str  # where a reply goes: the conversation or sender on that channel
     text: str
+    # The platform's id for the event (Slack `event_id`, Telegram `update_id`, Feishu
+    # `header.event_id`): a retried delivery carries the same one and is not a second turn.
+    event_id: str | None = None
 
 
 @attrs.frozen
@@ -67,7 +70,7 @@ def _slack(data: JsonObject) -> Event:
     if event.get("type") != "message" or event.get("bot_id") or event.get("subtype"):
         # Our own replies come back as bot messages: answering them would loop forever.
         return Event(ignored=f"slack event {event.get('type')!r} {event.get('subtype') or ''}".strip())
-    return _message(event.get("channel"), event.get("text"), "event.channel", "event.text")
+    return _message(event.get("channel"), event.get("text"), "event.channel", "event.text", data.get("event_id"))
 
 
 def _telegram(data: JsonObject) -> Event:
@@ -77,7 +80,11 @@ def _telegram(data: JsonObject) -> Event:
     chat = _dict(message.get("chat"))
     chat_id = chat.get("id")
     return _message(
-        str(chat_id) if isinstance(chat_id, int) else None, message.get("text"), "message.chat.id", "message.text"
+        str(chat_id) if isinstance(chat_id, int) else None,
+        message.get("text"),
+        "message.chat.id",
+        "message.text",
+        data.get("update_id"),
     )
 
 
@@ -91,7 +98,7 @@ def _feishu(data: JsonObject) -> Event:
     sender = _dict(_dict(event.get("sender")).get("sender_id")).get("open_id")
     message = _dict(event.get("message"))
     text = _feishu_text(message.get("content"))
-    return _message(sender, text, "event.sender.sender_id.open_id", "event.message.content")
+    return _message(sender, text, "event.sender.sender_id.open_id", "event.message.content", header.get("event_id"))
 
 
 def _feishu_text(content: Any) -> str | None:
@@ -103,9 +110,14 @@ def _feishu_text(content: Any) -> str | None:
     return text if isinstance(text, str) else None
 
 
-def _message(to: object, text: object, to_field: str, text_field: str) -> Event:
+def _message(to: object, text: object, to_field: str, text_field: str, event_id: object = None) -> Event:
     if not isinstance(to, str) or not to:
         raise BadRequestError(f"{to_field}: missing sender")
     if not isinstance(text, str) or not text.strip():
         return Event(ignored=f"{text_field}: no text")
-    return Event(message=Message(to, text))
+    ident = (
+        str(event_id)
+        if isinstance(event_id, (str, int)) and not isinstance(event_id, bool) and event_id != ""
+        else None
+    )
+    return Event(message=Message(to, text, ident))
