@@ -452,10 +452,10 @@ def test_fake_as_a_process_prints_its_url() -> None:
             data=json.dumps({"channel": "C1", "text": "x"}).encode(),
             headers={"Authorization": "Bearer t", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(post, timeout=10) as reply:
+        with urllib.request.urlopen(post, timeout=30) as reply:
             assert json.load(reply)["ok"] is True
-        with urllib.request.urlopen(f"{url}/_fake/messages", timeout=10) as reply:
+        with urllib.request.urlopen(f"{url}/_fake/messages", timeout=30) as reply:
             assert json.load(reply)[0]["text"] == "x"
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        proc.wait(timeout=30)

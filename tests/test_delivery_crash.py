@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,12 +24,16 @@ from trio_gateway.store import in_thread
 
 ENTRIES = 500
 CONCURRENCY = 8
+HANG_AFTER = ENTRIES // 3
 
 # A small worker entry point: `process_once` over the real queue with a console-like channel
-# that appends one JSON line per send (the way `console` writes logs/console.jsonl) and is slow
-# enough that a kill lands mid-way. `crash=ack` makes it SIGKILL itself inside a batched ack,
-# after the first unlink of a batch of several (a deterministic kill in that window);
-# `dedupe=0` gives a channel that cannot deduplicate, so resends are logged.
+# that appends one JSON line per send (the way `console` writes logs/console.jsonl).
+# `hang_after=N`: every send after the first N writes its line and then never returns (the
+# platform took the message, its answer never came back), so the worker stops mid-way in a
+# state the test can observe and kill in, however busy the machine. `crash=ack` makes it
+# SIGKILL itself inside a batched ack, after the first unlink of a batch of several (a
+# deterministic kill in that window); `dedupe=0` gives a channel that cannot deduplicate, so
+# resends are logged.
 WORKER = """
 import json, os, random, signal, sys
 from pathlib import Path
@@ -63,10 +68,15 @@ class SlowConsole:
     out: object
     name: str = "console"
     deduplicates: bool = opts.get("dedupe", "1") == "1"
+    started: int = 0
     async def send(self, entry):
+        self.started += 1
+        nth = self.started
         await trio.sleep(0.004)
         self.out.write(json.dumps({"id": entry.id, "key": entry.idempotency_key}) + "\\n")
         self.out.flush()
+        if nth > int(opts.get("hang_after", "-1")) >= 0:
+            await trio.sleep_forever()
         return OK
     async def aclose(self):
         pass
@@ -89,6 +99,15 @@ async def main():
 
 trio.run(main)
 """
+
+
+def _poll_until(done: Callable[[], bool], what: Callable[[], object], timeout: float = 60.0) -> None:
+    """Wait for a state of the worker seen from outside. The timeout only ends a broken run;
+    the state itself is stable once reached (the worker is stuck in its sends)."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"the worker never reached the state to kill it in: {what()}"
+        time.sleep(0.01)
 
 
 def _delivered(home: Path) -> list[str]:
@@ -121,26 +140,29 @@ def test_sigkill_mid_way_loses_nothing(tmp_path: Path) -> None:
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
 
-    first = _worker(tmp_path, script)
-    deadline = time.monotonic() + 10
-    while len(_delivered(tmp_path)) < ENTRIES // 3 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    # Kill on an observed state, not after a sleep: a third sent and acknowledged, then one send
+    # per slot that reached the platform (its line is written) and never came back.
+    first = _worker(tmp_path, script, f"hang_after={HANG_AFTER}")
+    _poll_until(
+        lambda: len(_delivered(tmp_path)) == HANG_AFTER + CONCURRENCY and len(_marked(tmp_path)) == CONCURRENCY,
+        lambda: f"{len(_delivered(tmp_path))} delivered, {len(_marked(tmp_path))} sending",
+    )
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     at_kill = len(_delivered(tmp_path))
-    assert ENTRIES // 3 <= at_kill < ENTRIES, "the kill should land mid-way"
+    assert at_kill == HANG_AFTER + CONCURRENCY, "the kill lands mid-way"
     inflight = [n for n in os.listdir(tmp_path / "delivery-queue" / "inflight") if not n.startswith(".")]
-    assert 0 < len(inflight) <= CONCURRENCY  # claimed and unfinished: the only candidates for duplicates
+    assert len(inflight) == CONCURRENCY  # claimed and unfinished: the only candidates for duplicates
 
     second = _worker(tmp_path, script)
-    out, err = second.communicate(timeout=30)
+    out, err = second.communicate(timeout=120)
     assert second.returncode == 0, err
 
     delivered = _delivered(tmp_path)
     counts = collections.Counter(delivered)
     assert set(counts) == keys  # every entry delivered at least once, none lost
     duplicates = sum(n - 1 for n in counts.values())
-    assert duplicates <= len(inflight)  # only sends in flight at the kill
+    assert duplicates == len(inflight)  # exactly the sends in flight at the kill, resent once
     assert len(set(delivered)) == ENTRIES  # what a reader deduplicating by key sees
     assert os.listdir(tmp_path / "delivery-queue" / "inflight") == []  # temporaries of the dead worker too
     assert [n for n in os.listdir(tmp_path / "delivery-queue") if n.endswith(".json")] == []
@@ -162,7 +184,7 @@ def test_sigkill_inside_a_batched_ack_resends_only_that_batch_and_says_so(tmp_pa
     script.write_text(WORKER)
 
     first = _worker(tmp_path, script, "crash=ack", "dedupe=0")
-    first.communicate(timeout=30)
+    first.communicate(timeout=120)
     assert first.returncode == -signal.SIGKILL, "the worker should have died inside an ack"
     at_kill = collections.Counter(_delivered(tmp_path))
     marked = _marked(tmp_path)
@@ -170,7 +192,7 @@ def test_sigkill_inside_a_batched_ack_resends_only_that_batch_and_says_so(tmp_pa
     assert 0 < len(marked) <= CONCURRENCY
 
     second = _worker(tmp_path, script, "dedupe=0")
-    _out, err = second.communicate(timeout=30)
+    _out, err = second.communicate(timeout=120)
     assert second.returncode == 0, err
 
     counts = collections.Counter(_delivered(tmp_path))

@@ -24,10 +24,15 @@ from trio_gateway.testing.fake_model import FakeBehaviour, FakeModel, serve_fake
 
 pytestmark = pytest.mark.e2e
 
-STARTUP_SECONDS = 10.0
+# Bounds on waits that only fail a broken test; generous, so a busy machine cannot trip them.
+STARTUP_SECONDS = 60.0
+WAIT_SECONDS = 30.0
+# gateway.drain.cleanupTimeoutSeconds (default): the most a drain may spend on shielded cleanup
+# after its deadline; the gateway's own drain report is checked against it.
+CLEANUP_BOUND_SECONDS = 2.0
 
 
-def cli(home: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def cli(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "trio_gateway", "--home", str(home), *args],
         capture_output=True,
@@ -37,7 +42,7 @@ def cli(home: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProc
     )
 
 
-def poll(what: str, check: Callable[[], Any], timeout: float = 10.0, every: float = 0.05) -> Any:
+def poll(what: str, check: Callable[[], Any], timeout: float = WAIT_SECONDS, every: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -62,7 +67,7 @@ class Proc:
 
     def http(self, method: str, path: str, body: object = None, *, auth: bool = True) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
-        return httpx.request(method, self.url + path, json=body, headers=headers, timeout=5, trust_env=False)
+        return httpx.request(method, self.url + path, json=body, headers=headers, timeout=WAIT_SECONDS, trust_env=False)
 
     def health(self) -> dict[str, Any]:
         data: dict[str, Any] = self.http("GET", "/healthz", auth=False).json()
@@ -90,7 +95,7 @@ class Proc:
     def stop_hard(self) -> None:
         if self.popen.poll() is None:
             self.popen.kill()
-            self.popen.wait(5)
+            self.popen.wait(WAIT_SECONDS)
 
 
 def write_config(home: Path, **gateway: Any) -> None:
@@ -141,15 +146,16 @@ def test_restart_with_a_stalled_model_call_finishes_within_the_drain_timeout(
 ) -> None:
     gw = start_gateway()
     stall(gw)
-    began = time.monotonic()
     done = cli(gw.home, "gateway", "restart", "--json")
-    took = time.monotonic() - began
-    print(f"\nrestart with a stalled call, drain timeout 2 s: {took:.2f} s wall (CLI included)")
     assert done.returncode == 0, done.stderr
-    assert took < 3.0
     outcome = json.loads(done.stdout)
     assert (outcome["fromGeneration"], outcome["generation"]) == (1, 2)
-    assert outcome["drain"]["timedOut"] is True
+    # The gateway's own figures, not the CLI's wall time (which a busy machine stretches): it
+    # waited its whole deadline, then the cut took no longer than the bounded cleanup.
+    report = outcome["drain"]
+    assert (report["timedOut"], report["forced"], report["timeoutSeconds"]) == (True, False, 2)
+    assert 2.0 <= report["waitedSeconds"] <= 2.0 + CLEANUP_BOUND_SECONDS
+    assert [w.split()[0] for w in report["abortedWork"]] == ["model_call"]
     log = gw.log
     for line in (
         "[DRAINING] Starting graceful drain of 1 task(s), timeout=2000ms",
@@ -169,28 +175,35 @@ def test_restart_with_a_stalled_model_call_finishes_within_the_drain_timeout(
 def test_forced_restart_is_immediate(start_gateway: Callable[..., Proc]) -> None:
     gw = start_gateway(drain={"timeoutSeconds": 60})
     stall(gw)
-    began = time.monotonic()
-    done = cli(gw.home, "gateway", "restart", "--force")
-    took = time.monotonic() - began
-    print(f"\nforced restart: {took:.2f} s wall (CLI included)")
+    done = cli(gw.home, "gateway", "restart", "--force", "--json")
     assert done.returncode == 0, done.stderr
-    assert took < 1.0
-    assert "restarted: generation 1 -> 2" in done.stdout
+    outcome = json.loads(done.stdout)
+    assert (outcome["fromGeneration"], outcome["generation"]) == (1, 2)
+    # A forced drain does not wait for its 60 s deadline: the gateway's own report says the
+    # stalled call was gone within the cleanup bound (the CLI's wall time is a benchmark's
+    # business, scripts/bench_cli.py, not a test's).
+    report = outcome["drain"]
+    assert (report["forced"], report["abortedTasks"]) == (True, 1)
+    assert report["waitedSeconds"] <= CLEANUP_BOUND_SECONDS
     assert "[DRAINING] Forced drain; aborting 1 task(s) now" in gw.log
 
 
 def test_stall_abort_while_healthz_keeps_answering(start_gateway: Callable[..., Proc]) -> None:
-    gw = start_gateway(stalledTaskDetection={"thresholdSeconds": 1, "checkIntervalSeconds": 0.2})
+    gw = start_gateway(stalledTaskDetection={"thresholdSeconds": 2, "checkIntervalSeconds": 0.2})
     session = stall(gw)
-    answers: list[int] = []
+    answers: list[tuple[int, bool]] = []  # (status, whether the abort was already logged after it)
 
     def aborted() -> bool:
-        answers.append(gw.http("GET", "/healthz", auth=False).status_code)
-        return "[ABORT COMPLETE] model_call terminated" in gw.log
+        status = gw.http("GET", "/healthz", auth=False).status_code
+        done = "[ABORT COMPLETE] model_call terminated" in gw.log
+        answers.append((status, done))
+        return done
 
-    poll("the stall abort", aborted, timeout=5)
-    assert set(answers) == {200}
-    assert len(answers) > 5
+    poll("the stall abort", aborted)
+    assert {status for status, _ in answers} == {200}
+    # Counted by observed order, not by elapsed time: /healthz answered while the call was
+    # stalled and not yet aborted, and again once the abort was logged.
+    assert [done for _, done in answers].count(False) >= 1
     assert f"[STALLED SESSION DETECTED] sessionId={session}" in gw.log
     assert "[AUTO-ABORT] Aborting stalled model_call" in gw.log
 
@@ -206,12 +219,12 @@ def test_auth_and_draining_over_the_wire(start_gateway: Callable[..., Proc]) -> 
     refused = gw.http("POST", "/v1/sessions", body)
     assert (refused.status_code, refused.json()["error"]) == (503, "GatewayDrainingError")
     assert gw.health()["status"] == "draining"
-    poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2}, timeout=5)
+    poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2})
 
 
 def test_second_gateway_on_the_same_home_exits_1_naming_the_holder(start_gateway: Callable[..., Proc]) -> None:
     gw = start_gateway()
-    second = cli(gw.home, "gateway", "start", "--port", "0", timeout=15)
+    second = cli(gw.home, "gateway", "start", "--port", "0")
     assert second.returncode == 1
     assert f"GatewayLockedError: another gateway (pid {gw.popen.pid})" in second.stderr
     assert gw.health()["status"] == "ok"
@@ -221,7 +234,7 @@ def test_bad_config_exits_2_and_starts_nothing(tmp_path: Path) -> None:
     home = tmp_path / "bad"
     home.mkdir()
     (home / "gateway.json").write_text(json.dumps({"gateway": {"drain": {"timeoutSeconds": "soon"}}}))
-    done = cli(home, "gateway", "start", "--port", "0", timeout=15)
+    done = cli(home, "gateway", "start", "--port", "0")
     assert done.returncode == 2
     assert done.stderr.startswith("ConfigError: gateway.drain.timeoutSeconds")
     assert sorted(p.name for p in home.iterdir()) == ["gateway.json"]
@@ -237,7 +250,7 @@ def test_sigkill_mid_turn_then_start_resumes_the_turn(start_gateway: Callable[..
     gw = start_gateway()
     session = stall(gw)
     gw.popen.send_signal(signal.SIGKILL)
-    gw.popen.wait(5)
+    gw.popen.wait(WAIT_SECONDS)
     again = start_gateway(gw.home)
     assert again.health()["generation"] == 1
     poll("the resumed turn", lambda: f"Resuming interrupted turn sessionId={session}" in again.log)
@@ -250,7 +263,7 @@ def test_signals_hup_restarts_and_term_stops_cleanly(start_gateway: Callable[...
     gw.popen.send_signal(signal.SIGHUP)
     poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2})
     gw.popen.send_signal(signal.SIGTERM)
-    assert gw.popen.wait(10) == 0
+    assert gw.popen.wait(WAIT_SECONDS) == 0
     assert not (gw.home / "gateway.state.json").exists()
     assert "SIGTERM received; graceful stop" in gw.log
     stopped = cli(gw.home, "gateway", "status")
@@ -300,7 +313,7 @@ def stalling_upstream() -> Iterator[UpstreamThread]:
     ready: queue.Queue[str] = queue.Queue()
     thread = threading.Thread(target=trio.run, args=(upstream._main, ready), daemon=True)
     thread.start()
-    upstream.url = ready.get(timeout=5)
+    upstream.url = ready.get(timeout=WAIT_SECONDS)
     yield upstream
     upstream.stop()
     thread.join(5)
@@ -325,5 +338,5 @@ def test_restart_closes_the_stalled_upstream_connection(
     assert done.returncode == 0, done.stderr
     assert "Draining timeout exceeded (2000ms)" in gw.log
     # The resumed turn stalls upstream again, on a new connection; the first one is closed.
-    poll("the upstream to see the first connection close", lambda: len(fake.closed_at) >= 1, timeout=5)
+    poll("the upstream to see the first connection close", lambda: len(fake.closed_at) >= 1)
     assert fake.connections_opened >= 1

@@ -1,7 +1,8 @@
 """The HTTP library decision (STACK-NOTES, httpcore issue #1093), measured on real loopback sockets.
 
 Every test runs against httpx (httpcore 1.0.9) and httpx2 (httpcore2) when both are importable.
-Real time here (no MockClock): the subject is the kernel's sockets. Each bound is short.
+Real time here (no MockClock): the subject is the kernel's sockets. The bounds only end a broken
+run; none is a figure a busy machine could miss (a leak shows as calls that never get a slot).
 
 Findings that shaped these tests (see the report in the commit): aborting 400 stalled calls all
 at once leaves both pools healthy; the leak needs aborts at scattered moments while the pool is
@@ -29,6 +30,8 @@ from trio_gateway.testing import FakeBehaviour, FakeModel, serve_fake_model
 from trio_gateway.work import WorkUnit
 
 POOL_SIZE = 10
+POOL_WAIT = 3.0
+BOUND = 20.0  # fails only a hung run
 BODY = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -79,8 +82,9 @@ async def _stream_call(client: Any, url: str, prompt: str = "hi") -> None:
 
 
 def _pool_client(lib: ModuleType) -> Any:
-    # The pool timeout is the symptom of a leak: keep it short so a leaked pool fails fast.
-    return lib.AsyncClient(limits=lib.Limits(max_connections=POOL_SIZE), timeout=lib.Timeout(None, pool=0.5))
+    # The pool timeout is the symptom of a leak: short enough that a leaked pool fails fast,
+    # long enough that a busy machine's slow (but healthy) calls never trip it.
+    return lib.AsyncClient(limits=lib.Limits(max_connections=POOL_SIZE), timeout=lib.Timeout(None, pool=POOL_WAIT))
 
 
 # --- (i) an abort closes the upstream connection ---------------------------------------------
@@ -95,12 +99,13 @@ async def test_abort_closes_upstream_connection(lib: ModuleType, fake: tuple[Fak
             nursery.start_soon(_stream_call, client, url, prompt)
             await server.received.wait_value(1)
             await trio.sleep(0.02)  # let the first chunks of the mid-stream case arrive
-            cancelled_at = trio.current_time()
             nursery.cancel_scope.cancel()
         assert server.connections_opened == 1
-        with trio.fail_after(1):
+        # Still inside the client: nothing but the abort itself can have closed it (a pool
+        # keeps an idle connection open, and the client's own close comes later).
+        with trio.fail_after(BOUND):
             await server.open_connections.wait_value(0)
-    assert server.closed_at[0] - cancelled_at < 0.1
+        assert len(server.closed_at) == 1
 
 
 async def test_aborting_the_model_unit_closes_upstream(fake: tuple[FakeModel, str]) -> None:
@@ -111,12 +116,12 @@ async def test_aborting_the_model_unit_closes_upstream(fake: tuple[FakeModel, st
     unit = WorkUnit(1, "model_call", "s1", now, now, "model_call:started")
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_run_in_unit, model, unit, "/stall-after 3 streaming then silence")
-        with trio.fail_after(1):
+        with trio.fail_after(BOUND):
             await server.received.wait_value(1)
         await trio.sleep(0.05)  # the three chunks before the silence arrive
         assert unit.last_progress == "model_call:streaming"
         unit.abort("stalled")
-    with trio.fail_after(1):
+    with trio.fail_after(BOUND):
         await server.open_connections.wait_value(0)
     await model.aclose()
     assert unit.scope.cancelled_caught
@@ -136,12 +141,12 @@ async def _assert_full_capacity(client: Any, server: FakeModel, url: str) -> Non
     async with trio.open_nursery() as nursery:
         for _ in range(POOL_SIZE):
             nursery.start_soon(_stream_call, client, url, "/stall hold a slot")
-        with trio.fail_after(1):
+        with trio.fail_after(BOUND):
             await server.received.wait_value(lambda n: n >= before + POOL_SIZE)
         nursery.cancel_scope.cancel()
     server.behaviour = FakeBehaviour(mode="echo")
     answered: list[int] = []
-    with trio.fail_after(2):
+    with trio.fail_after(BOUND):
         async with trio.open_nursery() as nursery:
             for _ in range(50):
                 nursery.start_soon(_post, client, url, answered)

@@ -51,7 +51,6 @@ async def test_seed_incident_restart_completes_at_the_deadline(tmp_path: Path, a
     wall = time.perf_counter() - wall
     print(f"\nseed restart: {restarted_after:.3f} virtual s after request (timeout 60 s); wall {wall * 1000:.0f} ms")
     assert restarted_after == pytest.approx(60.0, abs=0.01)
-    assert wall < 1.0
     lines = tags(sink)
     assert "[DRAINING] Starting graceful drain of 1 task(s), timeout=60000ms" in lines
     assert sum("still draining 1 active task(s) and 0 active embedded run(s)" in ln for ln in lines) == 11

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import attrs
@@ -27,12 +26,9 @@ def test_shipped_scenario_passes(name: str) -> None:
     assert result.passed, scenario.render(result)
 
 
-def test_seed_sixty_second_drain_takes_well_under_a_second() -> None:
+def test_seed_sixty_second_drain_runs_on_the_virtual_clock() -> None:
     parsed = scenario.load(SCENARIOS / "seed-stalled-model-restart.toml")
-    wall = time.perf_counter()
     result = scenario.run(parsed)
-    wall = time.perf_counter() - wall
-    assert wall < 0.5
     assert result.summary["drains"][0]["waitedSeconds"] == pytest.approx(60.0, abs=0.01)
     assert result.summary["generation"] == 2
 
