@@ -10,7 +10,6 @@ failed, aborted, cancelled by a drain), exactly one notice is handed to the outb
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -92,7 +91,6 @@ class Session:
     # Turns an operator abort cut off: their requesters are told, and they are not resumed.
     # Kept per turn, not as a session flag, so a turn submitted after the abort is unaffected.
     aborted: set[str] = attrs.Factory(set)
-    _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
     @property
     def id(self) -> str:
@@ -103,7 +101,11 @@ class Session:
         return self.nursery is not None
 
     def next_id(self, prefix: str) -> str:
-        return f"{prefix}-{self.id}-{next(self._ids)}"
+        # Counted in the record, which is saved with every turn: a process that loads this
+        # session again never reuses a turn id, the reply's idempotency key (a reused key made
+        # a platform that deduplicates drop a new message's reply as a repeat).
+        self.record.last_id += 1
+        return f"{prefix}-{self.id}-{self.record.last_id}"
 
     def abort(self) -> bool:
         """Cancel all of this session's work (operator's `session abort`)."""

@@ -59,6 +59,8 @@ class SessionRecord:
     # Written in the same atomic write as the turn each id started: a message is either a
     # turn and known, or neither; never answered twice, never lost.
     inbound_ids: list[str] = attrs.Factory(list)
+    # The last number `Session.next_id` handed out (turn and subagent ids).
+    last_id: int = 0
 
     def heard(self, inbound_id: str) -> bool:
         return inbound_id in self.inbound_ids
