@@ -241,3 +241,13 @@ async def test_channels_routes_and_metrics(gateway: Gateway, fake_channels: Fake
     assert f'trio_gateway_inbound_messages_total{{channel="{WX}",account="{ACCOUNT}"}} 1' in lines
     assert 'trio_gateway_channel_stop_seconds_bucket{le="0.005"} 2' in lines  # both stopped at once
     assert "trio_gateway_channel_stop_seconds_count 2" in lines
+
+
+def test_scenario_inbound_action_names_a_channel_without_a_fake() -> None:
+    from trio_gateway.scenario_format import ScenarioError
+    from trio_gateway.scenario_parse import parse_text
+
+    good = parse_text('[[action]]\nat = 1\ntype = "inbound"\ntext = "hi"\nfrom = "a@im.wechat"\n')
+    assert [(a.channel, a.from_) for a in good.actions] == [(WX, "a@im.wechat")]  # type: ignore[union-attr]
+    with pytest.raises(ScenarioError, match=r"action\[0\]\.channel"):
+        parse_text('[[action]]\nat = 1\ntype = "inbound"\ntext = "hi"\nchannel = "slack"\n')

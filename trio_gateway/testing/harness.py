@@ -118,6 +118,9 @@ class Attempt:
     kind: str
     outcome: str  # the classified `Outcome.kind`: ok, retry, permanent, rate_limited, paused
     reason: str
+    text: str = ""
+    # The requester origin's reply context (WeChat `context_token`), as the entry carried it.
+    context_token: str | None = None
 
 
 @attrs.define
@@ -128,9 +131,10 @@ class DeliveryTap:
     _count: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
 
     def record(self, entry: DeliveryEntry, outcome: Outcome) -> None:
+        origin = entry.requester_origin
         self.attempts.append(
             Attempt(trio.current_time(), entry.channel, entry.to, entry.account_id, entry.kind, outcome.kind,
-                    outcome.reason)
+                    outcome.reason, entry.payload.text, origin.context_token if origin else None)
         )  # fmt: skip
         self._count.value = len(self.attempts)
 
