@@ -69,6 +69,9 @@ class Intake(Protocol):
         """Returns once the message is a durable turn (or known already). Never raises for a
         bad message; while the gateway drains it waits to be cancelled."""
 
+    async def accept_batch(self, batch: list[Heard]) -> None:
+        """`accept` for one poll's messages: returns once every one is a durable turn."""
+
     async def load_cursor(self) -> Any: ...
 
     async def save_cursor(self, cursor: Any) -> None: ...
@@ -223,6 +226,24 @@ class AccountIntake:
             self.on_message(a.channel, a.account_id)
         else:
             self.log.debug("CHANNEL", f"Duplicate message skipped channel={a.channel} account={a.account_id}")
+
+    async def accept_batch(self, batch: list[Heard]) -> None:
+        # Conversations are independent: their turns are written concurrently (the session
+        # writes' fsyncs overlap), each conversation's in the order heard, so replies keep it.
+        by_conversation: dict[str, list[Heard]] = {}
+        for heard in batch:
+            by_conversation.setdefault(heard.to, []).append(heard)
+        if len(by_conversation) <= 1:
+            for heard in batch:
+                await self.accept(heard)
+            return
+        async with trio.open_nursery() as nursery:
+            for messages in by_conversation.values():
+                nursery.start_soon(self._accept_in_order, messages)
+
+    async def _accept_in_order(self, messages: list[Heard]) -> None:
+        for heard in messages:
+            await self.accept(heard)
 
     async def load_cursor(self) -> Any:
         return await self.cursors.load(self.account.channel, self.account.account_id)

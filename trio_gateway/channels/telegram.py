@@ -100,10 +100,7 @@ class TelegramListener:
                 raise ListenError(f"getUpdates: {scrub_url(str(reply))[:200]}")
             intake.connected()
             updates = [u for u in reply["result"] if isinstance(u, dict) and isinstance(u.get("update_id"), int)]
-            for update in updates:
-                found = heard(update)
-                if found is not None:
-                    await intake.accept(found)
+            await intake.accept_batch([h for h in map(heard, updates) if h is not None])
             if updates:
                 # Confirmed to Telegram by the next poll's offset, after every turn is durable.
                 offset = max(u["update_id"] for u in updates) + 1

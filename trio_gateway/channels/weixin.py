@@ -141,10 +141,7 @@ class WeixinListener:
             hint = reply.get("longpolling_timeout_ms")
             if isinstance(hint, (int, float)) and 0 < hint <= 600_000:
                 self.poll_seconds = hint / 1000
-            for msg in reply.get("msgs") or []:
-                found = heard(msg)
-                if found is not None:
-                    await intake.accept(found)
+            await intake.accept_batch([h for h in map(heard, reply.get("msgs") or []) if h is not None])
             following = reply.get("get_updates_buf")
             # Advanced only after every message of the batch is a durable turn.
             if isinstance(following, str) and following and following != cursor:
