@@ -1,11 +1,18 @@
-"""Feishu (Lark) open platform: tenant token, then `POST /open-apis/im/v1/messages`."""
+"""Feishu (Lark) open platform: tenant token, then `POST /open-apis/im/v1/messages`; and the
+decryption of encrypted webhook events (AES-256-CBC, key = SHA-256 of the encrypt key)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
+from typing import Any
 
 import attrs
 import trio
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from trio_gateway.channels.http import JsonClient, Reply, stable_key
 from trio_gateway.classify import FEISHU_TOKEN_INVALID_CODES, Outcome, classify_feishu, classify_feishu_token, field
@@ -116,3 +123,51 @@ class FeishuChannel:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+# --- encrypted webhook events (SPEC 11: `encryptKeyEnv`) ---------------------------------------
+
+AES_BLOCK_BYTES = 16
+
+
+class FeishuDecryptError(ValueError):
+    """The body is not an event encrypted with this account's key."""
+
+
+def _aes_key(encrypt_key: str) -> bytes:
+    # The platform's rule: the AES-256 key is the SHA-256 of the encrypt key as configured.
+    return hashlib.sha256(encrypt_key.encode()).digest()
+
+
+def decrypt_event(encrypted: str, encrypt_key: str) -> dict[str, Any]:
+    """`{"encrypt": B64}`: base64 of IV (16 bytes) + AES-256-CBC ciphertext, PKCS#7 padded,
+    of the event's JSON."""
+    try:
+        raw = base64.b64decode(encrypted, validate=True)
+    except (ValueError, binascii.Error):
+        raise FeishuDecryptError("encrypt is not base64") from None
+    if len(raw) < 2 * AES_BLOCK_BYTES or len(raw) % AES_BLOCK_BYTES:
+        raise FeishuDecryptError("encrypt has the wrong length for AES-CBC")
+    decryptor = Cipher(algorithms.AES(_aes_key(encrypt_key)), modes.CBC(raw[:AES_BLOCK_BYTES])).decryptor()
+    unpadder = padding.PKCS7(AES_BLOCK_BYTES * 8).unpadder()
+    try:
+        plain = unpadder.update(decryptor.update(raw[AES_BLOCK_BYTES:]) + decryptor.finalize()) + unpadder.finalize()
+        event = json.loads(plain)
+    except (ValueError, UnicodeDecodeError):
+        raise FeishuDecryptError("encrypt does not decrypt with this account's key") from None
+    if not isinstance(event, dict):
+        raise FeishuDecryptError("the decrypted event is not a JSON object")
+    return event
+
+
+def encrypt_event(event: dict[str, Any], encrypt_key: str, iv: bytes) -> str:
+    """The platform's side of `decrypt_event`, for the fakes and tests."""
+    padder = padding.PKCS7(AES_BLOCK_BYTES * 8).padder()
+    plain = padder.update(json.dumps(event).encode()) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(_aes_key(encrypt_key)), modes.CBC(iv)).encryptor()
+    return base64.b64encode(iv + encryptor.update(plain) + encryptor.finalize()).decode()
+
+
+def event_signature(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
+    """`X-Lark-Signature`: SHA-256 hex of timestamp + nonce + encrypt key + the raw body."""
+    return hashlib.sha256(timestamp.encode() + nonce.encode() + encrypt_key.encode() + body).hexdigest()

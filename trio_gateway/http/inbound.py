@@ -2,18 +2,21 @@
 one thing the gateway needs from it: who wrote what (or the URL-verification challenge).
 
 Only channels with a verification scheme we can check are accepted: Slack (signing secret),
-Telegram (secret token header) and Feishu (verification token, unencrypted events). Anything
+Telegram (secret token header) and Feishu (verification token; encrypted events with
+`encryptKeyEnv`, their signature headers checked when sent). Anything
 else is refused with 401 rather than trusted.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
+from trio_gateway.channels import feishu
 from trio_gateway.config import AccountConfig
 from trio_gateway.errors import BadRequestError, UnauthorizedError
 from trio_gateway.http import auth
@@ -53,10 +56,32 @@ def parse(
     if channel == "feishu":
         data = json_object(body)
         if "encrypt" in data:
-            raise BadRequestError("body: encrypted Feishu events are not supported; turn the encrypt key off")
+            data = _feishu_decrypted(data, headers, body, account, env)
         auth.verify_feishu(data, account, env)
         return _feishu(data)
     raise UnauthorizedError(f"channel {channel!r} has no inbound verification the gateway can check")
+
+
+def _feishu_decrypted(
+    data: JsonObject, headers: Mapping[str, str], body: bytes, account: AccountConfig, env: Mapping[str, str]
+) -> JsonObject:
+    """An encrypted event (`encryptKeyEnv`): the signature headers, when sent, must match; the
+    body must decrypt with the key; the verification token inside is then checked as usual."""
+    key = env.get(account.encrypt_key_env) if account.encrypt_key_env else None
+    if not key:
+        raise UnauthorizedError("encrypted Feishu event, but encryptKeyEnv is not configured for this account")
+    signature = headers.get("x-lark-signature")
+    if signature is not None:
+        stamp, nonce = headers.get("x-lark-request-timestamp", ""), headers.get("x-lark-request-nonce", "")
+        if not hmac.compare_digest(signature, feishu.event_signature(stamp, nonce, key, body)):
+            raise UnauthorizedError("bad Feishu event signature")
+    encrypted = data.get("encrypt")
+    if not isinstance(encrypted, str):
+        raise BadRequestError("encrypt: must be a string")
+    try:
+        return feishu.decrypt_event(encrypted, key)
+    except feishu.FeishuDecryptError as exc:
+        raise UnauthorizedError(f"encrypted Feishu event refused: {exc}") from None
 
 
 def _dict(value: object) -> JsonObject:
