@@ -36,11 +36,13 @@ def gateway_config() -> Config:
 
 
 async def until(predicate: Callable[[], object], step: float = 0.01) -> None:
-    """Virtual time passes until `predicate()` holds (each step costs no wall time)."""
-    while True:
-        if predicate():
-            return
-        await trio.sleep(step)
+    """Virtual time passes until `predicate()` holds (each step costs no wall time); a day of
+    virtual time without it fails the test instead of spinning forever."""
+    with trio.fail_after(86_400):
+        while True:
+            if predicate():
+                return
+            await trio.sleep(step)
 
 
 def sends(fakes: FakeChannels, channel: str = WX) -> list[dict[str, object]]:

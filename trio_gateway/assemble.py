@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from trio_gateway import http_client as http
 from trio_gateway.channels import registry as channel_registry
+from trio_gateway.channels.discord import WebSocketConnect, open_websocket
 from trio_gateway.channels.listen import CursorStore, InboundStats, ListenerSupervisor, NoSender, SenderControl
 from trio_gateway.channels.registry import ChannelSet, build_listeners
 from trio_gateway.config import Config
@@ -62,6 +63,7 @@ def listeners(
     *,
     transport: http.AsyncBaseTransport | None = None,
     rng: random.Random | None = None,
+    connect: WebSocketConnect = open_websocket,
 ) -> ListenerFactory:
     """Per generation: a listener for every account of that generation's config (SPEC 11)."""
     cursors = CursorStore(home.inbound_dir, runner, log)
@@ -70,7 +72,7 @@ def listeners(
     async def factory(config: Config, gateway: Gateway, delivery: DeliveryService) -> ListenerSupervisor:
         sender: SenderControl = delivery.worker if isinstance(delivery, QueueDelivery) else NoSender()
         return ListenerSupervisor(
-            build_listeners(config, env, log, transport),
+            build_listeners(config, env, log, transport, connect),
             gateway.submit_inbound,
             cursors,
             log,

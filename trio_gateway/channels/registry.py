@@ -13,7 +13,7 @@ import trio
 
 from trio_gateway.channels.base import Channel
 from trio_gateway.channels.console import ConsoleChannel
-from trio_gateway.channels.discord import DiscordChannel
+from trio_gateway.channels.discord import DiscordChannel, DiscordListener, WebSocketConnect, open_websocket
 from trio_gateway.channels.feishu import FeishuChannel
 from trio_gateway.channels.http import make_transport, new_ssl_context
 from trio_gateway.channels.listen import AccountListener, Listener, account_file_ok, agent_for
@@ -96,13 +96,25 @@ OPENERS: dict[str, Callable[[AccountSpec], Channel]] = {
 
 # --- listening (SPEC 11) ---------------------------------------------------------------------
 
-LISTENERS: dict[str, Callable[[AccountSpec], Listener]] = {
-    "openclaw-weixin": lambda a: WeixinListener.open(
-        a.base_url, a.secret("tokenEnv", a.account.token_env), a.account_id, a.transport()
-    ),
-    "telegram": lambda a: TelegramListener.open(
-        a.base_url, a.secret("tokenEnv", a.account.token_env), a.account_id, a.transport()
-    ),
+
+def _weixin_listener(a: AccountSpec, _: WebSocketConnect) -> Listener:
+    return WeixinListener.open(a.base_url, a.secret("tokenEnv", a.account.token_env), a.account_id, a.transport())
+
+
+def _telegram_listener(a: AccountSpec, _: WebSocketConnect) -> Listener:
+    return TelegramListener.open(a.base_url, a.secret("tokenEnv", a.account.token_env), a.account_id, a.transport())
+
+
+def _discord_listener(a: AccountSpec, connect: WebSocketConnect) -> Listener:
+    token = a.secret("tokenEnv", a.account.token_env)
+    return DiscordListener.open(a.base_url, token, a.account_id, a.transport(), connect)
+
+
+# (channel, mode) -> opener: what this version can listen with.
+LISTENERS: dict[tuple[str, str], Callable[[AccountSpec, WebSocketConnect], Listener]] = {
+    ("openclaw-weixin", "poll"): _weixin_listener,
+    ("telegram", "poll"): _telegram_listener,
+    ("discord", "socket"): _discord_listener,
 }
 
 
@@ -121,7 +133,11 @@ def inbound_mode(channel: str, account: AccountConfig) -> str:
 
 
 def build_listeners(
-    config: Config, env: Mapping[str, str], log: EventLog, transport: AsyncBaseTransport | None = None
+    config: Config,
+    env: Mapping[str, str],
+    log: EventLog,
+    transport: AsyncBaseTransport | None = None,
+    connect: WebSocketConnect = open_websocket,
 ) -> list[AccountListener]:
     """One `AccountListener` per configured account; those that cannot listen are `off`, each
     with one warning saying why."""
@@ -129,24 +145,26 @@ def build_listeners(
     for spec in _specs(config, env, _transport_factory(transport)):
         mode = inbound_mode(spec.channel, spec.account)
         agent_id = agent_for(config.agents, spec.channel, spec.account_id)
-        listener, why = _open_listener(spec, mode, agent_id)
+        listener, why = _open_listener(spec, mode, agent_id, connect)
         if why is not None:
             log.warn("CHANNEL", f"Not listening channel={spec.channel} account={spec.account_id}: {why}")
         accounts.append(AccountListener(spec.channel, spec.account_id, mode, agent_id, listener))
     return accounts
 
 
-def _open_listener(spec: AccountSpec, mode: str, agent_id: str | None) -> tuple[Listener | None, str | None]:
+def _open_listener(
+    spec: AccountSpec, mode: str, agent_id: str | None, connect: WebSocketConnect
+) -> tuple[Listener | None, str | None]:
     if mode in ("off", "webhook"):
         return None, None
     if agent_id is None:
         return None, "no agent is bound to this channel and account"
     if not account_file_ok(spec.account_id):
         return None, "the account id cannot name a cursor file"
-    opener = LISTENERS.get(spec.channel)
-    if opener is None or (spec.channel, mode) not in (("openclaw-weixin", "poll"), ("telegram", "poll")):
+    opener = LISTENERS.get((spec.channel, mode))
+    if opener is None:
         return None, f"inbound mode {mode!r} is not available for {spec.channel} in this version"
-    return opener(spec), None
+    return opener(spec, connect), None
 
 
 def _specs(config: Config, env: Mapping[str, str], make: Callable[[], AsyncBaseTransport]) -> list[AccountSpec]:

@@ -31,6 +31,7 @@ import trio
 
 from trio_gateway import http_client as http
 from trio_gateway.http.asgi import lifespan
+from trio_gateway.testing.fake_discord import FakeDiscordGateway
 from trio_gateway.testing.fake_inbound import Dropped, FakeInbound
 
 Json = Any
@@ -152,6 +153,7 @@ ROUTES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"/ilink/bot/msg/notifystart$"), "openclaw-weixin", "notifystart"),
     (re.compile(r"/ilink/bot/msg/notifystop$"), "openclaw-weixin", "notifystop"),
     (re.compile(r"/bot(?P<token>[^/]+)/getUpdates$"), "telegram", "poll"),
+    (re.compile(r"/gateway/bot$"), "discord", "gateway"),
 ]
 INBOUND_OPS = ("poll", "notifystart", "notifystop")
 
@@ -193,22 +195,35 @@ class FakeChannels:
     _dm_channels: dict[str, str] = attrs.Factory(dict)
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
     inbound: FakeInbound = attrs.Factory(FakeInbound)
+    discord_gateway: FakeDiscordGateway = attrs.Factory(FakeDiscordGateway)
 
     # --- commands ---
 
     def push(self, channel: str, text: str, *, sender: str | None = None, context_token: str | None = None,
              bot: bool = False) -> str:  # fmt: skip
-        """A person writes to the bot: the next long poll of `channel` hears it (its id back)."""
+        """A person writes to the bot: the next long poll of `channel` hears it, or the Discord
+        gateway sends it (`sender`: the Discord channel id). Returns the platform's id for it."""
+        if channel == "discord":
+            return self.discord_gateway.push(text, sender, bot=bot)
         return self.inbound.push(channel, text, sender=sender, context_token=context_token, bot=bot)
 
     def drop_connection(self, channel: str) -> None:
-        self.inbound.drop_connection(channel)
+        if channel == "discord":
+            self.discord_gateway.drop_connection()
+        else:
+            self.inbound.drop_connection(channel)
 
     def reject_auth(self, channel: str) -> None:
-        """Polls get the platform's auth failure (WeChat errcode -14, Telegram 401) until `accept_auth`."""
-        self.inbound.reject_auth(channel)
+        """Listening gets the platform's auth failure (WeChat errcode -14, Telegram 401, Discord
+        close 4004) until `accept_auth`."""
+        if channel == "discord":
+            self.discord_gateway.reject_auth()
+        else:
+            self.inbound.reject_auth(channel)
 
     def accept_auth(self, channel: str | None = None) -> None:
+        if channel in (None, "discord"):
+            self.discord_gateway.accept_auth()
         self.inbound.accept_auth(channel)
 
     def accept(self, channel: str | None = None) -> None:
@@ -278,6 +293,10 @@ class FakeChannels:
         delay = self._delays.get(channel)
         if delay:
             await trio.sleep(delay)
+        if op == "gateway":
+            if not self._credential_ok(channel, _bearer(request.headers, "Bot")) or self.discord_gateway.auth_rejected:
+                return _bad(401, {"message": "401: Unauthorized", "code": 0})
+            return FakeResponse(200, {"url": "wss://gateway.fake.invalid", "shards": 1})
         if request.method != "POST":
             return _bad(405, {"error": "method not allowed"})
         if op in INBOUND_OPS:

@@ -238,7 +238,13 @@ class Harness:
         gateway.deps.delivery_factory = harness._delivery_factory(the_env, seed)
         # The listeners are production's too, long-polling the same fake (SPEC 11).
         gateway.deps.listener_factory = listeners(
-            harness.home, gateway.log, the_env, inline, transport=harness.channels.transport(), rng=random.Random(seed)
+            harness.home,
+            gateway.log,
+            the_env,
+            inline,
+            transport=harness.channels.transport(),
+            rng=random.Random(seed),
+            connect=harness.channels.discord_gateway.connect,
         )
         return harness
 
