@@ -7,6 +7,7 @@
              message, failTimes, retryAfterSeconds, delaySeconds, accounts
 [[action]]   at = seconds, type = start_session | spawn_subagent | restart | force_restart | stop
              | stall_model_call | kill_upstream | inject_deliveries | inbound (channel, text, from)
+             | drop_connection (channel)
 [[expect]]   type = log | delivery | dead_letter | restart_within | no_request | generation | drains
 """
 
@@ -165,8 +166,25 @@ class Inbound:
     count: int = 1
 
 
+@attrs.frozen
+class DropConnection:
+    """The fake platform drops the listener's connection on `channel` (a long poll breaks, a
+    websocket dies without a close frame)."""
+
+    at: float
+    channel: str
+
+
 Action = (
-    StartSession | SpawnSubagent | Restart | ForceRestart | StallModelCall | KillUpstream | InjectDeliveries | Inbound
+    StartSession
+    | SpawnSubagent
+    | Restart
+    | ForceRestart
+    | StallModelCall
+    | KillUpstream
+    | InjectDeliveries
+    | Inbound
+    | DropConnection
 )
 
 ACTION_TYPES: dict[str, type[Any]] = {
@@ -181,6 +199,7 @@ ACTION_TYPES: dict[str, type[Any]] = {
     "inject_deliveries": InjectDeliveries,
     "inject_failing_deliveries": InjectDeliveries,
     "inbound": Inbound,
+    "drop_connection": DropConnection,
 }
 
 

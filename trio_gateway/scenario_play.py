@@ -13,6 +13,7 @@ from trio_gateway.routing import Origin
 from trio_gateway.scenario_expect import RestartRecord
 from trio_gateway.scenario_format import (
     Action,
+    DropConnection,
     ForceRestart,
     Inbound,
     InjectDeliveries,
@@ -72,6 +73,9 @@ class Player:
                 await self._inject(action)
             case Inbound():
                 self._inbound(action)
+            case DropConnection():
+                self.harness.channels.drop_connection(action.channel)
+                self.note(f"drop_connection on {action.channel}")
 
     async def _start(self, action: StartSession) -> None:
         refused = 0

@@ -24,6 +24,9 @@ Json = Any
 WEIXIN = "openclaw-weixin"
 TELEGRAM = "telegram"
 INBOUND_CHANNELS = (WEIXIN, TELEGRAM)
+# Channels whose listening side the fakes serve: the long polls here, Discord's gateway in
+# fake_discord.py.
+LISTENING_FAKES = (WEIXIN, TELEGRAM, "discord")
 # How long a poll is held with nothing to say (the platforms' own figures).
 WEIXIN_HOLD_MS = 35_000
 BATCH = 100
