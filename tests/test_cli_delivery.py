@@ -12,8 +12,9 @@ import attrs
 import pytest
 import trio
 
-from trio_gateway import cli, cli_delivery
+from trio_gateway import cli
 from trio_gateway.classify import OK, Outcome
+from trio_gateway.cli import delivery as cli_delivery
 from trio_gateway.entry import DeliveryEntry, Payload, RequesterOrigin
 from trio_gateway.log import EventLog
 from trio_gateway.progress import Progress

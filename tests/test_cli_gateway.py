@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trio_gateway.cli import main
-from trio_gateway.cli_gateway import _restart_line, progress_line, status_lines
+from trio_gateway.cli.gateway import _restart_line, progress_line, status_lines
 from trio_gateway.client import Target, pid_alive, remote_error
 from trio_gateway.errors import ConfigError, DeliveryValidationError, GatewayUnreachableError
 from trio_gateway.home import Home

@@ -340,3 +340,26 @@ def test_restart_closes_the_stalled_upstream_connection(
     # The resumed turn stalls upstream again, on a new connection; the first one is closed.
     poll("the upstream to see the first connection close", lambda: len(fake.closed_at) >= 1)
     assert fake.connections_opened >= 1
+
+
+def test_absurd_numbers_and_a_rejected_reload_leave_the_process_up(start_gateway: Callable[..., Proc]) -> None:
+    """Issue 9: `timeoutSeconds: 1e306` answered 202 and then killed the process; a reload of an
+    unreadable gateway.json killed it too, and `gateway restart` still said "restarted", exit 0."""
+    gw = start_gateway()
+    absurd = httpx.post(
+        gw.url + "/v1/gateway/restart",
+        content=b'{"timeoutSeconds": 1e306}',
+        headers={"Authorization": f"Bearer {gw.token}"},
+        timeout=5,
+        trust_env=False,
+    )
+    assert (absurd.status_code, absurd.json()["error"]) == (400, "BadRequestError")
+    assert gw.health() == {"status": "ok", "generation": 1}
+    (gw.home / "gateway.json").write_bytes(b'{"gateway": {"bind": "\xff"}}')
+    done = cli(gw.home, "gateway", "restart")
+    assert done.returncode == 1, done.stderr
+    assert "on the PREVIOUS configuration" in done.stdout
+    assert done.stderr.startswith("ConfigError: new gateway.json rejected")
+    assert "not valid UTF-8" in done.stderr
+    assert gw.popen.poll() is None
+    assert gw.health() == {"status": "ok", "generation": 2}

@@ -92,6 +92,17 @@ def test_restart_and_sigkill_mid_traffic_lose_nothing_and_answer_nothing_twice(t
         poll("every message answered", lambda: len(answers(fake_url)) >= total, timeout=STARTUP_SECONDS)
         time.sleep(1.0)  # room for a duplicate to show up, were there one
         texts = [m["text"] for m in answers(fake_url)]
+        status = cli(home, "channels", "status", "--json")
+        assert status.returncode == 0, status.stderr
+        [account] = json.loads(status.stdout)["channels"]
+        assert (account["channel"], account["accountId"], account["inbound"]["state"]) == (WX, "bot1", "listening")
+        resumed = cli(home, "channels", "resume", WX, "bot1")
+        assert (resumed.returncode, resumed.stdout.strip()) == (
+            0,
+            f"{WX} bot1 was not paused; its sends were made due again",
+        )
+        unknown = cli(home, "channels", "resume", WX, "nobody")
+        assert (unknown.returncode, unknown.stderr.split(":")[0]) == (1, "NotFoundError")
     finally:
         stop.set()
         writer.join(WAIT_SECONDS)

@@ -84,7 +84,7 @@ BAD_FILES = [
     ),
     (
         '[config]\n"gateway.drain.timeoutSeconds" = 0\n',
-        "line 1: config.gateway.drain.timeoutSeconds: must be a positive",
+        "line 1: config.gateway.drain.timeoutSeconds: must be between 0.001 and 86400",
     ),
     ('[channels.feishu]\nmode = "flaky"\n', 'line 1: channels.feishu.mode: expected one of "accept", "reject"'),
     ('[channels.console]\nmode = "fail"\n', "line 1: channels.console.mode: console has no fake server"),

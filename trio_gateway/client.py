@@ -1,22 +1,27 @@
 """The CLI's way to a running gateway: `gateway.state.json` says where, `gateway.token` says
 who we are, and every error the API answers comes back as the same `GatewayError` the
 gateway raised (so `ErrorName: message` and the exit code match what happened there).
+
+The transport is the standard library's `http.client`, one loopback connection per call: the
+admin API is a handful of small JSON requests to 127.0.0.1, and importing httpx or httpx2
+(with httpcore, h11, anyio/sniffio, certifi, ssl contexts) costs more than the rest of a CLI
+command together (scripts/bench_cli.py). Upstream calls keep httpx2 (`http_client.py`).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
-import httpx
 
 from trio_gateway import errors
 from trio_gateway.errors import GatewayError, GatewayUnreachableError
-from trio_gateway.home import Home
-from trio_gateway.http import auth
+from trio_gateway.home import Home, read_token
 
 # Every API call is quick (a drain is followed by polling, never by one long request).
 REQUEST_TIMEOUT_SECONDS = 10.0
@@ -99,24 +104,18 @@ class Target:
 @attrs.define
 class GatewayClient:
     target: Target
-    http: httpx.Client
+    token: str
 
     @classmethod
     def connect(cls, home: Home) -> GatewayClient:
         target = Target.find(home)
-        token = auth.read_token(home.token_path)
+        token = read_token(home.token_path)
         if token is None:
             raise unreachable(home, f"{home.token_path} is missing")
-        http = httpx.Client(
-            base_url=target.url,
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=REQUEST_TIMEOUT_SECONDS,
-            trust_env=False,  # a proxy from the environment must never see loopback admin calls
-        )
-        return cls(target, http)
+        return cls(target, token)
 
     def close(self) -> None:
-        self.http.close()
+        pass  # one connection per call: nothing held between calls
 
     def __enter__(self) -> GatewayClient:
         return self
@@ -126,13 +125,29 @@ class GatewayClient:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
-            response = self.http.request(method, path, json=body)
-        except httpx.TransportError as exc:
+            status, content = self._exchange(method, path, body)
+        except (OSError, http.client.HTTPException) as exc:
             why = "the gateway exited" if not self.target.alive() else f"{type(exc).__name__}: {exc}"
             raise unreachable(self.target.home, why) from None
-        if response.status_code >= 400:
-            raise remote_error(response.status_code, response.content)
-        return response.json()
+        if status >= 400:
+            raise remote_error(status, content)
+        return json.loads(content)
+
+    def _exchange(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, bytes]:
+        # No proxy from the environment can see these calls: http.client dials the URL itself.
+        url = urlsplit(self.target.url)
+        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=REQUEST_TIMEOUT_SECONDS)
+        headers = {"Authorization": f"Bearer {self.token}", "Connection": "close"}
+        payload = None
+        if body is not None:
+            payload = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, url.path.rstrip("/") + path, body=payload, headers=headers)
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
 
     def get(self, path: str) -> Any:
         return self.call("GET", path)

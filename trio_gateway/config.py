@@ -18,6 +18,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.json import make_converter
 
+from trio_gateway import strict_json
 from trio_gateway.errors import ConfigError
 
 Recovery = Literal["abort", "none"]
@@ -71,6 +72,16 @@ class GatewaySection:
     stalled_task_detection: StallConfig = StallConfig()
     test_endpoints: TestEndpointsConfig = TestEndpointsConfig()
     max_body_bytes: int = 1_048_576
+    # A request body must arrive whole within this; a slow sender cannot hold a slot forever.
+    body_read_timeout_seconds: float = 30.0
+    # Open HTTP connections at once; one more is closed at accept (the gateway keeps serving).
+    max_connections: int = 1000
+    # Bodies of unauthenticated requests (webhooks: their signature is checked after the body)
+    # read at once; one more is refused with 503, so strangers pin at most this x maxBodyBytes.
+    max_unverified_bodies: int = 64
+    # A session with nothing running or owed leaves memory after this long without a turn;
+    # its file stays, and its next turn reads it back.
+    session_evict_after_seconds: float = 3600.0
 
 
 @attrs.frozen
@@ -214,14 +225,23 @@ def _strict_int(value: object, _: type) -> int:
 def _strict_float(value: object, _: type) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"expected a number, got {json.dumps(value)}")
-    if not math.isfinite(value):
+    try:
+        number = float(value)  # an int of 400 digits overflows here, not in a later sleep
+    except OverflowError:
+        raise ValueError("expected a finite number") from None
+    if not math.isfinite(number):
         raise ValueError("expected a finite number")
-    return float(value)
+    return number
 
 
 def _strict_str(value: object, _: type) -> str:
     if not isinstance(value, str):
         raise TypeError(f"expected a string, got {json.dumps(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate reads fine and then breaks every write of it (logs, sessions).
+        raise ValueError(f"not valid Unicode: {value!a}") from None
     return value
 
 
@@ -318,26 +338,79 @@ def unstructure(obj: object) -> Any:
 # --- rules beyond types ---------------------------------------------------------------------
 
 
-def _positive(path: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(path, f"must be a positive number, got {value:g}")
+# Every number in the file has a finite documented range (SPEC 5: "an absurd timeout is a 400,
+# never a crash"): `1e308` as a drain timeout overflowed a log line at every stop, `1e-300` as a
+# check interval spun a CPU. `*` is any name under a map, `[*]` any list index. README lists them;
+# a test fails when a numeric key has no range here.
+RANGES: dict[str, tuple[float, float]] = {
+    "gateway.port": (0, 65535),
+    "gateway.drain.timeoutSeconds": (0.001, 86_400),
+    "gateway.drain.progressIntervalSeconds": (0.1, 3_600),
+    "gateway.drain.cleanupTimeoutSeconds": (0.01, 300),
+    "gateway.channelStopTimeoutSeconds": (0.01, 300),
+    "gateway.stalledTaskDetection.thresholdSeconds": (0.1, 86_400),
+    "gateway.stalledTaskDetection.checkIntervalSeconds": (0.01, 3_600),
+    "gateway.maxBodyBytes": (256, 64 * 1_048_576),
+    "gateway.bodyReadTimeoutSeconds": (0.1, 3_600),
+    "gateway.maxConnections": (1, 100_000),
+    "gateway.sessionEvictAfterSeconds": (1, 31_622_400),
+    "gateway.maxUnverifiedBodies": (1, 10_000),
+    "models.*.requestTimeoutSeconds": (0.01, 86_400),
+    "agents.*.maxSubagentDepth": (1, 16),
+    "agents.*.maxToolRounds": (1, 100),
+    "delivery.maxAttempts": (1, 1_000),
+    "delivery.initialBackoffSeconds": (0.001, 86_400),
+    "delivery.maxBackoffSeconds": (0.001, 86_400),
+    "delivery.maxTotalRetrySeconds": (0.001, 2_592_000),
+    "delivery.concurrency": (1, 1_024),
+    "delivery.attemptTimeoutSeconds": (0.01, 3_600),
+    "delivery.rescanIntervalSeconds": (0.01, 86_400),
+    "cron[*].everySeconds": (0.1, 31_622_400),
+}
+
+
+def show_number(value: float) -> str:
+    """A number for an error message; never raises (`f"{10**400:g}"` overflows)."""
+    if isinstance(value, int) and abs(value) >= 10**15:
+        return f"an integer of {len(str(abs(value)))} digits"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def numbers(obj: object, pattern: str = "", path: str = "") -> list[tuple[str, str, float]]:
+    """Every number in a config as (range pattern, key path, value), in the file's spelling."""
+    found: list[tuple[str, str, float]] = []
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return found
+    if isinstance(obj, (int, float)):
+        return [(pattern, path, obj)]
+    if isinstance(obj, Mapping):
+        for key, child in obj.items():
+            found += numbers(child, f"{pattern}.*", f"{path}.{key}")
+    elif isinstance(obj, list):
+        for i, child in enumerate(obj):
+            found += numbers(child, f"{pattern}[*]", f"{path}[{i}]")
+    elif attrs.has(type(obj)):
+        cls: Any = type(obj)
+        for field in attrs.fields(cls):
+            name = field.name if field.name in _SNAKE_NAMES else camel(field.name)
+            found += numbers(getattr(obj, field.name), f"{pattern}.{name}".lstrip("."), f"{path}.{name}".lstrip("."))
+    return found
+
+
+def _check_ranges(config: Config) -> None:
+    for pattern, path, value in numbers(config):
+        low, high = RANGES.get(pattern, (-math.inf, math.inf))
+        if not low <= value <= high:
+            raise ConfigError(
+                path, f"must be between {show_number(low)} and {show_number(high)}, got {show_number(value)}"
+            )
 
 
 def check(config: Config) -> Config:
-    """Rules that types cannot say: positive timeouts, references that resolve."""
-    g = config.gateway
-    _positive("gateway.drain.timeoutSeconds", g.drain.timeout_seconds)
-    _positive("gateway.drain.progressIntervalSeconds", g.drain.progress_interval_seconds)
-    _positive("gateway.drain.cleanupTimeoutSeconds", g.drain.cleanup_timeout_seconds)
-    _positive("gateway.channelStopTimeoutSeconds", g.channel_stop_timeout_seconds)
-    _positive("gateway.stalledTaskDetection.thresholdSeconds", g.stalled_task_detection.threshold_seconds)
-    _positive("gateway.stalledTaskDetection.checkIntervalSeconds", g.stalled_task_detection.check_interval_seconds)
-    _positive("gateway.maxBodyBytes", g.max_body_bytes)
-    if not 0 <= g.port <= 65535:
-        raise ConfigError("gateway.port", f"must be 0..65535, got {g.port}")
+    """Rules that types cannot say: numbers within their ranges, references that resolve."""
+    _check_ranges(config)
     for name, model in config.models.items():
         path = f"models.{name}"
-        _positive(f"{path}.requestTimeoutSeconds", model.request_timeout_seconds)
         if model.kind == "openai":
             if not model.base_url:
                 raise ConfigError(f"{path}.baseUrl", "required for an OpenAI-compatible model")
@@ -362,20 +435,7 @@ def check(config: Config) -> Config:
         for i, channel in enumerate(agent.channels):
             if channel != "console" and channel not in config.channels:
                 raise ConfigError(f"{path}.channels[{i}]", f"channel {channel!r} is not configured under channels")
-        if not 1 <= agent.max_subagent_depth <= 16:
-            raise ConfigError(f"{path}.maxSubagentDepth", "must be 1..16")
-        if agent.max_tool_rounds < 1:
-            raise ConfigError(f"{path}.maxToolRounds", "must be at least 1")
     d = config.delivery
-    if d.max_attempts < 1:
-        raise ConfigError("delivery.maxAttempts", "must be at least 1")
-    if d.concurrency < 1:
-        raise ConfigError("delivery.concurrency", "must be at least 1")
-    _positive("delivery.initialBackoffSeconds", d.initial_backoff_seconds)
-    _positive("delivery.maxBackoffSeconds", d.max_backoff_seconds)
-    _positive("delivery.maxTotalRetrySeconds", d.max_total_retry_seconds)
-    _positive("delivery.attemptTimeoutSeconds", d.attempt_timeout_seconds)
-    _positive("delivery.rescanIntervalSeconds", d.rescan_interval_seconds)
     if d.max_backoff_seconds < d.initial_backoff_seconds:
         raise ConfigError("delivery.maxBackoffSeconds", "must be at least initialBackoffSeconds")
     seen: set[str] = set()
@@ -385,7 +445,6 @@ def check(config: Config) -> Config:
         seen.add(entry.id)
         if entry.agent not in config.agents:
             raise ConfigError(f"cron[{i}].agent", f"no agent named {entry.agent!r}")
-        _positive(f"cron[{i}].everySeconds", entry.every_seconds)
     return config
 
 
@@ -400,9 +459,9 @@ def parse(raw: object) -> Config:
 
 def parse_text(text: str, source: str = "gateway.json") -> Config:
     try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(source, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        raw = strict_json.loads(text)
+    except strict_json.JsonInputError as exc:
+        raise ConfigError(f"{source}{' ' + exc.where if exc.where else ''}", exc.what) from None
     return parse(raw)
 
 
@@ -440,8 +499,8 @@ def get_key(raw: Mapping[str, Any], key: str) -> Any:
 def parse_value(text: str) -> Any:
     """`config set` values: JSON when they parse as JSON, else the text as a string."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return strict_json.loads(text)
+    except strict_json.JsonInputError:
         return text
 
 

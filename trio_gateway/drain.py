@@ -48,6 +48,8 @@ class DrainReport:
     waited_seconds: float  # request to work gone (cleanup included)
     aborted_tasks: int
     aborted_work: tuple[str, ...]  # "model_call session=s-1-1" for each unit cut off
+    # Why the restart's reload of gateway.json was refused (the old config kept), else None.
+    config_rejected: str | None = None
 
 
 @attrs.define(eq=False)

@@ -57,6 +57,20 @@ class PayloadTooLargeError(GatewayError):
     http_status = 413
 
 
+class RequestTimeoutError(GatewayError):
+    """A request body that did not arrive within `gateway.bodyReadTimeoutSeconds`."""
+
+    exit_code = 1
+    http_status = 408
+
+
+class GatewayBusyError(GatewayError):
+    """Too many requests of one kind in flight (unverified webhook bodies); try again."""
+
+    exit_code = 1
+    http_status = 503
+
+
 class DeliveryValidationError(GatewayError):
     """An address that does not fit its channel; nothing was written."""
 

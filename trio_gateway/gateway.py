@@ -26,11 +26,11 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from trio_gateway import agent
+from trio_gateway import agent, session_evict
 from trio_gateway.channels.listen import ListenerSupervisor
-from trio_gateway.cli_config import load as load_config_file
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config, ModelConfig
+from trio_gateway.config_file import load as load_config_file
 from trio_gateway.cron import run_cron
 from trio_gateway.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, collector_paused, drain
 from trio_gateway.errors import BadRequestError, ConfigError, GatewayDrainingError, NotFoundError
@@ -38,6 +38,7 @@ from trio_gateway.home import Home
 from trio_gateway.log import EventLog, ms
 from trio_gateway.models.base import Model
 from trio_gateway.routing import Origin
+from trio_gateway.session_evict import Evicted
 from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnKind, TurnRecord
 from trio_gateway.stall import StallWatchdog
 from trio_gateway.store import BlockingRunner, in_thread
@@ -117,6 +118,9 @@ class Gateway:
     _drain: DrainRequest | None = None
     _drain_wanted: trio.Event = attrs.Factory(trio.Event)
     _by_origin: dict[tuple[str, Origin | None], str] = attrs.Factory(dict)
+    # Idle sessions out of memory (session_evict.py), and when each was last given a turn.
+    _evicted: dict[str, Evicted] = attrs.Factory(dict)
+    _last_active: dict[str, float] = attrs.Factory(dict)
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
     def __attrs_post_init__(self) -> None:
@@ -137,6 +141,7 @@ class Gateway:
         for record in await self.store.load_all():
             self.sessions[record.id] = agent.Session(record)
             self._by_origin[(record.agent, _conversation(record.origin))] = record.id
+            self._last_active[record.id] = self.started_at
         started = task_status
         async with trio.open_nursery() as root:
             for server in self.deps.servers:
@@ -147,7 +152,7 @@ class Gateway:
                 started = trio.TASK_STATUS_IGNORED
                 if request.kind == "stop":
                     break
-                self.config = self._reload(self.config)
+                self.config = self._reload(self.config, request)
                 completed = request
             self.state.value = "stopped"
             request.done.set()
@@ -155,15 +160,19 @@ class Gateway:
         assert request.report is not None
         return request.report
 
-    def _reload(self, old: Config) -> Config:
+    def _reload(self, old: Config, request: DrainRequest) -> Config:
         """A restart reloads `gateway.json`; a bad file keeps the running config (a restart
-        must never leave the operator with no gateway)."""
+        must never leave the operator with no gateway), and the restart's report says so."""
         try:
             config = self.deps.load_config()
             self.deps.preflight(config)
             return config
-        except ConfigError as exc:
-            self.log.error("RESTART", "Config reload failed; keeping the current config", error=str(exc))
+        except Exception as exc:  # the reader makes every bad file a ConfigError; this is the belt
+            why = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+            self.log.error("RESTART", "Config reload failed; keeping the current config", error=why)
+            if request.report is not None:
+                request.report = attrs.evolve(request.report, config_rejected=why)
+                self.drains[-1] = request.report
             return old
 
     async def _run_generation(self, config: Config, task_status: Any, completed: DrainRequest | None) -> DrainRequest:
@@ -189,6 +198,7 @@ class Gateway:
                 # the work nursery, and is cancelled the moment the work is gone.
                 services.start_soon(delivery.run)
                 services.start_soon(self.watchdog.run)
+                services.start_soon(self._evict_idle_sessions, config.gateway.session_evict_after_seconds)
                 cut = ExitStack()
                 with cut, trio.CancelScope() as work_scope:
                     async with trio.open_nursery() as work:
@@ -356,7 +366,8 @@ class Gateway:
         gen = self._accepting()
         if agent_id not in gen.config.agents:
             raise BadRequestError(f"agent: no agent named {agent_id!r}")
-        session = self._session_for(agent_id, origin, session_id)
+        await self._restore_evicted(session_id or self._by_origin.get((agent_id, _conversation(origin))))
+        session, created = self._session_for(agent_id, origin, session_id)
         if inbound_id is not None and session.record.heard(inbound_id):
             return None
         turn = TurnRecord(
@@ -365,42 +376,92 @@ class Gateway:
         session.record.turns.append(turn)
         if inbound_id is not None:
             session.record.remember_inbound(inbound_id)
-        await self.store.save(session.record)
+        try:
+            await self.store.save(session.record)
+        except Exception:
+            self._forget_unsaved(session, turn, created, inbound_id)
+            raise
+        self._last_active[session.id] = trio.current_time()
         # Saving yields: a drain may have begun meanwhile. The turn is on disk as accepted,
         # so the next generation runs it; starting it now would only lengthen this drain.
         if self.state.value == "running" and self.current is gen:
             await self._start_turn(gen, session, turn)
         return session.id, turn.id
 
+    async def _restore_evicted(self, session_id: str | None) -> None:
+        """Read an evicted session back before a turn joins it, so its history is intact."""
+        kept = self._evicted.get(session_id) if session_id is not None else None
+        if session_id is None or kept is None:
+            return
+        record = await self.store.load(session_id)
+        if session_id not in self._evicted:
+            return  # restored by a concurrent submit meanwhile
+        del self._evicted[session_id]
+        if record is None:  # its file is gone: the next turn starts a new session
+            self._by_origin = {k: v for k, v in self._by_origin.items() if v != session_id}
+            return
+        # The record counts its own ids; never below what this process handed out already.
+        record.last_id = max(record.last_id, kept.last_id)
+        self.sessions[session_id] = agent.Session(record)
+        self._last_active[session_id] = trio.current_time()
+
+    async def _evict_idle_sessions(self, idle_seconds: float) -> None:
+        """Runs in the services nursery: every so often, idle sessions leave memory."""
+        while True:
+            await trio.sleep(session_evict.sweep_interval(idle_seconds))
+            now = trio.current_time()
+            for session in list(self.sessions.values()):
+                last = self._last_active.get(session.id, self.started_at)
+                if session_evict.evictable(session, last, now, idle_seconds):
+                    del self.sessions[session.id]
+                    self._last_active.pop(session.id, None)
+                    self._evicted[session.id] = Evicted(session.record.last_id)
+
+    def _forget_unsaved(
+        self, session: agent.Session, turn: TurnRecord, created: bool, inbound_id: str | None = None
+    ) -> None:
+        """A turn whose save failed was never accepted: leave no trace of it in memory, or every
+        later save of its session (and the next restart's resume) fails on it again."""
+        if turn in session.record.turns:
+            session.record.turns.remove(turn)
+        if inbound_id is not None and inbound_id in session.record.inbound_ids:
+            # Not accepted, so not heard: the platform's next delivery of it must be a turn.
+            session.record.inbound_ids.remove(inbound_id)
+        if created and not session.record.turns and not session.record.history and not session.busy:
+            self.sessions.pop(session.id, None)
+            key = (session.record.agent, _conversation(session.record.origin))
+            if self._by_origin.get(key) == session.id:
+                del self._by_origin[key]
+
     def _accepting(self) -> Generation:
         if self.state.value != "running" or self.current is None:
             raise GatewayDrainingError("the gateway is draining for a restart or stop; try again shortly")
         return self.current
 
-    def _session_for(self, agent_id: str, origin: Origin | None, session_id: str | None) -> agent.Session:
+    def _session_for(self, agent_id: str, origin: Origin | None, session_id: str | None) -> tuple[agent.Session, bool]:
         if session_id is not None and not SESSION_ID.fullmatch(session_id):
             # Session ids name files under sessions/: never a path.
             raise BadRequestError(f"sessionId: must match {SESSION_ID.pattern}, got {session_id!r}")
         if session_id is not None:
             if session_id in self.sessions:
-                return self.sessions[session_id]
+                return self.sessions[session_id], False
         else:
             known = self._by_origin.get((agent_id, _conversation(origin)))
             if known is not None and known in self.sessions:
-                return self.sessions[known]
+                return self.sessions[known], False
         new_id = session_id or self._new_session_id()
         record = SessionRecord(new_id, agent_id, origin, self._now())
         session = agent.Session(record)
         self.sessions[new_id] = session
         self._by_origin[(agent_id, _conversation(origin))] = new_id
-        return session
+        return session, True
 
     def _new_session_id(self) -> str:
         # Sessions loaded from disk keep their ids; a new process counts from 1 again, so skip
         # any id already taken rather than overwrite a stored session.
         while True:
             candidate = f"s-{max(1, self.generation_number)}-{next(self._ids)}"
-            if candidate not in self.sessions:
+            if candidate not in self.sessions and candidate not in self._evicted:
                 return candidate
 
     async def _start_turn(self, gen: Generation, session: agent.Session, turn: TurnRecord) -> None:
@@ -481,6 +542,8 @@ class Gateway:
 
     def abort_session(self, session_id: str) -> bool:
         session = self.sessions.get(session_id)
+        if session is None and session_id in self._evicted:
+            return False  # idle, out of memory: nothing to abort
         if session is None:
             raise NotFoundError(f"no session {session_id!r}")
         was_busy = session.abort()

@@ -1,12 +1,17 @@
-"""Where a gateway keeps its files (SPEC 2). Pure path arithmetic plus `ensure()`."""
+"""Where a gateway keeps its files (SPEC 2). Path arithmetic, `ensure()`, and reading the token
+(the CLI's client and the server both need it; this module stays cheap to import)."""
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
+
+from trio_gateway.errors import ConfigError
 
 
 @attrs.frozen
@@ -66,3 +71,40 @@ class Home:
         for d in (self.root, self.logs_dir, self.queue_dir, self.sessions_dir):
             d.mkdir(parents=True, exist_ok=True)
         return self
+
+
+# `secrets.token_urlsafe(32)` is 43 characters; anything much shorter is guessable.
+MIN_TOKEN_CHARS = 32
+
+
+def read_token(path: Path) -> str | None:
+    """The admin token in `path`, None when the file is missing or empty. A token file anyone
+    else could read or swap (a symlink, group/world bits) or a short token is refused naming
+    the fix."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            why = "is a symbolic link; replace it with the token file itself (mode 0600)"
+            raise ConfigError(str(path), why) from None
+        raise ConfigError(str(path), f"cannot read the token: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(str(path), "is not a regular file; delete it to have a new token made")
+        if info.st_mode & 0o077:
+            mode = f"{stat.S_IMODE(info.st_mode):04o}"
+            raise ConfigError(str(path), f"is open to group or others (mode {mode}); run: chmod 600 {path}")
+        data = f.read(4096)
+    token = data.decode("utf-8", errors="replace").strip()
+    if not token:
+        return None
+    if len(token) < MIN_TOKEN_CHARS or not (token.isascii() and token.isprintable()) or " " in token:
+        raise ConfigError(
+            str(path),
+            f"is not a usable token (need at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces); "
+            "delete it and start the gateway on loopback to have a new one made",
+        )
+    return token

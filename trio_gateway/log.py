@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +35,7 @@ class Event:
     def text(self) -> str:
         stamp = self.wall.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         tag = f" [{self.tag}]" if self.tag else ""
-        message = f" {self.message}" if self.message else ""
+        message = f" {escape_controls(self.message)}" if self.message else ""
         kv = "".join(f" {k}={_kv_value(v)}" for k, v in self.fields.items())
         return f"{stamp} {self.level}{tag}{message}{kv}"
 
@@ -51,10 +53,20 @@ class Event:
         return self.json() if fmt == "json" else self.text()
 
 
+# Characters that end a line or drive a terminal. A value with one of them (a console address
+# `"ops\nINFO [RESTART] ..."`) would otherwise forge a line of its own in the text log.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """`text` with every control character written as its JSON escape (`\\n`, `\\u001b`)."""
+    return _CONTROLS.sub(lambda m: json.dumps(m.group())[1:-1], text)
+
+
 def _kv_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    if text == "" or any(c.isspace() or c == '"' for c in text):
-        return json.dumps(text, ensure_ascii=False)
+    if text == "" or _CONTROLS.search(text) or any(c.isspace() or c == '"' for c in text):
+        return escape_controls(json.dumps(text, ensure_ascii=False))
     return text
 
 
@@ -84,7 +96,9 @@ class FileSink:
     def write(self, event: Event) -> None:
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8", buffering=1)
+            # backslashreplace: a string that cannot be UTF-8 (a lone surrogate) is written
+            # escaped rather than raising inside whatever error handling is logging it.
+            self._file = self.path.open("a", encoding="utf-8", errors="backslashreplace", buffering=1)
         self._file.write(event.line(self.fmt) + "\n")
 
     def close(self) -> None:
@@ -163,4 +177,6 @@ def open_log(log_path: Path | None, *, fmt: LogFormat = "text", echo: IO[str] | 
 
 def ms(seconds: float) -> str:
     """Durations in log lines are whole milliseconds, as the contract's lines show them."""
-    return f"{round(seconds * 1000)}ms"
+    millis = seconds * 1000
+    # Formatting a log line must never be what kills the gateway: `round(inf)` raises.
+    return f"{round(millis)}ms" if math.isfinite(millis) else f"{millis}ms"

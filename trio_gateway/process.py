@@ -18,15 +18,14 @@ import os
 import signal
 import sys
 from collections.abc import Mapping
-from contextlib import aclosing
 from typing import Any
 
 import attrs
 import trio
 
 from trio_gateway import assemble
-from trio_gateway.cli_config import load as load_config
 from trio_gateway.config import Config
+from trio_gateway.config_file import load as load_config
 from trio_gateway.errors import GatewayError
 from trio_gateway.gateway import Gateway, State
 from trio_gateway.home import Home
@@ -156,27 +155,36 @@ class GatewayProcess:
     # --- state file and systemd ----------------------------------------------------------
 
     async def _publish_state(self) -> None:
+        """Write the state file (and tell systemd) whenever the state or the generation has
+        changed since the last write. Keyed on both: a whole restart can happen while a write
+        is in its thread on a busy machine (running, draining, running again), and waiting for
+        the next *different state* would then leave the file at the old generation for good."""
         state_file = StateFile(self.home)
-        async with aclosing(self.gateway.state.eventual_values()) as states:
-            async for state in states:
-                fields = self._state_fields(state)
-                await trio.to_thread.run_sync(state_file.write, fields)
-                self._notify(state)
+        published: tuple[State, int] | None = None
 
-    def _state_fields(self, state: State) -> dict[str, Any]:
+        def changed(state: State) -> bool:
+            return (state, self.gateway.generation_number) != published
+
+        while True:
+            await self.gateway.state.wait_value(changed)
+            state, generation = published = (self.gateway.state.value, self.gateway.generation_number)
+            await trio.to_thread.run_sync(state_file.write, self._state_fields(state, generation))
+            # What was written, not what is current: the next round reports what changed since.
+            self._notify(state, generation)
+
+    def _state_fields(self, state: State, generation: int) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
             "bind": self.server.bind,
             "port": self.server.bound_port,
             "url": self.server.urls[0] if self.server.urls else None,
             "state": state,
-            "generation": self.gateway.generation_number,
+            "generation": generation,
             "startedAt": self.started_at,
             "updatedAt": _iso_now(),
         }
 
-    def _notify(self, state: State) -> None:
-        generation = self.gateway.generation_number
+    def _notify(self, state: State, generation: int) -> None:
         if state == "running" and generation != self._ready_generation:
             if self._ready_generation and not self._reload_reported:
                 # A quick restart can pass through "draining" before we look: systemd

@@ -164,6 +164,8 @@ def load(path: Path) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not valid UTF-8 (byte {exc.start})") from None
     return parse_text(text, str(path))
 
 

@@ -113,6 +113,23 @@ class SessionStore:
             atomic_write_bytes(self._path(session_id), data)
             self._written[session_id] = seq
 
+    async def load(self, session_id: str) -> SessionRecord | None:
+        """One session read back (an evicted one); None when its file is gone or unreadable
+        (an unreadable one is quarantined, as at start-up)."""
+        record: SessionRecord | None = await self.runner(lambda: self._load_one_sync(self._path(session_id)))
+        return record
+
+    def _load_one_sync(self, path: Path) -> SessionRecord | None:
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return _CONVERTER.structure(json.loads(data), SessionRecord)
+        except Exception as exc:  # any unreadable file: keep it for a person
+            self._quarantine(path, exc)
+            return None
+
     async def load_all(self) -> list[SessionRecord]:
         records: list[SessionRecord] = await self.runner(self._load_all_sync)
         return records

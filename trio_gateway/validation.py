@@ -44,6 +44,9 @@ RULES: dict[str, Rule] = {
 }
 
 
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def _mismatch(channel: str, to: str, says: str) -> DeliveryValidationError:
     return DeliveryValidationError(f"channel={channel}, address={to}: the address must be {says}")
 
@@ -55,6 +58,9 @@ def check_address(channel: str, to: str | None) -> str | None:
     """
     if not to or not to.strip():
         raise _mismatch(channel, to or "", "non-empty")
+    if _CONTROLS.search(to):
+        # No platform id has one, and in a log line or console.jsonl reader a newline forges lines.
+        raise _mismatch(channel, ascii(to), "free of control characters (newlines, escapes)")
     rule = RULES.get(channel)
     if rule is None:
         return f"channel={channel} has no address rule; address={to} accepted unchecked"

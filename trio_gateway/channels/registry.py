@@ -222,7 +222,7 @@ class ChannelSet:
 
     @classmethod
     def from_config(cls, config: Config, home: Home, env: Mapping[str, str]) -> ChannelSet:
-        # The name `delivery process --once` (cli_delivery) calls; same as `build` without a fake.
+        # The name `delivery process --once` (cli/delivery.py) calls; same as `build` without a fake.
         return cls.build(config, home, env)
 
     def get(self, channel: str, account_id: str | None) -> Channel | None:

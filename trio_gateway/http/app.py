@@ -19,16 +19,18 @@ import trio
 
 from trio_gateway import delivery as delivery_mod
 from trio_gateway.channels.listen import agent_for
-from trio_gateway.config import KNOWN_CHANNELS, AccountConfig, Config
+from trio_gateway.config import KNOWN_CHANNELS, RANGES, AccountConfig, Config
 from trio_gateway.drain import DrainKind, DrainReport, DrainRequest
 from trio_gateway.entry import entry_to_json
 from trio_gateway.errors import (
     BadRequestError,
     DeliveryValidationError,
+    GatewayBusyError,
     GatewayDrainingError,
     GatewayError,
     NotFoundError,
     PayloadTooLargeError,
+    RequestTimeoutError,
 )
 from trio_gateway.gateway import Gateway, drain_status
 from trio_gateway.http import auth, inbound, metrics
@@ -40,6 +42,7 @@ from trio_gateway.validation import check_address
 
 # The stall endpoint's default: longer than any sane stall threshold or drain timeout.
 DEFAULT_STALL_MS = 3_600_000
+MAX_STALL_MS = 86_400_000  # durationMs range: (0, one day]
 
 
 @attrs.frozen
@@ -58,10 +61,13 @@ class Response:
     status: int
     body: bytes
     content_type: str = "application/json"
+    close: bool = False  # True: `Connection: close`
 
 
 def json_response(status: int, obj: object) -> Response:
-    return Response(status, json.dumps(obj, ensure_ascii=False).encode() + b"\n")
+    # backslashreplace: a lone surrogate that got into state anyway is answered as the JSON
+    # escape `\ud800`, never a 500 on every later status request.
+    return Response(status, json.dumps(obj, ensure_ascii=False).encode("utf-8", "backslashreplace") + b"\n")
 
 
 def error_response(exc: GatewayError) -> Response:
@@ -79,6 +85,9 @@ class Route:
     auth: bool = True
     # Waits on long work: runs under a watch for the client's disconnect.
     long: bool = False
+    # Checks that need only the headers and path (account, signature headers), run BEFORE the
+    # body is read: a stranger must not make an unauthenticated route buffer a megabyte.
+    before_body: Callable[..., None] | None = None
 
     def match(self, method: str, segments: list[str]) -> dict[str, str] | None:
         if method != self.method or len(segments) != len(self.pattern):
@@ -103,6 +112,8 @@ class GatewayApp:
     env: Mapping[str, str]
     wall_time: Callable[[], float] = time.time
     routes: list[Route] = attrs.field(init=False)
+    # Unauthenticated bodies being read now (sized from the config at first use).
+    _unverified: trio.CapacityLimiter | None = None
 
     def __attrs_post_init__(self) -> None:
         r = Route
@@ -119,7 +130,13 @@ class GatewayApp:
             r("GET", ("v1", "deliveries"), self._list_deliveries),
             r("POST", ("v1", "deliveries"), self._create_delivery),
             # A platform cannot send our bearer token: each channel's own signature is checked.
-            r("POST", ("channels", "{channel}", "{account_id}", "events"), self._channel_event, auth=False),
+            r(
+                "POST",
+                ("channels", "{channel}", "{account_id}", "events"),
+                self._channel_event,
+                auth=False,
+                before_body=self._channel_before_body,
+            ),
             r("GET", ("v1", "channels"), self._channels),
             r("POST", ("v1", "channels", "{channel}", "{account_id}", "resume"), self._resume_channel),
             r("POST", ("internal", "test", "stall-model-call"), self._stall_model_call),
@@ -141,17 +158,64 @@ class GatewayApp:
     async def _respond(self, scope: Scope, receive: Receive) -> Response:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            route, params = self._route(scope["method"], scope["path"], headers)
-            body = await _read_body(receive, headers, self.config.gateway.max_body_bytes)
+            route, params, body = await self._intake(scope, receive, headers)
+        except GatewayError as exc:
+            # Refused before the whole body was read: close the connection rather than wait
+            # for (and discard) the rest of a body nobody will read.
+            return attrs.evolve(error_response(exc), close=True)
+        except Exception as exc:
+            return attrs.evolve(self._unexpected(scope, exc), close=True)
+        try:
             request = Request(scope["method"], scope["path"], headers, body)
             if route.long:
                 return await _until_disconnected(receive, lambda: route.handler(request, **params))
             return await route.handler(request, **params)
         except GatewayError as exc:
             return error_response(exc)
-        except Exception as exc:  # one broken request must not take the server down
-            self.gateway.log.error("HTTP", "Request failed", path=scope["path"], error=repr(exc))
-            return json_response(500, {"error": "InternalError", "message": "unexpected error; see the gateway log"})
+        except Exception as exc:
+            return self._unexpected(scope, exc)
+
+    def _unexpected(self, scope: Scope, exc: Exception) -> Response:
+        # One broken request must not take the server down.
+        self.gateway.log.error("HTTP", "Request failed", path=scope["path"], error=repr(exc))
+        return json_response(500, {"error": "InternalError", "message": "unexpected error; see the gateway log"})
+
+    async def _intake(
+        self, scope: Scope, receive: Receive, headers: Mapping[str, str]
+    ) -> tuple[Route, dict[str, str], bytes]:
+        """Route, refuse what the headers already condemn, then read the body (bounded)."""
+        route, params = self._route(scope["method"], scope["path"], headers)
+        _check_declared_length(headers, self.config.gateway.max_body_bytes)
+        if route.before_body is not None:
+            route.before_body(headers, **params)
+        verified = route.auth or route.method == "GET"  # GET /healthz must answer under attack
+        body = await (self._read_body if verified else self._read_unverified_body)(receive, headers)
+        return route, params, body
+
+    async def _read_unverified_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
+        """A body whose sender is not known yet: at most `maxUnverifiedBodies` read at once, so
+        strangers with many connections still pin a bounded amount of memory."""
+        if self._unverified is None:
+            self._unverified = trio.CapacityLimiter(self.config.gateway.max_unverified_bodies)
+        try:
+            self._unverified.acquire_nowait()
+        except trio.WouldBlock:
+            limit = self.config.gateway.max_unverified_bodies
+            raise GatewayBusyError(
+                f"{limit} unverified request bodies are being read (gateway.maxUnverifiedBodies)"
+            ) from None
+        try:
+            return await self._read_body(receive, headers)
+        finally:
+            self._unverified.release()
+
+    async def _read_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
+        gateway = self.config.gateway
+        with trio.move_on_after(gateway.body_read_timeout_seconds):
+            return await _read_body(receive, headers, gateway.max_body_bytes)
+        raise RequestTimeoutError(
+            f"request body not received within gateway.bodyReadTimeoutSeconds={gateway.body_read_timeout_seconds:g}"
+        )
 
     def _route(self, method: str, path: str, headers: Mapping[str, str]) -> tuple[Route, dict[str, str]]:
         segments = _segments(path)
@@ -202,7 +266,7 @@ class GatewayApp:
         if self.gateway.state.value == "stopped":
             raise GatewayDrainingError("the gateway is stopping")
         force = bool(opt_bool(data, "force"))
-        timeout = opt_number(data, "timeoutSeconds")
+        timeout = opt_number(data, "timeoutSeconds", 0, RANGES["gateway.drain.timeoutSeconds"][1])
         generation = self.gateway.generation_number
         drain = self.gateway.request_drain(kind, force=force, timeout=timeout)
         body = drain_status(drain, trio.current_time()) | {"fromGeneration": generation}
@@ -306,6 +370,11 @@ class GatewayApp:
             return json_response(200, {"duplicate": True})
         return json_response(200, {"sessionId": accepted[0], "turnId": accepted[1]})
 
+    def _channel_before_body(self, headers: Mapping[str, str], channel: str, account_id: str) -> None:
+        """The account exists and the headers could carry a valid signature: else 404 / 401
+        without reading a byte of the body."""
+        inbound.check_headers(channel, headers, self._account(channel, account_id), self.env, self.wall_time)
+
     def _account(self, channel: str, account_id: str) -> AccountConfig:
         section = self.config.channels.get(channel)
         account = section.accounts.get(account_id) if section is not None else None
@@ -336,10 +405,8 @@ class GatewayApp:
     async def _stall_model_call(self, request: Request) -> Response:
         data = request.json(empty_ok=True)
         session_id = opt_str(data, "sessionId")
-        duration_ms = opt_number(data, "durationMs")
+        duration_ms = opt_number(data, "durationMs", 0, MAX_STALL_MS)
         seconds = (duration_ms if duration_ms is not None else DEFAULT_STALL_MS) / 1000
-        if seconds <= 0:
-            raise BadRequestError("durationMs: must be a positive number")
         session, turn = await self.gateway.stall_model_call(session_id, seconds)
         return json_response(202, {"sessionId": session, "turnId": turn, "durationMs": seconds * 1000})
 
@@ -353,16 +420,21 @@ def report_json(report: DrainReport) -> dict[str, Any]:
         "waitedSeconds": round(report.waited_seconds, 3),
         "abortedTasks": report.aborted_tasks,
         "abortedWork": list(report.aborted_work),
+        **({"configRejected": report.config_rejected} if report.config_rejected else {}),
     }
 
 
 # --- ASGI plumbing ------------------------------------------------------------------------
 
 
-async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
+def _check_declared_length(headers: Mapping[str, str], limit: int) -> None:
     declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLargeError(f"body of {declared} bytes exceeds gateway.maxBodyBytes={limit}")
+    # Compared as text first: int() of a 5,000-digit header would raise, not answer 413.
+    if declared.isascii() and declared.isdigit() and (len(declared) > 15 or int(declared) > limit):
+        raise PayloadTooLargeError(f"body of {declared[:20]} bytes exceeds gateway.maxBodyBytes={limit}")
+
+
+async def _read_body(receive: Receive, headers: Mapping[str, str], limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -412,5 +484,7 @@ async def _send(send: Send, response: Response) -> None:
         (b"content-length", str(len(response.body)).encode()),
         (b"cache-control", b"no-store"),
     ]
+    if response.close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
     await send({"type": "http.response.body", "body": response.body})

@@ -20,20 +20,13 @@ from typing import Any
 
 from trio_gateway.config import AccountConfig
 from trio_gateway.errors import ConfigError, UnauthorizedError
+from trio_gateway.home import read_token
 
 # Slack rejects signatures older than this to stop replays; so do we.
 SLACK_REPLAY_WINDOW_SECONDS = 300.0
 
 
 # --- the admin token ----------------------------------------------------------------------
-
-
-def read_token(path: Path) -> str | None:
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        return None
-    return token or None
 
 
 def create_token(path: Path) -> str:
@@ -98,6 +91,25 @@ def _secret(env: Mapping[str, str], name: str | None, what: str) -> str:
     return secret
 
 
+def check_slack_headers(
+    headers: Mapping[str, str], account: AccountConfig, env: Mapping[str, str], now: Callable[[], float] = time.time
+) -> tuple[str, str, str]:
+    """What can be checked before the body arrives: a signing secret, a timestamp inside the
+    replay window, a signature header. Returns (secret, timestamp, signature)."""
+    secret = _secret(env, account.signing_secret_env, "signingSecretEnv")
+    stamp = headers.get("x-slack-request-timestamp", "")
+    given = headers.get("x-slack-signature", "")
+    # Whole seconds, as Slack sends them: `float()` would take "nan", whose age compares
+    # false with everything and so passed the window check.
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
+        raise UnauthorizedError("missing or bad X-Slack-Request-Timestamp (whole Unix seconds)")
+    if abs(now() - int(stamp)) > SLACK_REPLAY_WINDOW_SECONDS:
+        raise UnauthorizedError("X-Slack-Request-Timestamp is outside the 5-minute window")
+    if not given.startswith("v0="):
+        raise UnauthorizedError("missing or bad X-Slack-Signature")
+    return secret, stamp, given
+
+
 def verify_slack(
     headers: Mapping[str, str],
     body: bytes,
@@ -106,15 +118,7 @@ def verify_slack(
     now: Callable[[], float] = time.time,
 ) -> None:
     """Slack's v0 scheme: HMAC-SHA256 of `v0:<timestamp>:<body>` with the signing secret."""
-    secret = _secret(env, account.signing_secret_env, "signingSecretEnv")
-    stamp = headers.get("x-slack-request-timestamp", "")
-    given = headers.get("x-slack-signature", "")
-    try:
-        age = abs(now() - float(stamp))
-    except ValueError:
-        raise UnauthorizedError("missing or bad X-Slack-Request-Timestamp") from None
-    if age > SLACK_REPLAY_WINDOW_SECONDS:
-        raise UnauthorizedError("X-Slack-Request-Timestamp is outside the 5-minute window")
+    secret, stamp, given = check_slack_headers(headers, account, env, now)
     digest = hmac.new(secret.encode(), b"v0:" + stamp.encode() + b":" + body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(given.encode(), f"v0={digest}".encode()):
         raise UnauthorizedError("bad X-Slack-Signature")
@@ -125,6 +129,11 @@ def verify_telegram(headers: Mapping[str, str], account: AccountConfig, env: Map
     given = headers.get("x-telegram-bot-api-secret-token", "")
     if not hmac.compare_digest(given.encode(), secret.encode()):
         raise UnauthorizedError("bad X-Telegram-Bot-Api-Secret-Token")
+
+
+def check_feishu_configured(account: AccountConfig, env: Mapping[str, str]) -> None:
+    """Feishu's token is in the body; before it arrives, only that we could check it."""
+    _secret(env, account.verification_token_env, "verificationTokenEnv")
 
 
 def verify_feishu(event: Mapping[str, Any], account: AccountConfig, env: Mapping[str, str]) -> None:

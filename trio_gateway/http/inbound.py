@@ -10,12 +10,12 @@ else is refused with 401 rather than trusted.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 
+from trio_gateway import strict_json
 from trio_gateway.channels import feishu
 from trio_gateway.config import AccountConfig
 from trio_gateway.errors import BadRequestError, UnauthorizedError
@@ -37,6 +37,24 @@ class Event:
     message: Message | None = None
     challenge: str | None = None
     ignored: str | None = None
+
+
+def check_headers(
+    channel: str,
+    headers: Mapping[str, str],
+    account: AccountConfig,
+    env: Mapping[str, str],
+    wall_time: Callable[[], float],
+) -> None:
+    """Everything that can refuse an event before its body is read (401)."""
+    if channel == "slack":
+        auth.check_slack_headers(headers, account, env, wall_time)
+    elif channel == "telegram":
+        auth.verify_telegram(headers, account, env)
+    elif channel == "feishu":
+        auth.check_feishu_configured(account, env)
+    else:
+        raise UnauthorizedError(f"channel {channel!r} has no inbound verification the gateway can check")
 
 
 def parse(
@@ -128,10 +146,13 @@ def _feishu(data: JsonObject) -> Event:
 
 def _feishu_text(content: Any) -> str | None:
     # Feishu sends the message content as a JSON string inside the JSON body.
-    try:
-        text = json.loads(content).get("text") if isinstance(content, str) else None
-    except (json.JSONDecodeError, AttributeError):
+    if not isinstance(content, str):
         return None
+    try:
+        inner = strict_json.loads(content)
+    except strict_json.JsonInputError:
+        return None
+    text = inner.get("text") if isinstance(inner, dict) else None
     return text if isinstance(text, str) else None
 
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import attrs
 import hypercorn.config
-import hypercorn.trio
 import trio
 
 from trio_gateway.errors import GatewayError
 from trio_gateway.gateway import Gateway
+from trio_gateway.http import listen
 from trio_gateway.http.app import GatewayApp
 
 
@@ -40,6 +40,7 @@ class HttpServer:
     token: str
     env: Mapping[str, str]
     urls: list[str] = attrs.Factory(list)
+    cap: listen.ConnectionCap | None = None
 
     @property
     def bound_port(self) -> int | None:
@@ -59,10 +60,12 @@ class HttpServer:
         # hypercorn types its app as a union of typed-dict callables; ours takes plain dicts.
         app: Any = GatewayApp(gateway, self.token, self.env)
         stopped = partial(gateway.state.wait_value, "stopped")
+        # Read once at start, like bind and port: the listening socket outlives every reload.
+        self.cap = listen.ConnectionCap(gateway.config.gateway.max_connections, gateway.log)
         try:
             async with trio.open_nursery() as nursery:
                 self.urls = await nursery.start(
-                    partial(hypercorn.trio.serve, app, self._config(), shutdown_trigger=stopped)
+                    partial(listen.serve, app, self._config(), self.cap, shutdown_trigger=stopped)
                 )
                 gateway.log.info("HTTP", f"Listening on {', '.join(self.urls)}")
                 task_status.started(self.urls)

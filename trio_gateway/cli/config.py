@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from trio_gateway import config as cfg
-from trio_gateway.errors import ConfigError
+from trio_gateway.config_file import load, read_raw
 from trio_gateway.store import atomic_write_json
 
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("config", help="read, change and check gateway.json")
+def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
     get = sub.add_parser("get", help="print the value at a dotted key (defaults included)")
     get.add_argument("key")
@@ -27,25 +25,6 @@ def register(groups: Any) -> None:
     set_.set_defaults(func=_set)
     validate = sub.add_parser("validate", help="check gateway.json; exit 2 naming the first problem")
     validate.set_defaults(func=_validate)
-
-
-def read_raw(path: Path) -> dict[str, Any]:
-    """The file's JSON object, `{}` when there is no file (the built-in defaults)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(str(path), f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(str(path), "expected a JSON object at the top level")
-    return raw
-
-
-def load(path: Path) -> cfg.Config:
-    return cfg.parse(read_raw(path))
 
 
 def _get(args: argparse.Namespace, ctx: Context) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from trio_gateway import process
+from trio_gateway.cli.session import session_rows
 from trio_gateway.client import GatewayClient
 from trio_gateway.errors import GatewayError, GatewayUnreachableError
 
@@ -38,8 +39,7 @@ class StopFailedError(GatewayError):
     exit_code = 1
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("gateway", help="run and control the gateway")
+def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
     start = sub.add_parser("start", help="run the gateway in the foreground until stopped")
     start.add_argument("--port", type=int, help="HTTP port (0: any free port); default gateway.port")
@@ -51,7 +51,7 @@ def register(groups: Any) -> None:
     ):
         cmd = sub.add_parser(name, help=helptext)
         cmd.add_argument("--force", action="store_true", help="abort active work now instead of draining")
-        cmd.add_argument("--timeout", type=float, metavar="S", help="drain timeout in seconds for this drain")
+        cmd.add_argument("--timeout", type=_timeout, metavar="S", help="drain timeout in seconds for this drain")
         cmd.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
         cmd.set_defaults(func=func)
     status = sub.add_parser("status", help="state, generation, sessions, work, stalls, queue")
@@ -59,7 +59,23 @@ def register(groups: Any) -> None:
     status.set_defaults(func=_status)
 
 
+def _timeout(text: str) -> float:
+    """`--timeout S`: the range the HTTP API accepts for timeoutSeconds (nan and 1e306 refused)."""
+    from trio_gateway.config import RANGES  # here: config imports cattrs, too heavy for `status`
+
+    high = RANGES["gateway.drain.timeoutSeconds"][1]
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= high:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds greater than 0 and at most {high:g}, got {text}")
+    return seconds
+
+
 def _start(args: argparse.Namespace, ctx: Context) -> int:
+    from trio_gateway import process  # the server side: only `gateway start` pays for it
+
     return process.start(process.StartOptions(ctx.home, ctx.log_format, args.port, args.bind))
 
 
@@ -121,7 +137,15 @@ def _restart(args: argparse.Namespace, ctx: Context) -> int:
     report = drains["drains"][-1] if drains["drains"] else None
     outcome = {"restarted": True, "fromGeneration": before, "generation": drains["generation"]}
     outcome |= {"seconds": round(took, 3), "drain": report}
+    rejected = report.get("configRejected") if report else None
+    if rejected:
+        outcome["configRejected"] = rejected
     print(json.dumps(outcome) if args.json else _restart_line(outcome))
+    if rejected:
+        # The process restarted, but not on the configuration the operator asked for: a
+        # script checking `$?` must not carry on as if the new gateway.json were live.
+        print(f"ConfigError: new gateway.json rejected, previous configuration kept: {rejected}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -139,6 +163,8 @@ def _generation_ok(client: GatewayClient, before: int) -> bool:
 
 def _restart_line(outcome: dict[str, Any]) -> str:
     head = f"restarted: generation {outcome['fromGeneration']} -> {outcome['generation']} in {outcome['seconds']:.2f}s"
+    if outcome.get("configRejected"):
+        head += " on the PREVIOUS configuration (the new gateway.json was rejected)"
     report = outcome["drain"]
     if report is None:
         return head
@@ -197,12 +223,3 @@ def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
     if status.get("drain"):
         lines.append(progress_line(status) or f"drain: {status['drain']}")
     return lines
-
-
-def session_rows(sessions: list[dict[str, Any]]) -> list[str]:
-    rows = []
-    for s in sessions:
-        o = s.get("origin") or {}
-        origin = f"{o.get('channel')}:{o.get('to')}" if o else "-"
-        rows.append(f"{s['id']:14} {s['agent']:10} {s['state']:10} queue={s['queueDepth']}  {origin}")
-    return rows

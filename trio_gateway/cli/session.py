@@ -6,15 +6,13 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
-from trio_gateway.cli_gateway import session_rows
 from trio_gateway.client import GatewayClient
 
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("session", help="start, list and abort sessions")
+def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
     start = sub.add_parser("start", help="start a turn as if a message came from that origin")
     start.add_argument("--agent", required=True)
@@ -57,3 +55,12 @@ def _abort(args: argparse.Namespace, ctx: Context) -> int:
         answer = client.post(f"/v1/sessions/{args.id}/abort")
     print(f"aborted {args.id}" if answer["aborted"] else f"{args.id} was idle; nothing to abort")
     return 0
+
+
+def session_rows(sessions: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for s in sessions:
+        o = s.get("origin") or {}
+        origin = f"{o.get('channel')}:{o.get('to')}" if o else "-"
+        rows.append(f"{s['id']:14} {s['agent']:10} {s['state']:10} queue={s['queueDepth']}  {origin}")
+    return rows

@@ -1,9 +1,5 @@
-"""`trio-gateway channels status [--json]` and `channels resume CHANNEL ACCOUNT` (SPEC 11).
-
-Both talk to the running gateway (`GET /v1/channels`, `POST /v1/channels/C/A/resume`). Not yet
-registered in `cli.py`: the CLI is being made lazy (one module per command group) on another
-branch, and this group joins it in that style once it has landed.
-"""
+"""`trio-gateway channels status [--json]` and `channels resume CHANNEL ACCOUNT` (SPEC 11):
+against the running gateway (`GET /v1/channels`, `POST /v1/channels/C/A/resume`)."""
 
 from __future__ import annotations
 
@@ -16,8 +12,7 @@ from trio_gateway.client import GatewayClient
 from trio_gateway.home import Home
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("channels", help="listening channels: state and resume")
+def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
     status = sub.add_parser("status", help="each account's inbound mode, state and messages heard")
     status.add_argument("--json", action="store_true")

@@ -11,17 +11,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from trio_gateway import scenario
 
 # The scenarios shipped beside the package (a source checkout or an editable install).
-SHIPPED = Path(__file__).resolve().parent.parent / "scenarios"
+SHIPPED = Path(__file__).resolve().parents[2] / "scenarios"
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("scenario", help="rehearse restarts on a virtual clock")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def register(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
     run = commands.add_parser("run", help="run a scenario file and print its timeline")
     run.add_argument("file", help="a scenario .toml file, or the name of a shipped one")
     run.add_argument("--json", action="store_true", help="print a machine-readable result")

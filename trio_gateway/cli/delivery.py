@@ -11,13 +11,14 @@ import random
 import sys
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import trio
 
-from trio_gateway import cli_config, delivery
+from trio_gateway import delivery
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config
+from trio_gateway.config_file import load as load_config
 from trio_gateway.entry import DeliveryEntry, entry_to_json
 from trio_gateway.errors import GatewayError, UsageError
 from trio_gateway.home import Home
@@ -31,8 +32,7 @@ if TYPE_CHECKING:
     from trio_gateway.cli import Context
 
 
-def register(groups: Any) -> None:
-    parser: argparse.ArgumentParser = groups.add_parser("delivery", help="inspect and repair the delivery queue")
+def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
     list_ = sub.add_parser("list", help="pending entries (or dead letters with --failed)")
     list_.add_argument("--failed", action="store_true")
@@ -115,7 +115,7 @@ async def _list(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def _create(args: argparse.Namespace, ctx: Context) -> int:
-    config = cli_config.load(ctx.home.config_path)
+    config = load_config(ctx.home.config_path)
     log = _log(ctx)
     outbox = delivery.Outbox(_queue(ctx.home, log), config.agents, WallClock.start(), log)
     entry = await outbox.submit_manual(args.channel, args.to, args.account, args.agent, args.text)
@@ -135,7 +135,7 @@ async def _retry(args: argparse.Namespace, ctx: Context) -> int:
 async def _process(args: argparse.Namespace, ctx: Context) -> int:
     if not args.once:
         raise UsageError("only `delivery process --once`; a running gateway delivers continuously")
-    config = cli_config.load(ctx.home.config_path)
+    config = load_config(ctx.home.config_path)
     log = _log(ctx)
     channels = channels_for(config, ctx.home)
     try:
@@ -155,7 +155,7 @@ async def _process(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def _repair(args: argparse.Namespace, ctx: Context) -> int:
-    config = cli_config.load(ctx.home.config_path)
+    config = load_config(ctx.home.config_path)
     queue = _queue(ctx.home, _log(ctx))
     bar = Progress(len(os.listdir(queue.root)) if queue.root.exists() else 0, sys.stderr, "repair ")
     try:

@@ -1,0 +1,134 @@
+"""`trio-gateway [--home DIR] [--log-format text|json] COMMAND ...` (SPEC 4).
+
+This module only parses and dispatches, and it is cheap to import: the command groups are a
+static table (name and one-line help), and only the group being run is imported, as
+`trio_gateway.cli.<group>`, which adds its commands with `register(parser)`. So `gateway status`
+loads argparse and an HTTP client, never the server, hypercorn, the scenario runner or the
+test fakes (tests/test_cli_lazy.py pins that). Keep heavy imports out of this module and inside
+the handlers of a group whose other commands are light (`gateway start` imports the server).
+
+Every handler returns an exit code. A `GatewayError` anywhere becomes `ErrorName: message` on
+stderr and that error's exit code; a closed stdout (`... | head`) ends the command quietly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+from trio_gateway import __version__, strict_json
+from trio_gateway.errors import GatewayError, UsageError
+from trio_gateway.home import Home
+
+if TYPE_CHECKING:
+    from trio_gateway.log import LogFormat
+
+# name -> help. The module `trio_gateway.cli.<name>` defines `register(parser)`.
+GROUPS: dict[str, str] = {
+    "gateway": "run and control the gateway",
+    "config": "read, change and check gateway.json",
+    "session": "start, list and abort sessions",
+    "delivery": "inspect and repair the delivery queue",
+    "scenario": "rehearse restarts on a virtual clock",
+    "channels": "listening channels: state per account, resume a paused one",
+}
+# Global options that take a value: skipped when looking for the group name in argv.
+_VALUED_OPTIONS = ("--home", "--log-format")
+# What a shell reports for a process killed by SIGPIPE: a reader that closed the pipe early.
+BROKEN_PIPE_EXIT = 141
+
+
+@attrs.frozen
+class Context:
+    home: Home
+    log_format: LogFormat
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse's own exit code is 2, as SPEC 4 wants for usage errors; keep its text but
+        # in the contract's `ErrorName: message` form.
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"UsageError: {message}\n")
+        raise SystemExit(2)
+
+
+def chosen_group(argv: Sequence[str]) -> str | None:
+    """The command group named in `argv` (the first word that is not a global option or its
+    value), or None when there is none or it is not a group (argparse then says so)."""
+    words = iter(argv)
+    for word in words:
+        if word in _VALUED_OPTIONS:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in GROUPS else None
+    return None
+
+
+def build_parser(groups: Iterable[str] = GROUPS) -> argparse.ArgumentParser:
+    """The whole command line, with the commands of `groups` filled in; the other groups are
+    listed (for help and for argparse's "invalid choice") but not imported."""
+    parser = _Parser(prog="trio-gateway", description="A gateway between AI agents and messaging channels.")
+    parser.add_argument("--version", action="version", version=f"trio-gateway {__version__}")
+    parser.add_argument("--home", help="home directory (default: $TRIO_GATEWAY_HOME or ~/.trio-gateway)")
+    parser.add_argument("--log-format", choices=["text", "json"], default="text")
+    sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND", parser_class=_Parser)
+    wanted = set(groups)
+    for name, helptext in GROUPS.items():
+        group = sub.add_parser(name, help=helptext, description=helptext)
+        if name in wanted:
+            importlib.import_module(f"trio_gateway.cli.{name}").register(group)
+    return parser
+
+
+# Arguments that name files: bytes that are not UTF-8 are a legal file name there.
+_PATH_ARGS = frozenset({"home", "file", "dir"})
+
+
+def check_text_args(args: argparse.Namespace) -> None:
+    """Text arguments must be valid Unicode: argv bytes that are not UTF-8 arrive as lone
+    surrogates, which every later write (session file, queue entry, log) would choke on."""
+    for name, value in vars(args).items():
+        why = strict_json.bad_text(value) if isinstance(value, str) and name not in _PATH_ARGS else None
+        if why is not None:
+            raise UsageError(f"{name}: {why}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    group = chosen_group(argv)
+    args = build_parser([group] if group else []).parse_args(argv)
+    ctx = Context(Home.resolve(args.home), args.log_format)
+    try:
+        check_text_args(args)
+        code: int = args.func(args, ctx)
+    except GatewayError as exc:
+        print(f"{exc.name}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def run() -> None:
+    try:
+        code = main()
+        sys.stdout.flush()  # inside the try: a reader gone early shows up here, not at exit
+    except BrokenPipeError:
+        code = _stdout_closed()
+    sys.exit(code)
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (`scenario list | head -3`): not an error worth a
+    traceback. Point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return BROKEN_PIPE_EXIT
