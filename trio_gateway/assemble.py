@@ -11,8 +11,15 @@ from collections.abc import Mapping
 
 from trio_gateway import http_client as http
 from trio_gateway.channels import registry as channel_registry
-from trio_gateway.channels.discord import WebSocketConnect, open_websocket
-from trio_gateway.channels.listen import CursorStore, InboundStats, ListenerSupervisor, NoSender, SenderControl
+from trio_gateway.channels.listen import (
+    CursorStore,
+    InboundStats,
+    ListenerSupervisor,
+    NoSender,
+    SenderControl,
+    WebSocketConnect,
+    open_websocket,
+)
 from trio_gateway.channels.registry import ChannelSet, build_listeners
 from trio_gateway.config import Config
 from trio_gateway.delivery import QueueDelivery

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterator
-from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import attrs
@@ -15,7 +13,7 @@ import trio_websocket
 
 from trio_gateway import http_client as httpx
 from trio_gateway.channels.http import JsonClient, scrub, stable_key
-from trio_gateway.channels.listen import AuthFailed, Heard, Intake, ListenError
+from trio_gateway.channels.listen import AuthFailed, Heard, Intake, ListenError, WebSocketConnect, leaf_errors
 from trio_gateway.classify import Outcome, classify_discord, field
 from trio_gateway.entry import DeliveryEntry
 from trio_gateway.http_client import AsyncBaseTransport
@@ -97,7 +95,6 @@ CLOSE_AUTH_FAILED = 4004
 # Close codes after which the session cannot be resumed: identify afresh.
 CLOSE_NOT_RESUMABLE = (4007, 4009)
 CLOSE_FATAL = (4010, 4011, 4012, 4013, 4014)
-DISCONNECT_SECONDS = 5.0
 
 
 class WebSocket(Protocol):
@@ -106,14 +103,6 @@ class WebSocket(Protocol):
     async def get_message(self) -> str | bytes: ...
 
     async def send_message(self, message: str | bytes) -> None: ...
-
-
-WebSocketConnect = Callable[[str], AbstractAsyncContextManager[Any]]
-
-
-def open_websocket(url: str) -> AbstractAsyncContextManager[Any]:
-    """Production: trio-websocket, with its closing handshake bounded."""
-    return trio_websocket.open_websocket_url(url, disconnect_timeout=DISCONNECT_SECONDS)
 
 
 def heard(event: object) -> Heard | None:
@@ -176,7 +165,7 @@ class DiscordListener:
     def _translate(self, exc: Exception) -> Exception:
         """One error the supervisor understands, from what the socket and our nursery raised
         (trio wraps a child task's error in an ExceptionGroup)."""
-        leaves = list(_leaves(exc))
+        leaves = list(leaf_errors(exc))
         for leaf in leaves:
             if isinstance(leaf, AuthFailed):
                 return leaf
@@ -283,14 +272,6 @@ async def _receive(ws: WebSocket) -> dict[str, Any]:
 
 async def _send(ws: WebSocket, op: int, data: Any) -> None:
     await ws.send_message(json.dumps({"op": op, "d": data}))
-
-
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from _leaves(inner)
-    else:
-        yield exc
 
 
 def _json(response: httpx.Response) -> object:

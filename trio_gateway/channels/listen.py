@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import attrs
 import trio
+import trio_websocket
 
 from trio_gateway import backoff
 from trio_gateway import http_client as httpx
@@ -114,6 +116,26 @@ async def post_json(client: JsonClient, path: str, body: Any, *, read_seconds: f
         return response.json()
     except (ValueError, UnicodeDecodeError):
         raise ListenError(f"HTTP {response.status_code}: answer is not JSON") from None
+
+
+# --- websockets the socket listeners share ------------------------------------------------------
+
+WebSocketConnect = Callable[[str], AbstractAsyncContextManager[Any]]
+DISCONNECT_SECONDS = 5.0
+
+
+def open_websocket(url: str) -> AbstractAsyncContextManager[Any]:
+    """Production: trio-websocket, with its closing handshake bounded."""
+    return trio_websocket.open_websocket_url(url, disconnect_timeout=DISCONNECT_SECONDS)
+
+
+def leaf_errors(exc: BaseException) -> Iterator[BaseException]:
+    """The errors inside `exc`, however deep trio's ExceptionGroups nest them."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaf_errors(inner)
+    else:
+        yield exc
 
 
 # --- cursors -------------------------------------------------------------------------------------

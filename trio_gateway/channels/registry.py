@@ -13,11 +13,18 @@ import trio
 
 from trio_gateway.channels.base import Channel
 from trio_gateway.channels.console import ConsoleChannel
-from trio_gateway.channels.discord import DiscordChannel, DiscordListener, WebSocketConnect, open_websocket
+from trio_gateway.channels.discord import DiscordChannel, DiscordListener
 from trio_gateway.channels.feishu import FeishuChannel
 from trio_gateway.channels.http import make_transport, new_ssl_context
-from trio_gateway.channels.listen import AccountListener, Listener, account_file_ok, agent_for
-from trio_gateway.channels.slack import SlackChannel
+from trio_gateway.channels.listen import (
+    AccountListener,
+    Listener,
+    WebSocketConnect,
+    account_file_ok,
+    agent_for,
+    open_websocket,
+)
+from trio_gateway.channels.slack import SlackChannel, SlackSocketListener
 from trio_gateway.channels.telegram import TelegramChannel, TelegramListener
 from trio_gateway.channels.weixin import WeixinChannel, WeixinListener
 from trio_gateway.config import AccountConfig, Config
@@ -110,11 +117,17 @@ def _discord_listener(a: AccountSpec, connect: WebSocketConnect) -> Listener:
     return DiscordListener.open(a.base_url, token, a.account_id, a.transport(), connect)
 
 
+def _slack_listener(a: AccountSpec, connect: WebSocketConnect) -> Listener:
+    app_token = a.secret("appTokenEnv", a.account.app_token_env)
+    return SlackSocketListener.open(a.base_url, app_token, a.account_id, a.transport(), connect)
+
+
 # (channel, mode) -> opener: what this version can listen with.
 LISTENERS: dict[tuple[str, str], Callable[[AccountSpec, WebSocketConnect], Listener]] = {
     ("openclaw-weixin", "poll"): _weixin_listener,
     ("telegram", "poll"): _telegram_listener,
     ("discord", "socket"): _discord_listener,
+    ("slack", "socket"): _slack_listener,
 }
 
 
@@ -164,7 +177,10 @@ def _open_listener(
     opener = LISTENERS.get((spec.channel, mode))
     if opener is None:
         return None, f"inbound mode {mode!r} is not available for {spec.channel} in this version"
-    return opener(spec, connect), None
+    try:
+        return opener(spec, connect), None
+    except ConfigError as exc:  # e.g. socket mode without appTokenEnv: the account still sends
+        return None, str(exc)
 
 
 def _specs(config: Config, env: Mapping[str, str], make: Callable[[], AsyncBaseTransport]) -> list[AccountSpec]:
@@ -195,6 +211,8 @@ def _validate(specs: list[AccountSpec]) -> None:
             spec.secret("appSecretEnv", spec.account.app_secret_env)
         else:
             spec.secret("tokenEnv", spec.account.token_env)
+        if spec.account.app_token_env:
+            spec.secret("appTokenEnv", spec.account.app_token_env)
 
 
 @attrs.define

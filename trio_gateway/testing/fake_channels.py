@@ -24,6 +24,7 @@ import re
 import sys
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
 import attrs
@@ -33,6 +34,7 @@ from trio_gateway import http_client as http
 from trio_gateway.http.asgi import lifespan
 from trio_gateway.testing.fake_discord import FakeDiscordGateway
 from trio_gateway.testing.fake_inbound import Dropped, FakeInbound
+from trio_gateway.testing.fake_slack import FakeSlackSocket
 
 Json = Any
 Action = Literal["reject", "fail", "rate_limit"]
@@ -154,6 +156,7 @@ ROUTES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"/ilink/bot/msg/notifystop$"), "openclaw-weixin", "notifystop"),
     (re.compile(r"/bot(?P<token>[^/]+)/getUpdates$"), "telegram", "poll"),
     (re.compile(r"/gateway/bot$"), "discord", "gateway"),
+    (re.compile(r"/apps\.connections\.open$"), "slack", "connect"),
 ]
 INBOUND_OPS = ("poll", "notifystart", "notifystop")
 
@@ -196,6 +199,7 @@ class FakeChannels:
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
     inbound: FakeInbound = attrs.Factory(FakeInbound)
     discord_gateway: FakeDiscordGateway = attrs.Factory(FakeDiscordGateway)
+    slack_socket: FakeSlackSocket = attrs.Factory(FakeSlackSocket)
 
     # --- commands ---
 
@@ -205,11 +209,15 @@ class FakeChannels:
         gateway sends it (`sender`: the Discord channel id). Returns the platform's id for it."""
         if channel == "discord":
             return self.discord_gateway.push(text, sender, bot=bot)
+        if channel == "slack":
+            return self.slack_socket.push(text, sender, bot=bot)
         return self.inbound.push(channel, text, sender=sender, context_token=context_token, bot=bot)
 
     def drop_connection(self, channel: str) -> None:
         if channel == "discord":
             self.discord_gateway.drop_connection()
+        elif channel == "slack":
+            self.slack_socket.drop_connection()
         else:
             self.inbound.drop_connection(channel)
 
@@ -218,13 +226,23 @@ class FakeChannels:
         close 4004) until `accept_auth`."""
         if channel == "discord":
             self.discord_gateway.reject_auth()
+        elif channel == "slack":
+            self.slack_socket.reject_auth()
         else:
             self.inbound.reject_auth(channel)
 
     def accept_auth(self, channel: str | None = None) -> None:
         if channel in (None, "discord"):
             self.discord_gateway.accept_auth()
+        if channel in (None, "slack"):
+            self.slack_socket.accept_auth()
         self.inbound.accept_auth(channel)
+
+    def connect_websocket(self, url: str) -> AbstractAsyncContextManager[Any]:
+        """The socket listeners' connect seam: Slack's Socket Mode or Discord's gateway, by host."""
+        if "slack.fake.invalid" in url:
+            return self.slack_socket.connect(url)
+        return self.discord_gateway.connect(url)
 
     def accept(self, channel: str | None = None) -> None:
         """Back to accepting everything promptly (one channel, or all)."""
@@ -293,6 +311,10 @@ class FakeChannels:
         delay = self._delays.get(channel)
         if delay:
             await trio.sleep(delay)
+        if op == "connect":
+            if not _bearer(request.headers):
+                return FakeResponse(200, {"ok": False, "error": "not_authed"})
+            return FakeResponse(200, self.slack_socket.connections_open_answer())
         if op == "gateway":
             if not self._credential_ok(channel, _bearer(request.headers, "Bot")) or self.discord_gateway.auth_rejected:
                 return _bad(401, {"message": "401: Unauthorized", "code": 0})

@@ -12,30 +12,27 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import attrs
 import trio
-import trio.testing
 import trio_websocket
+
+from trio_gateway.testing.fake_inbound import SteerableSocket, in_memory_websocket
 
 HEARTBEAT_INTERVAL_MS = 41_250
 HOST = "gateway.fake.invalid"
 
 
 @attrs.define
-class FakeDiscordGateway:
+class FakeDiscordGateway(SteerableSocket):
     # Every dispatch ever sent, in order: (seq, session, frame). seq is global and increasing.
     dispatches: list[tuple[int, str, dict[str, Any]]] = attrs.Factory(list)
     identifies: int = 0
     resumes: int = 0
     heartbeats: int = 0
     connections_open: int = 0
-    auth_rejected: bool = False
-    _changed: trio.Event = attrs.Factory(trio.Event)
-    _drops: int = 0
     _ops: list[int] = attrs.Factory(list)  # op 7 / op 9 to send to live connections
     _seq: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
@@ -50,17 +47,6 @@ class FakeDiscordGateway:
         self._dispatch("*", "MESSAGE_CREATE", data)
         return ident
 
-    def drop_connection(self) -> None:
-        self._drops += 1
-        self._wake()
-
-    def reject_auth(self) -> None:
-        self.auth_rejected = True
-        self.drop_connection()
-
-    def accept_auth(self) -> None:
-        self.auth_rejected = False
-
     def reconnect(self) -> None:
         self._ops.append(7)
         self._wake()
@@ -74,22 +60,10 @@ class FakeDiscordGateway:
         self.dispatches.append((seq, session, {"op": 0, "t": kind, "s": seq, "d": data}))
         self._wake()
 
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
     # --- serving ---
 
-    @asynccontextmanager
-    async def connect(self, url: str) -> AsyncIterator[trio_websocket.WebSocketConnection]:
-        client, server = trio.testing.memory_stream_pair()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._serve, nursery, server)
-            ws = await trio_websocket.wrap_client_stream(nursery, client, HOST, "/" + url.partition("/?")[2])  # type: ignore[arg-type]
-            try:
-                yield ws
-            finally:
-                nursery.cancel_scope.cancel()
+    def connect(self, url: str) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
+        return in_memory_websocket(HOST, "/" + url.partition("/?")[2], self._serve)
 
     async def _serve(self, nursery: trio.Nursery, stream: trio.abc.Stream) -> None:
         request = await trio_websocket.wrap_server_stream(nursery, stream)

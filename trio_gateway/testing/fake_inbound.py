@@ -15,21 +15,66 @@ long poll ended (its connection closed).
 from __future__ import annotations
 
 import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
 import trio
+import trio.testing
+import trio_websocket
 
 Json = Any
 WEIXIN = "openclaw-weixin"
 TELEGRAM = "telegram"
 INBOUND_CHANNELS = (WEIXIN, TELEGRAM)
 # Channels whose listening side the fakes serve: the long polls here, Discord's gateway in
-# fake_discord.py.
-LISTENING_FAKES = (WEIXIN, TELEGRAM, "discord")
+# fake_discord.py, Slack's Socket Mode in fake_slack.py.
+LISTENING_FAKES = (WEIXIN, TELEGRAM, "discord", "slack")
 # How long a poll is held with nothing to say (the platforms' own figures).
 WEIXIN_HOLD_MS = 35_000
 BATCH = 100
+
+
+@asynccontextmanager
+async def in_memory_websocket(
+    host: str, resource: str, serve: Callable[[trio.Nursery, trio.abc.Stream], Awaitable[None]]
+) -> AsyncIterator[trio_websocket.WebSocketConnection]:
+    """A real trio-websocket client connection whose server is `serve`, over in-memory streams:
+    no sockets, so a fake's heartbeats and drops run on the MockClock."""
+    client, server = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve, nursery, server)
+        ws = await trio_websocket.wrap_client_stream(nursery, client, host, resource)  # type: ignore[arg-type]
+        try:
+            yield ws
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+@attrs.define
+class SteerableSocket:
+    """What the websocket fakes share: drop the connection, refuse the credentials."""
+
+    auth_rejected: bool = False
+    _changed: trio.Event = attrs.Factory(trio.Event)
+    _drops: int = 0
+
+    def drop_connection(self) -> None:
+        """The live connection dies without a close frame (the client sees 1006)."""
+        self._drops += 1
+        self._wake()
+
+    def reject_auth(self) -> None:
+        self.auth_rejected = True
+        self.drop_connection()
+
+    def accept_auth(self) -> None:
+        self.auth_rejected = False
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
 
 
 class Dropped(Exception):

@@ -190,7 +190,7 @@ def fake_env(config: cfg.Config) -> dict[str, str]:
     env: dict[str, str] = {}
     for channel, section in config.channels.items():
         for account in section.accounts.values():
-            for name in (account.app_secret_env, account.token_env):
+            for name in (account.app_secret_env, account.token_env, account.app_token_env):
                 if name:
                     env[name] = f"fake-{channel}-secret"
     return env
@@ -244,7 +244,7 @@ class Harness:
             inline,
             transport=harness.channels.transport(),
             rng=random.Random(seed),
-            connect=harness.channels.discord_gateway.connect,
+            connect=harness.channels.connect_websocket,
         )
         return harness
 
