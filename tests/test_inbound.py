@@ -252,4 +252,4 @@ def test_scenario_inbound_action_names_a_channel_without_a_fake() -> None:
     good = parse_text('[[action]]\nat = 1\ntype = "inbound"\ntext = "hi"\nfrom = "a@im.wechat"\n')
     assert [(a.channel, a.from_) for a in good.actions] == [(WX, "a@im.wechat")]  # type: ignore[union-attr]
     with pytest.raises(ScenarioError, match=r"action\[0\]\.channel"):
-        parse_text('[[action]]\nat = 1\ntype = "inbound"\ntext = "hi"\nchannel = "feishu"\n')
+        parse_text('[[action]]\nat = 1\ntype = "inbound"\ntext = "hi"\nchannel = "console"\n')

@@ -45,10 +45,16 @@ class Observation:
         """(scenario seconds, what) of every request that reached `channel`'s server."""
         if channel == "console":
             return [(a.at - self.t0, f"send to {a.to}") for a in self.attempts if a.channel == channel]
-        return [(r.at - self.t0, f"{r.method} {r.path}") for r in self.requests if r.channel == channel]
+        return [
+            (r.at - self.t0, f"{r.method} {r.path}")
+            for r in self.requests
+            if r.channel == channel and r.op not in LISTENING_OPS
+        ]
 
 
 Check = tuple[bool, str]
+# A listener's own calls (long polls, websocket endpoints): not requests a delivery made.
+LISTENING_OPS = ("poll", "notifystart", "notifystop", "gateway", "connect", "endpoint")
 
 
 def _by(limit: float | None) -> str:

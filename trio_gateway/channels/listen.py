@@ -138,6 +138,19 @@ def leaf_errors(exc: BaseException) -> Iterator[BaseException]:
         yield exc
 
 
+def socket_error(exc: Exception, what: str) -> Exception:
+    """The one error the supervisor understands, from what a socket listener's connection and
+    nursery raised (trio wraps a child task's error in an ExceptionGroup)."""
+    for leaf in leaf_errors(exc):
+        if isinstance(leaf, (AuthFailed, ListenError)):
+            return leaf
+        if isinstance(leaf, trio_websocket.ConnectionClosed):
+            return ListenError(f"{what} closed (code {leaf.reason.code if leaf.reason else None})")
+        if isinstance(leaf, (trio_websocket.HandshakeError, OSError, ValueError)):
+            return ListenError(f"{what}: {type(leaf).__name__}: {leaf}")
+    return exc
+
+
 # --- cursors -------------------------------------------------------------------------------------
 
 

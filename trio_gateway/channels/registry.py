@@ -14,7 +14,7 @@ import trio
 from trio_gateway.channels.base import Channel
 from trio_gateway.channels.console import ConsoleChannel
 from trio_gateway.channels.discord import DiscordChannel, DiscordListener
-from trio_gateway.channels.feishu import FeishuChannel
+from trio_gateway.channels.feishu import FeishuChannel, FeishuListener
 from trio_gateway.channels.http import make_transport, new_ssl_context
 from trio_gateway.channels.listen import (
     AccountListener,
@@ -122,12 +122,19 @@ def _slack_listener(a: AccountSpec, connect: WebSocketConnect) -> Listener:
     return SlackSocketListener.open(a.base_url, app_token, a.account_id, a.transport(), connect)
 
 
+def _feishu_listener(a: AccountSpec, connect: WebSocketConnect) -> Listener:
+    app_id = a.required("appId", a.account.app_id)
+    secret = a.secret("appSecretEnv", a.account.app_secret_env)
+    return FeishuListener.open(a.base_url, app_id, secret, a.account_id, a.transport(), connect)
+
+
 # (channel, mode) -> opener: what this version can listen with.
 LISTENERS: dict[tuple[str, str], Callable[[AccountSpec, WebSocketConnect], Listener]] = {
     ("openclaw-weixin", "poll"): _weixin_listener,
     ("telegram", "poll"): _telegram_listener,
     ("discord", "socket"): _discord_listener,
     ("slack", "socket"): _slack_listener,
+    ("feishu", "socket"): _feishu_listener,
 }
 
 
@@ -140,9 +147,7 @@ def inbound_mode(channel: str, account: AccountConfig) -> str:
         return "webhook" if account.secret_token_env else "poll"
     if channel == "slack":
         return "socket" if account.app_token_env else "webhook"
-    if channel == "feishu":
-        return "webhook"  # the long connection is not built yet (README: departures)
-    return {"openclaw-weixin": "poll", "discord": "socket"}.get(channel, "off")
+    return {"openclaw-weixin": "poll", "discord": "socket", "feishu": "socket"}.get(channel, "off")
 
 
 def build_listeners(

@@ -9,7 +9,6 @@ from typing import Any
 
 import attrs
 import trio
-import trio_websocket
 
 from trio_gateway.channels.http import JsonClient
 from trio_gateway.channels.listen import (
@@ -18,8 +17,8 @@ from trio_gateway.channels.listen import (
     Intake,
     ListenError,
     WebSocketConnect,
-    leaf_errors,
     post_json,
+    socket_error,
 )
 from trio_gateway.classify import Outcome, classify_slack
 from trio_gateway.entry import DeliveryEntry
@@ -102,7 +101,7 @@ class SlackSocketListener:
                 while True:
                     await self._envelope(ws, await ws.get_message(), intake)
         except Exception as exc:  # cancellation is not an Exception: it passes untouched
-            raise _translate(exc) from None
+            raise socket_error(exc, "Socket Mode connection") from None
 
     async def _envelope(self, ws: Any, raw: str | bytes, intake: Intake) -> None:
         try:
@@ -128,14 +127,3 @@ class SlackSocketListener:
 
     async def aclose(self) -> None:
         await self.http.aclose()
-
-
-def _translate(exc: Exception) -> Exception:
-    for leaf in leaf_errors(exc):
-        if isinstance(leaf, (AuthFailed, ListenError)):
-            return leaf
-        if isinstance(leaf, trio_websocket.ConnectionClosed):
-            return ListenError(f"Socket Mode connection closed (code {leaf.reason.code if leaf.reason else None})")
-        if isinstance(leaf, (trio_websocket.HandshakeError, OSError)):
-            return ListenError(f"websocket: {type(leaf).__name__}: {leaf}")
-    return exc

@@ -33,6 +33,7 @@ import trio
 from trio_gateway import http_client as http
 from trio_gateway.http.asgi import lifespan
 from trio_gateway.testing.fake_discord import FakeDiscordGateway
+from trio_gateway.testing.fake_feishu import FakeFeishuSocket
 from trio_gateway.testing.fake_inbound import Dropped, FakeInbound
 from trio_gateway.testing.fake_slack import FakeSlackSocket
 
@@ -157,6 +158,7 @@ ROUTES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"/bot(?P<token>[^/]+)/getUpdates$"), "telegram", "poll"),
     (re.compile(r"/gateway/bot$"), "discord", "gateway"),
     (re.compile(r"/apps\.connections\.open$"), "slack", "connect"),
+    (re.compile(r"/callback/ws/endpoint$"), "feishu", "endpoint"),
 ]
 INBOUND_OPS = ("poll", "notifystart", "notifystop")
 
@@ -200,6 +202,7 @@ class FakeChannels:
     inbound: FakeInbound = attrs.Factory(FakeInbound)
     discord_gateway: FakeDiscordGateway = attrs.Factory(FakeDiscordGateway)
     slack_socket: FakeSlackSocket = attrs.Factory(FakeSlackSocket)
+    feishu_socket: FakeFeishuSocket = attrs.Factory(FakeFeishuSocket)
 
     # --- commands ---
 
@@ -211,6 +214,8 @@ class FakeChannels:
             return self.discord_gateway.push(text, sender, bot=bot)
         if channel == "slack":
             return self.slack_socket.push(text, sender, bot=bot)
+        if channel == "feishu":
+            return self.feishu_socket.push(text, sender, bot=bot)
         return self.inbound.push(channel, text, sender=sender, context_token=context_token, bot=bot)
 
     def drop_connection(self, channel: str) -> None:
@@ -218,6 +223,8 @@ class FakeChannels:
             self.discord_gateway.drop_connection()
         elif channel == "slack":
             self.slack_socket.drop_connection()
+        elif channel == "feishu":
+            self.feishu_socket.drop_connection()
         else:
             self.inbound.drop_connection(channel)
 
@@ -228,6 +235,8 @@ class FakeChannels:
             self.discord_gateway.reject_auth()
         elif channel == "slack":
             self.slack_socket.reject_auth()
+        elif channel == "feishu":
+            self.feishu_socket.reject_auth()
         else:
             self.inbound.reject_auth(channel)
 
@@ -236,12 +245,16 @@ class FakeChannels:
             self.discord_gateway.accept_auth()
         if channel in (None, "slack"):
             self.slack_socket.accept_auth()
+        if channel in (None, "feishu"):
+            self.feishu_socket.accept_auth()
         self.inbound.accept_auth(channel)
 
     def connect_websocket(self, url: str) -> AbstractAsyncContextManager[Any]:
         """The socket listeners' connect seam: Slack's Socket Mode or Discord's gateway, by host."""
         if "slack.fake.invalid" in url:
             return self.slack_socket.connect(url)
+        if "feishu-ws.fake.invalid" in url:
+            return self.feishu_socket.connect(url)
         return self.discord_gateway.connect(url)
 
     def accept(self, channel: str | None = None) -> None:
@@ -311,6 +324,11 @@ class FakeChannels:
         delay = self._delays.get(channel)
         if delay:
             await trio.sleep(delay)
+        if op == "endpoint":
+            body = request.body if isinstance(request.body, dict) else {}
+            if not body.get("AppID") or not self._credential_ok("feishu", body.get("AppSecret")):
+                return FakeResponse(200, {"code": 1000040344, "msg": "app_id or app_secret is invalid"})
+            return FakeResponse(200, self.feishu_socket.endpoint_answer())
         if op == "connect":
             if not _bearer(request.headers):
                 return FakeResponse(200, {"ok": False, "error": "not_authed"})

@@ -29,8 +29,8 @@ WEIXIN = "openclaw-weixin"
 TELEGRAM = "telegram"
 INBOUND_CHANNELS = (WEIXIN, TELEGRAM)
 # Channels whose listening side the fakes serve: the long polls here, Discord's gateway in
-# fake_discord.py, Slack's Socket Mode in fake_slack.py.
-LISTENING_FAKES = (WEIXIN, TELEGRAM, "discord", "slack")
+# fake_discord.py, Slack's Socket Mode in fake_slack.py, Feishu's long connection in fake_feishu.py.
+LISTENING_FAKES = (WEIXIN, TELEGRAM, "discord", "slack", "feishu")
 # How long a poll is held with nothing to say (the platforms' own figures).
 WEIXIN_HOLD_MS = 35_000
 BATCH = 100
@@ -57,8 +57,31 @@ class SteerableSocket:
     """What the websocket fakes share: drop the connection, refuse the credentials."""
 
     auth_rejected: bool = False
+    connections: int = 0
+    connections_open: int = 0
     _changed: trio.Event = attrs.Factory(trio.Event)
     _drops: int = 0
+
+    async def _serve(self, nursery: trio.Nursery, stream: trio.abc.Stream) -> None:
+        """One connection: `_read` what the client sends while `_stream` sends to it."""
+        ws = await (await trio_websocket.wrap_server_stream(nursery, stream)).accept()
+        self.connections += 1
+        self.connections_open += 1
+        try:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(self._read, ws)
+                await self._stream(ws, stream)
+                inner.cancel_scope.cancel()
+        except trio_websocket.ConnectionClosed:
+            pass
+        finally:
+            self.connections_open -= 1
+
+    async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
+        raise NotImplementedError
+
+    async def _stream(self, ws: trio_websocket.WebSocketConnection, stream: trio.abc.Stream) -> None:
+        raise NotImplementedError
 
     def drop_connection(self) -> None:
         """The live connection dies without a close frame (the client sees 1006)."""

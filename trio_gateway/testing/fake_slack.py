@@ -28,8 +28,6 @@ HOST = "slack.fake.invalid"
 class FakeSlackSocket(SteerableSocket):
     envelopes: list[dict[str, Any]] = attrs.Factory(list)
     acked: set[str] = attrs.Factory(set)
-    connections: int = 0
-    connections_open: int = 0
     _disconnects: list[str] = attrs.Factory(list)
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
@@ -62,20 +60,6 @@ class FakeSlackSocket(SteerableSocket):
     def connect(self, url: str) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
         return in_memory_websocket(HOST, "/link/", self._serve)
 
-    async def _serve(self, nursery: trio.Nursery, stream: trio.abc.Stream) -> None:
-        ws = await (await trio_websocket.wrap_server_stream(nursery, stream)).accept()
-        self.connections += 1
-        self.connections_open += 1
-        try:
-            async with trio.open_nursery() as inner:
-                inner.start_soon(self._read_acks, ws)
-                await self._stream(ws, stream)
-                inner.cancel_scope.cancel()
-        except trio_websocket.ConnectionClosed:
-            pass
-        finally:
-            self.connections_open -= 1
-
     async def _stream(self, ws: trio_websocket.WebSocketConnection, stream: trio.abc.Stream) -> None:
         drops = self._drops
         await ws.send_message(json.dumps({"type": "hello", "num_connections": 1}))
@@ -94,7 +78,7 @@ class FakeSlackSocket(SteerableSocket):
             await changed.wait()
         await stream.aclose()  # dropped without a close frame
 
-    async def _read_acks(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
         while True:
             frame = json.loads(await ws.get_message())
             if isinstance(frame, dict) and isinstance(frame.get("envelope_id"), str):
