@@ -523,6 +523,77 @@ async def test_connection_n_plus_1_is_closed_and_the_open_ones_are_served(tmp_pa
         gateway.request_drain("stop")
 
 
+async def test_stop_closes_a_connection_whose_client_reads_nothing(tmp_path: Path) -> None:
+    """hypercorn writes a response inside a shield with no deadline: a client that pipelines
+    requests and never reads its answers once held `gateway stop` forever."""
+    from trio_gateway.http.server import HttpServer
+
+    server = HttpServer("127.0.0.1", 0, TOKEN, {})
+    gateway, _ = build_gateway(tmp_path, config(), servers=[server.serve])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        assert server.bound_port is not None
+        assert server.cap is not None
+        client = trio.socket.socket()
+        client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        try:
+            await client.connect(("127.0.0.1", server.bound_port))
+            await _send_until_the_server_stops_reading(client, _PIPELINED_GET)
+            gateway.request_drain("stop")
+            with trio.move_on_after(30):
+                await server.cap.open.wait_value(0)
+            assert server.cap.open.value == 0
+        finally:
+            client.close()  # without the fix, this is what lets the server task finish
+
+
+async def test_a_client_that_reads_nothing_loses_its_connection_after_the_send_stall(tmp_path: Path) -> None:
+    """Without a write deadline, such a client held a connection slot for as long as it liked:
+    `maxConnections` of them shut everyone out."""
+    import httpx
+
+    from trio_gateway.http.server import HttpServer
+
+    server = HttpServer("127.0.0.1", 0, TOKEN, {}, send_stall_seconds=0.5)
+    gateway, _ = build_gateway(tmp_path, config(), servers=[server.serve])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        assert server.bound_port is not None
+        assert server.cap is not None
+        client = trio.socket.socket()
+        client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+        try:
+            await client.connect(("127.0.0.1", server.bound_port))
+            await _send_until_the_server_stops_reading(client, _PIPELINED_GET)
+            with trio.move_on_after(30):
+                await server.cap.open.wait_value(0)
+            assert server.cap.open.value == 0
+            assert gateway.state.value == "running"
+        finally:
+            client.close()
+        async with httpx.AsyncClient(base_url=server.urls[0], trust_env=False) as http:
+            assert (await http.get("/healthz")).status_code == 200
+        gateway.request_drain("stop")
+
+
+_PIPELINED_GET = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+async def _send_until_the_server_stops_reading(sock: trio.socket.SocketType, request: bytes) -> None:
+    """Pipeline requests until the server takes no more for a second (its answers fill our
+    small receive buffer and its send buffer), or closes the connection. Under load this may stop
+    early; the test then proves less, but cannot fail for it."""
+    chunk = request * 1000
+    for _ in range(10_000):
+        with trio.move_on_after(1) as waited:
+            try:
+                await sock.send(chunk)
+            except OSError:  # the server has closed the connection already
+                return
+        if waited.cancelled_caught:
+            return
+
+
 async def test_an_event_for_an_unknown_account_is_refused_without_waiting_for_its_body(tmp_path: Path) -> None:
     from trio_gateway.http.server import HttpServer
 
@@ -561,6 +632,26 @@ async def test_unverified_bodies_read_at_once_are_capped(tmp_path: Path, autojum
         await trio.sleep(gateway.config.gateway.body_read_timeout_seconds)  # the stranger's 408 frees it
         signed = await Driver(app)("POST", "/channels/slack/T1/events", SLACK_MESSAGE, slack_headers(SLACK_MESSAGE))
         assert signed.status == 200
+        gateway.request_drain("stop", force=True)
+
+
+async def test_a_restart_resizes_the_unverified_body_slots(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    raw = cfg.to_json(config())
+    raw["gateway"]["maxUnverifiedBodies"] = 1
+    reloaded = cfg.to_json(config())
+    reloaded["gateway"]["maxUnverifiedBodies"] = 2
+    gateway, _ = build_gateway(tmp_path, cfg.parse(raw), load_config=lambda: cfg.parse(reloaded))
+    headers = {"x-slack-request-timestamp": str(int(NOW)), "x-slack-signature": "v0=" + "0" * 64}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        app = GatewayApp(gateway, TOKEN, ENV, wall_time=lambda: NOW)
+        nursery.start_soon(SlowClient(app), "/channels/slack/T1/events", headers)  # holds the one slot
+        await trio.sleep(1)
+        await gateway.request_drain("restart").done.wait()
+        assert gateway.config.gateway.max_unverified_bodies == 2
+        # A second stranger now gets the second slot: its body never comes, so a 408, not a 503.
+        second = await SlowClient(app)("/channels/slack/T1/events", headers)
+        assert (second.status, json.loads(second.body)["error"]) == (408, "RequestTimeoutError")
         gateway.request_drain("stop", force=True)
 
 

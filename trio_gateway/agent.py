@@ -24,6 +24,7 @@ from trio_gateway.log import EventLog
 from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.routing import Origin
 from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnRecord
+from trio_gateway.tools.registry import ToolBox
 from trio_gateway.work import WorkRegistry, WorkUnit
 
 
@@ -65,6 +66,8 @@ class Runtime:
     store: SessionStore
     log: EventLog
     wall: Callable[[], dt.datetime]
+    # MCP servers and http_request (SPEC 14); None: only spawn_subagent.
+    tools: ToolBox | None = None
 
     @property
     def cleanup_timeout(self) -> float:
@@ -303,6 +306,9 @@ async def agent_loop(
         raise ConfigError(f"agents.{agent_id}", "no longer configured (removed by a config reload?)")
     model = rt.models[agent.model]
     tools = [SPAWN_TOOL] if depth < agent.max_subagent_depth else []
+    if rt.tools is not None:
+        await rt.tools.listed(agent_id)  # a server still starting: wait for its tool listing
+        tools += rt.tools.offered(agent_id)
     for _ in range(agent.max_tool_rounds):
         reply = await _model_call(rt, session, model, messages, tools, parent, stall)
         stall = None
@@ -342,6 +348,9 @@ async def _tool_call(
     depth: int,
     parent: WorkUnit | None,
 ) -> str:
+    if rt.tools is not None and rt.tools.handles(call.name):
+        # Its own unit (tool_call or api_request); an abort comes back as a tool error.
+        return await rt.tools.call(session.id, parent, agent_id, call)
     with rt.registry.track("tool_call", session.id, parent) as unit:
         unit.progress(f"tool_call:{call.name}")
         if call.name == "spawn_subagent":

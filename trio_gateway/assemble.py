@@ -31,6 +31,7 @@ from trio_gateway.gateway import (
     GatewayDeps,
     ListenerFactory,
     Server,
+    ToolsFactory,
     load_config_from,
 )
 from trio_gateway.home import Home
@@ -39,6 +40,7 @@ from trio_gateway.models import build_model
 from trio_gateway.queue import DeliveryQueue
 from trio_gateway.sessions_store import in_thread_abandoning
 from trio_gateway.store import BlockingRunner, in_thread
+from trio_gateway.tools import registry as tool_registry
 
 
 def queue_delivery(
@@ -92,6 +94,16 @@ def listeners(
     return factory
 
 
+def production_tools(home: Home, log: EventLog, env: Mapping[str, str]) -> ToolsFactory:
+    """Per generation: real stdio processes (stderr to logs/mcp-NAME.stderr.log) and HTTP."""
+    openers = tool_registry.production_openers(env, str(home.logs_dir))
+
+    def factory(config: Config, gateway: Gateway) -> tool_registry.ToolBox:
+        return tool_registry.build_toolbox(config, gateway.registry, log, openers)
+
+    return factory
+
+
 def production_gateway(
     home: Home,
     config: Config,
@@ -114,6 +126,7 @@ def production_gateway(
         session_runner=in_thread_abandoning if runner is in_thread else None,
         servers=servers or [],
         preflight=lambda new_config: preflight(new_config, env),
+        tools_factory=production_tools(home, log, env),
     )
     return Gateway(deps, config)
 
@@ -122,6 +135,7 @@ def preflight(config: Config, env: Mapping[str, str]) -> None:
     """Everything a config needs from the environment, checked before anything starts: a bad
     config never half-starts a gateway (ConfigError, exit 2)."""
     channel_registry.check(config, env)
+    tool_registry.check_env(config, env)
     for name, model in config.models.items():
         if model.api_key_env and not env.get(model.api_key_env):
             raise ConfigError(f"models.{name}.apiKeyEnv", f"environment variable {model.api_key_env} is not set")

@@ -145,6 +145,37 @@ class AgentConfig:
     system_prompt: str = ""
     max_subagent_depth: int = 3
     max_tool_rounds: int = 8
+    # SPEC 14 allow-list: "server.*", "server.tool", "http_request" (spawn_subagent is always offered).
+    tools: list[str] = attrs.Factory(list)
+
+
+@attrs.frozen
+class McpServerConfig:
+    """One MCP server (SPEC 14): `command` (stdio) or `url` (streamable HTTP), never both.
+    `env` is passed to the server as written (not secrets); `envFrom` and `headersEnv` name, per
+    variable or header, the environment variable holding its value, so a token never sits in
+    gateway.json. A stdio server inherits only a few harmless variables (PATH, HOME, ...) of the
+    gateway's environment, never its secrets."""
+
+    command: list[str] | None = None
+    env: dict[str, str] = attrs.Factory(dict)
+    # Secrets for a stdio server: its variable name -> the gateway's environment variable
+    # holding the value (`{"GITHUB_TOKEN": "GATEWAY_GITHUB_TOKEN"}`), like `headersEnv`.
+    env_from: dict[str, str] = attrs.Factory(dict)
+    url: str | None = None
+    headers_env: dict[str, str] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class HttpToolConfig:
+    allow_hosts: list[str] = attrs.Factory(list)
+    max_response_bytes: int = 1_048_576
+
+
+@attrs.frozen
+class ToolsConfig:
+    mcp_servers: dict[str, McpServerConfig] = attrs.Factory(dict)
+    http: HttpToolConfig = HttpToolConfig()
 
 
 @attrs.frozen
@@ -192,6 +223,7 @@ class Config:
     agents: dict[str, AgentConfig] = attrs.Factory(_default_agents)
     delivery: DeliveryConfig = DeliveryConfig()
     cron: list[CronEntry] = attrs.Factory(list)
+    tools: ToolsConfig = ToolsConfig()
 
 
 # Channels the gateway can speak. `console` needs no account: it appends to logs/console.jsonl.
@@ -366,6 +398,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "delivery.attemptTimeoutSeconds": (0.01, 3_600),
     "delivery.rescanIntervalSeconds": (0.01, 86_400),
     "cron[*].everySeconds": (0.1, 31_622_400),
+    "tools.http.maxResponseBytes": (1, 1_073_741_824),
 }
 
 
@@ -435,6 +468,8 @@ def check(config: Config) -> Config:
         for i, channel in enumerate(agent.channels):
             if channel != "console" and channel not in config.channels:
                 raise ConfigError(f"{path}.channels[{i}]", f"channel {channel!r} is not configured under channels")
+        _check_allow_list(config.tools, f"{path}.tools", agent.tools)
+    _check_tools(config.tools)
     d = config.delivery
     if d.max_backoff_seconds < d.initial_backoff_seconds:
         raise ConfigError("delivery.maxBackoffSeconds", "must be at least initialBackoffSeconds")
@@ -446,6 +481,50 @@ def check(config: Config) -> Config:
         if entry.agent not in config.agents:
             raise ConfigError(f"cron[{i}].agent", f"no agent named {entry.agent!r}")
     return config
+
+
+# A server name becomes the `<server>__<tool>` prefix the model sees (OpenAI function names
+# are [A-Za-z0-9_-]{1,64}); no "__" inside it, so the split back is unambiguous.
+MCP_SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,30}(?:_[A-Za-z0-9-]+)*")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_tools(tools: ToolsConfig) -> None:
+    for name, server in tools.mcp_servers.items():
+        path = f"tools.mcpServers.{name}"
+        if not MCP_SERVER_NAME.fullmatch(name) or "__" in name:
+            raise ConfigError(path, "a server name is letters, digits, '-' and single '_' (at most 31 characters)")
+        if (server.command is None) == (server.url is None):
+            raise ConfigError(path, "needs exactly one of command (stdio) or url (streamable HTTP)")
+        if server.command is not None and (not server.command or not server.command[0]):
+            raise ConfigError(f"{path}.command", "must be a non-empty list: the program, then its arguments")
+        if server.url is not None and not server.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{path}.url", f"must be an http(s) URL, got {server.url!r}")
+        for key in ("env", "env_from"):
+            if server.url is not None and getattr(server, key):
+                raise ConfigError(f"{path}.{camel(key)}", "only for a stdio server (command)")
+        for var, source in server.env_from.items():
+            if not ENV_NAME.fullmatch(var) or not ENV_NAME.fullmatch(source):
+                raise ConfigError(f"{path}.envFrom.{var}", f"must map a variable name to one, got {source!r}")
+        if server.command is not None and server.headers_env:
+            raise ConfigError(f"{path}.headersEnv", "only for a streamable HTTP server (url)")
+        for header, var in server.headers_env.items():
+            if not ENV_NAME.fullmatch(var):
+                raise ConfigError(f"{path}.headersEnv.{header}", f"must name an environment variable, got {var!r}")
+    for i, host in enumerate(tools.http.allow_hosts):
+        if not host or "/" in host or host != host.strip().lower():
+            raise ConfigError(f"tools.http.allowHosts[{i}]", f"must be a lowercase host name, got {host!r}")
+
+
+def _check_allow_list(tools: ToolsConfig, path: str, allowed: list[str]) -> None:
+    for i, entry in enumerate(allowed):
+        if entry in ("http_request", "spawn_subagent"):
+            continue
+        server, dot, tool = entry.partition(".")
+        if not dot or not tool:
+            raise ConfigError(f"{path}[{i}]", f"expected server.* or server.tool or http_request, got {entry!r}")
+        if server not in tools.mcp_servers:
+            raise ConfigError(f"{path}[{i}]", f"no MCP server named {server!r} under tools.mcpServers")
 
 
 def parse(raw: object) -> Config:

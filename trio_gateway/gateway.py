@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack
 from typing import Any, Literal, Protocol
@@ -42,6 +44,8 @@ from trio_gateway.session_evict import Evicted
 from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnKind, TurnRecord
 from trio_gateway.stall import StallWatchdog
 from trio_gateway.store import BlockingRunner, in_thread
+from trio_gateway.tools.registry import ToolBox, build_toolbox, production_openers
+from trio_gateway.tools.registry import preload as preload_tools
 from trio_gateway.work import WorkRegistry
 
 State = Literal["starting", "running", "draining", "stopped"]
@@ -65,6 +69,7 @@ DeliveryFactory = Callable[[Config, "Gateway"], Awaitable[DeliveryService]]
 # The listeners of one generation (SPEC 11), given its delivery side (an auth failure pauses
 # the account's sender too).
 ListenerFactory = Callable[[Config, "Gateway", DeliveryService], Awaitable[ListenerSupervisor]]
+ToolsFactory = Callable[[Config, "Gateway"], ToolBox]
 ModelFactory = Callable[[ModelConfig], Model]
 Server = Callable[..., Awaitable[None]]
 
@@ -88,6 +93,8 @@ class GatewayDeps:
     session_runner: BlockingRunner | None = None
     # None: nothing listens (the in-process kit without channel fakes).
     listener_factory: ListenerFactory | None = None
+    # MCP servers and http_request per generation (SPEC 14); None: real processes and HTTP.
+    tools_factory: ToolsFactory | None = None
 
 
 @attrs.define(eq=False)
@@ -115,6 +122,8 @@ class Gateway:
     delivery: DeliveryService | None = None
     watchdog: StallWatchdog | None = None
     listeners: ListenerSupervisor | None = None
+    tools: ToolBox | None = None
+    tool_outcomes: Counter[tuple[str, str]] = attrs.Factory(Counter)
     _drain: DrainRequest | None = None
     _drain_wanted: trio.Event = attrs.Factory(trio.Event)
     _by_origin: dict[tuple[str, Origin | None], str] = attrs.Factory(dict)
@@ -185,7 +194,15 @@ class Gateway:
             resources.push_async_callback(self._close_bounded, delivery.aclose, config)
             self.delivery = delivery
             assert self.wall is not None
-            rt = agent.Runtime(config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now)
+            await preload_tools(config)
+            tools = self._build_tools(config)
+            tools.inherit(self.tools)
+            tools.outcomes = self.tool_outcomes  # a counter for /metrics: it never goes back
+            self.tools = tools
+            resources.push_async_callback(self._close_bounded, tools.aclose, config)
+            rt = agent.Runtime(
+                config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now, tools
+            )
             self.watchdog = StallWatchdog(self.registry, config.gateway.stalled_task_detection, self.log, self._depth)
             listeners = await self._open_listeners(config, delivery)
             async with trio.open_nursery() as services:
@@ -199,6 +216,9 @@ class Gateway:
                 services.start_soon(delivery.run)
                 services.start_soon(self.watchdog.run)
                 services.start_soon(self._evict_idle_sessions, config.gateway.session_evict_after_seconds)
+                # MCP servers live until the work is gone (a call in flight may still finish
+                # during the drain's wait), then stop with the services, each stop bounded.
+                services.start_soon(tools.run)
                 cut = ExitStack()
                 with cut, trio.CancelScope() as work_scope:
                     async with trio.open_nursery() as work:
@@ -238,6 +258,12 @@ class Gateway:
         factory = self.deps.listener_factory
         self.listeners = None if factory is None else await factory(config, self, delivery)
         return self.listeners
+
+    def _build_tools(self, config: Config) -> ToolBox:
+        if self.deps.tools_factory is not None:
+            return self.deps.tools_factory(config, self)
+        openers = production_openers(os.environ, str(self.deps.home.logs_dir))
+        return build_toolbox(config, self.registry, self.log, openers)
 
     async def _open_models(self, config: Config, resources: AsyncExitStack) -> dict[str, Model]:
         models = {}
@@ -595,6 +621,7 @@ class Gateway:
             "stalled": stalled,
             "queue": queue,
             "channels": self.listeners.status() if self.listeners is not None else [],
+            "tools": {"mcpServers": self.tools.status() if self.tools is not None else []},
         }
         if self._drain is not None:
             status["drain"] = drain_status(self._drain, now)

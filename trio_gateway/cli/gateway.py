@@ -220,6 +220,19 @@ def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
             f"  {w['kind']:16} session={w['sessionId'] or '-'}  age={w['ageSeconds']:.0f}s"
             f"  last={w['lastProgress']} ({w['lastProgressAgeSeconds']:.0f}s ago)"
         )
+    lines += mcp_server_lines(status.get("tools", {}).get("mcpServers", []))
     if status.get("drain"):
         lines.append(progress_line(status) or f"drain: {status['drain']}")
+    return lines
+
+
+def mcp_server_lines(servers: list[dict[str, Any]]) -> list[str]:
+    """SPEC 14: each MCP server's state and its tools (none configured: no section)."""
+    if not servers:
+        return []
+    lines = [f"mcp servers ({len(servers)}):"]
+    for s in servers:
+        why = f"  last error: {s['lastError']}" if s.get("lastError") else ""
+        tools = ", ".join(s["tools"]) or "-"
+        lines.append(f"  {s['name']:14} {s['state']:10} restarts={s['restarts']}  tools: {tools}{why}")
     return lines

@@ -112,7 +112,7 @@ class GatewayApp:
     env: Mapping[str, str]
     wall_time: Callable[[], float] = time.time
     routes: list[Route] = attrs.field(init=False)
-    # Unauthenticated bodies being read now (sized from the config at first use).
+    # Unauthenticated bodies being read now (sized from the running config at each use).
     _unverified: trio.CapacityLimiter | None = None
 
     def __attrs_post_init__(self) -> None:
@@ -195,12 +195,15 @@ class GatewayApp:
     async def _read_unverified_body(self, receive: Receive, headers: Mapping[str, str]) -> bytes:
         """A body whose sender is not known yet: at most `maxUnverifiedBodies` read at once, so
         strangers with many connections still pin a bounded amount of memory."""
+        limit = self.config.gateway.max_unverified_bodies
         if self._unverified is None:
-            self._unverified = trio.CapacityLimiter(self.config.gateway.max_unverified_bodies)
+            self._unverified = trio.CapacityLimiter(limit)
+        elif self._unverified.total_tokens != limit:
+            # A restart reloaded gateway.json; bodies being read keep their slots.
+            self._unverified.total_tokens = limit
         try:
             self._unverified.acquire_nowait()
         except trio.WouldBlock:
-            limit = self.config.gateway.max_unverified_bodies
             raise GatewayBusyError(
                 f"{limit} unverified request bodies are being read (gateway.maxUnverifiedBodies)"
             ) from None

@@ -65,6 +65,7 @@ def render(gateway: Gateway) -> str:
     _drains(out, gateway)
     _delivery(out, gateway)
     _inbound(out, gateway)
+    _tools(out, gateway)
     return out.text()
 
 
@@ -148,3 +149,18 @@ def _outcomes(delivery: Any) -> dict[tuple[str, str], int]:
         return {(str(c), str(o)): int(n) for (c, o), n in raw.items()}
     except (TypeError, ValueError, AttributeError):
         return {}
+
+
+def _tools(out: Exposition, gateway: Gateway) -> None:
+    """SPEC 14: tool calls by outcome (this generation's), and each MCP server's state."""
+    tools = gateway.tools
+    if tools is None:
+        return
+    out.family("tool_calls_total", "counter", "Tool calls by kind (mcp, http) and outcome")
+    for (kind, outcome), n in sorted(tools.outcomes.items()):
+        out.sample("tool_calls_total", n, {"kind": kind, "outcome": outcome})
+    out.family("mcp_server_up", "gauge", "1 when the MCP server is connected and serving calls")
+    out.family("mcp_server_restarts", "gauge", "Times the MCP server was restarted in this generation")
+    for server in tools.servers.values():
+        out.sample("mcp_server_up", 1 if server.state == "running" else 0, {"server": server.name})
+        out.sample("mcp_server_restarts", server.restarts, {"server": server.name})

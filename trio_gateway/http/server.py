@@ -41,6 +41,7 @@ class HttpServer:
     env: Mapping[str, str]
     urls: list[str] = attrs.Factory(list)
     cap: listen.ConnectionCap | None = None
+    send_stall_seconds: float = listen.SEND_STALL_SECONDS  # tests shorten it
 
     @property
     def bound_port(self) -> int | None:
@@ -61,7 +62,9 @@ class HttpServer:
         app: Any = GatewayApp(gateway, self.token, self.env)
         stopped = partial(gateway.state.wait_value, "stopped")
         # Read once at start, like bind and port: the listening socket outlives every reload.
-        self.cap = listen.ConnectionCap(gateway.config.gateway.max_connections, gateway.log)
+        self.cap = listen.ConnectionCap(
+            gateway.config.gateway.max_connections, gateway.log, send_stall_seconds=self.send_stall_seconds
+        )
         try:
             async with trio.open_nursery() as nursery:
                 self.urls = await nursery.start(

@@ -6,12 +6,16 @@ reuses it, so the in-process echo and the HTTP fake answer a conversation the sa
 - a user message `/spawn <agent> <task...>` is answered with a `spawn_subagent` tool call
   `{"agent": ..., "task": ...}`, when that tool is offered (a model cannot call a tool it was
   not given, e.g. a subagent at the depth limit); otherwise the text is echoed;
-- after a tool result (the last message has role "tool") the answer is `spawned: <content>`;
+- a user message `/tool <name> <json arguments>` is answered with a call of that tool, when it is
+  offered (`/tool files__read {"path": "a"}`); otherwise the text is echoed;
+- after a tool result (the last message has role "tool") the answer is `spawned: <content>`
+  for `spawn_subagent`, `tool <name>: <content>` for any other tool;
 - anything else is answered with the last user message's text.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,11 +56,40 @@ def parse_spawn(text: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
+def parse_tool(text: str) -> tuple[str, dict[str, Any]] | None:
+    """`/tool NAME {JSON}` -> (name, arguments); None when the text is not a tool request or
+    its arguments are not a JSON object."""
+    parts = text.strip().split(maxsplit=2)
+    if len(parts) < 2 or parts[0] != "/tool":
+        return None
+    try:
+        args = json.loads(parts[2]) if len(parts) == 3 else {}
+    except json.JSONDecodeError:
+        return None
+    return (parts[1], args) if isinstance(args, dict) else None
+
+
+def tool_result_reply(messages: Sequence[Message]) -> str:
+    """The answer after a tool result: which tool it was comes from the assistant's call."""
+    result = messages[-1]
+    name = SPAWN_TOOL
+    for message in reversed(messages):
+        for call in message.get("tool_calls") or ():
+            if call.get("id") == result.get("tool_call_id"):
+                name = call.get("function", {}).get("name", SPAWN_TOOL)
+    if name == SPAWN_TOOL:
+        return f"spawned: {message_text(result)}"
+    return f"tool {name}: {message_text(result)}"
+
+
 def scripted_reply(messages: Sequence[Message], tools: Sequence[dict[str, Any]], call_id: str) -> ModelReply:
     """The echo rule (module docstring), shared by `EchoModel` and the fake model server."""
     if messages and messages[-1].get("role") == "tool":
-        return ModelReply(f"spawned: {message_text(messages[-1])}")
+        return ModelReply(tool_result_reply(messages))
     text = last_user_text(messages)
+    tool = parse_tool(text)
+    if tool is not None and offers_tool(tools, tool[0]):
+        return ModelReply(None, (ToolCall(call_id, tool[0], tool[1]),))
     spawn = parse_spawn(text)
     if spawn is not None and offers_tool(tools, SPAWN_TOOL):
         agent, task = spawn

@@ -37,6 +37,7 @@ from trio_gateway.models.base import Message, ModelReply
 from trio_gateway.queue import DeliveryQueue
 from trio_gateway.store import inline
 from trio_gateway.testing.fake_channels import Delivered, FakeChannels
+from trio_gateway.testing.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.testing.runtime import ScriptedModel, build_gateway
 from trio_gateway.work import WorkUnit
 
@@ -219,6 +220,8 @@ class Harness:
     home: Home
     # This generation's delivery side, for actions that enqueue straight into it.
     current: QueueDelivery | None = None
+    # The MCP servers a config names, served in-process (`mcp["files"].calls`, `.cancelled`).
+    mcp: FakeMcpServers = attrs.Factory(FakeMcpServers)
 
     @classmethod
     def build(
@@ -230,12 +233,15 @@ class Harness:
         channels: FakeChannels | None = None,
         env: Mapping[str, str] | None = None,
         seed: int = 0,
+        mcp: FakeMcpServers | None = None,
     ) -> Harness:
         the_model = model or HarnessModel()
         gateway, sink = build_gateway(home, config, model=the_model)
         harness = cls(gateway, sink, the_model, channels or FakeChannels(), DeliveryTap(), Home(home))
+        harness.mcp = mcp or harness.mcp
         the_env = fake_env(config) if env is None else env
         gateway.deps.delivery_factory = harness._delivery_factory(the_env, seed)
+        gateway.deps.tools_factory = in_process_tools(harness.mcp)
         # The listeners are production's too, long-polling the same fake (SPEC 11).
         gateway.deps.listener_factory = listeners(
             harness.home,

@@ -10,7 +10,9 @@ upstream: prompt directives `/stall`, `/slow N T`, `/spawn AGENT TASK`, `/fail`,
 `.spec`, `.kill_upstream()`), `fake_channels` (`testing.fake_channels.FakeChannels`: the
 HTTP-level server of every platform's send API behind the real channel adapters; steer it with
 `.reject()`, `.fail()`, `.rate_limit()`, `.delay()`, `.accept()`, read `.requests_to()`,
-`.delivered()`), `deliveries` (every send the delivery worker made, with its kind and its
+`.delivered()`), `fake_mcp` (`testing.fake_mcp.FakeMcpServers`: every MCP server the config
+names, served in-process and connected before the test starts; read `fake_mcp["files"].calls` and
+`.cancelled`), `deliveries` (every send the delivery worker made, with its kind and its
 classified outcome: `.attempts`, `.delivered()`, `.wait_delivered()`), `gateway_log` (the
 events, with virtual times), `gateway_harness` (all of them), and `gateway_config` to override
 for a different setup. Accounts in the config need only `baseUrl` (any: it is never dialled)
@@ -36,6 +38,7 @@ from trio_gateway.config import Config
 from trio_gateway.gateway import Gateway
 from trio_gateway.log import MemorySink
 from trio_gateway.testing.fake_channels import FakeChannels
+from trio_gateway.testing.fake_mcp import FakeMcpServers
 from trio_gateway.testing.harness import DeliveryTap, Harness, HarnessModel
 from trio_gateway.testing.runtime import quick_config
 
@@ -77,12 +80,24 @@ def fake_channels() -> FakeChannels:
 
 
 @pytest.fixture
+def fake_mcp() -> FakeMcpServers:
+    return FakeMcpServers()
+
+
+@pytest.fixture
 async def gateway_harness(
-    tmp_path: Path, gateway_config: Config, fake_model: HarnessModel, fake_channels: FakeChannels, nursery: Any
+    tmp_path: Path,
+    gateway_config: Config,
+    fake_model: HarnessModel,
+    fake_channels: FakeChannels,
+    fake_mcp: FakeMcpServers,
+    nursery: Any,
 ) -> AsyncIterator[Harness]:
     _require_virtual_clock()
-    harness = Harness.build(tmp_path / "home", gateway_config, model=fake_model, channels=fake_channels)
+    harness = Harness.build(tmp_path / "home", gateway_config, model=fake_model, channels=fake_channels, mcp=fake_mcp)
     await nursery.start(harness.gateway.serve)
+    if harness.gateway.tools is not None:
+        await harness.gateway.tools.started()  # so a test's first prompt is offered the tools
     yield harness
     await _stop(harness.gateway)
 

@@ -19,12 +19,14 @@ import trio
 from trio_gateway import config as cfg
 from trio_gateway.entry import DeliveryKind
 from trio_gateway.errors import ModelCallError
-from trio_gateway.gateway import DeliveryFactory, Gateway, GatewayDeps, Server
+from trio_gateway.gateway import DeliveryFactory, Gateway, GatewayDeps, Server, ToolsFactory
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
+from trio_gateway.models.echo import offers_tool, parse_tool, tool_result_reply
 from trio_gateway.routing import Origin, resolve
 from trio_gateway.store import inline
+from trio_gateway.testing.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.work import WorkUnit
 
 
@@ -96,6 +98,7 @@ class ScriptedModel:
     - `/stall` never answers (no progress after `model_call:started`);
     - `/slow N T` streams: progress every N s for T s, then answers;
     - `/spawn AGENT TASK` asks for the `spawn_subagent` tool, then answers `spawned: ...`;
+    - `/tool NAME JSON` asks for tool NAME with those arguments, then answers `tool NAME: ...`;
     - `/fail` raises a model error.
     """
 
@@ -106,8 +109,12 @@ class ScriptedModel:
         self.calls += 1
         last = messages[-1]
         if last["role"] == "tool":
-            return ModelReply(f"spawned: {last['content']}")
+            return ModelReply(tool_result_reply(messages))
         text = str(last.get("content") or "")
+        tool = parse_tool(text)
+        if tool is not None and offers_tool(tools, tool[0]):
+            await trio.lowlevel.checkpoint()
+            return ModelReply(None, (ToolCall(f"call-{self.calls}", tool[0], tool[1]),))
         if text.startswith("/stall"):
             await trio.sleep_forever()
         if text.startswith("/slow "):
@@ -150,6 +157,7 @@ def build_gateway(
     notices: list[Notice] | None = None,
     servers: list[Server] | None = None,
     load_config: Callable[[], cfg.Config] | None = None,
+    tools_factory: ToolsFactory | None = None,
 ) -> tuple[Gateway, MemorySink]:
     sink = MemorySink()
     log = EventLog([sink])
@@ -163,5 +171,6 @@ def build_gateway(
         runner=inline,
         wall_base=dt.datetime(2026, 6, 15, 3, 21, tzinfo=dt.UTC),
         servers=servers or [],
+        tools_factory=tools_factory or in_process_tools(FakeMcpServers()),
     )
     return Gateway(deps, config), sink

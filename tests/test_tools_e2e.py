@@ -1,0 +1,148 @@
+"""MCP servers as real stdio processes: the production transport, its bounded stop, restarts,
+and a whole gateway restarting while a tool hangs. Waits poll on observed state under generous
+deadlines; nothing asserts a tight wall-clock figure."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from tests import test_e2e
+from tests.test_e2e import Proc, cli, poll, start_gateway
+from trio_gateway.log import EventLog, MemorySink
+from trio_gateway.testing.fake_mcp import STDIO_COMMAND, process_state, read_events
+from trio_gateway.tools.mcp import McpServer
+from trio_gateway.tools.transport import stdio_opener
+from trio_gateway.work import WorkRegistry
+
+pytestmark = pytest.mark.e2e
+__all__ = ["start_gateway"]  # the fixture, shared with test_e2e
+
+FAKE = STDIO_COMMAND
+events = read_events
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def wait_state(server: McpServer, state: str, restarts: int = 0) -> None:
+    with trio.fail_after(30):
+        while server.state != state or server.restarts < restarts:  # noqa: ASYNC110 (a plain attribute, polled like the e2e tests do)
+            await trio.sleep(0.02)
+
+
+async def test_a_stdio_server_hangs_is_cancelled_crashes_restarts_and_stops(tmp_path: Path) -> None:
+    log_file = tmp_path / "events.jsonl"
+    opener = stdio_opener([*FAKE, "--events", str(log_file)], {}, stop_timeout=2.0, stderr_path=None)
+    server = McpServer("files", opener, EventLog([MemorySink()]), max_result_bytes=1 << 20)
+    registry = WorkRegistry(EventLog([MemorySink()]))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run)
+        await wait_state(server, "running")
+        first_pid = server.pid
+        assert first_pid is not None
+        with registry.track("tool_call") as unit:
+            with trio.move_on_after(0.5):
+                await server.call("hang", {}, unit)
+        poll_events = lambda kind: [e for e in events(log_file) if e["event"] == kind]  # noqa: E731
+        with trio.fail_after(10):
+            while not poll_events("cancelled"):  # noqa: ASYNC110
+                await trio.sleep(0.02)
+        with registry.track("tool_call") as unit:
+            answer = await server.call("echo", {"text": "same session"}, unit)
+        assert answer.text == "same session"
+        with registry.track("tool_call") as unit:
+            crashed = await server.call("crash", {}, unit)
+        assert crashed.outcome == "failed"
+        assert "the server exited with code 3" in crashed.text
+        await wait_state(server, "running", restarts=1)
+        second_pid = server.pid
+        assert second_pid is not None
+        assert second_pid != first_pid
+        assert not alive(first_pid)
+        nursery.cancel_scope.cancel()
+    assert server.state == "stopped"
+    assert not alive(second_pid)  # stopped and reaped: no zombie answers kill(0)
+
+
+def write_tools_config(home: Path, events_file: Path) -> None:
+    home.mkdir(parents=True, exist_ok=True)
+    config = {
+        "gateway": {"drain": {"timeoutSeconds": 2}, "channelStopTimeoutSeconds": 2,
+                    "stalledTaskDetection": {"enabled": False}},
+        "tools": {"mcpServers": {"files": {"command": [*FAKE, "--events", str(events_file)]}}},
+        "agents": {"main": {"tools": ["files.*"]}},
+    }  # fmt: skip
+    (home / "gateway.json").write_text(json.dumps(config))
+
+
+def test_restart_while_a_stdio_tool_hangs_completes_within_the_budget(
+    tmp_path: Path, start_gateway: Callable[..., Proc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Importing the MCP SDK adds a second or more to start-up on a busy machine: wait longer.
+    monkeypatch.setattr(test_e2e, "STARTUP_SECONDS", 60.0)
+    home, events_file = tmp_path / "home", tmp_path / "events.jsonl"
+    write_tools_config(home, events_file)
+    proc = start_gateway(home)
+    try:
+        status = poll("the MCP server", lambda: _running_server(proc), timeout=30)
+        pid = status["pid"]
+        assert "hang" in status["tools"]
+        started = cli(home, "session", "start", "--agent", "main", "--channel", "console", "--to", "ops",
+                      "--prompt", "/tool files__hang {}")  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        poll("the hanging tool call", lambda: any(e["event"] == "call" for e in events(events_file)))
+        done = cli(home, "gateway", "restart", "--json")
+        assert done.returncode == 0, done.stderr
+        drain = json.loads(done.stdout)["drain"]
+        assert drain["timedOut"] is True
+        assert drain["abortedWork"][0].startswith("tool_call session=")
+        # The gateway's own figure: the 2 s deadline, the cut, and the server's bounded stop
+        # (SIGTERM, SIGKILL after channelStopTimeoutSeconds = 2), all inside the drain report.
+        assert drain["waitedSeconds"] < 2 + 2
+        assert not alive(pid)  # stopped and reaped before generation 2 started
+        assert any(e["event"] == "cancelled" for e in events(events_file))
+        again = poll("generation 2's server", lambda: _running_server(proc), timeout=30)
+        assert again["pid"] != pid
+        assert cli(home, "gateway", "stop").returncode == 0
+        poll("the gateway to exit", lambda: proc.popen.poll() is not None, timeout=30)
+        assert not alive(again["pid"])
+    finally:
+        for event in events(events_file):  # never leak a server, whatever failed above
+            if event["event"] == "started" and alive(event["pid"]):
+                os.kill(event["pid"], signal.SIGKILL)
+
+
+def _running_server(proc: Proc) -> dict[str, Any] | None:
+    servers: list[dict[str, Any]] = proc.http("GET", "/v1/status").json()["tools"]["mcpServers"]
+    return servers[0] if servers and servers[0]["state"] == "running" else None
+
+
+async def test_a_server_that_ignores_sigterm_is_killed_with_its_children(tmp_path: Path) -> None:
+    """Deaf to stdin's end and to SIGTERM, with a child in its process group: the stop
+    escalates to SIGKILL of the group after the stop timeout, and both are gone and reaped."""
+    log_file = tmp_path / "events.jsonl"
+    opener = stdio_opener([*FAKE, "--stubborn", "--events", str(log_file)], {}, stop_timeout=0.5, stderr_path=None)
+    server = McpServer("stubborn", opener, EventLog([MemorySink()]), max_result_bytes=1 << 20)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run)
+        await wait_state(server, "running")
+        pid = server.pid
+        assert pid is not None
+        nursery.cancel_scope.cancel()
+    [child] = [e["childPid"] for e in events(log_file) if e["event"] == "child"]
+    assert not alive(pid)
+    # The child was reparented when its parent died; it is gone once init reaps it.
+    poll("the server's child to be gone", lambda: process_state(child) != "alive", timeout=10)

@@ -1,0 +1,107 @@
+"""The `http_request` tool (SPEC 14): one HTTP request to an allow-listed host, as an
+`api_request` unit. Each received chunk is progress; the body is cut at `maxResponseBytes`
+(reading stops there, so a huge reply costs no more than the cap). Goes through the project's
+httpx2 client (`http_client.py`), whose cancellation closes the connection."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from trio_gateway import http_client as http
+from trio_gateway.config import HttpToolConfig
+from trio_gateway.work import WorkUnit
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+HTTP_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "http_request",
+        "description": "Make one HTTP request to an allowed host; returns status, headers and body (text).",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "method": {"type": "string", "enum": list(METHODS)},
+                "url": {"type": "string"},
+                "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                "body": {"type": "string"},
+            },
+            "required": ["url"],
+        },
+    },
+}
+
+
+class DeniedError(Exception):
+    """The request is not allowed (host, scheme, method, argument types): nothing was sent."""
+
+
+@attrs.frozen
+class HttpRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: str | None
+
+
+def parse_request(args: dict[str, Any], config: HttpToolConfig) -> HttpRequest:
+    method = args.get("method", "GET")
+    url = args.get("url")
+    headers = args.get("headers") or {}
+    body = args.get("body")
+    if not isinstance(method, str) or method.upper() not in METHODS:
+        raise DeniedError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if not isinstance(url, str):
+        raise DeniedError("url must be a string")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise DeniedError(f"url must be an http(s) URL, got {url[:200]!r}")
+    if parts.hostname.lower() not in config.allow_hosts:
+        raise DeniedError(f"host {parts.hostname!r} is not in tools.http.allowHosts")
+    if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items()):
+        raise DeniedError("headers must be an object of strings")
+    if body is not None and not isinstance(body, str):
+        raise DeniedError("body must be a string")
+    return HttpRequest(method.upper(), url, headers, body)
+
+
+@attrs.define(eq=False)
+class HttpTool:
+    config: HttpToolConfig
+    client: http.AsyncClient
+
+    async def call(self, args: dict[str, Any], unit: WorkUnit) -> str:
+        """The tool's answer as JSON text. `DeniedError` before anything is sent; httpx2
+        errors propagate (the caller turns them into a tool error)."""
+        request = parse_request(args, self.config)
+        cap = self.config.max_response_bytes
+        unit.progress("api_request:sending")
+        async with self.client.stream(
+            request.method, request.url, headers=request.headers, content=request.body
+        ) as response:
+            unit.progress("api_request:headers")
+            body = bytearray()
+            truncated = False
+            async for chunk in response.aiter_bytes():
+                unit.progress("api_request:chunk")
+                body += chunk
+                if len(body) > cap:
+                    del body[cap:]
+                    truncated = True
+                    break
+        return json.dumps(
+            {
+                "status": response.status_code,
+                "headers": dict(response.headers),
+                "body": body.decode("utf-8", "replace"),
+                "truncated": truncated,
+            },
+            ensure_ascii=False,
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
