@@ -69,7 +69,7 @@ class Intake(Protocol):
 
     async def accept(self, heard: Heard) -> None:
         """Returns once the message is a durable turn (or known already). Never raises for a
-        bad message; while the gateway drains it waits to be cancelled."""
+        bad message; raises `ListenError` when the gateway is not accepting work."""
 
     async def accept_batch(self, batch: list[Heard]) -> None:
         """`accept` for one poll's messages: returns once every one is a durable turn."""
@@ -252,9 +252,11 @@ class AccountIntake:
         try:
             new = await self.submit(agent_id=a.agent_id, origin=origin, prompt=heard.text, inbound_id=heard.id)
         except GatewayDrainingError:
-            # The drain stops this listener at once; the cursor stays where it was, so the
-            # next generation hears this message again.
-            await trio.sleep_forever()
+            # A drain cancels this listener's scope at its request, so this is only reached
+            # when intake is closed otherwise (a generation starting): retry after a backoff.
+            # Either way the cursor stays where it was and the message is heard again.
+            await trio.lowlevel.checkpoint()
+            raise ListenError("the gateway is not accepting work at the moment") from None
         if new is not None:
             a.messages += 1
             a.last_message_at = trio.current_time()
