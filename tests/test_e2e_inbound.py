@@ -51,7 +51,10 @@ def start(home: Path, fake: str) -> Proc:
         "gateway": {"drain": {"timeoutSeconds": 5}, "channelStopTimeoutSeconds": 2},
         "channels": {WX: {"accounts": {"bot1": {"baseUrl": fake, "tokenEnv": "E2E_WX_TOKEN"}}}},
         "agents": {"main": {"channels": [WX], "accountId": "bot1"}},
-        "delivery": {"initialBackoffSeconds": 0.2, "maxBackoffSeconds": 1},
+        # One send at a time: turns run in order per conversation, but above concurrency 1 the
+        # delivery worker does not order sends per recipient (README: benchmarks), and this test
+        # checks the order people see.
+        "delivery": {"initialBackoffSeconds": 0.2, "maxBackoffSeconds": 1, "concurrency": 1},
     }
     home.mkdir(parents=True, exist_ok=True)
     (home / "gateway.json").write_text(json.dumps(config))
