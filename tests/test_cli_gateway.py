@@ -11,7 +11,7 @@ import pytest
 
 from trio_gateway.cli import main
 from trio_gateway.cli.gateway import _restart_line, progress_line, status_lines
-from trio_gateway.client import Target, pid_alive, remote_error
+from trio_gateway.client import BadResponseError, Target, parse_response, pid_alive, remote_error
 from trio_gateway.errors import ConfigError, DeliveryValidationError, GatewayUnreachableError
 from trio_gateway.home import Home
 
@@ -99,3 +99,15 @@ def test_start_with_a_bad_config_exits_2_before_taking_anything(
     assert main(["--home", str(tmp_path), "gateway", "start"]) == 2
     assert capsys.readouterr().err.startswith("ConfigError: gateway.port")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gateway.json"]
+
+
+def test_the_cli_reads_whole_http_responses_and_refuses_anything_else() -> None:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+    assert parse_response(head + b'content-length: 7\r\n\r\n{"a":1}') == (200, b'{"a":1}')
+    chunked = head + b'Transfer-Encoding: chunked\r\n\r\n3\r\n{"a\r\n4\r\n":1}\r\n0\r\n\r\n'
+    assert parse_response(chunked) == (200, b'{"a":1}')
+    assert parse_response(b"HTTP/1.0 404 Not Found\r\n\r\nno route") == (404, b"no route")
+    with pytest.raises(BadResponseError, match="cut short"):
+        parse_response(head + b"content-length: 70\r\n\r\n{}")
+    with pytest.raises(BadResponseError, match="not an HTTP response"):
+        parse_response(b"SSH-2.0-OpenSSH_9.2\r\n")

@@ -110,6 +110,7 @@ def test_gateway_status_loads_no_server_and_no_test_code(answering_home: Path) -
     done, modules = loaded_by("--home", str(answering_home), "gateway", "status")
     assert done.returncode == 0, done.stderr
     assert "state: running  generation: 3" in done.stdout
+    assert f"version: {trio_gateway.__version__}" in done.stdout
     assert "trio_gateway.client" in modules  # the path under test did run
     assert heavy(modules) == []
 

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import trio
 
+from trio_gateway import __version__
 from trio_gateway.testing.fake_model import FakeBehaviour, FakeModel, serve_fake_model
 
 pytestmark = pytest.mark.e2e
@@ -164,7 +165,7 @@ def test_restart_with_a_stalled_model_call_finishes_within_the_drain_timeout(
         "[RESTART] generation=2 accepting work",
     ):
         assert line in log
-    assert gw.health() == {"status": "ok", "generation": 2}
+    assert gw.health() == {"status": "ok", "generation": 2, "version": __version__}
     # The new generation runs new work to the end: the reply reaches the console channel.
     started = cli(gw.home, "session", "start", "--agent", "main", "--channel", "console", "--to", "e2e-user",
                   "--prompt", "after the restart")  # fmt: skip
@@ -219,7 +220,7 @@ def test_auth_and_draining_over_the_wire(start_gateway: Callable[..., Proc]) -> 
     refused = gw.http("POST", "/v1/sessions", body)
     assert (refused.status_code, refused.json()["error"]) == (503, "GatewayDrainingError")
     assert gw.health()["status"] == "draining"
-    poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2})
+    poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2, "version": __version__})
 
 
 def test_second_gateway_on_the_same_home_exits_1_naming_the_holder(start_gateway: Callable[..., Proc]) -> None:
@@ -261,7 +262,7 @@ def test_sigkill_mid_turn_then_start_resumes_the_turn(start_gateway: Callable[..
 def test_signals_hup_restarts_and_term_stops_cleanly(start_gateway: Callable[..., Proc]) -> None:
     gw = start_gateway()
     gw.popen.send_signal(signal.SIGHUP)
-    poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2})
+    poll("generation 2", lambda: gw.health() == {"status": "ok", "generation": 2, "version": __version__})
     gw.popen.send_signal(signal.SIGTERM)
     assert gw.popen.wait(WAIT_SECONDS) == 0
     assert not (gw.home / "gateway.state.json").exists()
@@ -350,11 +351,11 @@ def test_absurd_numbers_and_a_rejected_reload_leave_the_process_up(start_gateway
         gw.url + "/v1/gateway/restart",
         content=b'{"timeoutSeconds": 1e306}',
         headers={"Authorization": f"Bearer {gw.token}"},
-        timeout=5,
+        timeout=WAIT_SECONDS,
         trust_env=False,
     )
     assert (absurd.status_code, absurd.json()["error"]) == (400, "BadRequestError")
-    assert gw.health() == {"status": "ok", "generation": 1}
+    assert gw.health() == {"status": "ok", "generation": 1, "version": __version__}
     (gw.home / "gateway.json").write_bytes(b'{"gateway": {"bind": "\xff"}}')
     done = cli(gw.home, "gateway", "restart")
     assert done.returncode == 1, done.stderr
@@ -362,4 +363,4 @@ def test_absurd_numbers_and_a_rejected_reload_leave_the_process_up(start_gateway
     assert done.stderr.startswith("ConfigError: new gateway.json rejected")
     assert "not valid UTF-8" in done.stderr
     assert gw.popen.poll() is None
-    assert gw.health() == {"status": "ok", "generation": 2}
+    assert gw.health() == {"status": "ok", "generation": 2, "version": __version__}

@@ -14,6 +14,7 @@ import attrs
 import pytest
 import trio
 
+from trio_gateway import __version__
 from trio_gateway import config as cfg
 from trio_gateway.gateway import Gateway
 from trio_gateway.http.app import GatewayApp
@@ -134,13 +135,20 @@ SESSION = {"agent": "main", "origin": {"channel": "console", "to": "ops"}, "prom
 
 async def test_healthz_needs_no_token_and_reports_generation(running: Running, autojump_clock: trio.abc.Clock) -> None:
     reply = await running.call("GET", "/healthz", headers={"authorization": ""})
-    assert (reply.status, reply.json) == (200, {"status": "ok", "generation": 1})
+    assert (reply.status, reply.json) == (200, {"status": "ok", "generation": 1, "version": __version__})
+
+
+async def test_cluster_route_says_cluster_mode_is_off(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    reply = await running.call("GET", "/v1/cluster")
+    assert reply.status == 404
+    assert "cluster mode is off" in reply.json["message"]
 
 
 @pytest.mark.parametrize(
     ("method", "path"),
     [
         ("GET", "/v1/status"),
+        ("GET", "/v1/cluster"),
         ("GET", "/metrics"),
         ("POST", "/v1/gateway/restart"),
         ("POST", "/v1/gateway/stop"),
@@ -254,7 +262,7 @@ async def test_restart_is_202_at_once_joins_a_running_drain_and_503s_intake(
     assert first.json["drain"]["remainingSeconds"] == pytest.approx(10)
     await trio.sleep(2)
     health = await running.call("GET", "/healthz")
-    assert health.json == {"status": "draining", "generation": 1}
+    assert health.json == {"status": "draining", "generation": 1, "version": __version__}
     refused = await running.call("POST", "/v1/sessions", SESSION)
     assert (refused.status, refused.json["error"]) == (503, "GatewayDrainingError")
     # A second request joins the drain and may only tighten it.
@@ -517,8 +525,8 @@ async def test_hypercorn_serves_the_app_in_the_gateway_root_nursery(tmp_path: Pa
             restart = await client.post("/v1/gateway/restart", json={"wait": True}, headers=AUTH)
             after = await client.get("/healthz")
         gateway.request_drain("stop")
-    assert health.json() == {"status": "ok", "generation": 1}
+    assert health.json() == {"status": "ok", "generation": 1, "version": __version__}
     assert unauthorized.status_code == 401
     assert (restart.status_code, restart.json()["generation"]) == (200, 2)
-    assert after.json() == {"status": "ok", "generation": 2}
+    assert after.json() == {"status": "ok", "generation": 2, "version": __version__}
     assert any(e.tag == "HTTP" and server.urls[0] in e.message for e in sink.events)

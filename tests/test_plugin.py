@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
+from trio_gateway import __version__
 from trio_gateway.config import Config
 from trio_gateway.errors import GatewayDrainingError
 from trio_gateway.gateway import Gateway
@@ -93,3 +95,21 @@ async def test_gateway_config_can_be_overridden(gateway: Gateway) -> None:
         await gateway.submit(agent_id="main", origin=ME, prompt="late")
     await gateway.state.wait_value("stopped")
     assert gateway.drains[0].timeout_seconds == 5
+
+
+async def test_metrics_count_deliveries_by_outcome_across_restarts(gateway: Gateway, deliveries: DeliveryTap) -> None:
+    """SPEC 5: /metrics shows deliveries by outcome. The tally is the process's, not one
+    generation's: a restart does not reset the counter."""
+    from trio_gateway.http import metrics
+
+    await gateway.submit(agent_id="main", origin=ME, prompt="before")
+    await deliveries.wait_delivered(1, "console")
+    await trio.testing.wait_all_tasks_blocked()
+    await gateway.request_drain("restart").done.wait()
+    await gateway.submit(agent_id="main", origin=ME, prompt="after")
+    await deliveries.wait_delivered(2, "console")
+    await trio.testing.wait_all_tasks_blocked()  # the send is recorded; let its attempt settle
+    lines = metrics.render(gateway).splitlines()
+    assert 'trio_gateway_deliveries_total{channel="console",outcome="ok"} 2' in lines
+    assert f'trio_gateway_build_info{{version="{__version__}"}} 1' in lines
+    assert gateway.status()["version"] == __version__

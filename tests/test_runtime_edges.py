@@ -3,6 +3,7 @@ cleanup paths that must never take the gateway down. Each test failed before its
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,38 @@ async def test_cron_survives_a_disk_error(tmp_path: Path, autojump_clock: trio.a
         assert gateway.state.value == "running"
         gateway.request_drain("stop")
     assert len([e for e in sink.tagged("CRON") if e.message == "Cron run failed to start"]) == 2
+
+
+async def test_a_turn_whose_write_failed_leaves_no_trace(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    gateway, _sink = build_gateway(tmp_path, quick_config(**NO_STALL))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        session_id, _ = await gateway.submit(agent_id="main", origin=CONSOLE, prompt="first")
+        await trio.sleep(5)
+        shutil.rmtree(gateway.store.root)
+        gateway.store.root.write_text("not a directory")  # the next write fails like EIO
+        with pytest.raises(OSError, match="sessions"):
+            await gateway.submit(agent_id="main", origin=CONSOLE, prompt="never accepted")
+        # Not accepted, so not kept: a later save of this session must not write it.
+        assert gateway.sessions[session_id].record.turns == []
+        gateway.request_drain("stop")
+
+
+async def test_a_reloaded_session_never_reuses_a_turn_id(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    # Turn ids are the replies' idempotency keys: a reused one is dropped by Feishu, Discord and
+    # WeChat as a repeat of the first reply.
+    turn_ids = []
+    for _life in range(2):  # two processes on one home
+        gateway, _sink = build_gateway(tmp_path, quick_config(**NO_STALL))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(gateway.serve)
+            session_id, turn_id = await gateway.submit(agent_id="main", origin=CONSOLE, prompt="hi")
+            turn_ids.append(turn_id)
+            await trio.sleep(5)
+            gateway.request_drain("stop")
+    assert session_id in turn_ids[0]
+    assert session_id in turn_ids[1]  # the same session, read back
+    assert turn_ids[0] != turn_ids[1]
 
 
 async def test_subagent_notice_that_cannot_be_enqueued_is_logged_not_fatal(

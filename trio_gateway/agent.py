@@ -23,7 +23,8 @@ from trio_gateway.errors import ConfigError, DeliveryValidationError, GatewayErr
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.routing import Origin
-from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnRecord
+from trio_gateway.sessions_store import SessionRecord, TurnRecord
+from trio_gateway.storage import SessionStorage
 from trio_gateway.tools.registry import ToolBox
 from trio_gateway.work import WorkRegistry, WorkUnit
 
@@ -63,7 +64,7 @@ class Runtime:
     models: Mapping[str, Model]
     registry: WorkRegistry
     outbox: Outbox
-    store: SessionStore
+    store: SessionStorage
     log: EventLog
     wall: Callable[[], dt.datetime]
     # MCP servers and http_request (SPEC 14); None: only spawn_subagent.
@@ -104,11 +105,8 @@ class Session:
         return self.nursery is not None
 
     def next_id(self, prefix: str) -> str:
-        # Counted in the record, which is saved with every turn: a process that loads this
-        # session again never reuses a turn id, the reply's idempotency key (a reused key made
-        # a platform that deduplicates drop a new message's reply as a repeat).
-        self.record.last_id += 1
-        return f"{prefix}-{self.id}-{self.record.last_id}"
+        self.record.seq += 1
+        return f"{prefix}-{self.id}-{self.record.seq}"
 
     def abort(self) -> bool:
         """Cancel all of this session's work (operator's `session abort`)."""

@@ -22,7 +22,7 @@ from trio_gateway.channels.listen import (
 )
 from trio_gateway.channels.registry import ChannelSet, build_listeners
 from trio_gateway.config import Config
-from trio_gateway.delivery import QueueDelivery
+from trio_gateway.delivery import OutcomeTally, QueueDelivery
 from trio_gateway.errors import ConfigError
 from trio_gateway.gateway import (
     DeliveryFactory,
@@ -55,11 +55,12 @@ def queue_delivery(
     """Per generation: the channels of that generation's config and a worker over the ONE
     queue object of this process (its claims must be known to its own `recover()`)."""
     queue = DeliveryQueue(home.queue_dir, runner, log)
+    outcomes = OutcomeTally()  # like the queue, one per process: counters survive restarts
 
     async def factory(config: Config, gateway: Gateway) -> QueueDelivery:
         assert gateway.wall is not None
         channels = ChannelSet.build(config, home, env, transport)
-        return QueueDelivery.build(queue, channels, config, gateway.wall, log, gateway.registry, rng)
+        return QueueDelivery.build(queue, channels, config, gateway.wall, log, gateway.registry, rng, outcomes)
 
     return factory
 
@@ -128,6 +129,17 @@ def production_gateway(
         preflight=lambda new_config: preflight(new_config, env),
         tools_factory=production_tools(home, log, env),
     )
+    if config.cluster.backend == "postgres":
+        # Imported here: a gateway on files never loads psycopg.
+        from trio_gateway.cluster import wiring
+
+        node, deps.delivery_factory = wiring.cluster_parts(home, config, log, env, inline=runner is not in_thread)
+        # The node joins before generation 1 and leaves after the last (the root nursery).
+        deps.servers = [node.serve, *deps.servers]
+        deps.describe_storage = node.describe
+        deps.cluster_status = node.status
+        deps.session_store = wiring.session_store_for(node)
+        deps.session_id_prefix = wiring.session_id_prefix()
     return Gateway(deps, config)
 
 
@@ -135,6 +147,8 @@ def preflight(config: Config, env: Mapping[str, str]) -> None:
     """Everything a config needs from the environment, checked before anything starts: a bad
     config never half-starts a gateway (ConfigError, exit 2)."""
     channel_registry.check(config, env)
+    if config.cluster.backend == "postgres" and not env.get(config.cluster.dsn_env):
+        raise ConfigError("cluster.dsnEnv", f"environment variable {config.cluster.dsn_env} is not set")
     tool_registry.check_env(config, env)
     for name, model in config.models.items():
         if model.api_key_env and not env.get(model.api_key_env):

@@ -2,22 +2,22 @@
 who we are, and every error the API answers comes back as the same `GatewayError` the
 gateway raised (so `ErrorName: message` and the exit code match what happened there).
 
-The transport is the standard library's `http.client`, one loopback connection per call: the
-admin API is a handful of small JSON requests to 127.0.0.1, and importing httpx or httpx2
-(with httpcore, h11, anyio/sniffio, certifi, ssl contexts) costs more than the rest of a CLI
-command together (scripts/bench_cli.py). Upstream calls keep httpx2 (`http_client.py`).
+The transport is a plain socket speaking HTTP/1.1 with `Connection: close`, one loopback
+connection per call: the admin API is a handful of small JSON requests to 127.0.0.1, answered
+by our own server (always with a Content-Length). Importing httpx or httpx2 (httpcore, h11,
+anyio, certifi, ssl) cost more than the rest of a CLI command together, and even the standard
+library's http.client (email.parser, ssl) was the largest part of `gateway status`'s CPU time
+(scripts/bench_cli.py). Upstream calls keep httpx2 (`http_client.py`).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
+import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
-
-import attrs
 
 from trio_gateway import errors
 from trio_gateway.errors import GatewayError, GatewayUnreachableError
@@ -74,8 +74,7 @@ def remote_error(status: int, body: bytes) -> GatewayError:
     return exc
 
 
-@attrs.frozen
-class Target:
+class Target(NamedTuple):  # NamedTuples, not attrs: the CLI's light path (see home.py)
     home: Home
     pid: int
     url: str
@@ -101,10 +100,14 @@ class Target:
         return pid_alive(self.pid)
 
 
-@attrs.define
 class GatewayClient:
-    target: Target
-    token: str
+    """Calls to one gateway's admin API. A plain class: the token stays out of any repr."""
+
+    __slots__ = ("target", "token")
+
+    def __init__(self, target: Target, token: str) -> None:
+        self.target = target
+        self.token = token
 
     @classmethod
     def connect(cls, home: Home) -> GatewayClient:
@@ -126,7 +129,7 @@ class GatewayClient:
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:
             status, content = self._exchange(method, path, body)
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:  # refused, reset, timed out, or not HTTP (BadResponseError)
             why = "the gateway exited" if not self.target.alive() else f"{type(exc).__name__}: {exc}"
             raise unreachable(self.target.home, why) from None
         if status >= 400:
@@ -134,23 +137,67 @@ class GatewayClient:
         return json.loads(content)
 
     def _exchange(self, method: str, path: str, body: dict[str, Any] | None) -> tuple[int, bytes]:
-        # No proxy from the environment can see these calls: http.client dials the URL itself.
+        # No proxy from the environment can see these calls: the socket dials the URL itself.
         url = urlsplit(self.target.url)
-        conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=REQUEST_TIMEOUT_SECONDS)
-        headers = {"Authorization": f"Bearer {self.token}", "Connection": "close"}
-        payload = None
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = [
+            f"{method} {url.path.rstrip('/')}{path} HTTP/1.1",
+            f"Host: {url.netloc}",
+            f"Authorization: Bearer {self.token}",
+            "Connection: close",
+            f"Content-Length: {len(payload)}",
+        ]
         if body is not None:
-            payload = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        try:
-            conn.request(method, url.path.rstrip("/") + path, body=payload, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
+            head.append("Content-Type: application/json")
+        address = (url.hostname or "127.0.0.1", url.port or 80)
+        with socket.create_connection(address, timeout=REQUEST_TIMEOUT_SECONDS) as sock:
+            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + payload)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return parse_response(b"".join(chunks))
 
     def get(self, path: str) -> Any:
         return self.call("GET", path)
 
     def post(self, path: str, body: dict[str, Any] | None = None) -> Any:
         return self.call("POST", path, body or {})
+
+
+class BadResponseError(OSError):
+    """What came back is not an HTTP response we can read."""
+
+
+def parse_response(raw: bytes) -> tuple[int, bytes]:
+    """(status, body) of a whole HTTP/1.x response read to EOF (`Connection: close`)."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise BadResponseError(f"not an HTTP response: {raw[:80]!r}")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        return int(parts[1]), _dechunk(body)
+    if headers.get("content-length", "").isdigit():
+        length = int(headers["content-length"])
+        if len(body) < length:
+            raise BadResponseError(f"response cut short: {len(body)} of {length} bytes")
+        body = body[:length]
+    return int(parts[1]), body
+
+
+def _dechunk(body: bytes) -> bytes:
+    out: list[bytes] = []
+    while True:
+        size_line, sep, rest = body.partition(b"\r\n")
+        try:
+            size = int(size_line.split(b";")[0], 16)
+        except ValueError:
+            raise BadResponseError("bad chunk size in a chunked response") from None
+        if not sep or size == 0:
+            return b"".join(out)
+        out.append(rest[:size])
+        body = rest[size + 2 :]

@@ -207,6 +207,22 @@ class CronEntry:
     origin: OriginConfig | None = None
 
 
+@attrs.frozen
+class ClusterConfig:
+    """SPEC 12. Absent (or `backend` "files"): one gateway per home, state in files."""
+
+    backend: Literal["files", "postgres"] = "files"
+    dsn_env: str = "TRIO_GATEWAY_PG_DSN"
+    node_id: str | None = None  # None: `<hostname>-<pid>`
+    heartbeat_seconds: float = 2.0
+    dead_after_seconds: float = 10.0
+    # Every database call is bounded (server-side statement_timeout, and cancelled from trio
+    # at the same bound): a stuck database cannot hold a drain past its one deadline.
+    statement_timeout_seconds: float = 5.0
+    # How often a node looks for work other nodes queued or released (a short poll).
+    poll_seconds: float = 0.2
+
+
 def _default_models() -> dict[str, ModelConfig]:
     return {"default": ModelConfig(provider="echo")}
 
@@ -223,6 +239,7 @@ class Config:
     agents: dict[str, AgentConfig] = attrs.Factory(_default_agents)
     delivery: DeliveryConfig = DeliveryConfig()
     cron: list[CronEntry] = attrs.Factory(list)
+    cluster: ClusterConfig = ClusterConfig()
     tools: ToolsConfig = ToolsConfig()
 
 
@@ -398,6 +415,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "delivery.attemptTimeoutSeconds": (0.01, 3_600),
     "delivery.rescanIntervalSeconds": (0.01, 86_400),
     "cron[*].everySeconds": (0.1, 31_622_400),
+    "cluster.heartbeatSeconds": (0.05, 3_600),
+    "cluster.deadAfterSeconds": (0.1, 86_400),
+    "cluster.statementTimeoutSeconds": (0.05, 3_600),
+    "cluster.pollSeconds": (0.01, 60),
     "tools.http.maxResponseBytes": (1, 1_073_741_824),
 }
 
@@ -473,6 +494,7 @@ def check(config: Config) -> Config:
     d = config.delivery
     if d.max_backoff_seconds < d.initial_backoff_seconds:
         raise ConfigError("delivery.maxBackoffSeconds", "must be at least initialBackoffSeconds")
+    _check_cluster(config.cluster)
     seen: set[str] = set()
     for i, entry in enumerate(config.cron):
         if entry.id in seen:
@@ -481,6 +503,16 @@ def check(config: Config) -> Config:
         if entry.agent not in config.agents:
             raise ConfigError(f"cron[{i}].agent", f"no agent named {entry.agent!r}")
     return config
+
+
+def _check_cluster(c: ClusterConfig) -> None:
+    # The numbers' ranges are in RANGES; what is left relates them or checks text.
+    if c.dead_after_seconds <= c.heartbeat_seconds:
+        raise ConfigError("cluster.deadAfterSeconds", "must be longer than heartbeatSeconds")
+    if not c.dsn_env:
+        raise ConfigError("cluster.dsnEnv", "must name an environment variable")
+    if c.node_id is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", c.node_id):
+        raise ConfigError("cluster.nodeId", f"letters, digits and _.:- only, got {c.node_id!r}")
 
 
 # A server name becomes the `<server>__<tool>` prefix the model sees (OpenAI function names

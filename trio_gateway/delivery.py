@@ -13,6 +13,7 @@ import datetime as dt
 import heapq
 import math
 import random
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
@@ -27,7 +28,8 @@ from trio_gateway.config import AgentConfig, Config, DeliveryConfig
 from trio_gateway.entry import DeliveryEntry, DeliveryKind, Payload, RequesterOrigin
 from trio_gateway.errors import DeliveryValidationError, WorkAbortedError
 from trio_gateway.log import EventLog
-from trio_gateway.queue import Claimed, DeliveryQueue, NotDue
+from trio_gateway.queue import Claimed, NotDue
+from trio_gateway.storage import DeliveryStore
 from trio_gateway.work import WorkRegistry
 
 # A cancelled attempt's entry must get back to pending even while the worker is being torn
@@ -54,7 +56,7 @@ def _requester(origin: routing.Origin | None) -> RequesterOrigin | None:
 class Outbox:
     """What agents, cron and the edges call to send something: route, validate, enqueue."""
 
-    queue: DeliveryQueue
+    queue: DeliveryStore
     agents: dict[str, AgentConfig]
     clock: WallClock
     log: EventLog
@@ -151,6 +153,22 @@ class AttemptResult:
         return f"{self.id} {self.kind} channel={self.channel} to={self.to} {self.detail}".rstrip()
 
 
+@attrs.define
+class OutcomeTally:
+    """Attempts by (channel, outcome) since the process started: one per process, shared by
+    every generation's worker, so `/metrics` counters only grow (SPEC 5: deliveries by
+    outcome). "skipped" (nothing was attempted) is not counted."""
+
+    _counts: Counter[tuple[str, str]] = attrs.Factory(Counter)
+
+    def add(self, channel: str, outcome: ResultKind) -> None:
+        if outcome != "skipped":
+            self._counts[(channel, outcome)] += 1
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        return dict(self._counts)
+
+
 @attrs.frozen
 class Slot:
     """The worker's in-memory view of one pending entry: enough to schedule it, no more."""
@@ -167,13 +185,14 @@ LISTED = Slot(-math.inf, None, None)
 
 @attrs.define
 class DeliveryWorker:
-    queue: DeliveryQueue
+    queue: DeliveryStore
     channels: ChannelLookup
     config: DeliveryConfig
     clock: WallClock
     log: EventLog
     work: WorkRegistry
     rng: random.Random
+    outcomes: OutcomeTally = attrs.Factory(OutcomeTally)
     _schedule: dict[str, Slot] = attrs.Factory(dict)
     # (due, id) for every scheduled id, lazily cleaned: an item is live while it is no earlier
     # than its id's slot and the id is not being attempted (see `_peek_heap`).
@@ -306,13 +325,24 @@ class DeliveryWorker:
     # --- one attempt ------------------------------------------------------------------------
 
     async def attempt(self, entry_id: str) -> AttemptResult:
-        """Claim, send and settle one entry. Cancellation releases it uncounted."""
+        """Claim, send and settle one entry. Cancellation releases it uncounted (as an
+        attempt: `outcomes` tallies it "released")."""
+        result = await self._attempt(entry_id)
+        self.outcomes.add(result.channel, result.kind)
+        return result
+
+    async def _attempt(self, entry_id: str) -> AttemptResult:
         # Claimed and marked as sending in one step (one fsync per batch); an entry that then
         # turns out unsendable is settled at once, its mark cleared with it.
         claimed = await self.queue.claim_to_send(entry_id, self.clock.now())
         if not isinstance(claimed, Claimed):
             return self._unclaimed(entry_id, claimed)
         self._schedule.pop(entry_id, None)
+        return await self.deliver(claimed)
+
+    async def deliver(self, claimed: Claimed) -> AttemptResult:
+        """Send and settle one entry claimed and marked as sending. Cancellation releases it
+        uncounted."""
         entry = claimed.entry
         channel = self.channels.get(entry.channel, entry.account_id)
         pause_end = self._paused.get((entry.channel, entry.account_id), -math.inf)
@@ -323,6 +353,7 @@ class DeliveryWorker:
             try:
                 outcome = await self._send(channel, claimed)
             except BaseException:
+                self.outcomes.add(entry.channel, "released")
                 with trio.move_on_after(RELEASE_TIMEOUT_SECONDS, shield=True):
                     await self.queue.release(claimed)
                 self.log.info(
@@ -419,7 +450,7 @@ class DeliveryWorker:
     async def _fail(self, claimed: Claimed, reason: str, *, attempts: int | None = None) -> AttemptResult:
         entry = claimed.entry
         if attempts is not None:
-            claimed = Claimed(attrs.evolve(entry, attempts=attempts), claimed.path)
+            claimed = attrs.evolve(claimed, entry=attrs.evolve(entry, attempts=attempts))
         await self.queue.dead_letter(claimed, reason, self.clock.now())
         self.log.error("DELIVERY", f"Channel={entry.channel} id={entry.id} to={entry.to} Failed: {reason}")
         return AttemptResult(entry.id, "failed", entry.channel, entry.to, reason)
@@ -517,7 +548,7 @@ class RepairReport:
 
 
 async def repair(
-    queue: DeliveryQueue,
+    queue: DeliveryStore,
     agents: dict[str, AgentConfig],
     clock: WallClock,
     *,
@@ -538,7 +569,7 @@ async def repair(
     return reports
 
 
-async def _apply(queue: DeliveryQueue, entry: DeliveryEntry, action: RepairAction, clock: WallClock) -> bool:
+async def _apply(queue: DeliveryStore, entry: DeliveryEntry, action: RepairAction, clock: WallClock) -> bool:
     # A claim, not a direct write: a running worker may be sending this entry right now.
     # Repair acts whether or not the entry is due: a misrouted entry waiting on a backoff
     # is exactly the seed's case.
@@ -576,15 +607,18 @@ class QueueDelivery:
     @classmethod
     def build(
         cls,
-        queue: DeliveryQueue,
+        queue: DeliveryStore,
         channels: ClosableChannels,
         config: Config,
         clock: WallClock,
         log: EventLog,
         work: WorkRegistry,
         rng: random.Random | None = None,
+        outcomes: OutcomeTally | None = None,
     ) -> QueueDelivery:
-        worker = DeliveryWorker(queue, channels, config.delivery, clock, log, work, rng or random.Random())
+        worker = DeliveryWorker(
+            queue, channels, config.delivery, clock, log, work, rng or random.Random(), outcomes or OutcomeTally()
+        )
         outbox = Outbox(queue, config.agents, clock, log, on_enqueued=worker.notify)
         return cls(outbox, worker, channels)
 
@@ -601,6 +635,14 @@ class QueueDelivery:
 
     def counts(self) -> dict[str, int]:
         return {"pending": self.worker.pending_count(), "failed": self._failed}
+
+    def outcome_counts(self) -> dict[tuple[str, str], int]:
+        """Attempts by (channel, outcome) since the process started (`/metrics`)."""
+        return self.worker.outcomes.counts()
+
+    @property
+    def store(self) -> DeliveryStore:
+        return self.worker.queue
 
     async def aclose(self) -> None:
         await self.channels.aclose()

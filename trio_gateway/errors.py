@@ -112,3 +112,43 @@ class ModelCallError(GatewayError):
 
     exit_code = 1
     http_status = 502
+
+
+def only_gateway_error(group: BaseExceptionGroup[BaseException]) -> GatewayError | None:
+    """The first `GatewayError` of a group (nested groups included) when the group holds
+    nothing else: then one `ErrorName: message` says it all. None when anything else is in
+    it, which then deserves its traceback."""
+    matched, rest = group.split(GatewayError)
+    if matched is None or rest is not None:
+        return None
+    leaf = first_leaf(matched)
+    return leaf if isinstance(leaf, GatewayError) else None
+
+
+def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of a (nested) group that is not itself a group."""
+    leaf: BaseException = group
+    while isinstance(leaf, BaseExceptionGroup):
+        leaf = leaf.exceptions[0]
+    return leaf
+
+
+class ClusterDatabaseError(GatewayError):
+    """Cluster mode (SPEC 12): the shared database refused, or did not answer in time."""
+
+    exit_code = 1
+    http_status = 503
+
+
+class CronSlotTakenError(GatewayError):
+    """Cluster mode: another node fired this cron slot already (one firing per slot)."""
+
+    exit_code = 1
+    http_status = 409
+
+
+class SessionElsewhereError(GatewayError):
+    """Cluster mode: another node owns this session now; the turn was not accepted here."""
+
+    exit_code = 1
+    http_status = 503

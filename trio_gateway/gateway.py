@@ -28,14 +28,20 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from trio_gateway import agent, session_evict
+from trio_gateway import __version__, agent, session_evict
 from trio_gateway.channels.listen import ListenerSupervisor
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config, ModelConfig
 from trio_gateway.config_file import load as load_config_file
 from trio_gateway.cron import run_cron
 from trio_gateway.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, collector_paused, drain
-from trio_gateway.errors import BadRequestError, ConfigError, GatewayDrainingError, NotFoundError
+from trio_gateway.errors import (
+    BadRequestError,
+    ConfigError,
+    GatewayDrainingError,
+    NotFoundError,
+    SessionElsewhereError,
+)
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog, ms
 from trio_gateway.models.base import Model
@@ -43,6 +49,7 @@ from trio_gateway.routing import Origin
 from trio_gateway.session_evict import Evicted
 from trio_gateway.sessions_store import SessionRecord, SessionStore, TurnKind, TurnRecord
 from trio_gateway.stall import StallWatchdog
+from trio_gateway.storage import SessionStorage
 from trio_gateway.store import BlockingRunner, in_thread
 from trio_gateway.tools.registry import ToolBox, build_toolbox, production_openers
 from trio_gateway.tools.registry import preload as preload_tools
@@ -93,6 +100,14 @@ class GatewayDeps:
     session_runner: BlockingRunner | None = None
     # None: nothing listens (the in-process kit without channel fakes).
     listener_factory: ListenerFactory | None = None
+    # Where state lives, for `gateway status` (cluster mode adds the node id).
+    describe_storage: Callable[[], dict[str, Any]] = lambda: {"backend": "files"}
+    # Cluster mode: sessions in the database (None: files under the home), and new session ids
+    # that cannot collide with another node's.
+    session_store: Callable[[Gateway], SessionStorage] | None = None
+    session_id_prefix: str = "s"
+    # `GET /v1/cluster`: the nodes sharing the database (None: not in cluster mode).
+    cluster_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
     # MCP servers and http_request per generation (SPEC 14); None: real processes and HTTP.
     tools_factory: ToolsFactory | None = None
 
@@ -115,7 +130,7 @@ class Gateway:
     sessions: dict[str, agent.Session] = attrs.Factory(dict)
     busy: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
     registry: WorkRegistry = attrs.field(init=False)
-    store: SessionStore = attrs.field(init=False)
+    store: SessionStorage = attrs.field(init=False)
     drains: list[DrainReport] = attrs.Factory(list)
     started_at: float = 0.0
     wall: WallClock | None = None
@@ -135,7 +150,10 @@ class Gateway:
     def __attrs_post_init__(self) -> None:
         self.registry = WorkRegistry(self.deps.log)
         runner = self.deps.session_runner or self.deps.runner
-        self.store = SessionStore(self.deps.home.sessions_dir, runner, self.deps.log)
+        make_store = self.deps.session_store
+        self.store = (
+            make_store(self) if make_store else SessionStore(self.deps.home.sessions_dir, runner, self.deps.log)
+        )
 
     @property
     def log(self) -> EventLog:
@@ -407,6 +425,10 @@ class Gateway:
         except Exception:
             self._forget_unsaved(session, turn, created, inbound_id)
             raise
+        if self.sessions.get(session.id) is not session:
+            # Cluster mode: the write was refused, another node owns the session (forgotten
+            # here meanwhile); the caller retries and gets a session of its own.
+            raise SessionElsewhereError(f"session {session.id} is owned by another node; try again")
         self._last_active[session.id] = trio.current_time()
         # Saving yields: a drain may have begun meanwhile. The turn is on disk as accepted,
         # so the next generation runs it; starting it now would only lengthen this drain.
@@ -426,8 +448,7 @@ class Gateway:
         if record is None:  # its file is gone: the next turn starts a new session
             self._by_origin = {k: v for k, v in self._by_origin.items() if v != session_id}
             return
-        # The record counts its own ids; never below what this process handed out already.
-        record.last_id = max(record.last_id, kept.last_id)
+        record.seq = max(record.seq, kept.seq)
         self.sessions[session_id] = agent.Session(record)
         self._last_active[session_id] = trio.current_time()
 
@@ -441,7 +462,7 @@ class Gateway:
                 if session_evict.evictable(session, last, now, idle_seconds):
                     del self.sessions[session.id]
                     self._last_active.pop(session.id, None)
-                    self._evicted[session.id] = Evicted(session.record.last_id)
+                    self._evicted[session.id] = Evicted(session.record.seq)
 
     def _forget_unsaved(
         self, session: agent.Session, turn: TurnRecord, created: bool, inbound_id: str | None = None
@@ -486,7 +507,7 @@ class Gateway:
         # Sessions loaded from disk keep their ids; a new process counts from 1 again, so skip
         # any id already taken rather than overwrite a stored session.
         while True:
-            candidate = f"s-{max(1, self.generation_number)}-{next(self._ids)}"
+            candidate = f"{self.deps.session_id_prefix}-{max(1, self.generation_number)}-{next(self._ids)}"
             if candidate not in self.sessions and candidate not in self._evicted:
                 return candidate
 
@@ -544,6 +565,38 @@ class Gateway:
         # Through the agent's own path: an undeliverable notice is logged, never raised, so a
         # bad leftover turn cannot stop the generation that found it.
         await agent.drop_turn(gen.runtime, session, turn, text)
+
+    # --- cluster mode: sessions moving between nodes ---------------------------------------
+
+    def adopt_sessions(self, records: list[SessionRecord]) -> None:
+        """Sessions a peer left (it stopped or died) with turns pending, now owned here: their
+        turns resume through the same path as after a restart, at once when running, else in
+        the next generation."""
+        leftover = []
+        for record in records:
+            if record.id in self.sessions:
+                continue
+            session = agent.Session(record)
+            self.sessions[record.id] = session
+            self._by_origin[(record.agent, record.origin)] = record.id
+            leftover += [(session, turn) for turn in record.turns]
+        gen = self.current
+        if leftover and gen is not None and self.state.value == "running":
+            self.busy.value += 1
+            gen.work.start_soon(self._resume_turns, gen, leftover)
+
+    def forget_session(self, session_id: str) -> None:
+        """Another node owns this session now (a write here was refused): stop its work here
+        and keep nothing of it; its turns are the owner's."""
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return
+        key = (session.record.agent, session.record.origin)
+        if self._by_origin.get(key) == session_id:
+            del self._by_origin[key]
+        if session.nursery is not None:
+            session.nursery.cancel_scope.cancel(reason="session owned by another node")
+        self.log.warn("CLUSTER", "Session owned by another node; its work here is cancelled", sessionId=session_id)
 
     # --- operations ----------------------------------------------------------------------
 
@@ -615,12 +668,14 @@ class Gateway:
             # (visible only for an instant, but a script should not be told a lie).
             "state": self.state.value,
             "generation": self.generation_number,
+            "version": __version__,
             "uptimeSeconds": round(now - self.started_at, 3),
             "sessions": [self._session_status(s) for s in self.sessions.values()],
             "work": work,
             "stalled": stalled,
             "queue": queue,
             "channels": self.listeners.status() if self.listeners is not None else [],
+            "storage": self.deps.describe_storage(),
             "tools": {"mcpServers": self.tools.status() if self.tools is not None else []},
         }
         if self._drain is not None:

@@ -8,14 +8,14 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-
-import attrs
+from typing import NamedTuple
 
 from trio_gateway.errors import ConfigError
 
 
-@attrs.frozen
-class Home:
+# A NamedTuple, not an attrs class: every CLI command imports this module, and importing attrs
+# (with inspect) was the largest single cost of `trio-gateway gateway status` (bench_cli.py).
+class Home(NamedTuple):
     root: Path
 
     @classmethod

@@ -26,7 +26,7 @@ import trio
 from trio_gateway import assemble
 from trio_gateway.config import Config
 from trio_gateway.config_file import load as load_config
-from trio_gateway.errors import GatewayError
+from trio_gateway.errors import only_gateway_error
 from trio_gateway.gateway import Gateway, State
 from trio_gateway.home import Home
 from trio_gateway.http.auth import token_for_start
@@ -100,19 +100,25 @@ class GatewayProcess:
     _reload_reported: bool = False
 
     async def run(self) -> int:
-        async with trio.open_nursery() as helpers:
-            await helpers.start(self._handle_signals)
-            helpers.start_soon(self._publish_state)
-            helpers.start_soon(self._exit_backstop)
-            if self.notifier.watchdog_interval is not None:
-                helpers.start_soon(self._ping_watchdog, self.notifier.watchdog_interval)
-            try:
-                await self.gateway.serve()
-            except* GatewayError as group:
-                # e.g. the port is taken: one clean `ErrorName: message`, not a traceback.
-                raise group.exceptions[0] from None
-            finally:
-                helpers.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as helpers:
+                await helpers.start(self._handle_signals)
+                helpers.start_soon(self._publish_state)
+                helpers.start_soon(self._exit_backstop)
+                if self.notifier.watchdog_interval is not None:
+                    helpers.start_soon(self._ping_watchdog, self.notifier.watchdog_interval)
+                try:
+                    await self.gateway.serve()
+                finally:
+                    helpers.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # e.g. the port is taken, or the cluster database is unreachable: one clean
+            # `ErrorName: message`, not a traceback. Raised here, outside every nursery, so no
+            # nursery wraps it into a group again.
+            error = only_gateway_error(group)
+            if error is None:
+                raise
+            raise error from None
         self.notifier.stopping("stopped")
         return 0
 

@@ -89,13 +89,22 @@ FRESH_CACHE_LIMIT = 4096
 
 @attrs.frozen
 class Claimed:
-    """An entry this process has claimed, and the inflight file that holds it."""
+    """An entry this process has claimed: in the file queue, with the inflight file that
+    holds it; in the PostgreSQL queue (`cluster.pg_queue`), with the claim's fencing token."""
 
     entry: DeliveryEntry
-    path: Path
+    path: Path | None = None
     # The `sendStartedAt` found on disk when this send was marked: an earlier send that may
     # have reached the channel (a crash or a drain cut it), so this one may be a duplicate.
     resend_of: dt.datetime | None = None
+    # PostgreSQL only: the claim counter at this claim. A settle carrying an older one (the
+    # claim was taken over meanwhile) changes nothing.
+    fence: int = 0
+
+    @property
+    def file(self) -> Path:
+        assert self.path is not None, "a claim of the file queue has its file"
+        return self.path
 
 
 @attrs.frozen
@@ -433,7 +442,7 @@ class DeliveryQueue:
         entry = claimed.entry
         path = self.inflight_dir / _inflight_name(entry.id, self.pid, now)
         try:
-            os.rename(claimed.path, path)
+            os.rename(claimed.file, path)
         except FileNotFoundError:
             self._claimed.discard(entry.id)
             raise EntryGone(entry.id) from None
@@ -471,9 +480,9 @@ class DeliveryQueue:
     # --- finishing a claim ----------------------------------------------------------------
 
     def _rewrite_sync(self, claimed: Claimed, entry: DeliveryEntry) -> None:
-        if not claimed.path.exists():
+        if not claimed.file.exists():
             raise EntryGone(claimed.entry.id)
-        atomic_write_bytes(claimed.path, _entry_bytes(entry))
+        atomic_write_bytes(claimed.file, _entry_bytes(entry))
 
     def _finish_sync(self, claimed: Claimed, entry: DeliveryEntry | None, dest: Path) -> bool:
         """Move the claimed file to `dest`, rewritten to `entry` first when given. False when
@@ -482,7 +491,7 @@ class DeliveryQueue:
         try:
             if entry is not None:
                 self._rewrite_sync(claimed, entry)
-            durable_rename(claimed.path, dest)
+            durable_rename(claimed.file, dest)
         except (FileNotFoundError, EntryGone):
             self.log.warn("DELIVERY", f"Entry {claimed.entry.id} vanished while claimed (deleted by hand?); skipped")
             return False
@@ -493,7 +502,7 @@ class DeliveryQueue:
         for claimed in claims:
             self._claimed.discard(claimed.entry.id)
             with contextlib.suppress(FileNotFoundError):
-                claimed.path.unlink()
+                claimed.file.unlink()
         with contextlib.suppress(FileNotFoundError):
             fsync_dir(self.inflight_dir)  # one fsync makes the whole batch's deletions durable
         return [None] * len(claims)
@@ -529,7 +538,7 @@ class DeliveryQueue:
         logged as a possible duplicate where the channel cannot deduplicate. A marked claim
         holds it in its name only, so the file is rewritten to carry it.
         """
-        marked = _parse_inflight_name(claimed.path.name)
+        marked = _parse_inflight_name(claimed.file.name)
         entry = claimed.entry if marked is not None and marked[2] is not None else None
         await self._run(lambda: self._finish_sync(claimed, entry, self.pending_path(claimed.entry.id)))
 

@@ -1,9 +1,8 @@
 """Idle sessions leave memory (issue 9: sessions were never evicted, so memory grew with every
 origin that ever wrote). Their files stay in `sessions/`; a new turn for one reads it back.
 
-What stays in memory per evicted session is its id, its origin key and the last id it handed out
-(so a turn id is never handed out twice: deliveries are keyed by turn id; the session record
-also counts them, so a new process does not repeat them either).
+What stays in memory per evicted session is its id, its origin key and its last id number
+(the record stores it too, `SessionRecord.seq`; kept here as well in case the file lags).
 """
 
 from __future__ import annotations
@@ -38,4 +37,4 @@ def evictable(session: Session, last_active: float, now: float, idle_seconds: fl
 class Evicted:
     """What is kept of an evicted session."""
 
-    last_id: int
+    seq: int

@@ -59,8 +59,10 @@ class SessionRecord:
     # Written in the same atomic write as the turn each id started: a message is either a
     # turn and known, or neither; never answered twice, never lost.
     inbound_ids: list[str] = attrs.Factory(list)
-    # The last number `Session.next_id` handed out (turn and subagent ids).
-    last_id: int = 0
+    # The last number handed out for an id inside this session (turns, subagents). Stored, so a
+    # session read back after a restart (or adopted by another node) never reuses a turn id:
+    # turn ids are the replies' idempotency keys, and a platform drops a reused one as a repeat.
+    seq: int = 0
 
     def heard(self, inbound_id: str) -> bool:
         return inbound_id in self.inbound_ids

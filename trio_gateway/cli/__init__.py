@@ -18,9 +18,7 @@ import importlib
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
-
-import attrs
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trio_gateway import __version__, strict_json
 from trio_gateway.errors import GatewayError, UsageError
@@ -37,6 +35,7 @@ GROUPS: dict[str, str] = {
     "delivery": "inspect and repair the delivery queue",
     "scenario": "rehearse restarts on a virtual clock",
     "channels": "listening channels: state per account, resume a paused one",
+    "cluster": "the nodes sharing the cluster database",
 }
 # Global options that take a value: skipped when looking for the group name in argv.
 _VALUED_OPTIONS = ("--home", "--log-format")
@@ -44,19 +43,59 @@ _VALUED_OPTIONS = ("--home", "--log-format")
 BROKEN_PIPE_EXIT = 141
 
 
-@attrs.frozen
-class Context:
+class Context(NamedTuple):  # not attrs: see home.py
     home: Home
     log_format: LogFormat
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse builds a formatter for every `add_argument` (to check the metavar), and its
+    default width comes from `shutil.get_terminal_size`, importing shutil (and bz2, lzma) on
+    every command. The same width, from os."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None):
+        super().__init__(prog, indent_increment, max_help_position, width or _terminal_width() - 2)
+
+
+def _terminal_width() -> int:
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns if sys.__stdout__ else 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse's own exit code is 2, as SPEC 4 wants for usage errors; keep its text but
         # in the contract's `ErrorName: message` form.
         self.print_usage(sys.stderr)
         sys.stderr.write(f"UsageError: {message}\n")
         raise SystemExit(2)
+
+
+class _Version(argparse.Action):
+    """`--version`, printed directly: argparse's own version action builds a help formatter,
+    which imports shutil (and with it bz2 and lzma) for the terminal width."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object, **kwargs: object) -> None:
+        print(f"trio-gateway {__version__}")
+        parser.exit()
+
+
+def add_commands(parser: argparse.ArgumentParser, dest: str = "command") -> argparse._SubParsersAction[Any]:
+    """The subcommands of `parser`. `prog` is given so argparse does not build a help formatter
+    (and import shutil) just to compute it; no positional comes before a command here."""
+    return parser.add_subparsers(
+        dest=dest, required=True, metavar="COMMAND", parser_class=type(parser), prog=parser.prog
+    )
 
 
 def chosen_group(argv: Sequence[str]) -> str | None:
@@ -75,10 +114,10 @@ def build_parser(groups: Iterable[str] = GROUPS) -> argparse.ArgumentParser:
     """The whole command line, with the commands of `groups` filled in; the other groups are
     listed (for help and for argparse's "invalid choice") but not imported."""
     parser = _Parser(prog="trio-gateway", description="A gateway between AI agents and messaging channels.")
-    parser.add_argument("--version", action="version", version=f"trio-gateway {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print trio-gateway X.Y.Z and exit")
     parser.add_argument("--home", help="home directory (default: $TRIO_GATEWAY_HOME or ~/.trio-gateway)")
     parser.add_argument("--log-format", choices=["text", "json"], default="text")
-    sub = parser.add_subparsers(dest="group", required=True, metavar="COMMAND", parser_class=_Parser)
+    sub = add_commands(parser, dest="group")
     wanted = set(groups)
     for name, helptext in GROUPS.items():
         group = sub.add_parser(name, help=helptext, description=helptext)

@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 from trio_gateway import config as cfg
+from trio_gateway.cli import add_commands
 from trio_gateway.config_file import load, read_raw
 from trio_gateway.store import atomic_write_json
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
+    sub = add_commands(parser)
     get = sub.add_parser("get", help="print the value at a dotted key (defaults included)")
     get.add_argument("key")
     get.set_defaults(func=_get)

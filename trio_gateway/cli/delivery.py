@@ -4,18 +4,20 @@ the queue, so that inspecting or fixing it never takes an `rm`."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import random
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING
 
 import trio
 
 from trio_gateway import delivery
+from trio_gateway.cli import add_commands
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config
 from trio_gateway.config_file import load as load_config
@@ -25,6 +27,7 @@ from trio_gateway.home import Home
 from trio_gateway.log import EventLog, open_log
 from trio_gateway.progress import Progress
 from trio_gateway.queue import DeliveryQueue
+from trio_gateway.storage import DeliveryStore
 from trio_gateway.store import in_thread
 from trio_gateway.work import WorkRegistry
 
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
+    sub = add_commands(parser)
     list_ = sub.add_parser("list", help="pending entries (or dead letters with --failed)")
     list_.add_argument("--failed", action="store_true")
     list_.add_argument("--json", action="store_true")
@@ -76,6 +79,19 @@ def _queue(home: Home, log: EventLog) -> DeliveryQueue:
     return DeliveryQueue(home.queue_dir, in_thread, log)
 
 
+@contextlib.asynccontextmanager
+async def _store(ctx: Context, log: EventLog) -> AsyncIterator[DeliveryStore]:
+    """The home's queue; in cluster mode (SPEC 12) the shared one in the database."""
+    config = load_config(ctx.home.config_path)
+    if config.cluster.backend != "postgres":
+        yield _queue(ctx.home, log)
+        return
+    from trio_gateway.cluster.wiring import cli_queue  # only cluster mode loads psycopg
+
+    async with cli_queue(config, os.environ, log) as queue:
+        yield queue
+
+
 def channels_for(config: Config, home: Home) -> delivery.ClosableChannels:
     """The channel adapters for `config`, from the channel registry."""
     try:
@@ -95,13 +111,13 @@ def _row(entry: DeliveryEntry, state: str) -> str:
 
 
 async def _list(args: argparse.Namespace, ctx: Context) -> int:
-    queue = _queue(ctx.home, _log(ctx))
-    if args.failed:
-        rows = [("failed", e) for e in await queue.list_failed()]
-    else:
-        rows = [("sending", e) for e in await queue.list_inflight()] + [
-            ("pending", e) for e in await queue.list_pending()
-        ]
+    async with _store(ctx, _log(ctx)) as queue:
+        if args.failed:
+            rows = [("failed", e) for e in await queue.list_failed()]
+        else:
+            rows = [("sending", e) for e in await queue.list_inflight()] + [
+                ("pending", e) for e in await queue.list_pending()
+            ]
     if args.json:
         print(json.dumps([entry_to_json(e) | {"state": s} for s, e in rows], indent=2, ensure_ascii=False))
     else:
@@ -117,14 +133,16 @@ async def _list(args: argparse.Namespace, ctx: Context) -> int:
 async def _create(args: argparse.Namespace, ctx: Context) -> int:
     config = load_config(ctx.home.config_path)
     log = _log(ctx)
-    outbox = delivery.Outbox(_queue(ctx.home, log), config.agents, WallClock.start(), log)
-    entry = await outbox.submit_manual(args.channel, args.to, args.account, args.agent, args.text)
+    async with _store(ctx, log) as queue:
+        outbox = delivery.Outbox(queue, config.agents, WallClock.start(), log)
+        entry = await outbox.submit_manual(args.channel, args.to, args.account, args.agent, args.text)
     print(entry.id)
     return 0
 
 
 async def _retry(args: argparse.Namespace, ctx: Context) -> int:
-    entry = await _queue(ctx.home, _log(ctx)).retry_dead(args.id, WallClock.start().now())
+    async with _store(ctx, _log(ctx)) as queue:
+        entry = await queue.retry_dead(args.id, WallClock.start().now())
     print(f"{entry.id} back to pending: {entry.channel}:{entry.to}")
     return 0
 
@@ -139,10 +157,12 @@ async def _process(args: argparse.Namespace, ctx: Context) -> int:
     log = _log(ctx)
     channels = channels_for(config, ctx.home)
     try:
-        worker = delivery.DeliveryWorker(
-            _queue(ctx.home, log), channels, config.delivery, WallClock.start(), log, WorkRegistry(log), random.Random()
-        )
-        results = await worker.process_once()
+        async with _store(ctx, log) as queue:
+            clock = WallClock.start()
+            worker = delivery.DeliveryWorker(
+                queue, channels, config.delivery, clock, log, WorkRegistry(log), random.Random()
+            )
+            results = await worker.process_once()
     finally:
         with trio.move_on_after(config.gateway.channel_stop_timeout_seconds, shield=True):
             await channels.aclose()
@@ -156,12 +176,13 @@ async def _process(args: argparse.Namespace, ctx: Context) -> int:
 
 async def _repair(args: argparse.Namespace, ctx: Context) -> int:
     config = load_config(ctx.home.config_path)
-    queue = _queue(ctx.home, _log(ctx))
-    bar = Progress(len(os.listdir(queue.root)) if queue.root.exists() else 0, sys.stderr, "repair ")
+    root = ctx.home.queue_dir
+    bar = Progress(len(os.listdir(root)) if root.exists() else 0, sys.stderr, "repair ")
     try:
-        reports = await delivery.repair(
-            queue, config.agents, WallClock.start(), dry_run=args.dry_run, on_progress=bar.update
-        )
+        async with _store(ctx, _log(ctx)) as queue:
+            reports = await delivery.repair(
+                queue, config.agents, WallClock.start(), dry_run=args.dry_run, on_progress=bar.update
+            )
     finally:
         bar.close()
     for report in reports:

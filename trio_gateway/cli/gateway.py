@@ -14,10 +14,9 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import attrs
-
+from trio_gateway.cli import add_commands
 from trio_gateway.cli.session import session_rows
 from trio_gateway.client import GatewayClient
 from trio_gateway.errors import GatewayError, GatewayUnreachableError
@@ -25,6 +24,9 @@ from trio_gateway.errors import GatewayError, GatewayUnreachableError
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
 
+# Polls start quick (a forced restart is over in tens of milliseconds; a fixed 0.2 s poll was
+# most of its time at the terminal) and back off to POLL_SECONDS for a long drain.
+FIRST_POLL_SECONDS = 0.01
 POLL_SECONDS = 0.2
 # After the drain deadline the gateway may still spend bounded time on shielded cleanup and
 # on closing clients (cleanupTimeoutSeconds, channelStopTimeoutSeconds), then reload config.
@@ -40,7 +42,7 @@ class StopFailedError(GatewayError):
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
+    sub = add_commands(parser)
     start = sub.add_parser("start", help="run the gateway in the foreground until stopped")
     start.add_argument("--port", type=int, help="HTTP port (0: any free port); default gateway.port")
     start.add_argument("--bind", help="HTTP bind address; default gateway.bind (loopback)")
@@ -86,18 +88,22 @@ def _drain_body(args: argparse.Namespace) -> dict[str, Any]:
 # --- restart ----------------------------------------------------------------------------------
 
 
-@attrs.define
-class Follow:
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+class Follow(NamedTuple):  # not attrs: the CLI's light path (see home.py)
     """Polls a drain until `done()` says it is over, printing progress, under one deadline."""
 
     client: GatewayClient
     deadline: float
     quiet: bool
     failure: type[GatewayError] = RestartFailedError
-    say: Callable[[str], None] = attrs.Factory(lambda: lambda line: print(line, file=sys.stderr, flush=True))
+    say: Callable[[str], None] = _to_stderr
 
     def until(self, done: Callable[[], bool], what: str) -> None:
         last = ""
+        pause = FIRST_POLL_SECONDS
         while not done():
             if time.monotonic() > self.deadline:
                 raise self.failure(f"the gateway did not {what} in time (pid {self.client.target.pid})")
@@ -105,7 +111,8 @@ class Follow:
             if line and line != last and not self.quiet:
                 self.say(line)
                 last = line
-            time.sleep(POLL_SECONDS)
+            time.sleep(pause)
+            pause = min(pause * 2, POLL_SECONDS)
 
     def _progress(self) -> str:
         try:
@@ -204,12 +211,18 @@ def _status(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def storage_line(storage: dict[str, Any]) -> str:
+    node = f"  node: {storage['nodeId']}" if storage.get("nodeId") else ""
+    return f"storage: {storage.get('backend', 'files')}{node}"
+
+
 def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
     queue = status.get("queue", {})
     lines = [
         f"state: {status['state']}  generation: {status['generation']}  uptime: {status['uptimeSeconds']:.0f}s"
-        f"  pid: {pid}  {url}",
+        f"  pid: {pid}  {url}  version: {status.get('version', '?')}",
         f"queue: {queue.get('pending', 0)} pending, {queue.get('failed', 0)} dead letter(s)",
+        storage_line(status.get("storage", {})),
         f"stalled sessions: {', '.join(status.get('stalled', [])) or 'none'}",
         f"sessions ({len(status['sessions'])}):",
     ]

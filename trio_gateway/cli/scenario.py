@@ -13,13 +13,14 @@ import sys
 from pathlib import Path
 
 from trio_gateway import scenario
+from trio_gateway.cli import add_commands
 
 # The scenarios shipped beside the package (a source checkout or an editable install).
 SHIPPED = Path(__file__).resolve().parents[2] / "scenarios"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
+    commands = add_commands(parser)
     run = commands.add_parser("run", help="run a scenario file and print its timeline")
     run.add_argument("file", help="a scenario .toml file, or the name of a shipped one")
     run.add_argument("--json", action="store_true", help="print a machine-readable result")

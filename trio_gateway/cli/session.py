@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING, Any
 
+from trio_gateway.cli import add_commands
 from trio_gateway.client import GatewayClient
 
 if TYPE_CHECKING:
@@ -13,7 +14,7 @@ if TYPE_CHECKING:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
+    sub = add_commands(parser)
     start = sub.add_parser("start", help="start a turn as if a message came from that origin")
     start.add_argument("--agent", required=True)
     start.add_argument("--channel", required=True)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import trio
 
+from trio_gateway import __version__
 from trio_gateway import delivery as delivery_mod
 from trio_gateway.channels.listen import agent_for
 from trio_gateway.config import KNOWN_CHANNELS, RANGES, AccountConfig, Config
@@ -38,6 +39,7 @@ from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
 from trio_gateway.http.body import JsonObject, json_object, opt_bool, opt_number, opt_str, req_obj, req_str
 from trio_gateway.queue import DeliveryQueue
 from trio_gateway.routing import Origin
+from trio_gateway.storage import DeliveryStore
 from trio_gateway.validation import check_address
 
 # The stall endpoint's default: longer than any sane stall threshold or drain timeout.
@@ -121,6 +123,7 @@ class GatewayApp:
             r("GET", ("healthz",), self._healthz, auth=False),
             r("GET", ("metrics",), self._metrics),
             r("GET", ("v1", "status"), self._status),
+            r("GET", ("v1", "cluster"), self._cluster),
             r("POST", ("v1", "gateway", "restart"), self._restart, long=True),
             r("POST", ("v1", "gateway", "stop"), self._stop),
             r("GET", ("v1", "gateway", "drains"), self._drains),
@@ -239,10 +242,18 @@ class GatewayApp:
 
     async def _healthz(self, request: Request) -> Response:
         status = "ok" if self.gateway.state.value == "running" else "draining"
-        return json_response(200, {"status": status, "generation": self.gateway.generation_number})
+        body = {"status": status, "generation": self.gateway.generation_number, "version": __version__}
+        return json_response(200, body)
 
     async def _status(self, request: Request) -> Response:
         return json_response(200, self.gateway.status())
+
+    async def _cluster(self, request: Request) -> Response:
+        """What `cluster status --json` prints (SPEC 12), as this node sees the database."""
+        read = self.gateway.deps.cluster_status
+        if read is None:
+            raise NotFoundError('cluster mode is off (cluster.backend is not "postgres")')
+        return json_response(200, await read())
 
     async def _metrics(self, request: Request) -> Response:
         return Response(200, metrics.render(self.gateway).encode(), metrics.CONTENT_TYPE)
@@ -313,7 +324,11 @@ class GatewayApp:
 
     # --- deliveries ----------------------------------------------------------------------
 
-    def _queue(self) -> DeliveryQueue:
+    def _queue(self) -> DeliveryStore:
+        # The generation's own store (in cluster mode, the shared database); else the files.
+        store = getattr(self.gateway.delivery, "store", None)
+        if store is not None:
+            return cast(DeliveryStore, store)
         deps = self.gateway.deps
         return DeliveryQueue(deps.home.queue_dir, deps.runner, deps.log)
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from trio_gateway import __version__
+
 if TYPE_CHECKING:
     from trio_gateway.gateway import Gateway
 
@@ -30,13 +32,15 @@ CHANNEL_STOP_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 @attrs.define
 class Exposition:
     lines: list[str] = attrs.Factory(list)
+    # Labels on every sample: in cluster mode {"node": ...}, so one scrape config serves all nodes.
+    base: dict[str, str] = attrs.Factory(dict)
 
     def family(self, name: str, kind: str, help_text: str) -> None:
         self.lines.append(f"# HELP {PREFIX}{name} {help_text}")
         self.lines.append(f"# TYPE {PREFIX}{name} {kind}")
 
     def sample(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
-        self.lines.append(f"{PREFIX}{name}{_labels(labels)} {_number(value)}")
+        self.lines.append(f"{PREFIX}{name}{_labels({**self.base, **(labels or {})})} {_number(value)}")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -59,7 +63,8 @@ def _number(value: float) -> str:
 
 
 def render(gateway: Gateway) -> str:
-    out = Exposition()
+    node = gateway.deps.describe_storage().get("nodeId")
+    out = Exposition(base={"node": str(node)} if node else {})
     _lifecycle(out, gateway)
     _work(out, gateway)
     _drains(out, gateway)
@@ -70,6 +75,8 @@ def render(gateway: Gateway) -> str:
 
 
 def _lifecycle(out: Exposition, gateway: Gateway) -> None:
+    out.family("build_info", "gauge", "Always 1; the running trio-gateway version as a label")
+    out.sample("build_info", 1, {"version": __version__})
     out.family("generation", "gauge", "Number of the generation currently accepting work")
     out.sample("generation", gateway.generation_number)
     out.family("state", "gauge", "1 for the gateway's current lifecycle state")

@@ -17,7 +17,7 @@ import attrs
 import hypercorn.config
 import trio
 
-from trio_gateway.errors import GatewayError
+from trio_gateway.errors import GatewayError, first_leaf
 from trio_gateway.gateway import Gateway
 from trio_gateway.http import listen
 from trio_gateway.http.app import GatewayApp
@@ -73,6 +73,7 @@ class HttpServer:
                 gateway.log.info("HTTP", f"Listening on {', '.join(self.urls)}")
                 task_status.started(self.urls)
         except* OSError as group:
-            first = group.exceptions[0]
+            first = first_leaf(group)  # hypercorn's own nursery nests the OSError one level down
             reason = first.strerror if isinstance(first, OSError) and first.strerror else str(first)
+            reason = reason[:1].lower() + reason[1:]  # "address already in use", mid-sentence
             raise ListenError(f"cannot listen on {host_port(self.bind, self.port)}: {reason}") from None

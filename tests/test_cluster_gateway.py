@@ -1,0 +1,58 @@
+"""The gateway's side of sessions moving between cluster nodes, on the MockClock (no database:
+the store's verdicts are what the PostgreSQL store hands to these two methods)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from trio_gateway.routing import Origin
+from trio_gateway.sessions_store import SessionRecord, TurnRecord
+from trio_gateway.testing.runtime import Notice, build_gateway, quick_config
+
+CONSOLE = Origin("console", "ops", None)
+NO_STALL = {"gateway.stalledTaskDetection.enabled": False}
+
+
+async def test_a_session_owned_elsewhere_is_cancelled_here_and_tells_nobody(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    notices: list[Notice] = []
+    gateway, sink = build_gateway(tmp_path, quick_config(**NO_STALL), notices=notices)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        sid, _ = await gateway.submit(agent_id="main", origin=CONSOLE, prompt="/stall")
+        await trio.sleep(1)
+        assert gateway.busy.value == 1
+        gateway.forget_session(sid)  # a write was refused: another node owns it
+        await trio.sleep(1)
+        assert gateway.busy.value == 0  # its work here was cancelled
+        assert sid not in gateway.sessions
+        assert notices == []  # the owner answers the requester, not this node
+        assert [e.message for e in sink.tagged("CLUSTER")] == [
+            "Session owned by another node; its work here is cancelled"
+        ]
+        # The origin's next message gets a session of its own here.
+        other, _ = await gateway.submit(agent_id="main", origin=CONSOLE, prompt="hello")
+        assert other != sid
+        gateway.request_drain("stop")
+
+
+async def test_an_adopted_sessions_turns_resume_once(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    notices: list[Notice] = []
+    gateway, sink = build_gateway(tmp_path, quick_config(**NO_STALL), notices=notices)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        record = SessionRecord("s-peer-1-1", "main", CONSOLE, gateway.wall.now())  # type: ignore[union-attr]
+        record.turns = [TurnRecord("turn-s-peer-1-1-1", "left by a peer", CONSOLE, status="running")]
+        record.seq = 1
+        gateway.adopt_sessions([record])
+        gateway.adopt_sessions([record])  # found twice by the sweep: still once
+        await trio.sleep(5)
+        assert [n.text for n in notices] == ["echo: left by a peer"]  # the turn ran, once
+        assert gateway.sessions["s-peer-1-1"].record.turns == []
+        _, turn_id = await gateway.submit(agent_id="main", origin=CONSOLE, prompt="next")
+        assert turn_id == "turn-s-peer-1-1-2"  # numbering goes on from the adopted record
+        gateway.request_drain("stop")
+    assert [e.message for e in sink.tagged("RESTART") if "Resuming" in e.message] == ["Resuming interrupted turn"]

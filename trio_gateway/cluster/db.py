@@ -1,0 +1,136 @@
+"""Calling PostgreSQL from trio: psycopg 3's sync API, one call per blocking-runner hand-off.
+
+psycopg's async API is asyncio-only (psycopg#29), so every call is a plain function of one
+pooled connection, run in a worker thread the caller may abandon when cancelled. A cancelled
+call must not leave its query running (holding locks, holding the connection): in a shielded
+scope bounded to `CANCEL_BOUND_SECONDS`, the query is cancelled on the server
+(`conn.cancel_safe()`) and we wait for the thread to hand its connection back. Every call also
+has a deadline: the server's `statement_timeout`, and a trio deadline a little past it, so a
+database that stops answering cannot hold a drain past its one deadline.
+
+On trio's MockClock the call runs inline (`inline=True`): a thread would let the autojump
+clock fire deadlines while the query runs; an inline call advances virtual time by zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+import attrs
+import psycopg
+import trio
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from trio_gateway.errors import ClusterDatabaseError as DatabaseError
+
+T = TypeVar("T")
+
+# psycopg_pool logs every failed connection attempt as a warning; with no handler configured,
+# Python prints each one to stderr. The gateway reports the outcome itself, in its own log.
+logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
+
+CANCEL_BOUND_SECONDS = 2.0
+# Past the server's statement timeout, how long trio waits before giving the call up itself
+# (the network, the pool hand-off): the server's own cancel should have ended it by then.
+CALL_MARGIN_SECONDS = 2.0
+
+Conn = psycopg.Connection[tuple[object, ...]]
+
+
+@attrs.define(eq=False)
+class _Call:
+    conn: Conn | None = None
+    finished: threading.Event = attrs.Factory(threading.Event)
+
+
+@attrs.define(eq=False)
+class Database:
+    pool: ConnectionPool[Conn]
+    statement_timeout: float
+    inline: bool = False
+
+    @classmethod
+    def create(cls, dsn: str, *, statement_timeout: float, inline: bool = False, max_size: int = 16) -> Database:
+        options = f"-c statement_timeout={int(statement_timeout * 1000)} -c idle_in_transaction_session_timeout="
+        options += str(int((statement_timeout + CALL_MARGIN_SECONDS) * 1000))
+        pool: ConnectionPool[Conn] = ConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=max_size,
+            open=False,
+            timeout=statement_timeout,
+            kwargs={"options": options, "connect_timeout": max(2, int(statement_timeout))},
+            name="trio-gateway",
+        )
+        return cls(pool, statement_timeout, inline)
+
+    async def open(self) -> None:
+        """Connect (bounded): a wrong DSN or a database that is down is a clear error."""
+        try:
+            await self._blocking(lambda: self.pool.open(wait=True, timeout=self.statement_timeout + 5))
+        except Exception as exc:
+            raise DatabaseError(f"cannot connect to the cluster database: {_describe(exc)}") from None
+
+    async def close(self) -> None:
+        await self._blocking(lambda: self.pool.close(timeout=CANCEL_BOUND_SECONDS))
+
+    async def run(self, fn: Callable[[Conn], T]) -> T:
+        """`fn(conn)` in one transaction (committed when it returns, rolled back when it
+        raises), with a deadline; cancelling the caller cancels the query."""
+        call = _Call()
+
+        def work() -> T:
+            try:
+                with self.pool.connection() as conn:
+                    call.conn = conn
+                    return fn(conn)
+            finally:
+                call.finished.set()
+
+        try:
+            if self.inline:
+                await trio.lowlevel.checkpoint()
+                return work()
+            with trio.fail_after(self.statement_timeout + CALL_MARGIN_SECONDS):
+                return await self._in_thread(work, call)
+        except trio.TooSlowError:
+            raise DatabaseError(f"the cluster database did not answer within {self.statement_timeout:g}s") from None
+        except psycopg.errors.QueryCanceled:
+            raise DatabaseError(f"a statement ran past statement_timeout ({self.statement_timeout:g}s)") from None
+        except psycopg.OperationalError as exc:
+            raise DatabaseError(f"cluster database unavailable: {_describe(exc)}") from None
+        except PoolTimeout as exc:
+            raise DatabaseError(f"no free database connection: {_describe(exc)}") from None
+
+    async def _in_thread(self, work: Callable[[], T], call: _Call) -> T:
+        try:
+            return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except trio.Cancelled:
+            with trio.move_on_after(CANCEL_BOUND_SECONDS, shield=True):
+                await self._cancel(call)
+            raise
+
+    @staticmethod
+    async def _cancel(call: _Call) -> None:
+        """Cancel the abandoned thread's query on the server and wait for its connection to
+        go back to the pool (bounded by the caller's shielded scope)."""
+        conn = call.conn
+        if conn is not None and not call.finished.is_set():
+            await trio.to_thread.run_sync(
+                lambda: conn.cancel_safe(timeout=CANCEL_BOUND_SECONDS), abandon_on_cancel=True
+            )
+        await trio.to_thread.run_sync(lambda: call.finished.wait(CANCEL_BOUND_SECONDS), abandon_on_cancel=True)
+
+    async def _blocking(self, fn: Callable[[], T]) -> T:
+        if self.inline:
+            await trio.lowlevel.checkpoint()
+            return fn()
+        return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+
+
+def _describe(exc: BaseException) -> str:
+    # psycopg's messages may quote the DSN's host and user but never its password.
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"

@@ -1,0 +1,195 @@
+"""This node in the cluster: its row in `nodes`, its heartbeat, the takeover of dead nodes'
+claims, and `cluster status`.
+
+The node runs in the gateway's root nursery (as one of its `servers`), across generations: a
+restart drains work, not membership. It heartbeats every `heartbeatSeconds`, and every
+`pollSeconds` it takes over the claims and pending sessions of nodes silent for
+`deadAfterSeconds` or gone (the lease is only a backstop: a time-only rescue would take live
+work from a slow node). At exit, shielded and bounded, it
+releases whatever it still holds and marks itself stopped, so peers resume at once instead of
+waiting out `deadAfterSeconds`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+
+from trio_gateway.cluster import schema
+from trio_gateway.cluster.db import CANCEL_BOUND_SECONDS, Conn, Database
+from trio_gateway.cluster.leases import Leases
+from trio_gateway.cluster.pg_queue import PgDeliveryQueue
+from trio_gateway.cluster.pg_sessions import PgSessionStore
+from trio_gateway.config import ClusterConfig
+from trio_gateway.errors import ClusterDatabaseError
+from trio_gateway.log import EventLog
+from trio_gateway.sessions_store import SessionRecord
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@attrs.define(eq=False)
+class ClusterNode:
+    db: Database
+    config: ClusterConfig
+    node_id: str
+    log: EventLog
+    queue: PgDeliveryQueue
+    leases: Leases
+    sessions: PgSessionStore
+    # The gateway's wall clock, bound when the gateway starts serving.
+    now: Callable[[], dt.datetime]
+    state: Callable[[], tuple[str, int]] = lambda: ("running", 0)
+    last_heartbeat: float | None = None
+    ready: bool = False
+
+    @classmethod
+    def create(
+        cls, db: Database, config: ClusterConfig, log: EventLog, now: Callable[[], dt.datetime], *, lease_seconds: float
+    ) -> ClusterNode:
+        node_id = config.node_id or default_node_id()
+        queue = PgDeliveryQueue(
+            db, node_id, log, now, lease_seconds=lease_seconds, dead_after_seconds=config.dead_after_seconds
+        )
+        leases = Leases(db, node_id, config.dead_after_seconds)
+        return cls(db, config, node_id, log, queue, leases, PgSessionStore(db, leases, log, now), now)
+
+    async def start(self) -> None:
+        """Connect, migrate, register, and take back claims an earlier life of this node id
+        left behind. Raises `ClusterDatabaseError` when the database cannot be used."""
+        await self.db.open()
+        found, now_at = await self.db.run(schema.migrate)
+        if found != now_at:
+            self.log.info("CLUSTER", f"Database schema migrated from version {found} to {now_at}")
+        now = self.now()  # on the trio thread: the wall clock follows trio's
+        await self.db.run(lambda conn: self._register(conn, now))
+        released = await self.queue.release_own() + await self.leases.release_all()
+        if released:
+            self.log.warn(
+                "CLUSTER", f"Released {released} claim(s) and lease(s) left by an earlier life of node {self.node_id}"
+            )
+        self.ready = True
+        self.log.info("CLUSTER", f"Node {self.node_id} joined", backend="postgres")
+
+    def _register(self, conn: Conn, now: dt.datetime) -> None:
+        conn.execute(
+            "INSERT INTO nodes (node_id, state, host, pid, started_at, heartbeat_at)"
+            " VALUES (%s, 'running', %s, %s, %s, %s)"
+            " ON CONFLICT (node_id) DO UPDATE SET state = 'running', host = EXCLUDED.host, pid = EXCLUDED.pid,"
+            " started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at",
+            (self.node_id, socket.gethostname(), os.getpid(), now, now),
+        )
+
+    async def heartbeat(self) -> None:
+        state, generation = self.state()
+        now = self.now()
+
+        def beat(conn: Conn) -> None:
+            conn.execute(
+                "UPDATE nodes SET heartbeat_at = %s, state = %s, generation = %s WHERE node_id = %s",
+                (now, state, generation, self.node_id),
+            )
+
+        await self.db.run(beat)
+        self.last_heartbeat = trio.current_time()
+
+    async def run(self) -> None:
+        """Heartbeat until cancelled; then leave the cluster (bounded)."""
+        try:
+            while True:
+                try:
+                    await self.heartbeat()
+                except ClusterDatabaseError as exc:
+                    self.log.error("CLUSTER", "Heartbeat failed; retrying", node=self.node_id, error=str(exc))
+                await trio.sleep(self.config.heartbeat_seconds)
+        finally:
+            with trio.move_on_after(CANCEL_BOUND_SECONDS * 2, shield=True):
+                await self.leave()
+
+    async def sweep(self, adopt: Callable[[list[SessionRecord]], None]) -> None:
+        """At the short poll: take over the delivery claims of dead nodes, and adopt sessions
+        left with turns pending. Run this often (not at the heartbeat) so work moves within
+        `deadAfterSeconds` + `pollSeconds` of a death, and within `pollSeconds` of a leave."""
+        while True:
+            try:
+                await self.queue.recover()
+                records = await self.sessions.adopt_orphans()
+                if records:
+                    adopt(records)
+            except ClusterDatabaseError as exc:
+                self.log.error("CLUSTER", "Takeover sweep failed; retrying", node=self.node_id, error=str(exc))
+            await trio.sleep(self.config.poll_seconds)
+
+    async def leave(self, *, forget: bool = False) -> None:
+        """Release every claim and mark this node stopped (or, for a CLI command's node,
+        remove its row): peers take its work at once."""
+        sql = "DELETE FROM nodes" if forget else "UPDATE nodes SET state = 'stopped'"
+        try:
+            released = await self.queue.release_own() + await self.leases.release_all()
+            await self.db.run(lambda conn: conn.execute(f"{sql} WHERE node_id = %s", (self.node_id,)))
+            if not forget:
+                self.log.info("CLUSTER", f"Node {self.node_id} left the cluster", released=released)
+        except ClusterDatabaseError as exc:
+            self.log.error("CLUSTER", "Could not leave the cluster cleanly", error=str(exc))
+        finally:
+            with trio.move_on_after(CANCEL_BOUND_SECONDS, shield=True):
+                await self.db.close()
+
+    async def status(self) -> dict[str, Any]:
+        nodes = await cluster_status(self.db, self.now(), self.config.dead_after_seconds)
+        return {"backend": "postgres", "nodeId": self.node_id, "nodes": nodes}
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "postgres", "nodeId": self.node_id}
+
+    async def serve(self, gateway: Any, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """As a gateway server: joins before generation 1 starts, leaves after the last."""
+        self.now = self.queue.now = self.sessions.now = lambda: gateway.wall.now()
+        self.state = lambda: (str(gateway.state.value), int(gateway.generation_number))
+        await self.start()
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.sweep, gateway.adopt_sessions)
+            await self.run()
+
+
+async def cluster_status(db: Database, now: dt.datetime, dead_after_seconds: float) -> list[dict[str, Any]]:
+    """`cluster status`: every node with its state, heartbeat age, sessions owned, claims held.
+    A node silent for `dead_after_seconds` is shown as "dead" whatever it last said."""
+
+    def read(conn: Conn) -> list[dict[str, Any]]:
+        rows = conn.execute(
+            "SELECT n.node_id, n.state, n.host, n.pid, n.generation, n.heartbeat_at, n.started_at,"
+            " (SELECT count(*) FROM deliveries d WHERE d.claim_node = n.node_id),"
+            " (SELECT count(*) FROM leases l WHERE l.node_id = n.node_id AND l.key LIKE 'session:%%')"
+            " FROM nodes n ORDER BY n.node_id"
+        ).fetchall()
+        nodes = []
+        for node_id, state, host, pid, generation, heartbeat_at, started_at, claims, sessions in rows:
+            age = (now - heartbeat_at).total_seconds()  # type: ignore[operator]
+            if state != "stopped" and age > dead_after_seconds:
+                state = "dead"
+            nodes.append(
+                {
+                    "nodeId": node_id,
+                    "state": state,
+                    "host": host,
+                    "pid": pid,
+                    "generation": generation,
+                    "heartbeatAgeSeconds": round(age, 3),
+                    "startedAt": started_at.isoformat().replace("+00:00", "Z"),  # type: ignore[attr-defined]
+                    "claimsHeld": claims,
+                    "sessionsOwned": sessions,
+                }
+            )
+        return nodes
+
+    return await db.run(read)

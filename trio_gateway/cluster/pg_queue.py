@@ -1,0 +1,356 @@
+"""The delivery queue in PostgreSQL (SPEC 7 and 12): the same contract as the file queue, shared
+by every node.
+
+One row per entry; `entry` holds the SPEC 7 document, the columns beside it what claiming needs.
+A claim sets `claim_node`, moves `claim_fence` on by one and sets a lease; a claim to send also
+records `send_started_at` in the same statement. Every settle (ack, retry, hold, release, dead
+letter, reroute) names the fence it claimed under: when the claim was taken over meanwhile (its
+node was judged dead, or its lease ran out) the settle matches no row and changes nothing, so a
+node that lost the claim can never undo the new holder's work. An enqueue is `INSERT ... ON
+CONFLICT (idempotency_key) DO NOTHING`: a notice enqueued twice (a turn resumed by another
+node) is one row.
+
+Enqueues and acks from concurrent callers share one statement (`GroupCommit`): the database's
+group commit does the rest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Any, cast
+
+import attrs
+from psycopg.types.json import Jsonb
+
+from trio_gateway.cluster.db import Conn, Database
+from trio_gateway.entry import DeliveryEntry, entry_from_json, entry_to_json
+from trio_gateway.errors import NotFoundError
+from trio_gateway.log import EventLog
+from trio_gateway.queue import Claimed, GroupCommit, IdGenerator, NotDue
+
+_ENTRY_COLUMNS = "entry, send_started_at"
+
+
+def _entry(row_entry: Any, send_started_at: dt.datetime | None) -> DeliveryEntry:
+    # The column is the truth for the send mark (a claim sets it without rewriting `entry`).
+    return attrs.evolve(entry_from_json(row_entry), send_started_at=send_started_at)
+
+
+def _doc(entry: DeliveryEntry) -> Jsonb:
+    return Jsonb(entry_to_json(entry))
+
+
+@attrs.define
+class PgDeliveryQueue:
+    db: Database
+    node_id: str
+    log: EventLog
+    # The gateway's wall clock (virtual under a MockClock): due times, leases and heartbeats
+    # are all compared on it, so nodes need synchronised clocks, as any lease does.
+    now: Callable[[], dt.datetime]
+    lease_seconds: float = 60.0
+    dead_after_seconds: float = 10.0
+    _ids: IdGenerator = attrs.Factory(IdGenerator)
+    _enqueues: GroupCommit[DeliveryEntry, None] = attrs.field(init=False)
+    _acks: GroupCommit[Claimed, None] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._enqueues = GroupCommit(self._enqueue_batch)
+        self._acks = GroupCommit(self._ack_batch)
+
+    def new_id(self, when: dt.datetime) -> str:
+        return self._ids.new(when)
+
+    def _lease(self, now: dt.datetime) -> dt.datetime:
+        return now + dt.timedelta(seconds=self.lease_seconds)
+
+    # --- writing new entries ----------------------------------------------------------------
+
+    async def _enqueue_batch(self, entries: list[DeliveryEntry]) -> list[None]:
+        def insert(conn: Conn) -> list[str]:
+            rows = conn.execute(
+                "INSERT INTO deliveries (id, idempotency_key, state, next_attempt_at, entry)"
+                " SELECT i, k, 'pending', n, e FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::jsonb[])"
+                " AS t(i, k, n, e) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+                (
+                    [e.id for e in entries],
+                    [e.idempotency_key for e in entries],
+                    [e.next_attempt_at for e in entries],
+                    [_doc(e) for e in entries],
+                ),
+            ).fetchall()
+            return [str(r[0]) for r in rows]
+
+        written = set(await self.db.run(insert))
+        for entry in entries:
+            if entry.id not in written:
+                self.log.info(
+                    "DELIVERY",
+                    f"Channel={entry.channel} id={entry.id} not enqueued: an entry with its idempotency key "
+                    "exists already",
+                    idempotencyKey=entry.idempotency_key,
+                )
+        return [None] * len(entries)
+
+    async def enqueue(self, entry: DeliveryEntry) -> None:
+        """Durable when this returns (committed); group-committed with concurrent enqueues."""
+        await self._enqueues.submit(entry)
+
+    # --- reading --------------------------------------------------------------------------
+
+    async def _select(self, where: str, params: tuple[Any, ...] = ()) -> list[DeliveryEntry]:
+        def read(conn: Conn) -> list[DeliveryEntry]:
+            rows = conn.execute(f"SELECT {_ENTRY_COLUMNS} FROM deliveries WHERE {where} ORDER BY id", params)
+            return [_entry(r[0], cast(dt.datetime | None, r[1])) for r in rows.fetchall()]
+
+        return await self.db.run(read)
+
+    async def list_pending(self) -> list[DeliveryEntry]:
+        return await self._select("state = 'pending' AND claim_node IS NULL")
+
+    async def list_inflight(self) -> list[DeliveryEntry]:
+        return await self._select("state = 'pending' AND claim_node IS NOT NULL")
+
+    async def list_failed(self) -> list[DeliveryEntry]:
+        return await self._select("state = 'failed'")
+
+    async def due(self, now: dt.datetime) -> list[DeliveryEntry]:
+        return await self._select("state = 'pending' AND claim_node IS NULL AND next_attempt_at <= %s", (now,))
+
+    async def pending_ids(self) -> list[str]:
+        return [e.id for e in await self.list_pending()]
+
+    async def peek(self, entry_ids: list[str]) -> dict[str, DeliveryEntry]:
+        found = await self._select("state = 'pending' AND claim_node IS NULL AND id = ANY(%s)", (entry_ids,))
+        return {e.id: e for e in found}
+
+    async def counts(self) -> dict[str, int]:
+        def count(conn: Conn) -> dict[str, int]:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE state = 'pending'), count(*) FILTER (WHERE state = 'failed')"
+                " FROM deliveries"
+            ).fetchone()
+            assert row is not None
+            return {"pending": cast(int, row[0]), "failed": cast(int, row[1])}
+
+        return await self.db.run(count)
+
+    # --- claiming -------------------------------------------------------------------------
+
+    async def claim_due(self, now: dt.datetime, limit: int) -> list[Claimed]:
+        """Up to `limit` due entries nobody holds, oldest due first, claimed and marked as
+        sending in one statement. `SKIP LOCKED`: nodes claiming at once never wait on each
+        other and never get the same row."""
+
+        def claim(conn: Conn) -> list[Claimed]:
+            rows = conn.execute(
+                "WITH due AS (SELECT id, send_started_at AS before FROM deliveries"
+                "  WHERE state = 'pending' AND claim_node IS NULL AND next_attempt_at <= %(now)s"
+                "  ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+                " UPDATE deliveries d SET claim_node = %(node)s, claim_fence = d.claim_fence + 1,"
+                "  lease_until = %(lease)s, send_started_at = %(now)s"
+                " FROM due WHERE d.id = due.id RETURNING d.claim_fence, due.before, d.entry",
+                {"now": now, "limit": limit, "node": self.node_id, "lease": self._lease(now)},
+            ).fetchall()
+            claims = [
+                Claimed(_entry(r[2], now), resend_of=cast(dt.datetime | None, r[1]), fence=cast(int, r[0]))
+                for r in rows
+            ]
+            return sorted(claims, key=lambda c: (c.entry.next_attempt_at, c.entry.id))
+
+        return await self.db.run(claim)
+
+    async def _claim_one(self, entry_id: str, now: dt.datetime, *, mark: bool) -> Claimed | NotDue | None:
+        def claim(conn: Conn) -> Claimed | NotDue | None:
+            row = conn.execute(
+                "SELECT next_attempt_at, send_started_at, entry FROM deliveries"
+                " WHERE id = %s AND state = 'pending' AND claim_node IS NULL FOR UPDATE SKIP LOCKED",
+                (entry_id,),
+            ).fetchone()
+            if row is None:
+                return None  # held by another node, dead, or gone
+            due_at, before = cast(dt.datetime, row[0]), cast(dt.datetime | None, row[1])
+            entry = _entry(row[2], before)
+            if due_at > now:
+                return NotDue(entry.next_attempt_at, entry.channel, entry.account_id)
+            started = now if mark else before
+            fence = conn.execute(
+                "UPDATE deliveries SET claim_node = %s, claim_fence = claim_fence + 1, lease_until = %s,"
+                " send_started_at = %s WHERE id = %s RETURNING claim_fence",
+                (self.node_id, self._lease(now), started, entry_id),
+            ).fetchone()
+            assert fence is not None
+            claimed = attrs.evolve(entry, send_started_at=started)
+            return Claimed(claimed, resend_of=before if mark else None, fence=cast(int, fence[0]))
+
+        return await self.db.run(claim)
+
+    async def claim(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
+        """Take one entry (not for sending: `delivery repair`)."""
+        return await self._claim_one(entry_id, now, mark=False)
+
+    async def claim_to_send(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
+        return await self._claim_one(entry_id, now, mark=True)
+
+    # --- finishing a claim ----------------------------------------------------------------
+
+    async def _settle(self, claimed: Claimed, assignments: str, params: tuple[Any, ...]) -> bool:
+        """Apply `assignments` to the claimed row and end the claim; False (and nothing
+        changed) when this node no longer holds it under this fence."""
+
+        def update(conn: Conn) -> bool:
+            cur = conn.execute(
+                f"UPDATE deliveries SET {assignments}, claim_node = NULL, lease_until = NULL"
+                " WHERE id = %s AND claim_node = %s AND claim_fence = %s",
+                (*params, claimed.entry.id, self.node_id, claimed.fence),
+            )
+            return cur.rowcount == 1
+
+        held = await self.db.run(update)
+        if not held:
+            self._lost(claimed)
+        return held
+
+    def _lost(self, claimed: Claimed) -> None:
+        self.log.warn(
+            "DELIVERY",
+            f"Channel={claimed.entry.channel} id={claimed.entry.id} claim lost (taken over by another node, "
+            "or deleted); this node's outcome changes nothing",
+            fence=claimed.fence,
+        )
+
+    async def _ack_batch(self, claims: list[Claimed]) -> list[None]:
+        def delete(conn: Conn) -> set[str]:
+            rows = conn.execute(
+                "DELETE FROM deliveries d USING unnest(%s::text[], %s::bigint[]) AS a(id, fence)"
+                " WHERE d.id = a.id AND d.claim_fence = a.fence AND d.claim_node = %s RETURNING d.id",
+                ([c.entry.id for c in claims], [c.fence for c in claims], self.node_id),
+            ).fetchall()
+            return {str(r[0]) for r in rows}
+
+        deleted = await self.db.run(delete)
+        for claimed in claims:
+            if claimed.entry.id not in deleted:
+                self._lost(claimed)
+        return [None] * len(claims)
+
+    async def ack(self, claimed: Claimed) -> None:
+        """The channel accepted it: the row goes. Group-committed with concurrent acks."""
+        await self._acks.submit(claimed)
+
+    async def _back_to_pending(self, claimed: Claimed, entry: DeliveryEntry) -> DeliveryEntry:
+        await self._settle(
+            claimed,
+            "state = 'pending', entry = %s, next_attempt_at = %s, send_started_at = NULL",
+            (_doc(entry), entry.next_attempt_at),
+        )
+        return entry
+
+    async def retry_later(self, claimed: Claimed, last_error: str, next_at: dt.datetime) -> DeliveryEntry:
+        entry = attrs.evolve(
+            claimed.entry,
+            attempts=claimed.entry.attempts + 1,
+            last_error=last_error,
+            next_attempt_at=next_at,
+            send_started_at=None,
+        )
+        return await self._back_to_pending(claimed, entry)
+
+    async def hold(self, claimed: Claimed, reason: str, next_at: dt.datetime) -> DeliveryEntry:
+        entry = attrs.evolve(claimed.entry, last_error=reason, next_attempt_at=next_at, send_started_at=None)
+        return await self._back_to_pending(claimed, entry)
+
+    async def release(self, claimed: Claimed) -> None:
+        """A drain or a crash cut the attempt: unclaimed as it is, attempts unchanged, its
+        `send_started_at` kept (the send may have reached the channel)."""
+        await self._settle(claimed, "state = 'pending'", ())
+
+    async def dead_letter(self, claimed: Claimed, reason: str, now: dt.datetime) -> DeliveryEntry:
+        entry = attrs.evolve(claimed.entry, failed_reason=reason, failed_at=now, send_started_at=None)
+        await self._settle(claimed, "state = 'failed', entry = %s, send_started_at = NULL", (_doc(entry),))
+        return entry
+
+    async def reroute(
+        self, claimed: Claimed, *, channel: str, to: str, account_id: str | None, now: dt.datetime, why: str
+    ) -> DeliveryEntry:
+        entry = attrs.evolve(
+            claimed.entry,
+            channel=channel,
+            to=to,
+            account_id=account_id,
+            attempts=0,
+            next_attempt_at=now,
+            retried_at=now,
+            send_started_at=None,
+            last_error=why,
+        )
+        return await self._back_to_pending(claimed, entry)
+
+    # --- operator actions and recovery ----------------------------------------------------
+
+    async def retry_dead(self, entry_id: str, now: dt.datetime) -> DeliveryEntry:
+        def move(conn: Conn) -> DeliveryEntry:
+            row = conn.execute(
+                "SELECT entry FROM deliveries WHERE id = %s AND state = 'failed' FOR UPDATE", (entry_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFoundError(f"no dead letter with id {entry_id}")
+            entry = attrs.evolve(
+                entry_from_json(row[0]),
+                attempts=0,
+                next_attempt_at=now,
+                retried_at=now,
+                failed_reason=None,
+                failed_at=None,
+                send_started_at=None,
+            )
+            conn.execute(
+                "UPDATE deliveries SET state = 'pending', entry = %s, next_attempt_at = %s, send_started_at = NULL,"
+                " claim_node = NULL, lease_until = NULL WHERE id = %s",
+                (_doc(entry), now, entry_id),
+            )
+            return entry
+
+        return await self.db.run(move)
+
+    async def recover(self) -> list[str]:
+        """Take over claims whose node is dead (no heartbeat for `dead_after_seconds`, or
+        stopped) and, as a backstop only, claims whose lease ran out. Their `send_started_at`
+        stays: the next send of each is logged as a possible duplicate."""
+        now = self.now()
+        cutoff = now - dt.timedelta(seconds=self.dead_after_seconds)
+
+        def take(conn: Conn) -> list[tuple[str, str]]:
+            rows = conn.execute(
+                "WITH gone AS (SELECT d.id, d.claim_node FROM deliveries d LEFT JOIN nodes n"
+                "  ON n.node_id = d.claim_node"
+                "  WHERE d.claim_node IS NOT NULL AND d.claim_node <> %(me)s"
+                "   AND (n.node_id IS NULL OR n.state = 'stopped' OR n.heartbeat_at < %(cutoff)s"
+                "        OR d.lease_until < %(now)s)"
+                "  FOR UPDATE OF d SKIP LOCKED)"
+                " UPDATE deliveries d SET claim_node = NULL, lease_until = NULL FROM gone"
+                " WHERE d.id = gone.id RETURNING d.id, gone.claim_node",
+                {"me": self.node_id, "cutoff": cutoff, "now": now},
+            ).fetchall()
+            return [(str(r[0]), str(r[1])) for r in rows]
+
+        taken = await self.db.run(take)
+        by_node: dict[str, int] = {}
+        for _, node in taken:
+            by_node[node] = by_node.get(node, 0) + 1
+        for node, n in sorted(by_node.items()):
+            self.log.warn("CLUSTER", f"Took over {n} delivery claim(s) of node {node}", node=self.node_id)
+        return [entry_id for entry_id, _ in taken]
+
+    async def release_own(self) -> int:
+        """Unclaim everything this node id holds: at start (claims of an earlier life under
+        the same id) and as the last act of a drain."""
+
+        def release(conn: Conn) -> int:
+            cur = conn.execute(
+                "UPDATE deliveries SET claim_node = NULL, lease_until = NULL WHERE claim_node = %s", (self.node_id,)
+            )
+            return cur.rowcount
+
+        return await self.db.run(release)

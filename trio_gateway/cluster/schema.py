@@ -1,0 +1,98 @@
+"""The cluster database's tables, created and migrated at start.
+
+Migrations are numbered and only ever appended. Each node runs `migrate` at start under one
+transaction-scoped advisory lock, so nodes starting together migrate once. A database newer
+than this gateway (a later version ran there) is refused rather than written with old rules.
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from trio_gateway.cluster.db import Conn
+from trio_gateway.errors import ClusterDatabaseError
+
+# Any fixed number: all nodes take the same lock while migrating.
+MIGRATION_LOCK = 0x7472696F  # "trio"
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE nodes (
+            node_id      text PRIMARY KEY,
+            state        text NOT NULL,            -- running | draining | stopped
+            host         text NOT NULL,
+            pid          integer NOT NULL,
+            started_at   timestamptz NOT NULL,
+            heartbeat_at timestamptz NOT NULL,
+            generation   integer NOT NULL DEFAULT 0
+        );
+        CREATE TABLE deliveries (
+            id              text PRIMARY KEY,       -- sorts by creation time (SPEC 7)
+            idempotency_key text NOT NULL UNIQUE,
+            state           text NOT NULL CHECK (state IN ('pending', 'failed')),
+            next_attempt_at timestamptz NOT NULL,
+            claim_node      text,                   -- NULL: nobody holds it
+            claim_fence     bigint NOT NULL DEFAULT 0,
+            lease_until     timestamptz,
+            send_started_at timestamptz,
+            entry           jsonb NOT NULL          -- the SPEC 7 entry
+        );
+        CREATE INDEX deliveries_due ON deliveries (next_attempt_at, id)
+            WHERE state = 'pending' AND claim_node IS NULL;
+        CREATE INDEX deliveries_claimed ON deliveries (claim_node) WHERE claim_node IS NOT NULL;
+        CREATE TABLE leases (
+            key        text PRIMARY KEY,            -- e.g. inbound:<channel>:<account>
+            node_id    text,                        -- NULL: released
+            epoch      bigint NOT NULL DEFAULT 0,   -- moves at every change of holder
+            expires_at timestamptz
+        );
+        """,
+    ),
+    (
+        2,
+        """
+        CREATE TABLE sessions (
+            id            text PRIMARY KEY,
+            record        jsonb NOT NULL,          -- history and accepted turns (SPEC 6)
+            pending_turns integer NOT NULL,        -- turns accepted and not finished
+            updated_at    timestamptz NOT NULL
+        );
+        CREATE INDEX sessions_pending ON sessions (id) WHERE pending_turns > 0;
+        """,
+    ),
+    (
+        3,
+        """
+        CREATE TABLE cron_slots (
+            cron_id      text PRIMARY KEY,
+            next_fire_at timestamptz NOT NULL      -- the start of the next unfired slot
+        );
+        """,
+    ),
+]
+LATEST = MIGRATIONS[-1][0]
+
+
+def current_version(conn: Conn) -> int:
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
+    return cast(int, row[0]) if row is not None else 0
+
+
+def migrate(conn: Conn) -> tuple[int, int]:
+    """Bring the schema to `LATEST`; returns (version found, version now)."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL)"
+    )
+    found = current_version(conn)
+    if found > LATEST:
+        raise ClusterDatabaseError(
+            f"the cluster database has schema version {found}, newer than this gateway's {LATEST}; upgrade this node"
+        )
+    for version, sql in MIGRATIONS:
+        if version > found:
+            conn.execute(sql.encode())
+            conn.execute("INSERT INTO schema_version VALUES (%s, now())", (version,))
+    return found, LATEST

@@ -1,0 +1,71 @@
+"""The storage interface: what the runtime needs from where its state lives.
+
+Two backends implement it: the files under the home (`queue.DeliveryQueue`,
+`sessions_store.SessionStore`: the default, one gateway per home) and PostgreSQL
+(`cluster.pg_queue`, `cluster.pg_sessions`: cluster mode, SPEC 12). The gateway picks one at
+construction (`assemble.py`); nothing above this line knows which.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol
+
+from trio_gateway.entry import DeliveryEntry
+from trio_gateway.queue import Claimed, NotDue
+from trio_gateway.sessions_store import SessionRecord
+
+
+class SessionStorage(Protocol):
+    """Sessions with their history and accepted-but-unfinished turns (SPEC 6). In cluster mode
+    a save is refused (and changes nothing) once another node owns the session."""
+
+    async def save(self, record: SessionRecord) -> None: ...
+
+    async def load(self, session_id: str) -> SessionRecord | None: ...
+
+    async def load_all(self) -> list[SessionRecord]: ...
+
+
+class DeliveryStore(Protocol):
+    """The durable delivery queue (SPEC 7). Every state change is durable when its call
+    returns. A settle (`ack`, `retry_later`, `hold`, `release`, `dead_letter`, `reroute`) of a
+    claim this process no longer holds changes nothing."""
+
+    def new_id(self, when: dt.datetime) -> str: ...
+
+    async def enqueue(self, entry: DeliveryEntry) -> None: ...
+
+    async def list_pending(self) -> list[DeliveryEntry]: ...
+
+    async def list_inflight(self) -> list[DeliveryEntry]: ...
+
+    async def list_failed(self) -> list[DeliveryEntry]: ...
+
+    async def due(self, now: dt.datetime) -> list[DeliveryEntry]: ...
+
+    async def claim(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None: ...
+
+    async def claim_to_send(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None: ...
+
+    async def ack(self, claimed: Claimed) -> None: ...
+
+    async def retry_later(self, claimed: Claimed, last_error: str, next_at: dt.datetime) -> DeliveryEntry: ...
+
+    async def hold(self, claimed: Claimed, reason: str, next_at: dt.datetime) -> DeliveryEntry: ...
+
+    async def release(self, claimed: Claimed) -> None: ...
+
+    async def dead_letter(self, claimed: Claimed, reason: str, now: dt.datetime) -> DeliveryEntry: ...
+
+    async def reroute(
+        self, claimed: Claimed, *, channel: str, to: str, account_id: str | None, now: dt.datetime, why: str
+    ) -> DeliveryEntry: ...
+
+    async def retry_dead(self, entry_id: str, now: dt.datetime) -> DeliveryEntry: ...
+
+    async def recover(self) -> list[str]: ...
+
+    async def pending_ids(self) -> list[str]: ...
+
+    async def peek(self, entry_ids: list[str]) -> dict[str, DeliveryEntry]: ...
