@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from trio_gateway import http_client as http
 from trio_gateway.channels import registry as channel_registry
 from trio_gateway.channels.listen import (
+    AccountGate,
+    Cursors,
     CursorStore,
     InboundStats,
     ListenerSupervisor,
@@ -22,7 +24,7 @@ from trio_gateway.channels.listen import (
 )
 from trio_gateway.channels.registry import ChannelSet, build_listeners
 from trio_gateway.config import Config
-from trio_gateway.delivery import OutcomeTally, QueueDelivery
+from trio_gateway.delivery import DeliveryWorker, OutcomeTally, QueueDelivery
 from trio_gateway.errors import ConfigError
 from trio_gateway.gateway import (
     DeliveryFactory,
@@ -74,13 +76,18 @@ def listeners(
     transport: http.AsyncBaseTransport | None = None,
     rng: random.Random | None = None,
     connect: WebSocketConnect = open_websocket,
+    gate: AccountGate | None = None,
+    cursors: Cursors | None = None,
 ) -> ListenerFactory:
     """Per generation: a listener for every account of that generation's config (SPEC 11)."""
-    cursors = CursorStore(home.inbound_dir, runner, log)
+    if cursors is None:
+        cursors = CursorStore(home.inbound_dir, runner, log)
     stats = InboundStats()
 
     async def factory(config: Config, gateway: Gateway, delivery: DeliveryService) -> ListenerSupervisor:
-        sender: SenderControl = delivery.worker if isinstance(delivery, QueueDelivery) else NoSender()
+        # Files or cluster (PgDelivery's worker is a DeliveryWorker too): an auth pause stops sends.
+        worker = getattr(delivery, "worker", None)
+        sender: SenderControl = worker if isinstance(worker, DeliveryWorker) else NoSender()
         return ListenerSupervisor(
             build_listeners(config, env, log, transport, connect),
             gateway.submit_inbound,
@@ -90,6 +97,7 @@ def listeners(
             sender,
             rng or random.Random(),
             stats,
+            gate,
         )
 
     return factory
@@ -140,6 +148,11 @@ def production_gateway(
         deps.cluster_status = node.status
         deps.session_store = wiring.session_store_for(node)
         deps.session_id_prefix = wiring.session_id_prefix()
+        # One node at a time listens to an account (SPEC 12): under a lease per account.
+        # Cursors live in the database, so the node that takes an account over goes on from there.
+        deps.listener_factory = listeners(
+            home, log, env, runner, gate=wiring.inbound_gate(node, config), cursors=wiring.inbound_cursors(node)
+        )
     return Gateway(deps, config)
 
 

@@ -154,6 +154,15 @@ def socket_error(exc: Exception, what: str) -> Exception:
 # --- cursors -------------------------------------------------------------------------------------
 
 
+class Cursors(Protocol):
+    """Where listeners keep their place: files under `inbound/` (`CursorStore`), or the
+    cluster database (`cluster.inbound.PgCursors`, SPEC 12)."""
+
+    async def load(self, channel: str, account_id: str) -> Any: ...
+
+    async def save(self, channel: str, account_id: str, cursor: Any) -> None: ...
+
+
 @attrs.define
 class CursorStore:
     """`inbound/<channel>/<accountId>.json`: `{"cursor": …}`, replaced atomically. An unreadable
@@ -216,6 +225,9 @@ class AccountListener:
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     resumed: trio.Event = attrs.Factory(trio.Event)
     attempt: int = 0
+    # Cluster mode: another node holds this account's lease, so this one is not listening and
+    # must not make the platform's stop call at a drain (it would stop the holder's connection).
+    standby: bool = False
 
     def status(self, now: float) -> dict[str, Any]:
         age = None if self.last_message_at is None else round(now - self.last_message_at, 3)
@@ -232,11 +244,11 @@ class AccountListener:
 
 @attrs.define(eq=False)
 class AccountIntake:
-    """`Intake` for one account: turns into `submit`, cursors into the `CursorStore`."""
+    """`Intake` for one account: turns into `submit`, cursors into `cursors`."""
 
     account: AccountListener
     submit: Submit
-    cursors: CursorStore
+    cursors: Cursors
     log: EventLog
     on_message: Callable[[str, str], None]
 
@@ -319,6 +331,26 @@ class NoSender:
         pass
 
 
+class AccountGate(Protocol):
+    """Cluster mode (SPEC 12): one node at a time listens to an account, under a lease on
+    `inbound:<channel>:<account>`. Without a gate (files) every account is listened to here."""
+
+    # How often a held lease is renewed, and how soon a node retries a key another node holds.
+    renew_seconds: float
+
+    def key(self, channel: str, account_id: str) -> str:
+        """`inbound:<channel>:<account>`."""
+
+    async def take(self, key: str) -> Any | None:
+        """The lease if this node now holds `key`; None: another node does."""
+
+    async def keep(self, held: Any) -> Any | None:
+        """The renewed lease; None: it was lost (stop listening at once)."""
+
+    async def give_up(self, held: Any) -> None:
+        """At a drain: peers may take the key at once."""
+
+
 # --- the supervisor ------------------------------------------------------------------------------
 
 
@@ -341,12 +373,13 @@ class InboundStats:
 class ListenerSupervisor:
     accounts: list[AccountListener]
     submit: Submit
-    cursors: CursorStore
+    cursors: Cursors
     log: EventLog
     stop_timeout_seconds: float
     sender: SenderControl = attrs.Factory(NoSender)
     rng: random.Random = attrs.Factory(random.Random)
     stats: InboundStats = attrs.Factory(InboundStats)
+    gate: AccountGate | None = None
     _stopped: bool = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -388,22 +421,65 @@ class ListenerSupervisor:
         assert listener is not None
         intake = AccountIntake(account, self.submit, self.cursors, self.log, self.stats.count)
         with account.scope:
-            while True:
-                account.state = "reconnecting" if account.attempt else "listening"
-                outcome = await self._listen_once(listener, intake)
-                if isinstance(outcome, AuthFailed):
-                    await self._pause(account, str(outcome))
-                    continue
-                account.attempt += 1
-                account.state = "reconnecting"
-                wait = backoff.delay(account.attempt, BACKOFF_INITIAL_SECONDS, BACKOFF_MAX_SECONDS, self.rng)
-                self.log.warn(
-                    "CHANNEL",
-                    f"Reconnecting channel={account.channel} account={account.account_id} in {wait:.1f}s",
-                    reason=str(outcome)[:200],
-                )
-                await trio.sleep(wait)
+            if self.gate is None:
+                await self._listen_forever(account, listener, intake)
+            else:
+                await self._listen_while_held(self.gate, account, listener, intake)
         await self._stop_platform(account, listener)
+
+    async def _listen_while_held(
+        self, gate: AccountGate, account: AccountListener, listener: Listener, intake: Intake
+    ) -> None:
+        """Listen only while this node holds the account's lease; a lost lease stops the
+        listener at once (another node listens now) and this node waits to take it back."""
+        key = gate.key(account.channel, account.account_id)
+        while True:
+            held = await gate.take(key)
+            account.standby = held is None
+            if held is None:
+                account.state = "off"
+                await trio.sleep(gate.renew_seconds)
+                continue
+            self.log.info("CHANNEL", f"Listening channel={account.channel} account={account.account_id} (lease {key})")
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._keep_lease, gate, held, account, nursery.cancel_scope)
+                    await self._listen_forever(account, listener, intake)
+            except BaseException:
+                # A drain: give the key up so a peer listens at once, not after the lease runs out.
+                with trio.move_on_after(self.stop_timeout_seconds, shield=True):
+                    await gate.give_up(held)
+                raise
+            account.state = "off"
+            account.standby = True
+            with trio.move_on_after(self.stop_timeout_seconds, shield=True):
+                await self._stop_call(account, listener)
+
+    async def _keep_lease(
+        self, gate: AccountGate, held: Any, account: AccountListener, listening: trio.CancelScope
+    ) -> None:
+        while held is not None:
+            await trio.sleep(gate.renew_seconds)
+            held = await gate.keep(held)
+        self.log.warn("CHANNEL", f"Lost the inbound lease channel={account.channel} account={account.account_id}")
+        listening.cancel(reason="inbound lease lost: another node listens to this account")
+
+    async def _listen_forever(self, account: AccountListener, listener: Listener, intake: Intake) -> None:
+        while True:
+            account.state = "reconnecting" if account.attempt else "listening"
+            outcome = await self._listen_once(listener, intake)
+            if isinstance(outcome, AuthFailed):
+                await self._pause(account, str(outcome))
+                continue
+            account.attempt += 1
+            account.state = "reconnecting"
+            wait = backoff.delay(account.attempt, BACKOFF_INITIAL_SECONDS, BACKOFF_MAX_SECONDS, self.rng)
+            self.log.warn(
+                "CHANNEL",
+                f"Reconnecting channel={account.channel} account={account.account_id} in {wait:.1f}s",
+                reason=str(outcome)[:200],
+            )
+            await trio.sleep(wait)
 
     async def _listen_once(self, listener: Listener, intake: Intake) -> Exception:
         try:
@@ -429,14 +505,19 @@ class ListenerSupervisor:
         account.pause_reason = None
         account.attempt = 0
 
+    async def _stop_call(self, account: AccountListener, listener: Listener) -> None:
+        try:
+            await listener.stop()
+        except Exception as exc:
+            self.log.warn("CHANNEL", f"Stop call failed channel={account.channel}: {exc!r}")
+
     async def _stop_platform(self, account: AccountListener, listener: Listener) -> None:
         """Runs after the scope is cancelled (and while the services nursery may be): shielded,
         and bounded by channelStopTimeoutSeconds, so a hung platform cannot hold a restart."""
         with trio.move_on_after(self.stop_timeout_seconds, shield=True):
             try:
-                await listener.stop()
-            except Exception as exc:
-                self.log.warn("CHANNEL", f"Stop call failed channel={account.channel}: {exc!r}")
+                if not account.standby:
+                    await self._stop_call(account, listener)
             finally:
                 with trio.move_on_after(self.stop_timeout_seconds, shield=True):
                     await listener.aclose()
