@@ -31,12 +31,25 @@ CHANNELS = {
     "channels": {
         "slack": {"accounts": {"T1": {"baseUrl": "http://127.0.0.1:9", "signingSecretEnv": "SLACK_SIGNING"}}},
         "telegram": {"accounts": {"bot1": {"baseUrl": "http://127.0.0.1:9", "secretTokenEnv": "TG_SECRET"}}},
-        "feishu": {"accounts": {"app1": {"baseUrl": "http://127.0.0.1:9", "verificationTokenEnv": "FEISHU_VERIFY"}}},
+        "feishu": {
+            "accounts": {
+                "app1": {
+                    "baseUrl": "http://127.0.0.1:9",
+                    "verificationTokenEnv": "FEISHU_VERIFY",
+                    "encryptKeyEnv": "FEISHU_ENCRYPT",
+                }
+            }
+        },
         "discord": {"accounts": {"d1": {"baseUrl": "http://127.0.0.1:9"}}},
     },
     "agents": {"main": {"channels": ["console", "slack", "telegram", "feishu", "discord"]}},
 }
-ENV = {"SLACK_SIGNING": SLACK_SECRET, "TG_SECRET": "tg-secret", "FEISHU_VERIFY": "fs-verify"}
+ENV = {
+    "SLACK_SIGNING": SLACK_SECRET,
+    "TG_SECRET": "tg-secret",
+    "FEISHU_VERIFY": "fs-verify",
+    "FEISHU_ENCRYPT": "fs-encrypt-key",
+}
 
 
 @attrs.frozen
@@ -444,6 +457,62 @@ async def test_channels_without_a_verifiable_scheme_or_account_are_refused(
     assert (await running.call("POST", "/channels/discord/d1/events", body)).status == 401
     assert (await running.call("POST", "/channels/slack/nope/events", body)).status == 404
     assert running.gateway.sessions == {}
+
+
+async def test_replayed_webhook_events_start_one_turn(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    """Issue 9 item 9: a signed retry (Slack `event_id`, Telegram `update_id`, Feishu
+    `header.event_id`) is a no-op, recorded with the turn in the session file."""
+    slack = json.dumps({**json.loads(SLACK_MESSAGE), "event_id": "Ev01"}).encode()
+    telegram = {"update_id": 77, "message": {"chat": {"id": 5}, "text": "hello"}}
+    tg_headers = {"authorization": "", "x-telegram-bot-api-secret-token": "tg-secret"}
+    feishu = {
+        "schema": "2.0",
+        "header": {"event_type": "im.message.receive_v1", "token": "fs-verify", "event_id": "fe-1"},
+        "event": {"sender": {"sender_id": {"open_id": "ou_x"}}, "message": {"content": json.dumps({"text": "hi"})}},
+    }
+    for _ in range(3):
+        replies = [
+            await running.call("POST", "/channels/slack/T1/events", slack, slack_headers(slack)),
+            await running.call("POST", "/channels/telegram/bot1/events", telegram, tg_headers),
+            await running.call("POST", "/channels/feishu/app1/events", feishu),
+        ]
+        assert all(r.status == 200 for r in replies)
+    assert [r.json for r in replies] == [{"duplicate": True}] * 3
+    turns = [t for s in running.gateway.sessions.values() for t in s.record.turns]
+    assert len(running.gateway.sessions) == 3
+    assert len(turns) <= 3  # each answered once (some may have finished already)
+    histories = [s.record.inbound_ids for s in running.gateway.sessions.values()]
+    assert sorted(histories) == [["77"], ["Ev01"], ["fe-1"]]
+
+
+async def test_encrypted_feishu_events_are_decrypted_and_checked(
+    running: Running, autojump_clock: trio.abc.Clock
+) -> None:
+    from trio_gateway.channels.feishu import encrypt_event, event_signature
+
+    event = {
+        "schema": "2.0",
+        "header": {"event_type": "im.message.receive_v1", "token": "fs-verify", "event_id": "enc-1"},
+        "event": {"sender": {"sender_id": {"open_id": "ou_enc"}}, "message": {"content": json.dumps({"text": "s"})}},
+    }
+    body = json.dumps({"encrypt": encrypt_event(event, "fs-encrypt-key", b"0123456789abcdef")}).encode()
+    signed = {"x-lark-request-timestamp": "1700000000", "x-lark-request-nonce": "n1",
+              "x-lark-signature": event_signature("1700000000", "n1", "fs-encrypt-key", body)}  # fmt: skip
+    good = await running.call("POST", "/channels/feishu/app1/events", body, signed)
+    assert good.status == 200
+    origin = running.gateway.sessions[good.json["sessionId"]].record.origin
+    assert origin is not None
+    assert origin.to == "ou_enc"
+    challenge = {"encrypt": encrypt_event({"type": "url_verification", "challenge": "ec", "token": "fs-verify"},
+                                          "fs-encrypt-key", b"fedcba9876543210")}  # fmt: skip
+    assert (await running.call("POST", "/channels/feishu/app1/events", challenge)).json == {"challenge": "ec"}
+    wrong_key = json.dumps({"encrypt": encrypt_event(event, "another key", b"0123456789abcdef")}).encode()
+    forged = {**signed, "x-lark-signature": "0" * 64}
+    for bad_body, headers in ((wrong_key, {}), (body, forged), (b'{"encrypt": "not base64!"}', {})):
+        refused = await running.call("POST", "/channels/feishu/app1/events", bad_body, headers)
+        assert (refused.status, refused.json["error"]) == (401, "UnauthorizedError")
+        assert "fs-encrypt-key" not in refused.body.decode()
+    assert len(running.gateway.sessions) == 1
 
 
 # --- through real hypercorn -------------------------------------------------------------------

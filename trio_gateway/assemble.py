@@ -11,12 +11,32 @@ from collections.abc import Mapping
 
 from trio_gateway import http_client as http
 from trio_gateway.channels import registry as channel_registry
-from trio_gateway.channels.registry import ChannelSet
+from trio_gateway.channels.listen import (
+    AccountGate,
+    Cursors,
+    CursorStore,
+    InboundStats,
+    ListenerSupervisor,
+    NoSender,
+    SenderControl,
+    WebSocketConnect,
+    open_websocket,
+)
+from trio_gateway.channels.registry import ChannelSet, build_listeners
 from trio_gateway.config import Config
-from trio_gateway.delivery import OutcomeTally, QueueDelivery
+from trio_gateway.delivery import DeliveryWorker, OutcomeTally, QueueDelivery
 from trio_gateway.disk import DiskRunners
 from trio_gateway.errors import ConfigError
-from trio_gateway.gateway import DeliveryFactory, Gateway, GatewayDeps, Server, ToolsFactory, load_config_from
+from trio_gateway.gateway import (
+    DeliveryFactory,
+    DeliveryService,
+    Gateway,
+    GatewayDeps,
+    ListenerFactory,
+    Server,
+    ToolsFactory,
+    load_config_from,
+)
 from trio_gateway.home import Home
 from trio_gateway.log import EventLog
 from trio_gateway.models import build_model
@@ -45,6 +65,42 @@ def queue_delivery(
         channels = ChannelSet.build(config, home, env, transport, console_runner)
         return QueueDelivery.build(
             queue, channels, config, gateway.wall, log, gateway.registry, rng, gateway.storage, outcomes
+        )
+
+    return factory
+
+
+def listeners(
+    home: Home,
+    log: EventLog,
+    env: Mapping[str, str],
+    runner: BlockingRunner,
+    *,
+    transport: http.AsyncBaseTransport | None = None,
+    rng: random.Random | None = None,
+    connect: WebSocketConnect = open_websocket,
+    gate: AccountGate | None = None,
+    cursors: Cursors | None = None,
+) -> ListenerFactory:
+    """Per generation: a listener for every account of that generation's config (SPEC 11)."""
+    if cursors is None:
+        cursors = CursorStore(home.inbound_dir, runner, log)
+    stats = InboundStats()
+
+    async def factory(config: Config, gateway: Gateway, delivery: DeliveryService) -> ListenerSupervisor:
+        # Files or cluster (PgDelivery's worker is a DeliveryWorker too): an auth pause stops sends.
+        worker = getattr(delivery, "worker", None)
+        sender: SenderControl = worker if isinstance(worker, DeliveryWorker) else NoSender()
+        return ListenerSupervisor(
+            build_listeners(config, env, log, transport, connect),
+            gateway.submit_inbound,
+            cursors,
+            log,
+            config.gateway.channel_stop_timeout_seconds,
+            sender,
+            rng or random.Random(),
+            stats,
+            gate,
         )
 
     return factory
@@ -79,6 +135,7 @@ def production_gateway(
         load_config=load_config_from(home),
         model_factory=lambda model_config: build_model(model_config, env),
         delivery_factory=queue_delivery(home, log, env, disks.queue, console_runner=disks.console),
+        listener_factory=listeners(home, log, env, disks.cursors),
         runner=runner,
         session_runner=disks.sessions,
         servers=servers or [],
@@ -98,6 +155,11 @@ def production_gateway(
         deps.cluster_status = node.status
         deps.session_store = wiring.session_store_for(node)
         deps.session_id_prefix = wiring.session_id_prefix()
+        # One node at a time listens to an account (SPEC 12): under a lease per account.
+        # Cursors live in the database, so the node that takes an account over goes on from there.
+        deps.listener_factory = listeners(
+            home, log, env, runner, gate=wiring.inbound_gate(node, config), cursors=wiring.inbound_cursors(node)
+        )
     return Gateway(deps, config)
 
 

@@ -101,6 +101,16 @@ class ModelConfig:
         return "openai" if self.base_url is not None else "echo"
 
 
+InboundMode = Literal["poll", "socket", "webhook", "off"]
+
+
+@attrs.frozen
+class InboundConfig:
+    """How an account listens (SPEC 11); None: the channel's own default for the credentials."""
+
+    mode: InboundMode | None = None
+
+
 @attrs.frozen
 class AccountConfig:
     """One account of one channel. Secrets are named by environment variable, never stored."""
@@ -114,7 +124,13 @@ class AccountConfig:
     verification_token_env: str | None = None
     signing_secret_env: str | None = None
     secret_token_env: str | None = None
+    # Deprecated fallback only: a WeChat context token belongs to a conversation and arrives
+    # with each inbound message (carried in the turn's origin); see channels/weixin.py.
     context_token: str | None = None
+    inbound: InboundConfig = InboundConfig()
+    # Slack Socket Mode's app-level token; Feishu's webhook encrypt key (SPEC 11).
+    app_token_env: str | None = None
+    encrypt_key_env: str | None = None
 
 
 @attrs.frozen
@@ -180,6 +196,7 @@ class OriginConfig:
     to: str | None = None
     account_id: str | None = None
     delivery_channel: str | None = None
+    context_token: str | None = None
 
 
 @attrs.frozen

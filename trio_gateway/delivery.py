@@ -570,6 +570,20 @@ class DeliveryWorker:
             )
         self._paused[key] = trio.current_time() + PAUSE_PROBE_SECONDS
 
+    def pause_account(self, channel: str, account_id: str, reason: str) -> None:
+        """A listener's auth failure (SPEC 11): this account's sends wait too (entries stay
+        pending, probed as a send-side pause is) until `resume_account`. The log line is the
+        listener's."""
+        self._paused[(channel, account_id)] = trio.current_time() + PAUSE_PROBE_SECONDS
+
+    def resume_account(self, channel: str, account_id: str) -> None:
+        """`channels resume`: the account's held entries are due again now."""
+        if self._paused.pop((channel, account_id), None) is None:
+            return
+        for entry_id, slot in list(self._schedule.items()):
+            if (slot.channel, slot.account_id) == (channel, account_id):
+                self._put(entry_id, attrs.evolve(slot, due=trio.current_time()))
+
     async def _hold(self, claimed: Claimed, reason: str) -> None:
         resume = self._paused.get((claimed.entry.channel, claimed.entry.account_id), trio.current_time())
         next_at = self.clock.now() + dt.timedelta(seconds=max(resume - trio.current_time(), 0.0))
@@ -615,7 +629,9 @@ def plan_repair(entry: DeliveryEntry, agents: dict[str, AgentConfig]) -> RepairA
     if ro is None or not (ro.channel or ro.delivery_channel):
         return DeadLetter(f"{problem}; no requester origin to re-route to")
     agent = agents.get(entry.agent_id or "") or AgentConfig()
-    route = routing.resolve(routing.Origin(ro.channel, ro.to, ro.account_id, ro.delivery_channel), agent)
+    route = routing.resolve(
+        routing.Origin(ro.channel, ro.to, ro.account_id, ro.delivery_channel, ro.context_token), agent
+    )
     if not validation.fits(route.channel, route.to) or route.to is None:
         return DeadLetter(f"{problem}; requester origin {route.channel}:{route.to} is not a valid address either")
     return Reroute(route.channel, route.to, route.account_id, f"re-routed by repair: {problem}")

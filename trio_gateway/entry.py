@@ -18,6 +18,7 @@ class RequesterOrigin:
     to: str | None = None
     account_id: str | None = None
     delivery_channel: str | None = None
+    context_token: str | None = None
 
 
 @attrs.frozen

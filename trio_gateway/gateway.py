@@ -28,6 +28,7 @@ import trio
 from trio_util import AsyncValue
 
 from trio_gateway import __version__, agent, session_evict
+from trio_gateway.channels.listen import ListenerSupervisor
 from trio_gateway.clock import WallClock
 from trio_gateway.config import Config, ModelConfig
 from trio_gateway.config_file import load as load_config_file
@@ -75,6 +76,9 @@ class DeliveryService(Protocol):
 
 
 DeliveryFactory = Callable[[Config, "Gateway"], Awaitable[DeliveryService]]
+# The listeners of one generation (SPEC 11), given its delivery side (an auth failure pauses
+# the account's sender too).
+ListenerFactory = Callable[[Config, "Gateway", DeliveryService], Awaitable[ListenerSupervisor]]
 ToolsFactory = Callable[[Config, "Gateway"], ToolBox]
 ModelFactory = Callable[[ModelConfig], Model]
 Server = Callable[..., Awaitable[None]]
@@ -97,6 +101,8 @@ class GatewayDeps:
     servers: list[Server] = attrs.Factory(list)
     # Session writes; None: `runner`. Production abandons a cancelled write's thread.
     session_runner: BlockingRunner | None = None
+    # None: nothing listens (the in-process kit without channel fakes).
+    listener_factory: ListenerFactory | None = None
     # Where state lives, for `gateway status` (cluster mode adds the node id).
     describe_storage: Callable[[], dict[str, Any]] = lambda: {"backend": "files"}
     # Cluster mode: sessions in the database (None: files under the home), and new session ids
@@ -135,6 +141,7 @@ class Gateway:
     watchdog: StallWatchdog | None = None
     # Disks refusing writes right now: intake answers 507 while accepted work waits.
     storage: StorageHealth = attrs.Factory(StorageHealth)
+    listeners: ListenerSupervisor | None = None
     tools: ToolBox | None = None
     tool_outcomes: Counter[tuple[str, str]] = attrs.Factory(Counter)
     _drain: DrainRequest | None = None
@@ -165,7 +172,7 @@ class Gateway:
         self.wall = WallClock.start(self.deps.wall_base)
         for record in await self.store.load_all():
             self.sessions[record.id] = agent.Session(record)
-            self._by_origin[(record.agent, record.origin)] = record.id
+            self._by_origin[(record.agent, _conversation(record.origin))] = record.id
             self._last_active[record.id] = self.started_at
         started = task_status
         async with trio.open_nursery() as root:
@@ -220,9 +227,12 @@ class Gateway:
                 config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now, tools
             )
             self.watchdog = StallWatchdog(self.registry, config.gateway.stalled_task_detection, self.log, self._depth)
+            listeners = await self._open_listeners(config, delivery)
             async with trio.open_nursery() as services:
                 cron_scope = trio.CancelScope()
                 services.start_soon(self._run_cron, cron_scope, config)
+                if listeners is not None:
+                    services.start_soon(listeners.run)
                 # The worker keeps sending through the drain's wait (a reply that finishes
                 # then reaches its user now) but is never waited for: it lives here, not in
                 # the work nursery, and is cancelled the moment the work is gone.
@@ -251,6 +261,8 @@ class Gateway:
                         request = await self._wait_for_drain_request()
                         self.state.value = "draining"
                         cron_scope.cancel()
+                        if listeners is not None:
+                            listeners.stop()  # already at the request; here for a drain asked while starting
                         timed_out, left = await drain(
                             request,
                             busy=self.busy,
@@ -264,6 +276,11 @@ class Gateway:
                 services.cancel_scope.cancel()
         self._finish_drain(request, timed_out, left)
         return request
+
+    async def _open_listeners(self, config: Config, delivery: DeliveryService) -> ListenerSupervisor | None:
+        factory = self.deps.listener_factory
+        self.listeners = None if factory is None else await factory(config, self, delivery)
+        return self.listeners
 
     def _build_tools(self, config: Config) -> ToolBox:
         if self.deps.tools_factory is not None:
@@ -329,6 +346,9 @@ class Gateway:
         # Intake closes at the request, not when the generation loop next runs: a submit right
         # after a restart request must already get GatewayDrainingError.
         self.state.value = "draining"
+        if self.listeners is not None:
+            # Listeners stop with intake (SPEC 11): their long polls and sockets close now.
+            self.listeners.stop()
         self._drain_wanted.set()
         return self._drain
 
@@ -369,20 +389,47 @@ class Gateway:
     ) -> tuple[str, str]:
         """Accept one turn: written to `sessions/` before this returns, then started.
         Returns (session id, turn id). Raises `GatewayDrainingError` while draining."""
+        accepted = await self._accept(agent_id, origin, prompt, kind, session_id, stall_seconds, None)
+        assert accepted is not None
+        return accepted
+
+    async def submit_inbound(
+        self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str
+    ) -> tuple[str, str] | None:
+        """A message a channel heard (SPEC 11): (session id, turn id) when it became a new
+        durable turn, None when this conversation already had a message with that platform id
+        (a re-read after a crash, a webhook retry). The id is written in the same atomic write
+        as the turn."""
+        return await self._accept(agent_id, origin, prompt, "inbound", None, None, inbound_id)
+
+    async def _accept(
+        self,
+        agent_id: str,
+        origin: Origin | None,
+        prompt: str,
+        kind: TurnKind,
+        session_id: str | None,
+        stall_seconds: float | None,
+        inbound_id: str | None,
+    ) -> tuple[str, str] | None:
         gen = self._accepting()
         if agent_id not in gen.config.agents:
             raise BadRequestError(f"agent: no agent named {agent_id!r}")
         self.storage.check()  # a full disk refuses new work (507); accepted work is retried
-        await self._restore_evicted(session_id or self._by_origin.get((agent_id, origin)))
+        await self._restore_evicted(session_id or self._by_origin.get((agent_id, _conversation(origin))))
         session, created = self._session_for(agent_id, origin, session_id)
+        if inbound_id is not None and session.record.heard(inbound_id):
+            return None
         turn = TurnRecord(
             session.next_id("turn"), prompt, origin, kind, accepted_at=self._now(), stall_seconds=stall_seconds
         )
         session.record.turns.append(turn)
+        if inbound_id is not None:
+            session.record.remember_inbound(inbound_id)
         try:
             await self._save_accepted(session)
         except BaseException:
-            self._forget_unsaved(session, turn, created)
+            self._forget_unsaved(session, turn, created, inbound_id)
             raise
         if self.sessions.get(session.id) is not session:
             # Cluster mode: the write was refused, another node owns the session (forgotten
@@ -436,14 +483,19 @@ class Gateway:
                     self._last_active.pop(session.id, None)
                     self._evicted[session.id] = Evicted(session.record.seq)
 
-    def _forget_unsaved(self, session: agent.Session, turn: TurnRecord, created: bool) -> None:
+    def _forget_unsaved(
+        self, session: agent.Session, turn: TurnRecord, created: bool, inbound_id: str | None = None
+    ) -> None:
         """A turn whose save failed was never accepted: leave no trace of it in memory, or every
         later save of its session (and the next restart's resume) fails on it again."""
         if turn in session.record.turns:
             session.record.turns.remove(turn)
+        if inbound_id is not None and inbound_id in session.record.inbound_ids:
+            # Not accepted, so not heard: the platform's next delivery of it must be a turn.
+            session.record.inbound_ids.remove(inbound_id)
         if created and not session.record.turns and not session.record.history and not session.busy:
             self.sessions.pop(session.id, None)
-            key = (session.record.agent, session.record.origin)
+            key = (session.record.agent, _conversation(session.record.origin))
             if self._by_origin.get(key) == session.id:
                 del self._by_origin[key]
 
@@ -460,14 +512,14 @@ class Gateway:
             if session_id in self.sessions:
                 return self.sessions[session_id], False
         else:
-            known = self._by_origin.get((agent_id, origin))
+            known = self._by_origin.get((agent_id, _conversation(origin)))
             if known is not None and known in self.sessions:
                 return self.sessions[known], False
         new_id = session_id or self._new_session_id()
         record = SessionRecord(new_id, agent_id, origin, self._now())
         session = agent.Session(record)
         self.sessions[new_id] = session
-        self._by_origin[(agent_id, origin)] = new_id
+        self._by_origin[(agent_id, _conversation(origin))] = new_id
         return session, True
 
     def _new_session_id(self) -> str:
@@ -647,6 +699,7 @@ class Gateway:
             "work": work,
             "stalled": stalled,
             "queue": queue,
+            "channels": self.listeners.status() if self.listeners is not None else [],
             # Where state lives (files or PostgreSQL), disks refusing writes (new work gets 507
             # meanwhile) and log lines lost to a bad disk.
             "storage": {
@@ -674,6 +727,11 @@ class Gateway:
             "subagents": subagents,
             "pendingTurns": len(session.record.turns),
         }
+
+
+def _conversation(origin: Origin | None) -> Origin | None:
+    # A WeChat context token changes per message; the conversation is the rest of the origin.
+    return None if origin is None else origin.conversation
 
 
 def drain_status(request: DrainRequest, now: float) -> dict[str, Any]:

@@ -63,6 +63,10 @@ class Home(NamedTuple):
     def sessions_dir(self) -> Path:
         return self.root / "sessions"
 
+    @property
+    def inbound_dir(self) -> Path:
+        return self.root / "inbound"
+
     def ensure(self) -> Home:
         for d in (self.root, self.logs_dir, self.queue_dir, self.sessions_dir):
             d.mkdir(parents=True, exist_ok=True)

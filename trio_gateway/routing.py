@@ -22,12 +22,20 @@ class Origin:
     to: str | None = None
     account_id: str | None = None
     delivery_channel: str | None = None
+    # The conversation's reply context where the platform needs one (WeChat's `context_token`,
+    # sent back as `msg.context_token`): it changes per message, so it travels with the turn.
+    context_token: str | None = None
 
     @classmethod
     def from_config(cls, origin: OriginConfig | None) -> Origin | None:
         if origin is None:
             return None
-        return cls(origin.channel, origin.to, origin.account_id, origin.delivery_channel)
+        return cls(origin.channel, origin.to, origin.account_id, origin.delivery_channel, origin.context_token)
+
+    @property
+    def conversation(self) -> Origin:
+        """The origin without its per-message context: what names a session."""
+        return self if self.context_token is None else attrs.evolve(self, context_token=None)
 
 
 @attrs.frozen

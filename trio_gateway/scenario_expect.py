@@ -45,10 +45,16 @@ class Observation:
         """(scenario seconds, what) of every request that reached `channel`'s server."""
         if channel == "console":
             return [(a.at - self.t0, f"send to {a.to}") for a in self.attempts if a.channel == channel]
-        return [(r.at - self.t0, f"{r.method} {r.path}") for r in self.requests if r.channel == channel]
+        return [
+            (r.at - self.t0, f"{r.method} {r.path}")
+            for r in self.requests
+            if r.channel == channel and r.op not in LISTENING_OPS
+        ]
 
 
 Check = tuple[bool, str]
+# A listener's own calls (long polls, websocket endpoints): not requests a delivery made.
+LISTENING_OPS = ("poll", "notifystart", "notifystop", "gateway", "connect", "endpoint")
 
 
 def _by(limit: float | None) -> str:
@@ -93,11 +99,19 @@ class DeliveryExpect:
     to: str | None = None
     kind: str | None = None
     by: float | None = None
+    # Optional: the text contains this; the entry carried this reply context (WeChat
+    # `contextToken`); exactly this many such sends were accepted (default: at least one).
+    text: str | None = None
+    context_token: str | None = None
+    count: int | None = None
 
     def describe(self) -> str:
         to = f" to {self.to}" if self.to else ""
         kind = f" ({self.kind})" if self.kind else ""
-        return f"delivery{kind} on {self.channel}{to}{_by(self.by)}"
+        text = f" containing {self.text!r}" if self.text else ""
+        ctx = f" with contextToken {self.context_token}" if self.context_token else ""
+        many = "" if self.count is None else f" exactly {self.count} time(s)"
+        return f"delivery{kind} on {self.channel}{to}{text}{ctx}{many}{_by(self.by)}"
 
     def check(self, obs: Observation) -> Check:
         hits = [
@@ -107,8 +121,13 @@ class DeliveryExpect:
             and a.channel == self.channel
             and (self.to is None or a.to == self.to)
             and (self.kind is None or a.kind == self.kind)
+            and (self.text is None or self.text in a.text)
+            and (self.context_token is None or a.context_token == self.context_token)
             and _within(a.at - obs.t0, self.by)
         ]
+        if self.count is not None:
+            first = f"; first at {hits[0].at - obs.t0:.3f}s" if hits else ""
+            return len(hits) == self.count, f"{len(hits)} accepted{first}"
         if hits:
             return True, f"{len(hits)} accepted; first at {hits[0].at - obs.t0:.3f}s"
         seen = sorted({f"{a.channel}:{a.to}({a.kind},{a.outcome})" for a in obs.attempts})

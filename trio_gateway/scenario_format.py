@@ -6,7 +6,8 @@
 [channels.C] a fake channel server: mode = accept | reject | fail | rate_limit, code, status,
              message, failTimes, retryAfterSeconds, delaySeconds, accounts
 [[action]]   at = seconds, type = start_session | spawn_subagent | restart | force_restart | stop
-             | stall_model_call | kill_upstream | inject_deliveries
+             | stall_model_call | kill_upstream | inject_deliveries | inbound (channel, text, from)
+             | drop_connection (channel)
 [[expect]]   type = log | delivery | dead_letter | restart_within | no_request | generation | drains
 """
 
@@ -152,7 +153,40 @@ class InjectDeliveries:
     text: str = "injected delivery"
 
 
-Action = StartSession | SpawnSubagent | Restart | ForceRestart | StallModelCall | KillUpstream | InjectDeliveries
+@attrs.frozen
+class Inbound:
+    """A person writes to the bot on `channel` (SPEC 11): the fake platform holds the message
+    until the gateway's listener polls it. `from` is the sender (the reply's address);
+    `contextToken` the WeChat reply context (default: one per message)."""
+
+    at: float
+    text: str
+    channel: str = "openclaw-weixin"
+    from_: str | None = None
+    context_token: str | None = None
+    count: int = 1
+
+
+@attrs.frozen
+class DropConnection:
+    """The fake platform drops the listener's connection on `channel` (a long poll breaks, a
+    websocket dies without a close frame)."""
+
+    at: float
+    channel: str
+
+
+Action = (
+    StartSession
+    | SpawnSubagent
+    | Restart
+    | ForceRestart
+    | StallModelCall
+    | KillUpstream
+    | InjectDeliveries
+    | Inbound
+    | DropConnection
+)
 
 ACTION_TYPES: dict[str, type[Any]] = {
     "start_session": StartSession,
@@ -165,6 +199,8 @@ ACTION_TYPES: dict[str, type[Any]] = {
     "kill_upstream": KillUpstream,
     "inject_deliveries": InjectDeliveries,
     "inject_failing_deliveries": InjectDeliveries,
+    "inbound": Inbound,
+    "drop_connection": DropConnection,
 }
 
 

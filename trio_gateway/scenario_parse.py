@@ -19,12 +19,15 @@ from trio_gateway.scenario_format import (
     ACTION_TYPES,
     Action,
     ChannelSpec,
+    DropConnection,
+    Inbound,
     InjectDeliveries,
     Scenario,
     ScenarioError,
     ScenarioMeta,
     StartSession,
 )
+from trio_gateway.testing.fake_inbound import LISTENING_FAKES
 from trio_gateway.testing.faults import Faults
 from trio_gateway.testing.harness import ModelSpec, fake_account
 
@@ -108,8 +111,10 @@ def _config(raw: object, channels: dict[str, ChannelSpec], lines: _Lines, source
 def _check_action(action: Action, line: int | None, source: str, path: str) -> None:
     if action.at < 0:
         raise _fail(source, line, f"{path}.at", "must be zero or more seconds")
-    if isinstance(action, (StartSession, InjectDeliveries)) and action.count < 1:
+    if isinstance(action, (StartSession, InjectDeliveries, Inbound)) and action.count < 1:
         raise _fail(source, line, f"{path}.count", "must be at least 1")
+    if isinstance(action, (Inbound, DropConnection)) and action.channel not in LISTENING_FAKES:
+        raise _fail(source, line, f"{path}.channel", f"no inbound fake; known: {', '.join(LISTENING_FAKES)}")
     timeout = getattr(action, "timeout_seconds", None)
     if timeout is not None and not timeout > 0:
         raise _fail(source, line, f"{path}.timeoutSeconds", "must be a positive number")

@@ -13,7 +13,9 @@ from trio_gateway.routing import Origin
 from trio_gateway.scenario_expect import RestartRecord
 from trio_gateway.scenario_format import (
     Action,
+    DropConnection,
     ForceRestart,
+    Inbound,
     InjectDeliveries,
     KillUpstream,
     Restart,
@@ -69,6 +71,11 @@ class Player:
                 self.note("kill_upstream: model server connections dropped")
             case InjectDeliveries():
                 await self._inject(action)
+            case Inbound():
+                self._inbound(action)
+            case DropConnection():
+                self.harness.channels.drop_connection(action.channel)
+                self.note(f"drop_connection on {action.channel}")
 
     async def _start(self, action: StartSession) -> None:
         refused = 0
@@ -91,6 +98,13 @@ class Player:
         for _ in range(action.count):
             await delivery.outbox.submit_manual(action.channel, action.to, action.account, action.agent, action.text)
         self.note(f"inject_deliveries x{action.count} to {action.channel}:{action.to}")
+
+    def _inbound(self, action: Inbound) -> None:
+        for i in range(action.count):
+            text = action.text.replace("{i}", str(i))
+            sender = None if action.from_ is None else action.from_.replace("{i}", str(i))
+            self.harness.channels.push(action.channel, text, sender=sender, context_token=action.context_token)
+        self.note(f"inbound x{action.count} on {action.channel} from {action.from_ or 'a user'}: {action.text[:60]}")
 
     def _drain(self, action: Restart | ForceRestart, nursery: trio.Nursery) -> None:
         kind: Literal["restart", "stop"] = "stop" if isinstance(action, Stop) else "restart"

@@ -35,6 +35,9 @@ SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 # History kept per session: enough context for a chat, bounded so a file stays small.
 MAX_HISTORY = 40
+# Platform message ids heard in this conversation (SPEC 11): far more than one poll batch or
+# webhook retry window, so a message read again after a crash is recognised.
+MAX_INBOUND_IDS = 256
 
 
 @attrs.define
@@ -62,10 +65,20 @@ class SessionRecord:
     created_at: dt.datetime
     history: list[dict[str, Any]] = attrs.Factory(list)
     turns: list[TurnRecord] = attrs.Factory(list)
+    # Written in the same atomic write as the turn each id started: a message is either a
+    # turn and known, or neither; never answered twice, never lost.
+    inbound_ids: list[str] = attrs.Factory(list)
     # The last number handed out for an id inside this session (turns, subagents). Stored, so a
     # session read back after a restart (or adopted by another node) never reuses a turn id:
     # turn ids are the replies' idempotency keys, and a platform drops a reused one as a repeat.
     seq: int = 0
+
+    def heard(self, inbound_id: str) -> bool:
+        return inbound_id in self.inbound_ids
+
+    def remember_inbound(self, inbound_id: str) -> None:
+        self.inbound_ids.append(inbound_id)
+        del self.inbound_ids[:-MAX_INBOUND_IDS]
 
     def remember(self, messages: list[dict[str, Any]]) -> None:
         self.history.extend(messages)

@@ -1,10 +1,19 @@
-"""Discord REST API: `POST /channels/{id}/messages`, after opening a DM channel for `user:` ids."""
+"""Discord REST API: `POST /channels/{id}/messages`, after opening a DM channel for `user:` ids;
+and listening on the Gateway websocket (SPEC 11)."""
 
 from __future__ import annotations
 
-import attrs
+import json
+import random
+from typing import Any, Protocol
 
-from trio_gateway.channels.http import JsonClient, stable_key
+import attrs
+import trio
+import trio_websocket
+
+from trio_gateway import http_client as httpx
+from trio_gateway.channels.http import JsonClient, scrub, stable_key
+from trio_gateway.channels.listen import AuthFailed, Heard, Intake, ListenError, WebSocketConnect, leaf_errors
 from trio_gateway.classify import Outcome, classify_discord, field
 from trio_gateway.entry import DeliveryEntry
 from trio_gateway.http_client import AsyncBaseTransport
@@ -72,3 +81,201 @@ class DiscordChannel:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+# --- listening (SPEC 11): the Gateway websocket ------------------------------------------------
+
+GATEWAY_BOT_PATH = "/gateway/bot"
+GATEWAY_QUERY = "?v=10&encoding=json"
+# GUILD_MESSAGES (1 << 9) | DIRECT_MESSAGES (1 << 12) | MESSAGE_CONTENT (1 << 15)
+INTENTS = (1 << 9) | (1 << 12) | (1 << 15)
+OP_DISPATCH, OP_HEARTBEAT, OP_IDENTIFY, OP_RESUME = 0, 1, 2, 6
+OP_RECONNECT, OP_INVALID_SESSION, OP_HELLO, OP_HEARTBEAT_ACK = 7, 9, 10, 11
+CLOSE_AUTH_FAILED = 4004
+# Close codes after which the session cannot be resumed: identify afresh.
+CLOSE_NOT_RESUMABLE = (4007, 4009)
+CLOSE_FATAL = (4010, 4011, 4012, 4013, 4014)
+
+
+class WebSocket(Protocol):
+    """What the listener uses of a trio-websocket connection."""
+
+    async def get_message(self) -> str | bytes: ...
+
+    async def send_message(self, message: str | bytes) -> None: ...
+
+
+def heard(event: object) -> Heard | None:
+    """A `MESSAGE_CREATE` from a person (not a bot, our own replies included) with text."""
+    if not isinstance(event, dict):
+        return None
+    author = event.get("author")
+    if not isinstance(author, dict) or author.get("bot") or event.get("webhook_id"):
+        return None
+    content, channel_id, ident = event.get("content"), event.get("channel_id"), event.get("id")
+    if not isinstance(content, str) or not content.strip() or not isinstance(channel_id, str) or not ident:
+        return None
+    return Heard(str(ident), f"channel:{channel_id}", content)
+
+
+@attrs.define
+class DiscordListener:
+    """HELLO → IDENTIFY (or RESUME after a drop) → heartbeats with the last sequence; a
+    MESSAGE_CREATE is a turn before its sequence counts as seen, so a RESUME replays anything
+    not yet a durable turn. Session and sequence live in memory: a restart identifies again."""
+
+    http: JsonClient
+    token: str
+    account_id: str
+    connect: WebSocketConnect
+    channel: str = "discord"
+    session_id: str | None = None
+    seq: int | None = None
+    resume_url: str | None = None
+
+    @classmethod
+    def open(
+        cls, base_url: str, token: str, account_id: str, transport: AsyncBaseTransport, connect: WebSocketConnect
+    ) -> DiscordListener:
+        http = JsonClient.open(base_url, transport, headers={"Authorization": f"Bot {token}"}, secrets=[token])
+        return cls(http, token, account_id, connect)
+
+    async def _gateway_url(self) -> str:
+        if self.session_id is not None and self.resume_url:
+            return self.resume_url
+        try:
+            response = await self.http.client.get(GATEWAY_BOT_PATH)
+        except httpx.HTTPError as exc:
+            raise ListenError(scrub(f"GET {GATEWAY_BOT_PATH}: {type(exc).__name__}", self.http.secrets)) from None
+        if response.status_code in (401, 403):
+            raise AuthFailed(f"HTTP {response.status_code} from {GATEWAY_BOT_PATH}")
+        url = field(_json(response), "url")
+        if response.status_code != 200 or not isinstance(url, str):
+            raise ListenError(f"HTTP {response.status_code} from {GATEWAY_BOT_PATH}")
+        return url
+
+    async def listen(self, intake: Intake) -> None:
+        url = await self._gateway_url()
+        try:
+            async with self.connect(url.rstrip("/") + "/" + GATEWAY_QUERY) as ws:
+                await self._session(ws, intake)
+        except Exception as exc:  # cancellation is not an Exception: it passes untouched
+            raise self._translate(exc) from None
+
+    def _translate(self, exc: Exception) -> Exception:
+        """One error the supervisor understands, from what the socket and our nursery raised
+        (trio wraps a child task's error in an ExceptionGroup)."""
+        leaves = list(leaf_errors(exc))
+        for leaf in leaves:
+            if isinstance(leaf, AuthFailed):
+                return leaf
+        for leaf in leaves:
+            if isinstance(leaf, trio_websocket.ConnectionClosed):
+                return self._closed(leaf.reason.code if leaf.reason else None)
+        for leaf in leaves:
+            if isinstance(leaf, ListenError):
+                return leaf
+            if isinstance(leaf, (trio_websocket.HandshakeError, OSError)):
+                return ListenError(f"websocket: {type(leaf).__name__}: {leaf}")
+        return exc
+
+    def _closed(self, code: int | None) -> Exception:
+        if code == CLOSE_AUTH_FAILED:
+            return AuthFailed(f"gateway close code {code}: authentication failed")
+        if code in CLOSE_FATAL:
+            return AuthFailed(f"gateway close code {code}: the bot cannot connect as configured")
+        if code in CLOSE_NOT_RESUMABLE:
+            self.session_id = self.seq = None
+        return ListenError(f"gateway closed the connection (code {code})")
+
+    async def _session(self, ws: WebSocket, intake: Intake) -> None:
+        hello = await _receive(ws)
+        if hello.get("op") != OP_HELLO:
+            raise ListenError(f"expected HELLO, got op {hello.get('op')}")
+        given = field(hello.get("d"), "heartbeat_interval")
+        interval = (given if isinstance(given, (int, float)) and given > 0 else 41250) / 1000
+        async with trio.open_nursery() as nursery:
+            acked = [True]
+            nursery.start_soon(self._heartbeat, ws, interval, acked)
+            if self.session_id is not None and self.seq is not None:
+                resume = {"token": self.token, "session_id": self.session_id, "seq": self.seq}
+                await _send(ws, OP_RESUME, resume)
+            else:
+                await _send(ws, OP_IDENTIFY, self._identify())
+            while True:
+                await self._handle(ws, await _receive(ws), intake, acked)
+
+    def _identify(self) -> dict[str, Any]:
+        properties = {"os": "linux", "browser": "trio-gateway", "device": "trio-gateway"}
+        return {"token": self.token, "intents": INTENTS, "properties": properties}
+
+    async def _heartbeat(self, ws: WebSocket, interval: float, acked: list[bool]) -> None:
+        # The first beat after interval * jitter, as Discord asks, so reconnecting bots spread out.
+        await trio.sleep(interval * random.random())
+        while True:
+            if not acked[0]:
+                raise ListenError("no heartbeat ACK: the connection is a zombie")
+            acked[0] = False
+            await _send(ws, OP_HEARTBEAT, self.seq)
+            await trio.sleep(interval)
+
+    async def _handle(self, ws: WebSocket, frame: dict[str, Any], intake: Intake, acked: list[bool]) -> None:
+        op = frame.get("op")
+        if op == OP_HEARTBEAT_ACK:
+            acked[0] = True
+        elif op == OP_HEARTBEAT:
+            await _send(ws, OP_HEARTBEAT, self.seq)
+        elif op == OP_RECONNECT:
+            raise ListenError("the gateway asked us to reconnect (op 7)")
+        elif op == OP_INVALID_SESSION:
+            if frame.get("d") is not True:
+                self.session_id = self.seq = None
+            raise ListenError("invalid session (op 9)")
+        elif op == OP_DISPATCH:
+            await self._dispatch(frame, intake)
+
+    async def _dispatch(self, frame: dict[str, Any], intake: Intake) -> None:
+        kind, data = frame.get("t"), frame.get("d")
+        if kind == "READY" and isinstance(data, dict):
+            self.session_id = data.get("session_id")
+            resume = data.get("resume_gateway_url")
+            self.resume_url = resume if isinstance(resume, str) else None
+            intake.connected()
+        elif kind == "RESUMED":
+            intake.connected()
+        elif kind == "MESSAGE_CREATE":
+            found = heard(data)
+            if found is not None:
+                await intake.accept(found)
+        seq = frame.get("s")
+        if isinstance(seq, int):
+            self.seq = seq  # only now: a RESUME replays what was not yet a durable turn
+
+    async def stop(self) -> None:
+        # The websocket was closed (close frame, bounded) when the listener's scope exited.
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+async def _receive(ws: WebSocket) -> dict[str, Any]:
+    raw = await ws.get_message()
+    try:
+        frame = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ListenError("gateway sent a frame that is not JSON") from None
+    if not isinstance(frame, dict):
+        raise ListenError("gateway sent a frame that is not a JSON object")
+    return frame
+
+
+async def _send(ws: WebSocket, op: int, data: Any) -> None:
+    await ws.send_message(json.dumps({"op": op, "d": data}))
+
+
+def _json(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError):
+        return None

@@ -1,13 +1,31 @@
-"""Feishu (Lark) open platform: tenant token, then `POST /open-apis/im/v1/messages`."""
+"""Feishu (Lark) open platform: tenant token, then `POST /open-apis/im/v1/messages`; and the
+decryption of encrypted webhook events (AES-256-CBC, key = SHA-256 of the encrypt key)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
+import urllib.parse
+from collections.abc import Iterator
+from typing import Any
 
 import attrs
 import trio
+from cryptography.hazmat.primitives import padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from trio_gateway.channels.http import JsonClient, Reply, stable_key
+from trio_gateway.channels.listen import (
+    AuthFailed,
+    Heard,
+    Intake,
+    ListenError,
+    WebSocketConnect,
+    post_json,
+    socket_error,
+)
 from trio_gateway.classify import FEISHU_TOKEN_INVALID_CODES, Outcome, classify_feishu, classify_feishu_token, field
 from trio_gateway.entry import DeliveryEntry
 from trio_gateway.http_client import AsyncBaseTransport
@@ -113,6 +131,308 @@ class FeishuChannel:
                 return outcome
             self.token.store(value, float(expire) if isinstance(expire, (int, float)) and expire > 0 else 7200.0)
             return value
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+# --- encrypted webhook events (SPEC 11: `encryptKeyEnv`) ---------------------------------------
+
+AES_BLOCK_BYTES = 16
+
+
+class FeishuDecryptError(ValueError):
+    """The body is not an event encrypted with this account's key."""
+
+
+def _aes_key(encrypt_key: str) -> bytes:
+    # The platform's rule: the AES-256 key is the SHA-256 of the encrypt key as configured.
+    return hashlib.sha256(encrypt_key.encode()).digest()
+
+
+def decrypt_event(encrypted: str, encrypt_key: str) -> dict[str, Any]:
+    """`{"encrypt": B64}`: base64 of IV (16 bytes) + AES-256-CBC ciphertext, PKCS#7 padded,
+    of the event's JSON."""
+    try:
+        raw = base64.b64decode(encrypted, validate=True)
+    except (ValueError, binascii.Error):
+        raise FeishuDecryptError("encrypt is not base64") from None
+    if len(raw) < 2 * AES_BLOCK_BYTES or len(raw) % AES_BLOCK_BYTES:
+        raise FeishuDecryptError("encrypt has the wrong length for AES-CBC")
+    decryptor = Cipher(algorithms.AES(_aes_key(encrypt_key)), modes.CBC(raw[:AES_BLOCK_BYTES])).decryptor()
+    unpadder = padding.PKCS7(AES_BLOCK_BYTES * 8).unpadder()
+    try:
+        plain = unpadder.update(decryptor.update(raw[AES_BLOCK_BYTES:]) + decryptor.finalize()) + unpadder.finalize()
+        event = json.loads(plain)
+    except (ValueError, UnicodeDecodeError):
+        raise FeishuDecryptError("encrypt does not decrypt with this account's key") from None
+    if not isinstance(event, dict):
+        raise FeishuDecryptError("the decrypted event is not a JSON object")
+    return event
+
+
+def encrypt_event(event: dict[str, Any], encrypt_key: str, iv: bytes) -> str:
+    """The platform's side of `decrypt_event`, for the fakes and tests."""
+    padder = padding.PKCS7(AES_BLOCK_BYTES * 8).padder()
+    plain = padder.update(json.dumps(event).encode()) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(_aes_key(encrypt_key)), modes.CBC(iv)).encryptor()
+    return base64.b64encode(iv + encryptor.update(plain) + encryptor.finalize()).decode()
+
+
+def event_signature(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
+    """`X-Lark-Signature`: SHA-256 hex of timestamp + nonce + encrypt key + the raw body."""
+    return hashlib.sha256(timestamp.encode() + nonce.encode() + encrypt_key.encode() + body).hexdigest()
+
+
+# --- the long connection (SPEC 11): the official SDK's websocket event subscription ------------
+#
+# `POST /callback/ws/endpoint {"AppID", "AppSecret"}` gives a `wss://` URL (with `device_id` and
+# `service_id` in its query) and the client's timing (`ClientConfig.PingInterval`). Frames are
+# protobuf `pbbp2.Frame` messages (proto2): SeqID=1, LogID=2 (uint64), service=3, method=4
+# (int32; 0 control, 1 data), headers=5 (repeated Header{key=1, value=2}), payload_encoding=6,
+# payload_type=7, payload=8 (bytes), LogIDNew=9. Control frames carry `type` ping / pong; a data
+# frame with `type` event carries the event JSON, possibly split (`sum` parts, `seq` index, one
+# `message_id`), and is acknowledged by sending the same frame back with payload `{"code": 200}`.
+# The codec is hand-written (two message types, varints and length-delimited fields): the
+# `protobuf` runtime would be a new dependency for 60 lines.
+
+ENDPOINT_PATH = "/callback/ws/endpoint"
+METHOD_CONTROL, METHOD_DATA = 0, 1
+DEFAULT_PING_SECONDS = 120.0
+
+
+@attrs.define
+class Frame:
+    seq_id: int = 0
+    log_id: int = 0
+    service: int = 0
+    method: int = 0
+    headers: list[tuple[str, str]] = attrs.Factory(list)
+    payload_encoding: str | None = None
+    payload_type: str | None = None
+    payload: bytes | None = None
+    log_id_new: str | None = None
+
+    def header(self, key: str) -> str | None:
+        return next((v for k, v in self.headers if k == key), None)
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # int32 negatives travel as 64-bit two's complement, as protobuf does
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _key(field_number: int, wire_type: int) -> bytes:
+    return _varint(field_number << 3 | wire_type)
+
+
+def _bytes_field(field_number: int, data: bytes) -> bytes:
+    return _key(field_number, 2) + _varint(len(data)) + data
+
+
+def encode_frame(frame: Frame) -> bytes:
+    out = bytearray()
+    for number, value in ((1, frame.seq_id), (2, frame.log_id), (3, frame.service), (4, frame.method)):
+        out += _key(number, 0) + _varint(value)
+    for key, text in frame.headers:
+        out += _bytes_field(5, _bytes_field(1, key.encode()) + _bytes_field(2, text.encode()))
+    for number, optional in ((6, frame.payload_encoding), (7, frame.payload_type)):
+        if optional is not None:
+            out += _bytes_field(number, optional.encode())
+    if frame.payload is not None:
+        out += _bytes_field(8, frame.payload)
+    if frame.log_id_new is not None:
+        out += _bytes_field(9, frame.log_id_new.encode())
+    return bytes(out)
+
+
+def _read_varint(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at, shift = at + 1, shift + 7
+        if not byte & 0x80:
+            return value, at
+
+
+def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
+    at = 0
+    while at < len(data):
+        key, at = _read_varint(data, at)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, at = _read_varint(data, at)
+            yield number, value
+        elif wire == 2:
+            size, at = _read_varint(data, at)
+            if at + size > len(data):
+                raise ValueError("truncated field")
+            yield number, data[at : at + size]
+            at += size
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+
+
+def _int32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def decode_frame(data: bytes) -> Frame:
+    """Raises ValueError for bytes that are not a Frame."""
+    frame = Frame()
+    for number, value in _fields(data):
+        if isinstance(value, int):
+            if number in (1, 2):
+                setattr(frame, "seq_id" if number == 1 else "log_id", value)
+            elif number in (3, 4):
+                setattr(frame, "service" if number == 3 else "method", _int32(value))
+        elif number == 5:
+            parts = dict(_fields(value))
+            key, text = parts.get(1, b""), parts.get(2, b"")
+            if isinstance(key, bytes) and isinstance(text, bytes):
+                frame.headers.append((key.decode(), text.decode()))
+        elif number == 8:
+            frame.payload = value
+        elif number in (6, 7, 9):
+            name = {6: "payload_encoding", 7: "payload_type", 9: "log_id_new"}[number]
+            setattr(frame, name, value.decode())
+    return frame
+
+
+def heard_event(event: object) -> Heard | None:
+    """An `im.message.receive_v1` text message from a person, or None."""
+    if not isinstance(event, dict):
+        return None
+    header = event.get("header")
+    if not isinstance(header, dict) or header.get("event_type") != "im.message.receive_v1":
+        return None
+    body = event.get("event")
+    sender = body.get("sender") if isinstance(body, dict) else None
+    message = body.get("message") if isinstance(body, dict) else None
+    if not isinstance(sender, dict) or sender.get("sender_type") not in (None, "user") or not isinstance(message, dict):
+        return None
+    sender_id = sender.get("sender_id")
+    open_id = sender_id.get("open_id") if isinstance(sender_id, dict) else None
+    try:
+        content = json.loads(message.get("content") or "")
+    except (TypeError, ValueError):
+        return None
+    text = content.get("text") if isinstance(content, dict) else None
+    ident = header.get("event_id") or message.get("message_id")
+    if not isinstance(open_id, str) or not open_id or not isinstance(text, str) or not text.strip() or not ident:
+        return None
+    return Heard(str(ident), open_id, text)
+
+
+@attrs.define
+class FeishuListener:
+    """The long connection: events arrive as protobuf data frames on a websocket; each is
+    acknowledged (the same frame back, payload `{"code": 200}`) only after its turn is durable;
+    pings every `PingInterval`; split events are joined by `message_id`."""
+
+    http: JsonClient
+    app_id: str
+    app_secret: str
+    account_id: str
+    connect: WebSocketConnect
+    channel: str = "feishu"
+    ping_seconds: float = DEFAULT_PING_SECONDS
+    _parts: dict[str, list[bytes | None]] = attrs.Factory(dict)
+
+    @classmethod
+    def open(
+        cls,
+        base_url: str,
+        app_id: str,
+        app_secret: str,
+        account_id: str,
+        transport: AsyncBaseTransport,
+        connect: WebSocketConnect,
+    ) -> FeishuListener:
+        http = JsonClient.open(base_url, transport, secrets=[app_secret])
+        return cls(http, app_id, app_secret, account_id, connect)
+
+    async def _endpoint(self) -> tuple[str, int]:
+        reply = await post_json(
+            self.http, ENDPOINT_PATH, {"AppID": self.app_id, "AppSecret": self.app_secret}, read_seconds=20.0
+        )
+        code = field(reply, "code")
+        data = field(reply, "data")
+        url = field(data, "URL")
+        if code in (403, 514) or (isinstance(code, int) and code > 1000 and code != 1000040343):
+            raise AuthFailed(f"ws endpoint: code {code} {field(reply, 'msg') or ''}".strip())
+        if code != 0 or not isinstance(url, str):
+            raise ListenError(f"ws endpoint: code {code}")
+        interval = field(field(data, "ClientConfig"), "PingInterval")
+        if isinstance(interval, (int, float)) and interval > 0:
+            self.ping_seconds = float(interval)
+        service = urllib.parse.parse_qs(urllib.parse.urlparse(url).query).get("service_id", ["0"])[0]
+        return url, int(service) if service.isdigit() else 0
+
+    async def listen(self, intake: Intake) -> None:
+        url, service = await self._endpoint()
+        try:
+            async with self.connect(url) as ws, trio.open_nursery() as nursery:
+                nursery.start_soon(self._ping, ws, service)
+                intake.connected()
+                while True:
+                    raw = await ws.get_message()
+                    await self._frame(ws, raw if isinstance(raw, bytes) else raw.encode(), intake)
+        except Exception as exc:  # cancellation is not an Exception: it passes untouched
+            raise socket_error(exc, "long connection") from None
+
+    async def _ping(self, ws: Any, service: int) -> None:
+        while True:
+            ping = Frame(service=service, method=METHOD_CONTROL, headers=[("type", "ping")])
+            await ws.send_message(encode_frame(ping))
+            await trio.sleep(self.ping_seconds)
+
+    async def _frame(self, ws: Any, raw: bytes, intake: Intake) -> None:
+        try:
+            frame = decode_frame(raw)
+        except ValueError as exc:
+            raise ListenError(f"long connection sent a frame that is not a Frame: {exc}") from None
+        if frame.method != METHOD_DATA or frame.header("type") != "event":
+            return  # pong (maybe with new timing), ping, card: nothing to hear
+        payload = self._joined(frame)
+        if payload is None:
+            return
+        try:
+            event = json.loads(payload)
+        except (ValueError, UnicodeDecodeError):
+            event = None
+        found = heard_event(event)
+        if found is not None:
+            await intake.accept(found)
+        # Acknowledged after acceptance, never before: the platform redelivers what it was not told.
+        ack = attrs.evolve(frame, payload=json.dumps({"code": 200}).encode(), headers=[*frame.headers, ("biz_rt", "0")])
+        await ws.send_message(encode_frame(ack))
+
+    def _joined(self, frame: Frame) -> bytes | None:
+        total = int(frame.header("sum") or "1")
+        if total <= 1:
+            return frame.payload or b""
+        ident, index = frame.header("message_id") or "", int(frame.header("seq") or "0")
+        parts = self._parts.setdefault(ident, [None] * total)
+        if 0 <= index < total:
+            parts[index] = frame.payload or b""
+        if any(p is None for p in parts):
+            return None
+        del self._parts[ident]
+        return b"".join(p for p in parts if p is not None)
+
+    async def stop(self) -> None:
+        # The websocket was closed (close frame, bounded) when the listener's scope exited.
+        await trio.lowlevel.checkpoint()
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -13,16 +13,25 @@ import trio
 
 from trio_gateway.channels.base import Channel
 from trio_gateway.channels.console import ConsoleChannel
-from trio_gateway.channels.discord import DiscordChannel
-from trio_gateway.channels.feishu import FeishuChannel
+from trio_gateway.channels.discord import DiscordChannel, DiscordListener
+from trio_gateway.channels.feishu import FeishuChannel, FeishuListener
 from trio_gateway.channels.http import make_transport, new_ssl_context
-from trio_gateway.channels.slack import SlackChannel
-from trio_gateway.channels.telegram import TelegramChannel
-from trio_gateway.channels.weixin import WeixinChannel
+from trio_gateway.channels.listen import (
+    AccountListener,
+    Listener,
+    WebSocketConnect,
+    account_file_ok,
+    agent_for,
+    open_websocket,
+)
+from trio_gateway.channels.slack import SlackChannel, SlackSocketListener
+from trio_gateway.channels.telegram import TelegramChannel, TelegramListener
+from trio_gateway.channels.weixin import WeixinChannel, WeixinListener
 from trio_gateway.config import AccountConfig, Config
 from trio_gateway.errors import ConfigError
 from trio_gateway.home import Home
 from trio_gateway.http_client import AsyncBaseTransport
+from trio_gateway.log import EventLog
 from trio_gateway.store import BlockingRunner, in_thread
 
 
@@ -92,6 +101,93 @@ OPENERS: dict[str, Callable[[AccountSpec], Channel]] = {
 }
 
 
+# --- listening (SPEC 11) ---------------------------------------------------------------------
+
+
+def _weixin_listener(a: AccountSpec, _: WebSocketConnect) -> Listener:
+    return WeixinListener.open(a.base_url, a.secret("tokenEnv", a.account.token_env), a.account_id, a.transport())
+
+
+def _telegram_listener(a: AccountSpec, _: WebSocketConnect) -> Listener:
+    return TelegramListener.open(a.base_url, a.secret("tokenEnv", a.account.token_env), a.account_id, a.transport())
+
+
+def _discord_listener(a: AccountSpec, connect: WebSocketConnect) -> Listener:
+    token = a.secret("tokenEnv", a.account.token_env)
+    return DiscordListener.open(a.base_url, token, a.account_id, a.transport(), connect)
+
+
+def _slack_listener(a: AccountSpec, connect: WebSocketConnect) -> Listener:
+    app_token = a.secret("appTokenEnv", a.account.app_token_env)
+    return SlackSocketListener.open(a.base_url, app_token, a.account_id, a.transport(), connect)
+
+
+def _feishu_listener(a: AccountSpec, connect: WebSocketConnect) -> Listener:
+    app_id = a.required("appId", a.account.app_id)
+    secret = a.secret("appSecretEnv", a.account.app_secret_env)
+    return FeishuListener.open(a.base_url, app_id, secret, a.account_id, a.transport(), connect)
+
+
+# (channel, mode) -> opener: what this version can listen with.
+LISTENERS: dict[tuple[str, str], Callable[[AccountSpec, WebSocketConnect], Listener]] = {
+    ("openclaw-weixin", "poll"): _weixin_listener,
+    ("telegram", "poll"): _telegram_listener,
+    ("discord", "socket"): _discord_listener,
+    ("slack", "socket"): _slack_listener,
+    ("feishu", "socket"): _feishu_listener,
+}
+
+
+def inbound_mode(channel: str, account: AccountConfig) -> str:
+    """The account's `inbound.mode`, else its channel's default for the credentials it has."""
+    if account.inbound.mode is not None:
+        return account.inbound.mode
+    if channel == "telegram":
+        # Telegram refuses getUpdates while a webhook is set: a secret token means a webhook.
+        return "webhook" if account.secret_token_env else "poll"
+    if channel == "slack":
+        return "socket" if account.app_token_env else "webhook"
+    return {"openclaw-weixin": "poll", "discord": "socket", "feishu": "socket"}.get(channel, "off")
+
+
+def build_listeners(
+    config: Config,
+    env: Mapping[str, str],
+    log: EventLog,
+    transport: AsyncBaseTransport | None = None,
+    connect: WebSocketConnect = open_websocket,
+) -> list[AccountListener]:
+    """One `AccountListener` per configured account; those that cannot listen are `off`, each
+    with one warning saying why."""
+    accounts = []
+    for spec in _specs(config, env, _transport_factory(transport)):
+        mode = inbound_mode(spec.channel, spec.account)
+        agent_id = agent_for(config.agents, spec.channel, spec.account_id)
+        listener, why = _open_listener(spec, mode, agent_id, connect)
+        if why is not None:
+            log.warn("CHANNEL", f"Not listening channel={spec.channel} account={spec.account_id}: {why}")
+        accounts.append(AccountListener(spec.channel, spec.account_id, mode, agent_id, listener))
+    return accounts
+
+
+def _open_listener(
+    spec: AccountSpec, mode: str, agent_id: str | None, connect: WebSocketConnect
+) -> tuple[Listener | None, str | None]:
+    if mode in ("off", "webhook"):
+        return None, None
+    if agent_id is None:
+        return None, "no agent is bound to this channel and account"
+    if not account_file_ok(spec.account_id):
+        return None, "the account id cannot name a cursor file"
+    opener = LISTENERS.get((spec.channel, mode))
+    if opener is None:
+        return None, f"inbound mode {mode!r} is not available for {spec.channel} in this version"
+    try:
+        return opener(spec, connect), None
+    except ConfigError as exc:  # e.g. socket mode without appTokenEnv: the account still sends
+        return None, str(exc)
+
+
 def _specs(config: Config, env: Mapping[str, str], make: Callable[[], AsyncBaseTransport]) -> list[AccountSpec]:
     return [
         AccountSpec(channel, account_id, account, env, make)
@@ -120,6 +216,8 @@ def _validate(specs: list[AccountSpec]) -> None:
             spec.secret("appSecretEnv", spec.account.app_secret_env)
         else:
             spec.secret("tokenEnv", spec.account.token_env)
+        if spec.account.app_token_env:
+            spec.secret("appTokenEnv", spec.account.app_token_env)
 
 
 @attrs.define

@@ -1,4 +1,11 @@
-"""openclaw-weixin (WeChat iLink bot): `POST /ilink/bot/sendmessage`."""
+"""openclaw-weixin (WeChat iLink bot): `POST /ilink/bot/sendmessage`, and listening by long poll
+(`POST /ilink/bot/getupdates` with the `get_updates_buf` cursor, SPEC 11).
+
+A reply must carry the `context_token` of the message it answers: the token belongs to the
+conversation and changes with each message, so it travels in the turn's origin (and through
+subagents into the delivery entry's `requesterOrigin`), never in the account's settings. The
+account's static `contextToken` is only a fallback for entries with none (manual sends).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +14,38 @@ from typing import Any
 import attrs
 
 from trio_gateway.channels.http import JsonClient
+from trio_gateway.channels.listen import AuthFailed, Heard, Intake, ListenError, post_json
 from trio_gateway.classify import Outcome, classify_weixin
 from trio_gateway.entry import DeliveryEntry
 from trio_gateway.http_client import AsyncBaseTransport
 
+CHANNEL = "openclaw-weixin"
 SEND_PATH = "/ilink/bot/sendmessage"
+POLL_PATH = "/ilink/bot/getupdates"
+NOTIFY_START_PATH = "/ilink/bot/msg/notifystart"
+NOTIFY_STOP_PATH = "/ilink/bot/msg/notifystop"
+CHANNEL_VERSION = "trio-gateway/0.1"
+MESSAGE_TYPE_USER = 1
 MESSAGE_TYPE_BOT = 2
 MESSAGE_STATE_FINISH = 2
 ITEM_TYPE_TEXT = 1
+ERRCODE_SESSION_EXPIRED = -14
+# The server says how long it holds a poll (`longpolling_timeout_ms`, 35 s by default); our read
+# timeout is that plus a margin, so an idle poll ends on the server's side, not ours.
+DEFAULT_POLL_SECONDS = 35.0
+READ_MARGIN_SECONDS = 10.0
+
+
+def headers_for(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}", "AuthorizationType": "ilink_bot_token"}
+
+
+def reply_context(entry: DeliveryEntry, fallback: str | None) -> str | None:
+    """The context token of the conversation this entry answers, when it answers one here."""
+    origin = entry.requester_origin
+    if origin is not None and origin.context_token and origin.channel in (None, CHANNEL):
+        return origin.context_token
+    return fallback
 
 
 def message_body(entry: DeliveryEntry, context_token: str | None) -> dict[str, Any]:
@@ -34,16 +65,93 @@ def message_body(entry: DeliveryEntry, context_token: str | None) -> dict[str, A
 class WeixinChannel:
     http: JsonClient
     context_token: str | None = None
-    name: str = "openclaw-weixin"
+    name: str = CHANNEL
     deduplicates: bool = True
 
     @classmethod
     def open(cls, base_url: str, token: str, context_token: str | None, transport: AsyncBaseTransport) -> WeixinChannel:
-        headers = {"Authorization": f"Bearer {token}", "AuthorizationType": "ilink_bot_token"}
-        return cls(JsonClient.open(base_url, transport, headers=headers, secrets=[token]), context_token)
+        return cls(JsonClient.open(base_url, transport, headers=headers_for(token), secrets=[token]), context_token)
 
     async def send(self, entry: DeliveryEntry) -> Outcome:
-        return await self.http.send(SEND_PATH, message_body(entry, self.context_token), classify_weixin)
+        body = message_body(entry, reply_context(entry, self.context_token))
+        return await self.http.send(SEND_PATH, body, classify_weixin)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+# --- listening ---------------------------------------------------------------------------------
+
+
+def heard(msg: object) -> Heard | None:
+    """A message from a person with text, or None (bots, our own replies, media, junk)."""
+    if not isinstance(msg, dict) or msg.get("message_type") != MESSAGE_TYPE_USER:
+        return None
+    sender = msg.get("from_user_id")
+    texts = [
+        item["text_item"].get("text")
+        for item in msg.get("item_list") or []
+        if isinstance(item, dict) and item.get("type") == ITEM_TYPE_TEXT and isinstance(item.get("text_item"), dict)
+    ]
+    text = "\n".join(t for t in texts if isinstance(t, str) and t.strip())
+    ident = msg.get("message_id") or msg.get("seq") or msg.get("client_id")
+    if not isinstance(sender, str) or not sender or not text or ident is None:
+        return None
+    token = msg.get("context_token")
+    return Heard(str(ident), sender, text, token if isinstance(token, str) and token else None)
+
+
+def _check(reply: Any) -> dict[str, Any]:
+    if not isinstance(reply, dict):
+        raise ListenError("getupdates answer is not a JSON object")
+    code = reply.get("errcode") or reply.get("ret") or 0
+    if code == ERRCODE_SESSION_EXPIRED:
+        raise AuthFailed(f"errcode {ERRCODE_SESSION_EXPIRED}: {reply.get('errmsg') or 'session expired'}")
+    if code != 0:
+        raise ListenError(f"errcode {code}: {reply.get('errmsg') or ''}".strip())
+    return reply
+
+
+@attrs.define
+class WeixinListener:
+    http: JsonClient
+    account_id: str
+    channel: str = CHANNEL
+    poll_seconds: float = DEFAULT_POLL_SECONDS
+    started: bool = False
+
+    @classmethod
+    def open(cls, base_url: str, token: str, account_id: str, transport: AsyncBaseTransport) -> WeixinListener:
+        return cls(JsonClient.open(base_url, transport, headers=headers_for(token), secrets=[token]), account_id)
+
+    def _base_info(self) -> dict[str, str]:
+        return {"channel_version": CHANNEL_VERSION}
+
+    async def listen(self, intake: Intake) -> None:
+        cursor = await intake.load_cursor()
+        cursor = cursor if isinstance(cursor, str) else ""
+        _check(await post_json(self.http, NOTIFY_START_PATH, {"base_info": self._base_info()}, read_seconds=10.0))
+        self.started = True
+        while True:
+            body = {"get_updates_buf": cursor, "base_info": self._base_info()}
+            reply = _check(
+                await post_json(self.http, POLL_PATH, body, read_seconds=self.poll_seconds + READ_MARGIN_SECONDS)
+            )
+            intake.connected()
+            hint = reply.get("longpolling_timeout_ms")
+            if isinstance(hint, (int, float)) and 0 < hint <= 600_000:
+                self.poll_seconds = hint / 1000
+            await intake.accept_batch([h for h in map(heard, reply.get("msgs") or []) if h is not None])
+            following = reply.get("get_updates_buf")
+            # Advanced only after every message of the batch is a durable turn.
+            if isinstance(following, str) and following and following != cursor:
+                cursor = following
+                await intake.save_cursor(cursor)
+
+    async def stop(self) -> None:
+        if self.started:
+            self.started = False
+            await post_json(self.http, NOTIFY_STOP_PATH, {"base_info": self._base_info()}, read_seconds=5.0)
 
     async def aclose(self) -> None:
         await self.http.aclose()

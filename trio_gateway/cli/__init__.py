@@ -39,6 +39,7 @@ GROUPS: dict[str, str] = {
     "token": "the admin token (token create: for a gateway on a non-loopback address)",
     "dashboard": "print the Control UI's URL with a one-time login code",
     "completion": 'print a shell completion script: eval "$(trio-gateway completion bash)"',
+    "channels": "listening channels: state per account, resume a paused one",
     "cluster": "the nodes sharing the cluster database",
 }
 # Global options that take a value: skipped when looking for the group name in argv.

@@ -8,6 +8,7 @@
     pg_sessions.py  sessions owned through a lease; orphans adopted; cron's slot compare-and-set
     node.py      this node's heartbeat, the takeover sweep, leaving, `cluster status`
     leases.py    a generic per-key lease with an epoch (inbound listeners, session owners)
+    inbound.py   listeners under the lease `inbound:<channel>:<account>`; their cursors
     wiring.py    the parts `assemble.py` and the CLI take when `cluster.backend` is "postgres"
 
 Imported only when `cluster.backend` is "postgres": a gateway on files never loads psycopg.

@@ -13,8 +13,8 @@ only a backstop. The epoch moves on at every change of holder, never on a renewa
 stamped with an epoch is refused once anyone else has held the key since. Every operation is
 one statement; the renew and release are fenced by the epoch.
 
-(Built for issue 12's listeners and for session ownership; nothing in this build uses it yet
-but `cluster status`, which counts `session:` leases as sessions owned.)
+(Used by session ownership, `cluster status` (which counts `session:` leases as sessions owned)
+and the inbound listeners, `cluster/inbound.py`.)
 """
 
 from __future__ import annotations

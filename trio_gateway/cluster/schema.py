@@ -71,6 +71,18 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE inbound_cursors (
+            channel    text NOT NULL,
+            account_id text NOT NULL,
+            cursor     jsonb,                      -- the listener's place (SPEC 11), as in inbound/
+            updated_at timestamptz NOT NULL,
+            PRIMARY KEY (channel, account_id)
+        );
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -16,6 +16,7 @@ import trio
 from trio_gateway import http_client as http
 from trio_gateway.channels.registry import ChannelSet
 from trio_gateway.cluster.db import CANCEL_BOUND_SECONDS, Database
+from trio_gateway.cluster.inbound import InboundLeases, PgCursors
 from trio_gateway.cluster.node import ClusterNode, default_node_id
 from trio_gateway.cluster.pg_delivery import PgDelivery
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
@@ -91,6 +92,18 @@ def session_store_for(node: ClusterNode) -> Callable[[Gateway], PgSessionStore]:
         return node.sessions
 
     return make
+
+
+def inbound_gate(node: ClusterNode, config: Config) -> InboundLeases:
+    """The listeners' gate: `node.now` is read at each call (bound when the node serves)."""
+    cluster = config.cluster
+    return InboundLeases(
+        node.leases, lambda: node.now(), node.log, cluster.heartbeat_seconds, cluster.dead_after_seconds
+    )
+
+
+def inbound_cursors(node: ClusterNode) -> PgCursors:
+    return PgCursors(node.db, node.node_id, node.log)
 
 
 def session_id_prefix() -> str:

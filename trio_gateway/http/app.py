@@ -19,6 +19,7 @@ import trio
 
 from trio_gateway import __version__
 from trio_gateway import delivery as delivery_mod
+from trio_gateway.channels.listen import agent_for
 from trio_gateway.config import KNOWN_CHANNELS, RANGES, AccountConfig, Config
 from trio_gateway.drain import DrainKind, DrainReport, DrainRequest
 from trio_gateway.entry import entry_to_json
@@ -151,6 +152,8 @@ class GatewayApp:
                 auth=False,
                 before_body=self._channel_before_body,
             ),
+            r("GET", ("v1", "channels"), self._channels),
+            r("POST", ("v1", "channels", "{channel}", "{account_id}", "resume"), self._resume_channel),
             r("POST", ("internal", "test", "stall-model-call"), self._stall_model_call),
             *ui.routes(self),
             *turns.routes(self),
@@ -388,8 +391,17 @@ class GatewayApp:
         except DeliveryValidationError as exc:
             raise BadRequestError(f"sender: {exc}") from None
         origin = Origin(channel, event.message.to, account_id)
-        session_id, turn_id = await self.gateway.submit(agent_id=agent_id, origin=origin, prompt=event.message.text)
-        return json_response(200, {"sessionId": session_id, "turnId": turn_id})
+        if event.message.event_id is None:
+            session_id, turn_id = await self.gateway.submit(agent_id=agent_id, origin=origin, prompt=event.message.text)
+            return json_response(200, {"sessionId": session_id, "turnId": turn_id})
+        # A platform retries a delivery it thinks failed (Slack retries, Telegram and Feishu
+        # resend): the event id, recorded with the turn, makes the retry a no-op (SPEC 11).
+        accepted = await self.gateway.submit_inbound(
+            agent_id=agent_id, origin=origin, prompt=event.message.text, inbound_id=event.message.event_id
+        )
+        if accepted is None:
+            return json_response(200, {"duplicate": True})
+        return json_response(200, {"sessionId": accepted[0], "turnId": accepted[1]})
 
     def _channel_before_body(self, headers: Mapping[str, str], channel: str, account_id: str) -> None:
         """The account exists and the headers could carry a valid signature: else 404 / 401
@@ -404,10 +416,22 @@ class GatewayApp:
         return account
 
     def _agent_for(self, channel: str, account_id: str) -> str:
-        for name, agent in self.config.agents.items():
-            if channel in agent.channels and agent.account_id in (None, account_id):
-                return name
+        name = agent_for(self.config.agents, channel, account_id)
+        if name is not None:
+            return name
         raise NotFoundError(f"no agent is bound to channel {channel!r} with account {account_id!r}")
+
+    # --- listening channels (SPEC 11) ----------------------------------------------------
+
+    async def _channels(self, request: Request) -> Response:
+        listeners = self.gateway.listeners
+        return json_response(200, {"channels": listeners.status() if listeners is not None else []})
+
+    async def _resume_channel(self, request: Request, channel: str, account_id: str) -> Response:
+        self._account(channel, account_id)  # 404 for an account that is not configured
+        listeners = self.gateway.listeners
+        resumed = listeners.resume(channel, account_id) if listeners is not None else False
+        return json_response(200, {"channel": channel, "accountId": account_id, "resumed": resumed})
 
     # --- test endpoints ------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # drain timeout anyone should configure.
 DRAIN_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 PREFIX = "trio_gateway_"
+# A listener's stop is its scope's cancel plus a bounded platform call (channelStopTimeoutSeconds).
+CHANNEL_STOP_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 
 @attrs.define
@@ -71,6 +73,7 @@ class GatewayCollector(Collector):
         _work(out, self.gateway)
         _drains(out, self.gateway)
         _delivery(out, self.gateway)
+        _inbound(out, self.gateway)
         _tools(out, self.gateway)
         return iter(out.metrics)
 
@@ -168,6 +171,15 @@ def _delivery(out: Exposition, gateway: Gateway) -> None:
         out.family("deliveries_total", "counter", "Delivery attempts by channel and outcome")
         for (channel, outcome), n in sorted(outcomes.items()):
             out.sample("deliveries_total", n, {"channel": channel, "outcome": outcome})
+
+
+def _inbound(out: Exposition, gateway: Gateway) -> None:
+    stats = gateway.listeners.stats if gateway.listeners is not None else None
+    out.family("inbound_messages_total", "counter", "Messages heard by a channel listener that became turns")
+    for (channel, account), n in sorted(stats.messages.items() if stats else []):
+        out.sample("inbound_messages_total", n, {"channel": channel, "account": account})
+    out.family("channel_stop_seconds", "histogram", "Seconds from a drain's start to a listener stopped")
+    _histogram(out, "channel_stop_seconds", stats.stop_seconds if stats else [], CHANNEL_STOP_BUCKETS)
 
 
 def _outcomes(delivery: Any) -> dict[tuple[str, str], int]:

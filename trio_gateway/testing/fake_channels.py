@@ -24,6 +24,7 @@ import re
 import sys
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal
 
 import attrs
@@ -31,6 +32,10 @@ import trio
 
 from trio_gateway import http_client as http
 from trio_gateway.http.asgi import lifespan
+from trio_gateway.testing.fake_discord import FakeDiscordGateway
+from trio_gateway.testing.fake_feishu import FakeFeishuSocket
+from trio_gateway.testing.fake_inbound import Dropped, FakeInbound
+from trio_gateway.testing.fake_slack import FakeSlackSocket
 
 Json = Any
 Action = Literal["reject", "fail", "rate_limit"]
@@ -146,7 +151,16 @@ ROUTES: list[tuple[re.Pattern[str], str, str]] = [
     (re.compile(r"/users/@me/channels$"), "discord", "dm"),
     (re.compile(r"/channels/(?P<id>\d+)/messages$"), "discord", "send"),
     (re.compile(r"/bot(?P<token>[^/]+)/sendMessage$"), "telegram", "send"),
+    # The listening side (SPEC 11): testing/fake_inbound.py.
+    (re.compile(r"/ilink/bot/getupdates$"), "openclaw-weixin", "poll"),
+    (re.compile(r"/ilink/bot/msg/notifystart$"), "openclaw-weixin", "notifystart"),
+    (re.compile(r"/ilink/bot/msg/notifystop$"), "openclaw-weixin", "notifystop"),
+    (re.compile(r"/bot(?P<token>[^/]+)/getUpdates$"), "telegram", "poll"),
+    (re.compile(r"/gateway/bot$"), "discord", "gateway"),
+    (re.compile(r"/apps\.connections\.open$"), "slack", "connect"),
+    (re.compile(r"/callback/ws/endpoint$"), "feishu", "endpoint"),
 ]
+INBOUND_OPS = ("poll", "notifystart", "notifystop")
 
 
 def route(path: str) -> tuple[str, str, dict[str, str]] | None:
@@ -185,8 +199,63 @@ class FakeChannels:
     _feishu_tokens: dict[str, float] = attrs.Factory(dict)
     _dm_channels: dict[str, str] = attrs.Factory(dict)
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
+    inbound: FakeInbound = attrs.Factory(FakeInbound)
+    discord_gateway: FakeDiscordGateway = attrs.Factory(FakeDiscordGateway)
+    slack_socket: FakeSlackSocket = attrs.Factory(FakeSlackSocket)
+    feishu_socket: FakeFeishuSocket = attrs.Factory(FakeFeishuSocket)
 
     # --- commands ---
+
+    def push(self, channel: str, text: str, *, sender: str | None = None, context_token: str | None = None,
+             bot: bool = False) -> str:  # fmt: skip
+        """A person writes to the bot: the next long poll of `channel` hears it, or the Discord
+        gateway sends it (`sender`: the Discord channel id). Returns the platform's id for it."""
+        if channel == "discord":
+            return self.discord_gateway.push(text, sender, bot=bot)
+        if channel == "slack":
+            return self.slack_socket.push(text, sender, bot=bot)
+        if channel == "feishu":
+            return self.feishu_socket.push(text, sender, bot=bot)
+        return self.inbound.push(channel, text, sender=sender, context_token=context_token, bot=bot)
+
+    def drop_connection(self, channel: str) -> None:
+        if channel == "discord":
+            self.discord_gateway.drop_connection()
+        elif channel == "slack":
+            self.slack_socket.drop_connection()
+        elif channel == "feishu":
+            self.feishu_socket.drop_connection()
+        else:
+            self.inbound.drop_connection(channel)
+
+    def reject_auth(self, channel: str) -> None:
+        """Listening gets the platform's auth failure (WeChat errcode -14, Telegram 401, Discord
+        close 4004) until `accept_auth`."""
+        if channel == "discord":
+            self.discord_gateway.reject_auth()
+        elif channel == "slack":
+            self.slack_socket.reject_auth()
+        elif channel == "feishu":
+            self.feishu_socket.reject_auth()
+        else:
+            self.inbound.reject_auth(channel)
+
+    def accept_auth(self, channel: str | None = None) -> None:
+        if channel in (None, "discord"):
+            self.discord_gateway.accept_auth()
+        if channel in (None, "slack"):
+            self.slack_socket.accept_auth()
+        if channel in (None, "feishu"):
+            self.feishu_socket.accept_auth()
+        self.inbound.accept_auth(channel)
+
+    def connect_websocket(self, url: str) -> AbstractAsyncContextManager[Any]:
+        """The socket listeners' connect seam: Slack's Socket Mode or Discord's gateway, by host."""
+        if "slack.fake.invalid" in url:
+            return self.slack_socket.connect(url)
+        if "feishu-ws.fake.invalid" in url:
+            return self.feishu_socket.connect(url)
+        return self.discord_gateway.connect(url)
 
     def accept(self, channel: str | None = None) -> None:
         """Back to accepting everything promptly (one channel, or all)."""
@@ -255,8 +324,23 @@ class FakeChannels:
         delay = self._delays.get(channel)
         if delay:
             await trio.sleep(delay)
+        if op == "endpoint":
+            body = request.body if isinstance(request.body, dict) else {}
+            if not body.get("AppID") or not self._credential_ok("feishu", body.get("AppSecret")):
+                return FakeResponse(200, {"code": 1000040344, "msg": "app_id or app_secret is invalid"})
+            return FakeResponse(200, self.feishu_socket.endpoint_answer())
+        if op == "connect":
+            if not _bearer(request.headers):
+                return FakeResponse(200, {"ok": False, "error": "not_authed"})
+            return FakeResponse(200, self.slack_socket.connections_open_answer())
+        if op == "gateway":
+            if not self._credential_ok(channel, _bearer(request.headers, "Bot")) or self.discord_gateway.auth_rejected:
+                return _bad(401, {"message": "401: Unauthorized", "code": 0})
+            return FakeResponse(200, {"url": "wss://gateway.fake.invalid", "shards": 1})
         if request.method != "POST":
             return _bad(405, {"error": "method not allowed"})
+        if op in INBOUND_OPS:
+            return await self._listen(request, channel, op, params)
         if op == "send":
             ruled = self._apply_rule(channel)
             if ruled is not None:
@@ -305,6 +389,17 @@ class FakeChannels:
 
     def _next_id(self) -> str:
         return str(1_000_000_000_000_000_000 + next(self._ids))
+
+    async def _listen(self, request: FakeRequest, channel: str, op: str, params: dict[str, str]) -> FakeResponse:
+        if channel == "openclaw-weixin" and (
+            request.headers.get("authorizationtype") != "ilink_bot_token"
+            or not self._credential_ok(channel, _bearer(request.headers))
+        ):
+            return _bad(401, {"ret": -1, "errmsg": "unauthorized"})
+        if channel == "telegram" and not self._credential_ok(channel, params["token"]):
+            return _bad(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
+        answer = await self.inbound.handle(channel, op, request.body)
+        return FakeResponse(answer.status, answer.body)
 
     # --- feishu ---
 
@@ -412,13 +507,17 @@ class FakeChannels:
         return _bad(404, {"error": "unknown control endpoint"})
 
     def _command(self, body: dict[str, Json]) -> FakeResponse:
-        commands: dict[str, Callable[..., None]] = {
+        commands: dict[str, Callable[..., object]] = {
             "accept": self.accept,
             "reject": self.reject,
             "fail": self.fail,
             "rate_limit": self.rate_limit,
             "delay": self.delay,
             "expire_feishu_tokens": self.expire_feishu_tokens,
+            "push": self.push,
+            "drop_connection": self.drop_connection,
+            "reject_auth": self.reject_auth,
+            "accept_auth": self.accept_auth,
         }
         command = commands.get(body.pop("action", ""))
         if command is None:
@@ -443,10 +542,25 @@ class FakeChannels:
                 break
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = dict(urllib.parse.parse_qsl(scope["query_string"].decode("latin-1")))
-        response = await self.handle(
-            FakeRequest(scope["method"], scope["path"], query, headers, _parse(b"".join(chunks)))
-        )
-        await _respond(send, response)
+        request = FakeRequest(scope["method"], scope["path"], query, headers, _parse(b"".join(chunks)))
+        response: FakeResponse | None = None
+        # hypercorn does not cancel a handler whose client went away: watch for it, so a held
+        # long poll ends (and is recorded as closed) the moment the gateway hangs up.
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            try:
+                response = await self.handle(request)
+            except Dropped as exc:
+                response = _bad(502, {"error": str(exc)})
+            nursery.cancel_scope.cancel()
+        if response is not None:
+            await _respond(send, response)
 
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -498,7 +612,10 @@ class FakeTransport(http.AsyncBaseTransport):
         raw = await request.aread()
         headers = {k.lower(): v for k, v in request.headers.items()}
         fake = FakeRequest(request.method, request.url.path, dict(request.url.params), headers, _parse(raw))
-        response = await self.fakes.handle(fake)
+        try:
+            response = await self.fakes.handle(fake)
+        except Dropped as exc:
+            raise http.RemoteProtocolError(str(exc), request=request) from None
         wire_headers = {"content-type": "application/json", **response.headers}
         return http.Response(response.status, headers=wire_headers, content=response.encode(), request=request)
 

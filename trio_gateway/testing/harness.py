@@ -23,7 +23,7 @@ import trio
 from trio_util import AsyncValue, move_on_when
 
 from trio_gateway import config as cfg
-from trio_gateway.assemble import queue_delivery
+from trio_gateway.assemble import listeners, queue_delivery
 from trio_gateway.channels.base import Channel
 from trio_gateway.channels.console import ConsoleChannel
 from trio_gateway.classify import Outcome
@@ -123,6 +123,9 @@ class Attempt:
     kind: str
     outcome: str  # the classified `Outcome.kind`: ok, retry, permanent, rate_limited, paused
     reason: str
+    text: str = ""
+    # The requester origin's reply context (WeChat `context_token`), as the entry carried it.
+    context_token: str | None = None
 
 
 @attrs.define
@@ -133,9 +136,10 @@ class DeliveryTap:
     _count: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
 
     def record(self, entry: DeliveryEntry, outcome: Outcome) -> None:
+        origin = entry.requester_origin
         self.attempts.append(
             Attempt(trio.current_time(), entry.channel, entry.to, entry.account_id, entry.kind, outcome.kind,
-                    outcome.reason)
+                    outcome.reason, entry.payload.text, origin.context_token if origin else None)
         )  # fmt: skip
         self._count.value = len(self.attempts)
 
@@ -194,7 +198,7 @@ def fake_env(config: cfg.Config) -> dict[str, str]:
     env: dict[str, str] = {}
     for channel, section in config.channels.items():
         for account in section.accounts.values():
-            for name in (account.app_secret_env, account.token_env):
+            for name in (account.app_secret_env, account.token_env, account.app_token_env):
                 if name:
                     env[name] = f"fake-{channel}-secret"
     return env
@@ -252,8 +256,19 @@ class Harness:
             gateway.log.sinks.append(FileSink(Home(home).log_path, opener=opener))
         harness = cls(gateway, sink, the_model, channels or FakeChannels(), DeliveryTap(), Home(home), kit)
         harness.mcp = mcp or harness.mcp
-        gateway.deps.delivery_factory = harness._delivery_factory(fake_env(config) if env is None else env, seed)
+        the_env = fake_env(config) if env is None else env
+        gateway.deps.delivery_factory = harness._delivery_factory(the_env, seed)
         gateway.deps.tools_factory = in_process_tools(harness.mcp)
+        # The listeners are production's too, long-polling the same fake (SPEC 11).
+        gateway.deps.listener_factory = listeners(
+            harness.home,
+            gateway.log,
+            the_env,
+            inline,
+            transport=harness.channels.transport(),
+            rng=random.Random(seed),
+            connect=harness.channels.connect_websocket,
+        )
         return harness
 
     def _delivery_factory(self, env: Mapping[str, str], seed: int) -> DeliveryFactory:
