@@ -240,9 +240,9 @@ async def test_channels_routes_and_metrics(gateway: Gateway, fake_channels: Fake
     assert resumed.json == {"channel": WX, "accountId": ACCOUNT, "resumed": True}
     await gateway.request_drain("restart").done.wait()
     lines = set((await call("GET", "/metrics")).body.decode().splitlines())
-    assert f'trio_gateway_inbound_messages_total{{channel="{WX}",account="{ACCOUNT}"}} 1' in lines
-    assert 'trio_gateway_channel_stop_seconds_bucket{le="0.005"} 2' in lines  # both stopped at once
-    assert "trio_gateway_channel_stop_seconds_count 2" in lines
+    assert f'trio_gateway_inbound_messages_total{{account="{ACCOUNT}",channel="{WX}"}} 1.0' in lines
+    assert 'trio_gateway_channel_stop_seconds_bucket{le="0.005"} 2.0' in lines  # both stopped at once
+    assert "trio_gateway_channel_stop_seconds_count 2.0" in lines
 
 
 def test_scenario_inbound_action_names_a_channel_without_a_fake() -> None:
