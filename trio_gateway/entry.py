@@ -49,6 +49,25 @@ class DeliveryEntry:
     # budget (maxTotalRetrySeconds) counts from here instead of `createdAt`.
     retried_at: dt.datetime | None = None
 
+    def dead(self, reason: str, now: dt.datetime) -> DeliveryEntry:
+        """This entry as a dead letter: the reason kept, no send in flight any more."""
+        return attrs.evolve(self, failed_reason=reason, failed_at=now, send_started_at=None)
+
+    def rerouted(self, *, channel: str, to: str, account_id: str | None, now: dt.datetime, why: str) -> DeliveryEntry:
+        """`delivery repair`: this entry pointed at a new address, a fresh start (every backend
+        stores the same rerouted entry)."""
+        return attrs.evolve(
+            self,
+            channel=channel,
+            to=to,
+            account_id=account_id,
+            attempts=0,
+            next_attempt_at=now,
+            retried_at=now,
+            send_started_at=None,
+            last_error=why,
+        )
+
 
 # The file format: camelCase keys, ISO datetimes, no unknown keys, no coercion.
 ENTRY_CONVERTER = make_strict_converter()

@@ -660,7 +660,7 @@ class DeliveryQueue:
         await self._run(lambda: self._finish_sync(claimed, entry, self.pending_path(claimed.entry.id)))
 
     async def dead_letter(self, claimed: Claimed, reason: str, now: dt.datetime) -> DeliveryEntry:
-        entry = attrs.evolve(claimed.entry, failed_reason=reason, failed_at=now, send_started_at=None)
+        entry = claimed.entry.dead(reason, now)
         await self._run(lambda: self._finish_sync(claimed, entry, self.failed_dir / f"{entry.id}.json"))
         return entry
 
@@ -668,17 +668,7 @@ class DeliveryQueue:
         self, claimed: Claimed, *, channel: str, to: str, account_id: str | None, now: dt.datetime, why: str
     ) -> DeliveryEntry:
         """`delivery repair`: point a claimed entry at a new address, a fresh start."""
-        entry = attrs.evolve(
-            claimed.entry,
-            channel=channel,
-            to=to,
-            account_id=account_id,
-            attempts=0,
-            next_attempt_at=now,
-            retried_at=now,
-            send_started_at=None,
-            last_error=why,
-        )
+        entry = claimed.entry.rerouted(channel=channel, to=to, account_id=account_id, now=now, why=why)
         await self._run(lambda: self._finish_sync(claimed, entry, self.pending_path(entry.id)))
         return entry
 

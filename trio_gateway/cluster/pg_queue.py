@@ -276,24 +276,14 @@ class PgDeliveryQueue:
         await self._settle(claimed, "state = 'pending'", ())
 
     async def dead_letter(self, claimed: Claimed, reason: str, now: dt.datetime) -> DeliveryEntry:
-        entry = attrs.evolve(claimed.entry, failed_reason=reason, failed_at=now, send_started_at=None)
+        entry = claimed.entry.dead(reason, now)
         await self._settle(claimed, "state = 'failed', entry = %s, send_started_at = NULL", (_doc(entry),))
         return entry
 
     async def reroute(
         self, claimed: Claimed, *, channel: str, to: str, account_id: str | None, now: dt.datetime, why: str
     ) -> DeliveryEntry:
-        entry = attrs.evolve(
-            claimed.entry,
-            channel=channel,
-            to=to,
-            account_id=account_id,
-            attempts=0,
-            next_attempt_at=now,
-            retried_at=now,
-            send_started_at=None,
-            last_error=why,
-        )
+        entry = claimed.entry.rerouted(channel=channel, to=to, account_id=account_id, now=now, why=why)
         return await self._back_to_pending(claimed, entry)
 
     # --- operator actions and recovery ----------------------------------------------------
