@@ -49,6 +49,28 @@ class DeliveryEntry:
     # budget (maxTotalRetrySeconds) counts from here instead of `createdAt`.
     retried_at: dt.datetime | None = None
 
+    def retried(self, last_error: str, next_at: dt.datetime) -> DeliveryEntry:
+        """A failed attempt that will be retried: counted, due again at `next_at`."""
+        return attrs.evolve(
+            self, attempts=self.attempts + 1, last_error=last_error, next_attempt_at=next_at, send_started_at=None
+        )
+
+    def held(self, reason: str, next_at: dt.datetime) -> DeliveryEntry:
+        """Back to pending untouched but for the reason and the time: not a counted attempt."""
+        return attrs.evolve(self, last_error=reason, next_attempt_at=next_at, send_started_at=None)
+
+    def revived(self, now: dt.datetime) -> DeliveryEntry:
+        """`delivery retry`: a dead letter due again now, its attempts and budget reset."""
+        return attrs.evolve(
+            self,
+            attempts=0,
+            next_attempt_at=now,
+            retried_at=now,
+            failed_reason=None,
+            failed_at=None,
+            send_started_at=None,
+        )
+
     def dead(self, reason: str, now: dt.datetime) -> DeliveryEntry:
         """This entry as a dead letter: the reason kept, no send in flight any more."""
         return attrs.evolve(self, failed_reason=reason, failed_at=now, send_started_at=None)

@@ -631,20 +631,14 @@ class DeliveryQueue:
 
     async def retry_later(self, claimed: Claimed, last_error: str, next_at: dt.datetime) -> DeliveryEntry:
         """A failed attempt that will be retried: counted, and back to pending."""
-        entry = attrs.evolve(
-            claimed.entry,
-            attempts=claimed.entry.attempts + 1,
-            last_error=last_error,
-            next_attempt_at=next_at,
-            send_started_at=None,
-        )
+        entry = claimed.entry.retried(last_error, next_at)
         await self._run(lambda: self._finish_sync(claimed, entry, self.pending_path(entry.id)))
         return entry
 
     async def hold(self, claimed: Claimed, reason: str, next_at: dt.datetime) -> DeliveryEntry:
         """Back to pending untouched but for the reason and the time: not a counted attempt
         (the channel's account is paused, nothing is wrong with the entry)."""
-        entry = attrs.evolve(claimed.entry, last_error=reason, next_attempt_at=next_at, send_started_at=None)
+        entry = claimed.entry.held(reason, next_at)
         await self._run(lambda: self._finish_sync(claimed, entry, self.pending_path(entry.id)))
         return entry
 
@@ -680,15 +674,7 @@ class DeliveryQueue:
             entry = _load(path)
         except FileNotFoundError:
             raise NotFoundError(f"no dead letter with id {entry_id}") from None
-        entry = attrs.evolve(
-            entry,
-            attempts=0,
-            next_attempt_at=now,
-            retried_at=now,
-            failed_reason=None,
-            failed_at=None,
-            send_started_at=None,
-        )
+        entry = entry.revived(now)
         atomic_write_bytes(path, _entry_bytes(entry))
         durable_rename(path, self.pending_path(entry_id))
         return entry

@@ -257,17 +257,11 @@ class PgDeliveryQueue:
         return entry
 
     async def retry_later(self, claimed: Claimed, last_error: str, next_at: dt.datetime) -> DeliveryEntry:
-        entry = attrs.evolve(
-            claimed.entry,
-            attempts=claimed.entry.attempts + 1,
-            last_error=last_error,
-            next_attempt_at=next_at,
-            send_started_at=None,
-        )
+        entry = claimed.entry.retried(last_error, next_at)
         return await self._back_to_pending(claimed, entry)
 
     async def hold(self, claimed: Claimed, reason: str, next_at: dt.datetime) -> DeliveryEntry:
-        entry = attrs.evolve(claimed.entry, last_error=reason, next_attempt_at=next_at, send_started_at=None)
+        entry = claimed.entry.held(reason, next_at)
         return await self._back_to_pending(claimed, entry)
 
     async def release(self, claimed: Claimed) -> None:
@@ -295,15 +289,7 @@ class PgDeliveryQueue:
             ).fetchone()
             if row is None:
                 raise NotFoundError(f"no dead letter with id {entry_id}")
-            entry = attrs.evolve(
-                entry_from_json(row[0]),
-                attempts=0,
-                next_attempt_at=now,
-                retried_at=now,
-                failed_reason=None,
-                failed_at=None,
-                send_started_at=None,
-            )
+            entry = entry_from_json(row[0]).revived(now)
             conn.execute(
                 "UPDATE deliveries SET state = 'pending', entry = %s, next_attempt_at = %s, send_started_at = NULL,"
                 " claim_node = NULL, lease_until = NULL WHERE id = %s",
