@@ -310,7 +310,7 @@ async def gateway_on_fake_model(
     `gp.model_url` is the fake's base URL. Both are stopped on exit."""
     import trio
 
-    from trio_gateway.testing.fake_model import serve_fake_model
+    from trio_gateway.sim.fake_model import serve_fake_model
 
     async with trio.open_nursery() as nursery:
         model_url = await nursery.start(serve_fake_model, fake)

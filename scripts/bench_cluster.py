@@ -39,15 +39,15 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import GatewayProcess, banner, table, temp_home, verdict
 
-from trio_gateway.classify import OK, Outcome
-from trio_gateway.clock import WallClock
-from trio_gateway.entry import DeliveryEntry
+from trio_gateway.channels.classify import OK, Outcome
 from trio_gateway.log import EventLog
-from trio_gateway.store import in_thread
-from trio_gateway.testing.postgres import PgServer
-from trio_gateway.testing.runtime import quick_config
-from trio_gateway.testing.slow_slack import SlowSlack
-from trio_gateway.work import WorkRegistry
+from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.sim.postgres import PgServer
+from trio_gateway.sim.runtime import quick_config
+from trio_gateway.sim.slow_slack import SlowSlack
+from trio_gateway.storage.atomic import in_thread
+from trio_gateway.work.clock import WallClock
+from trio_gateway.work.units import WorkRegistry
 
 HEARTBEAT_SECONDS = 0.5
 DEAD_AFTER_SECONDS = 2.0
@@ -80,7 +80,7 @@ async def node_run(backend: str, root: Path, dsn: str, node_id: str, n: int, c: 
     channel = NullChannel()
     if backend == "file":
         from trio_gateway.delivery import QueueDelivery
-        from trio_gateway.queue import DeliveryQueue
+        from trio_gateway.storage.queue import DeliveryQueue
 
         queue: Any = DeliveryQueue(root / "delivery-queue", in_thread, log)
         service: Any = QueueDelivery.build(queue, channel, config, WallClock.start(), log, WorkRegistry(log))

@@ -47,16 +47,16 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import banner, have_module, table, temp_home
 
-from trio_gateway.classify import OK, Outcome
-from trio_gateway.clock import WallClock
+from trio_gateway.channels.classify import OK, Outcome
 from trio_gateway.delivery import QueueDelivery
-from trio_gateway.entry import DeliveryEntry, Payload, entry_to_json
 from trio_gateway.log import EventLog
-from trio_gateway.queue import DeliveryQueue
-from trio_gateway.store import fsync_dir as _fsync_dir
-from trio_gateway.store import in_thread
-from trio_gateway.testing.runtime import quick_config
-from trio_gateway.work import WorkRegistry
+from trio_gateway.policy.entry import DeliveryEntry, Payload, entry_to_json
+from trio_gateway.sim.runtime import quick_config
+from trio_gateway.storage.atomic import fsync_dir as _fsync_dir
+from trio_gateway.storage.atomic import in_thread
+from trio_gateway.storage.queue import DeliveryQueue
+from trio_gateway.work.clock import WallClock
+from trio_gateway.work.units import WorkRegistry
 
 TEXT = "Your order #48213 has shipped and should arrive on Thursday. " * 3  # ~190 chars, a typical reply
 

@@ -37,15 +37,15 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import banner, percentile, table, temp_home, verdict, write_config
 
-from trio_gateway import config as cfg
-from trio_gateway import http_client as http
-from trio_gateway.assemble import production_gateway
+from trio_gateway import upstream as http
+from trio_gateway.app.assemble import production_gateway
 from trio_gateway.channels.listen import ListenerSupervisor
-from trio_gateway.gateway import Gateway
-from trio_gateway.home import Home
 from trio_gateway.log import EventLog, open_log
-from trio_gateway.store import atomic_write_bytes
-from trio_gateway.testing.fake_channels import FakeChannels, serve_fake_channels
+from trio_gateway.policy import config as cfg
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.fake_channels import FakeChannels, serve_fake_channels
+from trio_gateway.storage.atomic import atomic_write_bytes
+from trio_gateway.storage.home import Home
 
 WX = "openclaw-weixin"
 LOG = open_log(None, echo=sys.stderr) if os.environ.get("BENCH_LOG") else EventLog()

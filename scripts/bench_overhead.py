@@ -27,8 +27,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import banner, gateway_on_fake_model, percentile, poll_until, table
 
-from trio_gateway import http_client as http
-from trio_gateway.testing.fake_model import FakeModel
+from trio_gateway import upstream as http
+from trio_gateway.sim.fake_model import FakeModel
 
 
 def count_lines(path: Path) -> int:

@@ -34,8 +34,8 @@ from _bench_common import banner, peak_rss_mb, rss_mb, table, temp_home
 
 def write_entries(queue_dir: Path, n: int) -> float:
     """Write n due entries, oldest first; returns the seconds it took (setup, not measured)."""
-    from trio_gateway.entry import DeliveryEntry, Payload, entry_to_json
-    from trio_gateway.queue import IdGenerator
+    from trio_gateway.policy.entry import DeliveryEntry, Payload, entry_to_json
+    from trio_gateway.storage.queue import IdGenerator
 
     queue_dir.mkdir(parents=True, exist_ok=True)
     ids = IdGenerator()
@@ -82,13 +82,13 @@ def drop_page_cache_hint(queue_dir: Path) -> None:
 def child_gateway(home: Path) -> dict[str, Any]:
     import trio
 
-    from trio_gateway.assemble import queue_delivery
-    from trio_gateway.clock import WallClock
-    from trio_gateway.home import Home
+    from trio_gateway.app.assemble import queue_delivery
     from trio_gateway.log import EventLog
-    from trio_gateway.store import in_thread
-    from trio_gateway.testing.runtime import quick_config
-    from trio_gateway.work import WorkRegistry
+    from trio_gateway.sim.runtime import quick_config
+    from trio_gateway.storage.atomic import in_thread
+    from trio_gateway.storage.home import Home
+    from trio_gateway.work.clock import WallClock
+    from trio_gateway.work.units import WorkRegistry
 
     imported = time.time()
     out: dict[str, Any] = {"imported": imported}

@@ -35,8 +35,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import GatewayProcess, banner, gateway_on_fake_model, poll_until, rss_mb, table, verdict
 
-from trio_gateway import http_client as http
-from trio_gateway.testing.fake_model import FakeModel
+from trio_gateway import upstream as http
+from trio_gateway.sim.fake_model import FakeModel
 
 
 def gateway_config(model_url: str, drain_timeout: float, resume: bool) -> dict[str, Any]:

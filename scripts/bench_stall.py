@@ -32,12 +32,12 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import banner, percentile, poll_until, table, verdict
 
-from trio_gateway import http_client as http
-from trio_gateway.config import ModelConfig
+from trio_gateway import upstream as http
 from trio_gateway.models.openai import OpenAIModel
-from trio_gateway.routing import Origin
-from trio_gateway.testing.fake_model import FakeModel, serve_fake_model
-from trio_gateway.testing.runtime import build_gateway, quick_config
+from trio_gateway.policy.config import ModelConfig
+from trio_gateway.policy.routing import Origin
+from trio_gateway.sim.fake_model import FakeModel, serve_fake_model
+from trio_gateway.sim.runtime import build_gateway, quick_config
 
 SLOW_WORDS = 40
 

@@ -34,8 +34,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import GatewayProcess, banner, percentile, table, temp_home, verdict, write_config
 
-from trio_gateway import http_client as http
-from trio_gateway.testing.fake_mcp import STDIO_COMMAND, process_state, read_events
+from trio_gateway import upstream as http
+from trio_gateway.sim.fake_mcp import STDIO_COMMAND, process_state, read_events
 
 FAKE = STDIO_COMMAND
 events = read_events
@@ -169,11 +169,11 @@ async def per_call_cell(n: int) -> tuple[list[float], list[float]]:
     from mcp.client.session import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
-    from trio_gateway import config as cfg
     from trio_gateway.log import EventLog
     from trio_gateway.models.base import ToolCall
+    from trio_gateway.policy import config as cfg
     from trio_gateway.tools.registry import build_toolbox, production_openers
-    from trio_gateway.work import WorkRegistry
+    from trio_gateway.work.units import WorkRegistry
 
     direct: list[float] = []
     ours: list[float] = []

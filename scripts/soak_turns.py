@@ -41,8 +41,8 @@ import contextlib
 
 from _bench_common import GatewayProcess, banner, percentile, table, temp_home, write_config
 
-from trio_gateway import http_client as http
-from trio_gateway.testing.fake_model import FakeModel, serve_fake_model
+from trio_gateway import upstream as http
+from trio_gateway.sim.fake_model import FakeModel, serve_fake_model
 
 ORIGINS = 100
 REPLY_WAIT_SECONDS = 180.0

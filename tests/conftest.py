@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
-from trio_gateway.testing.postgres import PgServer, missing_reason
+from trio_gateway.sim.postgres import PgServer, missing_reason
 
 pytest_plugins = ["trio_gateway.testing.plugin"]
 

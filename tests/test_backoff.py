@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from trio_gateway.backoff import RETRY_AFTER_CEILING_SECONDS, delay, exhausted
+from trio_gateway.policy.backoff import RETRY_AFTER_CEILING_SECONDS, delay, exhausted
 
 attempts = st.integers(min_value=1, max_value=200)
 initials = st.floats(min_value=0.01, max_value=10)

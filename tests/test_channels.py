@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_gateway import http_client as httpx
+from trio_gateway import upstream as httpx
 from trio_gateway.channels.base import Channel
 from trio_gateway.channels.console import ConsoleChannel
 from trio_gateway.channels.feishu import receive_id_type
 from trio_gateway.channels.http import stable_key
 from trio_gateway.channels.registry import ChannelSet
-from trio_gateway.config import AccountConfig, ChannelConfig, Config
-from trio_gateway.entry import DeliveryEntry, Payload
 from trio_gateway.errors import ConfigError
-from trio_gateway.home import Home
-from trio_gateway.testing.fake_channels import FakeChannels, serve_fake_channels
+from trio_gateway.policy.config import AccountConfig, ChannelConfig, Config
+from trio_gateway.policy.entry import DeliveryEntry, Payload
+from trio_gateway.sim.fake_channels import FakeChannels, serve_fake_channels
+from trio_gateway.storage.home import Home
 
 TELEGRAM_TOKEN = "123456:AAsecret-telegram_token"
 ENV = {
@@ -439,7 +439,7 @@ async def test_fake_on_loopback_serves_real_clients(tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_fake_as_a_process_prints_its_url() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "trio_gateway.testing.fake_channels", "--port", "0"],
+        [sys.executable, "-m", "trio_gateway.sim.fake_channels", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_gateway.channels.http import Classifier
-from trio_gateway.classify import (
+from trio_gateway.channels.classify import (
     Outcome,
     classify_discord,
     classify_feishu,
@@ -17,6 +16,7 @@ from trio_gateway.classify import (
     seconds,
     transport_error,
 )
+from trio_gateway.channels.http import Classifier
 
 # (classifier, status, body, headers, expected kind, expected retry_after)
 TABLE = [

@@ -13,13 +13,13 @@ import pytest
 import trio
 
 from trio_gateway import cli
-from trio_gateway.classify import OK, Outcome
+from trio_gateway.channels.classify import OK, Outcome
 from trio_gateway.cli import delivery as cli_delivery
-from trio_gateway.entry import DeliveryEntry, Payload, RequesterOrigin
+from trio_gateway.cli.progress import Progress
 from trio_gateway.log import EventLog
-from trio_gateway.progress import Progress
-from trio_gateway.queue import Claimed, DeliveryQueue
-from trio_gateway.store import inline
+from trio_gateway.policy.entry import DeliveryEntry, Payload, RequesterOrigin
+from trio_gateway.storage.atomic import inline
+from trio_gateway.storage.queue import Claimed, DeliveryQueue
 
 NOW = dt.datetime.now(dt.UTC)
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from trio_gateway.cli import main
+from trio_gateway.cli.client import BadResponseError, Target, parse_response, pid_alive, remote_error
 from trio_gateway.cli.gateway import _restart_line, progress_line, status_lines
-from trio_gateway.client import BadResponseError, Target, parse_response, pid_alive, remote_error
 from trio_gateway.errors import ConfigError, DeliveryValidationError, GatewayUnreachableError
-from trio_gateway.home import Home
+from trio_gateway.storage.home import Home
 
 STATUS = {
     "state": "draining",

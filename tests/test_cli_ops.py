@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from trio_gateway import config as cfg
 from trio_gateway.cli import main
 from trio_gateway.cli.logs import follow
-from trio_gateway.env_check import NamedSecret, missing_secrets
 from trio_gateway.errors import ConfigError
+from trio_gateway.policy import config as cfg
+from trio_gateway.policy.env_check import NamedSecret, missing_secrets
 
 
 def run(home: Path, *argv: str) -> int:

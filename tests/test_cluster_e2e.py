@@ -19,7 +19,7 @@ import attrs
 import httpx
 import pytest
 
-from trio_gateway.testing.slow_slack import SlowSlack
+from trio_gateway.sim.slow_slack import SlowSlack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 

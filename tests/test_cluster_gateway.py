@@ -7,9 +7,9 @@ from pathlib import Path
 
 import trio
 
-from trio_gateway.routing import Origin
-from trio_gateway.sessions_store import SessionRecord, TurnRecord
-from trio_gateway.testing.runtime import Notice, build_gateway, quick_config
+from trio_gateway.policy.routing import Origin
+from trio_gateway.sim.runtime import Notice, build_gateway, quick_config
+from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 
 CONSOLE = Origin("console", "ops", None)
 NO_STALL = {"gateway.stalledTaskDetection.enabled": False}

@@ -15,9 +15,9 @@ from trio_gateway.channels.listen import AccountListener, Intake, ListenerSuperv
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.inbound import InboundLeases, PgCursors
 from trio_gateway.cluster.node import ClusterNode
-from trio_gateway.config import ClusterConfig
 from trio_gateway.log import EventLog
-from trio_gateway.routing import Origin
+from trio_gateway.policy.config import ClusterConfig
+from trio_gateway.policy.routing import Origin
 
 pytestmark = pytest.mark.postgres
 

@@ -11,8 +11,8 @@ import pytest
 
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode
-from trio_gateway.config import ClusterConfig
 from trio_gateway.log import EventLog
+from trio_gateway.policy.config import ClusterConfig
 
 pytestmark = pytest.mark.postgres
 

@@ -12,21 +12,21 @@ import psycopg
 import pytest
 import trio
 
-from trio_gateway.classify import OK, Outcome
-from trio_gateway.clock import WallClock
+from trio_gateway.channels.classify import OK, Outcome
 from trio_gateway.cluster import schema
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode, cluster_status
 from trio_gateway.cluster.pg_delivery import PgDeliveryWorker
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
-from trio_gateway.config import AgentConfig, ClusterConfig, DeliveryConfig
 from trio_gateway.delivery import Outbox
-from trio_gateway.entry import DeliveryEntry
 from trio_gateway.errors import ClusterDatabaseError, NotFoundError
 from trio_gateway.log import EventLog, MemorySink
-from trio_gateway.queue import Claimed
-from trio_gateway.routing import Origin
-from trio_gateway.work import WorkRegistry
+from trio_gateway.policy.config import AgentConfig, ClusterConfig, DeliveryConfig
+from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.policy.routing import Origin
+from trio_gateway.storage.queue import Claimed
+from trio_gateway.work.clock import WallClock
+from trio_gateway.work.units import WorkRegistry
 
 pytestmark = pytest.mark.postgres
 

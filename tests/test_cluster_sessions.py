@@ -12,12 +12,12 @@ import pytest
 
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode
-from trio_gateway.config import ClusterConfig
-from trio_gateway.cron import CRON_SLOT
 from trio_gateway.errors import CronSlotTakenError
 from trio_gateway.log import EventLog
-from trio_gateway.routing import Origin
-from trio_gateway.sessions_store import SessionRecord, TurnRecord
+from trio_gateway.policy.config import ClusterConfig
+from trio_gateway.policy.routing import Origin
+from trio_gateway.runtime.cron import CRON_SLOT
+from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 
 pytestmark = pytest.mark.postgres
 

@@ -14,17 +14,17 @@ import pytest
 import trio
 
 from trio_gateway import delivery
-from trio_gateway.classify import OK, Outcome
-from trio_gateway.clock import WallClock
-from trio_gateway.config import AgentConfig, DeliveryConfig
+from trio_gateway.channels.classify import OK, Outcome
 from trio_gateway.delivery import DeadLetter, DeliveryWorker, Outbox, Reroute, plan_repair
-from trio_gateway.entry import DeliveryEntry, RequesterOrigin
 from trio_gateway.errors import DeliveryValidationError
 from trio_gateway.log import EventLog, MemorySink
-from trio_gateway.queue import Claimed, DeliveryQueue
-from trio_gateway.routing import Origin
-from trio_gateway.store import inline
-from trio_gateway.work import WorkRegistry
+from trio_gateway.policy.config import AgentConfig, DeliveryConfig
+from trio_gateway.policy.entry import DeliveryEntry, RequesterOrigin
+from trio_gateway.policy.routing import Origin
+from trio_gateway.storage.atomic import inline
+from trio_gateway.storage.queue import Claimed, DeliveryQueue
+from trio_gateway.work.clock import WallClock
+from trio_gateway.work.units import WorkRegistry
 
 WX = Origin("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1")
 AGENTS = {"main": AgentConfig(account_id="bot-1", channels=["feishu", "openclaw-weixin"])}

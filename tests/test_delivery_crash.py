@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_gateway.clock import WallClock
 from trio_gateway.delivery import Outbox
 from trio_gateway.log import EventLog
-from trio_gateway.queue import DeliveryQueue
-from trio_gateway.store import in_thread
+from trio_gateway.storage.atomic import in_thread
+from trio_gateway.storage.queue import DeliveryQueue
+from trio_gateway.work.clock import WallClock
 
 ENTRIES = 500
 CONCURRENCY = 8
@@ -38,14 +38,14 @@ WORKER = """
 import json, os, random, signal, sys
 from pathlib import Path
 import attrs, trio
-from trio_gateway.classify import OK
-from trio_gateway.clock import WallClock
-from trio_gateway.config import DeliveryConfig
+from trio_gateway.channels.classify import OK
+from trio_gateway.work.clock import WallClock
+from trio_gateway.policy.config import DeliveryConfig
 from trio_gateway.delivery import DeliveryWorker
 from trio_gateway.log import open_log
-from trio_gateway.queue import DeliveryQueue
-from trio_gateway.store import in_thread
-from trio_gateway.work import WorkRegistry
+from trio_gateway.storage.queue import DeliveryQueue
+from trio_gateway.storage.atomic import in_thread
+from trio_gateway.work.units import WorkRegistry
 
 home, concurrency = Path(sys.argv[1]), int(sys.argv[2])
 opts = dict(a.split("=") for a in sys.argv[3:])

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_properties import SHM
 
-from trio_gateway.entry import DeliveryEntry, Payload, RequesterOrigin, entry_to_json
-from trio_gateway.routing import Origin
-from trio_gateway.testing.harness import Harness
-from trio_gateway.testing.runtime import quick_config
+from trio_gateway.policy.entry import DeliveryEntry, Payload, RequesterOrigin, entry_to_json
+from trio_gateway.policy.routing import Origin
+from trio_gateway.sim.harness import Harness
+from trio_gateway.sim.runtime import quick_config
 
 WALL = dt.datetime(2026, 6, 15, 3, 21, tzinfo=dt.UTC)  # the harness's wall clock base
 CONFIG = quick_config(**{"gateway.stalledTaskDetection.enabled": False, "gateway.drain.timeoutSeconds": 5})

@@ -21,7 +21,7 @@ import pytest
 import trio
 
 import trio_gateway
-from trio_gateway.testing.fake_model import FakeBehaviour, FakeModel, serve_fake_model
+from trio_gateway.sim.fake_model import FakeBehaviour, FakeModel, serve_fake_model
 
 pytestmark = pytest.mark.e2e
 

@@ -25,7 +25,7 @@ WX = "openclaw-weixin"
 
 @pytest.fixture
 def fake_url() -> Iterator[str]:
-    cmd = [sys.executable, "-m", "trio_gateway.testing.fake_channels", "--port", "0"]
+    cmd = [sys.executable, "-m", "trio_gateway.sim.fake_channels", "--port", "0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert proc.stdout is not None

@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_gateway.assemble import queue_delivery
+from trio_gateway.app.assemble import queue_delivery
 from trio_gateway.errors import ConfigError
-from trio_gateway.gateway import Gateway
-from trio_gateway.home import Home
 from trio_gateway.log import MemorySink
-from trio_gateway.routing import Origin
-from trio_gateway.store import inline
-from trio_gateway.testing.fake_channels import FakeChannels
-from trio_gateway.testing.runtime import build_gateway, quick_config
+from trio_gateway.policy.routing import Origin
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.fake_channels import FakeChannels
+from trio_gateway.sim.runtime import build_gateway, quick_config
+from trio_gateway.storage.atomic import inline
+from trio_gateway.storage.home import Home
 
 ACCOUNT = "2005b227a854-im-bot"
 WEIXIN_USER = "o9cq80abc@im.wechat"
@@ -133,8 +133,8 @@ async def test_permanent_rejection_dead_letters_at_once(tmp_path: Path, autojump
 async def test_reload_with_a_missing_secret_keeps_the_running_config(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    from trio_gateway.assemble import preflight
-    from trio_gateway.config import parse
+    from trio_gateway.app.assemble import preflight
+    from trio_gateway.policy.config import parse
 
     fakes = FakeChannels()
     gateway, sink = real_gateway(tmp_path, fakes, cron=[])

@@ -17,20 +17,20 @@ import pytest
 import trio
 from test_http_api import ENV, NOW, SESSION, SLACK_MESSAGE, TOKEN, Driver, Reply, config, slack_headers
 
-from trio_gateway import config as cfg
 from trio_gateway import log as log_mod
 from trio_gateway.cli import main
-from trio_gateway.config_file import load as load_config_file
-from trio_gateway.config_file import read_raw
 from trio_gateway.errors import ConfigError, InsufficientStorageError
-from trio_gateway.gateway import Gateway
 from trio_gateway.http import auth
 from trio_gateway.http.app import GatewayApp
 from trio_gateway.http.asgi import Message
 from trio_gateway.log import MemorySink
-from trio_gateway.routing import Origin
-from trio_gateway.sessions_store import SessionRecord, SessionStore
-from trio_gateway.testing.runtime import build_gateway
+from trio_gateway.policy import config as cfg
+from trio_gateway.policy.routing import Origin
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.runtime import build_gateway
+from trio_gateway.storage.config_file import load as load_config_file
+from trio_gateway.storage.config_file import read_raw
+from trio_gateway.storage.sessions import SessionRecord, SessionStore
 
 
 @attrs.define
@@ -664,7 +664,7 @@ async def test_a_restart_resizes_the_unverified_body_slots(tmp_path: Path, autoj
     ],
 )
 def test_a_hostile_scenario_file_is_a_scenario_error(tmp_path: Path, data: bytes, says: str) -> None:
-    from trio_gateway.scenario_parse import ScenarioError, load
+    from trio_gateway.scenario.parse import ScenarioError, load
 
     path = tmp_path / "bad.toml"
     path.write_bytes(data)

@@ -15,13 +15,13 @@ import pytest
 import trio
 
 import trio_gateway
-from trio_gateway import config as cfg
-from trio_gateway.gateway import Gateway
 from trio_gateway.http.app import GatewayApp
 from trio_gateway.http.asgi import Message
 from trio_gateway.http.server import HttpServer
 from trio_gateway.log import MemorySink
-from trio_gateway.testing.runtime import build_gateway, quick_config
+from trio_gateway.policy import config as cfg
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.runtime import build_gateway, quick_config
 
 TOKEN = "test-token-123"
 AUTH = {"authorization": f"Bearer {TOKEN}"}

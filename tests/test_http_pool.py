@@ -8,7 +8,7 @@ Findings that shaped these tests (see the report in the commit): aborting 400 st
 at once leaves both pools healthy; the leak needs aborts at scattered moments while the pool is
 contended and other calls complete, which is what a stall watchdog does in production. Under
 that pattern httpx leaks slots (connections stuck in CONNECTING with no request) until every
-later call gets PoolTimeout; httpx2 reclaims them. So `trio_gateway.http_client` uses httpx2.
+later call gets PoolTimeout; httpx2 reclaims them. So `trio_gateway.upstream` uses httpx2.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 import trio
 
-from trio_gateway import http_client
-from trio_gateway.config import ModelConfig
+from trio_gateway import upstream as http_client
 from trio_gateway.models.openai import OpenAIModel
+from trio_gateway.policy.config import ModelConfig
 from trio_gateway.testing import FakeBehaviour, FakeModel, serve_fake_model
-from trio_gateway.work import WorkUnit
+from trio_gateway.work.units import WorkUnit
 
 POOL_SIZE = 10
 POOL_WAIT = 3.0

@@ -11,12 +11,12 @@ import pytest
 import trio
 
 from trio_gateway.channels.listen import BACKOFF_MAX_SECONDS
-from trio_gateway.config import Config
-from trio_gateway.gateway import Gateway
 from trio_gateway.log import MemorySink
-from trio_gateway.testing.fake_channels import FakeChannels
-from trio_gateway.testing.harness import Harness, fake_account
-from trio_gateway.testing.runtime import quick_config
+from trio_gateway.policy.config import Config
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.fake_channels import FakeChannels
+from trio_gateway.sim.harness import Harness, fake_account
+from trio_gateway.sim.runtime import quick_config
 
 WX = "openclaw-weixin"
 ACCOUNT = "bot1"
@@ -215,7 +215,7 @@ async def test_status_lists_every_account_with_its_inbound_state(gateway: Gatewa
 
 
 def test_backoff_is_full_jitter_between_one_second_and_a_minute() -> None:
-    from trio_gateway import backoff
+    from trio_gateway.policy import backoff
 
     rng = random.Random(1)
     waits = [backoff.delay(a, 1.0, BACKOFF_MAX_SECONDS, rng) for a in range(1, 40)]
@@ -246,8 +246,8 @@ async def test_channels_routes_and_metrics(gateway: Gateway, fake_channels: Fake
 
 
 def test_scenario_inbound_action_names_a_channel_without_a_fake() -> None:
-    from trio_gateway.scenario_format import ScenarioError
-    from trio_gateway.scenario_parse import parse_text
+    from trio_gateway.scenario.format import ScenarioError
+    from trio_gateway.scenario.parse import parse_text
 
     good = parse_text('[[action]]\nat = 1\ntype = "inbound"\ntext = "hi"\nfrom = "a@im.wechat"\n')
     assert [(a.channel, a.from_) for a in good.actions] == [(WX, "a@im.wechat")]  # type: ignore[union-attr]

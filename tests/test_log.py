@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from trio_gateway import config as cfg
 from trio_gateway.errors import ConfigError
 from trio_gateway.log import EventLog, FileSink, Rotation, StreamSink
+from trio_gateway.policy import config as cfg
 
 WHEN = dt.datetime(2026, 6, 15, 3, 21, tzinfo=dt.UTC)
 

@@ -10,10 +10,10 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from trio_gateway import __version__
-from trio_gateway import config as cfg
 from trio_gateway.http import metrics
 from trio_gateway.http.server import HttpServer
-from trio_gateway.testing.runtime import build_gateway
+from trio_gateway.policy import config as cfg
+from trio_gateway.sim.runtime import build_gateway
 
 TOKEN = "metrics-token"
 

@@ -9,13 +9,13 @@ import attrs
 import pytest
 import trio
 
-from trio_gateway import http_client as http
-from trio_gateway.config import ModelConfig
+from trio_gateway import upstream as http
 from trio_gateway.errors import ModelCallError
 from trio_gateway.models import EchoModel, OpenAIModel, build_model
 from trio_gateway.models.base import Message, ModelReply, ToolCall
+from trio_gateway.policy.config import ModelConfig
 from trio_gateway.testing import FakeBehaviour, FakeModel
-from trio_gateway.work import WorkUnit
+from trio_gateway.work.units import WorkUnit
 
 KEY = "sk-test-very-secret-0123456789"
 SPAWN_TOOLS = [{"type": "function", "function": {"name": "spawn_subagent", "parameters": {"type": "object"}}}]

@@ -7,14 +7,14 @@ import trio
 import trio.testing
 
 from trio_gateway import __version__
-from trio_gateway.config import Config
 from trio_gateway.errors import GatewayDrainingError
-from trio_gateway.gateway import Gateway
 from trio_gateway.log import MemorySink
-from trio_gateway.routing import Origin
-from trio_gateway.testing.fake_channels import FakeChannels
-from trio_gateway.testing.harness import DeliveryTap, Harness, HarnessModel, fake_account
-from trio_gateway.testing.runtime import quick_config
+from trio_gateway.policy.config import Config
+from trio_gateway.policy.routing import Origin
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.fake_channels import FakeChannels
+from trio_gateway.sim.harness import DeliveryTap, Harness, HarnessModel, fake_account
+from trio_gateway.sim.runtime import quick_config
 
 ME = Origin("console", "me")
 SLACK = Origin("slack", "C0123456789")

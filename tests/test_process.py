@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 import trio
 
+from trio_gateway.app.process import GatewayProcess
+from trio_gateway.app.sd_notify import Notifier
 from trio_gateway.errors import ConfigError, GatewayLockedError, UnauthorizedError
-from trio_gateway.home import Home
 from trio_gateway.http.auth import check_bearer, is_loopback, token_for_start
 from trio_gateway.http.server import HttpServer
-from trio_gateway.lockfile import hold_lock
 from trio_gateway.log import EventLog
-from trio_gateway.process import GatewayProcess
-from trio_gateway.sd_notify import Notifier
-from trio_gateway.testing.runtime import build_gateway, quick_config
+from trio_gateway.sim.runtime import build_gateway, quick_config
+from trio_gateway.storage.home import Home
+from trio_gateway.storage.lock import hold_lock
 
 
 def test_a_second_lock_on_the_same_home_names_the_holder(tmp_path: Path) -> None:

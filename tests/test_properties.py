@@ -29,13 +29,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_http_api import ENV, NOW, SESSION, SLACK_SECRET, TOKEN, Driver, Reply, config
 
-from trio_gateway import config as cfg
-from trio_gateway.config_file import load as load_config_file
 from trio_gateway.errors import ConfigError
-from trio_gateway.gateway import Gateway
 from trio_gateway.http.app import GatewayApp
 from trio_gateway.log import MemorySink
-from trio_gateway.testing.runtime import build_gateway
+from trio_gateway.policy import config as cfg
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.runtime import build_gateway
+from trio_gateway.storage.config_file import load as load_config_file
 
 # Text as hostile clients send it: any code point, lone surrogates and controls included.
 # (`characters()` leaves surrogates out unless asked.)

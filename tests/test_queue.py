@@ -14,11 +14,11 @@ import attrs
 import pytest
 import trio
 
-from trio_gateway.entry import DeliveryEntry, Payload, RequesterOrigin, entry_to_json
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog, MemorySink
-from trio_gateway.queue import Claimed, DeliveryQueue, GroupCommit, NotDue, claimer_alive
-from trio_gateway.store import inline
+from trio_gateway.policy.entry import DeliveryEntry, Payload, RequesterOrigin, entry_to_json
+from trio_gateway.storage.atomic import inline
+from trio_gateway.storage.queue import Claimed, DeliveryQueue, GroupCommit, NotDue, claimer_alive
 
 T0 = dt.datetime(2026, 6, 15, 3, 21, tzinfo=dt.UTC)
 
@@ -279,7 +279,7 @@ async def test_concurrent_claims_and_acks_share_one_directory_fsync(
     for e in entries:
         await q.enqueue(e)
     synced: list[Path] = []
-    monkeypatch.setattr("trio_gateway.queue.fsync_dir", synced.append)
+    monkeypatch.setattr("trio_gateway.storage.queue.fsync_dir", synced.append)
     claims: list[Claimed] = []
 
     async def send_one(entry_id: str) -> None:
@@ -377,7 +377,7 @@ async def test_concurrent_enqueues_share_one_directory_fsync_after_every_rename(
         names = sorted(n for n in os.listdir(directory) if n.endswith(".json"))
         synced.append((directory, names, len(returned)))
 
-    monkeypatch.setattr("trio_gateway.queue.fsync_dir", fake_fsync_dir)
+    monkeypatch.setattr("trio_gateway.storage.queue.fsync_dir", fake_fsync_dir)
 
     async def enqueue(entry: DeliveryEntry) -> None:
         await q.enqueue(entry)
@@ -401,7 +401,7 @@ async def test_an_enqueue_batch_that_fails_fails_every_caller_in_it(
     def broken(directory: Path) -> None:
         raise OSError("fsync failed")
 
-    monkeypatch.setattr("trio_gateway.queue.fsync_dir", broken)
+    monkeypatch.setattr("trio_gateway.storage.queue.fsync_dir", broken)
     failed: list[str] = []
 
     async def enqueue(entry: DeliveryEntry) -> None:

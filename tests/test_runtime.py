@@ -9,10 +9,10 @@ import pytest
 import trio
 
 from trio_gateway.errors import GatewayDrainingError
-from trio_gateway.gateway import Gateway
 from trio_gateway.log import MemorySink
-from trio_gateway.routing import Origin
-from trio_gateway.testing.runtime import Notice, build_gateway, quick_config
+from trio_gateway.policy.routing import Origin
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.runtime import Notice, build_gateway, quick_config
 
 WEIXIN = Origin("openclaw-weixin", "o9cq80abc@im.wechat", "2005b227a854-im-bot")
 CONSOLE = Origin("console", "ops", None)

@@ -11,16 +11,13 @@ from typing import Any
 import pytest
 import trio
 
-from trio_gateway import sessions_store
-from trio_gateway.assemble import queue_delivery
-from trio_gateway.config import Config
+from trio_gateway.app.assemble import queue_delivery
 from trio_gateway.errors import BadRequestError
-from trio_gateway.gateway import Gateway
-from trio_gateway.home import Home
 from trio_gateway.log import EventLog
-from trio_gateway.routing import Origin
-from trio_gateway.store import inline
-from trio_gateway.testing.runtime import (
+from trio_gateway.policy.config import Config
+from trio_gateway.policy.routing import Origin
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.runtime import (
     Notice,
     RecordingDelivery,
     RecordingOutbox,
@@ -28,6 +25,9 @@ from trio_gateway.testing.runtime import (
     quick_config,
     recording_delivery,
 )
+from trio_gateway.storage import sessions as sessions_store
+from trio_gateway.storage.atomic import inline
+from trio_gateway.storage.home import Home
 
 CONSOLE = Origin("console", "ops", None)
 NO_STALL = {"gateway.stalledTaskDetection.enabled": False}

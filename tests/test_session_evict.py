@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import trio
 
-from trio_gateway.config import Config
-from trio_gateway.gateway import Gateway
-from trio_gateway.routing import Origin
-from trio_gateway.testing.harness import DeliveryTap
-from trio_gateway.testing.runtime import quick_config
+from trio_gateway.policy.config import Config
+from trio_gateway.policy.routing import Origin
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.harness import DeliveryTap
+from trio_gateway.sim.runtime import quick_config
 
 ME = Origin("console", "me")
 

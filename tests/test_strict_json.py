@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from trio_gateway import strict_json
-from trio_gateway.strict_json import MAX_DEPTH, JsonInputError
+from trio_gateway.policy import strict_json
+from trio_gateway.policy.strict_json import MAX_DEPTH, JsonInputError
 
 
 def nested(levels: int, inner: str = "1") -> bytes:

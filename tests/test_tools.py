@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import trio
 
-from trio_gateway import config as cfg
-from trio_gateway import http_client as http
+from trio_gateway import upstream as http
 from trio_gateway.errors import ConfigError
-from trio_gateway.gateway import Gateway
 from trio_gateway.log import EventLog, MemorySink
-from trio_gateway.routing import Origin
-from trio_gateway.testing.fake_mcp import FakeMcpServers, in_process_tools
-from trio_gateway.testing.runtime import Notice, build_gateway
+from trio_gateway.policy import config as cfg
+from trio_gateway.policy.routing import Origin
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
+from trio_gateway.sim.runtime import Notice, build_gateway
 
 CONSOLE = Origin("console", "ops", None)
 
@@ -318,10 +318,10 @@ async def test_a_streamable_http_server_answers_reports_progress_and_is_told_of_
 ) -> None:
     """The production HTTP opener (the SDK's streamable HTTP client over our httpx2 client) with
     the header named by headersEnv, against the fake served over a MockTransport."""
-    from trio_gateway.testing.fake_mcp import FakeMcpServer, http_transport
+    from trio_gateway.sim.fake_mcp import FakeMcpServer, http_transport
     from trio_gateway.tools.mcp import McpServer
     from trio_gateway.tools.transport import http_opener
-    from trio_gateway.work import WorkRegistry
+    from trio_gateway.work.units import WorkRegistry
 
     fake = FakeMcpServer(name="search")
     log = EventLog([MemorySink()])
@@ -380,7 +380,7 @@ async def test_a_slow_http_body_that_keeps_sending_is_never_aborted(
 
 
 def test_preflight_names_a_missing_header_secret() -> None:
-    from trio_gateway.assemble import preflight
+    from trio_gateway.app.assemble import preflight
 
     config = cfg.parse(
         {
@@ -413,7 +413,7 @@ async def test_a_turn_at_start_up_waits_for_its_servers_tool_listing(
 
 
 def test_a_stdio_server_gets_basics_its_env_and_named_secrets_never_the_gateways() -> None:
-    from trio_gateway.assemble import preflight
+    from trio_gateway.app.assemble import preflight
     from trio_gateway.tools.registry import server_env
 
     raw = {"command": ["srv"], "env": {"ROOT": "/srv"}, "envFrom": {"GITHUB_TOKEN": "GW_GITHUB"}}
@@ -435,7 +435,7 @@ async def test_a_bug_in_a_server_supervisor_stops_that_server_not_the_gateway(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     from trio_gateway.tools.registry import build_toolbox
-    from trio_gateway.work import WorkRegistry
+    from trio_gateway.work.units import WorkRegistry
 
     sink = MemorySink()
     log = EventLog([sink])
@@ -497,10 +497,10 @@ async def test_an_abort_is_not_held_up_by_a_server_that_stopped_reading(autojump
     import trio.testing
 
     from trio_gateway.errors import WorkAbortedError
-    from trio_gateway.testing.fake_mcp import FakeMcpServer
+    from trio_gateway.sim.fake_mcp import FakeMcpServer
     from trio_gateway.tools.mcp import McpServer
     from trio_gateway.tools.transport import pipe_link
-    from trio_gateway.work import WorkRegistry
+    from trio_gateway.work.units import WorkRegistry
 
     client, server_end = trio.testing.lockstep_stream_pair()  # no buffer: like a full pipe
     wedged = trio.Event()

@@ -18,10 +18,10 @@ import trio
 from tests import test_e2e
 from tests.test_e2e import Proc, cli, poll, start_gateway
 from trio_gateway.log import EventLog, MemorySink
-from trio_gateway.testing.fake_mcp import STDIO_COMMAND, process_state, read_events
+from trio_gateway.sim.fake_mcp import STDIO_COMMAND, process_state, read_events
 from trio_gateway.tools.mcp import McpServer
 from trio_gateway.tools.transport import EOF_GRACE_SECONDS, FLUSH_SECONDS, REAP_TIMEOUT_SECONDS, stdio_opener
-from trio_gateway.work import WorkRegistry
+from trio_gateway.work.units import WorkRegistry
 
 pytestmark = pytest.mark.e2e
 __all__ = ["start_gateway"]  # the fixture, shared with test_e2e

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from trio_gateway import config as cfg
-from trio_gateway.gateway import Gateway
-from trio_gateway.routing import Origin
-from trio_gateway.testing.fake_mcp import FakeMcpServers
-from trio_gateway.testing.harness import Harness
+from trio_gateway.policy import config as cfg
+from trio_gateway.policy.routing import Origin
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.fake_mcp import FakeMcpServers
+from trio_gateway.sim.harness import Harness
 
 ME = Origin("console", "me")
 

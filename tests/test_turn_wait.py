@@ -12,9 +12,9 @@ import pytest
 import trio
 from test_ui import TOKEN, Ui, call
 
-from trio_gateway import config as cfg
 from trio_gateway.http.app import GatewayApp
-from trio_gateway.testing.runtime import build_gateway
+from trio_gateway.policy import config as cfg
+from trio_gateway.sim.runtime import build_gateway
 
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 

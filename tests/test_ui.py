@@ -13,13 +13,13 @@ import attrs
 import pytest
 import trio
 
-from trio_gateway import config as cfg
-from trio_gateway.gateway import Gateway
 from trio_gateway.http import ui_auth
 from trio_gateway.http.app import GatewayApp
 from trio_gateway.http.asgi import Message
-from trio_gateway.queue import Claimed
-from trio_gateway.testing.runtime import build_gateway
+from trio_gateway.policy import config as cfg
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.runtime import build_gateway
+from trio_gateway.storage.queue import Claimed
 
 TOKEN = "ui-test-token"
 HOST = "127.0.0.1:18789"

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from trio_gateway.channels.validation import check_address
 from trio_gateway.errors import DeliveryValidationError
-from trio_gateway.validation import check_address
 
 VALID = {
     "openclaw-weixin": ["o9cq80abc@im.wechat", "wxid_abc-1.2@im.wechat"],

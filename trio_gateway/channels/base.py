@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from trio_gateway.classify import Outcome
-from trio_gateway.entry import DeliveryEntry
+from trio_gateway.channels.classify import Outcome
+from trio_gateway.policy.entry import DeliveryEntry
 
 
 class Channel(Protocol):

@@ -16,9 +16,9 @@ from typing import Any
 import attrs
 import trio
 
-from trio_gateway.classify import OK, Outcome
-from trio_gateway.entry import DeliveryEntry
-from trio_gateway.store import BlockingRunner, in_thread
+from trio_gateway.channels.classify import OK, Outcome
+from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.storage.atomic import BlockingRunner, in_thread
 
 
 def line_for(entry: DeliveryEntry) -> dict[str, Any]:

@@ -11,12 +11,12 @@ import attrs
 import trio
 import trio_websocket
 
-from trio_gateway import http_client as httpx
+from trio_gateway import upstream as httpx
+from trio_gateway.channels.classify import Outcome, classify_discord, field
 from trio_gateway.channels.http import JsonClient, scrub, stable_key
 from trio_gateway.channels.listen import AuthFailed, Heard, Intake, ListenError, WebSocketConnect, leaf_errors
-from trio_gateway.classify import Outcome, classify_discord, field
-from trio_gateway.entry import DeliveryEntry
-from trio_gateway.http_client import AsyncBaseTransport
+from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.upstream import AsyncBaseTransport
 
 DM_PATH = "/users/@me/channels"
 # Discord rejects a nonce longer than 25 characters.

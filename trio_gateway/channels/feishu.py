@@ -16,6 +16,13 @@ import trio
 from cryptography.hazmat.primitives import padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from trio_gateway.channels.classify import (
+    FEISHU_TOKEN_INVALID_CODES,
+    Outcome,
+    classify_feishu,
+    classify_feishu_token,
+    field,
+)
 from trio_gateway.channels.http import JsonClient, Reply, stable_key
 from trio_gateway.channels.listen import (
     AuthFailed,
@@ -26,9 +33,8 @@ from trio_gateway.channels.listen import (
     post_json,
     socket_error,
 )
-from trio_gateway.classify import FEISHU_TOKEN_INVALID_CODES, Outcome, classify_feishu, classify_feishu_token, field
-from trio_gateway.entry import DeliveryEntry
-from trio_gateway.http_client import AsyncBaseTransport
+from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.upstream import AsyncBaseTransport
 
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 MESSAGES_PATH = "/open-apis/im/v1/messages"

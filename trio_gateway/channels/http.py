@@ -21,8 +21,8 @@ import attrs
 # so they come from the same library here (keep in step with `http_client.LIBRARY`).
 from httpx2 import AsyncHTTPTransport, create_ssl_context
 
-from trio_gateway import http_client as httpx
-from trio_gateway.classify import Headers, Outcome, short, transport_error
+from trio_gateway import upstream as httpx
+from trio_gateway.channels.classify import Headers, Outcome, short, transport_error
 
 # Bounds inside the worker's own per-attempt deadline: a connect that hangs should end as a
 # retry well before the attempt is cut off, so the reason says what went wrong.

@@ -29,15 +29,15 @@ import attrs
 import trio
 import trio_websocket
 
-from trio_gateway import backoff
-from trio_gateway import http_client as httpx
+from trio_gateway import upstream as httpx
 from trio_gateway.channels.http import JsonClient, scrub
-from trio_gateway.config import AgentConfig, Config
+from trio_gateway.channels.validation import check_address
 from trio_gateway.errors import DeliveryValidationError, GatewayDrainingError
 from trio_gateway.log import EventLog, ms
-from trio_gateway.routing import Origin
-from trio_gateway.store import BlockingRunner, atomic_write_json, durable_rename
-from trio_gateway.validation import check_address
+from trio_gateway.policy import backoff
+from trio_gateway.policy.config import AgentConfig, Config
+from trio_gateway.policy.routing import Origin
+from trio_gateway.storage.atomic import BlockingRunner, atomic_write_json, durable_rename
 
 ListenState = Literal["listening", "reconnecting", "paused", "off"]
 BACKOFF_INITIAL_SECONDS = 1.0

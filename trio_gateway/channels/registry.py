@@ -27,12 +27,12 @@ from trio_gateway.channels.listen import (
 from trio_gateway.channels.slack import SlackChannel, SlackSocketListener
 from trio_gateway.channels.telegram import TelegramChannel, TelegramListener
 from trio_gateway.channels.weixin import WeixinChannel, WeixinListener
-from trio_gateway.config import AccountConfig, Config
 from trio_gateway.errors import ConfigError
-from trio_gateway.home import Home
-from trio_gateway.http_client import AsyncBaseTransport
 from trio_gateway.log import EventLog
-from trio_gateway.store import BlockingRunner, in_thread
+from trio_gateway.policy.config import AccountConfig, Config
+from trio_gateway.storage.atomic import BlockingRunner, in_thread
+from trio_gateway.storage.home import Home
+from trio_gateway.upstream import AsyncBaseTransport
 
 
 @attrs.frozen

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 import trio
 
+from trio_gateway.channels.classify import Outcome, classify_slack
 from trio_gateway.channels.http import JsonClient
 from trio_gateway.channels.listen import (
     AuthFailed,
@@ -20,9 +21,8 @@ from trio_gateway.channels.listen import (
     post_json,
     socket_error,
 )
-from trio_gateway.classify import Outcome, classify_slack
-from trio_gateway.entry import DeliveryEntry
-from trio_gateway.http_client import AsyncBaseTransport
+from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.upstream import AsyncBaseTransport
 
 SEND_PATH = "/chat.postMessage"
 

@@ -9,11 +9,11 @@ import re
 
 import attrs
 
+from trio_gateway.channels.classify import Outcome, classify_telegram
 from trio_gateway.channels.http import JsonClient, SecretPathTransport
 from trio_gateway.channels.listen import AuthFailed, Heard, Intake, ListenError, post_json
-from trio_gateway.classify import Outcome, classify_telegram
-from trio_gateway.entry import DeliveryEntry
-from trio_gateway.http_client import AsyncBaseTransport
+from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.upstream import AsyncBaseTransport
 
 TOKEN_PLACEHOLDER = "TOKEN"
 SEND_PATH = f"/bot{TOKEN_PLACEHOLDER}/sendMessage"

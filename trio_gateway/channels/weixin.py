@@ -13,11 +13,11 @@ from typing import Any
 
 import attrs
 
+from trio_gateway.channels.classify import Outcome, classify_weixin
 from trio_gateway.channels.http import JsonClient
 from trio_gateway.channels.listen import AuthFailed, Heard, Intake, ListenError, post_json
-from trio_gateway.classify import Outcome, classify_weixin
-from trio_gateway.entry import DeliveryEntry
-from trio_gateway.http_client import AsyncBaseTransport
+from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.upstream import AsyncBaseTransport
 
 CHANNEL = "openclaw-weixin"
 SEND_PATH = "/ilink/bot/sendmessage"

@@ -8,8 +8,8 @@ import json
 import urllib.parse
 from typing import Any
 
-from trio_gateway.client import GatewayClient
-from trio_gateway.home import Home
+from trio_gateway.cli.client import GatewayClient
+from trio_gateway.storage.home import Home
 
 
 def register(parser: argparse.ArgumentParser) -> None:

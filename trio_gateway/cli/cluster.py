@@ -11,8 +11,8 @@ import json
 import os
 from typing import TYPE_CHECKING, Any
 
-from trio_gateway.config_file import load as load_config
 from trio_gateway.errors import UsageError
+from trio_gateway.storage.config_file import load as load_config
 
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
@@ -41,8 +41,8 @@ def _status(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def _read(config: Any) -> list[dict[str, Any]]:
+    from trio_gateway.app.cluster import database
     from trio_gateway.cluster.node import cluster_status
-    from trio_gateway.cluster.wiring import database
 
     db = database(config, os.environ)
     await db.open()

@@ -8,12 +8,12 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from trio_gateway import config as cfg
 from trio_gateway.cli import add_commands
-from trio_gateway.config_file import load, read_raw
-from trio_gateway.env_check import missing_secrets
 from trio_gateway.errors import ConfigError
-from trio_gateway.store import atomic_write_json
+from trio_gateway.policy import config as cfg
+from trio_gateway.policy.env_check import missing_secrets
+from trio_gateway.storage.atomic import atomic_write_json
+from trio_gateway.storage.config_file import load, read_raw
 
 if TYPE_CHECKING:
     from trio_gateway.cli import Context

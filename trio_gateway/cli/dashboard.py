@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from trio_gateway.dashboard import dashboard_url
+from trio_gateway.cli.dashboard_url import dashboard_url
 
 if TYPE_CHECKING:
     from trio_gateway.cli import Context

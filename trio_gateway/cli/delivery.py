@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING
 import trio
 
 from trio_gateway import delivery
+from trio_gateway.channels.validation import check_configured
 from trio_gateway.cli import add_commands
-from trio_gateway.clock import WallClock
-from trio_gateway.config import Config
-from trio_gateway.config_file import load as load_config
-from trio_gateway.entry import DeliveryEntry, entry_to_json
+from trio_gateway.cli.progress import Progress
 from trio_gateway.errors import GatewayError, NotFoundError, UsageError
-from trio_gateway.home import Home
 from trio_gateway.log import EventLog, open_log
-from trio_gateway.progress import Progress
-from trio_gateway.queue import DeliveryQueue
-from trio_gateway.storage import DeliveryStore
-from trio_gateway.store import in_thread
-from trio_gateway.validation import check_configured
-from trio_gateway.work import WorkRegistry
+from trio_gateway.policy.config import Config
+from trio_gateway.policy.entry import DeliveryEntry, entry_to_json
+from trio_gateway.storage.atomic import in_thread
+from trio_gateway.storage.base import DeliveryStore
+from trio_gateway.storage.config_file import load as load_config
+from trio_gateway.storage.home import Home
+from trio_gateway.storage.queue import DeliveryQueue
+from trio_gateway.work.clock import WallClock
+from trio_gateway.work.units import WorkRegistry
 
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
@@ -88,7 +88,7 @@ async def _store(ctx: Context, log: EventLog) -> AsyncIterator[DeliveryStore]:
     if config.cluster.backend != "postgres":
         yield _queue(ctx.home, log)
         return
-    from trio_gateway.cluster.wiring import cli_queue  # only cluster mode loads psycopg
+    from trio_gateway.app.cluster import cli_queue  # only cluster mode loads psycopg
 
     async with cli_queue(config, os.environ, log) as queue:
         yield queue

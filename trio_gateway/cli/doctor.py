@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any, Literal
 import attrs
 
 from trio_gateway.errors import GatewayError
-from trio_gateway.home import Home
+from trio_gateway.storage.home import Home
 
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
-    from trio_gateway.config import Config
+    from trio_gateway.policy.config import Config
 
 Verdict = Literal["ok", "warn", "FAIL"]
 REACH_TIMEOUT_SECONDS = 3.0
@@ -59,7 +59,7 @@ def diagnose(home: Home, env: Mapping[str, str], *, reach: Callable[[str], str |
         return
     yield from _secrets(raw, env)
     yield _token(home, env)
-    from trio_gateway import config as cfg
+    from trio_gateway.policy import config as cfg
 
     parsed = cfg.parse(raw)
     yield _gateway_or_port(home, parsed)
@@ -76,7 +76,7 @@ def _home(home: Home) -> Check:
 
 
 def _config(home: Home) -> tuple[Check, dict[str, Any] | None]:
-    from trio_gateway import config_file
+    from trio_gateway.storage import config_file
 
     path = home.config_path
     try:
@@ -89,7 +89,7 @@ def _config(home: Home) -> tuple[Check, dict[str, Any] | None]:
 
 
 def _secrets(raw: Mapping[str, Any], env: Mapping[str, str]) -> Iterator[Check]:
-    from trio_gateway.env_check import missing_secrets, named_secrets
+    from trio_gateway.policy.env_check import missing_secrets, named_secrets
 
     named = list(named_secrets(raw))
     missing = missing_secrets(raw, env)
@@ -101,7 +101,7 @@ def _secrets(raw: Mapping[str, Any], env: Mapping[str, str]) -> Iterator[Check]:
 
 def _token(home: Home, env: Mapping[str, str]) -> Check:
     from trio_gateway.errors import ConfigError
-    from trio_gateway.home import read_token, token_path
+    from trio_gateway.storage.home import read_token, token_path
 
     path = token_path(home.token_path, env)
     try:
@@ -114,7 +114,7 @@ def _token(home: Home, env: Mapping[str, str]) -> Check:
 
 
 def _gateway_or_port(home: Home, config: Config) -> Check:
-    from trio_gateway.client import Target
+    from trio_gateway.cli.client import Target
 
     try:
         target = Target.find(home)

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from trio_gateway.cli import add_commands
+from trio_gateway.cli.client import GatewayClient, nothing_running
 from trio_gateway.cli.session import session_rows
-from trio_gateway.client import GatewayClient, nothing_running
 from trio_gateway.errors import GatewayError, GatewayUnreachableError
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _timeout(text: str) -> float:
     """`--timeout S`: the range the HTTP API accepts for timeoutSeconds (nan and 1e306 refused)."""
-    from trio_gateway.config import RANGES  # here: config imports cattrs, too heavy for `status`
+    from trio_gateway.policy.config import RANGES  # here: config imports cattrs, too heavy for `status`
 
     high = RANGES["gateway.drain.timeoutSeconds"][1]
     try:
@@ -78,7 +78,7 @@ def _timeout(text: str) -> float:
 
 
 def _start(args: argparse.Namespace, ctx: Context) -> int:
-    from trio_gateway import process  # the server side: only `gateway start` pays for it
+    from trio_gateway.app import process  # the server side: only `gateway start` pays for it
 
     return process.start(process.StartOptions(ctx.home, ctx.log_format, args.port, args.bind))
 

@@ -8,7 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from trio_gateway.cli import add_commands
-from trio_gateway.client import REQUEST_TIMEOUT_SECONDS, GatewayClient
+from trio_gateway.cli.client import REQUEST_TIMEOUT_SECONDS, GatewayClient
 from trio_gateway.errors import GatewayError
 
 if TYPE_CHECKING:

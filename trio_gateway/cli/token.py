@@ -11,8 +11,8 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
-from trio_gateway.home import read_token, token_path
 from trio_gateway.http import auth
+from trio_gateway.storage.home import read_token, token_path
 
 if TYPE_CHECKING:
     from trio_gateway.cli import Context

@@ -9,7 +9,7 @@
     node.py      this node's heartbeat, the takeover sweep, leaving, `cluster status`
     leases.py    a generic per-key lease with an epoch (inbound listeners, session owners)
     inbound.py   listeners under the lease `inbound:<channel>:<account>`; their cursors
-    wiring.py    the parts `assemble.py` and the CLI take when `cluster.backend` is "postgres"
+    (the parts `app/assemble.py` takes when `cluster.backend` is "postgres" are `app/cluster.py`)
 
 Imported only when `cluster.backend` is "postgres": a gateway on files never loads psycopg.
 """

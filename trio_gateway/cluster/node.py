@@ -26,10 +26,10 @@ from trio_gateway.cluster.db import CANCEL_BOUND_SECONDS, Conn, Database
 from trio_gateway.cluster.leases import Leases
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
 from trio_gateway.cluster.pg_sessions import PgSessionStore
-from trio_gateway.config import ClusterConfig
 from trio_gateway.errors import ClusterDatabaseError
 from trio_gateway.log import EventLog
-from trio_gateway.sessions_store import SessionRecord
+from trio_gateway.policy.config import ClusterConfig
+from trio_gateway.storage.sessions import SessionRecord
 
 
 def default_node_id() -> str:

@@ -15,16 +15,16 @@ from typing import Any
 import attrs
 import trio
 
-from trio_gateway.clock import WallClock
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
-from trio_gateway.config import Config
 from trio_gateway.delivery import ClosableChannels, DeliveryWorker, Outbox
-from trio_gateway.entry import DeliveryEntry
 from trio_gateway.errors import ClusterDatabaseError
 from trio_gateway.log import EventLog
-from trio_gateway.queue import Claimed
-from trio_gateway.storage import DeliveryStore
-from trio_gateway.work import WorkRegistry
+from trio_gateway.policy.config import Config
+from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.storage.base import DeliveryStore
+from trio_gateway.storage.queue import Claimed
+from trio_gateway.work.clock import WallClock
+from trio_gateway.work.units import WorkRegistry
 
 
 @attrs.define

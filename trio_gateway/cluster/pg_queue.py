@@ -24,10 +24,10 @@ import attrs
 from psycopg.types.json import Jsonb
 
 from trio_gateway.cluster.db import Conn, Database
-from trio_gateway.entry import DeliveryEntry, entry_from_json, entry_to_json
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
-from trio_gateway.queue import Claimed, GroupCommit, IdGenerator, NotDue
+from trio_gateway.policy.entry import DeliveryEntry, entry_from_json, entry_to_json
+from trio_gateway.storage.queue import Claimed, GroupCommit, IdGenerator, NotDue
 
 _ENTRY_COLUMNS = "entry, send_started_at"
 

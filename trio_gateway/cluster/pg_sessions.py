@@ -24,11 +24,11 @@ from psycopg.types.json import Jsonb
 
 from trio_gateway.cluster.db import Conn, Database
 from trio_gateway.cluster.leases import Leases
-from trio_gateway.config import make_strict_converter
-from trio_gateway.cron import CRON_SLOT
 from trio_gateway.errors import CronSlotTakenError
 from trio_gateway.log import EventLog
-from trio_gateway.sessions_store import SessionRecord
+from trio_gateway.policy.config import make_strict_converter
+from trio_gateway.runtime.cron import CRON_SLOT
+from trio_gateway.storage.sessions import SessionRecord
 
 _CONVERTER = make_strict_converter()
 # Ownership is judged by heartbeat; the expiry is only a backstop for a live node that stopped

@@ -20,9 +20,7 @@ import trio
 from trio_gateway import __version__
 from trio_gateway import delivery as delivery_mod
 from trio_gateway.channels.listen import agent_for
-from trio_gateway.config import KNOWN_CHANNELS, RANGES, AccountConfig, Config
-from trio_gateway.drain import DrainKind, DrainReport, DrainRequest
-from trio_gateway.entry import entry_to_json
+from trio_gateway.channels.validation import check_address, check_configured
 from trio_gateway.errors import (
     BadRequestError,
     DeliveryValidationError,
@@ -33,15 +31,17 @@ from trio_gateway.errors import (
     PayloadTooLargeError,
     RequestTimeoutError,
 )
-from trio_gateway.gateway import Gateway, drain_status
 from trio_gateway.http import inbound, metrics
 from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
 from trio_gateway.http.body import JsonObject, json_object, opt_bool, opt_number, opt_str, req_obj, req_str
 from trio_gateway.http.ui_auth import UiAuth
-from trio_gateway.queue import DeliveryQueue
-from trio_gateway.routing import Origin
-from trio_gateway.storage import DeliveryStore
-from trio_gateway.validation import check_address, check_configured
+from trio_gateway.policy.config import KNOWN_CHANNELS, RANGES, AccountConfig, Config
+from trio_gateway.policy.entry import entry_to_json
+from trio_gateway.policy.routing import Origin
+from trio_gateway.runtime.gateway import Gateway, drain_status
+from trio_gateway.storage.base import DeliveryStore
+from trio_gateway.storage.queue import DeliveryQueue
+from trio_gateway.work.drain import DrainKind, DrainReport, DrainRequest
 
 # The stall endpoint's default: longer than any sane stall threshold or drain timeout.
 DEFAULT_STALL_MS = 3_600_000

@@ -18,9 +18,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from trio_gateway.config import AccountConfig
 from trio_gateway.errors import ConfigError, UnauthorizedError
-from trio_gateway.home import TOKEN_FILE_ENV, read_token, token_path
+from trio_gateway.policy.config import AccountConfig
+from trio_gateway.storage.home import TOKEN_FILE_ENV, read_token, token_path
 
 # Slack rejects signatures older than this to stop replays; so do we.
 SLACK_REPLAY_WINDOW_SECONDS = 300.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from trio_gateway import strict_json
 from trio_gateway.errors import BadRequestError
+from trio_gateway.policy import strict_json
 
 JsonObject = dict[str, Any]
 

@@ -15,12 +15,12 @@ from typing import Any
 
 import attrs
 
-from trio_gateway import strict_json
 from trio_gateway.channels import feishu
-from trio_gateway.config import AccountConfig
 from trio_gateway.errors import BadRequestError, UnauthorizedError
 from trio_gateway.http import auth
 from trio_gateway.http.body import JsonObject, json_object
+from trio_gateway.policy import strict_json
+from trio_gateway.policy.config import AccountConfig
 
 
 @attrs.frozen

@@ -27,7 +27,7 @@ from prometheus_client.registry import Collector
 from trio_gateway import __version__
 
 if TYPE_CHECKING:
-    from trio_gateway.gateway import Gateway
+    from trio_gateway.runtime.gateway import Gateway
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Drain durations of interest run from a forced restart (well under a second) to the longest

@@ -18,9 +18,9 @@ import hypercorn.config
 import trio
 
 from trio_gateway.errors import GatewayError, first_leaf
-from trio_gateway.gateway import Gateway
 from trio_gateway.http import listen
 from trio_gateway.http.app import GatewayApp
+from trio_gateway.runtime.gateway import Gateway
 
 
 class ListenError(GatewayError):

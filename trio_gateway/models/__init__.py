@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from trio_gateway import http_client as http
-from trio_gateway.config import ModelConfig
+from trio_gateway import upstream as http
 from trio_gateway.models.base import Model
 from trio_gateway.models.echo import EchoModel
 from trio_gateway.models.openai import OpenAIModel
+from trio_gateway.policy.config import ModelConfig
 
 
 def build_model(config: ModelConfig, env: Mapping[str, str], transport: http.AsyncBaseTransport | None = None) -> Model:

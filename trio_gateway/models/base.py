@@ -6,7 +6,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from trio_gateway.work import WorkUnit
+from trio_gateway.work.units import WorkUnit
 
 # An OpenAI chat message: {"role": ..., "content": ..., "tool_calls": ..., "tool_call_id": ...}
 Message = dict[str, Any]

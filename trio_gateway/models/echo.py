@@ -1,6 +1,6 @@
 """The embedded model: answers in-process, so a gateway with no configuration runs a full turn.
 
-The scripting rule lives here once and the fake model server (`trio_gateway.testing.fake_model`)
+The scripting rule lives here once and the fake model server (`trio_gateway.sim.fake_model`)
 reuses it, so the in-process echo and the HTTP fake answer a conversation the same way:
 
 - a user message `/spawn <agent> <task...>` is answered with a `spawn_subagent` tool call
@@ -22,7 +22,7 @@ from typing import Any
 import trio
 
 from trio_gateway.models.base import Message, ModelReply, ToolCall
-from trio_gateway.work import WorkUnit
+from trio_gateway.work.units import WorkUnit
 
 SPAWN_TOOL = "spawn_subagent"
 

@@ -23,11 +23,11 @@ from typing import Any
 import attrs
 import trio
 
-from trio_gateway import http_client as http
-from trio_gateway.config import ModelConfig
+from trio_gateway import upstream as http
 from trio_gateway.errors import ModelCallError
 from trio_gateway.models.base import Message, ModelReply, ToolCall
-from trio_gateway.work import WorkUnit
+from trio_gateway.policy.config import ModelConfig
+from trio_gateway.work.units import WorkUnit
 
 ERROR_SNIPPET_CHARS = 200
 # Concurrent calls per model endpoint. Calls beyond it wait in trio (a Semaphore), not in the

@@ -34,13 +34,13 @@ import pytest
 import trio
 import trio.testing
 
-from trio_gateway.config import Config
-from trio_gateway.gateway import Gateway
 from trio_gateway.log import MemorySink
-from trio_gateway.testing.fake_channels import FakeChannels
-from trio_gateway.testing.fake_mcp import FakeMcpServers
-from trio_gateway.testing.harness import DeliveryTap, Harness, HarnessModel
-from trio_gateway.testing.runtime import quick_config
+from trio_gateway.policy.config import Config
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.fake_channels import FakeChannels
+from trio_gateway.sim.fake_mcp import FakeMcpServers
+from trio_gateway.sim.harness import DeliveryTap, Harness, HarnessModel
+from trio_gateway.sim.runtime import quick_config
 
 # How long the fixture's teardown may take to stop the gateway (virtual seconds: free).
 STOP_TIMEOUT_SECONDS = 30.0

@@ -11,9 +11,9 @@ from typing import Any
 
 import attrs
 
-from trio_gateway import http_client as http
-from trio_gateway.config import HttpToolConfig
-from trio_gateway.work import WorkUnit
+from trio_gateway import upstream as http
+from trio_gateway.policy.config import HttpToolConfig
+from trio_gateway.work.units import WorkUnit
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 # RFC 9110 field names and values the client can send as they are (printable ASCII): anything

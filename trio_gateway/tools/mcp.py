@@ -23,11 +23,11 @@ from mcp import types
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 
-from trio_gateway import backoff
 from trio_gateway.log import EventLog
+from trio_gateway.policy import backoff
 from trio_gateway.tools import tool_error
 from trio_gateway.tools.transport import Link, Opener
-from trio_gateway.work import WorkUnit
+from trio_gateway.work.units import WorkUnit
 
 ServerState = Literal["starting", "running", "restarting", "stopped"]
 # A server that does not finish its handshake and tool listing in this long is treated as dead.

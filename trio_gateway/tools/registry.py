@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from trio_gateway import http_client as http
-from trio_gateway.config import Config, McpServerConfig
+from trio_gateway import upstream as http
 from trio_gateway.errors import ConfigError, WorkAbortedError
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import ToolCall
+from trio_gateway.policy.config import Config, McpServerConfig
 from trio_gateway.tools import tool_error
 from trio_gateway.tools.http import HTTP_TOOL, DeniedError, HttpTool
-from trio_gateway.work import WorkKind, WorkRegistry, WorkUnit
+from trio_gateway.work.units import WorkKind, WorkRegistry, WorkUnit
 
 if TYPE_CHECKING:
     from trio_gateway.tools.mcp import McpServer

@@ -1,0 +1,1 @@
+"""The program around the runtime: wiring (assemble) and the process lifecycle."""

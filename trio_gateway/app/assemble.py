@@ -1,0 +1,175 @@
+"""Wiring: the real models, channels and delivery queue behind a `Gateway`.
+
+The runtime takes its collaborators as factories (`GatewayDeps`) so tests and scenarios can
+swap fakes in; this module is the one place that picks the production ones.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping
+
+from trio_gateway import upstream as http
+from trio_gateway.channels import registry as channel_registry
+from trio_gateway.channels.listen import (
+    AccountGate,
+    Cursors,
+    CursorStore,
+    InboundStats,
+    ListenerSupervisor,
+    NoSender,
+    SenderControl,
+    WebSocketConnect,
+    open_websocket,
+)
+from trio_gateway.channels.registry import ChannelSet, build_listeners
+from trio_gateway.delivery import DeliveryWorker, OutcomeTally, QueueDelivery
+from trio_gateway.errors import ConfigError
+from trio_gateway.log import EventLog
+from trio_gateway.models import build_model
+from trio_gateway.policy.config import Config
+from trio_gateway.runtime.gateway import (
+    DeliveryFactory,
+    DeliveryService,
+    Gateway,
+    GatewayDeps,
+    ListenerFactory,
+    Server,
+    ToolsFactory,
+    load_config_from,
+)
+from trio_gateway.storage.atomic import BlockingRunner, in_thread
+from trio_gateway.storage.disk import DiskRunners
+from trio_gateway.storage.home import Home
+from trio_gateway.storage.queue import DeliveryQueue
+from trio_gateway.tools import registry as tool_registry
+
+
+def queue_delivery(
+    home: Home,
+    log: EventLog,
+    env: Mapping[str, str],
+    runner: BlockingRunner,
+    *,
+    transport: http.AsyncBaseTransport | None = None,
+    rng: random.Random | None = None,
+    console_runner: BlockingRunner = in_thread,
+) -> DeliveryFactory:
+    """Per generation: the channels of that generation's config and a worker over the ONE
+    queue object of this process (its claims must be known to its own `recover()`)."""
+    queue = DeliveryQueue(home.queue_dir, runner, log)
+    outcomes = OutcomeTally()  # like the queue, one per process: counters survive restarts
+
+    async def factory(config: Config, gateway: Gateway) -> QueueDelivery:
+        assert gateway.wall is not None
+        channels = ChannelSet.build(config, home, env, transport, console_runner)
+        return QueueDelivery.build(
+            queue, channels, config, gateway.wall, log, gateway.registry, rng, gateway.storage, outcomes
+        )
+
+    return factory
+
+
+def listeners(
+    home: Home,
+    log: EventLog,
+    env: Mapping[str, str],
+    runner: BlockingRunner,
+    *,
+    transport: http.AsyncBaseTransport | None = None,
+    rng: random.Random | None = None,
+    connect: WebSocketConnect = open_websocket,
+    gate: AccountGate | None = None,
+    cursors: Cursors | None = None,
+) -> ListenerFactory:
+    """Per generation: a listener for every account of that generation's config (SPEC 11)."""
+    if cursors is None:
+        cursors = CursorStore(home.inbound_dir, runner, log)
+    stats = InboundStats()
+
+    async def factory(config: Config, gateway: Gateway, delivery: DeliveryService) -> ListenerSupervisor:
+        # Files or cluster (PgDelivery's worker is a DeliveryWorker too): an auth pause stops sends.
+        worker = getattr(delivery, "worker", None)
+        sender: SenderControl = worker if isinstance(worker, DeliveryWorker) else NoSender()
+        return ListenerSupervisor(
+            build_listeners(config, env, log, transport, connect),
+            gateway.submit_inbound,
+            cursors,
+            log,
+            config.gateway.channel_stop_timeout_seconds,
+            sender,
+            rng or random.Random(),
+            stats,
+            gate,
+        )
+
+    return factory
+
+
+def production_tools(home: Home, log: EventLog, env: Mapping[str, str]) -> ToolsFactory:
+    """Per generation: real stdio processes (stderr to logs/mcp-NAME.stderr.log) and HTTP."""
+    openers = tool_registry.production_openers(env, str(home.logs_dir))
+
+    def factory(config: Config, gateway: Gateway) -> tool_registry.ToolBox:
+        return tool_registry.build_toolbox(config, gateway.registry, log, openers)
+
+    return factory
+
+
+def production_gateway(
+    home: Home,
+    config: Config,
+    log: EventLog,
+    env: Mapping[str, str],
+    *,
+    servers: list[Server] | None = None,
+    runner: BlockingRunner = in_thread,
+) -> Gateway:
+    preflight(config, env)
+    home.ensure()
+    # One thread pool per subsystem, abandonable (`disk`): a stuck directory starves only itself.
+    disks = DiskRunners.threads() if runner is in_thread else DiskRunners.same(runner)
+    deps = GatewayDeps(
+        home=home,
+        log=log,
+        load_config=load_config_from(home),
+        model_factory=lambda model_config: build_model(model_config, env),
+        delivery_factory=queue_delivery(home, log, env, disks.queue, console_runner=disks.console),
+        listener_factory=listeners(home, log, env, disks.cursors),
+        runner=runner,
+        session_runner=disks.sessions,
+        servers=servers or [],
+        preflight=lambda new_config: preflight(new_config, env),
+        tools_factory=production_tools(home, log, env),
+    )
+    if config.cluster.backend == "postgres":
+        # Imported here: a gateway on files never loads psycopg.
+        from trio_gateway.app import cluster as wiring
+
+        node, deps.delivery_factory = wiring.cluster_parts(
+            home, config, log, env, inline=runner is not in_thread, console_runner=disks.console
+        )
+        # The node joins before generation 1 and leaves after the last (the root nursery).
+        deps.servers = [node.serve, *deps.servers]
+        deps.describe_storage = node.describe
+        deps.cluster_status = node.status
+        deps.session_store = wiring.session_store_for(node)
+        deps.session_id_prefix = wiring.session_id_prefix()
+        # One node at a time listens to an account (SPEC 12): under a lease per account.
+        # Cursors live in the database, so the node that takes an account over goes on from there.
+        deps.listener_factory = listeners(
+            home, log, env, runner, gate=wiring.inbound_gate(node, config), cursors=wiring.inbound_cursors(node)
+        )
+    return Gateway(deps, config)
+
+
+def preflight(config: Config, env: Mapping[str, str]) -> None:
+    """Everything a config needs from the environment, checked before anything starts: a bad
+    config never half-starts a gateway (ConfigError, exit 2)."""
+    channel_registry.check(config, env)
+    if config.cluster.backend == "postgres" and not env.get(config.cluster.dsn_env):
+        raise ConfigError("cluster.dsnEnv", f"environment variable {config.cluster.dsn_env} is not set")
+    tool_registry.check_env(config, env)
+    for name, model in config.models.items():
+        if model.api_key_env and not env.get(model.api_key_env):
+            raise ConfigError(f"models.{name}.apiKeyEnv", f"environment variable {model.api_key_env} is not set")

@@ -1,0 +1,224 @@
+"""`trio-gateway gateway start`: one gateway process, in the foreground.
+
+load + validate config          a bad file exits 2 here: no lock, no token, no port
+token (created on loopback)     a non-loopback bind needs an existing token
+gateway.lock (flock)            a second gateway on this home exits 1 naming the holder
+trio.run
+└── helpers nursery
+    ├── signals                 SIGTERM/SIGINT stop, 2nd SIGINT forced, SIGHUP restart
+    ├── publisher               gateway.state.json + systemd notify on each state change
+    ├── systemd watchdog pings  (when WATCHDOG_USEC is set)
+    └── gateway.serve()         HTTP server in its root nursery; returns at stop
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import trio
+
+from trio_gateway.app import assemble
+from trio_gateway.app.sd_notify import Notifier
+from trio_gateway.errors import only_gateway_error
+from trio_gateway.http.auth import token_for_start
+from trio_gateway.http.server import HttpServer
+from trio_gateway.log import EventLog, LogFormat, Rotation, open_log
+from trio_gateway.policy.config import Config
+from trio_gateway.runtime.gateway import Gateway, State
+from trio_gateway.storage.atomic import atomic_write_json
+from trio_gateway.storage.config_file import load as load_config
+from trio_gateway.storage.home import Home
+from trio_gateway.storage.lock import hold_lock
+
+
+@attrs.frozen
+class StartOptions:
+    home: Home
+    log_format: LogFormat = "text"
+    port: int | None = None
+    bind: str | None = None
+
+
+def with_overrides(config: Config, port: int | None, bind: str | None) -> Config:
+    section = config.gateway
+    section = attrs.evolve(section, port=section.port if port is None else port)
+    section = attrs.evolve(section, bind=section.bind if bind is None else bind)
+    return attrs.evolve(config, gateway=section)
+
+
+def start(options: StartOptions, env: Mapping[str, str] = os.environ) -> int:
+    home = options.home
+    config = with_overrides(load_config(home.config_path), options.port, options.bind)
+    home.ensure()
+    token = token_for_start(home.token_path, config.gateway.bind, env)
+    with hold_lock(home.lock_path, home.root):
+        rotation = Rotation(config.logging.max_file_bytes, config.logging.backup_count)
+        log = open_log(home.log_path, fmt=options.log_format, echo=sys.stderr, rotation=rotation)
+        try:
+            server = HttpServer(config.gateway.bind, config.gateway.port, token, env)
+            gateway = assemble.production_gateway(home, config, log, env, servers=[server.serve])
+            process = GatewayProcess(gateway, server, home, Notifier.from_env(env), log)
+            return trio.run(process.run)
+        finally:
+            StateFile(home).remove()
+            log.close()
+
+
+# How long the HTTP server may take to let go of its connections after a stop.
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+@attrs.define
+class StateFile:
+    """`gateway.state.json`: how the CLI finds the running gateway (pid, port, state)."""
+
+    home: Home
+
+    def write(self, fields: dict[str, Any]) -> None:
+        # mode 0644: nothing secret in it; the token lives in its own 0600 file.
+        atomic_write_json(self.home.state_path, fields)
+
+    def remove(self) -> None:
+        self.home.state_path.unlink(missing_ok=True)
+
+
+@attrs.define(eq=False)
+class GatewayProcess:
+    gateway: Gateway
+    server: HttpServer
+    home: Home
+    notifier: Notifier
+    log: EventLog
+    started_at: str = attrs.Factory(lambda: _iso_now())
+    # What systemd was last told (see `_notify`).
+    _ready_generation: int = 0
+    _reload_reported: bool = False
+
+    async def run(self) -> int:
+        try:
+            async with trio.open_nursery() as helpers:
+                await helpers.start(self._handle_signals)
+                helpers.start_soon(self._publish_state)
+                helpers.start_soon(self._exit_backstop)
+                if self.notifier.watchdog_interval is not None:
+                    helpers.start_soon(self._ping_watchdog, self.notifier.watchdog_interval)
+                try:
+                    await self.gateway.serve()
+                finally:
+                    helpers.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # e.g. the port is taken, or the cluster database is unreachable: one clean
+            # `ErrorName: message`, not a traceback. Raised here, outside every nursery, so no
+            # nursery wraps it into a group again.
+            error = only_gateway_error(group)
+            if error is None:
+                raise
+            raise error from None
+        self.notifier.stopping("stopped")
+        return 0
+
+    async def _exit_backstop(self) -> None:
+        """The one wait on the stop path that is not ours to bound: hypercorn writes a response
+        inside a shielded scope with no timeout, so a client that stops reading a large answer
+        would hold the root nursery open forever. Once the gateway has stopped (its work is
+        drained and its state on disk), give the server a grace period, then leave."""
+        await self.gateway.state.wait_value("stopped")
+        await trio.sleep(SHUTDOWN_GRACE_SECONDS)
+        self.log.error("SHUTDOWN", f"HTTP connections still open {SHUTDOWN_GRACE_SECONDS:g}s after the stop; exiting")
+        StateFile(self.home).remove()
+        self.log.close()
+        os._exit(0)
+
+    # --- signals -------------------------------------------------------------------------
+
+    async def _handle_signals(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
+            interrupts = 0
+            async for signum in signals:
+                if signum == signal.SIGINT:
+                    interrupts += 1
+                self._on_signal(signum, interrupts)
+
+    def _on_signal(self, signum: int, interrupts: int) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            self.log.info("SIGNAL", f"{name} received; graceful restart")
+            self.gateway.request_drain("restart")
+        elif interrupts >= 2:
+            # The operator pressed Ctrl-C twice: they do not want to wait for the drain.
+            self.log.warn("SIGNAL", f"{name} received again; forced stop")
+            self.gateway.request_drain("stop", force=True)
+        else:
+            self.log.info("SIGNAL", f"{name} received; graceful stop (press Ctrl-C again to force)")
+            self.gateway.request_drain("stop")
+
+    # --- state file and systemd ----------------------------------------------------------
+
+    async def _publish_state(self) -> None:
+        """Write the state file (and tell systemd) whenever the state or the generation has
+        changed since the last write. Keyed on both: a whole restart can happen while a write
+        is in its thread on a busy machine (running, draining, running again), and waiting for
+        the next *different state* would then leave the file at the old generation for good."""
+        state_file = StateFile(self.home)
+        published: tuple[State, int] | None = None
+
+        def changed(state: State) -> bool:
+            return (state, self.gateway.generation_number) != published
+
+        while True:
+            await self.gateway.state.wait_value(changed)
+            state, generation = published = (self.gateway.state.value, self.gateway.generation_number)
+            # Deliberately NOT abandonable (WAITS.md): an abandoned write could land after the
+            # stop has removed the state file, leaving a stale one that says a dead process
+            # runs. It is one small atomic write to the home directory.
+            await trio.to_thread.run_sync(
+                state_file.write, self._state_fields(state, generation), abandon_on_cancel=False
+            )
+            # What was written, not what is current: the next round reports what changed since.
+            self._notify(state, generation)
+
+    def _state_fields(self, state: State, generation: int) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "bind": self.server.bind,
+            "port": self.server.bound_port,
+            "url": self.server.urls[0] if self.server.urls else None,
+            "state": state,
+            "generation": generation,
+            "startedAt": self.started_at,
+            "updatedAt": _iso_now(),
+        }
+
+    def _notify(self, state: State, generation: int) -> None:
+        if state == "running" and generation != self._ready_generation:
+            if self._ready_generation and not self._reload_reported:
+                # A quick restart can pass through "draining" before we look: systemd
+                # still needs RELOADING=1 before the READY=1 that ends the reload.
+                self.notifier.reloading("restarted")
+            self.notifier.ready(f"generation {generation} accepting work")
+            self._ready_generation, self._reload_reported = generation, False
+        elif state == "draining":
+            drain = self.gateway.draining
+            # No drain request left means it already completed into a new generation: only a
+            # restart does that (a stop keeps its request to the end).
+            if drain is None or drain.kind == "restart":
+                self.notifier.reloading("draining for restart")
+                self._reload_reported = True
+            else:
+                self.notifier.stopping("draining for stop")
+
+    async def _ping_watchdog(self, interval: float) -> None:
+        while True:
+            self.notifier.watchdog()
+            await trio.sleep(interval)
+
+
+def _iso_now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -1,0 +1,1 @@
+"""The running gateway: generations, work units, stalls, the drain, agents, cron."""

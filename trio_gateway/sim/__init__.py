@@ -1,0 +1,1 @@
+"""Fakes of every upstream, fault injection and the in-process harness."""

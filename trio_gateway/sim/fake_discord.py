@@ -1,0 +1,128 @@
+"""A fake Discord Gateway (SPEC 11): the websocket side of `FakeChannels` for `discord`.
+
+`connect(url)` is the listener's websocket seam: a real trio-websocket connection over an
+in-memory stream pair (no sockets, so MockClock tests run instantly), served here:
+HELLO → IDENTIFY (READY, a new session) or RESUME (the missed dispatches replayed, RESUMED) →
+heartbeats acknowledged → MESSAGE_CREATE for every `push`. Steering: `push(text, channel_id)`,
+`drop_connection()` (the socket dies without a close frame), `reject_auth()` (close 4004),
+`reconnect()` (op 7), `invalidate_session()` (op 9, not resumable).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import attrs
+import trio
+import trio_websocket
+
+from trio_gateway.sim.fake_inbound import SteerableSocket, in_memory_websocket
+
+HEARTBEAT_INTERVAL_MS = 41_250
+HOST = "gateway.fake.invalid"
+
+
+@attrs.define
+class FakeDiscordGateway(SteerableSocket):
+    # Every dispatch ever sent, in order: (seq, session, frame). seq is global and increasing.
+    dispatches: list[tuple[int, str, dict[str, Any]]] = attrs.Factory(list)
+    identifies: int = 0
+    resumes: int = 0
+    heartbeats: int = 0
+    connections_open: int = 0
+    _ops: list[int] = attrs.Factory(list)  # op 7 / op 9 to send to live connections
+    _seq: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
+    _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
+
+    # --- steering ---
+
+    def push(self, text: str, channel_id: str | None = None, *, bot: bool = False) -> str:
+        n = next(self._ids)
+        ident = str(1_100_000_000_000_000_000 + n)
+        author = {"id": str(900 + n), "username": "bot" if bot else "person", "bot": bot}
+        data = {"id": ident, "channel_id": channel_id or "4242", "author": author, "content": text}
+        self._dispatch("*", "MESSAGE_CREATE", data)
+        return ident
+
+    def reconnect(self) -> None:
+        self._ops.append(7)
+        self._wake()
+
+    def invalidate_session(self) -> None:
+        self._ops.append(9)
+        self._wake()
+
+    def _dispatch(self, session: str, kind: str, data: dict[str, Any]) -> None:
+        seq = next(self._seq)
+        self.dispatches.append((seq, session, {"op": 0, "t": kind, "s": seq, "d": data}))
+        self._wake()
+
+    # --- serving ---
+
+    def connect(self, url: str) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
+        return in_memory_websocket(HOST, "/" + url.partition("/?")[2], self._serve)
+
+    async def _serve(self, nursery: trio.Nursery, stream: trio.abc.Stream) -> None:
+        request = await trio_websocket.wrap_server_stream(nursery, stream)
+        ws = await request.accept()
+        self.connections_open += 1
+        try:
+            await self._session(ws, stream)
+        except trio_websocket.ConnectionClosed:
+            pass
+        finally:
+            self.connections_open -= 1
+
+    async def _session(self, ws: trio_websocket.WebSocketConnection, stream: trio.abc.Stream) -> None:
+        drops = self._drops
+        await _send(ws, {"op": 10, "d": {"heartbeat_interval": HEARTBEAT_INTERVAL_MS}})
+        first = json.loads(await ws.get_message())
+        if self.auth_rejected:
+            await ws.aclose(4004, "Authentication failed.")
+            return
+        sent = await self._start(ws, first)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._acknowledge, ws)
+            while self._drops == drops:
+                changed = self._changed  # taken first: a push while we send wakes the next wait
+                for seq, _, frame in self.dispatches:
+                    if seq > sent and frame["t"] == "MESSAGE_CREATE":
+                        await _send(ws, frame)
+                        sent = seq
+                if self._ops:
+                    await _send(ws, {"op": self._ops.pop(0), "d": False})
+                await changed.wait()
+            await stream.aclose()  # dropped: no close frame, the client sees 1006
+            nursery.cancel_scope.cancel()
+
+    async def _start(self, ws: trio_websocket.WebSocketConnection, first: dict[str, Any]) -> int:
+        """READY for an IDENTIFY (only new messages follow); for a RESUME, the dispatches after
+        its `seq` are replayed, then RESUMED."""
+        if first.get("op") == 6:
+            self.resumes += 1
+            after = int(first["d"]["seq"])
+            for seq, _, frame in self.dispatches:
+                if seq > after and frame["t"] == "MESSAGE_CREATE":
+                    await _send(ws, frame)
+            self._dispatch("*", "RESUMED", {})
+            await _send(ws, self.dispatches[-1][2])
+            return self.dispatches[-1][0]
+        self.identifies += 1
+        session = f"session-{self.identifies}"
+        self._dispatch(session, "READY", {"session_id": session, "resume_gateway_url": f"wss://{HOST}"})
+        await _send(ws, self.dispatches[-1][2])
+        return self.dispatches[-1][0]
+
+    async def _acknowledge(self, ws: trio_websocket.WebSocketConnection) -> None:
+        while True:
+            frame = json.loads(await ws.get_message())
+            if frame.get("op") == 1:
+                self.heartbeats += 1
+                await _send(ws, {"op": 11})
+
+
+async def _send(ws: trio_websocket.WebSocketConnection, frame: dict[str, Any]) -> None:
+    await ws.send_message(json.dumps(frame))

@@ -1,0 +1,85 @@
+"""A fake Slack Socket Mode server (SPEC 11): the websocket side of `FakeChannels` for `slack`.
+
+`connect(url)` serves a real trio-websocket connection over in-memory streams: `hello`, then an
+`events_api` envelope per `push`. Envelopes not acknowledged (`{"envelope_id"}`) are sent again
+on the next connection with `retry_attempt` + 1, as Slack does: that is how a test shows an ack
+comes only after the turn is durable. Steering: `push(text, channel)`, `drop_connection()`,
+`disconnect(reason)` (a `disconnect` envelope), `reject_auth()` (`apps.connections.open` answers
+`invalid_auth`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import attrs
+import trio
+import trio_websocket
+
+from trio_gateway.sim.fake_inbound import SteerableSocket, in_memory_websocket
+
+HOST = "slack.fake.invalid"
+
+
+@attrs.define
+class FakeSlackSocket(SteerableSocket):
+    envelopes: list[dict[str, Any]] = attrs.Factory(list)
+    acked: set[str] = attrs.Factory(set)
+    _disconnects: list[str] = attrs.Factory(list)
+    _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
+
+    def push(self, text: str, channel: str | None = None, *, bot: bool = False) -> str:
+        n = next(self._ids)
+        event: dict[str, Any] = {"type": "message", "channel": channel or "C0FAKE0001", "user": "U0FAKE", "text": text,
+                                 "ts": f"{1_700_000_000 + n}.000100"}  # fmt: skip
+        if bot:
+            event["bot_id"] = "B0FAKE"
+        event_id = f"Ev{n:08d}"
+        payload = {"type": "event_callback", "event_id": event_id, "event": event}
+        self.envelopes.append({"envelope_id": f"env-{n}", "type": "events_api", "payload": payload,
+                               "accepts_response_payload": False, "retry_attempt": 0})  # fmt: skip
+        self._wake()
+        return event_id
+
+    def unacked(self) -> list[dict[str, Any]]:
+        return [e for e in self.envelopes if e["envelope_id"] not in self.acked]
+
+    def disconnect(self, reason: str = "refresh_requested") -> None:
+        self._disconnects.append(reason)
+        self._wake()
+
+    def connections_open_answer(self) -> dict[str, Any]:
+        """What `apps.connections.open` answers."""
+        if self.auth_rejected:
+            return {"ok": False, "error": "invalid_auth"}
+        return {"ok": True, "url": f"wss://{HOST}/link/?ticket=fake-{self.connections + 1}"}
+
+    def connect(self, url: str) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
+        return in_memory_websocket(HOST, "/link/", self._serve)
+
+    async def _stream(self, ws: trio_websocket.WebSocketConnection, stream: trio.abc.Stream) -> None:
+        drops = self._drops
+        await ws.send_message(json.dumps({"type": "hello", "num_connections": 1}))
+        sent: set[str] = set()
+        for envelope in self.unacked():  # what the last connection left unacknowledged
+            await ws.send_message(json.dumps({**envelope, "retry_attempt": envelope["retry_attempt"] + 1}))
+            sent.add(envelope["envelope_id"])
+        while self._drops == drops:
+            changed = self._changed
+            for envelope in self.unacked():
+                if envelope["envelope_id"] not in sent:
+                    await ws.send_message(json.dumps(envelope))
+                    sent.add(envelope["envelope_id"])
+            if self._disconnects:
+                await ws.send_message(json.dumps({"type": "disconnect", "reason": self._disconnects.pop(0)}))
+            await changed.wait()
+        await stream.aclose()  # dropped without a close frame
+
+    async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
+        while True:
+            frame = json.loads(await ws.get_message())
+            if isinstance(frame, dict) and isinstance(frame.get("envelope_id"), str):
+                self.acked.add(frame["envelope_id"])

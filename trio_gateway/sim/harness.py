@@ -1,0 +1,324 @@
+"""A whole gateway in-process on a virtual clock, for scenarios and the pytest fixtures (SPEC 9, 10).
+
+Only the two upstreams are fake. Deliveries go through the production wiring
+(`assemble.queue_delivery`: the on-disk queue, the worker, the real channel adapters and their
+per-channel error classification) over `FakeChannels().transport()`, the HTTP-level fake that
+speaks every platform's send API. `console` writes `logs/console.jsonl` as in production.
+
+The model upstream stays a `Model` stub (`HarnessModel`), not `FakeModel` behind `OpenAIModel`:
+its directives (`/slow EVERY TOTAL` progress without chunks, `/spawn`, a kill switch) are what
+scenarios are written in, and 10,000 sessions through an HTTP client would cost seconds of wall.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import trio
+from trio_util import AsyncValue, move_on_when
+
+from trio_gateway.app.assemble import listeners, queue_delivery
+from trio_gateway.channels.base import Channel
+from trio_gateway.channels.classify import Outcome
+from trio_gateway.channels.console import ConsoleChannel
+from trio_gateway.delivery import ClosableChannels, QueueDelivery
+from trio_gateway.errors import ModelCallError
+from trio_gateway.log import EventLog, FileSink, MemorySink
+from trio_gateway.models.base import Message, ModelReply
+from trio_gateway.policy import config as cfg
+from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.runtime.gateway import DeliveryFactory, Gateway
+from trio_gateway.sim.fake_channels import Delivered, FakeChannels
+from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
+from trio_gateway.sim.faults import FaultKit, Faults, FaultSwitch, faulty_opener, faulty_runner
+from trio_gateway.sim.runtime import ScriptedModel, build_gateway
+from trio_gateway.storage.atomic import inline
+from trio_gateway.storage.home import Home
+from trio_gateway.storage.queue import DeliveryQueue
+from trio_gateway.work.units import WorkUnit
+
+# Never dialled: every account's client goes through the in-process fake transport.
+FAKE_BASE_URL = "http://channels.fake.invalid"
+FAKE_APP_ID = "cli_fake_app"
+
+# --- the model upstream -----------------------------------------------------------------------
+
+ModelBehaviour = Literal["echo", "stall", "fail"]
+
+
+@attrs.frozen
+class ModelSpec:
+    """Every call answers after `delaySeconds` (no progress meanwhile, like a non-streaming
+    call), per `behaviour`. Prompt directives (`/stall`, `/slow N T`, `/spawn A T`, `/fail`) win."""
+
+    behaviour: ModelBehaviour = "echo"
+    delay_seconds: float = 0.0
+
+
+@attrs.define
+class HarnessModel:
+    """The fake model upstream: `ScriptedModel` plus a default behaviour and a kill switch."""
+
+    spec: ModelSpec = ModelSpec()
+    scripted: ScriptedModel = attrs.Factory(ScriptedModel)
+    # `[faults] modelCall = "hang"`: every call waits here while the fault lasts.
+    fault: FaultSwitch = attrs.Factory(lambda: FaultSwitch(None))
+    _killed: trio.Event | None = None
+
+    @property
+    def calls(self) -> int:
+        return self.scripted.calls
+
+    def kill_upstream(self) -> None:
+        """Drop every connection now; calls made after this connect afresh."""
+        if self._killed is not None:
+            self._killed.set()
+        self._killed = None
+
+    def _kill_event(self) -> trio.Event:
+        if self._killed is None:
+            self._killed = trio.Event()
+        return self._killed
+
+    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
+        async with move_on_when(self._kill_event().wait):
+            return await self._answer(messages, tools, unit)
+        raise ModelCallError("upstream connection reset (the model server went away)")
+
+    async def _answer(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
+        await self.fault.hold()
+        if self.spec.delay_seconds > 0:
+            await trio.sleep(self.spec.delay_seconds)
+        last = messages[-1]
+        directive = last["role"] == "user" and str(last.get("content") or "").startswith("/")
+        if not directive and last["role"] == "user" and self.spec.behaviour == "stall":
+            self.scripted.calls += 1
+            await trio.sleep_forever()
+        if not directive and last["role"] == "user" and self.spec.behaviour == "fail":
+            self.scripted.calls += 1
+            raise ModelCallError("HTTP 500 from upstream")
+        return await self.scripted.complete(messages, tools, unit)
+
+    async def aclose(self) -> None:
+        # The upstream outlives a generation (it is a server): closing a client does not kill it.
+        await trio.lowlevel.checkpoint()
+
+
+# --- what the worker's sends came to ----------------------------------------------------------
+
+
+@attrs.frozen
+class Attempt:
+    """One send by the delivery worker through a real adapter, and the adapter's verdict."""
+
+    at: float  # trio time the answer came back
+    channel: str
+    to: str
+    account_id: str | None
+    kind: str
+    outcome: str  # the classified `Outcome.kind`: ok, retry, permanent, rate_limited, paused
+    reason: str
+    text: str = ""
+    # The requester origin's reply context (WeChat `context_token`), as the entry carried it.
+    context_token: str | None = None
+
+
+@attrs.define
+class DeliveryTap:
+    """Records every attempt with the delivery's kind, which no channel's wire carries."""
+
+    attempts: list[Attempt] = attrs.Factory(list)
+    _count: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
+
+    def record(self, entry: DeliveryEntry, outcome: Outcome) -> None:
+        origin = entry.requester_origin
+        self.attempts.append(
+            Attempt(trio.current_time(), entry.channel, entry.to, entry.account_id, entry.kind, outcome.kind,
+                    outcome.reason, entry.payload.text, origin.context_token if origin else None)
+        )  # fmt: skip
+        self._count.value = len(self.attempts)
+
+    def delivered(self, channel: str | None = None) -> list[Attempt]:
+        return [a for a in self.attempts if a.outcome == "ok" and (channel is None or a.channel == channel)]
+
+    async def wait_delivered(self, count: int = 1, channel: str | None = None) -> list[Attempt]:
+        """Until `count` sends were accepted (on `channel`): the worker sends after the turn is
+        over, so `gateway.busy` reaching 0 does not mean the reply arrived yet."""
+        await self._count.wait_value(lambda _: len(self.delivered(channel)) >= count)
+        return self.delivered(channel)
+
+
+@attrs.define
+class TappedChannel:
+    inner: Channel
+    tap: DeliveryTap
+    name: str
+    deduplicates: bool
+    fault: FaultSwitch
+
+    @classmethod
+    def around(cls, inner: Channel, tap: DeliveryTap, fault: FaultSwitch) -> TappedChannel:
+        return cls(inner, tap, inner.name, inner.deduplicates, fault)
+
+    async def send(self, entry: DeliveryEntry) -> Outcome:
+        await self.fault.hold()  # `[faults] channelSend = "hang"`
+        outcome = await self.inner.send(entry)
+        self.tap.record(entry, outcome)
+        return outcome
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@attrs.define
+class TappedChannels:
+    inner: ClosableChannels
+    tap: DeliveryTap
+    console: Channel
+    fault: FaultSwitch
+
+    def get(self, channel: str, account_id: str | None) -> Channel | None:
+        found = self.console if channel == "console" else self.inner.get(channel, account_id)
+        return None if found is None else TappedChannel.around(found, self.tap, self.fault)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+# --- credentials --------------------------------------------------------------------------------
+
+
+def fake_env(config: cfg.Config) -> dict[str, str]:
+    """A value for every secret the config's accounts name, so the real adapters open."""
+    env: dict[str, str] = {}
+    for channel, section in config.channels.items():
+        for account in section.accounts.values():
+            for name in (account.app_secret_env, account.token_env, account.app_token_env):
+                if name:
+                    env[name] = f"fake-{channel}-secret"
+    return env
+
+
+def fake_account(channel: str) -> dict[str, str]:
+    """An account's config for the fake: every key the channel's adapter requires."""
+    env_name = "FAKE_" + channel.upper().replace("-", "_")
+    if channel == "feishu":
+        return {"baseUrl": FAKE_BASE_URL, "appId": FAKE_APP_ID, "appSecretEnv": f"{env_name}_APP_SECRET"}
+    return {"baseUrl": FAKE_BASE_URL, "tokenEnv": f"{env_name}_TOKEN"}
+
+
+# --- the harness ------------------------------------------------------------------------------
+
+
+@attrs.define
+class Harness:
+    """A whole gateway in-process with fakes for its upstreams; `serve` it in a nursery."""
+
+    gateway: Gateway
+    sink: MemorySink
+    model: HarnessModel
+    channels: FakeChannels
+    tap: DeliveryTap
+    home: Home
+    # The `[faults]` of this run: switches in front of each subsystem, armed by `faults.run`
+    # (a scenario) or by hand (a test).
+    faults: FaultKit = attrs.Factory(lambda: FaultKit(Faults()))
+    # This generation's delivery side, for actions that enqueue straight into it.
+    current: QueueDelivery | None = None
+    # The MCP servers a config names, served in-process (`mcp["files"].calls`, `.cancelled`).
+    mcp: FakeMcpServers = attrs.Factory(FakeMcpServers)
+
+    @classmethod
+    def build(
+        cls,
+        home: Path,
+        config: cfg.Config,
+        *,
+        model: HarnessModel | None = None,
+        channels: FakeChannels | None = None,
+        env: Mapping[str, str] | None = None,
+        seed: int = 0,
+        faults: Faults | None = None,
+        mcp: FakeMcpServers | None = None,
+    ) -> Harness:
+        kit = FaultKit(faults or Faults())
+        the_model = model or HarnessModel()
+        the_model.fault = kit.switch("model_call")
+        sessions = faulty_runner(inline, kit.switch("sessions_disk"))
+        gateway, sink = build_gateway(home, config, model=the_model, session_runner=sessions)
+        if kit.faults.log_file is not None:
+            opener = faulty_opener(kit.switch("log_file"))
+            gateway.log.sinks.append(FileSink(Home(home).log_path, opener=opener))
+        harness = cls(gateway, sink, the_model, channels or FakeChannels(), DeliveryTap(), Home(home), kit)
+        harness.mcp = mcp or harness.mcp
+        the_env = fake_env(config) if env is None else env
+        gateway.deps.delivery_factory = harness._delivery_factory(the_env, seed)
+        gateway.deps.tools_factory = in_process_tools(harness.mcp)
+        # The listeners are production's too, long-polling the same fake (SPEC 11).
+        gateway.deps.listener_factory = listeners(
+            harness.home,
+            gateway.log,
+            the_env,
+            inline,
+            transport=harness.channels.transport(),
+            rng=random.Random(seed),
+            connect=harness.channels.connect_websocket,
+        )
+        return harness
+
+    def _delivery_factory(self, env: Mapping[str, str], seed: int) -> DeliveryFactory:
+        queue_disk = faulty_runner(inline, self.faults.switch("queue_disk"))
+        production = queue_delivery(
+            self.home, self.gateway.log, env, queue_disk, transport=self.channels.transport(), rng=random.Random(seed)
+        )
+
+        async def factory(config: cfg.Config, gateway: Gateway) -> QueueDelivery:
+            delivery = await production(config, gateway)
+            assert isinstance(delivery, QueueDelivery)  # what `queue_delivery` builds
+            # Only the worker's lookup is wrapped, to record each verdict with the entry's kind;
+            # the adapters, the queue and the closing of the channels stay production's own.
+            console = ConsoleChannel(self.home.console_path, faulty_runner(inline, self.faults.switch("console_file")))
+            delivery.worker.channels = TappedChannels(
+                delivery.channels, self.tap, console, self.faults.switch("channel_send")
+            )
+            self.current = delivery
+            return delivery
+
+        return factory
+
+    @property
+    def log(self) -> EventLog:
+        return self.gateway.log
+
+    def _queue(self) -> DeliveryQueue:
+        # A reader of the same directory: listing claims nothing, so the worker's queue object
+        # (which must know its own claims) is left alone.
+        return DeliveryQueue(self.home.queue_dir, inline, self.log)
+
+    async def dead_letters(self) -> list[DeliveryEntry]:
+        return await self._queue().list_failed()
+
+    async def pending(self) -> list[DeliveryEntry]:
+        return await self._queue().list_pending()
+
+    def console_messages(self) -> list[Delivered]:
+        """What the `console` channel wrote to `logs/console.jsonl`, one entry per line."""
+        try:
+            lines = self.home.console_path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        records = [json.loads(line) for line in lines if line.strip()]
+        return [Delivered("console", r["to"], r["text"], r.get("idempotencyKey")) for r in records]
+
+    def messages(self, channel: str | None = None) -> list[Delivered]:
+        """What users would have seen: the fake servers' messages and the console file's lines."""
+        seen = [*self.channels.delivered(), *self.console_messages()]
+        return [m for m in seen if channel is None or m.channel == channel]
+
+    async def wait_delivered(self, count: int = 1, channel: str | None = None) -> list[Attempt]:
+        return await self.tap.wait_delivered(count, channel)

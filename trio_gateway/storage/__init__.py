@@ -1,0 +1,1 @@
+"""Where state lives on one machine: atomic files, the queue, sessions, home, lock."""

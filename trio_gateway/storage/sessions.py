@@ -1,0 +1,175 @@
+"""Per-session state on disk (SPEC 2, 6): history and accepted-but-unfinished turns.
+
+A turn is written here before it is acknowledged, so accepted work survives a restart or a
+crash. A turn still listed at start-up, or one a drain deadline cut off, is `interrupted` and is
+run once more (or its requester is told), never silently dropped. Each session is one file,
+replaced atomically; an unreadable file is moved to `sessions/quarantine/`, never deleted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import trio
+
+from trio_gateway.log import EventLog
+from trio_gateway.policy.config import make_strict_converter
+from trio_gateway.policy.entry import DeliveryKind
+from trio_gateway.policy.routing import Origin
+from trio_gateway.storage.atomic import BlockingRunner, T, atomic_write_bytes, durable_rename
+
+TurnKind = Literal["inbound", "cron", "internal"]
+TurnStatus = Literal["accepted", "running", "interrupted"]
+
+# Session ids name files under sessions/: a plain name, never a path.
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+# History kept per session: enough context for a chat, bounded so a file stays small.
+MAX_HISTORY = 40
+# Platform message ids heard in this conversation (SPEC 11): far more than one poll batch or
+# webhook retry window, so a message read again after a crash is recognised.
+MAX_INBOUND_IDS = 256
+
+
+@attrs.define
+class TurnRecord:
+    id: str
+    prompt: str
+    origin: Origin | None
+    kind: TurnKind = "inbound"
+    status: TurnStatus = "accepted"
+    resumes: int = 0
+    accepted_at: dt.datetime | None = None
+    # A turn armed to stall its model call (the test endpoint), in seconds.
+    stall_seconds: float | None = None
+    # The reply (or notice) this turn owes its requester, once known but not yet enqueued
+    # (a full queue disk): a resumed turn delivers it instead of running the model again.
+    reply: str | None = None
+    reply_kind: DeliveryKind | None = None
+
+
+@attrs.define
+class SessionRecord:
+    id: str
+    agent: str
+    origin: Origin | None
+    created_at: dt.datetime
+    history: list[dict[str, Any]] = attrs.Factory(list)
+    turns: list[TurnRecord] = attrs.Factory(list)
+    # Written in the same atomic write as the turn each id started: a message is either a
+    # turn and known, or neither; never answered twice, never lost.
+    inbound_ids: list[str] = attrs.Factory(list)
+    # The last number handed out for an id inside this session (turns, subagents). Stored, so a
+    # session read back after a restart (or adopted by another node) never reuses a turn id:
+    # turn ids are the replies' idempotency keys, and a platform drops a reused one as a repeat.
+    seq: int = 0
+
+    def heard(self, inbound_id: str) -> bool:
+        return inbound_id in self.inbound_ids
+
+    def remember_inbound(self, inbound_id: str) -> None:
+        self.inbound_ids.append(inbound_id)
+        del self.inbound_ids[:-MAX_INBOUND_IDS]
+
+    def remember(self, messages: list[dict[str, Any]]) -> None:
+        self.history.extend(messages)
+        del self.history[:-MAX_HISTORY]
+
+
+_CONVERTER = make_strict_converter()
+
+
+async def in_thread_abandoning(fn: Callable[[], T]) -> T:
+    """Session writes in production: a thread the caller may abandon when cancelled, so a
+    stuck disk cannot hold a forced restart past its deadline. Safe because every write is
+    atomic and `SessionStore` drops a write older than one already on disk."""
+    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+
+
+def _read_record(path: Path) -> SessionRecord:
+    record = _CONVERTER.structure(json.loads(path.read_bytes()), SessionRecord)
+    # The id names the file the gateway writes back: `"id": "../../EVIL"` would write outside
+    # the home, and an id that disagrees with its file name would fork the session in two.
+    if not SESSION_ID.fullmatch(record.id) or f"{record.id}.json" != path.name:
+        raise ValueError(f"id {record.id!r} is not a plain name matching the file name {path.name!r}")
+    return record
+
+
+@attrs.define
+class SessionStore:
+    root: Path
+    runner: BlockingRunner
+    log: EventLog
+    # Writes of one session may finish out of order (threads, abandoned writes): each carries
+    # a sequence number, and a write older than the one on disk is skipped.
+    _seq: Iterator[int] = attrs.Factory(lambda: itertools.count(1))
+    _written: dict[str, int] = attrs.Factory(dict)
+    _locks: dict[str, threading.Lock] = attrs.Factory(dict)
+    _guard: threading.Lock = attrs.Factory(threading.Lock)
+
+    def _path(self, session_id: str) -> Path:
+        if not SESSION_ID.fullmatch(session_id):  # never reached from valid input: a last guard
+            raise ValueError(f"session id {session_id!r} is not a plain file name")
+        return self.root / f"{session_id}.json"
+
+    async def save(self, record: SessionRecord) -> None:
+        seq = next(self._seq)
+        data = json.dumps(_CONVERTER.unstructure(record), ensure_ascii=False).encode()
+        await self.runner(lambda: self._write_if_newer(record.id, seq, data))
+
+    def _write_if_newer(self, session_id: str, seq: int, data: bytes) -> None:
+        with self._guard:
+            lock = self._locks.setdefault(session_id, threading.Lock())
+        with lock:
+            if self._written.get(session_id, 0) > seq:
+                return
+            atomic_write_bytes(self._path(session_id), data)
+            self._written[session_id] = seq
+
+    async def load(self, session_id: str) -> SessionRecord | None:
+        """One session read back (an evicted one); None when its file is gone or unreadable
+        (an unreadable one is quarantined, as at start-up)."""
+        record: SessionRecord | None = await self.runner(lambda: self._load_one_sync(self._path(session_id)))
+        return record
+
+    def _load_one_sync(self, path: Path) -> SessionRecord | None:
+        try:
+            return _read_record(path)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # any unreadable file: keep it for a person
+            self._quarantine(path, exc)
+            return None
+
+    async def load_all(self) -> list[SessionRecord]:
+        records: list[SessionRecord] = await self.runner(self._load_all_sync)
+        return records
+
+    def _load_all_sync(self) -> list[SessionRecord]:
+        records: list[SessionRecord] = []
+        if not self.root.exists():
+            return []
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                records.append(_read_record(path))
+            except Exception as exc:  # any unreadable file: keep it for a person, move on
+                self._quarantine(path, exc)
+        return records
+
+    def _quarantine(self, path: Path, exc: Exception) -> None:
+        target = self.root / "quarantine" / f"{path.name}.{os.getpid()}"
+        n = 1
+        while target.exists():  # never over an earlier quarantined file
+            target = self.root / "quarantine" / f"{path.name}.{os.getpid()}.{n}"
+            n += 1
+        durable_rename(path, target)
+        self.log.error("SESSIONS", "Unreadable session file quarantined", file=str(target), error=str(exc)[:200])
