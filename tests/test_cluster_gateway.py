@@ -7,7 +7,7 @@ from pathlib import Path
 
 import trio
 
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.sim.runtime import Notice, build_gateway, quick_config
 from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 

@@ -25,7 +25,7 @@ from trio_gateway.http.app import GatewayApp
 from trio_gateway.http.asgi import Message
 from trio_gateway.log import MemorySink
 from trio_gateway.policy import config as cfg
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.runtime import build_gateway
 from trio_gateway.storage.config_file import load as load_config_file

@@ -10,7 +10,7 @@ import trio
 
 from trio_gateway.errors import GatewayDrainingError
 from trio_gateway.log import MemorySink
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.runtime import Notice, build_gateway, quick_config
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.sim.runtime import Notice, build_gateway, quick_config
 
 WEIXIN = Origin("openclaw-weixin", "o9cq80abc@im.wechat", "2005b227a854-im-bot")

@@ -37,7 +37,7 @@ from trio_gateway.http.body import JsonObject, json_object, opt_bool, opt_number
 from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.policy.config import KNOWN_CHANNELS, RANGES, AccountConfig, Config
 from trio_gateway.policy.entry import entry_to_json
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway, drain_status
 from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.storage.queue import DeliveryQueue

@@ -21,6 +21,7 @@ from cattrs.preconf.json import make_converter
 
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy import strict_json
+from trio_gateway.policy.origin import Origin
 
 Recovery = Literal["abort", "none"]
 T = TypeVar("T")
@@ -191,21 +192,12 @@ class DeliveryConfig:
 
 
 @attrs.frozen
-class OriginConfig:
-    channel: str | None = None
-    to: str | None = None
-    account_id: str | None = None
-    delivery_channel: str | None = None
-    context_token: str | None = None
-
-
-@attrs.frozen
 class CronEntry:
     id: str
     agent: str
     every_seconds: float
     prompt: str
-    origin: OriginConfig | None = None
+    origin: Origin | None = None
 
 
 @attrs.frozen

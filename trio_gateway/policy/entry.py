@@ -8,17 +8,9 @@ from typing import Any, Literal
 import attrs
 
 from trio_gateway.policy.config import make_strict_converter
+from trio_gateway.policy.origin import Origin
 
 DeliveryKind = Literal["reply", "subagent_completion", "subagent_failure", "cron_result", "manual"]
-
-
-@attrs.frozen
-class RequesterOrigin:
-    channel: str | None = None
-    to: str | None = None
-    account_id: str | None = None
-    delivery_channel: str | None = None
-    context_token: str | None = None
 
 
 @attrs.frozen
@@ -34,7 +26,7 @@ class DeliveryEntry:
     to: str
     account_id: str | None
     agent_id: str | None
-    requester_origin: RequesterOrigin | None
+    requester_origin: Origin | None
     payload: Payload
     idempotency_key: str
     created_at: dt.datetime

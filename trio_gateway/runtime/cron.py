@@ -11,7 +11,7 @@ import trio
 from trio_gateway.errors import CronSlotTakenError, GatewayError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import CronEntry
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.sessions import TurnKind
 
 # The cron entry (id, everySeconds) whose run is being submitted. In cluster mode the session
@@ -41,7 +41,7 @@ async def _run_entry(entry: CronEntry, intake: Intake, log: EventLog) -> None:
         token = CRON_SLOT.set((entry.id, entry.every_seconds))
         try:
             session_id, turn_id = await intake.submit(
-                agent_id=entry.agent, origin=Origin.from_config(entry.origin), prompt=entry.prompt, kind="cron"
+                agent_id=entry.agent, origin=entry.origin, prompt=entry.prompt, kind="cron"
             )
         except CronSlotTakenError:
             log.debug("CRON", "Cron slot fired by another node", cronId=entry.id)

@@ -40,7 +40,7 @@ from trio_gateway.errors import (
 from trio_gateway.log import EventLog, ms
 from trio_gateway.models.base import Model
 from trio_gateway.policy.config import Config, ModelConfig
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import agent, session_evict
 from trio_gateway.runtime.cron import run_cron
 from trio_gateway.runtime.session_evict import Evicted

@@ -24,7 +24,7 @@ import trio
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import make_strict_converter
 from trio_gateway.policy.entry import DeliveryKind
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import BlockingRunner, T, atomic_write_bytes, durable_rename
 
 TurnKind = Literal["inbound", "cron", "internal"]
