@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import attrs
 
-from trio_gateway.policy.config import make_strict_converter
+from trio_gateway.policy import codec
 from trio_gateway.policy.origin import Origin
 
 DeliveryKind = Literal["reply", "subagent_completion", "subagent_failure", "cron_result", "manual"]
@@ -83,16 +83,12 @@ class DeliveryEntry:
         )
 
 
-# The file format: camelCase keys, ISO datetimes, no unknown keys, no coercion.
-ENTRY_CONVERTER = make_strict_converter()
-
-
 def entry_to_json(entry: DeliveryEntry) -> dict[str, Any]:
-    data: dict[str, Any] = ENTRY_CONVERTER.unstructure(entry)
+    data: dict[str, Any] = codec.unstructure(entry)
     return data
 
 
 def entry_from_json(data: object) -> DeliveryEntry:
     """Raises `cattrs` / `TypeError` / `ValueError` on a malformed entry; the queue turns that
     into a quarantine, never a crash."""
-    return ENTRY_CONVERTER.structure(data, DeliveryEntry)
+    return codec.structure(data, DeliveryEntry)

@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from trio_gateway.log import EventLog
-from trio_gateway.policy.config import make_strict_converter
+from trio_gateway.policy import codec
 from trio_gateway.policy.entry import DeliveryKind
 from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import BlockingRunner, T, atomic_write_bytes, durable_rename
@@ -85,9 +85,6 @@ class SessionRecord:
         del self.history[:-MAX_HISTORY]
 
 
-_CONVERTER = make_strict_converter()
-
-
 async def in_thread_abandoning(fn: Callable[[], T]) -> T:
     """Session writes in production: a thread the caller may abandon when cancelled, so a
     stuck disk cannot hold a forced restart past its deadline. Safe because every write is
@@ -96,7 +93,7 @@ async def in_thread_abandoning(fn: Callable[[], T]) -> T:
 
 
 def _read_record(path: Path) -> SessionRecord:
-    record = _CONVERTER.structure(json.loads(path.read_bytes()), SessionRecord)
+    record = codec.structure(json.loads(path.read_bytes()), SessionRecord)
     # The id names the file the gateway writes back: `"id": "../../EVIL"` would write outside
     # the home, and an id that disagrees with its file name would fork the session in two.
     if not SESSION_ID.fullmatch(record.id) or f"{record.id}.json" != path.name:
@@ -123,7 +120,7 @@ class SessionStore:
 
     async def save(self, record: SessionRecord) -> None:
         seq = next(self._seq)
-        data = json.dumps(_CONVERTER.unstructure(record), ensure_ascii=False).encode()
+        data = json.dumps(codec.unstructure(record), ensure_ascii=False).encode()
         await self.runner(lambda: self._write_if_newer(record.id, seq, data))
 
     def _write_if_newer(self, session_id: str, seq: int, data: bytes) -> None:
