@@ -27,7 +27,7 @@ from trio_gateway.cluster.leases import Leases
 from trio_gateway.errors import CronSlotTakenError
 from trio_gateway.log import EventLog
 from trio_gateway.policy import codec
-from trio_gateway.runtime.cron import CRON_SLOT
+from trio_gateway.storage.base import CRON_SLOT
 from trio_gateway.storage.sessions import SessionRecord
 
 # Ownership is judged by heartbeat; the expiry is only a backstop for a live node that stopped
