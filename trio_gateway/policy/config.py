@@ -206,8 +206,8 @@ class LoggingConfig:
 
 # Bounds: a file smaller than 64 KiB rotates every few seconds of a busy drain; one larger
 # than 1 GiB is no longer something an operator opens.
-LOG_FILE_BYTES = (64 * 1024, 1024 * 1024 * 1024)
-LOG_BACKUPS = (0, 100)
+_LOG_FILE_BYTES = (64 * 1024, 1024 * 1024 * 1024)
+_LOG_BACKUPS = (0, 100)
 
 
 @attrs.frozen
@@ -271,8 +271,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "gateway.maxConnections": (1, 100_000),
     "gateway.sessionEvictAfterSeconds": (1, 31_622_400),
     "gateway.maxUnverifiedBodies": (1, 10_000),
-    "logging.maxFileBytes": LOG_FILE_BYTES,
-    "logging.backupCount": LOG_BACKUPS,
+    "logging.maxFileBytes": _LOG_FILE_BYTES,
+    "logging.backupCount": _LOG_BACKUPS,
     "models.*.requestTimeoutSeconds": (0.01, 86_400),
     "agents.*.maxSubagentDepth": (1, 16),
     "agents.*.maxToolRounds": (1, 100),
@@ -292,7 +292,7 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def show_number(value: float) -> str:
+def _show_number(value: float) -> str:
     """A number for an error message; never raises (`f"{10**400:g}"` overflows)."""
     if isinstance(value, int) and abs(value) >= 10**15:
         return f"an integer of {len(str(abs(value)))} digits"
@@ -325,7 +325,7 @@ def _check_ranges(config: Config) -> None:
         low, high = RANGES.get(pattern, (-math.inf, math.inf))
         if not low <= value <= high:
             raise ConfigError(
-                path, f"must be between {show_number(low)} and {show_number(high)}, got {show_number(value)}"
+                path, f"must be between {_show_number(low)} and {_show_number(high)}, got {_show_number(value)}"
             )
 
 
@@ -392,14 +392,14 @@ def _check_cluster(c: ClusterConfig) -> None:
 
 # A server name becomes the `<server>__<tool>` prefix the model sees (OpenAI function names
 # are [A-Za-z0-9_-]{1,64}); no "__" inside it, so the split back is unambiguous.
-MCP_SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,30}(?:_[A-Za-z0-9-]+)*")
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MCP_SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,30}(?:_[A-Za-z0-9-]+)*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _check_tools(tools: ToolsConfig) -> None:
     for name, server in tools.mcp_servers.items():
         path = f"tools.mcpServers.{name}"
-        if not MCP_SERVER_NAME.fullmatch(name) or "__" in name:
+        if not _MCP_SERVER_NAME.fullmatch(name) or "__" in name:
             raise ConfigError(path, "a server name is letters, digits, '-' and single '_' (at most 31 characters)")
         if (server.command is None) == (server.url is None):
             raise ConfigError(path, "needs exactly one of command (stdio) or url (streamable HTTP)")
@@ -411,12 +411,12 @@ def _check_tools(tools: ToolsConfig) -> None:
             if server.url is not None and getattr(server, key):
                 raise ConfigError(f"{path}.{codec.camel(key)}", "only for a stdio server (command)")
         for var, source in server.env_from.items():
-            if not ENV_NAME.fullmatch(var) or not ENV_NAME.fullmatch(source):
+            if not _ENV_NAME.fullmatch(var) or not _ENV_NAME.fullmatch(source):
                 raise ConfigError(f"{path}.envFrom.{var}", f"must map a variable name to one, got {source!r}")
         if server.command is not None and server.headers_env:
             raise ConfigError(f"{path}.headersEnv", "only for a streamable HTTP server (url)")
         for header, var in server.headers_env.items():
-            if not ENV_NAME.fullmatch(var):
+            if not _ENV_NAME.fullmatch(var):
                 raise ConfigError(f"{path}.headersEnv.{header}", f"must name an environment variable, got {var!r}")
     for i, host in enumerate(tools.http.allow_hosts):
         if not host or "/" in host or host != host.strip().lower():

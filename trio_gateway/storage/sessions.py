@@ -34,10 +34,10 @@ TurnStatus = Literal["accepted", "running", "interrupted"]
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 # History kept per session: enough context for a chat, bounded so a file stays small.
-MAX_HISTORY = 40
+_MAX_HISTORY = 40
 # Platform message ids heard in this conversation (SPEC 11): far more than one poll batch or
 # webhook retry window, so a message read again after a crash is recognised.
-MAX_INBOUND_IDS = 256
+_MAX_INBOUND_IDS = 256
 
 
 @attrs.define
@@ -78,11 +78,11 @@ class SessionRecord:
 
     def remember_inbound(self, inbound_id: str) -> None:
         self.inbound_ids.append(inbound_id)
-        del self.inbound_ids[:-MAX_INBOUND_IDS]
+        del self.inbound_ids[:-_MAX_INBOUND_IDS]
 
     def remember(self, messages: list[dict[str, Any]]) -> None:
         self.history.extend(messages)
-        del self.history[:-MAX_HISTORY]
+        del self.history[:-_MAX_HISTORY]
 
 
 async def in_thread_abandoning(fn: Callable[[], T]) -> T:
