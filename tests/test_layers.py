@@ -187,3 +187,16 @@ def test_importing_the_cli_loads_no_server_and_no_fakes() -> None:
     ]
     assert heavy == []
     assert "trio_gateway.cli" in loaded
+
+
+def test_only_upstream_imports_the_http_client_library() -> None:
+    """httpx2 is chosen in one line of `upstream.py` (and httpx is a test-only dependency)."""
+    known = modules()
+    direct = sorted(
+        module
+        for module, path in known.items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.Import) and any(a.name.split(".")[0] in {"httpx", "httpx2"} for a in node.names))
+        or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in {"httpx", "httpx2"})
+    )
+    assert direct == ["trio_gateway.upstream"]
