@@ -605,7 +605,7 @@ class Gateway:
                 continue
             session = agent.Session(record)
             self.sessions[record.id] = session
-            self._by_origin[(record.agent, record.origin)] = record.id
+            self._by_origin[(record.agent, _conversation(record.origin))] = record.id
             leftover += [(session, turn) for turn in record.turns]
         gen = self.current
         if leftover and gen is not None and self.state.value == "running":
@@ -618,7 +618,7 @@ class Gateway:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
-        key = (session.record.agent, session.record.origin)
+        key = (session.record.agent, _conversation(session.record.origin))
         if self._by_origin.get(key) == session_id:
             del self._by_origin[key]
         if session.nursery is not None:
