@@ -57,7 +57,7 @@ from trio_gateway.work.stall import StallWatchdog
 from trio_gateway.work.units import WorkRegistry
 
 # How long intake waits for the write that accepts a turn before answering 507.
-DISK_WAIT_SECONDS = 10.0
+_DISK_WAIT_SECONDS = 10.0
 
 State = Literal["starting", "running", "draining", "stopped"]
 
@@ -448,10 +448,10 @@ class Gateway:
         """The write that makes a turn accepted, bounded: a full or stuck sessions disk
         refuses the turn with 507 (the caller forgets the turn: it was never accepted)."""
         try:
-            with trio.fail_after(DISK_WAIT_SECONDS):
+            with trio.fail_after(_DISK_WAIT_SECONDS):
                 await self.store.save(session.record)
         except trio.TooSlowError:
-            raise InsufficientStorageError(f"the sessions disk did not answer within {DISK_WAIT_SECONDS:g}s") from None
+            raise InsufficientStorageError(f"the sessions disk did not answer within {_DISK_WAIT_SECONDS:g}s") from None
         except OSError as exc:
             if is_no_space(exc):
                 raise InsufficientStorageError(f"the sessions disk is full: {exc}") from None
