@@ -46,7 +46,7 @@ class Event:
     def text(self) -> str:
         stamp = self.wall.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
         tag = f" [{self.tag}]" if self.tag else ""
-        message = f" {escape_controls(self.message)}" if self.message else ""
+        message = f" {_escape_controls(self.message)}" if self.message else ""
         kv = "".join(f" {k}={_kv_value(v)}" for k, v in self.fields.items())
         return f"{stamp} {self.level}{tag}{message}{kv}"
 
@@ -75,7 +75,7 @@ def _json_key(label: str) -> str:
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def escape_controls(text: str) -> str:
+def _escape_controls(text: str) -> str:
     """`text` with every control character written as its JSON escape (`\\n`, `\\u001b`)."""
     return _CONTROLS.sub(lambda m: json.dumps(m.group())[1:-1], text)
 
@@ -83,7 +83,7 @@ def escape_controls(text: str) -> str:
 def _kv_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
     if text == "" or _CONTROLS.search(text) or any(c.isspace() or c == '"' for c in text):
-        return escape_controls(json.dumps(text, ensure_ascii=False))
+        return _escape_controls(json.dumps(text, ensure_ascii=False))
     return text
 
 
@@ -117,9 +117,9 @@ def open_append(path: Path) -> IO[str]:
 
 # Lines waiting for the writer thread; past this (a log disk that stopped answering) new lines
 # are dropped and counted, never queued without bound.
-LOG_BACKLOG = 50_000
+_LOG_BACKLOG = 50_000
 # How long closing (or exiting) waits for queued lines to reach the file.
-EXIT_FLUSH_SECONDS = 2.0
+_EXIT_FLUSH_SECONDS = 2.0
 
 
 @attrs.frozen
@@ -151,7 +151,7 @@ class FileSink:
     failed: int = 0
     _file: IO[str] | None = None
     _size: int = 0
-    _lines: queue.Queue[str | None] = attrs.Factory(lambda: queue.Queue(LOG_BACKLOG))
+    _lines: queue.Queue[str | None] = attrs.Factory(lambda: queue.Queue(_LOG_BACKLOG))
     _thread: threading.Thread | None = None
     _reported: bool = False
 
@@ -167,7 +167,7 @@ class FileSink:
         # at exit by `_finish` (bounded), also for a run that never calls `close`.
         self._thread = threading.Thread(target=self._drain, name="log-writer", daemon=True)
         self._thread.start()
-        weakref.finalize(self, _finish, self._lines, self._thread, EXIT_FLUSH_SECONDS)
+        weakref.finalize(self, _finish, self._lines, self._thread, _EXIT_FLUSH_SECONDS)
 
     def write(self, event: Event) -> None:
         if not self.threaded:
@@ -227,7 +227,7 @@ class FileSink:
                 self._file.close()
         self._file = None
 
-    def close(self, timeout: float = EXIT_FLUSH_SECONDS) -> None:
+    def close(self, timeout: float = _EXIT_FLUSH_SECONDS) -> None:
         """Write what is queued (for at most `timeout`: a hung disk keeps its lines), then close.
         A sink is closed once; lines written after that are dropped."""
         if self._thread is not None:
