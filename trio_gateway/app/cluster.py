@@ -29,10 +29,10 @@ from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.home import Home
 
 # Past the longest attempt, how long a claim's lease outlives its node's last heartbeat.
-LEASE_MARGIN_SECONDS = 5.0
+_LEASE_MARGIN_SECONDS = 5.0
 
 
-def dsn_from(config: Config, env: Mapping[str, str]) -> str:
+def _dsn_from(config: Config, env: Mapping[str, str]) -> str:
     dsn = env.get(config.cluster.dsn_env)
     if not dsn:
         raise ConfigError("cluster.dsnEnv", f"environment variable {config.cluster.dsn_env} is not set")
@@ -41,13 +41,13 @@ def dsn_from(config: Config, env: Mapping[str, str]) -> str:
 
 def database(config: Config, env: Mapping[str, str], *, inline: bool = False) -> Database:
     return Database.create(
-        dsn_from(config, env), statement_timeout=config.cluster.statement_timeout_seconds, inline=inline
+        _dsn_from(config, env), statement_timeout=config.cluster.statement_timeout_seconds, inline=inline
     )
 
 
-def node_for(config: Config, db: Database, log: EventLog) -> ClusterNode:
+def _node_for(config: Config, db: Database, log: EventLog) -> ClusterNode:
     # The lease is a backstop only: longer than any attempt plus the time to judge a node dead.
-    lease = config.delivery.attempt_timeout_seconds + config.cluster.dead_after_seconds + LEASE_MARGIN_SECONDS
+    lease = config.delivery.attempt_timeout_seconds + config.cluster.dead_after_seconds + _LEASE_MARGIN_SECONDS
     return ClusterNode.create(db, config.cluster, log, lambda: dt.datetime.now(dt.UTC), lease_seconds=lease)
 
 
@@ -56,7 +56,7 @@ async def cli_queue(config: Config, env: Mapping[str, str], log: EventLog) -> As
     """The shared queue for one CLI command (`delivery ...`): a short-lived node of its own,
     so its claims (`process --once`, `repair`) are fenced and taken over like any node's."""
     cli = attrs.evolve(config.cluster, node_id=f"cli-{default_node_id()}")
-    node = node_for(attrs.evolve(config, cluster=cli), database(config, env), log)
+    node = _node_for(attrs.evolve(config, cluster=cli), database(config, env), log)
     await node.start()
     try:
         yield node.queue
@@ -76,7 +76,7 @@ def cluster_parts(
     rng: random.Random | None = None,
     console_runner: BlockingRunner = in_thread,
 ) -> tuple[ClusterNode, DeliveryFactory]:
-    node = node_for(config, database(config, env, inline=inline), log)
+    node = _node_for(config, database(config, env, inline=inline), log)
 
     async def factory(config: Config, gateway: Gateway) -> PgDelivery:
         assert gateway.wall is not None

@@ -45,7 +45,7 @@ class StartOptions:
     bind: str | None = None
 
 
-def with_overrides(config: Config, port: int | None, bind: str | None) -> Config:
+def _with_overrides(config: Config, port: int | None, bind: str | None) -> Config:
     section = config.gateway
     section = attrs.evolve(section, port=section.port if port is None else port)
     section = attrs.evolve(section, bind=section.bind if bind is None else bind)
@@ -54,7 +54,7 @@ def with_overrides(config: Config, port: int | None, bind: str | None) -> Config
 
 def start(options: StartOptions, env: Mapping[str, str] = os.environ) -> int:
     home = options.home
-    config = with_overrides(load_config(home.config_path), options.port, options.bind)
+    config = _with_overrides(load_config(home.config_path), options.port, options.bind)
     home.ensure()
     token = token_for_start(home.token_path, config.gateway.bind, env)
     with hold_lock(home.lock_path, home.root):
@@ -66,16 +66,16 @@ def start(options: StartOptions, env: Mapping[str, str] = os.environ) -> int:
             process = GatewayProcess(gateway, server, home, Notifier.from_env(env), log)
             return trio.run(process.run)
         finally:
-            StateFile(home).remove()
+            _StateFile(home).remove()
             log.close()
 
 
 # How long the HTTP server may take to let go of its connections after a stop.
-SHUTDOWN_GRACE_SECONDS = 5.0
+_SHUTDOWN_GRACE_SECONDS = 5.0
 
 
 @attrs.define
-class StateFile:
+class _StateFile:
     """`gateway.state.json`: how the CLI finds the running gateway (pid, port, state)."""
 
     home: Home
@@ -129,9 +129,9 @@ class GatewayProcess:
         would hold the root nursery open forever. Once the gateway has stopped (its work is
         drained and its state on disk), give the server a grace period, then leave."""
         await self.gateway.state.wait_value("stopped")
-        await trio.sleep(SHUTDOWN_GRACE_SECONDS)
-        self.log.error("SHUTDOWN", f"HTTP connections still open {SHUTDOWN_GRACE_SECONDS:g}s after the stop; exiting")
-        StateFile(self.home).remove()
+        await trio.sleep(_SHUTDOWN_GRACE_SECONDS)
+        self.log.error("SHUTDOWN", f"HTTP connections still open {_SHUTDOWN_GRACE_SECONDS:g}s after the stop; exiting")
+        _StateFile(self.home).remove()
         self.log.close()
         os._exit(0)
 
@@ -166,7 +166,7 @@ class GatewayProcess:
         changed since the last write. Keyed on both: a whole restart can happen while a write
         is in its thread on a busy machine (running, draining, running again), and waiting for
         the next *different state* would then leave the file at the old generation for good."""
-        state_file = StateFile(self.home)
+        state_file = _StateFile(self.home)
         published: tuple[State, int] | None = None
 
         def changed(state: State) -> bool:
