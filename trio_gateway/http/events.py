@@ -24,10 +24,10 @@ from trio_gateway.http.asgi import Receive, Send
 from trio_gateway.log import Event
 
 # How often a page gets a fresh snapshot: a countdown bar animates between them by itself.
-STATUS_INTERVAL_SECONDS = 0.5
-TAIL_EVENTS = 200
+_STATUS_INTERVAL_SECONDS = 0.5
+_TAIL_EVENTS = 200
 # Events a page gets when it connects, so it does not start on an empty log.
-BACKLOG_EVENTS = 50
+_BACKLOG_EVENTS = 50
 
 
 @attrs.define(eq=False)
@@ -38,7 +38,7 @@ class LogTail:
     tick: no cross-thread wake-up to get wrong. An event is only formatted when a stream sends
     it, so with no page open the log pays one append per line."""
 
-    events: collections.deque[tuple[int, Event]] = attrs.Factory(lambda: collections.deque(maxlen=TAIL_EVENTS))
+    events: collections.deque[tuple[int, Event]] = attrs.Factory(lambda: collections.deque(maxlen=_TAIL_EVENTS))
     _numbers: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
     def write(self, event: Event) -> None:
@@ -70,7 +70,7 @@ class EventStream:
     snapshot: Callable[[], dict[str, Any]]
     tail: LogTail
     stopped: Callable[[], Any]  # awaitable factory: returns when the gateway has stopped
-    interval: float = STATUS_INTERVAL_SECONDS
+    interval: float = _STATUS_INTERVAL_SECONDS
 
     async def run(self, receive: Receive, send: Send) -> None:
         async with trio.open_nursery() as nursery:
@@ -82,7 +82,7 @@ class EventStream:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _pump(self, send: Send) -> None:
-        seen = max(0, self.tail.last_number() - BACKLOG_EVENTS)
+        seen = max(0, self.tail.last_number() - _BACKLOG_EVENTS)
         # A comment line first: proxies and browsers see the stream open at once.
         await send({"type": "http.response.body", "body": b": trio-gateway events\n\n", "more_body": True})
         while True:

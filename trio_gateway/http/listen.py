@@ -34,7 +34,7 @@ StreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
 # A client must take each chunk of a response within this, or it loses its connection: one
 # that pipelines requests and reads nothing would otherwise hold a slot for good.
 SEND_STALL_SECONDS = 30.0
-SEND_CHUNK = 65_536
+_SEND_CHUNK = 65_536
 
 
 @attrs.define
@@ -113,12 +113,12 @@ async def _serve_connection(
     asgi: Any, config: hypercorn.config.Config, context: Any, stall_seconds: float, stream: trio.SocketStream
 ) -> None:
     # hypercorn types the stream as TLS and tells them apart itself (no `do_handshake`: plain).
-    guarded: Any = SendStallGuard(stream, stall_seconds)
+    guarded: Any = _SendStallGuard(stream, stall_seconds)
     await TCPServer(asgi, config, context, {}, guarded)
 
 
 @attrs.define(eq=False)
-class SendStallGuard(trio.abc.HalfCloseableStream):
+class _SendStallGuard(trio.abc.HalfCloseableStream):
     """The stream hypercorn is given: a plain SocketStream whose writes have a deadline per
     chunk. hypercorn sends inside a shield with no deadline; this deadline, inside it, still
     fires. On a stall the socket is closed and hypercorn sees BrokenResourceError (it handles
@@ -133,9 +133,9 @@ class SendStallGuard(trio.abc.HalfCloseableStream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
-        for start in range(0, len(view), SEND_CHUNK):
+        for start in range(0, len(view), _SEND_CHUNK):
             with trio.move_on_after(self.stall_seconds) as waited:
-                await self.inner.send_all(view[start : start + SEND_CHUNK])
+                await self.inner.send_all(view[start : start + _SEND_CHUNK])
             if waited.cancelled_caught:
                 self.inner.socket.close()
                 raise trio.BrokenResourceError(f"the client took no data for {self.stall_seconds:g} s")

@@ -6,7 +6,7 @@ counters to keep in step with the runtime); prometheus-client adds the process m
 Each scrape builds its own `CollectorRegistry`: no global registry, nothing kept between scrapes.
 Verified under hypercorn's Trio worker: `collect()` is plain synchronous code.
 
-The families are written through `Exposition` (`family`, then its `sample`s), so adding one is
+The families are written through `_Exposition` (`family`, then its `sample`s), so adding one is
 two lines in one of the functions below.
 """
 
@@ -32,14 +32,14 @@ if TYPE_CHECKING:
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Drain durations of interest run from a forced restart (well under a second) to the longest
 # drain timeout anyone should configure.
-DRAIN_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-PREFIX = "trio_gateway_"
+_DRAIN_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_PREFIX = "trio_gateway_"
 # A listener's stop is its scope's cancel plus a bounded platform call (channelStopTimeoutSeconds).
-CHANNEL_STOP_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
+_CHANNEL_STOP_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0)
 
 
 @attrs.define
-class Exposition:
+class _Exposition:
     """The families of one scrape, built as prometheus-client `Metric`s."""
 
     metrics: list[Metric] = attrs.Factory(list)
@@ -49,10 +49,10 @@ class Exposition:
     def family(self, name: str, kind: str, help_text: str) -> None:
         # prometheus-client names a counter family without its `_total`; its samples keep it.
         family = name.removesuffix("_total") if kind == "counter" else name
-        self.metrics.append(Metric(PREFIX + family, help_text, kind))
+        self.metrics.append(Metric(_PREFIX + family, help_text, kind))
 
     def sample(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
-        self.metrics[-1].add_sample(PREFIX + name, {**self.base, **(labels or {})}, float(value))
+        self.metrics[-1].add_sample(_PREFIX + name, {**self.base, **(labels or {})}, float(value))
 
 
 def _number(value: float) -> str:
@@ -63,12 +63,12 @@ def _number(value: float) -> str:
 
 
 @attrs.define(eq=False)
-class GatewayCollector(Collector):
+class _GatewayCollector(Collector):
     gateway: Gateway
     base: dict[str, str] = attrs.Factory(dict)
 
     def collect(self) -> Iterator[Metric]:
-        out = Exposition(base=self.base)
+        out = _Exposition(base=self.base)
         _lifecycle(out, self.gateway)
         _work(out, self.gateway)
         _drains(out, self.gateway)
@@ -79,7 +79,7 @@ class GatewayCollector(Collector):
 
 
 @attrs.define(eq=False)
-class Labelled(Collector):
+class _Labelled(Collector):
     """Another collector's families with `base` added to every sample (the cluster node)."""
 
     inner: Collector
@@ -95,7 +95,7 @@ def registry(gateway: Gateway) -> CollectorRegistry:
     node = gateway.deps.describe_storage().get("nodeId")
     base = {"node": str(node)} if node else {}
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(GatewayCollector(gateway, base))
+    reg.register(_GatewayCollector(gateway, base))
     # Built on a scratch registry (they register themselves), then registered here with the node
     # label added: one scrape config serves every node, the process metrics included.
     scratch = CollectorRegistry(auto_describe=False)
@@ -104,7 +104,7 @@ def registry(gateway: Gateway) -> CollectorRegistry:
         PlatformCollector(registry=scratch),
         GCCollector(registry=scratch),
     ):
-        reg.register(Labelled(runtime, base) if base else runtime)
+        reg.register(_Labelled(runtime, base) if base else runtime)
     return reg
 
 
@@ -112,7 +112,7 @@ def render(gateway: Gateway) -> str:
     return _generate(registry(gateway)).decode()
 
 
-def _lifecycle(out: Exposition, gateway: Gateway) -> None:
+def _lifecycle(out: _Exposition, gateway: Gateway) -> None:
     out.family("build_info", "gauge", "Always 1; the running trio-gateway version as a label")
     out.sample("build_info", 1, {"version": __version__})
     out.family("generation", "gauge", "Number of the generation currently accepting work")
@@ -124,7 +124,7 @@ def _lifecycle(out: Exposition, gateway: Gateway) -> None:
     out.sample("uptime_seconds", round(trio.current_time() - gateway.started_at, 3))
 
 
-def _work(out: Exposition, gateway: Gateway) -> None:
+def _work(out: _Exposition, gateway: Gateway) -> None:
     units = gateway.registry.units()
     out.family("sessions", "gauge", "Known sessions")
     out.sample("sessions", len(gateway.sessions))
@@ -142,17 +142,17 @@ def _work(out: Exposition, gateway: Gateway) -> None:
         out.sample("aborts_total", n, {"kind": aborted_kind})
 
 
-def _drains(out: Exposition, gateway: Gateway) -> None:
+def _drains(out: _Exposition, gateway: Gateway) -> None:
     reports = list(gateway.drains)
     out.family("drains_total", "counter", "Completed drains by kind and whether the deadline aborted work")
     tally = Counter((r.kind, "timed_out" if r.timed_out else "clean") for r in reports)
     for (kind, outcome), n in sorted(tally.items()):
         out.sample("drains_total", n, {"kind": kind, "outcome": outcome})
     out.family("drain_duration_seconds", "histogram", "Seconds from a drain request to its work being gone")
-    _histogram(out, "drain_duration_seconds", [r.waited_seconds for r in reports], DRAIN_BUCKETS)
+    _histogram(out, "drain_duration_seconds", [r.waited_seconds for r in reports], _DRAIN_BUCKETS)
 
 
-def _histogram(out: Exposition, name: str, values: Iterable[float], buckets: tuple[float, ...]) -> None:
+def _histogram(out: _Exposition, name: str, values: Iterable[float], buckets: tuple[float, ...]) -> None:
     values = list(values)
     for bound in (*buckets, math.inf):
         out.sample(f"{name}_bucket", sum(1 for v in values if v <= bound), {"le": _number(bound)})
@@ -160,7 +160,7 @@ def _histogram(out: Exposition, name: str, values: Iterable[float], buckets: tup
     out.sample(f"{name}_count", len(values))
 
 
-def _delivery(out: Exposition, gateway: Gateway) -> None:
+def _delivery(out: _Exposition, gateway: Gateway) -> None:
     counts = gateway.delivery.counts() if gateway.delivery is not None else {}
     out.family("delivery_queue_pending", "gauge", "Delivery entries waiting to be sent")
     out.sample("delivery_queue_pending", counts.get("pending", 0))
@@ -173,13 +173,13 @@ def _delivery(out: Exposition, gateway: Gateway) -> None:
             out.sample("deliveries_total", n, {"channel": channel, "outcome": outcome})
 
 
-def _inbound(out: Exposition, gateway: Gateway) -> None:
+def _inbound(out: _Exposition, gateway: Gateway) -> None:
     stats = gateway.listeners.stats if gateway.listeners is not None else None
     out.family("inbound_messages_total", "counter", "Messages heard by a channel listener that became turns")
     for (channel, account), n in sorted(stats.messages.items() if stats else []):
         out.sample("inbound_messages_total", n, {"channel": channel, "account": account})
     out.family("channel_stop_seconds", "histogram", "Seconds from a drain's start to a listener stopped")
-    _histogram(out, "channel_stop_seconds", stats.stop_seconds if stats else [], CHANNEL_STOP_BUCKETS)
+    _histogram(out, "channel_stop_seconds", stats.stop_seconds if stats else [], _CHANNEL_STOP_BUCKETS)
 
 
 def _outcomes(delivery: Any) -> dict[tuple[str, str], int]:
@@ -196,7 +196,7 @@ def _outcomes(delivery: Any) -> dict[tuple[str, str], int]:
         return {}
 
 
-def _tools(out: Exposition, gateway: Gateway) -> None:
+def _tools(out: _Exposition, gateway: Gateway) -> None:
     """SPEC 14: tool calls by outcome (this generation's), and each MCP server's state."""
     tools = gateway.tools
     if tools is None:

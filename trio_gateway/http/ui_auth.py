@@ -25,13 +25,13 @@ import trio
 from trio_gateway.errors import UnauthorizedError
 from trio_gateway.http import auth
 
-COOKIE = "tg_session"
+_COOKIE = "tg_session"
 CODE_TTL_SECONDS = 120.0
-SESSION_TTL_SECONDS = 12 * 3600.0
+_SESSION_TTL_SECONDS = 12 * 3600.0
 # A bound on what a stream of logins can make us remember; the oldest go first.
-MAX_SESSIONS = 64
-MAX_CODES = 16
-SAFE_METHODS = ("GET", "HEAD")
+_MAX_SESSIONS = 64
+_MAX_CODES = 16
+_SAFE_METHODS = ("GET", "HEAD")
 
 
 def _cookies(headers: Mapping[str, str]) -> dict[str, str]:
@@ -67,7 +67,7 @@ class UiAuth:
 
     def new_code(self) -> str:
         code = secrets.token_urlsafe(18)
-        _remember(self._codes, code, self.clock() + CODE_TTL_SECONDS, MAX_CODES)
+        _remember(self._codes, code, self.clock() + CODE_TTL_SECONDS, _MAX_CODES)
         return code
 
     def login(self, *, code: str | None, token: str | None) -> str:
@@ -79,14 +79,14 @@ class UiAuth:
         elif token is None or not hmac.compare_digest(token.strip().encode(), self.token.encode()):
             raise UnauthorizedError("wrong admin token")
         session = secrets.token_urlsafe(32)
-        _remember(self._sessions, session, self.clock() + SESSION_TTL_SECONDS, MAX_SESSIONS)
+        _remember(self._sessions, session, self.clock() + _SESSION_TTL_SECONDS, _MAX_SESSIONS)
         return session
 
     def logout(self, headers: Mapping[str, str]) -> None:
-        self._sessions.pop(_cookies(headers).get(COOKIE, ""), None)
+        self._sessions.pop(_cookies(headers).get(_COOKIE, ""), None)
 
     def _cookie_valid(self, headers: Mapping[str, str]) -> bool:
-        given = _cookies(headers).get(COOKIE)
+        given = _cookies(headers).get(_COOKIE)
         if not given:
             return False
         expires = self._sessions.get(given)
@@ -98,14 +98,14 @@ class UiAuth:
         if headers.get("authorization") or not self._cookie_valid(headers):
             auth.check_bearer(headers, self.token)
             return
-        if method not in SAFE_METHODS and not same_origin(headers):
+        if method not in _SAFE_METHODS and not same_origin(headers):
             raise UnauthorizedError("cross-origin request with the UI session cookie refused")
 
 
 def set_cookie(session: str, *, secure: bool) -> bytes:
-    attributes = f"{COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={int(SESSION_TTL_SECONDS)}"
+    attributes = f"{_COOKIE}={session}; Path=/; HttpOnly; SameSite=Strict; Max-Age={int(_SESSION_TTL_SECONDS)}"
     return (attributes + ("; Secure" if secure else "")).encode()
 
 
 def clear_cookie() -> bytes:
-    return f"{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0".encode()
+    return f"{_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0".encode()
