@@ -29,14 +29,14 @@ from trio_gateway.storage.atomic import BlockingRunner, T
 # suffice. Every accepted turn waits on its own session fsync before its 202, so sessions get
 # trio's usual 40: at 50 concurrent clients the 202's p50 was 943 ms with 8 threads and 396 ms
 # with 40 (scripts/soak_turns.py --modes plain, 2,000 turns, load average ~8).
-LIMITS: dict[str, int] = {"queue": 8, "sessions": 40, "logs": 1, "console": 2, "cursors": 2}
+_LIMITS: dict[str, int] = {"queue": 8, "sessions": 40, "logs": 1, "console": 2, "cursors": 2}
 
 # errno values that mean "no room", which the HTTP edge answers with 507.
-NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 def is_no_space(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in NO_SPACE
+    return isinstance(exc, OSError) and exc.errno in _NO_SPACE
 
 
 def abandonable(limiter: trio.CapacityLimiter) -> BlockingRunner:
@@ -60,7 +60,7 @@ class DiskRunners:
     @classmethod
     def threads(cls) -> DiskRunners:
         """Production: abandonable threads, one limiter each."""
-        return cls(*(abandonable(trio.CapacityLimiter(LIMITS[name])) for name in SUBSYSTEMS))
+        return cls(*(abandonable(trio.CapacityLimiter(_LIMITS[name])) for name in SUBSYSTEMS))
 
     @classmethod
     def same(cls, runner: BlockingRunner) -> DiskRunners:

@@ -74,7 +74,7 @@ class Home(NamedTuple):
 
 
 # `secrets.token_urlsafe(32)` is 43 characters; anything much shorter is guessable.
-MIN_TOKEN_CHARS = 32
+_MIN_TOKEN_CHARS = 32
 
 
 def read_token(path: Path) -> str | None:
@@ -101,10 +101,10 @@ def read_token(path: Path) -> str | None:
     token = data.decode("utf-8", errors="replace").strip()
     if not token:
         return None
-    if len(token) < MIN_TOKEN_CHARS or not (token.isascii() and token.isprintable()) or " " in token:
+    if len(token) < _MIN_TOKEN_CHARS or not (token.isascii() and token.isprintable()) or " " in token:
         raise ConfigError(
             str(path),
-            f"is not a usable token (need at least {MIN_TOKEN_CHARS} printable ASCII characters without spaces); "
+            f"is not a usable token (need at least {_MIN_TOKEN_CHARS} printable ASCII characters without spaces); "
             "delete it and start the gateway on loopback to have a new one made",
         )
     return token

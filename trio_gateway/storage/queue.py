@@ -48,9 +48,9 @@ from trio_gateway.storage.atomic import (
     fsync_dir,
 )
 
-T = TypeVar("T")
-I = TypeVar("I")  # noqa: E741 - the conventional name for an item type
-R = TypeVar("R")
+_T = TypeVar("_T")
+_I = TypeVar("_I")  # an item of a group commit
+_R = TypeVar("_R")  # its result
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _RANDOM_BITS = 80
@@ -85,7 +85,7 @@ class IdGenerator:
 
 # Entries this process wrote and has not claimed yet, kept with their bytes so the claim that
 # normally follows within milliseconds skips the parse. Bounded: past it, claims just parse.
-FRESH_CACHE_LIMIT = 4096
+_FRESH_CACHE_LIMIT = 4096
 
 
 @attrs.frozen
@@ -119,17 +119,17 @@ class NotDue:
 
 
 @attrs.define(eq=False)
-class _Ticket(Generic[I, R]):
-    item: I
+class _Ticket(Generic[_I, _R]):
+    item: _I
     done: trio.Event = attrs.Factory(trio.Event)
     finished: bool = False
-    result: R | None = None
+    result: _R | None = None
     error: BaseException | None = None
 
-    def value(self) -> R:
+    def value(self) -> _R:
         if self.error is not None:
             raise self.error
-        return self.result  # type: ignore[return-value]  # set with finished, R may be None
+        return self.result  # type: ignore[return-value]  # set with finished, _R may be None
 
 
 class OutcomeUnknown(Exception):
@@ -139,11 +139,11 @@ class OutcomeUnknown(Exception):
 
 # How long a caller waits for its group-committed batch before it is told "outcome unknown".
 # Generous: disk work is milliseconds; this only bounds a disk that stopped answering.
-DISK_WAIT_SECONDS = 10.0
+_DISK_WAIT_SECONDS = 10.0
 
 
 @attrs.define
-class GroupCommit(Generic[I, R]):
+class GroupCommit(Generic[_I, _R]):
     """Callers that arrive while a batch is on disk join the next batch: one thread hand-off
     and one directory fsync for all of them (group commit), instead of one each.
 
@@ -156,13 +156,13 @@ class GroupCommit(Generic[I, R]):
     `run_batch` answers items in order.
     """
 
-    run_batch: Callable[[list[I]], Awaitable[list[R]]]
-    timeout: float = DISK_WAIT_SECONDS
-    _waiting: list[_Ticket[I, R]] = attrs.Factory(list)
+    run_batch: Callable[[list[_I]], Awaitable[list[_R]]]
+    timeout: float = _DISK_WAIT_SECONDS
+    _waiting: list[_Ticket[_I, _R]] = attrs.Factory(list)
     _leading: bool = False
 
-    async def submit(self, item: I) -> R:
-        ticket: _Ticket[I, R] = _Ticket(item)
+    async def submit(self, item: _I) -> _R:
+        ticket: _Ticket[_I, _R] = _Ticket(item)
         self._waiting.append(ticket)
         try:
             with trio.move_on_after(self.timeout) as bound:
@@ -178,7 +178,7 @@ class GroupCommit(Generic[I, R]):
             raise OutcomeUnknown(f"disk did not answer within {self.timeout:g}s")
         return ticket.value()
 
-    def _withdraw(self, ticket: _Ticket[I, R]) -> None:
+    def _withdraw(self, ticket: _Ticket[_I, _R]) -> None:
         if ticket not in self._waiting:
             return  # its batch is on disk or in flight: the batch settles it
         self._waiting.remove(ticket)
@@ -193,7 +193,7 @@ class GroupCommit(Generic[I, R]):
 
     async def _lead(self) -> None:
         self._leading = True
-        batch: list[_Ticket[I, R]] = []
+        batch: list[_Ticket[_I, _R]] = []
         try:
             # Callers already runnable (the dispatcher starts several attempts in one go) join now.
             await trio.lowlevel.checkpoint()
@@ -358,7 +358,7 @@ class DeliveryQueue:
     def new_id(self, when: dt.datetime) -> str:
         return self._ids.new(when)
 
-    async def _run(self, fn: Callable[[], T]) -> T:
+    async def _run(self, fn: Callable[[], _T]) -> _T:
         return await self.runner(fn)
 
     # --- writing new entries ----------------------------------------------------------------
@@ -381,7 +381,7 @@ class DeliveryQueue:
             # Ids are unique: no one else writes the name. Each file is fsynced before its
             # rename; the folder once, after every rename of the batch, before any caller returns.
             atomic_create_bytes(self.pending_path(entry.id), data, sync_dir=False)
-            if len(self._fresh) < FRESH_CACHE_LIMIT:
+            if len(self._fresh) < _FRESH_CACHE_LIMIT:
                 self._fresh[entry.id] = (data, entry)
         fsync_dir(self.root)
         return [None] * len(entries)
