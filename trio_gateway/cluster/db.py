@@ -35,7 +35,7 @@ logging.getLogger("psycopg.pool").addHandler(logging.NullHandler())
 CANCEL_BOUND_SECONDS = 2.0
 # Past the server's statement timeout, how long trio waits before giving the call up itself
 # (the network, the pool hand-off): the server's own cancel should have ended it by then.
-CALL_MARGIN_SECONDS = 2.0
+_CALL_MARGIN_SECONDS = 2.0
 
 Conn = psycopg.Connection[tuple[object, ...]]
 
@@ -66,7 +66,7 @@ class Database:
     @classmethod
     def create(cls, dsn: str, *, statement_timeout: float, inline: bool = False, max_size: int = 16) -> Database:
         options = f"-c statement_timeout={int(statement_timeout * 1000)} -c idle_in_transaction_session_timeout="
-        options += str(int((statement_timeout + CALL_MARGIN_SECONDS) * 1000))
+        options += str(int((statement_timeout + _CALL_MARGIN_SECONDS) * 1000))
         pool: ConnectionPool[Conn] = ConnectionPool(
             dsn,
             min_size=1,
@@ -105,7 +105,7 @@ class Database:
             if self.inline:
                 await trio.lowlevel.checkpoint()
                 return work()
-            with trio.fail_after(self.statement_timeout + CALL_MARGIN_SECONDS):
+            with trio.fail_after(self.statement_timeout + _CALL_MARGIN_SECONDS):
                 return await self._in_thread(work, call)
         except trio.TooSlowError:
             raise DatabaseError(f"the cluster database did not answer within {self.statement_timeout:g}s") from None

@@ -33,7 +33,7 @@ class InboundLeases:
     ttl_seconds: float
 
     def key(self, channel: str, account_id: str) -> str:
-        return inbound_key(channel, account_id)
+        return _inbound_key(channel, account_id)
 
     async def take(self, key: str) -> Lease | None:
         try:
@@ -58,7 +58,7 @@ class InboundLeases:
             self.log.warn("CLUSTER", f"Could not release the lease {held.key}", error=str(exc)[:200])
 
 
-def inbound_key(channel: str, account_id: str) -> str:
+def _inbound_key(channel: str, account_id: str) -> str:
     return f"inbound:{channel}:{account_id}"
 
 
@@ -85,7 +85,7 @@ class PgCursors:
             "channel": channel,
             "account": account_id,
             "cursor": Jsonb(cursor),
-            "key": inbound_key(channel, account_id),
+            "key": _inbound_key(channel, account_id),
             "me": self.node_id,
         }
 

@@ -32,15 +32,15 @@ from trio_gateway.storage.sessions import SessionRecord
 
 # Ownership is judged by heartbeat; the expiry is only a backstop for a live node that stopped
 # writing its heartbeat and still runs. A session lease never needs renewing while its node lives.
-SESSION_LEASE_SECONDS = 7 * 24 * 3600.0
-ADOPT_BATCH = 100
+_SESSION_LEASE_SECONDS = 7 * 24 * 3600.0
+_ADOPT_BATCH = 100
 
 
-def lease_key(session_id: str) -> str:
+def _lease_key(session_id: str) -> str:
     return f"session:{session_id}"
 
 
-def claim_cron_slot(conn: Conn, slot: tuple[str, float], now: dt.datetime) -> None:
+def _claim_cron_slot(conn: Conn, slot: tuple[str, float], now: dt.datetime) -> None:
     """Compare-and-set on the cron entry's next fire time, in the caller's transaction (the
     one writing the run's turn): the slot `now` falls in fires once in the whole cluster, on
     whichever node's timer reaches it first. Slots are aligned on the epoch, so every node
@@ -84,7 +84,7 @@ class PgSessionStore:
         async with lock:
             epoch = self._epochs.get(record.id)
             if epoch is None:
-                lease = await self.leases.acquire(lease_key(record.id), self.now(), ttl=SESSION_LEASE_SECONDS)
+                lease = await self.leases.acquire(_lease_key(record.id), self.now(), ttl=_SESSION_LEASE_SECONDS)
                 if lease is None:
                     return self._lost(record.id)
                 epoch = self._epochs[record.id] = lease.epoch
@@ -94,7 +94,7 @@ class PgSessionStore:
     async def _write(self, record: SessionRecord, epoch: int) -> bool:
         doc = Jsonb(codec.unstructure(record))
         now = self.now()
-        me, key = self.leases.node_id, lease_key(record.id)
+        me, key = self.leases.node_id, _lease_key(record.id)
         slot = CRON_SLOT.get()
 
         def write(conn: Conn) -> bool:
@@ -104,7 +104,7 @@ class PgSessionStore:
             if held is None:
                 return False
             if slot is not None:
-                claim_cron_slot(conn, slot, now)  # raises (and rolls back) when fired elsewhere
+                _claim_cron_slot(conn, slot, now)  # raises (and rolls back) when fired elsewhere
             conn.execute(
                 "INSERT INTO sessions (id, record, pending_turns, updated_at) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (id) DO UPDATE SET record = EXCLUDED.record,"
@@ -133,13 +133,13 @@ class PgSessionStore:
                 "  OR (l.node_id <> %(me)s"
                 "      AND (n.node_id IS NULL OR n.state = 'stopped' OR n.heartbeat_at < %(cutoff)s)))"
                 " ORDER BY s.id LIMIT %(limit)s",
-                {"now": now, "cutoff": cutoff, "me": self.leases.node_id, "limit": ADOPT_BATCH},
+                {"now": now, "cutoff": cutoff, "me": self.leases.node_id, "limit": _ADOPT_BATCH},
             ).fetchall()
             return [str(r[0]) for r in rows]
 
         adopted = []
         for session_id in await self.db.run(candidates):
-            lease = await self.leases.acquire(lease_key(session_id), now, ttl=SESSION_LEASE_SECONDS)
+            lease = await self.leases.acquire(_lease_key(session_id), now, ttl=_SESSION_LEASE_SECONDS)
             if lease is None:
                 continue  # another survivor was quicker
             record = await self._read(session_id)

@@ -13,7 +13,7 @@ from trio_gateway.cluster.db import Conn
 from trio_gateway.errors import ClusterDatabaseError
 
 # Any fixed number: all nodes take the same lock while migrating.
-MIGRATION_LOCK = 0x7472696F  # "trio"
+_MIGRATION_LOCK = 0x7472696F  # "trio"
 
 MIGRATIONS: list[tuple[int, str]] = [
     (
@@ -87,18 +87,18 @@ MIGRATIONS: list[tuple[int, str]] = [
 LATEST = MIGRATIONS[-1][0]
 
 
-def current_version(conn: Conn) -> int:
+def _current_version(conn: Conn) -> int:
     row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()
     return cast(int, row[0]) if row is not None else 0
 
 
 def migrate(conn: Conn) -> tuple[int, int]:
     """Bring the schema to `LATEST`; returns (version found, version now)."""
-    conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL)"
     )
-    found = current_version(conn)
+    found = _current_version(conn)
     if found > LATEST:
         raise ClusterDatabaseError(
             f"the cluster database has schema version {found}, newer than this gateway's {LATEST}; upgrade this node"
