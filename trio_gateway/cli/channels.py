@@ -16,14 +16,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=type(parser))
     status = sub.add_parser("status", help="each account's inbound mode, state and messages heard")
     status.add_argument("--json", action="store_true")
-    status.set_defaults(func=lambda args, ctx: status_command(ctx.home, as_json=args.json))
+    status.set_defaults(func=lambda args, ctx: _status_command(ctx.home, as_json=args.json))
     resume = sub.add_parser("resume", help="retry an account paused by an auth failure (listener and sender)")
     resume.add_argument("channel")
     resume.add_argument("account")
-    resume.set_defaults(func=lambda args, ctx: resume_command(ctx.home, args.channel, args.account))
+    resume.set_defaults(func=lambda args, ctx: _resume_command(ctx.home, args.channel, args.account))
 
 
-def status_command(home: Home, *, as_json: bool = False) -> int:
+def _status_command(home: Home, *, as_json: bool = False) -> int:
     with GatewayClient.connect(home) as client:
         channels = client.get("/v1/channels")["channels"]
     if as_json:
@@ -49,7 +49,7 @@ def status_lines(channels: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def resume_command(home: Home, channel: str, account: str) -> int:
+def _resume_command(home: Home, channel: str, account: str) -> int:
     path = f"/v1/channels/{urllib.parse.quote(channel, safe='')}/{urllib.parse.quote(account, safe='')}/resume"
     with GatewayClient.connect(home) as client:
         answer = client.post(path)

@@ -20,11 +20,11 @@ import attrs
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
 
-SHELLS = ("bash", "zsh")
+_SHELLS = ("bash", "zsh")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("shell", choices=SHELLS)
+    parser.add_argument("shell", choices=_SHELLS)
     parser.set_defaults(func=_completion)
 
 
@@ -36,7 +36,7 @@ def _completion(args: argparse.Namespace, ctx: Context) -> int:
 
 
 @attrs.define
-class Tree:
+class _Tree:
     """What completion needs from a parser: the words after each command path, which options
     take a value, and the choices of those that have them."""
 
@@ -73,8 +73,8 @@ class Tree:
         self.words[path] = words + sorted(set(options), key=options.index)
 
 
-def tree(parser: argparse.ArgumentParser) -> Tree:
-    t = Tree()
+def _tree(parser: argparse.ArgumentParser) -> _Tree:
+    t = _Tree()
     t.walk(parser, "", [])
     return t
 
@@ -85,7 +85,7 @@ def _case(entries: dict[str, list[str]]) -> str:
 
 
 def bash(parser: argparse.ArgumentParser) -> str:
-    t = tree(parser)
+    t = _tree(parser)
     prog = parser.prog
     fn = "_" + prog.replace("-", "_")
     valued = "|".join(sorted(t.valued))

@@ -15,7 +15,7 @@ from trio_gateway.storage.home import Home
 _ANY = {"0.0.0.0": "127.0.0.1", "[::]": "[::1]", "::": "[::1]"}
 
 
-def browser_base(url: str) -> str:
+def _browser_base(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     host = _ANY.get(host, f"[{host}]" if ":" in host else host)
@@ -26,5 +26,5 @@ def dashboard_url(home: Home) -> tuple[str, float]:
     """The URL to open, and for how many seconds its code is good."""
     with GatewayClient.connect(home) as client:
         answer = client.post("/v1/ui/codes")
-        base = browser_base(client.target.url)
+        base = _browser_base(client.target.url)
     return f"{base}/ui#code={answer['code']}", float(answer["expiresInSeconds"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
 import random
@@ -20,7 +19,7 @@ from trio_gateway import delivery
 from trio_gateway.channels.validation import check_configured
 from trio_gateway.cli import add_commands
 from trio_gateway.cli.progress import Progress
-from trio_gateway.errors import GatewayError, NotFoundError, UsageError
+from trio_gateway.errors import NotFoundError, UsageError
 from trio_gateway.log import EventLog, open_log
 from trio_gateway.policy.config import Config
 from trio_gateway.policy.entry import DeliveryEntry, entry_to_json
@@ -96,10 +95,8 @@ async def _store(ctx: Context, log: EventLog) -> AsyncIterator[DeliveryStore]:
 
 def channels_for(config: Config, home: Home) -> delivery.ClosableChannels:
     """The channel adapters for `config`, from the channel registry."""
-    try:
-        registry = importlib.import_module("trio_gateway.channels.registry")
-    except ModuleNotFoundError:
-        raise GatewayError("the channel adapters (trio_gateway.channels.registry) are not installed") from None
+    from trio_gateway.channels import registry  # only `delivery process` sends: the adapters load for it alone
+
     channels: delivery.ClosableChannels = registry.ChannelSet.from_config(config, home, os.environ)
     return channels
 

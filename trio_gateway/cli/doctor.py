@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from trio_gateway.policy.config import Config
 
 Verdict = Literal["ok", "warn", "FAIL"]
-REACH_TIMEOUT_SECONDS = 3.0
+_REACH_TIMEOUT_SECONDS = 3.0
 
 
 @attrs.frozen
@@ -45,13 +45,13 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _doctor(args: argparse.Namespace, ctx: Context) -> int:
     failed = False
-    for check in diagnose(ctx.home, os.environ, reach=None if args.offline else reachable):
+    for check in _diagnose(ctx.home, os.environ, reach=None if args.offline else reachable):
         print(check.line(), flush=True)
         failed |= check.verdict == "FAIL"
     return 1 if failed else 0
 
 
-def diagnose(home: Home, env: Mapping[str, str], *, reach: Callable[[str], str | None] | None) -> Iterator[Check]:
+def _diagnose(home: Home, env: Mapping[str, str], *, reach: Callable[[str], str | None] | None) -> Iterator[Check]:
     yield _home(home)
     config, raw = _config(home)
     yield config
@@ -162,7 +162,7 @@ def reachable(url: str) -> str | None:
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url, timeout=REACH_TIMEOUT_SECONDS):
+        with urllib.request.urlopen(url, timeout=_REACH_TIMEOUT_SECONDS):
             return None
     except urllib.error.HTTPError:
         return None  # an HTTP answer, whatever its status: the upstream is there

@@ -26,13 +26,13 @@ if TYPE_CHECKING:
 
 # Polls start quick (a forced restart is over in tens of milliseconds; a fixed 0.2 s poll was
 # most of its time at the terminal) and back off to POLL_SECONDS for a long drain.
-FIRST_POLL_SECONDS = 0.01
+_FIRST_POLL_SECONDS = 0.01
 POLL_SECONDS = 0.2
 # `gateway status` when nothing runs: what `systemctl status` says for an inactive unit.
-NOT_RUNNING_EXIT = 3
+_NOT_RUNNING_EXIT = 3
 # After the drain deadline the gateway may still spend bounded time on shielded cleanup and
 # on closing clients (cleanupTimeoutSeconds, channelStopTimeoutSeconds), then reload config.
-MARGIN_SECONDS = 15.0
+_MARGIN_SECONDS = 15.0
 
 
 class RestartFailedError(GatewayError):
@@ -94,7 +94,7 @@ def _to_stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-class Follow(NamedTuple):  # not attrs: the CLI's light path (see home.py)
+class _Follow(NamedTuple):  # not attrs: the CLI's light path (see home.py)
     """Polls a drain until `done()` says it is over, printing progress, under one deadline."""
 
     client: GatewayClient
@@ -105,7 +105,7 @@ class Follow(NamedTuple):  # not attrs: the CLI's light path (see home.py)
 
     def until(self, done: Callable[[], bool], what: str) -> None:
         last = ""
-        pause = FIRST_POLL_SECONDS
+        pause = _FIRST_POLL_SECONDS
         while not done():
             if time.monotonic() > self.deadline:
                 raise self.failure(f"the gateway did not {what} in time (pid {self.client.target.pid})")
@@ -139,7 +139,7 @@ def _restart(args: argparse.Namespace, ctx: Context) -> int:
     with GatewayClient.connect(ctx.home) as client:
         drain = client.post("/v1/gateway/restart", _drain_body(args))["drain"]
         before = int(drain["fromGeneration"])
-        follow = Follow(client, started + drain["remainingSeconds"] + MARGIN_SECONDS, quiet=args.json)
+        follow = _Follow(client, started + drain["remainingSeconds"] + _MARGIN_SECONDS, quiet=args.json)
         follow.until(lambda: _generation_ok(client, before), "come back with a new generation")
         drains = client.get("/v1/gateway/drains")
     took = time.monotonic() - started
@@ -195,8 +195,8 @@ def _stop(args: argparse.Namespace, ctx: Context) -> int:
     started = time.monotonic()
     with GatewayClient.connect(ctx.home) as client:
         drain = client.post("/v1/gateway/stop", _drain_body(args))["drain"]
-        deadline = started + drain["remainingSeconds"] + MARGIN_SECONDS
-        follow = Follow(client, deadline, quiet=args.json, failure=StopFailedError)
+        deadline = started + drain["remainingSeconds"] + _MARGIN_SECONDS
+        follow = _Follow(client, deadline, quiet=args.json, failure=StopFailedError)
         follow.until(lambda: not client.target.alive(), "exit")
     took = round(time.monotonic() - started, 3)
     outcome = {"stopped": True, "pid": client.target.pid, "fromGeneration": drain["fromGeneration"], "seconds": took}
@@ -212,7 +212,7 @@ def _status(args: argparse.Namespace, ctx: Context) -> int:
         print(
             json.dumps({"state": "stopped"}) if args.json else f"state: stopped (no gateway runs for {ctx.home.root})"
         )
-        return NOT_RUNNING_EXIT
+        return _NOT_RUNNING_EXIT
     with GatewayClient.connect(ctx.home) as client:
         status = client.get("/v1/status")
         if args.json:
@@ -222,7 +222,7 @@ def _status(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def storage_line(storage: dict[str, Any]) -> str:
+def _storage_line(storage: dict[str, Any]) -> str:
     node = f"  node: {storage['nodeId']}" if storage.get("nodeId") else ""
     return f"storage: {storage.get('backend', 'files')}{node}"
 
@@ -233,7 +233,7 @@ def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
         f"state: {status['state']}  generation: {status['generation']}  uptime: {status['uptimeSeconds']:.0f}s"
         f"  pid: {pid}  {url}" + (f"  version: {status['version']}" if "version" in status else ""),
         f"queue: {queue.get('pending', 0)} pending, {queue.get('failed', 0)} dead letter(s)",
-        storage_line(status.get("storage", {})),
+        _storage_line(status.get("storage", {})),
         f"stalled sessions: {', '.join(status.get('stalled', [])) or 'none'}",
         f"sessions ({len(status['sessions'])}):",
     ]
@@ -244,13 +244,13 @@ def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
             f"  {w['kind']:16} session={w['sessionId'] or '-'}  age={w['ageSeconds']:.0f}s"
             f"  last={w['lastProgress']} ({w['lastProgressAgeSeconds']:.0f}s ago)"
         )
-    lines += mcp_server_lines(status.get("tools", {}).get("mcpServers", []))
+    lines += _mcp_server_lines(status.get("tools", {}).get("mcpServers", []))
     if status.get("drain"):
         lines.append(progress_line(status) or f"drain: {status['drain']}")
     return lines
 
 
-def mcp_server_lines(servers: list[dict[str, Any]]) -> list[str]:
+def _mcp_server_lines(servers: list[dict[str, Any]]) -> list[str]:
     """SPEC 14: each MCP server's state and its tools (none configured: no section)."""
     if not servers:
         return []

@@ -23,8 +23,8 @@ from trio_gateway.errors import NotFoundError
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
 
-FOLLOW_POLL_SECONDS = 0.2
-TEXT_LINE = re.compile(r"^(?P<ts>\S+) (?P<level>DEBUG|INFO|WARN|ERROR)(?: \[(?P<tag>[^\]]*)\])?(?: (?P<message>.*))?$")
+_FOLLOW_POLL_SECONDS = 0.2
+_TEXT_LINE = re.compile(r"^(?P<ts>\S+) (?P<level>DEBUG|INFO|WARN|ERROR)(?: \[(?P<tag>[^\]]*)\])?(?: (?P<message>.*))?$")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -41,14 +41,14 @@ def as_json(line: str) -> str:
             return line
         except ValueError:
             pass
-    match = TEXT_LINE.match(line)
+    match = _TEXT_LINE.match(line)
     if match is None:
         return json.dumps({"message": line}, ensure_ascii=False)
     record = {k: v for k, v in match.groupdict().items() if v is not None}
     return json.dumps(record, ensure_ascii=False)
 
 
-def last_lines(f: Iterable[str], n: int) -> list[str]:
+def _last_lines(f: Iterable[str], n: int) -> list[str]:
     return list(f) if n <= 0 else list(collections.deque(f, maxlen=n))
 
 
@@ -59,7 +59,7 @@ def _logs(args: argparse.Namespace, ctx: Context) -> int:
     show: Callable[[str], str] = as_json if args.json else (lambda line: line)
     try:
         with path.open(encoding="utf-8", errors="replace") as f:
-            _print(show(line.rstrip("\n")) for line in last_lines(f, args.lines))
+            _print(show(line.rstrip("\n")) for line in _last_lines(f, args.lines))
             if args.follow:
                 follow(path, f, lambda line: _print([show(line)]))
     except KeyboardInterrupt:
@@ -92,7 +92,7 @@ def follow(path: Path, f: IO[str], emit: Callable[[str], None], *, stop: Callabl
             f.close()
             f = path.open(encoding="utf-8", errors="replace")
             continue
-        time.sleep(FOLLOW_POLL_SECONDS)
+        time.sleep(_FOLLOW_POLL_SECONDS)
 
 
 def _replaced(path: Path, f: IO[str]) -> bool:

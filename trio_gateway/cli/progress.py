@@ -7,9 +7,9 @@ from typing import IO
 
 import attrs
 
-WIDTH = 30
+_WIDTH = 30
 # Below this many items the work is over before a bar would be read.
-MIN_ITEMS = 200
+_MIN_ITEMS = 200
 
 
 @attrs.define
@@ -21,14 +21,14 @@ class Progress:
 
     @property
     def enabled(self) -> bool:
-        return self.total >= MIN_ITEMS and self.stream.isatty()
+        return self.total >= _MIN_ITEMS and self.stream.isatty()
 
     def update(self, done: int, _total: int | None = None) -> None:
-        filled = WIDTH * done // max(self.total, 1)
+        filled = _WIDTH * done // max(self.total, 1)
         if not self.enabled or (filled == self._shown and done != self.total):
             return
         self._shown = filled
-        bar = "#" * filled + "." * (WIDTH - filled)
+        bar = "#" * filled + "." * (_WIDTH - filled)
         self.stream.write(f"\r{self.label}[{bar}] {done}/{self.total}")
         self.stream.flush()
 

@@ -54,12 +54,12 @@ def _start(args: argparse.Namespace, ctx: Context) -> int:
         if not args.wait:
             print(answer["sessionId"])
             return 0
-        outcome = wait_for_turn(client, answer["sessionId"], answer["turnId"], time.monotonic() + args.timeout)
+        outcome = _wait_for_turn(client, answer["sessionId"], answer["turnId"], time.monotonic() + args.timeout)
     print(outcome["text"])
     return 0 if outcome["ok"] else 1
 
 
-def wait_for_turn(client: GatewayClient, session_id: str, turn_id: str, deadline: float) -> dict[str, Any]:
+def _wait_for_turn(client: GatewayClient, session_id: str, turn_id: str, deadline: float) -> dict[str, Any]:
     """Long-poll the gateway until the turn's reply or failure notice is enqueued. Each poll is
     shorter than the client's request timeout; a restart in between is fine (the gateway keeps
     the session and resumes the turn)."""
