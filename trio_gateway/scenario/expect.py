@@ -48,13 +48,13 @@ class Observation:
         return [
             (r.at - self.t0, f"{r.method} {r.path}")
             for r in self.requests
-            if r.channel == channel and r.op not in LISTENING_OPS
+            if r.channel == channel and r.op not in _LISTENING_OPS
         ]
 
 
 Check = tuple[bool, str]
 # A listener's own calls (long polls, websocket endpoints): not requests a delivery made.
-LISTENING_OPS = ("poll", "notifystart", "notifystop", "gateway", "connect", "endpoint")
+_LISTENING_OPS = ("poll", "notifystart", "notifystop", "gateway", "connect", "endpoint")
 
 
 def _by(limit: float | None) -> str:

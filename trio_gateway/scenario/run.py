@@ -24,7 +24,7 @@ from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.harness import Harness, HarnessModel
 
 
-def build_harness(scenario: Scenario, home: Path) -> Harness:
+def _build_harness(scenario: Scenario, home: Path) -> Harness:
     """The scenario's fakes, told how to answer, around a gateway with the scenario's config."""
     fakes = FakeChannels()
     for name, spec in scenario.channels.items():
@@ -57,7 +57,7 @@ async def _play(scenario: Scenario, harness: Harness) -> tuple[Player, float]:
 async def run_async(scenario: Scenario, home: Path) -> ScenarioResult:
     """Run inside trio (on a MockClock: the caller's `trio.run` or pytest's `autojump_clock`)."""
     wall = time.perf_counter()
-    harness = build_harness(scenario, home)
+    harness = _build_harness(scenario, home)
     player, end = await _play(scenario, harness)
     obs = Observation(
         events=list(harness.sink.events),

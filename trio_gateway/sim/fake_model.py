@@ -47,7 +47,7 @@ from trio_gateway.models.base import Message, ModelReply
 from trio_gateway.models.echo import last_user_text, scripted_reply
 
 Mode = Literal["echo", "delay", "stall", "stall_mid_stream", "fail", "slow"]
-MODES: tuple[Mode, ...] = ("echo", "delay", "stall", "stall_mid_stream", "fail", "slow")
+_MODES: tuple[Mode, ...] = ("echo", "delay", "stall", "stall_mid_stream", "fail", "slow")
 
 
 @attrs.define
@@ -80,7 +80,7 @@ class Plan:
     text: str = ""
 
 
-def plan_for(body: dict[str, Any], behaviour: FakeBehaviour) -> tuple[Plan, list[Message]]:
+def _plan_for(body: dict[str, Any], behaviour: FakeBehaviour) -> tuple[Plan, list[Message]]:
     """Decide the answer from the server behaviour and an optional directive in the prompt."""
     messages: list[Message] = list(body.get("messages") or [])
     text = last_user_text(messages)
@@ -144,7 +144,7 @@ def _replace_last_user_text(messages: list[Message], text: str) -> list[Message]
 # --- the OpenAI wire format ------------------------------------------------------------------
 
 
-def completion_json(reply: ModelReply, model: str) -> bytes:
+def _completion_json(reply: ModelReply, model: str) -> bytes:
     message: dict[str, Any] = reply.as_message()
     finish = "tool_calls" if reply.tool_calls else "stop"
     body = {
@@ -156,7 +156,7 @@ def completion_json(reply: ModelReply, model: str) -> bytes:
     return json.dumps(body).encode()
 
 
-def stream_chunks(reply: ModelReply, model: str) -> list[bytes]:
+def _stream_chunks(reply: ModelReply, model: str) -> list[bytes]:
     """SSE events: content one word per chunk, tool-call arguments in fragments, then [DONE]."""
     deltas: list[dict[str, Any]] = [{"role": "assistant"}]
     if reply.text:
@@ -186,7 +186,7 @@ def _fragments(text: str, size: int = 7) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
-def error_json(status: int) -> bytes:
+def _error_json(status: int) -> bytes:
     return json.dumps({"error": {"message": f"fake model failure {status}", "type": "fake_error"}}).encode()
 
 
@@ -194,7 +194,7 @@ def error_json(status: int) -> bytes:
 
 
 @attrs.frozen
-class Head:
+class _Head:
     status: int
     headers: list[tuple[str, str]]
 
@@ -224,17 +224,17 @@ class FakeModel:
         self.requests.append(RecordedRequest(method, path, headers, body))
         self.received.value += 1
         if not path.rstrip("/").endswith("/chat/completions") or method != "POST":
-            return Plan(status=404), [error_json(404)]
-        plan, messages = plan_for(body, self.behaviour)
+            return Plan(status=404), [_error_json(404)]
+        plan, messages = _plan_for(body, self.behaviour)
         if not body.get("stream") and plan.stall_after_chunks is not None:
             # One JSON body cannot be cut into chunks a client would act on: stall after headers.
             plan = attrs.evolve(plan, stall_after_chunks=0)
         if plan.status >= 400:
-            return plan, [error_json(plan.status)]
+            return plan, [_error_json(plan.status)]
         self._calls += 1
         reply = scripted_reply(messages, body.get("tools") or [], f"call_fake_{self._calls}")
         model = str(body.get("model") or "fake")
-        pieces = stream_chunks(reply, model) if body.get("stream") else [completion_json(reply, model)]
+        pieces = _stream_chunks(reply, model) if body.get("stream") else [_completion_json(reply, model)]
         return plan, pieces
 
     def opened(self) -> None:
@@ -254,15 +254,15 @@ def _parse_json(raw: bytes) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def head_for(plan: Plan, streaming: bool, body_length: int | None) -> Head:
+def _head_for(plan: Plan, streaming: bool, body_length: int | None) -> _Head:
     kind = "text/event-stream" if streaming and plan.status < 400 else "application/json"
     headers = [("content-type", kind)]
     if body_length is not None:
         headers.append(("content-length", str(body_length)))
-    return Head(plan.status, headers)
+    return _Head(plan.status, headers)
 
 
-async def body_pieces(plan: Plan, pieces: list[bytes], wait: Callable[[float], Any]) -> AsyncIterator[bytes]:
+async def _body_pieces(plan: Plan, pieces: list[bytes], wait: Callable[[float], Any]) -> AsyncIterator[bytes]:
     """Yield the body on the plan's schedule; `wait(seconds)` is the (possibly timed) sleep."""
     for sent, piece in enumerate(pieces):
         if plan.stall_after_chunks is not None and sent >= plan.stall_after_chunks:
@@ -298,9 +298,9 @@ class FakeModelTransport(http.AsyncBaseTransport):
             raise
         streaming = bool(_parse_json(raw).get("stream"))
         length = None if streaming and plan.status < 400 else sum(map(len, pieces))
-        head = head_for(plan, streaming, length)
+        head = _head_for(plan, streaming, length)
         wait = partial(_timed_sleep, read_timeout=read_timeout, request=request)
-        stream = _InProcessStream(body_pieces(plan, pieces, wait), self._fake)
+        stream = _InProcessStream(_body_pieces(plan, pieces, wait), self._fake)
         return http.Response(head.status, headers=head.headers, stream=stream, request=request)
 
 
@@ -439,9 +439,9 @@ async def _send_planned(
 ) -> None:
     await trio.sleep(plan.before_headers)
     length = None if streaming and plan.status < 400 else sum(map(len, pieces))
-    head = head_for(plan, streaming, length)
+    head = _head_for(plan, streaming, length)
     await stream.send_all(conn.send(h11.Response(status_code=head.status, headers=head.headers)) or b"")
-    async for piece in body_pieces(plan, pieces, trio.sleep):
+    async for piece in _body_pieces(plan, pieces, trio.sleep):
         await stream.send_all(conn.send(h11.Data(data=piece)) or b"")
     await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
 
@@ -453,7 +453,7 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m trio_gateway.sim.fake_model")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--mode", choices=MODES, default="echo")
+    parser.add_argument("--mode", choices=_MODES, default="echo")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before headers (mode delay)")
     parser.add_argument("--stall-after", type=int, default=1, help="chunks before stalling (mode stall_mid_stream)")
     parser.add_argument("--status", type=int, default=500, help="HTTP status (mode fail)")

@@ -53,7 +53,7 @@ class Faults:
 SUBSYSTEMS = ("queue_disk", "sessions_disk", "log_file", "console_file", "channel_send", "model_call")
 
 
-def no_space() -> OSError:
+def _no_space() -> OSError:
     return OSError(errno.ENOSPC, "No space left on device (injected)")
 
 
@@ -85,14 +85,14 @@ class FaultSwitch:
             await self._answered.wait()
         if self.active("enospc"):
             await trio.lowlevel.checkpoint()
-            raise no_space()
+            raise _no_space()
 
     def hold_thread(self) -> None:
         """In a thread: blocks while hung (until `clear`), raises ENOSPC while full."""
         if self.active("hang"):
             self._answered_thread.wait()
         if self.active("enospc"):
-            raise no_space()
+            raise _no_space()
 
 
 def faulty_runner(inner: BlockingRunner, switch: FaultSwitch) -> BlockingRunner:

@@ -18,22 +18,21 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 
 # Debian and Ubuntu put the server binaries here, out of PATH; PATH is tried first.
-DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
-SERVER_USER = "postgres"
+_DEBIAN_BIN_GLOB = "/usr/lib/postgresql/*/bin"
+_SERVER_USER = "postgres"
 
 
-def find_bin_dir() -> Path | None:
+def _find_bin_dir() -> Path | None:
     """The directory holding `initdb` and `pg_ctl`, newest version first; None when absent."""
     on_path = shutil.which("initdb")
     if on_path is not None and shutil.which("pg_ctl") is not None:
         return Path(on_path).parent
-    for candidate in sorted(Path("/").glob(DEBIAN_BIN_GLOB.lstrip("/")), reverse=True):
+    for candidate in sorted(Path("/").glob(_DEBIAN_BIN_GLOB.lstrip("/")), reverse=True):
         if (candidate / "initdb").exists() and (candidate / "pg_ctl").exists():
             return candidate
     return None
@@ -41,19 +40,19 @@ def find_bin_dir() -> Path | None:
 
 def missing_reason() -> str | None:
     """Why a server cannot be started here, or None when it can."""
-    if find_bin_dir() is None:
+    if _find_bin_dir() is None:
         return "PostgreSQL server binaries (initdb, pg_ctl) not found; install the Debian package `postgresql`"
     if os.geteuid() == 0:
         try:
-            pwd.getpwnam(SERVER_USER)
+            pwd.getpwnam(_SERVER_USER)
         except KeyError:
-            return f"running as root and there is no {SERVER_USER!r} user to run the server as"
+            return f"running as root and there is no {_SERVER_USER!r} user to run the server as"
         if shutil.which("runuser") is None:
             return "running as root and `runuser` is not available to drop to the postgres user"
     return None
 
 
-def free_port() -> int:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
@@ -74,17 +73,17 @@ class PgServer:
 
     @classmethod
     def start(cls, *, port: int | None = None) -> PgServer:
-        bin_dir = find_bin_dir()
+        bin_dir = _find_bin_dir()
         reason = missing_reason()
         if bin_dir is None or reason is not None:
             raise RuntimeError(reason or "no PostgreSQL binaries")
         root = Path(tempfile.mkdtemp(prefix="trio-gateway-pg-", dir="/tmp"))
         as_root = os.geteuid() == 0
-        user = SERVER_USER if as_root else pwd.getpwuid(os.geteuid()).pw_name
+        user = _SERVER_USER if as_root else pwd.getpwuid(os.geteuid()).pw_name
         if as_root:
-            entry = pwd.getpwnam(SERVER_USER)
+            entry = pwd.getpwnam(_SERVER_USER)
             os.chown(root, entry.pw_uid, entry.pw_gid)
-        server = cls(bin_dir, root, port or free_port(), user)
+        server = cls(bin_dir, root, port or _free_port(), user)
         try:
             server._run("initdb", "-D", str(server.data_dir), "-A", "trust", "-U", user, "--no-sync", "-E", "UTF8")
             options = f"-c listen_addresses=127.0.0.1 -c port={server.port} -c unix_socket_directories={root} "
@@ -100,7 +99,7 @@ class PgServer:
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self.bin_dir / tool), *args]
         if os.geteuid() == 0:
-            command = ["runuser", "-u", SERVER_USER, "--", *command]
+            command = ["runuser", "-u", _SERVER_USER, "--", *command]
         done = subprocess.run(command, capture_output=True, text=True, cwd=self.root, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip() or done.stdout.strip()}")
@@ -124,15 +123,6 @@ class PgServer:
             with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
                 self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "immediate", "-w", "-t", "30")
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def running_server() -> Iterator[PgServer]:
-    server = PgServer.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def main() -> None:
