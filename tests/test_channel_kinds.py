@@ -23,7 +23,8 @@ from trio_gateway.channels import registry
 from trio_gateway.channels.base import ChannelKind
 from trio_gateway.policy.config import KNOWN_CHANNELS, AccountConfig
 from trio_gateway.sim import fake_channels
-from trio_gateway.sim.fake_channels import FakeChannels, Rule
+from trio_gateway.sim.fake_channels import FakeChannels
+from trio_gateway.sim.fake_platform import Rule
 
 PACKAGE = Path(trio_gateway.__file__).parent
 PLATFORM_WORDS = re.compile(r"feishu|lark|weixin|wechat|slack|discord|telegram", re.IGNORECASE)
@@ -124,11 +125,13 @@ def test_every_kind_is_complete(kind: ChannelKind) -> None:
 @pytest.mark.parametrize("kind", [k for k in registry.KINDS if k.needs_account], ids=lambda k: k.name)
 def test_every_platform_has_a_fake(kind: ChannelKind) -> None:
     assert kind.name in fake_channels.CHANNELS
-    assert any(channel == kind.name and op == "send" for _, channel, op in fake_channels.ROUTES)
+    fake = FakeChannels().platform(kind.name)  # its `fake_<platform>.py`
+    assert fake.__module__ == f"trio_gateway.sim.fake_{kind.name.split('-')[-1]}"
+    assert "send" in [op for _, op in fake.routes]
     # The fake answers in the platform's own error forms, which its classifier understands.
     assert kind.classify is not None
-    rejected = fake_channels.rejection(kind.name, Rule("reject", 1))
+    rejected = fake.rejection(Rule("reject", 1))
     assert kind.classify(rejected.status, rejected.body, rejected.headers).kind in ("permanent", "paused")
-    limited = fake_channels.rate_limited(kind.name, Rule("rate_limit", 1, retry_after=2.0))
+    limited = fake.rate_limited(Rule("rate_limit", 1, retry_after=2.0))
     assert kind.classify(limited.status, limited.body, limited.headers).kind == "rate_limited"
-    FakeChannels().reject(kind.name, times=1)  # steerable by name
+    assert limited.status == 429
