@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from trio_gateway import delivery
-from trio_gateway.channels.validation import check_configured
+from trio_gateway.channels.registry import ChannelSet, check_configured
 from trio_gateway.cli import add_commands
 from trio_gateway.cli.progress import Progress
 from trio_gateway.errors import NotFoundError, UsageError
@@ -95,10 +95,7 @@ async def _store(ctx: Context, log: EventLog) -> AsyncIterator[DeliveryStore]:
 
 def channels_for(config: Config, home: Home) -> delivery.ClosableChannels:
     """The channel adapters for `config`, from the channel registry."""
-    from trio_gateway.channels import registry  # only `delivery process` sends: the adapters load for it alone
-
-    channels: delivery.ClosableChannels = registry.ChannelSet.from_config(config, home, os.environ)
-    return channels
+    return ChannelSet.build(config, home, os.environ, None, in_thread)
 
 
 # --- list -------------------------------------------------------------------------------------
