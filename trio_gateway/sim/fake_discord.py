@@ -37,7 +37,7 @@ from trio_gateway.sim.fake_platform import (
     number_text,
 )
 
-HEARTBEAT_INTERVAL_MS = 41_250
+_HEARTBEAT_INTERVAL_MS = 41_250
 HOST = "gateway.fake.invalid"
 
 
@@ -94,7 +94,7 @@ class FakeDiscordGateway(SteerableSocket):
 
     async def _session(self, ws: trio_websocket.WebSocketConnection, stream: trio.abc.Stream) -> None:
         drops = self._drops
-        await _send(ws, {"op": 10, "d": {"heartbeat_interval": HEARTBEAT_INTERVAL_MS}})
+        await _send(ws, {"op": 10, "d": {"heartbeat_interval": _HEARTBEAT_INTERVAL_MS}})
         first = json.loads(await ws.get_message())
         if self.auth_rejected:
             await ws.aclose(4004, "Authentication failed.")

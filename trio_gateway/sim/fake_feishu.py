@@ -39,7 +39,7 @@ from trio_gateway.sim.fake_platform import (
 )
 
 HOST = "feishu-ws.fake.invalid"
-SERVICE_ID = 7
+_SERVICE_ID = 7
 
 
 @attrs.define
@@ -74,7 +74,7 @@ class FakeFeishuSocket(SteerableSocket):
     def endpoint_answer(self) -> dict[str, Any]:
         if self.auth_rejected:
             return {"code": 514, "msg": "auth failed"}
-        url = f"wss://{HOST}/ws/v2?device_id=dev-{self.connections + 1}&service_id={SERVICE_ID}"
+        url = f"wss://{HOST}/ws/v2?device_id=dev-{self.connections + 1}&service_id={_SERVICE_ID}"
         return {"code": 0, "data": {"URL": url, "ClientConfig": {"PingInterval": 90, "ReconnectCount": -1}}}
 
     def connect(self, url: str) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
@@ -97,7 +97,7 @@ class FakeFeishuSocket(SteerableSocket):
         for index, part in enumerate(parts):
             headers = [("type", "event"), ("message_id", message_id), ("sum", str(len(parts))),
                        ("seq", str(index)), ("trace_id", f"trace-{message_id}")]  # fmt: skip
-            frame = Frame(seq_id=index, service=SERVICE_ID, method=METHOD_DATA, headers=headers, payload=part)
+            frame = Frame(seq_id=index, service=_SERVICE_ID, method=METHOD_DATA, headers=headers, payload=part)
             await ws.send_message(encode_frame(frame))
 
     async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
@@ -106,7 +106,7 @@ class FakeFeishuSocket(SteerableSocket):
             frame = decode_frame(raw if isinstance(raw, bytes) else raw.encode())
             if frame.method == METHOD_CONTROL and frame.header("type") == "ping":
                 self.pings += 1
-                pong = Frame(service=SERVICE_ID, method=METHOD_CONTROL, headers=[("type", "pong")])
+                pong = Frame(service=_SERVICE_ID, method=METHOD_CONTROL, headers=[("type", "pong")])
                 await ws.send_message(encode_frame(pong))
             elif frame.method == METHOD_DATA and json.loads(frame.payload or b"{}").get("code") == 200:
                 self.acked.add(frame.header("message_id") or "")
@@ -115,7 +115,7 @@ class FakeFeishuSocket(SteerableSocket):
 # --- the send API --------------------------------------------------------------------------------
 
 NAME = "feishu"
-TOKEN_INVALID = 99991663
+_TOKEN_INVALID = 99991663
 
 
 @attrs.define
@@ -169,7 +169,7 @@ class FeishuFake(SocketFake):
     def _send(self, server: FakeServer, request: FakeRequest) -> FakeResponse:
         token = bearer(request.headers)
         if token is None or self.tokens.get(token, -math.inf) <= trio.current_time():
-            return bad(400, {"code": TOKEN_INVALID, "msg": "Invalid access token for authorization"})
+            return bad(400, {"code": _TOKEN_INVALID, "msg": "Invalid access token for authorization"})
         body = body_dict(request)
         problem = _problem(request.query.get("receive_id_type"), body)
         if problem:

@@ -27,7 +27,7 @@ from trio_gateway.sim.fake_platform import (
 
 NAME = "openclaw-weixin"
 # How long a poll is held with nothing to say (the platform's own figure).
-HOLD_MS = 35_000
+_HOLD_MS = 35_000
 
 
 @attrs.define
@@ -40,7 +40,7 @@ class WeixinFake(LongPollFake):
         (re.compile(r"/ilink/bot/msg/notifystop$"), "notifystop"),
     )
     reject_default = (200, -14, "session expired")
-    hold_ms: int = HOLD_MS
+    hold_ms: int = _HOLD_MS
 
     def error_body(self, code: Json, message: str) -> Json:
         return {"ret": code, "errcode": code, "errmsg": message}
