@@ -32,7 +32,7 @@ _KNOWN_ERRORS: dict[str, type[GatewayError]] = {
 }
 
 
-def unreachable(home: Home, why: str = "") -> GatewayUnreachableError:
+def _unreachable(home: Home, why: str = "") -> GatewayUnreachableError:
     detail = f" ({why})" if why else ""
     return GatewayUnreachableError(
         f"no gateway running for home {home.root}{detail} (start one with: trio-gateway gateway start)"
@@ -96,14 +96,14 @@ class Target(NamedTuple):  # NamedTuples, not attrs: the CLI's light path (see h
         try:
             data = json.loads(home.state_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise unreachable(home) from None
+            raise _unreachable(home) from None
         except ValueError:
-            raise unreachable(home, f"{home.state_path} is unreadable") from None
+            raise _unreachable(home, f"{home.state_path} is unreadable") from None
         pid, url = data.get("pid"), data.get("url")
         if not isinstance(pid, int) or not pid_alive(pid):
-            raise unreachable(home, f"the gateway recorded in {home.state_path.name} is not running")
+            raise _unreachable(home, f"the gateway recorded in {home.state_path.name} is not running")
         if not isinstance(url, str):
-            raise unreachable(home, "the gateway is still starting; try again in a moment")
+            raise _unreachable(home, "the gateway is still starting; try again in a moment")
         return cls(home, pid, url, str(data.get("state")), int(data.get("generation") or 0))
 
     def alive(self) -> bool:
@@ -125,7 +125,7 @@ class GatewayClient:
         path = token_path(home.token_path, os.environ)
         token = read_token(path)
         if token is None:
-            raise unreachable(home, f"{path} is missing")
+            raise _unreachable(home, f"{path} is missing")
         return cls(target, token)
 
     def close(self) -> None:
@@ -142,7 +142,7 @@ class GatewayClient:
             status, content = self._exchange(method, path, body)
         except OSError as exc:  # refused, reset, timed out, or not HTTP (BadResponseError)
             why = "the gateway exited" if not self.target.alive() else f"{type(exc).__name__}: {exc}"
-            raise unreachable(self.target.home, why) from None
+            raise _unreachable(self.target.home, why) from None
         if status >= 400:
             raise remote_error(status, content)
         return json.loads(content)

@@ -84,7 +84,7 @@ def _case(entries: dict[str, list[str]]) -> str:
     return "\n".join(lines)
 
 
-def bash(parser: argparse.ArgumentParser) -> str:
+def _bash(parser: argparse.ArgumentParser) -> str:
     t = _tree(parser)
     prog = parser.prog
     fn = "_" + prog.replace("-", "_")
@@ -127,13 +127,13 @@ complete -F {fn} {prog}
 """
 
 
-def zsh(parser: argparse.ArgumentParser) -> str:
+def _zsh(parser: argparse.ArgumentParser) -> str:
     return (
         "# zsh runs the bash completion through bashcompinit (needs compinit loaded first).\n"
         "(( $+functions[compdef] )) || { autoload -U +X compinit && compinit; }\n"
-        "autoload -U +X bashcompinit && bashcompinit\n" + bash(parser)
+        "autoload -U +X bashcompinit && bashcompinit\n" + _bash(parser)
     )
 
 
 def script(parser: argparse.ArgumentParser, shell: str) -> str:
-    return bash(parser) if shell == "bash" else zsh(parser)
+    return _bash(parser) if shell == "bash" else _zsh(parser)

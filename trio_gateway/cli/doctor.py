@@ -45,7 +45,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _doctor(args: argparse.Namespace, ctx: Context) -> int:
     failed = False
-    for check in _diagnose(ctx.home, os.environ, reach=None if args.offline else reachable):
+    for check in _diagnose(ctx.home, os.environ, reach=None if args.offline else _reachable):
         print(check.line(), flush=True)
         failed |= check.verdict == "FAIL"
     return 1 if failed else 0
@@ -155,7 +155,7 @@ def _upstreams(config: Config, reach: Callable[[str], str | None]) -> Iterator[C
             yield Check("FAIL", "upstream", f"{where}: {url} {problem}")
 
 
-def reachable(url: str) -> str | None:
+def _reachable(url: str) -> str | None:
     """None when `url` answers HTTP at all (any status: reachable is the question), else why not.
     The standard library's client: a one-off probe from the CLI, no connection pool to keep."""
     import urllib.error
