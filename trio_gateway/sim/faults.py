@@ -13,7 +13,7 @@ mode per subsystem:
 Each fault is a real part passed at construction, never a monkeypatch: a `BlockingRunner`
 that hangs or raises ENOSPC in front of the subsystem's own runner, an opener for the log
 file, a channel and a model wrapper. A hung disk call is modelled as what the production
-runner makes of it (`disk.abandonable`): the caller waits until the disk answers or it is
+runner makes of it (`DiskRunners.threads`): the caller waits until the disk answers or it is
 cancelled, whichever comes first.
 """
 

@@ -39,7 +39,7 @@ def is_no_space(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _NO_SPACE
 
 
-def abandonable(limiter: trio.CapacityLimiter) -> BlockingRunner:
+def _abandonable(limiter: trio.CapacityLimiter) -> BlockingRunner:
     """A runner whose threads draw on `limiter` and are abandoned when the caller is cancelled."""
 
     async def run(fn: Callable[[], T]) -> T:
@@ -60,7 +60,7 @@ class DiskRunners:
     @classmethod
     def threads(cls) -> DiskRunners:
         """Production: abandonable threads, one limiter each."""
-        return cls(*(abandonable(trio.CapacityLimiter(_LIMITS[name])) for name in SUBSYSTEMS))
+        return cls(*(_abandonable(trio.CapacityLimiter(_LIMITS[name])) for name in SUBSYSTEMS))
 
     @classmethod
     def same(cls, runner: BlockingRunner) -> DiskRunners:
