@@ -75,7 +75,7 @@ def failure(rule: Rule) -> FakeResponse:
 # --- the fake ---------------------------------------------------------------------------------
 
 
-P = TypeVar("P", bound=PlatformFake)
+_P = TypeVar("_P", bound=PlatformFake)
 
 
 def _platforms() -> dict[str, PlatformFake]:
@@ -110,7 +110,7 @@ class FakeChannels:
     def feishu_socket(self) -> FakeFeishuSocket:
         return self._platform(FeishuFake).socket
 
-    def _platform(self, kind: type[P]) -> P:
+    def _platform(self, kind: type[_P]) -> _P:
         found = self.platforms[kind.name]
         assert isinstance(found, kind)
         return found

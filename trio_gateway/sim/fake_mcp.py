@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from trio_gateway.tools.registry import ToolBox
     from trio_gateway.tools.transport import Link, Opener
 
-TOOLS: list[dict[str, Any]] = [
+_TOOLS: list[dict[str, Any]] = [
     {
         "name": "echo",
         "description": "Answer with the given text.",
@@ -159,7 +159,7 @@ class FakeMcpServer:
                 "serverInfo": {"name": self.name, "version": "0"},
             }
         if method == "tools/list":
-            return {"tools": TOOLS}
+            return {"tools": _TOOLS}
         if method == "ping":
             return {}
         if method == "tools/call":
