@@ -46,9 +46,7 @@ LEVEL = {room: level for level, rooms in enumerate(ROOMS) for room in rooms}
 KNOWN_UPWARD: set[tuple[str, str]] = {
     ("trio_gateway.cluster.pg_sessions", "trio_gateway.runtime.cron"),  # CRON_SLOT: house-policy
 }
-KNOWN_CYCLES: list[set[str]] = [
-    {"trio_gateway.http.app", "trio_gateway.http.ui", "trio_gateway.http.turns"},  # house-delivery
-]
+KNOWN_CYCLES: list[set[str]] = []
 
 
 def modules() -> dict[str, Path]:

@@ -26,7 +26,7 @@ from trio_gateway.app.assemble import listeners, queue_delivery
 from trio_gateway.channels.base import Channel
 from trio_gateway.channels.classify import Outcome
 from trio_gateway.channels.console import ConsoleChannel
-from trio_gateway.delivery import ClosableChannels, QueueDelivery
+from trio_gateway.delivery.service import ClosableChannels, QueueDelivery
 from trio_gateway.errors import ModelCallError
 from trio_gateway.log import EventLog, FileSink, MemorySink
 from trio_gateway.models.base import Message, ModelReply
