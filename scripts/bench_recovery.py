@@ -86,6 +86,7 @@ def child_gateway(home: Path) -> dict[str, Any]:
     from trio_gateway.log import EventLog
     from trio_gateway.sim.runtime import quick_config
     from trio_gateway.storage.atomic import in_thread
+    from trio_gateway.storage.disk import StorageHealth
     from trio_gateway.storage.home import Home
     from trio_gateway.work.clock import WallClock
     from trio_gateway.work.units import WorkRegistry
@@ -112,8 +113,9 @@ def child_gateway(home: Path) -> dict[str, Any]:
         config = quick_config(**{"delivery.rescanIntervalSeconds": 3600})
         done = trio.Event()
 
-        class Gw:  # the two things the factory reads from the gateway
+        class Gw:  # the three things the factory reads from the gateway
             wall = WallClock.start()
+            storage = StorageHealth()
 
         Gw.registry = registry  # type: ignore[attr-defined]
         service = await queue_delivery(Home(home).ensure(), log, os.environ, in_thread)(config, Gw)  # type: ignore[arg-type]

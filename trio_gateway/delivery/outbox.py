@@ -15,7 +15,8 @@ from trio_gateway.errors import DeliveryValidationError, InsufficientStorageErro
 from trio_gateway.log import EventLog
 from trio_gateway.policy import routing
 from trio_gateway.policy.config import AgentConfig
-from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind, Payload, RequesterOrigin
+from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind, Payload
+from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.storage.disk import StorageHealth, is_no_space
 from trio_gateway.storage.queue import OutcomeUnknown
@@ -25,11 +26,6 @@ from trio_gateway.work.clock import WallClock
 # up to the maximum: a full disk is freed by a person, in minutes, not milliseconds.
 ENQUEUE_RETRY_FIRST_SECONDS = 0.5
 ENQUEUE_RETRY_MAX_SECONDS = 30.0
-
-
-def _requester(origin: routing.Origin | None) -> RequesterOrigin | None:
-    # The same four fields under the file's name for them: carried over unchanged.
-    return None if origin is None else RequesterOrigin(**attrs.asdict(origin))
 
 
 @attrs.define
@@ -49,7 +45,7 @@ class Outbox:
         self,
         *,
         kind: DeliveryKind,
-        origin: routing.Origin | None,
+        origin: Origin | None,
         agent_id: str,
         text: str,
         idempotency_key: str | None = None,
@@ -124,7 +120,7 @@ class Outbox:
         to: str | None,
         account_id: str | None,
         agent_id: str | None,
-        origin: routing.Origin | None,
+        origin: Origin | None,
         text: str,
         idempotency_key: str | None,
     ) -> DeliveryEntry:
@@ -146,7 +142,7 @@ class Outbox:
             to=to,
             account_id=account_id,
             agent_id=agent_id,
-            requester_origin=_requester(origin),
+            requester_origin=origin,
             payload=Payload(text),
             idempotency_key=idempotency_key or entry_id,
             created_at=now,

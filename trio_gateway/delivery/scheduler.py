@@ -252,9 +252,7 @@ def plan_repair(entry: DeliveryEntry, agents: dict[str, AgentConfig]) -> RepairA
     if ro is None or not (ro.channel or ro.delivery_channel):
         return DeadLetter(f"{problem}; no requester origin to re-route to")
     agent = agents.get(entry.agent_id or "") or AgentConfig()
-    route = routing.resolve(
-        routing.Origin(ro.channel, ro.to, ro.account_id, ro.delivery_channel, ro.context_token), agent
-    )
+    route = routing.resolve(ro, agent)
     if not validation.fits(route.channel, route.to) or route.to is None:
         return DeadLetter(f"{problem}; requester origin {route.channel}:{route.to} is not a valid address either")
     return Reroute(route.channel, route.to, route.account_id, f"re-routed by repair: {problem}")

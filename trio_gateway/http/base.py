@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import cast
 
 import attrs
 
@@ -17,7 +17,6 @@ from trio_gateway.http.body import JsonObject, json_object
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.storage.queue import DeliveryQueue
-from trio_gateway.work.drain import DrainReport
 
 
 @attrs.frozen
@@ -80,19 +79,6 @@ class Route:
             elif want != got:
                 return None
         return params
-
-
-def report_json(report: DrainReport) -> dict[str, Any]:
-    return {
-        "kind": report.kind,
-        "forced": report.forced,
-        "timedOut": report.timed_out,
-        "timeoutSeconds": report.timeout_seconds,
-        "waitedSeconds": round(report.waited_seconds, 3),
-        "abortedTasks": report.aborted_tasks,
-        "abortedWork": list(report.aborted_work),
-        **({"configRejected": report.config_rejected} if report.config_rejected else {}),
-    }
 
 
 def delivery_store(gateway: Gateway) -> DeliveryStore:

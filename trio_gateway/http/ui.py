@@ -20,9 +20,10 @@ from trio_gateway import __version__
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import NotFoundError, UnauthorizedError
 from trio_gateway.http import events, ui_auth
-from trio_gateway.http.base import Request, Response, Route, delivery_store, json_response, report_json
+from trio_gateway.http.base import Request, Response, Route, delivery_store, json_response
 from trio_gateway.http.body import opt_str
 from trio_gateway.http.ui_auth import UiAuth
+from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 
 STATIC = {
@@ -108,9 +109,9 @@ class ControlUi:
     def snapshot(self) -> dict[str, Any]:
         gateway = self.gateway
         config = gateway.config.gateway
-        status = gateway.status()
+        status = views.status(gateway)
         status["version"] = __version__
-        status["drains"] = [report_json(r) for r in gateway.drains[-DRAINS_SHOWN:]]
+        status["drains"] = [views.drain_report(r) for r in gateway.drains[-DRAINS_SHOWN:]]
         status["drainTimeoutSeconds"] = config.drain.timeout_seconds
         detection = config.stalled_task_detection
         status["stallThresholdSeconds"] = detection.threshold_seconds if detection.enabled else None

@@ -22,7 +22,8 @@ from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.models.echo import offers_tool, parse_tool, tool_result_reply
 from trio_gateway.policy import config as cfg
 from trio_gateway.policy.entry import DeliveryKind
-from trio_gateway.policy.routing import Origin, resolve
+from trio_gateway.policy.origin import Origin
+from trio_gateway.policy.routing import resolve
 from trio_gateway.runtime.gateway import DeliveryFactory, Gateway, GatewayDeps, Server, ToolsFactory
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.storage.atomic import BlockingRunner, inline
