@@ -13,7 +13,7 @@ import attrs
 import pytest
 import trio
 
-from trio_gateway.channels.classify import OK, Outcome
+from trio_gateway.channels.base import OK, Outcome
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.delivery.repair import repair
 from trio_gateway.delivery.scheduler import DeadLetter, Reroute, plan_repair

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trio_gateway.channels.validation import check_configured
+from trio_gateway.channels.registry import check_configured
 from trio_gateway.cli import add_commands
 from trio_gateway.cli.progress import Progress
 from trio_gateway.delivery.outbox import Outbox
@@ -104,7 +104,7 @@ def channels_for(config: Config, home: Home) -> ClosableChannels:
         registry = importlib.import_module("trio_gateway.channels.registry")
     except ModuleNotFoundError:
         raise GatewayError("the channel adapters (trio_gateway.channels.registry) are not installed") from None
-    channels: ClosableChannels = registry.ChannelSet.from_config(config, home, os.environ)
+    channels: ClosableChannels = registry.ChannelSet.build(config, home, os.environ, None, in_thread)
     return channels
 
 

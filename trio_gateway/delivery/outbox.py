@@ -10,7 +10,7 @@ from collections.abc import Callable
 import attrs
 import trio
 
-from trio_gateway.channels import validation
+from trio_gateway.channels.registry import check_address
 from trio_gateway.errors import DeliveryValidationError, InsufficientStorageError
 from trio_gateway.log import EventLog
 from trio_gateway.policy import routing
@@ -126,7 +126,7 @@ class Outbox:
     ) -> DeliveryEntry:
         """A validated, routed entry, not written yet."""
         try:
-            warning = validation.check_address(channel, to)
+            warning = check_address(channel, to)
         except DeliveryValidationError:
             self.log.error("VALIDATION", f"Channel-address mismatch: channel={channel}, address={to}")
             raise

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 
 import attrs
 
-from trio_gateway.channels import validation
+from trio_gateway.channels.registry import check_address, fits
 from trio_gateway.errors import DeliveryValidationError
 from trio_gateway.policy import backoff, routing
 from trio_gateway.policy.config import AgentConfig, DeliveryConfig
@@ -237,7 +237,7 @@ def _problem(entry: DeliveryEntry) -> str | None:
     if origin is not None and origin.channel and origin.channel != entry.channel:
         return f"channel {entry.channel} disagrees with requesterOrigin.channel {origin.channel}"
     try:
-        validation.check_address(entry.channel, entry.to)
+        check_address(entry.channel, entry.to)
     except DeliveryValidationError as exc:
         return str(exc)
     return None
@@ -253,6 +253,6 @@ def plan_repair(entry: DeliveryEntry, agents: dict[str, AgentConfig]) -> RepairA
         return DeadLetter(f"{problem}; no requester origin to re-route to")
     agent = agents.get(entry.agent_id or "") or AgentConfig()
     route = routing.resolve(ro, agent)
-    if not validation.fits(route.channel, route.to) or route.to is None:
+    if not fits(route.channel, route.to) or route.to is None:
         return DeadLetter(f"{problem}; requester origin {route.channel}:{route.to} is not a valid address either")
     return Reroute(route.channel, route.to, route.account_id, f"re-routed by repair: {problem}")

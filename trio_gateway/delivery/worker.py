@@ -20,8 +20,7 @@ from typing import Any, Literal, Protocol, Self
 import attrs
 import trio
 
-from trio_gateway.channels.base import Channel
-from trio_gateway.channels.classify import Outcome
+from trio_gateway.channels.base import Channel, Outcome
 from trio_gateway.delivery.scheduler import PAUSE_PROBE_SECONDS, GiveUp, Schedule, Slot, plan_retry
 from trio_gateway.errors import WorkAbortedError
 from trio_gateway.log import EventLog
