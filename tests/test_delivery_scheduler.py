@@ -3,10 +3,13 @@ no trio, no disk. The worker's tests (`test_delivery.py`) cover the same rules e
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import math
 import random
+from pathlib import Path
 
+from trio_gateway.delivery import scheduler
 from trio_gateway.delivery.scheduler import (
     LISTED,
     PAUSE_PROBE_SECONDS,
@@ -112,3 +115,12 @@ def test_plan_retry_gives_up_at_the_attempt_limit_and_at_the_time_budget() -> No
     out_of_time = plan_retry(_entry(0), config, random.Random(1), None, now=T0 + dt.timedelta(seconds=100))
     assert isinstance(out_of_time, GiveUp)
     assert "maxTotalRetrySeconds=100" in out_of_time.why
+
+
+def test_the_scheduler_itself_uses_no_trio_and_no_clock() -> None:
+    """Pure by construction: its own imports name no trio, no time, no I/O module (what it
+    imports from below, such as the address rules, is checked there)."""
+    tree = ast.parse(Path(scheduler.__file__).read_text())
+    top = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    top |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert top.isdisjoint({"trio", "anyio", "time", "os", "pathlib", "io", "socket", "asyncio"}), top
