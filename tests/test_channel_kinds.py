@@ -13,6 +13,7 @@ one entry in `registry.KINDS` and its fake in `sim/`. These tests pin that claim
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 import trio_gateway
 from trio_gateway.channels import registry
 from trio_gateway.channels.base import ChannelKind
-from trio_gateway.policy.config import KNOWN_CHANNELS, AccountConfig
+from trio_gateway.policy.config import AccountConfig
 from trio_gateway.sim import fake_channels
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.fake_platform import Rule
@@ -32,9 +33,6 @@ PLATFORM_MODULES = {f"channels/{name}.py" for name in ("feishu", "weixin", "slac
 
 # Where a platform is still named outside its room, each with why. Empty is the goal.
 ALLOWED: dict[str, str] = {
-    # policy is pure and sits below channels, so it cannot ask the registry which names exist;
-    # `test_config_knows_every_kind` keeps the two lists equal.
-    "policy/config.py": "KNOWN_CHANNELS: the channel names gateway.json may use",
     # The scenario file format's documented default for `[[action]] type = "inbound"`.
     "scenario/format.py": "Inbound.channel defaults to openclaw-weixin",
 }
@@ -105,14 +103,22 @@ def test_the_scan_sees_a_platform_branch_and_import(tmp_path: Path) -> None:
     assert sorted(platform_mentions(path)) == ["1: 'feishu'", "5: 'slack'"]
 
 
-def test_kind_names_are_unique_and_the_config_knows_every_kind() -> None:
+def test_kind_names_are_unique_and_gateway_json_takes_every_kind(tmp_path: Path) -> None:
     names = [kind.name for kind in registry.KINDS]
     assert len(set(names)) == len(names)
-    assert set(KNOWN_CHANNELS) == set(names), "a new kind's name goes in policy.config.KNOWN_CHANNELS too"
+    assert tuple(names) == registry.NAMES
+    # The names gateway.json may use are the registry's, no list of its own elsewhere.
+    raw = {"channels": {name: {} for name in names}}
+    (tmp_path / "gateway.json").write_text(json.dumps(raw))
+    assert list(registry.load_config(tmp_path / "gateway.json").channels) == names
 
 
 @pytest.mark.parametrize("kind", registry.KINDS, ids=lambda k: k.name)
 def test_every_kind_is_complete(kind: ChannelKind) -> None:
+    assert_complete(kind)
+
+
+def assert_complete(kind: ChannelKind) -> None:
     assert (kind.open_sender is None) != (kind.open_standalone is None), "an adapter per account, or one standalone"
     mode = kind.default_mode(AccountConfig())
     assert mode in ("off", "webhook") or mode in kind.listeners, f"default mode {mode!r} has no listener"
