@@ -7,7 +7,10 @@ one entry in `registry.KINDS` and its fake in `sim/`. These tests pin that claim
   the source with `ast`, a platform's name in a string literal, a name or an attribute (so an
   `if channel == "slack":` or an import of `channels.slack` anywhere else fails), docstrings and
   comments excepted (prose may give examples). The built-in `console` is not counted: the
-  default config binds it on purpose.
+  default config binds it on purpose;
+- a seventh platform made up here (`pigeon`: a kind and a fake) needs nothing but an entry in
+  `registry.KINDS` and one in the fakes' `PLATFORMS`: gateway.json, the account check, the
+  address rule, the harness's fake account and a scenario's `[channels.pigeon]` all take it.
 """
 
 from __future__ import annotations
@@ -17,15 +20,19 @@ import json
 import re
 from pathlib import Path
 
+import attrs
 import pytest
 
 import trio_gateway
+from trio_gateway import scenario
 from trio_gateway.channels import registry
-from trio_gateway.channels.base import ChannelKind
+from trio_gateway.channels.base import AccountSpec, AddressRule, Channel, ChannelKind, Outcome
+from trio_gateway.errors import ConfigError
 from trio_gateway.policy.config import AccountConfig
 from trio_gateway.sim import fake_channels
 from trio_gateway.sim.fake_channels import FakeChannels
-from trio_gateway.sim.fake_platform import Rule
+from trio_gateway.sim.fake_platform import FakeResponse, Json, PlatformFake, Rule
+from trio_gateway.sim.harness import FAKE_BASE_URL, fake_account
 
 PACKAGE = Path(trio_gateway.__file__).parent
 PLATFORM_WORDS = re.compile(r"feishu|lark|weixin|wechat|slack|discord|telegram", re.IGNORECASE)
@@ -141,3 +148,90 @@ def test_every_platform_has_a_fake(kind: ChannelKind) -> None:
     limited = fake.rate_limited(Rule("rate_limit", 1, retry_after=2.0))
     assert kind.classify(limited.status, limited.body, limited.headers).kind == "rate_limited"
     assert limited.status == 429
+
+
+# --- a seventh platform, made up here: what adding one takes --------------------------------------
+
+
+def _pigeon_classify(status: int, body: object, headers: object) -> Outcome:
+    if status == 429:
+        return Outcome("rate_limited", "slow down")
+    return Outcome("ok") if status < 300 else Outcome("permanent", f"HTTP {status}")
+
+
+def _pigeon_sender(spec: AccountSpec) -> Channel:
+    raise AssertionError("not opened here")
+
+
+# Its module (`channels/pigeon.py`): an address rule, its replies' classifier, its sender.
+PIGEON = ChannelKind(
+    name="pigeon",
+    address=AddressRule(re.compile(r"loft-[0-9]+"), "loft-<number>"),
+    classify=_pigeon_classify,
+    open_sender=_pigeon_sender,
+)
+
+
+# Its fake (`sim/fake_pigeon.py`): its paths and its error forms; a bot token, as most platforms.
+@attrs.define
+class PigeonFake(PlatformFake):
+    name = "pigeon"
+    routes = ((re.compile(r"/coo$"), "send"),)
+    reject_default = (404, "no_loft", "no such loft")
+
+    def error_body(self, code: Json, message: str) -> Json:
+        return {"error": code, "message": message}
+
+    def rate_limited(self, rule: Rule) -> FakeResponse:
+        return FakeResponse(429, self.error_body("flock", "too many birds"), {})
+
+
+@pytest.fixture
+def seventh(monkeypatch: pytest.MonkeyPatch) -> ChannelKind:
+    """The registry list and the fakes' list, each with one entry more: nothing else changes."""
+    monkeypatch.setattr(registry, "KINDS", (*registry.KINDS, PIGEON))
+    monkeypatch.setattr(registry, "BY_NAME", {**registry.BY_NAME, PIGEON.name: PIGEON})
+    monkeypatch.setattr(fake_channels, "PLATFORMS", (*fake_channels.PLATFORMS, PigeonFake))
+    return PIGEON
+
+
+def _pigeon_config(tmp_path: Path) -> Path:
+    raw = {
+        "channels": {"pigeon": {"accounts": {"a": fake_account("pigeon")}}},
+        "agents": {"main": {"channels": ["pigeon"]}},
+    }
+    path = tmp_path / "gateway.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_a_seventh_kind_is_its_module_an_entry_in_the_registry_and_a_fake(seventh: ChannelKind, tmp_path: Path) -> None:
+    assert_complete(seventh)
+    # Its fake names the account's secrets; the harness asks it, with no branch of its own.
+    assert fake_account("pigeon") == {"baseUrl": FAKE_BASE_URL, "tokenEnv": "FAKE_PIGEON_TOKEN"}
+    # gateway.json takes it (the names are the registry's), and its accounts are checked by it.
+    config = registry.load_config(_pigeon_config(tmp_path))
+    registry.check(config, {"FAKE_PIGEON_TOKEN": "t"})
+    with pytest.raises(ConfigError, match=r"FAKE_PIGEON_TOKEN"):
+        registry.check(config, {})
+    # Its fake answers in the forms its classifier reads.
+    fake = FakeChannels().platform("pigeon")
+    assert seventh.classify is not None
+    limited = fake.rate_limited(Rule("rate_limit", 1))
+    assert seventh.classify(limited.status, limited.body, limited.headers).kind == "rate_limited"
+    rejected = fake.rejection(Rule("reject", 1))
+    assert seventh.classify(rejected.status, rejected.body, rejected.headers).kind == "permanent"
+    # Deliveries are addressed by its rule.
+    assert registry.fits("pigeon", "loft-7")
+    assert not registry.fits("pigeon", "attic")
+    # A scenario's `[channels.pigeon]` gets a fake account from the fake.
+    parsed = scenario.parse_text('[channels.pigeon]\naccounts = ["a"]\n')
+    assert parsed.config.channels["pigeon"].accounts["a"].token_env == "FAKE_PIGEON_TOKEN"
+
+
+def test_without_its_registry_entry_a_seventh_channel_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fake_channels, "PLATFORMS", (*fake_channels.PLATFORMS, PigeonFake))
+    with pytest.raises(ConfigError, match=r"^channels\.pigeon: unknown channel; known: console, feishu, "):
+        registry.load_config(_pigeon_config(tmp_path))
