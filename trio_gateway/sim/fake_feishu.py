@@ -40,7 +40,7 @@ from trio_gateway.sim.fake_platform import (
 
 HOST = "feishu-ws.fake.invalid"
 # The app id a fake account names (`account_keys`) and the fake's events carry.
-APP_ID = "cli_fake_app"
+_APP_ID = "cli_fake_app"
 _SERVICE_ID = 7
 
 
@@ -57,7 +57,7 @@ class FakeFeishuSocket(SteerableSocket):
         event_id = f"fs-ev-{n}"
         event = {
             "schema": "2.0",
-            "header": {"event_id": event_id, "event_type": "im.message.receive_v1", "app_id": APP_ID},
+            "header": {"event_id": event_id, "event_type": "im.message.receive_v1", "app_id": _APP_ID},
             "event": {
                 "sender": {
                     "sender_id": {"open_id": open_id or "ou_fake_user"},
@@ -134,7 +134,7 @@ class FeishuFake(SocketFake):
     @classmethod
     def account_keys(cls, env_prefix: str) -> dict[str, str]:
         # An app id and secret, traded for a tenant token (`op == "token"`), not a bot token.
-        return {"appId": APP_ID, "appSecretEnv": f"{env_prefix}_APP_SECRET"}
+        return {"appId": _APP_ID, "appSecretEnv": f"{env_prefix}_APP_SECRET"}
 
     socket: FakeFeishuSocket = attrs.Factory(FakeFeishuSocket)
     token_expire: int = 7200
