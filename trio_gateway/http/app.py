@@ -30,6 +30,7 @@ from trio_gateway.errors import (
     NotFoundError,
     PayloadTooLargeError,
     RequestTimeoutError,
+    chosen,
 )
 from trio_gateway.http import inbound, metrics
 from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
@@ -505,7 +506,9 @@ async def _until_disconnected(receive: Receive, handler: Callable[[], Awaitable[
             result.append(await handler())
             nursery.cancel_scope.cancel()
     except* GatewayError as group:
-        raise group.exceptions[0] from None  # answered like any other handler's error
+        # Answered like any other handler's error: one response, so one error answers (the
+        # first); any other is named in its notes.
+        raise chosen(group) from None
     if not result:
         raise _ClientGone("client disconnected")
     return result[0]

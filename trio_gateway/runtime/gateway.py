@@ -620,8 +620,8 @@ class Gateway:
         key = (session.record.agent, session.record.origin)
         if self._by_origin.get(key) == session_id:
             del self._by_origin[key]
-        if session.nursery is not None:
-            session.nursery.cancel_scope.cancel(reason="session owned by another node")
+        if session.inbox is not None:
+            session.inbox.cancel(reason="session owned by another node")
         self.log.warn("CLUSTER", "Session owned by another node; its work here is cancelled", sessionId=session_id)
 
     # --- operations ----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from mcp import types
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 
+from trio_gateway.errors import leaves
 from trio_gateway.log import EventLog
 from trio_gateway.policy import backoff
 from trio_gateway.tools import tool_error
@@ -104,7 +105,8 @@ class McpServer:
                 await link.dead.wait()
                 self.last_error = link.failure
         except* Exception as group:  # a spawn failure, a protocol error: never the gateway
-            self.last_error = _describe(_first_leaf(group))
+            # Every error the connection's tasks raised: the first alone could hide the cause.
+            self.last_error = "; ".join(_describe(exc) for exc in leaves(group))
         finally:
             self._session = self._link = None
             self.pid = None
@@ -175,12 +177,6 @@ def _result_text(result: types.CallToolResult) -> str:
         else:
             parts.append(item.model_dump_json(by_alias=True, exclude_none=True))
     return "\n".join(parts)
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _describe(exc: BaseException) -> str:
