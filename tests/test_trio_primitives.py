@@ -1,14 +1,17 @@
 """Trio's own primitives where the code once had its own (issue 11): a unit's abort is
 `CancelScope.cancel(reason=)`, and an exception group is never unwrapped by taking its first
-member and dropping the rest."""
+member and dropping the rest. And a seam: a model is handed a progress callback, not a unit."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+import trio_gateway
 from trio_gateway.errors import (
     BadRequestError,
     GatewayError,
@@ -105,3 +108,18 @@ async def test_a_handler_failing_twice_answers_with_one_error_naming_the_other(
     assert str(raised.value) in ("agent: missing", "no session")  # trio's order is its own
     [note] = raised.value.__notes__
     assert note.startswith("also raised:")
+
+
+def test_models_and_tool_clients_are_handed_progress_not_a_work_unit() -> None:
+    """So `models/` needs nothing of `work/`, and a fake model (or a test) passes any callable
+    (`list.append`) instead of subclassing `WorkUnit`."""
+    package = Path(trio_gateway.__file__).parent
+    for path in [
+        *sorted((package / "models").glob("*.py")),
+        package / "tools" / "http.py",
+        package / "tools" / "mcp.py",
+    ]:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not [m for m in imported if m.startswith("trio_gateway.work")], path.name

@@ -457,7 +457,7 @@ async def _model_call(
             # The test endpoint's injected stall: the call is in flight and makes no progress,
             # exactly what a silent upstream looks like to the watchdog and the drain.
             await trio.sleep(stall)
-        return await model.complete(messages, tools, unit)
+        return await model.complete(messages, tools, unit.progress)
     raise AssertionError("unreachable: track() re-raises when it absorbs a cancellation")
 
 

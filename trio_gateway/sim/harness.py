@@ -29,7 +29,7 @@ from trio_gateway.channels.console import ConsoleChannel
 from trio_gateway.delivery import ClosableChannels, QueueDelivery
 from trio_gateway.errors import ModelCallError
 from trio_gateway.log import EventLog, FileSink, MemorySink
-from trio_gateway.models.base import Message, ModelReply
+from trio_gateway.models.base import Message, ModelReply, Progress
 from trio_gateway.policy import config as cfg
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.runtime.gateway import DeliveryFactory, Gateway
@@ -40,7 +40,6 @@ from trio_gateway.sim.runtime import ScriptedModel, build_gateway
 from trio_gateway.storage.atomic import inline
 from trio_gateway.storage.home import Home
 from trio_gateway.storage.queue import DeliveryQueue
-from trio_gateway.work.units import WorkUnit
 
 # Never dialled: every account's client goes through the in-process fake transport.
 FAKE_BASE_URL = "http://channels.fake.invalid"
@@ -85,12 +84,12 @@ class HarnessModel:
             self._killed = trio.Event()
         return self._killed
 
-    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
+    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], progress: Progress) -> ModelReply:
         async with move_on_when(self._kill_event().wait):
-            return await self._answer(messages, tools, unit)
+            return await self._answer(messages, tools, progress)
         raise ModelCallError("upstream connection reset (the model server went away)")
 
-    async def _answer(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
+    async def _answer(self, messages: list[Message], tools: list[dict[str, Any]], progress: Progress) -> ModelReply:
         await self.fault.hold()
         if self.spec.delay_seconds > 0:
             await trio.sleep(self.spec.delay_seconds)
@@ -102,7 +101,7 @@ class HarnessModel:
         if not directive and last["role"] == "user" and self.spec.behaviour == "fail":
             self.scripted.calls += 1
             raise ModelCallError("HTTP 500 from upstream")
-        return await self.scripted.complete(messages, tools, unit)
+        return await self.scripted.complete(messages, tools, progress)
 
     async def aclose(self) -> None:
         # The upstream outlives a generation (it is a server): closing a client does not kill it.

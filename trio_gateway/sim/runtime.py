@@ -18,7 +18,7 @@ import trio
 
 from trio_gateway.errors import ModelCallError
 from trio_gateway.log import EventLog, MemorySink
-from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
+from trio_gateway.models.base import Message, Model, ModelReply, Progress, ToolCall
 from trio_gateway.models.echo import offers_tool, parse_tool, tool_result_reply
 from trio_gateway.policy import config as cfg
 from trio_gateway.policy.entry import DeliveryKind
@@ -27,7 +27,6 @@ from trio_gateway.runtime.gateway import DeliveryFactory, Gateway, GatewayDeps, 
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.storage.atomic import BlockingRunner, inline
 from trio_gateway.storage.home import Home
-from trio_gateway.work.units import WorkUnit
 
 
 @attrs.frozen
@@ -87,10 +86,6 @@ def recording_delivery(notices: list[Notice]) -> DeliveryFactory:
     return factory
 
 
-# A script maps the last user message to what the model does.
-Step = Callable[[str, WorkUnit], Any]
-
-
 @attrs.define
 class ScriptedModel:
     """Echo by default; prompts starting with a directive change behaviour:
@@ -105,7 +100,7 @@ class ScriptedModel:
     calls: int = 0
     closed: bool = False
 
-    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
+    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], progress: Progress) -> ModelReply:
         self.calls += 1
         last = messages[-1]
         if last["role"] == "tool":
@@ -122,7 +117,7 @@ class ScriptedModel:
             end = trio.current_time() + float(total)
             while trio.current_time() < end:
                 await trio.sleep(float(every))
-                unit.progress("model_call:streaming")
+                progress("model_call:streaming")
             return ModelReply(f"slow done: {text}")
         if text.startswith("/spawn ") and tools:
             _, agent_id, task = text.split(" ", 2)
@@ -132,7 +127,7 @@ class ScriptedModel:
         if text.startswith("/fail"):
             raise ModelCallError("HTTP 500 from upstream")
         await trio.lowlevel.checkpoint()
-        unit.progress("model_call:first_token")
+        progress("model_call:first_token")
         return ModelReply(f"echo: {text}")
 
     async def aclose(self) -> None:

@@ -25,10 +25,10 @@ from mcp.shared.exceptions import MCPError
 
 from trio_gateway.errors import leaves
 from trio_gateway.log import EventLog
+from trio_gateway.models.base import Progress
 from trio_gateway.policy import backoff
 from trio_gateway.tools import tool_error
 from trio_gateway.tools.transport import Link, Opener
-from trio_gateway.work.units import WorkUnit
 
 ServerState = Literal["starting", "running", "restarting", "stopped"]
 # A server that does not finish its handshake and tool listing in this long is treated as dead.
@@ -121,10 +121,10 @@ class McpServer:
             return
         self.tools = [_tool_json(t) for t in listing.tools]
 
-    async def call(self, tool: str, arguments: dict[str, Any], unit: WorkUnit) -> CallOutcome:
+    async def call(self, tool: str, arguments: dict[str, Any], report: Progress) -> CallOutcome:
         """Call one tool. Never raises but `Cancelled` (the unit's abort or a drain)."""
         if self.state == "starting":
-            unit.progress(f"tool_call:{self.name}__{tool} waiting for the server to start")
+            report(f"tool_call:{self.name}__{tool} waiting for the server to start")
             await self._first_ready.wait()
         session, link = self._session, self._link
         if session is None or link is None:
@@ -133,7 +133,7 @@ class McpServer:
 
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             of = f"/{total:g}" if total is not None else ""
-            unit.progress(f"tool_call:{self.name}__{tool} progress {progress:g}{of}")
+            report(f"tool_call:{self.name}__{tool} progress {progress:g}{of}")
 
         try:
             result = await session.call_tool(tool, arguments, progress_callback=on_progress)
