@@ -11,11 +11,11 @@ import trio
 
 from trio_gateway.app.assemble import queue_delivery
 from trio_gateway.errors import ConfigError
-from trio_gateway.log import MemorySink
+from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.policy.routing import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
-from trio_gateway.sim.runtime import build_gateway, quick_config
+from trio_gateway.sim.runtime import gateway_deps, quick_config
 from trio_gateway.storage.atomic import inline
 from trio_gateway.storage.home import Home
 
@@ -49,11 +49,10 @@ def seed_raw(url: str) -> dict[str, object]:
 def real_gateway(tmp_path: Path, fakes: FakeChannels, **overrides: object) -> tuple[Gateway, MemorySink]:
     raw: dict[str, object] = {**seed_raw("http://fake.invalid"), **overrides}
     config = quick_config(**raw)
-    gateway, sink = build_gateway(tmp_path, config)
-    gateway.deps.delivery_factory = queue_delivery(
-        Home(tmp_path), gateway.log, ENV, inline, transport=fakes.transport()
-    )
-    return gateway, sink
+    sink = MemorySink()
+    log = EventLog([sink])
+    delivery = queue_delivery(Home(tmp_path), log, ENV, inline, transport=fakes.transport())
+    return Gateway(gateway_deps(tmp_path, config, log, delivery_factory=delivery), config), sink
 
 
 def queue_files(tmp_path: Path, sub: str = "") -> list[dict[str, object]]:

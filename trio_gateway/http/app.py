@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import Any
 
 import attrs
 import trio
@@ -39,7 +39,7 @@ from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.policy.config import KNOWN_CHANNELS, RANGES, AccountConfig, Config
 from trio_gateway.policy.entry import entry_to_json
 from trio_gateway.policy.routing import Origin
-from trio_gateway.runtime.gateway import Gateway, drain_status
+from trio_gateway.runtime.gateway import Gateway, ServiceOutbox, drain_status
 from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.storage.queue import DeliveryQueue
 from trio_gateway.work.drain import DrainKind, DrainReport, DrainRequest
@@ -340,10 +340,11 @@ class GatewayApp:
     # --- deliveries ----------------------------------------------------------------------
 
     def _queue(self) -> DeliveryStore:
-        # The generation's own store (in cluster mode, the shared database); else the files.
-        store = getattr(self.gateway.delivery, "store", None)
-        if store is not None:
-            return cast(DeliveryStore, store)
+        # The generation's own store (in cluster mode, the shared database). Before generation
+        # 1 has built its delivery side (the server starts first), the files.
+        service = self.gateway.delivery
+        if service is not None:
+            return service.store
         deps = self.gateway.deps
         return DeliveryQueue(deps.home.queue_dir, deps.runner, deps.log)
 
@@ -367,13 +368,12 @@ class GatewayApp:
         entry = await self._manual_outbox().submit_manual(channel, to, account, agent_id, text)
         return json_response(202, {"id": entry.id, "channel": entry.channel, "to": entry.to})
 
-    def _manual_outbox(self) -> delivery_mod.Outbox:
-        # The generation's outbox wakes its worker at once; without one (or one that only
-        # records), write to the queue directly and the worker finds it at its next scan.
+    def _manual_outbox(self) -> ServiceOutbox:
+        # The generation's outbox wakes its worker at once; before generation 1 has one, write
+        # to the queue directly and the worker finds it at its first scan.
         service = self.gateway.delivery
-        outbox = getattr(service, "outbox", None)
-        if isinstance(outbox, delivery_mod.Outbox):
-            return outbox
+        if service is not None:
+            return service.outbox
         assert self.gateway.wall is not None
         return delivery_mod.Outbox(self._queue(), self.config.agents, self.gateway.wall, self.gateway.log)
 

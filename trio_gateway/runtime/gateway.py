@@ -40,12 +40,13 @@ from trio_gateway.errors import (
 from trio_gateway.log import EventLog, ms
 from trio_gateway.models.base import Model
 from trio_gateway.policy.config import Config, ModelConfig
+from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.policy.routing import Origin
 from trio_gateway.runtime import agent, session_evict
 from trio_gateway.runtime.cron import run_cron
 from trio_gateway.runtime.session_evict import Evicted
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
-from trio_gateway.storage.base import SessionStorage
+from trio_gateway.storage.base import DeliveryStore, SessionStorage
 from trio_gateway.storage.config_file import load as load_config_file
 from trio_gateway.storage.disk import StorageHealth, is_no_space
 from trio_gateway.storage.home import Home
@@ -63,11 +64,25 @@ DISK_WAIT_SECONDS = 10.0
 State = Literal["starting", "running", "draining", "stopped"]
 
 
+class ServiceOutbox(agent.Outbox, Protocol):
+    """A generation's outbox: turns' notices (routed), and an operator's deliveries."""
+
+    async def submit_manual(
+        self, channel: str, to: str, account_id: str | None, agent_id: str | None, text: str
+    ) -> DeliveryEntry:
+        """`delivery create` and `POST /v1/deliveries`: an explicit address, no routing."""
+        ...
+
+
 class DeliveryService(Protocol):
-    """The delivery side of one generation: the outbox turns hand notices to, and the worker."""
+    """The delivery side of one generation: the outbox turns hand notices to, the worker, and
+    the queue both use (what `GET /v1/deliveries` lists)."""
 
     @property
-    def outbox(self) -> agent.Outbox: ...
+    def outbox(self) -> ServiceOutbox: ...
+
+    @property
+    def store(self) -> DeliveryStore: ...
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None: ...
 

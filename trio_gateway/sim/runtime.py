@@ -16,17 +16,27 @@ from typing import Any
 import attrs
 import trio
 
-from trio_gateway.errors import ModelCallError
+from trio_gateway.delivery import Outbox
+from trio_gateway.errors import DeliveryValidationError, ModelCallError
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.models.base import Message, Model, ModelReply, Progress, ToolCall
 from trio_gateway.models.echo import offers_tool, parse_tool, tool_result_reply
 from trio_gateway.policy import config as cfg
-from trio_gateway.policy.entry import DeliveryKind
+from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind
 from trio_gateway.policy.routing import Origin, resolve
-from trio_gateway.runtime.gateway import DeliveryFactory, Gateway, GatewayDeps, Server, ToolsFactory
+from trio_gateway.runtime.gateway import (
+    DeliveryFactory,
+    Gateway,
+    GatewayDeps,
+    ListenerFactory,
+    Server,
+    ToolsFactory,
+)
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.storage.atomic import BlockingRunner, inline
+from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.storage.home import Home
+from trio_gateway.storage.queue import DeliveryQueue
 
 
 @attrs.frozen
@@ -44,6 +54,9 @@ class Notice:
 class RecordingOutbox:
     config: cfg.Config
     notices: list[Notice]
+    # An operator's deliveries (`POST /v1/deliveries`) are no turn's notices: they go to the
+    # queue on disk through production's outbox, where `GET /v1/deliveries` lists them.
+    manual: Outbox | None = None
 
     async def submit(
         self,
@@ -60,10 +73,19 @@ class RecordingOutbox:
         self.notices.append(notice)
         return notice
 
+    async def submit_manual(
+        self, channel: str, to: str, account_id: str | None, agent_id: str | None, text: str
+    ) -> DeliveryEntry:
+        if self.manual is None:
+            raise DeliveryValidationError("this recording outbox was given no queue for manual deliveries")
+        return await self.manual.submit_manual(channel, to, account_id, agent_id, text)
+
 
 @attrs.define
 class RecordingDelivery:
     outbox: RecordingOutbox
+    # The queue on disk (nothing sends from it here): what the API lists and retries.
+    store: DeliveryStore
     worker_runs: int = 0
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -81,9 +103,17 @@ class RecordingDelivery:
 def recording_delivery(notices: list[Notice]) -> DeliveryFactory:
     async def factory(config: cfg.Config, gateway: Gateway) -> RecordingDelivery:
         await trio.lowlevel.checkpoint()
-        return RecordingDelivery(RecordingOutbox(config, notices))
+        return recording(gateway, RecordingOutbox(config, notices))
 
     return factory
+
+
+def recording(gateway: Gateway, outbox: RecordingOutbox) -> RecordingDelivery:
+    """A delivery side that records `outbox`'s notices, over the gateway's queue on disk."""
+    assert gateway.wall is not None
+    store = DeliveryQueue(gateway.deps.home.queue_dir, gateway.deps.runner, gateway.log)
+    manual = Outbox(store, outbox.config.agents, gateway.wall, gateway.log)
+    return RecordingDelivery(attrs.evolve(outbox, manual=manual), store)
 
 
 @attrs.define
@@ -143,9 +173,16 @@ def quick_config(**overrides: Any) -> cfg.Config:
     return cfg.parse(raw)
 
 
-def build_gateway(
+def build_gateway(home: Path, config: cfg.Config, **parts: Any) -> tuple[Gateway, MemorySink]:
+    """A gateway on inline disk I/O, its log in memory; `parts` are `gateway_deps`'s."""
+    sink = MemorySink()
+    return Gateway(gateway_deps(home, config, EventLog([sink]), **parts), config), sink
+
+
+def gateway_deps(
     home: Path,
     config: cfg.Config,
+    log: EventLog,
     *,
     model: Model | None = None,
     delivery_factory: DeliveryFactory | None = None,
@@ -154,11 +191,12 @@ def build_gateway(
     load_config: Callable[[], cfg.Config] | None = None,
     session_runner: BlockingRunner | None = None,
     tools_factory: ToolsFactory | None = None,
-) -> tuple[Gateway, MemorySink]:
-    sink = MemorySink()
-    log = EventLog([sink])
+    listener_factory: ListenerFactory | None = None,
+) -> GatewayDeps:
+    """Everything an in-process gateway is built with; unnamed parts are the recording and
+    scripted stand-ins."""
     the_model = model if model is not None else ScriptedModel()
-    deps = GatewayDeps(
+    return GatewayDeps(
         home=Home(home).ensure(),
         log=log,
         load_config=load_config or (lambda: config),
@@ -169,5 +207,5 @@ def build_gateway(
         servers=servers or [],
         session_runner=session_runner,
         tools_factory=tools_factory or in_process_tools(FakeMcpServers()),
+        listener_factory=listener_factory,
     )
-    return Gateway(deps, config), sink
