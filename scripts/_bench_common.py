@@ -226,7 +226,7 @@ class GatewayProcess:
         return time.perf_counter() - t0
 
     def wait_ready(self, timeout: float) -> None:
-        import httpx
+        import httpx2
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -236,12 +236,12 @@ class GatewayProcess:
             if state and state.get("port"):
                 self.port = int(state["port"])
                 try:
-                    r = httpx.get(f"{self.base_url}/healthz", timeout=1.0)
+                    r = httpx2.get(f"{self.base_url}/healthz", timeout=1.0)
                     if r.status_code == 200 and r.json().get("status") == "ok":
                         token_path = self.home / "gateway.token"
                         self.token = token_path.read_text().strip() if token_path.exists() else ""
                         return
-                except httpx.HTTPError:
+                except httpx2.HTTPError:
                     pass
             time.sleep(0.02)
         raise TimeoutError(f"gateway not healthy after {timeout}s: {self.stderr_tail()}")

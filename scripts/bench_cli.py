@@ -64,9 +64,9 @@ def wall(cmd: Sequence[str], name: str) -> float:
 
 def stall_one(gp: GatewayProcess) -> None:
     """Inject a model call that never answers and wait until the gateway shows it running."""
-    import httpx
+    import httpx2
 
-    with httpx.Client(base_url=gp.base_url, headers=gp.headers, timeout=30, trust_env=False) as client:
+    with httpx2.Client(base_url=gp.base_url, headers=gp.headers, timeout=30, trust_env=False) as client:
         reply = client.post("/internal/test/stall-model-call", json={"durationMs": 600_000})
         reply.raise_for_status()
         deadline = time.monotonic() + 30

@@ -196,7 +196,7 @@ def first_resend_after(slack: SlowSlack, held: set[str], since: float, timeout: 
 
 def handover(dsn: str, *, kill: bool) -> float:
     """Seconds from a's SIGKILL (or SIGTERM) to b's first send of an entry a held."""
-    import httpx
+    import httpx2
 
     slack = SlowSlack(delay=0.0).start()
     try:
@@ -205,7 +205,7 @@ def handover(dsn: str, *, kill: bool) -> float:
             b = start_gateway(Path(tmp), "b", dsn, slack)
             try:
                 slack.gate.clear()  # every send waits: a holds its claims in flight
-                with httpx.Client(timeout=30) as client:
+                with httpx2.Client(timeout=30) as client:
                     for i in range(40):
                         body = {"channel": "slack", "to": "C0123456789", "accountId": "ws", "text": f"m{i}"}
                         r = client.post(f"{a.base_url}/v1/deliveries", json=body, headers=a.headers)
@@ -256,7 +256,7 @@ def turn_handover(dsn: str, *, kill: bool) -> tuple[float, float]:
     """A stalled turn on a; a is SIGKILLed (from the kill) or stopped (from the end of its
     drain, whose deadline cut the turn, `[SHUTDOWN]`): seconds until b resumed the turn
     (`Resuming interrupted turn`), and until b had delivered its reply."""
-    import httpx
+    import httpx2
 
     slack = SlowSlack(delay=0.0).start()
     try:
@@ -264,7 +264,7 @@ def turn_handover(dsn: str, *, kill: bool) -> tuple[float, float]:
             a = start_gateway(Path(tmp), "a", dsn, slack)
             b = start_gateway(Path(tmp), "b", dsn, slack)
             try:
-                with httpx.Client(timeout=30) as client:
+                with httpx2.Client(timeout=30) as client:
                     stalled = client.post(
                         f"{a.base_url}/internal/test/stall-model-call", json={"durationMs": 600_000}, headers=a.headers
                     ).json()

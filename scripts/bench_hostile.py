@@ -114,7 +114,7 @@ def open_fds(pid: int) -> int:
 async def attack_connections(gp: GatewayProcess, c: int) -> tuple[int, int, int, float]:
     """(held, closed by the gateway, the gateway's open fds meanwhile, seconds from the
     holders leaving to /healthz 200)."""
-    import httpx
+    import httpx2
 
     assert gp.port is not None
     port = gp.port
@@ -154,9 +154,9 @@ async def attack_connections(gp: GatewayProcess, c: int) -> tuple[int, int, int,
         await stream.aclose()
     # Full means full (a new connection is closed too); once the holders leave, it serves again.
     t0 = time.perf_counter()
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx2.AsyncClient(trust_env=False) as client:
         while time.perf_counter() - t0 < 30:
-            with contextlib.suppress(httpx.HTTPError):
+            with contextlib.suppress(httpx2.HTTPError):
                 if (await client.get(f"{gp.base_url}/healthz", timeout=5)).status_code == 200:
                     return len(streams) - len(closed), len(closed), fds, time.perf_counter() - t0
             await trio.sleep(0.05)

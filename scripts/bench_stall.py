@@ -35,7 +35,7 @@ from _bench_common import banner, percentile, poll_until, table, verdict
 from trio_gateway import upstream as http
 from trio_gateway.models.openai import OpenAIModel
 from trio_gateway.policy.config import ModelConfig
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.sim.fake_model import FakeModel, serve_fake_model
 from trio_gateway.sim.runtime import build_gateway, quick_config
 

@@ -12,7 +12,7 @@ from test_channels import entry
 
 from trio_gateway.channels.console import ConsoleChannel
 from trio_gateway.log import EventLog, MemorySink
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.sim.runtime import build_gateway, quick_config
 from trio_gateway.storage.atomic import inline
 from trio_gateway.storage.sessions import SessionStore

@@ -17,7 +17,8 @@ from trio_gateway.channels.classify import OK, Outcome
 from trio_gateway.cli import delivery as cli_delivery
 from trio_gateway.cli.progress import Progress
 from trio_gateway.log import EventLog
-from trio_gateway.policy.entry import DeliveryEntry, Payload, RequesterOrigin
+from trio_gateway.policy.entry import DeliveryEntry, Payload
+from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import inline
 from trio_gateway.storage.queue import Claimed, DeliveryQueue
 
@@ -33,7 +34,7 @@ def queue_files(home: Path, sub: str = "") -> list[str]:
     return sorted(n for n in os.listdir(folder) if n.endswith(".json")) if folder.exists() else []
 
 
-def seed(home: Path, channel: str, to: str, origin: RequesterOrigin | None) -> DeliveryEntry:
+def seed(home: Path, channel: str, to: str, origin: Origin | None) -> DeliveryEntry:
     queue = DeliveryQueue(home / "delivery-queue", inline, EventLog())
     entry_id = queue.new_id(NOW)
     entry = DeliveryEntry(
@@ -92,7 +93,7 @@ def test_retry_moves_a_dead_letter_back(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_repair_dry_run_then_for_real(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    wx = RequesterOrigin("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1")
+    wx = Origin("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1")
     misrouted = seed(tmp_path, "feishu", "o9cq80abc@im.wechat", wx)
     orphan = seed(tmp_path, "feishu", "o9@im.wechat", None)
     before = {n: (tmp_path / "delivery-queue" / n).read_bytes() for n in queue_files(tmp_path)}

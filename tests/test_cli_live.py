@@ -9,7 +9,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 import test_e2e
 from test_e2e import Proc, cli
@@ -61,12 +61,12 @@ def test_dashboard_prints_a_url_whose_code_logs_in_once(gateway_process: Callabl
     url = done.stdout.splitlines()[0]
     assert url.startswith(f"{gw.url}/ui#code=")
     code = url.split("#code=")[1]
-    login = httpx.post(f"{gw.url}/v1/ui/login", json={"code": code}, headers={"Origin": gw.url}, trust_env=False)
+    login = httpx2.post(f"{gw.url}/v1/ui/login", json={"code": code}, headers={"Origin": gw.url}, trust_env=False)
     assert login.status_code == 200
     cookie = login.cookies["tg_session"]
-    status = httpx.get(f"{gw.url}/v1/status", cookies={"tg_session": cookie}, trust_env=False)
+    status = httpx2.get(f"{gw.url}/v1/status", cookies={"tg_session": cookie}, trust_env=False)
     assert status.json()["state"] == "running"
-    again = httpx.post(f"{gw.url}/v1/ui/login", json={"code": code}, headers={"Origin": gw.url}, trust_env=False)
+    again = httpx2.post(f"{gw.url}/v1/ui/login", json={"code": code}, headers={"Origin": gw.url}, trust_env=False)
     assert again.status_code == 401
 
 
@@ -84,7 +84,7 @@ def test_an_open_event_stream_does_not_hold_up_a_stop(gateway_process: Callable[
     gw = gateway_process()
     auth = {"Authorization": f"Bearer {gw.token}"}
     with (
-        httpx.Client(trust_env=False, timeout=30) as client,
+        httpx2.Client(trust_env=False, timeout=30) as client,
         client.stream("GET", f"{gw.url}/v1/events", headers=auth) as events,
     ):
         lines = events.iter_lines()
@@ -94,7 +94,7 @@ def test_an_open_event_stream_does_not_hold_up_a_stop(gateway_process: Callable[
         assert done.returncode == 0, done.stderr
         # The stream ends with the process: the server's connections go with its root nursery,
         # so the last chunk may not be sent (a browser's EventSource then shows "offline").
-        with contextlib.suppress(httpx.RemoteProtocolError):
+        with contextlib.suppress(httpx2.RemoteProtocolError):
             for _ in lines:
                 pass
     assert gw.popen.wait(30) == 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx
+import httpx2
 import pytest
 
 from trio_gateway.sim.slow_slack import SlowSlack
@@ -47,7 +47,7 @@ class Node:
     popen: subprocess.Popen[str]
     url: str = ""
     token: str = ""
-    client: httpx.Client = attrs.Factory(lambda: httpx.Client(timeout=30, trust_env=False))
+    client: httpx2.Client = attrs.Factory(lambda: httpx2.Client(timeout=30, trust_env=False))
 
     @property
     def slack_token(self) -> str:
@@ -58,7 +58,7 @@ class Node:
         path = self.home / "logs" / "gateway.log"
         return path.read_text() if path.exists() else ""
 
-    def http(self, method: str, path: str, body: object = None) -> httpx.Response:
+    def http(self, method: str, path: str, body: object = None) -> httpx2.Response:
         headers = {"Authorization": f"Bearer {self.token}"}
         return self.client.request(method, self.url + path, json=body, headers=headers)
 
@@ -228,7 +228,7 @@ def test_a_rolling_restart_under_steady_traffic_loses_no_turn_and_answers_none_t
                 body = {"agent": "main", "origin": {"channel": "console", "to": f"u{i}"}, "prompt": f"p{i}"}
                 try:
                     reply = node.http("POST", "/v1/sessions", body)
-                except (httpx.HTTPError, RuntimeError):
+                except (httpx2.HTTPError, RuntimeError):
                     continue  # that node is restarting (its client may be closed)
                 if reply.status_code == 202:
                     accepted.append(reply.json()["turnId"])

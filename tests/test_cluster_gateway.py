@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import attrs
 import trio
 
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.sim.runtime import Notice, build_gateway, quick_config
 from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 
@@ -56,3 +57,25 @@ async def test_an_adopted_sessions_turns_resume_once(tmp_path: Path, autojump_cl
         assert turn_id == "turn-s-peer-1-1-2"  # numbering goes on from the adopted record
         gateway.request_drain("stop")
     assert [e.message for e in sink.tagged("RESTART") if "Resuming" in e.message] == ["Resuming interrupted turn"]
+
+
+async def test_an_adopted_wechat_session_is_found_by_its_conversations_next_message(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """An origin's context token (WeChat's) changes per message; the session is the
+    conversation without it, whether the session was started here, read back at start-up or
+    adopted from a peer (adopting keyed it by the whole origin: the next message started a
+    second session for the same conversation)."""
+    config = quick_config(**NO_STALL)
+    gateway, _ = build_gateway(tmp_path, config)
+    first = Origin("console", "ops", None, context_token="ctx-1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        record = SessionRecord("s-peer-1-1", "main", first, gateway.wall.now())  # type: ignore[union-attr]
+        gateway.adopt_sessions([record])
+        sid, _ = await gateway.submit(agent_id="main", origin=attrs.evolve(first, context_token="ctx-2"), prompt="hi")
+        assert sid == "s-peer-1-1"
+        gateway.forget_session(sid)
+        other, _ = await gateway.submit(agent_id="main", origin=first, prompt="hi again")
+        assert other != sid  # forgotten under the same key it was found by
+        gateway.request_drain("stop")

@@ -17,7 +17,7 @@ from trio_gateway.cluster.inbound import InboundLeases, PgCursors
 from trio_gateway.cluster.node import ClusterNode
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import ClusterConfig
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 
 pytestmark = pytest.mark.postgres
 

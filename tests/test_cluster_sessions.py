@@ -15,8 +15,8 @@ from trio_gateway.cluster.node import ClusterNode
 from trio_gateway.errors import CronSlotTakenError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import ClusterConfig
-from trio_gateway.policy.routing import Origin
-from trio_gateway.runtime.cron import CRON_SLOT
+from trio_gateway.policy.origin import Origin
+from trio_gateway.storage.base import CRON_SLOT
 from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 
 pytestmark = pytest.mark.postgres

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import attrs
-import httpx
+import httpx2
 import pytest
 from test_e2e import poll
 
@@ -115,10 +115,10 @@ def test_the_images_entry_command_serves_healthz_and_drains_on_its_stop_signal(t
         assert health.returncode == 0, health.stderr
         url = f"http://127.0.0.1:{state['port']}"
         auth = {"Authorization": f"Bearer {TOKEN}"}
-        stalled = httpx.post(f"{url}/internal/test/stall-model-call", json={}, headers=auth, trust_env=False)
+        stalled = httpx2.post(f"{url}/internal/test/stall-model-call", json={}, headers=auth, trust_env=False)
         assert stalled.status_code == 202
-        assert httpx.get(f"{url}/ui", trust_env=False).status_code == 200  # package data made it in
-        poll("the stalled call", lambda: "model_call" in httpx.get(f"{url}/v1/status", headers=auth).text)
+        assert httpx2.get(f"{url}/ui", trust_env=False).status_code == 200  # package data made it in
+        poll("the stalled call", lambda: "model_call" in httpx2.get(f"{url}/v1/status", headers=auth).text)
         proc.send_signal(image.stopsignal)
         assert proc.wait(timeout=60) == 0
     finally:

@@ -19,8 +19,8 @@ from trio_gateway.delivery import DeadLetter, DeliveryWorker, Outbox, Reroute, p
 from trio_gateway.errors import DeliveryValidationError
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.policy.config import AgentConfig, DeliveryConfig
-from trio_gateway.policy.entry import DeliveryEntry, RequesterOrigin
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import inline
 from trio_gateway.storage.queue import Claimed, DeliveryQueue
 from trio_gateway.work.clock import WallClock
@@ -115,7 +115,7 @@ async def test_submit_routes_to_the_requester_origin_and_writes_it_durably(tmp_p
     rig = make_rig(tmp_path)
     entry = await rig.outbox.submit(kind="subagent_failure", origin=WX, agent_id="main", text="it failed")
     assert (entry.channel, entry.to, entry.account_id) == ("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1")
-    assert entry.requester_origin == RequesterOrigin("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1")
+    assert entry.requester_origin == Origin("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1")
     assert [e.id for e in await rig.queue.list_pending()] == [entry.id]
     assert entry.idempotency_key == entry.id
 
@@ -324,7 +324,7 @@ async def test_cancelling_mid_attempt_releases_without_counting(tmp_path: Path, 
 # --- repair -----------------------------------------------------------------------------------
 
 
-def _seed_entry(rig: Rig, origin: RequesterOrigin | None, channel: str, to: str) -> DeliveryEntry:
+def _seed_entry(rig: Rig, origin: Origin | None, channel: str, to: str) -> DeliveryEntry:
     now = rig.worker.clock.now()
     entry_id = rig.queue.new_id(now)
     return DeliveryEntry(
@@ -335,7 +335,7 @@ def _seed_entry(rig: Rig, origin: RequesterOrigin | None, channel: str, to: str)
 def test_plan_repair_reroutes_to_the_requester_origin() -> None:
     rig_entry = DeliveryEntry(
         "01", "subagent_failure", "feishu", "o9cq80abc@im.wechat", "bot-1", "main",
-        RequesterOrigin("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1"), delivery.Payload("x"), "k",
+        Origin("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1"), delivery.Payload("x"), "k",
         dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     )  # fmt: skip
     action = plan_repair(rig_entry, AGENTS)
@@ -347,7 +347,7 @@ def test_plan_repair_reroutes_to_the_requester_origin() -> None:
 
 async def test_repair_over_a_seed_style_queue(tmp_path: Path) -> None:
     rig = make_rig(tmp_path)
-    wx_origin = RequesterOrigin("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1")
+    wx_origin = Origin("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1")
     misrouted = [_seed_entry(rig, wx_origin, "feishu", "o9cq80abc@im.wechat") for _ in range(5)]
     orphan = _seed_entry(rig, None, "feishu", "x9@im.bot")
     fine = _seed_entry(rig, None, "console", "someone")

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_properties import SHM
 
-from trio_gateway.policy.entry import DeliveryEntry, Payload, RequesterOrigin, entry_to_json
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.entry import DeliveryEntry, Payload, entry_to_json
+from trio_gateway.policy.origin import Origin
 from trio_gateway.sim.harness import Harness
 from trio_gateway.sim.runtime import quick_config
 
@@ -43,7 +43,7 @@ def _entry_json(entry_id: str) -> dict[str, Any]:
         to="ops",
         account_id=None,
         agent_id="main",
-        requester_origin=RequesterOrigin("console", "ops"),
+        requester_origin=Origin("console", "ops"),
         payload=Payload(f"text of {entry_id}"),
         idempotency_key=entry_id,
         created_at=WALL,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx
+import httpx2
 import pytest
 import trio
 
@@ -66,9 +66,11 @@ class Proc:
         path = self.home / "logs" / "gateway.log"
         return path.read_text() if path.exists() else ""
 
-    def http(self, method: str, path: str, body: object = None, *, auth: bool = True) -> httpx.Response:
+    def http(self, method: str, path: str, body: object = None, *, auth: bool = True) -> httpx2.Response:
         headers = {"Authorization": f"Bearer {self.token}"} if auth else {}
-        return httpx.request(method, self.url + path, json=body, headers=headers, timeout=WAIT_SECONDS, trust_env=False)
+        return httpx2.request(
+            method, self.url + path, json=body, headers=headers, timeout=WAIT_SECONDS, trust_env=False
+        )
 
     def health(self) -> dict[str, Any]:
         data: dict[str, Any] = self.http("GET", "/healthz", auth=False).json()
@@ -353,7 +355,7 @@ def test_absurd_numbers_and_a_rejected_reload_leave_the_process_up(start_gateway
     """Issue 9: `timeoutSeconds: 1e306` answered 202 and then killed the process; a reload of an
     unreadable gateway.json killed it too, and `gateway restart` still said "restarted", exit 0."""
     gw = start_gateway()
-    absurd = httpx.post(
+    absurd = httpx2.post(
         gw.url + "/v1/gateway/restart",
         content=b'{"timeoutSeconds": 1e306}',
         headers={"Authorization": f"Bearer {gw.token}"},

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 
 from tests.test_e2e import STARTUP_SECONDS, WAIT_SECONDS, Proc, cli, poll
@@ -38,11 +38,11 @@ def fake_url() -> Iterator[str]:
 
 
 def control(url: str, **command: object) -> None:
-    httpx.post(f"{url}/_fake/control", json=command, timeout=WAIT_SECONDS, trust_env=False).raise_for_status()
+    httpx2.post(f"{url}/_fake/control", json=command, timeout=WAIT_SECONDS, trust_env=False).raise_for_status()
 
 
 def answers(url: str) -> list[dict[str, str]]:
-    reply = httpx.get(f"{url}/_fake/messages", timeout=WAIT_SECONDS, trust_env=False)
+    reply = httpx2.get(f"{url}/_fake/messages", timeout=WAIT_SECONDS, trust_env=False)
     return [m for m in reply.json() if m["channel"] == WX]
 
 

@@ -16,7 +16,8 @@ from test_http_api import SESSION, TOKEN, Driver
 from trio_gateway.errors import GatewayError, InsufficientStorageError
 from trio_gateway.http.app import GatewayApp
 from trio_gateway.log import Event, EventLog, FileSink
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
+from trio_gateway.runtime import views
 from trio_gateway.sim.faults import SUBSYSTEMS, Faults
 from trio_gateway.sim.harness import Harness
 from trio_gateway.sim.runtime import quick_config
@@ -103,7 +104,7 @@ async def test_nothing_accepted_is_lost_to_a_full_disk(
             await trio.sleep(2)
         assert gateway.state.value == "running"  # the gateway stays up
         if subsystem == "queue_disk":
-            assert "queue" in gateway.status()["storage"]["full"]  # what status shows meanwhile
+            assert "queue" in views.status(gateway)["storage"]["full"]  # what status shows meanwhile
         if subsystem in ("queue_disk", "sessions_disk"):
             assert refused  # new work is refused with 507 while the disk is full ...
             assert refused[0].http_status == 507
@@ -119,9 +120,9 @@ async def test_nothing_accepted_is_lost_to_a_full_disk(
         gateway.request_drain("stop")
     assert len(_keys(harness)) == len(set(_keys(harness)))
     assert await harness.dead_letters() == []
-    assert gateway.status()["storage"]["full"] == {}  # recovered
+    assert views.status(gateway)["storage"]["full"] == {}  # recovered
     if subsystem == "log_file":
-        assert gateway.status()["storage"]["logWriteFailures"] > 0
+        assert views.status(gateway)["storage"]["logWriteFailures"] > 0
         assert capfd.readouterr().err.count("later failures are counted") == 1  # reported once
 
 

@@ -12,7 +12,7 @@ import trio
 from trio_gateway.app.assemble import queue_delivery
 from trio_gateway.errors import ConfigError
 from trio_gateway.log import EventLog, MemorySink
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.runtime import gateway_deps, quick_config

@@ -25,7 +25,7 @@ from trio_gateway.http.app import GatewayApp
 from trio_gateway.http.asgi import Message
 from trio_gateway.log import MemorySink
 from trio_gateway.policy import config as cfg
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.runtime import build_gateway
 from trio_gateway.storage.config_file import load as load_config_file
@@ -479,7 +479,7 @@ async def _read_response(stream: trio.SocketStream) -> bytes:
 
 
 async def test_connection_n_plus_1_is_closed_and_the_open_ones_are_served(tmp_path: Path) -> None:
-    import httpx
+    import httpx2
 
     from trio_gateway.http.server import HttpServer
 
@@ -518,7 +518,7 @@ async def test_connection_n_plus_1_is_closed_and_the_open_ones_are_served(tmp_pa
             await stream.aclose()
         with trio.fail_after(30):
             await server.cap.open.wait_value(0)
-        async with httpx.AsyncClient(base_url=server.urls[0], trust_env=False) as client:
+        async with httpx2.AsyncClient(base_url=server.urls[0], trust_env=False) as client:
             assert (await client.get("/healthz")).status_code == 200
         gateway.request_drain("stop")
 
@@ -550,7 +550,7 @@ async def test_stop_closes_a_connection_whose_client_reads_nothing(tmp_path: Pat
 async def test_a_client_that_reads_nothing_loses_its_connection_after_the_send_stall(tmp_path: Path) -> None:
     """Without a write deadline, such a client held a connection slot for as long as it liked:
     `maxConnections` of them shut everyone out."""
-    import httpx
+    import httpx2
 
     from trio_gateway.http.server import HttpServer
 
@@ -571,7 +571,7 @@ async def test_a_client_that_reads_nothing_loses_its_connection_after_the_send_s
             assert gateway.state.value == "running"
         finally:
             client.close()
-        async with httpx.AsyncClient(base_url=server.urls[0], trust_env=False) as http:
+        async with httpx2.AsyncClient(base_url=server.urls[0], trust_env=False) as http:
             assert (await http.get("/healthz")).status_code == 200
         gateway.request_drain("stop")
 

@@ -519,14 +519,14 @@ async def test_encrypted_feishu_events_are_decrypted_and_checked(
 
 
 async def test_hypercorn_serves_the_app_in_the_gateway_root_nursery(tmp_path: Path) -> None:
-    import httpx
+    import httpx2
 
     server = HttpServer("127.0.0.1", 0, TOKEN, {})
     gateway, sink = build_gateway(tmp_path, config(), servers=[server.serve])
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)
         assert server.bound_port
-        async with httpx.AsyncClient(base_url=server.urls[0], trust_env=False) as client:
+        async with httpx2.AsyncClient(base_url=server.urls[0], trust_env=False) as client:
             health = await client.get("/healthz")
             unauthorized = await client.get("/v1/status")
             restart = await client.post("/v1/gateway/restart", json={"wait": True}, headers=AUTH)

@@ -13,6 +13,7 @@ import trio
 from trio_gateway.channels.listen import BACKOFF_MAX_SECONDS
 from trio_gateway.log import MemorySink
 from trio_gateway.policy.config import Config
+from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.harness import Harness, fake_account
@@ -179,7 +180,7 @@ async def test_an_auth_failure_pauses_listener_and_sender_until_resumed(
     paused = [e for e in gateway_log.tagged("CHANNEL") if e.message.startswith("Paused")]
     assert len(paused) == 1
     assert "errcode -14" in paused[0].message
-    [wx] = [c for c in gateway.status()["channels"] if c["channel"] == WX]
+    [wx] = [c for c in views.status(gateway)["channels"] if c["channel"] == WX]
     assert wx["inbound"]["state"] == "paused"
     polls = len(fake_channels.requests_to(WX, "poll"))
     await trio.sleep(600)
@@ -189,7 +190,7 @@ async def test_an_auth_failure_pauses_listener_and_sender_until_resumed(
     assert gateway.listeners is not None
     assert gateway.listeners.resume(WX, ACCOUNT)
     assert await replies(fake_channels, 1) == ["echo: back"]
-    [wx] = [c for c in gateway.status()["channels"] if c["channel"] == WX]
+    [wx] = [c for c in views.status(gateway)["channels"] if c["channel"] == WX]
     assert (wx["inbound"]["state"], wx["inbound"]["messages"]) == ("listening", 1)
 
 
@@ -212,7 +213,7 @@ async def test_telegram_long_poll_answers_the_chat_and_confirms_by_offset(
 async def test_status_lists_every_account_with_its_inbound_state(gateway: Gateway, fake_channels: FakeChannels) -> None:
     fake_channels.push(WX, "count me")
     await replies(fake_channels, 1)
-    channels = {c["channel"]: c for c in gateway.status()["channels"]}
+    channels = {c["channel"]: c for c in views.status(gateway)["channels"]}
     assert set(channels) == {WX, "telegram"}
     wx = channels[WX]["inbound"]
     assert (wx["mode"], wx["state"], wx["messages"]) == ("poll", "listening", 1)
@@ -236,7 +237,7 @@ async def test_channels_routes_and_metrics(gateway: Gateway, fake_channels: Fake
     fake_channels.push(WX, "metered")
     await replies(fake_channels, 1)
     fake_channels.reject_auth(WX)
-    await until(lambda: any(c["inbound"]["state"] == "paused" for c in gateway.status()["channels"]), 0.1)
+    await until(lambda: any(c["inbound"]["state"] == "paused" for c in views.status(gateway)["channels"]), 0.1)
     listed = (await call("GET", "/v1/channels")).json["channels"]
     assert {(c["channel"], c["inbound"]["state"]) for c in listed} == {(WX, "paused"), ("telegram", "listening")}
     assert (await call("POST", "/v1/channels/slack/nope/resume")).status == 404

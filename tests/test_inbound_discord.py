@@ -8,6 +8,7 @@ import trio
 from tests.test_inbound import until
 from trio_gateway.log import MemorySink
 from trio_gateway.policy.config import Config
+from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.harness import fake_account
@@ -37,7 +38,7 @@ async def test_a_discord_message_is_answered_in_its_channel(gateway: Gateway, fa
     await until(lambda: fake_channels.delivered(DC))
     [reply] = fake_channels.delivered(DC)
     assert (reply.to, reply.text) == ("channel:100000000555000111", "echo: hello discord")
-    [wx] = gateway.status()["channels"]
+    [wx] = views.status(gateway)["channels"]
     assert (wx["inbound"]["mode"], wx["inbound"]["state"], wx["inbound"]["messages"]) == ("socket", "listening", 1)
 
 

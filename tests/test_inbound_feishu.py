@@ -9,6 +9,7 @@ from tests.test_inbound import until
 from trio_gateway.channels.feishu import Frame, decode_frame, encode_frame
 from trio_gateway.log import MemorySink
 from trio_gateway.policy.config import Config
+from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.harness import fake_account
@@ -62,4 +63,4 @@ async def test_a_refused_endpoint_pauses_the_account(
     await until(lambda: fake_channels.feishu_socket.connections_open == 1)
     fake_channels.reject_auth("feishu")
     await until(lambda: any(e.message.startswith("Paused channel=feishu") for e in gateway_log.tagged("CHANNEL")), 0.1)
-    assert "code 514" in gateway.status()["channels"][0]["inbound"]["pausedReason"]
+    assert "code 514" in views.status(gateway)["channels"][0]["inbound"]["pausedReason"]

@@ -8,6 +8,7 @@ import trio
 from tests.test_inbound import until
 from trio_gateway.log import MemorySink
 from trio_gateway.policy.config import Config
+from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.harness import fake_account
@@ -28,7 +29,7 @@ async def test_an_envelope_is_answered_and_acked_after_its_turn(gateway: Gateway
     [reply] = fake_channels.delivered("slack")
     assert (reply.to, reply.text) == ("C0123456789", "echo: hi slack")
     assert socket.unacked() == []
-    [account] = gateway.status()["channels"]
+    [account] = views.status(gateway)["channels"]
     assert (account["inbound"]["mode"], account["inbound"]["messages"]) == ("socket", 1)
 
 
@@ -67,4 +68,4 @@ async def test_invalid_auth_pauses_the_account(
     await until(lambda: fake_channels.slack_socket.connections_open == 1)
     fake_channels.reject_auth("slack")
     await until(lambda: any(e.message.startswith("Paused channel=slack") for e in gateway_log.tagged("CHANNEL")), 0.1)
-    assert "invalid_auth" in gateway.status()["channels"][0]["inbound"]["pausedReason"]
+    assert "invalid_auth" in views.status(gateway)["channels"][0]["inbound"]["pausedReason"]

@@ -43,9 +43,7 @@ ROOMS: list[set[str]] = [
 LEVEL = {room: level for level, rooms in enumerate(ROOMS) for room in rooms}
 
 # Edges that point the wrong way today, each with the workstream removing it. Empty is the goal.
-KNOWN_UPWARD: set[tuple[str, str]] = {
-    ("trio_gateway.cluster.pg_sessions", "trio_gateway.runtime.cron"),  # CRON_SLOT: house-policy
-}
+KNOWN_UPWARD: set[tuple[str, str]] = set()
 KNOWN_CYCLES: list[set[str]] = [
     {"trio_gateway.http.app", "trio_gateway.http.ui", "trio_gateway.http.turns"},  # house-delivery
 ]
@@ -187,3 +185,47 @@ def test_importing_the_cli_loads_no_server_and_no_fakes() -> None:
     ]
     assert heavy == []
     assert "trio_gateway.cli" in loaded
+
+
+def test_only_upstream_imports_the_http_client_library() -> None:
+    """httpx2 is chosen in one line of `upstream.py` (and httpx is a test-only dependency)."""
+    known = modules()
+    direct = sorted(
+        module
+        for module, path in known.items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if (isinstance(node, ast.Import) and any(a.name.split(".")[0] in {"httpx", "httpx2"} for a in node.names))
+        or (isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in {"httpx", "httpx2"})
+    )
+    assert direct == ["trio_gateway.upstream"]
+
+
+def test_the_public_api_resolves_every_name_it_declares() -> None:
+    import trio_gateway.testing
+
+    for name in trio_gateway.__all__:
+        assert getattr(trio_gateway, name) is not None, name
+    for name in trio_gateway.testing.__all__:
+        assert getattr(trio_gateway.testing, name) is getattr(trio_gateway, name, getattr(trio_gateway.testing, name))
+    assert trio_gateway.Gateway.__module__ == "trio_gateway.runtime.gateway"
+    assert issubclass(trio_gateway.ConfigError, trio_gateway.GatewayError)
+
+
+def test_importing_the_package_imports_nothing_else() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", "import json, sys, trio_gateway; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    ours = [m for m in json.loads(done.stdout) if m.startswith("trio_gateway")]
+    assert ours == ["trio_gateway"]
+    assert "trio" not in json.loads(done.stdout)
+
+
+def test_the_public_names_are_the_lazy_table() -> None:
+    import trio_gateway.testing
+
+    assert sorted(trio_gateway.__all__) == sorted(["__version__", *trio_gateway._EXPORTS])
+    assert sorted(trio_gateway.testing.__all__) == sorted(trio_gateway.testing._EXPORTS)

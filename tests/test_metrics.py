@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
+import httpx2
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -75,7 +75,7 @@ async def test_scraped_through_hypercorn_under_trio(tmp_path: Path) -> None:
     gateway, _ = build_gateway(tmp_path, stalled_config(), servers=[server.serve])
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)
-        async with httpx.AsyncClient(base_url=server.urls[0], trust_env=False) as client:
+        async with httpx2.AsyncClient(base_url=server.urls[0], trust_env=False) as client:
             reply = await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
             refused = await client.get("/metrics")
         gateway.request_drain("stop")

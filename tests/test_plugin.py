@@ -10,7 +10,8 @@ from trio_gateway import __version__
 from trio_gateway.errors import GatewayDrainingError
 from trio_gateway.log import MemorySink
 from trio_gateway.policy.config import Config
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
+from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.harness import DeliveryTap, Harness, HarnessModel, fake_account
@@ -27,7 +28,7 @@ async def test_a_turn_is_answered_on_the_requesters_channel(
     await gateway.busy.wait_value(0)
     [reply] = await deliveries.wait_delivered(1, "console")
     assert (reply.to, reply.kind) == ("me", "reply")
-    assert gateway.status()["sessions"][0]["id"] == sid
+    assert views.status(gateway)["sessions"][0]["id"] == sid
     [line] = gateway_harness.messages("console")  # what the console channel wrote to its file
     assert (line.to, line.text) == ("me", "echo: hello")
 
@@ -39,7 +40,7 @@ async def test_runs_on_a_virtual_clock_without_asking_for_one(
     await gateway.submit(agent_id="main", origin=ME, prompt="/slow 60 3600")  # an hour of streaming
     [reply] = await deliveries.wait_delivered()
     assert reply.at - start == pytest.approx(3600, abs=1)
-    assert gateway.status()["uptimeSeconds"] >= 3600
+    assert views.status(gateway)["uptimeSeconds"] >= 3600
     assert not gateway_log.tagged("STALLED SESSION DETECTED")  # it streamed: progress every 60 s
 
 
@@ -113,4 +114,4 @@ async def test_metrics_count_deliveries_by_outcome_across_restarts(gateway: Gate
     # prometheus-client writes every value as a float.
     assert 'trio_gateway_deliveries_total{channel="console",outcome="ok"} 2.0' in lines
     assert f'trio_gateway_build_info{{version="{__version__}"}} 1.0' in lines
-    assert gateway.status()["version"] == __version__
+    assert views.status(gateway)["version"] == __version__

@@ -16,7 +16,8 @@ import trio
 
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog, MemorySink
-from trio_gateway.policy.entry import DeliveryEntry, Payload, RequesterOrigin, entry_to_json
+from trio_gateway.policy.entry import DeliveryEntry, Payload, entry_to_json
+from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import inline
 from trio_gateway.storage.queue import Claimed, DeliveryQueue, GroupCommit, NotDue, claimer_alive
 
@@ -30,7 +31,7 @@ def make_queue(root: Path, sink: MemorySink | None = None, pid: int | None = Non
 
 def make_entry(q: DeliveryQueue, when: dt.datetime = T0, to: str = "o9cq80abc@im.wechat") -> DeliveryEntry:
     entry_id = q.new_id(when)
-    origin = RequesterOrigin("openclaw-weixin", to, "bot-1")
+    origin = Origin("openclaw-weixin", to, "bot-1")
     return DeliveryEntry(
         id=entry_id,
         kind="reply",

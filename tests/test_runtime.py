@@ -10,7 +10,8 @@ import trio
 
 from trio_gateway.errors import GatewayDrainingError
 from trio_gateway.log import MemorySink
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
+from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.runtime import Notice, build_gateway, quick_config
 
@@ -165,7 +166,7 @@ async def test_intake_refused_while_draining(tmp_path: Path, autojump_clock: tri
         await gateway.submit(agent_id="main", origin=CONSOLE, prompt="/stall")
         gateway.request_drain("restart")
         await trio.sleep(1)
-        assert gateway.status()["state"] == "draining"
+        assert views.status(gateway)["state"] == "draining"
         with pytest.raises(GatewayDrainingError):
             await gateway.submit(agent_id="main", origin=CONSOLE, prompt="hello")
         gateway.request_drain("stop", force=True)
@@ -225,7 +226,7 @@ async def test_recovery_none_logs_but_does_not_abort(tmp_path: Path, autojump_cl
         await gateway.submit(agent_id="main", origin=CONSOLE, prompt="/stall")
         await trio.sleep(100)
         assert gateway.busy.value == 1
-        assert gateway.status()["stalled"] == ["s-1-1"]
+        assert views.status(gateway)["stalled"] == ["s-1-1"]
         gateway.request_drain("stop", force=True)
     assert sink.tagged("STALLED SESSION DETECTED")[0].fields["recovery"] == "none"
     assert not sink.tagged("AUTO-ABORT")

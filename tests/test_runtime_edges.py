@@ -15,7 +15,7 @@ from trio_gateway.app.assemble import queue_delivery
 from trio_gateway.errors import BadRequestError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import Config
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.runtime import (
     Notice,

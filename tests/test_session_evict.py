@@ -6,7 +6,8 @@ import pytest
 import trio
 
 from trio_gateway.policy.config import Config
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
+from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.harness import DeliveryTap
 from trio_gateway.sim.runtime import quick_config
@@ -47,7 +48,7 @@ async def test_a_busy_session_is_never_evicted(gateway: Gateway) -> None:
     # Past the eviction bound (60 s, swept every 15 s), short of the stall threshold (120 s).
     await trio.sleep(100)
     assert gateway.sessions[session_id].busy
-    assert [w["sessionId"] for w in gateway.status()["work"]] == [session_id]
+    assert [w["sessionId"] for w in views.status(gateway)["work"]] == [session_id]
 
 
 async def test_evicted_sessions_keep_their_ids_for_new_sessions(gateway: Gateway, deliveries: DeliveryTap) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
+from trio_gateway.runtime import views
 from trio_gateway.sim.runtime import Notice, build_gateway, quick_config
 
 WEIXIN = Origin("openclaw-weixin", "o9cq80abc@im.wechat", "2005b227a854-im-bot")
@@ -72,7 +73,7 @@ async def test_subagent_cut_by_drain_still_sends_one_failure_notice(
         await nursery.start(gateway.serve)
         await gateway.submit(agent_id="main", origin=WEIXIN, prompt="/spawn main /stall")
         await trio.sleep(1)
-        assert gateway.status()["sessions"][0]["subagents"][0]["state"] == "running"
+        assert views.status(gateway)["sessions"][0]["subagents"][0]["state"] == "running"
         await gateway.request_drain("restart").done.wait()
         gateway.request_drain("stop", force=True)
     failures = [n for n in notices if n.kind == "subagent_failure"]

@@ -16,7 +16,8 @@ from trio_gateway import upstream as http
 from trio_gateway.errors import ConfigError
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.policy import config as cfg
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
+from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.sim.runtime import Notice, build_gateway
@@ -218,7 +219,7 @@ async def test_status_and_metrics_show_servers_and_call_outcomes(
         gateway, _sink, _fakes, notices = await run_gateway(nursery, tmp_path, tools_config())
         await ask(gateway, notices, '/tool files__echo {"text": "x"}')
         await ask(gateway, notices, "/tool files__hang {}")
-        status = gateway.status()
+        status = views.status(gateway)
         [files, other] = status["tools"]["mcpServers"]
         assert (files["name"], files["state"], other["name"]) == ("files", "running", "other")
         assert "hang" in files["tools"]

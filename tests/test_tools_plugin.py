@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from trio_gateway.policy import config as cfg
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_mcp import FakeMcpServers
 from trio_gateway.sim.harness import Harness

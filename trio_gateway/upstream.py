@@ -17,6 +17,7 @@ from httpx2 import (
     AsyncBaseTransport,
     AsyncByteStream,
     AsyncClient,
+    AsyncHTTPTransport,
     HTTPError,
     HTTPStatusError,
     InvalidURL,
@@ -29,6 +30,7 @@ from httpx2 import (
     Timeout,
     TimeoutException,
     TransportError,
+    create_ssl_context,
 )
 
 LIBRARY = "httpx2"
@@ -39,6 +41,7 @@ __all__ = [
     "AsyncBaseTransport",
     "AsyncByteStream",
     "AsyncClient",
+    "AsyncHTTPTransport",
     "HTTPError",
     "HTTPStatusError",
     "InvalidURL",
@@ -51,4 +54,5 @@ __all__ = [
     "Timeout",
     "TimeoutException",
     "TransportError",
+    "create_ssl_context",
 ]

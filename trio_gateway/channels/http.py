@@ -17,10 +17,6 @@ from typing import Any
 
 import attrs
 
-# `http_client` picks the library for every upstream call; these two it does not re-export yet,
-# so they come from the same library here (keep in step with `http_client.LIBRARY`).
-from httpx2 import AsyncHTTPTransport, create_ssl_context
-
 from trio_gateway import upstream as httpx
 from trio_gateway.channels.classify import Headers, Outcome, short, transport_error
 
@@ -84,11 +80,11 @@ class SecretPathTransport(httpx.AsyncBaseTransport):
 
 
 def new_ssl_context() -> ssl.SSLContext:
-    return create_ssl_context()
+    return httpx.create_ssl_context()
 
 
 def make_transport(ssl_context: ssl.SSLContext | None) -> httpx.AsyncBaseTransport:
-    return AsyncHTTPTransport(verify=ssl_context if ssl_context is not None else True, retries=0)
+    return httpx.AsyncHTTPTransport(verify=ssl_context if ssl_context is not None else True, retries=0)
 
 
 @attrs.define

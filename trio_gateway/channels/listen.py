@@ -36,7 +36,7 @@ from trio_gateway.errors import DeliveryValidationError, GatewayDrainingError
 from trio_gateway.log import EventLog, ms
 from trio_gateway.policy import backoff
 from trio_gateway.policy.config import AgentConfig, Config
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import BlockingRunner, atomic_write_json, durable_rename
 
 ListenState = Literal["listening", "reconnecting", "paused", "off"]

@@ -7,7 +7,7 @@ connection per call: the admin API is a handful of small JSON requests to 127.0.
 by our own server (always with a Content-Length). Importing httpx or httpx2 (httpcore, h11,
 anyio, certifi, ssl) cost more than the rest of a CLI command together, and even the standard
 library's http.client (email.parser, ssl) was the largest part of `gateway status`'s CPU time
-(scripts/bench_cli.py). Upstream calls keep httpx2 (`http_client.py`).
+(scripts/bench_cli.py). Upstream calls keep httpx2 (`upstream.py`).
 """
 
 from __future__ import annotations

@@ -26,11 +26,10 @@ from trio_gateway.cluster.db import Conn, Database
 from trio_gateway.cluster.leases import Leases
 from trio_gateway.errors import CronSlotTakenError
 from trio_gateway.log import EventLog
-from trio_gateway.policy.config import make_strict_converter
-from trio_gateway.runtime.cron import CRON_SLOT
+from trio_gateway.policy import codec
+from trio_gateway.storage.base import CRON_SLOT
 from trio_gateway.storage.sessions import SessionRecord
 
-_CONVERTER = make_strict_converter()
 # Ownership is judged by heartbeat; the expiry is only a backstop for a live node that stopped
 # writing its heartbeat and still runs. A session lease never needs renewing while its node lives.
 SESSION_LEASE_SECONDS = 7 * 24 * 3600.0
@@ -93,7 +92,7 @@ class PgSessionStore:
                 self._lost(record.id)
 
     async def _write(self, record: SessionRecord, epoch: int) -> bool:
-        doc = Jsonb(_CONVERTER.unstructure(record))
+        doc = Jsonb(codec.unstructure(record))
         now = self.now()
         me, key = self.leases.node_id, lease_key(record.id)
         slot = CRON_SLOT.get()
@@ -160,7 +159,7 @@ class PgSessionStore:
         if doc is None:
             return None
         try:
-            return _CONVERTER.structure(doc, SessionRecord)
+            return codec.structure(doc, SessionRecord)
         except Exception as exc:  # a row this version cannot read: leave it for a person
             self.log.error("CLUSTER", "Unreadable session row left alone", sessionId=session_id, error=str(exc)[:200])
             return None

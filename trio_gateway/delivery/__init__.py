@@ -28,7 +28,8 @@ from trio_gateway.errors import DeliveryValidationError, InsufficientStorageErro
 from trio_gateway.log import EventLog
 from trio_gateway.policy import backoff, routing
 from trio_gateway.policy.config import AgentConfig, Config, DeliveryConfig
-from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind, Payload, RequesterOrigin
+from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind, Payload
+from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.storage.disk import StorageHealth, is_no_space
 from trio_gateway.storage.queue import Claimed, NotDue, OutcomeUnknown
@@ -54,11 +55,6 @@ class ChannelLookup(Protocol):
 # --- the outbox -------------------------------------------------------------------------------
 
 
-def _requester(origin: routing.Origin | None) -> RequesterOrigin | None:
-    # The same four fields under the file's name for them: carried over unchanged.
-    return None if origin is None else RequesterOrigin(**attrs.asdict(origin))
-
-
 @attrs.define
 class Outbox:
     """What agents, cron and the edges call to send something: route, validate, enqueue."""
@@ -76,7 +72,7 @@ class Outbox:
         self,
         *,
         kind: DeliveryKind,
-        origin: routing.Origin | None,
+        origin: Origin | None,
         agent_id: str,
         text: str,
         idempotency_key: str | None = None,
@@ -151,7 +147,7 @@ class Outbox:
         to: str | None,
         account_id: str | None,
         agent_id: str | None,
-        origin: routing.Origin | None,
+        origin: Origin | None,
         text: str,
         idempotency_key: str | None,
     ) -> DeliveryEntry:
@@ -173,7 +169,7 @@ class Outbox:
             to=to,
             account_id=account_id,
             agent_id=agent_id,
-            requester_origin=_requester(origin),
+            requester_origin=origin,
             payload=Payload(text),
             idempotency_key=idempotency_key or entry_id,
             created_at=now,
@@ -630,9 +626,7 @@ def plan_repair(entry: DeliveryEntry, agents: dict[str, AgentConfig]) -> RepairA
     if ro is None or not (ro.channel or ro.delivery_channel):
         return DeadLetter(f"{problem}; no requester origin to re-route to")
     agent = agents.get(entry.agent_id or "") or AgentConfig()
-    route = routing.resolve(
-        routing.Origin(ro.channel, ro.to, ro.account_id, ro.delivery_channel, ro.context_token), agent
-    )
+    route = routing.resolve(ro, agent)
     if not validation.fits(route.channel, route.to) or route.to is None:
         return DeadLetter(f"{problem}; requester origin {route.channel}:{route.to} is not a valid address either")
     return Reroute(route.channel, route.to, route.account_id, f"re-routed by repair: {problem}")

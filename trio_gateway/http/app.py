@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
 
 import attrs
 import trio
 
-from trio_gateway import __version__
 from trio_gateway import delivery as delivery_mod
 from trio_gateway.channels.listen import agent_for
 from trio_gateway.channels.validation import check_address, check_configured
@@ -38,11 +36,12 @@ from trio_gateway.http.body import JsonObject, json_object, opt_bool, opt_number
 from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.policy.config import KNOWN_CHANNELS, RANGES, AccountConfig, Config
 from trio_gateway.policy.entry import entry_to_json
-from trio_gateway.policy.routing import Origin
-from trio_gateway.runtime.gateway import Gateway, ServiceOutbox, drain_status
+from trio_gateway.policy.origin import Origin
+from trio_gateway.runtime import views
+from trio_gateway.runtime.gateway import Gateway, ServiceOutbox
 from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.storage.queue import DeliveryQueue
-from trio_gateway.work.drain import DrainKind, DrainReport, DrainRequest
+from trio_gateway.work.drain import DrainKind, DrainRequest
 
 # The stall endpoint's default: longer than any sane stall threshold or drain timeout.
 DEFAULT_STALL_MS = 3_600_000
@@ -256,12 +255,10 @@ class GatewayApp:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def _healthz(self, request: Request) -> Response:
-        status = "ok" if self.gateway.state.value == "running" else "draining"
-        body = {"status": status, "generation": self.gateway.generation_number, "version": __version__}
-        return json_response(200, body)
+        return json_response(200, views.health(self.gateway))
 
     async def _status(self, request: Request) -> Response:
-        return json_response(200, self.gateway.status())
+        return json_response(200, views.status(self.gateway))
 
     async def _cluster(self, request: Request) -> Response:
         """What `cluster status --json` prints (SPEC 12), as this node sees the database."""
@@ -280,13 +277,12 @@ class GatewayApp:
             return accepted
         # `"wait": true`: answer when the new generation accepts work (for scripts and curl).
         await drain.done.wait()
-        return json_response(200, self._outcome())
+        return json_response(200, views.restart_outcome(self.gateway))
 
     async def _drains(self, request: Request) -> Response:
         """Completed drains of this process, oldest first: how `gateway restart` reports the
         outcome of the drain it asked for."""
-        reports = [report_json(r) for r in self.gateway.drains]
-        return json_response(200, {"generation": self.gateway.generation_number, "drains": reports})
+        return json_response(200, views.drains(self.gateway))
 
     async def _stop(self, request: Request) -> Response:
         return self._request_drain("stop", request.json(empty_ok=True))[1]
@@ -298,20 +294,13 @@ class GatewayApp:
         timeout = opt_number(data, "timeoutSeconds", 0, RANGES["gateway.drain.timeoutSeconds"][1])
         generation = self.gateway.generation_number
         drain = self.gateway.request_drain(kind, force=force, timeout=timeout)
-        body = drain_status(drain, trio.current_time()) | {"fromGeneration": generation}
+        body = views.drain_status(drain, trio.current_time()) | {"fromGeneration": generation}
         return drain, json_response(202, {"drain": body})
-
-    def _outcome(self) -> dict[str, Any]:
-        report = self.gateway.drains[-1] if self.gateway.drains else None
-        return {
-            "generation": self.gateway.generation_number,
-            "drain": None if report is None else report_json(report),
-        }
 
     # --- sessions ------------------------------------------------------------------------
 
     async def _list_sessions(self, request: Request) -> Response:
-        return json_response(200, {"sessions": self.gateway.status()["sessions"]})
+        return json_response(200, {"sessions": views.sessions(self.gateway)})
 
     async def _start_session(self, request: Request) -> Response:
         data = request.json()
@@ -443,19 +432,6 @@ class GatewayApp:
         seconds = (duration_ms if duration_ms is not None else DEFAULT_STALL_MS) / 1000
         session, turn = await self.gateway.stall_model_call(session_id, seconds)
         return json_response(202, {"sessionId": session, "turnId": turn, "durationMs": seconds * 1000})
-
-
-def report_json(report: DrainReport) -> dict[str, Any]:
-    return {
-        "kind": report.kind,
-        "forced": report.forced,
-        "timedOut": report.timed_out,
-        "timeoutSeconds": report.timeout_seconds,
-        "waitedSeconds": round(report.waited_seconds, 3),
-        "abortedTasks": report.aborted_tasks,
-        "abortedWork": list(report.aborted_work),
-        **({"configRejected": report.config_rejected} if report.config_rejected else {}),
-    }
 
 
 # --- ASGI plumbing ------------------------------------------------------------------------

@@ -20,8 +20,9 @@ from trio_gateway import __version__
 from trio_gateway import delivery as delivery_mod
 from trio_gateway.errors import NotFoundError, UnauthorizedError
 from trio_gateway.http import events, ui_auth
-from trio_gateway.http.app import Request, Response, Route, json_response, report_json
+from trio_gateway.http.app import Request, Response, Route, json_response
 from trio_gateway.http.body import opt_str
+from trio_gateway.runtime import views
 
 if TYPE_CHECKING:
     from trio_gateway.http.app import GatewayApp
@@ -108,9 +109,9 @@ class ControlUi:
     def snapshot(self) -> dict[str, Any]:
         gateway = self.app.gateway
         config = gateway.config.gateway
-        status = gateway.status()
+        status = views.status(gateway)
         status["version"] = __version__
-        status["drains"] = [report_json(r) for r in gateway.drains[-DRAINS_SHOWN:]]
+        status["drains"] = [views.drain_report(r) for r in gateway.drains[-DRAINS_SHOWN:]]
         status["drainTimeoutSeconds"] = config.drain.timeout_seconds
         detection = config.stalled_task_detection
         status["stallThresholdSeconds"] = detection.threshold_seconds if detection.enabled else None

@@ -1,29 +1,26 @@
-"""The configuration (SPEC 3): attrs classes, a strict cattrs converter, and dotted-key access.
+"""The configuration (SPEC 3): attrs classes, the rules types cannot say, and dotted-key access.
 
 Pure: no file or network I/O here beyond what callers hand in. A bad value is a `ConfigError`
 that names the key path in the file's own camelCase spelling (`gateway.drain.timeoutSeconds`),
-so an operator can find it; nothing is coerced (`"5"` is not a number, `4.9` is not a port).
+so an operator can find it; nothing is coerced (`"5"` is not a number, `4.9` is not a port): the
+file is read by `codec`, the one converter of every file the gateway reads.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal
 
 import attrs
-import cattrs
-from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
-from cattrs.preconf.json import make_converter
 
 from trio_gateway.errors import ConfigError
-from trio_gateway.policy import strict_json
+from trio_gateway.policy import codec, strict_json
+from trio_gateway.policy.origin import Origin
 
 Recovery = Literal["abort", "none"]
-T = TypeVar("T")
 
 
 @attrs.frozen
@@ -191,21 +188,12 @@ class DeliveryConfig:
 
 
 @attrs.frozen
-class OriginConfig:
-    channel: str | None = None
-    to: str | None = None
-    account_id: str | None = None
-    delivery_channel: str | None = None
-    context_token: str | None = None
-
-
-@attrs.frozen
 class CronEntry:
     id: str
     agent: str
     every_seconds: float
     prompt: str
-    origin: OriginConfig | None = None
+    origin: Origin | None = None
 
 
 @attrs.frozen
@@ -218,8 +206,8 @@ class LoggingConfig:
 
 # Bounds: a file smaller than 64 KiB rotates every few seconds of a busy drain; one larger
 # than 1 GiB is no longer something an operator opens.
-LOG_FILE_BYTES = (64 * 1024, 1024 * 1024 * 1024)
-LOG_BACKUPS = (0, 100)
+_LOG_FILE_BYTES = (64 * 1024, 1024 * 1024 * 1024)
+_LOG_BACKUPS = (0, 100)
 
 
 @attrs.frozen
@@ -263,155 +251,6 @@ class Config:
 KNOWN_CHANNELS = ("console", "feishu", "openclaw-weixin", "slack", "discord", "telegram")
 
 
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), name)
-
-
-# --- the strict converter -------------------------------------------------------------------
-
-
-def _strict_bool(value: object, _: type) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"expected true or false, got {json.dumps(value)}")
-    return value
-
-
-def _strict_int(value: object, _: type) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected a whole number, got {json.dumps(value)}")
-    return value
-
-
-def _strict_float(value: object, _: type) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expected a number, got {json.dumps(value)}")
-    try:
-        number = float(value)  # an int of 400 digits overflows here, not in a later sleep
-    except OverflowError:
-        raise ValueError("expected a finite number") from None
-    if not math.isfinite(number):
-        raise ValueError("expected a finite number")
-    return number
-
-
-def _strict_str(value: object, _: type) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {json.dumps(value)}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        # A lone surrogate reads fine and then breaks every write of it (logs, sessions).
-        raise ValueError(f"not valid Unicode: {value!a}") from None
-    return value
-
-
-def _strict_datetime(value: object, _: type) -> dt.datetime:
-    # Every time the gateway stores is UTC with an offset; a naive one cannot be compared
-    # with them (TypeError at the first comparison), so it is refused where it is read.
-    if not isinstance(value, str):
-        raise TypeError(f"expected an ISO 8601 time, got {json.dumps(value)}")
-    parsed = dt.datetime.fromisoformat(value)
-    if parsed.tzinfo is None:
-        raise ValueError(f"expected a time with a timezone offset, got {json.dumps(value)}")
-    return parsed
-
-
-def _strict_literal(value: object, tp: Any) -> object:
-    allowed = get_args(tp)
-    if value not in allowed or isinstance(value, bool):
-        raise ValueError(f"expected one of {', '.join(json.dumps(a) for a in allowed)}, got {json.dumps(value)}")
-    return value
-
-
-def make_strict_converter(*, camel_keys: bool = True) -> cattrs.Converter:
-    """A JSON converter that refuses unknown keys and never coerces between types.
-
-    The queue's entry files use the same converter (SPEC 7 is camelCase too), so one wrong
-    type in a hand-edited file is an error there as well, not a silent `"5"` -> `5`.
-    """
-    conv = make_converter(forbid_extra_keys=True, prefer_attrib_converters=False)
-    conv.register_structure_hook(bool, _strict_bool)
-    conv.register_structure_hook(int, _strict_int)
-    conv.register_structure_hook(float, _strict_float)
-    conv.register_structure_hook(str, _strict_str)
-    conv.register_structure_hook(dt.datetime, _strict_datetime)
-    conv.register_structure_hook_func(lambda t: getattr(t, "__origin__", None) is Literal, _strict_literal)
-
-    def renames(cls: type) -> dict[str, Any]:
-        if not camel_keys or getattr(cls, "__snake_keys__", False):
-            return {}
-        return {a.name: override(rename=camel(a.name)) for a in attrs.fields(cls)}
-
-    def structure_factory(cls: type) -> Any:
-        return make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames(cls))
-
-    def unstructure_factory(cls: type) -> Any:
-        return make_dict_unstructure_fn(cls, conv, **renames(cls))
-
-    conv.register_structure_hook_factory(attrs.has, structure_factory)
-    conv.register_unstructure_hook_factory(attrs.has, unstructure_factory)
-    return conv
-
-
-_CONVERTER = make_strict_converter()
-
-
-def _describe(exc: BaseException, _type: type | None) -> str:
-    if isinstance(exc, KeyError):
-        return "required key missing"
-    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
-        return f"unknown key(s): {', '.join(sorted(exc.extra_fields))}"
-    if isinstance(exc, (TypeError, ValueError)) and exc.args:
-        return str(exc.args[0])
-    return str(exc) or type(exc).__name__
-
-
-def _spell_path(where: str) -> str:
-    """`$.gateway.stalled_task_detection['x']` -> `gateway.stalledTaskDetection.x`: attribute
-    names in the file's camelCase, dict keys as written, list indexes as `[i]`."""
-    parts = re.findall(r"\.([A-Za-z_][A-Za-z0-9_]*)|\[['\"]([^'\"]*)['\"]\]|\[(\d+)\]", where)
-    out = ""
-    for attr, key, index in parts:
-        if index:
-            out += f"[{index}]"
-        else:
-            name = key if key else (attr if attr in _SNAKE_NAMES else camel(attr))
-            out += f".{name}"
-    return out.lstrip(".") or "(top level)"
-
-
-# Attribute names spelled snake_case in the file (the work kinds under `recovery`).
-_SNAKE_NAMES = {a.name for a in attrs.fields(RecoveryConfig)}
-
-
-def _first_error(exc: BaseException) -> tuple[str, str]:
-    """(`key.path`, `what`) of the first problem cattrs found, in the file's own spelling."""
-    lines = cattrs.transform_error(exc, path="$", format_exception=_describe)
-    if not lines:
-        return "(top level)", str(exc)
-    what, _, where = lines[0].rpartition(" @ ")
-    return _spell_path(where), what
-
-
-def structure(raw: object, cls: type[T]) -> T:
-    """Structure `raw` into `cls` or raise `ConfigError` naming the first bad key."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError("(top level)", f"expected a JSON object, got {type(raw).__name__}")
-    try:
-        return _CONVERTER.structure(raw, cls)
-    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
-        raise ConfigError(*_first_error(exc)) from None
-
-
-def unstructure(obj: object) -> Any:
-    return _CONVERTER.unstructure(obj)
-
-
 # --- rules beyond types ---------------------------------------------------------------------
 
 
@@ -432,8 +271,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "gateway.maxConnections": (1, 100_000),
     "gateway.sessionEvictAfterSeconds": (1, 31_622_400),
     "gateway.maxUnverifiedBodies": (1, 10_000),
-    "logging.maxFileBytes": LOG_FILE_BYTES,
-    "logging.backupCount": LOG_BACKUPS,
+    "logging.maxFileBytes": _LOG_FILE_BYTES,
+    "logging.backupCount": _LOG_BACKUPS,
     "models.*.requestTimeoutSeconds": (0.01, 86_400),
     "agents.*.maxSubagentDepth": (1, 16),
     "agents.*.maxToolRounds": (1, 100),
@@ -453,7 +292,7 @@ RANGES: dict[str, tuple[float, float]] = {
 }
 
 
-def show_number(value: float) -> str:
+def _show_number(value: float) -> str:
     """A number for an error message; never raises (`f"{10**400:g}"` overflows)."""
     if isinstance(value, int) and abs(value) >= 10**15:
         return f"an integer of {len(str(abs(value)))} digits"
@@ -476,7 +315,7 @@ def numbers(obj: object, pattern: str = "", path: str = "") -> list[tuple[str, s
     elif attrs.has(type(obj)):
         cls: Any = type(obj)
         for field in attrs.fields(cls):
-            name = field.name if field.name in _SNAKE_NAMES else camel(field.name)
+            name = codec.key_name(cls, field.name)
             found += numbers(getattr(obj, field.name), f"{pattern}.{name}".lstrip("."), f"{path}.{name}".lstrip("."))
     return found
 
@@ -486,7 +325,7 @@ def _check_ranges(config: Config) -> None:
         low, high = RANGES.get(pattern, (-math.inf, math.inf))
         if not low <= value <= high:
             raise ConfigError(
-                path, f"must be between {show_number(low)} and {show_number(high)}, got {show_number(value)}"
+                path, f"must be between {_show_number(low)} and {_show_number(high)}, got {_show_number(value)}"
             )
 
 
@@ -553,14 +392,14 @@ def _check_cluster(c: ClusterConfig) -> None:
 
 # A server name becomes the `<server>__<tool>` prefix the model sees (OpenAI function names
 # are [A-Za-z0-9_-]{1,64}); no "__" inside it, so the split back is unambiguous.
-MCP_SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,30}(?:_[A-Za-z0-9-]+)*")
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MCP_SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,30}(?:_[A-Za-z0-9-]+)*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _check_tools(tools: ToolsConfig) -> None:
     for name, server in tools.mcp_servers.items():
         path = f"tools.mcpServers.{name}"
-        if not MCP_SERVER_NAME.fullmatch(name) or "__" in name:
+        if not _MCP_SERVER_NAME.fullmatch(name) or "__" in name:
             raise ConfigError(path, "a server name is letters, digits, '-' and single '_' (at most 31 characters)")
         if (server.command is None) == (server.url is None):
             raise ConfigError(path, "needs exactly one of command (stdio) or url (streamable HTTP)")
@@ -570,14 +409,14 @@ def _check_tools(tools: ToolsConfig) -> None:
             raise ConfigError(f"{path}.url", f"must be an http(s) URL, got {server.url!r}")
         for key in ("env", "env_from"):
             if server.url is not None and getattr(server, key):
-                raise ConfigError(f"{path}.{camel(key)}", "only for a stdio server (command)")
+                raise ConfigError(f"{path}.{codec.camel(key)}", "only for a stdio server (command)")
         for var, source in server.env_from.items():
-            if not ENV_NAME.fullmatch(var) or not ENV_NAME.fullmatch(source):
+            if not _ENV_NAME.fullmatch(var) or not _ENV_NAME.fullmatch(source):
                 raise ConfigError(f"{path}.envFrom.{var}", f"must map a variable name to one, got {source!r}")
         if server.command is not None and server.headers_env:
             raise ConfigError(f"{path}.headersEnv", "only for a streamable HTTP server (url)")
         for header, var in server.headers_env.items():
-            if not ENV_NAME.fullmatch(var):
+            if not _ENV_NAME.fullmatch(var):
                 raise ConfigError(f"{path}.headersEnv.{header}", f"must name an environment variable, got {var!r}")
     for i, host in enumerate(tools.http.allow_hosts):
         if not host or "/" in host or host != host.strip().lower():
@@ -598,22 +437,14 @@ def _check_allow_list(tools: ToolsConfig, path: str, allowed: list[str]) -> None
 def parse(raw: object) -> Config:
     """Structure and check a decoded `gateway.json`. The built-in `default` echo model stays
     available unless the file names its own `default`."""
-    config = structure(raw, Config)
+    config = codec.structure_input(raw, Config)
     if "default" not in config.models:
         config = attrs.evolve(config, models={**_default_models(), **config.models})
     return check(config)
 
 
-def parse_text(text: str, source: str = "gateway.json") -> Config:
-    try:
-        raw = strict_json.loads(text)
-    except strict_json.JsonInputError as exc:
-        raise ConfigError(f"{source}{' ' + exc.where if exc.where else ''}", exc.what) from None
-    return parse(raw)
-
-
 def to_json(config: Config) -> dict[str, Any]:
-    result: dict[str, Any] = unstructure(config)
+    result: dict[str, Any] = codec.unstructure(config)
     return result
 
 

@@ -7,18 +7,10 @@ from typing import Any, Literal
 
 import attrs
 
-from trio_gateway.policy.config import make_strict_converter
+from trio_gateway.policy import codec
+from trio_gateway.policy.origin import Origin
 
 DeliveryKind = Literal["reply", "subagent_completion", "subagent_failure", "cron_result", "manual"]
-
-
-@attrs.frozen
-class RequesterOrigin:
-    channel: str | None = None
-    to: str | None = None
-    account_id: str | None = None
-    delivery_channel: str | None = None
-    context_token: str | None = None
 
 
 @attrs.frozen
@@ -34,7 +26,7 @@ class DeliveryEntry:
     to: str
     account_id: str | None
     agent_id: str | None
-    requester_origin: RequesterOrigin | None
+    requester_origin: Origin | None
     payload: Payload
     idempotency_key: str
     created_at: dt.datetime
@@ -91,16 +83,12 @@ class DeliveryEntry:
         )
 
 
-# The file format: camelCase keys, ISO datetimes, no unknown keys, no coercion.
-ENTRY_CONVERTER = make_strict_converter()
-
-
 def entry_to_json(entry: DeliveryEntry) -> dict[str, Any]:
-    data: dict[str, Any] = ENTRY_CONVERTER.unstructure(entry)
+    data: dict[str, Any] = codec.unstructure(entry)
     return data
 
 
 def entry_from_json(data: object) -> DeliveryEntry:
     """Raises `cattrs` / `TypeError` / `ValueError` on a malformed entry; the queue turns that
     into a quarantine, never a crash."""
-    return ENTRY_CONVERTER.structure(data, DeliveryEntry)
+    return codec.structure(data, DeliveryEntry)

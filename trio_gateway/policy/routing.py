@@ -10,32 +10,8 @@ from __future__ import annotations
 
 import attrs
 
-from trio_gateway.policy.config import AgentConfig, OriginConfig
-
-
-@attrs.frozen
-class Origin:
-    """Who asked: the channel, address and account a turn came from. Carried unchanged
-    through a turn, its tool calls and every nested subagent."""
-
-    channel: str | None = None
-    to: str | None = None
-    account_id: str | None = None
-    delivery_channel: str | None = None
-    # The conversation's reply context where the platform needs one (WeChat's `context_token`,
-    # sent back as `msg.context_token`): it changes per message, so it travels with the turn.
-    context_token: str | None = None
-
-    @classmethod
-    def from_config(cls, origin: OriginConfig | None) -> Origin | None:
-        if origin is None:
-            return None
-        return cls(origin.channel, origin.to, origin.account_id, origin.delivery_channel, origin.context_token)
-
-    @property
-    def conversation(self) -> Origin:
-        """The origin without its per-message context: what names a session."""
-        return self if self.context_token is None else attrs.evolve(self, context_token=None)
+from trio_gateway.policy.config import AgentConfig
+from trio_gateway.policy.origin import Origin
 
 
 @attrs.frozen

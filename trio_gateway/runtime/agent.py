@@ -23,7 +23,7 @@ from trio_gateway.log import EventLog
 from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.policy.config import Config
 from trio_gateway.policy.entry import DeliveryKind
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.base import SessionStorage
 from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 from trio_gateway.tools.registry import ToolBox

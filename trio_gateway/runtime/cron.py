@@ -3,7 +3,6 @@ entry's origin as its requester, on trio's clock (so a MockClock run fires them 
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from typing import Protocol
 
 import trio
@@ -11,13 +10,9 @@ import trio
 from trio_gateway.errors import CronSlotTakenError, GatewayError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import CronEntry
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
+from trio_gateway.storage.base import CRON_SLOT
 from trio_gateway.storage.sessions import TurnKind
-
-# The cron entry (id, everySeconds) whose run is being submitted. In cluster mode the session
-# store claims the entry's current slot in the same transaction as the turn it writes, so a slot
-# fires once in the whole cluster (cluster/pg_sessions.py); the file store ignores it.
-CRON_SLOT: ContextVar[tuple[str, float] | None] = ContextVar("CRON_SLOT", default=None)
 
 
 class Intake(Protocol):
@@ -41,7 +36,7 @@ async def _run_entry(entry: CronEntry, intake: Intake, log: EventLog) -> None:
         token = CRON_SLOT.set((entry.id, entry.every_seconds))
         try:
             session_id, turn_id = await intake.submit(
-                agent_id=entry.agent, origin=Origin.from_config(entry.origin), prompt=entry.prompt, kind="cron"
+                agent_id=entry.agent, origin=entry.origin, prompt=entry.prompt, kind="cron"
             )
         except CronSlotTakenError:
             log.debug("CRON", "Cron slot fired by another node", cronId=entry.id)

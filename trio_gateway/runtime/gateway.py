@@ -27,7 +27,6 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from trio_gateway import __version__
 from trio_gateway.channels.listen import ListenerSupervisor
 from trio_gateway.errors import (
     BadRequestError,
@@ -41,7 +40,7 @@ from trio_gateway.log import EventLog, ms
 from trio_gateway.models.base import Model
 from trio_gateway.policy.config import Config, ModelConfig
 from trio_gateway.policy.entry import DeliveryEntry
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import agent, session_evict
 from trio_gateway.runtime.cron import run_cron
 from trio_gateway.runtime.session_evict import Evicted
@@ -59,7 +58,7 @@ from trio_gateway.work.stall import StallWatchdog
 from trio_gateway.work.units import WorkRegistry
 
 # How long intake waits for the write that accepts a turn before answering 507.
-DISK_WAIT_SECONDS = 10.0
+_DISK_WAIT_SECONDS = 10.0
 
 State = Literal["starting", "running", "draining", "stopped"]
 
@@ -242,7 +241,9 @@ class Gateway:
             rt = agent.Runtime(
                 config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now, tools
             )
-            self.watchdog = StallWatchdog(self.registry, config.gateway.stalled_task_detection, self.log, self._depth)
+            self.watchdog = StallWatchdog(
+                self.registry, config.gateway.stalled_task_detection, self.log, self.queue_depth
+            )
             listeners = await self._open_listeners(config, delivery)
             async with trio.open_nursery() as services:
                 cron_scope = trio.CancelScope()
@@ -462,10 +463,10 @@ class Gateway:
         """The write that makes a turn accepted, bounded: a full or stuck sessions disk
         refuses the turn with 507 (the caller forgets the turn: it was never accepted)."""
         try:
-            with trio.fail_after(DISK_WAIT_SECONDS):
+            with trio.fail_after(_DISK_WAIT_SECONDS):
                 await self.store.save(session.record)
         except trio.TooSlowError:
-            raise InsufficientStorageError(f"the sessions disk did not answer within {DISK_WAIT_SECONDS:g}s") from None
+            raise InsufficientStorageError(f"the sessions disk did not answer within {_DISK_WAIT_SECONDS:g}s") from None
         except OSError as exc:
             if is_no_space(exc):
                 raise InsufficientStorageError(f"the sessions disk is full: {exc}") from None
@@ -619,7 +620,7 @@ class Gateway:
                 continue
             session = agent.Session(record)
             self.sessions[record.id] = session
-            self._by_origin[(record.agent, record.origin)] = record.id
+            self._by_origin[(record.agent, _conversation(record.origin))] = record.id
             leftover += [(session, turn) for turn in record.turns]
         gen = self.current
         if leftover and gen is not None and self.state.value == "running":
@@ -632,7 +633,7 @@ class Gateway:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
-        key = (session.record.agent, session.record.origin)
+        key = (session.record.agent, _conversation(session.record.origin))
         if self._by_origin.get(key) == session_id:
             del self._by_origin[key]
         if session.inbox is not None:
@@ -676,7 +677,8 @@ class Gateway:
         assert self.wall is not None
         return self.wall.now()
 
-    def _depth(self, session_id: str | None) -> int:
+    def queue_depth(self, session_id: str | None) -> int:
+        """Turns of a session running or waiting (the stall watchdog's and `status`'s figure)."""
         session = self.sessions.get(session_id or "")
         if session is None:
             return 0
@@ -689,75 +691,10 @@ class Gateway:
         blockers = tuple(sorted(units, key=lambda u: -u.idle_for(now)))
         return DrainCounts(self.busy.value, embedded, blockers)
 
-    def status(self) -> dict[str, Any]:
-        now = trio.current_time()
-        stalled = sorted({u.session_id or "-" for u in self.registry.units() if u.stall_reported})
-        work = [
-            {
-                "id": u.id,
-                "kind": u.kind,
-                "sessionId": u.session_id,
-                "ageSeconds": round(u.age(now), 3),
-                "lastProgress": u.last_progress,
-                "lastProgressAgeSeconds": round(u.idle_for(now), 3),
-            }
-            for u in self.registry.units()
-        ]
-        queue = self.delivery.counts() if self.delivery is not None else {"pending": 0, "failed": 0}
-        status: dict[str, Any] = {
-            # SPEC 4 names running and draining; starting and stopped are shown as they are
-            # (visible only for an instant, but a script should not be told a lie).
-            "state": self.state.value,
-            "generation": self.generation_number,
-            "version": __version__,
-            "uptimeSeconds": round(now - self.started_at, 3),
-            "sessions": [self._session_status(s) for s in self.sessions.values()],
-            "work": work,
-            "stalled": stalled,
-            "queue": queue,
-            "channels": self.listeners.status() if self.listeners is not None else [],
-            # Where state lives (files or PostgreSQL), disks refusing writes (new work gets 507
-            # meanwhile) and log lines lost to a bad disk.
-            "storage": {
-                **self.deps.describe_storage(),
-                "full": dict(self.storage.full),
-                "logWriteFailures": self.log.failed_writes,
-            },
-            "tools": {"mcpServers": self.tools.status() if self.tools is not None else []},
-        }
-        if self._drain is not None:
-            status["drain"] = drain_status(self._drain, now)
-        return status
-
-    def _session_status(self, session: agent.Session) -> dict[str, Any]:
-        o = session.record.origin
-        subagents = [
-            {"id": s.id, "agent": s.agent, "depth": s.depth, "state": s.state} for s in session.subagents.values()
-        ]
-        return {
-            "id": session.id,
-            "agent": session.record.agent,
-            "state": "processing" if session.busy else "idle",
-            "queueDepth": self._depth(session.id),
-            "origin": None if o is None else {"channel": o.channel, "to": o.to, "accountId": o.account_id},
-            "subagents": subagents,
-            "pendingTurns": len(session.record.turns),
-        }
-
 
 def _conversation(origin: Origin | None) -> Origin | None:
     # A WeChat context token changes per message; the conversation is the rest of the origin.
     return None if origin is None else origin.conversation
-
-
-def drain_status(request: DrainRequest, now: float) -> dict[str, Any]:
-    return {
-        "kind": request.kind,
-        "force": request.force,
-        "timeoutSeconds": request.timeout_seconds,
-        "elapsedSeconds": round(now - request.requested_at, 3),
-        "remainingSeconds": round(max(0.0, request.deadline - now), 3),
-    }
 
 
 def load_config_from(home: Home) -> Callable[[], Config]:

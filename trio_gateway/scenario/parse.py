@@ -13,6 +13,7 @@ from typing import Any
 import attrs
 
 from trio_gateway.errors import ConfigError
+from trio_gateway.policy import codec
 from trio_gateway.policy import config as cfg
 from trio_gateway.scenario.expect import EXPECT_TYPES
 from trio_gateway.scenario.format import (
@@ -55,7 +56,7 @@ def _fail(source: str, line: int | None, path: str, what: str) -> ScenarioError:
 
 def _structure(raw: object, cls: type[Any], source: str, line: int | None, path: str) -> Any:
     try:
-        return cfg.structure(raw, cls)
+        return codec.structure_input(raw, cls)
     except ConfigError as exc:
         inner = "" if exc.path == "(top level)" else f".{exc.path}"
         raise _fail(source, line, f"{path}{inner}", exc.what) from None

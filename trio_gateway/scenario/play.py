@@ -8,7 +8,7 @@ import attrs
 import trio
 
 from trio_gateway.errors import GatewayError
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.scenario.expect import RestartRecord
 from trio_gateway.scenario.format import (

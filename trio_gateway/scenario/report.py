@@ -7,7 +7,7 @@ from typing import Any
 
 import attrs
 
-from trio_gateway.policy import config as cfg
+from trio_gateway.policy import codec
 from trio_gateway.scenario.expect import Observation
 from trio_gateway.scenario.timeline import TimelineEntry
 
@@ -31,7 +31,7 @@ class ScenarioResult:
     virtual_seconds: float
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = cfg.unstructure(self)
+        data: dict[str, Any] = codec.unstructure(self)
         return data
 
     def failures(self) -> list[ExpectResult]:
@@ -62,7 +62,7 @@ def summary(obs: Observation, *, sessions: int, model_calls: int, pending: int) 
             }
             for d in obs.drains
         ],
-        "restarts": [cfg.unstructure(r) for r in obs.restarts],
+        "restarts": [codec.unstructure(r) for r in obs.restarts],
         "stallsDetected": sum(1 for e in obs.events if e.tag == "STALLED SESSION DETECTED"),
         "channelRequests": {c: dict(v) for c, v in sorted(sends.items())},
         "httpRequests": {c: dict(v) for c, v in sorted(http.items())},

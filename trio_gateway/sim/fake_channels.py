@@ -4,7 +4,7 @@ idempotency key where the real platform does, and accepts, rejects, fails, rate-
 slowly on command.
 
 Two ways to use it, same behaviour:
-- in-process: `FakeChannels().transport()` is an `http_client.AsyncBaseTransport` (no sockets; delays
+- in-process: `FakeChannels().transport()` is an `upstream.AsyncBaseTransport` (no sockets; delays
   are trio sleeps, so MockClock tests run instantly);
 - on loopback: `await nursery.start(serve_fake_channels, fakes)` returns the base URL, or
   `python -m trio_gateway.sim.fake_channels --port N` prints it as its first stdout line and

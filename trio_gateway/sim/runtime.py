@@ -23,7 +23,8 @@ from trio_gateway.models.base import Message, Model, ModelReply, Progress, ToolC
 from trio_gateway.models.echo import offers_tool, parse_tool, tool_result_reply
 from trio_gateway.policy import config as cfg
 from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind
-from trio_gateway.policy.routing import Origin, resolve
+from trio_gateway.policy.origin import Origin
+from trio_gateway.policy.routing import resolve
 from trio_gateway.runtime.gateway import (
     DeliveryFactory,
     Gateway,

@@ -1,7 +1,7 @@
 """The storage interface: what the runtime needs from where its state lives.
 
 Two backends implement it: the files under the home (`queue.DeliveryQueue`,
-`sessions_store.SessionStore`: the default, one gateway per home) and PostgreSQL
+`sessions.SessionStore`: the default, one gateway per home) and PostgreSQL
 (`cluster.pg_queue`, `cluster.pg_sessions`: cluster mode, SPEC 12). The gateway picks one at
 construction (`assemble.py`); nothing above this line knows which.
 """
@@ -9,11 +9,19 @@ construction (`assemble.py`); nothing above this line knows which.
 from __future__ import annotations
 
 import datetime as dt
+from contextvars import ContextVar
 from typing import Protocol
 
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.storage.queue import Claimed, NotDue
 from trio_gateway.storage.sessions import SessionRecord
+
+# The cron entry (id, everySeconds) whose run is being submitted (set by runtime/cron.py around
+# its submit). In cluster mode the session store claims the entry's current slot in the same
+# transaction as the turn it writes, so a slot fires once in the whole cluster
+# (cluster/pg_sessions.py); the file store ignores it. Part of the session store's contract, so
+# it lives here, below both the cron that sets it and the store that reads it.
+CRON_SLOT: ContextVar[tuple[str, float] | None] = ContextVar("CRON_SLOT", default=None)
 
 
 class SessionStorage(Protocol):

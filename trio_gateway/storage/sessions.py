@@ -22,9 +22,9 @@ import attrs
 import trio
 
 from trio_gateway.log import EventLog
-from trio_gateway.policy.config import make_strict_converter
+from trio_gateway.policy import codec
 from trio_gateway.policy.entry import DeliveryKind
-from trio_gateway.policy.routing import Origin
+from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import BlockingRunner, T, atomic_write_bytes, durable_rename
 
 TurnKind = Literal["inbound", "cron", "internal"]
@@ -34,10 +34,10 @@ TurnStatus = Literal["accepted", "running", "interrupted"]
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 # History kept per session: enough context for a chat, bounded so a file stays small.
-MAX_HISTORY = 40
+_MAX_HISTORY = 40
 # Platform message ids heard in this conversation (SPEC 11): far more than one poll batch or
 # webhook retry window, so a message read again after a crash is recognised.
-MAX_INBOUND_IDS = 256
+_MAX_INBOUND_IDS = 256
 
 
 @attrs.define
@@ -78,14 +78,11 @@ class SessionRecord:
 
     def remember_inbound(self, inbound_id: str) -> None:
         self.inbound_ids.append(inbound_id)
-        del self.inbound_ids[:-MAX_INBOUND_IDS]
+        del self.inbound_ids[:-_MAX_INBOUND_IDS]
 
     def remember(self, messages: list[dict[str, Any]]) -> None:
         self.history.extend(messages)
-        del self.history[:-MAX_HISTORY]
-
-
-_CONVERTER = make_strict_converter()
+        del self.history[:-_MAX_HISTORY]
 
 
 async def in_thread_abandoning(fn: Callable[[], T]) -> T:
@@ -96,7 +93,7 @@ async def in_thread_abandoning(fn: Callable[[], T]) -> T:
 
 
 def _read_record(path: Path) -> SessionRecord:
-    record = _CONVERTER.structure(json.loads(path.read_bytes()), SessionRecord)
+    record = codec.structure(json.loads(path.read_bytes()), SessionRecord)
     # The id names the file the gateway writes back: `"id": "../../EVIL"` would write outside
     # the home, and an id that disagrees with its file name would fork the session in two.
     if not SESSION_ID.fullmatch(record.id) or f"{record.id}.json" != path.name:
@@ -123,7 +120,7 @@ class SessionStore:
 
     async def save(self, record: SessionRecord) -> None:
         seq = next(self._seq)
-        data = json.dumps(_CONVERTER.unstructure(record), ensure_ascii=False).encode()
+        data = json.dumps(codec.unstructure(record), ensure_ascii=False).encode()
         await self.runner(lambda: self._write_if_newer(record.id, seq, data))
 
     def _write_if_newer(self, session_id: str, seq: int, data: bytes) -> None:

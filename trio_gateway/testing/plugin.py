@@ -7,17 +7,17 @@
 
 Fixtures: `gateway` (a running `Gateway`, generation 1 accepting work), `fake_model` (the model
 upstream: prompt directives `/stall`, `/slow N T`, `/spawn AGENT TASK`, `/fail`, plus
-`.spec`, `.kill_upstream()`), `fake_channels` (`testing.fake_channels.FakeChannels`: the
+`.spec`, `.kill_upstream()`), `fake_channels` (`sim.fake_channels.FakeChannels`: the
 HTTP-level server of every platform's send API behind the real channel adapters; steer it with
 `.reject()`, `.fail()`, `.rate_limit()`, `.delay()`, `.accept()`, read `.requests_to()`,
-`.delivered()`), `fake_mcp` (`testing.fake_mcp.FakeMcpServers`: every MCP server the config
+`.delivered()`), `fake_mcp` (`sim.fake_mcp.FakeMcpServers`: every MCP server the config
 names, served in-process and connected before the test starts; read `fake_mcp["files"].calls` and
 `.cancelled`), `deliveries` (every send the delivery worker made, with its kind and its
 classified outcome: `.attempts`, `.delivered()`, `.wait_delivered()`), `gateway_log` (the
 events, with virtual times), `gateway_harness` (all of them), and `gateway_config` to override
 for a different setup. Accounts in the config need only `baseUrl` (any: it is never dialled)
 and the names of their secrets (`tokenEnv`, Feishu `appId` + `appSecretEnv`); the harness
-makes up their values (`testing.harness.fake_account(channel)` writes such an account).
+makes up their values (`sim.harness.fake_account(channel)` writes such an account).
 
 A test that uses `gateway` runs on `MockClock(autojump_threshold=0)` without asking for
 `autojump_clock` itself: sleeps and deadlines cost no wall time. Needs pytest-trio with

@@ -1,7 +1,7 @@
 """The `http_request` tool (SPEC 14): one HTTP request to an allow-listed host, as an
 `api_request` unit. Each received chunk is progress; the body is cut at `maxResponseBytes`
 (reading stops there, so a huge reply costs no more than the cap). Goes through the project's
-httpx2 client (`http_client.py`), whose cancellation closes the connection."""
+httpx2 client (`upstream.py`), whose cancellation closes the connection."""
 
 from __future__ import annotations
 

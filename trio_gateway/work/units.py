@@ -21,7 +21,6 @@ from trio_gateway.errors import WorkAbortedError, leaves
 from trio_gateway.log import EventLog
 
 WorkKind = Literal["model_call", "tool_call", "api_request", "embedded_run", "delivery_attempt"]
-WORK_KINDS: tuple[WorkKind, ...] = ("model_call", "tool_call", "api_request", "embedded_run", "delivery_attempt")
 
 
 @attrs.define(eq=False)
