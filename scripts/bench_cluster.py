@@ -39,7 +39,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import GatewayProcess, banner, table, temp_home, verdict
 
-from trio_gateway.channels.classify import OK, Outcome
+from trio_gateway.channels.base import OK, Outcome
 from trio_gateway.log import EventLog
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.sim.postgres import PgServer

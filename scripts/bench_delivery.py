@@ -47,7 +47,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import banner, have_module, table, temp_home
 
-from trio_gateway.channels.classify import OK, Outcome
+from trio_gateway.channels.base import OK, Outcome
 from trio_gateway.delivery import QueueDelivery
 from trio_gateway.log import EventLog
 from trio_gateway.policy.entry import DeliveryEntry, Payload, entry_to_json

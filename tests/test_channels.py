@@ -23,6 +23,7 @@ from trio_gateway.errors import ConfigError
 from trio_gateway.policy.config import AccountConfig, ChannelConfig, Config
 from trio_gateway.policy.entry import DeliveryEntry, Payload
 from trio_gateway.sim.fake_channels import FakeChannels, serve_fake_channels
+from trio_gateway.storage.atomic import in_thread
 from trio_gateway.storage.home import Home
 
 TELEGRAM_TOKEN = "123456:AAsecret-telegram_token"
@@ -83,7 +84,7 @@ def fakes() -> FakeChannels:
 
 @pytest.fixture
 def channels(fakes: FakeChannels, tmp_path: Path) -> ChannelSet:
-    return ChannelSet.build(make_config(), Home(tmp_path), ENV, fakes.transport())
+    return ChannelSet.build(make_config(), Home(tmp_path), ENV, fakes.transport(), in_thread)
 
 
 def get(channels: ChannelSet, name: str) -> Channel:
@@ -245,7 +246,7 @@ async def test_telegram_token_never_in_reason(tmp_path: Path) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.TransportError(f"cannot reach {request.url}", request=request)
 
-    channels = ChannelSet.build(make_config(), Home(tmp_path), ENV, httpx.MockTransport(refuse))
+    channels = ChannelSet.build(make_config(), Home(tmp_path), ENV, httpx.MockTransport(refuse), in_thread)
     outcome = await get(channels, "telegram").send(entry("telegram", "42"))
     assert outcome.kind == "retry"
     assert "TransportError" in outcome.reason
@@ -259,7 +260,7 @@ async def test_telegram_url_seen_by_httpx_holds_no_token(fakes: FakeChannels, tm
     async def log_request(request: httpx.Request) -> None:
         seen.append(str(request.url))
 
-    channels = ChannelSet.build(make_config(), Home(tmp_path), ENV, fakes.transport())
+    channels = ChannelSet.build(make_config(), Home(tmp_path), ENV, fakes.transport(), in_thread)
     telegram = get(channels, "telegram")
     telegram.http.client.event_hooks["request"].append(log_request)  # type: ignore[attr-defined]
     assert (await telegram.send(entry("telegram", "42"))).ok
@@ -315,7 +316,7 @@ async def test_network_errors_are_retry(tmp_path: Path, error: type[httpx.Transp
     def broken(request: httpx.Request) -> httpx.Response:
         raise error("boom", request=request)
 
-    channels = ChannelSet.build(make_config(), Home(tmp_path), ENV, httpx.MockTransport(broken))
+    channels = ChannelSet.build(make_config(), Home(tmp_path), ENV, httpx.MockTransport(broken), in_thread)
     for name, to in [("feishu", "ou_a"), ("slack", "C0123456789"), ("discord", "user:123456789012345678")]:
         outcome = await get(channels, name).send(entry(name, to))
         assert outcome.kind == "retry", name
@@ -375,7 +376,7 @@ async def test_console_survives_a_torn_last_line(tmp_path: Path) -> None:
 def test_missing_env_var_is_config_error(tmp_path: Path) -> None:
     env = {k: v for k, v in ENV.items() if k != "SLACK_TOKEN"}
     with pytest.raises(ConfigError) as caught:
-        ChannelSet.build(make_config(), Home(tmp_path), env)
+        ChannelSet.build(make_config(), Home(tmp_path), env, None, in_thread)
     assert caught.value.path == "channels.slack.accounts.acct.tokenEnv"
     assert caught.value.what == "environment variable SLACK_TOKEN is not set"
 
@@ -383,12 +384,12 @@ def test_missing_env_var_is_config_error(tmp_path: Path) -> None:
 def test_missing_feishu_app_id_is_config_error(tmp_path: Path) -> None:
     config = Config(channels={"feishu": ChannelConfig({"a": AccountConfig(base_url=BASE, app_secret_env="X")})})
     with pytest.raises(ConfigError, match=r"channels\.feishu\.accounts\.a\.appId"):
-        ChannelSet.build(config, Home(tmp_path), {"X": "1"})
+        ChannelSet.build(config, Home(tmp_path), {"X": "1"}, None, in_thread)
 
 
 def test_base_url_must_be_http(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"channels\.feishu\.accounts\.acct\.baseUrl: must be an http\(s\) URL"):
-        ChannelSet.build(make_config(base_url="slack.com/api"), Home(tmp_path), ENV)
+        ChannelSet.build(make_config(base_url="slack.com/api"), Home(tmp_path), ENV, None, in_thread)
 
 
 async def test_registry_lookup(channels: ChannelSet) -> None:
@@ -409,7 +410,7 @@ async def test_registry_lookup(channels: ChannelSet) -> None:
 
 
 async def test_default_config_has_console_only(tmp_path: Path) -> None:
-    channels = ChannelSet.build(Config(), Home(tmp_path), {})
+    channels = ChannelSet.build(Config(), Home(tmp_path), {}, None, in_thread)
     assert [c.name for c in channels.all()] == ["console"]
     assert (await channels.get("console", None).send(entry("console", "me"))).ok  # type: ignore[union-attr]
     assert (tmp_path / "logs" / "console.jsonl").exists()
@@ -423,7 +424,7 @@ async def test_fake_on_loopback_serves_real_clients(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         url = await nursery.start(serve_fake_channels, fakes)
         assert url.startswith("http://127.0.0.1:")
-        channels = ChannelSet.build(make_config(url), Home(tmp_path), ENV)
+        channels = ChannelSet.build(make_config(url), Home(tmp_path), ENV, None, in_thread)
         assert (await get(channels, "feishu").send(entry("feishu", "oc_chat"))).ok
         async with httpx.AsyncClient(base_url=url) as control:
             r = await control.post("/_fake/control", json={"action": "reject", "channel": "slack"})

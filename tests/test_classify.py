@@ -1,22 +1,17 @@
-"""The classification table of SPEC 7, one row per platform answer, without any HTTP."""
+"""The classification table of SPEC 7, one row per platform answer, without any HTTP. Each
+platform's classifier lives in its module (`channels/<platform>.py`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from trio_gateway.channels.classify import (
-    Outcome,
-    classify_discord,
-    classify_feishu,
-    classify_feishu_token,
-    classify_slack,
-    classify_telegram,
-    classify_weixin,
-    retry_after,
-    seconds,
-    transport_error,
-)
-from trio_gateway.channels.http import Classifier
+from trio_gateway.channels.base import Classifier, Outcome, retry_after, seconds, transport_error
+from trio_gateway.channels.discord import classify as classify_discord
+from trio_gateway.channels.feishu import classify as classify_feishu
+from trio_gateway.channels.feishu import classify_token as classify_feishu_token
+from trio_gateway.channels.slack import classify as classify_slack
+from trio_gateway.channels.telegram import classify as classify_telegram
+from trio_gateway.channels.weixin import classify as classify_weixin
 
 # (classifier, status, body, headers, expected kind, expected retry_after)
 TABLE = [

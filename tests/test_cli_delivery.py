@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from trio_gateway import cli
-from trio_gateway.channels.classify import OK, Outcome
+from trio_gateway.channels.base import OK, Outcome
 from trio_gateway.cli import delivery as cli_delivery
 from trio_gateway.cli.progress import Progress
 from trio_gateway.log import EventLog

@@ -11,7 +11,9 @@ import attrs
 import pytest
 import trio
 
-from trio_gateway.channels.listen import AccountListener, Intake, ListenerSupervisor
+from trio_gateway.channels import telegram
+from trio_gateway.channels.inbound import Intake
+from trio_gateway.channels.listen import AccountListener, ListenerSupervisor
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.inbound import InboundLeases, PgCursors
 from trio_gateway.cluster.node import ClusterNode
@@ -77,7 +79,7 @@ async def nodes(pg_dsn: str) -> AsyncIterator[Callable[[str], Awaitable[ClusterN
 
 def supervisor(node: ClusterNode, listener: FakeListener) -> ListenerSupervisor:
     log = EventLog([])
-    account = AccountListener("telegram", "bot-1", "poll", "main", listener)
+    account = AccountListener("telegram", "bot-1", "poll", "main", listener, telegram.ADDRESS)
     gate = InboundLeases(node.leases, lambda: T0, log, renew_seconds=1, ttl_seconds=5)
     return ListenerSupervisor([account], never, PgCursors(node.db, node.node_id, log), log, 5.0, gate=gate)
 

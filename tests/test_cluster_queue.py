@@ -12,7 +12,7 @@ import psycopg
 import pytest
 import trio
 
-from trio_gateway.channels.classify import OK, Outcome
+from trio_gateway.channels.base import OK, Outcome
 from trio_gateway.cluster import schema
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode, cluster_status

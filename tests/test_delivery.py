@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from trio_gateway import delivery
-from trio_gateway.channels.classify import OK, Outcome
+from trio_gateway.channels.base import OK, Outcome
 from trio_gateway.delivery import DeadLetter, DeliveryWorker, Outbox, Reroute, plan_repair
 from trio_gateway.errors import DeliveryValidationError
 from trio_gateway.log import EventLog, MemorySink

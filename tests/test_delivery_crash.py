@@ -38,7 +38,7 @@ WORKER = """
 import json, os, random, signal, sys
 from pathlib import Path
 import attrs, trio
-from trio_gateway.channels.classify import OK
+from trio_gateway.channels.base import OK
 from trio_gateway.work.clock import WallClock
 from trio_gateway.policy.config import DeliveryConfig
 from trio_gateway.delivery import DeliveryWorker

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 
 from trio_gateway import upstream as http
 from trio_gateway.channels import registry as channel_registry
+from trio_gateway.channels.inbound import WebSocketConnect, open_websocket
 from trio_gateway.channels.listen import (
     AccountGate,
     Cursors,
@@ -19,8 +20,6 @@ from trio_gateway.channels.listen import (
     ListenerSupervisor,
     NoSender,
     SenderControl,
-    WebSocketConnect,
-    open_websocket,
 )
 from trio_gateway.channels.registry import ChannelSet, build_listeners
 from trio_gateway.delivery import ClosableChannels, DeliveryWorker, OutcomeTally, QueueDelivery

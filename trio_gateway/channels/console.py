@@ -2,13 +2,15 @@
 a whole turn with no accounts anywhere. Deduplicates by idempotency key like a real platform:
 re-sending a key already in the file is a successful no-op. By key, not by entry id: a turn
 re-run after a crash enqueues its reply again under a new entry id but the same key (the turn's
-id), and its requester must still see one reply."""
+id), and its requester must still see one reply. It needs no account: `KIND.open_standalone`
+builds the one adapter every account id reaches."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,12 @@ from typing import Any
 import attrs
 import trio
 
-from trio_gateway.channels.classify import OK, Outcome
+from trio_gateway.channels.base import OK, AddressRule, ChannelKind, Outcome
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
+from trio_gateway.storage.home import Home
+
+ADDRESS = AddressRule(re.compile(r"^\S(?:.*\S)?$", re.DOTALL), "any non-empty address")
 
 
 def line_for(entry: DeliveryEntry) -> dict[str, Any]:
@@ -133,3 +138,10 @@ class ConsoleChannel:
 
     async def aclose(self) -> None:
         return None
+
+
+def _open_standalone(home: Home, runner: BlockingRunner) -> ConsoleChannel:
+    return ConsoleChannel(home.console_path, runner)
+
+
+KIND = ChannelKind(name="console", address=ADDRESS, open_standalone=_open_standalone)

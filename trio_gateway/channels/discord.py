@@ -1,26 +1,52 @@
-"""Discord REST API: `POST /channels/{id}/messages`, after opening a DM channel for `user:` ids;
-and listening on the Gateway websocket (SPEC 11)."""
+"""Discord, all of it: the address rule; REST API `POST /channels/{id}/messages`, after opening a
+DM channel for `user:` ids, and what its answers mean; listening on the Gateway websocket
+(SPEC 11). `KIND` describes it to the registry."""
 
 from __future__ import annotations
 
 import json
 import random
+import re
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import attrs
 import trio
-import trio_websocket
 
 from trio_gateway import upstream as httpx
-from trio_gateway.channels.classify import Outcome, classify_discord, field
+from trio_gateway.channels.base import (
+    OK,
+    AccountSpec,
+    AddressRule,
+    ChannelKind,
+    Headers,
+    Outcome,
+    by_status,
+    field,
+    reason_prefix,
+    retry_after,
+    seconds,
+)
 from trio_gateway.channels.http import JsonClient, scrub, stable_key
-from trio_gateway.channels.listen import AuthFailed, Heard, Intake, ListenError, WebSocketConnect, leaf_errors
+from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, ListenError, WebSocketConnect, leaf_errors
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
 DM_PATH = "/users/@me/channels"
 # Discord rejects a nonce longer than 25 characters.
 NONCE_LIMIT = 25
+ADDRESS = AddressRule(re.compile(r"^(?:user|channel):\d{17,20}$"), "user:<snowflake> or channel:<snowflake>")
+
+
+def classify(status: int, body: object, headers: Headers) -> Outcome:
+    """Discord speaks in HTTP statuses; a 429 carries `retry_after` (seconds) in its JSON body."""
+    if 200 <= status < 300 and isinstance(body, Mapping):
+        return OK
+    reason = reason_prefix(status, "discord", field(body, "code"), field(body, "message"))
+    if status == 429:
+        delay = seconds(field(body, "retry_after"))
+        return Outcome("rate_limited", reason, delay if delay is not None else retry_after(headers), status)
+    return by_status(status, headers, reason)
 
 
 def parse_address(to: str) -> tuple[str, str]:
@@ -61,7 +87,7 @@ class DiscordChannel:
         reply = await self.http.post(f"/channels/{channel_id}/messages", message_body(entry))
         if isinstance(reply, Outcome):
             return reply
-        return classify_discord(reply.status, reply.body, reply.headers)
+        return classify(reply.status, reply.body, reply.headers)
 
     async def _dm_channel(self, user_id: str) -> str | Outcome:
         cached = self.dm_channels.get(user_id)
@@ -70,7 +96,7 @@ class DiscordChannel:
         reply = await self.http.post(DM_PATH, {"recipient_id": user_id})
         if isinstance(reply, Outcome):
             return reply
-        outcome = classify_discord(reply.status, reply.body, reply.headers)
+        outcome = classify(reply.status, reply.body, reply.headers)
         channel_id = field(reply.body, "id")
         if not outcome.ok:
             return attrs.evolve(outcome, reason=f"open DM: {outcome.reason}")
@@ -165,6 +191,8 @@ class DiscordListener:
     def _translate(self, exc: Exception) -> Exception:
         """One error the supervisor understands, from what the socket and our nursery raised
         (trio wraps a child task's error in an ExceptionGroup)."""
+        import trio_websocket  # here, not at the top: see `inbound.open_websocket`
+
         leaves = list(leaf_errors(exc))
         for leaf in leaves:
             if isinstance(leaf, AuthFailed):
@@ -279,3 +307,24 @@ def _json(response: httpx.Response) -> object:
         return response.json()
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+# --- the record the registry lists -------------------------------------------------------------
+
+
+def _open_sender(a: AccountSpec) -> DiscordChannel:
+    return DiscordChannel.open(a.base_url, a.token, a.transport())
+
+
+def _open_listener(a: AccountSpec, connect: WebSocketConnect) -> DiscordListener:
+    return DiscordListener.open(a.base_url, a.token, a.account_id, a.transport(), connect)
+
+
+KIND = ChannelKind(
+    name="discord",
+    address=ADDRESS,
+    classify=classify,
+    open_sender=_open_sender,
+    default_mode=lambda _: "socket",
+    listeners={"socket": _open_listener},
+)

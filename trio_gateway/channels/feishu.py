@@ -1,38 +1,54 @@
-"""Feishu (Lark) open platform: tenant token, then `POST /open-apis/im/v1/messages`; and the
-decryption of encrypted webhook events (AES-256-CBC, key = SHA-256 of the encrypt key)."""
+"""Feishu (Lark) open platform, all of it: the address rule; tenant token, then
+`POST /open-apis/im/v1/messages`, and what its answers mean; the webhook (verification token in
+the body, encrypted events: AES-256-CBC, key = SHA-256 of the encrypt key, signature headers);
+the long connection (the SDK's protobuf-framed websocket). `KIND` describes it to the registry."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
+import hmac
 import json
+import re
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
 import attrs
 import trio
-from cryptography.hazmat.primitives import padding
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from trio_gateway.channels.classify import (
-    FEISHU_TOKEN_INVALID_CODES,
+from trio_gateway.channels.base import (
+    OK,
+    AccountSpec,
+    AddressRule,
+    ChannelKind,
+    Headers,
     Outcome,
-    classify_feishu,
-    classify_feishu_token,
+    Webhook,
+    by_status,
     field,
+    header,
+    reason_prefix,
+    retry_after,
+    seconds,
 )
-from trio_gateway.channels.http import JsonClient, Reply, stable_key
-from trio_gateway.channels.listen import (
+from trio_gateway.channels.http import JsonClient, Reply, post_json, stable_key
+from trio_gateway.channels.inbound import (
     AuthFailed,
+    Event,
     Heard,
     Intake,
+    JsonObject,
     ListenError,
+    WebhookRequest,
     WebSocketConnect,
-    post_json,
+    json_dict,
+    message_event,
     socket_error,
 )
+from trio_gateway.errors import BadRequestError, UnauthorizedError
+from trio_gateway.policy import strict_json
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
@@ -42,6 +58,19 @@ MESSAGES_PATH = "/open-apis/im/v1/messages"
 UUID_LIMIT = 50
 # Refresh this long before the token expires, so a send never races its expiry in flight.
 REFRESH_MARGIN_SECONDS = 300.0
+
+# A pattern that accepts any `x@y` as a Feishu e-mail lets exactly the seed's entry through (a
+# WeChat id queued for Feishu, answered `99992360 Invalid ids` twenty times), so Feishu names
+# the foreign id suffixes it must never accept.
+ADDRESS = AddressRule(
+    re.compile(
+        r"^(?:o[unc]_[A-Za-z0-9_-]+"  # open_id / union_id / chat_id
+        r"|[A-Za-z0-9][A-Za-z0-9_-]*"  # user_id
+        r"|[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})$"  # e-mail
+    ),
+    "an ou_/on_/oc_ id, a user id or an e-mail address, never a WeChat (@im.wechat / @im.bot) id",
+    foreign_suffixes=("@im.wechat", "@im.bot"),
+)
 
 
 def receive_id_type(to: str) -> str:
@@ -64,6 +93,64 @@ def message_body(entry: DeliveryEntry) -> dict[str, str]:
         "content": json.dumps({"text": entry.payload.text}, ensure_ascii=False),
         "uuid": stable_key(entry.idempotency_key, UUID_LIMIT),
     }
+
+
+# --- what an answer means (SPEC 7) -------------------------------------------------------------
+
+PERMANENT_CODES = frozenset(
+    {
+        99992360,  # invalid ids (no such user or chat)
+        99992361,  # open_id cross app: the id belongs to another app
+        230001,  # invalid request parameter
+        230002,  # the bot is not in the chat
+        230006,  # the bot ability is not enabled
+        230013,  # the user is outside the bot's availability range
+        230017,  # the bot is not the chat owner / the chat forbids bots
+        230099,  # message content too long or malformed
+    }
+)
+RATE_LIMIT_CODES = frozenset({11232, 230020, 99991400})
+# The tenant token is invalid or missing: refetch it and send once more, the message is fine.
+TOKEN_INVALID_CODES = frozenset({99991661, 99991663, 99991664, 99991668})
+
+
+def rate_delay(headers: Headers) -> float | None:
+    return retry_after(headers) or seconds(header(headers, "x-ogw-ratelimit-reset"))
+
+
+def classify(status: int, body: object, headers: Headers) -> Outcome:
+    """Feishu answers `{"code": 0, ...}` on success; a non-zero code is an error even with HTTP 200."""
+    code = field(body, "code")
+    reason = reason_prefix(status, "feishu", code, field(body, "msg"))
+    if code == 0 and 200 <= status < 300:
+        return OK
+    if code in RATE_LIMIT_CODES or status == 429:
+        return Outcome("rate_limited", reason, rate_delay(headers), status)
+    if code in PERMANENT_CODES:
+        return Outcome("permanent", reason, http_status=status)
+    if code in TOKEN_INVALID_CODES:
+        # Reached only when a freshly fetched token is refused too: likely a clock or platform
+        # hiccup, so worth a later retry rather than a dead letter.
+        return Outcome("retry", reason, http_status=status)
+    if isinstance(code, int) and 200 <= status < 300:
+        return Outcome("retry", reason, http_status=status)  # unknown code: bounded retries decide
+    return by_status(status, headers, reason)
+
+
+def classify_token(status: int, body: object, headers: Headers) -> Outcome:
+    """The tenant-token endpoint: a refusal means the app id or secret is wrong, which a person
+    must fix for the whole account (paused), not a reason to drop this one message."""
+    code = field(body, "code")
+    reason = "tenant token: " + reason_prefix(status, "feishu", code, field(body, "msg"))
+    if code == 0 and 200 <= status < 300 and isinstance(field(body, "tenant_access_token"), str):
+        return OK
+    if code in RATE_LIMIT_CODES or status == 429:
+        return Outcome("rate_limited", reason, rate_delay(headers), status)
+    if status >= 500 or status == 408:
+        return Outcome("retry", reason, retry_after(headers), status)
+    if isinstance(code, int) and code != 0:
+        return Outcome("paused", reason, http_status=status)
+    return by_status(status, headers, reason) if status >= 300 else Outcome("retry", reason, http_status=status)
 
 
 @attrs.define
@@ -108,7 +195,7 @@ class FeishuChannel:
         if isinstance(token, Outcome):
             return token
         reply = await self._post(entry, token)
-        if isinstance(reply, Reply) and field(reply.body, "code") in FEISHU_TOKEN_INVALID_CODES:
+        if isinstance(reply, Reply) and field(reply.body, "code") in TOKEN_INVALID_CODES:
             # Revoked or rotated before its expiry: fetch a fresh one and try exactly once more.
             self.token.invalidate(token)
             token = await self._tenant_token()
@@ -117,7 +204,7 @@ class FeishuChannel:
             reply = await self._post(entry, token)
         if isinstance(reply, Outcome):
             return reply
-        return classify_feishu(reply.status, reply.body, reply.headers)
+        return classify(reply.status, reply.body, reply.headers)
 
     async def _post(self, entry: DeliveryEntry, token: str) -> Reply | Outcome:
         path = f"{MESSAGES_PATH}?receive_id_type={receive_id_type(entry.to)}"
@@ -131,7 +218,7 @@ class FeishuChannel:
             reply = await self.http.post(TOKEN_PATH, {"app_id": self.app_id, "app_secret": self.app_secret})
             if isinstance(reply, Outcome):
                 return attrs.evolve(reply, reason=f"tenant token: {reply.reason}")
-            outcome = classify_feishu_token(reply.status, reply.body, reply.headers)
+            outcome = classify_token(reply.status, reply.body, reply.headers)
             value, expire = field(reply.body, "tenant_access_token"), field(reply.body, "expire")
             if not outcome.ok or not isinstance(value, str):
                 return outcome
@@ -165,6 +252,11 @@ def decrypt_event(encrypted: str, encrypt_key: str) -> dict[str, Any]:
         raise FeishuDecryptError("encrypt is not base64") from None
     if len(raw) < 2 * AES_BLOCK_BYTES or len(raw) % AES_BLOCK_BYTES:
         raise FeishuDecryptError("encrypt has the wrong length for AES-CBC")
+    # Imported here: only an encrypted webhook needs it, and `cryptography` costs a light
+    # command (`delivery list`, which reads this module's address rule) ~30 ms.
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     decryptor = Cipher(algorithms.AES(_aes_key(encrypt_key)), modes.CBC(raw[:AES_BLOCK_BYTES])).decryptor()
     unpadder = padding.PKCS7(AES_BLOCK_BYTES * 8).unpadder()
     try:
@@ -179,6 +271,9 @@ def decrypt_event(encrypted: str, encrypt_key: str) -> dict[str, Any]:
 
 def encrypt_event(event: dict[str, Any], encrypt_key: str, iv: bytes) -> str:
     """The platform's side of `decrypt_event`, for the fakes and tests."""
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
     padder = padding.PKCS7(AES_BLOCK_BYTES * 8).padder()
     plain = padder.update(json.dumps(event).encode()) + padder.finalize()
     encryptor = Cipher(algorithms.AES(_aes_key(encrypt_key)), modes.CBC(iv)).encryptor()
@@ -188,6 +283,74 @@ def encrypt_event(event: dict[str, Any], encrypt_key: str, iv: bytes) -> str:
 def event_signature(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -> str:
     """`X-Lark-Signature`: SHA-256 hex of timestamp + nonce + encrypt key + the raw body."""
     return hashlib.sha256(timestamp.encode() + nonce.encode() + encrypt_key.encode() + body).hexdigest()
+
+
+# --- the webhook (SPEC 5, 11) --------------------------------------------------------------------
+
+
+def check_webhook_headers(request: WebhookRequest) -> None:
+    """Feishu's token is in the body; before it arrives, only that we could check it."""
+    request.secret(request.account.verification_token_env, "verificationTokenEnv")
+
+
+def verify_token(event: JsonObject, request: WebhookRequest) -> None:
+    """Feishu puts its verification token in the body: `token` (schema 1 and the URL
+    challenge) or `header.token` (schema 2)."""
+    secret = request.secret(request.account.verification_token_env, "verificationTokenEnv")
+    header = event.get("header")
+    given = event.get("token") or (header.get("token") if isinstance(header, dict) else None)
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), secret.encode()):
+        raise UnauthorizedError("bad Feishu verification token")
+
+
+def _decrypted(data: JsonObject, request: WebhookRequest) -> JsonObject:
+    """An encrypted event (`encryptKeyEnv`): the signature headers, when sent, must match; the
+    body must decrypt with the key; the verification token inside is then checked as usual."""
+    env_name = request.account.encrypt_key_env
+    key = request.env.get(env_name) if env_name else None
+    if not key:
+        raise UnauthorizedError("encrypted Feishu event, but encryptKeyEnv is not configured for this account")
+    headers = request.headers
+    signature = headers.get("x-lark-signature")
+    if signature is not None:
+        stamp, nonce = headers.get("x-lark-request-timestamp", ""), headers.get("x-lark-request-nonce", "")
+        if not hmac.compare_digest(signature, event_signature(stamp, nonce, key, request.body)):
+            raise UnauthorizedError("bad Feishu event signature")
+    encrypted = data.get("encrypt")
+    if not isinstance(encrypted, str):
+        raise BadRequestError("encrypt: must be a string")
+    try:
+        return decrypt_event(encrypted, key)
+    except FeishuDecryptError as exc:
+        raise UnauthorizedError(f"encrypted Feishu event refused: {exc}") from None
+
+
+def parse_webhook(request: WebhookRequest) -> Event:
+    data = request.json()
+    if "encrypt" in data:
+        data = _decrypted(data, request)
+    verify_token(data, request)
+    if data.get("type") == "url_verification":
+        return Event(challenge=str(data.get("challenge", "")))
+    head = json_dict(data.get("header"))
+    if head.get("event_type") != "im.message.receive_v1":
+        return Event(ignored=f"feishu event {head.get('event_type')!r}")
+    event = json_dict(data.get("event"))
+    sender = json_dict(json_dict(event.get("sender")).get("sender_id")).get("open_id")
+    text = _webhook_text(json_dict(event.get("message")).get("content"))
+    return message_event(sender, text, "event.sender.sender_id.open_id", "event.message.content", head.get("event_id"))
+
+
+def _webhook_text(content: Any) -> str | None:
+    # Feishu sends the message content as a JSON string inside the JSON body.
+    if not isinstance(content, str):
+        return None
+    try:
+        inner = strict_json.loads(content)
+    except strict_json.JsonInputError:
+        return None
+    text = inner.get("text") if isinstance(inner, dict) else None
+    return text if isinstance(text, str) else None
 
 
 # --- the long connection (SPEC 11): the official SDK's websocket event subscription ------------
@@ -442,3 +605,35 @@ class FeishuListener:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+# --- the record the registry lists -------------------------------------------------------------
+
+
+def _check_account(a: AccountSpec) -> None:
+    _ = a.base_url
+    a.required("appId", a.account.app_id)
+    a.secret("appSecretEnv", a.account.app_secret_env)
+
+
+def _open_sender(a: AccountSpec) -> FeishuChannel:
+    app_id = a.required("appId", a.account.app_id)
+    return FeishuChannel.open(a.base_url, app_id, a.secret("appSecretEnv", a.account.app_secret_env), a.transport())
+
+
+def _open_listener(a: AccountSpec, connect: WebSocketConnect) -> FeishuListener:
+    app_id = a.required("appId", a.account.app_id)
+    secret = a.secret("appSecretEnv", a.account.app_secret_env)
+    return FeishuListener.open(a.base_url, app_id, secret, a.account_id, a.transport(), connect)
+
+
+KIND = ChannelKind(
+    name="feishu",
+    address=ADDRESS,
+    classify=classify,
+    open_sender=_open_sender,
+    check_account=_check_account,
+    default_mode=lambda _: "socket",
+    listeners={"socket": _open_listener},
+    webhook=Webhook(check_webhook_headers, parse_webhook),
+)

@@ -12,21 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
 from trio_gateway import upstream as httpx
-from trio_gateway.channels.classify import Headers, Outcome, short, transport_error
+from trio_gateway.channels.base import Classifier, Outcome, short, transport_error
+from trio_gateway.channels.inbound import AuthFailed, ListenError
 
 # Bounds inside the worker's own per-attempt deadline: a connect that hangs should end as a
 # retry well before the attempt is cut off, so the reason says what went wrong.
 DEFAULT_TIMEOUT = httpx.Timeout(20.0, connect=10.0)
 REDACTED = "REDACTED"
-
-# A pure per-channel rule from `classify`: (status, parsed body, headers) -> Outcome.
-Classifier = Callable[[int, object, Headers], Outcome]
 
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
@@ -143,3 +141,26 @@ def _json_or_none(response: httpx.Response) -> object:
         return response.json()
     except (ValueError, UnicodeDecodeError):
         return None
+
+
+# --- the long polls the listeners make -----------------------------------------------------------
+
+
+async def post_json(client: JsonClient, path: str, body: Any, *, read_seconds: float) -> Any:
+    """POST `body` and return the parsed JSON answer. 401/403 raise `AuthFailed`, anything
+    else that is not a 2xx JSON answer raises `ListenError`; secrets never reach the reason."""
+    content = json.dumps(body, ensure_ascii=False).encode()
+    timeout = httpx.Timeout(read_seconds, connect=10.0)
+    headers = {"Content-Type": "application/json; charset=utf-8"}
+    try:
+        response = await client.client.post(path, content=content, headers=headers, timeout=timeout)
+    except httpx.HTTPError as exc:
+        raise ListenError(scrub(f"{type(exc).__name__}: {exc}", client.secrets)) from None
+    if response.status_code in (401, 403):
+        raise AuthFailed(f"HTTP {response.status_code}")
+    if not 200 <= response.status_code < 300:
+        raise ListenError(f"HTTP {response.status_code}")
+    try:
+        return response.json()
+    except (ValueError, UnicodeDecodeError):
+        raise ListenError(f"HTTP {response.status_code}: answer is not JSON") from None

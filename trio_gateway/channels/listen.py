@@ -12,7 +12,8 @@ A message a listener hears goes through `AccountIntake.accept`: a turn written t
 before it returns (the session file also records the platform's message id, in the same atomic
 write, so a re-read message is a no-op). Only then does the listener advance and persist its
 cursor (`inbound/<channel>/<accountId>.json`, atomic) or ack the envelope.
-Everything about one platform lives in that platform's module (`weixin.py`, `telegram.py`).
+Everything about one platform lives in that platform's module (`weixin.py`, `telegram.py`); the
+shared vocabulary (`Heard`, `Intake`, `Listener`) in `inbound.py`.
 """
 
 from __future__ import annotations
@@ -20,22 +21,19 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import attrs
 import trio
-import trio_websocket
 
-from trio_gateway import upstream as httpx
-from trio_gateway.channels.http import JsonClient, scrub
-from trio_gateway.channels.validation import check_address
+from trio_gateway.channels.base import AddressRule, check_address
+from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, Listener, ListenError
 from trio_gateway.errors import DeliveryValidationError, GatewayDrainingError
 from trio_gateway.log import EventLog, ms
 from trio_gateway.policy import backoff
-from trio_gateway.policy.config import AgentConfig, Config
+from trio_gateway.policy.config import AgentConfig
 from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import BlockingRunner, atomic_write_json, durable_rename
 
@@ -44,111 +42,6 @@ BACKOFF_INITIAL_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
 # Account ids name files under inbound/: never a path.
 ACCOUNT_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
-
-
-class ListenError(Exception):
-    """The connection failed or closed: reconnect after a backoff."""
-
-
-class AuthFailed(Exception):
-    """The platform refused our credentials (401/403, WeChat errcode -14): pause the account."""
-
-
-@attrs.frozen
-class Heard:
-    """One message from a person, as the gateway needs it."""
-
-    id: str  # the platform's id for it, unique per account: the dedupe key
-    to: str  # where the reply goes
-    text: str
-    context_token: str | None = None
-
-
-class Intake(Protocol):
-    """What a listener talks to: hand over messages, keep its cursor."""
-
-    async def accept(self, heard: Heard) -> None:
-        """Returns once the message is a durable turn (or known already). Never raises for a
-        bad message; raises `ListenError` when the gateway is not accepting work."""
-
-    async def accept_batch(self, batch: list[Heard]) -> None:
-        """`accept` for one poll's messages: returns once every one is a durable turn."""
-
-    async def load_cursor(self) -> Any: ...
-
-    async def save_cursor(self, cursor: Any) -> None: ...
-
-    def connected(self) -> None:
-        """The platform answered: state `listening`, the backoff starts over."""
-
-
-class Listener(Protocol):
-    channel: str
-    account_id: str
-
-    async def listen(self, intake: Intake) -> None:
-        """Until cancelled; raises `ListenError` or `AuthFailed`."""
-
-    async def stop(self) -> None:
-        """The platform's own stop call (WeChat `notifystop`, a close frame); bounded by the caller."""
-
-    async def aclose(self) -> None: ...
-
-
-# --- HTTP helpers the long-poll listeners share ------------------------------------------------
-
-
-async def post_json(client: JsonClient, path: str, body: Any, *, read_seconds: float) -> Any:
-    """POST `body` and return the parsed JSON answer. 401/403 raise `AuthFailed`, anything
-    else that is not a 2xx JSON answer raises `ListenError`; secrets never reach the reason."""
-    content = json.dumps(body, ensure_ascii=False).encode()
-    timeout = httpx.Timeout(read_seconds, connect=10.0)
-    headers = {"Content-Type": "application/json; charset=utf-8"}
-    try:
-        response = await client.client.post(path, content=content, headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
-        raise ListenError(scrub(f"{type(exc).__name__}: {exc}", client.secrets)) from None
-    if response.status_code in (401, 403):
-        raise AuthFailed(f"HTTP {response.status_code}")
-    if not 200 <= response.status_code < 300:
-        raise ListenError(f"HTTP {response.status_code}")
-    try:
-        return response.json()
-    except (ValueError, UnicodeDecodeError):
-        raise ListenError(f"HTTP {response.status_code}: answer is not JSON") from None
-
-
-# --- websockets the socket listeners share ------------------------------------------------------
-
-WebSocketConnect = Callable[[str], AbstractAsyncContextManager[Any]]
-DISCONNECT_SECONDS = 5.0
-
-
-def open_websocket(url: str) -> AbstractAsyncContextManager[Any]:
-    """Production: trio-websocket, with its closing handshake bounded."""
-    return trio_websocket.open_websocket_url(url, disconnect_timeout=DISCONNECT_SECONDS)
-
-
-def leaf_errors(exc: BaseException) -> Iterator[BaseException]:
-    """The errors inside `exc`, however deep trio's ExceptionGroups nest them."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from leaf_errors(inner)
-    else:
-        yield exc
-
-
-def socket_error(exc: Exception, what: str) -> Exception:
-    """The one error the supervisor understands, from what a socket listener's connection and
-    nursery raised (trio wraps a child task's error in an ExceptionGroup)."""
-    for leaf in leaf_errors(exc):
-        if isinstance(leaf, (AuthFailed, ListenError)):
-            return leaf
-        if isinstance(leaf, trio_websocket.ConnectionClosed):
-            return ListenError(f"{what} closed (code {leaf.reason.code if leaf.reason else None})")
-        if isinstance(leaf, (trio_websocket.HandshakeError, OSError, ValueError)):
-            return ListenError(f"{what}: {type(leaf).__name__}: {leaf}")
-    return exc
 
 
 # --- cursors -------------------------------------------------------------------------------------
@@ -217,6 +110,9 @@ class AccountListener:
     mode: str
     agent_id: str | None
     listener: Listener | None
+    # The platform's address rule (its `ChannelKind.address`): a message whose sender is no
+    # address there could never be answered, so it is skipped with a warning.
+    address: AddressRule | None
     state: ListenState = "off"
     messages: int = 0
     last_message_at: float | None = None
@@ -256,7 +152,7 @@ class AccountIntake:
         a = self.account
         assert a.agent_id is not None
         try:
-            check_address(a.channel, heard.to)
+            check_address(a.channel, heard.to, a.address)
         except DeliveryValidationError as exc:
             self.log.warn("CHANNEL", f"Skipped message channel={a.channel} account={a.account_id}: {exc}")
             return
@@ -526,11 +422,6 @@ class ListenerSupervisor:
         self.stats.stop_seconds.append(took)
         account.state = "off"
         self.log.info("CHANNEL", f"Stopped channel={account.channel} account={account.account_id} in {ms(took)}")
-
-
-# --- building from the config --------------------------------------------------------------------
-
-ListenerOpener = Callable[[str, str, Config], "Listener | None"]
 
 
 def account_file_ok(account_id: str) -> bool:

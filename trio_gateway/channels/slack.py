@@ -1,30 +1,91 @@
-"""Slack Web API: `POST /chat.postMessage`. Slack takes no idempotency key, so a resend after
-a crash may show the message twice (the worker logs it as a possible duplicate). Listening:
-Socket Mode (SPEC 11), with the app-level token of `appTokenEnv`."""
+"""Slack, all of it: the address rule; Web API `POST /chat.postMessage` and what its answers
+mean. Slack takes no idempotency key, so a resend after a crash may show the message twice (the
+worker logs it as a possible duplicate). Listening: Socket Mode (SPEC 11), with the app-level
+token of `appTokenEnv`, else the signed Events API webhook. `KIND` describes it to the registry."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import re
 from typing import Any
 
 import attrs
 import trio
 
-from trio_gateway.channels.classify import Outcome, classify_slack
-from trio_gateway.channels.http import JsonClient
-from trio_gateway.channels.listen import (
+from trio_gateway.channels.base import (
+    OK,
+    AccountSpec,
+    AddressRule,
+    ChannelKind,
+    Headers,
+    Outcome,
+    Webhook,
+    by_status,
+    field,
+    retry_after,
+    short,
+)
+from trio_gateway.channels.http import JsonClient, post_json
+from trio_gateway.channels.inbound import (
     AuthFailed,
+    Event,
     Heard,
     Intake,
     ListenError,
+    WebhookRequest,
     WebSocketConnect,
-    post_json,
+    json_dict,
+    message_event,
     socket_error,
 )
+from trio_gateway.errors import UnauthorizedError
+from trio_gateway.policy.config import AccountConfig
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
 SEND_PATH = "/chat.postMessage"
+ADDRESS = AddressRule(re.compile(r"^[CUWGD][A-Z0-9]{8,}$"), "a Slack id matching ^[CUWGD][A-Z0-9]{8,}$")
+
+
+PERMANENT_ERRORS = frozenset(
+    {
+        "channel_not_found",
+        "not_in_channel",
+        "is_archived",
+        "msg_too_long",
+        "no_text",
+        "too_many_attachments",
+        "invalid_arguments",
+        "invalid_blocks",
+        "restricted_action",
+        "cannot_dm_bot",
+        "user_not_found",
+        "messages_tab_disabled",
+    }
+)
+# Credentials or scopes are wrong: the same for every message of the account, so pause it.
+SEND_AUTH_ERRORS = frozenset(
+    {"invalid_auth", "not_authed", "token_revoked", "token_expired", "account_inactive", "missing_scope"}
+)
+
+
+def classify(status: int, body: object, headers: Headers) -> Outcome:
+    """Slack answers HTTP 200 `{"ok": false, "error": "..."}` for almost every failure."""
+    error = field(body, "error")
+    reason = short(f"HTTP {status} slack_error {error}") if isinstance(error, str) else short(f"HTTP {status}")
+    if field(body, "ok") is True and 200 <= status < 300:
+        return OK
+    if error == "ratelimited" or status == 429:
+        return Outcome("rate_limited", reason, retry_after(headers), status)
+    if error in PERMANENT_ERRORS:
+        return Outcome("permanent", reason, http_status=status)
+    if error in SEND_AUTH_ERRORS:
+        return Outcome("paused", reason, http_status=status)
+    if 200 <= status < 300:
+        return Outcome("retry", reason, retry_after(headers), status)  # internal_error, fatal_error, unknown
+    return by_status(status, headers, reason)
 
 
 @attrs.define
@@ -39,7 +100,7 @@ class SlackChannel:
         return cls(JsonClient.open(base_url, transport, headers=headers, secrets=[token]))
 
     async def send(self, entry: DeliveryEntry) -> Outcome:
-        return await self.http.send(SEND_PATH, {"channel": entry.to, "text": entry.payload.text}, classify_slack)
+        return await self.http.send(SEND_PATH, {"channel": entry.to, "text": entry.payload.text}, classify)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -127,3 +188,74 @@ class SlackSocketListener:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+# --- the Events API webhook (SPEC 5): signed with the app's signing secret ---------------------
+
+# Slack rejects signatures older than this to stop replays; so do we.
+REPLAY_WINDOW_SECONDS = 300.0
+
+
+def check_webhook_headers(request: WebhookRequest) -> tuple[str, str, str]:
+    """What can be checked before the body arrives: a signing secret, a timestamp inside the
+    replay window, a signature header. Returns (secret, timestamp, signature)."""
+    secret = request.secret(request.account.signing_secret_env, "signingSecretEnv")
+    stamp = request.headers.get("x-slack-request-timestamp", "")
+    given = request.headers.get("x-slack-signature", "")
+    # Whole seconds, as Slack sends them: `float()` would take "nan", whose age compares
+    # false with everything and so passed the window check.
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:
+        raise UnauthorizedError("missing or bad X-Slack-Request-Timestamp (whole Unix seconds)")
+    if abs(request.wall_time() - int(stamp)) > REPLAY_WINDOW_SECONDS:
+        raise UnauthorizedError("X-Slack-Request-Timestamp is outside the 5-minute window")
+    if not given.startswith("v0="):
+        raise UnauthorizedError("missing or bad X-Slack-Signature")
+    return secret, stamp, given
+
+
+def verify_signature(request: WebhookRequest) -> None:
+    """Slack's v0 scheme: HMAC-SHA256 of `v0:<timestamp>:<body>` with the signing secret."""
+    secret, stamp, given = check_webhook_headers(request)
+    signed = b"v0:" + stamp.encode() + b":" + request.body
+    digest = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(given.encode(), f"v0={digest}".encode()):
+        raise UnauthorizedError("bad X-Slack-Signature")
+
+
+def parse_webhook(request: WebhookRequest) -> Event:
+    verify_signature(request)
+    data = request.json()
+    if data.get("type") == "url_verification":
+        return Event(challenge=str(data.get("challenge", "")))
+    event = json_dict(data.get("event"))
+    if event.get("type") != "message" or event.get("bot_id") or event.get("subtype"):
+        # Our own replies come back as bot messages: answering them would loop forever.
+        return Event(ignored=f"slack event {event.get('type')!r} {event.get('subtype') or ''}".strip())
+    return message_event(event.get("channel"), event.get("text"), "event.channel", "event.text", data.get("event_id"))
+
+
+# --- the record the registry lists -------------------------------------------------------------
+
+
+def _open_sender(a: AccountSpec) -> SlackChannel:
+    return SlackChannel.open(a.base_url, a.token, a.transport())
+
+
+def _open_listener(a: AccountSpec, connect: WebSocketConnect) -> SlackSocketListener:
+    app_token = a.secret("appTokenEnv", a.account.app_token_env)
+    return SlackSocketListener.open(a.base_url, app_token, a.account_id, a.transport(), connect)
+
+
+def _default_mode(account: AccountConfig) -> str:
+    return "socket" if account.app_token_env else "webhook"
+
+
+KIND = ChannelKind(
+    name="slack",
+    address=ADDRESS,
+    classify=classify,
+    open_sender=_open_sender,
+    default_mode=_default_mode,
+    listeners={"socket": _open_listener},
+    webhook=Webhook(check_webhook_headers, parse_webhook),
+)

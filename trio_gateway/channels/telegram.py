@@ -1,17 +1,45 @@
-"""Telegram Bot API: `POST /bot<token>/sendMessage`, and listening by `getUpdates` long polling.
-The token is part of the URL, so the client
+"""Telegram, all of it: the address rule; Bot API `POST /bot<token>/sendMessage` and what its
+answers mean; listening by `getUpdates` long polling, or by the webhook with its secret token
+header. `KIND` describes it to the registry. The token is part of the URL, so the client
 only ever sees a placeholder there (`SecretPathTransport` puts the token in on the wire):
 no URL we log, raise or report can carry it."""
 
 from __future__ import annotations
 
+import hmac
 import re
 
 import attrs
 
-from trio_gateway.channels.classify import Outcome, classify_telegram
-from trio_gateway.channels.http import JsonClient, SecretPathTransport
-from trio_gateway.channels.listen import AuthFailed, Heard, Intake, ListenError, post_json
+from trio_gateway.channels.base import (
+    OK,
+    AccountSpec,
+    AddressRule,
+    ChannelKind,
+    Headers,
+    Outcome,
+    Webhook,
+    by_status,
+    field,
+    reason_prefix,
+    retry_after,
+    seconds,
+    short,
+)
+from trio_gateway.channels.http import JsonClient, SecretPathTransport, post_json
+from trio_gateway.channels.inbound import (
+    AuthFailed,
+    Event,
+    Heard,
+    Intake,
+    ListenError,
+    WebhookRequest,
+    WebSocketConnect,
+    json_dict,
+    message_event,
+)
+from trio_gateway.errors import UnauthorizedError
+from trio_gateway.policy.config import AccountConfig
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
@@ -19,6 +47,7 @@ TOKEN_PLACEHOLDER = "TOKEN"
 SEND_PATH = f"/bot{TOKEN_PLACEHOLDER}/sendMessage"
 # Anything that looks like a bot token in a URL (`/bot123456:AA.../`), for text we did not build.
 _TOKEN_IN_URL = re.compile(r"/bot\d+:[A-Za-z0-9_-]+")
+ADDRESS = AddressRule(re.compile(r"^(?:-?\d+|@[A-Za-z][A-Za-z0-9_]{3,31})$"), "a numeric chat id or @username")
 
 
 def scrub_url(text: str) -> str:
@@ -28,6 +57,24 @@ def scrub_url(text: str) -> str:
 def chat_id(to: str) -> int | str:
     """Numeric chat ids go as numbers, `@channelusername` as a string, as the Bot API documents."""
     return int(to) if re.fullmatch(r"-?\d+", to) else to
+
+
+def classify(status: int, body: object, headers: Headers) -> Outcome:
+    """`{"ok": true}` or `{"ok": false, "error_code", "description", "parameters": {"retry_after"}}`."""
+    if field(body, "ok") is True and 200 <= status < 300:
+        return OK
+    code = field(body, "error_code")
+    reason = reason_prefix(status, "telegram", code, field(body, "description"))
+    parameters = field(body, "parameters")
+    if code == 429 or status == 429:
+        delay = seconds(field(parameters, "retry_after"))
+        return Outcome("rate_limited", reason, delay if delay is not None else retry_after(headers), status)
+    if field(parameters, "migrate_to_chat_id") is not None:
+        return Outcome("permanent", short(f"{reason} (group moved to {field(parameters, 'migrate_to_chat_id')})"))
+    effective = code if isinstance(code, int) and not isinstance(code, bool) and 400 <= code < 600 else status
+    if 200 <= effective < 300:
+        return Outcome("retry", reason, http_status=status)
+    return attrs.evolve(by_status(effective, headers, reason), http_status=status)
 
 
 @attrs.define
@@ -43,7 +90,7 @@ class TelegramChannel:
 
     async def send(self, entry: DeliveryEntry) -> Outcome:
         body = {"chat_id": chat_id(entry.to), "text": entry.payload.text}
-        outcome = await self.http.send(SEND_PATH, body, classify_telegram)
+        outcome = await self.http.send(SEND_PATH, body, classify)
         return attrs.evolve(outcome, reason=scrub_url(outcome.reason))
 
     async def aclose(self) -> None:
@@ -112,3 +159,56 @@ class TelegramListener:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+# --- the webhook (SPEC 5): `X-Telegram-Bot-Api-Secret-Token` ----------------------------------
+
+
+def verify_secret_token(request: WebhookRequest) -> None:
+    secret = request.secret(request.account.secret_token_env, "secretTokenEnv")
+    given = request.headers.get("x-telegram-bot-api-secret-token", "")
+    if not hmac.compare_digest(given.encode(), secret.encode()):
+        raise UnauthorizedError("bad X-Telegram-Bot-Api-Secret-Token")
+
+
+def parse_webhook(request: WebhookRequest) -> Event:
+    verify_secret_token(request)
+    data = request.json()
+    message = json_dict(data.get("message") or data.get("edited_message"))
+    if not message:
+        return Event(ignored="telegram update without a message")
+    chat_ident = json_dict(message.get("chat")).get("id")
+    return message_event(
+        str(chat_ident) if isinstance(chat_ident, int) else None,
+        message.get("text"),
+        "message.chat.id",
+        "message.text",
+        data.get("update_id"),
+    )
+
+
+# --- the record the registry lists -------------------------------------------------------------
+
+
+def _open_sender(a: AccountSpec) -> TelegramChannel:
+    return TelegramChannel.open(a.base_url, a.token, a.transport())
+
+
+def _open_listener(a: AccountSpec, _: WebSocketConnect) -> TelegramListener:
+    return TelegramListener.open(a.base_url, a.token, a.account_id, a.transport())
+
+
+def _default_mode(account: AccountConfig) -> str:
+    # Telegram refuses getUpdates while a webhook is set: a secret token means a webhook.
+    return "webhook" if account.secret_token_env else "poll"
+
+
+KIND = ChannelKind(
+    name="telegram",
+    address=ADDRESS,
+    classify=classify,
+    open_sender=_open_sender,
+    default_mode=_default_mode,
+    listeners={"poll": _open_listener},
+    webhook=Webhook(verify_secret_token, parse_webhook),
+)

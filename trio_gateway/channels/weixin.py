@@ -1,5 +1,6 @@
-"""openclaw-weixin (WeChat iLink bot): `POST /ilink/bot/sendmessage`, and listening by long poll
-(`POST /ilink/bot/getupdates` with the `get_updates_buf` cursor, SPEC 11).
+"""openclaw-weixin (WeChat iLink bot), all of it: the address rule; `POST /ilink/bot/sendmessage`
+and what its answers mean; listening by long poll (`POST /ilink/bot/getupdates` with the
+`get_updates_buf` cursor, SPEC 11). `KIND` describes it to the registry.
 
 A reply must carry the `context_token` of the message it answers: the token belongs to the
 conversation and changes with each message, so it travels in the turn's origin (and through
@@ -9,13 +10,25 @@ account's static `contextToken` is only a fallback for entries with none (manual
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from trio_gateway.channels.classify import Outcome, classify_weixin
-from trio_gateway.channels.http import JsonClient
-from trio_gateway.channels.listen import AuthFailed, Heard, Intake, ListenError, post_json
+from trio_gateway.channels.base import (
+    OK,
+    AccountSpec,
+    AddressRule,
+    ChannelKind,
+    Headers,
+    Outcome,
+    by_status,
+    field,
+    reason_prefix,
+)
+from trio_gateway.channels.http import JsonClient, post_json
+from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, ListenError, WebSocketConnect
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
@@ -34,6 +47,24 @@ ERRCODE_SESSION_EXPIRED = -14
 # timeout is that plus a margin, so an idle poll ends on the server's side, not ours.
 DEFAULT_POLL_SECONDS = 35.0
 READ_MARGIN_SECONDS = 10.0
+
+ADDRESS = AddressRule(re.compile(r"^[A-Za-z0-9_.-]+@im\.wechat$"), "a WeChat user id ending in @im.wechat")
+
+
+def classify(status: int, body: object, headers: Headers) -> Outcome:
+    """`{"ret": 0}` is success; `{"errcode": -14}` means the bot's session expired (a person must
+    log in again), so the account is paused rather than each message failed."""
+    errcode = field(body, "errcode")
+    ret = field(body, "ret")
+    code = errcode if errcode not in (None, 0) else ret
+    reason = reason_prefix(status, "weixin", code, field(body, "errmsg"))
+    if 200 <= status < 300 and isinstance(body, Mapping) and code in (None, 0):
+        return OK
+    if code == ERRCODE_SESSION_EXPIRED:
+        return Outcome("paused", reason, http_status=status)
+    if 200 <= status < 300 and isinstance(code, int):
+        return Outcome("retry", reason, http_status=status)
+    return by_status(status, headers, reason)
 
 
 def headers_for(token: str) -> dict[str, str]:
@@ -74,7 +105,7 @@ class WeixinChannel:
 
     async def send(self, entry: DeliveryEntry) -> Outcome:
         body = message_body(entry, reply_context(entry, self.context_token))
-        return await self.http.send(SEND_PATH, body, classify_weixin)
+        return await self.http.send(SEND_PATH, body, classify)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -155,3 +186,24 @@ class WeixinListener:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+# --- the record the registry lists -------------------------------------------------------------
+
+
+def _open_sender(a: AccountSpec) -> WeixinChannel:
+    return WeixinChannel.open(a.base_url, a.token, a.account.context_token, a.transport())
+
+
+def _open_listener(a: AccountSpec, _: WebSocketConnect) -> WeixinListener:
+    return WeixinListener.open(a.base_url, a.token, a.account_id, a.transport())
+
+
+KIND = ChannelKind(
+    name=CHANNEL,
+    address=ADDRESS,
+    classify=classify,
+    open_sender=_open_sender,
+    default_mode=lambda _: "poll",
+    listeners={"poll": _open_listener},
+)

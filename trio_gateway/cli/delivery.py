@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from trio_gateway import delivery
-from trio_gateway.channels.validation import check_configured
+from trio_gateway.channels.registry import check_configured
 from trio_gateway.cli import add_commands
 from trio_gateway.cli.progress import Progress
 from trio_gateway.errors import GatewayError, NotFoundError, UsageError
@@ -100,7 +100,7 @@ def channels_for(config: Config, home: Home) -> delivery.ClosableChannels:
         registry = importlib.import_module("trio_gateway.channels.registry")
     except ModuleNotFoundError:
         raise GatewayError("the channel adapters (trio_gateway.channels.registry) are not installed") from None
-    channels: delivery.ClosableChannels = registry.ChannelSet.from_config(config, home, os.environ)
+    channels: delivery.ClosableChannels = registry.ChannelSet.build(config, home, os.environ, None, in_thread)
     return channels
 
 

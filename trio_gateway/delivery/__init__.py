@@ -21,9 +21,8 @@ from typing import Any, Literal, Protocol, Self
 import attrs
 import trio
 
-from trio_gateway.channels import validation
-from trio_gateway.channels.base import Channel
-from trio_gateway.channels.classify import Outcome
+from trio_gateway.channels.base import Channel, Outcome
+from trio_gateway.channels.registry import check_address, fits
 from trio_gateway.errors import DeliveryValidationError, InsufficientStorageError, WorkAbortedError
 from trio_gateway.log import EventLog
 from trio_gateway.policy import backoff, routing
@@ -153,7 +152,7 @@ class Outbox:
     ) -> DeliveryEntry:
         """A validated, routed entry, not written yet."""
         try:
-            warning = validation.check_address(channel, to)
+            warning = check_address(channel, to)
         except DeliveryValidationError:
             self.log.error("VALIDATION", f"Channel-address mismatch: channel={channel}, address={to}")
             raise
@@ -611,7 +610,7 @@ def _problem(entry: DeliveryEntry) -> str | None:
     if origin is not None and origin.channel and origin.channel != entry.channel:
         return f"channel {entry.channel} disagrees with requesterOrigin.channel {origin.channel}"
     try:
-        validation.check_address(entry.channel, entry.to)
+        check_address(entry.channel, entry.to)
     except DeliveryValidationError as exc:
         return str(exc)
     return None
@@ -627,7 +626,7 @@ def plan_repair(entry: DeliveryEntry, agents: dict[str, AgentConfig]) -> RepairA
         return DeadLetter(f"{problem}; no requester origin to re-route to")
     agent = agents.get(entry.agent_id or "") or AgentConfig()
     route = routing.resolve(ro, agent)
-    if not validation.fits(route.channel, route.to) or route.to is None:
+    if not fits(route.channel, route.to) or route.to is None:
         return DeadLetter(f"{problem}; requester origin {route.channel}:{route.to} is not a valid address either")
     return Reroute(route.channel, route.to, route.account_id, f"re-routed by repair: {problem}")
 

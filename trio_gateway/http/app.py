@@ -18,7 +18,8 @@ import trio
 
 from trio_gateway import delivery as delivery_mod
 from trio_gateway.channels.listen import agent_for
-from trio_gateway.channels.validation import check_address, check_configured
+from trio_gateway.channels.registry import NAMES as CHANNEL_NAMES
+from trio_gateway.channels.registry import check_address, check_configured
 from trio_gateway.errors import (
     BadRequestError,
     DeliveryValidationError,
@@ -34,7 +35,7 @@ from trio_gateway.http import inbound, metrics
 from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
 from trio_gateway.http.body import JsonObject, json_object, opt_bool, opt_number, opt_str, req_obj, req_str
 from trio_gateway.http.ui_auth import UiAuth
-from trio_gateway.policy.config import KNOWN_CHANNELS, RANGES, AccountConfig, Config
+from trio_gateway.policy.config import RANGES, AccountConfig, Config
 from trio_gateway.policy.entry import entry_to_json
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import views
@@ -317,8 +318,8 @@ class GatewayApp:
         channel = req_str(raw, "channel", "origin.channel")
         to = req_str(raw, "to", "origin.to")
         account = opt_str(raw, "accountId", "origin.accountId") or agent.account_id
-        if channel not in KNOWN_CHANNELS:
-            raise BadRequestError(f"origin.channel: unknown channel {channel!r} (known: {', '.join(KNOWN_CHANNELS)})")
+        if channel not in CHANNEL_NAMES:
+            raise BadRequestError(f"origin.channel: unknown channel {channel!r} (known: {', '.join(CHANNEL_NAMES)})")
         check_address(channel, to)
         return Origin(channel, to, account)
 

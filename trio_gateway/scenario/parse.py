@@ -28,7 +28,7 @@ from trio_gateway.scenario.format import (
     ScenarioMeta,
     StartSession,
 )
-from trio_gateway.sim.fake_inbound import LISTENING_FAKES
+from trio_gateway.sim.fake_channels import LISTENING_FAKES
 from trio_gateway.sim.faults import Faults
 from trio_gateway.sim.harness import ModelSpec, fake_account
 

@@ -1,4 +1,5 @@
-"""A fake Discord Gateway (SPEC 11): the websocket side of `FakeChannels` for `discord`.
+"""The fake Discord: its REST API (DM channels, messages deduplicated by nonce; `DiscordFake`)
+and a fake Gateway (SPEC 11; `FakeDiscordGateway`), the websocket side of `FakeChannels`.
 
 `connect(url)` is the listener's websocket seam: a real trio-websocket connection over an
 in-memory stream pair (no sockets, so MockClock tests run instantly), served here:
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -20,6 +22,20 @@ import trio
 import trio_websocket
 
 from trio_gateway.sim.fake_inbound import SteerableSocket, in_memory_websocket
+from trio_gateway.sim.fake_platform import (
+    Delivered,
+    FakeRequest,
+    FakeResponse,
+    FakeServer,
+    Json,
+    Params,
+    Rule,
+    SocketFake,
+    bad,
+    bearer,
+    body_dict,
+    number_text,
+)
 
 HEARTBEAT_INTERVAL_MS = 41_250
 HOST = "gateway.fake.invalid"
@@ -126,3 +142,64 @@ class FakeDiscordGateway(SteerableSocket):
 
 async def _send(ws: trio_websocket.WebSocketConnection, frame: dict[str, Any]) -> None:
     await ws.send_message(json.dumps(frame))
+
+
+# --- the REST API --------------------------------------------------------------------------------
+
+NAME = "discord"
+UNAUTHORIZED = {"message": "401: Unauthorized", "code": 0}
+
+
+@attrs.define
+class DiscordFake(SocketFake):
+    name = NAME
+    routes = (
+        (re.compile(r"/users/@me/channels$"), "dm"),
+        (re.compile(r"/channels/(?P<id>\d+)/messages$"), "send"),
+        (re.compile(r"/gateway/bot$"), "gateway"),
+    )
+    reject_default = (404, 10003, "Unknown Channel")
+    websocket_host = HOST
+    socket: FakeDiscordGateway = attrs.Factory(FakeDiscordGateway)
+    # DM channel id per user id, as Discord hands out one per user.
+    dm_channels: dict[str, str] = attrs.Factory(dict)
+
+    def error_body(self, code: Json, message: str) -> Json:
+        return {"code": code, "message": message}
+
+    def rate_limited(self, rule: Rule) -> FakeResponse:
+        after = rule.retry_after if rule.retry_after is not None else 1.0
+        body = {"message": "You are being rate limited.", "retry_after": after, "global": False}
+        return FakeResponse(429, body, {"Retry-After": number_text(after)})
+
+    async def answer_any_method(
+        self, server: FakeServer, request: FakeRequest, op: str, params: Params
+    ) -> FakeResponse | None:
+        if op != "gateway":
+            return None
+        if not server.credential_ok(NAME, bearer(request.headers, "Bot")) or self.socket.auth_rejected:
+            return bad(401, UNAUTHORIZED)
+        return FakeResponse(200, {"url": f"wss://{HOST}", "shards": 1})
+
+    async def answer(self, server: FakeServer, request: FakeRequest, op: str, params: Params) -> FakeResponse:
+        if not server.credential_ok(NAME, bearer(request.headers, "Bot")):
+            return bad(401, UNAUTHORIZED)
+        return self._dm(server, request) if op == "dm" else self._send(server, request, params["id"])
+
+    def _dm(self, server: FakeServer, request: FakeRequest) -> FakeResponse:
+        recipient = body_dict(request).get("recipient_id")
+        if not isinstance(recipient, str) or not recipient.isdigit():
+            return bad(400, {"message": "Invalid Form Body", "code": 50035})
+        channel_id = self.dm_channels.setdefault(recipient, server.next_id())
+        return FakeResponse(200, {"id": channel_id, "type": 1, "recipients": [{"id": recipient}]})
+
+    def _send(self, server: FakeServer, request: FakeRequest, channel_id: str) -> FakeResponse:
+        body = body_dict(request)
+        nonce = body.get("nonce")
+        if not body.get("content") or (nonce is not None and len(str(nonce)) > 25):
+            return bad(400, {"message": "Invalid Form Body", "code": 50035})
+        users = {cid: uid for uid, cid in self.dm_channels.items()}
+        to = f"user:{users[channel_id]}" if channel_id in users else f"channel:{channel_id}"
+        answer = {"id": server.next_id(), "channel_id": channel_id, "content": body["content"], "nonce": nonce}
+        key = f"{channel_id}/{nonce}" if nonce is not None and body.get("enforce_nonce") else None
+        return FakeResponse(200, server.once(NAME, key, Delivered(NAME, to, body["content"], nonce), answer))

@@ -1,4 +1,5 @@
-"""A fake Feishu long connection (SPEC 11): the websocket event subscription as the official SDK
+"""The fake Feishu: its send API (tenant token, then messages; `FeishuFake`) and its long
+connection (SPEC 11; `FakeFeishuSocket`): the websocket event subscription as the official SDK
 speaks it, protobuf `pbbp2.Frame`s over a real trio-websocket connection on in-memory streams.
 
 Each `push` becomes an `im.message.receive_v1` event in a data frame (split in two parts with
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
+import re
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -20,6 +23,20 @@ import trio_websocket
 
 from trio_gateway.channels.feishu import METHOD_CONTROL, METHOD_DATA, Frame, decode_frame, encode_frame
 from trio_gateway.sim.fake_inbound import SteerableSocket, in_memory_websocket
+from trio_gateway.sim.fake_platform import (
+    Delivered,
+    FakeRequest,
+    FakeResponse,
+    FakeServer,
+    Json,
+    Params,
+    Rule,
+    SocketFake,
+    bad,
+    bearer,
+    body_dict,
+    number_text,
+)
 
 HOST = "feishu-ws.fake.invalid"
 SERVICE_ID = 7
@@ -93,3 +110,86 @@ class FakeFeishuSocket(SteerableSocket):
                 await ws.send_message(encode_frame(pong))
             elif frame.method == METHOD_DATA and json.loads(frame.payload or b"{}").get("code") == 200:
                 self.acked.add(frame.header("message_id") or "")
+
+
+# --- the send API --------------------------------------------------------------------------------
+
+NAME = "feishu"
+TOKEN_INVALID = 99991663
+
+
+@attrs.define
+class FeishuFake(SocketFake):
+    name = NAME
+    routes = (
+        (re.compile(r"/open-apis/auth/v3/tenant_access_token/internal$"), "token"),
+        (re.compile(r"/open-apis/im/v1/messages$"), "send"),
+        (re.compile(r"/callback/ws/endpoint$"), "endpoint"),
+    )
+    reject_default = (400, 99992360, "Invalid ids")
+    websocket_host = HOST
+    socket: FakeFeishuSocket = attrs.Factory(FakeFeishuSocket)
+    token_expire: int = 7200
+    # Tenant tokens issued, with the trio time each expires.
+    tokens: dict[str, float] = attrs.Factory(dict)
+
+    def error_body(self, code: Json, message: str) -> Json:
+        return {"code": code, "msg": message, "data": {}}
+
+    def rate_limited(self, rule: Rule) -> FakeResponse:
+        wait = number_text(rule.retry_after if rule.retry_after is not None else 1.0)
+        body = {"code": rule.code or 99991400, "msg": "request trigger frequency limit"}
+        return FakeResponse(429, body, {"x-ogw-ratelimit-reset": wait})
+
+    def expire_tokens(self) -> None:
+        """Revoke every tenant token issued so far: the next send gets code 99991663."""
+        self.tokens.clear()
+
+    async def answer_any_method(
+        self, server: FakeServer, request: FakeRequest, op: str, params: Params
+    ) -> FakeResponse | None:
+        if op != "endpoint":
+            return None
+        body = body_dict(request)
+        if not body.get("AppID") or not server.credential_ok(NAME, body.get("AppSecret")):
+            return FakeResponse(200, {"code": 1000040344, "msg": "app_id or app_secret is invalid"})
+        return FakeResponse(200, self.socket.endpoint_answer())
+
+    async def answer(self, server: FakeServer, request: FakeRequest, op: str, params: Params) -> FakeResponse:
+        return self._token(server, request) if op == "token" else self._send(server, request)
+
+    def _token(self, server: FakeServer, request: FakeRequest) -> FakeResponse:
+        body = body_dict(request)
+        if not body.get("app_id") or not server.credential_ok(NAME, body.get("app_secret")):
+            return bad(400, {"code": 10014, "msg": "app secret invalid"})
+        token = f"t-fake-{server.serial()}"
+        self.tokens[token] = trio.current_time() + self.token_expire
+        return FakeResponse(200, {"code": 0, "msg": "ok", "tenant_access_token": token, "expire": self.token_expire})
+
+    def _send(self, server: FakeServer, request: FakeRequest) -> FakeResponse:
+        token = bearer(request.headers)
+        if token is None or self.tokens.get(token, -math.inf) <= trio.current_time():
+            return bad(400, {"code": TOKEN_INVALID, "msg": "Invalid access token for authorization"})
+        body = body_dict(request)
+        problem = _problem(request.query.get("receive_id_type"), body)
+        if problem:
+            return bad(400, {"code": 99992402, "msg": f"field validation failed: {problem}"})
+        text = json.loads(body["content"])["text"]
+        answer = {"code": 0, "msg": "success", "data": {"message_id": f"om_{server.serial()}"}}
+        uuid = body.get("uuid")
+        return FakeResponse(200, server.once(NAME, uuid, Delivered(NAME, body["receive_id"], text, uuid), answer))
+
+
+def _problem(receive_id_type: str | None, body: dict[str, Json]) -> str | None:
+    if receive_id_type not in ("open_id", "union_id", "chat_id", "user_id", "email"):
+        return f"receive_id_type {receive_id_type!r}"
+    if not body.get("receive_id") or body.get("msg_type") != "text":
+        return "receive_id and msg_type text are required"
+    uuid = body.get("uuid")
+    if uuid is not None and len(str(uuid)) > 50:
+        return "uuid longer than 50 characters"
+    try:
+        content = json.loads(body.get("content", ""))
+    except (TypeError, ValueError):
+        return "content is not JSON"
+    return None if isinstance(content, dict) and isinstance(content.get("text"), str) else "content.text missing"

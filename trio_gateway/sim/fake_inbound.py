@@ -1,5 +1,8 @@
-"""The listening side of the fake platforms (SPEC 11): long-poll servers for WeChat
-(`getupdates`, `notifystart`, `notifystop`) and Telegram (`getUpdates`), steerable:
+"""The listening side the fake platforms share (SPEC 11): the long-poll server the WeChat and
+Telegram fakes keep their messages in (`FakeInbound`), and the websocket plumbing of the socket
+fakes (`SteerableSocket`, `in_memory_websocket`). What a message looks like and how a poll is
+answered is each platform's, in `fake_weixin.py` and `fake_telegram.py`; steered through
+`FakeChannels`:
 
     fakes.push("openclaw-weixin", "hello", sender="u1@im.wechat")   # a person writes
     fakes.drop_connection("openclaw-weixin")                         # polls in flight break
@@ -14,9 +17,10 @@ long poll ended (its connection closed).
 
 from __future__ import annotations
 
+import collections
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import attrs
@@ -25,14 +29,7 @@ import trio.testing
 import trio_websocket
 
 Json = Any
-WEIXIN = "openclaw-weixin"
-TELEGRAM = "telegram"
-INBOUND_CHANNELS = (WEIXIN, TELEGRAM)
-# Channels whose listening side the fakes serve: the long polls here, Discord's gateway in
-# fake_discord.py, Slack's Socket Mode in fake_slack.py, Feishu's long connection in fake_feishu.py.
-LISTENING_FAKES = (WEIXIN, TELEGRAM, "discord", "slack", "feishu")
-# How long a poll is held with nothing to say (the platforms' own figures).
-WEIXIN_HOLD_MS = 35_000
+# The most messages one poll answers with.
 BATCH = 100
 
 
@@ -77,6 +74,15 @@ class SteerableSocket:
         finally:
             self.connections_open -= 1
 
+    def push(self, text: str, sender: str | None = None, *, bot: bool = False) -> str:
+        """A person (or, with `bot`, a bot) writes `text` in conversation `sender`; returns the
+        platform's id for the message."""
+        raise NotImplementedError
+
+    def connect(self, url: str) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:
+        """The listener's websocket seam: a connection to this fake over in-memory streams."""
+        raise NotImplementedError
+
     async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
         raise NotImplementedError
 
@@ -105,84 +111,40 @@ class Dropped(Exception):
 
 
 @attrs.define
-class InboundAnswer:
-    status: int
-    body: Json
-
-
-@attrs.define
 class FakeInbound:
     # Every message ever pushed, per channel, in order: its index is the cursor.
-    log: dict[str, list[dict[str, Json]]] = attrs.Factory(lambda: {c: [] for c in INBOUND_CHANNELS})
+    log: dict[str, list[dict[str, Json]]] = attrs.Factory(lambda: collections.defaultdict(list))
     auth_rejected: set[str] = attrs.Factory(set)
-    polls_open: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(INBOUND_CHANNELS, 0))
+    polls_open: dict[str, int] = attrs.Factory(lambda: collections.defaultdict(int))
     # trio time each poll ended because its client went away (cancelled or disconnected).
     closed_at: list[float] = attrs.Factory(list)
     notified: list[tuple[str, str]] = attrs.Factory(list)  # (channel, "start" | "stop")
-    weixin_hold_ms: int = WEIXIN_HOLD_MS
     _changed: trio.Event = attrs.Factory(trio.Event)
-    _drops: dict[str, int] = attrs.Factory(lambda: dict.fromkeys(INBOUND_CHANNELS, 0))
+    _drops: dict[str, int] = attrs.Factory(lambda: collections.defaultdict(int))
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
     # --- steering ---
 
-    def push(
-        self,
-        channel: str,
-        text: str,
-        *,
-        sender: str | None = None,
-        context_token: str | None = None,
-        bot: bool = False,
-    ) -> str:
-        """A person (or, with `bot`, a bot) writes `text`; returns the platform's message id."""
-        n = next(self._ids)
-        if channel == WEIXIN:
-            sender = sender or "user1@im.wechat"
-            message = {
-                "seq": n,
-                "message_id": 7_000_000 + n,
-                "from_user_id": sender,
-                "to_user_id": "bot@im.bot",
-                "message_type": 2 if bot else 1,
-                "message_state": 2,
-                "context_token": context_token or f"ctx-{sender}-{n}",
-                "item_list": [{"type": 1, "text_item": {"text": text}}],
-            }
-            ident = str(message["message_id"])
-        elif channel == TELEGRAM:
-            chat = int(sender) if sender and sender.lstrip("-").isdigit() else 4242
-            message = {
-                "update_id": 90_000 + n,
-                "message": {
-                    "message_id": n,
-                    "from": {"id": chat, "is_bot": bot, "first_name": "Tess"},
-                    "chat": {"id": chat, "type": "private"},
-                    "date": 1_700_000_000 + n,
-                    "text": text,
-                },
-            }
-            ident = str(message["update_id"])
-        else:
-            raise ValueError(f"no inbound fake for channel {channel!r}; known: {', '.join(INBOUND_CHANNELS)}")
+    def serial(self) -> int:
+        """The next message number, shared by the long-poll platforms."""
+        return next(self._ids)
+
+    def add(self, channel: str, message: dict[str, Json]) -> None:
+        """A message for the next poll of `channel`."""
         self.log[channel].append(message)
         self._wake()
-        return ident
 
     def drop_connection(self, channel: str) -> None:
         """Every poll of `channel` in flight ends with a broken connection."""
-        self._drops[channel] = self._drops.get(channel, 0) + 1
+        self._drops[channel] += 1
         self._wake()
 
     def reject_auth(self, channel: str) -> None:
         self.auth_rejected.add(channel)
         self.drop_connection(channel)
 
-    def accept_auth(self, channel: str | None = None) -> None:
-        if channel is None:
-            self.auth_rejected.clear()
-        else:
-            self.auth_rejected.discard(channel)
+    def accept_auth(self, channel: str) -> None:
+        self.auth_rejected.discard(channel)
 
     def _wake(self) -> None:
         self._changed.set()
@@ -190,40 +152,9 @@ class FakeInbound:
 
     # --- serving ---
 
-    async def handle(self, channel: str, op: str, body: Json) -> InboundAnswer:
-        if channel == WEIXIN:
-            if channel in self.auth_rejected:
-                return InboundAnswer(200, {"ret": -14, "errcode": -14, "errmsg": "session expired"})
-            if op in ("notifystart", "notifystop"):
-                self.notified.append((channel, op.removeprefix("notify")))
-                return InboundAnswer(200, {"ret": 0})
-            return await self._weixin_poll(body if isinstance(body, dict) else {})
-        if channel in self.auth_rejected:
-            return InboundAnswer(401, {"ok": False, "error_code": 401, "description": "Unauthorized"})
-        return await self._telegram_poll(body if isinstance(body, dict) else {})
-
-    async def _weixin_poll(self, body: dict[str, Json]) -> InboundAnswer:
-        buf = body.get("get_updates_buf") or "0"
-        start = int(buf) if isinstance(buf, str) and buf.isdigit() else 0
-        batch = await self._hold(WEIXIN, lambda: self.log[WEIXIN][start : start + BATCH], self.weixin_hold_ms / 1000)
-        return InboundAnswer(
-            200,
-            {"ret": 0, "msgs": batch, "get_updates_buf": str(start + len(batch)),
-             "longpolling_timeout_ms": self.weixin_hold_ms},
-        )  # fmt: skip
-
-    async def _telegram_poll(self, body: dict[str, Json]) -> InboundAnswer:
-        offset = body.get("offset")
-        first = offset if isinstance(offset, int) else 0
-        timeout = body.get("timeout")
-        hold = float(timeout) if isinstance(timeout, (int, float)) else 0.0
-
-        def due() -> list[dict[str, Json]]:
-            return [u for u in self.log[TELEGRAM] if u["update_id"] >= first][:BATCH]
-
-        return InboundAnswer(200, {"ok": True, "result": await self._hold(TELEGRAM, due, hold)})
-
-    async def _hold(self, channel: str, ready: Any, seconds: float) -> list[dict[str, Json]]:
+    async def hold(
+        self, channel: str, ready: Callable[[], list[dict[str, Json]]], seconds: float
+    ) -> list[dict[str, Json]]:
         """Answer at once when `ready()` has messages, else when one arrives or `seconds` pass."""
         drops = self._drops[channel]
         self.polls_open[channel] += 1

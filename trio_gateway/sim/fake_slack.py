@@ -1,4 +1,5 @@
-"""A fake Slack Socket Mode server (SPEC 11): the websocket side of `FakeChannels` for `slack`.
+"""The fake Slack: its Web API `chat.postMessage` (`SlackFake`) and a Socket Mode server
+(SPEC 11; `FakeSlackSocket`), the websocket side of `FakeChannels` for `slack`.
 
 `connect(url)` serves a real trio-websocket connection over in-memory streams: `hello`, then an
 `events_api` envelope per `push`. Envelopes not acknowledged (`{"envelope_id"}`) are sent again
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -20,6 +22,19 @@ import trio
 import trio_websocket
 
 from trio_gateway.sim.fake_inbound import SteerableSocket, in_memory_websocket
+from trio_gateway.sim.fake_platform import (
+    Delivered,
+    FakeRequest,
+    FakeResponse,
+    FakeServer,
+    Json,
+    Params,
+    Rule,
+    SocketFake,
+    bearer,
+    body_dict,
+    retry_after_header,
+)
 
 HOST = "slack.fake.invalid"
 
@@ -83,3 +98,46 @@ class FakeSlackSocket(SteerableSocket):
             frame = json.loads(await ws.get_message())
             if isinstance(frame, dict) and isinstance(frame.get("envelope_id"), str):
                 self.acked.add(frame["envelope_id"])
+
+
+# --- the Web API ---------------------------------------------------------------------------------
+
+NAME = "slack"
+
+
+@attrs.define
+class SlackFake(SocketFake):
+    name = NAME
+    routes = (
+        (re.compile(r"/chat\.postMessage$"), "send"),
+        (re.compile(r"/apps\.connections\.open$"), "connect"),
+    )
+    reject_default = (200, "channel_not_found", "")
+    websocket_host = HOST
+    socket: FakeSlackSocket = attrs.Factory(FakeSlackSocket)
+
+    def error_body(self, code: Json, message: str) -> Json:
+        return {"ok": False, "error": code}
+
+    def rate_limited(self, rule: Rule) -> FakeResponse:
+        return FakeResponse(429, {"ok": False, "error": "ratelimited"}, retry_after_header(rule))
+
+    async def answer_any_method(
+        self, server: FakeServer, request: FakeRequest, op: str, params: Params
+    ) -> FakeResponse | None:
+        if op != "connect":
+            return None
+        if not bearer(request.headers):
+            return FakeResponse(200, {"ok": False, "error": "not_authed"})
+        return FakeResponse(200, self.socket.connections_open_answer())
+
+    async def answer(self, server: FakeServer, request: FakeRequest, op: str, params: Params) -> FakeResponse:
+        if not server.credential_ok(NAME, bearer(request.headers)):
+            return FakeResponse(200, {"ok": False, "error": "invalid_auth"})
+        body = body_dict(request)
+        if not body.get("channel"):
+            return FakeResponse(200, {"ok": False, "error": "channel_not_found"})
+        if not body.get("text"):
+            return FakeResponse(200, {"ok": False, "error": "no_text"})
+        server.messages.append(Delivered(NAME, body["channel"], body["text"]))
+        return FakeResponse(200, {"ok": True, "channel": body["channel"], "ts": f"{server.serial()}.000100"})

@@ -23,8 +23,7 @@ import trio
 from trio_util import AsyncValue, move_on_when
 
 from trio_gateway.app.assemble import listeners, queue_delivery
-from trio_gateway.channels.base import Channel
-from trio_gateway.channels.classify import Outcome
+from trio_gateway.channels.base import Channel, Outcome
 from trio_gateway.delivery import ClosableChannels, QueueDelivery
 from trio_gateway.errors import ModelCallError
 from trio_gateway.log import EventLog, FileSink, MemorySink

@@ -1,0 +1,172 @@
+"""What comes in from a platform, in the words every platform module and the listener supervisor
+share (SPEC 11): a message heard by a listener (`Heard`, `Intake`, `Listener`, the two ways a
+connection ends), the websocket helpers the socket listeners share, and what a webhook request
+is and yields (`WebhookRequest` → `Event`). No platform knowledge: that lives in each platform's
+module, reached through its `ChannelKind` (`channels/base.py`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import attrs
+
+from trio_gateway.errors import BadRequestError, UnauthorizedError
+from trio_gateway.policy.config import AccountConfig
+
+
+class ListenError(Exception):
+    """The connection failed or closed: reconnect after a backoff."""
+
+
+class AuthFailed(Exception):
+    """The platform refused our credentials (401/403, WeChat errcode -14): pause the account."""
+
+
+@attrs.frozen
+class Heard:
+    """One message from a person, as the gateway needs it."""
+
+    id: str  # the platform's id for it, unique per account: the dedupe key
+    to: str  # where the reply goes
+    text: str
+    context_token: str | None = None
+
+
+class Intake(Protocol):
+    """What a listener talks to: hand over messages, keep its cursor."""
+
+    async def accept(self, heard: Heard) -> None:
+        """Returns once the message is a durable turn (or known already). Never raises for a
+        bad message; raises `ListenError` when the gateway is not accepting work."""
+
+    async def accept_batch(self, batch: list[Heard]) -> None:
+        """`accept` for one poll's messages: returns once every one is a durable turn."""
+
+    async def load_cursor(self) -> Any: ...
+
+    async def save_cursor(self, cursor: Any) -> None: ...
+
+    def connected(self) -> None:
+        """The platform answered: state `listening`, the backoff starts over."""
+
+
+class Listener(Protocol):
+    channel: str
+    account_id: str
+
+    async def listen(self, intake: Intake) -> None:
+        """Until cancelled; raises `ListenError` or `AuthFailed`."""
+
+    async def stop(self) -> None:
+        """The platform's own stop call (WeChat `notifystop`, a close frame); bounded by the caller."""
+
+    async def aclose(self) -> None: ...
+
+
+# --- websockets the socket listeners share ------------------------------------------------------
+
+WebSocketConnect = Callable[[str], AbstractAsyncContextManager[Any]]
+DISCONNECT_SECONDS = 5.0
+
+
+# trio-websocket is imported where a socket is used, not at the top: the address rules and
+# classifiers in the platform modules are read by light commands (`delivery list`), which never
+# open a socket and should not pay for importing one.
+
+
+def open_websocket(url: str) -> AbstractAsyncContextManager[Any]:
+    """Production: trio-websocket, with its closing handshake bounded."""
+    import trio_websocket
+
+    return trio_websocket.open_websocket_url(url, disconnect_timeout=DISCONNECT_SECONDS)
+
+
+def leaf_errors(exc: BaseException) -> Iterator[BaseException]:
+    """The errors inside `exc`, however deep trio's ExceptionGroups nest them."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaf_errors(inner)
+    else:
+        yield exc
+
+
+def socket_error(exc: Exception, what: str) -> Exception:
+    """The one error the supervisor understands, from what a socket listener's connection and
+    nursery raised (trio wraps a child task's error in an ExceptionGroup)."""
+    import trio_websocket
+
+    for leaf in leaf_errors(exc):
+        if isinstance(leaf, (AuthFailed, ListenError)):
+            return leaf
+        if isinstance(leaf, trio_websocket.ConnectionClosed):
+            return ListenError(f"{what} closed (code {leaf.reason.code if leaf.reason else None})")
+        if isinstance(leaf, (trio_websocket.HandshakeError, OSError, ValueError)):
+            return ListenError(f"{what}: {type(leaf).__name__}: {leaf}")
+    return exc
+
+
+# --- webhooks (`POST /channels/{channel}/{accountId}/events`) -----------------------------------
+
+JsonObject = dict[str, Any]
+
+
+@attrs.frozen
+class WebhookRequest:
+    """One webhook request as the HTTP route hands it to the platform: before the body is read
+    (`body` empty, for the header checks) and after. `read_json` is the route's own strict JSON
+    reader, so a bad body is refused with the same 400 as any other."""
+
+    headers: Mapping[str, str]
+    body: bytes
+    account: AccountConfig
+    env: Mapping[str, str]
+    wall_time: Callable[[], float]
+    read_json: Callable[[bytes], JsonObject]
+
+    def json(self) -> JsonObject:
+        return self.read_json(self.body)
+
+    def secret(self, env_name: str | None, what: str) -> str:
+        """The webhook secret the account names (`what` is its key, for the error)."""
+        secret = self.env.get(env_name) if env_name else None
+        if not secret:
+            # The account cannot verify anything, so it accepts nothing.
+            raise UnauthorizedError(f"{what} is not configured for this account; inbound events are refused")
+        return secret
+
+
+@attrs.frozen
+class Message:
+    to: str  # where a reply goes: the conversation or sender on that channel
+    text: str
+    # The platform's id for the event (Slack `event_id`, Telegram `update_id`, Feishu
+    # `header.event_id`): a retried delivery carries the same one and is not a second turn.
+    event_id: str | None = None
+
+
+@attrs.frozen
+class Event:
+    message: Message | None = None
+    challenge: str | None = None
+    ignored: str | None = None
+
+
+def json_dict(value: object) -> JsonObject:
+    return value if isinstance(value, dict) else {}
+
+
+def message_event(to: object, text: object, to_field: str, text_field: str, event_id: object = None) -> Event:
+    """The `Event` for a message a webhook carried: a missing sender is the request's fault
+    (400), a message without text is ignored (an image, a sticker)."""
+    if not isinstance(to, str) or not to:
+        raise BadRequestError(f"{to_field}: missing sender")
+    if not isinstance(text, str) or not text.strip():
+        return Event(ignored=f"{text_field}: no text")
+    ident = (
+        str(event_id)
+        if isinstance(event_id, (str, int)) and not isinstance(event_id, bool) and event_id != ""
+        else None
+    )
+    return Event(message=Message(to, text, ident))
