@@ -12,6 +12,7 @@ import pytest
 import trio
 
 import trio_gateway
+from trio_gateway.channels.inbound import ListenError, socket_error
 from trio_gateway.errors import (
     BadRequestError,
     GatewayError,
@@ -123,3 +124,11 @@ def test_models_and_tool_clients_are_handed_progress_not_a_work_unit() -> None:
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not [m for m in imported if m.startswith("trio_gateway.work")], path.name
+
+
+def test_a_socket_listener_failing_twice_names_both_in_the_error_its_supervisor_gets() -> None:
+    group = ExceptionGroup("listener", [OSError("connection refused"), ValueError("bad frame")])
+    error = socket_error(group, "Socket Mode connection")
+    assert isinstance(error, ListenError)
+    assert str(error) == "Socket Mode connection: OSError: connection refused"
+    assert error.__notes__ == ["also raised: ValueError: bad frame"]
