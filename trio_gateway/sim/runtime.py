@@ -193,6 +193,7 @@ def gateway_deps(
     session_runner: BlockingRunner | None = None,
     tools_factory: ToolsFactory | None = None,
     listener_factory: ListenerFactory | None = None,
+    **more: Any,
 ) -> GatewayDeps:
     """Everything an in-process gateway is built with; unnamed parts are the recording and
     scripted stand-ins."""
@@ -209,4 +210,5 @@ def gateway_deps(
         session_runner=session_runner,
         tools_factory=tools_factory or in_process_tools(FakeMcpServers()),
         listener_factory=listener_factory,
+        **more,  # any other `GatewayDeps` field as given (`preflight`, `describe_storage`, ...)
     )
