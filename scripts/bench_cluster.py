@@ -79,7 +79,7 @@ async def node_run(backend: str, root: Path, dsn: str, node_id: str, n: int, c: 
     log = EventLog([])
     channel = NullChannel()
     if backend == "file":
-        from trio_gateway.delivery import QueueDelivery
+        from trio_gateway.delivery.service import QueueDelivery
         from trio_gateway.storage.queue import DeliveryQueue
 
         queue: Any = DeliveryQueue(root / "delivery-queue", in_thread, log)

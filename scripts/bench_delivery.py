@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import banner, have_module, table, temp_home
 
 from trio_gateway.channels.base import OK, Outcome
-from trio_gateway.delivery import QueueDelivery
+from trio_gateway.delivery.service import QueueDelivery
 from trio_gateway.log import EventLog
 from trio_gateway.policy.entry import DeliveryEntry, Payload, entry_to_json
 from trio_gateway.sim.runtime import quick_config

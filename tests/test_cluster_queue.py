@@ -18,7 +18,7 @@ from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode, cluster_status
 from trio_gateway.cluster.pg_delivery import PgDeliveryWorker
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
-from trio_gateway.delivery import Outbox
+from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import ClusterDatabaseError, NotFoundError
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.policy.config import AgentConfig, ClusterConfig, DeliveryConfig

@@ -13,13 +13,15 @@ import attrs
 import pytest
 import trio
 
-from trio_gateway import delivery
 from trio_gateway.channels.base import OK, Outcome
-from trio_gateway.delivery import DeadLetter, DeliveryWorker, Outbox, Reroute, plan_repair
+from trio_gateway.delivery.outbox import Outbox
+from trio_gateway.delivery.repair import repair
+from trio_gateway.delivery.scheduler import DeadLetter, Reroute, plan_repair
+from trio_gateway.delivery.worker import DeliveryWorker
 from trio_gateway.errors import DeliveryValidationError
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.policy.config import AgentConfig, DeliveryConfig
-from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.policy.entry import DeliveryEntry, Payload
 from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import inline
 from trio_gateway.storage.queue import Claimed, DeliveryQueue
@@ -328,14 +330,14 @@ def _seed_entry(rig: Rig, origin: Origin | None, channel: str, to: str) -> Deliv
     now = rig.worker.clock.now()
     entry_id = rig.queue.new_id(now)
     return DeliveryEntry(
-        entry_id, "subagent_failure", channel, to, "bot-1", "main", origin, delivery.Payload("x"), entry_id, now, now
+        entry_id, "subagent_failure", channel, to, "bot-1", "main", origin, Payload("x"), entry_id, now, now
     )
 
 
 def test_plan_repair_reroutes_to_the_requester_origin() -> None:
     rig_entry = DeliveryEntry(
         "01", "subagent_failure", "feishu", "o9cq80abc@im.wechat", "bot-1", "main",
-        Origin("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1"), delivery.Payload("x"), "k",
+        Origin("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1"), Payload("x"), "k",
         dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     )  # fmt: skip
     action = plan_repair(rig_entry, AGENTS)
@@ -354,12 +356,12 @@ async def test_repair_over_a_seed_style_queue(tmp_path: Path) -> None:
     for e in [*misrouted, orphan, fine]:
         await rig.queue.enqueue(attrs.evolve(e, attempts=12))
 
-    dry = await delivery.repair(rig.queue, AGENTS, rig.worker.clock, dry_run=True)
+    dry = await repair(rig.queue, AGENTS, rig.worker.clock, dry_run=True)
     assert len(dry) == 6
     assert not any(r.done for r in dry)
     assert {e.channel for e in await rig.queue.list_pending()} == {"feishu", "console"}
 
-    reports = await delivery.repair(rig.queue, AGENTS, rig.worker.clock, dry_run=False)
+    reports = await repair(rig.queue, AGENTS, rig.worker.clock, dry_run=False)
     assert all(r.done for r in reports)
     pending = {e.id: e for e in await rig.queue.list_pending()}
     for e in misrouted:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_gateway.delivery import Outbox
+from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.log import EventLog
 from trio_gateway.storage.atomic import in_thread
 from trio_gateway.storage.queue import DeliveryQueue
@@ -41,7 +41,7 @@ import attrs, trio
 from trio_gateway.channels.base import OK
 from trio_gateway.work.clock import WallClock
 from trio_gateway.policy.config import DeliveryConfig
-from trio_gateway.delivery import DeliveryWorker
+from trio_gateway.delivery.worker import DeliveryWorker
 from trio_gateway.log import open_log
 from trio_gateway.storage.queue import DeliveryQueue
 from trio_gateway.storage.atomic import in_thread

@@ -22,7 +22,8 @@ from trio_gateway.channels.listen import (
     SenderControl,
 )
 from trio_gateway.channels.registry import ChannelSet, build_listeners
-from trio_gateway.delivery import ClosableChannels, DeliveryWorker, OutcomeTally, QueueDelivery
+from trio_gateway.delivery.service import ClosableChannels, QueueDelivery
+from trio_gateway.delivery.worker import DeliveryWorker, OutcomeTally
 from trio_gateway.errors import ConfigError
 from trio_gateway.log import EventLog
 from trio_gateway.models import build_model

@@ -16,10 +16,14 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trio_gateway import delivery
 from trio_gateway.channels.registry import check_configured
 from trio_gateway.cli import add_commands
 from trio_gateway.cli.progress import Progress
+from trio_gateway.delivery.outbox import Outbox
+from trio_gateway.delivery.repair import repair as repair_queue
+from trio_gateway.delivery.scheduler import Reroute
+from trio_gateway.delivery.service import ClosableChannels
+from trio_gateway.delivery.worker import DeliveryWorker
 from trio_gateway.errors import GatewayError, NotFoundError, UsageError
 from trio_gateway.log import EventLog, open_log
 from trio_gateway.policy.config import Config
@@ -94,13 +98,13 @@ async def _store(ctx: Context, log: EventLog) -> AsyncIterator[DeliveryStore]:
         yield queue
 
 
-def channels_for(config: Config, home: Home) -> delivery.ClosableChannels:
+def channels_for(config: Config, home: Home) -> ClosableChannels:
     """The channel adapters for `config`, from the channel registry."""
     try:
         registry = importlib.import_module("trio_gateway.channels.registry")
     except ModuleNotFoundError:
         raise GatewayError("the channel adapters (trio_gateway.channels.registry) are not installed") from None
-    channels: delivery.ClosableChannels = registry.ChannelSet.build(config, home, os.environ, None, in_thread)
+    channels: ClosableChannels = registry.ChannelSet.build(config, home, os.environ, None, in_thread)
     return channels
 
 
@@ -140,7 +144,7 @@ async def _create(args: argparse.Namespace, ctx: Context) -> int:
     check_configured(config.channels, args.channel, args.to, args.account)
     log = _log(ctx)
     async with _store(ctx, log) as queue:
-        outbox = delivery.Outbox(queue, config.agents, WallClock.start(), log)
+        outbox = Outbox(queue, config.agents, WallClock.start(), log)
         entry = await outbox.submit_manual(args.channel, args.to, args.account, args.agent, args.text)
     print(entry.id)
     return 0
@@ -165,9 +169,7 @@ async def _process(args: argparse.Namespace, ctx: Context) -> int:
     try:
         async with _store(ctx, log) as queue:
             clock = WallClock.start()
-            worker = delivery.DeliveryWorker(
-                queue, channels, config.delivery, clock, log, WorkRegistry(log), random.Random()
-            )
+            worker = DeliveryWorker(queue, channels, config.delivery, clock, log, WorkRegistry(log), random.Random())
             results = await worker.process_once()
     finally:
         with trio.move_on_after(config.gateway.channel_stop_timeout_seconds, shield=True):
@@ -186,14 +188,14 @@ async def _repair(args: argparse.Namespace, ctx: Context) -> int:
     bar = Progress(len(os.listdir(root)) if root.exists() else 0, sys.stderr, "repair ")
     try:
         async with _store(ctx, _log(ctx)) as queue:
-            reports = await delivery.repair(
+            reports = await repair_queue(
                 queue, config.agents, WallClock.start(), dry_run=args.dry_run, on_progress=bar.update
             )
     finally:
         bar.close()
     for report in reports:
         print(report.line)
-    rerouted = sum(isinstance(r.action, delivery.Reroute) for r in reports)
+    rerouted = sum(isinstance(r.action, Reroute) for r in reports)
     dead = len(reports) - rerouted
     skipped = sum(not r.done for r in reports) if not args.dry_run else 0
     verb = "would re-route" if args.dry_run else "re-routed"

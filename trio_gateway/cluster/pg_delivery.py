@@ -16,7 +16,9 @@ import attrs
 import trio
 
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
-from trio_gateway.delivery import ClosableChannels, DeliveryWorker, Outbox
+from trio_gateway.delivery.outbox import Outbox
+from trio_gateway.delivery.service import ClosableChannels
+from trio_gateway.delivery.worker import DeliveryWorker
 from trio_gateway.errors import ClusterDatabaseError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import Config

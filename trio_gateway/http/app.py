@@ -9,17 +9,16 @@ before it returns and a half-cancelled submit would leave accepted work nobody s
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 import trio
 
-from trio_gateway import delivery as delivery_mod
 from trio_gateway.channels.listen import agent_for
 from trio_gateway.channels.registry import NAMES as CHANNEL_NAMES
 from trio_gateway.channels.registry import check_address, check_configured
+from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import (
     BadRequestError,
     DeliveryValidationError,
@@ -31,9 +30,10 @@ from trio_gateway.errors import (
     RequestTimeoutError,
     chosen,
 )
-from trio_gateway.http import inbound, metrics
+from trio_gateway.http import inbound, metrics, turns, ui
 from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
-from trio_gateway.http.body import JsonObject, json_object, opt_bool, opt_number, opt_str, req_obj, req_str
+from trio_gateway.http.base import Request, Response, Route, delivery_store, error_response, json_response
+from trio_gateway.http.body import JsonObject, opt_bool, opt_number, opt_str, req_obj, req_str
 from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.policy.config import RANGES, AccountConfig, Config
 from trio_gateway.policy.entry import entry_to_json
@@ -41,74 +41,11 @@ from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway, ServiceOutbox
 from trio_gateway.storage.base import DeliveryStore
-from trio_gateway.storage.queue import DeliveryQueue
 from trio_gateway.work.drain import DrainKind, DrainRequest
 
 # The stall endpoint's default: longer than any sane stall threshold or drain timeout.
 DEFAULT_STALL_MS = 3_600_000
 MAX_STALL_MS = 86_400_000  # durationMs range: (0, one day]
-
-
-@attrs.frozen
-class Request:
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    body: bytes
-
-    def json(self, *, empty_ok: bool = False) -> JsonObject:
-        return json_object(self.body, empty_ok=empty_ok)
-
-
-@attrs.frozen
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    close: bool = False  # True: `Connection: close`
-    headers: tuple[tuple[bytes, bytes], ...] = ()
-    # A streamed body (server-sent events): sent after the headers, instead of `body`.
-    stream: Callable[[Receive, Send], Awaitable[None]] | None = None
-
-    def with_headers(self, *more: tuple[bytes, bytes]) -> Response:
-        return attrs.evolve(self, headers=self.headers + more)
-
-
-def json_response(status: int, obj: object) -> Response:
-    # backslashreplace: a lone surrogate that got into state anyway is answered as the JSON
-    # escape `\ud800`, never a 500 on every later status request.
-    return Response(status, json.dumps(obj, ensure_ascii=False).encode("utf-8", "backslashreplace") + b"\n")
-
-
-def error_response(exc: GatewayError) -> Response:
-    return json_response(exc.http_status, {"error": exc.name, "message": str(exc)})
-
-
-Handler = Callable[..., Awaitable[Response]]
-
-
-@attrs.frozen
-class Route:
-    method: str
-    pattern: tuple[str, ...]  # path segments; "{name}" captures one segment
-    handler: Handler
-    auth: bool = True
-    # Waits on long work: runs under a watch for the client's disconnect.
-    long: bool = False
-    # Checks that need only the headers and path (account, signature headers), run BEFORE the
-    # body is read: a stranger must not make an unauthenticated route buffer a megabyte.
-    before_body: Callable[..., None] | None = None
-
-    def match(self, method: str, segments: list[str]) -> dict[str, str] | None:
-        if method != self.method or len(segments) != len(self.pattern):
-            return None
-        params = {}
-        for want, got in zip(self.pattern, segments, strict=True):
-            if want.startswith("{"):
-                params[want[1:-1]] = got
-            elif want != got:
-                return None
-        return params
 
 
 def _segments(path: str) -> list[str]:
@@ -128,8 +65,6 @@ class GatewayApp:
     _unverified: trio.CapacityLimiter | None = None
 
     def __attrs_post_init__(self) -> None:
-        from trio_gateway.http import turns, ui  # build on this module's Route and Response
-
         self.ui_auth = UiAuth(self.token)
         r = Route
         self.routes = [
@@ -156,8 +91,8 @@ class GatewayApp:
             r("GET", ("v1", "channels"), self._channels),
             r("POST", ("v1", "channels", "{channel}", "{account_id}", "resume"), self._resume_channel),
             r("POST", ("internal", "test", "stall-model-call"), self._stall_model_call),
-            *ui.routes(self),
-            *turns.routes(self),
+            *ui.routes(self.gateway, self.ui_auth),
+            *turns.routes(self.gateway),
         ]
 
     @property
@@ -330,13 +265,7 @@ class GatewayApp:
     # --- deliveries ----------------------------------------------------------------------
 
     def _queue(self) -> DeliveryStore:
-        # The generation's own store (in cluster mode, the shared database). Before generation
-        # 1 has built its delivery side (the server starts first), the files.
-        service = self.gateway.delivery
-        if service is not None:
-            return service.store
-        deps = self.gateway.deps
-        return DeliveryQueue(deps.home.queue_dir, deps.runner, deps.log)
+        return delivery_store(self.gateway)
 
     async def _list_deliveries(self, request: Request) -> Response:
         queue = self._queue()
@@ -365,7 +294,7 @@ class GatewayApp:
         if service is not None:
             return service.outbox
         assert self.gateway.wall is not None
-        return delivery_mod.Outbox(self._queue(), self.config.agents, self.gateway.wall, self.gateway.log)
+        return Outbox(self._queue(), self.config.agents, self.gateway.wall, self.gateway.log)
 
     # --- inbound -------------------------------------------------------------------------
 

@@ -8,27 +8,23 @@ timeout passes first; the client asks again. A long poll bounded by its timeout 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import trio
 
 from trio_gateway.errors import NotFoundError
-from trio_gateway.http.app import Request, Response, Route, json_response
+from trio_gateway.http.base import Request, Response, Route, json_response
 from trio_gateway.http.body import opt_number
-
-if TYPE_CHECKING:
-    from trio_gateway.http.app import GatewayApp
+from trio_gateway.runtime.gateway import Gateway
 
 MAX_WAIT_SECONDS = 60.0
 
 
-def routes(app: GatewayApp) -> list[Route]:
+def routes(gateway: Gateway) -> list[Route]:
     async def wait(request: Request, session_id: str, turn_id: str) -> Response:
         timeout = opt_number(request.json(empty_ok=True), "timeoutSeconds", 0, MAX_WAIT_SECONDS)
         seconds = MAX_WAIT_SECONDS if timeout is None else timeout
         with trio.move_on_after(seconds):
             while True:
-                session = app.gateway.sessions.get(session_id)
+                session = gateway.sessions.get(session_id)
                 if session is None:
                     raise NotFoundError(f"no session {session_id!r}")
                 outcome = session.outcomes.get(turn_id)

@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import importlib.resources
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from trio_gateway import __version__
-from trio_gateway import delivery as delivery_mod
+from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import NotFoundError, UnauthorizedError
 from trio_gateway.http import events, ui_auth
-from trio_gateway.http.app import Request, Response, Route, json_response
+from trio_gateway.http.base import Request, Response, Route, delivery_store, json_response
 from trio_gateway.http.body import opt_str
+from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.runtime import views
-
-if TYPE_CHECKING:
-    from trio_gateway.http.app import GatewayApp
+from trio_gateway.runtime.gateway import Gateway
 
 STATIC = {
     "index.html": "text/html; charset=utf-8",
@@ -47,8 +46,8 @@ def _static(name: str) -> bytes:
     return importlib.resources.files("trio_gateway.http").joinpath("ui_static", name).read_bytes()
 
 
-def routes(app: GatewayApp) -> list[Route]:
-    ui = ControlUi(app)
+def routes(gateway: Gateway, auth: UiAuth) -> list[Route]:
+    ui = ControlUi(gateway, auth)
     return [
         Route("GET", ("ui",), ui.page, auth=False),
         Route("GET", ("ui", "{name}"), ui.asset, auth=False),
@@ -61,10 +60,11 @@ def routes(app: GatewayApp) -> list[Route]:
 
 
 class ControlUi:
-    def __init__(self, app: GatewayApp) -> None:
-        self.app = app
+    def __init__(self, gateway: Gateway, auth: UiAuth) -> None:
+        self.gateway = gateway
+        self.auth = auth
         self.tail = events.LogTail()
-        app.gateway.log.sinks.append(self.tail)
+        gateway.log.sinks.append(self.tail)
 
     # --- the page ------------------------------------------------------------------------
 
@@ -86,28 +86,28 @@ class ControlUi:
         if not ui_auth.same_origin(request.headers):
             raise UnauthorizedError("log in from the Control UI's own page")
         data = request.json()
-        session = self.app.ui_auth.login(code=opt_str(data, "code"), token=opt_str(data, "token"))
+        session = self.auth.login(code=opt_str(data, "code"), token=opt_str(data, "token"))
         secure = request.headers.get("x-forwarded-proto") == "https"
         cookie = ui_auth.set_cookie(session, secure=secure)
         return json_response(200, {"ok": True}).with_headers((b"set-cookie", cookie))
 
     async def logout(self, request: Request) -> Response:
-        self.app.ui_auth.logout(request.headers)
+        self.auth.logout(request.headers)
         return json_response(200, {"ok": True}).with_headers((b"set-cookie", ui_auth.clear_cookie()))
 
     async def new_code(self, request: Request) -> Response:
-        code = self.app.ui_auth.new_code()
+        code = self.auth.new_code()
         return json_response(200, {"code": code, "expiresInSeconds": ui_auth.CODE_TTL_SECONDS})
 
     # --- live data -----------------------------------------------------------------------
 
     async def events(self, request: Request) -> Response:
-        state = self.app.gateway.state
+        state = self.gateway.state
         stream = events.EventStream(self.snapshot, self.tail, lambda: state.wait_value("stopped"))
         return Response(200, b"", headers=events.STREAM_HEADERS, stream=stream.run)
 
     def snapshot(self) -> dict[str, Any]:
-        gateway = self.app.gateway
+        gateway = self.gateway
         config = gateway.config.gateway
         status = views.status(gateway)
         status["version"] = __version__
@@ -121,11 +121,11 @@ class ControlUi:
     # --- the retry button ----------------------------------------------------------------
 
     async def retry(self, request: Request, entry_id: str) -> Response:
-        gateway = self.app.gateway
+        gateway = self.gateway
         assert gateway.wall is not None
-        entry = await self.app._queue().retry_dead(entry_id, gateway.wall.now())
+        entry = await delivery_store(gateway).retry_dead(entry_id, gateway.wall.now())
         outbox = getattr(gateway.delivery, "outbox", None)
-        if isinstance(outbox, delivery_mod.Outbox) and outbox.on_enqueued is not None:
+        if isinstance(outbox, Outbox) and outbox.on_enqueued is not None:
             outbox.on_enqueued(entry)  # the worker sends it now, not at its next rescan
         gateway.log.info("DELIVERY", "Dead letter retried by operator", id=entry.id, channel=entry.channel)
         return json_response(202, {"id": entry.id, "state": "pending"})

@@ -24,7 +24,7 @@ from trio_util import AsyncValue, move_on_when
 
 from trio_gateway.app.assemble import listeners, queue_delivery
 from trio_gateway.channels.base import Channel, Outcome
-from trio_gateway.delivery import ClosableChannels, QueueDelivery
+from trio_gateway.delivery.service import ClosableChannels, QueueDelivery
 from trio_gateway.errors import ModelCallError
 from trio_gateway.log import EventLog, FileSink, MemorySink
 from trio_gateway.models.base import Message, ModelReply, Progress

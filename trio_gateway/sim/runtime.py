@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import trio
 
-from trio_gateway.delivery import Outbox
+from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import DeliveryValidationError, ModelCallError
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.models.base import Message, Model, ModelReply, Progress, ToolCall

@@ -1,0 +1,258 @@
+"""What is due when (SPEC 7). Pure: no trio, no I/O, no clock read — every time is passed in.
+
+The worker asks this module three kinds of question and acts on the answers:
+
+- `Schedule`: which pending entry is due next, which ids are being attempted, which accounts are
+  paused until when. Times are seconds on the trio clock, as the worker passes them.
+- `plan_retry`: after a failed attempt, wait how long, or give up and why (`policy.backoff`).
+- `plan_repair`: what `delivery repair` does with one pending entry, or nothing when it is sound.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import heapq
+import math
+import random
+from collections.abc import Iterable
+
+import attrs
+
+from trio_gateway.channels.registry import check_address, fits
+from trio_gateway.errors import DeliveryValidationError
+from trio_gateway.policy import backoff, routing
+from trio_gateway.policy.config import AgentConfig, DeliveryConfig
+from trio_gateway.policy.entry import DeliveryEntry
+
+# An account the platform paused (WeChat errcode -14: session expired) needs a person; we
+# probe it again after this long rather than hammering it or forgetting it.
+PAUSE_PROBE_SECONDS = 300.0
+
+AccountKey = tuple[str, str | None]
+
+
+# --- the schedule -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Slot:
+    """The worker's in-memory view of one pending entry: enough to schedule it, no more."""
+
+    due: float  # trio clock; -inf when not known yet (the claim reads the file and finds out)
+    channel: str | None  # None until parsed: no account pause applies before the claim
+    account_id: str | None
+
+
+# Every entry known only from the directory listing shares this one slot: due at once, oldest
+# id first. Start-up schedules from `listdir` alone and holds no parsed entry per file.
+LISTED = Slot(-math.inf, None, None)
+
+
+@attrs.frozen
+class Listing:
+    """What a directory listing changed: whether new ids were scheduled, and which known ids
+    are waiting on a later due time (their files may have been rescheduled by another process)."""
+
+    added: bool
+    waiting: list[str]
+
+
+@attrs.define
+class Schedule:
+    """Pending ids by due time, the ids being attempted now, and the paused accounts."""
+
+    _slots: dict[str, Slot] = attrs.Factory(dict)
+    # (due, id) for every scheduled id, lazily cleaned: an item is live while it is no earlier
+    # than its id's slot and the id is not being attempted (see `_peek`).
+    _heap: list[tuple[float, str]] = attrs.Factory(list)
+    _active: set[str] = attrs.Factory(set)
+    _paused: dict[AccountKey, float] = attrs.Factory(dict)
+
+    def put(self, entry_id: str, slot: Slot) -> None:
+        self._slots[entry_id] = slot
+        heapq.heappush(self._heap, (slot.due, entry_id))
+
+    def drop(self, entry_id: str) -> None:
+        """Settled, gone, or failed on disk: forget it until a listing names it again."""
+        self._slots.pop(entry_id, None)
+
+    def retime(self, entry_id: str, slot: Slot) -> bool:
+        """A claim found the entry not due yet: keep its true slot (no heap item: `finish`
+        pushes one when the attempt ends). False when the id was dropped meanwhile."""
+        if self._slots.pop(entry_id, None) is None:
+            return False
+        self._slots[entry_id] = slot
+        return True
+
+    def is_waiting(self, entry_id: str) -> bool:
+        """Scheduled and not being attempted right now."""
+        return entry_id in self._slots and entry_id not in self._active
+
+    def pending_count(self) -> int:
+        return len(self._slots) + sum(1 for i in self._active if i not in self._slots)
+
+    def take_listing(self, ids: Iterable[str], now: float) -> Listing:
+        """A directory listing: a new id is due at once (parsed when claimed); ids being
+        attempted are left alone. Adds only: an id that vanished is dropped when its claim
+        finds nothing."""
+        added = False
+        waiting = []
+        for entry_id in ids:
+            if entry_id in self._active:
+                continue
+            slot = self._slots.get(entry_id)
+            if slot is None:
+                self.put(entry_id, LISTED)
+                added = True
+            elif slot.due > now:
+                waiting.append(entry_id)
+        return Listing(added, waiting)
+
+    # --- what is due --------------------------------------------------------------------------
+
+    def _effective_due(self, slot: Slot) -> float:
+        if slot.channel is None:
+            return slot.due
+        return max(slot.due, self._paused.get((slot.channel, slot.account_id), -math.inf))
+
+    def _peek(self) -> tuple[float, str] | None:
+        """The earliest live heap item; stale ones are dropped on the way (an attempt that
+        ends with its id still scheduled pushes it again)."""
+        while self._heap:
+            when, entry_id = self._heap[0]
+            slot = self._slots.get(entry_id)
+            if slot is not None and entry_id not in self._active and when >= slot.due:
+                return when, entry_id
+            heapq.heappop(self._heap)
+        return None
+
+    def next_due(self) -> float:
+        top = self._peek()
+        return math.inf if top is None else top[0]
+
+    def pop_due(self, now: float) -> str | None:
+        """The oldest id due at `now`, skipping (and re-timing) those of paused accounts."""
+        while (top := self._peek()) is not None and top[0] <= now:
+            heapq.heappop(self._heap)
+            effective = self._effective_due(self._slots[top[1]])
+            if effective <= now:
+                return top[1]
+            heapq.heappush(self._heap, (effective, top[1]))
+        return None
+
+    def start(self, entry_id: str) -> None:
+        """An attempt at this id begins: it is no candidate until `finish`."""
+        self._active.add(entry_id)
+
+    def finish(self, entry_id: str) -> None:
+        """The attempt ended; an id still scheduled (not due yet, or cut off) goes back on the heap."""
+        self._active.discard(entry_id)
+        slot = self._slots.get(entry_id)
+        if slot is not None:
+            heapq.heappush(self._heap, (slot.due, entry_id))
+
+    # --- paused accounts ----------------------------------------------------------------------
+
+    def paused_until(self, channel: str, account_id: str | None) -> float:
+        return self._paused.get((channel, account_id), -math.inf)
+
+    def pause(self, channel: str, account_id: str | None, now: float) -> bool:
+        """Hold the account's entries until the next probe. True when it was not paused at
+        `now` already (the caller says so once, not at every probe)."""
+        key = (channel, account_id)
+        fresh = self._paused.get(key, -math.inf) <= now
+        self._paused[key] = now + PAUSE_PROBE_SECONDS
+        return fresh
+
+    def resume(self, channel: str, account_id: str, now: float) -> bool:
+        """The account's held entries are due at `now`. True when any was re-timed."""
+        if self._paused.pop((channel, account_id), None) is None:
+            return False
+        moved = False
+        for entry_id, slot in list(self._slots.items()):
+            if (slot.channel, slot.account_id) == (channel, account_id):
+                self.put(entry_id, attrs.evolve(slot, due=now))
+                moved = True
+        return moved
+
+    def hold_seconds(self, channel: str, account_id: str | None, now: float) -> float:
+        """How long an entry of this account waits before its next attempt: until the pause ends."""
+        return max(self._paused.get((channel, account_id), now) - now, 0.0)
+
+
+# --- retries ------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RetryIn:
+    attempts: int
+    wait: float
+
+
+@attrs.frozen
+class GiveUp:
+    attempts: int
+    why: str
+
+
+def plan_retry(
+    entry: DeliveryEntry, config: DeliveryConfig, rng: random.Random, retry_after: float | None, now: dt.datetime
+) -> RetryIn | GiveUp:
+    """After a failed attempt at `entry`: wait (full jitter, the channel's Retry-After as a
+    floor), or give up when the attempts or the time budget would run out."""
+    attempts = entry.attempts + 1
+    wait = backoff.delay(attempts, config.initial_backoff_seconds, config.max_backoff_seconds, rng, retry_after)
+    elapsed = (now - (entry.retried_at or entry.created_at)).total_seconds()
+    give_up = backoff.exhausted(
+        attempts=attempts,
+        elapsed=elapsed,
+        next_delay=wait,
+        max_attempts=config.max_attempts,
+        max_total_seconds=config.max_total_retry_seconds,
+    )
+    return RetryIn(attempts, wait) if give_up is None else GiveUp(attempts, give_up)
+
+
+# --- the repair plan ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Reroute:
+    channel: str
+    to: str
+    account_id: str | None
+    why: str
+
+
+@attrs.frozen
+class DeadLetter:
+    reason: str
+
+
+RepairAction = Reroute | DeadLetter
+
+
+def _problem(entry: DeliveryEntry) -> str | None:
+    origin = entry.requester_origin
+    if origin is not None and origin.channel and origin.channel != entry.channel:
+        return f"channel {entry.channel} disagrees with requesterOrigin.channel {origin.channel}"
+    try:
+        check_address(entry.channel, entry.to)
+    except DeliveryValidationError as exc:
+        return str(exc)
+    return None
+
+
+def plan_repair(entry: DeliveryEntry, agents: dict[str, AgentConfig]) -> RepairAction | None:
+    """What `delivery repair` does with one pending entry; None when it is sound."""
+    problem = _problem(entry)
+    if problem is None:
+        return None
+    ro = entry.requester_origin
+    if ro is None or not (ro.channel or ro.delivery_channel):
+        return DeadLetter(f"{problem}; no requester origin to re-route to")
+    agent = agents.get(entry.agent_id or "") or AgentConfig()
+    route = routing.resolve(ro, agent)
+    if not fits(route.channel, route.to) or route.to is None:
+        return DeadLetter(f"{problem}; requester origin {route.channel}:{route.to} is not a valid address either")
+    return Reroute(route.channel, route.to, route.account_id, f"re-routed by repair: {problem}")
