@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from trio_gateway.channels.base import OK, Outcome
+from trio_gateway.channels.registry import check_address
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.delivery.repair import repair
 from trio_gateway.delivery.scheduler import DeadLetter, Reroute, plan_repair
@@ -340,11 +341,11 @@ def test_plan_repair_reroutes_to_the_requester_origin() -> None:
         Origin("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1"), Payload("x"), "k",
         dt.datetime(2026, 1, 1, tzinfo=dt.UTC), dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     )  # fmt: skip
-    action = plan_repair(rig_entry, AGENTS)
+    action = plan_repair(rig_entry, AGENTS, check_address)
     assert isinstance(action, Reroute)
     assert (action.channel, action.to, action.account_id) == ("openclaw-weixin", "o9cq80abc@im.wechat", "bot-1")
     sound = attrs.evolve(rig_entry, channel="openclaw-weixin")
-    assert plan_repair(sound, AGENTS) is None
+    assert plan_repair(sound, AGENTS, check_address) is None
 
 
 async def test_repair_over_a_seed_style_queue(tmp_path: Path) -> None:
@@ -371,7 +372,7 @@ async def test_repair_over_a_seed_style_queue(tmp_path: Path) -> None:
     (dead,) = await rig.queue.list_failed()
     assert dead.id == orphan.id
     assert "no requester origin" in (dead.failed_reason or "")
-    assert isinstance(plan_repair(orphan, AGENTS), DeadLetter)
+    assert isinstance(plan_repair(orphan, AGENTS, check_address), DeadLetter)
 
 
 # --- start-up from the directory listing ------------------------------------------------------

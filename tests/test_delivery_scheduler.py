@@ -118,8 +118,8 @@ def test_plan_retry_gives_up_at_the_attempt_limit_and_at_the_time_budget() -> No
 
 
 def test_the_scheduler_itself_uses_no_trio_and_no_clock() -> None:
-    """Pure by construction: its own imports name no trio, no time, no I/O module (what it
-    imports from below, such as the address rules, is checked there)."""
+    """Pure by construction: its own imports name no trio, no time, no I/O module (the address
+    rule is passed in; tests/test_layers.py checks what importing it loads)."""
     tree = ast.parse(Path(scheduler.__file__).read_text())
     top = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     top |= {(n.module or "").split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

@@ -227,3 +227,15 @@ def test_the_public_names_are_the_lazy_table() -> None:
 
     assert sorted(trio_gateway.__all__) == sorted(["__version__", *trio_gateway._EXPORTS])
     assert sorted(trio_gateway.testing.__all__) == sorted(trio_gateway.testing._EXPORTS)
+
+
+def test_policy_and_the_delivery_scheduler_are_pure() -> None:
+    """policy/ and delivery/scheduler.py decide without I/O or trio: importing all of them in a
+    fresh interpreter loads no trio, no HTTP client and no other room of the gateway."""
+    pure = [*sorted(m for m in modules() if room(m) == "policy"), "trio_gateway.delivery.scheduler"]
+    program = f"import json, sys\nfor m in {pure!r}: __import__(m)\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=True)
+    loaded = json.loads(done.stdout)
+    assert [m for m in loaded if m.split(".")[0] in {"trio", "anyio", "httpx", "httpx2", "hypercorn"}] == []
+    rooms = {room(m) for m in loaded if m.startswith("trio_gateway.")}
+    assert rooms <= {"policy", "errors", "delivery"}, rooms

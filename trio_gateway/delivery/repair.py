@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 
 import attrs
 
+from trio_gateway.channels.registry import check_address
 from trio_gateway.delivery.scheduler import RepairAction, Reroute, plan_repair
 from trio_gateway.policy.config import AgentConfig
 from trio_gateway.policy.entry import DeliveryEntry
@@ -48,7 +49,7 @@ async def repair(
     for n, entry in enumerate(entries, 1):
         if on_progress is not None:
             on_progress(n, len(entries))
-        action = plan_repair(entry, agents)
+        action = plan_repair(entry, agents, check_address)
         if action is None:
             continue
         done = False if dry_run else await _apply(queue, entry, action, clock)

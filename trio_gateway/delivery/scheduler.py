@@ -14,11 +14,10 @@ import datetime as dt
 import heapq
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 
-from trio_gateway.channels.registry import check_address, fits
 from trio_gateway.errors import DeliveryValidationError
 from trio_gateway.policy import backoff, routing
 from trio_gateway.policy.config import AgentConfig, DeliveryConfig
@@ -231,8 +230,21 @@ class DeadLetter:
 
 RepairAction = Reroute | DeadLetter
 
+# The platforms' address rule (`channels.registry.check_address`): raises
+# `DeliveryValidationError` when `to` cannot be an address on `channel`. Passed in, so this module
+# stays pure and below the channels.
+CheckAddress = Callable[[str, str | None], object]
 
-def _problem(entry: DeliveryEntry) -> str | None:
+
+def _fits(check_address: CheckAddress, channel: str, to: str | None) -> bool:
+    try:
+        check_address(channel, to)
+    except DeliveryValidationError:
+        return False
+    return True
+
+
+def _problem(entry: DeliveryEntry, check_address: CheckAddress) -> str | None:
     origin = entry.requester_origin
     if origin is not None and origin.channel and origin.channel != entry.channel:
         return f"channel {entry.channel} disagrees with requesterOrigin.channel {origin.channel}"
@@ -243,9 +255,11 @@ def _problem(entry: DeliveryEntry) -> str | None:
     return None
 
 
-def plan_repair(entry: DeliveryEntry, agents: dict[str, AgentConfig]) -> RepairAction | None:
+def plan_repair(
+    entry: DeliveryEntry, agents: dict[str, AgentConfig], check_address: CheckAddress
+) -> RepairAction | None:
     """What `delivery repair` does with one pending entry; None when it is sound."""
-    problem = _problem(entry)
+    problem = _problem(entry, check_address)
     if problem is None:
         return None
     ro = entry.requester_origin
@@ -253,6 +267,6 @@ def plan_repair(entry: DeliveryEntry, agents: dict[str, AgentConfig]) -> RepairA
         return DeadLetter(f"{problem}; no requester origin to re-route to")
     agent = agents.get(entry.agent_id or "") or AgentConfig()
     route = routing.resolve(ro, agent)
-    if not fits(route.channel, route.to) or route.to is None:
+    if not _fits(check_address, route.channel, route.to) or route.to is None:
         return DeadLetter(f"{problem}; requester origin {route.channel}:{route.to} is not a valid address either")
     return Reroute(route.channel, route.to, route.account_id, f"re-routed by repair: {problem}")
