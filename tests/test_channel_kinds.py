@@ -7,24 +7,32 @@ one entry in `registry.KINDS` and its fake in `sim/`. These tests pin that claim
   the source with `ast`, a platform's name in a string literal, a name or an attribute (so an
   `if channel == "slack":` or an import of `channels.slack` anywhere else fails), docstrings and
   comments excepted (prose may give examples). The built-in `console` is not counted: the
-  default config binds it on purpose.
+  default config binds it on purpose;
+- a seventh platform made up here (`pigeon`: a kind and a fake) needs nothing but an entry in
+  `registry.KINDS` and one in the fakes' `PLATFORMS`: gateway.json, the account check, the
+  address rule, the harness's fake account and a scenario's `[channels.pigeon]` all take it.
 """
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
+import attrs
 import pytest
 
 import trio_gateway
+from trio_gateway import scenario
 from trio_gateway.channels import registry
-from trio_gateway.channels.base import ChannelKind
-from trio_gateway.policy.config import KNOWN_CHANNELS, AccountConfig
+from trio_gateway.channels.base import AccountSpec, AddressRule, Channel, ChannelKind, Outcome
+from trio_gateway.errors import ConfigError
+from trio_gateway.policy.config import AccountConfig
 from trio_gateway.sim import fake_channels
 from trio_gateway.sim.fake_channels import FakeChannels
-from trio_gateway.sim.fake_platform import Rule
+from trio_gateway.sim.fake_platform import FakeResponse, Json, PlatformFake, Rule
+from trio_gateway.sim.harness import FAKE_BASE_URL, fake_account
 
 PACKAGE = Path(trio_gateway.__file__).parent
 PLATFORM_WORDS = re.compile(r"feishu|lark|weixin|wechat|slack|discord|telegram", re.IGNORECASE)
@@ -32,9 +40,6 @@ PLATFORM_MODULES = {f"channels/{name}.py" for name in ("feishu", "weixin", "slac
 
 # Where a platform is still named outside its room, each with why. Empty is the goal.
 ALLOWED: dict[str, str] = {
-    # policy is pure and sits below channels, so it cannot ask the registry which names exist;
-    # `test_config_knows_every_kind` keeps the two lists equal.
-    "policy/config.py": "KNOWN_CHANNELS: the channel names gateway.json may use",
     # The scenario file format's documented default for `[[action]] type = "inbound"`.
     "scenario/format.py": "Inbound.channel defaults to openclaw-weixin",
 }
@@ -105,14 +110,22 @@ def test_the_scan_sees_a_platform_branch_and_import(tmp_path: Path) -> None:
     assert sorted(platform_mentions(path)) == ["1: 'feishu'", "5: 'slack'"]
 
 
-def test_kind_names_are_unique_and_the_config_knows_every_kind() -> None:
+def test_kind_names_are_unique_and_gateway_json_takes_every_kind(tmp_path: Path) -> None:
     names = [kind.name for kind in registry.KINDS]
     assert len(set(names)) == len(names)
-    assert set(KNOWN_CHANNELS) == set(names), "a new kind's name goes in policy.config.KNOWN_CHANNELS too"
+    assert tuple(names) == registry.NAMES
+    # The names gateway.json may use are the registry's, no list of its own elsewhere.
+    raw = {"channels": {name: {} for name in names}}
+    (tmp_path / "gateway.json").write_text(json.dumps(raw))
+    assert list(registry.load_config(tmp_path / "gateway.json").channels) == names
 
 
 @pytest.mark.parametrize("kind", registry.KINDS, ids=lambda k: k.name)
 def test_every_kind_is_complete(kind: ChannelKind) -> None:
+    assert_complete(kind)
+
+
+def assert_complete(kind: ChannelKind) -> None:
     assert (kind.open_sender is None) != (kind.open_standalone is None), "an adapter per account, or one standalone"
     mode = kind.default_mode(AccountConfig())
     assert mode in ("off", "webhook") or mode in kind.listeners, f"default mode {mode!r} has no listener"
@@ -135,3 +148,90 @@ def test_every_platform_has_a_fake(kind: ChannelKind) -> None:
     limited = fake.rate_limited(Rule("rate_limit", 1, retry_after=2.0))
     assert kind.classify(limited.status, limited.body, limited.headers).kind == "rate_limited"
     assert limited.status == 429
+
+
+# --- a seventh platform, made up here: what adding one takes --------------------------------------
+
+
+def _pigeon_classify(status: int, body: object, headers: object) -> Outcome:
+    if status == 429:
+        return Outcome("rate_limited", "slow down")
+    return Outcome("ok") if status < 300 else Outcome("permanent", f"HTTP {status}")
+
+
+def _pigeon_sender(spec: AccountSpec) -> Channel:
+    raise AssertionError("not opened here")
+
+
+# Its module (`channels/pigeon.py`): an address rule, its replies' classifier, its sender.
+PIGEON = ChannelKind(
+    name="pigeon",
+    address=AddressRule(re.compile(r"loft-[0-9]+"), "loft-<number>"),
+    classify=_pigeon_classify,
+    open_sender=_pigeon_sender,
+)
+
+
+# Its fake (`sim/fake_pigeon.py`): its paths and its error forms; a bot token, as most platforms.
+@attrs.define
+class PigeonFake(PlatformFake):
+    name = "pigeon"
+    routes = ((re.compile(r"/coo$"), "send"),)
+    reject_default = (404, "no_loft", "no such loft")
+
+    def error_body(self, code: Json, message: str) -> Json:
+        return {"error": code, "message": message}
+
+    def rate_limited(self, rule: Rule) -> FakeResponse:
+        return FakeResponse(429, self.error_body("flock", "too many birds"), {})
+
+
+@pytest.fixture
+def seventh(monkeypatch: pytest.MonkeyPatch) -> ChannelKind:
+    """The registry list and the fakes' list, each with one entry more: nothing else changes."""
+    monkeypatch.setattr(registry, "KINDS", (*registry.KINDS, PIGEON))
+    monkeypatch.setattr(registry, "BY_NAME", {**registry.BY_NAME, PIGEON.name: PIGEON})
+    monkeypatch.setattr(fake_channels, "PLATFORMS", (*fake_channels.PLATFORMS, PigeonFake))
+    return PIGEON
+
+
+def _pigeon_config(tmp_path: Path) -> Path:
+    raw = {
+        "channels": {"pigeon": {"accounts": {"a": fake_account("pigeon")}}},
+        "agents": {"main": {"channels": ["pigeon"]}},
+    }
+    path = tmp_path / "gateway.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_a_seventh_kind_is_its_module_an_entry_in_the_registry_and_a_fake(seventh: ChannelKind, tmp_path: Path) -> None:
+    assert_complete(seventh)
+    # Its fake names the account's secrets; the harness asks it, with no branch of its own.
+    assert fake_account("pigeon") == {"baseUrl": FAKE_BASE_URL, "tokenEnv": "FAKE_PIGEON_TOKEN"}
+    # gateway.json takes it (the names are the registry's), and its accounts are checked by it.
+    config = registry.load_config(_pigeon_config(tmp_path))
+    registry.check(config, {"FAKE_PIGEON_TOKEN": "t"})
+    with pytest.raises(ConfigError, match=r"FAKE_PIGEON_TOKEN"):
+        registry.check(config, {})
+    # Its fake answers in the forms its classifier reads.
+    fake = FakeChannels().platform("pigeon")
+    assert seventh.classify is not None
+    limited = fake.rate_limited(Rule("rate_limit", 1))
+    assert seventh.classify(limited.status, limited.body, limited.headers).kind == "rate_limited"
+    rejected = fake.rejection(Rule("reject", 1))
+    assert seventh.classify(rejected.status, rejected.body, rejected.headers).kind == "permanent"
+    # Deliveries are addressed by its rule.
+    assert registry.fits("pigeon", "loft-7")
+    assert not registry.fits("pigeon", "attic")
+    # A scenario's `[channels.pigeon]` gets a fake account from the fake.
+    parsed = scenario.parse_text('[channels.pigeon]\naccounts = ["a"]\n')
+    assert parsed.config.channels["pigeon"].accounts["a"].token_env == "FAKE_PIGEON_TOKEN"
+
+
+def test_without_its_registry_entry_a_seventh_channel_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fake_channels, "PLATFORMS", (*fake_channels.PLATFORMS, PigeonFake))
+    with pytest.raises(ConfigError, match=r"^channels\.pigeon: unknown channel; known: console, feishu, "):
+        registry.load_config(_pigeon_config(tmp_path))

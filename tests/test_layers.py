@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -239,3 +240,26 @@ def test_policy_and_the_delivery_scheduler_are_pure() -> None:
     assert [m for m in loaded if m.split(".")[0] in {"trio", "anyio", "httpx", "httpx2", "hypercorn"}] == []
     rooms = {room(m) for m in loaded if m.startswith("trio_gateway.")}
     assert rooms <= {"policy", "errors", "delivery"}, rooms
+
+
+def _how_it_is_built() -> str:
+    readme = (PACKAGE.parent / "README.md").read_text()
+    return readme.split("## How it is built", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_docs_name_every_room_and_only_modules_that_exist() -> None:
+    """README's "How it is built" and ARCHITECTURE.md describe the folders as they are: every room
+    is named in both, and every `room/module.py` they name exists."""
+    rooms = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists())
+    architecture = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    built = _how_it_is_built()
+    assert [r for r in rooms if f"`{r}/`" not in built] == []
+    assert [r for r in rooms if f"  {r}/" not in architecture] == []
+    named = set(re.findall(r"\b([a-z_]+/[a-z_]+\.py)\b", built + architecture))
+    missing = sorted(n for n in named if not (PACKAGE / n).exists() and not (PACKAGE.parent / n).exists())
+    assert missing == []
+    # Module names a room's row lists bare (`queue.py`) must exist in that room.
+    for row in re.findall(r"^\| `([a-z_]+)/` \| (.*) \|$", built, re.M):
+        folder, text = row
+        bare = {m for m in re.findall(r"`([a-z_]+\.py)`", text)}
+        assert sorted(m for m in bare if not (PACKAGE / folder / m).exists()) == [], folder

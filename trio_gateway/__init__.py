@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from trio_gateway.channels.registry import load_config
     from trio_gateway.errors import (
         ClusterDatabaseError,
         ConfigError,
@@ -59,14 +60,13 @@ if TYPE_CHECKING:
     from trio_gateway.sim.fake_mcp import FakeMcpServers
     from trio_gateway.sim.fake_model import FakeBehaviour, FakeModel, serve_fake_model
     from trio_gateway.sim.harness import Harness
-    from trio_gateway.storage.config_file import load as load_config
 
 # name -> (module, attribute there)
 _EXPORTS: dict[str, tuple[str, str]] = {
     # the running gateway and what it is given
     "Gateway": ("trio_gateway.runtime.gateway", "Gateway"),
     "Origin": ("trio_gateway.policy.origin", "Origin"),
-    "load_config": ("trio_gateway.storage.config_file", "load"),
+    "load_config": ("trio_gateway.channels.registry", "load_config"),
     **{
         name: ("trio_gateway.policy.config", name)
         for name in (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import attrs
 import trio
@@ -25,6 +26,7 @@ from trio_gateway.channels.listen import AccountListener, account_file_ok, agent
 from trio_gateway.errors import ConfigError, DeliveryValidationError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import AccountConfig, ChannelConfig, Config
+from trio_gateway.storage import config_file
 from trio_gateway.storage.atomic import BlockingRunner
 from trio_gateway.storage.home import Home
 from trio_gateway.upstream import AsyncBaseTransport
@@ -36,6 +38,24 @@ NAMES: tuple[str, ...] = tuple(BY_NAME)
 
 def kind_of(channel: str) -> ChannelKind | None:
     return BY_NAME.get(channel)
+
+
+# --- gateway.json's channel names (SPEC 3) -------------------------------------------------------
+
+
+def check_names(config: Config) -> Config:
+    """Refuse a `channels.<name>` this version cannot speak. Here, not in `policy.config`: policy
+    is pure and sits below the channels, so only the registry knows which names exist."""
+    for channel in config.channels:
+        if channel not in BY_NAME:
+            raise ConfigError(f"channels.{channel}", f"unknown channel; known: {', '.join(BY_NAME)}")
+    return config
+
+
+def load_config(path: Path) -> Config:
+    """`gateway.json` as every reader takes it (start, restart, the CLI): the file's strict parse
+    (`storage.config_file`), then its channel names."""
+    return check_names(config_file.load(path))
 
 
 # --- addresses (SPEC 7) --------------------------------------------------------------------------
@@ -106,6 +126,7 @@ def _openings(config: Config, env: Mapping[str, str], make: Callable[[], AsyncBa
 def check(config: Config, env: Mapping[str, str]) -> None:
     """What `ChannelSet.build` would refuse, without opening anything: for start-up and for a
     restart's reloaded config, so a bad one is refused before the running one is let go."""
+    check_names(config)
     _validate(_openings(config, env, _no_transport))
 
 

@@ -12,7 +12,6 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from trio_gateway.errors import UsageError
-from trio_gateway.storage.config_file import load as load_config
 
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
@@ -26,6 +25,10 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _status(args: argparse.Namespace, ctx: Context) -> int:
+    # Every reader of gateway.json checks its channel names with the channel registry, which
+    # loads trio: imported here, as trio below, so importing this group stays light.
+    from trio_gateway.channels.registry import load_config
+
     config = load_config(ctx.home.config_path)
     if config.cluster.backend != "postgres":
         raise UsageError('cluster mode is off: set cluster.backend to "postgres" (SPEC 12)')

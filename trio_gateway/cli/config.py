@@ -8,12 +8,13 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from trio_gateway.channels.registry import check_names, load_config
 from trio_gateway.cli import add_commands
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy import config as cfg
 from trio_gateway.policy.env_check import missing_secrets
 from trio_gateway.storage.atomic import atomic_write_json
-from trio_gateway.storage.config_file import load, read_raw
+from trio_gateway.storage.config_file import read_raw
 
 if TYPE_CHECKING:
     from trio_gateway.cli import Context
@@ -44,7 +45,8 @@ def _get(args: argparse.Namespace, ctx: Context) -> int:
 
 def _set(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    new_raw, _ = cfg.set_key(read_raw(path), args.key, cfg.parse_value(args.value))
+    new_raw, parsed = cfg.set_key(read_raw(path), args.key, cfg.parse_value(args.value))
+    check_names(parsed)
     atomic_write_json(path, new_raw)
     print(f"{args.key} = {json.dumps(cfg.get_key(new_raw, args.key))}")
     return 0
@@ -52,7 +54,8 @@ def _set(args: argparse.Namespace, ctx: Context) -> int:
 
 def _unset(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    new_raw, _ = cfg.unset_key(read_raw(path), args.key)
+    new_raw, parsed = cfg.unset_key(read_raw(path), args.key)
+    check_names(parsed)
     atomic_write_json(path, new_raw)
     print(f"{args.key} unset; default {json.dumps(cfg.get_key(new_raw, args.key), default=str)}")
     return 0
@@ -60,7 +63,7 @@ def _unset(args: argparse.Namespace, ctx: Context) -> int:
 
 def _validate(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    load(path)
+    load_config(path)
     if args.env:
         missing = missing_secrets(read_raw(path), os.environ)
         for secret in missing:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trio_gateway.channels.registry import check_configured
+from trio_gateway.channels.registry import check_configured, load_config
 from trio_gateway.cli import add_commands
 from trio_gateway.cli.progress import Progress
 from trio_gateway.delivery.outbox import Outbox
@@ -30,7 +30,6 @@ from trio_gateway.policy.config import Config
 from trio_gateway.policy.entry import DeliveryEntry, entry_to_json
 from trio_gateway.storage.atomic import in_thread
 from trio_gateway.storage.base import DeliveryStore
-from trio_gateway.storage.config_file import load as load_config
 from trio_gateway.storage.home import Home
 from trio_gateway.storage.queue import DeliveryQueue
 from trio_gateway.work.clock import WallClock

@@ -76,12 +76,13 @@ def _home(home: Home) -> Check:
 
 
 def _config(home: Home) -> tuple[Check, dict[str, Any] | None]:
+    from trio_gateway.channels.registry import load_config
     from trio_gateway.storage import config_file
 
     path = home.config_path
     try:
         raw = config_file.read_raw(path)
-        config_file.load(path)
+        load_config(path)
     except GatewayError as exc:
         return Check("FAIL", "config", f"{exc.name}: {exc}"), None
     detail = f"{path} is valid" if path.exists() else f"{path} absent: the built-in defaults"

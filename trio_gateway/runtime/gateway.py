@@ -28,6 +28,7 @@ import trio
 from trio_util import AsyncValue
 
 from trio_gateway.channels.listen import ListenerSupervisor
+from trio_gateway.channels.registry import load_config as load_config_file
 from trio_gateway.errors import (
     BadRequestError,
     ConfigError,
@@ -46,7 +47,6 @@ from trio_gateway.runtime.cron import run_cron
 from trio_gateway.runtime.session_evict import Evicted
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.base import DeliveryStore, SessionStorage
-from trio_gateway.storage.config_file import load as load_config_file
 from trio_gateway.storage.disk import StorageHealth, is_no_space
 from trio_gateway.storage.home import Home
 from trio_gateway.storage.sessions import SESSION_ID, SessionRecord, SessionStore, TurnKind, TurnRecord

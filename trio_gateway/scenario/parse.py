@@ -12,6 +12,7 @@ from typing import Any
 
 import attrs
 
+from trio_gateway.channels import registry as channel_registry
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy import codec
 from trio_gateway.policy import config as cfg
@@ -104,7 +105,7 @@ def _config(raw: object, channels: dict[str, ChannelSpec], lines: _Lines, source
                 merged.setdefault("channels", {})[name] = {"accounts": {a: fake_account(name) for a in spec.accounts}}
         for key, value in raw.items():
             _merge(merged, key, value)
-        return cfg.parse(merged)
+        return channel_registry.check_names(cfg.parse(merged))
     except ConfigError as exc:
         raise _fail(source, lines.header("config"), f"config.{exc.path}", exc.what) from None
 
@@ -127,8 +128,9 @@ def _channels(raw: object, lines: _Lines, source: str) -> dict[str, ChannelSpec]
     out: dict[str, ChannelSpec] = {}
     for name, body in raw.items():
         line = lines.header(f"channels.{name}") or lines.header(f'channels."{name}"')
-        if name not in cfg.KNOWN_CHANNELS:
-            raise _fail(source, line, f"channels.{name}", f"unknown channel; known: {', '.join(cfg.KNOWN_CHANNELS)}")
+        if channel_registry.kind_of(name) is None:
+            known = ", ".join(channel_registry.BY_NAME)
+            raise _fail(source, line, f"channels.{name}", f"unknown channel; known: {known}")
         spec: ChannelSpec = _structure(body, ChannelSpec, source, line, f"channels.{name}")
         if name == "console" and (spec.mode != "accept" or spec.delay_seconds > 0):
             # It appends to a local file: there is no server whose answers could be scripted.

@@ -52,6 +52,16 @@ __all__ = ["Delivered", "FakeChannels", "FakeRequest", "FakeResponse", "Rule", "
 # Every platform the fake speaks: one `fake_<platform>.py` each.
 PLATFORMS: tuple[type[PlatformFake], ...] = (FeishuFake, WeixinFake, SlackFake, DiscordFake, TelegramFake)
 CHANNELS = tuple(platform.name for platform in PLATFORMS)
+
+
+def platform_fake(channel: str) -> type[PlatformFake]:
+    """The fake of the platform `gateway.json` calls `channel`."""
+    for platform in PLATFORMS:
+        if platform.name == channel:
+            return platform
+    raise ValueError(f"unknown channel {channel!r}; known: {', '.join(CHANNELS)}")
+
+
 # Channels whose listening side the fakes serve (`push`, `drop_connection`): every one.
 LISTENING_FAKES = CHANNELS
 # (path pattern, channel, operation), from every platform's routes.

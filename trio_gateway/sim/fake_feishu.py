@@ -39,6 +39,8 @@ from trio_gateway.sim.fake_platform import (
 )
 
 HOST = "feishu-ws.fake.invalid"
+# The app id a fake account names (`account_keys`) and the fake's events carry.
+APP_ID = "cli_fake_app"
 SERVICE_ID = 7
 
 
@@ -55,7 +57,7 @@ class FakeFeishuSocket(SteerableSocket):
         event_id = f"fs-ev-{n}"
         event = {
             "schema": "2.0",
-            "header": {"event_id": event_id, "event_type": "im.message.receive_v1", "app_id": "cli_fake_app"},
+            "header": {"event_id": event_id, "event_type": "im.message.receive_v1", "app_id": APP_ID},
             "event": {
                 "sender": {
                     "sender_id": {"open_id": open_id or "ou_fake_user"},
@@ -128,6 +130,12 @@ class FeishuFake(SocketFake):
     )
     reject_default = (400, 99992360, "Invalid ids")
     websocket_host = HOST
+
+    @classmethod
+    def account_keys(cls, env_prefix: str) -> dict[str, str]:
+        # An app id and secret, traded for a tenant token (`op == "token"`), not a bot token.
+        return {"appId": APP_ID, "appSecretEnv": f"{env_prefix}_APP_SECRET"}
+
     socket: FakeFeishuSocket = attrs.Factory(FakeFeishuSocket)
     token_expire: int = 7200
     # Tenant tokens issued, with the trio time each expires.

@@ -126,6 +126,12 @@ class PlatformFake:
     # The host of the websocket URL its listener connects to, when it listens on one.
     websocket_host: ClassVar[str | None] = None
 
+    @classmethod
+    def account_keys(cls, env_prefix: str) -> dict[str, str]:
+        """The keys an account of this platform needs besides `baseUrl`, its secrets named by
+        environment variables under `env_prefix`: a bot token, unless the platform says more."""
+        return {"tokenEnv": f"{env_prefix}_TOKEN"}
+
     def error_body(self, code: Json, message: str) -> Json:
         """The platform's own error form."""
         raise NotImplementedError

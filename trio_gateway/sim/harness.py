@@ -31,7 +31,7 @@ from trio_gateway.models.base import Message, ModelReply, Progress
 from trio_gateway.policy import config as cfg
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.runtime.gateway import DeliveryFactory, Gateway
-from trio_gateway.sim.fake_channels import Delivered, FakeChannels
+from trio_gateway.sim.fake_channels import Delivered, FakeChannels, platform_fake
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.sim.faults import FaultKit, Faults, FaultSwitch, faulty_opener, faulty_runner
 from trio_gateway.sim.runtime import ScriptedModel, gateway_deps
@@ -41,7 +41,6 @@ from trio_gateway.storage.queue import DeliveryQueue
 
 # Never dialled: every account's client goes through the in-process fake transport.
 FAKE_BASE_URL = "http://channels.fake.invalid"
-FAKE_APP_ID = "cli_fake_app"
 
 # --- the model upstream -----------------------------------------------------------------------
 
@@ -204,11 +203,10 @@ def fake_env(config: cfg.Config) -> dict[str, str]:
 
 
 def fake_account(channel: str) -> dict[str, str]:
-    """An account's config for the fake: every key the channel's adapter requires."""
-    env_name = "FAKE_" + channel.upper().replace("-", "_")
-    if channel == "feishu":
-        return {"baseUrl": FAKE_BASE_URL, "appId": FAKE_APP_ID, "appSecretEnv": f"{env_name}_APP_SECRET"}
-    return {"baseUrl": FAKE_BASE_URL, "tokenEnv": f"{env_name}_TOKEN"}
+    """An account's config for the fake: every key the channel's adapter requires, as its
+    platform's fake (`sim/fake_<platform>.py`) names them."""
+    env_prefix = "FAKE_" + channel.upper().replace("-", "_")
+    return {"baseUrl": FAKE_BASE_URL, **platform_fake(channel).account_keys(env_prefix)}
 
 
 def tapped_delivery(

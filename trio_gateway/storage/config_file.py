@@ -2,6 +2,8 @@
 
 The runtime (`gateway.py` reloads it at every restart, `process.py` at start) and the CLI's
 `config` commands share this; it lives outside the CLI so the gateway never imports the CLI.
+They read it through `channels.registry.load_config`, which also refuses a channel name no
+kind has: this room sits below the channels and knows none of their names.
 """
 
 from __future__ import annotations
