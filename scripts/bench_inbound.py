@@ -45,6 +45,7 @@ from trio_gateway.policy import config as cfg
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels, serve_fake_channels
 from trio_gateway.storage.atomic import atomic_write_bytes
+from trio_gateway.storage.disk import DiskRunners
 from trio_gateway.storage.home import Home
 
 WX = "openclaw-weixin"
@@ -94,7 +95,8 @@ async def with_gateway(
         url = await nursery.start(functools.partial(serve_fake_channels, fakes))
         config = config_for(url)
         write_config(home, cfg.to_json(config))  # a restart reloads it from the home
-        gateway = production_gateway(Home(home), config, LOG, {TOKEN_ENV: "bench-secret"})
+        env = {TOKEN_ENV: "bench-secret"}
+        gateway = production_gateway(Home(home), config, LOG, env, disks=DiskRunners.threads())
         if accepted is not None:
             timed_listeners(gateway, accepted)
         await nursery.start(gateway.serve)

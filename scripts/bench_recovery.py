@@ -118,15 +118,20 @@ def child_gateway(home: Path) -> dict[str, Any]:
             storage = StorageHealth()
 
         Gw.registry = registry  # type: ignore[attr-defined]
-        service = await queue_delivery(Home(home).ensure(), log, os.environ, in_thread)(config, Gw)  # type: ignore[arg-type]
-        channels = service.worker.channels
-        wrapped = FirstSend(channels.get("console", None), done)
 
-        class Lookup:
+        class Lookup:  # the worker's view of the channels: the console's first send is timed
+            def __init__(self, channels: Any) -> None:
+                self.channels = channels
+                self.wrapped = FirstSend(channels.get("console", None), done)
+
             def get(self, channel: str, account_id: str | None) -> Any:
-                return wrapped if channel == "console" else channels.get(channel, account_id)
+                return self.wrapped if channel == "console" else self.channels.get(channel, account_id)
 
-        service.worker.channels = Lookup()
+            async def aclose(self) -> None:
+                await self.channels.aclose()
+
+        factory = queue_delivery(Home(home).ensure(), log, os.environ, in_thread, around=Lookup)
+        service = await factory(config, Gw)  # type: ignore[arg-type]
         async with trio.open_nursery() as nursery:
             await nursery.start(service.run)  # returns after recover() + the directory listing
             out["loaded"] = time.time()

@@ -93,7 +93,7 @@ async def gateway_case(n_stalled: int, n_slow: int, threshold: float, interval: 
             stalled_set, slow_set = set(stalled_ids), set(slow_ids)
 
             def session_of(event: Any) -> str:
-                return event.message.rsplit("session=", 1)[-1]
+                return str(event.fields.get("session", ""))  # `Aborting stalled model_call in session=ID`
 
             detect = []
             abort_times = []

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
 from trio_gateway.app.assemble import queue_delivery
 from trio_gateway.errors import ConfigError
-from trio_gateway.log import MemorySink
+from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
-from trio_gateway.sim.runtime import build_gateway, quick_config
+from trio_gateway.sim.runtime import gateway_deps, quick_config
 from trio_gateway.storage.atomic import inline
 from trio_gateway.storage.home import Home
 
@@ -46,14 +47,15 @@ def seed_raw(url: str) -> dict[str, object]:
     }
 
 
-def real_gateway(tmp_path: Path, fakes: FakeChannels, **overrides: object) -> tuple[Gateway, MemorySink]:
+def real_gateway(
+    tmp_path: Path, fakes: FakeChannels, deps: dict[str, Any] | None = None, **overrides: object
+) -> tuple[Gateway, MemorySink]:
     raw: dict[str, object] = {**seed_raw("http://fake.invalid"), **overrides}
     config = quick_config(**raw)
-    gateway, sink = build_gateway(tmp_path, config)
-    gateway.deps.delivery_factory = queue_delivery(
-        Home(tmp_path), gateway.log, ENV, inline, transport=fakes.transport()
-    )
-    return gateway, sink
+    sink = MemorySink()
+    log = EventLog([sink])
+    delivery = queue_delivery(Home(tmp_path), log, ENV, inline, transport=fakes.transport())
+    return Gateway(gateway_deps(tmp_path, config, log, delivery_factory=delivery, **(deps or {})), config), sink
 
 
 def queue_files(tmp_path: Path, sub: str = "") -> list[dict[str, object]]:
@@ -137,10 +139,9 @@ async def test_reload_with_a_missing_secret_keeps_the_running_config(
     from trio_gateway.policy.config import parse
 
     fakes = FakeChannels()
-    gateway, sink = real_gateway(tmp_path, fakes, cron=[])
     bad = parse({**seed_raw("http://x"), "cron": []})
-    gateway.deps.load_config = lambda: bad
-    gateway.deps.preflight = lambda config: preflight(config, {})
+    reload = {"load_config": lambda: bad, "preflight": lambda config: preflight(config, {})}
+    gateway, sink = real_gateway(tmp_path, fakes, reload, cron=[])
     with pytest.raises(ConfigError, match="environment variable FEISHU_APP_SECRET is not set"):
         preflight(bad, {})
     async with trio.open_nursery() as nursery:

@@ -132,7 +132,7 @@ async def test_aborting_the_model_unit_closes_upstream(fake: tuple[FakeModel, st
 
 async def _run_in_unit(model: OpenAIModel, unit: WorkUnit, prompt: str) -> None:
     with unit.scope:
-        await model.complete([{"role": "user", "content": prompt}], [], unit)
+        await model.complete([{"role": "user", "content": prompt}], [], unit.progress)
 
 
 # --- (ii) the pool survives aborts under contention ------------------------------------------

@@ -92,8 +92,8 @@ async def test_cluster_node_label_is_on_every_sample_process_metrics_included(
 ) -> None:
     """SPEC 12: one scrape config serves every node, so each sample names its node, the
     prometheus-client runtime families (process_*, python_*) as much as the gateway's."""
-    gateway, _ = build_gateway(tmp_path, cfg.Config())
-    gateway.deps.describe_storage = lambda: {"backend": "postgres", "nodeId": "node-b"}
+    node = {"backend": "postgres", "nodeId": "node-b"}
+    gateway, _ = build_gateway(tmp_path, cfg.Config(), describe_storage=lambda: node)
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)
         scraped = samples(metrics.render(gateway))

@@ -23,6 +23,7 @@ from trio_gateway.sim.runtime import (
     RecordingOutbox,
     build_gateway,
     quick_config,
+    recording,
     recording_delivery,
 )
 from trio_gateway.storage import sessions as sessions_store
@@ -140,8 +141,8 @@ async def test_interrupted_turn_of_a_removed_agent_is_dropped_not_fatal(
     two = quick_config(**NO_STALL, **{"agents.helper": {}})
     current = [two]
     home = Home(tmp_path).ensure()
-    gateway, sink = build_gateway(tmp_path, two, load_config=lambda: current[0])
-    gateway.deps.delivery_factory = queue_delivery(home, EventLog([]), {}, inline)
+    delivery = queue_delivery(home, EventLog([]), {}, inline)
+    gateway, sink = build_gateway(tmp_path, two, load_config=lambda: current[0], delivery_factory=delivery)
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)
         sid, _ = await gateway.submit(agent_id="helper", origin=CONSOLE, prompt="/stall")
@@ -212,7 +213,7 @@ async def test_subagent_notice_that_cannot_be_enqueued_is_logged_not_fatal(
 
     async def factory(config: Config, gw: Gateway) -> RecordingDelivery:
         await trio.lowlevel.checkpoint()
-        return RecordingDelivery(DiskFullOutbox(config, []))
+        return recording(gw, DiskFullOutbox(config, []))
 
     gateway, sink = build_gateway(tmp_path, quick_config(**NO_STALL), delivery_factory=factory)
     async with trio.open_nursery() as nursery:

@@ -341,14 +341,14 @@ async def test_a_streamable_http_server_answers_reports_progress_and_is_told_of_
         nursery.start_soon(server.run)
         await until(lambda: server.state == "running")
         with registry.track("tool_call") as unit:
-            answer = await server.call("echo", {"text": "over http"}, unit)
+            answer = await server.call("echo", {"text": "over http"}, unit.progress)
         assert (answer.text, answer.outcome) == ("over http", "ok")
         with registry.track("tool_call") as unit:
-            slow = await server.call("slow", {"seconds": 3, "every": 1}, unit)
+            slow = await server.call("slow", {"seconds": 3, "every": 1}, unit.progress)
             assert unit.last_progress == "tool_call:search__slow progress 3/3"
         assert slow.text == "slow done"
         with registry.track("tool_call") as unit, trio.move_on_after(2):
-            await server.call("hang", {}, unit)
+            await server.call("hang", {}, unit.progress)
         await until(lambda: bool(fake.cancelled))
         assert seen_auth
         assert all(a == "Bearer s3cret" for a in seen_auth)
@@ -463,7 +463,7 @@ async def test_a_bug_in_a_server_supervisor_stops_that_server_not_the_gateway(
         with trio.fail_after(1):
             await box.listed("main")
             with WorkRegistry(log).track("tool_call") as unit:
-                failed = await box.servers["files"].call("echo", {}, unit)
+                failed = await box.servers["files"].call("echo", {}, unit.progress)
         assert "MCP server 'files' is stopped: supervisor failed" in failed.text
         nursery.cancel_scope.cancel()
     assert any(e.message == "MCP server supervisor failed; server stopped" for e in sink.events)
@@ -535,13 +535,13 @@ async def test_an_abort_is_not_held_up_by_a_server_that_stopped_reading(autojump
         try:
             with registry.track("tool_call") as unit:
                 units.append(unit)
-                await server.call("hang", {}, unit)
+                await server.call("hang", {}, unit.progress)
         except WorkAbortedError:
             outcome.append(("aborted", trio.current_time()))
 
     async def second() -> None:
         with registry.track("tool_call") as unit:
-            await server.call("echo", {"text": "queued"}, unit)
+            await server.call("echo", {"text": "queued"}, unit.progress)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fake.serve, Input(), send)

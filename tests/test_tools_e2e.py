@@ -59,16 +59,16 @@ async def test_a_stdio_server_hangs_is_cancelled_crashes_restarts_and_stops(tmp_
         assert first_pid is not None
         with registry.track("tool_call") as unit:
             with trio.move_on_after(0.5):
-                await server.call("hang", {}, unit)
+                await server.call("hang", {}, unit.progress)
         poll_events = lambda kind: [e for e in events(log_file) if e["event"] == kind]  # noqa: E731
         with trio.fail_after(10):
             while not poll_events("cancelled"):  # noqa: ASYNC110
                 await trio.sleep(0.02)
         with registry.track("tool_call") as unit:
-            answer = await server.call("echo", {"text": "same session"}, unit)
+            answer = await server.call("echo", {"text": "same session"}, unit.progress)
         assert answer.text == "same session"
         with registry.track("tool_call") as unit:
-            crashed = await server.call("crash", {}, unit)
+            crashed = await server.call("crash", {}, unit.progress)
         assert crashed.outcome == "failed"
         assert "the server exited with code 3" in crashed.text
         await wait_state(server, "running", restarts=1)

@@ -6,6 +6,11 @@ answers with (SPEC 5), so the edges never keep their own mapping tables.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
 
 class GatewayError(Exception):
     """Base of every error the gateway reports to a person or a script."""
@@ -124,22 +129,41 @@ class InsufficientStorageError(GatewayError):
 
 
 def only_gateway_error(group: BaseExceptionGroup[BaseException]) -> GatewayError | None:
-    """The first `GatewayError` of a group (nested groups included) when the group holds
-    nothing else: then one `ErrorName: message` says it all. None when anything else is in
-    it, which then deserves its traceback."""
+    """The `GatewayError` to report for a group that holds nothing else (nested groups
+    included): then one `ErrorName: message` and its exit code say it (`chosen`: the others
+    are named in its notes). None when anything else is in it, which deserves its traceback."""
     matched, rest = group.split(GatewayError)
     if matched is None or rest is not None:
         return None
-    leaf = first_leaf(matched)
-    return leaf if isinstance(leaf, GatewayError) else None
+    return chosen(matched)
 
 
-def first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first exception of a (nested) group that is not itself a group."""
-    leaf: BaseException = group
-    while isinstance(leaf, BaseExceptionGroup):
-        leaf = leaf.exceptions[0]
-    return leaf
+def leaves(group: BaseExceptionGroup[E]) -> list[E]:
+    """Every exception inside a (nested) group that is not itself a group, in order."""
+    found: list[E] = []
+    for inner in group.exceptions:
+        if isinstance(inner, BaseExceptionGroup):
+            found += leaves(inner)
+        else:
+            found.append(inner)
+    return found
+
+
+def chosen(group: BaseExceptionGroup[E]) -> E:
+    """The one exception that answers for `group` where only one can (one HTTP status, one
+    exit code, one line): its first leaf. Each other leaf is named in that one's `__notes__`
+    (the CLI prints them, tracebacks show them), so none is dropped silently. (Not raised
+    `from group`: the group holds the chosen one itself, and a cause may not contain its
+    effect.)"""
+    first, *others = leaves(group)
+    note_others(first, others)
+    return first
+
+
+def note_others(error: BaseException, others: Sequence[BaseException]) -> None:
+    """Name in `error`'s notes the exceptions raised beside it that it answers for."""
+    for other in others:
+        error.add_note(f"also raised: {type(other).__name__}: {other}")
 
 
 class ClusterDatabaseError(GatewayError):

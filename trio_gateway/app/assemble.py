@@ -7,7 +7,7 @@ swap fakes in; this module is the one place that picks the production ones.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from trio_gateway import upstream as http
 from trio_gateway.channels import registry as channel_registry
@@ -22,7 +22,7 @@ from trio_gateway.channels.listen import (
     SenderControl,
 )
 from trio_gateway.channels.registry import ChannelSet, build_listeners
-from trio_gateway.delivery.service import QueueDelivery
+from trio_gateway.delivery.service import ClosableChannels, QueueDelivery
 from trio_gateway.delivery.worker import DeliveryWorker, OutcomeTally
 from trio_gateway.errors import ConfigError
 from trio_gateway.log import EventLog
@@ -54,15 +54,18 @@ def queue_delivery(
     transport: http.AsyncBaseTransport | None = None,
     rng: random.Random | None = None,
     console_runner: BlockingRunner = in_thread,
+    around: Callable[[ClosableChannels], ClosableChannels] = lambda channels: channels,
 ) -> DeliveryFactory:
     """Per generation: the channels of that generation's config and a worker over the ONE
-    queue object of this process (its claims must be known to its own `recover()`)."""
+    queue object of this process (its claims must be known to its own `recover()`).
+    `around` wraps the channels the worker sends through (the in-process kit records each
+    verdict there); closing goes through it too."""
     queue = DeliveryQueue(home.queue_dir, runner, log)
     outcomes = OutcomeTally()  # like the queue, one per process: counters survive restarts
 
     async def factory(config: Config, gateway: Gateway) -> QueueDelivery:
         assert gateway.wall is not None
-        channels = ChannelSet.build(config, home, env, transport, console_runner)
+        channels = around(ChannelSet.build(config, home, env, transport, console_runner))
         return QueueDelivery.build(
             queue, channels, config, gateway.wall, log, gateway.registry, rng, gateway.storage, outcomes
         )
@@ -122,13 +125,16 @@ def production_gateway(
     log: EventLog,
     env: Mapping[str, str],
     *,
+    disks: DiskRunners,
     servers: list[Server] | None = None,
     runner: BlockingRunner = in_thread,
+    inline_database: bool = False,
 ) -> Gateway:
+    """`disks`: a runner per disk subsystem (`DiskRunners.threads()`: one abandonable thread
+    pool each, so a stuck directory starves only itself); `runner`: other blocking work;
+    `inline_database`: cluster mode's database calls without threads (a MockClock run)."""
     preflight(config, env)
     home.ensure()
-    # One thread pool per subsystem, abandonable (`disk`): a stuck directory starves only itself.
-    disks = DiskRunners.threads() if runner is in_thread else DiskRunners.same(runner)
     deps = GatewayDeps(
         home=home,
         log=log,
@@ -147,7 +153,7 @@ def production_gateway(
         from trio_gateway.app import cluster as wiring
 
         node, deps.delivery_factory = wiring.cluster_parts(
-            home, config, log, env, inline=runner is not in_thread, console_runner=disks.console
+            home, config, log, env, inline=inline_database, console_runner=disks.console
         )
         # The node joins before generation 1 and leaves after the last (the root nursery).
         deps.servers = [node.serve, *deps.servers]

@@ -33,6 +33,7 @@ from trio_gateway.log import EventLog, LogFormat, Rotation, open_log
 from trio_gateway.policy.config import Config
 from trio_gateway.runtime.gateway import Gateway, State
 from trio_gateway.storage.atomic import atomic_write_json
+from trio_gateway.storage.disk import DiskRunners
 from trio_gateway.storage.home import Home
 from trio_gateway.storage.lock import hold_lock
 
@@ -62,7 +63,8 @@ def start(options: StartOptions, env: Mapping[str, str] = os.environ) -> int:
         log = open_log(home.log_path, fmt=options.log_format, echo=sys.stderr, rotation=rotation)
         try:
             server = HttpServer(config.gateway.bind, config.gateway.port, token, env)
-            gateway = assemble.production_gateway(home, config, log, env, servers=[server.serve])
+            disks = DiskRunners.threads()
+            gateway = assemble.production_gateway(home, config, log, env, disks=disks, servers=[server.serve])
             process = GatewayProcess(gateway, server, home, Notifier.from_env(env), log)
             return trio.run(process.run)
         finally:

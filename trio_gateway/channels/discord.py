@@ -28,7 +28,15 @@ from trio_gateway.channels.base import (
     seconds,
 )
 from trio_gateway.channels.http import JsonClient, scrub, stable_key
-from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, ListenError, WebSocketConnect, leaf_errors
+from trio_gateway.channels.inbound import (
+    AuthFailed,
+    Heard,
+    Intake,
+    ListenError,
+    WebSocketConnect,
+    beside,
+    leaf_errors,
+)
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
@@ -190,21 +198,22 @@ class DiscordListener:
 
     def _translate(self, exc: Exception) -> Exception:
         """One error the supervisor understands, from what the socket and our nursery raised
-        (trio wraps a child task's error in an ExceptionGroup)."""
+        (trio wraps a child task's error in an ExceptionGroup). One, because the supervisor
+        decides by it (pause, resume or reconnect); any other is named in its notes."""
         import trio_websocket  # here, not at the top: see `inbound.open_websocket`
 
         leaves = list(leaf_errors(exc))
         for leaf in leaves:
             if isinstance(leaf, AuthFailed):
-                return leaf
+                return beside(leaf, leaf, leaves)
         for leaf in leaves:
             if isinstance(leaf, trio_websocket.ConnectionClosed):
-                return self._closed(leaf.reason.code if leaf.reason else None)
+                return beside(self._closed(leaf.reason.code if leaf.reason else None), leaf, leaves)
         for leaf in leaves:
             if isinstance(leaf, ListenError):
-                return leaf
+                return beside(leaf, leaf, leaves)
             if isinstance(leaf, (trio_websocket.HandshakeError, OSError)):
-                return ListenError(f"websocket: {type(leaf).__name__}: {leaf}")
+                return beside(ListenError(f"websocket: {type(leaf).__name__}: {leaf}"), leaf, leaves)
         return exc
 
     def _closed(self, code: int | None) -> Exception:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from trio_gateway.errors import BadRequestError, UnauthorizedError
+from trio_gateway.errors import BadRequestError, UnauthorizedError, note_others
 from trio_gateway.policy.config import AccountConfig
 
 
@@ -94,17 +94,26 @@ def leaf_errors(exc: BaseException) -> Iterator[BaseException]:
 
 def socket_error(exc: Exception, what: str) -> Exception:
     """The one error the supervisor understands, from what a socket listener's connection and
-    nursery raised (trio wraps a child task's error in an ExceptionGroup)."""
+    nursery raised (trio wraps a child task's error in an ExceptionGroup). One, because the
+    supervisor decides by it (pause or reconnect); any other is named in its notes."""
     import trio_websocket
 
-    for leaf in leaf_errors(exc):
+    leaves = list(leaf_errors(exc))
+    for leaf in leaves:
         if isinstance(leaf, (AuthFailed, ListenError)):
-            return leaf
+            return beside(leaf, leaf, leaves)
         if isinstance(leaf, trio_websocket.ConnectionClosed):
-            return ListenError(f"{what} closed (code {leaf.reason.code if leaf.reason else None})")
+            code = leaf.reason.code if leaf.reason else None
+            return beside(ListenError(f"{what} closed (code {code})"), leaf, leaves)
         if isinstance(leaf, (trio_websocket.HandshakeError, OSError, ValueError)):
-            return ListenError(f"{what}: {type(leaf).__name__}: {leaf}")
+            return beside(ListenError(f"{what}: {type(leaf).__name__}: {leaf}"), leaf, leaves)
     return exc
+
+
+def beside(error: Exception, chosen: BaseException, leaves: list[BaseException]) -> Exception:
+    """`error` (made from `chosen`), naming in its notes every other error raised with it."""
+    note_others(error, [leaf for leaf in leaves if leaf is not chosen])
+    return error
 
 
 # --- webhooks (`POST /channels/{channel}/{accountId}/events`) -----------------------------------

@@ -373,7 +373,7 @@ class ListenerSupervisor:
             self.log.warn(
                 "CHANNEL",
                 f"Reconnecting channel={account.channel} account={account.account_id} in {wait:.1f}s",
-                reason=str(outcome)[:200],
+                reason="; ".join([str(outcome), *getattr(outcome, "__notes__", ())])[:200],
             )
             await trio.sleep(wait)
 

@@ -178,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args, ctx)
     except GatewayError as exc:
         print(f"{exc.name}: {exc}", file=sys.stderr)
+        for note in getattr(exc, "__notes__", ()):  # errors raised beside it (`errors.chosen`)
+            print(f"  {note}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

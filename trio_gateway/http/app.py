@@ -28,6 +28,7 @@ from trio_gateway.errors import (
     NotFoundError,
     PayloadTooLargeError,
     RequestTimeoutError,
+    chosen,
 )
 from trio_gateway.http import inbound, metrics, turns, ui
 from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
@@ -38,7 +39,7 @@ from trio_gateway.policy.config import RANGES, AccountConfig, Config
 from trio_gateway.policy.entry import entry_to_json
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import views
-from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.runtime.gateway import Gateway, ServiceOutbox
 from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.work.drain import DrainKind, DrainRequest
 
@@ -286,13 +287,12 @@ class GatewayApp:
         entry = await self._manual_outbox().submit_manual(channel, to, account, agent_id, text)
         return json_response(202, {"id": entry.id, "channel": entry.channel, "to": entry.to})
 
-    def _manual_outbox(self) -> Outbox:
-        # The generation's outbox wakes its worker at once; without one (or one that only
-        # records), write to the queue directly and the worker finds it at its next scan.
+    def _manual_outbox(self) -> ServiceOutbox:
+        # The generation's outbox wakes its worker at once; before generation 1 has one, write
+        # to the queue directly and the worker finds it at its first scan.
         service = self.gateway.delivery
-        outbox = getattr(service, "outbox", None)
-        if isinstance(outbox, Outbox):
-            return outbox
+        if service is not None:
+            return service.outbox
         assert self.gateway.wall is not None
         return Outbox(self._queue(), self.config.agents, self.gateway.wall, self.gateway.log)
 
@@ -412,7 +412,9 @@ async def _until_disconnected(receive: Receive, handler: Callable[[], Awaitable[
             result.append(await handler())
             nursery.cancel_scope.cancel()
     except* GatewayError as group:
-        raise group.exceptions[0] from None  # answered like any other handler's error
+        # Answered like any other handler's error: one response, so one error answers (the
+        # first); any other is named in its notes.
+        raise chosen(group) from None
     if not result:
         raise _ClientGone("client disconnected")
     return result[0]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import cast
 
 import attrs
 
@@ -83,9 +82,10 @@ class Route:
 
 def delivery_store(gateway: Gateway) -> DeliveryStore:
     """The queue the API lists and retries in: the generation's own store (in cluster mode,
-    the shared database); else the files."""
-    store = getattr(gateway.delivery, "store", None)
-    if store is not None:
-        return cast(DeliveryStore, store)
+    the shared database). Before generation 1 has built its delivery side (the server starts
+    first), the files."""
+    service = gateway.delivery
+    if service is not None:
+        return service.store
     deps = gateway.deps
     return DeliveryQueue(deps.home.queue_dir, deps.runner, deps.log)

@@ -17,7 +17,7 @@ import attrs
 import hypercorn.config
 import trio
 
-from trio_gateway.errors import GatewayError, first_leaf
+from trio_gateway.errors import GatewayError, leaves, note_others
 from trio_gateway.http import listen
 from trio_gateway.http.app import GatewayApp
 from trio_gateway.runtime.gateway import Gateway
@@ -73,7 +73,11 @@ class HttpServer:
                 gateway.log.info("HTTP", f"Listening on {', '.join(self.urls)}")
                 task_status.started(self.urls)
         except* OSError as group:
-            first = first_leaf(group)  # hypercorn's own nursery nests the OSError one level down
+            # hypercorn's own nursery nests the OSError one level down. One address, one reason:
+            # the first error's; any other is named in the error's notes.
+            first, *others = leaves(group)
             reason = first.strerror if isinstance(first, OSError) and first.strerror else str(first)
             reason = reason[:1].lower() + reason[1:]  # "address already in use", mid-sentence
-            raise ListenError(f"cannot listen on {host_port(self.bind, self.port)}: {reason}") from None
+            error = ListenError(f"cannot listen on {host_port(self.bind, self.port)}: {reason}")
+            note_others(error, others)
+            raise error from group

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
 
-from trio_gateway.work.units import WorkUnit
+# How a call says it moved ("model_call:first_token"): the stall watchdog's input. The runtime
+# passes its unit's `progress`; a test passes `list.append`.
+Progress = Callable[[str], None]
 
 # An OpenAI chat message: {"role": ..., "content": ..., "tool_calls": ..., "tool_call_id": ...}
 Message = dict[str, Any]
@@ -41,10 +44,10 @@ def _dumps(obj: Any) -> str:
 
 
 class Model(Protocol):
-    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
-        """One completion. Runs inside `unit`'s cancel scope; calls `unit.progress(...)` as it
-        moves (request sent, headers, each streamed chunk). Cancelling the scope must release
-        everything the call holds, the upstream connection included."""
+    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], progress: Progress) -> ModelReply:
+        """One completion. Calls `progress(label)` as it moves (request sent, headers, each
+        streamed chunk). Runs in its unit's cancel scope: cancelling it must release everything
+        the call holds, the upstream connection included."""
         ...
 
     async def aclose(self) -> None: ...

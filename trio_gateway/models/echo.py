@@ -21,8 +21,7 @@ from typing import Any
 
 import trio
 
-from trio_gateway.models.base import Message, ModelReply, ToolCall
-from trio_gateway.work.units import WorkUnit
+from trio_gateway.models.base import Message, ModelReply, Progress, ToolCall
 
 SPAWN_TOOL = "spawn_subagent"
 
@@ -103,11 +102,11 @@ class EchoModel:
     def __init__(self) -> None:
         self._calls = 0
 
-    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
+    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], progress: Progress) -> ModelReply:
         # A checkpoint makes the call cancellable and yields, like a real call would.
         await trio.lowlevel.checkpoint()
         self._calls += 1
-        unit.progress("model_call:first_token")
+        progress("model_call:first_token")
         return scripted_reply(messages, tools, f"call_echo_{self._calls}")
 
     async def aclose(self) -> None:

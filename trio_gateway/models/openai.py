@@ -25,9 +25,8 @@ import trio
 
 from trio_gateway import upstream as http
 from trio_gateway.errors import ModelCallError
-from trio_gateway.models.base import Message, ModelReply, ToolCall
+from trio_gateway.models.base import Message, ModelReply, Progress, ToolCall
 from trio_gateway.policy.config import ModelConfig
-from trio_gateway.work.units import WorkUnit
 
 ERROR_SNIPPET_CHARS = 200
 # Concurrent calls per model endpoint. Calls beyond it wait in trio (a Semaphore), not in the
@@ -53,30 +52,30 @@ class OpenAIModel:
         self._client = http.AsyncClient(headers=headers, timeout=timeout, transport=transport, limits=limits)
         self._slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
 
-    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
+    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], progress: Progress) -> ModelReply:
         self._check_key()
         payload = self._payload(messages, tools)
-        trace = _progress_trace(unit)
-        unit.progress("model_call:waiting_for_slot")
+        trace = _progress_trace(progress)
+        progress("model_call:waiting_for_slot")
         try:
             async with self._slots:
                 # Getting a slot is progress: the stall clock measures the upstream's silence,
                 # not the time spent queued behind other calls.
-                unit.progress("model_call:slot_acquired")
-                return await self._call(payload, trace, unit)
+                progress("model_call:slot_acquired")
+                return await self._call(payload, trace, progress)
         except http.TimeoutException as exc:
             seconds = self._config.request_timeout_seconds
             raise ModelCallError(f"model upstream silent for {seconds:g}s ({type(exc).__name__})") from None
         except http.TransportError as exc:
             raise ModelCallError(f"model upstream unreachable: {type(exc).__name__}: {self._scrub(str(exc))}") from None
 
-    async def _call(self, payload: dict[str, Any], trace: Any, unit: WorkUnit) -> ModelReply:
+    async def _call(self, payload: dict[str, Any], trace: Any, progress: Progress) -> ModelReply:
         async with self._client.stream("POST", self._url, json=payload, extensions={"trace": trace}) as response:
-            unit.progress("model_call:headers")
+            progress("model_call:headers")
             if not response.is_success:
                 raise ModelCallError(await self._status_error(response))
             if _is_event_stream(response):
-                return await _read_stream(response, unit)
+                return await _read_stream(response, progress)
             return _parse_completion(_json(await response.aread()))
 
     async def aclose(self) -> None:
@@ -106,14 +105,14 @@ class OpenAIModel:
         return text.replace(self._key, "***") if self._key else text
 
 
-def _progress_trace(unit: WorkUnit) -> Any:
+def _progress_trace(progress: Progress) -> Any:
     """The HTTP library's trace hook, turned into progress labels the watchdog can report."""
 
     async def trace(event: str, info: dict[str, Any]) -> None:
         if event.endswith("connect_tcp.complete"):
-            unit.progress("model_call:connected")
+            progress("model_call:connected")
         elif event.endswith("send_request_body.complete"):
-            unit.progress("model_call:request_sent")
+            progress("model_call:request_sent")
 
     return trace
 
@@ -213,7 +212,7 @@ class _StreamAccumulator:
         return ModelReply(text if text or not calls else None, calls)
 
 
-async def _read_stream(response: http.Response, unit: WorkUnit) -> ModelReply:
+async def _read_stream(response: http.Response, progress: Progress) -> ModelReply:
     acc = _StreamAccumulator()
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
@@ -222,5 +221,5 @@ async def _read_stream(response: http.Response, unit: WorkUnit) -> ModelReply:
         if data == "[DONE]":
             break
         acc.add(_json(data))
-        unit.progress("model_call:first_token" if acc.chunks == 1 else "model_call:streaming")
+        progress("model_call:first_token" if acc.chunks == 1 else "model_call:streaming")
     return acc.reply()

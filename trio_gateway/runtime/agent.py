@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, Literal, Protocol
 
 import attrs
 import trio
 
-from trio_gateway.errors import ConfigError, DeliveryValidationError, GatewayError, ModelCallError
+from trio_gateway.errors import ConfigError, DeliveryValidationError, GatewayError, ModelCallError, only_gateway_error
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.policy.config import Config
@@ -100,9 +101,57 @@ class Subagent:
 
 
 @attrs.define(eq=False)
+class SessionInbox:
+    """How work joins a busy session's task: its later turns and its subagents, started in the
+    nursery that task owns. The nursery itself never leaves that task.
+
+    The task closes the inbox in the same step (no checkpoint between) as it finds nothing
+    left running, before it leaves its `async with`; so while the inbox is open the nursery is
+    open, and a turn handed in is either started there or refused (`False`: the caller starts
+    a new session task) — never lost to a nursery that is closing."""
+
+    _nursery: trio.Nursery
+    closed: bool = False
+    _running: int = 0
+    _idle: trio.Event = attrs.Factory(trio.Event)
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: object) -> bool:
+        """Start `fn(*args)` in the session's nursery; False once the task takes no more work."""
+        if self.closed:
+            return False
+        self._running += 1
+        self._nursery.start_soon(self._run, fn, *args)
+        return True
+
+    @property
+    def cancelled(self) -> bool:
+        """An abort or a drain is unwinding the session's work."""
+        return self._nursery.cancel_scope.cancel_called
+
+    def cancel(self, reason: str) -> None:
+        self._nursery.cancel_scope.cancel(reason=reason)
+
+    async def _run(self, fn: Callable[..., Awaitable[object]], *args: object) -> None:
+        try:
+            await fn(*args)
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._idle.set()
+
+    async def close_when_idle(self) -> None:
+        """Until nothing runs here, then closed: the last check and the close are one step."""
+        while self._running:
+            self._idle = trio.Event()
+            await self._idle.wait()
+        self.closed = True
+
+
+@attrs.define(eq=False)
 class Session:
     record: SessionRecord
-    nursery: trio.Nursery | None = None
+    # While the session's task runs (`run_session`): where its later work joins it.
+    inbox: SessionInbox | None = None
     lock: trio.Lock = attrs.Factory(trio.Lock)
     waiting: int = 0
     current: TurnRecord | None = None
@@ -120,7 +169,7 @@ class Session:
 
     @property
     def busy(self) -> bool:
-        return self.nursery is not None
+        return self.inbox is not None
 
     def next_id(self, prefix: str) -> str:
         # Counted in the record, which is saved with every accepted turn: a turn id is never
@@ -137,10 +186,10 @@ class Session:
 
     def abort(self) -> bool:
         """Cancel all of this session's work (operator's `session abort`)."""
-        if self.nursery is None:
+        if self.inbox is None:
             return False
         self.aborted.update(t.id for t in self.record.turns)
-        self.nursery.cancel_scope.cancel()
+        self.inbox.cancel("session aborted by the operator")
         return True
 
 
@@ -151,30 +200,35 @@ async def run_session(rt: Runtime, session: Session, turn: TurnRecord, *, task_s
     """The session's task in the generation's work nursery. Ends when the session has no turn
     queued and no subagent running; `queue_turn` adds turns while it lives. The first turn runs
     in this task itself: one task per busy session, not two, halves what a drain must cancel."""
-    nursery: trio.Nursery | None = None
+    await serve_session(session, partial(run_turn, rt, session, turn), task_status=task_status)
+
+
+async def serve_session(session: Session, first: Callable[[], Awaitable[None]], *, task_status: Any) -> None:
+    """Own the session's nursery: run `first`, then whatever joins through the inbox, until
+    nothing is left; the inbox closes before the nursery does."""
+    inbox: SessionInbox | None = None
     try:
         async with trio.open_nursery() as nursery:
-            session.nursery = nursery
+            inbox = session.inbox = SessionInbox(nursery)
             task_status.started()
-            await run_turn(rt, session, turn)
+            try:
+                await first()
+                await inbox.close_when_idle()
+            finally:
+                inbox.closed = True  # cancelled or failed: refuse work while the nursery unwinds
     finally:
-        # A newer session task may already own the session (started while this one closed):
+        # A newer session task may already own the session (started once this one closed):
         # only clear what is still ours.
-        if session.nursery is nursery:
-            session.nursery = None
+        if inbox is not None and session.inbox is inbox:
+            session.inbox = None
 
 
 def queue_turn(session: Session, rt: Runtime, turn: TurnRecord) -> bool:
     """Add a turn to a session whose task is alive; False when the caller must start one
-    (no task, a task whose nursery is closing, or one an abort is unwinding)."""
-    nursery = session.nursery
-    if nursery is None or nursery.cancel_scope.cancel_called:
-        return False
-    try:
-        nursery.start_soon(run_turn, rt, session, turn)
-    except RuntimeError:  # the nursery is closing: its last child has just finished
-        return False
-    return True
+    (no task, or a task that is closing or that an abort or a drain is unwinding)."""
+    inbox = session.inbox
+    # A cancelled session task would cut the turn at once: a new task runs it instead.
+    return inbox is not None and not inbox.cancelled and inbox.start_soon(run_turn, rt, session, turn)
 
 
 async def run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
@@ -218,7 +272,7 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
         if error is None:
             raise  # a bug: run_turn logs it
         kind, text, ok = "reply", f"Sorry, this request failed: {error}", False
-        rt.log.warn("TURN", "Turn ended with a failure", sessionId=session.id, turnId=turn.id, error=str(error))
+        rt.log.warn("TURN", "Turn ended with a failure", sessionId=session.id, turnId=turn.id, error=_described(error))
     record.remember([{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": text}])
     turn.reply, turn.reply_kind = text, kind
     await finish_turn(rt, session, turn, ok=ok)
@@ -298,14 +352,18 @@ def _kept_for_resume(rt: Runtime, session: Session, turn: TurnRecord) -> bool:
 
 def gateway_error(exc: BaseException) -> GatewayError | None:
     """The gateway error behind `exc`, also when a nursery inside a model client wrapped it
-    in an exception group; None when it is anything else (a bug)."""
+    in an exception group (several: the first answers, naming the others in its notes); None
+    when it is anything else (a bug)."""
     if isinstance(exc, GatewayError):
         return exc
     if isinstance(exc, BaseExceptionGroup):
-        leaves = [gateway_error(e) for e in exc.exceptions]
-        if leaves and all(leaf is not None for leaf in leaves):
-            return leaves[0]
+        return only_gateway_error(exc)
     return None
+
+
+def _described(error: GatewayError) -> str:
+    """For the log: the error and those it answers for (`errors.chosen`)."""
+    return "; ".join([str(error), *getattr(error, "__notes__", ())])
 
 
 def _subagent_failure(rt: Runtime, session: Session, sub: Subagent, exc: Exception) -> str:
@@ -399,7 +457,7 @@ async def _model_call(
             # The test endpoint's injected stall: the call is in flight and makes no progress,
             # exactly what a silent upstream looks like to the watchdog and the drain.
             await trio.sleep(stall)
-        return await model.complete(messages, tools, unit)
+        return await model.complete(messages, tools, unit.progress)
     raise AssertionError("unreachable: track() re-raises when it absorbs a cancellation")
 
 
@@ -435,11 +493,10 @@ def spawn_subagent(
         return json.dumps({"error": f"no agent named {agent_id!r}"})
     if not isinstance(task, str) or not task:
         return json.dumps({"error": "task must be a non-empty string"})
-    if session.nursery is None:
-        return json.dumps({"error": "session is not running"})
     sub = Subagent(session.next_id("sub"), agent_id, depth, task)
+    if session.inbox is None or not session.inbox.start_soon(run_subagent, rt, session, sub, origin):
+        return json.dumps({"error": "session is not running"})
     session.subagents[sub.id] = sub
-    session.nursery.start_soon(run_subagent, rt, session, sub, origin)
     rt.log.info("SUBAGENT", "Subagent spawned", sessionId=session.id, subagentId=sub.id, agent=agent_id, depth=depth)
     return json.dumps({"subagentId": sub.id})
 

@@ -40,12 +40,13 @@ from trio_gateway.errors import (
 from trio_gateway.log import EventLog, ms
 from trio_gateway.models.base import Model
 from trio_gateway.policy.config import Config, ModelConfig
+from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import agent, session_evict
 from trio_gateway.runtime.cron import run_cron
 from trio_gateway.runtime.session_evict import Evicted
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
-from trio_gateway.storage.base import SessionStorage
+from trio_gateway.storage.base import DeliveryStore, SessionStorage
 from trio_gateway.storage.disk import StorageHealth, is_no_space
 from trio_gateway.storage.home import Home
 from trio_gateway.storage.sessions import SESSION_ID, SessionRecord, SessionStore, TurnKind, TurnRecord
@@ -62,11 +63,25 @@ _DISK_WAIT_SECONDS = 10.0
 State = Literal["starting", "running", "draining", "stopped"]
 
 
+class ServiceOutbox(agent.Outbox, Protocol):
+    """A generation's outbox: turns' notices (routed), and an operator's deliveries."""
+
+    async def submit_manual(
+        self, channel: str, to: str, account_id: str | None, agent_id: str | None, text: str
+    ) -> DeliveryEntry:
+        """`delivery create` and `POST /v1/deliveries`: an explicit address, no routing."""
+        ...
+
+
 class DeliveryService(Protocol):
-    """The delivery side of one generation: the outbox turns hand notices to, and the worker."""
+    """The delivery side of one generation: the outbox turns hand notices to, the worker, and
+    the queue both use (what `GET /v1/deliveries` lists)."""
 
     @property
-    def outbox(self) -> agent.Outbox: ...
+    def outbox(self) -> ServiceOutbox: ...
+
+    @property
+    def store(self) -> DeliveryStore: ...
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None: ...
 
@@ -621,8 +636,8 @@ class Gateway:
         key = (session.record.agent, _conversation(session.record.origin))
         if self._by_origin.get(key) == session_id:
             del self._by_origin[key]
-        if session.nursery is not None:
-            session.nursery.cancel_scope.cancel(reason="session owned by another node")
+        if session.inbox is not None:
+            session.inbox.cancel(reason="session owned by another node")
         self.log.warn("CLUSTER", "Session owned by another node; its work here is cancelled", sessionId=session_id)
 
     # --- operations ----------------------------------------------------------------------

@@ -24,22 +24,20 @@ from trio_util import AsyncValue, move_on_when
 
 from trio_gateway.app.assemble import listeners, queue_delivery
 from trio_gateway.channels.base import Channel, Outcome
-from trio_gateway.channels.console import ConsoleChannel
 from trio_gateway.delivery.service import ClosableChannels, QueueDelivery
 from trio_gateway.errors import ModelCallError
 from trio_gateway.log import EventLog, FileSink, MemorySink
-from trio_gateway.models.base import Message, ModelReply
+from trio_gateway.models.base import Message, ModelReply, Progress
 from trio_gateway.policy import config as cfg
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.runtime.gateway import DeliveryFactory, Gateway
 from trio_gateway.sim.fake_channels import Delivered, FakeChannels, platform_fake
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.sim.faults import FaultKit, Faults, FaultSwitch, faulty_opener, faulty_runner
-from trio_gateway.sim.runtime import ScriptedModel, build_gateway
+from trio_gateway.sim.runtime import ScriptedModel, gateway_deps
 from trio_gateway.storage.atomic import inline
 from trio_gateway.storage.home import Home
 from trio_gateway.storage.queue import DeliveryQueue
-from trio_gateway.work.units import WorkUnit
 
 # Never dialled: every account's client goes through the in-process fake transport.
 FAKE_BASE_URL = "http://channels.fake.invalid"
@@ -83,12 +81,12 @@ class HarnessModel:
             self._killed = trio.Event()
         return self._killed
 
-    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
+    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], progress: Progress) -> ModelReply:
         async with move_on_when(self._kill_event().wait):
-            return await self._answer(messages, tools, unit)
+            return await self._answer(messages, tools, progress)
         raise ModelCallError("upstream connection reset (the model server went away)")
 
-    async def _answer(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
+    async def _answer(self, messages: list[Message], tools: list[dict[str, Any]], progress: Progress) -> ModelReply:
         await self.fault.hold()
         if self.spec.delay_seconds > 0:
             await trio.sleep(self.spec.delay_seconds)
@@ -100,7 +98,7 @@ class HarnessModel:
         if not directive and last["role"] == "user" and self.spec.behaviour == "fail":
             self.scripted.calls += 1
             raise ModelCallError("HTTP 500 from upstream")
-        return await self.scripted.complete(messages, tools, unit)
+        return await self.scripted.complete(messages, tools, progress)
 
     async def aclose(self) -> None:
         # The upstream outlives a generation (it is a server): closing a client does not kill it.
@@ -175,13 +173,15 @@ class TappedChannel:
 
 @attrs.define
 class TappedChannels:
+    """The worker's view of a generation's channels (`queue_delivery(around=...)`): each
+    adapter behind the `channelSend` fault switch, its verdict recorded with the entry's kind."""
+
     inner: ClosableChannels
     tap: DeliveryTap
-    console: Channel
     fault: FaultSwitch
 
     def get(self, channel: str, account_id: str | None) -> Channel | None:
-        found = self.console if channel == "console" else self.inner.get(channel, account_id)
+        found = self.inner.get(channel, account_id)
         return None if found is None else TappedChannel.around(found, self.tap, self.fault)
 
     async def aclose(self) -> None:
@@ -209,6 +209,30 @@ def fake_account(channel: str) -> dict[str, str]:
     return {"baseUrl": FAKE_BASE_URL, **platform_fake(channel).account_keys(env_prefix)}
 
 
+def tapped_delivery(
+    home: Home,
+    log: EventLog,
+    env: Mapping[str, str],
+    kit: FaultKit,
+    channels: FakeChannels,
+    tap: DeliveryTap,
+    seed: int,
+) -> DeliveryFactory:
+    """Production's delivery wiring (`queue_delivery`: the queue, the worker, the real
+    adapters) over the fake platforms, with the fault switches in front of the queue disk, the
+    console file and each send; only the worker's lookup is wrapped, to record each verdict."""
+    return queue_delivery(
+        home,
+        log,
+        env,
+        faulty_runner(inline, kit.switch("queue_disk")),
+        transport=channels.transport(),
+        rng=random.Random(seed),
+        console_runner=faulty_runner(inline, kit.switch("console_file")),
+        around=lambda adapters: TappedChannels(adapters, tap, kit.switch("channel_send")),
+    )
+
+
 # --- the harness ------------------------------------------------------------------------------
 
 
@@ -225,8 +249,6 @@ class Harness:
     # The `[faults]` of this run: switches in front of each subsystem, armed by `faults.run`
     # (a scenario) or by hand (a test).
     faults: FaultKit = attrs.Factory(lambda: FaultKit(Faults()))
-    # This generation's delivery side, for actions that enqueue straight into it.
-    current: QueueDelivery | None = None
     # The MCP servers a config names, served in-process (`mcp["files"].calls`, `.cancelled`).
     mcp: FakeMcpServers = attrs.Factory(FakeMcpServers)
 
@@ -244,49 +266,43 @@ class Harness:
         mcp: FakeMcpServers | None = None,
     ) -> Harness:
         kit = FaultKit(faults or Faults())
+        the_home = Home(home).ensure()
         the_model = model or HarnessModel()
         the_model.fault = kit.switch("model_call")
-        sessions = faulty_runner(inline, kit.switch("sessions_disk"))
-        gateway, sink = build_gateway(home, config, model=the_model, session_runner=sessions)
-        if kit.faults.log_file is not None:
-            opener = faulty_opener(kit.switch("log_file"))
-            gateway.log.sinks.append(FileSink(Home(home).log_path, opener=opener))
-        harness = cls(gateway, sink, the_model, channels or FakeChannels(), DeliveryTap(), Home(home), kit)
-        harness.mcp = mcp or harness.mcp
+        the_channels = channels or FakeChannels()
+        the_mcp = mcp or FakeMcpServers()
         the_env = fake_env(config) if env is None else env
-        gateway.deps.delivery_factory = harness._delivery_factory(the_env, seed)
-        gateway.deps.tools_factory = in_process_tools(harness.mcp)
-        # The listeners are production's too, long-polling the same fake (SPEC 11).
-        gateway.deps.listener_factory = listeners(
-            harness.home,
-            gateway.log,
-            the_env,
-            inline,
-            transport=harness.channels.transport(),
-            rng=random.Random(seed),
-            connect=harness.channels.connect_websocket,
+        tap = DeliveryTap()
+        sink = MemorySink()
+        log = EventLog([sink])
+        if kit.faults.log_file is not None:
+            log.sinks.append(FileSink(the_home.log_path, opener=faulty_opener(kit.switch("log_file"))))
+        deps = gateway_deps(
+            home,
+            config,
+            log,
+            model=the_model,
+            session_runner=faulty_runner(inline, kit.switch("sessions_disk")),
+            delivery_factory=tapped_delivery(the_home, log, the_env, kit, the_channels, tap, seed),
+            tools_factory=in_process_tools(the_mcp),
+            # The listeners are production's too, long-polling the same fake (SPEC 11).
+            listener_factory=listeners(
+                the_home,
+                log,
+                the_env,
+                inline,
+                transport=the_channels.transport(),
+                rng=random.Random(seed),
+                connect=the_channels.connect_websocket,
+            ),
         )
-        return harness
+        return cls(Gateway(deps, config), sink, the_model, the_channels, tap, the_home, kit, the_mcp)
 
-    def _delivery_factory(self, env: Mapping[str, str], seed: int) -> DeliveryFactory:
-        queue_disk = faulty_runner(inline, self.faults.switch("queue_disk"))
-        production = queue_delivery(
-            self.home, self.gateway.log, env, queue_disk, transport=self.channels.transport(), rng=random.Random(seed)
-        )
-
-        async def factory(config: cfg.Config, gateway: Gateway) -> QueueDelivery:
-            delivery = await production(config, gateway)
-            assert isinstance(delivery, QueueDelivery)  # what `queue_delivery` builds
-            # Only the worker's lookup is wrapped, to record each verdict with the entry's kind;
-            # the adapters, the queue and the closing of the channels stay production's own.
-            console = ConsoleChannel(self.home.console_path, faulty_runner(inline, self.faults.switch("console_file")))
-            delivery.worker.channels = TappedChannels(
-                delivery.channels, self.tap, console, self.faults.switch("channel_send")
-            )
-            self.current = delivery
-            return delivery
-
-        return factory
+    @property
+    def current(self) -> QueueDelivery | None:
+        """This generation's delivery side, for actions that enqueue straight into it."""
+        delivery = self.gateway.delivery
+        return delivery if isinstance(delivery, QueueDelivery) else None
 
     @property
     def log(self) -> EventLog:

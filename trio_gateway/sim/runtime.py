@@ -17,19 +17,28 @@ import attrs
 import trio
 
 from trio_gateway.channels.registry import check_names
-from trio_gateway.errors import ModelCallError
+from trio_gateway.delivery.outbox import Outbox
+from trio_gateway.errors import DeliveryValidationError, ModelCallError
 from trio_gateway.log import EventLog, MemorySink
-from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
+from trio_gateway.models.base import Message, Model, ModelReply, Progress, ToolCall
 from trio_gateway.models.echo import offers_tool, parse_tool, tool_result_reply
 from trio_gateway.policy import config as cfg
-from trio_gateway.policy.entry import DeliveryKind
+from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind
 from trio_gateway.policy.origin import Origin
 from trio_gateway.policy.routing import resolve
-from trio_gateway.runtime.gateway import DeliveryFactory, Gateway, GatewayDeps, Server, ToolsFactory
+from trio_gateway.runtime.gateway import (
+    DeliveryFactory,
+    Gateway,
+    GatewayDeps,
+    ListenerFactory,
+    Server,
+    ToolsFactory,
+)
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.storage.atomic import BlockingRunner, inline
+from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.storage.home import Home
-from trio_gateway.work.units import WorkUnit
+from trio_gateway.storage.queue import DeliveryQueue
 
 
 @attrs.frozen
@@ -47,6 +56,9 @@ class Notice:
 class RecordingOutbox:
     config: cfg.Config
     notices: list[Notice]
+    # An operator's deliveries (`POST /v1/deliveries`) are no turn's notices: they go to the
+    # queue on disk through production's outbox, where `GET /v1/deliveries` lists them.
+    manual: Outbox | None = None
 
     async def submit(
         self,
@@ -63,10 +75,19 @@ class RecordingOutbox:
         self.notices.append(notice)
         return notice
 
+    async def submit_manual(
+        self, channel: str, to: str, account_id: str | None, agent_id: str | None, text: str
+    ) -> DeliveryEntry:
+        if self.manual is None:
+            raise DeliveryValidationError("this recording outbox was given no queue for manual deliveries")
+        return await self.manual.submit_manual(channel, to, account_id, agent_id, text)
+
 
 @attrs.define
 class RecordingDelivery:
     outbox: RecordingOutbox
+    # The queue on disk (nothing sends from it here): what the API lists and retries.
+    store: DeliveryStore
     worker_runs: int = 0
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -84,13 +105,17 @@ class RecordingDelivery:
 def recording_delivery(notices: list[Notice]) -> DeliveryFactory:
     async def factory(config: cfg.Config, gateway: Gateway) -> RecordingDelivery:
         await trio.lowlevel.checkpoint()
-        return RecordingDelivery(RecordingOutbox(config, notices))
+        return recording(gateway, RecordingOutbox(config, notices))
 
     return factory
 
 
-# A script maps the last user message to what the model does.
-Step = Callable[[str, WorkUnit], Any]
+def recording(gateway: Gateway, outbox: RecordingOutbox) -> RecordingDelivery:
+    """A delivery side that records `outbox`'s notices, over the gateway's queue on disk."""
+    assert gateway.wall is not None
+    store = DeliveryQueue(gateway.deps.home.queue_dir, gateway.deps.runner, gateway.log)
+    manual = Outbox(store, outbox.config.agents, gateway.wall, gateway.log)
+    return RecordingDelivery(attrs.evolve(outbox, manual=manual), store)
 
 
 @attrs.define
@@ -107,7 +132,7 @@ class ScriptedModel:
     calls: int = 0
     closed: bool = False
 
-    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], unit: WorkUnit) -> ModelReply:
+    async def complete(self, messages: list[Message], tools: list[dict[str, Any]], progress: Progress) -> ModelReply:
         self.calls += 1
         last = messages[-1]
         if last["role"] == "tool":
@@ -124,7 +149,7 @@ class ScriptedModel:
             end = trio.current_time() + float(total)
             while trio.current_time() < end:
                 await trio.sleep(float(every))
-                unit.progress("model_call:streaming")
+                progress("model_call:streaming")
             return ModelReply(f"slow done: {text}")
         if text.startswith("/spawn ") and tools:
             _, agent_id, task = text.split(" ", 2)
@@ -134,7 +159,7 @@ class ScriptedModel:
         if text.startswith("/fail"):
             raise ModelCallError("HTTP 500 from upstream")
         await trio.lowlevel.checkpoint()
-        unit.progress("model_call:first_token")
+        progress("model_call:first_token")
         return ModelReply(f"echo: {text}")
 
     async def aclose(self) -> None:
@@ -150,9 +175,16 @@ def quick_config(**overrides: Any) -> cfg.Config:
     return check_names(cfg.parse(raw))
 
 
-def build_gateway(
+def build_gateway(home: Path, config: cfg.Config, **parts: Any) -> tuple[Gateway, MemorySink]:
+    """A gateway on inline disk I/O, its log in memory; `parts` are `gateway_deps`'s."""
+    sink = MemorySink()
+    return Gateway(gateway_deps(home, config, EventLog([sink]), **parts), config), sink
+
+
+def gateway_deps(
     home: Path,
     config: cfg.Config,
+    log: EventLog,
     *,
     model: Model | None = None,
     delivery_factory: DeliveryFactory | None = None,
@@ -161,11 +193,13 @@ def build_gateway(
     load_config: Callable[[], cfg.Config] | None = None,
     session_runner: BlockingRunner | None = None,
     tools_factory: ToolsFactory | None = None,
-) -> tuple[Gateway, MemorySink]:
-    sink = MemorySink()
-    log = EventLog([sink])
+    listener_factory: ListenerFactory | None = None,
+    **more: Any,
+) -> GatewayDeps:
+    """Everything an in-process gateway is built with; unnamed parts are the recording and
+    scripted stand-ins."""
     the_model = model if model is not None else ScriptedModel()
-    deps = GatewayDeps(
+    return GatewayDeps(
         home=Home(home).ensure(),
         log=log,
         load_config=load_config or (lambda: config),
@@ -176,5 +210,6 @@ def build_gateway(
         servers=servers or [],
         session_runner=session_runner,
         tools_factory=tools_factory or in_process_tools(FakeMcpServers()),
+        listener_factory=listener_factory,
+        **more,  # any other `GatewayDeps` field as given (`preflight`, `describe_storage`, ...)
     )
-    return Gateway(deps, config), sink

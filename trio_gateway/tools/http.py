@@ -12,8 +12,8 @@ from typing import Any
 import attrs
 
 from trio_gateway import upstream as http
+from trio_gateway.models.base import Progress
 from trio_gateway.policy.config import HttpToolConfig
-from trio_gateway.work.units import WorkUnit
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 # RFC 9110 field names and values the client can send as they are (printable ASCII): anything
@@ -94,20 +94,20 @@ class HttpTool:
     config: HttpToolConfig
     client: http.AsyncClient
 
-    async def call(self, args: dict[str, Any], unit: WorkUnit) -> str:
+    async def call(self, args: dict[str, Any], progress: Progress) -> str:
         """The tool's answer as JSON text. `DeniedError` before anything is sent; httpx2
         errors propagate (the caller turns them into a tool error)."""
         request = parse_request(args, self.config)
         cap = self.config.max_response_bytes
-        unit.progress("api_request:sending")
+        progress("api_request:sending")
         async with self.client.stream(
             request.method, request.url, headers=request.headers, content=request.body
         ) as response:
-            unit.progress("api_request:headers")
+            progress("api_request:headers")
             body = bytearray()
             truncated = False
             async for chunk in response.aiter_bytes():
-                unit.progress("api_request:chunk")
+                progress("api_request:chunk")
                 body += chunk
                 if len(body) > cap:
                     del body[cap:]

@@ -23,11 +23,12 @@ from mcp import types
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
 
+from trio_gateway.errors import leaves
 from trio_gateway.log import EventLog
+from trio_gateway.models.base import Progress
 from trio_gateway.policy import backoff
 from trio_gateway.tools import tool_error
 from trio_gateway.tools.transport import Link, Opener
-from trio_gateway.work.units import WorkUnit
 
 ServerState = Literal["starting", "running", "restarting", "stopped"]
 # A server that does not finish its handshake and tool listing in this long is treated as dead.
@@ -104,7 +105,8 @@ class McpServer:
                 await link.dead.wait()
                 self.last_error = link.failure
         except* Exception as group:  # a spawn failure, a protocol error: never the gateway
-            self.last_error = _describe(_first_leaf(group))
+            # Every error the connection's tasks raised: the first alone could hide the cause.
+            self.last_error = "; ".join(_describe(exc) for exc in leaves(group))
         finally:
             self._session = self._link = None
             self.pid = None
@@ -119,10 +121,10 @@ class McpServer:
             return
         self.tools = [_tool_json(t) for t in listing.tools]
 
-    async def call(self, tool: str, arguments: dict[str, Any], unit: WorkUnit) -> CallOutcome:
+    async def call(self, tool: str, arguments: dict[str, Any], report: Progress) -> CallOutcome:
         """Call one tool. Never raises but `Cancelled` (the unit's abort or a drain)."""
         if self.state == "starting":
-            unit.progress(f"tool_call:{self.name}__{tool} waiting for the server to start")
+            report(f"tool_call:{self.name}__{tool} waiting for the server to start")
             await self._first_ready.wait()
         session, link = self._session, self._link
         if session is None or link is None:
@@ -131,7 +133,7 @@ class McpServer:
 
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             of = f"/{total:g}" if total is not None else ""
-            unit.progress(f"tool_call:{self.name}__{tool} progress {progress:g}{of}")
+            report(f"tool_call:{self.name}__{tool} progress {progress:g}{of}")
 
         try:
             result = await session.call_tool(tool, arguments, progress_callback=on_progress)
@@ -175,12 +177,6 @@ def _result_text(result: types.CallToolResult) -> str:
         else:
             parts.append(item.model_dump_json(by_alias=True, exclude_none=True))
     return "\n".join(parts)
-
-
-def _first_leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup):
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -27,7 +27,7 @@ import trio
 from trio_gateway import upstream as http
 from trio_gateway.errors import ConfigError, WorkAbortedError
 from trio_gateway.log import EventLog
-from trio_gateway.models.base import ToolCall
+from trio_gateway.models.base import Progress, ToolCall
 from trio_gateway.policy.config import Config, McpServerConfig
 from trio_gateway.tools import tool_error
 from trio_gateway.tools.http import HTTP_TOOL, DeniedError, HttpTool
@@ -103,7 +103,7 @@ class ToolBox:
         try:
             with self.registry.track(kind, session_id, parent) as unit:
                 unit.progress(f"{kind}:{call.name}")
-                text, outcome = await self._dispatch(call, unit)
+                text, outcome = await self._dispatch(call, unit.progress)
         except WorkAbortedError as exc:
             self.outcomes[(label, "aborted")] += 1
             self.log.warn("TOOLS", "Tool call aborted; the model is told", tool=call.name, sessionId=session_id or "-")
@@ -126,17 +126,17 @@ class ToolBox:
             return f"tool {name!r} is not allowed for agent {agent_id!r}"
         return None
 
-    async def _dispatch(self, call: ToolCall, unit: WorkUnit) -> tuple[str, str]:
+    async def _dispatch(self, call: ToolCall, progress: Progress) -> tuple[str, str]:
         if call.name == "http_request":
             assert self.http is not None
             try:
-                return await self.http.call(call.arguments, unit), "ok"
+                return await self.http.call(call.arguments, progress), "ok"
             except DeniedError as exc:
                 return tool_error(str(exc)), "denied"
             except http.HTTPError as exc:
                 return tool_error(f"http_request failed: {type(exc).__name__}: {exc}"), "failed"
         server, _, tool = call.name.partition(SEPARATOR)
-        result = await self.servers[server].call(tool, call.arguments, unit)
+        result = await self.servers[server].call(tool, call.arguments, progress)
         return result.text, result.outcome
 
     def inherit(self, previous: ToolBox | None) -> None:

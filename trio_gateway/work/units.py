@@ -17,7 +17,7 @@ from typing import Literal
 import attrs
 import trio
 
-from trio_gateway.errors import WorkAbortedError
+from trio_gateway.errors import WorkAbortedError, leaves
 from trio_gateway.log import EventLog
 
 WorkKind = Literal["model_call", "tool_call", "api_request", "embedded_run", "delivery_attempt"]
@@ -35,8 +35,6 @@ class WorkUnit:
     # here is progress there too, so a container is never judged stalled while its child moves.
     parent: WorkUnit | None = None
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    # Set by whoever cancels the unit, so the unit can tell its caller why it ended.
-    abort_reason: str | None = None
     stall_reported: bool = False
 
     def progress(self, label: str | None = None) -> None:
@@ -51,9 +49,15 @@ class WorkUnit:
             parent = parent.parent
 
     def abort(self, reason: str) -> None:
-        if self.abort_reason is None:
-            self.abort_reason = reason
-        self.scope.cancel()
+        """Cancel this unit's scope, saying why. Trio keeps the first reason (a later abort of
+        the same unit is a no-op) and hands it to every `Cancelled` the scope delivers, which is
+        where `WorkRegistry.track` reads it back."""
+        self.scope.cancel(reason=reason)
+
+    @property
+    def aborted(self) -> bool:
+        """Someone cut this unit off (stall recovery, a session abort)."""
+        return self.scope.cancel_called
 
     def age(self, now: float) -> float:
         return now - self.started_at
@@ -89,16 +93,24 @@ class WorkRegistry:
         now = trio.current_time()
         unit = WorkUnit(next(self._ids), kind, session_id, now, now, f"{kind}:started", parent)
         self._units[unit.id] = unit
+        reasons: list[str] = []
         try:
             with unit.scope:
-                yield unit
+                try:
+                    yield unit
+                except BaseException as exc:
+                    # The reason `abort` gave rides on each `Cancelled` the scope is about to
+                    # absorb. Re-raised as it came (not `except*`, which would wrap a bare
+                    # `Cancelled` in a group): an enclosing scope's passes through untouched.
+                    reasons += _cancel_reasons(exc)
+                    raise
         finally:
             del self._units[unit.id]
-            if unit.abort_reason is not None:
+            if unit.aborted:
                 self.count_abort(kind)
                 self._log_abort_complete(unit)
-        if unit.abort_reason is not None and unit.scope.cancelled_caught:
-            raise WorkAbortedError(f"{kind} aborted: {unit.abort_reason}")
+        if unit.aborted and unit.scope.cancelled_caught:
+            raise WorkAbortedError(f"{kind} aborted: {reasons[0] if reasons else 'cancelled'}")
 
     def count_abort(self, kind: str) -> None:
         """One unit of `kind` was cut off (stall recovery, session abort or a drain): /metrics."""
@@ -108,3 +120,11 @@ class WorkRegistry:
         took = round(trio.current_time() - unit.started_at)
         session = unit.session_id or "-"
         self.log.info("ABORT COMPLETE", f"{unit.kind} terminated after {took}s", session=session)
+
+
+def _cancel_reasons(exc: BaseException) -> list[str]:
+    """The reasons the `Cancelled` in `exc` (bare or in a group) were given."""
+    if isinstance(exc, trio.Cancelled):
+        return [exc.reason] if exc.reason is not None else []
+    cancelled = exc.subgroup(trio.Cancelled) if isinstance(exc, BaseExceptionGroup) else None
+    return [] if cancelled is None else [c.reason for c in leaves(cancelled) if c.reason is not None]
