@@ -29,7 +29,7 @@ class ListenError(GatewayError):
     exit_code = 1
 
 
-def host_port(bind: str, port: int) -> str:
+def _host_port(bind: str, port: int) -> str:
     return f"[{bind}]:{port}" if ":" in bind and not bind.startswith("[") else f"{bind}:{port}"
 
 
@@ -50,7 +50,7 @@ class HttpServer:
 
     def _config(self) -> hypercorn.config.Config:
         config = hypercorn.config.Config()
-        config.bind = [host_port(self.bind, self.port)]
+        config.bind = [_host_port(self.bind, self.port)]
         # Our own log line says where we listen; hypercorn's access log would put one
         # untagged line per health probe into the contract log.
         config.accesslog = None
@@ -78,6 +78,6 @@ class HttpServer:
             first, *others = leaves(group)
             reason = first.strerror if isinstance(first, OSError) and first.strerror else str(first)
             reason = reason[:1].lower() + reason[1:]  # "address already in use", mid-sentence
-            error = ListenError(f"cannot listen on {host_port(self.bind, self.port)}: {reason}")
+            error = ListenError(f"cannot listen on {_host_port(self.bind, self.port)}: {reason}")
             note_others(error, others)
             raise error from group
