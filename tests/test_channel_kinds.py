@@ -27,7 +27,7 @@ import trio_gateway
 from trio_gateway import scenario
 from trio_gateway.channels import registry
 from trio_gateway.channels.base import AccountSpec, AddressRule, Channel, ChannelKind, Outcome
-from trio_gateway.errors import ConfigError
+from trio_gateway.errors import ConfigError, DeliveryValidationError
 from trio_gateway.policy.config import AccountConfig
 from trio_gateway.sim import fake_channels
 from trio_gateway.sim.fake_channels import FakeChannels
@@ -191,6 +191,7 @@ def seventh(monkeypatch: pytest.MonkeyPatch) -> ChannelKind:
     """The registry list and the fakes' list, each with one entry more: nothing else changes."""
     monkeypatch.setattr(registry, "KINDS", (*registry.KINDS, PIGEON))
     monkeypatch.setattr(registry, "BY_NAME", {**registry.BY_NAME, PIGEON.name: PIGEON})
+    monkeypatch.setattr(registry, "NAMES", (*registry.NAMES, PIGEON.name))
     monkeypatch.setattr(fake_channels, "PLATFORMS", (*fake_channels.PLATFORMS, PigeonFake))
     return PIGEON
 
@@ -222,8 +223,9 @@ def test_a_seventh_kind_is_its_module_an_entry_in_the_registry_and_a_fake(sevent
     rejected = fake.rejection(Rule("reject", 1))
     assert seventh.classify(rejected.status, rejected.body, rejected.headers).kind == "permanent"
     # Deliveries are addressed by its rule.
-    assert registry.fits("pigeon", "loft-7")
-    assert not registry.fits("pigeon", "attic")
+    assert registry.check_address("pigeon", "loft-7") is None
+    with pytest.raises(DeliveryValidationError):
+        registry.check_address("pigeon", "attic")
     # A scenario's `[channels.pigeon]` gets a fake account from the fake.
     parsed = scenario.parse_text('[channels.pigeon]\naccounts = ["a"]\n')
     assert parsed.config.channels["pigeon"].accounts["a"].token_env == "FAKE_PIGEON_TOKEN"

@@ -132,3 +132,21 @@ def test_a_scenario_config_table_refuses_it() -> None:
     with pytest.raises(ScenarioError) as info:
         scenario.parse_text(text)
     assert str(info.value).endswith(f"config.{REFUSAL}")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"channels": {"pigeon": {"accounts": {"a": {}}}}},  # its account lacks baseUrl too
+        {"channels": {"pigeon": {"accounts": {"a": {}}}}, "agents": {}},  # and there is no agent
+    ],
+)
+def test_a_typo_in_a_channel_name_is_named_before_what_it_causes(tmp_path: Path, raw: dict[str, object]) -> None:
+    """The name is checked where the channels section is, first: a misspelt channel gets the
+    refusal that names it, not an error about a key its (unknown) account lacks."""
+    text = write(tmp_path, raw)
+    with pytest.raises(ConfigError, match=f"^{REFUSAL}$"):
+        registry.load_config(tmp_path / "gateway.json")
+    assert run(tmp_path, "config", "set", "gateway.port", "8080") == 2
+    assert run(tmp_path, "config", "validate") == 2
+    assert (tmp_path / "gateway.json").read_text() == text

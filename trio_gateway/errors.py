@@ -166,6 +166,11 @@ def note_others(error: BaseException, others: Sequence[BaseException]) -> None:
         error.add_note(f"also raised: {type(other).__name__}: {other}")
 
 
+def described(error: BaseException) -> str:
+    """One line for a log: the error and, from its notes, those it answers for (`chosen`)."""
+    return "; ".join([str(error), *getattr(error, "__notes__", ())])
+
+
 class ClusterDatabaseError(GatewayError):
     """Cluster mode (SPEC 12): the shared database refused, or did not answer in time."""
 

@@ -30,7 +30,7 @@ import trio
 
 from trio_gateway.channels.base import AddressRule, check_address
 from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, Listener, ListenError
-from trio_gateway.errors import DeliveryValidationError, GatewayDrainingError
+from trio_gateway.errors import DeliveryValidationError, GatewayDrainingError, described
 from trio_gateway.log import EventLog, ms
 from trio_gateway.policy import backoff
 from trio_gateway.policy.config import AgentConfig
@@ -373,7 +373,7 @@ class ListenerSupervisor:
             self.log.warn(
                 "CHANNEL",
                 f"Reconnecting channel={account.channel} account={account.account_id} in {wait:.1f}s",
-                reason="; ".join([str(outcome), *getattr(outcome, "__notes__", ())])[:200],
+                reason=described(outcome)[:200],
             )
             await trio.sleep(wait)
 

@@ -25,6 +25,7 @@ from trio_gateway.channels.inbound import Listener, WebSocketConnect, open_webso
 from trio_gateway.channels.listen import AccountListener, account_file_ok, agent_for
 from trio_gateway.errors import ConfigError, DeliveryValidationError
 from trio_gateway.log import EventLog
+from trio_gateway.policy import config as cfg
 from trio_gateway.policy.config import AccountConfig, ChannelConfig, Config
 from trio_gateway.storage import config_file
 from trio_gateway.storage.atomic import BlockingRunner
@@ -44,18 +45,16 @@ def kind_of(channel: str) -> ChannelKind | None:
 
 
 def check_names(config: Config) -> Config:
-    """Refuse a `channels.<name>` this version cannot speak. Here, not in `policy.config`: policy
-    is pure and sits below the channels, so only the registry knows which names exist."""
-    for channel in config.channels:
-        if channel not in BY_NAME:
-            raise ConfigError(f"channels.{channel}", f"unknown channel; known: {', '.join(BY_NAME)}")
-    return config
+    """Refuse a `channels.<name>` this version cannot speak, in a config built without the names
+    (policy is pure and sits below the channels: only the registry knows which names exist, and
+    `policy.config.check` takes them from its caller)."""
+    return cfg.check(config, NAMES)
 
 
 def load_config(path: Path) -> Config:
     """`gateway.json` as every reader takes it (start, restart, the CLI): the file's strict parse
-    (`storage.config_file`), then its channel names."""
-    return check_names(config_file.load(path))
+    (`storage.config_file`), told the channel names this version speaks."""
+    return config_file.load(path, NAMES)
 
 
 # --- addresses (SPEC 7) --------------------------------------------------------------------------
@@ -68,14 +67,6 @@ def check_address(channel: str, to: str | None) -> str | None:
     """
     kind = kind_of(channel)
     return check_by_rule(channel, to, kind.address if kind is not None else None)
-
-
-def fits(channel: str, to: str | None) -> bool:
-    try:
-        check_address(channel, to)
-    except DeliveryValidationError:
-        return False
-    return True
 
 
 def check_configured(channels: Mapping[str, ChannelConfig], channel: str, to: str, account_id: str | None) -> None:

@@ -8,7 +8,6 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from trio_gateway.channels.registry import check_names, load_config
 from trio_gateway.cli import add_commands
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy import config as cfg
@@ -45,8 +44,7 @@ def _get(args: argparse.Namespace, ctx: Context) -> int:
 
 def _set(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    new_raw, parsed = cfg.set_key(read_raw(path), args.key, cfg.parse_value(args.value))
-    check_names(parsed)
+    new_raw, _ = cfg.set_key(read_raw(path), args.key, cfg.parse_value(args.value), _channel_names())
     atomic_write_json(path, new_raw)
     print(f"{args.key} = {json.dumps(cfg.get_key(new_raw, args.key))}")
     return 0
@@ -54,8 +52,7 @@ def _set(args: argparse.Namespace, ctx: Context) -> int:
 
 def _unset(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    new_raw, parsed = cfg.unset_key(read_raw(path), args.key)
-    check_names(parsed)
+    new_raw, _ = cfg.unset_key(read_raw(path), args.key, _channel_names())
     atomic_write_json(path, new_raw)
     print(f"{args.key} unset; default {json.dumps(cfg.get_key(new_raw, args.key), default=str)}")
     return 0
@@ -63,7 +60,7 @@ def _unset(args: argparse.Namespace, ctx: Context) -> int:
 
 def _validate(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    load_config(path)
+    cfg.parse(read_raw(path), _channel_names())
     if args.env:
         missing = missing_secrets(read_raw(path), os.environ)
         for secret in missing:
@@ -72,3 +69,11 @@ def _validate(args: argparse.Namespace, ctx: Context) -> int:
             return ConfigError.exit_code
     print(f"{path}: ok" if path.exists() else f"{path}: absent; the built-in defaults are valid")
     return 0
+
+
+def _channel_names() -> tuple[str, ...]:
+    """The channel names this version speaks. Imported here, not at the top: the registry loads
+    every platform module, which `config get` has no use for."""
+    from trio_gateway.channels.registry import NAMES
+
+    return NAMES

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -325,8 +325,13 @@ def _check_ranges(config: Config) -> None:
             )
 
 
-def check(config: Config) -> Config:
-    """Rules that types cannot say: numbers within their ranges, references that resolve."""
+def check(config: Config, channels: Collection[str] | None = None) -> Config:
+    """Rules that types cannot say: numbers within their ranges, references that resolve.
+
+    `channels`: the channel names this version speaks (`channels.registry.NAMES`). Policy sits
+    below the channels and names none of them, so its callers hand the names in; given, an
+    unknown `channels.<name>` is refused first, before the errors a typo would cause further on
+    (an account's missing keys, an agent bound to no known channel)."""
     _check_ranges(config)
     for name, model in config.models.items():
         path = f"models.{name}"
@@ -343,9 +348,9 @@ def check(config: Config) -> Config:
                 raise ConfigError(f"{path}.baseUrl", f"must be an http(s) URL, got {model.base_url!r}")
             if not model.model:
                 raise ConfigError(f"{path}.model", "required for an OpenAI-compatible model")
-    # Which channel names exist is the registry's (`channels.registry.check_names`, run by every
-    # reader of gateway.json): policy sits below the channels and names none of them.
     for channel, ch in config.channels.items():
+        if channels is not None and channel not in channels:
+            raise ConfigError(f"channels.{channel}", f"unknown channel; known: {', '.join(channels)}")
         for account_id, account in ch.accounts.items():
             if channel != "console" and not account.base_url:
                 raise ConfigError(f"channels.{channel}.accounts.{account_id}.baseUrl", "required")
@@ -430,13 +435,13 @@ def _check_allow_list(tools: ToolsConfig, path: str, allowed: list[str]) -> None
             raise ConfigError(f"{path}[{i}]", f"no MCP server named {server!r} under tools.mcpServers")
 
 
-def parse(raw: object) -> Config:
-    """Structure and check a decoded `gateway.json`. The built-in `default` echo model stays
-    available unless the file names its own `default`."""
+def parse(raw: object, channels: Collection[str] | None = None) -> Config:
+    """Structure and check a decoded `gateway.json` (`channels`: see `check`). The built-in
+    `default` echo model stays available unless the file names its own `default`."""
     config = codec.structure_input(raw, Config)
     if "default" not in config.models:
         config = attrs.evolve(config, models={**_default_models(), **config.models})
-    return check(config)
+    return check(config, channels)
 
 
 def to_json(config: Config) -> dict[str, Any]:
@@ -478,7 +483,9 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def unset_key(raw: Mapping[str, Any], key: str) -> tuple[dict[str, Any], Config]:
+def unset_key(
+    raw: Mapping[str, Any], key: str, channels: Collection[str] | None = None
+) -> tuple[dict[str, Any], Config]:
     """A new raw document without `key` (the built-in default applies again), objects it leaves
     empty removed, and its parsed config; raises, writing nothing, if the result is not valid."""
     parts = _split_key(key)
@@ -495,10 +502,12 @@ def unset_key(raw: Mapping[str, Any], key: str) -> tuple[dict[str, Any], Config]
     for parent, part, child in reversed(list(zip(trail, parts, trail[1:], strict=False))):
         if not child:
             del parent[part]
-    return new, parse(new)
+    return new, parse(new, channels)
 
 
-def set_key(raw: Mapping[str, Any], key: str, value: Any) -> tuple[dict[str, Any], Config]:
+def set_key(
+    raw: Mapping[str, Any], key: str, value: Any, channels: Collection[str] | None = None
+) -> tuple[dict[str, Any], Config]:
     """A new raw document with `key` set, and its parsed config. Raises before returning
     anything when the whole new document would not be valid, so a caller writes all or nothing."""
     parts = _split_key(key)
@@ -513,4 +522,4 @@ def set_key(raw: Mapping[str, Any], key: str, value: Any) -> tuple[dict[str, Any
             raise ConfigError(".".join(parts[: i + 1]), "is not an object; cannot set a key inside it")
         node = child
     node[parts[-1]] = value
-    return new, parse(new)
+    return new, parse(new, channels)

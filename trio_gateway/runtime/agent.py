@@ -18,7 +18,14 @@ from typing import Any, Literal, Protocol
 import attrs
 import trio
 
-from trio_gateway.errors import ConfigError, DeliveryValidationError, GatewayError, ModelCallError, only_gateway_error
+from trio_gateway.errors import (
+    ConfigError,
+    DeliveryValidationError,
+    GatewayError,
+    ModelCallError,
+    described,
+    only_gateway_error,
+)
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.policy.config import Config
@@ -125,7 +132,8 @@ class SessionInbox:
 
     @property
     def cancelled(self) -> bool:
-        """An abort or a drain is unwinding the session's work."""
+        """The session's own scope was cancelled (an abort). A drain cancels the work scope
+        around every session instead, which this does not see (nor did it before the inbox)."""
         return self._nursery.cancel_scope.cancel_called
 
     def cancel(self, reason: str) -> None:
@@ -272,7 +280,7 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
         if error is None:
             raise  # a bug: _run_turn logs it
         kind, text, ok = "reply", f"Sorry, this request failed: {error}", False
-        rt.log.warn("TURN", "Turn ended with a failure", sessionId=session.id, turnId=turn.id, error=_described(error))
+        rt.log.warn("TURN", "Turn ended with a failure", sessionId=session.id, turnId=turn.id, error=described(error))
     record.remember([{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": text}])
     turn.reply, turn.reply_kind = text, kind
     await finish_turn(rt, session, turn, ok=ok)
@@ -359,11 +367,6 @@ def _gateway_error(exc: BaseException) -> GatewayError | None:
     if isinstance(exc, BaseExceptionGroup):
         return only_gateway_error(exc)
     return None
-
-
-def _described(error: GatewayError) -> str:
-    """For the log: the error and those it answers for (`errors.chosen`)."""
-    return "; ".join([str(error), *getattr(error, "__notes__", ())])
 
 
 def _subagent_failure(rt: Runtime, session: Session, sub: Subagent, exc: Exception) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import attrs
 import trio
 
-from trio_gateway.channels.registry import check_names
+from trio_gateway.channels import registry
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import DeliveryValidationError, ModelCallError
 from trio_gateway.log import EventLog, MemorySink
@@ -172,7 +172,7 @@ def quick_config(**overrides: Any) -> cfg.Config:
     raw: dict[str, Any] = {}
     for key, value in overrides.items():
         raw, _ = cfg.set_key(raw, key, value)
-    return check_names(cfg.parse(raw))
+    return cfg.parse(raw, registry.NAMES)
 
 
 def build_gateway(home: Path, config: cfg.Config, **parts: Any) -> tuple[Gateway, MemorySink]:
