@@ -109,7 +109,7 @@ def listeners(
     return factory
 
 
-def production_tools(home: Home, log: EventLog, env: Mapping[str, str]) -> ToolsFactory:
+def _production_tools(home: Home, log: EventLog, env: Mapping[str, str]) -> ToolsFactory:
     """Per generation: real stdio processes (stderr to logs/mcp-NAME.stderr.log) and HTTP."""
     openers = tool_registry.production_openers(env, str(home.logs_dir))
 
@@ -146,7 +146,7 @@ def production_gateway(
         session_runner=disks.sessions,
         servers=servers or [],
         preflight=lambda new_config: preflight(new_config, env),
-        tools_factory=production_tools(home, log, env),
+        tools_factory=_production_tools(home, log, env),
     )
     if config.cluster.backend == "postgres":
         # Imported here: a gateway on files never loads psycopg.

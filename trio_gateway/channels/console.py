@@ -26,7 +26,7 @@ from trio_gateway.storage.home import Home
 ADDRESS = AddressRule(re.compile(r"^\S(?:.*\S)?$", re.DOTALL), "any non-empty address")
 
 
-def line_for(entry: DeliveryEntry) -> dict[str, Any]:
+def _line_for(entry: DeliveryEntry) -> dict[str, Any]:
     return {
         "id": entry.id,
         "channel": entry.channel,
@@ -78,7 +78,7 @@ def _id_of(raw: bytes) -> list[str]:
     return [value] if isinstance(value, str) else []
 
 
-def append_once(seen: SeenIds, entry: DeliveryEntry) -> None:
+def _append_once(seen: SeenIds, entry: DeliveryEntry) -> None:
     """Blocking: runs through the channel's `BlockingRunner`. fsync before success, because the queue deletes the
     entry on `ok`: a line lost in a crash after that would be a message lost."""
     _refuse_special(seen.path)
@@ -86,7 +86,7 @@ def append_once(seen: SeenIds, entry: DeliveryEntry) -> None:
     if entry.idempotency_key in seen.ids:
         return
     seen.path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(line_for(entry), ensure_ascii=False).encode() + b"\n"
+    line = json.dumps(_line_for(entry), ensure_ascii=False).encode() + b"\n"
     with seen.path.open("ab") as f:
         if f.tell() > 0 and _ends_torn(seen.path):
             line = b"\n" + line  # a crash left half a line: never glue ours onto it
@@ -131,7 +131,7 @@ class ConsoleChannel:
     async def send(self, entry: DeliveryEntry) -> Outcome:
         async with self.lock:
             try:
-                await self.runner(lambda: append_once(self.seen, entry))
+                await self.runner(lambda: _append_once(self.seen, entry))
             except OSError as exc:
                 return Outcome("retry", f"console: {type(exc).__name__}: {exc.strerror or exc}")
         return OK

@@ -114,7 +114,7 @@ RATE_LIMIT_CODES = frozenset({11232, 230020, 99991400})
 TOKEN_INVALID_CODES = frozenset({99991661, 99991663, 99991664, 99991668})
 
 
-def rate_delay(headers: Headers) -> float | None:
+def _rate_delay(headers: Headers) -> float | None:
     return retry_after(headers) or seconds(header(headers, "x-ogw-ratelimit-reset"))
 
 
@@ -125,7 +125,7 @@ def classify(status: int, body: object, headers: Headers) -> Outcome:
     if code == 0 and 200 <= status < 300:
         return OK
     if code in RATE_LIMIT_CODES or status == 429:
-        return Outcome("rate_limited", reason, rate_delay(headers), status)
+        return Outcome("rate_limited", reason, _rate_delay(headers), status)
     if code in PERMANENT_CODES:
         return Outcome("permanent", reason, http_status=status)
     if code in TOKEN_INVALID_CODES:
@@ -145,7 +145,7 @@ def classify_token(status: int, body: object, headers: Headers) -> Outcome:
     if code == 0 and 200 <= status < 300 and isinstance(field(body, "tenant_access_token"), str):
         return OK
     if code in RATE_LIMIT_CODES or status == 429:
-        return Outcome("rate_limited", reason, rate_delay(headers), status)
+        return Outcome("rate_limited", reason, _rate_delay(headers), status)
     if status >= 500 or status == 408:
         return Outcome("retry", reason, retry_after(headers), status)
     if isinstance(code, int) and code != 0:

@@ -6,13 +6,13 @@ module, reached through its `ChannelKind` (`channels/base.py`)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
 import attrs
 
-from trio_gateway.errors import BadRequestError, UnauthorizedError, note_others
+from trio_gateway.errors import BadRequestError, UnauthorizedError, leaves, note_others
 from trio_gateway.policy.config import AccountConfig
 
 
@@ -83,13 +83,9 @@ def open_websocket(url: str) -> AbstractAsyncContextManager[Any]:
     return trio_websocket.open_websocket_url(url, disconnect_timeout=DISCONNECT_SECONDS)
 
 
-def leaf_errors(exc: BaseException) -> Iterator[BaseException]:
+def leaf_errors(exc: BaseException) -> list[BaseException]:
     """The errors inside `exc`, however deep trio's ExceptionGroups nest them."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from leaf_errors(inner)
-    else:
-        yield exc
+    return leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
 
 
 def socket_error(exc: Exception, what: str) -> Exception:
@@ -98,21 +94,21 @@ def socket_error(exc: Exception, what: str) -> Exception:
     supervisor decides by it (pause or reconnect); any other is named in its notes."""
     import trio_websocket
 
-    leaves = list(leaf_errors(exc))
-    for leaf in leaves:
+    raised = list(leaf_errors(exc))
+    for leaf in raised:
         if isinstance(leaf, (AuthFailed, ListenError)):
-            return beside(leaf, leaf, leaves)
+            return beside(leaf, leaf, raised)
         if isinstance(leaf, trio_websocket.ConnectionClosed):
             code = leaf.reason.code if leaf.reason else None
-            return beside(ListenError(f"{what} closed (code {code})"), leaf, leaves)
+            return beside(ListenError(f"{what} closed (code {code})"), leaf, raised)
         if isinstance(leaf, (trio_websocket.HandshakeError, OSError, ValueError)):
-            return beside(ListenError(f"{what}: {type(leaf).__name__}: {leaf}"), leaf, leaves)
+            return beside(ListenError(f"{what}: {type(leaf).__name__}: {leaf}"), leaf, raised)
     return exc
 
 
-def beside(error: Exception, chosen: BaseException, leaves: list[BaseException]) -> Exception:
+def beside(error: Exception, chosen: BaseException, raised: list[BaseException]) -> Exception:
     """`error` (made from `chosen`), naming in its notes every other error raised with it."""
-    note_others(error, [leaf for leaf in leaves if leaf is not chosen])
+    note_others(error, [leaf for leaf in raised if leaf is not chosen])
     return error
 
 

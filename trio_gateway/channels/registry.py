@@ -219,7 +219,7 @@ def _transport_factory(shared: AsyncBaseTransport | None) -> Callable[[], AsyncB
 # --- listening (SPEC 11) ---------------------------------------------------------------------
 
 
-def inbound_mode(channel: str, account: AccountConfig) -> str:
+def _inbound_mode(channel: str, account: AccountConfig) -> str:
     """The account's `inbound.mode`, else its channel's default for the credentials it has."""
     if account.inbound.mode is not None:
         return account.inbound.mode
@@ -239,7 +239,7 @@ def build_listeners(
     accounts = []
     for opening in _openings(config, env, _transport_factory(transport)):
         spec = opening.spec
-        mode = inbound_mode(spec.channel, spec.account)
+        mode = _inbound_mode(spec.channel, spec.account)
         agent_id = agent_for(config.agents, spec.channel, spec.account_id)
         listener, why = _open_listener(opening, mode, agent_id, connect)
         if why is not None:

@@ -50,7 +50,7 @@ _TOKEN_IN_URL = re.compile(r"/bot\d+:[A-Za-z0-9_-]+")
 ADDRESS = AddressRule(re.compile(r"^(?:-?\d+|@[A-Za-z][A-Za-z0-9_]{3,31})$"), "a numeric chat id or @username")
 
 
-def scrub_url(text: str) -> str:
+def _scrub_url(text: str) -> str:
     return _TOKEN_IN_URL.sub(f"/bot{TOKEN_PLACEHOLDER}", text)
 
 
@@ -91,7 +91,7 @@ class TelegramChannel:
     async def send(self, entry: DeliveryEntry) -> Outcome:
         body = {"chat_id": chat_id(entry.to), "text": entry.payload.text}
         outcome = await self.http.send(SEND_PATH, body, classify)
-        return attrs.evolve(outcome, reason=scrub_url(outcome.reason))
+        return attrs.evolve(outcome, reason=_scrub_url(outcome.reason))
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -142,9 +142,9 @@ class TelegramListener:
             try:
                 reply = await post_json(self.http, POLL_PATH, body, read_seconds=POLL_SECONDS + READ_MARGIN_SECONDS)
             except (ListenError, AuthFailed) as exc:
-                raise type(exc)(scrub_url(str(exc))) from None
+                raise type(exc)(_scrub_url(str(exc))) from None
             if not isinstance(reply, dict) or reply.get("ok") is not True or not isinstance(reply.get("result"), list):
-                raise ListenError(f"getUpdates: {scrub_url(str(reply))[:200]}")
+                raise ListenError(f"getUpdates: {_scrub_url(str(reply))[:200]}")
             intake.connected()
             updates = [u for u in reply["result"] if isinstance(u, dict) and isinstance(u.get("update_id"), int)]
             await intake.accept_batch([h for h in map(heard, updates) if h is not None])

@@ -67,11 +67,11 @@ def classify(status: int, body: object, headers: Headers) -> Outcome:
     return by_status(status, headers, reason)
 
 
-def headers_for(token: str) -> dict[str, str]:
+def _headers_for(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", "AuthorizationType": "ilink_bot_token"}
 
 
-def reply_context(entry: DeliveryEntry, fallback: str | None) -> str | None:
+def _reply_context(entry: DeliveryEntry, fallback: str | None) -> str | None:
     """The context token of the conversation this entry answers, when it answers one here."""
     origin = entry.requester_origin
     if origin is not None and origin.context_token and origin.channel in (None, CHANNEL):
@@ -101,10 +101,10 @@ class WeixinChannel:
 
     @classmethod
     def open(cls, base_url: str, token: str, context_token: str | None, transport: AsyncBaseTransport) -> WeixinChannel:
-        return cls(JsonClient.open(base_url, transport, headers=headers_for(token), secrets=[token]), context_token)
+        return cls(JsonClient.open(base_url, transport, headers=_headers_for(token), secrets=[token]), context_token)
 
     async def send(self, entry: DeliveryEntry) -> Outcome:
-        body = message_body(entry, reply_context(entry, self.context_token))
+        body = message_body(entry, _reply_context(entry, self.context_token))
         return await self.http.send(SEND_PATH, body, classify)
 
     async def aclose(self) -> None:
@@ -153,7 +153,7 @@ class WeixinListener:
 
     @classmethod
     def open(cls, base_url: str, token: str, account_id: str, transport: AsyncBaseTransport) -> WeixinListener:
-        return cls(JsonClient.open(base_url, transport, headers=headers_for(token), secrets=[token]), account_id)
+        return cls(JsonClient.open(base_url, transport, headers=_headers_for(token), secrets=[token]), account_id)
 
     def _base_info(self) -> dict[str, str]:
         return {"channel_version": CHANNEL_VERSION}

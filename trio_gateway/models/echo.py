@@ -26,7 +26,7 @@ from trio_gateway.models.base import Message, ModelReply, Progress, ToolCall
 SPAWN_TOOL = "spawn_subagent"
 
 
-def message_text(message: Message) -> str:
+def _message_text(message: Message) -> str:
     """The text of a message; OpenAI also allows a list of typed parts for `content`."""
     content = message.get("content")
     if isinstance(content, str):
@@ -39,7 +39,7 @@ def message_text(message: Message) -> str:
 def last_user_text(messages: Sequence[Message]) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
-            return message_text(message)
+            return _message_text(message)
     return ""
 
 
@@ -47,7 +47,7 @@ def offers_tool(tools: Sequence[dict[str, Any]], name: str) -> bool:
     return any(t.get("function", {}).get("name") == name for t in tools)
 
 
-def parse_spawn(text: str) -> tuple[str, str] | None:
+def _parse_spawn(text: str) -> tuple[str, str] | None:
     """`/spawn AGENT TASK...` -> (agent, task); None when the text is not a spawn request."""
     parts = text.strip().split(maxsplit=2)
     if len(parts) < 3 or parts[0] != "/spawn":
@@ -77,8 +77,8 @@ def tool_result_reply(messages: Sequence[Message]) -> str:
             if call.get("id") == result.get("tool_call_id"):
                 name = call.get("function", {}).get("name", SPAWN_TOOL)
     if name == SPAWN_TOOL:
-        return f"spawned: {message_text(result)}"
-    return f"tool {name}: {message_text(result)}"
+        return f"spawned: {_message_text(result)}"
+    return f"tool {name}: {_message_text(result)}"
 
 
 def scripted_reply(messages: Sequence[Message], tools: Sequence[dict[str, Any]], call_id: str) -> ModelReply:
@@ -89,7 +89,7 @@ def scripted_reply(messages: Sequence[Message], tools: Sequence[dict[str, Any]],
     tool = parse_tool(text)
     if tool is not None and offers_tool(tools, tool[0]):
         return ModelReply(None, (ToolCall(call_id, tool[0], tool[1]),))
-    spawn = parse_spawn(text)
+    spawn = _parse_spawn(text)
     if spawn is not None and offers_tool(tools, SPAWN_TOOL):
         agent, task = spawn
         return ModelReply(None, (ToolCall(call_id, SPAWN_TOOL, {"agent": agent, "task": task}),))

@@ -200,7 +200,7 @@ async def run_session(rt: Runtime, session: Session, turn: TurnRecord, *, task_s
     """The session's task in the generation's work nursery. Ends when the session has no turn
     queued and no subagent running; `queue_turn` adds turns while it lives. The first turn runs
     in this task itself: one task per busy session, not two, halves what a drain must cancel."""
-    await serve_session(session, partial(run_turn, rt, session, turn), task_status=task_status)
+    await serve_session(session, partial(_run_turn, rt, session, turn), task_status=task_status)
 
 
 async def serve_session(session: Session, first: Callable[[], Awaitable[None]], *, task_status: Any) -> None:
@@ -228,10 +228,10 @@ def queue_turn(session: Session, rt: Runtime, turn: TurnRecord) -> bool:
     (no task, or a task that is closing or that an abort or a drain is unwinding)."""
     inbox = session.inbox
     # A cancelled session task would cut the turn at once: a new task runs it instead.
-    return inbox is not None and not inbox.cancelled and inbox.start_soon(run_turn, rt, session, turn)
+    return inbox is not None and not inbox.cancelled and inbox.start_soon(_run_turn, rt, session, turn)
 
 
-async def run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
+async def _run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
     session.waiting += 1
     try:
         await session.lock.acquire()
@@ -257,20 +257,20 @@ async def run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
 async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> None:
     record = session.record
     turn.status = "running"
-    await save_best_effort(rt, record)
+    await _save_best_effort(rt, record)
     agent = rt.config.agents.get(record.agent)
     messages = _initial_messages(agent.system_prompt if agent else "", record.history, turn.prompt)
     kind: DeliveryKind = "cron_result" if turn.kind == "cron" else "reply"
     ok = True
     try:
-        text = await agent_loop(rt, session, record.agent, messages, turn.origin, depth=0, stall=turn.stall_seconds)
+        text = await _agent_loop(rt, session, record.agent, messages, turn.origin, depth=0, stall=turn.stall_seconds)
     except trio.Cancelled:
         await _cut(rt, session, turn)
         raise
     except Exception as exc:
-        error = gateway_error(exc)
+        error = _gateway_error(exc)
         if error is None:
-            raise  # a bug: run_turn logs it
+            raise  # a bug: _run_turn logs it
         kind, text, ok = "reply", f"Sorry, this request failed: {error}", False
         rt.log.warn("TURN", "Turn ended with a failure", sessionId=session.id, turnId=turn.id, error=_described(error))
     record.remember([{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": text}])
@@ -296,10 +296,10 @@ async def finish_turn(rt: Runtime, session: Session, turn: TurnRecord, *, ok: bo
     session.finish(turn.id, ok=ok, text=turn.reply)
     if turn in session.record.turns:
         session.record.turns.remove(turn)
-    await save_best_effort(rt, session.record)
+    await _save_best_effort(rt, session.record)
 
 
-async def save_best_effort(rt: Runtime, record: SessionRecord) -> None:
+async def _save_best_effort(rt: Runtime, record: SessionRecord) -> None:
     """Save a session whose turn is already accepted. A failure (full disk) is logged, not
     raised: the file on disk is older, which is safe (it still lists the turn, so a crash
     re-runs it), and the turn must not be dropped over it."""
@@ -350,7 +350,7 @@ def _kept_for_resume(rt: Runtime, session: Session, turn: TurnRecord) -> bool:
     return True
 
 
-def gateway_error(exc: BaseException) -> GatewayError | None:
+def _gateway_error(exc: BaseException) -> GatewayError | None:
     """The gateway error behind `exc`, also when a nursery inside a model client wrapped it
     in an exception group (several: the first answers, naming the others in its notes); None
     when it is anything else (a bug)."""
@@ -367,7 +367,7 @@ def _described(error: GatewayError) -> str:
 
 
 def _subagent_failure(rt: Runtime, session: Session, sub: Subagent, exc: Exception) -> str:
-    error = gateway_error(exc)
+    error = _gateway_error(exc)
     if error is not None:
         return f"Subagent {sub.id} failed: {error}"
     # A bug: still tell the requester, never silence; the log keeps the detail.
@@ -410,7 +410,7 @@ async def _deliver(
 # --- the agent loop -------------------------------------------------------------------------
 
 
-async def agent_loop(
+async def _agent_loop(
     rt: Runtime,
     session: Session,
     agent_id: str,
@@ -494,14 +494,14 @@ def spawn_subagent(
     if not isinstance(task, str) or not task:
         return json.dumps({"error": "task must be a non-empty string"})
     sub = Subagent(session.next_id("sub"), agent_id, depth, task)
-    if session.inbox is None or not session.inbox.start_soon(run_subagent, rt, session, sub, origin):
+    if session.inbox is None or not session.inbox.start_soon(_run_subagent, rt, session, sub, origin):
         return json.dumps({"error": "session is not running"})
     session.subagents[sub.id] = sub
     rt.log.info("SUBAGENT", "Subagent spawned", sessionId=session.id, subagentId=sub.id, agent=agent_id, depth=depth)
     return json.dumps({"subagentId": sub.id})
 
 
-async def run_subagent(rt: Runtime, session: Session, sub: Subagent, origin: Origin | None) -> None:
+async def _run_subagent(rt: Runtime, session: Session, sub: Subagent, origin: Origin | None) -> None:
     """One subagent run. The `finally` is the point where it leaves the session's nursery:
     the notice is routed from the origin it carried and enqueued there, shielded and bounded,
     whether it finished, failed, was aborted or was cancelled by a drain."""
@@ -511,7 +511,7 @@ async def run_subagent(rt: Runtime, session: Session, sub: Subagent, origin: Ori
         with rt.registry.track("embedded_run", session.id) as unit:
             unit.progress("embedded_run:started")
             messages: list[Message] = [{"role": "user", "content": sub.task}]
-            result = await agent_loop(rt, session, sub.agent, messages, origin, depth=sub.depth, parent=unit)
+            result = await _agent_loop(rt, session, sub.agent, messages, origin, depth=sub.depth, parent=unit)
         kind, text = "subagent_completion", f"Subagent {sub.id} finished: {result}"
         sub.state = "completed"
     except Exception as exc:

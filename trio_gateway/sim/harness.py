@@ -209,7 +209,7 @@ def fake_account(channel: str) -> dict[str, str]:
     return {"baseUrl": FAKE_BASE_URL, **platform_fake(channel).account_keys(env_prefix)}
 
 
-def tapped_delivery(
+def _tapped_delivery(
     home: Home,
     log: EventLog,
     env: Mapping[str, str],
@@ -283,7 +283,7 @@ class Harness:
             log,
             model=the_model,
             session_runner=faulty_runner(inline, kit.switch("sessions_disk")),
-            delivery_factory=tapped_delivery(the_home, log, the_env, kit, the_channels, tap, seed),
+            delivery_factory=_tapped_delivery(the_home, log, the_env, kit, the_channels, tap, seed),
             tools_factory=in_process_tools(the_mcp),
             # The listeners are production's too, long-polling the same fake (SPEC 11).
             listener_factory=listeners(

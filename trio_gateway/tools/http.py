@@ -58,7 +58,7 @@ class HttpRequest:
     body: str | None
 
 
-def parse_request(args: dict[str, Any], config: HttpToolConfig) -> HttpRequest:
+def _parse_request(args: dict[str, Any], config: HttpToolConfig) -> HttpRequest:
     method = args.get("method", "GET")
     url = args.get("url")
     headers = args.get("headers") or {}
@@ -97,7 +97,7 @@ class HttpTool:
     async def call(self, args: dict[str, Any], progress: Progress) -> str:
         """The tool's answer as JSON text. `DeniedError` before anything is sent; httpx2
         errors propagate (the caller turns them into a tool error)."""
-        request = parse_request(args, self.config)
+        request = _parse_request(args, self.config)
         cap = self.config.max_response_bytes
         progress("api_request:sending")
         async with self.client.stream(

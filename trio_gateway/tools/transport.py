@@ -76,7 +76,7 @@ def _too_long(size: int) -> str:
     return f"the server sent a message over {MAX_MESSAGE_BYTES} bytes ({size} bytes without a line end)"
 
 
-def parse_line(line: bytes) -> SessionMessage:
+def _parse_line(line: bytes) -> SessionMessage:
     """One line of the server's stdout as a JSON-RPC message; ValueError naming the problem."""
     try:
         return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
@@ -103,7 +103,7 @@ async def _read_lines(stream: trio.abc.ReceiveStream, link: Link, sink: Any, eof
                 return
             if line.strip():
                 try:
-                    message = parse_line(line)
+                    message = _parse_line(line)
                 except ValueError as exc:
                     link.fail(str(exc))
                     return
@@ -199,7 +199,7 @@ def stdio_opener(command: list[str], env: Mapping[str, str], stop_timeout: float
                 yield link
         finally:
             with trio.move_on_after(EOF_GRACE_SECONDS + stop_timeout + REAP_TIMEOUT_SECONDS, shield=True):
-                await stop_process(process, stop_timeout)
+                await _stop_process(process, stop_timeout)
             release(process)
 
     return open_stdio
@@ -222,7 +222,7 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
-async def stop_process(process: trio.Process, stop_timeout: float) -> None:
+async def _stop_process(process: trio.Process, stop_timeout: float) -> None:
     """Close its stdin and give it `EOF_GRACE_SECONDS` to exit (the MCP stdio shutdown; it also
     lets a server read the `notifications/cancelled` just written), then SIGTERM to the process
     group, SIGKILL after `stop_timeout`, then reap: no orphan (the group goes too), no zombie

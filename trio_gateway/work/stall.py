@@ -33,7 +33,7 @@ class StallVerdict:
     recovery: str
 
 
-def find_stalled(units: list[WorkUnit], config: StallConfig, now: float) -> list[StallVerdict]:
+def _find_stalled(units: list[WorkUnit], config: StallConfig, now: float) -> list[StallVerdict]:
     """Units past the threshold that have not been reported yet, oldest progress first."""
     verdicts = [
         StallVerdict(u, u.idle_for(now), config.recovery.for_kind(u.kind))
@@ -61,7 +61,7 @@ class StallWatchdog:
 
     def check_once(self) -> list[StallVerdict]:
         now = trio.current_time()
-        verdicts = find_stalled(self.registry.units(), self.config, now)
+        verdicts = _find_stalled(self.registry.units(), self.config, now)
         for verdict in verdicts:
             self._recover(verdict, now)
         return verdicts
