@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 import httpx2
+import psycopg
 import pytest
 
 from trio_gateway.sim.slow_slack import SlowSlack
@@ -29,15 +30,34 @@ ACCOUNT = "ws"
 TO = "C0123456789"
 
 
-def poll(what: str, check: Callable[[], Any], timeout: float = WAIT_SECONDS) -> Any:
+def poll(
+    what: str, check: Callable[[], Any], timeout: float = WAIT_SECONDS, explain: Callable[[], str] = lambda: ""
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{explain()}")
         time.sleep(0.02)
+
+
+def undelivered_rows(dsn: str, slack: SlowSlack, texts: set[str]) -> str:
+    """For a timed-out wait: which texts Slack never got, and their queue rows as they are
+    now (a row gone means it was acked or never enqueued)."""
+    missing = sorted(texts - set(slack.texts()))
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT entry->>'text', id, state, entry->>'attempts', next_attempt_at, claim_node, claim_fence,"
+            " lease_until, send_started_at, entry->>'lastError' FROM deliveries WHERE entry->>'text' = ANY(%s)"
+            " ORDER BY id",
+            (missing,),
+        ).fetchall()
+        nodes = conn.execute("SELECT node_id, state, heartbeat_at FROM nodes ORDER BY node_id").fetchall()
+    lines = [f"\n{len(missing)} never delivered: {missing[:20]}", f"nodes: {nodes}", "their rows:"]
+    lines += [repr(r) for r in rows[:20]]
+    return "\n".join(lines)
 
 
 @attrs.define
@@ -164,7 +184,11 @@ def test_sigkill_of_one_node_mid_delivery_loses_nothing(
     a.kill()
     assert len(slack.texts()) < 300  # it was mid-delivery
     sent_by_a = {r.text for r in slack.by_token(a.slack_token)}
-    poll("every entry delivered", lambda: len(slack.texts()) == 300)
+    poll(
+        "every entry delivered",
+        lambda: len(slack.texts()) == 300,
+        explain=lambda: undelivered_rows(pg_dsn, slack, {f"m{i}" for i in range(300)}),
+    )
     counts = slack.texts()
     assert set(counts) == {f"m{i}" for i in range(300)}
     duplicates = {text for text, n in counts.items() if n > 1}

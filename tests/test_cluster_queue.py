@@ -184,6 +184,25 @@ async def test_a_node_that_lost_its_claim_changes_nothing(cluster: Callable[...,
     assert await b.queue.list_pending() == []
 
 
+async def test_a_lone_node_takes_back_its_own_claim_once_the_lease_ran_out(cluster: Callable[..., object]) -> None:
+    # A claim this node holds but no attempt here finishes (the claim committed after the call
+    # was given up, or its settle failed): with no live peer, only its own sweep can free it.
+    a = await cluster("a")  # type: ignore[misc]
+    [entry] = await add(a, 1)
+    [lost] = await a.queue.claim_due(T1, 1)
+    a.queue.now = lambda: T1 + dt.timedelta(seconds=59)
+    assert await a.queue.recover() == []  # within its lease the claim may still be live
+    a.queue.now = lambda: T1 + dt.timedelta(seconds=61)
+    assert await a.queue.recover() == [entry.id]
+    assert a.lines("Took back 1 delivery claim(s) of this node whose lease ran out")
+    [again] = await a.queue.claim_due(T1 + dt.timedelta(seconds=61), 1)
+    assert (again.fence, again.resend_of) == (lost.fence + 1, T1)  # logged as a possible duplicate
+    await a.queue.ack(lost)  # the lost attempt, finishing late, changes nothing
+    assert [e.id for e in await a.queue.list_inflight()] == [entry.id]
+    await a.queue.ack(again)
+    assert await a.queue.counts() == {"pending": 0, "failed": 0}
+
+
 async def test_release_keeps_the_send_mark_and_retry_dead_resets(cluster: Callable[..., object]) -> None:
     a = await cluster("a")  # type: ignore[misc]
     [entry] = await add(a, 1)

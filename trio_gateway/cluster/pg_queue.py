@@ -301,8 +301,11 @@ class PgDeliveryQueue:
 
     async def recover(self) -> list[str]:
         """Take over claims whose node is dead (no heartbeat for `dead_after_seconds`, or
-        stopped) and, as a backstop only, claims whose lease ran out. Their `send_started_at`
-        stays: the next send of each is logged as a possible duplicate."""
+        stopped) and, as a backstop only, claims whose lease ran out, this node's own
+        included: a claim whose statement committed after the call was given up, or whose
+        settle failed, is held by no attempt here, and with no live peer nobody else would
+        ever take it back. Their `send_started_at` stays: the next send of each is logged as
+        a possible duplicate."""
         now = self.now()
         cutoff = now - dt.timedelta(seconds=self.dead_after_seconds)
 
@@ -310,9 +313,8 @@ class PgDeliveryQueue:
             rows = conn.execute(
                 "WITH gone AS (SELECT d.id, d.claim_node FROM deliveries d LEFT JOIN nodes n"
                 "  ON n.node_id = d.claim_node"
-                "  WHERE d.claim_node IS NOT NULL AND d.claim_node <> %(me)s"
-                "   AND (n.node_id IS NULL OR n.state = 'stopped' OR n.heartbeat_at < %(cutoff)s"
-                "        OR d.lease_until < %(now)s)"
+                "  WHERE d.claim_node IS NOT NULL AND (d.lease_until < %(now)s OR (d.claim_node <> %(me)s"
+                "   AND (n.node_id IS NULL OR n.state = 'stopped' OR n.heartbeat_at < %(cutoff)s)))"
                 "  FOR UPDATE OF d SKIP LOCKED)"
                 " UPDATE deliveries d SET claim_node = NULL, lease_until = NULL FROM gone"
                 " WHERE d.id = gone.id RETURNING d.id, gone.claim_node",
@@ -325,7 +327,11 @@ class PgDeliveryQueue:
         for _, node in taken:
             by_node[node] = by_node.get(node, 0) + 1
         for node, n in sorted(by_node.items()):
-            self.log.warn("CLUSTER", f"Took over {n} delivery claim(s) of node {node}", node=self.node_id)
+            if node == self.node_id:
+                what = f"Took back {n} delivery claim(s) of this node whose lease ran out unfinished"
+            else:
+                what = f"Took over {n} delivery claim(s) of node {node}"
+            self.log.warn("CLUSTER", what, node=self.node_id)
         return [entry_id for entry_id, _ in taken]
 
     async def release_own(self) -> int:
