@@ -19,6 +19,7 @@ import attrs
 import httpx2
 import psycopg
 import pytest
+from test_e2e import poll as e2e_poll
 
 from trio_gateway.sim.slow_slack import SlowSlack
 
@@ -33,14 +34,8 @@ TO = "C0123456789"
 def poll(
     what: str, check: Callable[[], Any], timeout: float = WAIT_SECONDS, explain: Callable[[], str] = lambda: ""
 ) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}{explain()}")
-        time.sleep(0.02)
+    """test_e2e's poll with this file's longer bound (two nodes and a database on a busy machine)."""
+    return e2e_poll(what, check, timeout, every=0.02, explain=explain)
 
 
 def undelivered_rows(dsn: str, slack: SlowSlack, texts: set[str]) -> str:

@@ -43,14 +43,22 @@ def cli(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProc
     )
 
 
-def poll(what: str, check: Callable[[], Any], timeout: float = WAIT_SECONDS, every: float = 0.05) -> Any:
+def poll(
+    what: str,
+    check: Callable[[], Any],
+    timeout: float = WAIT_SECONDS,
+    every: float = 0.05,
+    explain: Callable[[], str] = lambda: "",
+) -> Any:
+    """`check()` until it is truthy; on timeout, an error naming `what` and `explain()` (what
+    the test can say about why, read only then)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{explain()}")
         time.sleep(every)
 
 
