@@ -4,6 +4,7 @@ files. Each case is a clear 4xx or ConfigError; the gateway stays up and serves 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -534,17 +535,12 @@ async def test_stop_closes_a_connection_whose_client_reads_nothing(tmp_path: Pat
         await nursery.start(gateway.serve)
         assert server.bound_port is not None
         assert server.cap is not None
-        client = trio.socket.socket()
-        client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-        try:
-            await client.connect(("127.0.0.1", server.bound_port))
-            await _send_until_the_server_stops_reading(client, _PIPELINED_GET)
+        # Without the fix, only closing this client at the block's end let the server task finish.
+        async with _a_client_that_reads_nothing(server.bound_port):
             gateway.request_drain("stop")
             with trio.move_on_after(30):
                 await server.cap.open.wait_value(0)
             assert server.cap.open.value == 0
-        finally:
-            client.close()  # without the fix, this is what lets the server task finish
 
 
 async def test_a_client_that_reads_nothing_loses_its_connection_after_the_send_stall(tmp_path: Path) -> None:
@@ -560,23 +556,31 @@ async def test_a_client_that_reads_nothing_loses_its_connection_after_the_send_s
         await nursery.start(gateway.serve)
         assert server.bound_port is not None
         assert server.cap is not None
-        client = trio.socket.socket()
-        client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
-        try:
-            await client.connect(("127.0.0.1", server.bound_port))
-            await _send_until_the_server_stops_reading(client, _PIPELINED_GET)
+        async with _a_client_that_reads_nothing(server.bound_port):
             with trio.move_on_after(30):
                 await server.cap.open.wait_value(0)
             assert server.cap.open.value == 0
             assert gateway.state.value == "running"
-        finally:
-            client.close()
         async with httpx2.AsyncClient(base_url=server.urls[0], trust_env=False) as http:
             assert (await http.get("/healthz")).status_code == 200
         gateway.request_drain("stop")
 
 
 _PIPELINED_GET = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+@contextlib.asynccontextmanager
+async def _a_client_that_reads_nothing(port: int) -> AsyncIterator[trio.socket.SocketType]:
+    """A connection whose client pipelines requests and never reads an answer, its receive buffer
+    small so the server's writes block soon; closed at the end of the block."""
+    client = trio.socket.socket()
+    client.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_RCVBUF, 4096)
+    try:
+        await client.connect(("127.0.0.1", port))
+        await _send_until_the_server_stops_reading(client, _PIPELINED_GET)
+        yield client
+    finally:
+        client.close()
 
 
 async def _send_until_the_server_stops_reading(sock: trio.socket.SocketType, request: bytes) -> None:
