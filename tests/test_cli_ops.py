@@ -313,3 +313,18 @@ def test_delivery_list_on_a_missing_home_is_an_error_and_creates_nothing(
     assert run(home, "delivery", "list") == 1
     assert "no gateway home at" in capsys.readouterr().err
     assert not home.exists()
+
+
+def test_token_create_metrics_prints_a_separate_read_only_token_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    assert run(home, "token", "create", "--metrics") == 0
+    printed = capsys.readouterr().out.strip()
+    metrics_file = home / "metrics.token"
+    assert stat.S_IMODE(metrics_file.stat().st_mode) == 0o600
+    assert metrics_file.read_text().strip() == printed
+    assert not (home / "gateway.token").exists()  # the admin token is another file
+    assert run(home, "token", "create", "--metrics") == 0
+    assert capsys.readouterr().out.strip() == f"{metrics_file}: exists; kept"  # printed once
+    assert metrics_file.read_text().strip() == printed

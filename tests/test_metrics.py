@@ -102,3 +102,30 @@ async def test_cluster_node_label_is_on_every_sample_process_metrics_included(
     assert scraped[("process_resident_memory_bytes", frozenset({("node", "node-b")}))] > 0
     assert any(name == "python_info" for name, _ in scraped)
     assert all(("node", "node-b") in labels for _, labels in scraped)
+
+
+async def test_a_read_only_metrics_token_opens_metrics_and_nothing_else(tmp_path: Path) -> None:
+    """SPEC 5: a Prometheus job holds `metrics.token`, never the key that can stop the gateway.
+    Read at each scrape: a token made while the gateway runs works at once."""
+    metrics_token = tmp_path / "metrics.token"
+    server = HttpServer("127.0.0.1", 0, TOKEN * 4, {}, metrics_token_path=metrics_token)
+    gateway, _ = build_gateway(tmp_path / "home", stalled_config(), servers=[server.serve])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        async with httpx2.AsyncClient(base_url=server.urls[0], trust_env=False) as client:
+            before = await client.get("/metrics", headers={"Authorization": "Bearer " + "m" * 43})
+            metrics_token.write_text("m" * 43 + "\n")
+            metrics_token.chmod(0o600)
+            reader = {"Authorization": "Bearer " + "m" * 43}
+            scraped = await client.get("/metrics", headers=reader)
+            status = await client.get("/v1/status", headers=reader)
+            stop = await client.post("/v1/gateway/stop", headers=reader)
+            admin = await client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN * 4}"})
+            nobody = await client.get("/metrics")
+        gateway.request_drain("stop")
+    assert before.status_code == 401
+    assert scraped.status_code == 200
+    assert samples(scraped.text)[("trio_gateway_generation", frozenset())] == 1
+    assert (status.status_code, stop.status_code) == (401, 401)
+    assert admin.status_code == 200
+    assert nobody.status_code == 401

@@ -62,7 +62,9 @@ def start(options: StartOptions, env: Mapping[str, str] = os.environ) -> int:
         rotation = Rotation(config.logging.max_file_bytes, config.logging.backup_count)
         log = open_log(home.log_path, fmt=options.log_format, echo=sys.stderr, rotation=rotation)
         try:
-            server = HttpServer(config.gateway.bind, config.gateway.port, token, env)
+            server = HttpServer(
+                config.gateway.bind, config.gateway.port, token, env, metrics_token_path=home.metrics_token_path
+            )
             disks = DiskRunners.threads()
             gateway = assemble.production_gateway(home, config, log, env, disks=disks, servers=[server.serve])
             process = GatewayProcess(gateway, server, home, Notifier.from_env(env), log)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 
 import attrs
 import trio
@@ -28,9 +29,10 @@ from trio_gateway.errors import (
     NotFoundError,
     PayloadTooLargeError,
     RequestTimeoutError,
+    UnauthorizedError,
     chosen,
 )
-from trio_gateway.http import inbound, metrics, turns, ui
+from trio_gateway.http import auth, inbound, metrics, turns, ui
 from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
 from trio_gateway.http.base import Request, Response, Route, delivery_store, error_response, json_response
 from trio_gateway.http.body import JsonObject, opt_bool, opt_number, opt_str, req_obj, req_str
@@ -41,6 +43,7 @@ from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway, ServiceOutbox
 from trio_gateway.storage.base import DeliveryStore
+from trio_gateway.storage.home import read_token
 from trio_gateway.work.drain import DrainKind, DrainRequest
 
 # The stall endpoint's default: longer than any sane stall threshold or drain timeout.
@@ -58,6 +61,9 @@ class GatewayApp:
     token: str
     env: Mapping[str, str]
     wall_time: Callable[[], float] = time.time
+    # The read-only token for `GET /metrics` (SPEC 5; `token create --metrics`), read at each
+    # scrape it is offered to, so a token made while the gateway runs works without a restart.
+    metrics_token_path: Path | None = None
     routes: list[Route] = attrs.field(init=False)
     # The bearer token, or the Control UI's session cookie (SPEC 13).
     ui_auth: UiAuth = attrs.field(init=False)
@@ -69,7 +75,8 @@ class GatewayApp:
         r = Route
         self.routes = [
             r("GET", ("healthz",), self._healthz, auth=False),
-            r("GET", ("metrics",), self._metrics),
+            # Its own check: the admin token, or the read-only metrics token (`_metrics`).
+            r("GET", ("metrics",), self._metrics, auth=False),
             r("GET", ("v1", "status"), self._status),
             r("GET", ("v1", "cluster"), self._cluster),
             r("POST", ("v1", "gateway", "restart"), self._restart, long=True),
@@ -204,7 +211,20 @@ class GatewayApp:
         return json_response(200, await read())
 
     async def _metrics(self, request: Request) -> Response:
+        try:
+            self.ui_auth.check(request.method, request.headers)
+        except UnauthorizedError:
+            await self._check_metrics_token(request.headers)
         return Response(200, metrics.render(self.gateway).encode(), metrics.CONTENT_TYPE)
+
+    async def _check_metrics_token(self, headers: Mapping[str, str]) -> None:
+        """The read-only metrics token, when one was made: it opens `/metrics` and nothing else."""
+        path = self.metrics_token_path
+        # A small local file; in a thread all the same (a hung disk must not freeze the loop).
+        token = await trio.to_thread.run_sync(read_token, path) if path is not None else None
+        if token is None:
+            raise UnauthorizedError("missing or wrong bearer token (the admin token or the metrics token)")
+        auth.check_bearer(headers, token)
 
     async def _restart(self, request: Request) -> Response:
         data = request.json(empty_ok=True)

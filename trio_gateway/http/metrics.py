@@ -204,8 +204,12 @@ def _tools(out: _Exposition, gateway: Gateway) -> None:
     out.family("tool_calls_total", "counter", "Tool calls by kind (mcp, http) and outcome")
     for (kind, outcome), n in sorted(tools.outcomes.items()):
         out.sample("tool_calls_total", n, {"kind": kind, "outcome": outcome})
+    # Each family's samples right after its own `# TYPE` line: a sample belongs to the family
+    # declared last, so two families declared back to back leave the first one empty and the
+    # second one holding both names (prometheus-client then reads them as untyped).
     out.family("mcp_server_up", "gauge", "1 when the MCP server is connected and serving calls")
-    out.family("mcp_server_restarts", "gauge", "Times the MCP server was restarted in this generation")
     for server in tools.servers.values():
         out.sample("mcp_server_up", 1 if server.state == "running" else 0, {"server": server.name})
+    out.family("mcp_server_restarts", "gauge", "Times the MCP server was restarted in this generation")
+    for server in tools.servers.values():
         out.sample("mcp_server_restarts", server.restarts, {"server": server.name})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import urllib.parse
 from collections.abc import Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -40,6 +41,7 @@ class HttpServer:
     token: str
     env: Mapping[str, str]
     urls: list[str] = attrs.Factory(list)
+    metrics_token_path: Path | None = None  # `GatewayApp.metrics_token_path`
     cap: listen.ConnectionCap | None = None
     send_stall_seconds: float = listen.SEND_STALL_SECONDS  # tests shorten it
 
@@ -59,7 +61,7 @@ class HttpServer:
 
     async def serve(self, gateway: Gateway, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         # hypercorn types its app as a union of typed-dict callables; ours takes plain dicts.
-        app: Any = GatewayApp(gateway, self.token, self.env)
+        app: Any = GatewayApp(gateway, self.token, self.env, metrics_token_path=self.metrics_token_path)
         stopped = partial(gateway.state.wait_value, "stopped")
         # Read once at start, like bind and port: the listening socket outlives every reload.
         self.cap = listen.ConnectionCap(

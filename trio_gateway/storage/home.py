@@ -36,6 +36,11 @@ class Home(NamedTuple):
         return self.root / "gateway.token"
 
     @property
+    def metrics_token_path(self) -> Path:
+        """The read-only token for `GET /metrics` (SPEC 5): opens nothing else."""
+        return self.root / "metrics.token"
+
+    @property
     def lock_path(self) -> Path:
         return self.root / "gateway.lock"
 
