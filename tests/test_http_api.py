@@ -508,7 +508,9 @@ async def test_encrypted_feishu_events_are_decrypted_and_checked(
     assert (await running.call("POST", "/channels/feishu/app1/events", challenge)).json == {"challenge": "ec"}
     wrong_key = json.dumps({"encrypt": encrypt_event(event, "another key", b"0123456789abcdef")}).encode()
     forged = {**signed, "x-lark-signature": "0" * 64}
-    for bad_body, headers in ((wrong_key, {}), (body, forged), (b'{"encrypt": "not base64!"}', {})):
+    unsigned = {k: v for k, v in signed.items() if k != "x-lark-signature"}  # lark-oapi refuses it too
+    bads = ((wrong_key, {}), (body, forged), (body, unsigned), (b'{"encrypt": "not base64!"}', {}))
+    for bad_body, headers in bads:
         refused = await running.call("POST", "/channels/feishu/app1/events", bad_body, headers)
         assert (refused.status, refused.json["error"]) == (401, "UnauthorizedError")
         assert "fs-encrypt-key" not in refused.body.decode()

@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from tests.test_inbound import until
-from trio_gateway.channels.feishu import Frame, decode_frame, encode_frame
+from trio_gateway.channels.feishu import Frame, decode_frame, encode_frame, ping_seconds
 from trio_gateway.log import MemorySink
 from trio_gateway.policy.config import Config
 from trio_gateway.runtime import views
@@ -27,6 +27,42 @@ def test_frames_round_trip_including_negative_int32_and_empty_fields() -> None:
     assert decode_frame(encode_frame(Frame())) == Frame()
     with pytest.raises(ValueError, match="truncated"):
         decode_frame(encode_frame(frame)[:-3])
+
+
+def test_unknown_fixed_width_fields_are_skipped_like_the_protobuf_runtime_does() -> None:
+    """Field 15 as fixed32 (wire type 5) and field 14 as fixed64 (wire type 1): a newer server
+    may add either; lark-oapi's protobuf runtime skips them, so must we (test_interop_feishu)."""
+    frame = Frame(seq_id=1, service=7, method=1, headers=[("type", "event")], payload=b"{}")
+    extra = bytes([15 << 3 | 5]) + b"\x01\x02\x03\x04" + bytes([14 << 3 | 1]) + b"\x00" * 8
+    assert decode_frame(encode_frame(frame) + extra) == frame
+    with pytest.raises(ValueError, match="truncated"):
+        decode_frame(encode_frame(frame) + extra[:3])
+
+
+def test_the_servers_ping_interval_is_clamped() -> None:
+    assert ping_seconds(90) == 90.0
+    assert ping_seconds(1e-9) == ping_seconds(0.5) == 5.0  # never a spin
+    assert ping_seconds(1e9) == 600.0
+    for nonsense in (float("nan"), float("inf"), -1, 0, True, "90", None):
+        assert ping_seconds(nonsense) is None, nonsense  # the interval in force stays
+
+
+async def test_the_ping_interval_a_pong_carries_is_obeyed_within_bounds(
+    gateway: Gateway, fake_channels: FakeChannels
+) -> None:
+    """lark-oapi reconfigures its ping loop from a pong's `ClientConfig`; so do we, clamped."""
+    sock = fake_channels.feishu_socket
+    sock.pong_config = {"PingInterval": 10, "ReconnectCount": -1}
+    await until(lambda: sock.pings >= 1)
+    await trio.sleep(90)  # the endpoint said 90 s: the first pong's 10 s is what counts now
+    pings = sock.pings
+    await trio.sleep(100)
+    assert 9 <= sock.pings - pings <= 11
+    sock.pong_config = {"PingInterval": 1}  # below the floor (1e-9 too: the unit test above)
+    await trio.sleep(100)
+    pings = sock.pings
+    await trio.sleep(100)
+    assert 19 <= sock.pings - pings <= 21  # every 5 s (MIN_PING_SECONDS), not a spin
 
 
 async def test_an_event_is_answered_and_acked_after_its_turn(gateway: Gateway, fake_channels: FakeChannels) -> None:

@@ -10,6 +10,7 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 import re
 import urllib.parse
 from collections.abc import Iterator
@@ -304,8 +305,9 @@ def verify_token(event: JsonObject, request: WebhookRequest) -> None:
 
 
 def _decrypted(data: JsonObject, request: WebhookRequest) -> JsonObject:
-    """An encrypted event (`encryptKeyEnv`): the signature headers, when sent, must match; the
-    body must decrypt with the key; the verification token inside is then checked as usual."""
+    """An encrypted event (`encryptKeyEnv`): the signature headers must match (only the URL
+    challenge may come without them); the body must decrypt with the key; the verification
+    token inside is then checked as usual."""
     env_name = request.account.encrypt_key_env
     key = request.env.get(env_name) if env_name else None
     if not key:
@@ -320,9 +322,14 @@ def _decrypted(data: JsonObject, request: WebhookRequest) -> JsonObject:
     if not isinstance(encrypted, str):
         raise BadRequestError("encrypt: must be a string")
     try:
-        return decrypt_event(encrypted, key)
+        event = decrypt_event(encrypted, key)
     except FeishuDecryptError as exc:
         raise UnauthorizedError(f"encrypted Feishu event refused: {exc}") from None
+    # As lark-oapi's dispatcher: only the URL challenge comes unsigned; any other encrypted
+    # event without X-Lark-Signature is refused (the key alone would let a replayed body in).
+    if signature is None and event.get("type") != "url_verification":
+        raise UnauthorizedError("encrypted Feishu event without X-Lark-Signature")
+    return event
 
 
 def parse_webhook(request: WebhookRequest) -> Event:
@@ -368,6 +375,19 @@ def _webhook_text(content: Any) -> str | None:
 ENDPOINT_PATH = "/callback/ws/endpoint"
 METHOD_CONTROL, METHOD_DATA = 0, 1
 DEFAULT_PING_SECONDS = 120.0
+# The server's `PingInterval` (seconds; in the endpoint's answer and in any pong) is obeyed
+# within these bounds: a hostile or broken 1e-9 must not make the listener spin, and 1e9 must
+# not let the connection go silent until the platform drops it.
+MIN_PING_SECONDS, MAX_PING_SECONDS = 5.0, 600.0
+
+
+def ping_seconds(interval: object) -> float | None:
+    """The server's `PingInterval` as seconds to wait, clamped; None when it is no number."""
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not math.isfinite(interval):
+        return None
+    if interval <= 0:
+        return None
+    return min(max(float(interval), MIN_PING_SECONDS), MAX_PING_SECONDS)
 
 
 @attrs.define
@@ -432,6 +452,10 @@ def _read_varint(data: bytes, at: int) -> tuple[int, int]:
             return value, at
 
 
+# Wire types 1 (fixed64) and 5 (fixed32): their sizes, to skip them.
+_FIXED_BYTES = {1: 8, 5: 4}
+
+
 def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
     at = 0
     while at < len(data):
@@ -446,6 +470,12 @@ def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
                 raise ValueError("truncated field")
             yield number, data[at : at + size]
             at += size
+        elif wire in _FIXED_BYTES:
+            # A fixed64 / fixed32 field this codec does not know: skipped, as the protobuf
+            # runtime lark-oapi decodes with skips any unknown field (a newer server may add one).
+            at += _FIXED_BYTES[wire]
+            if at > len(data):
+                raise ValueError("truncated field")
         else:
             raise ValueError(f"unsupported wire type {wire}")
 
@@ -541,9 +571,7 @@ class FeishuListener:
             raise AuthFailed(f"ws endpoint: code {code} {field(reply, 'msg') or ''}".strip())
         if code != 0 or not isinstance(url, str):
             raise ListenError(f"ws endpoint: code {code}")
-        interval = field(field(data, "ClientConfig"), "PingInterval")
-        if isinstance(interval, (int, float)) and interval > 0:
-            self.ping_seconds = float(interval)
+        self._configure(field(data, "ClientConfig"))
         service = urllib.parse.parse_qs(urllib.parse.urlparse(url).query).get("service_id", ["0"])[0]
         return url, int(service) if service.isdigit() else 0
 
@@ -570,21 +598,27 @@ class FeishuListener:
             frame = decode_frame(raw)
         except ValueError as exc:
             raise ListenError(f"long connection sent a frame that is not a Frame: {exc}") from None
+        if frame.method == METHOD_CONTROL and frame.header("type") == "pong" and frame.payload:
+            self._configure(_json_or_none(frame.payload))  # lark-oapi: a pong may carry new timing
+            return
         if frame.method != METHOD_DATA or frame.header("type") != "event":
-            return  # pong (maybe with new timing), ping, card: nothing to hear
+            return  # ping, card: nothing to hear
         payload = self._joined(frame)
         if payload is None:
             return
-        try:
-            event = json.loads(payload)
-        except (ValueError, UnicodeDecodeError):
-            event = None
-        found = heard_event(event)
+        found = heard_event(_json_or_none(payload))
         if found is not None:
             await intake.accept(found)
         # Acknowledged after acceptance, never before: the platform redelivers what it was not told.
         ack = attrs.evolve(frame, payload=json.dumps({"code": 200}).encode(), headers=[*frame.headers, ("biz_rt", "0")])
         await ws.send_message(encode_frame(ack))
+
+    def _configure(self, client_config: object) -> None:
+        """`ClientConfig` from the endpoint or a pong: its `PingInterval`, clamped, from the
+        next ping on (the other fields are reconnect timing, which our supervisor owns)."""
+        interval = ping_seconds(field(client_config, "PingInterval"))
+        if interval is not None:
+            self.ping_seconds = interval
 
     def _joined(self, frame: Frame) -> bytes | None:
         total = int(frame.header("sum") or "1")
@@ -605,6 +639,13 @@ class FeishuListener:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+def _json_or_none(payload: bytes) -> object:
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        return None
 
 
 # --- the record the registry lists -------------------------------------------------------------

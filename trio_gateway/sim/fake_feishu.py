@@ -50,6 +50,8 @@ class FakeFeishuSocket(SteerableSocket):
     acked: set[str] = attrs.Factory(set)
     pings: int = 0
     split: bool = False
+    # The `ClientConfig` a pong carries (the real server sends its timing there), or none.
+    pong_config: dict[str, Any] | None = None
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
     def push(self, text: str, open_id: str | None = None, *, bot: bool = False) -> str:
@@ -108,7 +110,8 @@ class FakeFeishuSocket(SteerableSocket):
             frame = decode_frame(raw if isinstance(raw, bytes) else raw.encode())
             if frame.method == METHOD_CONTROL and frame.header("type") == "ping":
                 self.pings += 1
-                pong = Frame(service=_SERVICE_ID, method=METHOD_CONTROL, headers=[("type", "pong")])
+                config = json.dumps(self.pong_config).encode() if self.pong_config is not None else None
+                pong = Frame(service=_SERVICE_ID, method=METHOD_CONTROL, headers=[("type", "pong")], payload=config)
                 await ws.send_message(encode_frame(pong))
             elif frame.method == METHOD_DATA and json.loads(frame.payload or b"{}").get("code") == 200:
                 self.acked.add(frame.header("message_id") or "")
