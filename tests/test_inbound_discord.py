@@ -66,19 +66,30 @@ async def test_a_dropped_socket_resumes_and_replays_what_was_missed(
 
 
 async def test_op7_reconnects_and_op9_identifies_afresh(gateway: Gateway, fake_channels: FakeChannels) -> None:
+    """op 7: the socket is closed with 4000, not 1000 (which ends the session, Discord's docs:
+    https://discord.com/developers/docs/topics/gateway#closing-connections), so the RESUME
+    that follows is accepted; op 9 d=false: IDENTIFY."""
+    dc = fake_channels.discord_gateway
     await connected(fake_channels)
-    fake_channels.discord_gateway.reconnect()
-    await until(lambda: fake_channels.discord_gateway.resumes == 1, 0.1)
-    fake_channels.discord_gateway.invalidate_session()
-    await until(lambda: fake_channels.discord_gateway.identifies == 2, 0.1)
+    dc.reconnect()
+    await until(lambda: dc.resumes == 1 and dc.connections_open == 1, 0.1)
+    assert (dc.client_close_codes, dc.refused_resumes, dc.identifies) == ([4000], 0, 1)
+    dc.invalidate_session()
+    await until(lambda: dc.identifies == 2, 0.1)
     fake_channels.push(DC, "after all that", sender="100000000000000009")
     await until(lambda: fake_channels.delivered(DC), 0.1)
+    assert dc.refused_resumes == 0
 
 
-async def test_a_rejected_token_pauses_the_account(
-    gateway: Gateway, fake_channels: FakeChannels, gateway_log: MemorySink
+@pytest.mark.parametrize("code", [4004, 4014])
+async def test_a_refused_connection_pauses_the_account_and_resume_identifies_afresh(
+    gateway: Gateway, fake_channels: FakeChannels, gateway_log: MemorySink, code: int
 ) -> None:
+    """4004 (bad token) and 4014 (disallowed intents) end the session: after `channels resume`
+    the listener sends IDENTIFY, not a RESUME Discord would refuse (discord.py: a fatal close
+    raises; a new connection starts a new session)."""
     await connected(fake_channels)
+    fake_channels.discord_gateway.reject_code = code
     fake_channels.reject_auth(DC)
     await until(lambda: any(e.message.startswith("Paused channel=discord") for e in gateway_log.tagged("CHANNEL")), 0.1)
     await trio.sleep(300)
@@ -86,8 +97,10 @@ async def test_a_rejected_token_pauses_the_account(
     fake_channels.accept_auth(DC)
     assert gateway.listeners is not None
     assert gateway.listeners.resume(DC, "guild")
+    await until(lambda: fake_channels.discord_gateway.identifies == 2, 0.1)
     fake_channels.push(DC, "let in again", sender="100000000000000003")
     await until(lambda: fake_channels.delivered(DC), 0.1)
+    assert (fake_channels.discord_gateway.resumes, fake_channels.discord_gateway.refused_resumes) == (0, 0)
 
 
 async def test_the_socket_closes_at_the_start_of_a_drain(gateway: Gateway, fake_channels: FakeChannels) -> None:

@@ -29,6 +29,7 @@ from trio_gateway.channels.base import (
 )
 from trio_gateway.channels.http import JsonClient, scrub, stable_key
 from trio_gateway.channels.inbound import (
+    DISCONNECT_SECONDS,
     AuthFailed,
     Heard,
     Intake,
@@ -129,6 +130,11 @@ CLOSE_AUTH_FAILED = 4004
 # Close codes after which the session cannot be resumed: identify afresh.
 CLOSE_NOT_RESUMABLE = (4007, 4009)
 CLOSE_FATAL = (4010, 4011, 4012, 4013, 4014)
+# How we close a connection whose session we mean to RESUME. Discord ends the session of a
+# client that closes with 1000 or 1001 ("your session will be invalidated"), so any other code:
+# 4000, as discord.py's `DiscordWebSocket.close` does. Documented at
+# https://discord.com/developers/docs/topics/gateway#closing-connections
+CLOSE_TO_RESUME = 4000
 
 
 class WebSocket(Protocol):
@@ -137,6 +143,8 @@ class WebSocket(Protocol):
     async def get_message(self) -> str | bytes: ...
 
     async def send_message(self, message: str | bytes) -> None: ...
+
+    async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
 def heard(event: object) -> Heard | None:
@@ -217,12 +225,14 @@ class DiscordListener:
         return exc
 
     def _closed(self, code: int | None) -> Exception:
+        if code == CLOSE_AUTH_FAILED or code in CLOSE_FATAL or code in CLOSE_NOT_RESUMABLE:
+            # The session died with this connection: after `channels resume` (or the next
+            # reconnect) the listener identifies afresh; a RESUME would only be refused.
+            self.session_id = self.seq = None
         if code == CLOSE_AUTH_FAILED:
             return AuthFailed(f"gateway close code {code}: authentication failed")
         if code in CLOSE_FATAL:
             return AuthFailed(f"gateway close code {code}: the bot cannot connect as configured")
-        if code in CLOSE_NOT_RESUMABLE:
-            self.session_id = self.seq = None
         return ListenError(f"gateway closed the connection (code {code})")
 
     async def _session(self, ws: WebSocket, intake: Intake) -> None:
@@ -251,6 +261,7 @@ class DiscordListener:
         await trio.sleep(interval * random.random())
         while True:
             if not acked[0]:
+                await _close_to_resume(ws)
                 raise ListenError("no heartbeat ACK: the connection is a zombie")
             acked[0] = False
             await _send(ws, OP_HEARTBEAT, self.seq)
@@ -263,10 +274,13 @@ class DiscordListener:
         elif op == OP_HEARTBEAT:
             await _send(ws, OP_HEARTBEAT, self.seq)
         elif op == OP_RECONNECT:
+            await _close_to_resume(ws)
             raise ListenError("the gateway asked us to reconnect (op 7)")
         elif op == OP_INVALID_SESSION:
-            if frame.get("d") is not True:
-                self.session_id = self.seq = None
+            if frame.get("d") is True:
+                await _close_to_resume(ws)
+            else:
+                self.session_id = self.seq = None  # the socket's plain close (1000) is right here
             raise ListenError("invalid session (op 9)")
         elif op == OP_DISPATCH:
             await self._dispatch(frame, intake)
@@ -305,6 +319,14 @@ async def _receive(ws: WebSocket) -> dict[str, Any]:
     if not isinstance(frame, dict):
         raise ListenError("gateway sent a frame that is not a JSON object")
     return frame
+
+
+async def _close_to_resume(ws: WebSocket) -> None:
+    """Close so that the session survives for the RESUME that follows (`CLOSE_TO_RESUME`); the
+    socket context's own close afterwards finds it closed already. Bounded as that close is: a
+    gateway that never answers the close frame must not hold the reconnect."""
+    with trio.move_on_after(DISCONNECT_SECONDS):
+        await ws.aclose(CLOSE_TO_RESUME, "reconnecting to resume")
 
 
 async def _send(ws: WebSocket, op: int, data: Any) -> None:

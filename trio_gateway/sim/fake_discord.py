@@ -5,8 +5,10 @@ and a fake Gateway (SPEC 11; `FakeDiscordGateway`), the websocket side of `FakeC
 in-memory stream pair (no sockets, so MockClock tests run instantly), served here:
 HELLO → IDENTIFY (READY, a new session) or RESUME (the missed dispatches replayed, RESUMED) →
 heartbeats acknowledged → MESSAGE_CREATE for every `push`. Steering: `push(text, channel_id)`,
-`drop_connection()` (the socket dies without a close frame), `reject_auth()` (close 4004),
-`reconnect()` (op 7), `invalidate_session()` (op 9, not resumable).
+`drop_connection()` (the socket dies without a close frame), `reject_auth()` (close with
+`reject_code`, 4004 unless set), `reconnect()` (op 7), `invalidate_session()` (op 9, not
+resumable). As Discord, it ends a session whose client closed with 1000/1001 or that it closed
+with an error: a RESUME of it is answered with op 9, d=false (`refused_resumes`).
 """
 
 from __future__ import annotations
@@ -46,7 +48,16 @@ class FakeDiscordGateway(SteerableSocket):
     # Every dispatch ever sent, in order: (seq, session, frame). seq is global and increasing.
     dispatches: list[tuple[int, str, dict[str, Any]]] = attrs.Factory(list)
     identifies: int = 0
-    resumes: int = 0
+    resumes: int = 0  # RESUMEs received, refused ones included
+    refused_resumes: int = 0  # answered with op 9 (not resumable): the session had ended
+    # The code of every close frame the client sent, in order (None: closed without a code).
+    client_close_codes: list[int | None] = attrs.Factory(list)
+    # What `reject_auth()` closes with: 4004 (bad token), or e.g. 4014 (disallowed intents).
+    reject_code: int = 4004
+    # Sessions Discord has ended: the client closed with 1000/1001 ("your session will be
+    # invalidated", https://discord.com/developers/docs/topics/gateway#closing-connections),
+    # or we closed with an error code. A RESUME of one is answered with op 9, d=false.
+    ended_sessions: set[str] = attrs.Factory(set)
     heartbeats: int = 0
     connections_open: int = 0
     _ops: list[int] = attrs.Factory(list)  # op 7 / op 9 to send to live connections
@@ -85,21 +96,37 @@ class FakeDiscordGateway(SteerableSocket):
         request = await trio_websocket.wrap_server_stream(nursery, stream)
         ws = await request.accept()
         self.connections_open += 1
+        session: list[str] = []  # this connection's session, once READY or RESUMED
         try:
-            await self._session(ws, stream)
-        except trio_websocket.ConnectionClosed:
-            pass
+            await self._session(ws, stream, session)
+        except* trio_websocket.ConnectionClosed:
+            self._client_closed(ws, session)
         finally:
             self.connections_open -= 1
 
-    async def _session(self, ws: trio_websocket.WebSocketConnection, stream: trio.abc.Stream) -> None:
+    def _client_closed(self, ws: trio_websocket.WebSocketConnection, session: list[str]) -> None:
+        reason = ws.closed
+        if reason is None or reason.code == 1006:  # dropped without a close frame
+            return
+        self.client_close_codes.append(reason.code)
+        if reason.code in (1000, 1001):
+            self.ended_sessions.update(session)
+
+    async def _session(
+        self, ws: trio_websocket.WebSocketConnection, stream: trio.abc.Stream, session: list[str]
+    ) -> None:
         drops = self._drops
         await _send(ws, {"op": 10, "d": {"heartbeat_interval": _HEARTBEAT_INTERVAL_MS}})
         first = json.loads(await ws.get_message())
         if self.auth_rejected:
-            await ws.aclose(4004, "Authentication failed.")
+            if first.get("op") == 6:
+                self.ended_sessions.add(str(first["d"]["session_id"]))
+            await ws.aclose(self.reject_code, "Refused.")
             return
-        sent = await self._start(ws, first)
+        if first.get("op") == 6 and first["d"]["session_id"] in self.ended_sessions:
+            await self._refuse_resume(ws)
+            return
+        sent = await self._start(ws, first, session)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._acknowledge, ws)
             while self._drops == drops:
@@ -114,11 +141,20 @@ class FakeDiscordGateway(SteerableSocket):
             await stream.aclose()  # dropped: no close frame, the client sees 1006
             nursery.cancel_scope.cancel()
 
-    async def _start(self, ws: trio_websocket.WebSocketConnection, first: dict[str, Any]) -> int:
+    async def _refuse_resume(self, ws: trio_websocket.WebSocketConnection) -> None:
+        """op 9, d=false: the client must IDENTIFY on a new connection; it closes this one."""
+        self.resumes += 1
+        self.refused_resumes += 1
+        await _send(ws, {"op": 9, "d": False})
+        while True:
+            await ws.get_message()  # until the client's close (ConnectionClosed)
+
+    async def _start(self, ws: trio_websocket.WebSocketConnection, first: dict[str, Any], session: list[str]) -> int:
         """READY for an IDENTIFY (only new messages follow); for a RESUME, the dispatches after
         its `seq` are replayed, then RESUMED."""
         if first.get("op") == 6:
             self.resumes += 1
+            session.append(str(first["d"]["session_id"]))
             after = int(first["d"]["seq"])
             for seq, _, frame in self.dispatches:
                 if seq > after and frame["t"] == "MESSAGE_CREATE":
@@ -127,8 +163,8 @@ class FakeDiscordGateway(SteerableSocket):
             await _send(ws, self.dispatches[-1][2])
             return self.dispatches[-1][0]
         self.identifies += 1
-        session = f"session-{self.identifies}"
-        self._dispatch(session, "READY", {"session_id": session, "resume_gateway_url": f"wss://{HOST}"})
+        session.append(f"session-{self.identifies}")
+        self._dispatch(session[0], "READY", {"session_id": session[0], "resume_gateway_url": f"wss://{HOST}"})
         await _send(ws, self.dispatches[-1][2])
         return self.dispatches[-1][0]
 

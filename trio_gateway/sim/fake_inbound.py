@@ -45,6 +45,10 @@ async def in_memory_websocket(
         ws = await trio_websocket.wrap_client_stream(nursery, client, host, resource)  # type: ignore[arg-type]
         try:
             yield ws
+            # As `trio_websocket.open_websocket` on a normal exit: a close frame (code 1000),
+            # which a fake may give a meaning (Discord ends the session).
+            with trio.move_on_after(1.0):
+                await ws.aclose()
         finally:
             nursery.cancel_scope.cancel()
 
