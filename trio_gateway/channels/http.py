@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import ssl
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -146,12 +147,18 @@ def _json_or_none(response: httpx.Response) -> object:
 # --- the long polls the listeners make -----------------------------------------------------------
 
 
-async def post_json(client: JsonClient, path: str, body: Any, *, read_seconds: float) -> Any:
-    """POST `body` and return the parsed JSON answer. 401/403 raise `AuthFailed`, anything
-    else that is not a 2xx JSON answer raises `ListenError`; secrets never reach the reason."""
-    content = json.dumps(body, ensure_ascii=False).encode()
+def _encoded(body: Any, form: bool) -> tuple[bytes, dict[str, str]]:
+    if form:
+        return urllib.parse.urlencode(body).encode(), {"Content-Type": "application/x-www-form-urlencoded"}
+    return json.dumps(body, ensure_ascii=False).encode(), {"Content-Type": "application/json; charset=utf-8"}
+
+
+async def post_json(client: JsonClient, path: str, body: Any, *, read_seconds: float, form: bool = False) -> Any:
+    """POST `body` (JSON, or with `form` a form, as some methods want it) and return the parsed
+    JSON answer. 401/403 raise `AuthFailed`, anything else that is not a 2xx JSON answer raises
+    `ListenError`; secrets never reach the reason."""
+    content, headers = _encoded(body, form)
     timeout = httpx.Timeout(read_seconds, connect=10.0)
-    headers = {"Content-Type": "application/json; charset=utf-8"}
     try:
         response = await client.client.post(path, content=content, headers=headers, timeout=timeout)
     except httpx.HTTPError as exc:

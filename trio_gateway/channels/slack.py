@@ -146,7 +146,9 @@ class SlackSocketListener:
         return cls(JsonClient.open(base_url, transport, headers=headers, secrets=[app_token]), account_id, connect)
 
     async def _url(self) -> str:
-        reply = await post_json(self.http, CONNECT_PATH, {}, read_seconds=20.0)
+        # A form, as slack_sdk sends it: Slack's Web API takes its arguments form-encoded
+        # (https://api.slack.com/web#posting_json lists the methods that also take JSON).
+        reply = await post_json(self.http, CONNECT_PATH, {}, read_seconds=20.0, form=True)
         error = reply.get("error") if isinstance(reply, dict) else None
         if error in AUTH_ERRORS:
             raise AuthFailed(f"apps.connections.open: {error}")
