@@ -24,13 +24,16 @@ COPY trio_gateway ./trio_gateway
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
-RUN useradd --system --uid 10001 --home-dir /var/lib/trio-gateway --create-home gateway
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/trio-gateway --create-home gateway
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 ENV TRIO_GATEWAY_HOME=/var/lib/trio-gateway \
     TRIO_GATEWAY_TOKEN_FILE=/run/secrets/gateway_token \
     PYTHONUNBUFFERED=1
-USER gateway
+# Numeric, not `gateway`: Kubernetes can check `runAsNonRoot` only against a numeric user
+# (a name would need the image's /etc/passwd, which the kubelet does not read).
+USER 10001:10001
 WORKDIR /var/lib/trio-gateway
 VOLUME ["/var/lib/trio-gateway"]
 EXPOSE 18789

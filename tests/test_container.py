@@ -57,16 +57,25 @@ def read_dockerfile(path: Path) -> Image:
 def test_the_dockerfile_is_slim_non_root_and_checked() -> None:
     text = (REPO / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in text
-    assert re.search(r"^USER gateway$", text, re.M)
+    # Numeric uid:gid: Kubernetes' runAsNonRoot check cannot resolve a user name.
+    assert re.search(r"^USER 10001:10001$", text, re.M)
+    assert "--uid 10001 --gid 10001" in text
     image = read_dockerfile(REPO / "Dockerfile")
     assert image.stopsignal == signal.SIGTERM
     assert image.cmd[:3] == ["trio-gateway", "gateway", "start"]
     # The documented grace period covers the default drain timeout (60 s) + 15 s.
     assert "--stop-timeout 75" in text
-    assert "stop_grace_period: 75s" in (REPO / "compose.yaml").read_text()
+    compose = (REPO / "compose.yaml").read_text()
+    assert "stop_grace_period: 75s" in compose
+    # docker-compose 1.x ignores `configs:` (the gateways would start without gateway.json).
+    assert not re.search(r"^\s*configs:", compose, re.M)
+    assert compose.count("./deploy/gateway.compose.json:/var/lib/trio-gateway/gateway.json:ro") == 2
     unit = (REPO / "deploy" / "trio-gateway.service").read_text()
-    for line in ("Type=notify-reload", "WatchdogSec=30", "TimeoutStopSec=75", "KillSignal=SIGTERM"):
+    # Type=notify + ExecReload, which systemd < 253 understands (test_interop_deploy verifies it).
+    for line in ("Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "WatchdogSec=30", "TimeoutStopSec=75",
+                 "KillSignal=SIGTERM"):  # fmt: skip
         assert re.search(rf"^{re.escape(line)}$", unit, re.M), line
+    assert not re.search(r"^(Type=notify-reload|ReloadSignal=)", unit, re.M)
 
 
 def clean_venv(tmp_path: Path) -> Path:
