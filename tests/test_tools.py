@@ -661,3 +661,50 @@ async def test_the_model_cannot_set_the_headers_that_route_or_frame_a_request(
         assert f"header {header!r}" in error, error
         assert seen == []
         gateway.request_drain("stop", force=True)
+
+
+async def test_a_cut_cancels_every_http_call_on_the_server_and_ends_the_session(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A drain's deadline cancels four calls, then the connection: the server
+    hears all four `notifications/cancelled` (the SDK posts them one by one, and closing its
+    transport cut the last) and the session's `DELETE` (the SDK's own was cancelled unsent),
+    so it runs nothing the gateway gave up on. Against the SDK's own server: test_interop_mcp."""
+    from trio_gateway.sim.fake_mcp import FakeMcpServer
+
+    fake = FakeMcpServer(name="search")
+    with trio.fail_after(60):
+        await cut_four_calls(fake)
+    assert sorted(fake.cancelled) == [3, 4, 5, 6]  # the four calls' ids (after initialize, tools/list)
+    assert fake.deleted_sessions == ["session-7"]
+    assert fake._running == {}
+
+
+async def cut_four_calls(fake: Any) -> None:
+    """Four `hang` calls over HTTP (a session id handed out) cut by a drain: the calls' scopes
+    first, the connection's supervisor right after."""
+    from trio_gateway.sim.fake_mcp import http_transport
+    from trio_gateway.tools.mcp import McpServer
+    from trio_gateway.tools.transport import http_opener
+    from trio_gateway.work.units import WorkRegistry
+
+    log = EventLog([MemorySink()])
+    registry = WorkRegistry(log)
+    async with http_transport(fake, session_id="session-7", notification_seconds=0.05) as transport:
+        opener = http_opener("http://search.invalid/mcp", {}, lambda: http.AsyncClient(transport=transport))
+        server = McpServer("search", opener, log, max_result_bytes=1 << 20)
+
+        async def hang() -> None:
+            with registry.track("tool_call") as unit:
+                await server.call("hang", {}, unit.progress)
+
+        async with trio.open_nursery() as services:
+            services.start_soon(server.run)
+            await until(lambda: server.state == "running")
+            async with trio.open_nursery() as work:
+                for _ in range(4):
+                    work.start_soon(hang)
+                await until(lambda: fake.calls.count("hang") == 4)
+                work.cancel_scope.cancel(reason="drain deadline")  # the work first, as a drain does
+            services.cancel_scope.cancel(reason="generation over")  # then its services
+        await until(lambda: len(fake.cancelled) == 4 and bool(fake.deleted_sessions))

@@ -102,6 +102,8 @@ class FakeMcpServer:
     cancelled: list[Any] = attrs.Factory(list)
     on_event: Callable[[dict[str, Any]], None] = lambda _event: None
     connections: int = 0
+    # Over HTTP with a session id: the `DELETE`s that ended it (each with the id it named).
+    deleted_sessions: list[str] = attrs.Factory(list)
     _running: dict[Any, trio.CancelScope] = attrs.Factory(dict)
 
     async def serve(self, lines: trio.abc.ReceiveStream, send: SendLine) -> None:
@@ -291,11 +293,17 @@ def in_process_tools(
 
 
 @asynccontextmanager
-async def http_transport(fake: FakeMcpServer) -> AsyncIterator[http.AsyncBaseTransport]:
+async def http_transport(
+    fake: FakeMcpServer, session_id: str | None = None, notification_seconds: float = 0.0
+) -> AsyncIterator[http.AsyncBaseTransport]:
     """`fake` as a streamable HTTP MCP endpoint behind an httpx2 `MockTransport` (no socket, so
     MockClock-friendly): each request POST is answered with an SSE stream carrying its progress
-    notifications and its response; a notification POST gets 202. No session id, so the client
-    opens no GET stream. The same `serve` core runs behind it, fed one line per POST."""
+    notifications and its response; a notification POST gets 202. It cancels a call only when
+    told (`notifications/cancelled`), never because a stream closed. Without `session_id` the
+    client opens no GET stream; with it, `initialize` hands it out, the GET stream is refused
+    (405, as the spec allows) and a `DELETE` naming it is recorded in `fake.deleted_sessions`.
+    `notification_seconds`: how long a notification POST takes to be read (a network's worth).
+    The same `serve` core runs behind it, fed one line per POST."""
     from trio_gateway import upstream as http_client
 
     to_server, server_in = trio.testing.memory_stream_one_way_pair()
@@ -312,9 +320,15 @@ async def http_transport(fake: FakeMcpServer) -> AsyncIterator[http.AsyncBaseTra
                     route.close()
 
     async def handle(request: http_client.Request) -> http_client.Response:
+        if request.method == "GET":
+            return http_client.Response(405)
+        if request.method == "DELETE":
+            fake.deleted_sessions.append(request.headers.get("mcp-session-id", ""))
+            return http_client.Response(200)
         body = request.content
         message = json.loads(body)
         if "id" not in message or "method" not in message:
+            await trio.sleep(notification_seconds)
             await to_server.send_all(body + b"\n")
             return http_client.Response(202)
         send, receive = trio.open_memory_channel[bytes](math.inf)
@@ -326,7 +340,10 @@ async def http_transport(fake: FakeMcpServer) -> AsyncIterator[http.AsyncBaseTra
                 async for line in receive:
                     yield b"event: message\ndata: " + line + b"\n\n"
 
-        return http_client.Response(200, headers={"content-type": "text/event-stream"}, content=events())
+        headers = {"content-type": "text/event-stream"}
+        if session_id is not None and message["method"] == "initialize":
+            headers["mcp-session-id"] = session_id
+        return http_client.Response(200, headers=headers, content=events())
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(fake.serve, server_in, from_server)

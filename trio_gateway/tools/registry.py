@@ -11,6 +11,7 @@ The MCP SDK costs about a second to import, so it is imported only when a server
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import random
@@ -240,7 +241,10 @@ def production_openers(env: Mapping[str, str], logs_dir: str | None) -> OpenerFa
             return stdio_opener(server.command, server_env(server, env), stop, stderr)
         assert server.url is not None
         headers = {header: env.get(var, "") for header, var in server.headers_env.items()}
-        return http_opener(server.url, headers, lambda: http.AsyncClient(trust_env=False))
+        from trio_gateway.tools.transport import MCP_HTTP_TIMEOUT
+
+        client = functools.partial(http.AsyncClient, trust_env=False, timeout=MCP_HTTP_TIMEOUT)
+        return http_opener(server.url, headers, client, stop)
 
     return opener_for
 

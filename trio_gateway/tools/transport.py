@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -25,8 +26,11 @@ from typing import Any
 import anyio
 import attrs
 import trio
+import trio_util
 from mcp import types
 from mcp.shared.message import SessionMessage
+
+from trio_gateway import upstream as http
 
 # One JSON-RPC message from a server may not exceed this (a tool reply is cut further, to
 # `tools.http.maxResponseBytes`, before the model sees it).
@@ -257,16 +261,105 @@ def describe_exit(process_returncode: int | None) -> str:
     return f"exited with code {process_returncode}"
 
 
-def http_opener(url: str, headers: Mapping[str, str], client_factory: Callable[[], Any]) -> Opener:
-    """A streamable HTTP server through the SDK's transport and our httpx2 client."""
+# The HTTP client's own timeouts for an MCP server: connecting, writing, waiting for a pooled
+# connection. No read timeout: a tool may be silent as long as the stall watchdog allows (its
+# recovery, not the transport, decides), and the SDK's event stream is idle between events.
+MCP_HTTP_TIMEOUT = http.Timeout(30.0, read=None)
+_CANCELLED = "notifications/cancelled"
+
+
+@attrs.define(eq=False)
+class _HttpSession:
+    """What the gateway must know of the SDK's HTTP session to end it itself: its headers (the
+    session id and protocol version the SDK sends) and the `notifications/cancelled` POSTs not
+    answered yet. Fed by the client's event hooks: the SDK keeps both to itself."""
+
+    headers: dict[str, str] = attrs.Factory(dict)
+    cancels_in_flight: trio_util.AsyncValue[int] = attrs.Factory(lambda: trio_util.AsyncValue(0))
+
+    async def on_request(self, request: http.Request) -> None:
+        if "mcp-session-id" in request.headers:
+            names = ("mcp-session-id", "mcp-protocol-version")
+            self.headers = {k: request.headers[k] for k in names if k in request.headers}
+        if _is_cancel(request):
+            self.cancels_in_flight.value += 1
+
+    async def on_response(self, response: http.Response) -> None:
+        if _is_cancel(response.request):
+            self.cancels_in_flight.value -= 1
+
+    async def flush(self, seconds: float) -> None:
+        """Until every cancellation handed to the SDK is posted (at most `seconds`): the SDK
+        posts them one after the other, and closing its transport cuts the one in flight, so
+        the server would keep running a call the gateway gave up on."""
+        with trio.move_on_after(seconds):
+            await trio.sleep(0.01)  # the SDK's writer takes the last one and starts its POST
+            await self.cancels_in_flight.wait_value(0)
+
+    async def end(self, client: Any, url: str) -> None:
+        """`DELETE` with the session id (MCP streamable HTTP: the client ends its session), so
+        the server drops whatever it still runs for us. A server may refuse (405): fine."""
+        if "mcp-session-id" not in self.headers:
+            return
+        with contextlib.suppress(http.HTTPError):
+            await client.delete(url, headers=self.headers)
+
+
+def _is_cancel(request: http.Request) -> bool:
+    if request.method != "POST" or _CANCELLED.encode() not in request.content:
+        return False
+    with contextlib.suppress(ValueError):
+        return bool(json.loads(request.content).get("method") == _CANCELLED)
+    return False
+
+
+def http_opener(
+    url: str, headers: Mapping[str, str], client_factory: Callable[[], Any], stop_timeout: float = 5.0
+) -> Opener:
+    """A streamable HTTP server through the SDK's transport and our httpx2 client.
+
+    The SDK's transport runs in its own task, shielded until the link closes and then given a
+    deadline (as `pipe_link`'s writer): a drain cancels the calls first, and the SDK posts
+    their `notifications/cancelled` one after the other; cancelled with the connection, it
+    would cut the one in flight, and the server would keep running a call the gateway gave up
+    on. So the close posts what is pending, then ends the session (`DELETE` with its id: the
+    SDK's own would be cancelled before it is sent), within `FLUSH_SECONDS + stop_timeout`."""
 
     @asynccontextmanager
     async def open_http() -> AsyncIterator[Link]:
-        from mcp.client.streamable_http import streamable_http_client
-
+        session = _HttpSession()
+        closing = trio.Event()
+        shield = trio.CancelScope(shield=True)
         async with client_factory() as client:
             client.headers.update(headers)
-            async with streamable_http_client(url, http_client=client) as (read, write):
-                yield Link(read, write)
+            client.event_hooks["request"].append(session.on_request)
+            client.event_hooks["response"].append(session.on_response)
+            run = functools.partial(_run_http_transport, url, client, session, shield, closing)
+            async with trio.open_nursery() as nursery:
+                read, write = await nursery.start(run)
+                try:
+                    yield Link(read, write)
+                finally:
+                    shield.deadline = trio.current_time() + FLUSH_SECONDS + stop_timeout
+                    closing.set()
 
     return open_http
+
+
+async def _run_http_transport(
+    url: str,
+    client: Any,
+    session: _HttpSession,
+    shield: trio.CancelScope,
+    closing: trio.Event,
+    *,
+    task_status: trio.TaskStatus[tuple[Any, Any]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    from mcp.client.streamable_http import streamable_http_client
+
+    with shield:
+        async with streamable_http_client(url, http_client=client, terminate_on_close=False) as streams:
+            task_status.started(streams)
+            await closing.wait()
+            await session.flush(FLUSH_SECONDS)
+        await session.end(client, url)
