@@ -177,6 +177,10 @@ def parse_webhook(request: WebhookRequest) -> Event:
     message = json_dict(data.get("message") or data.get("edited_message"))
     if not message:
         return Event(ignored="telegram update without a message")
+    if json_dict(message.get("from")).get("is_bot"):
+        # As the poll (`heard`): another bot's message in a group is never a turn (two bots
+        # answering each other would loop).
+        return Event(ignored="telegram message from a bot")
     chat_ident = json_dict(message.get("chat")).get("id")
     return message_event(
         str(chat_ident) if isinstance(chat_ident, int) else None,
