@@ -81,6 +81,17 @@ async def test_op7_reconnects_and_op9_identifies_afresh(gateway: Gateway, fake_c
     assert dc.refused_resumes == 0
 
 
+async def test_a_zombie_connection_is_closed_to_resume(gateway: Gateway, fake_channels: FakeChannels) -> None:
+    """No heartbeat ACK: Discord asks for a close with a non-1000 code and a RESUME."""
+    dc = fake_channels.discord_gateway
+    await connected(fake_channels)
+    dc.ack_heartbeats = False
+    await until(lambda: dc.client_close_codes != [], 0.1)
+    dc.ack_heartbeats = True
+    await until(lambda: dc.resumes == 1 and dc.connections_open == 1, 0.1)
+    assert (dc.client_close_codes, dc.refused_resumes, dc.identifies) == ([4000], 0, 1)
+
+
 @pytest.mark.parametrize("code", [4004, 4014])
 async def test_a_refused_connection_pauses_the_account_and_resume_identifies_afresh(
     gateway: Gateway, fake_channels: FakeChannels, gateway_log: MemorySink, code: int

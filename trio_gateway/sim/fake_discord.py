@@ -54,6 +54,8 @@ class FakeDiscordGateway(SteerableSocket):
     client_close_codes: list[int | None] = attrs.Factory(list)
     # What `reject_auth()` closes with: 4004 (bad token), or e.g. 4014 (disallowed intents).
     reject_code: int = 4004
+    # False: heartbeats go unanswered, so the client must judge the connection a zombie.
+    ack_heartbeats: bool = True
     # Sessions Discord has ended: the client closed with 1000/1001 ("your session will be
     # invalidated", https://discord.com/developers/docs/topics/gateway#closing-connections),
     # or we closed with an error code. A RESUME of one is answered with op 9, d=false.
@@ -173,7 +175,8 @@ class FakeDiscordGateway(SteerableSocket):
             frame = json.loads(await ws.get_message())
             if frame.get("op") == 1:
                 self.heartbeats += 1
-                await _send(ws, {"op": 11})
+                if self.ack_heartbeats:
+                    await _send(ws, {"op": 11})
 
 
 async def _send(ws: trio_websocket.WebSocketConnection, frame: dict[str, Any]) -> None:
