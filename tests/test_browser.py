@@ -22,7 +22,8 @@ from test_e2e import Proc, console_texts, poll, stall
 from trio_gateway.log import EventLog
 from trio_gateway.policy.entry import DeliveryEntry, Payload
 from trio_gateway.storage.atomic import inline
-from trio_gateway.storage.queue import Claimed, DeliveryQueue
+from trio_gateway.storage.base import Claimed
+from trio_gateway.storage.queue import DeliveryQueue
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import WebDriverException  # noqa: E402

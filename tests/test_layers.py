@@ -263,3 +263,18 @@ def test_the_docs_name_every_room_and_only_modules_that_exist() -> None:
         folder, text = row
         bare = {m for m in re.findall(r"`([a-z_]+\.py)`", text)}
         assert sorted(m for m in bare if not (PACKAGE / folder / m).exists()) == [], folder
+
+
+def test_the_storage_contract_stands_apart_from_the_file_backend() -> None:
+    """Issue 19: the contract (`storage/base.py`) and the parts both backends share
+    (`group_commit.py`, `ids.py`) import nothing of the file queue, and neither does anything in
+    `cluster/`: the PostgreSQL backend implements the contract, it does not borrow the files'."""
+    edges = graph()
+    shared = ["trio_gateway.storage.base", "trio_gateway.storage.group_commit", "trio_gateway.storage.ids"]
+    assert {m: sorted(edges[m]) for m in shared} == {
+        "trio_gateway.storage.base": ["trio_gateway.policy.entry", "trio_gateway.storage.sessions"],
+        "trio_gateway.storage.group_commit": ["trio_gateway.storage.base"],
+        "trio_gateway.storage.ids": [],
+    }
+    file_backend = {m for m in edges if m.startswith("trio_gateway.storage.queue")}
+    assert sorted(m for m, targets in edges.items() if room(m) == "cluster" and targets & file_backend) == []

@@ -19,7 +19,9 @@ from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.policy.entry import DeliveryEntry, Payload, entry_to_json
 from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import inline
-from trio_gateway.storage.queue import Claimed, DeliveryQueue, GroupCommit, NotDue, claimer_alive
+from trio_gateway.storage.base import Claimed, NotDue
+from trio_gateway.storage.group_commit import GroupCommit
+from trio_gateway.storage.queue import DeliveryQueue, claimer_alive
 
 T0 = dt.datetime(2026, 6, 15, 3, 21, tzinfo=dt.UTC)
 

@@ -28,13 +28,12 @@ import contextlib
 import datetime as dt
 import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import attrs
 import cattrs
-import trio
 
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
@@ -47,172 +46,15 @@ from trio_gateway.storage.atomic import (
     durable_rename,
     fsync_dir,
 )
+from trio_gateway.storage.base import Claimed, NotDue
+from trio_gateway.storage.group_commit import GroupCommit
+from trio_gateway.storage.ids import IdGenerator
 
 _T = TypeVar("_T")
-_I = TypeVar("_I")  # an item of a group commit
-_R = TypeVar("_R")  # its result
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_RANDOM_BITS = 80
-
-
-def _base32(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
-
-
-@attrs.define
-class IdGenerator:
-    """ULID-style ids (48-bit milliseconds + 80 random bits, Crockford base32): they sort by
-    creation time as strings, and within one millisecond by order of creation (the random
-    part is incremented, as the ULID spec's monotonic mode does)."""
-
-    _last_ms: int = -1
-    _last_rand: int = 0
-
-    def new(self, when: dt.datetime) -> str:
-        ms = max(int(when.timestamp() * 1000), 0)
-        if ms <= self._last_ms:
-            ms, rand = self._last_ms, self._last_rand + 1
-        else:
-            rand = int.from_bytes(os.urandom(_RANDOM_BITS // 8), "big") >> 1  # room to increment
-        self._last_ms, self._last_rand = ms, rand
-        return _base32(ms, 10) + _base32(rand, 16)
-
 
 # Entries this process wrote and has not claimed yet, kept with their bytes so the claim that
 # normally follows within milliseconds skips the parse. Bounded: past it, claims just parse.
 _FRESH_CACHE_LIMIT = 4096
-
-
-@attrs.frozen
-class Claimed:
-    """An entry this process has claimed: in the file queue, with the inflight file that
-    holds it; in the PostgreSQL queue (`cluster.pg_queue`), with the claim's fencing token."""
-
-    entry: DeliveryEntry
-    path: Path | None = None
-    # The `sendStartedAt` found on disk when this send was marked: an earlier send that may
-    # have reached the channel (a crash or a drain cut it), so this one may be a duplicate.
-    resend_of: dt.datetime | None = None
-    # PostgreSQL only: the claim counter at this claim. A settle carrying an older one (the
-    # claim was taken over meanwhile) changes nothing.
-    fence: int = 0
-
-    @property
-    def file(self) -> Path:
-        assert self.path is not None, "a claim of the file queue has its file"
-        return self.path
-
-
-@attrs.frozen
-class NotDue:
-    """Claim refused: the entry on disk is not due yet (another worker rescheduled it)."""
-
-    next_attempt_at: dt.datetime
-    # What the worker needs to schedule it, learnt by the claim (a lazily listed entry had none).
-    channel: str | None = attrs.field(default=None, eq=False)
-    account_id: str | None = attrs.field(default=None, eq=False)
-
-
-@attrs.define(eq=False)
-class _Ticket(Generic[_I, _R]):
-    item: _I
-    done: trio.Event = attrs.Factory(trio.Event)
-    finished: bool = False
-    result: _R | None = None
-    error: BaseException | None = None
-
-    def value(self) -> _R:
-        if self.error is not None:
-            raise self.error
-        return self.result  # type: ignore[return-value]  # set with finished, _R may be None
-
-
-class OutcomeUnknown(Exception):
-    """The caller was cut from a disk write before it learnt how the write ended: it may be on
-    disk or not. Retrying with the same entry id is safe (enqueue is idempotent by id)."""
-
-
-# How long a caller waits for its group-committed batch before it is told "outcome unknown".
-# Generous: disk work is milliseconds; this only bounds a disk that stopped answering.
-_DISK_WAIT_SECONDS = 10.0
-
-
-@attrs.define
-class GroupCommit(Generic[_I, _R]):
-    """Callers that arrive while a batch is on disk join the next batch: one thread hand-off
-    and one directory fsync for all of them (group commit), instead of one each.
-
-    The first caller leads: it runs the batch, then hands leadership to the oldest waiter, so
-    no caller is kept working for others indefinitely. Every wait is bounded: by the caller's
-    own cancellation and by `timeout`. A caller cut from the wait before its item joined a
-    batch withdraws it (nothing was written for it); one cut while its batch was on disk gets
-    `OutcomeUnknown` (or its `Cancelled`) and may retry. A leader cut mid-batch (its thread is
-    abandoned) tells the rest of the batch `OutcomeUnknown`, and hands the lead on.
-    `run_batch` answers items in order.
-    """
-
-    run_batch: Callable[[list[_I]], Awaitable[list[_R]]]
-    timeout: float = _DISK_WAIT_SECONDS
-    _waiting: list[_Ticket[_I, _R]] = attrs.Factory(list)
-    _leading: bool = False
-
-    async def submit(self, item: _I) -> _R:
-        ticket: _Ticket[_I, _R] = _Ticket(item)
-        self._waiting.append(ticket)
-        try:
-            with trio.move_on_after(self.timeout) as bound:
-                if self._leading:
-                    await ticket.done.wait()
-                if not ticket.finished:  # no batch was running, or leadership was handed to us
-                    await self._lead()
-        except BaseException:
-            self._withdraw(ticket)
-            raise
-        if bound.cancelled_caught and not ticket.finished:
-            self._withdraw(ticket)
-            raise OutcomeUnknown(f"disk did not answer within {self.timeout:g}s")
-        return ticket.value()
-
-    def _withdraw(self, ticket: _Ticket[_I, _R]) -> None:
-        if ticket not in self._waiting:
-            return  # its batch is on disk or in flight: the batch settles it
-        self._waiting.remove(ticket)
-        if ticket.done.is_set() and not ticket.finished:
-            self._hand_over()  # it had been handed the lead and leaves without using it
-
-    def _hand_over(self) -> None:
-        if self._waiting:
-            self._waiting[0].done.set()  # not finished: it leads the next batch
-        else:
-            self._leading = False
-
-    async def _lead(self) -> None:
-        self._leading = True
-        batch: list[_Ticket[_I, _R]] = []
-        try:
-            # Callers already runnable (the dispatcher starts several attempts in one go) join now.
-            await trio.lowlevel.checkpoint()
-            batch, self._waiting = self._waiting, []
-            results = await self.run_batch([t.item for t in batch])
-            for ticket, result in zip(batch, results, strict=True):
-                ticket.result = result
-        except BaseException as exc:
-            # A leader cut mid-batch does not know the outcome, nor do its followers; they
-            # must never re-raise the leader's own `Cancelled`.
-            shared = OutcomeUnknown("the batch's disk write was abandoned") if isinstance(exc, trio.Cancelled) else exc
-            for ticket in batch:
-                ticket.error = shared
-            raise
-        finally:
-            for ticket in batch:
-                ticket.finished = True
-                ticket.done.set()
-            self._hand_over()
 
 
 def _inflight_name(entry_id: str, pid: int, send_started_at: dt.datetime | None) -> str:
