@@ -228,7 +228,8 @@ def test_backoff_is_full_jitter_between_one_second_and_a_minute() -> None:
 
 
 async def test_channels_routes_and_metrics(gateway: Gateway, fake_channels: FakeChannels) -> None:
-    from tests.test_http_api import TOKEN, Driver
+    from test_http_api import TOKEN, Driver
+
     from trio_gateway.http.app import GatewayApp
 
     call = Driver(GatewayApp(gateway, TOKEN, {}))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import trio
+from test_inbound import until
 
-from tests.test_inbound import until
 from trio_gateway.channels.feishu import Frame, decode_frame, encode_frame
 from trio_gateway.log import MemorySink
 from trio_gateway.policy.config import Config

@@ -284,3 +284,24 @@ def test_the_storage_contract_stands_apart_from_the_file_backend() -> None:
     # The file queue's own parts sit below it: one entry's file, then the crash recovery.
     assert edges["trio_gateway.storage.recovery"] & {"trio_gateway.storage.entry_files"}
     assert "trio_gateway.storage.recovery" not in edges["trio_gateway.storage.entry_files"]
+
+
+def test_tests_share_their_helpers_by_one_spelling() -> None:
+    """The shared end-to-end helpers are `tests/helpers.py`, imported as `helpers`, not from a
+    test module; and a test module is imported by its bare name only (a second spelling,
+    `tests.x`, loads the same file twice as two modules)."""
+    tests = PACKAGE.parent / "tests"
+    wrong = sorted(
+        f"{path.name}: {name}"
+        for path in tests.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        for name in (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else [node.module or ""]
+            if isinstance(node, ast.ImportFrom)
+            else []
+        )
+        if name.split(".")[0] == "tests" or name == "test_e2e"
+    )
+    assert wrong == []
