@@ -16,7 +16,6 @@ from typing import Any
 
 import trio
 
-from trio_gateway import __version__
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import NotFoundError, UnauthorizedError
 from trio_gateway.http import events, ui_auth
@@ -25,6 +24,7 @@ from trio_gateway.http.body import opt_str
 from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.version import __version__
 
 STATIC = {
     "index.html": "text/html; charset=utf-8",

@@ -10,9 +10,9 @@ from typing import Any
 
 import trio
 
-from trio_gateway import __version__
 from trio_gateway.runtime import agent
 from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.version import __version__
 from trio_gateway.work.drain import DrainReport, DrainRequest
 
 
