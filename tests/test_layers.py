@@ -228,6 +228,17 @@ def test_the_public_names_are_the_lazy_table() -> None:
     assert sorted(trio_gateway.testing.__all__) == sorted(trio_gateway.testing._EXPORTS)
 
 
+def test_each_public_name_is_declared_once() -> None:
+    """Issue 19: `__all__` names each public name once (a duplicate is harmless to Python and
+    a sign the list is kept by hand in two places)."""
+    import trio_gateway.scenario
+    import trio_gateway.testing
+
+    for package in (trio_gateway, trio_gateway.testing, trio_gateway.scenario):
+        names = list(package.__all__)
+        assert sorted(n for n in set(names) if names.count(n) > 1) == [], package.__name__
+
+
 def test_policy_and_the_delivery_scheduler_are_pure() -> None:
     """policy/ and delivery/scheduler.py decide without I/O or trio: importing all of them in a
     fresh interpreter loads no trio, no HTTP client and no other room of the gateway."""

@@ -88,10 +88,8 @@ class RecordingDelivery:
     outbox: RecordingOutbox
     # The queue on disk (nothing sends from it here): what the API lists and retries.
     store: DeliveryStore
-    worker_runs: int = 0
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        self.worker_runs += 1
         task_status.started()
         await trio.sleep_forever()
 

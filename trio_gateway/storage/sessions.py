@@ -14,18 +14,17 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-import trio
 
 from trio_gateway.log import EventLog
 from trio_gateway.policy import codec
 from trio_gateway.policy.entry import DeliveryKind
 from trio_gateway.policy.origin import Origin
-from trio_gateway.storage.atomic import BlockingRunner, T, atomic_write_bytes, durable_rename
+from trio_gateway.storage.atomic import BlockingRunner, atomic_write_bytes, durable_rename
 
 TurnKind = Literal["inbound", "cron", "internal"]
 TurnStatus = Literal["accepted", "running", "interrupted"]
@@ -83,13 +82,6 @@ class SessionRecord:
     def remember(self, messages: list[dict[str, Any]]) -> None:
         self.history.extend(messages)
         del self.history[:-_MAX_HISTORY]
-
-
-async def in_thread_abandoning(fn: Callable[[], T]) -> T:
-    """Session writes in production: a thread the caller may abandon when cancelled, so a
-    stuck disk cannot hold a forced restart past its deadline. Safe because every write is
-    atomic and `SessionStore` drops a write older than one already on disk."""
-    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
 
 
 def _read_record(path: Path) -> SessionRecord:
