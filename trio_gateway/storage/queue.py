@@ -331,9 +331,9 @@ class DeliveryQueue:
         return results
 
     async def claim_to_send(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
-        """`claim` and `mark_sending` at once, group-committed with concurrent callers: when
-        this returns a `Claimed`, its `sendStartedAt` is on disk and the send may start. A
-        caller cut from the wait (cancelled, `OutcomeUnknown`) must `let_go` of the id."""
+        """`claim`, then record `sendStartedAt` (a rename), group-committed with concurrent
+        callers: when this returns a `Claimed`, its `sendStartedAt` is on disk and the send may
+        start. A caller cut from the wait (cancelled, `OutcomeUnknown`) must `let_go` of the id."""
         self._let_go.discard(entry_id)
         return await self._sends.submit((entry_id, now))
 
