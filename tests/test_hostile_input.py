@@ -26,6 +26,7 @@ from trio_gateway.http.app import GatewayApp
 from trio_gateway.http.asgi import Message
 from trio_gateway.log import MemorySink
 from trio_gateway.policy import config as cfg
+from trio_gateway.policy import config_keys
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.runtime import build_gateway
@@ -115,7 +116,7 @@ def test_log_durations_never_raise() -> None:
 )
 def test_an_out_of_range_config_value_is_a_config_error_naming_the_key(key: str, value: object) -> None:
     with pytest.raises(ConfigError) as info:
-        cfg.set_key({}, key, value)
+        config_keys.set_key({}, key, value)
     assert info.value.path == key
     assert "must be between" in info.value.what or "finite" in info.value.what
 

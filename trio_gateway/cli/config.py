@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from trio_gateway.cli import add_commands
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy import config as cfg
+from trio_gateway.policy import config_keys
 from trio_gateway.policy.env_check import missing_secrets
 from trio_gateway.storage.atomic import atomic_write_json
 from trio_gateway.storage.config_file import read_raw
@@ -37,24 +38,24 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _get(args: argparse.Namespace, ctx: Context) -> int:
-    value = cfg.get_key(read_raw(ctx.home.config_path), args.key)
+    value = config_keys.get_key(read_raw(ctx.home.config_path), args.key)
     print(json.dumps(value) if not isinstance(value, str) else value)
     return 0
 
 
 def _set(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    new_raw, _ = cfg.set_key(read_raw(path), args.key, cfg.parse_value(args.value), _channel_names())
+    new_raw, _ = config_keys.set_key(read_raw(path), args.key, config_keys.parse_value(args.value), _channel_names())
     atomic_write_json(path, new_raw)
-    print(f"{args.key} = {json.dumps(cfg.get_key(new_raw, args.key))}")
+    print(f"{args.key} = {json.dumps(config_keys.get_key(new_raw, args.key))}")
     return 0
 
 
 def _unset(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    new_raw, _ = cfg.unset_key(read_raw(path), args.key, _channel_names())
+    new_raw, _ = config_keys.unset_key(read_raw(path), args.key, _channel_names())
     atomic_write_json(path, new_raw)
-    print(f"{args.key} unset; default {json.dumps(cfg.get_key(new_raw, args.key), default=str)}")
+    print(f"{args.key} unset; default {json.dumps(config_keys.get_key(new_raw, args.key), default=str)}")
     return 0
 
 
