@@ -19,6 +19,7 @@ import trio
 from test_http_api import ENV, NOW, SESSION, SLACK_MESSAGE, TOKEN, Driver, Reply, config, slack_headers
 
 from trio_gateway import log as log_mod
+from trio_gateway.channels import registry
 from trio_gateway.cli import main
 from trio_gateway.errors import ConfigError, InsufficientStorageError
 from trio_gateway.http import auth
@@ -622,7 +623,7 @@ async def test_an_event_for_an_unknown_account_is_refused_without_waiting_for_it
 async def test_unverified_bodies_read_at_once_are_capped(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     raw = cfg.to_json(config())
     raw["gateway"]["maxUnverifiedBodies"] = 1
-    gateway, _ = build_gateway(tmp_path, cfg.parse(raw))
+    gateway, _ = build_gateway(tmp_path, cfg.parse(raw, registry.account_kinds()))
     headers = {"x-slack-request-timestamp": str(int(NOW)), "x-slack-signature": "v0=" + "0" * 64}
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)
@@ -645,7 +646,8 @@ async def test_a_restart_resizes_the_unverified_body_slots(tmp_path: Path, autoj
     raw["gateway"]["maxUnverifiedBodies"] = 1
     reloaded = cfg.to_json(config())
     reloaded["gateway"]["maxUnverifiedBodies"] = 2
-    gateway, _ = build_gateway(tmp_path, cfg.parse(raw), load_config=lambda: cfg.parse(reloaded))
+    kinds = registry.account_kinds()
+    gateway, _ = build_gateway(tmp_path, cfg.parse(raw, kinds), load_config=lambda: cfg.parse(reloaded, kinds))
     headers = {"x-slack-request-timestamp": str(int(NOW)), "x-slack-signature": "v0=" + "0" * 64}
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)

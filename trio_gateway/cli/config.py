@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from trio_gateway.cli import add_commands
@@ -38,30 +39,32 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _get(args: argparse.Namespace, ctx: Context) -> int:
-    value = config_keys.get_key(read_raw(ctx.home.config_path), args.key)
+    value = config_keys.get_key(read_raw(ctx.home.config_path), args.key, _kinds())
     print(json.dumps(value) if not isinstance(value, str) else value)
     return 0
 
 
 def _set(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    new_raw, _ = config_keys.set_key(read_raw(path), args.key, config_keys.parse_value(args.value), _channel_names())
+    kinds = _kinds()
+    new_raw, _ = config_keys.set_key(read_raw(path), args.key, config_keys.parse_value(args.value), kinds)
     atomic_write_json(path, new_raw)
-    print(f"{args.key} = {json.dumps(config_keys.get_key(new_raw, args.key))}")
+    print(f"{args.key} = {json.dumps(config_keys.get_key(new_raw, args.key, kinds))}")
     return 0
 
 
 def _unset(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    new_raw, _ = config_keys.unset_key(read_raw(path), args.key, _channel_names())
+    kinds = _kinds()
+    new_raw, _ = config_keys.unset_key(read_raw(path), args.key, kinds)
     atomic_write_json(path, new_raw)
-    print(f"{args.key} unset; default {json.dumps(config_keys.get_key(new_raw, args.key), default=str)}")
+    print(f"{args.key} unset; default {json.dumps(config_keys.get_key(new_raw, args.key, kinds), default=str)}")
     return 0
 
 
 def _validate(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    cfg.parse(read_raw(path), _channel_names())
+    cfg.parse(read_raw(path), _kinds())
     if args.env:
         missing = missing_secrets(read_raw(path), os.environ)
         for secret in missing:
@@ -72,9 +75,9 @@ def _validate(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _channel_names() -> tuple[str, ...]:
-    """The channel names this version speaks. Imported here, not at the top: the registry loads
-    every platform module, which `config get` has no use for."""
-    from trio_gateway.channels.registry import NAMES
+def _kinds() -> Mapping[str, cfg.AccountKind]:
+    """The channel kinds this version speaks, with their account keys. Imported here, not at the
+    top: the registry loads every platform module, which the rest of the CLI has no use for."""
+    from trio_gateway.channels.registry import account_kinds
 
-    return NAMES
+    return account_kinds()

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy import codec
-from trio_gateway.policy.config_schema import ClusterConfig, Config, ToolsConfig
+from trio_gateway.policy.config_schema import AccountConfig, AccountKind, ClusterConfig, Config, ToolsConfig
 
 # Bounds: a file smaller than 64 KiB rotates every few seconds of a busy drain; one larger
 # than 1 GiB is no longer something an operator opens.
@@ -59,6 +59,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "cluster.statementTimeoutSeconds": (0.05, 3_600),
     "cluster.pollSeconds": (0.01, 60),
     "tools.http.maxResponseBytes": (1, 1_073_741_824),
+    # A reply cut into pieces shorter than this floods the chat; no platform's limit is lower.
+    "channels.*.accounts.*.textChunkLimit": (100, 1_000_000),
 }
 
 
@@ -99,35 +101,24 @@ def _check_ranges(config: Config) -> None:
             )
 
 
-def check(config: Config, channels: Collection[str] | None = None) -> Config:
+def check(config: Config, kinds: Mapping[str, AccountKind] | None = None) -> Config:
     """Rules that types cannot say: numbers within their ranges, references that resolve.
 
-    `channels`: the channel names this version speaks (`channels.registry.NAMES`). Policy sits
-    below the channels and names none of them, so its callers hand the names in; given, an
-    unknown `channels.<name>` is refused first, before the errors a typo would cause further on
-    (an account's missing keys, an agent bound to no known channel)."""
+    `kinds`: the channel kinds this version speaks, by name (`channels.registry.account_kinds()`).
+    Policy sits below the channels and names none of them, so its callers hand the kinds in;
+    given, an unknown `channels.<name>` is refused before the errors a typo would cause further
+    on (an account's missing keys, an agent bound to no known channel), and each account is held
+    to its kind's rules. Without them, names and bindings go unchecked: policy cannot tell a
+    standalone kind (`console`, no accounts) from a channel left out of `channels`."""
     _check_ranges(config)
-    for name, model in config.models.items():
-        path = f"models.{name}"
-        if model.provider is None and model.base_url is None and (model.model or model.api_key_env):
-            # Without this, `config set models.gpt.model gpt-4o` would quietly make an echo model.
-            raise ConfigError(
-                f"{path}.baseUrl",
-                'a model needs a provider: set baseUrl (an OpenAI-compatible endpoint) or provider "echo"',
-            )
-        if model.kind == "openai":
-            if not model.base_url:
-                raise ConfigError(f"{path}.baseUrl", "required for an OpenAI-compatible model")
-            if not model.base_url.startswith(("http://", "https://")):
-                raise ConfigError(f"{path}.baseUrl", f"must be an http(s) URL, got {model.base_url!r}")
-            if not model.model:
-                raise ConfigError(f"{path}.model", "required for an OpenAI-compatible model")
-    for channel, ch in config.channels.items():
-        if channels is not None and channel not in channels:
-            raise ConfigError(f"channels.{channel}", f"unknown channel; known: {', '.join(channels)}")
-        for account_id, account in ch.accounts.items():
-            if channel != "console" and not account.base_url:
-                raise ConfigError(f"channels.{channel}.accounts.{account_id}.baseUrl", "required")
+    _check_models(config)
+    for channel, section in config.channels.items():
+        kind = known_kind(kinds, channel)
+        for account_id, account in section.accounts.items():
+            path = f"channels.{channel}.accounts.{account_id}"
+            _check_access(path, account)
+            if kind is not None:
+                kind.check(path, account)
     if not config.agents:
         raise ConfigError("agents", "at least one agent is required")
     for name, agent in config.agents.items():
@@ -137,7 +128,7 @@ def check(config: Config, channels: Collection[str] | None = None) -> Config:
         if not agent.channels:
             raise ConfigError(f"{path}.channels", "at least one bound channel is required")
         for i, channel in enumerate(agent.channels):
-            if channel != "console" and channel not in config.channels:
+            if _unconfigured(config, kinds, channel):
                 raise ConfigError(f"{path}.channels[{i}]", f"channel {channel!r} is not configured under channels")
         _check_allow_list(config.tools, f"{path}.tools", agent.tools)
     _check_tools(config.tools)
@@ -153,6 +144,58 @@ def check(config: Config, channels: Collection[str] | None = None) -> Config:
         if entry.agent not in config.agents:
             raise ConfigError(f"cron[{i}].agent", f"no agent named {entry.agent!r}")
     return config
+
+
+def known_kind(kinds: Mapping[str, AccountKind] | None, channel: str) -> AccountKind | None:
+    """The kind of `channels.<channel>`; refused when the caller named the kinds and not this one."""
+    if kinds is None:
+        return None
+    kind = kinds.get(channel)
+    if kind is None:
+        raise ConfigError(f"channels.{channel}", f"unknown channel; known: {', '.join(kinds)}")
+    return kind
+
+
+def _unconfigured(config: Config, kinds: Mapping[str, AccountKind] | None, channel: str) -> bool:
+    """An agent's bound channel that cannot reach anyone: not under `channels`, and not a kind
+    that needs no accounts (`console`)."""
+    if kinds is None or channel in config.channels:
+        return False
+    kind = kinds.get(channel)
+    return kind is None or not kind.standalone
+
+
+def _check_models(config: Config) -> None:
+    for name, model in config.models.items():
+        path = f"models.{name}"
+        if model.provider is None and model.base_url is None and (model.model or model.api_key_env):
+            # Without this, `config set models.gpt.model gpt-4o` would quietly make an echo model.
+            raise ConfigError(
+                f"{path}.baseUrl",
+                'a model needs a provider: set baseUrl (an OpenAI-compatible endpoint) or provider "echo"',
+            )
+        if model.kind == "openai":
+            if not model.base_url:
+                raise ConfigError(f"{path}.baseUrl", "required for an OpenAI-compatible model")
+            if not model.base_url.startswith(("http://", "https://")):
+                raise ConfigError(f"{path}.baseUrl", f"must be an http(s) URL, got {model.base_url!r}")
+            if not model.model:
+                raise ConfigError(f"{path}.model", "required for an OpenAI-compatible model")
+
+
+def _check_access(path: str, account: AccountConfig) -> None:
+    """SPEC 15's lists: each entry a sender, group or `*`, as the platform spells its ids."""
+    for key in ("allow_from", "groups", "group_allow_from"):
+        for i, entry in enumerate(getattr(account, key)):
+            if not entry or entry != entry.strip() or len(entry) > _MAX_ID_CHARS:
+                raise ConfigError(
+                    f"{path}.{codec.camel(key)}[{i}]",
+                    f"must be an id (1-{_MAX_ID_CHARS} characters, no spaces at its ends) or *, got {entry!r}",
+                )
+
+
+# Platform ids are short (a Telegram id has at most 20 digits, a Feishu open_id 35 characters).
+_MAX_ID_CHARS = 256
 
 
 def _check_cluster(c: ClusterConfig) -> None:

@@ -7,12 +7,12 @@ Pure: the raw document in, a new raw document out; the caller writes it, all or 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy import strict_json
-from trio_gateway.policy.config import Config, parse, to_json
+from trio_gateway.policy.config import AccountKind, Config, parse, to_json
 
 
 def _split_key(key: str) -> list[str]:
@@ -22,10 +22,11 @@ def _split_key(key: str) -> list[str]:
     return parts
 
 
-def get_key(raw: Mapping[str, Any], key: str) -> Any:
-    """The value at a dotted key: from the file when set there, else the built-in default."""
+def get_key(raw: Mapping[str, Any], key: str, kinds: Mapping[str, AccountKind] | None = None) -> Any:
+    """The value at a dotted key: from the file when set there, else the built-in default
+    (`kinds`: see `config_checks.check`; without them, accounts hold the common keys only)."""
     parts = _split_key(key)
-    merged = to_json(parse(raw))
+    merged = to_json(parse(raw, kinds))
     node: Any = merged
     for i, part in enumerate(parts):
         if isinstance(node, Mapping) and part in node:
@@ -47,7 +48,7 @@ def parse_value(text: str) -> Any:
 
 
 def unset_key(
-    raw: Mapping[str, Any], key: str, channels: Collection[str] | None = None
+    raw: Mapping[str, Any], key: str, kinds: Mapping[str, AccountKind] | None = None
 ) -> tuple[dict[str, Any], Config]:
     """A new raw document without `key` (the built-in default applies again), objects it leaves
     empty removed, and its parsed config; raises, writing nothing, if the result is not valid."""
@@ -65,11 +66,11 @@ def unset_key(
     for parent, part, child in reversed(list(zip(trail, parts, trail[1:], strict=False))):
         if not child:
             del parent[part]
-    return new, parse(new, channels)
+    return new, parse(new, kinds)
 
 
 def set_key(
-    raw: Mapping[str, Any], key: str, value: Any, channels: Collection[str] | None = None
+    raw: Mapping[str, Any], key: str, value: Any, kinds: Mapping[str, AccountKind] | None = None
 ) -> tuple[dict[str, Any], Config]:
     """A new raw document with `key` set, and its parsed config. Raises before returning
     anything when the whole new document would not be valid, so a caller writes all or nothing."""
@@ -85,4 +86,4 @@ def set_key(
             raise ConfigError(".".join(parts[: i + 1]), "is not an object; cannot set a key inside it")
         node = child
     node[parts[-1]] = value
-    return new, parse(new, channels)
+    return new, parse(new, kinds)

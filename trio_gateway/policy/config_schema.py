@@ -6,6 +6,7 @@ Pure. The file's spelling is the codec's (camelCase); the rules types cannot say
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import attrs
@@ -100,26 +101,49 @@ class InboundConfig:
     mode: InboundMode | None = None
 
 
+DmPolicy = Literal["pairing", "allowlist", "open", "disabled"]
+GroupPolicy = Literal["mention", "open", "disabled"]
+
+
 @attrs.frozen
 class AccountConfig:
-    """One account of one channel. Secrets are named by environment variable, never stored."""
+    """The keys every account of every channel kind may have (`channels.<name>.accounts.<id>`).
+
+    A kind's own keys (its app id, the environment variables naming its secrets) are a subclass
+    its channel module declares and hands down in an `AccountKind`: policy names no platform,
+    and a key of one platform under another is an unknown key there."""
 
     base_url: str | None = None
-    app_id: str | None = None
-    app_secret_env: str | None = None
-    token_env: str | None = None
-    # Inbound webhook verification (SPEC 5): Feishu verification token / encrypt key,
-    # Slack signing secret, Telegram secret token. Also only environment variable names.
-    verification_token_env: str | None = None
-    signing_secret_env: str | None = None
-    secret_token_env: str | None = None
-    # Deprecated fallback only: a WeChat context token belongs to a conversation and arrives
-    # with each inbound message (carried in the turn's origin); see channels/weixin.py.
-    context_token: str | None = None
     inbound: InboundConfig = InboundConfig()
-    # Slack Socket Mode's app-level token; Feishu's webhook encrypt key (SPEC 11).
-    app_token_env: str | None = None
-    encrypt_key_env: str | None = None
+    # Access (SPEC 15): who may talk to the agent. Read and checked here; enforced by issue 20.
+    dm_policy: DmPolicy = "pairing"
+    allow_from: list[str] = attrs.Factory(list)
+    group_policy: GroupPolicy = "mention"
+    groups: list[str] = attrs.Factory(lambda: ["*"])
+    group_allow_from: list[str] = attrs.Factory(lambda: ["*"])
+    # Replies (SPEC 15), used by issue 21. None: the platform's own limit, as it counts.
+    text_chunk_limit: int | None = None
+    # The one reply to a direct message without text; "" says nothing.
+    unsupported_media_reply: str = "Sorry, I can only read text messages."
+
+
+def _no_rules(path: str, account: AccountConfig) -> None:
+    """A kind whose accounts need nothing beyond their keys' types."""
+
+
+@attrs.frozen
+class AccountKind:
+    """What one channel kind lets its accounts say, as its channel module declares it and the
+    channel registry hands it down to `config.parse` and `config_checks.check`."""
+
+    # The class of its accounts: `AccountConfig`, or a subclass adding the kind's own keys.
+    account: type[AccountConfig] = AccountConfig
+    # Rules beyond types for one account (`path`: `channels.<name>.accounts.<id>`); raises
+    # `ConfigError` naming the key. Secrets are checked later, with the environment.
+    check: Callable[[str, AccountConfig], None] = _no_rules
+    # A kind with no accounts, whose one adapter every account id reaches (`console`): an agent
+    # may bind it with no `channels.<name>` section.
+    standalone: bool = False
 
 
 @attrs.frozen

@@ -172,8 +172,8 @@ def quick_config(**overrides: Any) -> cfg.Config:
     """Built-in defaults with dotted camelCase overrides: `quick_config(**{"gateway.drain.timeoutSeconds": 5})`."""
     raw: dict[str, Any] = {}
     for key, value in overrides.items():
-        raw, _ = config_keys.set_key(raw, key, value)
-    return cfg.parse(raw, registry.NAMES)
+        raw, _ = config_keys.set_key(raw, key, value, registry.account_kinds())
+    return cfg.parse(raw, registry.account_kinds())
 
 
 def build_gateway(home: Path, config: cfg.Config, **parts: Any) -> tuple[Gateway, MemorySink]:
