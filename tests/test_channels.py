@@ -20,6 +20,7 @@ from trio_gateway.channels.console import ConsoleChannel
 from trio_gateway.channels.feishu import FeishuAccount, receive_id_type
 from trio_gateway.channels.http import stable_key
 from trio_gateway.channels.registry import ChannelSet
+from trio_gateway.channels.slack import SlackAccount
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy.config import ChannelConfig, Config
 from trio_gateway.policy.entry import DeliveryEntry, Payload
@@ -381,6 +382,18 @@ def test_missing_env_var_is_config_error(tmp_path: Path) -> None:
         ChannelSet.build(make_config(), Home(tmp_path), env, None, in_thread)
     assert caught.value.path == "channels.slack.accounts.acct.tokenEnv"
     assert caught.value.what == "environment variable SLACK_TOKEN is not set"
+
+
+def test_a_named_but_unset_slack_app_token_is_config_error_before_anything_opens(tmp_path: Path) -> None:
+    """Slack's own check (`appTokenEnv` is its key): named, its variable must be set; unnamed,
+    the account sends and takes webhooks without it."""
+    named = SlackAccount(base_url=BASE, token_env="SLACK_TOKEN", app_token_env="SLACK_APP")
+    with pytest.raises(ConfigError) as caught:
+        registry.check(Config(channels={"slack": ChannelConfig({"s": named})}), ENV)
+    assert str(caught.value) == "channels.slack.accounts.s.appTokenEnv: environment variable SLACK_APP is not set"
+    registry.check(Config(channels={"slack": ChannelConfig({"s": named})}), {**ENV, "SLACK_APP": "xapp"})
+    unnamed = SlackAccount(base_url=BASE, token_env="SLACK_TOKEN")
+    registry.check(Config(channels={"slack": ChannelConfig({"s": unnamed})}), ENV)
 
 
 def test_missing_feishu_app_id_is_config_error(tmp_path: Path) -> None:
