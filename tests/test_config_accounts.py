@@ -8,6 +8,8 @@ read the same way by every entry point (the loader, `config set`, `config valida
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +136,19 @@ def test_to_json_writes_each_kinds_own_keys() -> None:
     assert cfg.parse(cfg.to_json(cfg.parse(raw, registry.account_kinds())), registry.account_kinds()) == cfg.parse(
         raw, registry.account_kinds()
     )
+
+
+@pytest.mark.parametrize(("raw", "loads"), [({}, False), ({"channels": {"console": {}}}, True)])
+def test_config_get_loads_the_channel_kinds_only_for_a_file_naming_a_channel(
+    tmp_path: Path, raw: dict[str, Any], loads: bool
+) -> None:
+    """The registry imports every platform module (about 0.4 s on a busy machine): `config get`
+    on a file that names no channel does without it, as it did before the kinds had keys."""
+    (tmp_path / "gateway.json").write_text(json.dumps(raw))
+    program = (
+        "import sys\nfrom trio_gateway.cli import main\n"
+        f"assert main(['--home', {str(tmp_path)!r}, 'config', 'get', 'gateway.port']) == 0\n"
+        "print('trio_gateway.channels.registry' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == ["18789", str(loads)]

@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from trio_gateway.cli import add_commands
 from trio_gateway.errors import ConfigError
@@ -39,7 +39,8 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _get(args: argparse.Namespace, ctx: Context) -> int:
-    value = config_keys.get_key(read_raw(ctx.home.config_path), args.key, _kinds())
+    raw = read_raw(ctx.home.config_path)
+    value = config_keys.get_key(raw, args.key, _kinds() if _names_a_channel(raw) else None)
     print(json.dumps(value) if not isinstance(value, str) else value)
     return 0
 
@@ -73,6 +74,14 @@ def _validate(args: argparse.Namespace, ctx: Context) -> int:
             return ConfigError.exit_code
     print(f"{path}: ok" if path.exists() else f"{path}: absent; the built-in defaults are valid")
     return 0
+
+
+def _names_a_channel(raw: Mapping[str, Any]) -> bool:
+    """Whether the file says anything the channel kinds are needed to read (a `channels`
+    section, an agent's bound channels): `config get` on a file naming none skips loading them."""
+    agents = raw.get("agents")
+    bound = isinstance(agents, Mapping) and any(isinstance(a, Mapping) and "channels" in a for a in agents.values())
+    return "channels" in raw or bound
 
 
 def _kinds() -> Mapping[str, cfg.AccountKind]:
