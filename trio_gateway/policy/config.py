@@ -92,10 +92,10 @@ def _channels(raw: object, kinds: Mapping[str, AccountKind] | None) -> dict[str,
     channels = {}
     for name, section in sections.items():
         kind = known_kind(kinds, name)
-        account = kind.account if kind is not None else AccountConfig
+        account: Any = kind.account if kind is not None else AccountConfig
         path = f"channels.{name}"
         shell = _at(path, {**section, "accounts": {}}, ChannelConfig)
-        accounts = _at(f"{path}.accounts", section.get("accounts", {}), dict[str, account])  # type: ignore[valid-type]
+        accounts = _at(f"{path}.accounts", section.get("accounts", {}), dict[str, account])
         channels[name] = attrs.evolve(shell, accounts=accounts)
     return channels
 
