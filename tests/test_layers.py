@@ -251,6 +251,19 @@ def test_policy_and_the_delivery_scheduler_are_pure() -> None:
     assert rooms <= {"policy", "errors", "delivery", "version"}, rooms
 
 
+def test_the_config_parts_point_one_way() -> None:
+    """policy's config is four modules (issue 19): the schema knows nothing of its checks, the
+    checks nothing of the parse, the parse nothing of the dotted keys built on it."""
+    edges = graph()
+    policy = "trio_gateway.policy."
+    parts = [f"{policy}config_schema", f"{policy}config_checks", f"{policy}config", f"{policy}config_keys"]
+    for i, low in enumerate(parts):
+        assert low in edges, low
+        assert edges[low] & set(parts[i + 1 :]) == set(), low
+    assert f"{policy}config_schema" in edges[f"{policy}config_checks"]
+    assert f"{policy}config" in edges[f"{policy}config_keys"]
+
+
 def _how_it_is_built() -> str:
     readme = (PACKAGE.parent / "README.md").read_text()
     return readme.split("## How it is built", 1)[1].split("\n## ", 1)[0]

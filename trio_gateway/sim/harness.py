@@ -196,8 +196,10 @@ def fake_env(config: cfg.Config) -> dict[str, str]:
     env: dict[str, str] = {}
     for channel, section in config.channels.items():
         for account in section.accounts.values():
-            for name in (account.app_secret_env, account.token_env, account.app_token_env):
-                if name:
+            # The secrets an adapter opens with, as each kind's account names them (if it has the key).
+            for key in ("app_secret_env", "token_env", "app_token_env"):
+                name = getattr(account, key, None)
+                if isinstance(name, str) and name:
                     env[name] = f"fake-{channel}-secret"
     return env
 

@@ -23,6 +23,7 @@ from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.models.base import Message, Model, ModelReply, Progress, ToolCall
 from trio_gateway.models.echo import offers_tool, parse_tool, tool_result_reply
 from trio_gateway.policy import config as cfg
+from trio_gateway.policy import config_keys
 from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind
 from trio_gateway.policy.origin import Origin
 from trio_gateway.policy.routing import resolve
@@ -169,8 +170,8 @@ def quick_config(**overrides: Any) -> cfg.Config:
     """Built-in defaults with dotted camelCase overrides: `quick_config(**{"gateway.drain.timeoutSeconds": 5})`."""
     raw: dict[str, Any] = {}
     for key, value in overrides.items():
-        raw, _ = cfg.set_key(raw, key, value)
-    return cfg.parse(raw, registry.NAMES)
+        raw, _ = config_keys.set_key(raw, key, value, registry.account_kinds())
+    return cfg.parse(raw, registry.account_kinds())
 
 
 def build_gateway(home: Path, config: cfg.Config, **parts: Any) -> tuple[Gateway, MemorySink]:
