@@ -30,7 +30,7 @@ from trio_gateway.errors import (
     RequestTimeoutError,
     chosen,
 )
-from trio_gateway.http import inbound, metrics, turns, ui
+from trio_gateway.http import inbound, metrics, turns, ui, views
 from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
 from trio_gateway.http.base import Request, Response, Route, delivery_store, error_response, json_response
 from trio_gateway.http.body import JsonObject, opt_bool, opt_number, opt_str, req_obj, req_str
@@ -38,7 +38,6 @@ from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.policy.config import RANGES, AccountConfig, Config
 from trio_gateway.policy.entry import entry_to_json
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway, ServiceOutbox
 from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.work.drain import DrainKind, DrainRequest
