@@ -77,7 +77,7 @@ def _session(gateway: Gateway, session: agent.Session) -> dict[str, Any]:
         "id": session.id,
         "agent": session.record.agent,
         "state": "processing" if session.busy else "idle",
-        "queueDepth": gateway.queue_depth(session.id),
+        "queueDepth": gateway.table.queue_depth(session.id),
         "origin": None if o is None else {"channel": o.channel, "to": o.to, "accountId": o.account_id},
         "subagents": subagents,
         "pendingTurns": len(session.record.turns),

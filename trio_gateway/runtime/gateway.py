@@ -16,7 +16,6 @@ the same and then cancels the root nursery.
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -33,7 +32,6 @@ from trio_gateway.errors import (
     BadRequestError,
     ConfigError,
     GatewayDrainingError,
-    InsufficientStorageError,
     NotFoundError,
     SessionElsewhereError,
 )
@@ -42,23 +40,20 @@ from trio_gateway.models.base import Model
 from trio_gateway.policy.config import Config, ModelConfig
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime import agent, session_evict
+from trio_gateway.runtime import agent
 from trio_gateway.runtime.cron import run_cron
-from trio_gateway.runtime.session_evict import Evicted
+from trio_gateway.runtime.sessions import SessionTable
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.base import DeliveryStore, SessionStorage
-from trio_gateway.storage.disk import StorageHealth, is_no_space
+from trio_gateway.storage.disk import StorageHealth
 from trio_gateway.storage.home import Home
-from trio_gateway.storage.sessions import SESSION_ID, SessionRecord, SessionStore, TurnKind, TurnRecord
+from trio_gateway.storage.sessions import SessionRecord, SessionStore, TurnKind, TurnRecord
 from trio_gateway.tools.registry import ToolBox, build_toolbox, production_openers
 from trio_gateway.tools.registry import preload as preload_tools
 from trio_gateway.work.clock import WallClock
 from trio_gateway.work.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, collector_paused, drain
 from trio_gateway.work.stall import StallWatchdog
 from trio_gateway.work.units import WorkRegistry
-
-# How long intake waits for the write that accepts a turn before answering 507.
-_DISK_WAIT_SECONDS = 10.0
 
 State = Literal["starting", "running", "draining", "stopped"]
 
@@ -145,7 +140,7 @@ class Gateway:
     state: AsyncValue[State] = attrs.Factory(lambda: AsyncValue("starting"))
     generation_number: int = 0
     current: Generation | None = None
-    sessions: dict[str, agent.Session] = attrs.Factory(dict)
+    table: SessionTable = attrs.field(init=False)
     busy: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
     registry: WorkRegistry = attrs.field(init=False)
     store: SessionStorage = attrs.field(init=False)
@@ -161,11 +156,6 @@ class Gateway:
     tool_outcomes: Counter[tuple[str, str]] = attrs.Factory(Counter)
     _drain: DrainRequest | None = None
     _drain_wanted: trio.Event = attrs.Factory(trio.Event)
-    _by_origin: dict[tuple[str, Origin | None], str] = attrs.Factory(dict)
-    # Idle sessions out of memory (session_evict.py), and when each was last given a turn.
-    _evicted: dict[str, Evicted] = attrs.Factory(dict)
-    _last_active: dict[str, float] = attrs.Factory(dict)
-    _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
     def __attrs_post_init__(self) -> None:
         self.registry = WorkRegistry(self.deps.log)
@@ -174,6 +164,12 @@ class Gateway:
         self.store = (
             make_store(self) if make_store else SessionStore(self.deps.home.sessions_dir, runner, self.deps.log)
         )
+        self.table = SessionTable(self.store, self.deps.log, self._now, self.deps.session_id_prefix)
+
+    @property
+    def sessions(self) -> dict[str, agent.Session]:
+        """The sessions in memory, by id (the table's; read-only use outside the runtime)."""
+        return self.table.sessions
 
     @property
     def log(self) -> EventLog:
@@ -185,10 +181,7 @@ class Gateway:
         """Run until stopped. `task_status.started()` fires when generation 1 accepts work."""
         self.started_at = trio.current_time()
         self.wall = WallClock.start(self.deps.wall_base)
-        for record in await self.store.load_all():
-            self.sessions[record.id] = agent.Session(record)
-            self._by_origin[(record.agent, _conversation(record.origin))] = record.id
-            self._last_active[record.id] = self.started_at
+        await self.table.load()
         started = task_status
         async with trio.open_nursery() as root:
             for server in self.deps.servers:
@@ -242,7 +235,7 @@ class Gateway:
                 config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now, tools
             )
             self.watchdog = StallWatchdog(
-                self.registry, config.gateway.stalled_task_detection, self.log, self.queue_depth
+                self.registry, config.gateway.stalled_task_detection, self.log, self.table.queue_depth
             )
             listeners = await self._open_listeners(config, delivery)
             async with trio.open_nursery() as services:
@@ -255,7 +248,7 @@ class Gateway:
                 # the work nursery, and is cancelled the moment the work is gone.
                 services.start_soon(delivery.run)
                 services.start_soon(self.watchdog.run)
-                services.start_soon(self._evict_idle_sessions, config.gateway.session_evict_after_seconds)
+                services.start_soon(self.table.evict_idle, config.gateway.session_evict_after_seconds)
                 # MCP servers live until the work is gone (a call in flight may still finish
                 # during the drain's wait), then stop with the services, each stop bounded.
                 services.start_soon(tools.run)
@@ -263,7 +256,7 @@ class Gateway:
                 with cut, trio.CancelScope() as work_scope:
                     async with trio.open_nursery() as work:
                         self.current = Generation(number, config, rt, work)
-                        leftover = [(s, t) for s in self.sessions.values() for t in s.record.turns]
+                        leftover = self.table.leftover()
                         self.generation_number = number
                         self.state.value = "running"
                         self.log.info("RESTART", "accepting work", lead={"generation": number})
@@ -433,8 +426,7 @@ class Gateway:
         if agent_id not in gen.config.agents:
             raise BadRequestError(f"agent: no agent named {agent_id!r}")
         self.storage.check()  # a full disk refuses new work (507); accepted work is retried
-        await self._restore_evicted(session_id or self._by_origin.get((agent_id, _conversation(origin))))
-        session, created = self._session_for(agent_id, origin, session_id)
+        session, created = await self.table.session_for(agent_id, origin, session_id, self.generation_number)
         if inbound_id is not None and session.record.heard(inbound_id):
             return None
         turn = TurnRecord(
@@ -444,108 +436,25 @@ class Gateway:
         if inbound_id is not None:
             session.record.remember_inbound(inbound_id)
         try:
-            await self._save_accepted(session)
+            await self.table.save_accepted(session)
         except BaseException:
-            self._forget_unsaved(session, turn, created, inbound_id)
+            self.table.forget_unsaved(session, turn, created, inbound_id)
             raise
-        if self.sessions.get(session.id) is not session:
+        if not self.table.holds(session):
             # Cluster mode: the write was refused, another node owns the session (forgotten
             # here meanwhile); the caller retries and gets a session of its own.
             raise SessionElsewhereError(f"session {session.id} is owned by another node; try again")
-        self._last_active[session.id] = trio.current_time()
+        self.table.touch(session.id)
         # Saving yields: a drain may have begun meanwhile. The turn is on disk as accepted,
         # so the next generation runs it; starting it now would only lengthen this drain.
         if self.state.value == "running" and self.current is gen:
             await self._start_turn(gen, session, turn)
         return session.id, turn.id
 
-    async def _save_accepted(self, session: agent.Session) -> None:
-        """The write that makes a turn accepted, bounded: a full or stuck sessions disk
-        refuses the turn with 507 (the caller forgets the turn: it was never accepted)."""
-        try:
-            with trio.fail_after(_DISK_WAIT_SECONDS):
-                await self.store.save(session.record)
-        except trio.TooSlowError:
-            raise InsufficientStorageError(f"the sessions disk did not answer within {_DISK_WAIT_SECONDS:g}s") from None
-        except OSError as exc:
-            if is_no_space(exc):
-                raise InsufficientStorageError(f"the sessions disk is full: {exc}") from None
-            raise
-
-    async def _restore_evicted(self, session_id: str | None) -> None:
-        """Read an evicted session back before a turn joins it, so its history is intact."""
-        kept = self._evicted.get(session_id) if session_id is not None else None
-        if session_id is None or kept is None:
-            return
-        record = await self.store.load(session_id)
-        if session_id not in self._evicted:
-            return  # restored by a concurrent submit meanwhile
-        del self._evicted[session_id]
-        if record is None:  # its file is gone: the next turn starts a new session
-            self._by_origin = {k: v for k, v in self._by_origin.items() if v != session_id}
-            return
-        record.seq = max(record.seq, kept.seq)  # the disk may hold an older copy (a failed save)
-        self.sessions[session_id] = agent.Session(record)
-        self._last_active[session_id] = trio.current_time()
-
-    async def _evict_idle_sessions(self, idle_seconds: float) -> None:
-        """Runs in the services nursery: every so often, idle sessions leave memory."""
-        while True:
-            await trio.sleep(session_evict.sweep_interval(idle_seconds))
-            now = trio.current_time()
-            for session in list(self.sessions.values()):
-                last = self._last_active.get(session.id, self.started_at)
-                if session_evict.evictable(session, last, now, idle_seconds):
-                    del self.sessions[session.id]
-                    self._last_active.pop(session.id, None)
-                    self._evicted[session.id] = Evicted(session.record.seq)
-
-    def _forget_unsaved(
-        self, session: agent.Session, turn: TurnRecord, created: bool, inbound_id: str | None = None
-    ) -> None:
-        """A turn whose save failed was never accepted: leave no trace of it in memory, or every
-        later save of its session (and the next restart's resume) fails on it again."""
-        if turn in session.record.turns:
-            session.record.turns.remove(turn)
-        if inbound_id is not None and inbound_id in session.record.inbound_ids:
-            # Not accepted, so not heard: the platform's next delivery of it must be a turn.
-            session.record.inbound_ids.remove(inbound_id)
-        if created and not session.record.turns and not session.record.history and not session.busy:
-            self.sessions.pop(session.id, None)
-            key = (session.record.agent, _conversation(session.record.origin))
-            if self._by_origin.get(key) == session.id:
-                del self._by_origin[key]
-
     def _accepting(self) -> Generation:
         if self.state.value != "running" or self.current is None:
             raise GatewayDrainingError("the gateway is draining for a restart or stop; try again shortly")
         return self.current
-
-    def _session_for(self, agent_id: str, origin: Origin | None, session_id: str | None) -> tuple[agent.Session, bool]:
-        if session_id is not None and not SESSION_ID.fullmatch(session_id):
-            # Session ids name files under sessions/: never a path.
-            raise BadRequestError(f"sessionId: must match {SESSION_ID.pattern}, got {session_id!r}")
-        if session_id is not None:
-            if session_id in self.sessions:
-                return self.sessions[session_id], False
-        else:
-            known = self._by_origin.get((agent_id, _conversation(origin)))
-            if known is not None and known in self.sessions:
-                return self.sessions[known], False
-        new_id = session_id or self._new_session_id()
-        record = SessionRecord(new_id, agent_id, origin, self._now())
-        session = agent.Session(record)
-        self.sessions[new_id] = session
-        self._by_origin[(agent_id, _conversation(origin))] = new_id
-        return session, True
-
-    def _new_session_id(self) -> str:
-        # Sessions loaded from disk keep their ids; a new process counts from 1 again, so skip
-        # any id already taken rather than overwrite a stored session.
-        while True:
-            candidate = f"{self.deps.session_id_prefix}-{max(1, self.generation_number)}-{next(self._ids)}"
-            if candidate not in self.sessions and candidate not in self._evicted:
-                return candidate
 
     async def _start_turn(self, gen: Generation, session: agent.Session, turn: TurnRecord) -> None:
         if not agent.queue_turn(session, gen.runtime, turn):
@@ -614,14 +523,7 @@ class Gateway:
         """Sessions a peer left (it stopped or died) with turns pending, now owned here: their
         turns resume through the same path as after a restart, at once when running, else in
         the next generation."""
-        leftover = []
-        for record in records:
-            if record.id in self.sessions:
-                continue
-            session = agent.Session(record)
-            self.sessions[record.id] = session
-            self._by_origin[(record.agent, _conversation(record.origin))] = record.id
-            leftover += [(session, turn) for turn in record.turns]
+        leftover = self.table.adopt(records)
         gen = self.current
         if leftover and gen is not None and self.state.value == "running":
             self.busy.value += 1
@@ -630,12 +532,9 @@ class Gateway:
     def forget_session(self, session_id: str) -> None:
         """Another node owns this session now (a write here was refused): stop its work here
         and keep nothing of it; its turns are the owner's."""
-        session = self.sessions.pop(session_id, None)
+        session = self.table.forget(session_id)
         if session is None:
             return
-        key = (session.record.agent, _conversation(session.record.origin))
-        if self._by_origin.get(key) == session_id:
-            del self._by_origin[key]
         if session.inbox is not None:
             session.inbox.cancel(reason="session owned by another node")
         self.log.warn("CLUSTER", "Session owned by another node; its work here is cancelled", sessionId=session_id)
@@ -663,7 +562,7 @@ class Gateway:
 
     def abort_session(self, session_id: str) -> bool:
         session = self.sessions.get(session_id)
-        if session is None and session_id in self._evicted:
+        if session is None and self.table.evicted(session_id):
             return False  # idle, out of memory: nothing to abort
         if session is None:
             raise NotFoundError(f"no session {session_id!r}")
@@ -677,24 +576,12 @@ class Gateway:
         assert self.wall is not None
         return self.wall.now()
 
-    def queue_depth(self, session_id: str | None) -> int:
-        """Turns of a session running or waiting (the stall watchdog's and `status`'s figure)."""
-        session = self.sessions.get(session_id or "")
-        if session is None:
-            return 0
-        return session.waiting + (1 if session.current is not None else 0)
-
     def _counts(self) -> DrainCounts:
         now = trio.current_time()
         units = [u for u in self.registry.units() if u.kind not in ("embedded_run", "delivery_attempt")]
         embedded = sum(1 for u in self.registry.units() if u.kind == "embedded_run")
         blockers = tuple(sorted(units, key=lambda u: -u.idle_for(now)))
         return DrainCounts(self.busy.value, embedded, blockers)
-
-
-def _conversation(origin: Origin | None) -> Origin | None:
-    # A WeChat context token changes per message; the conversation is the rest of the origin.
-    return None if origin is None else origin.conversation
 
 
 def load_config_from(home: Home) -> Callable[[], Config]:
