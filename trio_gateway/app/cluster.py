@@ -86,9 +86,9 @@ def cluster_parts(
     return node, factory
 
 
-def session_store_for(node: ClusterNode) -> Callable[[Gateway], PgSessionStore]:
-    def make(gateway: Gateway) -> PgSessionStore:
-        node.sessions.on_lost = gateway.forget_session
+def session_store_for(node: ClusterNode) -> Callable[[Callable[[str], None]], PgSessionStore]:
+    def make(on_lost: Callable[[str], None]) -> PgSessionStore:
+        node.sessions.on_lost = on_lost
         return node.sessions
 
     return make

@@ -16,7 +16,6 @@ the same and then cancels the root nursery.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack
@@ -27,7 +26,6 @@ import trio
 from trio_util import AsyncValue
 
 from trio_gateway.channels.listen import ListenerSupervisor
-from trio_gateway.channels.registry import load_config as load_config_file
 from trio_gateway.errors import (
     BadRequestError,
     ConfigError,
@@ -47,8 +45,8 @@ from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.base import DeliveryStore, SessionStorage
 from trio_gateway.storage.disk import StorageHealth
 from trio_gateway.storage.home import Home
-from trio_gateway.storage.sessions import SessionRecord, SessionStore, TurnKind, TurnRecord
-from trio_gateway.tools.registry import ToolBox, build_toolbox, production_openers
+from trio_gateway.storage.sessions import SessionRecord, TurnKind, TurnRecord
+from trio_gateway.tools.registry import ToolBox
 from trio_gateway.tools.registry import preload as preload_tools
 from trio_gateway.work.clock import WallClock
 from trio_gateway.work.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, collector_paused, drain
@@ -89,7 +87,10 @@ DeliveryFactory = Callable[[Config, "Gateway"], Awaitable[DeliveryService]]
 # The listeners of one generation (SPEC 11), given its delivery side (an auth failure pauses
 # the account's sender too).
 ListenerFactory = Callable[[Config, "Gateway", DeliveryService], Awaitable[ListenerSupervisor]]
-ToolsFactory = Callable[[Config, "Gateway"], ToolBox]
+# MCP servers and http_request per generation (SPEC 14): each call a unit in the registry.
+ToolsFactory = Callable[[Config, WorkRegistry, EventLog], ToolBox]
+# Where sessions live, given what to call when another node takes one over (cluster mode).
+SessionStoreFactory = Callable[[Callable[[str], None]], SessionStorage]
 ModelFactory = Callable[[ModelConfig], Model]
 Server = Callable[..., Awaitable[None]]
 
@@ -103,26 +104,23 @@ class GatewayDeps:
     load_config: Callable[[], Config]
     model_factory: ModelFactory
     delivery_factory: DeliveryFactory
+    # Sessions on files under the home, or (cluster mode) in the database.
+    session_store: SessionStoreFactory
+    tools_factory: ToolsFactory
     # Checks a config against the environment (secrets present) without opening anything;
     # raises ConfigError. Run on every reload before the running config is let go.
     preflight: Callable[[Config], None] = lambda _config: None
     runner: BlockingRunner = in_thread
     wall_base: dt.datetime | None = None
     servers: list[Server] = attrs.Factory(list)
-    # Session writes; None: `runner`. Production abandons a cancelled write's thread.
-    session_runner: BlockingRunner | None = None
     # None: nothing listens (the in-process kit without channel fakes).
     listener_factory: ListenerFactory | None = None
     # Where state lives, for `gateway status` (cluster mode adds the node id).
     describe_storage: Callable[[], dict[str, Any]] = lambda: {"backend": "files"}
-    # Cluster mode: sessions in the database (None: files under the home), and new session ids
-    # that cannot collide with another node's.
-    session_store: Callable[[Gateway], SessionStorage] | None = None
+    # Cluster mode: new session ids that cannot collide with another node's.
     session_id_prefix: str = "s"
     # `GET /v1/cluster`: the nodes sharing the database (None: not in cluster mode).
     cluster_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
-    # MCP servers and http_request per generation (SPEC 14); None: real processes and HTTP.
-    tools_factory: ToolsFactory | None = None
 
 
 @attrs.define(eq=False)
@@ -159,11 +157,7 @@ class Gateway:
 
     def __attrs_post_init__(self) -> None:
         self.registry = WorkRegistry(self.deps.log)
-        runner = self.deps.session_runner or self.deps.runner
-        make_store = self.deps.session_store
-        self.store = (
-            make_store(self) if make_store else SessionStore(self.deps.home.sessions_dir, runner, self.deps.log)
-        )
+        self.store = self.deps.session_store(self.forget_session)
         self.table = SessionTable(self.store, self.deps.log, self._now, self.deps.session_id_prefix)
 
     @property
@@ -226,7 +220,7 @@ class Gateway:
             self.delivery = delivery
             assert self.wall is not None
             await preload_tools(config)
-            tools = self._build_tools(config)
+            tools = self.deps.tools_factory(config, self.registry, self.log)
             tools.inherit(self.tools)
             tools.outcomes = self.tool_outcomes  # a counter for /metrics: it never goes back
             self.tools = tools
@@ -291,12 +285,6 @@ class Gateway:
         factory = self.deps.listener_factory
         self.listeners = None if factory is None else await factory(config, self, delivery)
         return self.listeners
-
-    def _build_tools(self, config: Config) -> ToolBox:
-        if self.deps.tools_factory is not None:
-            return self.deps.tools_factory(config, self)
-        openers = production_openers(os.environ, str(self.deps.home.logs_dir))
-        return build_toolbox(config, self.registry, self.log, openers)
 
     async def _open_models(self, config: Config, resources: AsyncExitStack) -> dict[str, Model]:
         models = {}
@@ -582,7 +570,3 @@ class Gateway:
         embedded = sum(1 for u in self.registry.units() if u.kind == "embedded_run")
         blockers = tuple(sorted(units, key=lambda u: -u.idle_for(now)))
         return DrainCounts(self.busy.value, embedded, blockers)
-
-
-def load_config_from(home: Home) -> Callable[[], Config]:
-    return lambda: load_config_file(home.config_path)

@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import trio
 
+from trio_gateway.app.assemble import file_sessions
 from trio_gateway.channels import registry
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import DeliveryValidationError, ModelCallError
@@ -208,7 +209,7 @@ def gateway_deps(
         runner=inline,
         wall_base=dt.datetime(2026, 6, 15, 3, 21, tzinfo=dt.UTC),
         servers=servers or [],
-        session_runner=session_runner,
+        session_store=file_sessions(Home(home), session_runner or inline, log),
         tools_factory=tools_factory or in_process_tools(FakeMcpServers()),
         listener_factory=listener_factory,
         **more,  # any other `GatewayDeps` field as given (`preflight`, `describe_storage`, ...)
