@@ -31,6 +31,7 @@ from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
 from trio_gateway.policy.config import Config
 from trio_gateway.policy.entry import DeliveryKind
 from trio_gateway.policy.origin import Origin
+from trio_gateway.runtime.stalls import ModelStalls
 from trio_gateway.storage.base import SessionStorage
 from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 from trio_gateway.tools.registry import ToolBox
@@ -80,6 +81,12 @@ class Runtime:
     wall: Callable[[], dt.datetime]
     # MCP servers and http_request (SPEC 14); None: only spawn_subagent.
     tools: ToolBox | None = None
+    # The test endpoint's armed stalls (in memory, this generation only).
+    stalls: ModelStalls = attrs.Factory(ModelStalls)
+
+    def model(self, name: str, session_id: str) -> Model:
+        """The model a session's next call goes to (stalling when the test endpoint armed it)."""
+        return self.stalls.model_for(session_id, self.models[name])
 
     @property
     def cleanup_timeout(self) -> float:
@@ -271,7 +278,7 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
     kind: DeliveryKind = "cron_result" if turn.kind == "cron" else "reply"
     ok = True
     try:
-        text = await _agent_loop(rt, session, record.agent, messages, turn.origin, depth=0, stall=turn.stall_seconds)
+        text = await _agent_loop(rt, session, record.agent, messages, turn.origin, depth=0)
     except trio.Cancelled:
         await _cut(rt, session, turn)
         raise
@@ -422,21 +429,19 @@ async def _agent_loop(
     *,
     depth: int,
     parent: WorkUnit | None = None,
-    stall: float | None = None,
 ) -> str:
     """Model, tools, model ... until the model answers with text. Raises `WorkAbortedError`
     when stall recovery cancels one of its units, `ModelCallError` on upstream errors."""
     agent = rt.config.agents.get(agent_id)
     if agent is None:
         raise ConfigError(f"agents.{agent_id}", "no longer configured (removed by a config reload?)")
-    model = rt.models[agent.model]
     tools = [SPAWN_TOOL] if depth < agent.max_subagent_depth else []
     if rt.tools is not None:
         await rt.tools.listed(agent_id)  # a server still starting: wait for its tool listing
         tools += rt.tools.offered(agent_id)
     for _ in range(agent.max_tool_rounds):
-        reply = await _model_call(rt, session, model, messages, tools, parent, stall)
-        stall = None
+        model = rt.model(agent.model, session.id)
+        reply = await _model_call(rt, session, model, messages, tools, parent)
         messages.append(reply.as_message())
         if not reply.tool_calls:
             return reply.text or ""
@@ -453,13 +458,8 @@ async def _model_call(
     messages: list[Message],
     tools: list[dict[str, Any]],
     parent: WorkUnit | None,
-    stall: float | None,
 ) -> ModelReply:
     with rt.registry.track("model_call", session.id, parent) as unit:
-        if stall is not None:
-            # The test endpoint's injected stall: the call is in flight and makes no progress,
-            # exactly what a silent upstream looks like to the watchdog and the drain.
-            await trio.sleep(stall)
         return await model.complete(messages, tools, unit.progress)
     raise AssertionError("unreachable: track() re-raises when it absorbs a cancellation")
 

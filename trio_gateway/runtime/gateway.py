@@ -383,11 +383,10 @@ class Gateway:
         prompt: str,
         kind: TurnKind = "inbound",
         session_id: str | None = None,
-        stall_seconds: float | None = None,
     ) -> tuple[str, str]:
         """Accept one turn: written to `sessions/` before this returns, then started.
         Returns (session id, turn id). Raises `GatewayDrainingError` while draining."""
-        accepted = await self._accept(agent_id, origin, prompt, kind, session_id, stall_seconds, None)
+        accepted = await self._accept(agent_id, origin, prompt, kind, session_id, None)
         assert accepted is not None
         return accepted
 
@@ -398,7 +397,7 @@ class Gateway:
         durable turn, None when this conversation already had a message with that platform id
         (a re-read after a crash, a webhook retry). The id is written in the same atomic write
         as the turn."""
-        return await self._accept(agent_id, origin, prompt, "inbound", None, None, inbound_id)
+        return await self._accept(agent_id, origin, prompt, "inbound", None, inbound_id)
 
     async def _accept(
         self,
@@ -407,7 +406,6 @@ class Gateway:
         prompt: str,
         kind: TurnKind,
         session_id: str | None,
-        stall_seconds: float | None,
         inbound_id: str | None,
     ) -> tuple[str, str] | None:
         gen = self._accepting()
@@ -417,9 +415,7 @@ class Gateway:
         session, created = await self.table.session_for(agent_id, origin, session_id, self.generation_number)
         if inbound_id is not None and session.record.heard(inbound_id):
             return None
-        turn = TurnRecord(
-            session.next_id("turn"), prompt, origin, kind, accepted_at=self._now(), stall_seconds=stall_seconds
-        )
+        turn = TurnRecord(session.next_id("turn"), prompt, origin, kind, accepted_at=self._now())
         session.record.turns.append(turn)
         if inbound_id is not None:
             session.record.remember_inbound(inbound_id)
@@ -482,7 +478,6 @@ class Gateway:
                 continue
             turn.resumes += 1
             turn.status = "accepted"
-            turn.stall_seconds = None
             self.log.info("RESTART", "Resuming interrupted turn", sessionId=session.id, turnId=turn.id)
             # Durable before it runs, so a crash mid-turn cannot resume it forever.
             await self.store.save(session.record)
@@ -530,23 +525,26 @@ class Gateway:
     # --- operations ----------------------------------------------------------------------
 
     async def stall_model_call(self, session_id: str | None, seconds: float) -> tuple[str, str]:
-        """The test endpoint: a turn whose model call makes no progress for `seconds`."""
-        if session_id is not None and session_id in self.sessions:
-            s = self.sessions[session_id]
-            return await self.submit(
-                agent_id=s.record.agent, origin=s.record.origin, prompt="(stalled model call)",
-                session_id=session_id, stall_seconds=seconds,
-            )  # fmt: skip
+        """The test endpoint: a turn whose model call makes no progress for `seconds`. The stall
+        is armed for the session before its turn is accepted (the turn may start at once), in
+        the generation's memory only (`runtime/stalls.py`)."""
         gen = self._accepting()
-        agent_id = next(iter(gen.config.agents))
-        origin = Origin("console", "test", None)
-        return await self.submit(
-            agent_id=agent_id,
-            origin=origin,
-            prompt="(stalled model call)",
-            session_id=session_id,
-            stall_seconds=seconds,
-        )
+        if session_id is not None and session_id in self.sessions:
+            record = self.sessions[session_id].record
+            agent_id, origin = record.agent, record.origin
+        else:
+            agent_id, origin = next(iter(gen.config.agents)), Origin("console", "test", None)
+            session_id = (
+                session_id or self.table.known_id(agent_id, origin) or self.table.new_id(self.generation_number)
+            )
+        gen.runtime.stalls.arm(session_id, seconds)
+        try:
+            return await self.submit(
+                agent_id=agent_id, origin=origin, prompt="(stalled model call)", session_id=session_id
+            )
+        except BaseException:
+            gen.runtime.stalls.disarm(session_id)
+            raise
 
     def abort_session(self, session_id: str) -> bool:
         session = self.sessions.get(session_id)

@@ -79,13 +79,17 @@ class SessionTable:
             known = self._by_origin.get((agent_id, _conversation(origin)))
             if known is not None and known in self.sessions:
                 return self.sessions[known], False
-        record = SessionRecord(session_id or self._new_id(generation), agent_id, origin, self.now())
+        record = SessionRecord(session_id or self.new_id(generation), agent_id, origin, self.now())
         session = Session(record)
         self.sessions[record.id] = session
         self._by_origin[_key(record)] = record.id
         return session, True
 
-    def _new_id(self, generation: int) -> str:
+    def known_id(self, agent_id: str, origin: Origin | None) -> str | None:
+        """The id of the session this conversation's next turn joins, if it has one."""
+        return self._by_origin.get((agent_id, _conversation(origin)))
+
+    def new_id(self, generation: int) -> str:
         # Sessions loaded from disk keep their ids; a new process counts from 1 again, so skip
         # any id already taken rather than overwrite a stored session.
         while True:
