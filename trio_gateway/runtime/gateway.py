@@ -40,6 +40,7 @@ from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import agent
 from trio_gateway.runtime.cron import run_cron
+from trio_gateway.runtime.session import Outbox, Runtime, Session
 from trio_gateway.runtime.sessions import SessionTable
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.base import DeliveryStore, SessionStorage
@@ -56,7 +57,7 @@ from trio_gateway.work.units import WorkRegistry
 State = Literal["starting", "running", "draining", "stopped"]
 
 
-class ServiceOutbox(agent.Outbox, Protocol):
+class ServiceOutbox(Outbox, Protocol):
     """A generation's outbox: turns' notices (routed), and an operator's deliveries."""
 
     async def submit_manual(
@@ -127,7 +128,7 @@ class GatewayDeps:
 class Generation:
     number: int
     config: Config
-    runtime: agent.Runtime
+    runtime: Runtime
     work: trio.Nursery
 
 
@@ -161,7 +162,7 @@ class Gateway:
         self.table = SessionTable(self.store, self.deps.log, self._now, self.deps.session_id_prefix)
 
     @property
-    def sessions(self) -> dict[str, agent.Session]:
+    def sessions(self) -> dict[str, Session]:
         """The sessions in memory, by id (the table's; read-only use outside the runtime)."""
         return self.table.sessions
 
@@ -225,9 +226,7 @@ class Gateway:
             tools.outcomes = self.tool_outcomes  # a counter for /metrics: it never goes back
             self.tools = tools
             resources.push_async_callback(self._close_bounded, tools.aclose, config)
-            rt = agent.Runtime(
-                config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now, tools
-            )
+            rt = Runtime(config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now, tools)
             self.watchdog = StallWatchdog(
                 self.registry, config.gateway.stalled_task_detection, self.log, self.table.queue_depth
             )
@@ -440,20 +439,18 @@ class Gateway:
             raise GatewayDrainingError("the gateway is draining for a restart or stop; try again shortly")
         return self.current
 
-    async def _start_turn(self, gen: Generation, session: agent.Session, turn: TurnRecord) -> None:
+    async def _start_turn(self, gen: Generation, session: Session, turn: TurnRecord) -> None:
         if not agent.queue_turn(session, gen.runtime, turn):
             await gen.work.start(self._session_task, gen.runtime, session, turn)
 
-    async def _session_task(
-        self, rt: agent.Runtime, session: agent.Session, turn: TurnRecord, *, task_status: Any
-    ) -> None:
+    async def _session_task(self, rt: Runtime, session: Session, turn: TurnRecord, *, task_status: Any) -> None:
         self.busy.value += 1
         try:
             await agent.run_session(rt, session, turn, task_status=task_status)
         finally:
             self.busy.value -= 1
 
-    async def _resume_turns(self, gen: Generation, leftover: list[tuple[agent.Session, TurnRecord]]) -> None:
+    async def _resume_turns(self, gen: Generation, leftover: list[tuple[Session, TurnRecord]]) -> None:
         """Turns left by a drain deadline or a crash (`leftover`, taken before this generation
         accepted anything): run each once more, or tell the requester it was lost to a restart
         when it has been resumed already (SPEC 6)."""
@@ -462,7 +459,7 @@ class Gateway:
         finally:
             self.busy.value -= 1
 
-    async def _resume_each(self, gen: Generation, leftover: list[tuple[agent.Session, TurnRecord]]) -> None:
+    async def _resume_each(self, gen: Generation, leftover: list[tuple[Session, TurnRecord]]) -> None:
         for session, turn in leftover:
             if self.current is not gen or self.state.value != "running":
                 return  # a drain began: the rest stay on disk for the next generation
@@ -484,7 +481,7 @@ class Gateway:
             await self._start_turn(gen, session, turn)
 
     @staticmethod
-    def _why_not_resume(gen: Generation, session: agent.Session, turn: TurnRecord) -> str | None:
+    def _why_not_resume(gen: Generation, session: Session, turn: TurnRecord) -> str | None:
         if session.record.agent not in gen.config.agents:
             return f"agent {session.record.agent!r} is no longer configured"
         if not gen.config.gateway.drain.resume_interrupted:
@@ -493,7 +490,7 @@ class Gateway:
             return "it was interrupted by gateway restarts twice"
         return None
 
-    async def _give_up_turn(self, gen: Generation, session: agent.Session, turn: TurnRecord, why: str) -> None:
+    async def _give_up_turn(self, gen: Generation, session: Session, turn: TurnRecord, why: str) -> None:
         text = f"Sorry, this request was not completed: {why}."
         self.log.warn("RESTART", "Interrupted turn not resumed", sessionId=session.id, turnId=turn.id, why=why)
         # Through the agent's own path: an undeliverable notice is logged, never raised, so a

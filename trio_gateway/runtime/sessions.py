@@ -19,7 +19,7 @@ from trio_gateway.errors import BadRequestError, InsufficientStorageError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import session_evict
-from trio_gateway.runtime.agent import Session
+from trio_gateway.runtime.session import Session
 from trio_gateway.runtime.session_evict import Evicted
 from trio_gateway.storage.base import SessionStorage
 from trio_gateway.storage.disk import is_no_space
