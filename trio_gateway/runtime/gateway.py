@@ -142,7 +142,6 @@ class Gateway:
     table: SessionTable = attrs.field(init=False)
     busy: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
     registry: WorkRegistry = attrs.field(init=False)
-    store: SessionStorage = attrs.field(init=False)
     drains: list[DrainReport] = attrs.Factory(list)
     started_at: float = 0.0
     wall: WallClock | None = None
@@ -158,8 +157,13 @@ class Gateway:
 
     def __attrs_post_init__(self) -> None:
         self.registry = WorkRegistry(self.deps.log)
-        self.store = self.deps.session_store(self.forget_session)
-        self.table = SessionTable(self.store, self.deps.log, self._now, self.deps.session_id_prefix)
+        store = self.deps.session_store(self.forget_session)
+        self.table = SessionTable(store, self.deps.log, self._now, self.deps.session_id_prefix)
+
+    @property
+    def store(self) -> SessionStorage:
+        """Where sessions are saved: the table's store, which turns save through too."""
+        return self.table.store
 
     @property
     def sessions(self) -> dict[str, Session]:
@@ -390,12 +394,12 @@ class Gateway:
         return accepted
 
     async def submit_inbound(
-        self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str
+        self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str | None
     ) -> tuple[str, str] | None:
         """A message a channel heard (SPEC 11): (session id, turn id) when it became a new
         durable turn, None when this conversation already had a message with that platform id
         (a re-read after a crash, a webhook retry). The id is written in the same atomic write
-        as the turn."""
+        as the turn; None (a webhook event without one) is always a new turn."""
         return await self._accept(agent_id, origin, prompt, "inbound", None, inbound_id)
 
     async def _accept(
