@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 
 from trio_gateway import upstream as http
 from trio_gateway.channels import registry as channel_registry
+from trio_gateway.channels.heard import Submit
 from trio_gateway.channels.inbound import WebSocketConnect, open_websocket
 from trio_gateway.channels.listen import (
     AccountGate,
@@ -29,16 +30,17 @@ from trio_gateway.errors import ConfigError
 from trio_gateway.log import EventLog
 from trio_gateway.models import build_model
 from trio_gateway.policy.config import Config
-from trio_gateway.runtime.gateway import (
+from trio_gateway.runtime.deps import (
     DeliveryFactory,
+    DeliveryHost,
     DeliveryService,
-    Gateway,
     GatewayDeps,
     ListenerFactory,
     Server,
     SessionStoreFactory,
     ToolsFactory,
 )
+from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.disk import DiskRunners
 from trio_gateway.storage.home import Home
@@ -66,7 +68,7 @@ def queue_delivery(
     queue = DeliveryQueue(home.queue_dir, runner, log)
     outcomes = OutcomeTally()  # like the queue, one per process: counters survive restarts
 
-    async def factory(config: Config, gateway: Gateway) -> QueueDelivery:
+    async def factory(config: Config, gateway: DeliveryHost) -> QueueDelivery:
         assert gateway.wall is not None
         channels = around(ChannelSet.build(config, home, env, transport, console_runner))
         return QueueDelivery.build(
@@ -93,13 +95,13 @@ def listeners(
         cursors = CursorStore(home.inbound_dir, runner, log)
     stats = InboundStats()
 
-    async def factory(config: Config, gateway: Gateway, delivery: DeliveryService) -> ListenerSupervisor:
+    async def factory(config: Config, submit: Submit, delivery: DeliveryService) -> ListenerSupervisor:
         # Files or cluster (PgDelivery's worker is a DeliveryWorker too): an auth pause stops sends.
         worker = getattr(delivery, "worker", None)
         sender: SenderControl = worker if isinstance(worker, DeliveryWorker) else NoSender()
         return ListenerSupervisor(
             build_listeners(config, env, log, transport, connect),
-            gateway.submit_inbound,
+            submit,
             cursors,
             log,
             config.gateway.channel_stop_timeout_seconds,

@@ -40,7 +40,8 @@ from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.policy.config import RANGES, AccountConfig, Config
 from trio_gateway.policy.entry import entry_to_json
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime.gateway import Gateway, ServiceOutbox
+from trio_gateway.runtime.deps import ServiceOutbox
+from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.work.drain import DrainKind, DrainRequest
 

@@ -27,14 +27,8 @@ from trio_gateway.policy import config as cfg
 from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind
 from trio_gateway.policy.origin import Origin
 from trio_gateway.policy.routing import resolve
-from trio_gateway.runtime.gateway import (
-    DeliveryFactory,
-    Gateway,
-    GatewayDeps,
-    ListenerFactory,
-    Server,
-    ToolsFactory,
-)
+from trio_gateway.runtime.deps import DeliveryFactory, DeliveryHost, GatewayDeps, ListenerFactory, Server, ToolsFactory
+from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.storage.atomic import BlockingRunner, inline
 from trio_gateway.storage.base import DeliveryStore
@@ -104,14 +98,14 @@ class RecordingDelivery:
 
 
 def recording_delivery(notices: list[Notice]) -> DeliveryFactory:
-    async def factory(config: cfg.Config, gateway: Gateway) -> RecordingDelivery:
+    async def factory(config: cfg.Config, gateway: DeliveryHost) -> RecordingDelivery:
         await trio.lowlevel.checkpoint()
         return recording(gateway, RecordingOutbox(config, notices))
 
     return factory
 
 
-def recording(gateway: Gateway, outbox: RecordingOutbox) -> RecordingDelivery:
+def recording(gateway: DeliveryHost, outbox: RecordingOutbox) -> RecordingDelivery:
     """A delivery side that records `outbox`'s notices, over the gateway's queue on disk."""
     assert gateway.wall is not None
     store = DeliveryQueue(gateway.deps.home.queue_dir, gateway.deps.runner, gateway.log)
