@@ -19,6 +19,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, ExitStack
+from functools import partial
 from typing import Any, Literal
 
 import attrs
@@ -40,6 +41,7 @@ from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import agent
 from trio_gateway.runtime.cron import run_cron
 from trio_gateway.runtime.deps import DeliveryService, GatewayDeps
+from trio_gateway.runtime.resume import resume_each
 from trio_gateway.runtime.session import Runtime, Session
 from trio_gateway.runtime.sessions import SessionTable
 from trio_gateway.storage.base import SessionStorage
@@ -241,27 +243,15 @@ class Gateway:
             await run_cron(config.cron, self, self.log)
 
     def _finish_drain(self, request: DrainRequest, timed_out: bool, left: DrainCounts) -> None:
-        now = trio.current_time()
-        took = now - request.requested_at
-        cut = left.blockers if timed_out else ()
-        aborted = tuple(f"{u.kind} session={u.session_id or '-'}" for u in cut)
-        for unit in cut:
+        report = request.finish(timed_out, left)
+        for unit in left.blockers if timed_out else ():
             # Drain aborts count with stall aborts (metrics), without a log line each.
             self.registry.count_abort(unit.kind)
-        request.report = DrainReport(
-            kind=request.kind,
-            forced=request.force,
-            timed_out=timed_out,
-            timeout_seconds=request.timeout_seconds,
-            started_at=request.requested_at,
-            waited_seconds=took,
-            aborted_tasks=left.tasks if timed_out else 0,
-            aborted_work=aborted,
-        )
-        self.drains.append(request.report)
+        self.drains.append(report)
         if not timed_out:
             self.log.info("DRAINING", "All tasks cleared; proceeding with shutdown")
-        self.log.info("SHUTDOWN", f"Shutdown completed cleanly in {ms(took)}", generation=self.generation_number)
+        took = ms(report.waited_seconds)
+        self.log.info("SHUTDOWN", f"Shutdown completed cleanly in {took}", generation=self.generation_number)
 
     # --- drain requests ------------------------------------------------------------------
 
@@ -390,47 +380,14 @@ class Gateway:
         accepted anything): run each once more, or tell the requester it was lost to a restart
         when it has been resumed already (SPEC 6)."""
         try:
-            await self._resume_each(gen, leftover)
+            await resume_each(
+                gen.runtime,
+                leftover,
+                accepting=lambda: self.current is gen and self.state.value == "running",
+                start=partial(self._start_turn, gen),
+            )
         finally:
             self.busy.value -= 1
-
-    async def _resume_each(self, gen: Generation, leftover: list[tuple[Session, TurnRecord]]) -> None:
-        for session, turn in leftover:
-            if self.current is not gen or self.state.value != "running":
-                return  # a drain began: the rest stay on disk for the next generation
-            if turn.reply is not None:
-                # Its reply was known but not enqueued (a full queue disk): deliver that,
-                # never run the model again for it.
-                self.log.info("RESTART", "Delivering the kept reply of a turn", sessionId=session.id, turnId=turn.id)
-                await agent.finish_turn(gen.runtime, session, turn)
-                continue
-            why = self._why_not_resume(gen, session, turn)
-            if why is not None:
-                await self._give_up_turn(gen, session, turn, why)
-                continue
-            turn.resumes += 1
-            turn.status = "accepted"
-            self.log.info("RESTART", "Resuming interrupted turn", sessionId=session.id, turnId=turn.id)
-            # Durable before it runs, so a crash mid-turn cannot resume it forever.
-            await self.store.save(session.record)
-            await self._start_turn(gen, session, turn)
-
-    @staticmethod
-    def _why_not_resume(gen: Generation, session: Session, turn: TurnRecord) -> str | None:
-        if session.record.agent not in gen.config.agents:
-            return f"agent {session.record.agent!r} is no longer configured"
-        if not gen.config.gateway.drain.resume_interrupted:
-            return "it was interrupted by a gateway restart"
-        if turn.resumes >= 1:
-            return "it was interrupted by gateway restarts twice"
-        return None
-
-    async def _give_up_turn(self, gen: Generation, session: Session, turn: TurnRecord, why: str) -> None:
-        text = f"Sorry, this request was not completed: {why}."
-        self.log.warn("RESTART", "Interrupted turn not resumed", sessionId=session.id, turnId=turn.id, why=why)
-        # Through the agent's own path: an undeliverable notice is logged, never raised, so a
-        # bad leftover turn cannot stop the generation that found it.
-        await agent.drop_turn(gen.runtime, session, turn, text)
 
     # --- cluster mode: sessions moving between nodes ---------------------------------------
 
