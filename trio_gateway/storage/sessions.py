@@ -48,8 +48,6 @@ class TurnRecord:
     status: TurnStatus = "accepted"
     resumes: int = 0
     accepted_at: dt.datetime | None = None
-    # A turn armed to stall its model call (the test endpoint), in seconds.
-    stall_seconds: float | None = None
     # The reply (or notice) this turn owes its requester, once known but not yet enqueued
     # (a full queue disk): a resumed turn delivers it instead of running the model again.
     reply: str | None = None
@@ -84,8 +82,24 @@ class SessionRecord:
         del self.history[:-_MAX_HISTORY]
 
 
+# Keys a turn no longer has, still found in files written before: read and ignored (written
+# back without them). `stallSeconds`: the test endpoint's stall, armed in memory since issue 19.
+_RETIRED_TURN_KEYS = ("stallSeconds",)
+
+
+def record_from_json(data: Any) -> SessionRecord:
+    """A stored session (file or row) as a record: the one strict codec, after dropping the
+    retired keys it must not reject."""
+    if isinstance(data, dict) and isinstance(data.get("turns"), list):
+        for turn in data["turns"]:
+            if isinstance(turn, dict):
+                for key in _RETIRED_TURN_KEYS:
+                    turn.pop(key, None)
+    return codec.structure(data, SessionRecord)
+
+
 def _read_record(path: Path) -> SessionRecord:
-    record = codec.structure(json.loads(path.read_bytes()), SessionRecord)
+    record = record_from_json(json.loads(path.read_bytes()))
     # The id names the file the gateway writes back: `"id": "../../EVIL"` would write outside
     # the home, and an id that disagrees with its file name would fork the session in two.
     if not SESSION_ID.fullmatch(record.id) or f"{record.id}.json" != path.name:
