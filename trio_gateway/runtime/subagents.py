@@ -32,7 +32,8 @@ SPAWN_TOOL: dict[str, Any] = {
 
 
 class AgentLoop(Protocol):
-    """The agent loop (`agent.py`), handed in so a subagent runs the same loop as a turn."""
+    """The agent loop (`agent.py`), handed in so a subagent runs the same loop as a turn
+    (`agent.py` imports this module: importing the loop back would be a cycle)."""
 
     async def __call__(
         self,
