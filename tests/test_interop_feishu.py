@@ -8,10 +8,16 @@ import time
 
 import pytest
 
-from trio_gateway.channels.feishu import Frame, decode_frame, encode_frame, encrypt_event, event_signature
+from trio_gateway.channels.feishu import (
+    FeishuAccount,
+    Frame,
+    decode_frame,
+    encode_frame,
+    encrypt_event,
+    event_signature,
+)
 from trio_gateway.errors import UnauthorizedError
 from trio_gateway.http import inbound
-from trio_gateway.policy.config import AccountConfig
 
 pytestmark = pytest.mark.interop
 
@@ -21,7 +27,7 @@ lark_event = pytest.importorskip("lark_oapi.event.dispatcher_handler")
 lark_model = pytest.importorskip("lark_oapi.core.model")
 
 KEY, TOKEN = "fs-encrypt-key", "fs-verify"
-ACCOUNT = AccountConfig(verification_token_env="FS_VERIFY", encrypt_key_env="FS_KEY")
+ACCOUNT = FeishuAccount(verification_token_env="FS_VERIFY", encrypt_key_env="FS_KEY")
 ENV = {"FS_VERIFY": TOKEN, "FS_KEY": KEY}
 
 

@@ -14,10 +14,9 @@ import trio
 
 from trio_gateway import upstream as http_client
 from trio_gateway.channels.inbound import Heard
-from trio_gateway.channels.slack import SlackSocketListener
+from trio_gateway.channels.slack import SlackAccount, SlackSocketListener
 from trio_gateway.errors import UnauthorizedError
 from trio_gateway.http import inbound
-from trio_gateway.policy.config import AccountConfig
 
 pytestmark = pytest.mark.interop
 
@@ -125,7 +124,7 @@ async def test_a_socket_mode_envelope_is_acknowledged_as_slack_sdk_acknowledges_
 
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
-ACCOUNT = AccountConfig(signing_secret_env="SLACK_SIGNING")
+ACCOUNT = SlackAccount(signing_secret_env="SLACK_SIGNING")
 NOW = 1_700_000_000
 
 

@@ -14,16 +14,15 @@ import trio
 
 from trio_gateway import upstream as http
 from trio_gateway.channels.inbound import Heard
-from trio_gateway.channels.telegram import TelegramListener
+from trio_gateway.channels.telegram import TelegramAccount, TelegramListener
 from trio_gateway.http import inbound
-from trio_gateway.policy.config import AccountConfig
 
 pytestmark = pytest.mark.interop
 
 telegram = pytest.importorskip("telegram")
 
 SECRET = "tg-webhook-secret"
-ACCOUNT = AccountConfig(secret_token_env="TG_SECRET")
+ACCOUNT = TelegramAccount(secret_token_env="TG_SECRET")
 WHEN = datetime.datetime(2026, 12, 7, 6, 0, tzinfo=datetime.UTC)
 PERSON = telegram.User(id=4242, first_name="Ada", is_bot=False)
 BOT = telegram.User(id=777, first_name="Other bot", is_bot=True)
