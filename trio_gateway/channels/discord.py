@@ -215,11 +215,15 @@ class DiscordListener:
             if isinstance(leaf, AuthFailed):
                 return beside(leaf, leaf, leaves)
         for leaf in leaves:
+            # Ours (op 7, a zombie): the cause. Closing to resume makes the reading task see
+            # its own close as ConnectionClosed 1000 (trio-websocket's local close reason),
+            # which says nothing about the gateway.
+            if isinstance(leaf, ListenError):
+                return beside(leaf, leaf, leaves)
+        for leaf in leaves:
             if isinstance(leaf, trio_websocket.ConnectionClosed):
                 return beside(self._closed(leaf.reason.code if leaf.reason else None), leaf, leaves)
         for leaf in leaves:
-            if isinstance(leaf, ListenError):
-                return beside(leaf, leaf, leaves)
             if isinstance(leaf, (trio_websocket.HandshakeError, OSError)):
                 return beside(ListenError(f"websocket: {type(leaf).__name__}: {leaf}"), leaf, leaves)
         return exc
@@ -324,8 +328,11 @@ async def _receive(ws: WebSocket) -> dict[str, Any]:
 async def _close_to_resume(ws: WebSocket) -> None:
     """Close so that the session survives for the RESUME that follows (`CLOSE_TO_RESUME`); the
     socket context's own close afterwards finds it closed already. Bounded as that close is: a
-    gateway that never answers the close frame must not hold the reconnect."""
-    with trio.move_on_after(DISCONNECT_SECONDS):
+    gateway that never answers the close frame must not hold the reconnect. Shielded within
+    that bound: when the heartbeat task closes, the reading task sees the close at once and its
+    error cancels the nursery, which would cut the close frame before it is sent (the gateway
+    would see the socket drop, never the 4000)."""
+    with trio.move_on_after(DISCONNECT_SECONDS, shield=True):
         await ws.aclose(CLOSE_TO_RESUME, "reconnecting to resume")
 
 
