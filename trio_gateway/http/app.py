@@ -222,8 +222,11 @@ class GatewayApp:
     async def _check_metrics_token(self, headers: Mapping[str, str]) -> None:
         """The read-only metrics token, when one was made: it opens `/metrics` and nothing else."""
         path = self.metrics_token_path
-        # A small local file; in a thread all the same (a hung disk must not freeze the loop).
-        token = await trio.to_thread.run_sync(read_token, path) if path is not None else None
+        token = None
+        if path is not None:
+            # A small local file; in a thread all the same (a hung disk must not freeze the
+            # loop), abandoned when the scrape gives up (WAITS.md).
+            token = await trio.to_thread.run_sync(read_token, path, abandon_on_cancel=True)
         if token is None:
             raise UnauthorizedError("missing or wrong bearer token (the admin token or the metrics token)")
         auth.check_bearer(headers, token)
