@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from trio_gateway.channels.registry import load_config
     from trio_gateway.errors import (
         ClusterDatabaseError,
         ConfigError,
@@ -38,6 +37,7 @@ if TYPE_CHECKING:
         UsageError,
         WorkAbortedError,
     )
+    from trio_gateway.models.registry import load_config
     from trio_gateway.policy.config import (
         AccountConfig,
         AgentConfig,
@@ -66,7 +66,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # the running gateway and what it is given
     "Gateway": ("trio_gateway.runtime.gateway", "Gateway"),
     "Origin": ("trio_gateway.policy.origin", "Origin"),
-    "load_config": ("trio_gateway.channels.registry", "load_config"),
+    "load_config": ("trio_gateway.models.registry", "load_config"),
     **{
         name: ("trio_gateway.policy.config", name)
         for name in (

@@ -28,7 +28,6 @@ import trio
 from trio_util import AsyncValue
 
 from trio_gateway.channels.listen import ListenerSupervisor
-from trio_gateway.channels.registry import load_config as load_config_file
 from trio_gateway.errors import (
     BadRequestError,
     ConfigError,
@@ -39,6 +38,7 @@ from trio_gateway.errors import (
 )
 from trio_gateway.log import EventLog, ms
 from trio_gateway.models.base import Model
+from trio_gateway.models.registry import load_config as load_config_file
 from trio_gateway.policy.config import Config, ModelConfig
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.policy.origin import Origin
