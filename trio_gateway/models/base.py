@@ -61,7 +61,8 @@ class Usage:
 class ModelReply:
     text: str | None
     tool_calls: tuple[ToolCall, ...] = ()
-    usage: Usage = attrs.Factory(Usage)
+    # Accounting, not the answer: two replies saying the same thing are equal whatever they cost.
+    usage: Usage = attrs.field(factory=Usage, eq=False)
 
     def as_message(self) -> Message:
         message: Message = {"role": "assistant", "content": self.text}
