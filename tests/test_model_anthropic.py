@@ -61,7 +61,8 @@ async def test_text_reply_and_the_request_anthropic_expects(stream: bool) -> Non
     reply = await model.complete(user("hello there world"), [], Recorder())
     await model.aclose()
     assert reply == ModelReply("hello there world")
-    assert reply.usage.input > 0 and reply.usage.output > 0
+    assert reply.usage.input > 0
+    assert reply.usage.output > 0
     sent = fake.requests[-1]
     assert sent.path == "/v1/messages"
     assert sent.headers["x-api-key"] == KEY
@@ -69,7 +70,8 @@ async def test_text_reply_and_the_request_anthropic_expects(stream: bool) -> Non
     assert "authorization" not in sent.headers
     assert sent.body["system"] == "be brief"
     assert sent.body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "hello there world"}]}]
-    assert sent.body["max_tokens"] == 512 and sent.body["model"] == "claude-test"
+    assert sent.body["max_tokens"] == 512
+    assert sent.body["model"] == "claude-test"
     assert fake.open_connections.value == 0
 
 
@@ -146,7 +148,8 @@ async def test_overloaded_is_retryable_with_retry_after_and_names_no_key(stream:
         await model.complete(user("hi"), [], Recorder())
     assert caught.value.failover == "overloaded"
     assert caught.value.retry_after == 7
-    assert "529" in str(caught.value) and "overloaded_error" in str(caught.value)
+    assert "529" in str(caught.value)
+    assert "overloaded_error" in str(caught.value)
     assert KEY not in str(caught.value)
 
 
@@ -196,7 +199,7 @@ def _sse_events(pieces: list[bytes]) -> list[dict[str, Any]]:
 def test_fake_stream_events_parse_as_the_sdks_types() -> None:
     reply = ModelReply("two words", (ToolCall("toolu_1", "files__read", {"path": "a"}),))
     adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(RawMessageStreamEvent)
-    events = _sse_events(ANTHROPIC.stream(reply, "claude-test") + [ANTHROPIC.stream_error()])
+    events = _sse_events([*ANTHROPIC.stream(reply, "claude-test"), ANTHROPIC.stream_error()])
     for event in events:
         if event["type"] not in ("ping", "error"):  # the SDK's union leaves these to its stream reader
             adapter.validate_python(event, strict=False)
