@@ -129,6 +129,13 @@ class ModelCallError(GatewayError):
         self.retry_after = retry_after
 
 
+class TokenCapError(GatewayError):
+    """An agent has spent its `maxTokensPerDay` (SPEC 16): new turns wait for the next UTC day."""
+
+    exit_code = 1
+    http_status = 429
+
+
 class InsufficientStorageError(GatewayError):
     """New work refused because the disk that would hold it is full (or stopped answering).
     Work already accepted is kept and retried; the gateway stays up and takes work again as

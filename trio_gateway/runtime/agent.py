@@ -23,14 +23,17 @@ from trio_gateway.errors import (
     DeliveryValidationError,
     GatewayError,
     ModelCallError,
+    TokenCapError,
     described,
     only_gateway_error,
 )
 from trio_gateway.log import EventLog
-from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
+from trio_gateway.models.base import Message, Model, ToolCall
 from trio_gateway.policy.config import Config
 from trio_gateway.policy.entry import DeliveryKind
 from trio_gateway.policy.origin import Origin
+from trio_gateway.runtime import model_calls
+from trio_gateway.runtime.usage import ModelLedger
 from trio_gateway.storage.base import SessionStorage
 from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 from trio_gateway.tools.registry import ToolBox
@@ -80,6 +83,8 @@ class Runtime:
     wall: Callable[[], dt.datetime]
     # MCP servers and http_request (SPEC 14); None: only spawn_subagent.
     tools: ToolBox | None = None
+    # Tokens, call outcomes and cool-downs (SPEC 16); the gateway's own, across generations.
+    ledger: ModelLedger = attrs.Factory(ModelLedger)
 
     @property
     def cleanup_timeout(self) -> float:
@@ -271,6 +276,9 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
     kind: DeliveryKind = "cron_result" if turn.kind == "cron" else "reply"
     ok = True
     try:
+        refused = model_calls.over_daily_cap(rt, record.agent)
+        if refused is not None:
+            raise TokenCapError(refused)
         text = await _agent_loop(rt, session, record.agent, messages, turn.origin, depth=0, stall=turn.stall_seconds)
     except trio.Cancelled:
         await _cut(rt, session, turn)
@@ -429,13 +437,12 @@ async def _agent_loop(
     agent = rt.config.agents.get(agent_id)
     if agent is None:
         raise ConfigError(f"agents.{agent_id}", "no longer configured (removed by a config reload?)")
-    model = rt.models[agent.model]
     tools = [SPAWN_TOOL] if depth < agent.max_subagent_depth else []
     if rt.tools is not None:
         await rt.tools.listed(agent_id)  # a server still starting: wait for its tool listing
         tools += rt.tools.offered(agent_id)
     for _ in range(agent.max_tool_rounds):
-        reply = await _model_call(rt, session, model, messages, tools, parent, stall)
+        reply = await model_calls.complete(rt, model_calls.Call(session.id, agent_id, messages, tools, parent, stall))
         stall = None
         messages.append(reply.as_message())
         if not reply.tool_calls:
@@ -444,24 +451,6 @@ async def _agent_loop(
             result = await _tool_call(rt, session, call, agent_id, origin, depth, parent)
             messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
     raise ModelCallError(f"no answer after {agent.max_tool_rounds} tool rounds")
-
-
-async def _model_call(
-    rt: Runtime,
-    session: Session,
-    model: Model,
-    messages: list[Message],
-    tools: list[dict[str, Any]],
-    parent: WorkUnit | None,
-    stall: float | None,
-) -> ModelReply:
-    with rt.registry.track("model_call", session.id, parent) as unit:
-        if stall is not None:
-            # The test endpoint's injected stall: the call is in flight and makes no progress,
-            # exactly what a silent upstream looks like to the watchdog and the drain.
-            await trio.sleep(stall)
-        return await model.complete(messages, tools, unit.progress)
-    raise AssertionError("unreachable: track() re-raises when it absorbs a cancellation")
 
 
 async def _tool_call(

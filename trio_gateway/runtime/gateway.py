@@ -45,6 +45,7 @@ from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import agent, session_evict
 from trio_gateway.runtime.cron import run_cron
 from trio_gateway.runtime.session_evict import Evicted
+from trio_gateway.runtime.usage import ModelLedger
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.base import DeliveryStore, SessionStorage
 from trio_gateway.storage.disk import StorageHealth, is_no_space
@@ -159,6 +160,8 @@ class Gateway:
     listeners: ListenerSupervisor | None = None
     tools: ToolBox | None = None
     tool_outcomes: Counter[tuple[str, str]] = attrs.Factory(Counter)
+    # Tokens, model call outcomes and cool-downs (SPEC 16): one for the gateway's life.
+    model_ledger: ModelLedger = attrs.Factory(ModelLedger)
     _drain: DrainRequest | None = None
     _drain_wanted: trio.Event = attrs.Factory(trio.Event)
     _by_origin: dict[tuple[str, Origin | None], str] = attrs.Factory(dict)
@@ -239,8 +242,9 @@ class Gateway:
             self.tools = tools
             resources.push_async_callback(self._close_bounded, tools.aclose, config)
             rt = agent.Runtime(
-                config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now, tools
-            )
+                config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now, tools,
+                ledger=self.model_ledger,
+            )  # fmt: skip
             self.watchdog = StallWatchdog(
                 self.registry, config.gateway.stalled_task_detection, self.log, self.queue_depth
             )
