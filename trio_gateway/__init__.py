@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     )
     from trio_gateway.policy.origin import Origin
     from trio_gateway.runtime.gateway import Gateway
+    from trio_gateway.sim.fake_anthropic import FakeAnthropic
     from trio_gateway.sim.fake_channels import FakeChannels, serve_fake_channels
     from trio_gateway.sim.fake_mcp import FakeMcpServers
     from trio_gateway.sim.fake_model import FakeBehaviour, FakeModel, serve_fake_model
@@ -111,6 +112,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Harness": ("trio_gateway.sim.harness", "Harness"),
     "FakeModel": ("trio_gateway.sim.fake_model", "FakeModel"),
     "FakeBehaviour": ("trio_gateway.sim.fake_model", "FakeBehaviour"),
+    "FakeAnthropic": ("trio_gateway.sim.fake_anthropic", "FakeAnthropic"),
     "serve_fake_model": ("trio_gateway.sim.fake_model", "serve_fake_model"),
     "FakeChannels": ("trio_gateway.sim.fake_channels", "FakeChannels"),
     "serve_fake_channels": ("trio_gateway.sim.fake_channels", "serve_fake_channels"),
@@ -130,6 +132,7 @@ __all__ = [
     "DeliveryConfig",
     "DeliveryValidationError",
     "DrainConfig",
+    "FakeAnthropic",
     "FakeBehaviour",
     "FakeChannels",
     "FakeMcpServers",
