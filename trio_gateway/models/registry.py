@@ -24,21 +24,20 @@ BY_NAME: Mapping[str, ModelKind] = {kind.name: kind for kind in KINDS}
 NAMES: tuple[str, ...] = tuple(BY_NAME)
 
 
-def model_keys(kinds: Mapping[str, ModelKind] = BY_NAME) -> Mapping[str, ModelKeys]:
+def model_keys() -> Mapping[str, ModelKeys]:
     """What each provider's `models.<name>` entries may say, by name, for `policy.config`."""
-    return {name: kind.keys for name, kind in kinds.items()}
+    return {name: kind.keys for name, kind in BY_NAME.items()}
 
 
 def build_model(
     config: ModelConfig,
     env: Mapping[str, str],
     transport: http.AsyncBaseTransport | None = None,
-    kinds: Mapping[str, ModelKind] = BY_NAME,
 ) -> Model:
     """The client for one `models.<name>` entry; `transport` replaces the network in tests."""
-    kind = kinds.get(config.kind)
+    kind = BY_NAME.get(config.kind)
     if kind is None:
-        raise ConfigError("models", f"unknown provider {config.kind!r}; known: {', '.join(kinds)}")
+        raise ConfigError("models", f"unknown provider {config.kind!r}; known: {', '.join(BY_NAME)}")
     return kind.open(config, env, transport)
 
 
