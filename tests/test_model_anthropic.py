@@ -205,3 +205,42 @@ def test_fake_stream_events_parse_as_the_sdks_types() -> None:
             adapter.validate_python(event, strict=False)
     assert [e["delta"]["type"] for e in events if e["type"] == "content_block_delta"][-1] == "input_json_delta"
     SdkMessage.model_validate(json.loads(ANTHROPIC.completion(reply, "claude-test")))
+
+
+@pytest.mark.e2e
+def test_fake_as_a_process_speaks_to_the_official_sdk() -> None:
+    """`python -m trio_gateway.sim.fake_anthropic` prints its URL; the SDK's own client streams a
+    message from it and reads it whole, and sees 529 as its OverloadedError."""
+    import subprocess
+    import sys
+
+    import anthropic as sdk
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trio_gateway.sim.fake_anthropic", "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        client = sdk.Anthropic(base_url=url.removesuffix("/v1"), api_key="k", max_retries=0, timeout=30)
+        ask = [{"role": "user", "content": "hello from the sdk"}]
+        with client.messages.stream(model="m", max_tokens=64, messages=ask) as stream:  # type: ignore[arg-type]
+            final = stream.get_final_message()
+        assert final.content[0].type == "text"
+        assert final.content[0].text == "hello from the sdk"
+        assert final.usage.output_tokens > 0
+        tools = [{"name": "files__read", "input_schema": {"type": "object"}}]
+        ask = [{"role": "user", "content": '/tool files__read {"path": "a"}'}]
+        with client.messages.stream(model="m", max_tokens=64, messages=ask, tools=tools) as stream:  # type: ignore[arg-type]
+            used = stream.get_final_message()
+        assert used.stop_reason == "tool_use"
+        assert used.content[0].type == "tool_use"
+        assert used.content[0].input == {"path": "a"}  # assembled by the SDK from our input_json_delta
+        overloaded = [{"role": "user", "content": "/overloaded hi"}]
+        with pytest.raises(sdk.APIStatusError) as refused:
+            client.messages.create(model="m", max_tokens=64, messages=overloaded)  # type: ignore[arg-type]
+        assert refused.value.status_code == 529
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
