@@ -52,7 +52,18 @@ async def test_an_old_session_file_loads_and_writes_back_the_same_bytes(tmp_path
     assert record.origin == WX.conversation
     assert record.turns[0].origin == WX
     await store.save(record)
-    assert (tmp_path / "s-1-1.json").read_bytes() == OLD_SESSION
+    # The one key retired since (issue 19: the test stall is armed in memory) is not written back.
+    assert (tmp_path / "s-1-1.json").read_bytes() == OLD_SESSION.replace(b'"stallSeconds": null, ', b"")
+
+
+async def test_a_session_file_with_an_armed_stall_loads_without_it(tmp_path: Path) -> None:
+    """Written before issue 19 by a turn the test endpoint armed: the stall is dropped, the turn
+    kept (it resumes as an ordinary turn, as a resumed turn always did), nothing quarantined."""
+    armed = OLD_SESSION.replace(b'"stallSeconds": null', b'"stallSeconds": 600.0')
+    (tmp_path / "s-1-1.json").write_bytes(armed)
+    [record] = await SessionStore(tmp_path, inline, EventLog()).load_all()
+    assert [t.id for t in record.turns] == ["turn-1"]
+    assert not (tmp_path / "quarantine").exists()
 
 
 def test_an_origin_written_before_it_had_a_context_token_still_loads() -> None:

@@ -213,7 +213,7 @@ async def test_a_failed_save_of_a_new_session_forgets_the_session(
                 raise OSError(28, "No space left on device")
             await super().save(record)
 
-    gateway.store = FullDisk(gateway.store.root, gateway.store.runner, gateway.store.log)
+    gateway.table.store = FullDisk(gateway.store.root, gateway.store.runner, gateway.store.log)
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)
         with pytest.raises(InsufficientStorageError, match="No space"):  # 507 (SPEC 5)

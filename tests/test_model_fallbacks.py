@@ -10,11 +10,10 @@ from typing import Any
 import attrs
 import trio
 
-from trio_gateway.http import metrics
+from trio_gateway.http import metrics, views
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.models import build_model
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_anthropic import FakeAnthropic
 from trio_gateway.sim.fake_model import FakeBehaviour, FakeModel

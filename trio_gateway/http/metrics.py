@@ -24,7 +24,7 @@ from prometheus_client import generate_latest as _generate
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from trio_gateway import __version__
+from trio_gateway.version import __version__
 
 if TYPE_CHECKING:
     from trio_gateway.runtime.gateway import Gateway
@@ -214,7 +214,7 @@ def _tools(out: _Exposition, gateway: Gateway) -> None:
 
 def _models(out: _Exposition, gateway: Gateway) -> None:
     """SPEC 16: tokens by model and direction, calls by model and outcome, since start."""
-    ledger = gateway.model_ledger
+    ledger = gateway.deps.model_ledger
     out.family("model_tokens_total", "counter", "Model tokens as the provider reported them, by model and direction")
     for model, usage in sorted(ledger.by_model.items()):
         for direction, n in usage.by_direction().items():

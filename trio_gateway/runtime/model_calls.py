@@ -14,7 +14,7 @@ after an answer its tokens are added to the ledger.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
@@ -34,8 +34,10 @@ class Seams(Protocol):
 
     @property
     def config(self) -> Config: ...
-    @property
-    def models(self) -> Mapping[str, Model]: ...
+    def model(self, name: str, session_id: str) -> Model:
+        """The model a session's next call goes to (the test endpoint's stall seam)."""
+        ...
+
     @property
     def registry(self) -> WorkRegistry: ...
     @property
@@ -55,8 +57,6 @@ class Call:
     messages: list[Message]
     tools: list[dict[str, Any]]
     parent: WorkUnit | None = None
-    # The test endpoint's injected stall, for the first try only.
-    stall: float | None = None
 
 
 class _FailOver(Exception):
@@ -77,17 +77,16 @@ async def complete(rt: Seams, call: Call) -> ModelReply:
     """The first answer along the agent's chain of models; raises the last try's error."""
     chain = chain_of(rt.config, rt.config.agents[call.agent_id].model)
     name = _ready_after(rt, chain, -1) or chain[0]  # all cooling: the agent's own, not nothing
-    stall = call.stall
     while True:
         try:
-            return await _try(rt, name, call, stall)
+            return await _try(rt, name, call)
         except _FailOver as failed:
             following = _ready_after(rt, chain, chain.index(name))
             if following is None:
                 raise failed.error from None
             fields = {"from": name, "to": following, "reason": failed.reason, "sessionId": call.session_id}
             rt.log.warn("MODEL", "Failover", **fields)
-            name, stall = following, None
+            name = following
 
 
 def _ready_after(rt: Seams, chain: list[str], index: int) -> str | None:
@@ -96,17 +95,13 @@ def _ready_after(rt: Seams, chain: list[str], index: int) -> str | None:
     return next((m for m in chain[index + 1 :] if not rt.ledger.cooling(m, now)), None)
 
 
-async def _try(rt: Seams, name: str, call: Call, stall: float | None) -> ModelReply:
+async def _try(rt: Seams, name: str, call: Call) -> ModelReply:
     config = rt.config.models[name]
     prompt = context.fit(call.messages, context.budget(config.context_tokens, config.max_tokens), call.tools)
     unit: WorkUnit | None = None
     try:
         with rt.registry.track("model_call", call.session_id, call.parent) as unit:
-            if stall is not None:
-                # The test endpoint's injected stall: the call is in flight and makes no progress,
-                # exactly what a silent upstream looks like to the watchdog and the drain.
-                await trio.sleep(stall)
-            reply = await rt.models[name].complete(prompt, call.tools, unit.progress)
+            reply = await rt.model(name, call.session_id).complete(prompt, call.tools, unit.progress)
     except ModelCallError as exc:
         rt.ledger.count(name, exc.failover or "error")
         if exc.failover is None:

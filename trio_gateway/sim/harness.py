@@ -33,7 +33,8 @@ from trio_gateway.models import build_model
 from trio_gateway.models.base import Message, Model, ModelReply, Progress
 from trio_gateway.policy import config as cfg
 from trio_gateway.policy.entry import DeliveryEntry
-from trio_gateway.runtime.gateway import DeliveryFactory, Gateway
+from trio_gateway.runtime.deps import DeliveryFactory
+from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import Delivered, FakeChannels, platform_fake
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.sim.fake_model import Mode

@@ -10,10 +10,10 @@ from typing import Any
 
 import trio
 
-from trio_gateway import __version__
 from trio_gateway.models.base import Usage
-from trio_gateway.runtime import agent
 from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.runtime.session import Session
+from trio_gateway.version import __version__
 from trio_gateway.work.drain import DrainReport, DrainRequest
 
 
@@ -72,24 +72,24 @@ def sessions(gateway: Gateway) -> list[dict[str, Any]]:
     return [_session(gateway, s) for s in gateway.sessions.values()]
 
 
-def _session(gateway: Gateway, session: agent.Session) -> dict[str, Any]:
+def _session(gateway: Gateway, session: Session) -> dict[str, Any]:
     o = session.record.origin
     subagents = [{"id": s.id, "agent": s.agent, "depth": s.depth, "state": s.state} for s in session.subagents.values()]
     return {
         "id": session.id,
         "agent": session.record.agent,
         "state": "processing" if session.busy else "idle",
-        "queueDepth": gateway.queue_depth(session.id),
+        "queueDepth": gateway.table.queue_depth(session.id),
         "origin": None if o is None else {"channel": o.channel, "to": o.to, "accountId": o.account_id},
         "subagents": subagents,
         "pendingTurns": len(session.record.turns),
-        "tokens": _tokens(gateway.model_ledger.by_session.get(session.id, Usage())),
+        "tokens": _tokens(gateway.deps.model_ledger.by_session.get(session.id, Usage())),
     }
 
 
 def models(gateway: Gateway) -> dict[str, Any]:
     """SPEC 16: tokens per model and per agent since start, call outcomes, cool-downs."""
-    ledger, now = gateway.model_ledger, trio.current_time()
+    ledger, now = gateway.deps.model_ledger, trio.current_time()
     calls: dict[str, dict[str, int]] = {}
     for (model, outcome), n in sorted(ledger.calls.items()):
         calls.setdefault(model, {})[outcome] = n
