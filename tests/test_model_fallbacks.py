@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import pytest
 import trio
 
 from trio_gateway.http import metrics, views
@@ -208,3 +209,43 @@ async def test_history_is_trimmed_by_whole_exchanges_to_the_context_budget(
     assert sent[-1]["content"][0]["text"].startswith("question 5")
     assert len(sent) % 2 == 1
     assert 1 < len(sent) < 11
+
+
+async def test_alone_an_overloaded_model_is_asked_again_after_its_retry_after(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    r = rig(tmp_path, FakeBehaviour(mode="overloaded", retry_after_seconds=2), **{"models.claude": CLAUDE})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.gateway.serve)
+
+        async def recover() -> None:
+            await trio.sleep(1)
+            r.claude.behaviour = FakeBehaviour()
+
+        nursery.start_soon(recover)
+        start = trio.current_time()
+        assert await r.turn("hello") == "hello"
+        took = trio.current_time() - start
+        r.gateway.request_drain("stop")
+    assert took == pytest.approx(2, abs=0.1)  # the retry-after, not the 30 s cool-down
+    assert len(r.claude.requests) == 2
+    assert [e.fields["inSeconds"] for e in r.sink.tagged("MODEL") if e.message == "Retrying"] == [2]
+
+
+async def test_alone_retries_are_bounded_and_a_long_retry_after_is_not_sat_out(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    r = rig(tmp_path, FakeBehaviour(mode="overloaded", retry_after_seconds=1), **{"models.claude": CLAUDE})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.gateway.serve)
+        text = await r.turn("hello")
+        asked = len(r.claude.requests)
+        r.claude.behaviour = FakeBehaviour(mode="overloaded", retry_after_seconds=120)
+        start = trio.current_time()
+        await r.turn("again")
+        waited = trio.current_time() - start
+        r.gateway.request_drain("stop")
+    assert text.startswith("Sorry, this request failed: model upstream answered HTTP 529")
+    assert asked == 3  # the call and two retries
+    assert waited == pytest.approx(0, abs=0.1)
+    assert len(r.claude.requests) == 4

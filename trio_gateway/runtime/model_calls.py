@@ -59,13 +59,22 @@ class Call:
     parent: WorkUnit | None = None
 
 
+# SPEC 16: 429 and 529 are retryable. When no other model is left to fail over to, the same
+# model is asked again after the `retry-after` it sent (else 1 s, then 2 s), at most this many
+# times and never after a wait longer than the bound: a turn does not sit out a long rate limit.
+RETRIES_WHEN_ALONE = 2
+MAX_RETRY_WAIT_SECONDS = 30.0
+_RETRYABLE = ("rate_limited", "overloaded")
+
+
 class _FailOver(Exception):
     """A try failed in a way the next model may answer."""
 
-    def __init__(self, error: Exception, reason: str) -> None:
+    def __init__(self, error: Exception, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
         self.error = error
         self.reason = reason
+        self.retry_after = retry_after
 
 
 def chain_of(config: Config, model: str) -> list[str]:
@@ -77,16 +86,32 @@ async def complete(rt: Seams, call: Call) -> ModelReply:
     """The first answer along the agent's chain of models; raises the last try's error."""
     chain = chain_of(rt.config, rt.config.agents[call.agent_id].model)
     name = _ready_after(rt, chain, -1) or chain[0]  # all cooling: the agent's own, not nothing
+    retries = 0
     while True:
         try:
             return await _try(rt, name, call)
         except _FailOver as failed:
             following = _ready_after(rt, chain, chain.index(name))
-            if following is None:
+            if following is not None:
+                fields = {"from": name, "to": following, "reason": failed.reason, "sessionId": call.session_id}
+                rt.log.warn("MODEL", "Failover", **fields)
+                name = following
+                continue
+            wait = _retry_wait(failed, retries)
+            if wait is None:
                 raise failed.error from None
-            fields = {"from": name, "to": following, "reason": failed.reason, "sessionId": call.session_id}
-            rt.log.warn("MODEL", "Failover", **fields)
-            name = following
+            retries += 1
+            rt.log.info("MODEL", "Retrying", model=name, inSeconds=round(wait, 3), reason=failed.reason)
+            # A wait, not a call: no unit, no stall verdict; a drain cancels it like any wait.
+            await trio.sleep(wait)
+
+
+def _retry_wait(failed: _FailOver, retries: int) -> float | None:
+    """How long to wait before asking the same model again, or None to give up."""
+    if failed.reason not in _RETRYABLE or retries >= RETRIES_WHEN_ALONE:
+        return None
+    wait = failed.retry_after if failed.retry_after is not None else 2.0**retries
+    return wait if wait <= MAX_RETRY_WAIT_SECONDS else None
 
 
 def _ready_after(rt: Seams, chain: list[str], index: int) -> str | None:
@@ -107,7 +132,7 @@ async def _try(rt: Seams, name: str, call: Call) -> ModelReply:
         if exc.failover is None:
             raise
         _cool(rt, name, exc.retry_after)
-        raise _FailOver(exc, exc.failover) from None
+        raise _FailOver(exc, exc.failover, exc.retry_after) from None
     except WorkAbortedError as exc:
         # Only the watchdog's abort fails over; an operator's abort of the session ends the turn.
         stalled = unit is not None and unit.stall_reported
