@@ -249,3 +249,17 @@ async def test_alone_retries_are_bounded_and_a_long_retry_after_is_not_sat_out(
     assert asked == 3  # the call and two retries
     assert waited == pytest.approx(0, abs=0.1)
     assert len(r.claude.requests) == 4
+
+
+async def test_a_restart_keeps_the_day_spend_and_the_cool_downs(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    r = rig(tmp_path, FakeBehaviour(mode="overloaded"), **{"agents.main.maxTokensPerDay": 20})
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.gateway.serve)
+        await r.turn("a fairly long question that costs some tokens to answer")  # claude fails, backup answers
+        await r.gateway.request_drain("restart").done.wait()
+        assert r.gateway.generation_number == 2
+        refused = await r.turn("and another")
+        cooling = views.status(r.gateway)["models"]["coolingSeconds"]
+        r.gateway.request_drain("stop")
+    assert "has used its 20 tokens for today" in refused
+    assert set(cooling) == {"claude"}
