@@ -5,8 +5,10 @@ one entry in `models.registry.KINDS` and its fake in `sim/`. Pinned here as
 - every kind the registry lists can be opened, and every HTTP kind has a fake speaking it;
 - no module outside the provider modules, the registry and `sim/` names a provider in code
   (docstrings and comments excepted), but SPEC 3's default (`policy/config_schema.py`);
-- a provider made up here (`carrier`: its own key and rule, a client) needs nothing but an
-  entry in the registry: gateway.json, `config set`, the model's check and a turn all take it.
+- a provider made up here (`carrier`: its own key and rule, an HTTP client for a made-up
+  protocol, and a fake speaking it) needs nothing but an entry in the registry and one in the
+  fakes' `FAKES`: gateway.json, `config set`, the model's check, and a turn in the harness
+  (the real client over its fake, usage counted) all take it.
 """
 
 from __future__ import annotations
@@ -24,14 +26,20 @@ import trio
 
 import trio_gateway
 from trio_gateway import upstream as http
+from trio_gateway.channels.registry import account_kinds
 from trio_gateway.cli import main
 from trio_gateway.errors import ConfigError
+from trio_gateway.http import views
 from trio_gateway.models import registry
-from trio_gateway.models.base import Message, ModelKind, ModelReply, Progress
+from trio_gateway.models.base import Message, ModelKind, ModelReply, Progress, Usage
+from trio_gateway.models.endpoint import Endpoint
+from trio_gateway.policy import config as cfg
 from trio_gateway.policy.config import ModelConfig, ModelKeys
 from trio_gateway.policy.origin import Origin
+from trio_gateway.sim import fake_models
+from trio_gateway.sim.fake_model import FakeModel, Wire
 from trio_gateway.sim.fake_models import FAKES
-from trio_gateway.sim.runtime import build_gateway, quick_config
+from trio_gateway.sim.harness import Harness
 
 PACKAGE = Path(trio_gateway.__file__).parent
 PROVIDER_WORDS = re.compile(r"openai|anthropic|claude", re.IGNORECASE)
@@ -98,6 +106,9 @@ def test_every_http_kind_has_a_fake_and_every_kind_opens() -> None:
 
 
 # --- a provider made up here ----------------------------------------------------------------------
+#
+# Its module (`models/carrier.py`): its own key and rule, and a client for its made-up protocol
+# (`POST /say` {"region", "text"} -> {"said", "tokens"}) on the shared HTTP side (`Endpoint`).
 
 
 @attrs.frozen
@@ -113,25 +124,61 @@ def _carrier_rules(path: str, model: ModelConfig) -> None:
         raise ConfigError(f"{path}.region", f"must be eu or us, got {model.region!r}")
 
 
-@attrs.define
 class CarrierModel:
-    region: str
+    def __init__(self, config: CarrierConfig, env: Mapping[str, str], transport: Any) -> None:
+        self._config = config
+        self._endpoint = Endpoint(config, env, transport, lambda key: {"x-carrier-key": key})
 
     async def complete(self, messages: list[Message], tools: list[dict[str, Any]], progress: Progress) -> ModelReply:
-        await trio.lowlevel.checkpoint()
+        body = {"region": self._config.region, "text": messages[-1]["content"]}
+        url = f"{self._config.base_url}/say"
+        return await self._endpoint.call(url, body, progress, self._read)
+
+    @staticmethod
+    async def _read(response: http.Response, progress: Progress) -> ModelReply:
+        said = json.loads(await response.aread())
         progress("model_call:first_token")
-        return ModelReply(f"carrier[{self.region}]: {messages[-1]['content']}")
+        return ModelReply(said["said"], usage=Usage(output=said["tokens"]))
 
     async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()
+        await self._endpoint.aclose()
 
 
 def _open_carrier(config: ModelConfig, env: Mapping[str, str], transport: http.AsyncBaseTransport | None) -> Any:
     assert isinstance(config, CarrierConfig)
-    return CarrierModel(config.region)
+    return CarrierModel(config, env, transport)
 
 
 CARRIER = ModelKind("carrier", open=_open_carrier, keys=ModelKeys(CarrierConfig, _carrier_rules))
+
+
+# Its fake (`sim/fake_carrier.py`): its protocol on the fake model server's behaviour core.
+class CarrierWire:
+    path = "/say"
+    overloaded_status = 503
+
+    def conversation(self, body: dict[str, Any]) -> tuple[list[Message], list[dict[str, Any]]]:
+        return [{"role": "user", "content": f"[{body['region']}] {body['text']}"}], []
+
+    def completion(self, reply: ModelReply, model: str) -> bytes:
+        return json.dumps({"said": f"carrier{reply.text}", "tokens": 3}).encode()
+
+    def stream(self, reply: ModelReply, model: str) -> list[bytes]:
+        return [self.completion(reply, model)]
+
+    def error(self, status: int) -> bytes:
+        return json.dumps({"error": status}).encode()
+
+    def keep_alive(self) -> bytes:
+        return b" "
+
+    def stream_error(self) -> bytes:
+        return b""
+
+
+@attrs.define(eq=False)
+class CarrierFake(FakeModel):
+    wire: Wire = attrs.Factory(CarrierWire)
 
 
 @pytest.fixture
@@ -139,6 +186,7 @@ def carrier(monkeypatch: pytest.MonkeyPatch) -> ModelKind:
     monkeypatch.setattr(registry, "KINDS", (*registry.KINDS, CARRIER))
     monkeypatch.setattr(registry, "BY_NAME", {**registry.BY_NAME, CARRIER.name: CARRIER})
     monkeypatch.setattr(registry, "NAMES", (*registry.NAMES, CARRIER.name))
+    monkeypatch.setattr(fake_models, "FAKES", {**fake_models.FAKES, CARRIER.name: CarrierFake})
     return CARRIER
 
 
@@ -177,15 +225,19 @@ def test_without_its_registry_entry_a_made_up_provider_is_refused(tmp_path: Path
         registry.load_config(_write(tmp_path))
 
 
-async def test_a_turn_runs_on_a_made_up_provider(carrier: ModelKind, tmp_path: Path) -> None:
-    config = quick_config(**{"models.c": {"provider": "carrier", "region": "us"}, "agents.main.model": "c"})
-    notices: list[Any] = []
-    gateway, _ = build_gateway(tmp_path, config, notices=notices)
-    gateway.deps.model_factory = lambda mc: registry.build_model(mc, {})
+async def test_a_turn_runs_on_a_made_up_provider_against_its_fake(carrier: ModelKind, tmp_path: Path) -> None:
+    """The harness (scenarios, fixtures) finds the made-up provider's fake by its name and runs
+    the made-up client over it, usage and all."""
+    raw = {"models": {"c": {"provider": "carrier", "baseUrl": "http://carrier.invalid", "region": "us"}}}
+    config = cfg.parse({**raw, "agents": {"main": {"model": "c"}}}, account_kinds(), registry.model_keys())
+    harness = Harness.build(tmp_path / "home", config)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            await nursery.start(gateway.serve)
-            await gateway.submit(agent_id="main", origin=Origin("console", "ops"), prompt="hi")
-            await gateway.busy.wait_value(0)
-            gateway.request_drain("stop")
-    assert [n.text for n in notices] == ["carrier[us]: hi"]
+            await nursery.start(harness.gateway.serve)
+            await harness.gateway.submit(agent_id="main", origin=Origin("console", "ops"), prompt="hi")
+            [delivered] = await harness.wait_delivered(1, "console")
+            status = views.status(harness.gateway)
+            harness.gateway.request_drain("stop")
+    assert delivered.text == "carrier[us] hi"
+    assert harness.models["c"].requests[-1].path == "/say"
+    assert status["models"]["tokensByModel"]["c"]["output"] == 3
