@@ -143,7 +143,9 @@ async def _try(rt: Seams, name: str, call: Call) -> ModelReply:
         raise _FailOver(exc, "stalled") from None
     rt.ledger.count(name, "ok")
     rt.ledger.recovered(name)
-    rt.ledger.record(call.session_id, call.agent_id, name, reply.usage, rt.wall().date())
+    day = rt.wall().date()
+    rt.ledger.record(call.session_id, call.agent_id, name, reply.usage, day)
+    await rt.ledger.persist(day)
     return reply
 
 

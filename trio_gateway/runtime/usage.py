@@ -3,13 +3,16 @@ and per agent per UTC day (for `agents.*.maxTokensPerDay`), calls per model by o
 model's cool-down after a failure that another model answered instead.
 
 One `ModelLedger` lives as long as the gateway, across generations, so a restart that reloads
-the config neither forgets a cool-down nor hands an agent a fresh daily allowance. It is kept in
-memory: the process's lifetime is what `/metrics` counters mean anyway.
+the config neither forgets a cool-down nor hands an agent a fresh daily allowance. Counters are
+kept in memory (the process's lifetime is what `/metrics` counters mean anyway); the day's spend
+per agent is also handed to `save` (production: `storage/usage_file.py`), so a new process
+starts from it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Awaitable, Callable, Mapping
 
 import attrs
 
@@ -26,6 +29,10 @@ class Cooldown:
     strikes: int = 0
 
 
+# (day, spend per agent) at the moment it is written.
+DaySnapshot = Callable[[], tuple[dt.date, Mapping[str, int]]]
+
+
 @attrs.define
 class ModelLedger:
     by_session: dict[str, Usage] = attrs.Factory(dict)
@@ -36,6 +43,20 @@ class ModelLedger:
     # (model, outcome) -> calls; outcome "ok" or the reason the call failed.
     calls: dict[tuple[str, str], int] = attrs.Factory(dict)
     cooldowns: dict[str, Cooldown] = attrs.Factory(dict)
+    # Where the day's spend goes after each answered call; None: memory only (tests).
+    save: Callable[[DaySnapshot], Awaitable[None]] | None = None
+
+    @classmethod
+    def resumed(
+        cls, day: dt.date, spent: Mapping[str, int], save: Callable[[DaySnapshot], Awaitable[None]]
+    ) -> ModelLedger:
+        """A ledger that starts from the day's spend a previous process saved."""
+        return cls(by_agent_day={(agent, day): n for agent, n in spent.items()}, save=save)
+
+    async def persist(self, day: dt.date) -> None:
+        """Hand the day's spend to `save` (after `record`)."""
+        if self.save is not None:
+            await self.save(lambda: (day, {a: n for (a, d), n in self.by_agent_day.items() if d == day}))
 
     def record(self, session: str, agent: str, model: str, usage: Usage, day: dt.date) -> None:
         """One answered call's tokens, added everywhere they are shown or capped."""
