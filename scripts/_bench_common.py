@@ -265,6 +265,15 @@ def have_module(name: str) -> bool:
     return True
 
 
+def count_lines(path: Path) -> int:
+    """Lines in a file (a JSON-lines log a benchmark waits on); 0 before it exists."""
+    try:
+        with path.open("rb") as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
 async def poll_until(predicate: Any, within: float, every: float = 0.01) -> bool:
     """Poll `predicate()` from outside the code under test (which offers no event for it);
     False if it did not hold within `within` seconds."""

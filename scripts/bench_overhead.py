@@ -25,19 +25,10 @@ from typing import Any
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import banner, gateway_on_fake_model, percentile, poll_until, table
+from _bench_common import banner, count_lines, gateway_on_fake_model, percentile, poll_until, table
 
 from trio_gateway import upstream as http
 from trio_gateway.sim.fake_model import FakeModel
-
-
-def count_lines(path: Path) -> int:
-    try:
-        with path.open("rb") as f:
-            return sum(1 for _ in f)
-    except FileNotFoundError:
-        return 0
-
 
 SEEN_AT: list[float] = []
 

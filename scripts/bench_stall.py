@@ -3,10 +3,15 @@ upstream seeing EOF, with 1 and 1,000 concurrent stalled model calls, while sess
 streams move slowly (but move) must never be aborted.
 
     .venv/bin/python scripts/bench_stall.py [--quick] [--counts 1,1000] [--threshold 2] [--interval 0.5]
+        [--provider openai|anthropic] [--stall stall|pings]
+
+`--provider` picks the model client and its fake (both speak the same behaviours); `--stall
+pings` makes the stalled calls' streams send keep-alives only (Anthropic `ping` events, OpenAI
+`: keep-alive` comments, one a second) instead of nothing: the watchdog must judge them the same.
 
 An in-process gateway (`testing.runtime.build_gateway`, real clock) whose model is the real
-`OpenAIModel` client against the real loopback fake model server
-(`testing.fake_model.serve_fake_model`), in the same trio run, so the server's close times and
+client of `--provider` against its real loopback fake server
+(`sim.fake_model.serve_fake_model`), in the same trio run, so the server's close times and
 the gateway's log events are on one clock. Stalled calls send `/stall` (no headers ever); slow
 sessions send `/slow S` with a long answer (one word per chunk every S seconds, S well under
 the threshold, lasting several thresholds).
@@ -33,28 +38,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import banner, percentile, poll_until, table, verdict
 
 from trio_gateway import upstream as http
-from trio_gateway.models.openai import OpenAIModel
+from trio_gateway.models import build_model
+from trio_gateway.models.anthropic import messages_url
 from trio_gateway.policy.config import ModelConfig
 from trio_gateway.policy.origin import Origin
+from trio_gateway.sim.fake_anthropic import FakeAnthropic
 from trio_gateway.sim.fake_model import FakeModel, serve_fake_model
 from trio_gateway.sim.runtime import build_gateway, quick_config
 
 SLOW_WORDS = 40
 
 
-async def gateway_case(n_stalled: int, n_slow: int, threshold: float, interval: float, slow_every: float) -> dict:
-    fake = FakeModel()
+def new_fake(provider: str) -> FakeModel:
+    return FakeAnthropic() if provider == "anthropic" else FakeModel()
+
+
+async def gateway_case(
+    n_stalled: int, n_slow: int, threshold: float, interval: float, slow_every: float, provider: str, stall: str
+) -> dict:
+    fake = new_fake(provider)
     async with trio.open_nursery() as nursery:
         base_url = await nursery.start(serve_fake_model, fake)
-        model_cfg = ModelConfig(base_url=base_url, model="fake", stream=True, request_timeout_seconds=600.0)
+        model_cfg = ModelConfig(
+            provider=provider, base_url=base_url, model="fake", stream=True, request_timeout_seconds=600.0
+        )
         config = quick_config(
             **{
                 "gateway.stalledTaskDetection.thresholdSeconds": threshold,
                 "gateway.stalledTaskDetection.checkIntervalSeconds": interval,
-                "models.default": {"baseUrl": base_url, "model": "fake", "stream": True},
+                "models.default": {"provider": provider, "baseUrl": base_url, "model": "fake", "stream": True},
             }
         )
-        model = OpenAIModel(model_cfg, {})
+        model = build_model(model_cfg, {})
         with tempfile.TemporaryDirectory(prefix="bench-stall-") as home:
             gateway, sink = build_gateway(Path(home), config, model=model)
             await nursery.start(gateway.serve)
@@ -80,7 +95,7 @@ async def gateway_case(n_stalled: int, n_slow: int, threshold: float, interval: 
             t_submit = trio.current_time()
             for i in range(n_stalled):
                 origin = Origin("console", f"stall-{i}", None)
-                sid, _ = await gateway.submit(agent_id="main", origin=origin, prompt="/stall")
+                sid, _ = await gateway.submit(agent_id="main", origin=origin, prompt=f"/{stall}")
                 stalled_ids.append(sid)
             t_submitted = trio.current_time()
             connected = await poll_until(lambda: fake.open_connections.value >= opened_before + min(n_stalled, 100), 30)
@@ -130,17 +145,19 @@ async def gateway_case(n_stalled: int, n_slow: int, threshold: float, interval: 
     return result
 
 
-async def direct_case(n: int) -> dict:
+async def direct_case(n: int, provider: str, stall: str) -> dict:
     """Reference: n direct stalled requests with the same client library, one cancel for all."""
-    fake = FakeModel()
+    fake = new_fake(provider)
     async with trio.open_nursery() as nursery:
         base_url = await nursery.start(serve_fake_model, fake)
         limits = http.Limits(max_connections=None, max_keepalive_connections=None)
         async with http.AsyncClient(timeout=600.0, limits=limits) as client:
 
             async def one() -> None:
-                body = {"model": "fake", "stream": True, "messages": [{"role": "user", "content": "/stall"}]}
-                await client.post(base_url + "/chat/completions", json=body)
+                ask = [{"role": "user", "content": f"/{stall}"}]
+                body = {"model": "fake", "max_tokens": 64, "stream": True, "messages": ask}
+                url = messages_url(base_url) if provider == "anthropic" else base_url + "/chat/completions"
+                await client.post(url, json=body)
 
             async with trio.open_nursery() as calls:
                 for _ in range(n):
@@ -161,6 +178,8 @@ def main() -> None:
     parser.add_argument("--slow", type=int, default=None, help="slow (progressing) sessions per case (default 20)")
     parser.add_argument("--threshold", type=float, default=2.0, help="thresholdSeconds (default 2)")
     parser.add_argument("--interval", type=float, default=0.5, help="checkIntervalSeconds (default 0.5)")
+    parser.add_argument("--provider", choices=("openai", "anthropic"), default="openai")
+    parser.add_argument("--stall", choices=("stall", "pings"), default="stall", help="silent, or keep-alives only")
     args = parser.parse_args()
     counts = [int(x) for x in (args.counts or ("1,100" if args.quick else "1,1000")).split(",")]
     n_slow = args.slow if args.slow is not None else (5 if args.quick else 20)
@@ -172,16 +191,16 @@ def main() -> None:
             "slow sessions": f"{n_slow} ({SLOW_WORDS} chunks, one every {slow_every:g}s)",
             "thresholdSeconds": args.threshold,
             "checkIntervalSeconds": args.interval,
-            "model client": f"OpenAIModel over {http.LIBRARY}",
-            "upstream": "testing.fake_model on 127.0.0.1, same process",
+            "model client": f"{args.provider} over {http.LIBRARY}",
+            "upstream": f"its fake on 127.0.0.1, same process; stalled calls send /{args.stall}",
         },
     )
     rows, ref_rows = [], []
     ok = True
     for n in counts:
         t0 = time.perf_counter()
-        r = trio.run(gateway_case, n, n_slow, args.threshold, args.interval, slow_every)
-        ref = trio.run(direct_case, n)
+        r = trio.run(gateway_case, n, n_slow, args.threshold, args.interval, slow_every, args.provider, args.stall)
+        ref = trio.run(direct_case, n, args.provider, args.stall)
         d, e = r["detect"], r["eof"]
         det_ok = bool(d) and max(d) <= args.interval + 0.05 and r["aborted"] == n
         eof_ok = bool(e) and percentile(e, 100) < 0.050

@@ -160,8 +160,8 @@ async def test_slow_stream_keeps_progress_fresh_and_is_never_cut(fake: FakeModel
         reply = await model.complete(user(f"/slow 50 {words}"), [], progress)
         nursery.cancel_scope.cancel()
     assert reply.text == words
-    # 23 SSE events (role, 20 words, finish, [DONE]): 22 gaps of 50 s.
-    assert trio.current_time() - start == pytest.approx(22 * 50)
+    # 24 SSE events (role, 20 words, finish, usage, [DONE]): 23 gaps of 50 s.
+    assert trio.current_time() - start == pytest.approx(23 * 50)
     assert worst_idle <= 50
     prefix = [
         "model_call:waiting_for_slot",
@@ -172,7 +172,7 @@ async def test_slow_stream_keeps_progress_fresh_and_is_never_cut(fake: FakeModel
         "model_call:first_token",
     ]
     assert progress.labels[:6] == prefix
-    assert progress.labels[6:] == ["model_call:streaming"] * 21
+    assert progress.labels[6:] == ["model_call:streaming"] * 22
 
 
 async def test_silence_past_the_timeout_is_model_call_error(fake: FakeModel, autojump_clock: Any) -> None:

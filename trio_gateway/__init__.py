@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from trio_gateway.version import __version__
 
 if TYPE_CHECKING:
-    from trio_gateway.channels.registry import load_config
     from trio_gateway.errors import (
         ClusterDatabaseError,
         ConfigError,
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
         UsageError,
         WorkAbortedError,
     )
+    from trio_gateway.models.registry import load_config
     from trio_gateway.policy.config import (
         AccountConfig,
         AgentConfig,
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     )
     from trio_gateway.policy.origin import Origin
     from trio_gateway.runtime.gateway import Gateway
+    from trio_gateway.sim.fake_anthropic import FakeAnthropic
     from trio_gateway.sim.fake_channels import FakeChannels, serve_fake_channels
     from trio_gateway.sim.fake_mcp import FakeMcpServers
     from trio_gateway.sim.fake_model import FakeBehaviour, FakeModel, serve_fake_model
@@ -64,7 +65,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     # the running gateway and what it is given
     "Gateway": ("trio_gateway.runtime.gateway", "Gateway"),
     "Origin": ("trio_gateway.policy.origin", "Origin"),
-    "load_config": ("trio_gateway.channels.registry", "load_config"),
+    "load_config": ("trio_gateway.models.registry", "load_config"),
     **{
         name: ("trio_gateway.policy.config", name)
         for name in (
@@ -109,6 +110,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Harness": ("trio_gateway.sim.harness", "Harness"),
     "FakeModel": ("trio_gateway.sim.fake_model", "FakeModel"),
     "FakeBehaviour": ("trio_gateway.sim.fake_model", "FakeBehaviour"),
+    "FakeAnthropic": ("trio_gateway.sim.fake_anthropic", "FakeAnthropic"),
     "serve_fake_model": ("trio_gateway.sim.fake_model", "serve_fake_model"),
     "FakeChannels": ("trio_gateway.sim.fake_channels", "FakeChannels"),
     "serve_fake_channels": ("trio_gateway.sim.fake_channels", "serve_fake_channels"),
@@ -128,6 +130,7 @@ __all__ = [
     "DeliveryConfig",
     "DeliveryValidationError",
     "DrainConfig",
+    "FakeAnthropic",
     "FakeBehaviour",
     "FakeChannels",
     "FakeMcpServers",

@@ -113,10 +113,27 @@ class WorkAbortedError(GatewayError):
 
 
 class ModelCallError(GatewayError):
-    """The model upstream answered with an error or something that is not a completion."""
+    """The model upstream answered with an error or something that is not a completion.
+
+    `failover` says why another model may answer instead (SPEC 16: `rate_limited`,
+    `overloaded`, `server_error`, `unreachable`, `timeout`); None: another model would fail the
+    same way (a 400, a bad key), so the turn ends. `retry_after`: the seconds the upstream asked
+    for, when it did."""
 
     exit_code = 1
     http_status = 502
+
+    def __init__(self, message: str, *, failover: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.failover = failover
+        self.retry_after = retry_after
+
+
+class TokenCapError(GatewayError):
+    """An agent has spent its `maxTokensPerDay` (SPEC 16): new turns wait for the next UTC day."""
+
+    exit_code = 1
+    http_status = 429
 
 
 class InsufficientStorageError(GatewayError):

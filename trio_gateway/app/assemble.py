@@ -6,6 +6,7 @@ swap fakes in; this module is the one place that picks the production ones.
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from collections.abc import Callable, Mapping
 
@@ -23,12 +24,12 @@ from trio_gateway.channels.listen import (
     SenderControl,
 )
 from trio_gateway.channels.registry import ChannelSet, build_listeners
-from trio_gateway.channels.registry import load_config as load_config_file
 from trio_gateway.delivery.service import ClosableChannels, QueueDelivery
 from trio_gateway.delivery.worker import DeliveryWorker, OutcomeTally
 from trio_gateway.errors import ConfigError
 from trio_gateway.log import EventLog
 from trio_gateway.models import build_model
+from trio_gateway.models.registry import load_config as load_config_file
 from trio_gateway.policy.config import Config
 from trio_gateway.runtime.deps import (
     DeliveryFactory,
@@ -41,11 +42,13 @@ from trio_gateway.runtime.deps import (
     ToolsFactory,
 )
 from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.runtime.usage import ModelLedger
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.disk import DiskRunners
 from trio_gateway.storage.home import Home
 from trio_gateway.storage.queue import DeliveryQueue
 from trio_gateway.storage.sessions import SessionStore
+from trio_gateway.storage.usage_file import UsageFile, read_day
 from trio_gateway.tools import registry as tool_registry
 from trio_gateway.work.units import WorkRegistry
 
@@ -163,6 +166,7 @@ def production_gateway(
         servers=servers or [],
         preflight=lambda new_config: preflight(new_config, env),
         tools_factory=_production_tools(home, log, env),
+        model_ledger=_model_ledger(home, runner, log),
     )
     if config.cluster.backend == "postgres":
         # Imported here: a gateway on files never loads psycopg.
@@ -183,6 +187,14 @@ def production_gateway(
             home, log, env, runner, gate=wiring.inbound_gate(node, config), cursors=wiring.inbound_cursors(node)
         )
     return Gateway(deps, config)
+
+
+def _model_ledger(home: Home, runner: BlockingRunner, log: EventLog) -> ModelLedger:
+    """Tokens and cool-downs for the process's life, starting from the day's spend a previous
+    process saved in `usage.json` (so `maxTokensPerDay` holds across a restart)."""
+    today = dt.datetime.now(dt.UTC).date()
+    usage = UsageFile(home.usage_path, runner, log)
+    return ModelLedger.resumed(today, read_day(home.usage_path, today, log), usage.save)
 
 
 def preflight(config: Config, env: Mapping[str, str]) -> None:

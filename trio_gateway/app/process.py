@@ -25,11 +25,11 @@ import trio
 
 from trio_gateway.app import assemble
 from trio_gateway.app.sd_notify import Notifier
-from trio_gateway.channels.registry import load_config
 from trio_gateway.errors import only_gateway_error
 from trio_gateway.http.auth import token_for_start
 from trio_gateway.http.server import HttpServer
 from trio_gateway.log import EventLog, LogFormat, Rotation, open_log
+from trio_gateway.models.registry import load_config
 from trio_gateway.policy.config import Config
 from trio_gateway.runtime.gateway import Gateway, State
 from trio_gateway.storage.atomic import atomic_write_json

@@ -27,7 +27,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def _status(args: argparse.Namespace, ctx: Context) -> int:
     # Every reader of gateway.json checks its channel names with the channel registry, which
     # loads trio: imported here, as trio below, so importing this group stays light.
-    from trio_gateway.channels.registry import load_config
+    from trio_gateway.models.registry import load_config
 
     config = load_config(ctx.home.config_path)
     if config.cluster.backend != "postgres":

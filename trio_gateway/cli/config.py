@@ -40,32 +40,34 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def _get(args: argparse.Namespace, ctx: Context) -> int:
     raw = read_raw(ctx.home.config_path)
-    value = config_keys.get_key(raw, args.key, _kinds() if _names_a_channel(raw) else None)
+    kinds = _kinds() if _names_a_channel(raw) else None
+    value = config_keys.get_key(raw, args.key, kinds, _model_keys())
     print(json.dumps(value) if not isinstance(value, str) else value)
     return 0
 
 
 def _set(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    kinds = _kinds()
-    new_raw, _ = config_keys.set_key(read_raw(path), args.key, config_keys.parse_value(args.value), kinds)
+    kinds, models = _kinds(), _model_keys()
+    new_raw, _ = config_keys.set_key(read_raw(path), args.key, config_keys.parse_value(args.value), kinds, models)
     atomic_write_json(path, new_raw)
-    print(f"{args.key} = {json.dumps(config_keys.get_key(new_raw, args.key, kinds))}")
+    print(f"{args.key} = {json.dumps(config_keys.get_key(new_raw, args.key, kinds, models))}")
     return 0
 
 
 def _unset(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    kinds = _kinds()
-    new_raw, _ = config_keys.unset_key(read_raw(path), args.key, kinds)
+    kinds, models = _kinds(), _model_keys()
+    new_raw, _ = config_keys.unset_key(read_raw(path), args.key, kinds, models)
     atomic_write_json(path, new_raw)
-    print(f"{args.key} unset; default {json.dumps(config_keys.get_key(new_raw, args.key, kinds), default=str)}")
+    default = config_keys.get_key(new_raw, args.key, kinds, models)
+    print(f"{args.key} unset; default {json.dumps(default, default=str)}")
     return 0
 
 
 def _validate(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    cfg.parse(read_raw(path), _kinds())
+    cfg.parse(read_raw(path), _kinds(), _model_keys())
     if args.env:
         missing = missing_secrets(read_raw(path), os.environ)
         for secret in missing:
@@ -90,3 +92,10 @@ def _kinds() -> Mapping[str, cfg.AccountKind]:
     from trio_gateway.channels.registry import account_kinds
 
     return account_kinds()
+
+
+def _model_keys() -> Mapping[str, cfg.ModelKeys]:
+    """The providers this version speaks, with their keys and rules (`models.registry`)."""
+    from trio_gateway.models.registry import model_keys
+
+    return model_keys()

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from trio_gateway.channels.registry import ChannelSet, check_configured, load_config
+from trio_gateway.channels.registry import ChannelSet, check_configured
 from trio_gateway.cli import add_commands
 from trio_gateway.cli.progress import Progress
 from trio_gateway.delivery.outbox import Outbox
@@ -25,6 +25,7 @@ from trio_gateway.delivery.service import ClosableChannels
 from trio_gateway.delivery.worker import DeliveryWorker
 from trio_gateway.errors import NotFoundError, UsageError
 from trio_gateway.log import EventLog, open_log
+from trio_gateway.models.registry import load_config
 from trio_gateway.policy.config import Config
 from trio_gateway.policy.entry import DeliveryEntry, entry_to_json
 from trio_gateway.storage.atomic import in_thread

@@ -60,9 +60,10 @@ def _diagnose(home: Home, env: Mapping[str, str], *, reach: Callable[[str], str 
     yield from _secrets(raw, env)
     yield _token(home, env)
     from trio_gateway.channels.registry import account_kinds
+    from trio_gateway.models.registry import model_keys
     from trio_gateway.policy import config as cfg
 
-    parsed = cfg.parse(raw, account_kinds())
+    parsed = cfg.parse(raw, account_kinds(), model_keys())
     yield _gateway_or_port(home, parsed)
     if reach is not None:
         yield from _upstreams(parsed, reach)
@@ -77,7 +78,7 @@ def _home(home: Home) -> Check:
 
 
 def _config(home: Home) -> tuple[Check, dict[str, Any] | None]:
-    from trio_gateway.channels.registry import load_config
+    from trio_gateway.models.registry import load_config
     from trio_gateway.storage import config_file
 
     path = home.config_path

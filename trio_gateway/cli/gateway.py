@@ -245,8 +245,27 @@ def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
             f"  last={w['lastProgress']} ({w['lastProgressAgeSeconds']:.0f}s ago)"
         )
     lines += _mcp_server_lines(status.get("tools", {}).get("mcpServers", []))
+    lines += _model_lines(status.get("models", {}))
     if status.get("drain"):
         lines.append(progress_line(status) or f"drain: {status['drain']}")
+    return lines
+
+
+def _model_lines(models: dict[str, Any]) -> list[str]:
+    """SPEC 16: tokens and call outcomes per model since start, and who is cooling down."""
+    used = models.get("tokensByModel", {})
+    if not used and not models.get("calls"):
+        return []
+    lines = [f"models ({len(used)} used):"]
+    cooling = models.get("coolingSeconds", {})
+    for name, calls in models.get("calls", {}).items():
+        tokens = used.get(name, {})
+        outcomes = " ".join(f"{k}={v}" for k, v in calls.items())
+        cool = f"  cooling {cooling[name]:.0f}s" if name in cooling else ""
+        lines.append(
+            f"  {name:14} tokens={tokens.get('total', 0)} (in {tokens.get('input', 0)},"
+            f" out {tokens.get('output', 0)})  calls: {outcomes}{cool}"
+        )
     return lines
 
 

@@ -95,5 +95,13 @@ def session_rows(sessions: list[dict[str, Any]]) -> list[str]:
     for s in sessions:
         o = s.get("origin") or {}
         origin = f"{o.get('channel')}:{o.get('to')}" if o else "-"
-        rows.append(f"{s['id']:14} {s['agent']:10} {s['state']:10} queue={s['queueDepth']}  {origin}")
+        rows.append(f"{s['id']:14} {s['agent']:10} {s['state']:10} queue={s['queueDepth']}{_tokens(s)}  {origin}")
     return rows
+
+
+def _tokens(session: dict[str, Any]) -> str:
+    """SPEC 16: the session's tokens since the gateway started (in, out)."""
+    tokens = session.get("tokens")
+    if not tokens:
+        return ""
+    return f"  tokens={tokens['total']} (in {tokens['input']}, out {tokens['output']})"

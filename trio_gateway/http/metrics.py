@@ -75,6 +75,7 @@ class _GatewayCollector(Collector):
         _delivery(out, self.gateway)
         _inbound(out, self.gateway)
         _tools(out, self.gateway)
+        _models(out, self.gateway)
         return iter(out.metrics)
 
 
@@ -213,3 +214,15 @@ def _tools(out: _Exposition, gateway: Gateway) -> None:
     out.family("mcp_server_restarts", "gauge", "Times the MCP server was restarted in this generation")
     for server in tools.servers.values():
         out.sample("mcp_server_restarts", server.restarts, {"server": server.name})
+
+
+def _models(out: _Exposition, gateway: Gateway) -> None:
+    """SPEC 16: tokens by model and direction, calls by model and outcome, since start."""
+    ledger = gateway.deps.model_ledger
+    out.family("model_tokens_total", "counter", "Model tokens as the provider reported them, by model and direction")
+    for model, usage in sorted(ledger.by_model.items()):
+        for direction, n in usage.by_direction().items():
+            out.sample("model_tokens_total", n, {"model": model, "direction": direction})
+    out.family("model_calls_total", "counter", "Model calls (each try of a fallback chain) by model and outcome")
+    for (model, outcome), n in sorted(ledger.calls.items()):
+        out.sample("model_calls_total", n, {"model": model, "outcome": outcome})

@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from trio_gateway.models.base import Usage
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.runtime.session import Session
 from trio_gateway.version import __version__
@@ -59,6 +60,7 @@ def status(gateway: Gateway) -> dict[str, Any]:
             "logWriteFailures": gateway.log.failed_writes,
         },
         "tools": {"mcpServers": gateway.tools.status() if gateway.tools is not None else []},
+        "models": models(gateway),
     }
     if gateway.draining is not None:
         body["drain"] = drain_status(gateway.draining, now)
@@ -81,6 +83,32 @@ def _session(gateway: Gateway, session: Session) -> dict[str, Any]:
         "origin": None if o is None else {"channel": o.channel, "to": o.to, "accountId": o.account_id},
         "subagents": subagents,
         "pendingTurns": len(session.record.turns),
+        "tokens": _tokens(gateway.deps.model_ledger.by_session.get(session.id, Usage())),
+    }
+
+
+def models(gateway: Gateway) -> dict[str, Any]:
+    """SPEC 16: tokens per model and per agent since start, call outcomes, cool-downs."""
+    ledger, now = gateway.deps.model_ledger, trio.current_time()
+    calls: dict[str, dict[str, int]] = {}
+    for (model, outcome), n in sorted(ledger.calls.items()):
+        calls.setdefault(model, {})[outcome] = n
+    cooling = {m: round(c.until - now, 3) for m, c in ledger.cooldowns.items() if c.until > now}
+    return {
+        "tokensByModel": {m: _tokens(u) for m, u in sorted(ledger.by_model.items())},
+        "tokensByAgent": {a: _tokens(u) for a, u in sorted(ledger.by_agent.items())},
+        "calls": calls,
+        "coolingSeconds": cooling,
+    }
+
+
+def _tokens(usage: Usage) -> dict[str, int]:
+    return {
+        "input": usage.input,
+        "output": usage.output,
+        "cacheRead": usage.cache_read,
+        "cacheWrite": usage.cache_write,
+        "total": usage.total,
     }
 
 

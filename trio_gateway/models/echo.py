@@ -16,12 +16,15 @@ reuses it, so the in-process echo and the HTTP fake answer a conversation the sa
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import attrs
 import trio
 
-from trio_gateway.models.base import Message, ModelReply, Progress, ToolCall
+from trio_gateway import upstream as http
+from trio_gateway.models.base import Message, ModelKind, ModelReply, Progress, ToolCall, Usage
+from trio_gateway.policy.config import ModelConfig
 
 SPAWN_TOOL = "spawn_subagent"
 
@@ -107,7 +110,23 @@ class EchoModel:
         await trio.lowlevel.checkpoint()
         self._calls += 1
         progress("model_call:first_token")
-        return scripted_reply(messages, tools, f"call_echo_{self._calls}")
+        reply = scripted_reply(messages, tools, f"call_echo_{self._calls}")
+        return attrs.evolve(reply, usage=estimate_usage(messages, reply))
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
+
+
+def estimate_usage(messages: Sequence[Message], reply: ModelReply) -> Usage:
+    """What the echo model "spends": SPEC 16's estimate, 4 characters a token, so usage, the
+    daily cap and `gateway status` work with no provider at all."""
+    prompt = sum(len(_message_text(m)) for m in messages)
+    answer = len(reply.text or "") + sum(len(c.name) + len(json.dumps(c.arguments)) for c in reply.tool_calls)
+    return Usage(input=-(-prompt // 4), output=-(-answer // 4))
+
+
+def _open(config: ModelConfig, env: Mapping[str, str], transport: http.AsyncBaseTransport | None) -> EchoModel:
+    return EchoModel()
+
+
+KIND = ModelKind("echo", open=_open)

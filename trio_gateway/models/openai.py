@@ -1,17 +1,13 @@
-"""An OpenAI-compatible `/chat/completions` client: one reused HTTP client per model endpoint.
+"""The `openai` model kind: an OpenAI-compatible `/chat/completions` endpoint (OpenAI,
+OpenRouter, Ollama, vLLM, llama.cpp, LiteLLM, Gemini's compatible endpoint).
 
 Progress is recorded by the call itself, so the stall watchdog judges real movement:
 `model_call:connected` and `model_call:request_sent` (from the HTTP library's trace hook),
 `model_call:headers`, `model_call:first_token` at the first streamed chunk and
-`model_call:streaming` at every chunk after.
-
-`request_timeout_seconds` bounds inactivity (connect, each read, each write, the wait for a pool
-slot), never the whole call: a stream that keeps moving runs as long as it moves. Whole-call
-limits are the stall watchdog's and the drain's, by cancelling the unit's scope; the response is
-then closed by `async with`, which closes its upstream connection (tests/test_http_pool.py).
+`model_call:streaming` at every chunk after; an SSE comment (`: keep-alive`) is not a chunk.
 
 The API key is read from the environment variable named by `api_key_env`, sent only in the
-Authorization header, and scrubbed from every error text.
+Authorization header, and scrubbed from every error text (`models/endpoint.py`).
 """
 
 from __future__ import annotations
@@ -21,19 +17,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import trio
 
 from trio_gateway import upstream as http
-from trio_gateway.errors import ModelCallError
-from trio_gateway.models.base import Message, ModelReply, Progress, ToolCall
-from trio_gateway.policy.config import ModelConfig
+from trio_gateway.errors import ConfigError, ModelCallError
+from trio_gateway.models.base import Message, ModelKind, ModelReply, Progress, ToolCall, Usage
+from trio_gateway.models.endpoint import MAX_CONCURRENT_CALLS, Endpoint, is_event_stream, parse_json, shape, sse_data
+from trio_gateway.policy.config import ModelConfig, ModelKeys
 
-ERROR_SNIPPET_CHARS = 200
-# Concurrent calls per model endpoint. Calls beyond it wait in trio (a Semaphore), not in the
-# connection pool: cancelling a waiter in httpcore's pool queue scans the whole pool, so a
-# drain that aborts 10,000 queued calls there took seconds (scripts/bench_restart.py).
-MAX_CONCURRENT_CALLS = 100
-_ERROR_BODY_LIMIT = 4096
+__all__ = ["KIND", "MAX_CONCURRENT_CALLS", "OpenAIModel"]
 
 
 class OpenAIModel:
@@ -44,89 +35,53 @@ class OpenAIModel:
             raise ModelCallError("an OpenAI-compatible model needs a baseUrl")
         self._config = config
         self._url = config.base_url.rstrip("/") + "/chat/completions"
-        self._key = env.get(config.api_key_env) if config.api_key_env else None
-        headers = {"authorization": f"Bearer {self._key}"} if self._key else {}
-        # One timeout value for every phase: each is a bound on silence, not on total duration.
-        timeout = http.Timeout(config.request_timeout_seconds)
-        limits = http.Limits(max_connections=MAX_CONCURRENT_CALLS, max_keepalive_connections=20)
-        self._client = http.AsyncClient(headers=headers, timeout=timeout, transport=transport, limits=limits)
-        self._slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
+        self._endpoint = Endpoint(config, env, transport, lambda key: {"authorization": f"Bearer {key}"})
 
     async def complete(self, messages: list[Message], tools: list[dict[str, Any]], progress: Progress) -> ModelReply:
-        self._check_key()
-        payload = self._payload(messages, tools)
-        trace = _progress_trace(progress)
-        progress("model_call:waiting_for_slot")
-        try:
-            async with self._slots:
-                # Getting a slot is progress: the stall clock measures the upstream's silence,
-                # not the time spent queued behind other calls.
-                progress("model_call:slot_acquired")
-                return await self._call(payload, trace, progress)
-        except http.TimeoutException as exc:
-            seconds = self._config.request_timeout_seconds
-            raise ModelCallError(f"model upstream silent for {seconds:g}s ({type(exc).__name__})") from None
-        except http.TransportError as exc:
-            raise ModelCallError(f"model upstream unreachable: {type(exc).__name__}: {self._scrub(str(exc))}") from None
-
-    async def _call(self, payload: dict[str, Any], trace: Any, progress: Progress) -> ModelReply:
-        async with self._client.stream("POST", self._url, json=payload, extensions={"trace": trace}) as response:
-            progress("model_call:headers")
-            if not response.is_success:
-                raise ModelCallError(await self._status_error(response))
-            if _is_event_stream(response):
-                return await _read_stream(response, progress)
-            return _parse_completion(_json(await response.aread()))
+        return await self._endpoint.call(self._url, self._payload(messages, tools), progress, _read_reply)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
-
-    def _check_key(self) -> None:
-        if self._config.api_key_env and not self._key:
-            raise ModelCallError(f"environment variable {self._config.api_key_env} is not set")
+        await self._endpoint.aclose()
 
     def _payload(self, messages: list[Message], tools: list[dict[str, Any]]) -> dict[str, Any]:
         payload: dict[str, Any] = {"model": self._config.model, "messages": messages, "stream": self._config.stream}
+        if self._config.stream:
+            # The last chunk then carries the call's usage (SPEC 16); servers without it ignore it.
+            payload["stream_options"] = {"include_usage": True}
+        if self._config.max_tokens is not None:
+            payload["max_tokens"] = self._config.max_tokens
         if tools:
             payload["tools"] = tools
         return payload
 
-    async def _status_error(self, response: http.Response) -> str:
-        body = b""
-        # Bounded read: an error page can be large and we only quote its start.
-        async for piece in response.aiter_bytes():
-            body += piece
-            if len(body) >= _ERROR_BODY_LIMIT:
-                break
-        snippet = " ".join(body.decode("utf-8", "replace").split())[:ERROR_SNIPPET_CHARS]
-        return f"model upstream answered HTTP {response.status_code}: {self._scrub(snippet)}"
 
-    def _scrub(self, text: str) -> str:
-        return text.replace(self._key, "***") if self._key else text
+async def _read_reply(response: http.Response, progress: Progress) -> ModelReply:
+    if is_event_stream(response):
+        return await _read_stream(response, progress)
+    return _parse_completion(parse_json(await response.aread()))
 
 
-def _progress_trace(progress: Progress) -> Any:
-    """The HTTP library's trace hook, turned into progress labels the watchdog can report."""
-
-    async def trace(event: str, info: dict[str, Any]) -> None:
-        if event.endswith("connect_tcp.complete"):
-            progress("model_call:connected")
-        elif event.endswith("send_request_body.complete"):
-            progress("model_call:request_sent")
-
-    return trace
+def _check(path: str, model: ModelConfig) -> None:
+    if not model.base_url:
+        raise ConfigError(f"{path}.baseUrl", "required for an OpenAI-compatible model")
+    if not model.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}.baseUrl", f"must be an http(s) URL, got {model.base_url!r}")
+    if not model.model:
+        raise ConfigError(f"{path}.model", "required for an OpenAI-compatible model")
 
 
-def _is_event_stream(response: http.Response) -> bool:
-    # Some servers ignore `stream: true` and answer with one JSON body: accept either.
-    return response.headers.get("content-type", "").startswith("text/event-stream")
+KIND = ModelKind("openai", open=OpenAIModel, keys=ModelKeys(check=_check))
 
 
-def _json(raw: bytes | str) -> Any:
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise ModelCallError("model upstream sent something that is not JSON") from None
+def _usage(body: Any) -> Usage:
+    """`usage` as OpenAI spells it; cached prompt tokens are part of `prompt_tokens` there."""
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return Usage()
+    details = usage.get("prompt_tokens_details") or {}
+    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
+    prompt = int(usage.get("prompt_tokens") or 0)
+    return Usage(input=prompt - cached, output=int(usage.get("completion_tokens") or 0), cache_read=cached)
 
 
 # --- non-streaming ---------------------------------------------------------------------------
@@ -139,9 +94,9 @@ def _parse_completion(body: Any) -> ModelReply:
             _tool_call(c["id"], c["function"]["name"], c["function"].get("arguments"))
             for c in message.get("tool_calls") or []
         )
-        return ModelReply(_text(message.get("content"), bool(calls)), calls)
-    except (KeyError, IndexError, TypeError, AttributeError):
-        raise ModelCallError(f"model upstream sent an unexpected completion: {_shape(body)}") from None
+        return ModelReply(_text(message.get("content"), bool(calls)), calls, _usage(body))
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+        raise ModelCallError(f"model upstream sent an unexpected completion: {shape(body)}") from None
 
 
 def _text(content: Any, has_calls: bool) -> str | None:
@@ -162,10 +117,6 @@ def _tool_call(call_id: Any, name: Any, arguments: Any) -> ToolCall:
     return ToolCall(str(call_id), str(name), parsed)
 
 
-def _shape(body: Any) -> str:
-    return json.dumps(body)[:ERROR_SNIPPET_CHARS] if isinstance(body, dict | list) else type(body).__name__
-
-
 # --- streaming (SSE) -------------------------------------------------------------------------
 
 
@@ -183,12 +134,16 @@ class _StreamAccumulator:
     chunks: int = 0
     content: list[str] = attrs.Factory(list)
     calls: dict[int, _PartialCall] = attrs.Factory(dict)
+    usage: Usage = attrs.Factory(Usage)
 
     def add(self, chunk: Any) -> None:
         if isinstance(chunk, dict) and "error" in chunk:
-            raise ModelCallError(f"model upstream sent an error mid-stream: {_shape(chunk)}")
+            # The upstream broke after it started: another model may do better.
+            raise ModelCallError(f"model upstream sent an error mid-stream: {shape(chunk)}", failover="server_error")
         self.chunks += 1
         try:
+            if chunk.get("usage"):
+                self.usage = _usage(chunk)
             choices = chunk.get("choices") or []
             delta = choices[0].get("delta") or {} if choices else {}
             if delta.get("content"):
@@ -196,7 +151,7 @@ class _StreamAccumulator:
             for fragment in delta.get("tool_calls") or []:
                 self._add_call_fragment(fragment)
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise ModelCallError(f"model upstream sent an unexpected chunk: {_shape(chunk)}") from None
+            raise ModelCallError(f"model upstream sent an unexpected chunk: {shape(chunk)}") from None
 
     def _add_call_fragment(self, fragment: dict[str, Any]) -> None:
         call = self.calls.setdefault(int(fragment.get("index", 0)), _PartialCall())
@@ -209,17 +164,14 @@ class _StreamAccumulator:
     def reply(self) -> ModelReply:
         calls = tuple(_tool_call(c.id, c.name, "".join(c.arguments)) for _, c in sorted(self.calls.items()))
         text = "".join(self.content)
-        return ModelReply(text if text or not calls else None, calls)
+        return ModelReply(text if text or not calls else None, calls, self.usage)
 
 
 async def _read_stream(response: http.Response, progress: Progress) -> ModelReply:
     acc = _StreamAccumulator()
-    async for line in response.aiter_lines():
-        if not line.startswith("data:"):
-            continue  # SSE comments, event names, blank separators
-        data = line[len("data:") :].strip()
+    async for data in sse_data(response.aiter_lines()):
         if data == "[DONE]":
             break
-        acc.add(_json(data))
+        acc.add(parse_json(data))
         progress("model_call:first_token" if acc.chunks == 1 else "model_call:streaming")
     return acc.reply()

@@ -15,7 +15,7 @@ import attrs
 
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy import codec
-from trio_gateway.policy.config_checks import RANGES, check, known_kind, numbers
+from trio_gateway.policy.config_checks import RANGES, check, known_kind, known_model_kind, numbers
 from trio_gateway.policy.config_schema import (
     AccountConfig,
     AccountKind,
@@ -33,6 +33,7 @@ from trio_gateway.policy.config_schema import (
     LoggingConfig,
     McpServerConfig,
     ModelConfig,
+    ModelKeys,
     Recovery,
     RecoveryConfig,
     StallConfig,
@@ -59,6 +60,7 @@ __all__ = [
     "LoggingConfig",
     "McpServerConfig",
     "ModelConfig",
+    "ModelKeys",
     "Recovery",
     "RecoveryConfig",
     "StallConfig",
@@ -71,18 +73,36 @@ __all__ = [
 ]
 
 
-def parse(raw: object, kinds: Mapping[str, AccountKind] | None = None) -> Config:
-    """Structure and check a decoded `gateway.json` (`kinds`: see `check`). Each account is
-    structured as its kind's class, so a key of another kind is an unknown key there; without
-    `kinds`, accounts hold the common keys only. The built-in `default` echo model stays
-    available unless the file names its own `default`."""
+def parse(
+    raw: object, kinds: Mapping[str, AccountKind] | None = None, models: Mapping[str, ModelKeys] | None = None
+) -> Config:
+    """Structure and check a decoded `gateway.json` (`kinds`, `models`: see `check`). Each
+    account is structured as its kind's class, so a key of another kind is an unknown key there;
+    without `kinds`, accounts hold the common keys only. Each model likewise as its provider's
+    class. The built-in `default` echo model stays available unless the file names its own `default`."""
+    sections = ("channels", "models")
     channels = raw.get("channels", {}) if isinstance(raw, Mapping) else {}
-    rest = {k: v for k, v in raw.items() if k != "channels"} if isinstance(raw, Mapping) else raw
+    raw_models = raw.get("models", {}) if isinstance(raw, Mapping) else {}
+    rest = {k: v for k, v in raw.items() if k not in sections} if isinstance(raw, Mapping) else raw
     config = codec.structure_input(rest, Config)
-    config = attrs.evolve(config, channels=_channels(channels, kinds))
+    config = attrs.evolve(config, channels=_channels(channels, kinds), models=_models(raw_models, models))
     if "default" not in config.models:
         config = attrs.evolve(config, models={**default_models(), **config.models})
-    return check(config, kinds)
+    return check(config, kinds, models)
+
+
+def _models(raw: object, kinds: Mapping[str, ModelKeys] | None) -> dict[str, ModelConfig]:
+    """`models`, each entry as its provider's class; an unknown provider is refused before the
+    entry's other keys are read."""
+    entries = _at("models", raw, dict[str, dict[str, Any]])
+    models = {}
+    for name, entry in entries.items():
+        path = f"models.{name}"
+        # Which provider, from the two keys that say it, before the provider's class reads the rest.
+        shell = _at(path, {k: v for k, v in entry.items() if k in ("provider", "baseUrl")}, ModelConfig)
+        kind = known_model_kind(kinds, name, shell.kind)
+        models[name] = _at(path, entry, kind.config if kind is not None else ModelConfig)
+    return models
 
 
 def _channels(raw: object, kinds: Mapping[str, AccountKind] | None) -> dict[str, ChannelConfig]:

@@ -16,7 +16,15 @@ import attrs
 
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy import codec
-from trio_gateway.policy.config_schema import AccountConfig, AccountKind, ClusterConfig, Config, ToolsConfig
+from trio_gateway.policy.config_schema import (
+    AccountConfig,
+    AccountKind,
+    ClusterConfig,
+    Config,
+    ModelConfig,
+    ModelKeys,
+    ToolsConfig,
+)
 
 # Bounds: a file smaller than 64 KiB rotates every few seconds of a busy drain; one larger
 # than 1 GiB is no longer something an operator opens.
@@ -44,6 +52,9 @@ RANGES: dict[str, tuple[float, float]] = {
     "logging.maxFileBytes": _LOG_FILE_BYTES,
     "logging.backupCount": _LOG_BACKUPS,
     "models.*.requestTimeoutSeconds": (0.01, 86_400),
+    "models.*.maxTokens": (1, 1_000_000),
+    "models.*.contextTokens": (256, 100_000_000),
+    "agents.*.maxTokensPerDay": (1, 10**15),
     "agents.*.maxSubagentDepth": (1, 16),
     "agents.*.maxToolRounds": (1, 100),
     "delivery.maxAttempts": (1, 1_000),
@@ -101,7 +112,9 @@ def _check_ranges(config: Config) -> None:
             )
 
 
-def check(config: Config, kinds: Mapping[str, AccountKind] | None = None) -> Config:
+def check(
+    config: Config, kinds: Mapping[str, AccountKind] | None = None, models: Mapping[str, ModelKeys] | None = None
+) -> Config:
     """Rules that types cannot say: numbers within their ranges, references that resolve.
 
     `kinds`: the channel kinds this version speaks, by name (`channels.registry.account_kinds()`).
@@ -109,9 +122,12 @@ def check(config: Config, kinds: Mapping[str, AccountKind] | None = None) -> Con
     given, an unknown `channels.<name>` is refused before the errors a typo would cause further
     on (an account's missing keys, an agent bound to no known channel), and each account is held
     to its kind's rules. Without them, names and bindings go unchecked: policy cannot tell a
-    standalone kind (`console`, no accounts) from a channel left out of `channels`."""
+    standalone kind (`console`, no accounts) from a channel left out of `channels`.
+
+    `models`: the model kinds (providers) by name (`models.registry.model_keys()`), handed in
+    the same way: given, an unknown `provider` is refused and each entry held to its kind's rules."""
     _check_ranges(config)
-    _check_models(config)
+    _check_models(config, models)
     for channel, section in config.channels.items():
         kind = known_kind(kinds, channel)
         for account_id, account in section.accounts.items():
@@ -165,7 +181,17 @@ def _unconfigured(config: Config, kinds: Mapping[str, AccountKind] | None, chann
     return kind is None or not kind.standalone
 
 
-def _check_models(config: Config) -> None:
+def known_model_kind(models: Mapping[str, ModelKeys] | None, name: str, provider: str) -> ModelKeys | None:
+    """The kind of `models.<name>`; refused when the caller named the kinds and not this one."""
+    if models is None:
+        return None
+    kind = models.get(provider)
+    if kind is None:
+        raise ConfigError(f"models.{name}.provider", f"unknown provider {provider!r}; known: {', '.join(models)}")
+    return kind
+
+
+def _check_models(config: Config, models: Mapping[str, ModelKeys] | None) -> None:
     for name, model in config.models.items():
         path = f"models.{name}"
         if model.provider is None and model.base_url is None and (model.model or model.api_key_env):
@@ -174,13 +200,27 @@ def _check_models(config: Config) -> None:
                 f"{path}.baseUrl",
                 'a model needs a provider: set baseUrl (an OpenAI-compatible endpoint) or provider "echo"',
             )
-        if model.kind == "openai":
-            if not model.base_url:
-                raise ConfigError(f"{path}.baseUrl", "required for an OpenAI-compatible model")
-            if not model.base_url.startswith(("http://", "https://")):
-                raise ConfigError(f"{path}.baseUrl", f"must be an http(s) URL, got {model.base_url!r}")
-            if not model.model:
-                raise ConfigError(f"{path}.model", "required for an OpenAI-compatible model")
+        _check_budget(path, model)
+        _check_fallbacks(config, name, model)
+        kind = known_model_kind(models, name, model.kind)
+        if kind is not None:
+            kind.check(path, model)
+
+
+def _check_budget(path: str, model: ModelConfig) -> None:
+    if model.context_tokens is not None and model.max_tokens is not None and model.max_tokens >= model.context_tokens:
+        raise ConfigError(f"{path}.maxTokens", "must be less than contextTokens (the answer must fit the context)")
+
+
+def _check_fallbacks(config: Config, name: str, model: ModelConfig) -> None:
+    for i, other in enumerate(model.fallbacks):
+        where = f"models.{name}.fallbacks[{i}]"
+        if other == name:
+            raise ConfigError(where, "a model cannot be its own fallback")
+        if other not in config.models:
+            raise ConfigError(where, f"no model named {other!r} in models")
+        if other in model.fallbacks[:i]:
+            raise ConfigError(where, f"{other!r} is listed twice")
 
 
 def _check_access(path: str, account: AccountConfig) -> None:

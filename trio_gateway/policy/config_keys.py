@@ -12,7 +12,7 @@ from typing import Any
 
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy import strict_json
-from trio_gateway.policy.config import AccountKind, Config, parse, to_json
+from trio_gateway.policy.config import AccountKind, Config, ModelKeys, parse, to_json
 
 
 def _split_key(key: str) -> list[str]:
@@ -22,11 +22,17 @@ def _split_key(key: str) -> list[str]:
     return parts
 
 
-def get_key(raw: Mapping[str, Any], key: str, kinds: Mapping[str, AccountKind] | None = None) -> Any:
+def get_key(
+    raw: Mapping[str, Any],
+    key: str,
+    kinds: Mapping[str, AccountKind] | None = None,
+    models: Mapping[str, ModelKeys] | None = None,
+) -> Any:
     """The value at a dotted key: from the file when set there, else the built-in default
-    (`kinds`: see `config_checks.check`; without them, accounts hold the common keys only)."""
+    (`kinds`, `models`: see `config_checks.check`; without them, accounts and models hold the
+    common keys only)."""
     parts = _split_key(key)
-    merged = to_json(parse(raw, kinds))
+    merged = to_json(parse(raw, kinds, models))
     node: Any = merged
     for i, part in enumerate(parts):
         if isinstance(node, Mapping) and part in node:
@@ -48,7 +54,10 @@ def parse_value(text: str) -> Any:
 
 
 def unset_key(
-    raw: Mapping[str, Any], key: str, kinds: Mapping[str, AccountKind] | None = None
+    raw: Mapping[str, Any],
+    key: str,
+    kinds: Mapping[str, AccountKind] | None = None,
+    models: Mapping[str, ModelKeys] | None = None,
 ) -> tuple[dict[str, Any], Config]:
     """A new raw document without `key` (the built-in default applies again), objects it leaves
     empty removed, and its parsed config; raises, writing nothing, if the result is not valid."""
@@ -66,11 +75,15 @@ def unset_key(
     for parent, part, child in reversed(list(zip(trail, parts, trail[1:], strict=False))):
         if not child:
             del parent[part]
-    return new, parse(new, kinds)
+    return new, parse(new, kinds, models)
 
 
 def set_key(
-    raw: Mapping[str, Any], key: str, value: Any, kinds: Mapping[str, AccountKind] | None = None
+    raw: Mapping[str, Any],
+    key: str,
+    value: Any,
+    kinds: Mapping[str, AccountKind] | None = None,
+    models: Mapping[str, ModelKeys] | None = None,
 ) -> tuple[dict[str, Any], Config]:
     """A new raw document with `key` set, and its parsed config. Raises before returning
     anything when the whole new document would not be valid, so a caller writes all or nothing."""
@@ -86,4 +99,4 @@ def set_key(
             raise ConfigError(".".join(parts[: i + 1]), "is not an object; cannot set a key inside it")
         node = child
     node[parts[-1]] = value
-    return new, parse(new, kinds)
+    return new, parse(new, kinds, models)

@@ -77,18 +77,47 @@ class GatewaySection:
 
 @attrs.frozen
 class ModelConfig:
-    provider: Literal["openai", "echo"] | None = None
+    """`models.<name>` (SPEC 3, 16): the keys every provider shares. A provider is a model kind
+    (`models/<provider>.py`); policy names none of them beyond SPEC 3's default for a file that
+    says no `provider`, and a kind may hand down a subclass with its own keys (`ModelKeys`)."""
+
+    provider: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
     model: str | None = None
     stream: bool = True
     request_timeout_seconds: float = 120.0
+    # The answer's length cap sent to the provider; None: the provider's own default.
+    max_tokens: int | None = None
+    # The model's context window; the history is trimmed to fit it minus maxTokens (SPEC 16).
+    # None: no budget (the history is only cut by message count).
+    context_tokens: int | None = None
+    # Models tried next, in order, when this one is rate-limited, overloaded, down or stalled.
+    fallbacks: list[str] = attrs.Factory(list)
 
     @property
-    def kind(self) -> Literal["openai", "echo"]:
+    def kind(self) -> str:
+        """The provider's name: `provider`, else SPEC 3's default (a `baseUrl` is an
+        OpenAI-compatible endpoint; nothing is the embedded echo model)."""
         if self.provider is not None:
             return self.provider
         return "openai" if self.base_url is not None else "echo"
+
+
+def _no_model_rules(path: str, model: ModelConfig) -> None:
+    """A provider whose models need nothing beyond their keys' types."""
+
+
+@attrs.frozen
+class ModelKeys:
+    """What one model kind lets its `models.<name>` entries say, as its module under `models/`
+    declares it and the model registry hands it down to `config.parse` and `config_checks.check`."""
+
+    # `ModelConfig`, or a subclass adding the provider's own keys.
+    config: type[ModelConfig] = ModelConfig
+    # Rules beyond types for one entry (`path`: `models.<name>`); raises `ConfigError` naming
+    # the key. The API key's variable is checked later, with the environment.
+    check: Callable[[str, ModelConfig], None] = _no_model_rules
 
 
 InboundMode = Literal["poll", "socket", "webhook", "off"]
@@ -161,6 +190,9 @@ class AgentConfig:
     max_tool_rounds: int = 8
     # SPEC 14 allow-list: "server.*", "server.tool", "http_request" (spawn_subagent is always offered).
     tools: list[str] = attrs.Factory(list)
+    # SPEC 16: tokens (input + output, every model) the agent may spend per UTC day; past it new
+    # turns are refused until midnight UTC. None: no cap.
+    max_tokens_per_day: int | None = None
 
 
 @attrs.frozen

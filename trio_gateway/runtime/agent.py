@@ -13,10 +13,11 @@ from typing import Any
 
 import trio
 
-from trio_gateway.errors import ConfigError, ModelCallError, described
-from trio_gateway.models.base import Message, Model, ModelReply, ToolCall
+from trio_gateway.errors import ConfigError, ModelCallError, TokenCapError, described
+from trio_gateway.models.base import Message, ToolCall
 from trio_gateway.policy.entry import DeliveryKind
 from trio_gateway.policy.origin import Origin
+from trio_gateway.runtime import model_calls
 from trio_gateway.runtime.session import Runtime, Session, deliver, gateway_error, serve_session
 from trio_gateway.runtime.subagents import SPAWN_TOOL, spawn_subagent
 from trio_gateway.storage.sessions import SessionRecord, TurnRecord
@@ -75,6 +76,9 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
     kind: DeliveryKind = "cron_result" if turn.kind == "cron" else "reply"
     ok = True
     try:
+        refused = model_calls.over_daily_cap(rt, record.agent)
+        if refused is not None:
+            raise TokenCapError(refused)
         text = await _agent_loop(rt, session, record.agent, messages, turn.origin, depth=0)
     except trio.Cancelled:
         await _cut(rt, session, turn)
@@ -194,8 +198,7 @@ async def _agent_loop(
         await rt.tools.listed(agent_id)  # a server still starting: wait for its tool listing
         tools += rt.tools.offered(agent_id)
     for _ in range(agent.max_tool_rounds):
-        model = rt.model(agent.model, session.id)
-        reply = await _model_call(rt, session, model, messages, tools, parent)
+        reply = await model_calls.complete(rt, model_calls.Call(session.id, agent_id, messages, tools, parent))
         messages.append(reply.as_message())
         if not reply.tool_calls:
             return reply.text or ""
@@ -203,19 +206,6 @@ async def _agent_loop(
             result = await _tool_call(rt, session, call, agent_id, origin, depth, parent)
             messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
     raise ModelCallError(f"no answer after {agent.max_tool_rounds} tool rounds")
-
-
-async def _model_call(
-    rt: Runtime,
-    session: Session,
-    model: Model,
-    messages: list[Message],
-    tools: list[dict[str, Any]],
-    parent: WorkUnit | None,
-) -> ModelReply:
-    with rt.registry.track("model_call", session.id, parent) as unit:
-        return await model.complete(messages, tools, unit.progress)
-    raise AssertionError("unreachable: track() re-raises when it absorbs a cancellation")
 
 
 async def _tool_call(

@@ -19,6 +19,7 @@ from trio_gateway.models.base import Model
 from trio_gateway.policy.config import Config, ModelConfig
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.runtime.session import Outbox
+from trio_gateway.runtime.usage import ModelLedger
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.base import DeliveryStore, SessionStorage
 from trio_gateway.storage.disk import StorageHealth
@@ -113,3 +114,6 @@ class GatewayDeps:
     session_id_prefix: str = "s"
     # `GET /v1/cluster`: the nodes sharing the database (None: not in cluster mode).
     cluster_status: Callable[[], Awaitable[dict[str, Any]]] | None = None
+    # Tokens, model call outcomes and cool-downs (SPEC 16): one for the gateway's life, handed
+    # to every generation's runtime, so a restart neither forgets a cool-down nor a day's spend.
+    model_ledger: ModelLedger = attrs.Factory(ModelLedger)

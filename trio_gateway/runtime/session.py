@@ -22,6 +22,7 @@ from trio_gateway.policy.config import Config
 from trio_gateway.policy.entry import DeliveryKind
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.stalls import ModelStalls
+from trio_gateway.runtime.usage import ModelLedger
 from trio_gateway.storage.base import SessionStorage
 from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 from trio_gateway.tools.registry import ToolBox
@@ -56,6 +57,8 @@ class Runtime:
     tools: ToolBox | None = None
     # The test endpoint's armed stalls (in memory, this generation only).
     stalls: ModelStalls = attrs.Factory(ModelStalls)
+    # Tokens, call outcomes and cool-downs (SPEC 16); the gateway's own, across generations.
+    ledger: ModelLedger = attrs.Factory(ModelLedger)
 
     def model(self, name: str, session_id: str) -> Model:
         """The model a session's next call goes to (stalling when the test endpoint armed it)."""

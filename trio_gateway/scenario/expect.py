@@ -82,7 +82,8 @@ class LogExpect:
             e
             for e in obs.events
             if e.tag == self.tag
-            and (self.contains is None or self.contains in e.message)
+            # The line's fields too (`from=claude to=backup`), as an operator reads it.
+            and (self.contains is None or self.contains in e.text())
             and _within(obs.at(e), self.by)
         ]
         first = f"first at {obs.at(hits[0]):.3f}s" if hits else "none seen"

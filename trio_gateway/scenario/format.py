@@ -2,7 +2,9 @@
 
 [scenario]   name, description, durationSeconds (virtual), seed
 [config]     dotted camelCase overrides of gateway.json ("gateway.drain.timeoutSeconds" = 60)
-[model]      the fake model: behaviour = echo | stall | fail, delaySeconds
+[model]      the fake model: behaviour = echo | stall | fail, delaySeconds; upstreams = { <model
+             name> = echo | stall | pings | overloaded | error_mid_stream | fail | slow | delay }
+             for model entries whose provider has a fake (the real client over it)
 [channels.C] a fake channel server: mode = accept | reject | fail | rate_limit, code, status,
              message, failTimes, retryAfterSeconds, delaySeconds, accounts
 [[action]]   at = seconds, type = start_session | spawn_subagent | restart | force_restart | stop

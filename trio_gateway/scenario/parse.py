@@ -14,6 +14,7 @@ import attrs
 
 from trio_gateway.channels import registry as channel_registry
 from trio_gateway.errors import ConfigError
+from trio_gateway.models import registry as model_registry
 from trio_gateway.policy import codec
 from trio_gateway.policy import config as cfg
 from trio_gateway.scenario.expect import EXPECT_TYPES
@@ -105,7 +106,7 @@ def _config(raw: object, channels: dict[str, ChannelSpec], lines: _Lines, source
                 merged.setdefault("channels", {})[name] = {"accounts": {a: fake_account(name) for a in spec.accounts}}
         for key, value in raw.items():
             _merge(merged, key, value)
-        return cfg.parse(merged, channel_registry.account_kinds())
+        return cfg.parse(merged, channel_registry.account_kinds(), model_registry.model_keys())
     except ConfigError as exc:
         raise _fail(source, lines.header("config"), f"config.{exc.path}", exc.what) from None
 

@@ -1,4 +1,7 @@
-"""An OpenAI-compatible fake model server: echo, delayed, stalled, failing, slow, tool calls.
+"""The fake model server: echo, delayed, stalled, failing, slow, tool calls, keep-alives only,
+overloaded, an error mid-stream. It speaks one provider's protocol, its `Wire`: OpenAI's chat
+completions here (`OPENAI`), Anthropic's Messages API in `fake_anthropic.py`; the behaviour
+core below is the same for both.
 
 Why a raw trio + h11 server and not an ASGI app under hypercorn: the point of this fake is to
 observe the transport. A test must see the exact moment the client's socket closes (EOF), count
@@ -23,6 +26,9 @@ The directive is stripped and the rest is answered by the echo rule (`models/ech
     /delay N          wait N seconds, then answer
     /slow N           one streamed chunk every N seconds
     /fail S           answer with HTTP status S
+    /overloaded       the provider's overload answer (529 Anthropic, 503 OpenAI) with retry-after
+    /pings            headers, then keep-alives only (`ping` events, `: keep-alive` comments)
+    /error-after K    stream K events, then the provider's mid-stream error event
     /spawn A TASK     (not a directive: the echo rule) a `spawn_subagent` tool call
 """
 
@@ -35,7 +41,7 @@ import re
 import sys
 from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import attrs
 import h11
@@ -44,10 +50,20 @@ from trio_util import AsyncValue
 
 from trio_gateway import upstream as http
 from trio_gateway.models.base import Message, ModelReply
-from trio_gateway.models.echo import last_user_text, scripted_reply
+from trio_gateway.models.echo import estimate_usage, last_user_text, scripted_reply
 
-Mode = Literal["echo", "delay", "stall", "stall_mid_stream", "fail", "slow"]
-_MODES: tuple[Mode, ...] = ("echo", "delay", "stall", "stall_mid_stream", "fail", "slow")
+Mode = Literal["echo", "delay", "stall", "stall_mid_stream", "fail", "slow", "pings", "overloaded", "error_mid_stream"]
+_MODES: tuple[Mode, ...] = (
+    "echo",
+    "delay",
+    "stall",
+    "stall_mid_stream",
+    "fail",
+    "slow",
+    "pings",
+    "overloaded",
+    "error_mid_stream",
+)
 
 
 @attrs.define
@@ -59,6 +75,9 @@ class FakeBehaviour:
     stall_after_chunks: int = 1  # mode "stall_mid_stream"
     status: int = 500  # mode "fail"
     chunk_interval_seconds: float = 0.0  # mode "slow" (also applies to any streamed answer)
+    retry_after_seconds: float | None = 1.0  # mode "overloaded": the retry-after header
+    ping_interval_seconds: float = 1.0  # mode "pings": one keep-alive this often
+    error_after_chunks: int = 1  # mode "error_mid_stream"
 
 
 @attrs.frozen
@@ -78,11 +97,16 @@ class Plan:
     chunk_interval: float = 0.0
     stall_after_chunks: int | None = None
     text: str = ""
+    # Keep-alives forever after the headers, one every `pings` seconds (None: none).
+    pings: float | None = None
+    # Send this many events, then the provider's mid-stream error event (None: no error).
+    error_after: int | None = None
+    retry_after: float | None = None
+    overloaded: bool = False
 
 
-def _plan_for(body: dict[str, Any], behaviour: FakeBehaviour) -> tuple[Plan, list[Message]]:
+def _plan_for(messages: list[Message], behaviour: FakeBehaviour) -> tuple[Plan, list[Message]]:
     """Decide the answer from the server behaviour and an optional directive in the prompt."""
-    messages: list[Message] = list(body.get("messages") or [])
     text = last_user_text(messages)
     directive, rest = _split_directive(text)
     if directive is not None:
@@ -96,7 +120,7 @@ def _split_directive(text: str) -> tuple[tuple[str, float] | None, str]:
     if not parts or parts[0] not in _DIRECTIVES:
         return None, text
     name, rest = parts[0], parts[1] if len(parts) > 1 else ""
-    if name == "/stall":
+    if name in _NO_ARGUMENT:
         return (name, 0.0), rest
     arg, _, rest = rest.partition(" ")
     try:
@@ -105,12 +129,16 @@ def _split_directive(text: str) -> tuple[tuple[str, float] | None, str]:
         return None, text
 
 
-_DIRECTIVES = ("/stall", "/stall-after", "/delay", "/slow", "/fail")
+_DIRECTIVES = ("/stall", "/stall-after", "/delay", "/slow", "/fail", "/overloaded", "/pings", "/error-after")
+_NO_ARGUMENT = ("/stall", "/overloaded", "/pings")
 
 
 def _directive_plan(directive: tuple[str, float]) -> Plan:
     name, arg = directive
     return {
+        "/overloaded": lambda: Plan(overloaded=True, retry_after=1.0),
+        "/pings": lambda: Plan(pings=1.0),
+        "/error-after": lambda: Plan(error_after=int(arg)),
         "/stall": lambda: Plan(before_headers=math.inf),
         "/stall-after": lambda: Plan(stall_after_chunks=int(arg)),
         "/delay": lambda: Plan(before_headers=arg),
@@ -129,6 +157,12 @@ def _behaviour_plan(b: FakeBehaviour) -> Plan:
         return Plan(stall_after_chunks=b.stall_after_chunks, chunk_interval=interval)
     if b.mode == "fail":
         return Plan(status=b.status)
+    if b.mode == "overloaded":
+        return Plan(overloaded=True, retry_after=b.retry_after_seconds)
+    if b.mode == "pings":
+        return Plan(pings=b.ping_interval_seconds)
+    if b.mode == "error_mid_stream":
+        return Plan(error_after=b.error_after_chunks, chunk_interval=interval)
     return Plan(chunk_interval=interval)
 
 
@@ -141,53 +175,100 @@ def _replace_last_user_text(messages: list[Message], text: str) -> list[Message]
     return out
 
 
-# --- the OpenAI wire format ------------------------------------------------------------------
+# --- a provider's protocol ----------------------------------------------------------------------
 
 
-def _completion_json(reply: ModelReply, model: str) -> bytes:
-    message: dict[str, Any] = reply.as_message()
-    finish = "tool_calls" if reply.tool_calls else "stop"
-    body = {
-        "id": "chatcmpl-fake",
-        "object": "chat.completion",
-        "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-    }
-    return json.dumps(body).encode()
+class Wire(Protocol):
+    """What the fake says in one provider's protocol; the behaviour core decides when."""
+
+    # The path suffix it answers (`/chat/completions`, `/v1/messages`).
+    path: str
+    # Its overload answer's status (HTTP 529 at Anthropic).
+    overloaded_status: int
+
+    def conversation(self, body: dict[str, Any]) -> tuple[list[Message], list[dict[str, Any]]]:
+        """The request as the session's (OpenAI-shaped) messages and tools, for the echo rule."""
+        ...
+
+    def completion(self, reply: ModelReply, model: str) -> bytes: ...
+
+    def stream(self, reply: ModelReply, model: str) -> list[bytes]: ...
+
+    def error(self, status: int) -> bytes: ...
+
+    def keep_alive(self) -> bytes: ...
+
+    def stream_error(self) -> bytes: ...
 
 
-def _stream_chunks(reply: ModelReply, model: str) -> list[bytes]:
-    """SSE events: content one word per chunk, tool-call arguments in fragments, then [DONE]."""
-    deltas: list[dict[str, Any]] = [{"role": "assistant"}]
-    if reply.text:
-        deltas += [{"content": word} for word in _words(reply.text)]
-    for index, call in enumerate(reply.tool_calls):
-        arguments = json.dumps(call.arguments)
-        head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
-        deltas.append({"tool_calls": [head]})
-        deltas += [{"tool_calls": [{"index": index, "function": {"arguments": f}}]} for f in _fragments(arguments)]
-    finish = "tool_calls" if reply.tool_calls else "stop"
-    events = [_sse({"id": "chatcmpl-fake", "model": model, "choices": [{"index": 0, "delta": d}]}) for d in deltas]
-    events.append(_sse({"id": "chatcmpl-fake", "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}))
-    events.append(b"data: [DONE]\n\n")
-    return events
+def sse(obj: dict[str, Any], event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + json.dumps(obj).encode() + b"\n\n"
 
 
-def _sse(obj: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(obj).encode() + b"\n\n"
-
-
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
     # Split after each space, keeping it, so the chunks concatenate back to the exact text.
     return [w for w in re.split(r"(?<= )", text) if w]
 
 
-def _fragments(text: str, size: int = 7) -> list[str]:
+def fragments(text: str, size: int = 7) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
-def _error_json(status: int) -> bytes:
-    return json.dumps({"error": {"message": f"fake model failure {status}", "type": "fake_error"}}).encode()
+class OpenAIWire:
+    """OpenAI's chat completions, streamed as `data:` chunks ending in `[DONE]`."""
+
+    path = "/chat/completions"
+    overloaded_status = 503
+
+    def conversation(self, body: dict[str, Any]) -> tuple[list[Message], list[dict[str, Any]]]:
+        return list(body.get("messages") or []), list(body.get("tools") or [])
+
+    def completion(self, reply: ModelReply, model: str) -> bytes:
+        message: dict[str, Any] = reply.as_message()
+        finish = "tool_calls" if reply.tool_calls else "stop"
+        body = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "model": model,
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": _openai_usage(reply),
+        }
+        return json.dumps(body).encode()
+
+    def stream(self, reply: ModelReply, model: str) -> list[bytes]:
+        """Content one word per chunk, tool-call arguments in fragments, usage, then [DONE]."""
+        deltas: list[dict[str, Any]] = [{"role": "assistant"}]
+        if reply.text:
+            deltas += [{"content": word} for word in words(reply.text)]
+        for index, call in enumerate(reply.tool_calls):
+            arguments = json.dumps(call.arguments)
+            head = {"index": index, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
+            deltas.append({"tool_calls": [head]})
+            deltas += [{"tool_calls": [{"index": index, "function": {"arguments": f}}]} for f in fragments(arguments)]
+        finish = "tool_calls" if reply.tool_calls else "stop"
+        events = [sse({"id": "chatcmpl-fake", "model": model, "choices": [{"index": 0, "delta": d}]}) for d in deltas]
+        events.append(sse({"id": "chatcmpl-fake", "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]}))
+        events.append(sse({"id": "chatcmpl-fake", "choices": [], "usage": _openai_usage(reply)}))
+        events.append(b"data: [DONE]\n\n")
+        return events
+
+    def error(self, status: int) -> bytes:
+        return json.dumps({"error": {"message": f"fake model failure {status}", "type": "fake_error"}}).encode()
+
+    def keep_alive(self) -> bytes:
+        return b": keep-alive\n\n"
+
+    def stream_error(self) -> bytes:
+        return sse({"error": {"message": "fake model failure mid-stream", "type": "server_error"}})
+
+
+def _openai_usage(reply: ModelReply) -> dict[str, int]:
+    usage = reply.usage
+    return {"prompt_tokens": usage.input, "completion_tokens": usage.output, "total_tokens": usage.total}
+
+
+OPENAI = OpenAIWire()
 
 
 # --- the server state and its two faces ------------------------------------------------------
@@ -204,6 +285,7 @@ class FakeModel:
     """One fake upstream. Mutate `behaviour` at run time; read the records in assertions."""
 
     behaviour: FakeBehaviour = attrs.Factory(FakeBehaviour)
+    wire: Wire = OPENAI
     requests: list[RecordedRequest] = attrs.Factory(list)
     # Connections (loopback) or in-flight exchanges (in-process) not yet closed by the client;
     # an AsyncValue so a test can `await fake.open_connections.wait_value(0)`.
@@ -223,18 +305,30 @@ class FakeModel:
         body = _parse_json(raw)
         self.requests.append(RecordedRequest(method, path, headers, body))
         self.received.value += 1
-        if not path.rstrip("/").endswith("/chat/completions") or method != "POST":
-            return Plan(status=404), [_error_json(404)]
-        plan, messages = _plan_for(body, self.behaviour)
-        if not body.get("stream") and plan.stall_after_chunks is not None:
+        wire = self.wire
+        if not path.rstrip("/").endswith(wire.path) or method != "POST":
+            return Plan(status=404), [wire.error(404)]
+        messages, tools = wire.conversation(body)
+        plan, messages = _plan_for(messages, self.behaviour)
+        streaming = bool(body.get("stream"))
+        if not streaming and (plan.stall_after_chunks is not None or plan.pings is not None):
             # One JSON body cannot be cut into chunks a client would act on: stall after headers.
-            plan = attrs.evolve(plan, stall_after_chunks=0)
+            plan = attrs.evolve(plan, stall_after_chunks=0, pings=None)
+        if plan.overloaded:
+            plan = attrs.evolve(plan, status=wire.overloaded_status)
         if plan.status >= 400:
-            return plan, [_error_json(plan.status)]
+            return plan, [wire.error(plan.status)]
+        if plan.pings is not None:
+            return plan, [wire.keep_alive()]
         self._calls += 1
-        reply = scripted_reply(messages, body.get("tools") or [], f"call_fake_{self._calls}")
+        reply = scripted_reply(messages, tools, f"call_fake_{self._calls}")
+        reply = attrs.evolve(reply, usage=estimate_usage(messages, reply))
         model = str(body.get("model") or "fake")
-        pieces = _stream_chunks(reply, model) if body.get("stream") else [_completion_json(reply, model)]
+        if not streaming:
+            return plan, [wire.completion(reply, model)]
+        pieces = wire.stream(reply, model)
+        if plan.error_after is not None:
+            pieces = [*pieces[: plan.error_after], wire.stream_error()]
         return plan, pieces
 
     def opened(self) -> None:
@@ -259,11 +353,17 @@ def _head_for(plan: Plan, streaming: bool, body_length: int | None) -> _Head:
     headers = [("content-type", kind)]
     if body_length is not None:
         headers.append(("content-length", str(body_length)))
+    if plan.status >= 400 and plan.retry_after is not None:
+        headers.append(("retry-after", f"{plan.retry_after:g}"))
     return _Head(plan.status, headers)
 
 
 async def _body_pieces(plan: Plan, pieces: list[bytes], wait: Callable[[float], Any]) -> AsyncIterator[bytes]:
     """Yield the body on the plan's schedule; `wait(seconds)` is the (possibly timed) sleep."""
+    if plan.pings is not None:
+        while True:  # keep-alives only, until the client hangs up
+            yield pieces[0]
+            await wait(plan.pings)
     for sent, piece in enumerate(pieces):
         if plan.stall_after_chunks is not None and sent >= plan.stall_after_chunks:
             await wait(math.inf)
@@ -449,8 +549,8 @@ async def _send_planned(
 # --- as a separate process -------------------------------------------------------------------
 
 
-def _parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m trio_gateway.sim.fake_model")
+def _parse_args(argv: list[str], prog: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=prog)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode", choices=_MODES, default="echo")
@@ -458,18 +558,33 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--stall-after", type=int, default=1, help="chunks before stalling (mode stall_mid_stream)")
     parser.add_argument("--status", type=int, default=500, help="HTTP status (mode fail)")
     parser.add_argument("--chunk-interval", type=float, default=0.0, help="seconds between chunks (mode slow)")
+    parser.add_argument("--retry-after", type=float, default=1.0, help="retry-after seconds (mode overloaded)")
+    parser.add_argument("--ping-interval", type=float, default=1.0, help="seconds between keep-alives (mode pings)")
+    parser.add_argument("--error-after", type=int, default=1, help="events before the error (mode error_mid_stream)")
     return parser.parse_args(argv)
 
 
-async def _main(args: argparse.Namespace) -> None:
-    behaviour = FakeBehaviour(args.mode, args.delay, args.stall_after, args.status, args.chunk_interval)
+async def _main(args: argparse.Namespace, wire: Wire) -> None:
+    behaviour = FakeBehaviour(
+        args.mode,
+        args.delay,
+        args.stall_after,
+        args.status,
+        args.chunk_interval,
+        args.retry_after,
+        args.ping_interval,
+        args.error_after,
+    )
     async with trio.open_nursery() as nursery:
-        url = await nursery.start(partial(serve_fake_model, FakeModel(behaviour), host=args.host, port=args.port))
+        fake = FakeModel(behaviour, wire)
+        url = await nursery.start(partial(serve_fake_model, fake, host=args.host, port=args.port))
         print(url, flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
-    trio.run(_main, _parse_args(sys.argv[1:] if argv is None else argv))
+def main(
+    argv: list[str] | None = None, wire: Wire = OPENAI, prog: str = "python -m trio_gateway.sim.fake_model"
+) -> None:
+    trio.run(_main, _parse_args(sys.argv[1:] if argv is None else argv, prog), wire)
 
 
 if __name__ == "__main__":

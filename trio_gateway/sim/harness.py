@@ -5,16 +5,18 @@ Only the two upstreams are fake. Deliveries go through the production wiring
 per-channel error classification) over `FakeChannels().transport()`, the HTTP-level fake that
 speaks every platform's send API. `console` writes `logs/console.jsonl` as in production.
 
-The model upstream stays a `Model` stub (`HarnessModel`), not `FakeModel` behind `OpenAIModel`:
-its directives (`/slow EVERY TOTAL` progress without chunks, `/spawn`, a kill switch) are what
-scenarios are written in, and 10,000 sessions through an HTTP client would cost seconds of wall.
+The built-in `default` model (and any `echo` one) stays a `Model` stub (`HarnessModel`), not
+`FakeModel` behind `OpenAIModel`: its directives (`/slow EVERY TOTAL` progress without chunks,
+`/spawn`, a kill switch) are what scenarios are written in, and 10,000 sessions through an HTTP
+client would cost seconds of wall. A model entry naming a provider with a fake
+(`sim/fake_models.py`: `openai`, `anthropic`) is the real client over that fake, in-process.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,13 +29,16 @@ from trio_gateway.channels.base import Channel, Outcome
 from trio_gateway.delivery.service import ClosableChannels, QueueDelivery
 from trio_gateway.errors import ModelCallError
 from trio_gateway.log import EventLog, FileSink, MemorySink
-from trio_gateway.models.base import Message, ModelReply, Progress
+from trio_gateway.models import build_model
+from trio_gateway.models.base import Message, Model, ModelReply, Progress
 from trio_gateway.policy import config as cfg
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.runtime.deps import DeliveryFactory
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import Delivered, FakeChannels, platform_fake
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
+from trio_gateway.sim.fake_model import Mode
+from trio_gateway.sim.fake_models import FakeModels, fake_keys
 from trio_gateway.sim.faults import FaultKit, Faults, FaultSwitch, faulty_opener, faulty_runner
 from trio_gateway.sim.runtime import ScriptedModel, gateway_deps
 from trio_gateway.storage.atomic import inline
@@ -55,6 +60,8 @@ class ModelSpec:
 
     behaviour: ModelBehaviour = "echo"
     delay_seconds: float = 0.0
+    # The provider fakes' behaviour by model name (`fake_model.Mode`): `{ claude = "pings" }`.
+    upstreams: dict[str, Mode] = attrs.Factory(dict)
 
 
 @attrs.define
@@ -192,6 +199,20 @@ class TappedChannels:
 # --- credentials --------------------------------------------------------------------------------
 
 
+def _model_factory(
+    config: cfg.Config, stub: HarnessModel, fakes: FakeModels, env: Mapping[str, str]
+) -> Callable[[cfg.ModelConfig], Model]:
+    """Each model entry's client: the real one over its provider's fake, else the stub."""
+
+    def open_model(model: cfg.ModelConfig) -> Model:
+        fake = fakes.for_entry(config, model)
+        if fake is None:
+            return stub
+        return build_model(model, {**fake_keys(config), **env}, fake.transport())
+
+    return open_model
+
+
 def fake_env(config: cfg.Config) -> dict[str, str]:
     """A value for every secret the config's accounts name, so the real adapters open."""
     env: dict[str, str] = {}
@@ -254,6 +275,8 @@ class Harness:
     faults: FaultKit = attrs.Factory(lambda: FaultKit(Faults()))
     # The MCP servers a config names, served in-process (`mcp["files"].calls`, `.cancelled`).
     mcp: FakeMcpServers = attrs.Factory(FakeMcpServers)
+    # The provider fakes behind the config's model entries (`models["claude"].requests`).
+    models: FakeModels = attrs.Factory(FakeModels)
 
     @classmethod
     def build(
@@ -275,6 +298,7 @@ class Harness:
         the_channels = channels or FakeChannels()
         the_mcp = mcp or FakeMcpServers()
         the_env = fake_env(config) if env is None else env
+        fakes = FakeModels(the_model.spec.upstreams)
         tap = DeliveryTap()
         sink = MemorySink()
         log = EventLog([sink])
@@ -299,7 +323,8 @@ class Harness:
                 connect=the_channels.connect_websocket,
             ),
         )
-        return cls(Gateway(deps, config), sink, the_model, the_channels, tap, the_home, kit, the_mcp)
+        deps = attrs.evolve(deps, model_factory=_model_factory(config, the_model, fakes, the_env))
+        return cls(Gateway(deps, config), sink, the_model, the_channels, tap, the_home, kit, the_mcp, fakes)
 
     @property
     def current(self) -> QueueDelivery | None:

@@ -21,6 +21,7 @@ from trio_gateway.channels import registry
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import DeliveryValidationError, ModelCallError
 from trio_gateway.log import EventLog, MemorySink
+from trio_gateway.models import registry as model_registry
 from trio_gateway.models.base import Message, Model, ModelReply, Progress, ToolCall
 from trio_gateway.models.echo import offers_tool, parse_tool, tool_result_reply
 from trio_gateway.policy import config as cfg
@@ -165,8 +166,8 @@ def quick_config(**overrides: Any) -> cfg.Config:
     """Built-in defaults with dotted camelCase overrides: `quick_config(**{"gateway.drain.timeoutSeconds": 5})`."""
     raw: dict[str, Any] = {}
     for key, value in overrides.items():
-        raw, _ = config_keys.set_key(raw, key, value, registry.account_kinds())
-    return cfg.parse(raw, registry.account_kinds())
+        raw, _ = config_keys.set_key(raw, key, value, registry.account_kinds(), model_registry.model_keys())
+    return cfg.parse(raw, registry.account_kinds(), model_registry.model_keys())
 
 
 def build_gateway(home: Path, config: cfg.Config, **parts: Any) -> tuple[Gateway, MemorySink]:

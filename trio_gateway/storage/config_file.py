@@ -2,8 +2,9 @@
 
 The runtime (`gateway.py` reloads it at every restart, `process.py` at start) and the CLI's
 `config` commands share this; it lives outside the CLI so the gateway never imports the CLI.
-They read it through `channels.registry.load_config`, which hands in the channel kinds (their
-names and account keys): this room sits below the channels and knows none of them.
+They read it through `models.registry.load_config`, which hands in the channel kinds (their
+names and account keys) and the model kinds (providers): this room sits below both and knows
+none of them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def read_raw(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load(path: Path, kinds: Mapping[str, cfg.AccountKind] | None = None) -> cfg.Config:
-    """The parsed file; `kinds`, the channel kinds this version speaks, as `policy.config.check` takes them."""
-    return cfg.parse(read_raw(path), kinds)
+def load(
+    path: Path,
+    kinds: Mapping[str, cfg.AccountKind] | None = None,
+    models: Mapping[str, cfg.ModelKeys] | None = None,
+) -> cfg.Config:
+    """The parsed file; `kinds` and `models`, the channel and model kinds this version speaks,
+    as `policy.config.check` takes them."""
+    return cfg.parse(read_raw(path), kinds, models)

@@ -69,6 +69,11 @@ class Home(NamedTuple):
         return self.root / "sessions"
 
     @property
+    def usage_path(self) -> Path:
+        """Today's tokens per agent (`agents.*.maxTokensPerDay` across restarts)."""
+        return self.root / "usage.json"
+
+    @property
     def inbound_dir(self) -> Path:
         return self.root / "inbound"
 

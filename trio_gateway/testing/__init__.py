@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from trio_gateway.sim.fake_anthropic import FakeAnthropic
     from trio_gateway.sim.fake_channels import FakeChannels, serve_fake_channels
     from trio_gateway.sim.fake_mcp import FakeMcpServers
     from trio_gateway.sim.fake_model import FakeBehaviour, FakeModel, FakeModelTransport, serve_fake_model
@@ -23,6 +24,7 @@ _EXPORTS = {
     "FakeBehaviour": "trio_gateway.sim.fake_model",
     "FakeModel": "trio_gateway.sim.fake_model",
     "FakeModelTransport": "trio_gateway.sim.fake_model",
+    "FakeAnthropic": "trio_gateway.sim.fake_anthropic",
     "serve_fake_model": "trio_gateway.sim.fake_model",
     "FakeChannels": "trio_gateway.sim.fake_channels",
     "serve_fake_channels": "trio_gateway.sim.fake_channels",
@@ -30,6 +32,7 @@ _EXPORTS = {
     "Harness": "trio_gateway.sim.harness",
 }
 __all__ = [
+    "FakeAnthropic",
     "FakeBehaviour",
     "FakeChannels",
     "FakeMcpServers",

@@ -1,0 +1,70 @@
+"""`<home>/usage.json`: each agent's tokens of the current UTC day, so `agents.*.maxTokensPerDay`
+holds across a process restart (a deploy must not hand every agent a fresh allowance).
+
+    {"day": "2026-12-07", "agents": {"main": 1234}}
+
+Written atomically (tmp, fsync, rename) after answered model calls, coalesced: while one write
+is on disk, later calls only mark the file stale, and the writer goes round once more. Best
+effort: a failed write is logged and the next call tries again; at worst a crash forgets the
+last few calls' tokens. A file that does not parse is quarantined and the day starts from zero.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import attrs
+
+from trio_gateway.log import EventLog
+from trio_gateway.storage.atomic import BlockingRunner, atomic_write_bytes, compact_json
+from trio_gateway.storage.entry_files import quarantine
+
+Spent = dict[str, int]
+
+
+def read_day(path: Path, today: dt.date, log: EventLog) -> Spent:
+    """Today's spend per agent from the file; {} when absent, from another day, or unreadable."""
+    try:
+        raw = json.loads(path.read_bytes())
+        day = dt.date.fromisoformat(raw["day"])
+        agents = {str(k): int(v) for k, v in raw["agents"].items() if isinstance(v, int) and v >= 0}
+    except FileNotFoundError:
+        return {}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        quarantine(path.parent / "quarantine", path, f"not a usage file: {type(exc).__name__}", log)
+        return {}
+    return agents if day == today else {}
+
+
+@attrs.define
+class UsageFile:
+    """The writer: `await file.save(snapshot)` with `snapshot()` giving (day, spend) at write time."""
+
+    path: Path
+    runner: BlockingRunner
+    log: EventLog
+    _writing: bool = False
+    _stale: bool = False
+
+    async def save(self, snapshot: Callable[[], tuple[dt.date, Mapping[str, int]]]) -> None:
+        self._stale = True
+        if self._writing:
+            return  # the write on disk now goes round once more with this call's tokens
+        self._writing = True
+        try:
+            while self._stale:
+                self._stale = False
+                day, spent = snapshot()
+                data = compact_json({"day": day.isoformat(), "agents": dict(spent)})
+                await self._write(data)
+        finally:
+            self._writing = False
+
+    async def _write(self, data: bytes) -> None:
+        try:
+            await self.runner(lambda: atomic_write_bytes(self.path, data))
+        except OSError as exc:
+            self.log.error("USAGE", "Usage file not written; the next answered call tries again", error=repr(exc))
