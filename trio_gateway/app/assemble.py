@@ -19,6 +19,7 @@ from trio_gateway.channels.listen import (
     InboundStats,
     ListenerSupervisor,
     NoSender,
+    RejectedStore,
     SenderControl,
 )
 from trio_gateway.channels.registry import ChannelSet, build_listeners
@@ -104,6 +105,7 @@ def listeners(
             rng or random.Random(),
             stats,
             gate,
+            RejectedStore(home.inbound_dir, runner),
         )
 
     return factory

@@ -11,16 +11,21 @@ services nursery, each in its own cancel scope.
 A message a listener hears goes through `AccountIntake.accept`: a turn written to `sessions/`
 before it returns (the session file also records the platform's message id, in the same atomic
 write, so a re-read message is a no-op). Only then does the listener advance and persist its
-cursor (`inbound/<channel>/<accountId>.json`, atomic) or ack the envelope.
+cursor (`inbound/<channel>/<accountId>.json`, atomic) or ack the envelope. A message that can
+never become a turn (a poison message: text that is not valid Unicode, as the HTTP API refuses
+it) is set aside in `inbound/<channel>/<accountId>/rejected/`, logged and counted, and the
+listener moves on: one bad message never blocks its account, nor the good one beside it.
 Everything about one platform lives in that platform's module (`weixin.py`, `telegram.py`); the
 shared vocabulary (`Heard`, `Intake`, `Listener`) in `inbound.py`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -32,10 +37,10 @@ from trio_gateway.channels.base import AddressRule, check_address
 from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, Listener, ListenError
 from trio_gateway.errors import DeliveryValidationError, GatewayDrainingError, described
 from trio_gateway.log import EventLog, ms
-from trio_gateway.policy import backoff
+from trio_gateway.policy import backoff, strict_json
 from trio_gateway.policy.config import AgentConfig
 from trio_gateway.policy.origin import Origin
-from trio_gateway.storage.atomic import BlockingRunner, atomic_write_json, durable_rename
+from trio_gateway.storage.atomic import BlockingRunner, atomic_create_bytes, atomic_write_json, durable_rename
 
 ListenState = Literal["listening", "reconnecting", "paused", "off"]
 BACKOFF_INITIAL_SECONDS = 1.0
@@ -95,6 +100,48 @@ class CursorStore:
         await self.runner(lambda: atomic_write_json(path, {"cursor": cursor}))
 
 
+@attrs.define
+class RejectedStore:
+    """`inbound/<channel>/<accountId>/rejected/<ms>-<hash of the message id>.json`: each message
+    a listener could not accept, kept for a person to read (never deleted), JSON with every
+    non-ASCII character escaped, so even a lone surrogate is written as the platform sent it."""
+
+    root: Path
+    runner: BlockingRunner
+
+    async def set_aside(self, channel: str, account_id: str, heard: Heard, reason: str) -> Path:
+        record = {
+            "channel": channel,
+            "accountId": account_id,
+            "id": heard.id,
+            "to": heard.to,
+            "text": heard.text,
+            "contextToken": heard.context_token,
+            "reason": reason,
+            "rejectedAt": time.time(),
+        }
+        data = json.dumps(record, indent=2, ensure_ascii=True).encode() + b"\n"
+        digest = hashlib.sha256(heard.id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        path = self.root / channel / account_id / "rejected" / f"{time.time_ns() // 1_000_000}-{digest}.json"
+        await self.runner(lambda: atomic_create_bytes(path, data))
+        return path
+
+
+def poison(heard: Heard) -> str | None:
+    """Why `heard` can never become a turn, or None: the HTTP API's rule for text (valid
+    Unicode; a lone surrogate breaks every later write of it), applied to every field."""
+    for name, value in (
+        ("text", heard.text),
+        ("sender", heard.to),
+        ("id", heard.id),
+        ("context token", heard.context_token),
+    ):
+        problem = strict_json.bad_text(value) if value is not None else None
+        if problem is not None:
+            return f"{name}: {problem}"
+    return None
+
+
 # --- one account ---------------------------------------------------------------------------------
 
 
@@ -147,10 +194,16 @@ class AccountIntake:
     cursors: Cursors
     log: EventLog
     on_message: Callable[[str, str], None]
+    stats: InboundStats
+    rejected: RejectedStore | None = None
 
     async def accept(self, heard: Heard) -> None:
         a = self.account
         assert a.agent_id is not None
+        problem = poison(heard)
+        if problem is not None:
+            await self._set_aside(heard, problem)
+            return
         try:
             check_address(a.channel, heard.to, a.address)
         except DeliveryValidationError as exc:
@@ -165,12 +218,34 @@ class AccountIntake:
             # Either way the cursor stays where it was and the message is heard again.
             await trio.lowlevel.checkpoint()
             raise ListenError("the gateway is not accepting work at the moment") from None
+        except ValueError as exc:
+            # What the message holds, not the gateway's state (a disk fault is an OSError and
+            # is retried): the same message would fail the same way at every re-read.
+            await self._set_aside(heard, f"{type(exc).__name__}: {exc}")
+            return
         if new is not None:
             a.messages += 1
             a.last_message_at = trio.current_time()
             self.on_message(a.channel, a.account_id)
         else:
             self.log.debug("CHANNEL", f"Duplicate message skipped channel={a.channel} account={a.account_id}")
+
+    async def _set_aside(self, heard: Heard, reason: str) -> None:
+        """Keep the message where a person finds it, count it, and let the listener move on.
+        Raises `ListenError` when it cannot be kept (the cursor stays; it is read again)."""
+        a = self.account
+        where = "-"
+        if self.rejected is not None:
+            try:
+                where = str(await self.rejected.set_aside(a.channel, a.account_id, heard, reason))
+            except OSError as exc:
+                raise ListenError(f"could not set a rejected message aside: {exc}") from None
+        self.stats.reject(a.channel, a.account_id)
+        self.log.error(
+            "CHANNEL",
+            f"Rejected message channel={a.channel} account={a.account_id}: {reason[:200]}",
+            file=where,
+        )
 
     async def accept_batch(self, batch: list[Heard]) -> None:
         # Conversations are independent: their turns are written concurrently (the session
@@ -259,10 +334,16 @@ class InboundStats:
     # Seconds each listener took from the drain's start to its scope closed and its stop call
     # done: `/metrics` (trio_gateway_channel_stop_seconds) and the benchmark read them.
     stop_seconds: list[float] = attrs.Factory(list)
+    # Messages set aside as poison (`inbound/<channel>/<account>/rejected/`), by (channel, account).
+    rejected: dict[tuple[str, str], int] = attrs.Factory(dict)
 
     def count(self, channel: str, account_id: str) -> None:
         key = (channel, account_id)
         self.messages[key] = self.messages.get(key, 0) + 1
+
+    def reject(self, channel: str, account_id: str) -> None:
+        key = (channel, account_id)
+        self.rejected[key] = self.rejected.get(key, 0) + 1
 
 
 @attrs.define(eq=False)
@@ -276,6 +357,7 @@ class ListenerSupervisor:
     rng: random.Random = attrs.Factory(random.Random)
     stats: InboundStats = attrs.Factory(InboundStats)
     gate: AccountGate | None = None
+    rejected: RejectedStore | None = None
     _stopped: bool = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -315,7 +397,9 @@ class ListenerSupervisor:
     async def _supervise(self, account: AccountListener) -> None:
         listener = account.listener
         assert listener is not None
-        intake = AccountIntake(account, self.submit, self.cursors, self.log, self.stats.count)
+        intake = AccountIntake(
+            account, self.submit, self.cursors, self.log, self.stats.count, self.stats, self.rejected
+        )
         with account.scope:
             if self.gate is None:
                 await self._listen_forever(account, listener, intake)

@@ -30,7 +30,7 @@ from trio_gateway.log import EventLog
 from trio_gateway.models.base import Progress, ToolCall
 from trio_gateway.policy.config import Config, McpServerConfig
 from trio_gateway.tools import tool_error
-from trio_gateway.tools.http import HTTP_TOOL, DeniedError, HttpTool
+from trio_gateway.tools.http import HTTP_TOOL, DeadlineError, DeniedError, HttpTool
 from trio_gateway.work.units import WorkKind, WorkRegistry, WorkUnit
 
 if TYPE_CHECKING:
@@ -133,6 +133,8 @@ class ToolBox:
                 return await self.http.call(call.arguments, progress), "ok"
             except DeniedError as exc:
                 return tool_error(str(exc)), "denied"
+            except DeadlineError as exc:
+                return tool_error(f"http_request failed: {exc}"), "failed"
             except http.HTTPError as exc:
                 return tool_error(f"http_request failed: {type(exc).__name__}: {exc}"), "failed"
         server, _, tool = call.name.partition(SEPARATOR)
@@ -220,11 +222,22 @@ def build_toolbox(
         # One client serves every session: a cookie one request receives must never ride on
         # another's (one user's login handed to another user's model). A jar that keeps none.
         no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+        # The answer ends one byte past the cap (the tool sees it was cut), decoded: a
+        # compressed answer never expands past it.
+        transport = http.bounded(http_transport, config.tools.http.max_response_bytes + 1, cut=True)
         client = http.AsyncClient(
-            transport=http_transport, timeout=timeout, follow_redirects=False, trust_env=False, cookies=no_cookies
+            transport=transport, timeout=timeout, follow_redirects=False, trust_env=False, cookies=no_cookies
         )
-        box.http = HttpTool(config.tools.http, client)
+        box.http = HttpTool(config.tools.http, client, http_deadline(config))
     return box
+
+
+def http_deadline(config: Config) -> float:
+    """The whole `http_request` call's deadline: the stall threshold, since each chunk is
+    progress and a host dripping bytes would never be judged stalled. Two checks later than the
+    watchdog, so a silent request is still the watchdog's (a stall abort, as it says)."""
+    stall = config.gateway.stalled_task_detection
+    return stall.threshold_seconds + (2 * stall.check_interval_seconds if stall.enabled else 0.0)
 
 
 def production_openers(env: Mapping[str, str], logs_dir: str | None) -> OpenerFactory:
@@ -240,7 +253,12 @@ def production_openers(env: Mapping[str, str], logs_dir: str | None) -> OpenerFa
             return stdio_opener(server.command, server_env(server, env), stop, stderr)
         assert server.url is not None
         headers = {header: env.get(var, "") for header, var in server.headers_env.items()}
-        return http_opener(server.url, headers, lambda: http.AsyncClient(trust_env=False))
+        # Each answer capped: a server whose response never ends costs the cap, not the memory.
+        return http_opener(
+            server.url,
+            headers,
+            lambda: http.AsyncClient(trust_env=False, transport=http.bounded(None, http.MCP_BODY_BYTES)),
+        )
 
     return opener_for
 

@@ -1,0 +1,183 @@
+"""The second hostile probe's reads and inputs (issue 25): every answer from outside has a cap,
+a poison message is set aside instead of blocking its account, the Feishu frame decoder
+trusts no header. Virtual time throughout; sizes asserted, never wall time."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import tracemalloc
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from tests.test_inbound import ACCOUNT, WX, gateway_config, until
+from trio_gateway import upstream as http
+from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.sim.fake_channels import FakeChannels
+from trio_gateway.sim.harness import Harness
+
+__all__ = ["gateway_config"]  # the fixture the harness reads: WeChat and Telegram listening
+CHUNK = 65536
+
+
+# --- the bounded body ------------------------------------------------------------------------
+
+
+def endless(sent: list[int]) -> http.MockTransport:
+    """A server whose answer never ends; `sent` counts what it produced."""
+
+    async def body() -> AsyncIterator[bytes]:
+        while True:
+            sent.append(CHUNK)
+            yield b"[" * CHUNK
+
+    async def handler(request: http.Request) -> http.Response:
+        await trio.lowlevel.checkpoint()
+        return http.Response(200, content=body())
+
+    return http.MockTransport(handler)
+
+
+async def test_an_endless_answer_fails_at_the_cap_having_read_no_more() -> None:
+    sent: list[int] = []
+    limit = 10 * CHUNK
+    async with http.AsyncClient(transport=http.bounded(endless(sent), limit)) as client:
+        with pytest.raises(http.BodyTooLarge, match=f"over {limit} bytes"):
+            await client.get("http://platform.invalid/getUpdates")
+    assert sum(sent) <= limit + CHUNK
+
+
+class RawStream(http.AsyncByteStream):
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for at in range(0, len(self._data), CHUNK):
+            yield self._data[at : at + CHUNK]
+
+
+class RawTransport(http.AsyncBaseTransport):
+    """Answers `data` as the wire would carry it (MockTransport reads and decodes it first)."""
+
+    def __init__(self, data: bytes, encoding: str) -> None:
+        self._data = data
+        self._encoding = encoding
+
+    async def handle_async_request(self, request: http.Request) -> http.Response:
+        await trio.lowlevel.checkpoint()
+        return http.Response(200, headers={"content-encoding": self._encoding}, stream=RawStream(self._data))
+
+
+async def read_all(response: http.Response, sizes: list[int]) -> None:
+    async for piece in response.aiter_bytes():
+        sizes.append(len(piece))
+
+
+async def test_a_compressed_answer_is_capped_as_decoded_and_never_expanded_past_it() -> None:
+    """A gzip bomb (64 MiB of zeros in ~64 KiB) fails at the cap: zlib is asked for no more
+    than one byte past it, whatever the chunk expands to."""
+    bomb = gzip.compress(b"\0" * (64 << 20))
+    assert len(bomb) < 100_000
+    decoded: list[int] = []
+    tracemalloc.start()
+    try:
+        transport = http.bounded(RawTransport(bomb, "gzip"), 1 << 20)
+        async with http.AsyncClient(transport=transport) as client, client.stream("GET", "http://m.invalid/") as answer:
+            with pytest.raises(http.BodyTooLarge):
+                await read_all(answer, decoded)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(decoded) <= 1 << 20
+    assert peak < 8 << 20  # never the 64 MiB the bomb holds
+    small = gzip.compress(b"ok" * 10)
+
+    def fine(request: http.Request) -> http.Response:
+        return http.Response(200, content=small, headers={"content-encoding": "gzip"})
+
+    async with http.AsyncClient(transport=http.bounded(http.MockTransport(fine), 1 << 20)) as client:
+        assert (await client.get("http://model.invalid/")).content == b"ok" * 10
+
+
+async def test_an_answer_in_an_encoding_nobody_asked_for_is_refused() -> None:
+    def handler(request: http.Request) -> http.Response:
+        assert request.headers["accept-encoding"] == "gzip, deflate"
+        return http.Response(200, content=b"x", headers={"content-encoding": "br"})
+
+    async with http.AsyncClient(transport=http.bounded(http.MockTransport(handler), 100)) as client:
+        with pytest.raises(http.DecodingError, match="'br' was not asked for"):
+            await client.get("http://x.invalid/")
+
+
+async def test_cut_ends_the_answer_one_byte_past_the_cap() -> None:
+    sent: list[int] = []
+    async with http.AsyncClient(transport=http.bounded(endless(sent), 100, cut=True)) as client:
+        assert len((await client.get("http://tool.invalid/")).content) == 100
+
+
+async def test_an_endless_long_poll_is_a_listen_error_not_memory() -> None:
+    """Telegram's getUpdates answering without end (the probe: 2.9 GB in 13 s): the listener
+    fails that poll at the channel cap and backs off; nothing past the cap was read."""
+    from trio_gateway.channels.inbound import ListenError
+    from trio_gateway.channels.telegram import TelegramListener
+
+    sent: list[int] = []
+    listener = TelegramListener.open(
+        "http://telegram.invalid", "123:abc", ACCOUNT, http.bounded(endless(sent), http.CHANNEL_BODY_BYTES)
+    )
+
+    class NoIntake:
+        async def load_cursor(self) -> None:
+            return None
+
+    with pytest.raises(ListenError, match="BodyTooLarge"):
+        await listener.listen(NoIntake())  # type: ignore[arg-type]
+    assert sum(sent) <= http.CHANNEL_BODY_BYTES + CHUNK
+    await listener.aclose()
+
+
+async def test_every_channel_client_is_capped(gateway_harness: Harness) -> None:
+    """The registry builds every platform's transport capped (senders and listeners alike)."""
+    from trio_gateway.channels.registry import _transport_factory
+
+    transport = _transport_factory(http.MockTransport(lambda r: http.Response(200)))()
+    assert isinstance(transport, http.BoundedTransport)
+    assert transport.limit == http.CHANNEL_BODY_BYTES
+
+
+# --- poison messages ---------------------------------------------------------------------------
+
+
+async def test_a_lone_surrogate_is_set_aside_and_the_good_message_beside_it_answered(
+    gateway_harness: Harness, gateway: Gateway, fake_channels: FakeChannels
+) -> None:
+    """The probe: one Telegram message holding a lone surrogate blocked its account for good
+    (the session save raised, the batch was reread forever). Now it is set aside, counted,
+    and the cursor moves past it; the good message in the same batch is answered."""
+    from trio_gateway.http.metrics import render
+
+    bad = fake_channels.push("telegram", "bad \ud800 text", sender="555")
+    good = fake_channels.push("telegram", "good", sender="556")
+    await until(lambda: len(fake_channels.delivered("telegram")) >= 1)
+    assert [m.text for m in fake_channels.delivered("telegram")] == ["echo: good"]
+    cursor = gateway_harness.home.root / "inbound" / "telegram" / f"{ACCOUNT}.json"
+    await until(lambda: json.loads(cursor.read_text()) == {"cursor": max(int(bad), int(good)) + 1})
+    [kept] = (gateway_harness.home.root / "inbound" / "telegram" / ACCOUNT / "rejected").iterdir()
+    record = json.loads(kept.read_bytes())
+    assert (record["id"], record["text"], record["to"]) == (bad, "bad \ud800 text", "555")
+    assert "lone surrogate U+D800" in record["reason"]
+    assert 'trio_gateway_inbound_rejected_total{account="bot1",channel="telegram"} 1.0' in render(gateway)
+    assert any("Rejected message channel=telegram" in line for line in gateway_harness.sink.lines())
+
+
+async def test_a_wechat_context_token_with_a_lone_surrogate_is_set_aside(
+    gateway_harness: Harness, fake_channels: FakeChannels
+) -> None:
+    fake_channels.push(WX, "hello", sender="alice@im.wechat", context_token="ctx-\udfff")
+    fake_channels.push(WX, "hello again", sender="bob@im.wechat", context_token="ctx-2")
+    await until(lambda: len(fake_channels.delivered(WX)) >= 1)
+    assert [m.text for m in fake_channels.delivered(WX)] == ["echo: hello again"]
+    [kept] = (gateway_harness.home.root / "inbound" / WX / ACCOUNT / "rejected").iterdir()
+    assert "context token: not valid Unicode" in json.loads(kept.read_bytes())["reason"]
