@@ -18,7 +18,7 @@ import trio
 
 from trio_gateway import __version__
 from trio_gateway.delivery.outbox import Outbox
-from trio_gateway.errors import NotFoundError, UnauthorizedError
+from trio_gateway.errors import GatewayBusyError, NotFoundError, UnauthorizedError
 from trio_gateway.http import events, ui_auth
 from trio_gateway.http.base import Request, Response, Route, delivery_store, json_response
 from trio_gateway.http.body import opt_str
@@ -39,6 +39,9 @@ PAGE_HEADERS = (
     (b"referrer-policy", b"no-referrer"),
 )
 DRAINS_SHOWN = 20
+# Sessions the page lists (the first ones; `sessionsTotal` says how many there are): a snapshot
+# of 5,000 sessions, sent to every open page, was the probe's 10.8 MB/s.
+SESSIONS_SHOWN = 100
 
 
 @cache
@@ -65,6 +68,7 @@ class ControlUi:
         self.auth = auth
         self.tail = events.LogTail()
         gateway.log.sinks.append(self.tail)
+        self.streams = events.Snapshots(self.snapshot, self.tail)
 
     # --- the page ------------------------------------------------------------------------
 
@@ -102,14 +106,19 @@ class ControlUi:
     # --- live data -----------------------------------------------------------------------
 
     async def events(self, request: Request) -> Response:
+        if self.streams.open_streams >= events.MAX_STREAMS:
+            raise GatewayBusyError(f"{events.MAX_STREAMS} event streams are open already; close a page")
         state = self.gateway.state
-        stream = events.EventStream(self.snapshot, self.tail, lambda: state.wait_value("stopped"))
+        stream = events.EventStream(self.streams, lambda: state.wait_value("stopped"), self.auth.still(request.headers))
+        self.streams.open_streams += 1  # given back when the stream's run ends
         return Response(200, b"", headers=events.STREAM_HEADERS, stream=stream.run)
 
     def snapshot(self) -> dict[str, Any]:
         gateway = self.gateway
         config = gateway.config.gateway
         status = views.status(gateway)
+        status["sessionsTotal"] = len(status["sessions"])
+        status["sessions"] = status["sessions"][:SESSIONS_SHOWN]
         status["version"] = __version__
         status["drains"] = [views.drain_report(r) for r in gateway.drains[-DRAINS_SHOWN:]]
         status["drainTimeoutSeconds"] = config.drain.timeout_seconds

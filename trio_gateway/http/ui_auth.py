@@ -92,6 +92,14 @@ class UiAuth:
         expires = self._sessions.get(given)
         return expires is not None and expires >= self.clock()
 
+    def still(self, headers: Mapping[str, str]) -> Callable[[], bool]:
+        """Whether the login a request came with still holds, asked again later (an open event
+        stream, at every tick): a cookie session until it logs out or expires; the bearer
+        token (checked already) for good."""
+        if headers.get("authorization") or not self._cookie_valid(headers):
+            return lambda: True
+        return lambda: self._cookie_valid(headers)
+
     def check(self, method: str, headers: Mapping[str, str]) -> None:
         """The bearer token as before; or the session cookie, from our own origin when the
         request changes anything."""

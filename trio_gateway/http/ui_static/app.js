@@ -11,6 +11,9 @@ let source = null;
 let latest = null;
 let countdown = null; // {deadline: local seconds, budget, started: local seconds}
 let queueSeen = "";
+// The gateway sends a snapshot only when something changed, not because the clock moved: the
+// page runs the uptime clock itself from the last snapshot's figure.
+let uptime = null; // {seconds at the snapshot, local seconds then}
 
 // --- helpers ----------------------------------------------------------------------------
 
@@ -149,7 +152,8 @@ function render(status) {
   setState(status.state);
   $("version").textContent = status.version ? `v${status.version}` : "";
   $("generation").textContent = status.generation;
-  $("uptime").textContent = seconds(status.uptimeSeconds);
+  uptime = { base: status.uptimeSeconds, at: now() };
+  paintUptime();
   $("queue-pending").textContent = status.queue.pending;
   $("queue-failed").textContent = status.queue.failed;
   renderDrain(status);
@@ -204,8 +208,13 @@ function paintCountdown() {
   }
 }
 
+function paintUptime() {
+  if (uptime) $("uptime").textContent = seconds(uptime.base + now() - uptime.at);
+}
+
 function tick() {
   paintCountdown();
+  paintUptime();
   requestAnimationFrame(tick);
 }
 
@@ -226,6 +235,9 @@ function renderSessions(status) {
       el("td", {}, s.id), el("td", {}, s.agent), el("td", {}, s.state),
       el("td", {}, o ? `${o.channel}:${o.to}` : "–"), el("td", {}, s.queueDepth));
   }));
+  const more = (status.sessionsTotal || 0) - status.sessions.length;
+  $("sessions-more").hidden = more <= 0;
+  $("sessions-more").textContent = `… and ${more} more (GET /v1/sessions lists them all)`;
 }
 
 function renderChannels(status) {
