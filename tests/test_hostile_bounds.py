@@ -8,17 +8,21 @@ import gzip
 import json
 import tracemalloc
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
 
+from tests.test_http_api import Running, running
 from tests.test_inbound import ACCOUNT, WX, gateway_config, until
 from trio_gateway import upstream as http
+from trio_gateway.cli import main
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.harness import Harness
 
-__all__ = ["gateway_config"]  # the fixture the harness reads: WeChat and Telegram listening
+# The fixtures used here: the harness's config (WeChat and Telegram listening), an HTTP API.
+__all__ = ["gateway_config", "running"]
 CHUNK = 65536
 
 
@@ -181,3 +185,67 @@ async def test_a_wechat_context_token_with_a_lone_surrogate_is_set_aside(
     assert [m.text for m in fake_channels.delivered(WX)] == ["echo: hello again"]
     [kept] = (gateway_harness.home.root / "inbound" / WX / ACCOUNT / "rejected").iterdir()
     assert "context token: not valid Unicode" in json.loads(kept.read_bytes())["reason"]
+
+
+# --- deliveries: pages and ids -----------------------------------------------------------------
+
+
+async def test_deliveries_are_listed_a_page_at_a_time(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    """The probe: 20,000 dead letters were one 28 MB answer. Now a page of `limit` per list,
+    in creation order, with the total and the next page's `after`."""
+    queue = running.gateway.delivery
+    assert queue is not None
+    body = {"channel": "console", "to": "ops", "agentId": "main", "text": "x"}
+    ids = [(await running.call("POST", "/v1/deliveries", body)).json["id"] for _ in range(7)]
+    first = (await running.call("GET", "/v1/deliveries?state=pending&limit=3")).json
+    assert [e["id"] for e in first["pending"]] == ids[:3]
+    assert (first["total"], first["next"], "failed" in first) == ({"pending": 7}, {"pending": ids[2]}, False)
+    second = (await running.call("GET", f"/v1/deliveries?state=pending&limit=3&after={ids[2]}")).json
+    assert [e["id"] for e in second["pending"]] == ids[3:6]
+    last = (await running.call("GET", f"/v1/deliveries?state=pending&limit=3&after={ids[5]}")).json
+    assert ([e["id"] for e in last["pending"]], last["next"]) == ([ids[6]], {"pending": None})
+    both = (await running.call("GET", "/v1/deliveries")).json
+    assert (len(both["pending"]), both["total"]) == (7, {"pending": 7, "failed": 0})
+    for query, problem in (
+        ("limit=0", "limit: a whole number from 1 to 1000"),
+        ("limit=99999999999", "limit: a whole number"),
+        ("after=x", "after: give state too"),
+        ("state=pending&after=../x", "is not a delivery id"),
+        ("state=all", "state: pending or failed"),
+        ("limit=1&limit=2", "limit given twice"),
+        ("page=2", "unknown parameter 'page'"),
+    ):
+        refused = await running.call("GET", f"/v1/deliveries?{query}")
+        assert (refused.status, refused.json["error"]) == (400, "BadRequestError"), query
+        assert problem in refused.json["message"], query
+
+
+async def test_a_retry_id_that_cannot_be_an_id_is_a_400_with_no_error_line(
+    running: Running, autojump_clock: trio.abc.Clock
+) -> None:
+    """The probe: a NUL or 5,000-character id was a 500 and an ERROR line."""
+    for bad in ("a\x00b", "x" * 5000, "..", "a.json", "\ud800"):
+        reply = await running.call("POST", f"/v1/deliveries/{bad}/retry", {})
+        assert (reply.status, reply.json["error"]) == (400, "BadRequestError"), bad[:10]
+        assert "is not a delivery id" in reply.json["message"]
+        assert len(reply.json["message"]) < 200
+    assert not [e for e in running.sink.events if e.level == "ERROR"]
+    assert (await running.call("POST", "/v1/deliveries/nope/retry", {})).status == 404
+
+
+def test_delivery_retry_with_a_path_as_its_id_touches_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The probe: `delivery retry ../../../x` with no gateway running rewrote and moved a file
+    outside the queue. Now it is refused (exit 3) before anything is opened."""
+    home = tmp_path / "home"
+    outside = tmp_path / "x.json"
+    outside.write_text('{"not": "yours"}')
+    for bad in ("../../../x", "../../x", "a" * 300):
+        assert main(["--home", str(home), "delivery", "retry", bad]) == 3
+        err = capsys.readouterr().err
+        assert err.startswith("BadRequestError: id: ")
+        assert "is not a delivery id" in err
+        assert "Traceback" not in err
+    assert outside.read_text() == '{"not": "yours"}'
+    assert not (home / "delivery-queue").exists()

@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from trio_gateway.cluster.db import Conn, Database
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
-from trio_gateway.policy.entry import DeliveryEntry, entry_from_json, entry_to_json
+from trio_gateway.policy.entry import DeliveryEntry, check_id, entry_from_json, entry_to_json
 from trio_gateway.storage.queue import Claimed, GroupCommit, IdGenerator, NotDue
 
 _ENTRY_COLUMNS = "entry, send_started_at"
@@ -283,6 +283,8 @@ class PgDeliveryQueue:
     # --- operator actions and recovery ----------------------------------------------------
 
     async def retry_dead(self, entry_id: str, now: dt.datetime) -> DeliveryEntry:
+        check_id(entry_id)
+
         def move(conn: Conn) -> DeliveryEntry:
             row = conn.execute(
                 "SELECT entry FROM deliveries WHERE id = %s AND state = 'failed' FOR UPDATE", (entry_id,)

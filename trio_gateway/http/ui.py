@@ -23,6 +23,7 @@ from trio_gateway.http import events, ui_auth
 from trio_gateway.http.base import Request, Response, Route, delivery_store, json_response
 from trio_gateway.http.body import opt_str
 from trio_gateway.http.ui_auth import UiAuth
+from trio_gateway.policy.entry import check_id
 from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 
@@ -132,7 +133,7 @@ class ControlUi:
     async def retry(self, request: Request, entry_id: str) -> Response:
         gateway = self.gateway
         assert gateway.wall is not None
-        entry = await delivery_store(gateway).retry_dead(entry_id, gateway.wall.now())
+        entry = await delivery_store(gateway).retry_dead(check_id(entry_id), gateway.wall.now())
         outbox = getattr(gateway.delivery, "outbox", None)
         if isinstance(outbox, Outbox) and outbox.on_enqueued is not None:
             outbox.on_enqueued(entry)  # the worker sends it now, not at its next rescan

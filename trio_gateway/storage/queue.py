@@ -38,7 +38,7 @@ import trio
 
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
-from trio_gateway.policy.entry import DeliveryEntry, entry_from_json, entry_to_json
+from trio_gateway.policy.entry import DeliveryEntry, check_id, entry_from_json, entry_to_json
 from trio_gateway.storage.atomic import (
     BlockingRunner,
     atomic_create_bytes,
@@ -669,7 +669,7 @@ class DeliveryQueue:
     # --- operator actions and recovery ----------------------------------------------------
 
     def _retry_dead_sync(self, entry_id: str, now: dt.datetime) -> DeliveryEntry:
-        path = self.failed_dir / f"{entry_id}.json"
+        path = self.failed_dir / f"{check_id(entry_id)}.json"
         try:
             entry = _load(path)
         except FileNotFoundError:
