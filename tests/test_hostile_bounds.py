@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import trio
+from test_http_api import Running, running
+from test_inbound import ACCOUNT, WX, gateway_config, until
 
-from tests.test_http_api import Running, running
-from tests.test_inbound import ACCOUNT, WX, gateway_config, until
 from trio_gateway import upstream as http
 from trio_gateway.cli import main
 from trio_gateway.runtime.gateway import Gateway

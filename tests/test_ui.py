@@ -20,7 +20,7 @@ from trio_gateway.policy import config as cfg
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.runtime import build_gateway
-from trio_gateway.storage.queue import Claimed
+from trio_gateway.storage.base import Claimed
 
 TOKEN = "ui-test-token"
 HOST = "127.0.0.1:18789"
@@ -259,7 +259,7 @@ async def test_many_streams_share_one_snapshot_per_tick_sent_only_when_it_change
     core at 92 %). Now 50 pages cost one snapshot per tick, and a page hears one only when
     something besides the clock changed; the page lists the first sessions and the total."""
     from trio_gateway.http import ui as ui_module
-    from trio_gateway.runtime import views
+    from trio_gateway.http import views
 
     made: list[float] = []
     status = views.status

@@ -12,20 +12,16 @@ A message a listener hears goes through `AccountIntake.accept`: a turn written t
 before it returns (the session file also records the platform's message id, in the same atomic
 write, so a re-read message is a no-op). Only then does the listener advance and persist its
 cursor (`inbound/<channel>/<accountId>.json`, atomic) or ack the envelope. A message that can
-never become a turn (a poison message: text that is not valid Unicode, as the HTTP API refuses
-it) is set aside in `inbound/<channel>/<accountId>/rejected/`, logged and counted, and the
-listener moves on: one bad message never blocks its account, nor the good one beside it.
+never become a turn is set aside (`rejected.py`), and the listener moves on.
 Everything about one platform lives in that platform's module (`weixin.py`, `telegram.py`); the
 shared vocabulary (`Heard`, `Intake`, `Listener`) in `inbound.py`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -33,14 +29,15 @@ from typing import Any, Literal, Protocol
 import attrs
 import trio
 
-from trio_gateway.channels.base import AddressRule, check_address
+from trio_gateway.channels.base import AddressRule
+from trio_gateway.channels.heard import HeardOn, Submit, submit_heard
 from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, Listener, ListenError
+from trio_gateway.channels.rejected import RejectedStore, poison
 from trio_gateway.errors import DeliveryValidationError, GatewayDrainingError, described
 from trio_gateway.log import EventLog, ms
-from trio_gateway.policy import backoff, strict_json
+from trio_gateway.policy import backoff
 from trio_gateway.policy.config import AgentConfig
-from trio_gateway.policy.origin import Origin
-from trio_gateway.storage.atomic import BlockingRunner, atomic_create_bytes, atomic_write_json, durable_rename
+from trio_gateway.storage.atomic import BlockingRunner, atomic_write_json, durable_rename
 
 ListenState = Literal["listening", "reconnecting", "paused", "off"]
 BACKOFF_INITIAL_SECONDS = 1.0
@@ -100,54 +97,7 @@ class CursorStore:
         await self.runner(lambda: atomic_write_json(path, {"cursor": cursor}))
 
 
-@attrs.define
-class RejectedStore:
-    """`inbound/<channel>/<accountId>/rejected/<ms>-<hash of the message id>.json`: each message
-    a listener could not accept, kept for a person to read (never deleted), JSON with every
-    non-ASCII character escaped, so even a lone surrogate is written as the platform sent it."""
-
-    root: Path
-    runner: BlockingRunner
-
-    async def set_aside(self, channel: str, account_id: str, heard: Heard, reason: str) -> Path:
-        record = {
-            "channel": channel,
-            "accountId": account_id,
-            "id": heard.id,
-            "to": heard.to,
-            "text": heard.text,
-            "contextToken": heard.context_token,
-            "reason": reason,
-            "rejectedAt": time.time(),
-        }
-        data = json.dumps(record, indent=2, ensure_ascii=True).encode() + b"\n"
-        digest = hashlib.sha256(heard.id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        path = self.root / channel / account_id / "rejected" / f"{time.time_ns() // 1_000_000}-{digest}.json"
-        await self.runner(lambda: atomic_create_bytes(path, data))
-        return path
-
-
-def poison(heard: Heard) -> str | None:
-    """Why `heard` can never become a turn, or None: the HTTP API's rule for text (valid
-    Unicode; a lone surrogate breaks every later write of it), applied to every field."""
-    for name, value in (
-        ("text", heard.text),
-        ("sender", heard.to),
-        ("id", heard.id),
-        ("context token", heard.context_token),
-    ):
-        problem = strict_json.bad_text(value) if value is not None else None
-        if problem is not None:
-            return f"{name}: {problem}"
-    return None
-
-
 # --- one account ---------------------------------------------------------------------------------
-
-
-class Submit(Protocol):
-    async def __call__(self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str) -> tuple[str, str] | None:
-        """(session, turn) of a new durable turn; None: the message was known already."""
 
 
 @attrs.define(eq=False)
@@ -205,13 +155,10 @@ class AccountIntake:
             await self._set_aside(heard, problem)
             return
         try:
-            check_address(a.channel, heard.to, a.address)
+            new = await submit_heard(self.submit, HeardOn(a.channel, a.account_id, a.agent_id, a.address), heard)
         except DeliveryValidationError as exc:
             self.log.warn("CHANNEL", f"Skipped message channel={a.channel} account={a.account_id}: {exc}")
             return
-        origin = Origin(a.channel, heard.to, a.account_id, context_token=heard.context_token)
-        try:
-            new = await self.submit(agent_id=a.agent_id, origin=origin, prompt=heard.text, inbound_id=heard.id)
         except GatewayDrainingError:
             # A drain cancels this listener's scope at its request, so this is only reached
             # when intake is closed otherwise (a generation starting): retry after a backoff.
