@@ -339,3 +339,24 @@ async def test_retry_route_moves_a_dead_letter_back_to_pending(ui: Ui, autojump_
     assert listed["failed"] == []
     assert [e["id"] for e in listed["pending"]] == [entry_id]
     assert (await call(ui.app, "POST", "/v1/deliveries/nope/retry", {}, **auth)).status == 404
+
+
+async def test_the_origin_check_includes_the_scheme_and_covers_logout(ui: Ui, autojump_clock: trio.abc.Clock) -> None:
+    """The probe: the Origin check ignored the scheme, and logout had none."""
+    plain_page_to_https = await call(
+        ui.app, "POST", "/v1/ui/login", {"token": TOKEN}, origin=ORIGIN, x_forwarded_proto="https"
+    )
+    assert plain_page_to_https.status == 401
+    https_page_to_plain = await call(ui.app, "POST", "/v1/ui/login", {"token": TOKEN}, origin=f"https://{HOST}")
+    assert https_page_to_plain.status == 401
+    behind_tls = await call(
+        ui.app, "POST", "/v1/ui/login", {"token": TOKEN}, origin=f"https://{HOST}", x_forwarded_proto="https"
+    )
+    assert behind_tls.status == 200
+    cookie = session_cookie(await call(ui.app, "POST", "/v1/ui/login", {"token": TOKEN}, origin=ORIGIN))
+    for forged in ({"origin": "http://evil.example"}, {"origin": f"https://{HOST}"}, {"sec_fetch_site": "cross-site"}):
+        refused = await call(ui.app, "POST", "/v1/ui/logout", cookie=cookie, **forged)
+        assert refused.status == 401, forged
+        assert (await call(ui.app, "GET", "/v1/status", cookie=cookie)).status == 200
+    assert (await call(ui.app, "POST", "/v1/ui/logout", cookie=cookie, origin=ORIGIN)).status == 200
+    assert (await call(ui.app, "GET", "/v1/status", cookie=cookie)).status == 401

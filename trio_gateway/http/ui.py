@@ -96,6 +96,9 @@ class ControlUi:
         return json_response(200, {"ok": True}).with_headers((b"set-cookie", cookie))
 
     async def logout(self, request: Request) -> Response:
+        # As login: another site's page must not log this one out (a forged form post).
+        if not ui_auth.same_origin(request.headers):
+            raise UnauthorizedError("log out from the Control UI's own page")
         self.auth.logout(request.headers)
         return json_response(200, {"ok": True}).with_headers((b"set-cookie", ui_auth.clear_cookie()))
 
