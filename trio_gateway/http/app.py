@@ -229,7 +229,7 @@ class GatewayApp:
         if self.gateway.state.value == "stopped":
             raise GatewayDrainingError("the gateway is stopping")
         force = bool(opt_bool(data, "force"))
-        timeout = opt_number(data, "timeoutSeconds", 0, RANGES["gateway.drain.timeoutSeconds"][1])
+        timeout = opt_number(data, "timeoutSeconds", *RANGES["gateway.drain.timeoutSeconds"], inclusive=True)
         generation = self.gateway.generation_number
         drain = self.gateway.request_drain(kind, force=force, timeout=timeout)
         body = views.drain_status(drain, trio.current_time()) | {"fromGeneration": generation}
