@@ -110,7 +110,7 @@ def listeners(
             rng or random.Random(),
             stats,
             gate,
-            RejectedStore(home.inbound_dir, runner),
+            RejectedStore(home.inbound_dir, runner, log),
         )
 
     return factory

@@ -39,7 +39,8 @@ from trio_gateway.policy import backoff
 from trio_gateway.policy.config import AgentConfig
 from trio_gateway.storage.atomic import BlockingRunner, atomic_write_json, durable_rename
 
-ListenState = Literal["listening", "reconnecting", "paused", "off"]
+# `connecting`: a socket's first connection until its handshake is answered (Discord's READY).
+ListenState = Literal["connecting", "listening", "reconnecting", "paused", "off"]
 BACKOFF_INITIAL_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
 # Account ids name files under inbound/: never a path.
@@ -178,21 +179,11 @@ class AccountIntake:
             self.log.debug("CHANNEL", f"Duplicate message skipped channel={a.channel} account={a.account_id}")
 
     async def _set_aside(self, heard: Heard, reason: str) -> None:
-        """Keep the message where a person finds it, count it, and let the listener move on.
-        Raises `ListenError` when it cannot be kept (the cursor stays; it is read again)."""
+        """Kept for a person (`rejected.py`), logged, counted; the listener moves on."""
         a = self.account
-        where = "-"
         if self.rejected is not None:
-            try:
-                where = str(await self.rejected.set_aside(a.channel, a.account_id, heard, reason))
-            except OSError as exc:
-                raise ListenError(f"could not set a rejected message aside: {exc}") from None
+            await self.rejected.set_aside(a.channel, a.account_id, heard, reason)
         self.stats.reject(a.channel, a.account_id)
-        self.log.error(
-            "CHANNEL",
-            f"Rejected message channel={a.channel} account={a.account_id}: {reason[:200]}",
-            file=where,
-        )
 
     async def accept_batch(self, batch: list[Heard]) -> None:
         # Conversations are independent: their turns are written concurrently (the session
@@ -393,7 +384,10 @@ class ListenerSupervisor:
 
     async def _listen_forever(self, account: AccountListener, listener: Listener, intake: Intake) -> None:
         while True:
-            account.state = "reconnecting" if account.attempt else "listening"
+            # A long poll in flight is listening; a socket, once the platform answers (`connected`).
+            account.state = (
+                "reconnecting" if account.attempt else "connecting" if account.mode == "socket" else "listening"
+            )
             outcome = await self._listen_once(listener, intake)
             if isinstance(outcome, AuthFailed):
                 await self._pause(account, str(outcome))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import attrs
 
-from trio_gateway.channels.inbound import Heard
+from trio_gateway.channels.inbound import Heard, ListenError
+from trio_gateway.log import EventLog
 from trio_gateway.policy import strict_json
 from trio_gateway.storage.atomic import BlockingRunner, atomic_create_bytes
 
@@ -25,8 +26,20 @@ class RejectedStore:
 
     root: Path
     runner: BlockingRunner
+    log: EventLog
 
-    async def set_aside(self, channel: str, account_id: str, heard: Heard, reason: str) -> Path:
+    async def set_aside(self, channel: str, account_id: str, heard: Heard, reason: str) -> None:
+        """Written, then logged. Raises `ListenError` when it cannot be written: the cursor
+        stays, and the message is read (and set aside) again."""
+        try:
+            path = await self._write(channel, account_id, heard, reason)
+        except OSError as exc:
+            raise ListenError(f"could not set a rejected message aside: {exc}") from None
+        self.log.error(
+            "CHANNEL", f"Rejected message channel={channel} account={account_id}: {reason[:200]}", file=str(path)
+        )
+
+    async def _write(self, channel: str, account_id: str, heard: Heard, reason: str) -> Path:
         record = {
             "channel": channel,
             "accountId": account_id,
