@@ -31,6 +31,7 @@ from trio_gateway.models.base import Progress, ToolCall
 from trio_gateway.policy.config import Config, McpServerConfig
 from trio_gateway.tools import tool_error
 from trio_gateway.tools.http import HTTP_TOOL, DeadlineError, DeniedError, HttpTool
+from trio_gateway.tools.reaper import Reaper
 from trio_gateway.work.units import WorkKind, WorkRegistry, WorkUnit
 
 if TYPE_CHECKING:
@@ -243,13 +244,16 @@ def production_openers(env: Mapping[str, str], logs_dir: str | None) -> OpenerFa
     """Real stdio processes and streamable HTTP servers. Header values come from the
     environment variables `headersEnv` names (checked by `preflight`)."""
 
+    # One for the process: the gateway becomes its servers' orphans' subreaper (tools/reaper.py).
+    reaper = Reaper()
+
     def opener_for(name: str, server: McpServerConfig, config: Config) -> Opener:
         from trio_gateway.tools.transport import http_opener, stdio_opener
 
         stop = config.gateway.channel_stop_timeout_seconds
         if server.command is not None:
             stderr = os.path.join(logs_dir, f"mcp-{name}.stderr.log") if logs_dir else None
-            return stdio_opener(server.command, server_env(server, env), stop, stderr)
+            return stdio_opener(server.command, server_env(server, env), stop, stderr, reaper)
         assert server.url is not None
         headers = {header: env.get(var, "") for header, var in server.headers_env.items()}
         # Each answer capped: a server whose response never ends costs the cap, not the memory.
