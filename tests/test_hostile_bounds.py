@@ -4,14 +4,18 @@ trusts no header. Virtual time throughout; sizes asserted, never wall time."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import socket
+import threading
 import tracemalloc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import trio
+from helpers import Proc, poll
 from test_http_api import Running, running
 from test_inbound import ACCOUNT, WX, gateway_config, until
 
@@ -249,3 +253,78 @@ def test_delivery_retry_with_a_path_as_its_id_touches_nothing(
         assert "Traceback" not in err
     assert outside.read_text() == '{"not": "yours"}'
     assert not (home / "delivery-queue").exists()
+
+
+# --- a real process ----------------------------------------------------------------------------
+
+
+class EndlessPlatform:
+    """A loopback server in a thread: its first `calm` answers are an empty update list, every
+    later one a body that never ends (the probe's endless `getUpdates`)."""
+
+    def __init__(self, calm: int) -> None:
+        self.calm = calm
+        self.sent = 0
+        self.requests = 0
+        self.stopped = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(65536) or b"\r\n\r\n"
+            self.requests += 1
+            if self.requests <= self.calm:
+                calm = b'{"ok": true, "result": []}'
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(calm), calm))
+                return
+            conn.sendall(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{"ok":true,"result":[')
+            while not self.stopped.is_set():
+                conn.sendall(b"[" * CHUNK)
+                self.sent += CHUNK
+
+
+def vm_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+@pytest.mark.e2e
+def test_an_endless_platform_answer_costs_a_real_gateway_the_cap_not_its_memory(
+    tmp_path: Path, start_gateway: Callable[..., Proc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe, as it was run: a real gateway whose Telegram long poll is answered by a body
+    that never ends (2.9 GB in 13 s). Each poll now fails at the 8 MiB cap and the listener
+    polls again; the process's peak RSS stays within 100 MB of its idle RSS."""
+    platform = EndlessPlatform(calm=2)
+    monkeypatch.setenv("E2E_TG_TOKEN", "123:e2e")
+    home = tmp_path / "home"
+    home.mkdir()
+    account = {"baseUrl": platform.url, "tokenEnv": "E2E_TG_TOKEN"}
+    config = {"channels": {"telegram": {"accounts": {"bot": account}}}, "agents": {"main": {"channels": ["telegram"]}}}
+    (home / "gateway.json").write_text(json.dumps(config))
+    try:
+        proc = start_gateway(home)
+        poll("the calm polls", lambda: platform.requests >= 2, timeout=30)
+        idle_kb = vm_kb(proc.popen.pid, "VmRSS")
+        poll("three polls cut at the cap", lambda: platform.requests >= 5, timeout=120)
+        assert platform.sent >= 3 * http.CHANNEL_BODY_BYTES
+        assert vm_kb(proc.popen.pid, "VmHWM") - idle_kb < 100 * 1024
+        assert "BodyTooLarge" in proc.log
+        assert proc.health()["status"] == "ok"
+    finally:
+        platform.stopped.set()

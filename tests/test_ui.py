@@ -264,9 +264,9 @@ async def test_many_streams_share_one_snapshot_per_tick_sent_only_when_it_change
     made: list[float] = []
     status = views.status
 
-    def counted(gateway: Gateway) -> dict[str, Any]:
+    def counted(gateway: Gateway, shown: int | None = None) -> dict[str, Any]:
         made.append(trio.current_time())
-        return status(gateway)
+        return status(gateway, shown)
 
     monkeypatch.setattr(ui_module.views, "status", counted)
     monkeypatch.setattr(ui_module, "SESSIONS_SHOWN", 2)

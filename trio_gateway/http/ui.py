@@ -119,9 +119,8 @@ class ControlUi:
     def snapshot(self) -> dict[str, Any]:
         gateway = self.gateway
         config = gateway.config.gateway
-        status = views.status(gateway)
-        status["sessionsTotal"] = len(status["sessions"])
-        status["sessions"] = status["sessions"][:SESSIONS_SHOWN]
+        status = views.status(gateway, SESSIONS_SHOWN)
+        status["sessionsTotal"] = len(gateway.sessions)
         status["version"] = __version__
         status["drains"] = [views.drain_report(r) for r in gateway.drains[-DRAINS_SHOWN:]]
         status["drainTimeoutSeconds"] = config.drain.timeout_seconds
