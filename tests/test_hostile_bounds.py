@@ -328,3 +328,30 @@ def test_an_endless_platform_answer_costs_a_real_gateway_the_cap_not_its_memory(
         assert proc.health()["status"] == "ok"
     finally:
         platform.stopped.set()
+
+
+async def test_an_mcp_server_whose_answer_never_ends_fails_at_the_cap() -> None:
+    """The probe: a streamable-HTTP MCP server's endless answer took 3 GB in 19 s. Through the
+    production client the connection fails at MCP_BODY_BYTES, with the reason in status."""
+    from trio_gateway.log import EventLog, MemorySink
+    from trio_gateway.tools.mcp import McpServer
+    from trio_gateway.tools.registry import mcp_http_client
+    from trio_gateway.tools.transport import http_opener
+
+    sent: list[int] = []
+
+    async def handler(request: http.Request) -> http.Response:
+        response = await endless(sent).handle_async_request(request)
+        response.headers["content-type"] = "application/json"
+        return response
+
+    opener = http_opener("http://mcp.invalid/mcp", {}, lambda: mcp_http_client(http.MockTransport(handler)))
+    server = McpServer("endless", opener, EventLog([MemorySink()]), max_result_bytes=1 << 20)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.run)
+        with trio.fail_after(30):
+            while server.last_error is None:  # noqa: ASYNC110 (a plain attribute, polled)
+                await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
+    assert server.last_error == f"BodyTooLarge: the answer is over {http.MCP_BODY_BYTES} bytes"
+    assert sum(sent) <= http.MCP_BODY_BYTES + CHUNK

@@ -232,6 +232,13 @@ def build_toolbox(
     return box
 
 
+def mcp_http_client(transport: http.AsyncBaseTransport | None = None) -> http.AsyncClient:
+    """The client of one streamable-HTTP MCP connection (`transport`: the network when None).
+    Each answer is capped: a server whose response never ends (the probe: 3 GB in 19 s) costs
+    `MCP_BODY_BYTES`, and the connection fails with `BodyTooLarge`."""
+    return http.AsyncClient(trust_env=False, transport=http.bounded(transport, http.MCP_BODY_BYTES))
+
+
 def http_deadline(config: Config) -> float:
     """The whole `http_request` call's deadline: the stall threshold, since each chunk is
     progress and a host dripping bytes would never be judged stalled. Two checks later than the
@@ -256,12 +263,7 @@ def production_openers(env: Mapping[str, str], logs_dir: str | None) -> OpenerFa
             return stdio_opener(server.command, server_env(server, env), stop, stderr, reaper)
         assert server.url is not None
         headers = {header: env.get(var, "") for header, var in server.headers_env.items()}
-        # Each answer capped: a server whose response never ends costs the cap, not the memory.
-        return http_opener(
-            server.url,
-            headers,
-            lambda: http.AsyncClient(trust_env=False, transport=http.bounded(None, http.MCP_BODY_BYTES)),
-        )
+        return http_opener(server.url, headers, mcp_http_client)
 
     return opener_for
 
