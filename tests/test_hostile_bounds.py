@@ -9,6 +9,7 @@ import gzip
 import json
 import socket
 import threading
+import time
 import tracemalloc
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -258,14 +259,13 @@ def test_delivery_retry_with_a_path_as_its_id_touches_nothing(
 # --- a real process ----------------------------------------------------------------------------
 
 
-class EndlessPlatform:
-    """A loopback server in a thread: its first `calm` answers are an empty update list, every
-    later one a body that never ends (the probe's endless `getUpdates`)."""
+class LoopbackPlatform:
+    """A loopback HTTP/1.1 server in a thread (a real gateway process talks to it): `answer`
+    gets the request's path and body and writes the whole response to the connection."""
 
-    def __init__(self, calm: int) -> None:
-        self.calm = calm
-        self.sent = 0
-        self.requests = 0
+    def __init__(self, answer: Callable[[LoopbackPlatform, str, bytes, socket.socket], None]) -> None:
+        self.answer = answer
+        self.requests: list[tuple[str, bytes]] = []
         self.stopped = threading.Event()
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
@@ -278,22 +278,55 @@ class EndlessPlatform:
                 conn, _ = self.sock.accept()
             except TimeoutError:
                 continue
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
-    def _answer(self, conn: socket.socket) -> None:
+    def _serve(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
-            head = b""
-            while b"\r\n\r\n" not in head:
-                head += conn.recv(65536) or b"\r\n\r\n"
-            self.requests += 1
-            if self.requests <= self.calm:
-                calm = b'{"ok": true, "result": []}'
-                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(calm), calm))
-                return
-            conn.sendall(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{"ok":true,"result":[')
-            while not self.stopped.is_set():
-                conn.sendall(b"[" * CHUNK)
-                self.sent += CHUNK
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                ),
+                0,
+            )
+            while len(body) < length:
+                body += conn.recv(65536)
+            path = head.split(b" ")[1].decode()
+            self.requests.append((path, body))
+            self.answer(self, path, body, conn)
+
+
+def json_answer(conn: socket.socket, data: bytes) -> None:
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(data), data)
+    )
+
+
+class EndlessPlatform(LoopbackPlatform):
+    """Its first `calm` answers are an empty update list, every later one a body that never
+    ends (the probe's endless `getUpdates`)."""
+
+    def __init__(self, calm: int) -> None:
+        self.calm = calm
+        self.sent = 0
+        super().__init__(EndlessPlatform._endless)
+
+    def _endless(self, path: str, body: bytes, conn: socket.socket) -> None:
+        if len(self.requests) <= self.calm:
+            json_answer(conn, b'{"ok": true, "result": []}')
+            return
+        conn.sendall(b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{"ok":true,"result":[')
+        while not self.stopped.is_set():
+            conn.sendall(b"[" * CHUNK)
+            self.sent += CHUNK
 
 
 def vm_kb(pid: int, field: str) -> int:
@@ -319,9 +352,9 @@ def test_an_endless_platform_answer_costs_a_real_gateway_the_cap_not_its_memory(
     (home / "gateway.json").write_text(json.dumps(config))
     try:
         proc = start_gateway(home)
-        poll("the calm polls", lambda: platform.requests >= 2, timeout=30)
+        poll("the calm polls", lambda: len(platform.requests) >= 2, timeout=30)
         idle_kb = vm_kb(proc.popen.pid, "VmRSS")
-        poll("three polls cut at the cap", lambda: platform.requests >= 5, timeout=120)
+        poll("three polls cut at the cap", lambda: len(platform.requests) >= 5, timeout=120)
         assert platform.sent >= 3 * http.CHANNEL_BODY_BYTES
         assert vm_kb(proc.popen.pid, "VmHWM") - idle_kb < 100 * 1024
         assert "BodyTooLarge" in proc.log
@@ -355,3 +388,67 @@ async def test_an_mcp_server_whose_answer_never_ends_fails_at_the_cap() -> None:
         nursery.cancel_scope.cancel()
     assert server.last_error == f"BodyTooLarge: the answer is over {http.MCP_BODY_BYTES} bytes"
     assert sum(sent) <= http.MCP_BODY_BYTES + CHUNK
+
+
+def telegram_home(tmp_path: Path, base_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("E2E_TG_TOKEN", "123:e2e")
+    home = tmp_path / "home"
+    home.mkdir()
+    account = {"baseUrl": base_url, "tokenEnv": "E2E_TG_TOKEN"}
+    config = {"channels": {"telegram": {"accounts": {"bot": account}}}, "agents": {"main": {"channels": ["telegram"]}}}
+    (home / "gateway.json").write_text(json.dumps(config))
+    return home
+
+
+@pytest.mark.e2e
+def test_a_poison_message_in_a_real_gateway_is_set_aside_and_the_good_one_answered(
+    tmp_path: Path, start_gateway: Callable[..., Proc], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe, as it was run: one getUpdates batch with a lone surrogate in one message's
+    text (a JSON escape, as Telegram would send it) and a good message beside it. Before, the
+    listener reread that batch forever and answered neither."""
+    batch = (
+        b'{"ok": true, "result": ['
+        b'{"update_id": 7, "message": {"chat": {"id": 555}, "from": {"is_bot": false}, "text": "bad \\ud800"}},'
+        b'{"update_id": 8, "message": {"chat": {"id": 556}, "from": {"is_bot": false}, "text": "good"}}]}'
+    )
+
+    def answer(platform: LoopbackPlatform, path: str, body: bytes, conn: socket.socket) -> None:
+        if path.endswith("/sendMessage"):
+            json_answer(conn, b'{"ok": true, "result": {"message_id": 1}}')
+        elif b'"offset"' not in body:
+            json_answer(conn, batch)
+        else:
+            time.sleep(0.5)  # a long poll with nothing new
+            json_answer(conn, b'{"ok": true, "result": []}')
+
+    platform = LoopbackPlatform(answer)
+    try:
+        proc = start_gateway(telegram_home(tmp_path, platform.url, monkeypatch))
+        sent = poll(
+            "the good message's reply",
+            lambda: [json.loads(b) for p, b in platform.requests if p.endswith("/sendMessage")],
+            timeout=60,
+        )
+        assert [(m["chat_id"], m["text"]) for m in sent] == [(556, "good")]  # the embedded echo model
+        poll(
+            "the cursor past both", lambda: any(b'"offset": 9' in b or b'"offset":9' in b for _, b in platform.requests)
+        )
+        [kept] = (proc.home / "inbound" / "telegram" / "bot" / "rejected").iterdir()
+        assert json.loads(kept.read_bytes())["text"] == "bad \ud800"
+        assert "Rejected message channel=telegram account=bot" in proc.log
+        metrics = proc.http("GET", "/metrics").text
+        assert 'trio_gateway_inbound_rejected_total{account="bot",channel="telegram"} 1.0' in metrics
+    finally:
+        platform.stopped.set()
+
+
+@pytest.mark.e2e
+def test_retry_ids_that_cannot_be_ids_are_400s_in_a_real_gateway(start_gateway: Callable[..., Proc]) -> None:
+    """The probe: a NUL or a 5,000-character id was a 500 and an ERROR line."""
+    proc = start_gateway()
+    for bad in ("a%00b", "x" * 5000, "x.json"):
+        reply = proc.http("POST", f"/v1/deliveries/{bad}/retry", {})
+        assert reply.status_code == 400, (bad[:10], reply.text)
+        assert "is not a delivery id" in reply.json()["message"]
+    assert " ERROR " not in proc.log
