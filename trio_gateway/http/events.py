@@ -125,6 +125,9 @@ class EventStream:
     allowed: Callable[[], bool] = lambda: True
 
     async def run(self, receive: Receive, send: Send) -> None:
+        # Counted while it runs (a stream whose headers never went out never runs, and must
+        # not hold a place); the route refuses one more past MAX_STREAMS before it starts.
+        self.shared.open_streams += 1
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._until_disconnect, receive, nursery.cancel_scope)

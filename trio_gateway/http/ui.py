@@ -113,7 +113,6 @@ class ControlUi:
             raise GatewayBusyError(f"{events.MAX_STREAMS} event streams are open already; close a page")
         state = self.gateway.state
         stream = events.EventStream(self.streams, lambda: state.wait_value("stopped"), self.auth.still(request.headers))
-        self.streams.open_streams += 1  # given back when the stream's run ends
         return Response(200, b"", headers=events.STREAM_HEADERS, stream=stream.run)
 
     def snapshot(self) -> dict[str, Any]:
