@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 import tracemalloc
+import zlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -452,3 +453,14 @@ def test_retry_ids_that_cannot_be_ids_are_400s_in_a_real_gateway(start_gateway: 
         assert reply.status_code == 400, (bad[:10], reply.text)
         assert "is not a delivery id" in reply.json()["message"]
     assert " ERROR " not in proc.log
+
+
+@pytest.mark.parametrize("wbits", [zlib.MAX_WBITS, -zlib.MAX_WBITS])
+async def test_deflate_with_or_without_its_zlib_header_is_decoded(wbits: int) -> None:
+    packer = zlib.compressobj(wbits=wbits)
+    packed = packer.compress(b"hello " * 1000) + packer.flush()
+    async with http.AsyncClient(transport=http.bounded(RawTransport(packed, "deflate"), 1 << 20)) as client:
+        assert (await client.get("http://x.invalid/")).content == b"hello " * 1000
+    async with http.AsyncClient(transport=http.bounded(RawTransport(b"not deflate", "deflate"), 100)) as client:
+        with pytest.raises(http.DecodingError, match="content encoding is broken"):
+            await client.get("http://x.invalid/")

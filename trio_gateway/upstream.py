@@ -66,6 +66,8 @@ class _CappedStream(AsyncByteStream):
         self._limit = limit
         self._request = request
         self._decoder = zlib.decompressobj(_DECODED[encoding]) if encoding else None
+        self._encoding = encoding
+        self._started = False
         self._cut = cut
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -89,7 +91,14 @@ class _CappedStream(AsyncByteStream):
         try:
             return self._decoder.decompress(raw, room)
         except zlib.error as exc:
+            if self._encoding == "deflate" and not self._started:
+                # Some servers send `deflate` without its zlib header (raw), as httpx allows.
+                self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+                self._started = True
+                return self._decode(raw, room)
             raise DecodingError(f"the answer's content encoding is broken: {exc}", request=self._request) from None
+        finally:
+            self._started = True
 
     async def aclose(self) -> None:
         await self._inner.aclose()
