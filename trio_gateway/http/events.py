@@ -65,7 +65,8 @@ class LogTail:
 def encode(event: str, data: object) -> bytes:
     """One SSE message. JSON never contains a raw newline, so one `data:` line suffices."""
     text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, default=str)
-    return f"event: {event}\ndata: {text}\n\n".encode()
+    # backslashreplace: a lone surrogate that got into state anyway must not end every stream.
+    return f"event: {event}\ndata: {text}\n\n".encode("utf-8", "backslashreplace")
 
 
 STREAM_HEADERS = (
