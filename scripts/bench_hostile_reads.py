@@ -11,6 +11,9 @@
     `/healthz` is timed 400 times (the bar: p99 at most 50 ms), the bytes the streams got per
     second are counted, then SIGTERM with a 2 s drain budget (the bar: exit within 2.5 s).
     Before issue 25: 20 streams x 5,000 sessions kept a core at 92 %, 10.8 MB/s, /healthz 1.7 s.
+(g) 20,000 dead letters: `GET /v1/deliveries` a page at a time (the page's `limit=50`, a page of
+    1,000, and the default 100 per list), its size and time, and the slowest `/healthz` while it
+    is fetched. Before issue 25: one 28 MB answer, a 0.85 s stall of the event loop.
 """
 
 from __future__ import annotations
@@ -222,6 +225,85 @@ async def ui_streams(sessions: int, streams: int) -> list[tuple[object, ...]]:
     ]
 
 
+# --- (g) 20,000 dead letters --------------------------------------------------------------------
+
+
+def write_dead_letters(home: Path, count: int) -> None:
+    """`count` dead letters written straight into `delivery-queue/failed/` (as the queue writes
+    them, without an fsync each: the benchmark is about reading them)."""
+    import datetime as dt
+
+    from trio_gateway.policy.entry import DeliveryEntry, Payload
+    from trio_gateway.storage.entry_files import entry_bytes
+    from trio_gateway.storage.ids import IdGenerator
+
+    folder = home / "delivery-queue" / "failed"
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = IdGenerator()
+    now = dt.datetime.now(dt.UTC)
+    for n in range(count):
+        entry_id = ids.new(now)
+        entry = DeliveryEntry(
+            entry_id, "manual", "console", f"user{n}", None, "main", None, Payload("x" * 200), entry_id, now, now
+        ).dead("HTTP 404 no such user (a reason of a realistic length, as platforms write them)", now)
+        (folder / f"{entry_id}.json").write_bytes(entry_bytes(entry))
+
+
+async def dead_letters(count: int) -> list[tuple[object, ...]]:
+    import httpx2
+
+    with temp_home("bench-hostile-dead-") as home:
+        write_config(home, {"agents": {"main": {}}})
+        write_dead_letters(home, count)
+        gp = GatewayProcess(home)
+        await trio.to_thread.run_sync(gp.start, 120.0)
+        try:
+            rows = []
+            async with httpx2.AsyncClient(base_url=gp.base_url, headers=gp.headers, timeout=60, trust_env=False) as c:
+                for query in ("?limit=50", "?state=failed&limit=1000", ""):
+                    t0 = time.perf_counter()
+                    answer = await c.get(f"/v1/deliveries{query}")
+                    took = time.perf_counter() - t0
+                    answer.raise_for_status()
+                    health = await healthz_during(gp, c, f"/v1/deliveries{query}")
+                    body = answer.json()
+                    rows.append(
+                        (
+                            f"GET /v1/deliveries{query}",
+                            len(body.get("failed", [])),
+                            body["total"].get("failed"),
+                            f"{len(answer.content) / MIB:.2f}",
+                            f"{took * 1000:.0f}",
+                            f"{health * 1000:.1f}",
+                        )
+                    )
+        finally:
+            await trio.to_thread.run_sync(gp.stop)
+    return rows
+
+
+async def healthz_during(gp: GatewayProcess, client: object, path: str) -> float:
+    """The slowest of 20 `/healthz` answers while `path` is fetched 5 times: the loop's stall."""
+    import httpx2
+
+    assert isinstance(client, httpx2.AsyncClient)
+    times: list[float] = []
+
+    async def probe() -> None:
+        async with httpx2.AsyncClient(base_url=gp.base_url, timeout=60, trust_env=False) as own:
+            for _ in range(20):
+                t0 = time.perf_counter()
+                await own.get("/healthz")
+                times.append(time.perf_counter() - t0)
+                await trio.sleep(0.05)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(probe)
+        for _ in range(5):
+            await client.get(path)
+    return max(times)
+
+
 async def main(quick: bool, only: str | None) -> None:
     seconds, sessions, streams = (10.0, 1000, 50) if quick else (30.0, 5000, 200)
     banner("bench_hostile_reads", {"endless seconds": seconds, "sessions": sessions, "streams": streams})
@@ -233,6 +315,13 @@ async def main(quick: bool, only: str | None) -> None:
             rows,
             title="(e) an endless getUpdates answer",
         )  # fmt: skip
+    if only in (None, "dead"):
+        rows = await dead_letters(2000 if quick else 20_000)
+        table(
+            ["request", "failed listed", "failed total", "answer MiB", "answer ms", "slowest /healthz meanwhile ms"],
+            rows,
+            title="(g) dead letters, a page at a time",
+        )
     if only in (None, "streams"):
         rows = await ui_streams(sessions, streams)
         table(
@@ -246,6 +335,6 @@ async def main(quick: bool, only: str | None) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10 s endless, 1,000 sessions, 50 streams")
-    parser.add_argument("--only", choices=["endless", "streams"])
+    parser.add_argument("--only", choices=["endless", "dead", "streams"])
     args = parser.parse_args()
     trio.run(main, args.quick, args.only)

@@ -464,3 +464,28 @@ async def test_deflate_with_or_without_its_zlib_header_is_decoded(wbits: int) ->
     async with http.AsyncClient(transport=http.bounded(RawTransport(b"not deflate", "deflate"), 100)) as client:
         with pytest.raises(http.DecodingError, match="content encoding is broken"):
             await client.get("http://x.invalid/")
+
+
+async def test_dead_letters_are_listed_a_page_at_a_time(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    """The file queue reads only the page of dead letters it answers (ids sort by creation)."""
+    from trio_gateway.storage.base import Claimed
+
+    body = {"channel": "console", "to": "ops", "agentId": "main", "text": "x"}
+    ids = [(await running.call("POST", "/v1/deliveries", body)).json["id"] for _ in range(5)]
+    queue = running.call.app._queue()
+    assert running.gateway.wall is not None
+    now = running.gateway.wall.now()
+    for entry_id in ids:
+        claim = await queue.claim(entry_id, now)
+        if isinstance(claim, Claimed):  # the worker may have sent some already: those are gone
+            await queue.dead_letter(claim, "HTTP 404", now)
+    dead = sorted(e.id for e in await queue.list_failed())
+    assert len(dead) >= 2
+    first = (await running.call("GET", "/v1/deliveries?state=failed&limit=1")).json
+    assert ([e["id"] for e in first["failed"]], first["total"], first["next"]) == (
+        dead[:1],
+        {"failed": len(dead)},
+        {"failed": dead[0]},
+    )
+    rest = (await running.call("GET", f"/v1/deliveries?state=failed&limit=10&after={dead[0]}")).json
+    assert ([e["id"] for e in rest["failed"]], rest["next"]) == (dead[1:], {"failed": None})

@@ -117,6 +117,18 @@ class PgDeliveryQueue:
     async def list_failed(self) -> list[DeliveryEntry]:
         return await self._select("state = 'failed'")
 
+    async def failed_page(self, after: str | None, limit: int) -> tuple[list[DeliveryEntry], int]:
+        def read(conn: Conn) -> tuple[list[DeliveryEntry], int]:
+            rows = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM deliveries WHERE state = 'failed' AND id > %s ORDER BY id LIMIT %s",
+                (after or "", limit),
+            ).fetchall()
+            total = conn.execute("SELECT count(*) FROM deliveries WHERE state = 'failed'").fetchone()
+            count = cast(int, total[0]) if total else 0
+            return [_entry(r[0], cast(dt.datetime | None, r[1])) for r in rows], count
+
+        return await self.db.run(read)
+
     async def due(self, now: dt.datetime) -> list[DeliveryEntry]:
         return await self._select("state = 'pending' AND claim_node IS NULL AND next_attempt_at <= %s", (now,))
 

@@ -27,6 +27,7 @@ dead processes is `recovery.py`; the group commit is `group_commit.py`.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as dt
 import os
@@ -234,6 +235,20 @@ class DeliveryQueue:
 
     async def list_failed(self) -> list[DeliveryEntry]:
         return await self._run(lambda: self._read_folder_sync(self.failed_dir))
+
+    def _failed_page_sync(self, after: str | None, limit: int) -> tuple[list[DeliveryEntry], int]:
+        paths = entry_files(self.failed_dir)  # names only, sorted: ids sort by creation
+        start = bisect.bisect_right([p.name[:-5] for p in paths], after) if after is not None else 0
+        entries: list[DeliveryEntry] = []
+        for path in paths[start:]:
+            if len(entries) == limit:
+                break
+            with contextlib.suppress(FileNotFoundError, ValueError):  # retried meanwhile, or corrupt
+                entries.append(load_entry(path))
+        return entries, len(paths)
+
+    async def failed_page(self, after: str | None, limit: int) -> tuple[list[DeliveryEntry], int]:
+        return await self._run(lambda: self._failed_page_sync(after, limit))
 
     async def due(self, now: dt.datetime) -> list[DeliveryEntry]:
         return [e for e in await self.list_pending() if e.next_attempt_at <= now]
