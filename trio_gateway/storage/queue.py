@@ -237,15 +237,20 @@ class DeliveryQueue:
         return await self._run(lambda: self._read_folder_sync(self.failed_dir))
 
     def _failed_page_sync(self, after: str | None, limit: int) -> tuple[list[DeliveryEntry], int]:
-        paths = entry_files(self.failed_dir)  # names only, sorted: ids sort by creation
-        start = bisect.bisect_right([p.name[:-5] for p in paths], after) if after is not None else 0
+        # Names only (no `Path` per file), sorted: ids sort by creation. Only the page is parsed.
+        try:
+            names = os.listdir(self.failed_dir)
+        except FileNotFoundError:
+            return [], 0
+        ids = sorted(n[:-5] for n in names if n.endswith(".json") and not n.startswith("."))
+        start = bisect.bisect_right(ids, after) if after is not None else 0
         entries: list[DeliveryEntry] = []
-        for path in paths[start:]:
+        for entry_id in ids[start:]:
             if len(entries) == limit:
                 break
             with contextlib.suppress(FileNotFoundError, ValueError):  # retried meanwhile, or corrupt
-                entries.append(load_entry(path))
-        return entries, len(paths)
+                entries.append(load_entry(self.failed_dir / f"{entry_id}.json"))
+        return entries, len(ids)
 
     async def failed_page(self, after: str | None, limit: int) -> tuple[list[DeliveryEntry], int]:
         return await self._run(lambda: self._failed_page_sync(after, limit))
