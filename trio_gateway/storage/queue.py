@@ -27,7 +27,6 @@ dead processes is `recovery.py`; the group commit is `group_commit.py`.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import datetime as dt
 import os
@@ -58,6 +57,7 @@ from trio_gateway.storage.entry_files import (
     parse_inflight_name,
     quarantine,
     read_entry_file,
+    read_page,
 )
 from trio_gateway.storage.group_commit import GroupCommit
 from trio_gateway.storage.ids import IdGenerator
@@ -236,24 +236,8 @@ class DeliveryQueue:
     async def list_failed(self) -> list[DeliveryEntry]:
         return await self._run(lambda: self._read_folder_sync(self.failed_dir))
 
-    def _failed_page_sync(self, after: str | None, limit: int) -> tuple[list[DeliveryEntry], int]:
-        # Names only (no `Path` per file), sorted: ids sort by creation. Only the page is parsed.
-        try:
-            names = os.listdir(self.failed_dir)
-        except FileNotFoundError:
-            return [], 0
-        ids = sorted(n[:-5] for n in names if n.endswith(".json") and not n.startswith("."))
-        start = bisect.bisect_right(ids, after) if after is not None else 0
-        entries: list[DeliveryEntry] = []
-        for entry_id in ids[start:]:
-            if len(entries) == limit:
-                break
-            with contextlib.suppress(FileNotFoundError, ValueError):  # retried meanwhile, or corrupt
-                entries.append(load_entry(self.failed_dir / f"{entry_id}.json"))
-        return entries, len(ids)
-
     async def failed_page(self, after: str | None, limit: int) -> tuple[list[DeliveryEntry], int]:
-        return await self._run(lambda: self._failed_page_sync(after, limit))
+        return await self._run(lambda: read_page(self.failed_dir, after, limit))
 
     async def due(self, now: dt.datetime) -> list[DeliveryEntry]:
         return [e for e in await self.list_pending() if e.next_attempt_at <= now]
