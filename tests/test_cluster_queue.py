@@ -306,3 +306,20 @@ async def test_retries_go_back_to_the_shared_queue(cluster: Callable[..., object
         nursery.cancel_scope.cancel()
     assert [i for _, i in channel.sends] == [entry.id] * 3
     assert len(a.lines("Retry")) == 2
+
+
+async def test_dead_letters_are_read_a_page_at_a_time(cluster: Callable[..., object]) -> None:
+    """Issue 25: `GET /v1/deliveries` reads only the page it answers, from PostgreSQL too."""
+    from trio_gateway.errors import BadRequestError
+
+    a = await cluster("a")  # type: ignore[misc]
+    entries = await add(a, 5)
+    for entry in entries:
+        await a.queue.dead_letter(claimed(await a.queue.claim_to_send(entry.id, T1)), "HTTP 400", T1)
+    ids = sorted(e.id for e in entries)
+    first, total = await a.queue.failed_page(None, 2)
+    assert ([e.id for e in first], total) == (ids[:2], 5)
+    assert [e.id for e in (await a.queue.failed_page(ids[1], 2))[0]] == ids[2:4]
+    assert [e.id for e in (await a.queue.failed_page(ids[3], 10))[0]] == ids[4:]
+    with pytest.raises(BadRequestError, match="is not a delivery id"):
+        await a.queue.retry_dead("../../x", T1)

@@ -72,6 +72,8 @@ async def still_serving(running: Running) -> None:
         ("/v1/gateway/restart", b'{"timeoutSeconds": NaN}', "NaN"),
         ("/v1/gateway/restart", b'{"timeoutSeconds": 1' + b"0" * 400 + b"}", "timeoutSeconds"),
         ("/v1/gateway/stop", b'{"timeoutSeconds": 1e306}', "timeoutSeconds"),
+        ("/v1/gateway/stop", b'{"timeoutSeconds": 1e-320}', "at least 0.001"),  # a denormal: no budget
+        ("/v1/sessions/s-1/turns/t-1/wait", b'{"timeoutSeconds": 1e-320}', "at least 0.001"),
         ("/internal/test/stall-model-call", b'{"durationMs": 1e306}', "durationMs"),
         ("/v1/sessions", b'{"agent": "main", "prompt": "x", "n": 1' + b"0" * 5000 + b"}", "body"),
     ],
@@ -679,11 +681,23 @@ def test_a_hostile_scenario_file_is_a_scenario_error(tmp_path: Path, data: bytes
         load(path)
 
 
-@pytest.mark.parametrize("value", ["nan", "inf", "1e306", "0", "-5", "soon"])
+@pytest.mark.parametrize("value", ["nan", "inf", "1e306", "0", "-5", "soon", "1e-320"])
 def test_gateway_restart_timeout_must_be_in_range(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
 ) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--home", str(tmp_path), "gateway", "restart", "--timeout", value])
     assert info.value.code == 2
-    assert "must be a number of seconds greater than 0 and at most 86400" in capsys.readouterr().err
+    assert "must be a number of seconds from 0.001 to 86400" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0", "1e-320", "inf", "soon"])
+def test_session_start_wait_timeout_must_be_in_range(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """The probe: `--timeout nan|-1` timed out at once instead of saying what was wrong."""
+    argv = ["--home", str(tmp_path), "session", "start", "--agent", "main", "--channel", "console", "--to", "o"]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--prompt", "hi", "--wait", "--timeout", value])
+    assert info.value.code == 2
+    assert "must be a number of seconds from 0.001 to 86400" in capsys.readouterr().err

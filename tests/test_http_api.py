@@ -79,7 +79,8 @@ class Driver:
         scope = {
             "type": "http",
             "method": method,
-            "path": path,
+            "path": path.partition("?")[0],
+            "query_string": path.partition("?")[2].encode(),
             "headers": [(k.encode(), v.encode()) for k, v in hdrs.items()],
         }
         sent: list[Message] = []
@@ -337,7 +338,12 @@ async def test_deliveries_create_validates_then_lists(running: Running, autojump
     bad = {"channel": "feishu", "to": "o9cq80abc@im.wechat", "accountId": "app1", "agentId": "main", "text": "x"}
     refused = await running.call("POST", "/v1/deliveries", bad)
     assert (refused.status, refused.json["error"]) == (400, "DeliveryValidationError")
-    assert (await running.call("GET", "/v1/deliveries")).json == {"pending": [], "failed": []}
+    assert (await running.call("GET", "/v1/deliveries")).json == {
+        "pending": [],
+        "failed": [],
+        "total": {"pending": 0, "failed": 0},
+        "next": {"pending": None, "failed": None},
+    }
     good = {**bad, "to": "ou_abc123"}
     created = await running.call("POST", "/v1/deliveries", good)
     assert created.status == 202

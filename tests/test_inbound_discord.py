@@ -123,3 +123,20 @@ async def test_the_socket_closes_at_the_start_of_a_drain(gateway: Gateway, fake_
     assert trio.current_time() == began
     await done.wait()
     await until(lambda: fake_channels.discord_gateway.identifies == 2)  # generation 2 identifies again
+
+
+async def test_discord_shows_listening_only_after_its_handshake_is_answered(
+    gateway: Gateway, fake_channels: FakeChannels
+) -> None:
+    """The probe: Discord showed `listening` before its handshake was answered. A gateway that
+    reads the IDENTIFY and answers nothing leaves the account `connecting`; READY makes it
+    `listening`."""
+    socket = fake_channels.discord_gateway
+    socket.silent = True
+    await until(lambda: socket.identifies == 0 and socket.connections_open == 1)
+    await trio.sleep(5)
+    [account] = views.status(gateway)["channels"]
+    assert account["inbound"]["state"] == "connecting"
+    socket.answer_handshakes()
+    await connected(fake_channels)
+    await until(lambda: views.status(gateway)["channels"][0]["inbound"]["state"] == "listening")

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 import trio
 from test_inbound import until
 
-from trio_gateway.channels.feishu import Frame, decode_frame, encode_frame, ping_seconds
+from trio_gateway.channels.feishu import (
+    MAX_PENDING_SPLITS,
+    METHOD_DATA,
+    SPLIT_EXPIRE_SECONDS,
+    FeishuListener,
+    Frame,
+    SplitEvents,
+    decode_frame,
+    encode_frame,
+    ping_seconds,
+)
 from trio_gateway.http import views
 from trio_gateway.log import MemorySink
 from trio_gateway.policy.config import Config
@@ -100,3 +112,68 @@ async def test_a_refused_endpoint_pauses_the_account(
     fake_channels.reject_auth("feishu")
     await until(lambda: any(e.message.startswith("Paused channel=feishu") for e in gateway_log.tagged("CHANNEL")), 0.1)
     assert "code 514" in views.status(gateway)["channels"][0]["inbound"]["pausedReason"]
+
+
+def data_frame(message_id: str, total: str, seq: str, payload: bytes) -> Frame:
+    headers = [("type", "event"), ("message_id", message_id), ("sum", total), ("seq", seq)]
+    return Frame(method=METHOD_DATA, headers=headers, payload=payload)
+
+
+async def test_a_lying_split_header_allocates_nothing_and_the_next_event_is_answered(
+    gateway: Gateway, fake_channels: FakeChannels
+) -> None:
+    """The probe: `sum=150000000` made the decoder allocate 1.19 GB. A header is not a size:
+    a frame whose `sum`/`seq` is not sane is ignored (not acked), and the connection goes on."""
+    sock = fake_channels.feishu_socket
+    await until(lambda: sock.connections_open == 1)
+    listener = feishu_listener(gateway)
+    tracemalloc.start()
+    try:
+        for total, seq in (("150000000", "0"), ("3", "7"), ("x", "0"), ("2", "-1")):
+            sock.inject(data_frame("om_liar", total, seq, b"{}"))
+        await until(lambda: listener.splits.dropped == 4)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+    fake_channels.push("feishu", "still here", sender="ou_abc123")
+    await until(lambda: fake_channels.delivered("feishu"))
+    assert sock.connections == 1
+
+
+async def test_incomplete_split_events_are_bounded_and_expire(gateway: Gateway, fake_channels: FakeChannels) -> None:
+    """The probe: 3,000 first halves that never complete were kept forever (332 MB). Now at
+    most MAX_PENDING_SPLITS are held, and each expires SPLIT_EXPIRE_SECONDS after its first part."""
+    sock = fake_channels.feishu_socket
+    await until(lambda: sock.connections_open == 1)
+    listener = feishu_listener(gateway)
+    for n in range(3000):
+        sock.inject(data_frame(f"om_half_{n}", "2", "0", b"x" * 1024))
+    await until(lambda: listener.splits.dropped >= 3000 - MAX_PENDING_SPLITS)
+    assert len(listener.splits.pending) == MAX_PENDING_SPLITS
+    assert listener.splits.size == MAX_PENDING_SPLITS * 1024
+    await trio.sleep(SPLIT_EXPIRE_SECONDS)
+    sock.inject(data_frame("om_late", "2", "0", b"y"))
+    await until(lambda: "om_late" in listener.splits.pending)
+    assert list(listener.splits.pending) == ["om_late"]
+    assert listener.splits.size == 1
+
+
+def test_split_events_join_in_any_order_and_a_changed_sum_starts_over() -> None:
+    splits = SplitEvents()
+    assert splits.add("m", 3, 2, b"c", 0.0) is None
+    assert splits.add("m", 3, 0, b"a", 1.0) is None
+    assert splits.add("m", 3, 1, b"b", 2.0) == b"abc"
+    assert (splits.pending, splits.size, splits.dropped) == ({}, 0, 0)
+    assert splits.add("n", 2, 0, b"x", 0.0) is None
+    assert splits.add("n", 3, 0, b"y", 0.0) is None  # a different sum: the old parts go
+    assert (splits.size, splits.dropped) == (1, 1)
+    assert splits.add("o", 2, 0, b"big", SPLIT_EXPIRE_SECONDS) is None  # "n" expired
+    assert list(splits.pending) == ["o"]
+
+
+def feishu_listener(gateway: Gateway) -> FeishuListener:
+    assert gateway.listeners is not None
+    [account] = gateway.listeners.accounts
+    assert isinstance(account.listener, FeishuListener)
+    return account.listener

@@ -236,3 +236,26 @@ async def test_echo_is_cancellable() -> None:
         await EchoModel().complete(user("hi"), [], Recorder())
         pytest.fail("a cancelled echo call must not return")
     assert scope.cancelled_caught
+
+
+@pytest.mark.parametrize("event_stream", [True, False])
+async def test_a_model_answer_that_never_ends_is_cut_at_the_cap(event_stream: bool) -> None:
+    """Issue 25: a model that streams (or sends one body) without end costs the cap, then the
+    call fails naming it; nothing past the cap is read."""
+    sent: list[int] = []
+    chunk = b'data: {"choices": [{"delta": {"content": "' + b"x" * 65000 + b'"}}]}\n\n'
+
+    async def endless() -> Any:
+        while True:
+            sent.append(len(chunk))
+            yield chunk if event_stream else b"x" * len(chunk)
+
+    async def handler(request: http.Request) -> http.Response:
+        await trio.lowlevel.checkpoint()
+        kind = "text/event-stream" if event_stream else "application/json"
+        return http.Response(200, headers={"content-type": kind}, content=endless())
+
+    model = OpenAIModel(model_config(), {"FAKE_KEY": KEY}, http.MockTransport(handler))
+    with pytest.raises(ModelCallError, match=f"answer cut: the answer is over {http.MODEL_BODY_BYTES} bytes"):
+        await model.complete(user("hi"), [], Recorder())
+    assert sum(sent) <= http.MODEL_BODY_BYTES + len(chunk)

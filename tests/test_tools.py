@@ -356,28 +356,56 @@ async def test_a_streamable_http_server_answers_reports_progress_and_is_told_of_
         nursery.cancel_scope.cancel()
 
 
-async def test_a_slow_http_body_that_keeps_sending_is_never_aborted(
+async def test_a_dripping_http_body_is_cut_by_the_whole_call_deadline_not_the_watchdog(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
-    """Each received chunk is progress: 12 chunks 5 s apart (60 s) under a 10 s threshold."""
+    """Each received chunk is progress, so a host dripping a byte every 5 s (60 s in all) under
+    a 10 s threshold is never a stall; the whole call's deadline (threshold + two checks) cuts
+    it, and the model is told so. A slow body that ends within the deadline is answered whole."""
 
-    async def chunks() -> Any:
-        for i in range(12):
+    async def chunks(count: int) -> Any:
+        for i in range(count):
             await trio.sleep(5)
             yield f"{i % 10}".encode()
 
     async def handler(request: http.Request) -> http.Response:
         await trio.lowlevel.checkpoint()
-        return http.Response(200, content=chunks())
+        return http.Response(200, content=chunks(12 if request.url.path == "/drip" else 2))
 
     async with trio.open_nursery() as nursery:
         gateway, notices = await run_with_http(nursery, tmp_path, http_config(), handler)
         started = trio.current_time()
-        reply = await ask(gateway, notices, '/tool http_request {"url": "https://api.example.com/stream"}')
-        answer = json.loads(reply.text.removeprefix("tool http_request: "))
-        assert answer["body"] == "0123456789"  # capped at maxResponseBytes = 10
+        reply = await ask(gateway, notices, '/tool http_request {"url": "https://api.example.com/drip"}')
+        assert "no whole answer within 12s" in reply.text
+        assert "aborted" not in reply.text
+        assert 12 <= reply.at - started < 13
+        reply = await ask(gateway, notices, '/tool http_request {"url": "https://api.example.com/slow"}')
+        assert json.loads(reply.text.removeprefix("tool http_request: "))["body"] == "01"
+        gateway.request_drain("stop", force=True)
+
+
+async def test_the_http_result_as_sent_is_capped_after_json_escaping(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """1 MiB of NULs escapes to six characters each: the result the model is sent is cut to
+    the cap plus the fixed room for status and headers, never 6 MiB."""
+    from trio_gateway.tools.http import RESULT_OVERHEAD_BYTES
+
+    cap = 1 << 20
+
+    def handler(request: http.Request) -> http.Response:
+        return http.Response(200, content=b"\0" * cap, headers={"x-flood": "y" * 8000})
+
+    async with trio.open_nursery() as nursery:
+        config = http_config(**{"tools.http": {"allowHosts": ["api.example.com"], "maxResponseBytes": cap}})
+        gateway, notices = await run_with_http(nursery, tmp_path, config, handler)
+        reply = await ask(gateway, notices, '/tool http_request {"url": "https://api.example.com/nul"}')
+        result = reply.text.removeprefix("tool http_request: ")
+        assert len(result.encode()) <= cap + RESULT_OVERHEAD_BYTES
+        answer = json.loads(result)
         assert answer["truncated"] is True
-        assert reply.at - started >= 55
+        assert set(answer["body"]) == {"\0"}
+        assert len(answer["body"]) > cap // 7
         gateway.request_drain("stop", force=True)
 
 

@@ -180,3 +180,34 @@ async def test_a_stop_that_runs_out_of_time_still_leaves_no_process_zombie_or_pi
             if event["event"] == "started":
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(event["pid"], signal.SIGKILL)
+
+
+def test_a_child_that_escapes_the_group_is_killed_at_restart_and_stop(
+    tmp_path: Path, start_gateway: Callable[..., Proc]
+) -> None:
+    """The probe: an MCP server's child that calls setsid and ignores SIGTERM survived every
+    stop (one orphan per generation). The gateway is its servers' orphans' subreaper: such a
+    child is reparented to it when the server dies, then killed and reaped, at a restart (one
+    generation's server stops) and at the stop."""
+    home, events_file = tmp_path / "home", tmp_path / "events.jsonl"
+    write_tools_config(home, events_file)
+    config = json.loads((home / "gateway.json").read_text())
+    config["tools"]["mcpServers"]["files"]["command"].append("--escape")
+    (home / "gateway.json").write_text(json.dumps(config))
+    proc = start_gateway(home)
+
+    def escaped() -> list[int]:
+        return [e["childPid"] for e in events(events_file) if e["event"] == "escaped"]
+
+    try:
+        poll("the first server's escaped child", lambda: len(escaped()) == 1, timeout=30)
+        assert cli(home, "gateway", "restart", "--json").returncode == 0
+        poll("the second server's escaped child", lambda: len(escaped()) == 2, timeout=30)
+        poll("generation 1's orphan to be gone", lambda: process_state(escaped()[0]) == "gone", timeout=10)
+        assert cli(home, "gateway", "stop").returncode == 0
+        poll("the gateway to exit", lambda: proc.popen.poll() is not None, timeout=30)
+        poll("generation 2's orphan to be gone", lambda: process_state(escaped()[1]) == "gone", timeout=10)
+    finally:
+        for pid in escaped():  # never leak one, whatever failed above
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

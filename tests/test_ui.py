@@ -17,6 +17,7 @@ from trio_gateway.http import ui_auth
 from trio_gateway.http.app import GatewayApp
 from trio_gateway.http.asgi import Message
 from trio_gateway.policy import config as cfg
+from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.runtime import build_gateway
 from trio_gateway.storage.base import Claimed
@@ -175,8 +176,9 @@ class Stream:
         return found
 
 
-async def open_stream(app: GatewayApp, nursery: trio.Nursery, stream: Stream) -> None:
+async def open_stream(app: GatewayApp, nursery: trio.Nursery, stream: Stream, **headers: str) -> None:
     first = True
+    hdrs = headers or {"authorization": f"Bearer {TOKEN}"}
 
     async def receive() -> Message:
         nonlocal first
@@ -190,7 +192,7 @@ async def open_stream(app: GatewayApp, nursery: trio.Nursery, stream: Stream) ->
         stream.sent.append(message)
 
     async def run() -> None:
-        await app(scope("GET", "/v1/events", {"authorization": f"Bearer {TOKEN}"}), receive, send)
+        await app(scope("GET", "/v1/events", hdrs), receive, send)
         stream.ended.set()
 
     nursery.start_soon(run)
@@ -209,7 +211,7 @@ async def test_events_stream_status_and_log_and_end_when_the_client_leaves(
         assert (b"content-type", b"text/event-stream; charset=utf-8") in stream.sent[0]["headers"]
         events = stream.events()
         statuses = [data for kind, data in events if kind == "status"]
-        assert len(statuses) >= 3
+        assert len(statuses) == 1  # two seconds of nothing but the clock: no second snapshot
         assert statuses[-1]["state"] == "running"
         assert statuses[-1]["generation"] == 1
         assert statuses[-1]["drainTimeoutSeconds"] == 10
@@ -250,6 +252,75 @@ async def test_events_show_a_running_drain_then_end_when_the_gateway_stops(
             await stream.ended.wait()
 
 
+async def test_many_streams_share_one_snapshot_per_tick_sent_only_when_it_changed(
+    ui: Ui, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe: 20 pages x 5,000 sessions, a full snapshot to every page every 0.5 s (a
+    core at 92 %). Now 50 pages cost one snapshot per tick, and a page hears one only when
+    something besides the clock changed; the page lists the first sessions and the total."""
+    from trio_gateway.http import ui as ui_module
+    from trio_gateway.http import views
+
+    made: list[float] = []
+    status = views.status
+
+    def counted(gateway: Gateway, shown: int | None = None) -> dict[str, Any]:
+        made.append(trio.current_time())
+        return status(gateway, shown)
+
+    monkeypatch.setattr(ui_module.views, "status", counted)
+    monkeypatch.setattr(ui_module, "SESSIONS_SHOWN", 2)
+    streams = [Stream() for _ in range(50)]
+    async with trio.open_nursery() as nursery:
+        for stream in streams:
+            await open_stream(ui.app, nursery, stream)
+        await trio.sleep(5)
+        assert len(made) <= 5 / 0.5 + 1
+        assert all(len([e for e in s.events() if e[0] == "status"]) == 1 for s in streams)
+        for n in range(3):
+            await ui.gateway.submit(agent_id="main", origin=Origin("console", f"ops{n}"), prompt="hi")
+        await trio.sleep(5)
+        for stream in streams:
+            last = [d for k, d in stream.events() if k == "status"][-1]
+            assert (len(last["sessions"]), last["sessionsTotal"]) == (2, 3)
+        for stream in streams:
+            stream.gone.set()
+
+
+async def test_streams_are_capped(ui: Ui, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch) -> None:
+    from trio_gateway.http import events
+
+    monkeypatch.setattr(events, "MAX_STREAMS", 2)
+    streams = [Stream(), Stream()]
+    async with trio.open_nursery() as nursery:
+        for stream in streams:
+            await open_stream(ui.app, nursery, stream)
+        await trio.sleep(1)
+        refused = await call(ui.app, "GET", "/v1/events", authorization=f"Bearer {TOKEN}")
+        assert (refused.status, refused.json["error"]) == (503, "GatewayBusyError")
+        streams[0].gone.set()
+        await streams[0].ended.wait()
+        third = Stream()
+        await open_stream(ui.app, nursery, third)
+        await trio.sleep(1)
+        assert third.sent[0]["status"] == 200
+        for stream in (streams[1], third):
+            stream.gone.set()
+
+
+async def test_a_stream_ends_when_its_ui_session_logs_out(ui: Ui, autojump_clock: trio.abc.Clock) -> None:
+    cookie = session_cookie(await call(ui.app, "POST", "/v1/ui/login", {"token": TOKEN}, origin=ORIGIN))
+    stream = Stream()
+    async with trio.open_nursery() as nursery:
+        await open_stream(ui.app, nursery, stream, cookie=cookie)
+        await trio.sleep(2)
+        assert not stream.ended.is_set()
+        await call(ui.app, "POST", "/v1/ui/logout", cookie=cookie, origin=ORIGIN)
+        with trio.fail_after(1):
+            await stream.ended.wait()
+        stream.gone.set()
+
+
 async def test_retry_route_moves_a_dead_letter_back_to_pending(ui: Ui, autojump_clock: trio.abc.Clock) -> None:
     auth = {"authorization": f"Bearer {TOKEN}"}
     body = {"channel": "console", "to": "ops", "agentId": "main", "text": "x"}
@@ -268,3 +339,24 @@ async def test_retry_route_moves_a_dead_letter_back_to_pending(ui: Ui, autojump_
     assert listed["failed"] == []
     assert [e["id"] for e in listed["pending"]] == [entry_id]
     assert (await call(ui.app, "POST", "/v1/deliveries/nope/retry", {}, **auth)).status == 404
+
+
+async def test_the_origin_check_includes_the_scheme_and_covers_logout(ui: Ui, autojump_clock: trio.abc.Clock) -> None:
+    """The probe: the Origin check ignored the scheme, and logout had none."""
+    plain_page_to_https = await call(
+        ui.app, "POST", "/v1/ui/login", {"token": TOKEN}, origin=ORIGIN, x_forwarded_proto="https"
+    )
+    assert plain_page_to_https.status == 401
+    https_page_to_plain = await call(ui.app, "POST", "/v1/ui/login", {"token": TOKEN}, origin=f"https://{HOST}")
+    assert https_page_to_plain.status == 401
+    behind_tls = await call(
+        ui.app, "POST", "/v1/ui/login", {"token": TOKEN}, origin=f"https://{HOST}", x_forwarded_proto="https"
+    )
+    assert behind_tls.status == 200
+    cookie = session_cookie(await call(ui.app, "POST", "/v1/ui/login", {"token": TOKEN}, origin=ORIGIN))
+    for forged in ({"origin": "http://evil.example"}, {"origin": f"https://{HOST}"}, {"sec_fetch_site": "cross-site"}):
+        refused = await call(ui.app, "POST", "/v1/ui/logout", cookie=cookie, **forged)
+        assert refused.status == 401, forged
+        assert (await call(ui.app, "GET", "/v1/status", cookie=cookie)).status == 200
+    assert (await call(ui.app, "POST", "/v1/ui/logout", cookie=cookie, origin=ORIGIN)).status == 200
+    assert (await call(ui.app, "GET", "/v1/status", cookie=cookie)).status == 401

@@ -24,6 +24,7 @@ from trio_gateway.channels.listen import (
     SenderControl,
 )
 from trio_gateway.channels.registry import ChannelSet, build_listeners
+from trio_gateway.channels.rejected import RejectedStore
 from trio_gateway.delivery.service import ClosableChannels, QueueDelivery
 from trio_gateway.delivery.worker import DeliveryWorker, OutcomeTally
 from trio_gateway.errors import ConfigError
@@ -112,6 +113,7 @@ def listeners(
             rng or random.Random(),
             stats,
             gate,
+            RejectedStore(home.inbound_dir, runner, log),
         )
 
     return factory

@@ -393,6 +393,15 @@ def ping_seconds(interval: object) -> float | None:
     return min(max(float(interval), MIN_PING_SECONDS), MAX_PING_SECONDS)
 
 
+# Split events (a big event arrives as `sum` frames sharing a `message_id`), bounded: a header
+# is the platform's word, not a size to allocate (`sum=150000000` was 1.19 GB), and an event
+# whose parts never all come expires instead of being kept for the connection's life.
+MAX_SPLIT_PARTS = 64
+MAX_PENDING_SPLITS = 64
+MAX_PENDING_SPLIT_BYTES = 16 * 1024 * 1024
+SPLIT_EXPIRE_SECONDS = 30.0
+
+
 @attrs.define
 class Frame:
     seq_id: int = 0
@@ -510,6 +519,63 @@ def decode_frame(data: bytes) -> Frame:
     return frame
 
 
+@attrs.define
+class _Split:
+    started: float
+    parts: list[bytes | None]
+
+
+@attrs.define
+class SplitEvents:
+    """The parts of split events heard so far, oldest first, within the bounds above: past
+    `MAX_PENDING_SPLITS` events or `MAX_PENDING_SPLIT_BYTES` the oldest goes, and each goes
+    `SPLIT_EXPIRE_SECONDS` after its first part (the platform redelivers what it was not
+    acked, so a dropped event is heard again whole)."""
+
+    pending: dict[str, _Split] = attrs.Factory(dict)
+    size: int = 0
+    dropped: int = 0
+
+    def add(self, ident: str, total: int, index: int, payload: bytes, now: float) -> bytes | None:
+        """The joined event when this part completes it, else None. `total` and `index` are
+        checked by the caller (`split_header`)."""
+        self._expire(now)
+        split = self.pending.get(ident)
+        if split is not None and len(split.parts) != total:
+            self._drop(ident)
+            split = None
+        if split is None:
+            split = self.pending[ident] = _Split(now, [None] * total)
+        self.size += len(payload) - len(split.parts[index] or b"")
+        split.parts[index] = payload
+        if all(p is not None for p in split.parts):
+            self._drop(ident, dropped=False)
+            return b"".join(p for p in split.parts if p is not None)
+        while len(self.pending) > MAX_PENDING_SPLITS or self.size > MAX_PENDING_SPLIT_BYTES:
+            self._drop(next(iter(self.pending)))
+        return None
+
+    def _expire(self, now: float) -> None:
+        for ident in [i for i, s in self.pending.items() if now - s.started >= SPLIT_EXPIRE_SECONDS]:
+            self._drop(ident)
+
+    def _drop(self, ident: str, *, dropped: bool = True) -> None:
+        split = self.pending.pop(ident)
+        self.size -= sum(len(p) for p in split.parts if p is not None)
+        self.dropped += dropped
+
+
+def split_header(frame: Frame) -> tuple[int, int] | None:
+    """(sum, seq) of a data frame when both are sane, else None (the frame is not one we can
+    use: ignored, never allocated for)."""
+    total, index = frame.header("sum") or "1", frame.header("seq") or "0"
+    if not (total.isdigit() and index.isdigit() and len(total) <= 6 and len(index) <= 6):
+        return None
+    if not 1 <= int(total) <= MAX_SPLIT_PARTS or int(index) >= int(total):
+        return None
+    return int(total), int(index)
+
+
 def heard_event(event: object) -> Heard | None:
     """An `im.message.receive_v1` text message from a person, or None."""
     if not isinstance(event, dict):
@@ -548,7 +614,7 @@ class FeishuListener:
     connect: WebSocketConnect
     channel: str = "feishu"
     ping_seconds: float = DEFAULT_PING_SECONDS
-    _parts: dict[str, list[bytes | None]] = attrs.Factory(dict)
+    splits: SplitEvents = attrs.Factory(SplitEvents)
 
     @classmethod
     def open(
@@ -624,17 +690,17 @@ class FeishuListener:
             self.ping_seconds = interval
 
     def _joined(self, frame: Frame) -> bytes | None:
-        total = int(frame.header("sum") or "1")
-        if total <= 1:
-            return frame.payload or b""
-        ident, index = frame.header("message_id") or "", int(frame.header("seq") or "0")
-        parts = self._parts.setdefault(ident, [None] * total)
-        if 0 <= index < total:
-            parts[index] = frame.payload or b""
-        if any(p is None for p in parts):
+        """The whole event's payload, or None: a part of one still incomplete, or a frame
+        whose split headers are not sane (ignored and not acked)."""
+        header = split_header(frame)
+        if header is None:
+            self.splits.dropped += 1
             return None
-        del self._parts[ident]
-        return b"".join(p for p in parts if p is not None)
+        total, index = header
+        if total == 1:
+            return frame.payload or b""
+        ident = frame.header("message_id") or ""
+        return self.splits.add(ident, total, index, frame.payload or b"", trio.current_time())
 
     async def stop(self) -> None:
         # The websocket was closed (close frame, bounded) when the listener's scope exited.

@@ -11,7 +11,8 @@ services nursery, each in its own cancel scope.
 A message a listener hears goes through `AccountIntake.accept`: a turn written to `sessions/`
 before it returns (the session file also records the platform's message id, in the same atomic
 write, so a re-read message is a no-op). Only then does the listener advance and persist its
-cursor (`inbound/<channel>/<accountId>.json`, atomic) or ack the envelope.
+cursor (`inbound/<channel>/<accountId>.json`, atomic) or ack the envelope. A message that can
+never become a turn is set aside (`rejected.py`), and the listener moves on.
 Everything about one platform lives in that platform's module (`weixin.py`, `telegram.py`); the
 shared vocabulary (`Heard`, `Intake`, `Listener`) in `inbound.py`.
 """
@@ -31,13 +32,15 @@ import trio
 from trio_gateway.channels.base import AddressRule
 from trio_gateway.channels.heard import HeardOn, Submit, submit_heard
 from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, Listener, ListenError
+from trio_gateway.channels.rejected import RejectedStore, poison
 from trio_gateway.errors import DeliveryValidationError, GatewayDrainingError, described
 from trio_gateway.log import EventLog, ms
 from trio_gateway.policy import backoff
 from trio_gateway.policy.config import AgentConfig
 from trio_gateway.storage.atomic import BlockingRunner, atomic_write_json, durable_rename
 
-ListenState = Literal["listening", "reconnecting", "paused", "off"]
+# `connecting`: a socket's first connection until its handshake is answered (Discord's READY).
+ListenState = Literal["connecting", "listening", "reconnecting", "paused", "off"]
 BACKOFF_INITIAL_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
 # Account ids name files under inbound/: never a path.
@@ -142,10 +145,16 @@ class AccountIntake:
     cursors: Cursors
     log: EventLog
     on_message: Callable[[str, str], None]
+    stats: InboundStats
+    rejected: RejectedStore | None = None
 
     async def accept(self, heard: Heard) -> None:
         a = self.account
         assert a.agent_id is not None
+        problem = poison(heard)
+        if problem is not None:
+            await self._set_aside(heard, problem)
+            return
         try:
             new = await submit_heard(self.submit, HeardOn(a.channel, a.account_id, a.agent_id, a.address), heard)
         except DeliveryValidationError as exc:
@@ -157,12 +166,24 @@ class AccountIntake:
             # Either way the cursor stays where it was and the message is heard again.
             await trio.lowlevel.checkpoint()
             raise ListenError("the gateway is not accepting work at the moment") from None
+        except ValueError as exc:
+            # What the message holds, not the gateway's state (a disk fault is an OSError and
+            # is retried): the same message would fail the same way at every re-read.
+            await self._set_aside(heard, f"{type(exc).__name__}: {exc}")
+            return
         if new is not None:
             a.messages += 1
             a.last_message_at = trio.current_time()
             self.on_message(a.channel, a.account_id)
         else:
             self.log.debug("CHANNEL", f"Duplicate message skipped channel={a.channel} account={a.account_id}")
+
+    async def _set_aside(self, heard: Heard, reason: str) -> None:
+        """Kept for a person (`rejected.py`), logged, counted; the listener moves on."""
+        a = self.account
+        if self.rejected is not None:
+            await self.rejected.set_aside(a.channel, a.account_id, heard, reason)
+        self.stats.reject(a.channel, a.account_id)
 
     async def accept_batch(self, batch: list[Heard]) -> None:
         # Conversations are independent: their turns are written concurrently (the session
@@ -251,10 +272,16 @@ class InboundStats:
     # Seconds each listener took from the drain's start to its scope closed and its stop call
     # done: `/metrics` (trio_gateway_channel_stop_seconds) and the benchmark read them.
     stop_seconds: list[float] = attrs.Factory(list)
+    # Messages set aside as poison (`inbound/<channel>/<account>/rejected/`), by (channel, account).
+    rejected: dict[tuple[str, str], int] = attrs.Factory(dict)
 
     def count(self, channel: str, account_id: str) -> None:
         key = (channel, account_id)
         self.messages[key] = self.messages.get(key, 0) + 1
+
+    def reject(self, channel: str, account_id: str) -> None:
+        key = (channel, account_id)
+        self.rejected[key] = self.rejected.get(key, 0) + 1
 
 
 @attrs.define(eq=False)
@@ -268,6 +295,7 @@ class ListenerSupervisor:
     rng: random.Random = attrs.Factory(random.Random)
     stats: InboundStats = attrs.Factory(InboundStats)
     gate: AccountGate | None = None
+    rejected: RejectedStore | None = None
     _stopped: bool = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -307,7 +335,9 @@ class ListenerSupervisor:
     async def _supervise(self, account: AccountListener) -> None:
         listener = account.listener
         assert listener is not None
-        intake = AccountIntake(account, self.submit, self.cursors, self.log, self.stats.count)
+        intake = AccountIntake(
+            account, self.submit, self.cursors, self.log, self.stats.count, self.stats, self.rejected
+        )
         with account.scope:
             if self.gate is None:
                 await self._listen_forever(account, listener, intake)
@@ -354,7 +384,10 @@ class ListenerSupervisor:
 
     async def _listen_forever(self, account: AccountListener, listener: Listener, intake: Intake) -> None:
         while True:
-            account.state = "reconnecting" if account.attempt else "listening"
+            # A long poll in flight is listening; a socket, once the platform answers (`connected`).
+            account.state = (
+                "reconnecting" if account.attempt else "connecting" if account.mode == "socket" else "listening"
+            )
             outcome = await self._listen_once(listener, intake)
             if isinstance(outcome, AuthFailed):
                 await self._pause(account, str(outcome))

@@ -30,7 +30,7 @@ from trio_gateway.policy.config import AccountConfig, AccountKind, ChannelConfig
 from trio_gateway.storage import config_file
 from trio_gateway.storage.atomic import BlockingRunner
 from trio_gateway.storage.home import Home
-from trio_gateway.upstream import AsyncBaseTransport
+from trio_gateway.upstream import CHANNEL_BODY_BYTES, AsyncBaseTransport, bounded
 
 KINDS: tuple[ChannelKind, ...] = (console.KIND, feishu.KIND, weixin.KIND, slack.KIND, discord.KIND, telegram.KIND)
 BY_NAME: Mapping[str, ChannelKind] = {kind.name: kind for kind in KINDS}
@@ -198,15 +198,16 @@ async def _close_quietly(channel: Channel) -> None:
 
 
 def _transport_factory(shared: AsyncBaseTransport | None) -> Callable[[], AsyncBaseTransport]:
+    # Every platform answer is capped (an endless long-poll body costs the cap, not the memory).
     if shared is not None:
-        return lambda: shared
+        return lambda: bounded(shared, CHANNEL_BODY_BYTES)
     context: list[ssl.SSLContext] = []
 
     def real() -> AsyncBaseTransport:
         # One SSL context for all accounts: building it is the slow part of opening a client.
         if not context:
             context.append(new_ssl_context())
-        return make_transport(context[0])
+        return bounded(make_transport(context[0]), CHANNEL_BODY_BYTES)
 
     return real
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
 from collections.abc import Iterable, Sequence
@@ -137,6 +138,18 @@ def hoist_globals(argv: Sequence[str]) -> list[str]:
         else:
             rest.append(word)
     return front + rest
+
+
+def seconds_argument(text: str, low: float, high: float) -> float:
+    """A `--timeout S` value in `low..high` seconds; else argparse's usage error (exit 2):
+    `nan`, `-1` or `1e-320` is a mistake to say, never a wait that ends at once."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not low <= seconds <= high:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from {low:g} to {high:g}, got {text}")
+    return seconds
 
 
 def build_parser(groups: Iterable[str] = GROUPS) -> argparse.ArgumentParser:

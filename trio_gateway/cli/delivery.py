@@ -27,7 +27,7 @@ from trio_gateway.errors import NotFoundError, UsageError
 from trio_gateway.log import EventLog, open_log
 from trio_gateway.models.registry import load_config
 from trio_gateway.policy.config import Config
-from trio_gateway.policy.entry import DeliveryEntry, entry_to_json
+from trio_gateway.policy.entry import DeliveryEntry, check_id, entry_to_json
 from trio_gateway.storage.atomic import in_thread
 from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.storage.home import Home
@@ -145,6 +145,7 @@ async def _create(args: argparse.Namespace, ctx: Context) -> int:
 
 
 async def _retry(args: argparse.Namespace, ctx: Context) -> int:
+    check_id(args.id)  # before anything is opened: the id is part of a file name
     async with _store(ctx, _log(ctx)) as queue:
         entry = await queue.retry_dead(args.id, WallClock.start().now())
     print(f"{entry.id} back to pending: {entry.channel}:{entry.to}")

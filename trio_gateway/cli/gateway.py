@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from trio_gateway.cli import add_commands
+from trio_gateway.cli import add_commands, seconds_argument
 from trio_gateway.cli.client import GatewayClient, nothing_running
 from trio_gateway.cli.session import session_rows
 from trio_gateway.errors import GatewayError, GatewayUnreachableError
@@ -67,14 +66,7 @@ def _timeout(text: str) -> float:
     """`--timeout S`: the range the HTTP API accepts for timeoutSeconds (nan and 1e306 refused)."""
     from trio_gateway.policy.config import RANGES  # here: config imports cattrs, too heavy for `status`
 
-    high = RANGES["gateway.drain.timeoutSeconds"][1]
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds = math.nan
-    if not 0 < seconds <= high:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds greater than 0 and at most {high:g}, got {text}")
-    return seconds
+    return seconds_argument(text, *RANGES["gateway.drain.timeoutSeconds"])
 
 
 def _start(args: argparse.Namespace, ctx: Context) -> int:

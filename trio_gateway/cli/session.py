@@ -7,7 +7,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from trio_gateway.cli import add_commands
+from trio_gateway.cli import add_commands, seconds_argument
 from trio_gateway.cli.client import REQUEST_TIMEOUT_SECONDS, GatewayClient
 from trio_gateway.errors import GatewayError
 
@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from trio_gateway.cli import Context
 
 WAIT_SECONDS = 600.0
+MAX_WAIT_SECONDS = 86_400.0
 # One long poll: well inside the client's per-request timeout.
 POLL_SECONDS = REQUEST_TIMEOUT_SECONDS / 2
 
@@ -35,7 +36,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--wait", action="store_true", help="wait for the reply (or failure notice), print it; exit 0 or 1"
     )
     start.add_argument(
-        "--timeout", type=float, default=WAIT_SECONDS, metavar="S", help=f"with --wait (default {WAIT_SECONDS:g})"
+        "--timeout",
+        type=_wait_timeout,
+        default=WAIT_SECONDS,
+        metavar="S",
+        help=f"with --wait (default {WAIT_SECONDS:g})",
     )
     start.set_defaults(func=_start)
     list_ = sub.add_parser("list", help="sessions the gateway knows")
@@ -44,6 +49,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     abort = sub.add_parser("abort", help="cancel all of a session's work now")
     abort.add_argument("id")
     abort.set_defaults(func=_abort)
+
+
+def _wait_timeout(text: str) -> float:
+    return seconds_argument(text, 0.001, MAX_WAIT_SECONDS)
 
 
 def _start(args: argparse.Namespace, ctx: Context) -> int:

@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from trio_gateway.cluster.db import Conn, Database
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
-from trio_gateway.policy.entry import DeliveryEntry, entry_from_json, entry_to_json
+from trio_gateway.policy.entry import DeliveryEntry, check_id, entry_from_json, entry_to_json
 from trio_gateway.storage.base import Claimed, NotDue
 from trio_gateway.storage.group_commit import GroupCommit
 from trio_gateway.storage.ids import IdGenerator
@@ -116,6 +116,18 @@ class PgDeliveryQueue:
 
     async def list_failed(self) -> list[DeliveryEntry]:
         return await self._select("state = 'failed'")
+
+    async def failed_page(self, after: str | None, limit: int) -> tuple[list[DeliveryEntry], int]:
+        def read(conn: Conn) -> tuple[list[DeliveryEntry], int]:
+            rows = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM deliveries WHERE state = 'failed' AND id > %s ORDER BY id LIMIT %s",
+                (after or "", limit),
+            ).fetchall()
+            total = conn.execute("SELECT count(*) FROM deliveries WHERE state = 'failed'").fetchone()
+            count = cast(int, total[0]) if total else 0
+            return [_entry(r[0], cast(dt.datetime | None, r[1])) for r in rows], count
+
+        return await self.db.run(read)
 
     async def due(self, now: dt.datetime) -> list[DeliveryEntry]:
         return await self._select("state = 'pending' AND claim_node IS NULL AND next_attempt_at <= %s", (now,))
@@ -285,6 +297,8 @@ class PgDeliveryQueue:
     # --- operator actions and recovery ----------------------------------------------------
 
     async def retry_dead(self, entry_id: str, now: dt.datetime) -> DeliveryEntry:
+        check_id(entry_id)
+
         def move(conn: Conn) -> DeliveryEntry:
             row = conn.execute(
                 "SELECT entry FROM deliveries WHERE id = %s AND state = 'failed' FOR UPDATE", (entry_id,)

@@ -34,13 +34,12 @@ from trio_gateway.errors import (
     UnauthorizedError,
     chosen,
 )
-from trio_gateway.http import auth, inbound, metrics, turns, ui, views
+from trio_gateway.http import auth, deliveries, inbound, metrics, turns, ui, views
 from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
 from trio_gateway.http.base import Request, Response, Route, delivery_store, error_response, json_response
 from trio_gateway.http.body import JsonObject, opt_bool, opt_number, opt_str, req_obj, req_str
 from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.policy.config import RANGES, AccountConfig, Config
-from trio_gateway.policy.entry import entry_to_json
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.deps import ServiceOutbox
 from trio_gateway.runtime.gateway import Gateway
@@ -128,7 +127,8 @@ class GatewayApp:
         except Exception as exc:
             return attrs.evolve(self._unexpected(scope, exc), close=True)
         try:
-            request = Request(scope["method"], scope["path"], headers, body)
+            query = scope.get("query_string", b"").decode("latin-1")
+            request = Request(scope["method"], scope["path"], headers, body, query)
             if route.long:
                 return await _until_disconnected(receive, lambda: route.handler(request, **params))
             return await route.handler(request, **params)
@@ -252,7 +252,7 @@ class GatewayApp:
         if self.gateway.state.value == "stopped":
             raise GatewayDrainingError("the gateway is stopping")
         force = bool(opt_bool(data, "force"))
-        timeout = opt_number(data, "timeoutSeconds", 0, RANGES["gateway.drain.timeoutSeconds"][1])
+        timeout = opt_number(data, "timeoutSeconds", *RANGES["gateway.drain.timeoutSeconds"], inclusive=True)
         generation = self.gateway.generation_number
         drain = self.gateway.request_drain(kind, force=force, timeout=timeout)
         body = views.drain_status(drain, trio.current_time()) | {"fromGeneration": generation}
@@ -293,11 +293,7 @@ class GatewayApp:
         return delivery_store(self.gateway)
 
     async def _list_deliveries(self, request: Request) -> Response:
-        queue = self._queue()
-        pending = [entry_to_json(e) | {"state": "sending"} for e in await queue.list_inflight()]
-        pending += [entry_to_json(e) | {"state": "pending"} for e in await queue.list_pending()]
-        failed = [entry_to_json(e) | {"state": "failed"} for e in await queue.list_failed()]
-        return json_response(200, {"pending": pending, "failed": failed})
+        return json_response(200, await deliveries.listing(self._queue(), request.query))
 
     async def _create_delivery(self, request: Request) -> Response:
         data = request.json()

@@ -24,6 +24,7 @@ class Request:
     path: str
     headers: Mapping[str, str]
     body: bytes
+    query: str = ""  # the raw query string (`state=failed&limit=50`)
 
     def json(self, *, empty_ok: bool = False) -> JsonObject:
         return json_object(self.body, empty_ok=empty_ok)

@@ -60,15 +60,18 @@ def opt_bool(data: JsonObject, key: str) -> bool | None:
     return value
 
 
-def opt_number(data: JsonObject, key: str, low: float, high: float) -> float | None:
-    """A number in `low < value <= high` (every numeric field has a documented range: an
-    absurd timeout is a 400 here, never an overflow deep inside the gateway)."""
+def opt_number(data: JsonObject, key: str, low: float, high: float, *, inclusive: bool = False) -> float | None:
+    """A number in `low < value <= high` (`low <= value` with `inclusive`): every numeric
+    field has a documented range, so an absurd timeout is a 400 here, never an overflow (or a
+    denormal `1e-320` as a drain's budget) deep inside the gateway."""
     value = data.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise BadRequestError(f"{key}: expected a number, got {_kind(value)}")
     # An int of 400 digits is valid JSON and compares fine; float() of it would overflow.
-    if (isinstance(value, float) and not math.isfinite(value)) or not low < value <= high:
-        raise BadRequestError(f"{key}: must be a number greater than {low:g} and at most {high:g}")
+    in_range = low <= value <= high if inclusive else low < value <= high
+    if (isinstance(value, float) and not math.isfinite(value)) or not in_range:
+        least = f"at least {low:g}" if inclusive else f"greater than {low:g}"
+        raise BadRequestError(f"{key}: must be a number {least} and at most {high:g}")
     return float(value)

@@ -179,6 +179,9 @@ def _inbound(out: _Exposition, gateway: Gateway) -> None:
     out.family("inbound_messages_total", "counter", "Messages heard by a channel listener that became turns")
     for (channel, account), n in sorted(stats.messages.items() if stats else []):
         out.sample("inbound_messages_total", n, {"channel": channel, "account": account})
+    out.family("inbound_rejected_total", "counter", "Messages a listener set aside as poison (inbound/.../rejected/)")
+    for (channel, account), n in sorted(stats.rejected.items() if stats else []):
+        out.sample("inbound_rejected_total", n, {"channel": channel, "account": account})
     out.family("channel_stop_seconds", "histogram", "Seconds from a drain's start to a listener stopped")
     _histogram(out, "channel_stop_seconds", stats.stop_seconds if stats else [], _CHANNEL_STOP_BUCKETS)
 

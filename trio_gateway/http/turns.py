@@ -16,11 +16,14 @@ from trio_gateway.http.body import opt_number
 from trio_gateway.runtime.gateway import Gateway
 
 MAX_WAIT_SECONDS = 60.0
+# The shortest wait asked for: anything shorter (a denormal `1e-320`) is no wait, and a 400.
+MIN_WAIT_SECONDS = 0.001
 
 
 def routes(gateway: Gateway) -> list[Route]:
     async def wait(request: Request, session_id: str, turn_id: str) -> Response:
-        timeout = opt_number(request.json(empty_ok=True), "timeoutSeconds", 0, MAX_WAIT_SECONDS)
+        data = request.json(empty_ok=True)
+        timeout = opt_number(data, "timeoutSeconds", MIN_WAIT_SECONDS, MAX_WAIT_SECONDS, inclusive=True)
         seconds = MAX_WAIT_SECONDS if timeout is None else timeout
         with trio.move_on_after(seconds):
             while True:

@@ -44,10 +44,14 @@ def _cookies(headers: Mapping[str, str]) -> dict[str, str]:
 
 
 def same_origin(headers: Mapping[str, str]) -> bool:
-    """True when the browser says the request comes from a page of this very host."""
+    """True when the browser says the request comes from a page of this very origin: host and
+    scheme (`http`, or what a TLS-terminating proxy says in `X-Forwarded-Proto`), so a page
+    served over plain HTTP on the same host cannot act for the HTTPS one."""
     origin = headers.get("origin")
     if origin is not None:
-        return urllib.parse.urlsplit(origin).netloc == headers.get("host", "")
+        parts = urllib.parse.urlsplit(origin)
+        scheme = headers.get("x-forwarded-proto", "http").strip().lower()
+        return parts.scheme == scheme and parts.netloc == headers.get("host", "")
     fetch_site = headers.get("sec-fetch-site")
     return fetch_site in ("same-origin", "none")
 
@@ -91,6 +95,14 @@ class UiAuth:
             return False
         expires = self._sessions.get(given)
         return expires is not None and expires >= self.clock()
+
+    def still(self, headers: Mapping[str, str]) -> Callable[[], bool]:
+        """Whether the login a request came with still holds, asked again later (an open event
+        stream, at every tick): a cookie session until it logs out or expires; the bearer
+        token (checked already) for good."""
+        if headers.get("authorization") or not self._cookie_valid(headers):
+            return lambda: True
+        return lambda: self._cookie_valid(headers)
 
     def check(self, method: str, headers: Mapping[str, str]) -> None:
         """The bearer token as before; or the session cookie, from our own origin when the

@@ -6,6 +6,7 @@ its state. Each key is spelled as SPEC 4 spells it; a change here is a change of
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import trio
@@ -23,7 +24,7 @@ def health(gateway: Gateway) -> dict[str, Any]:
     return {"status": state, "generation": gateway.generation_number, "version": __version__}
 
 
-def status(gateway: Gateway) -> dict[str, Any]:
+def status(gateway: Gateway, sessions_shown: int | None = None) -> dict[str, Any]:
     """`GET /v1/status` (and `gateway status --json`), at trio's current time."""
     now = trio.current_time()
     units = gateway.registry.units()
@@ -47,7 +48,7 @@ def status(gateway: Gateway) -> dict[str, Any]:
         "generation": gateway.generation_number,
         "version": __version__,
         "uptimeSeconds": round(now - gateway.started_at, 3),
-        "sessions": sessions(gateway),
+        "sessions": sessions(gateway, sessions_shown),
         "work": work,
         "stalled": stalled,
         "queue": queue,
@@ -67,9 +68,10 @@ def status(gateway: Gateway) -> dict[str, Any]:
     return body
 
 
-def sessions(gateway: Gateway) -> list[dict[str, Any]]:
-    """`GET /v1/sessions`: the sessions in memory (an evicted idle one is on disk only)."""
-    return [_session(gateway, s) for s in gateway.sessions.values()]
+def sessions(gateway: Gateway, shown: int | None = None) -> list[dict[str, Any]]:
+    """`GET /v1/sessions`: the sessions in memory (an evicted idle one is on disk only); the
+    first `shown` of them only, when given (the Control UI's snapshot: no work for the rest)."""
+    return [_session(gateway, s) for s in itertools.islice(gateway.sessions.values(), shown)]
 
 
 def _session(gateway: Gateway, session: Session) -> dict[str, Any]:

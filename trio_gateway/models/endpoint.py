@@ -54,7 +54,11 @@ class Endpoint:
         # One timeout value for every phase: each is a bound on silence, not on total duration.
         timeout = http.Timeout(config.request_timeout_seconds)
         limits = http.Limits(max_connections=MAX_CONCURRENT_CALLS, max_keepalive_connections=20)
-        self._client = http.AsyncClient(headers=all_headers, timeout=timeout, transport=transport, limits=limits)
+        # Every answer capped, streamed or not: a model that never stops costs the cap.
+        network = transport if transport is not None else http.AsyncHTTPTransport(limits=limits, retries=0)
+        self._client = http.AsyncClient(
+            headers=all_headers, timeout=timeout, transport=http.bounded(network, http.MODEL_BODY_BYTES)
+        )
         self._slots = trio.Semaphore(MAX_CONCURRENT_CALLS)
 
     async def call(self, url: str, payload: dict[str, Any], progress: Progress, read: ReadReply) -> ModelReply:
@@ -72,6 +76,8 @@ class Endpoint:
             raise ModelCallError(
                 f"model upstream silent for {seconds:g}s ({type(exc).__name__})", failover="timeout"
             ) from None
+        except http.BodyTooLarge as exc:
+            raise ModelCallError(f"model upstream answer cut: {exc}") from None
         except http.TransportError as exc:
             raise ModelCallError(
                 f"model upstream unreachable: {type(exc).__name__}: {self.scrub(str(exc))}", failover="unreachable"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any, Literal
 
 import attrs
 
+from trio_gateway.errors import BadRequestError
 from trio_gateway.policy import codec
 from trio_gateway.policy.origin import Origin
 
@@ -92,3 +94,19 @@ def entry_from_json(data: object) -> DeliveryEntry:
     """Raises `cattrs` / `TypeError` / `ValueError` on a malformed entry; the queue turns that
     into a quarantine, never a crash."""
     return codec.structure(data, DeliveryEntry)
+
+
+# What an entry id may be wherever one comes from outside (`delivery retry ID`, the retry
+# route): the queue's ids (26 characters of Crockford base32) and any safe name like them. An id
+# is part of a file name, so `../../x`, a NUL or 5,000 characters is refused here, naming the
+# problem, before any file is touched.
+ENTRY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+def check_id(entry_id: str) -> str:
+    """`entry_id` when it can be a delivery entry's id; else `BadRequestError`."""
+    if ENTRY_ID.fullmatch(entry_id) is None:
+        shown = entry_id[:40].encode("ascii", "backslashreplace").decode()
+        more = f"... ({len(entry_id)} characters)" if len(entry_id) > 40 else ""
+        raise BadRequestError(f"id: {shown!r}{more} is not a delivery id (letters, digits, _ and -, at most 128)")
+    return entry_id

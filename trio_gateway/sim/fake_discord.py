@@ -62,6 +62,8 @@ class FakeDiscordGateway(SteerableSocket):
     ended_sessions: set[str] = attrs.Factory(set)
     heartbeats: int = 0
     connections_open: int = 0
+    # True: the gateway says HELLO and reads the IDENTIFY, then answers nothing (a hung handshake).
+    silent: bool = False
     _ops: list[int] = attrs.Factory(list)  # op 7 / op 9 to send to live connections
     _seq: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
@@ -75,6 +77,11 @@ class FakeDiscordGateway(SteerableSocket):
         data = {"id": ident, "channel_id": channel_id or "4242", "author": author, "content": text}
         self._dispatch("*", "MESSAGE_CREATE", data)
         return ident
+
+    def answer_handshakes(self) -> None:
+        """A `silent` gateway answers the handshakes it holds, and those to come."""
+        self.silent = False
+        self._wake()
 
     def reconnect(self) -> None:
         self._ops.append(7)
@@ -128,6 +135,8 @@ class FakeDiscordGateway(SteerableSocket):
         if first.get("op") == 6 and first["d"]["session_id"] in self.ended_sessions:
             await self._refuse_resume(ws)
             return
+        while self.silent:
+            await self._changed.wait()
         sent = await self._start(ws, first, session)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._acknowledge, ws)

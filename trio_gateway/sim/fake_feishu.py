@@ -52,7 +52,14 @@ class FakeFeishuSocket(SteerableSocket):
     split: bool = False
     # The `ClientConfig` a pong carries (the real server sends its timing there), or none.
     pong_config: dict[str, Any] | None = None
+    # Frames a hostile platform sends as they are (a lying `sum`, parts that never complete).
+    injected: list[bytes] = attrs.Factory(list)
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
+
+    def inject(self, frame: Frame) -> None:
+        """`frame` goes on the open connection as it is, before any event still to send."""
+        self.injected.append(encode_frame(frame))
+        self._wake()
 
     def push(self, text: str, open_id: str | None = None, *, bot: bool = False) -> str:
         n = next(self._ids)
@@ -89,6 +96,8 @@ class FakeFeishuSocket(SteerableSocket):
         sent: set[str] = set()
         while self._drops == drops:
             changed = self._changed
+            while self.injected:
+                await ws.send_message(self.injected.pop(0))
             for message_id, payload in self.unacked():
                 if message_id not in sent:
                     await self._send_event(ws, message_id, payload)

@@ -393,6 +393,12 @@ async def _main(args: argparse.Namespace) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         child = subprocess.Popen(["sleep", "3600"])  # noqa: ASYNC220 (a fire-and-forget child)
         on_event({"event": "child", "childPid": child.pid})
+    if args.escape:
+        # A child that leaves the group (its own session) and ignores SIGTERM (kept across
+        # exec): the group's SIGKILL misses it; only the gateway as subreaper catches it.
+        script = "trap '' TERM; exec sleep 3600"
+        escaped = subprocess.Popen(["sh", "-c", script], start_new_session=True)  # noqa: ASYNC220
+        on_event({"event": "escaped", "childPid": escaped.pid})
     on_event({"event": "started"})
     stdin = trio.lowlevel.FdStream(os.dup(0))
     stdout = trio.lowlevel.FdStream(os.dup(1))
@@ -418,6 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="fake")
     parser.add_argument("--events", default=None, help="append one JSON line per event to this file")
     parser.add_argument("--stubborn", action="store_true", help="ignore SIGTERM and EOF; fork a child")
+    parser.add_argument("--escape", action="store_true", help="fork a child into its own session, deaf to SIGTERM")
     args = parser.parse_args(argv)
     try:
         trio.run(_main, args)

@@ -87,6 +87,10 @@ class DeliveryStore(Protocol):
 
     async def list_failed(self) -> list[DeliveryEntry]: ...
 
+    async def failed_page(self, after: str | None, limit: int) -> tuple[list[DeliveryEntry], int]:
+        """Up to `limit` dead letters with ids after `after`, in id order, and how many dead
+        letters there are in all: only the page is read (`GET /v1/deliveries`)."""
+
     async def due(self, now: dt.datetime) -> list[DeliveryEntry]: ...
 
     async def claim(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None: ...

@@ -5,6 +5,7 @@ here holds state.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as dt
 import json
@@ -80,6 +81,24 @@ def entry_files(directory: Path) -> list[Path]:
     except FileNotFoundError:
         return []
     return [directory / n for n in sorted(names) if n.endswith(".json") and not n.startswith(".")]
+
+
+def read_page(directory: Path, after: str | None, limit: int) -> tuple[list[DeliveryEntry], int]:
+    """Up to `limit` entries of `directory` with ids after `after` (ids sort by creation), and
+    how many there are: names only (no `Path` per file), and only the page is parsed."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return [], 0
+    ids = sorted(n[:-5] for n in names if n.endswith(".json") and not n.startswith("."))
+    start = bisect.bisect_right(ids, after) if after is not None else 0
+    entries: list[DeliveryEntry] = []
+    for entry_id in ids[start:]:
+        if len(entries) == limit:
+            break
+        with contextlib.suppress(FileNotFoundError, ValueError):  # moved meanwhile, or corrupt
+            entries.append(load_entry(directory / f"{entry_id}.json"))
+    return entries, len(ids)
 
 
 def quarantine(quarantine_dir: Path, path: Path, reason: str, log: EventLog, *, name: str | None = None) -> None:

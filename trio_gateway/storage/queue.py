@@ -38,7 +38,7 @@ import attrs
 
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
-from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.policy.entry import DeliveryEntry, check_id
 from trio_gateway.storage.atomic import (
     BlockingRunner,
     atomic_create_bytes,
@@ -57,6 +57,7 @@ from trio_gateway.storage.entry_files import (
     parse_inflight_name,
     quarantine,
     read_entry_file,
+    read_page,
 )
 from trio_gateway.storage.group_commit import GroupCommit
 from trio_gateway.storage.ids import IdGenerator
@@ -234,6 +235,9 @@ class DeliveryQueue:
 
     async def list_failed(self) -> list[DeliveryEntry]:
         return await self._run(lambda: self._read_folder_sync(self.failed_dir))
+
+    async def failed_page(self, after: str | None, limit: int) -> tuple[list[DeliveryEntry], int]:
+        return await self._run(lambda: read_page(self.failed_dir, after, limit))
 
     async def due(self, now: dt.datetime) -> list[DeliveryEntry]:
         return [e for e in await self.list_pending() if e.next_attempt_at <= now]
@@ -417,7 +421,7 @@ class DeliveryQueue:
     # --- operator actions and recovery ----------------------------------------------------
 
     def _retry_dead_sync(self, entry_id: str, now: dt.datetime) -> DeliveryEntry:
-        path = self.failed_dir / f"{entry_id}.json"
+        path = self.failed_dir / f"{check_id(entry_id)}.json"
         try:
             entry = load_entry(path)
         except FileNotFoundError:

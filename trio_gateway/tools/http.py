@@ -1,7 +1,10 @@
 """The `http_request` tool (SPEC 14): one HTTP request to an allow-listed host, as an
 `api_request` unit. Each received chunk is progress; the body is cut at `maxResponseBytes`
-(reading stops there, so a huge reply costs no more than the cap). Goes through the project's
-httpx2 client (`upstream.py`), whose cancellation closes the connection."""
+(reading stops there, so a huge reply costs no more than the cap), and the result as sent to the
+model, JSON-escaped, is cut to fit `maxResponseBytes` + `RESULT_OVERHEAD_BYTES` (a NUL is six
+characters escaped). The whole call has a deadline (`deadline_seconds`): every chunk is progress
+to the stall watchdog, so a host dripping a byte at a time is cut by this, not by it. Goes
+through the project's httpx2 client (`upstream.py`), whose cancellation closes the connection."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import re
 from typing import Any
 
 import attrs
+import trio
 
 from trio_gateway import upstream as http
 from trio_gateway.models.base import Progress
@@ -46,8 +50,17 @@ HTTP_TOOL: dict[str, Any] = {
 }
 
 
+# Room in a result beyond the body's cap: status, keys and the headers (cut to `HEADER_BYTES`).
+RESULT_OVERHEAD_BYTES = 8192
+HEADER_BYTES = 4096
+
+
 class DeniedError(Exception):
     """The request is not allowed (host, scheme, method, argument types): nothing was sent."""
+
+
+class DeadlineError(Exception):
+    """The request took longer than its whole-call deadline and was cut."""
 
 
 @attrs.frozen
@@ -93,11 +106,18 @@ def _parse_request(args: dict[str, Any], config: HttpToolConfig) -> HttpRequest:
 class HttpTool:
     config: HttpToolConfig
     client: http.AsyncClient
+    deadline_seconds: float
 
     async def call(self, args: dict[str, Any], progress: Progress) -> str:
-        """The tool's answer as JSON text. `DeniedError` before anything is sent; httpx2
-        errors propagate (the caller turns them into a tool error)."""
+        """The tool's answer as JSON text. `DeniedError` before anything is sent,
+        `DeadlineError` past the deadline; httpx2 errors propagate (the caller turns them into
+        a tool error)."""
         request = _parse_request(args, self.config)
+        with trio.move_on_after(self.deadline_seconds):
+            return await self._exchange(request, progress)
+        raise DeadlineError(f"no whole answer within {self.deadline_seconds:g}s; the request was cut")
+
+    async def _exchange(self, request: HttpRequest, progress: Progress) -> str:
         cap = self.config.max_response_bytes
         progress("api_request:sending")
         async with self.client.stream(
@@ -113,15 +133,41 @@ class HttpTool:
                     del body[cap:]
                     truncated = True
                     break
-        return json.dumps(
-            {
-                "status": response.status_code,
-                "headers": dict(response.headers),
-                "body": body.decode("utf-8", "replace"),
-                "truncated": truncated,
-            },
-            ensure_ascii=False,
-        )
+        result = {
+            "status": response.status_code,
+            "headers": _headers(response.headers.multi_items()),
+            "body": body.decode("utf-8", "replace"),
+            "truncated": truncated,
+        }
+        return fit(result, cap + RESULT_OVERHEAD_BYTES)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _headers(items: list[tuple[str, str]]) -> dict[str, str]:
+    """The answer's headers, as many as fit in `HEADER_BYTES` (a header flood is cut)."""
+    kept: dict[str, str] = {}
+    size = 0
+    for name, value in items:
+        size += len(name) + len(value) + 6
+        if size > HEADER_BYTES:
+            break
+        kept[name] = value
+    return kept
+
+
+def fit(result: dict[str, Any], limit: int) -> str:
+    """`result` as JSON of at most `limit` UTF-8 bytes, its body cut (and `truncated` set)
+    until it fits: the cap holds for what the model is sent, after escaping."""
+    text = json.dumps(result, ensure_ascii=False)
+    body: str = result["body"]
+    while len(text.encode()) > limit and body:
+        escaped = len(json.dumps(body, ensure_ascii=False).encode()) - 2
+        over = len(text.encode()) - limit
+        # Bytes per character as escaped: cut enough characters for the excess, one more.
+        keep = max(0, len(body) - int(over * len(body) / max(escaped, 1)) - 1)
+        body = body[:keep]
+        result = {**result, "body": body, "truncated": True}
+        text = json.dumps(result, ensure_ascii=False)
+    return text

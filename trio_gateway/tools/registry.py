@@ -11,7 +11,6 @@ The MCP SDK costs about a second to import, so it is imported only when a server
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
 import random
@@ -31,7 +30,8 @@ from trio_gateway.log import EventLog
 from trio_gateway.models.base import Progress, ToolCall
 from trio_gateway.policy.config import Config, McpServerConfig
 from trio_gateway.tools import tool_error
-from trio_gateway.tools.http import HTTP_TOOL, DeniedError, HttpTool
+from trio_gateway.tools.http import HTTP_TOOL, DeadlineError, DeniedError, HttpTool
+from trio_gateway.tools.reaper import Reaper
 from trio_gateway.work.units import WorkKind, WorkRegistry, WorkUnit
 
 if TYPE_CHECKING:
@@ -133,6 +133,8 @@ class ToolBox:
                 return await self.http.call(call.arguments, progress), "ok"
             except DeniedError as exc:
                 return tool_error(str(exc)), "denied"
+            except DeadlineError as exc:
+                return tool_error(f"http_request failed: {exc}"), "failed"
             except http.HTTPError as exc:
                 return tool_error(f"http_request failed: {type(exc).__name__}: {exc}"), "failed"
         server, _, tool = call.name.partition(SEPARATOR)
@@ -220,16 +222,43 @@ def build_toolbox(
         # One client serves every session: a cookie one request receives must never ride on
         # another's (one user's login handed to another user's model). A jar that keeps none.
         no_cookies = CookieJar(DefaultCookiePolicy(allowed_domains=[]))
+        # The answer ends one byte past the cap (the tool sees it was cut), decoded: a
+        # compressed answer never expands past it.
+        transport = http.bounded(http_transport, config.tools.http.max_response_bytes + 1, cut=True)
         client = http.AsyncClient(
-            transport=http_transport, timeout=timeout, follow_redirects=False, trust_env=False, cookies=no_cookies
+            transport=transport, timeout=timeout, follow_redirects=False, trust_env=False, cookies=no_cookies
         )
-        box.http = HttpTool(config.tools.http, client)
+        box.http = HttpTool(config.tools.http, client, http_deadline(config))
     return box
+
+
+def mcp_http_client(transport: http.AsyncBaseTransport | None = None) -> http.AsyncClient:
+    """The client of one streamable-HTTP MCP connection (`transport`: the network when None).
+    Each answer is capped: a server whose response never ends (the probe: 3 GB in 19 s) costs
+    `MCP_BODY_BYTES`, and the connection fails with `BodyTooLarge`."""
+    # No read timeout: the stall watchdog, not the transport, decides a tool is silent too long
+    # (issue 24; imported here because tools.transport loads the MCP SDK).
+    from trio_gateway.tools.transport import MCP_HTTP_TIMEOUT
+
+    return http.AsyncClient(
+        trust_env=False, timeout=MCP_HTTP_TIMEOUT, transport=http.bounded(transport, http.MCP_BODY_BYTES)
+    )
+
+
+def http_deadline(config: Config) -> float:
+    """The whole `http_request` call's deadline: the stall threshold, since each chunk is
+    progress and a host dripping bytes would never be judged stalled. Two checks later than the
+    watchdog, so a silent request is still the watchdog's (a stall abort, as it says)."""
+    stall = config.gateway.stalled_task_detection
+    return stall.threshold_seconds + (2 * stall.check_interval_seconds if stall.enabled else 0.0)
 
 
 def production_openers(env: Mapping[str, str], logs_dir: str | None) -> OpenerFactory:
     """Real stdio processes and streamable HTTP servers. Header values come from the
     environment variables `headersEnv` names (checked by `preflight`)."""
+
+    # One for the process: the gateway becomes its servers' orphans' subreaper (tools/reaper.py).
+    reaper = Reaper()
 
     def opener_for(name: str, server: McpServerConfig, config: Config) -> Opener:
         from trio_gateway.tools.transport import http_opener, stdio_opener
@@ -237,13 +266,10 @@ def production_openers(env: Mapping[str, str], logs_dir: str | None) -> OpenerFa
         stop = config.gateway.channel_stop_timeout_seconds
         if server.command is not None:
             stderr = os.path.join(logs_dir, f"mcp-{name}.stderr.log") if logs_dir else None
-            return stdio_opener(server.command, server_env(server, env), stop, stderr)
+            return stdio_opener(server.command, server_env(server, env), stop, stderr, reaper)
         assert server.url is not None
         headers = {header: env.get(var, "") for header, var in server.headers_env.items()}
-        from trio_gateway.tools.transport import MCP_HTTP_TIMEOUT
-
-        client = functools.partial(http.AsyncClient, trust_env=False, timeout=MCP_HTTP_TIMEOUT)
-        return http_opener(server.url, headers, client, stop)
+        return http_opener(server.url, headers, mcp_http_client, stop)
 
     return opener_for
 

@@ -31,6 +31,7 @@ from mcp import types
 from mcp.shared.message import SessionMessage
 
 from trio_gateway import upstream as http
+from trio_gateway.tools.reaper import Reaper
 
 # One JSON-RPC message from a server may not exceed this (a tool reply is cut further, to
 # `tools.http.maxResponseBytes`, before the model sees it).
@@ -168,23 +169,33 @@ async def pipe_link(
                 stream.close()
 
 
-def stdio_opener(command: list[str], env: Mapping[str, str], stop_timeout: float, stderr_path: str | None) -> Opener:
+def stdio_opener(
+    command: list[str],
+    env: Mapping[str, str],
+    stop_timeout: float,
+    stderr_path: str | None,
+    reaper: Reaper | None = None,
+) -> Opener:
     """A stdio server in its own process group (so SIGTERM reaches whatever it forks), with
-    `env` as its whole environment."""
+    `env` as its whole environment. With a `reaper`, what escaped the group (`setsid`) is
+    killed after the stop too."""
 
     @asynccontextmanager
     async def open_stdio() -> AsyncIterator[Link]:
         # A local append-only log file: opening it costs microseconds, not worth a thread.
         err = open(stderr_path, "ab") if stderr_path else subprocess.DEVNULL  # noqa: SIM115, ASYNC230
         try:
-            process = await trio.lowlevel.open_process(
-                command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                env=dict(env),  # exactly what the caller chose: never the gateway's whole environment
-                start_new_session=True,
-            )
+            with reaper.starting() if reaper is not None else contextlib.nullcontext():
+                process = await trio.lowlevel.open_process(
+                    command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    env=dict(env),  # exactly what the caller chose: never the gateway's whole environment
+                    start_new_session=True,
+                )
+                if reaper is not None:
+                    reaper.live.add(process.pid)
         finally:
             if not isinstance(err, int):
                 err.close()
@@ -205,6 +216,10 @@ def stdio_opener(command: list[str], env: Mapping[str, str], stop_timeout: float
             with trio.move_on_after(EOF_GRACE_SECONDS + stop_timeout + REAP_TIMEOUT_SECONDS, shield=True):
                 await _stop_process(process, stop_timeout)
             release(process)
+            if reaper is not None:
+                reaper.live.discard(process.pid)
+                with trio.move_on_after(REAP_TIMEOUT_SECONDS, shield=True):
+                    await reaper.kill_orphans()
 
     return open_stdio
 

@@ -11,6 +11,10 @@ let source = null;
 let latest = null;
 let countdown = null; // {deadline: local seconds, budget, started: local seconds}
 let queueSeen = "";
+const QUEUE_SHOWN = 50;
+// The gateway sends a snapshot only when something changed, not because the clock moved: the
+// page runs the uptime clock itself from the last snapshot's figure.
+let uptime = null; // {seconds at the snapshot, local seconds then}
 
 // --- helpers ----------------------------------------------------------------------------
 
@@ -149,7 +153,8 @@ function render(status) {
   setState(status.state);
   $("version").textContent = status.version ? `v${status.version}` : "";
   $("generation").textContent = status.generation;
-  $("uptime").textContent = seconds(status.uptimeSeconds);
+  uptime = { base: status.uptimeSeconds, at: now() };
+  paintUptime();
   $("queue-pending").textContent = status.queue.pending;
   $("queue-failed").textContent = status.queue.failed;
   renderDrain(status);
@@ -204,8 +209,13 @@ function paintCountdown() {
   }
 }
 
+function paintUptime() {
+  if (uptime) $("uptime").textContent = seconds(uptime.base + now() - uptime.at);
+}
+
 function tick() {
   paintCountdown();
+  paintUptime();
   requestAnimationFrame(tick);
 }
 
@@ -226,6 +236,9 @@ function renderSessions(status) {
       el("td", {}, s.id), el("td", {}, s.agent), el("td", {}, s.state),
       el("td", {}, o ? `${o.channel}:${o.to}` : "–"), el("td", {}, s.queueDepth));
   }));
+  const more = (status.sessionsTotal || 0) - status.sessions.length;
+  $("sessions-more").hidden = more <= 0;
+  $("sessions-more").textContent = `… and ${more} more (GET /v1/sessions lists them all)`;
 }
 
 function renderChannels(status) {
@@ -282,7 +295,8 @@ function renderDrains(status) {
 async function refreshQueue() {
   let data;
   try {
-    data = await api("GET", "/v1/deliveries");
+    // Only what the page shows: the first entries of each list, and how many there are.
+    data = await api("GET", `/v1/deliveries?limit=${QUEUE_SHOWN}`);
   } catch (err) {
     return;
   }
@@ -291,9 +305,16 @@ async function refreshQueue() {
     el("td", { class: "wrap reason" }, e.failedReason || e.lastError || "–"),
     el("td", {}, el("button", { type: "button", class: "retry", onclick: () => retry(e.id) }, "Retry")))));
   $("dead-empty").hidden = data.failed.length > 0;
+  showMore("dead-more", data.total.failed - data.failed.length);
+  showMore("pending-more", data.total.pending - data.pending.length);
   $("pending").replaceChildren(...data.pending.map((e) => el("tr", { "data-id": e.id },
     el("td", {}, e.id), el("td", {}, e.channel), el("td", {}, e.to), el("td", {}, e.attempts),
     el("td", {}, e.state === "sending" ? "sending" : e.nextAttemptAt), el("td", { class: "wrap" }, e.lastError || "–"))));
+}
+
+function showMore(id, more) {
+  $(id).hidden = more <= 0;
+  $(id).textContent = `… and ${more} more (trio-gateway delivery list shows them all)`;
 }
 
 async function retry(id) {
