@@ -3,14 +3,16 @@ hung disk, special files where regular ones belong. Each test failed before its 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_e2e import WAIT_SECONDS, Proc, write_config
+from test_e2e import WAIT_SECONDS, Proc, cli, poll, write_config
 
 pytestmark = pytest.mark.e2e
 
@@ -51,3 +53,104 @@ def test_a_stderr_nobody_reads_never_freezes_the_gateway(unread_stderr_gateway: 
     # what is left is bounded (the log's flush at exit gives up on the full pipe after 2 s).
     assert gw.popen.wait(WAIT_SECONDS) == 0
     assert "[SHUTDOWN] Shutdown completed cleanly" in gw.log
+
+
+def _mount_or_skip(*args: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a filesystem")
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False, timeout=WAIT_SECONDS)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount here: {done.stderr.strip()}")
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False, timeout=WAIT_SECONDS)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs: a disk the test fills with `fill`."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    _mount_or_skip("-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount))
+    try:
+        yield mount
+    finally:
+        _umount(mount)
+
+
+def fill(disk: Path) -> None:
+    """Every free block of `disk` taken."""
+    with contextlib.suppress(OSError), (disk / "filler").open("ab", buffering=0) as f:
+        while True:
+            f.write(b"\0" * 4096)
+
+
+@pytest.fixture
+def freezable_disk(tmp_path: Path) -> Iterator[Path]:
+    """A loop-mounted ext4 the test can freeze (`fsfreeze -f`); thawed and unmounted after."""
+    image, mount = tmp_path / "disk.ext4", tmp_path / "frozen"
+    mount.mkdir()
+    with image.open("wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    made = subprocess.run(["mkfs.ext4", "-q", str(image)], capture_output=True, check=False, timeout=WAIT_SECONDS)
+    if made.returncode != 0:
+        pytest.skip("mkfs.ext4 is not available")
+    _mount_or_skip("-o", "loop", str(image), str(mount))
+    try:
+        yield mount
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(mount)], capture_output=True, check=False, timeout=WAIT_SECONDS)
+        _umount(mount)
+
+
+def start_with_stderr_to(home: Path, stderr: Path) -> Proc:
+    """A gateway whose stderr goes to a file off its own disk (its log file may not be written)."""
+    write_config(home)
+    cmd = [sys.executable, "-m", "trio_gateway", "--home", str(home), "gateway", "start", "--port", "0"]
+    with stderr.open("w") as err:
+        popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    return Proc(home, popen).wait_ready()
+
+
+def test_a_full_disk_at_start_is_one_clean_error(small_disk: Path) -> None:
+    """Before: a raw traceback (ENOSPC creating the token)."""
+    fill(small_disk)
+    done = cli(small_disk / "home", "gateway", "start", "--port", "0")
+    assert done.returncode == 1
+    assert done.stderr.startswith("InsufficientStorageError: the home's disk is full"), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_stop_on_a_full_disk_exits_0(small_disk: Path, tmp_path: Path) -> None:
+    """Before: ENOSPC from the state file's write killed the process mid-drain (exit 1)."""
+    stderr = tmp_path / "stderr.txt"
+    gw = start_with_stderr_to(small_disk / "home", stderr)
+    try:
+        fill(small_disk)
+        gw.popen.terminate()
+        assert gw.popen.wait(WAIT_SECONDS) == 0
+        said = stderr.read_text()
+        assert "[STATE] Cannot write gateway.state.json" in said
+        assert "[SHUTDOWN] Shutdown completed cleanly" in said
+    finally:
+        gw.stop_hard()
+
+
+def test_a_stop_with_the_home_disk_frozen_exits_within_its_bound(freezable_disk: Path, tmp_path: Path) -> None:
+    """Before: the state file's write (not abandonable) held the stop, and the exit backstop was
+    cancelled with the nursery it lived in: stop never exited while the disk was frozen. Now an
+    OS-thread backstop ends the process with os._exit once the drain's budget (2 s), its cleanup
+    (2 s), the HTTP grace (5 s) and the exit's cleanup (3 s) have passed."""
+    stderr = tmp_path / "stderr.txt"
+    gw = start_with_stderr_to(freezable_disk / "home", stderr)
+    try:
+        subprocess.run(["fsfreeze", "-f", str(freezable_disk)], check=True, timeout=WAIT_SECONDS)
+        gw.popen.terminate()
+        poll("the forced exit", lambda: "Forced exit: the stop did not finish within 12s" in stderr.read_text())
+        assert "exitCode=0" in stderr.read_text()  # the drain had completed; only leaving was stuck
+    finally:
+        # The kernel finishes the exit once no thread waits on the frozen disk any more.
+        subprocess.run(["fsfreeze", "-u", str(freezable_disk)], check=False, timeout=WAIT_SECONDS)
+        gw.stop_hard()
+    assert gw.popen.returncode == 0
