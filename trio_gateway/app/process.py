@@ -40,6 +40,7 @@ from trio_gateway.storage.atomic import atomic_write_json
 from trio_gateway.storage.disk import DiskRunners, is_no_space
 from trio_gateway.storage.home import Home
 from trio_gateway.storage.lock import hold_lock
+from trio_gateway.work.loop import LoopWatch
 
 
 @attrs.frozen
@@ -181,18 +182,11 @@ class GatewayProcess:
     _reload_reported: bool = False
 
     async def run(self) -> int:
+        watch = LoopWatch(self.log, threshold=lambda: self.gateway.config.gateway.loop_block_warn_ms / 1000)
+        self.gateway.loop_watch = watch
         try:
-            async with trio.open_nursery() as helpers:
-                await helpers.start(self._handle_signals)
-                helpers.start_soon(self._publish_state)
-                helpers.start_soon(self._exit_backstop)
-                helpers.start_soon(self._arm_backstop_on_stop)
-                if self.notifier.watchdog_interval is not None:
-                    helpers.start_soon(self._ping_watchdog, self.notifier.watchdog_interval)
-                try:
-                    await self.gateway.serve()
-                finally:
-                    helpers.cancel_scope.cancel()
+            with watch.installed():
+                await self._serve()
         except BaseExceptionGroup as group:
             # e.g. the port is taken, or the cluster database is unreachable: one clean
             # `ErrorName: message`, not a traceback. Raised here, outside every nursery, so no
@@ -206,6 +200,19 @@ class GatewayProcess:
             self.backstop.disarm()
         self.notifier.stopping("stopped")
         return 0
+
+    async def _serve(self) -> None:
+        async with trio.open_nursery() as helpers:
+            await helpers.start(self._handle_signals)
+            helpers.start_soon(self._publish_state)
+            helpers.start_soon(self._exit_backstop)
+            helpers.start_soon(self._arm_backstop_on_stop)
+            if self.notifier.watchdog_interval is not None:
+                helpers.start_soon(self._ping_watchdog, self.notifier.watchdog_interval)
+            try:
+                await self.gateway.serve()
+            finally:
+                helpers.cancel_scope.cancel()
 
     async def _exit_backstop(self) -> None:
         """The one wait on the stop path that is not ours to bound: hypercorn writes a response

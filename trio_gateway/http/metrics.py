@@ -75,6 +75,7 @@ class _GatewayCollector(Collector):
         _delivery(out, self.gateway)
         _inbound(out, self.gateway)
         _tools(out, self.gateway)
+        _loop(out, self.gateway)
         return iter(out.metrics)
 
 
@@ -209,3 +210,16 @@ def _tools(out: _Exposition, gateway: Gateway) -> None:
     for server in tools.servers.values():
         out.sample("mcp_server_up", 1 if server.state == "running" else 0, {"server": server.name})
         out.sample("mcp_server_restarts", server.restarts, {"server": server.name})
+
+
+def _loop(out: _Exposition, gateway: Gateway) -> None:
+    """Steps of one task that held the event loop longer than `gateway.loopBlockWarnMs`."""
+    watch = gateway.loop_watch
+    if watch is None:
+        return
+    blocked = watch.blocked
+    out.family("event_loop_blocked_seconds", "histogram", "Task steps that blocked the event loop past the threshold")
+    for bound, seen in blocked.cumulative():
+        out.sample("event_loop_blocked_seconds_bucket", seen, {"le": _number(bound)})
+    out.sample("event_loop_blocked_seconds_sum", round(blocked.total_seconds, 6))
+    out.sample("event_loop_blocked_seconds_count", blocked.count)

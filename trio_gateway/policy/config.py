@@ -80,6 +80,9 @@ class GatewaySection:
     # A session with nothing running or owed leaves memory after this long without a turn;
     # its file stays, and its next turn reads it back.
     session_evict_after_seconds: float = 3600.0
+    # A step of one task on the event loop longer than this is logged (`[LOOP] Blocked N ms`)
+    # and counted in /metrics: nothing may block the loop (work/loop.py).
+    loop_block_warn_ms: float = 100.0
 
 
 @attrs.frozen
@@ -267,6 +270,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "gateway.maxConnections": (1, 100_000),
     "gateway.sessionEvictAfterSeconds": (1, 31_622_400),
     "gateway.maxUnverifiedBodies": (1, 10_000),
+    "gateway.loopBlockWarnMs": (1, 3_600_000),
     "logging.maxFileBytes": _LOG_FILE_BYTES,
     "logging.backupCount": _LOG_BACKUPS,
     "models.*.requestTimeoutSeconds": (0.01, 86_400),

@@ -54,6 +54,7 @@ from trio_gateway.tools.registry import ToolBox, build_toolbox, production_opene
 from trio_gateway.tools.registry import preload as preload_tools
 from trio_gateway.work.clock import WallClock
 from trio_gateway.work.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, collector_paused, drain
+from trio_gateway.work.loop import LoopWatch
 from trio_gateway.work.stall import StallWatchdog
 from trio_gateway.work.units import WorkRegistry
 
@@ -154,6 +155,8 @@ class Gateway:
     wall: WallClock | None = None
     delivery: DeliveryService | None = None
     watchdog: StallWatchdog | None = None
+    # The event loop's watchdog (work/loop.py), when the process installed one: /metrics reads it.
+    loop_watch: LoopWatch | None = None
     # Disks refusing writes right now: intake answers 507 while accepted work waits.
     storage: StorageHealth = attrs.Factory(StorageHealth)
     listeners: ListenerSupervisor | None = None
