@@ -26,7 +26,7 @@ A test that uses `gateway` runs on `MockClock(autojump_threshold=0)` without ask
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.fake_mcp import FakeMcpServers
 from trio_gateway.sim.harness import DeliveryTap, Harness, HarnessModel
 from trio_gateway.sim.runtime import quick_config
+from trio_gateway.testing.io_guard import guarded
 
 # How long the fixture's teardown may take to stop the gateway (virtual seconds: free).
 STOP_TIMEOUT_SECONDS = 30.0
@@ -131,3 +132,13 @@ async def _stop(gw: Gateway) -> None:
     with trio.move_on_after(STOP_TIMEOUT_SECONDS):
         gw.request_drain("stop", force=True)
         await gw.state.wait_value("stopped")
+
+
+@pytest.fixture
+def no_file_io_on_the_loop() -> Iterator[None]:
+    """Fails the test whose gateway did file I/O on the Trio thread (`testing/io_guard.py`).
+    Opt in per test or module: `pytest.mark.usefixtures("no_file_io_on_the_loop")`."""
+    with guarded() as guard:
+        yield
+    if guard.found:
+        pytest.fail("file I/O on the Trio thread:\n  " + "\n  ".join(guard.found), pytrace=False)
