@@ -4,15 +4,20 @@ hung disk, special files where regular ones belong. Each test failed before its 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
+import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_e2e import WAIT_SECONDS, Proc, cli, poll, write_config
+from test_e2e import WAIT_SECONDS, Proc, cli, poll, stall, write_config
+
+from trio_gateway.sim.postgres import PgServer
 
 pytestmark = pytest.mark.e2e
 
@@ -154,3 +159,58 @@ def test_a_stop_with_the_home_disk_frozen_exits_within_its_bound(freezable_disk:
         subprocess.run(["fsfreeze", "-u", str(freezable_disk)], check=False, timeout=WAIT_SECONDS)
         gw.stop_hard()
     assert gw.popen.returncode == 0
+
+
+@contextlib.contextmanager
+def database_hung(pg_server: PgServer) -> Iterator[None]:
+    """Every process of the PostgreSQL server stopped (SIGSTOP): connections stay open and
+    nothing answers. Continued after, whatever happens."""
+    postmaster = int((pg_server.data_dir / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False)
+    pids = [postmaster, *(int(pid) for pid in children.stdout.split())]
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def _stamp(line: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00"))
+
+
+@pytest.mark.postgres
+def test_a_cluster_stop_with_the_database_hung_stays_bounded_and_says_it_aborted(
+    pg_server: PgServer, pg_dsn: str, tmp_path: Path
+) -> None:
+    """Before: 8.3 s for a 2 s budget (the heartbeat's query cancel waited 2 s, the leave 4 s
+    more, its pool close 2 s more) and "Shutdown completed cleanly" for a drain that cut work."""
+    home = tmp_path / "home"
+    cluster = {"backend": "postgres", "nodeId": "n1", "heartbeatSeconds": 0.5, "deadAfterSeconds": 2}
+    home.mkdir()
+    config = {"gateway": {"drain": {"timeoutSeconds": 2}, "testEndpoints": {"enabled": True}}, "cluster": cluster}
+    (home / "gateway.json").write_text(json.dumps(config))
+    stderr = tmp_path / "stderr.txt"
+    cmd = [sys.executable, "-m", "trio_gateway", "--home", str(home), "gateway", "start", "--port", "0"]
+    with stderr.open("w") as err:
+        popen = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=err, env=os.environ | {"TRIO_GATEWAY_PG_DSN": pg_dsn}
+        )
+    gw = Proc(home, popen).wait_ready()  # type: ignore[arg-type]
+    try:
+        assert stall(gw)
+        with database_hung(pg_server):
+            gw.popen.terminate()
+            assert gw.popen.wait(WAIT_SECONDS) == 0
+    finally:
+        gw.stop_hard()
+    lines = stderr.read_text().splitlines()
+    [shutdown] = [ln for ln in lines if "[SHUTDOWN] Shutdown completed" in ln]
+    assert "after forcing task abort" in shutdown
+    assert "cleanly" not in shutdown
+    [left] = [ln for ln in lines if "Could not leave the cluster within 2s" in ln]
+    # The gateway's own clock: the leave gave up within its one bound (before: 6 s here).
+    assert (_stamp(left) - _stamp(shutdown)).total_seconds() < 4.0

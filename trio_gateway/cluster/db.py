@@ -46,6 +46,15 @@ class _Call:
     finished: threading.Event = attrs.Factory(threading.Event)
 
 
+def _cancel_behind(call: _Call) -> None:
+    """The abandoned call's query cancelled on the server from a daemon thread nobody waits
+    for (bounded by CANCEL_BOUND_SECONDS; its connection returns to the pool when it ends)."""
+    conn = call.conn
+    if conn is not None and not call.finished.is_set():
+        cancel = threading.Thread(target=conn.cancel_safe, kwargs={"timeout": CANCEL_BOUND_SECONDS}, daemon=True)
+        cancel.start()
+
+
 @attrs.define(eq=False)
 class Database:
     pool: ConnectionPool[Conn]
@@ -88,9 +97,11 @@ class Database:
     async def close(self) -> None:
         await self._blocking(lambda: self.pool.close(timeout=CANCEL_BOUND_SECONDS))
 
-    async def run(self, fn: Callable[[Conn], T]) -> T:
+    async def run(self, fn: Callable[[Conn], T], *, wait_for_cancel: bool = True) -> T:
         """`fn(conn)` in one transaction (committed when it returns, rolled back when it
-        raises), with a deadline; cancelling the caller cancels the query."""
+        raises), with a deadline; cancelling the caller cancels the query. `wait_for_cancel`
+        False: a cancelled caller leaves at once and the query is cancelled behind it (a
+        periodic call whose cancel must not delay a stop: the heartbeat)."""
         call = _Call()
 
         def work() -> T:
@@ -106,7 +117,7 @@ class Database:
                 await trio.lowlevel.checkpoint()
                 return work()
             with trio.fail_after(self.statement_timeout + _CALL_MARGIN_SECONDS):
-                return await self._in_thread(work, call)
+                return await self._in_thread(work, call, wait_for_cancel)
         except trio.TooSlowError:
             raise DatabaseError(f"the cluster database did not answer within {self.statement_timeout:g}s") from None
         except psycopg.errors.QueryCanceled:
@@ -116,11 +127,20 @@ class Database:
         except PoolTimeout as exc:
             raise DatabaseError(f"no free database connection: {_describe(exc)}") from None
 
-    async def _in_thread(self, work: Callable[[], T], call: _Call) -> T:
+    async def _in_thread(self, work: Callable[[], T], call: _Call, wait_for_cancel: bool = True) -> T:
+        # Read before the wait: once cancelled, the caller's deadline reads as -inf.
+        caller_deadline = trio.current_effective_deadline()
         try:
             return await trio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=self._calls)
         except trio.Cancelled:
-            with trio.move_on_after(CANCEL_BOUND_SECONDS, shield=True):
+            if not wait_for_cancel:
+                _cancel_behind(call)
+                raise
+            # Cancelling the query on the server is bounded, and never outlasts the caller's own
+            # deadline: a caller out of time (a stop's bounded leave with the database hung)
+            # abandons the connection instead of waiting another CANCEL_BOUND_SECONDS (issue 25).
+            deadline = min(trio.current_time() + CANCEL_BOUND_SECONDS, caller_deadline)
+            with trio.CancelScope(deadline=deadline, shield=True):
                 await self._cancel(call)
             raise
 

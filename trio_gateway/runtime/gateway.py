@@ -349,7 +349,16 @@ class Gateway:
         self.drains.append(request.report)
         if not timed_out:
             self.log.info("DRAINING", "All tasks cleared; proceeding with shutdown")
-        self.log.info("SHUTDOWN", f"Shutdown completed cleanly in {ms(took)}", generation=self.generation_number)
+            self.log.info("SHUTDOWN", f"Shutdown completed cleanly in {ms(took)}", generation=self.generation_number)
+        else:
+            # Not "cleanly": work was cut (issue 25). The same line's shape, so a reader
+            # looking for how long the shutdown took finds it either way.
+            self.log.warn(
+                "SHUTDOWN",
+                f"Shutdown completed in {ms(took)} after forcing task abort",
+                generation=self.generation_number,
+                aborted=len(aborted),
+            )
 
     # --- drain requests ------------------------------------------------------------------
 
