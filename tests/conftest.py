@@ -1,8 +1,10 @@
 """Shared test setup. The gateway fixtures are the ones users get from the installed plugin."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from helpers import Proc, gateway_processes
 from hypothesis import HealthCheck, settings
 
 from trio_gateway.sim.postgres import PgServer, missing_reason
@@ -69,3 +71,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         guarded = module is not None and module.__name__ in GUARDED_MODULES
         if guarded and names is not None and "no_file_io_on_the_loop" not in names:
             names.append("no_file_io_on_the_loop")
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """`start_gateway(home=None, **gateway)`: a real gateway process (tests/helpers.py)."""
+    yield from gateway_processes(tmp_path)

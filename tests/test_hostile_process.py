@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_e2e import WAIT_SECONDS, Proc, cli, poll, stall, write_config
+from helpers import WAIT_SECONDS, Proc, cli, poll, stall, write_config
 
 from trio_gateway.sim.postgres import PgServer
 

@@ -48,7 +48,6 @@ class ClusterNode:
     # The gateway's wall clock, bound when the gateway starts serving.
     now: Callable[[], dt.datetime]
     state: Callable[[], tuple[str, int]] = lambda: ("running", 0)
-    last_heartbeat: float | None = None
     ready: bool = False
 
     @classmethod
@@ -101,7 +100,6 @@ class ClusterNode:
         # A stop cancels the heartbeat: it leaves at once (its query is cancelled behind it),
         # so the stop's bounded leave starts without waiting for a hung database.
         await self.db.run(beat, wait_for_cancel=False)
-        self.last_heartbeat = trio.current_time()
 
     async def run(self) -> None:
         """Heartbeat until cancelled; then leave the cluster (bounded)."""

@@ -51,6 +51,18 @@ class DrainReport:
     # Why the restart's reload of gateway.json was refused (the old config kept), else None.
     config_rejected: str | None = None
 
+    def log_finished(self, log: EventLog, generation: int) -> None:
+        """The drain's last lines. "cleanly" only when nothing was cut (issue 25: an operator
+        grepping for it must not be told a forced abort was clean); the same shape either way,
+        so a reader looking for how long the shutdown took finds it."""
+        took = ms(self.waited_seconds)
+        if not self.timed_out:
+            log.info("DRAINING", "All tasks cleared; proceeding with shutdown")
+            log.info("SHUTDOWN", f"Shutdown completed cleanly in {took}", generation=generation)
+            return
+        why = f"Shutdown completed in {took} after forcing task abort"
+        log.warn("SHUTDOWN", why, generation=generation, aborted=len(self.aborted_work))
+
 
 @attrs.define(eq=False)
 class DrainRequest:
@@ -81,6 +93,21 @@ class DrainRequest:
     @property
     def deadline(self) -> float:
         return self.requested_at + (0.0 if self.force else self.timeout_seconds)
+
+    def finish(self, timed_out: bool, left: DrainCounts) -> DrainReport:
+        """The drain's report, now that its work is gone: what the deadline cut off, if it did."""
+        cut = left.blockers if timed_out else ()
+        self.report = DrainReport(
+            kind=self.kind,
+            forced=self.force,
+            timed_out=timed_out,
+            timeout_seconds=self.timeout_seconds,
+            started_at=self.requested_at,
+            waited_seconds=trio.current_time() - self.requested_at,
+            aborted_tasks=left.tasks if timed_out else 0,
+            aborted_work=tuple(f"{u.kind} session={u.session_id or '-'}" for u in cut),
+        )
+        return self.report
 
 
 async def drain(
