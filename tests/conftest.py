@@ -56,6 +56,7 @@ GUARDED_MODULES = frozenset(
         "test_queue",
         "test_runtime",
         "test_session_inbox",
+        "test_special_files",
         "test_subagents",
         "test_tools",
         "test_turn_wait",

@@ -214,3 +214,47 @@ def test_a_cluster_stop_with_the_database_hung_stays_bounded_and_says_it_aborted
     [left] = [ln for ln in lines if "Could not leave the cluster within 2s" in ln]
     # The gateway's own clock: the leave gave up within its one bound (before: 6 s here).
     assert (_stamp(left) - _stamp(shutdown)).total_seconds() < 4.0
+
+
+def _plant_special_files(home: Path) -> list[Path]:
+    """A FIFO and `/dev/zero` under entry and session names, and a temporary file named just
+    `.tmp` in inflight/: each wedged, filled or crashed a start before issue 25."""
+    queue, sessions = home / "delivery-queue", home / "sessions"
+    for directory in (queue / "inflight", sessions):
+        directory.mkdir(parents=True, exist_ok=True)
+    planted = [
+        queue / "01KV4MQYB0CCE5J3YQHTW8Q7VS.json",
+        queue / "01KV4MQYB0CCE5J3YQHTW8Q7VT.json",
+        sessions / "s-1-1.json",
+        sessions / "s-1-2.json",
+        queue / "inflight" / ".tmp",
+    ]
+    os.mkfifo(planted[0])
+    planted[1].symlink_to("/dev/zero")
+    os.mkfifo(planted[2])
+    planted[3].symlink_to("/dev/zero")
+    planted[4].write_text("")
+    return planted
+
+
+def test_special_files_in_the_queue_and_sessions_are_quarantined_not_read(tmp_path: Path) -> None:
+    """Before: `delivery process --once` and the start died on `.tmp` (IndexError), and a FIFO
+    or /dev/zero under an entry's or a session's name blocked the scan or grew the process by
+    gigabytes."""
+    home = tmp_path / "home"
+    write_config(home)
+    planted = _plant_special_files(home)
+    once = cli(home, "delivery", "process", "--once", timeout=WAIT_SECONDS)
+    assert once.returncode == 0, once.stderr
+    assert not (home / "delivery-queue" / "inflight" / ".tmp").exists()
+    cmd = [sys.executable, "-m", "trio_gateway", "--home", str(home), "gateway", "start", "--port", "0"]
+    popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    gw = Proc(home, popen)
+    try:
+        gw.wait_ready()
+        assert gw.health()["status"] == "ok"
+    finally:
+        gw.stop_hard()
+    assert not any(path.is_symlink() or path.exists() for path in planted)  # each moved aside, none deleted
+    kept = [*(home / "delivery-queue" / "quarantine").iterdir(), *(home / "sessions" / "quarantine").iterdir()]
+    assert len(kept) == len(planted)

@@ -3,13 +3,21 @@ symlink, a directory, a file past its cap. Each is refused before it can block o
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 import re
 from pathlib import Path
 
 import pytest
+import trio
 
-from trio_gateway.storage.atomic import NotARegularFileError, read_regular
+from trio_gateway.channels.registry import load_config
+from trio_gateway.log import EventLog
+from trio_gateway.policy import codec
+from trio_gateway.sim.runtime import build_gateway, quick_config
+from trio_gateway.storage.atomic import NotARegularFileError, in_thread, read_regular
+from trio_gateway.storage.sessions import SessionRecord, SessionStore
 
 
 def test_a_regular_file_within_its_cap_is_read(tmp_path: Path) -> None:
@@ -46,3 +54,33 @@ def test_a_directory_and_a_file_past_its_cap_are_refused(tmp_path: Path) -> None
 def test_a_missing_file_is_file_not_found(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_regular(tmp_path / "gone.json", 1024)
+
+
+async def test_a_reload_of_a_gateway_json_that_is_a_fifo_keeps_the_running_config(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Before: the reload opened the FIFO on the Trio thread and waited for a writer forever
+    (/healthz froze). Now it is read off the loop and refused at once: the restart completes
+    on the running config and says why."""
+    config_path = tmp_path / "gateway.json"
+    os.mkfifo(config_path)
+    gateway, _ = build_gateway(tmp_path / "home", quick_config(), load_config=lambda: load_config(config_path))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        request = gateway.request_drain("restart")
+        with trio.fail_after(60):
+            await request.done.wait()
+        gateway.request_drain("stop", force=True)
+    assert request.report is not None
+    assert request.report.config_rejected == f"{config_path}: cannot read: gateway.json is not a regular file (a FIFO)"
+
+
+def test_a_fifo_and_dev_zero_among_the_sessions_are_quarantined_and_the_good_one_read(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path, in_thread, EventLog())
+    good = SessionRecord("s-1-3", "main", None, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+    (tmp_path / "s-1-3.json").write_text(json.dumps(codec.unstructure(good)))
+    os.mkfifo(tmp_path / "s-1-1.json")
+    (tmp_path / "s-1-2.json").symlink_to("/dev/zero")
+    records = trio.run(store.load_all)
+    assert [r.id for r in records] == ["s-1-3"]
+    assert sorted(p.name.split(".json")[0] for p in (tmp_path / "quarantine").iterdir()) == ["s-1-1", "s-1-2"]

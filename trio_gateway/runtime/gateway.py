@@ -126,7 +126,7 @@ class Gateway:
                 started = trio.TASK_STATUS_IGNORED
                 if request.kind == "stop":
                     break
-                self.config = self._reload(self.config, request)
+                self.config = await self._reload(self.config, request)
                 completed = request
             self.state.value = "stopped"
             request.done.set()
@@ -134,11 +134,12 @@ class Gateway:
         assert request.report is not None
         return request.report
 
-    def _reload(self, old: Config, request: DrainRequest) -> Config:
+    async def _reload(self, old: Config, request: DrainRequest) -> Config:
         """A restart reloads `gateway.json`; a bad file keeps the running config (a restart
         must never leave the operator with no gateway), and the restart's report says so."""
-        try:
-            config = self.deps.load_config()
+        try:  # off the loop, and a hung disk fails the reload (issue 25)
+            with trio.fail_after(10):
+                config = await self.deps.runner(self.deps.load_config)
             self.deps.preflight(config)
             return config
         except Exception as exc:  # the reader makes every bad file a ConfigError; this is the belt
