@@ -113,6 +113,9 @@ _LOG_BACKLOG = 50_000
 _EXIT_FLUSH_SECONDS = 2.0
 # Lines waiting for stderr: a pipe's own buffer (64 KiB) holds a few hundred more.
 _STDERR_BACKLOG = 10_000
+# How long exiting waits for stderr's queued lines: a pipe someone reads drains in far less,
+# and one nobody reads never does (the stop's time must not pay for it).
+_STDERR_EXIT_FLUSH_SECONDS = 0.5
 
 
 @attrs.define
@@ -413,8 +416,11 @@ class EventLog:
         cleanup): a sink stuck on a hung disk or a full pipe keeps its lines."""
         deadline = time.monotonic() + timeout
         for sink in self.sinks:
-            if isinstance(sink, FileSink | StreamSink):
-                sink.close(max(0.0, deadline - time.monotonic()))
+            left = max(0.0, deadline - time.monotonic())
+            if isinstance(sink, FileSink):
+                sink.close(left)
+            elif isinstance(sink, StreamSink):
+                sink.close(min(left, _STDERR_EXIT_FLUSH_SECONDS))
 
 
 _LEVELS: dict[Level, int] = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
