@@ -157,6 +157,8 @@ def test_a_stop_with_the_home_disk_frozen_exits_within_its_bound(freezable_disk:
     finally:
         # The kernel finishes the exit once no thread waits on the frozen disk any more.
         subprocess.run(["fsfreeze", "-u", str(freezable_disk)], check=False, timeout=WAIT_SECONDS)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            gw.popen.wait(WAIT_SECONDS)
         gw.stop_hard()
     assert gw.popen.returncode == 0
 

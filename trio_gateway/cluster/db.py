@@ -25,6 +25,7 @@ import trio
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from trio_gateway.errors import ClusterDatabaseError as DatabaseError
+from trio_gateway.storage.atomic import inline
 
 T = TypeVar("T")
 
@@ -114,8 +115,7 @@ class Database:
 
         try:
             if self.inline:
-                await trio.lowlevel.checkpoint()
-                return work()
+                return await inline(work)
             with trio.fail_after(self.statement_timeout + _CALL_MARGIN_SECONDS):
                 return await self._in_thread(work, call, wait_for_cancel)
         except trio.TooSlowError:
@@ -158,8 +158,7 @@ class Database:
 
     async def _blocking(self, fn: Callable[[], T]) -> T:
         if self.inline:
-            await trio.lowlevel.checkpoint()
-            return fn()
+            return await inline(fn)
         return await trio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self._calls)
 
 

@@ -6,7 +6,8 @@ inside a Trio task step (where `trio.lowlevel.current_task()` answers: never a w
 is recorded with its task. A disk call the
 harness runs inline (`storage.atomic.inline`, a thread in production) is let through, and so
 is what Python does on its own account (importing a module, reading its source for a
-traceback) and what a test, the harness or a fake does itself (the nearest caller decides).
+traceback), what a test, the harness or a fake does itself (the nearest caller decides), and
+what a one-shot CLI command's loop does (it serves nobody else meanwhile).
 
     pytestmark = pytest.mark.usefixtures("no_file_io_on_the_loop")
 
@@ -81,6 +82,8 @@ class FileIoOnTheLoop:
 
 _PACKAGE = str(Path(__file__).resolve().parent.parent) + os.sep
 _HARNESS = tuple(_PACKAGE + room + os.sep for room in ("sim", "testing"))
+_CLI = _PACKAGE + "cli" + os.sep
+_PROCESS = _PACKAGE + "app" + os.sep + "process.py"
 _STORAGE = _PACKAGE + "storage" + os.sep
 # Python's own frames (the stdlib, site-packages): they never decide. Looked at after the
 # package's: an installed trio_gateway lives in site-packages too.
@@ -96,11 +99,24 @@ def _the_gateway_did_it(frame: FrameType | None) -> bool:
         if name.startswith("<frozen importlib"):
             return False
         if name.startswith(_PACKAGE) and not name.startswith(_STORAGE):
-            return not name.startswith(_HARNESS)
+            return not name.startswith(_HARNESS) and not _a_cli_commands_loop(frame)
         if not name.startswith(("<", _STORAGE, *_PYTHON)):
             return False  # a test's own code
         frame = frame.f_back
     return False
+
+
+def _a_cli_commands_loop(frame: FrameType | None) -> bool:
+    """Run by a one-shot CLI command (`delivery list`, `process --once`): a `cli/` frame below
+    trio's runner and no gateway process. That loop serves nobody else while it reads."""
+    cli = False
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if name == _PROCESS:
+            return False
+        cli = cli or name.startswith(_CLI)
+        frame = frame.f_back
+    return cli
 
 
 _ACTIVE: list[FileIoOnTheLoop] = []
