@@ -228,6 +228,13 @@ async def turns(gp: GatewayProcess, count: int, answered: list[float]) -> None:
                 answered.append(time.perf_counter() - t0)
 
 
+def shutdown_lines(home: Path) -> list[str]:
+    """The drain's and the shutdown's own lines from the gateway's log (its figures, not ours)."""
+    log = home / "logs" / "gateway.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [ln for ln in text.splitlines() if "[SHUTDOWN]" in ln or "[DRAINING]" in ln]
+
+
 async def stderr_never_read(requests: int) -> None:
     import httpx2
 
@@ -258,12 +265,13 @@ async def stderr_never_read(requests: int) -> None:
             stopped = time.perf_counter() - s0
             dropped = status.get("storage", {}).get("logWriteFailures", "?")
             table(
-                ["turns answered", "seconds", "/healthz 200 (of 20), p50 ms", "stderr lines dropped",
+                ["turns accepted (202)", "seconds", "/healthz 200 (of 20), p50 ms", "stderr lines dropped",
                  "SIGTERM to exit (s)", "exit", "budget (s)"],
                 [(f"{len(answered)}{' (cut at 600 s)' if bound.cancelled_caught else ''}", f"{took:.1f}",
                   f"{len(health)}, {median(health) * 1000:.1f}" if health else "0", dropped, f"{stopped:.2f}", code,
                   STDERR_DRAIN_SECONDS)],
             )  # fmt: skip
+            print("the gateway's own lines:", *shutdown_lines(home), sep="\n  ")
         finally:
             await trio.to_thread.run_sync(gp.stop)
 
