@@ -22,6 +22,10 @@ makes up their values (`sim.harness.fake_account(channel)` writes such an accoun
 A test that uses `gateway` runs on `MockClock(autojump_threshold=0)` without asking for
 `autojump_clock` itself: sleeps and deadlines cost no wall time. Needs pytest-trio with
 `trio_mode = true` (or the `trio` marker).
+
+`no_file_io_on_the_loop` (opt in: `pytest.mark.usefixtures("no_file_io_on_the_loop")`) fails a
+test whose gateway did file I/O inside a Trio task step (`testing/io_guard.py`): caught by
+what was called, never by how long it took.
 """
 
 from __future__ import annotations
