@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -260,3 +260,17 @@ def test_special_files_in_the_queue_and_sessions_are_quarantined_not_read(tmp_pa
     assert not any(path.is_symlink() or path.exists() for path in planted)  # each moved aside, none deleted
     kept = [*(home / "delivery-queue" / "quarantine").iterdir(), *(home / "sessions" / "quarantine").iterdir()]
     assert len(kept) == len(planted)
+
+
+def test_the_process_watches_its_event_loop(start_gateway: Callable[..., Proc]) -> None:
+    """The loop watch is installed in the real process: with a 1 ms threshold, steps that long
+    (the start's own) are logged with their task and counted in /metrics."""
+    gw = start_gateway(loopBlockWarnMs=1)
+    for n in range(5):
+        origin = {"channel": "console", "to": f"user{n}"}
+        assert gw.http("POST", "/v1/sessions", {"agent": "main", "origin": origin, "prompt": "x"}).status_code == 202
+    poll("a [LOOP] line", lambda: "[LOOP] Blocked " in gw.log)
+    assert " ms in task " in next(ln for ln in gw.log.splitlines() if "[LOOP] Blocked" in ln)
+    metrics = gw.http("GET", "/metrics").text
+    [count] = [ln for ln in metrics.splitlines() if ln.startswith("trio_gateway_event_loop_blocked_seconds_count")]
+    assert float(count.split()[-1]) >= 1
