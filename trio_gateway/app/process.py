@@ -220,7 +220,9 @@ class GatewayProcess:
         would hold the root nursery open forever. Once the gateway has stopped (its work is
         drained and its state on disk), give the server a grace period, then leave."""
         await self.gateway.state.wait_value("stopped")
-        self.backstop.stopped = True  # from here on, a forced exit is a stop that completed
+        # From here on a forced exit is a stop that completed, and what is left is bounded from
+        # now (sooner than from the request when the drain was quick).
+        self.backstop.arm(_SHUTDOWN_GRACE_SECONDS + _EXIT_CLEANUP_SECONDS, "the stop", stopped=True)
         await trio.sleep(_SHUTDOWN_GRACE_SECONDS)
         self.log.error("SHUTDOWN", f"HTTP connections still open {_SHUTDOWN_GRACE_SECONDS:g}s after the stop; exiting")
         _StateFile(self.home, self.log).remove()
