@@ -15,6 +15,7 @@ clock fire deadlines while the query runs; an inline call advances virtual time 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -113,11 +114,15 @@ class Database:
             finally:
                 call.finished.set()
 
+        # The caller's own deadline, not this call's: a server-side cancel may use its bound
+        # after this call's deadline, never after the caller's (read now: once cancelled, it
+        # reads as -inf).
+        caller_deadline = trio.current_effective_deadline()
         try:
             if self.inline:
                 return await inline(work)
             with trio.fail_after(self.statement_timeout + _CALL_MARGIN_SECONDS):
-                return await self._in_thread(work, call, wait_for_cancel)
+                return await self._in_thread(work, call, wait_for_cancel, caller_deadline)
         except trio.TooSlowError:
             raise DatabaseError(f"the cluster database did not answer within {self.statement_timeout:g}s") from None
         except psycopg.errors.QueryCanceled:
@@ -127,9 +132,9 @@ class Database:
         except PoolTimeout as exc:
             raise DatabaseError(f"no free database connection: {_describe(exc)}") from None
 
-    async def _in_thread(self, work: Callable[[], T], call: _Call, wait_for_cancel: bool = True) -> T:
-        # Read before the wait: once cancelled, the caller's deadline reads as -inf.
-        caller_deadline = trio.current_effective_deadline()
+    async def _in_thread(
+        self, work: Callable[[], T], call: _Call, wait_for_cancel: bool = True, caller_deadline: float = math.inf
+    ) -> T:
         try:
             return await trio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=self._calls)
         except trio.Cancelled:
@@ -139,6 +144,7 @@ class Database:
             # Cancelling the query on the server is bounded, and never outlasts the caller's own
             # deadline: a caller out of time (a stop's bounded leave with the database hung)
             # abandons the connection instead of waiting another CANCEL_BOUND_SECONDS (issue 25).
+            # A call that ran past its own statement deadline still gets the whole bound.
             deadline = min(trio.current_time() + CANCEL_BOUND_SECONDS, caller_deadline)
             with trio.CancelScope(deadline=deadline, shield=True):
                 await self._cancel(call)
