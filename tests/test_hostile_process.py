@@ -142,6 +142,22 @@ def test_a_stop_on_a_full_disk_exits_0(small_disk: Path, tmp_path: Path) -> None
         gw.stop_hard()
 
 
+def test_a_sighup_on_a_full_disk_restarts_and_the_gateway_stays_up(small_disk: Path, tmp_path: Path) -> None:
+    """Before: the same ENOSPC killed the process mid-restart."""
+    stderr = tmp_path / "stderr.txt"
+    gw = start_with_stderr_to(small_disk / "home", stderr)
+    try:
+        fill(small_disk)
+        gw.popen.send_signal(signal.SIGHUP)
+        poll("generation 2", lambda: "[RESTART] generation=2 accepting work" in stderr.read_text())
+        assert gw.health() == {"status": "ok", "generation": 2}
+        assert "[STATE] Cannot write gateway.state.json" in stderr.read_text()
+        gw.popen.terminate()
+        assert gw.popen.wait(WAIT_SECONDS) == 0
+    finally:
+        gw.stop_hard()
+
+
 def test_a_stop_with_the_home_disk_frozen_exits_within_its_bound(freezable_disk: Path, tmp_path: Path) -> None:
     """Before: the state file's write (not abandonable) held the stop, and the exit backstop was
     cancelled with the nursery it lived in: stop never exited while the disk was frozen. Now an
