@@ -17,6 +17,10 @@ the same run as the reference:
       answers once they leave (while the cap is full, a new connection is closed too).
 Before issue 9 (measured by the issue's author): (a) +319 MB for 300 clients, (c) 3,000 of
 3,000 accepted.
+  (d) (`--only stderr`) a gateway whose stderr is a pipe nobody reads, asked for 10,000 turns
+      by 8 clients: how many are answered, whether /healthz still answers, how many stderr
+      lines were dropped (`logWriteFailures`), and how long SIGTERM takes to end it (drain
+      budget 2 s). Before issue 25: frozen after ~640 requests, SIGTERM ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +37,7 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import GatewayProcess, banner, peak_rss_mb, rss_mb, table, temp_home, write_config
+from _bench_common import GatewayProcess, banner, median, peak_rss_mb, rss_mb, table, temp_home, write_config
 
 MIB = 1_048_576
 CHUNK = 65_536
@@ -192,11 +198,94 @@ async def main(n_slow: int, n_conn: int) -> None:
             await trio.to_thread.run_sync(gp.stop)
 
 
+# --- (d) a stderr nobody reads (issue 25, finding 4) -----------------------------------------
+
+STDERR_CLIENTS = 8
+STDERR_DRAIN_SECONDS = 2
+
+
+class UnreadStderrGateway(GatewayProcess):
+    """The gateway with its stderr a pipe that nobody ever reads (Docker's blocking log mode, a
+    stuck journald, a paused terminal): once the pipe's 64 KiB are full, a write blocks."""
+
+    def start(self, timeout: float = 30.0) -> float:
+        cmd = [sys.executable, "-m", "trio_gateway", "--home", str(self.home), "gateway", "start", "--port", "0"]
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=self.env)
+        self.wait_ready(timeout)
+        return time.perf_counter() - t0
+
+
+async def turns(gp: GatewayProcess, count: int, answered: list[float]) -> None:
+    import httpx2
+
+    async with httpx2.AsyncClient(base_url=gp.base_url, headers=gp.headers, timeout=10, trust_env=False) as client:
+        for n in range(count):
+            origin = {"channel": "console", "to": f"user{n % 50}"}
+            t0 = time.perf_counter()
+            reply = await client.post("/v1/sessions", json={"agent": "main", "origin": origin, "prompt": "x"})
+            if reply.status_code == 202:
+                answered.append(time.perf_counter() - t0)
+
+
+def shutdown_lines(home: Path) -> list[str]:
+    """The drain's and the shutdown's own lines from the gateway's log (its figures, not ours)."""
+    log = home / "logs" / "gateway.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [ln for ln in text.splitlines() if "[SHUTDOWN]" in ln or "[DRAINING]" in ln]
+
+
+async def stderr_never_read(requests: int) -> None:
+    import httpx2
+
+    banner("bench_hostile (d): stderr never read", {"requests": requests, "clients": STDERR_CLIENTS})
+    with temp_home("bench-hostile-stderr-") as home:
+        write_config(home, {"gateway": {"drain": {"timeoutSeconds": STDERR_DRAIN_SECONDS}}})
+        gp = UnreadStderrGateway(home)
+        await trio.to_thread.run_sync(gp.start, 60.0)
+        try:
+            answered: list[float] = []
+            t0 = time.perf_counter()
+            with trio.move_on_after(600) as bound:
+                async with trio.open_nursery() as nursery:
+                    for _ in range(STDERR_CLIENTS):
+                        nursery.start_soon(turns, gp, requests // STDERR_CLIENTS, answered)
+            took = time.perf_counter() - t0
+            health: list[float] = []
+            async with httpx2.AsyncClient(base_url=gp.base_url, timeout=10, trust_env=False) as client:
+                for _ in range(20):
+                    h0 = time.perf_counter()
+                    if (await client.get("/healthz")).status_code == 200:
+                        health.append(time.perf_counter() - h0)
+                status = (await client.get("/v1/status", headers=gp.headers)).json()
+            assert gp.proc is not None
+            s0 = time.perf_counter()
+            gp.proc.send_signal(signal.SIGTERM)
+            code = await trio.to_thread.run_sync(gp.proc.wait, 60)
+            stopped = time.perf_counter() - s0
+            dropped = status.get("storage", {}).get("logWriteFailures", "?")
+            table(
+                ["turns accepted (202)", "seconds", "/healthz 200 (of 20), p50 ms", "stderr lines dropped",
+                 "SIGTERM to exit (s)", "exit", "budget (s)"],
+                [(f"{len(answered)}{' (cut at 600 s)' if bound.cancelled_caught else ''}", f"{took:.1f}",
+                  f"{len(health)}, {median(health) * 1000:.1f}" if health else "0", dropped, f"{stopped:.2f}", code,
+                  STDERR_DRAIN_SECONDS)],
+            )  # fmt: skip
+            print("the gateway's own lines:", *shutdown_lines(home), sep="\n  ")
+        finally:
+            await trio.to_thread.run_sync(gp.stop)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="50 slow clients, 1,200 connections")
+    parser.add_argument("--quick", action="store_true", help="50 slow clients, 1,200 connections, 1,000 requests")
     parser.add_argument("--slow", type=int, default=300)
     parser.add_argument("--connections", type=int, default=3000)
+    parser.add_argument("--stderr-requests", type=int, default=10_000, help="(d): turns asked with stderr unread")
+    parser.add_argument("--only", choices=["strangers", "stderr"], help="run only (a)-(c) or only (d)")
     args = parser.parse_args()
     slow, conns = (50, 1200) if args.quick else (args.slow, args.connections)
-    trio.run(main, slow, conns)
+    if args.only != "stderr":
+        trio.run(main, slow, conns)
+    if args.only != "strangers":
+        trio.run(stderr_never_read, 1000 if args.quick else args.stderr_requests)

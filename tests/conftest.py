@@ -38,6 +38,27 @@ def pg_dsn(pg_server: PgServer) -> str:
     return pg_server.create_database()
 
 
+# Every test fails on file I/O inside a Trio task step of the gateway's own code
+# (`trio_gateway.testing.io_guard`, issue 25): its disk work belongs in threads (the harness's
+# inline runners count as such). Caught by what was called, never by wall time. Left out:
+UNGUARDED_MODULES = {
+    # They do file I/O on the loop on purpose, to prove the guard and the loop watch see it.
+    "test_io_guard": "proves the guard",
+    "test_loop_watch": "calls the stuck-loop dump (an OS thread's job) from the loop",
+    # Builds a wheel and runs it in a fresh venv (minutes): not run under the guard yet.
+    "test_container": "not run under the guard yet",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        names = getattr(item, "fixturenames", None)
+        guarded = module is not None and module.__name__ not in UNGUARDED_MODULES
+        if guarded and names is not None and "no_file_io_on_the_loop" not in names:
+            names.append("no_file_io_on_the_loop")
+
+
 @pytest.fixture
 def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     """`start_gateway(home=None, **gateway)`: a real gateway process (tests/helpers.py)."""

@@ -41,7 +41,7 @@ def test_restart_with_a_stalled_model_call_finishes_within_the_drain_timeout(
     for line in (
         "[DRAINING] Starting graceful drain of 1 task(s), timeout=2000ms",
         "[DRAINING] Draining timeout exceeded (2000ms); forcing task abort",
-        "[SHUTDOWN] Shutdown completed cleanly in",
+        "[SHUTDOWN] Shutdown completed in",  # not "cleanly": the deadline cut work (issue 25)
         "[RESTART] generation=2 accepting work",
     ):
         assert line in log

@@ -183,3 +183,32 @@ def test_logging_never_raises_counts_failures_and_reports_once(
     err = capfd.readouterr().err
     assert err.count("a log sink failed") == 1
     assert err.count(f"cannot write {fifo}") == 1  # ENXIO: no reader; never a blocked open
+
+
+async def test_a_subagent_notice_cut_while_the_queue_disk_is_full_is_kept_and_enqueued_later(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Issue 25: the notice used to be tried for the cleanup bound, logged, and lost. Now it is
+    kept in the session record like a turn's reply and enqueued once the disk takes it."""
+    harness = Harness.build(tmp_path, CONFIG, faults=Faults(queue_disk="enospc"))
+    gateway = harness.gateway
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        harness.faults.arm()
+        session_id, turn_id = await gateway.submit(agent_id="main", origin=CONSOLE, prompt="/spawn main side task")
+        await trio.sleep(10)  # the turn and its subagent both finished; neither notice fits the disk
+        [sub_id] = _subagent_ids(harness)
+        await gateway.request_drain("restart").done.wait()  # cuts both while the outbox retries
+        kept = [t.id for t in gateway.sessions[session_id].record.turns if t.reply is not None]
+        harness.faults.clear()
+        with trio.fail_after(600):
+            await _all_replied(harness, [turn_id, sub_id])
+        gateway.request_drain("stop")
+    assert sub_id in kept
+    [notice] = [m for m in harness.console_messages() if m.key == sub_id]
+    assert notice.text.startswith(f"Subagent {sub_id} finished")
+    assert len(_keys(harness)) == len(set(_keys(harness)))  # each once
+
+
+def _subagent_ids(harness: Harness) -> set[str]:
+    return {str(e.fields["subagentId"]) for e in harness.sink.tagged("SUBAGENT") if e.message == "Subagent spawned"}

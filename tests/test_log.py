@@ -4,17 +4,23 @@ file rotates by size within its bounds."""
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import io
 import json
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from trio_gateway.errors import ConfigError
-from trio_gateway.log import EventLog, FileSink, Rotation, StreamSink
+from trio_gateway.log import EventLog, FileSink, Rotation, StreamSink, open_log
 from trio_gateway.policy import config as cfg
 
 WHEN = dt.datetime(2026, 6, 15, 3, 21, tzinfo=dt.UTC)
+# Bounds on waits that only fail a broken test.
+WAIT_SECONDS = 30.0
 
 
 def both(emit: str, *args: object, **kwargs: object) -> tuple[str, dict[str, object]]:
@@ -92,3 +98,31 @@ def test_rotation_keys_are_bounded() -> None:
         cfg.parse({"logging": {"backupCount": 101}})
     with pytest.raises(ConfigError, match=r"logging.backupCount: expected a whole number"):
         cfg.parse({"logging": {"backupCount": "3"}})
+
+
+def test_a_stderr_pipe_nobody_reads_drops_and_counts_lines_instead_of_blocking() -> None:
+    """Issue 25 finding 4: the echo to stderr is written by a thread of its own; a full pipe
+    stalls that thread, and past its backlog lines are dropped and counted, never waited for."""
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)
+    stream = os.fdopen(write_end, "w")
+    log = open_log(None, echo=stream)
+    lines = 12_000  # more than the backlog (10,000) plus what a one-page pipe holds
+
+    def emit_all() -> None:
+        for n in range(lines):
+            log.info("TEST", f"line {n}")
+
+    writer = threading.Thread(target=emit_all, daemon=True)
+    writer.start()
+    writer.join(WAIT_SECONDS)
+    try:
+        assert not writer.is_alive(), "a log call blocked on the full pipe"
+        dropped = log.failed_writes
+        assert 0 < dropped < lines
+        started = time.monotonic()
+        log.close(timeout=0.2)  # gives up on the stuck writer: a stop's cleanup stays bounded
+        assert time.monotonic() - started < WAIT_SECONDS
+    finally:
+        os.close(read_end)  # the stuck writer's write fails; its daemon thread ends
+        stream.close()

@@ -56,7 +56,7 @@ async def test_seed_incident_restart_completes_at_the_deadline(tmp_path: Path, a
     assert "[DRAINING] Starting graceful drain of 1 task(s), timeout=60000ms" in lines
     assert sum("still draining 1 active task(s) and 0 active embedded run(s)" in ln for ln in lines) == 11
     assert "[DRAINING] Draining timeout exceeded (60000ms); forcing task abort" in lines
-    assert any(ln.startswith("[SHUTDOWN] Shutdown completed cleanly in 60000ms") for ln in lines)
+    assert any(ln.startswith("[SHUTDOWN] Shutdown completed in 60000ms after forcing task abort") for ln in lines)
     assert "[RESTART] generation=2 accepting work" in lines
     report = gateway.drains[0]
     assert report.timed_out

@@ -65,7 +65,9 @@ async def test_a_restart_onto_it_keeps_the_running_config(tmp_path: Path, autoju
     home = Home(tmp_path / "home")
     write(home.root, {"gateway": {"drain": {"timeoutSeconds": 7}}})
     load = load_config_from(home)  # production's reader
-    gateway, sink = build_gateway(home.root, load(), load_config=load)
+    # In a thread, as the gateway reads it: the module runs under the file-I/O-on-the-loop guard.
+    first = await trio.to_thread.run_sync(load, abandon_on_cancel=True)
+    gateway, sink = build_gateway(home.root, first, load_config=load)
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)
         write(home.root, {"gateway": {"drain": {"timeoutSeconds": 9}}, "channels": {"pigeon": PIGEON}})

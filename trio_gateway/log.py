@@ -18,6 +18,7 @@ import re
 import stat
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -91,16 +92,6 @@ class Sink(Protocol):
     def write(self, event: Event) -> None: ...
 
 
-@attrs.define
-class StreamSink:
-    stream: IO[str]
-    fmt: LogFormat = "text"
-
-    def write(self, event: Event) -> None:
-        self.stream.write(event.line(self.fmt) + "\n")
-        self.stream.flush()
-
-
 def open_append(path: Path) -> IO[str]:
     """The log file, opened for appending, line-buffered. Refuses a FIFO or a device (opening
     one for writing can block until a reader comes, which would be forever)."""
@@ -120,6 +111,114 @@ def open_append(path: Path) -> IO[str]:
 _LOG_BACKLOG = 50_000
 # How long closing (or exiting) waits for queued lines to reach the file.
 _EXIT_FLUSH_SECONDS = 2.0
+# Lines waiting for stderr: a pipe's own buffer (64 KiB) holds a few hundred more.
+_STDERR_BACKLOG = 10_000
+# How long exiting waits for stderr's queued lines: a pipe someone reads drains in far less,
+# and one nobody reads never does (the stop's time must not pay for it).
+_STDERR_EXIT_FLUSH_SECONDS = 0.5
+
+
+@attrs.define
+class StreamSink:
+    """Echoes lines to a stream (stderr). With `threaded` (the gateway's), a thread of its own
+    writes them: a stderr pipe nobody reads (Docker's blocking log mode, a stuck journald, a
+    paused terminal) fills, and a write to it then blocks until someone reads. Past a backlog,
+    lines are dropped and counted (`failed`), never waited for: the event loop must go on."""
+
+    stream: IO[str]
+    fmt: LogFormat = "text"
+    threaded: bool = False
+    failed: int = 0
+    _writer: _LineWriter | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.threaded:
+            self._writer = _LineWriter(_raw_writer(self.stream), "log-stderr", _STDERR_BACKLOG)
+
+    def write(self, event: Event) -> None:
+        line = event.line(self.fmt) + "\n"
+        if self._writer is None:
+            self.stream.write(line)
+            self.stream.flush()
+        elif not self._writer.put(line):
+            self.failed += 1
+
+    @property
+    def dropped(self) -> int:
+        """Lines dropped (backlog full) or not written (the stream raised)."""
+        return self.failed + (self._writer.failed if self._writer is not None else 0)
+
+    def close(self, timeout: float = 0.0) -> None:
+        if self._writer is not None:
+            self._writer.close(timeout)
+
+
+def _raw_writer(stream: IO[str]) -> Callable[[str], None]:
+    """How the thread writes a line: straight to a duplicate of the stream's descriptor when it
+    has one. Not through `stream` itself: a thread blocked inside a buffered stream's write holds
+    that stream's lock, and the interpreter aborts at exit when it cannot take that lock to flush
+    stderr ("could not acquire lock ... at interpreter shutdown")."""
+    try:
+        fd = os.dup(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # a StringIO, a closed stream
+
+        def through_stream(line: str) -> None:
+            stream.write(line)
+            stream.flush()
+
+        return through_stream
+
+    def to_fd(line: str) -> None:
+        data = line.encode("utf-8", errors="backslashreplace")
+        while data:
+            data = data[os.write(fd, data) :]
+
+    return to_fd
+
+
+@attrs.define(eq=False)
+class _LineWriter:
+    """A bounded queue of lines and the daemon thread that writes them with `write`. Never
+    blocks the caller, never raises: a full backlog refuses the line (`put` says False), a write
+    that raises is counted in `failed`. A daemon, so a write that never returns (a hung disk, a
+    pipe nobody reads) never holds the process at exit; what is queued is written at exit for
+    at most `_EXIT_FLUSH_SECONDS`, also for a run that never calls `close`."""
+
+    write: Callable[[str], None]
+    name: str
+    backlog: int
+    done: Callable[[], None] = lambda: None  # after the last line (the file's close)
+    failed: int = 0
+    _lines: queue.Queue[str | None] = attrs.field(init=False)
+    _thread: threading.Thread = attrs.field(init=False)
+    _at_exit: weakref.finalize[Any, Any] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._lines = queue.Queue(self.backlog)
+        # Started here, not on the first line: lines come from several threads at once.
+        self._thread = threading.Thread(target=self._drain, name=self.name, daemon=True)
+        self._thread.start()
+        self._at_exit = weakref.finalize(self, _finish, self._lines, self._thread, _EXIT_FLUSH_SECONDS)
+
+    def put(self, line: str) -> bool:
+        try:
+            self._lines.put_nowait(line)
+        except queue.Full:
+            return False
+        return True
+
+    def _drain(self) -> None:
+        while (line := self._lines.get()) is not None:
+            try:
+                self.write(line)
+            except Exception:
+                self.failed += 1
+        self.done()
+
+    def close(self, timeout: float) -> None:
+        # Closed once: the exit's own flush is not waited for a second time.
+        if self._at_exit.detach() is not None:
+            _finish(self._lines, self._thread, timeout)
 
 
 @attrs.frozen
@@ -151,8 +250,7 @@ class FileSink:
     failed: int = 0
     _file: IO[str] | None = None
     _size: int = 0
-    _lines: queue.Queue[str | None] = attrs.Factory(lambda: queue.Queue(_LOG_BACKLOG))
-    _thread: threading.Thread | None = None
+    _writer: _LineWriter | None = None
     _reported: bool = False
 
     # False: write on the caller's thread (a one-shot CLI command, whose lines must be in the
@@ -160,28 +258,14 @@ class FileSink:
     threaded: bool = True
 
     def __attrs_post_init__(self) -> None:
-        if not self.threaded:
-            return
-        # Started here, not on the first line: lines come from several threads at once. A
-        # daemon, so a hung disk never holds the process at exit; what is queued is written
-        # at exit by `_finish` (bounded), also for a run that never calls `close`.
-        self._thread = threading.Thread(target=self._drain, name="log-writer", daemon=True)
-        self._thread.start()
-        weakref.finalize(self, _finish, self._lines, self._thread, _EXIT_FLUSH_SECONDS)
+        if self.threaded:
+            self._writer = _LineWriter(self._write_line, "log-writer", _LOG_BACKLOG, done=self._close_file)
 
     def write(self, event: Event) -> None:
-        if not self.threaded:
+        if self._writer is None:
             self._write_line(event.line(self.fmt) + "\n")
-            return
-        try:
-            self._lines.put_nowait(event.line(self.fmt) + "\n")
-        except queue.Full:
+        elif not self._writer.put(event.line(self.fmt) + "\n"):
             self._failure("the log disk stopped answering; lines are being dropped")
-
-    def _drain(self) -> None:
-        while (line := self._lines.get()) is not None:
-            self._write_line(line)
-        self._close_file()
 
     def _write_line(self, line: str) -> None:
         try:
@@ -230,8 +314,8 @@ class FileSink:
     def close(self, timeout: float = _EXIT_FLUSH_SECONDS) -> None:
         """Write what is queued (for at most `timeout`: a hung disk keeps its lines), then close.
         A sink is closed once; lines written after that are dropped."""
-        if self._thread is not None:
-            _finish(self._lines, self._thread, timeout)
+        if self._writer is not None:
+            self._writer.close(timeout)
         else:
             self._close_file()
 
@@ -244,8 +328,14 @@ def _finish(lines: queue.Queue[str | None], thread: threading.Thread, timeout: f
 
 
 def _report_once(text: str) -> None:
-    with contextlib.suppress(Exception):  # stderr itself may be gone or full
-        print(text, file=sys.stderr, flush=True)
+    """Said once, from a daemon thread of its own: stderr may be a pipe nobody reads."""
+
+    def say() -> None:
+        # Straight to the descriptor, not through `sys.stderr` (see `_raw_writer`).
+        with contextlib.suppress(Exception):  # stderr itself may be gone or full
+            os.write(sys.stderr.fileno(), (text + "\n").encode("utf-8", errors="backslashreplace"))
+
+    threading.Thread(target=say, name="log-report", daemon=True).start()
 
 
 @attrs.define
@@ -305,8 +395,9 @@ class EventLog:
 
     @property
     def failed_writes(self) -> int:
-        """Every line some sink could not take, the file sink's included."""
-        return self.failed + sum(s.failed for s in self.sinks if isinstance(s, FileSink))
+        """Every line some sink could not take, the file sink's and stderr's included."""
+        files = sum(s.failed for s in self.sinks if isinstance(s, FileSink))
+        return self.failed + files + sum(s.dropped for s in self.sinks if isinstance(s, StreamSink))
 
     def debug(self, tag: str, message: str, *, lead: Any = None, **fields: Any) -> None:
         self.emit("DEBUG", tag, message, lead=lead, **fields)
@@ -320,10 +411,16 @@ class EventLog:
     def error(self, tag: str, message: str, *, lead: Any = None, **fields: Any) -> None:
         self.emit("ERROR", tag, message, lead=lead, **fields)
 
-    def close(self) -> None:
+    def close(self, timeout: float = _EXIT_FLUSH_SECONDS) -> None:
+        """Flush and close the threaded sinks, all within one `timeout` (a stop's bounded
+        cleanup): a sink stuck on a hung disk or a full pipe keeps its lines."""
+        deadline = time.monotonic() + timeout
         for sink in self.sinks:
+            left = max(0.0, deadline - time.monotonic())
             if isinstance(sink, FileSink):
-                sink.close()
+                sink.close(left)
+            elif isinstance(sink, StreamSink):
+                sink.close(min(left, _STDERR_EXIT_FLUSH_SECONDS))
 
 
 _LEVELS: dict[Level, int] = {"DEBUG": 10, "INFO": 20, "WARN": 30, "ERROR": 40}
@@ -341,7 +438,7 @@ def open_log(
     if log_path is not None:
         sinks.append(FileSink(log_path, fmt, rotation, threaded=threaded))
     if echo is not None:
-        sinks.append(StreamSink(echo, fmt))
+        sinks.append(StreamSink(echo, fmt, threaded=threaded))
     return EventLog(sinks)
 
 

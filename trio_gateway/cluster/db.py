@@ -15,6 +15,7 @@ clock fire deadlines while the query runs; an inline call advances virtual time 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -25,6 +26,7 @@ import trio
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from trio_gateway.errors import ClusterDatabaseError as DatabaseError
+from trio_gateway.storage.atomic import inline
 
 T = TypeVar("T")
 
@@ -44,6 +46,15 @@ Conn = psycopg.Connection[tuple[object, ...]]
 class _Call:
     conn: Conn | None = None
     finished: threading.Event = attrs.Factory(threading.Event)
+
+
+def _cancel_behind(call: _Call) -> None:
+    """The abandoned call's query cancelled on the server from a daemon thread nobody waits
+    for (bounded by CANCEL_BOUND_SECONDS; its connection returns to the pool when it ends)."""
+    conn = call.conn
+    if conn is not None and not call.finished.is_set():
+        cancel = threading.Thread(target=conn.cancel_safe, kwargs={"timeout": CANCEL_BOUND_SECONDS}, daemon=True)
+        cancel.start()
 
 
 @attrs.define(eq=False)
@@ -88,9 +99,11 @@ class Database:
     async def close(self) -> None:
         await self._blocking(lambda: self.pool.close(timeout=CANCEL_BOUND_SECONDS))
 
-    async def run(self, fn: Callable[[Conn], T]) -> T:
+    async def run(self, fn: Callable[[Conn], T], *, wait_for_cancel: bool = True) -> T:
         """`fn(conn)` in one transaction (committed when it returns, rolled back when it
-        raises), with a deadline; cancelling the caller cancels the query."""
+        raises), with a deadline; cancelling the caller cancels the query. `wait_for_cancel`
+        False: a cancelled caller leaves at once and the query is cancelled behind it (a
+        periodic call whose cancel must not delay a stop: the heartbeat)."""
         call = _Call()
 
         def work() -> T:
@@ -101,12 +114,15 @@ class Database:
             finally:
                 call.finished.set()
 
+        # The caller's own deadline, not this call's: a server-side cancel may use its bound
+        # after this call's deadline, never after the caller's (read now: once cancelled, it
+        # reads as -inf).
+        caller_deadline = trio.current_effective_deadline()
         try:
             if self.inline:
-                await trio.lowlevel.checkpoint()
-                return work()
+                return await inline(work)
             with trio.fail_after(self.statement_timeout + _CALL_MARGIN_SECONDS):
-                return await self._in_thread(work, call)
+                return await self._in_thread(work, call, wait_for_cancel, caller_deadline)
         except trio.TooSlowError:
             raise DatabaseError(f"the cluster database did not answer within {self.statement_timeout:g}s") from None
         except psycopg.errors.QueryCanceled:
@@ -116,11 +132,21 @@ class Database:
         except PoolTimeout as exc:
             raise DatabaseError(f"no free database connection: {_describe(exc)}") from None
 
-    async def _in_thread(self, work: Callable[[], T], call: _Call) -> T:
+    async def _in_thread(
+        self, work: Callable[[], T], call: _Call, wait_for_cancel: bool = True, caller_deadline: float = math.inf
+    ) -> T:
         try:
             return await trio.to_thread.run_sync(work, abandon_on_cancel=True, limiter=self._calls)
         except trio.Cancelled:
-            with trio.move_on_after(CANCEL_BOUND_SECONDS, shield=True):
+            if not wait_for_cancel:
+                _cancel_behind(call)
+                raise
+            # Cancelling the query on the server is bounded, and never outlasts the caller's own
+            # deadline: a caller out of time (a stop's bounded leave with the database hung)
+            # abandons the connection instead of waiting another CANCEL_BOUND_SECONDS (issue 25).
+            # A call that ran past its own statement deadline still gets the whole bound.
+            deadline = min(trio.current_time() + CANCEL_BOUND_SECONDS, caller_deadline)
+            with trio.CancelScope(deadline=deadline, shield=True):
                 await self._cancel(call)
             raise
 
@@ -138,8 +164,7 @@ class Database:
 
     async def _blocking(self, fn: Callable[[], T]) -> T:
         if self.inline:
-            await trio.lowlevel.checkpoint()
-            return fn()
+            return await inline(fn)
         return await trio.to_thread.run_sync(fn, abandon_on_cancel=True, limiter=self._calls)
 
 

@@ -97,7 +97,9 @@ class ClusterNode:
                 (now, state, generation, self.node_id),
             )
 
-        await self.db.run(beat)
+        # A stop cancels the heartbeat: it leaves at once (its query is cancelled behind it),
+        # so the stop's bounded leave starts without waiting for a hung database.
+        await self.db.run(beat, wait_for_cancel=False)
 
     async def run(self) -> None:
         """Heartbeat until cancelled; then leave the cluster (bounded)."""
@@ -109,8 +111,17 @@ class ClusterNode:
                     self.log.error("CLUSTER", "Heartbeat failed; retrying", node=self.node_id, error=str(exc))
                 await trio.sleep(self.config.heartbeat_seconds)
         finally:
-            with trio.move_on_after(CANCEL_BOUND_SECONDS * 2, shield=True):
+            # One bound for the whole leave, the pool's close included: with the database hung
+            # a stop takes its drain budget plus this, not plus a bound per call (issue 25).
+            with trio.move_on_after(CANCEL_BOUND_SECONDS, shield=True) as bound:
                 await self.leave()
+            if bound.cancelled_caught:
+                self.log.error(
+                    "CLUSTER",
+                    f"Could not leave the cluster within {CANCEL_BOUND_SECONDS:g}s; peers take this node's"
+                    " work once its heartbeat is older than deadAfterSeconds",
+                    node=self.node_id,
+                )
 
     async def sweep(self, adopt: Callable[[list[SessionRecord]], None]) -> None:
         """At the short poll: take over the delivery claims of dead nodes, and adopt sessions
@@ -138,7 +149,9 @@ class ClusterNode:
         except ClusterDatabaseError as exc:
             self.log.error("CLUSTER", "Could not leave the cluster cleanly", error=str(exc))
         finally:
-            with trio.move_on_after(CANCEL_BOUND_SECONDS, shield=True):
+            # Within the caller's bound, not a new one: a shield of its own would let the close
+            # outlast it. Given up, the pool's threads are abandoned (the process is leaving).
+            with trio.CancelScope(deadline=_within_caller(CANCEL_BOUND_SECONDS), shield=True):
                 await self.db.close()
 
     async def status(self) -> dict[str, Any]:
@@ -157,6 +170,12 @@ class ClusterNode:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self.sweep, gateway.adopt_sessions)
             await self.run()
+
+
+def _within_caller(seconds: float) -> float:
+    """`seconds` from now, or the caller's own deadline when that is sooner (a cancelled
+    caller: none left)."""
+    return min(trio.current_time() + seconds, trio.current_effective_deadline())
 
 
 async def cluster_status(db: Database, now: dt.datetime, dead_after_seconds: float) -> list[dict[str, Any]]:

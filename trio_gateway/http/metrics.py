@@ -76,6 +76,7 @@ class _GatewayCollector(Collector):
         _inbound(out, self.gateway)
         _tools(out, self.gateway)
         _models(out, self.gateway)
+        _loop(out, self.gateway)
         return iter(out.metrics)
 
 
@@ -229,3 +230,16 @@ def _models(out: _Exposition, gateway: Gateway) -> None:
     out.family("model_calls_total", "counter", "Model calls (each try of a fallback chain) by model and outcome")
     for (model, outcome), n in sorted(ledger.calls.items()):
         out.sample("model_calls_total", n, {"model": model, "outcome": outcome})
+
+
+def _loop(out: _Exposition, gateway: Gateway) -> None:
+    """Steps of one task that held the event loop longer than `gateway.loopBlockWarnMs`."""
+    watch = gateway.loop_watch
+    if watch is None:
+        return
+    blocked = watch.blocked
+    out.family("event_loop_blocked_seconds", "histogram", "Task steps that blocked the event loop past the threshold")
+    for bound, seen in blocked.cumulative():
+        out.sample("event_loop_blocked_seconds_bucket", seen, {"le": _number(bound)})
+    out.sample("event_loop_blocked_seconds_sum", round(blocked.total_seconds, 6))
+    out.sample("event_loop_blocked_seconds_count", blocked.count)

@@ -73,16 +73,18 @@ class ControlUi:
     # --- the page ------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
-        return self._file("index.html")
+        return await self._file("index.html")
 
     async def asset(self, request: Request, name: str) -> Response:
         if name not in STATIC:
             raise NotFoundError(f"no file {name!r} in the Control UI")
-        return self._file(name)
+        return await self._file(name)
 
     @staticmethod
-    def _file(name: str) -> Response:
-        return Response(200, _static(name), STATIC[name], headers=PAGE_HEADERS)
+    async def _file(name: str) -> Response:
+        # In a thread: the first read of each file is disk I/O, never on the event loop (issue 25).
+        body = await trio.to_thread.run_sync(_static, name, abandon_on_cancel=True)
+        return Response(200, body, STATIC[name], headers=PAGE_HEADERS)
 
     # --- login ---------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "gateway.maxConnections": (1, 100_000),
     "gateway.sessionEvictAfterSeconds": (1, 31_622_400),
     "gateway.maxUnverifiedBodies": (1, 10_000),
+    "gateway.loopBlockWarnMs": (1, 3_600_000),
     "logging.maxFileBytes": _LOG_FILE_BYTES,
     "logging.backupCount": _LOG_BACKUPS,
     "models.*.requestTimeoutSeconds": (0.01, 86_400),

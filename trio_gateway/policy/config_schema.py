@@ -73,6 +73,9 @@ class GatewaySection:
     # A session with nothing running or owed leaves memory after this long without a turn;
     # its file stays, and its next turn reads it back.
     session_evict_after_seconds: float = 3600.0
+    # A step of one task on the event loop longer than this is logged (`[LOOP] Blocked N ms`)
+    # and counted in /metrics: nothing may block the loop (work/loop.py).
+    loop_block_warn_ms: float = 100.0
 
 
 @attrs.frozen

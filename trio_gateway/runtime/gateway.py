@@ -34,7 +34,7 @@ from trio_gateway.errors import (
     NotFoundError,
     SessionElsewhereError,
 )
-from trio_gateway.log import EventLog, ms
+from trio_gateway.log import EventLog
 from trio_gateway.models.base import Model
 from trio_gateway.policy.config import Config
 from trio_gateway.policy.origin import Origin
@@ -51,6 +51,7 @@ from trio_gateway.tools.registry import ToolBox
 from trio_gateway.tools.registry import preload as preload_tools
 from trio_gateway.work.clock import WallClock
 from trio_gateway.work.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, collector_paused, drain
+from trio_gateway.work.loop import LoopWatch
 from trio_gateway.work.stall import StallWatchdog
 from trio_gateway.work.units import WorkRegistry
 
@@ -80,6 +81,7 @@ class Gateway:
     wall: WallClock | None = None
     delivery: DeliveryService | None = None
     watchdog: StallWatchdog | None = None
+    loop_watch: LoopWatch | None = None  # the event loop's watchdog (work/loop.py), for /metrics
     # Disks refusing writes right now: intake answers 507 while accepted work waits.
     storage: StorageHealth = attrs.Factory(StorageHealth)
     listeners: ListenerSupervisor | None = None
@@ -124,7 +126,7 @@ class Gateway:
                 started = trio.TASK_STATUS_IGNORED
                 if request.kind == "stop":
                     break
-                self.config = self._reload(self.config, request)
+                self.config = await self._reload(self.config, request)
                 completed = request
             self.state.value = "stopped"
             request.done.set()
@@ -132,11 +134,12 @@ class Gateway:
         assert request.report is not None
         return request.report
 
-    def _reload(self, old: Config, request: DrainRequest) -> Config:
+    async def _reload(self, old: Config, request: DrainRequest) -> Config:
         """A restart reloads `gateway.json`; a bad file keeps the running config (a restart
         must never leave the operator with no gateway), and the restart's report says so."""
-        try:
-            config = self.deps.load_config()
+        try:  # off the loop, and a hung disk fails the reload (issue 25)
+            with trio.fail_after(10):
+                config = await self.deps.runner(self.deps.load_config)
             self.deps.preflight(config)
             return config
         except Exception as exc:  # the reader makes every bad file a ConfigError; this is the belt
@@ -249,10 +252,7 @@ class Gateway:
             # Drain aborts count with stall aborts (metrics), without a log line each.
             self.registry.count_abort(unit.kind)
         self.drains.append(report)
-        if not timed_out:
-            self.log.info("DRAINING", "All tasks cleared; proceeding with shutdown")
-        took = ms(report.waited_seconds)
-        self.log.info("SHUTDOWN", f"Shutdown completed cleanly in {took}", generation=self.generation_number)
+        report.log_finished(self.log, self.generation_number)
 
     # --- drain requests ------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ exactly one notice is handed to the outbox.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -14,7 +15,8 @@ import trio
 from trio_gateway.models.base import Message
 from trio_gateway.policy.entry import DeliveryKind
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime.session import Runtime, Session, Subagent, deliver, gateway_error
+from trio_gateway.runtime.session import DeliverOutcome, Runtime, Session, Subagent, deliver, gateway_error
+from trio_gateway.storage.sessions import TurnRecord
 from trio_gateway.work.units import WorkUnit
 
 SPAWN_TOOL: dict[str, Any] = {
@@ -98,9 +100,52 @@ async def _run_subagent(rt: Runtime, session: Session, sub: Subagent, origin: Or
     finally:
         if sub.state == "running":
             sub.state = "cancelled"
-        with trio.move_on_after(rt.cleanup_timeout, shield=True) as bound:
-            await deliver(rt, kind=kind, origin=origin, agent_id=sub.agent, text=text, key=sub.id)
-        if bound.cancelled_caught:
-            rt.log.error("SUBAGENT", "Notice not enqueued within the cleanup bound", subagentId=sub.id, text=text[:200])
-        session.subagents.pop(sub.id, None)
-        rt.log.info("SUBAGENT", "Subagent ended", sessionId=session.id, subagentId=sub.id, state=sub.state)
+        try:
+            await _hand_over_notice(rt, session, sub, origin, kind, text)
+        finally:
+            session.subagents.pop(sub.id, None)
+            rt.log.info("SUBAGENT", "Subagent ended", sessionId=session.id, subagentId=sub.id, state=sub.state)
+
+
+async def _hand_over_notice(
+    rt: Runtime, session: Session, sub: Subagent, origin: Origin | None, kind: DeliveryKind, text: str
+) -> None:
+    """The subagent's notice to the outbox. Not cancelled, it waits as a turn's reply does (the
+    outbox retries a full queue disk until it takes the entry); cut by a drain, it tries for
+    the cleanup bound. A notice not enqueued either way is kept in the session record, like a
+    turn's reply (`_keep_notice`), and enqueued by the next generation (issue 25)."""
+    outcome: DeliverOutcome = "failed"
+    try:
+        if _being_cancelled():
+            with trio.move_on_after(rt.cleanup_timeout, shield=True):
+                outcome = await deliver(rt, kind=kind, origin=origin, agent_id=sub.agent, text=text, key=sub.id)
+        else:
+            outcome = await deliver(rt, kind=kind, origin=origin, agent_id=sub.agent, text=text, key=sub.id)
+    finally:
+        if outcome == "failed":
+            await _keep_notice(rt, session, sub, origin, kind, text)
+
+
+def _being_cancelled() -> bool:
+    """Inside a cancelled scope (a `finally` with `Cancelled` in flight): its deadline is -inf."""
+    return trio.current_effective_deadline() == -math.inf
+
+
+async def _keep_notice(
+    rt: Runtime, session: Session, sub: Subagent, origin: Origin | None, kind: DeliveryKind, text: str
+) -> None:
+    """A turn that owes only this notice (its id the subagent's, which stays the idempotency
+    key), saved with the session within the cleanup bound: the next generation, or the next
+    process, delivers the kept reply and never runs a model for it (`agent.finish_turn`)."""
+    owed = TurnRecord(sub.id, sub.task, origin, kind="internal", status="interrupted", reply=text, reply_kind=kind)
+    session.record.turns.append(owed)
+    why = "Notice not enqueued; kept in the session for the next generation"
+    rt.log.error("SUBAGENT", why, sessionId=session.id, subagentId=sub.id, text=text[:200])
+    # In memory it already reaches the next generation; the save is for the next process.
+    with trio.move_on_after(rt.cleanup_timeout, shield=True):
+        try:
+            await rt.store.save(session.record)
+        except Exception as exc:  # a full sessions disk too: the in-memory record still has it
+            rt.log.error(
+                "SESSIONS", "Session not saved; the older copy on disk stands", sessionId=session.id, error=repr(exc)
+            )

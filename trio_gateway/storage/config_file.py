@@ -16,6 +16,10 @@ from typing import Any
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy import config as cfg
 from trio_gateway.policy import strict_json
+from trio_gateway.storage.atomic import NotARegularFileError, read_regular
+
+# A gateway.json of many accounts and agents is some kilobytes; this is far past any real one.
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 
 def read_raw(path: Path) -> dict[str, Any]:
@@ -23,9 +27,11 @@ def read_raw(path: Path) -> dict[str, Any]:
     # Every way reading can fail is a ConfigError naming the file: a reload catches exactly
     # that and keeps the running config, so anything else here would kill a running gateway.
     try:
-        data = path.read_bytes()
+        data = read_regular(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         return {}
+    except NotARegularFileError as exc:  # a FIFO froze a reload, /dev/zero grew it by GBs (issue 25)
+        raise ConfigError(str(path), f"cannot read: {exc}") from None
     except OSError as exc:
         raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
     try:

@@ -16,7 +16,7 @@ import cattrs
 
 from trio_gateway.log import EventLog
 from trio_gateway.policy.entry import DeliveryEntry, entry_from_json, entry_to_json
-from trio_gateway.storage.atomic import compact_json, durable_rename
+from trio_gateway.storage.atomic import compact_json, durable_rename, read_regular
 
 
 def inflight_name(entry_id: str, pid: int, send_started_at: dt.datetime | None) -> str:
@@ -56,12 +56,17 @@ def parse_entry(data: bytes, name: str) -> DeliveryEntry:
     return entry
 
 
+# An entry holds one message (the HTTP API caps a body at 64 MiB at most); past this it is not one.
+MAX_ENTRY_BYTES = 64 * 1024 * 1024
+
+
 def read_entry_file(path: Path) -> bytes:
-    """Raises FileNotFoundError, or ValueError for a name that is not a regular file (a
-    directory called `<id>.json` must be quarantined, not crash every start)."""
+    """Raises FileNotFoundError, or ValueError for a name that is not a regular file of at most
+    MAX_ENTRY_BYTES (a directory, a FIFO, `/dev/zero` called `<id>.json` must be quarantined,
+    not crash, block or fill memory at every start: issue 25)."""
     try:
-        return path.read_bytes()
-    except (IsADirectoryError, PermissionError) as exc:
+        return read_regular(path, MAX_ENTRY_BYTES)
+    except PermissionError as exc:
         raise ValueError(f"not a readable entry file: {exc.strerror}") from None
 
 

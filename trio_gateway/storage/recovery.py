@@ -55,7 +55,7 @@ def claimer_alive(pid: int, claimed_at: float) -> bool:
     return not zombie and started <= claimed_at + 2.0
 
 
-def remove_dead_temporaries(inflight_dir: Path, pid: int) -> None:
+def remove_dead_temporaries(inflight_dir: Path, pid: int, quarantine: Quarantine) -> None:
     # `.<id>.<pid>[.<ms>].json.XXXX.tmp`: a rewrite cut by a crash. The claimed file beside
     # it is whole (the rename never happened), so removing the temporary loses nothing.
     try:
@@ -63,11 +63,23 @@ def remove_dead_temporaries(inflight_dir: Path, pid: int) -> None:
     except FileNotFoundError:
         return
     for name in names:
-        pid_text = name[1:].split(".")[1]
         path = inflight_dir / name
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            if int(pid_text) != pid and not claimer_alive(int(pid_text), path.stat().st_mtime):
+        claimer = _temporary_claimer(name)
+        if claimer is None:
+            # Not one of ours (`.tmp` alone crashed every start, issue 25): set aside, kept.
+            quarantine(path, "temporary file name is not .<id>.<pid>[.<ms>].json.<random>.tmp")
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            if claimer != pid and not claimer_alive(claimer, path.stat().st_mtime):
                 path.unlink()
+
+
+def _temporary_claimer(name: str) -> int | None:
+    """The claimer's pid in a rewrite's temporary name, None when the name is not one."""
+    parts = name[1:].split(".")
+    if len(parts) < 4 or not parts[1].isdigit():
+        return None
+    return int(parts[1])
 
 
 def return_to_pending(path: Path, dest: Path, send_started_at: dt.datetime | None) -> None:
@@ -91,7 +103,7 @@ def recover_inflight(
 ) -> list[str]:
     """Ids moved back to pending: every inflight entry but those `held` by this process `pid`
     and those whose claimer is alive. Files that do not parse are quarantined."""
-    remove_dead_temporaries(inflight_dir, pid)
+    remove_dead_temporaries(inflight_dir, pid, quarantine)
     recovered = []
     for path in entry_files(inflight_dir):
         parsed = parse_inflight_name(path.name)

@@ -24,7 +24,7 @@ from trio_gateway.log import EventLog
 from trio_gateway.policy import codec
 from trio_gateway.policy.entry import DeliveryKind
 from trio_gateway.policy.origin import Origin
-from trio_gateway.storage.atomic import BlockingRunner, atomic_write_bytes, durable_rename
+from trio_gateway.storage.atomic import BlockingRunner, atomic_write_bytes, durable_rename, read_regular
 
 TurnKind = Literal["inbound", "cron", "internal"]
 TurnStatus = Literal["accepted", "running", "interrupted"]
@@ -37,6 +37,8 @@ _MAX_HISTORY = 40
 # Platform message ids heard in this conversation (SPEC 11): far more than one poll batch or
 # webhook retry window, so a message read again after a crash is recognised.
 _MAX_INBOUND_IDS = 256
+# 40 messages of history, each at most a model's answer or a request body: far under this.
+MAX_SESSION_FILE_BYTES = 256 * 1024 * 1024
 
 
 @attrs.define
@@ -99,7 +101,9 @@ def record_from_json(data: Any) -> SessionRecord:
 
 
 def _read_record(path: Path) -> SessionRecord:
-    record = record_from_json(json.loads(path.read_bytes()))
+    # A regular file of bounded size, or quarantined: a FIFO or `/dev/zero` named `<id>.json`
+    # wedged the start (issue 25).
+    record = record_from_json(json.loads(read_regular(path, MAX_SESSION_FILE_BYTES)))
     # The id names the file the gateway writes back: `"id": "../../EVIL"` would write outside
     # the home, and an id that disagrees with its file name would fork the session in two.
     if not SESSION_ID.fullmatch(record.id) or f"{record.id}.json" != path.name:

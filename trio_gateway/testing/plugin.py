@@ -22,11 +22,15 @@ makes up their values (`sim.harness.fake_account(channel)` writes such an accoun
 A test that uses `gateway` runs on `MockClock(autojump_threshold=0)` without asking for
 `autojump_clock` itself: sleeps and deadlines cost no wall time. Needs pytest-trio with
 `trio_mode = true` (or the `trio` marker).
+
+`no_file_io_on_the_loop` (opt in: `pytest.mark.usefixtures("no_file_io_on_the_loop")`) fails a
+test whose gateway did file I/O inside a Trio task step (`testing/io_guard.py`): caught by
+what was called, never by how long it took.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,7 @@ from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.fake_mcp import FakeMcpServers
 from trio_gateway.sim.harness import DeliveryTap, Harness, HarnessModel
 from trio_gateway.sim.runtime import quick_config
+from trio_gateway.testing.io_guard import guarded
 
 # How long the fixture's teardown may take to stop the gateway (virtual seconds: free).
 STOP_TIMEOUT_SECONDS = 30.0
@@ -131,3 +136,13 @@ async def _stop(gw: Gateway) -> None:
     with trio.move_on_after(STOP_TIMEOUT_SECONDS):
         gw.request_drain("stop", force=True)
         await gw.state.wait_value("stopped")
+
+
+@pytest.fixture
+def no_file_io_on_the_loop() -> Iterator[None]:
+    """Fails the test whose gateway did file I/O on the Trio thread (`testing/io_guard.py`).
+    Opt in per test or module: `pytest.mark.usefixtures("no_file_io_on_the_loop")`."""
+    with guarded() as guard:
+        yield
+    if guard.found:
+        pytest.fail("file I/O on the Trio thread:\n  " + "\n  ".join(guard.found), pytrace=False)

@@ -51,6 +51,18 @@ class DrainReport:
     # Why the restart's reload of gateway.json was refused (the old config kept), else None.
     config_rejected: str | None = None
 
+    def log_finished(self, log: EventLog, generation: int) -> None:
+        """The drain's last lines. "cleanly" only when nothing was cut (issue 25: an operator
+        grepping for it must not be told a forced abort was clean); the same shape either way,
+        so a reader looking for how long the shutdown took finds it."""
+        took = ms(self.waited_seconds)
+        if not self.timed_out:
+            log.info("DRAINING", "All tasks cleared; proceeding with shutdown")
+            log.info("SHUTDOWN", f"Shutdown completed cleanly in {took}", generation=generation)
+            return
+        why = f"Shutdown completed in {took} after forcing task abort"
+        log.warn("SHUTDOWN", why, generation=generation, aborted=len(self.aborted_work))
+
 
 @attrs.define(eq=False)
 class DrainRequest:
