@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 import attrs
 
 from trio_gateway.channels.inbound import Event, Listener, WebhookRequest, WebSocketConnect
+from trio_gateway.channels.markdown import TextForm
 from trio_gateway.errors import ConfigError, DeliveryValidationError
 from trio_gateway.policy.config import AccountConfig
 from trio_gateway.policy.entry import DeliveryEntry
@@ -286,6 +287,9 @@ class ChannelKind:
     # What this version can listen with, by inbound mode (`poll`, `socket`).
     listeners: Mapping[str, ListenerOpener] = attrs.field(factory=dict)
     webhook: Webhook | None = None
+    # How a reply is sent (SPEC 15): its length limit as the platform counts it, and its
+    # formatting. None: as written, any length (`console`).
+    text: TextForm | None = None
 
     @property
     def needs_account(self) -> bool:

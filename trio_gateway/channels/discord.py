@@ -37,6 +37,7 @@ from trio_gateway.channels.inbound import (
     beside,
     leaf_errors,
 )
+from trio_gateway.channels.markdown import TextForm
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
@@ -69,6 +70,12 @@ def message_body(entry: DeliveryEntry) -> dict[str, object]:
     # enforce_nonce makes Discord answer a repeated nonce with the message it already created.
     nonce = stable_key(entry.idempotency_key, NONCE_LIMIT)
     return {"content": entry.payload.text, "nonce": nonce, "enforce_nonce": True}
+
+
+# How a reply is sent (SPEC 15): Discord renders Markdown itself, so as written. `content` holds
+# at most 2,000 characters (https://discord.com/developers/docs/resources/message#create-message);
+# counted here in UTF-16 code units, which is never less than Discord's own count.
+TEXT = TextForm(2000, "utf16", style=None)
 
 
 @attrs.define
@@ -336,4 +343,5 @@ KIND = ChannelKind(
     open_sender=_open_sender,
     default_mode=lambda _: "socket",
     listeners={"socket": _open_listener},
+    text=TEXT,
 )

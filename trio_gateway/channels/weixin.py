@@ -29,6 +29,7 @@ from trio_gateway.channels.base import (
 )
 from trio_gateway.channels.http import JsonClient, post_json
 from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, ListenError, WebSocketConnect
+from trio_gateway.channels.markdown import PLAIN, TextForm
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
@@ -79,13 +80,18 @@ def _reply_context(entry: DeliveryEntry, fallback: str | None) -> str | None:
     return fallback
 
 
+# How a reply is sent (SPEC 15): WeChat shows text as it is, so Markdown goes as plain text. The
+# iLink bot API documents no length limit; 2,000 characters is a conservative figure (README).
+TEXT = TextForm(2000, "codepoints", PLAIN)
+
+
 def message_body(entry: DeliveryEntry, context_token: str | None) -> dict[str, Any]:
     msg: dict[str, Any] = {
         "to_user_id": entry.to,
         "client_id": entry.idempotency_key,
         "message_type": MESSAGE_TYPE_BOT,
         "message_state": MESSAGE_STATE_FINISH,
-        "item_list": [{"type": ITEM_TYPE_TEXT, "text_item": {"text": entry.payload.text}}],
+        "item_list": [{"type": ITEM_TYPE_TEXT, "text_item": {"text": TEXT.render(entry.payload.text)}}],
     }
     if context_token:
         msg["context_token"] = context_token
@@ -206,4 +212,5 @@ KIND = ChannelKind(
     open_sender=_open_sender,
     default_mode=lambda _: "poll",
     listeners={"poll": _open_listener},
+    text=TEXT,
 )

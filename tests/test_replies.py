@@ -1,0 +1,111 @@
+"""SPEC 15 "Replies as each platform shows them": chunks that fit the fakes' real limits, the
+formatted text as sent, and Telegram's plain-text second try."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tests.test_channels import ENV, channels, entry, fakes, get, make_config
+from trio_gateway import upstream as httpx
+from trio_gateway.channels import discord, slack, telegram
+from trio_gateway.channels.markdown import TextForm
+from trio_gateway.channels.registry import ChannelSet
+from trio_gateway.sim.fake_channels import FakeChannels
+from trio_gateway.sim.fake_telegram import shown_text
+from trio_gateway.storage.atomic import in_thread
+from trio_gateway.storage.home import Home
+
+__all__ = ["channels", "fakes"]  # the fixtures, used by name
+
+ADDRESS = {"telegram": "42", "discord": "channel:123456789012345678", "slack": "C0123456789"}
+FORMS: dict[str, TextForm] = {"telegram": telegram.TEXT, "discord": discord.TEXT, "slack": slack.TEXT}
+
+LONG = (
+    "\n\n".join(
+        f"Paragraph {i}: **bold** words & <angle> `code` with an emoji 👩‍💻 and a [link](https://e.x/{i})." * 3
+        for i in range(60)
+    )
+    + "\n\n```python\n"
+    + "\n".join(f"print({i} < {i + 1})" for i in range(400))
+    + "\n```\n"
+)
+
+
+def _shown(name: str, sent: str) -> str:
+    if name == "telegram":
+        return shown_text(sent, "HTML")
+    if name == "slack":
+        return sent.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    return sent
+
+
+def _squeezed(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+async def test_the_fakes_refuse_a_message_over_the_platform_limit(channels: ChannelSet, fakes: FakeChannels) -> None:
+    over = {"telegram": "x" * 4097, "discord": "x" * 2001, "slack": "x" * 40_001}
+    for name, text in over.items():
+        outcome = await get(channels, name).send(entry(name, ADDRESS[name], text=text))
+        assert outcome.kind == "permanent", (name, outcome)
+    assert fakes.messages == []
+
+
+async def test_a_long_reply_in_chunks_reaches_each_fake_whole(channels: ChannelSet, fakes: FakeChannels) -> None:
+    assert len(LONG) > 10_000
+    for name, form in FORMS.items():
+        pieces = form.chunks(LONG)
+        assert len(pieces) > 1
+        for n, piece in enumerate(pieces, 1):
+            outcome = await get(channels, name).send(entry(name, ADDRESS[name], text=piece, key=f"r:{n}"))
+            assert outcome.ok, (name, n, outcome)
+        shown = "\n".join(m.text for m in fakes.messages if m.channel == name)
+        # What the person reads is what the whole reply would have shown: fence lines aside,
+        # nothing lost, nothing doubled.
+        expected = _shown(name, form.render(LONG))
+        fence = re.compile(r"(?m)^```\w*$")
+        assert _squeezed(fence.sub("", shown)) == _squeezed(fence.sub("", expected)), name
+
+
+async def test_telegram_sends_html_and_counts_it_as_sent(channels: ChannelSet, fakes: FakeChannels) -> None:
+    reply = "&" * 3000  # 3000 characters, 15000 as HTML (&amp;)
+    pieces = telegram.TEXT.chunks(reply)
+    assert all(len(telegram.TEXT.render(p)) <= 4096 for p in pieces)
+    for n, piece in enumerate(pieces, 1):
+        assert (await get(channels, "telegram").send(entry("telegram", "42", text=piece, key=f"k:{n}"))).ok
+    assert "".join(m.text for m in fakes.messages) == reply
+
+
+async def test_telegram_refusing_the_html_gets_the_same_entry_as_plain_text(tmp_path: Path) -> None:
+    bodies: list[dict[str, object]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        if body.get("parse_mode") == "HTML":
+            refusal = {"ok": False, "error_code": 400, "description": "Bad Request: can't parse entities: x"}
+            return httpx.Response(400, json=refusal)
+        return httpx.Response(200, json={"ok": True, "result": {"message_id": 1}})
+
+    built = ChannelSet.build(make_config(), Home(tmp_path), ENV, httpx.MockTransport(answer), in_thread)
+    outcome = await get(built, "telegram").send(entry("telegram", "42", text="**bold** <x>"))
+    assert outcome.ok
+    assert bodies == [
+        {"chat_id": 42, "text": "<b>bold</b> &lt;x&gt;", "parse_mode": "HTML"},
+        {"chat_id": 42, "text": "bold <x>"},
+    ]
+
+
+async def test_telegram_other_refusals_are_not_retried_as_plain(tmp_path: Path) -> None:
+    calls: list[object] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(400, json={"ok": False, "error_code": 400, "description": "Bad Request: chat not found"})
+
+    built = ChannelSet.build(make_config(), Home(tmp_path), ENV, httpx.MockTransport(answer), in_thread)
+    outcome = await get(built, "telegram").send(entry("telegram", "42", text="hi"))
+    assert outcome.kind == "permanent"
+    assert len(calls) == 1
