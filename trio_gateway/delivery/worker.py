@@ -117,26 +117,35 @@ class DeliveryWorker:
 
     # --- scheduling -------------------------------------------------------------------------
 
+    def _slot(self, entry: DeliveryEntry) -> Slot:
+        return Slot(self.clock.trio_time(entry.next_attempt_at), entry.channel, entry.account_id, entry.to)
+
     def notify(self, entry: DeliveryEntry) -> None:
         """A new or rescheduled entry: wake the dispatcher if it is now the earliest."""
-        self._schedule.put(entry.id, Slot(self.clock.trio_time(entry.next_attempt_at), entry.channel, entry.account_id))
+        self._schedule.put(entry.id, self._slot(entry))
         self._wake.set()
 
     def pending_count(self) -> int:
         return self._schedule.pending_count()
 
     async def _rescan(self) -> None:
-        """Pick up what other processes wrote (and what this one recovered) from the directory
-        listing alone. Entries known to be waiting are re-read, only those whose file changed,
-        in case another process rescheduled one (`delivery repair` makes a waiting entry due
-        now)."""
+        """Pick up what other processes wrote (and what this one recovered, and everything at
+        start). A new entry is read before it is scheduled: its conversation must be known
+        before any claim, or it could overtake an older reply to the same person (SPEC 15).
+        Entries known to be waiting are re-read, only those whose file changed, in case another
+        process rescheduled one (`delivery repair` makes a waiting entry due now)."""
         await self.queue.recover()
-        listing = self._schedule.take_listing(await self.queue.pending_ids(), trio.current_time())
+        ids = await self.queue.pending_ids()
+        new = self._schedule.unknown(ids)
+        ask = new + self._schedule.waiting(ids, trio.current_time())
+        entries = await self.queue.peek(ask) if ask else {}
+        known = {i: self._slot(entries[i]) for i in new if i in entries}
+        listing = self._schedule.take_listing(ids, trio.current_time(), known)
         if listing.added:
             self._wake.set()
-        for entry in (await self.queue.peek(listing.waiting)).values() if listing.waiting else ():
-            if self._schedule.is_waiting(entry.id):
-                self.notify(entry)
+        for entry_id in listing.waiting:
+            if entry_id in entries and self._schedule.is_waiting(entry_id):
+                self.notify(entries[entry_id])
 
     async def _rescan_safely(self) -> None:
         try:
