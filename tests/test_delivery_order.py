@@ -144,3 +144,18 @@ async def test_a_failing_head_holds_its_chat_until_it_is_dead_lettered(
     sent = [i for _, i in console.sends]
     assert sent == [head.id, head.id, head.id, rest[0].id, rest[1].id]  # nothing overtook the head
     assert [e.id for e in await rig.queue.list_failed()] == [head.id]
+
+
+async def test_process_once_keeps_the_order_too(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """`delivery process --once`: an entry whose older one was not settled in this pass waits."""
+
+    def script(entry: DeliveryEntry, n: int) -> Outcome:
+        return Outcome("retry", "HTTP 503") if entry.payload.text == "text 0" and entry.to == "chat-1" else OK
+
+    console = ScriptedChannel("console", script)
+    rig = make_rig(tmp_path, console, concurrency=4)
+    head, *rest = await rig.add(3, to="chat-1")
+    other = await rig.add(2, to="chat-2")
+    results = await rig.worker.process_once()
+    assert {(r.id, r.kind) for r in results} == {(head.id, "retry"), (other[0].id, "ok"), (other[1].id, "ok")}
+    assert {e.id for e in await rig.queue.list_pending()} == {head.id, *(e.id for e in rest)}

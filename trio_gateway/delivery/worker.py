@@ -195,19 +195,43 @@ class DeliveryWorker:
             self._wake.set()  # its new due time (or a free slot) may change what comes next
 
     async def process_once(self) -> list[AttemptResult]:
-        """Deliver every due pending entry once (`delivery process --once`)."""
+        """Deliver every due pending entry once (`delivery process --once`), each conversation
+        in order by the scheduler's rule: an entry whose older one was not delivered or
+        dead-lettered in this pass is left for later, untouched."""
         await self.queue.recover()
         due = await self.queue.due(self.clock.now())
+        schedule = Schedule()
+        slots = {entry.id: attrs.evolve(self._slot(entry), due=-math.inf) for entry in due}
+        for entry_id, slot in slots.items():
+            schedule.put(entry_id, slot)
         results: list[AttemptResult] = []
         limiter = trio.Semaphore(self.config.concurrency)
+        finished = trio.Event()
 
         async def one(entry_id: str) -> None:
-            async with limiter:
-                results.append(await self.attempt(entry_id))
+            nonlocal finished
+            try:
+                result = await self.attempt(entry_id)
+                results.append(result)
+                if result.kind in ("ok", "failed", "skipped"):
+                    schedule.drop(entry_id)  # settled: its conversation moves on
+                else:
+                    schedule.put(entry_id, attrs.evolve(slots[entry_id], due=math.inf))  # holds the rest
+            finally:
+                schedule.finish(entry_id)
+                limiter.release()
+                finished.set()
 
         async with trio.open_nursery() as nursery:
-            for entry in due:
-                nursery.start_soon(one, entry.id)
+            while True:
+                while limiter.value > 0 and (entry_id := schedule.pop_due(0.0)) is not None:
+                    limiter.acquire_nowait()
+                    schedule.start(entry_id)
+                    nursery.start_soon(one, entry_id)
+                if limiter.value == self.config.concurrency:
+                    break  # nothing in flight and nothing more in turn
+                await finished.wait()
+                finished = trio.Event()
         return sorted(results, key=lambda r: r.id)
 
     # --- one attempt ------------------------------------------------------------------------
