@@ -224,10 +224,10 @@ class DeliveryWorker:
 
         async with trio.open_nursery() as nursery:
             while True:
-                while limiter.value > 0 and (entry_id := schedule.pop_due(0.0)) is not None:
+                while limiter.value > 0 and (next_id := schedule.pop_due(0.0)) is not None:
                     limiter.acquire_nowait()
-                    schedule.start(entry_id)
-                    nursery.start_soon(one, entry_id)
+                    schedule.start(next_id)
+                    nursery.start_soon(one, next_id)
                 if limiter.value == self.config.concurrency:
                     break  # nothing in flight and nothing more in turn
                 await finished.wait()
