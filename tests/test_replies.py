@@ -7,13 +7,19 @@ import json
 import re
 from pathlib import Path
 
+import trio
+
 from tests.test_channels import ENV, channels, entry, fakes, get, make_config
+from tests.test_delivery import ScriptedChannel, make_rig
 from trio_gateway import upstream as httpx
 from trio_gateway.channels import discord, slack, telegram
 from trio_gateway.channels.markdown import TextForm
 from trio_gateway.channels.registry import ChannelSet
-from trio_gateway.sim.fake_channels import FakeChannels
+from trio_gateway.policy.origin import Origin
+from trio_gateway.sim.fake_channels import Delivered, FakeChannels
 from trio_gateway.sim.fake_telegram import shown_text
+from trio_gateway.sim.harness import Harness, fake_account
+from trio_gateway.sim.runtime import quick_config
 from trio_gateway.storage.atomic import in_thread
 from trio_gateway.storage.home import Home
 
@@ -109,3 +115,68 @@ async def test_telegram_other_refusals_are_not_retried_as_plain(tmp_path: Path) 
     outcome = await get(built, "telegram").send(entry("telegram", "42", text="hi"))
     assert outcome.kind == "permanent"
     assert len(calls) == 1
+
+
+# --- end to end: a model reply of any length, through the whole gateway -----------------------
+
+
+async def test_a_ten_thousand_character_reply_arrives_whole_and_in_order(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """Issue 21's report: a 10,000-character reply never arrived on Telegram. Now each of the
+    three fakes that enforce their real limit gets it in chunks, in order, every chunk once."""
+    config = quick_config(
+        **{f"channels.{name}.accounts.acct": fake_account(name) for name in ADDRESS},
+        **{"agents.main.channels": list(ADDRESS), "gateway.stalledTaskDetection.enabled": False},
+    )
+    harness = Harness.build(tmp_path, config)
+    prompt = " ".join(f"Sentence {i} of a long answer, **with bold** & <angles>." for i in range(200))
+    assert len(prompt) > 10_000
+    async with trio.open_nursery() as nursery:
+        await nursery.start(harness.gateway.serve)
+        for name, to in ADDRESS.items():
+            await harness.gateway.submit(agent_id="main", origin=Origin(name, to, "acct"), prompt=prompt)
+        with trio.fail_after(600):
+            # Polls the queue folder, which has no event to wait on; virtual seconds.
+            while any(len(_sent(harness, n)) < 2 for n in ADDRESS) or await harness.pending():  # noqa: ASYNC110
+                await trio.sleep(1)
+        harness.gateway.request_drain("stop", force=True)
+    for name in ADDRESS:
+        shown = _sent(harness, name)
+        assert len(shown) > 2, name
+        keys = [m.key for m in shown if m.key is not None]
+        assert len(keys) == len(set(keys)), name  # each chunk once
+        assert "Sentence 0 of" in shown[0].text
+        assert "Sentence 199 of" in shown[-1].text  # in order: the last chunk last
+        assert _squeezed("".join(m.text for m in shown)).count("Sentence") == 200, name
+    assert await harness.dead_letters() == []
+
+
+def _sent(harness: Harness, name: str) -> list[Delivered]:
+    return harness.messages(name)
+
+
+async def test_a_long_notice_becomes_one_entry_per_chunk_keyed_in_order(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, ScriptedChannel("telegram"))
+    origin = Origin("telegram", "42")
+    entries = await rig.outbox.submit_all(
+        kind="reply", origin=origin, agent_id="main", text="word " * 2000, idempotency_key="turn-7"
+    )
+    assert len(entries) == 3
+    assert [e.idempotency_key for e in entries] == ["turn-7:1", "turn-7:2", "turn-7:3"]
+    assert [e.id for e in entries] == sorted(e.id for e in entries)  # created in order
+    assert [e.id for e in await rig.queue.list_pending()] == [e.id for e in entries]
+    assert _squeezed("".join(e.payload.text for e in entries)) == _squeezed("word " * 2000)
+    [short] = await rig.outbox.submit_all(kind="reply", origin=origin, agent_id="main", text="hi", idempotency_key="t8")
+    assert short.idempotency_key == "t8"  # a reply that fits keeps its key
+
+
+async def test_an_accounts_text_chunk_limit_cuts_smaller(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, ScriptedChannel("telegram"))
+    rig.outbox.chunk_limits = {("telegram", "acct"): 100}
+    entries = await rig.outbox.submit_all(
+        kind="reply", origin=Origin("telegram", "42", "acct"), agent_id="main", text="word " * 100
+    )
+    assert len(entries) == 5
+    assert all(len(e.payload.text) <= 100 for e in entries)
+    assert [e.idempotency_key for e in entries] == [f"{entries[0].id}:{n}" for n in range(1, 6)]

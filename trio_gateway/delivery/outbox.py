@@ -1,16 +1,22 @@
 """The `Outbox` (SPEC 7): what agents, cron and the edges call to send something. It routes
 (from the requester's origin), validates the address, and writes the entry durably; the
 worker is told at once, so a new entry is sent now rather than at the next rescan.
+
+A notice longer than its platform takes (SPEC 15) becomes one entry per chunk, here, where the
+reply becomes entries: cut by the platform's `TextForm` (its limit as it counts it, measured on
+the text as sent) or the account's `textChunkLimit`, enqueued in order, keys `<key>:1`, `<key>:2`…
+The worker sends one conversation's entries one at a time, so the chunks arrive in order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import NotRequired, TypedDict, Unpack
 
 import attrs
 import trio
 
-from trio_gateway.channels.registry import check_address
+from trio_gateway.channels.registry import check_address, kind_of
 from trio_gateway.errors import DeliveryValidationError, InsufficientStorageError
 from trio_gateway.log import EventLog
 from trio_gateway.policy import routing
@@ -28,6 +34,16 @@ ENQUEUE_RETRY_FIRST_SECONDS = 0.5
 ENQUEUE_RETRY_MAX_SECONDS = 30.0
 
 
+class Notice(TypedDict):
+    """What `submit` takes (its keywords), as `submit_all` names them."""
+
+    kind: DeliveryKind
+    origin: Origin | None
+    agent_id: str
+    text: str
+    idempotency_key: NotRequired[str | None]
+
+
 @attrs.define
 class Outbox:
     """What agents, cron and the edges call to send something: route, validate, enqueue."""
@@ -40,8 +56,14 @@ class Outbox:
     on_enqueued: Callable[[DeliveryEntry], None] | None = None
     # Told while accepted work waits for a full queue disk, so intake refuses new work (507).
     storage: StorageHealth = attrs.Factory(StorageHealth)
+    # `textChunkLimit` by (channel, account): an account's own chunk size, below its platform's.
+    chunk_limits: Mapping[tuple[str, str | None], int] = attrs.Factory(dict)
 
-    async def submit(
+    async def submit(self, **notice: Unpack[Notice]) -> DeliveryEntry:
+        """Route, validate and enqueue a notice; the first of its entries (a long one is several)."""
+        return (await self.submit_all(**notice))[0]
+
+    async def submit_all(
         self,
         *,
         kind: DeliveryKind,
@@ -49,7 +71,8 @@ class Outbox:
         agent_id: str,
         text: str,
         idempotency_key: str | None = None,
-    ) -> DeliveryEntry:
+    ) -> list[DeliveryEntry]:
+        """Route, validate and enqueue a notice, one entry per chunk, in order."""
         agent = self.agents.get(agent_id)
         if agent is None:
             raise DeliveryValidationError(f"no agent named {agent_id!r}")
@@ -59,9 +82,27 @@ class Outbox:
                 "DELIVERY",
                 f"No requester origin channel; delivering {kind} to agent {agent_id}'s first channel {route.channel}",
             )
-        entry = self._entry(kind, route.channel, route.to, route.account_id, agent_id, origin, text, idempotency_key)
-        await self._enqueue_until_kept(entry)
-        return entry
+        pieces = self.chunks(route.channel, route.account_id, text)
+        first = self._entry(kind, route.channel, route.to, route.account_id, agent_id, origin, pieces[0], None)
+        if len(pieces) == 1:
+            entries = [attrs.evolve(first, idempotency_key=idempotency_key or first.id)]
+        else:
+            key = idempotency_key or first.id
+            entries = [attrs.evolve(first, idempotency_key=f"{key}:1")]
+            for n, piece in enumerate(pieces[1:], 2):
+                more = self._entry(kind, route.channel, route.to, route.account_id, agent_id, origin, piece, None)
+                entries.append(attrs.evolve(more, idempotency_key=f"{key}:{n}"))
+        for entry in entries:  # one after another: each chunk is on disk before the next
+            await self._enqueue_until_kept(entry)
+        return entries
+
+    def chunks(self, channel: str, account_id: str | None, text: str) -> list[str]:
+        """`text` as the platform takes it: one piece, or several that each fit as sent."""
+        kind = kind_of(channel)
+        form = kind.text if kind is not None else None
+        if form is None:
+            return [text]
+        return form.chunks(text, self.chunk_limits.get((channel, account_id)))
 
     async def submit_manual(
         self, channel: str, to: str, account_id: str | None, agent_id: str | None, text: str
