@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
@@ -156,6 +156,15 @@ class Channel(Protocol):
     async def aclose(self) -> None: ...
 
 
+@runtime_checkable
+class ShowsTyping(Protocol):
+    """An adapter that can show the platform's typing indicator (SPEC 15 "Typing"). One call
+    shows it once (the platform lets it fade after a few seconds); the caller repeats it every
+    `ChannelKind.typing_every` seconds, bounds each call and ignores what it answers."""
+
+    async def show_typing(self, to: str, context_token: str | None) -> None: ...
+
+
 # --- addresses (SPEC 7) --------------------------------------------------------------------------
 #
 # Checked at enqueue, so a mismatch is refused before anything is written: the seed's incident
@@ -290,6 +299,8 @@ class ChannelKind:
     # How a reply is sent (SPEC 15): its length limit as the platform counts it, and its
     # formatting. None: as written, any length (`console`).
     text: TextForm | None = None
+    # How often its typing indicator is shown again while a turn runs; None: it has none.
+    typing_every: float | None = None
 
     @property
     def needs_account(self) -> bool:

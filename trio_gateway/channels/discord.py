@@ -104,6 +104,13 @@ class DiscordChannel:
             return reply
         return classify(reply.status, reply.body, reply.headers)
 
+    async def show_typing(self, to: str, context_token: str | None) -> None:
+        """`POST /channels/{id}/typing`: shown for 10 s or until the next message."""
+        kind, ident = parse_address(to)
+        channel_id = await self._dm_channel(ident) if kind == "user" else ident
+        if isinstance(channel_id, str):
+            await self.http.post(f"/channels/{channel_id}/typing", {})
+
     async def _dm_channel(self, user_id: str) -> str | Outcome:
         cached = self.dm_channels.get(user_id)
         if cached is not None:
@@ -344,4 +351,5 @@ KIND = ChannelKind(
     default_mode=lambda _: "socket",
     listeners={"socket": _open_listener},
     text=TEXT,
+    typing_every=8.0,  # the indicator shows for 10 s
 )

@@ -47,6 +47,7 @@ from trio_gateway.upstream import AsyncBaseTransport
 
 TOKEN_PLACEHOLDER = "TOKEN"
 SEND_PATH = f"/bot{TOKEN_PLACEHOLDER}/sendMessage"
+TYPING_PATH = f"/bot{TOKEN_PLACEHOLDER}/sendChatAction"
 # Anything that looks like a bot token in a URL (`/bot123456:AA.../`), for text we did not build.
 _TOKEN_IN_URL = re.compile(r"/bot\d+:[A-Za-z0-9_-]+")
 
@@ -146,6 +147,10 @@ class TelegramChannel:
             plain = {"chat_id": chat_id(entry.to), "text": TEXT.plain(entry.payload.text)}
             outcome = await self.http.send(SEND_PATH, plain, classify)
         return attrs.evolve(outcome, reason=_scrub_url(outcome.reason))
+
+    async def show_typing(self, to: str, context_token: str | None) -> None:
+        """`sendChatAction` `typing`: shown for 5 s or until the next message."""
+        await self.http.send(TYPING_PATH, {"chat_id": chat_id(to), "action": "typing"}, classify)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -266,4 +271,5 @@ KIND = ChannelKind(
     listeners={"poll": _open_listener},
     webhook=Webhook(verify_secret_token, parse_webhook),
     text=TEXT,
+    typing_every=4.0,  # the action shows for 5 s
 )

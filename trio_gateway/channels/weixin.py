@@ -38,6 +38,9 @@ SEND_PATH = "/ilink/bot/sendmessage"
 POLL_PATH = "/ilink/bot/getupdates"
 NOTIFY_START_PATH = "/ilink/bot/msg/notifystart"
 NOTIFY_STOP_PATH = "/ilink/bot/msg/notifystop"
+CONFIG_PATH = "/ilink/bot/getconfig"
+TYPING_PATH = "/ilink/bot/sendtyping"
+TYPING_ON = 1
 CHANNEL_VERSION = "trio-gateway/0.1"
 MESSAGE_TYPE_USER = 1
 MESSAGE_TYPE_BOT = 2
@@ -102,6 +105,7 @@ def message_body(entry: DeliveryEntry, context_token: str | None) -> dict[str, A
 class WeixinChannel:
     http: JsonClient
     context_token: str | None = None
+    typing_tickets: dict[str, str] = attrs.Factory(dict)
     name: str = CHANNEL
     deduplicates: bool = True
 
@@ -112,6 +116,18 @@ class WeixinChannel:
     async def send(self, entry: DeliveryEntry) -> Outcome:
         body = message_body(entry, _reply_context(entry, self.context_token))
         return await self.http.send(SEND_PATH, body, classify)
+
+    async def show_typing(self, to: str, context_token: str | None) -> None:
+        """`sendtyping` needs a ticket `getconfig` hands out per user: asked once, kept."""
+        ticket = self.typing_tickets.get(to)
+        if ticket is None:
+            token = context_token or self.context_token
+            reply = await self.http.post(CONFIG_PATH, {"ilink_user_id": to, "context_token": token})
+            found = field(reply.body, "typing_ticket") if not isinstance(reply, Outcome) else None
+            if not isinstance(found, str) or not found:
+                return
+            ticket = self.typing_tickets[to] = found
+        await self.http.post(TYPING_PATH, {"ilink_user_id": to, "typing_ticket": ticket, "status": TYPING_ON})
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -213,4 +229,5 @@ KIND = ChannelKind(
     default_mode=lambda _: "poll",
     listeners={"poll": _open_listener},
     text=TEXT,
+    typing_every=5.0,
 )

@@ -9,15 +9,18 @@ failed, aborted, cancelled by a drain), exactly one notice is handed to the outb
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any, Literal, Protocol
 
 import attrs
 import trio
 
+from trio_gateway.delivery.typing import TypingIndicators
 from trio_gateway.errors import (
     ConfigError,
     DeliveryValidationError,
@@ -80,6 +83,11 @@ class Runtime:
     wall: Callable[[], dt.datetime]
     # MCP servers and http_request (SPEC 14); None: only spawn_subagent.
     tools: ToolBox | None = None
+    # The typing indicator shown while a turn runs (SPEC 15); None: none is shown.
+    typing: TypingIndicators | None = None
+
+    def typing_in(self, origin: Origin | None) -> AbstractAsyncContextManager[None]:
+        return self.typing.during(origin) if self.typing is not None else contextlib.nullcontext()
 
     @property
     def cleanup_timeout(self) -> float:
@@ -271,7 +279,10 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
     kind: DeliveryKind = "cron_result" if turn.kind == "cron" else "reply"
     ok = True
     try:
-        text = await _agent_loop(rt, session, record.agent, messages, turn.origin, depth=0, stall=turn.stall_seconds)
+        async with rt.typing_in(turn.origin):
+            text = await _agent_loop(
+                rt, session, record.agent, messages, turn.origin, depth=0, stall=turn.stall_seconds
+            )
     except trio.Cancelled:
         await _cut(rt, session, turn)
         raise

@@ -158,6 +158,7 @@ class DiscordFake(SocketFake):
     routes = (
         (re.compile(r"/users/@me/channels$"), "dm"),
         (re.compile(r"/channels/(?P<id>\d+)/messages$"), "send"),
+        (re.compile(r"/channels/(?P<id>\d+)/typing$"), "typing"),
         (re.compile(r"/gateway/bot$"), "gateway"),
     )
     reject_default = (404, 10003, "Unknown Channel")
@@ -186,6 +187,8 @@ class DiscordFake(SocketFake):
     async def answer(self, server: FakeServer, request: FakeRequest, op: str, params: Params) -> FakeResponse:
         if not server.credential_ok(NAME, bearer(request.headers, "Bot")):
             return bad(401, UNAUTHORIZED)
+        if op == "typing":  # Trigger Typing Indicator: 204, recorded in `requests`
+            return FakeResponse(204, b"")
         return self._dm(server, request) if op == "dm" else self._send(server, request, params["id"])
 
     def _dm(self, server: FakeServer, request: FakeRequest) -> FakeResponse:

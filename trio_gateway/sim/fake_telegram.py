@@ -87,6 +87,7 @@ class TelegramFake(LongPollFake):
     routes = (
         (re.compile(r"/bot(?P<token>[^/]+)/sendMessage$"), "send"),
         (re.compile(r"/bot(?P<token>[^/]+)/getUpdates$"), "poll"),
+        (re.compile(r"/bot(?P<token>[^/]+)/sendChatAction$"), "typing"),
     )
     reject_default = (400, 400, "Bad Request: chat not found")
 
@@ -109,6 +110,10 @@ class TelegramFake(LongPollFake):
             return bad(401, UNAUTHORIZED)
         if op == "send":
             return self._send(server, request)
+        if op == "typing":  # recorded in `requests` (`requests_to("telegram", "typing")`)
+            if body_dict(request).get("action") != "typing":
+                return _refused("wrong action type")
+            return FakeResponse(200, {"ok": True, "result": True})
         if NAME in server.inbound.auth_rejected:
             return FakeResponse(401, UNAUTHORIZED)
         return await self._poll(server, body_dict(request))
