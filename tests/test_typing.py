@@ -3,6 +3,8 @@ bounded, stopped at the turn's end and at a drain's start; the fakes record the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 import trio
 
@@ -13,6 +15,8 @@ from trio_gateway.delivery.typing import CALL_SECONDS, TypingIndicators
 from trio_gateway.log import EventLog
 from trio_gateway.policy.origin import Origin
 from trio_gateway.sim.fake_channels import FakeChannels
+from trio_gateway.sim.harness import Harness, HarnessModel, ModelSpec, fake_account
+from trio_gateway.sim.runtime import quick_config
 
 __all__ = ["channels", "fakes"]  # the fixtures, used by name
 
@@ -105,3 +109,34 @@ async def test_the_fakes_record_each_platforms_typing_call(channels: ChannelSet,
     shown = fakes.requests_to("openclaw-weixin", "typing")
     assert len(shown) == 2
     assert all(r.body["typing_ticket"].startswith("ticket-") and r.body["status"] == 1 for r in shown)
+
+
+async def test_a_running_turn_shows_typing_on_telegram_until_its_reply(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    config = quick_config(
+        **{
+            "channels.telegram.accounts.acct": fake_account("telegram"),
+            "agents.main.channels": ["telegram"],
+            "gateway.stalledTaskDetection.enabled": False,
+        }
+    )
+    harness = Harness.build(tmp_path, config, model=HarnessModel(ModelSpec(delay_seconds=10.0)))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(harness.gateway.serve)
+        began = trio.current_time()
+        await harness.gateway.submit(agent_id="main", origin=Origin("telegram", "42", "acct"), prompt="hello")
+        await harness.wait_delivered(1, "telegram")
+        await trio.sleep(30)
+        # A second turn, then a drain while it runs: its indicator stops at the drain's start.
+        await harness.gateway.submit(agent_id="main", origin=Origin("telegram", "42", "acct"), prompt="again")
+        await trio.sleep(5)
+        drain_at = trio.current_time()
+        harness.gateway.request_drain("stop")
+        await harness.wait_delivered(2, "telegram")
+    typing = [r.at - began for r in harness.channels.requests_to("telegram", "typing")]
+    first = [t for t in typing if t < 15]
+    assert first == [0.0, 4.0, 8.0]  # every 4 s while the model worked, none after the reply
+    second = [t + began for t in typing if t >= 15]
+    assert second
+    assert all(t <= drain_at for t in second)  # none after the drain started

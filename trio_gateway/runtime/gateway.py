@@ -29,6 +29,7 @@ from trio_util import AsyncValue
 
 from trio_gateway.channels.listen import ListenerSupervisor
 from trio_gateway.channels.registry import load_config as load_config_file
+from trio_gateway.delivery.typing import TypingIndicators
 from trio_gateway.errors import (
     BadRequestError,
     ConfigError,
@@ -241,6 +242,7 @@ class Gateway:
             rt = agent.Runtime(
                 config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now, tools
             )
+            rt.typing = self._typing_for(delivery)
             self.watchdog = StallWatchdog(
                 self.registry, config.gateway.stalled_task_detection, self.log, self.queue_depth
             )
@@ -277,6 +279,8 @@ class Gateway:
                         task_status.started()
                         request = await self._wait_for_drain_request()
                         self.state.value = "draining"
+                        if rt.typing is not None:
+                            rt.typing.stop()  # already at the request; here for a drain asked while starting
                         cron_scope.cancel()
                         if listeners is not None:
                             listeners.stop()  # already at the request; here for a drain asked while starting
@@ -366,8 +370,16 @@ class Gateway:
         if self.listeners is not None:
             # Listeners stop with intake (SPEC 11): their long polls and sockets close now.
             self.listeners.stop()
+        if self.current is not None and self.current.runtime.typing is not None:
+            self.current.runtime.typing.stop()  # typing indicators too (SPEC 15), though turns run on
         self._drain_wanted.set()
         return self._drain
+
+    def _typing_for(self, delivery: DeliveryService) -> TypingIndicators | None:
+        """Typing indicators through the generation's channel adapters, when its delivery side
+        has them (the queue's and the cluster's do; a recording stand-in does not)."""
+        channels = getattr(delivery, "channels", None)
+        return TypingIndicators(channels.get, self.log) if channels is not None else None
 
     def _complete_restart(self, request: DrainRequest, number: int) -> None:
         """Generation `number` accepts work: the restart that drained its predecessor is done.
