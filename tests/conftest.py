@@ -1,8 +1,10 @@
 """Shared test setup. The gateway fixtures are the ones users get from the installed plugin."""
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from helpers import Proc, gateway_processes
 from hypothesis import HealthCheck, settings
 
 from trio_gateway.sim.postgres import PgServer, missing_reason
@@ -34,3 +36,9 @@ def pg_server() -> Iterator[PgServer]:
 def pg_dsn(pg_server: PgServer) -> str:
     """A fresh, empty database of its own for each test."""
     return pg_server.create_database()
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """`start_gateway(home=None, **gateway)`: a real gateway process (tests/helpers.py)."""
+    yield from gateway_processes(tmp_path)

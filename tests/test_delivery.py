@@ -25,7 +25,8 @@ from trio_gateway.policy.config import AgentConfig, DeliveryConfig
 from trio_gateway.policy.entry import DeliveryEntry, Payload
 from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import inline
-from trio_gateway.storage.queue import Claimed, DeliveryQueue
+from trio_gateway.storage.base import Claimed
+from trio_gateway.storage.queue import DeliveryQueue
 from trio_gateway.work.clock import WallClock
 from trio_gateway.work.units import WorkRegistry
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_delivery import ScriptedChannel, make_rig
 
-from tests.test_delivery import ScriptedChannel, make_rig
 from trio_gateway.channels.base import OK, Outcome
 from trio_gateway.delivery.scheduler import Schedule, Slot
 from trio_gateway.policy.entry import DeliveryEntry

@@ -8,13 +8,14 @@ import re
 from pathlib import Path
 
 import trio
+from test_channels import ENV, channels, entry, fakes, get, make_config
+from test_delivery import ScriptedChannel, make_rig
 
-from tests.test_channels import ENV, channels, entry, fakes, get, make_config
-from tests.test_delivery import ScriptedChannel, make_rig
 from trio_gateway import upstream as httpx
 from trio_gateway.channels import discord, slack, telegram
 from trio_gateway.channels.markdown import TextForm
 from trio_gateway.channels.registry import ChannelSet
+from trio_gateway.delivery.outbox import text_chunk_limits
 from trio_gateway.policy.origin import Origin
 from trio_gateway.sim.fake_channels import Delivered, FakeChannels
 from trio_gateway.sim.fake_telegram import shown_text
@@ -180,3 +181,13 @@ async def test_an_accounts_text_chunk_limit_cuts_smaller(tmp_path: Path) -> None
     assert len(entries) == 5
     assert all(len(e.payload.text) <= 100 for e in entries)
     assert [e.idempotency_key for e in entries] == [f"{entries[0].id}:{n}" for n in range(1, 6)]
+
+
+def test_each_accounts_text_chunk_limit_is_read_from_the_config() -> None:
+    config = quick_config(
+        **{
+            "channels.telegram.accounts.a": {**fake_account("telegram"), "textChunkLimit": 500},
+            "channels.telegram.accounts.b": fake_account("telegram"),
+        }
+    )
+    assert text_chunk_limits(config) == {("telegram", "a"): 500}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import attrs
 import trio
+from test_channels import channels, fakes, get
 
-from tests.test_channels import channels, fakes, get
 from trio_gateway.channels.base import Channel
 from trio_gateway.channels.registry import ChannelSet
 from trio_gateway.delivery.typing import CALL_SECONDS, TypingIndicators

@@ -20,12 +20,11 @@ from trio_gateway.channels.registry import check_address, kind_of
 from trio_gateway.errors import DeliveryValidationError, InsufficientStorageError
 from trio_gateway.log import EventLog
 from trio_gateway.policy import routing
-from trio_gateway.policy.config import AgentConfig
+from trio_gateway.policy.config import AgentConfig, Config
 from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind, Payload
 from trio_gateway.policy.origin import Origin
-from trio_gateway.storage.base import DeliveryStore
+from trio_gateway.storage.base import DeliveryStore, OutcomeUnknown
 from trio_gateway.storage.disk import StorageHealth, is_no_space
-from trio_gateway.storage.queue import OutcomeUnknown
 from trio_gateway.work.clock import WallClock
 
 # A notice of accepted work that the queue disk refused is retried from this delay, doubling
@@ -42,6 +41,16 @@ class Notice(TypedDict):
     agent_id: str
     text: str
     idempotency_key: NotRequired[str | None]
+
+
+def text_chunk_limits(config: Config) -> dict[tuple[str, str | None], int]:
+    """Every account's `textChunkLimit` that is set, by (channel, account)."""
+    return {
+        (channel, account_id): account.text_chunk_limit
+        for channel, section in config.channels.items()
+        for account_id, account in section.accounts.items()
+        if account.text_chunk_limit is not None
+    }
 
 
 @attrs.define

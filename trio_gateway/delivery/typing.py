@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import attrs
 import trio
-from trio_util import move_on_when
+from trio_util import AsyncValue, move_on_when
 
 from trio_gateway.channels.base import Channel, ShowsTyping
 from trio_gateway.channels.registry import kind_of
+from trio_gateway.delivery.worker import ChannelLookup
 from trio_gateway.log import EventLog
 from trio_gateway.policy.origin import Origin
 
@@ -41,17 +43,40 @@ class TypingIndicators:
 
     channels: Lookup
     log: EventLog
+    # The gateway's state (its values are the gateway's `State`): the indicators stop for good
+    # the moment it reads "draining", at the drain request, though turns may still run.
+    gateway_state: AsyncValue[Any] | None = None
     _stopped: trio.Event = attrs.Factory(trio.Event)
+
+    @classmethod
+    def through(
+        cls, channels: ChannelLookup | None, log: EventLog, gateway_state: AsyncValue[Any] | None = None
+    ) -> TypingIndicators | None:
+        """Indicators through a generation's channel adapters, when its delivery side has them
+        (the queue's and the cluster's do; a recording stand-in has none: no indicator)."""
+        return cls(channels.get, log, gateway_state) if channels is not None else None
 
     def stop(self) -> None:
         """A drain starts: every indicator stops now, though turns may still run."""
         self._stopped.set()
 
+    def _stopping(self) -> bool:
+        if self.gateway_state is not None and self.gateway_state.value == "draining":
+            self._stopped.set()
+        return self._stopped.is_set()
+
+    async def _until_stopped(self) -> None:
+        if self.gateway_state is not None:
+            async with move_on_when(self._stopped.wait):
+                await self.gateway_state.wait_value("draining")
+            self._stopped.set()
+        await self._stopped.wait()
+
     @contextlib.asynccontextmanager
     async def during(self, origin: Origin | None) -> AsyncIterator[None]:
         """Show typing in `origin`'s conversation until the block ends (or a drain starts)."""
         target = self._target(origin)
-        if target is None or self._stopped.is_set():
+        if target is None or self._stopping():
             yield
             return
         async with trio.open_nursery() as nursery:
@@ -73,7 +98,7 @@ class TypingIndicators:
 
     async def _show(self, target: _Target) -> None:
         # A drain's start cuts even a call in flight: nothing of a turn shows after it.
-        async with move_on_when(self._stopped.wait):
+        async with move_on_when(self._until_stopped):
             while True:
                 with trio.move_on_after(CALL_SECONDS):
                     try:
