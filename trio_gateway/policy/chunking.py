@@ -43,6 +43,7 @@ _MIN_FILL = 1 / 3
 _SENTENCE_END = re.compile(r"[.!?…。！？](?=\s)")
 _WHITESPACE = re.compile(r"\s")
 _FENCE_LINE = re.compile(r"(?m)^ {0,3}(`{3,}|~{3,})([^\n]*)$")
+_FENCE_AT = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
 
 _ZWJ = "\u200d"
 
@@ -208,6 +209,7 @@ def pieces(text: str, limit: int, count: Count = "codepoints") -> list[Piece]:
             reopen, budget = "", limit - close_room
         end = _max_prefix(text, start, budget, count)
         cut, resume = (len(text), len(text)) if end >= len(text) else _cut(text, start, end)
+        cut, resume = _no_new_fence(text, start, cut, resume)
         body = text[start:cut].rstrip()
         after = _fence_at(starts, states, cut) if cut < len(text) else None
         if body.strip():
@@ -216,6 +218,32 @@ def pieces(text: str, limit: int, count: Count = "codepoints") -> list[Piece]:
         while start < len(text) and text[start] in " \t\r\n" and is_boundary(text, start + 1):
             start += 1
     return out
+
+
+def _opens_a_fence(text: str, i: int) -> bool:
+    """Would a chunk starting at `i` open a fence where the text has none (a "```" in the middle
+    of a line, put at a chunk's start by a cut)?"""
+    return 0 < i < len(text) and text[i - 1] != "\n" and _FENCE_AT.match(text, i) is not None
+
+
+def _no_new_fence(text: str, start: int, cut: int, resume: int) -> tuple[int, int]:
+    """Move a cut back so that no fence changes meaning: never inside a fence-like line (a
+    "```python" cut after its backticks would read as a closing "```"), and never so that the
+    next chunk starts with a "```" that was in the middle of a line. Left as it was when the
+    only way back splits a grapheme cluster."""
+    line = text.rfind("\n", 0, cut) + 1
+    if start < line < cut < len(text) and _FENCE_AT.match(text, line) is not None:
+        return line, line
+    nxt = resume
+    while nxt < len(text) and text[nxt] in " \t\r\n":
+        nxt += 1
+    if not _opens_a_fence(text, nxt):
+        return cut, resume
+    while nxt > start + 1 and (_opens_a_fence(text, nxt) or not is_boundary(text, nxt)):
+        nxt -= 1
+    if _opens_a_fence(text, nxt) or not is_boundary(text, nxt):
+        return cut, resume
+    return nxt, nxt
 
 
 def chunk(text: str, limit: int, count: Count = "codepoints") -> list[str]:
@@ -227,9 +255,15 @@ def chunk_as_sent(text: str, limit: int, count: Count, render: Callable[[str], s
     """Markdown chunks whose renderings (`render`, what the platform is sent) each fit `limit`.
     Chunked on the Markdown, measured as sent: a chunk whose rendering is over the limit (HTML
     escaping, link URLs written out) is cut again, with its budget shrunk by the overshoot."""
+    raw, sent = measure(text, count), measure(render(text), count)
+    if sent <= limit:
+        return [text]
+    # Cut the Markdown to the share of the limit its rendering grows by (HTML tags, escapes), with
+    # a margin, so most chunks fit at once and few are cut twice (each try is a parse).
+    start = limit if sent <= raw else max(16, int(limit * raw / sent * 0.95))
     out: list[str] = []
-    pending = chunk(text, limit, count)
-    budgets = [limit] * len(pending)
+    pending = chunk(text, start, count)
+    budgets = [start] * len(pending)
     while pending:
         piece, budget = pending.pop(0), budgets.pop(0)
         sent = measure(render(piece), count)
