@@ -27,7 +27,7 @@ from __future__ import annotations
 import bisect
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import attrs
@@ -42,7 +42,8 @@ _MIN_FILL = 1 / 3
 
 _SENTENCE_END = re.compile(r"[.!?…。！？](?=\s)")
 _WHITESPACE = re.compile(r"\s")
-_FENCE_LINE = re.compile(r"(?m)^ {0,3}(`{3,}|~{3,})([^\n]*)$")
+_FENCE_LINE = re.compile(r" {0,3}(`{3,}|~{3,})([^\n]*)")
+_ASTRAL = re.compile("[\U00010000-\U0010ffff]")
 _FENCE_AT = re.compile(r"[ \t]{0,3}(`{3,}|~{3,})")
 
 _ZWJ = "\u200d"
@@ -101,7 +102,7 @@ def _fence_states(text: str) -> tuple[list[int], list[_Fence | None]]:
     starts: list[int] = []
     states: list[_Fence | None] = []
     fence: _Fence | None = None
-    for m in _FENCE_LINE.finditer(text):
+    for m in sorted(_fence_lines(text), key=lambda m: m.start()):
         marker, info = m.group(1), m.group(2)
         if fence is None:
             if marker[0] == "`" and "`" in info:  # a backtick fence's info has no backtick
@@ -116,6 +117,22 @@ def _fence_states(text: str) -> tuple[list[int], list[_Fence | None]]:
     return starts, states
 
 
+def _fence_lines(text: str) -> Iterator[re.Match[str]]:
+    """The fence-like lines of `text`, found from its runs of three backticks or tildes (a
+    multi-line regex tries every position of a 100 kB reply: several times slower)."""
+    for run in ("```", "~~~"):
+        at = text.find(run)
+        while at != -1:
+            line = text.rfind("\n", 0, at) + 1
+            end = text.find("\n", at)
+            end = len(text) if end == -1 else end
+            m = _FENCE_LINE.match(text, line, end) if at - line <= 3 else None
+            if m is not None and m.start(1) == at:
+                yield m
+            at = text.find(run, end)
+    return
+
+
 def _fence_at(starts: list[int], states: list[_Fence | None], pos: int) -> _Fence | None:
     """The fence open just before `pos`: a fence line counts once its start is before `pos`."""
     i = bisect.bisect_left(starts, pos)
@@ -125,7 +142,16 @@ def _fence_at(starts: list[int], states: list[_Fence | None], pos: int) -> _Fenc
 def _max_prefix(text: str, start: int, budget: int, count: Count) -> int:
     """The largest `end` with `text[start:end]` no longer than `budget` as counted."""
     end = min(len(text), start + max(budget, 0))
-    if count == "codepoints" or measure(text[start:end], count) <= budget:
+    if count == "codepoints":
+        return end
+    if count == "utf16":
+        # A character outside the BMP is two units: stop before the first that no longer fits.
+        astral = [m.start() for m in _ASTRAL.finditer(text, start, end)]
+        for i, at in enumerate(astral):
+            if (at - start) + i + 2 > budget:
+                return min(at, start + budget - i)  # (the units before `at` may be over too)
+        return min(end, start + budget - len(astral))
+    if measure(text[start:end], count) <= budget:
         return end
     lo, hi = start, end  # measure(text[start:lo]) <= budget < measure(text[start:hi])
     while hi - lo > 1:
