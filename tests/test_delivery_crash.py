@@ -144,13 +144,7 @@ def test_sigkill_mid_way_loses_nothing(tmp_path: Path) -> None:
 
     # Kill on an observed state, not after a sleep: a third sent and acknowledged, then one send
     # per slot that reached the platform (its line is written) and never came back.
-    first = _worker(tmp_path, script, f"hang_after={HANG_AFTER}")
-    _poll_until(
-        lambda: len(_delivered(tmp_path)) == HANG_AFTER + CONCURRENCY and len(_marked(tmp_path)) == CONCURRENCY,
-        lambda: f"{len(_delivered(tmp_path))} delivered, {len(_marked(tmp_path))} sending",
-    )
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
+    _kill_mid_way(tmp_path, script, HANG_AFTER, CONCURRENCY)
     at_kill = len(_delivered(tmp_path))
     assert at_kill == HANG_AFTER + CONCURRENCY, "the kill lands mid-way"
     inflight = [n for n in os.listdir(tmp_path / "delivery-queue" / "inflight") if not n.startswith(".")]
@@ -171,6 +165,18 @@ def test_sigkill_mid_way_loses_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "delivery-queue" / "failed").exists()
     assert int(out) >= ENTRIES - at_kill  # the second run sent at least what the first had not
     assert "Recovered entry" in (tmp_path / "worker.log").read_text()
+
+
+def _kill_mid_way(home: Path, script: Path, hang_after: int, in_flight: int) -> None:
+    """Run the worker until `hang_after` sends are done and `in_flight` more reached the platform
+    and never came back, then SIGKILL it."""
+    first = _worker(home, script, f"hang_after={hang_after}")
+    _poll_until(
+        lambda: len(_delivered(home)) == hang_after + in_flight and len(_marked(home)) == in_flight,
+        lambda: f"{len(_delivered(home))} delivered, {len(_marked(home))} sending",
+    )
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
 
 
 def _marked(home: Path) -> set[str]:
@@ -239,15 +245,8 @@ def test_sigkill_with_chunked_replies_loses_no_chunk_and_keeps_each_chats_order(
     keys = {k for chunks in by_chat.values() for k in chunks}
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    hang_after = len(keys) // 3
-    first = _worker(tmp_path, script, f"hang_after={hang_after}")
     # One send per chat in flight at most (SPEC 15), however many slots the worker has.
-    _poll_until(
-        lambda: len(_delivered(tmp_path)) == hang_after + RECIPIENTS and len(_marked(tmp_path)) == RECIPIENTS,
-        lambda: f"{len(_delivered(tmp_path))} delivered, {len(_marked(tmp_path))} sending",
-    )
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
+    _kill_mid_way(tmp_path, script, len(keys) // 3, RECIPIENTS)
     second = _worker(tmp_path, script)
     _out, err = second.communicate(timeout=120)
     assert second.returncode == 0, err
