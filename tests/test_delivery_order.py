@@ -159,3 +159,25 @@ async def test_process_once_keeps_the_order_too(tmp_path: Path, autojump_clock: 
     results = await rig.worker.process_once()
     assert {(r.id, r.kind) for r in results} == {(head.id, "retry"), (other[0].id, "ok"), (other[1].id, "ok")}
     assert {e.id for e in await rig.queue.list_pending()} == {head.id, *(e.id for e in rest)}
+
+
+def test_entries_being_read_hold_every_younger_one_back() -> None:
+    """At start the listed entries are read in batches, oldest first: an entry whose recipient
+    is not known yet may belong to any conversation, so nothing younger goes before it is read."""
+    schedule = Schedule()
+    schedule.expect(["01", "02"])
+    schedule.put("05", _slot("alice"))  # a new reply, written while the listing is read
+    assert schedule.pending_count() == 3
+    assert schedule.pop_due(0.0) is None
+    schedule.resolve(["01"], {"01": _slot("alice")})
+    assert schedule.pop_due(0.0) == "01"  # older than everything unread: it goes
+    schedule.start("01")
+    assert schedule.pop_due(0.0) is None  # "02" is still unread; "05" waits for it and for "01"
+    schedule.resolve(["02"], {"02": _slot("bob")})
+    assert schedule.pop_due(0.0) == "02"
+    schedule.start("02")
+    schedule.drop("01")
+    schedule.finish("01")
+    assert schedule.pop_due(0.0) == "05"
+    schedule.resolve(["09"], {})  # never listed again: forgotten, holds nothing
+    assert schedule.pending_count() == 2

@@ -87,6 +87,9 @@ class Schedule:
     _lines: dict[Conversation, list[str]] = attrs.Factory(dict)
     _sending: dict[Conversation, str] = attrs.Factory(dict)
     _sending_of: dict[str, Conversation] = attrs.Factory(dict)
+    # Listed ids whose recipient is not read yet, oldest first: none of them is sent, and no
+    # entry younger than the oldest of them either (it could belong to the same conversation).
+    _unresolved: list[str] = attrs.Factory(list)
 
     def put(self, entry_id: str, slot: Slot) -> None:
         old = self._slots.get(entry_id)
@@ -151,7 +154,7 @@ class Schedule:
         conversation = slot.conversation
         if conversation is None:
             return True
-        if conversation in self._sending:
+        if conversation in self._sending or (self._unresolved and entry_id > self._unresolved[0]):
             return False
         line = self._lines.get(conversation)
         return not line or line[0] == entry_id
@@ -165,11 +168,29 @@ class Schedule:
         return entry_id in self._slots and entry_id not in self._active
 
     def pending_count(self) -> int:
-        return len(self._slots) + sum(1 for i in self._active if i not in self._slots)
+        return len(self._slots) + sum(1 for i in self._active if i not in self._slots) + len(self._unresolved)
 
     def unknown(self, ids: Iterable[str]) -> list[str]:
         """Ids of a listing this schedule has never heard of (neither scheduled nor in flight)."""
-        return [i for i in ids if i not in self._slots and i not in self._active]
+        pending = set(self._unresolved)
+        return [i for i in ids if i not in self._slots and i not in self._active and i not in pending]
+
+    def expect(self, ids: Iterable[str]) -> None:
+        """Listed ids whose recipients are being read: they hold back every younger entry until
+        `resolve` says where each belongs, so the oldest can be sent as soon as they are read."""
+        self._unresolved = sorted({*self._unresolved, *ids})
+
+    def resolve(self, ids: Iterable[str], known: Mapping[str, Slot]) -> None:
+        """These listed ids were read: each is scheduled with its slot from `known`, or with no
+        known conversation (a file that did not read: its claim quarantines it). An id in neither
+        is forgotten until a listing names it again."""
+        done = set(ids)
+        self._unresolved = [i for i in self._unresolved if i not in done]
+        for entry_id in sorted(done):
+            if entry_id in known:
+                self.put(entry_id, known[entry_id])
+        for conversation in list(self._lines):
+            self._push_head(conversation)  # the barrier moved: heads held by it may go now
 
     def waiting(self, ids: Iterable[str], now: float) -> list[str]:
         """Ids of a listing scheduled for later than `now` and not in flight."""

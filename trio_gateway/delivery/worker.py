@@ -11,6 +11,7 @@ does the waiting, the sending and the disk work.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import random
@@ -21,7 +22,7 @@ import attrs
 import trio
 
 from trio_gateway.channels.base import Channel, Outcome
-from trio_gateway.delivery.scheduler import PAUSE_PROBE_SECONDS, GiveUp, Schedule, Slot, plan_retry
+from trio_gateway.delivery.scheduler import LISTED, PAUSE_PROBE_SECONDS, GiveUp, Schedule, Slot, plan_retry
 from trio_gateway.errors import WorkAbortedError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import Config, DeliveryConfig
@@ -29,6 +30,10 @@ from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.storage.base import Claimed, DeliveryStore, NotDue, OutcomeUnknown
 from trio_gateway.work.clock import WallClock
 from trio_gateway.work.units import WorkRegistry
+
+# Listed entries read per step at start: the oldest are scheduled (and sent) while the rest
+# are still being read, so a long queue does not delay the first delivery.
+PEEK_BATCH = 256
 
 # A cancelled attempt's entry must get back to pending even while the worker is being torn
 # down; disk work is milliseconds, so a short shielded bound is plenty.
@@ -116,7 +121,10 @@ class DeliveryWorker:
 
     # --- scheduling -------------------------------------------------------------------------
 
-    def _slot(self, entry: DeliveryEntry) -> Slot:
+    def _slot(self, entry: DeliveryEntry | None) -> Slot:
+        """Where an entry is scheduled; a listed file that did not read: due now, no conversation."""
+        if entry is None:
+            return LISTED
         return Slot(self.clock.trio_time(entry.next_attempt_at), entry.channel, entry.account_id, entry.to)
 
     def notify(self, entry: DeliveryEntry) -> None:
@@ -127,7 +135,7 @@ class DeliveryWorker:
     def pending_count(self) -> int:
         return self._schedule.pending_count()
 
-    async def _rescan(self) -> None:
+    async def _rescan(self, listed: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Pick up what other processes wrote (and what this one recovered, and everything at
         start). A new entry is read before it is scheduled: its conversation must be known
         before any claim, or it could overtake an older reply to the same person (SPEC 15).
@@ -136,34 +144,44 @@ class DeliveryWorker:
         await self.queue.recover()
         ids = await self.queue.pending_ids()
         new = self._schedule.unknown(ids)
-        ask = new + self._schedule.waiting(ids, trio.current_time())
-        entries = await self.queue.peek(ask) if ask else {}
-        known = {i: self._slot(entries[i]) for i in new if i in entries}
-        listing = self._schedule.take_listing(ids, trio.current_time(), known)
-        if listing.added:
-            self._wake.set()
-        for entry_id in listing.waiting:
-            if entry_id in entries and self._schedule.is_waiting(entry_id):
-                self.notify(entries[entry_id])
-
-    async def _rescan_safely(self) -> None:
+        waiting = self._schedule.waiting(ids, trio.current_time())
+        self._schedule.expect(new)
+        listed.started()  # the queue's size is known; its entries are read from here on
         try:
-            await self._rescan()
+            # Oldest first, in batches: the first replies go out while the rest are still read.
+            for at in range(0, len(new), PEEK_BATCH):
+                batch = new[at : at + PEEK_BATCH]
+                entries = await self.queue.peek(batch)
+                self._schedule.resolve(batch, {i: self._slot(entries.get(i)) for i in batch})
+                self._wake.set()
+        finally:
+            self._schedule.resolve(new, {})  # any not read (a failing disk): the next rescan lists them
+        for entry in (await self.queue.peek(waiting)).values() if waiting else ():
+            if self._schedule.is_waiting(entry.id):
+                self.notify(entry)
+
+    async def _rescan_safely(self, listed: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await self._rescan(listed)
         except (OSError, OutcomeUnknown) as exc:  # a full or failing disk: the next rescan tries again
             self.log.error("DELIVERY", "Queue rescan failed; retrying at the next interval", error=repr(exc))
+        finally:
+            with contextlib.suppress(RuntimeError):  # already told (the listing was taken)
+                listed.started()
 
-    async def _rescan_loop(self) -> None:
+    async def _rescan_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._rescan_safely(task_status)
         while True:
             await trio.sleep(self.config.rescan_interval_seconds)
             await self._rescan_safely()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Deliver continuously until cancelled. Started once the channels are up."""
-        await self._rescan_safely()
-        task_status.started()
+        """Deliver continuously until cancelled. Started once the channels are up and the queue
+        is listed; its entries are read (and the oldest sent) while the dispatcher runs."""
         limiter = trio.Semaphore(self.config.concurrency)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._rescan_loop)
+            await nursery.start(self._rescan_loop)
+            task_status.started()
             while True:
                 await self._sleep_until_due(free=limiter.value > 0)
                 # Start every due attempt there is room for without yielding: they reach the
