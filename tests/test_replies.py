@@ -191,3 +191,12 @@ def test_each_accounts_text_chunk_limit_is_read_from_the_config() -> None:
         }
     )
     assert text_chunk_limits(config) == {("telegram", "a"): 500}
+
+
+async def test_a_long_manual_delivery_is_chunked_too(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, ScriptedChannel("telegram"))
+    first = await rig.outbox.submit_manual("telegram", "42", None, "main", "word " * 2000)
+    pending = await rig.queue.list_pending()
+    assert len(pending) == 3
+    assert pending[0].id == first.id
+    assert [e.idempotency_key for e in pending] == [f"{first.id}:{n}" for n in (1, 2, 3)]

@@ -91,18 +91,34 @@ class Outbox:
                 "DELIVERY",
                 f"No requester origin channel; delivering {kind} to agent {agent_id}'s first channel {route.channel}",
             )
-        pieces = self.chunks(route.channel, route.account_id, text)
-        first = self._entry(kind, route.channel, route.to, route.account_id, agent_id, origin, pieces[0], None)
-        if len(pieces) == 1:
-            entries = [attrs.evolve(first, idempotency_key=idempotency_key or first.id)]
-        else:
-            key = idempotency_key or first.id
-            entries = [attrs.evolve(first, idempotency_key=f"{key}:1")]
-            for n, piece in enumerate(pieces[1:], 2):
-                more = self._entry(kind, route.channel, route.to, route.account_id, agent_id, origin, piece, None)
-                entries.append(attrs.evolve(more, idempotency_key=f"{key}:{n}"))
+        entries = self._entries(
+            kind, route.channel, route.to, route.account_id, agent_id, origin, text, idempotency_key
+        )
         for entry in entries:  # one after another: each chunk is on disk before the next
             await self._enqueue_until_kept(entry)
+        return entries
+
+    def _entries(
+        self,
+        kind: DeliveryKind,
+        channel: str,
+        to: str | None,
+        account_id: str | None,
+        agent_id: str | None,
+        origin: Origin | None,
+        text: str,
+        idempotency_key: str | None,
+    ) -> list[DeliveryEntry]:
+        """One entry per chunk, in order, keyed `<key>:<n>`; a text that fits keeps its key."""
+        pieces = self.chunks(channel, account_id, text)
+        first = self._entry(kind, channel, to, account_id, agent_id, origin, pieces[0], None)
+        key = idempotency_key or first.id
+        if len(pieces) == 1:
+            return [attrs.evolve(first, idempotency_key=key)]
+        entries = [attrs.evolve(first, idempotency_key=f"{key}:1")]
+        for n, piece in enumerate(pieces[1:], 2):
+            more = self._entry(kind, channel, to, account_id, agent_id, origin, piece, None)
+            entries.append(attrs.evolve(more, idempotency_key=f"{key}:{n}"))
         return entries
 
     def chunks(self, channel: str, account_id: str | None, text: str) -> list[str]:
@@ -116,20 +132,22 @@ class Outbox:
     async def submit_manual(
         self, channel: str, to: str, account_id: str | None, agent_id: str | None, text: str
     ) -> DeliveryEntry:
-        """`delivery create` and `POST /v1/deliveries`: an explicit address, no routing."""
+        """`delivery create` and `POST /v1/deliveries`: an explicit address, no routing. A text
+        longer than the platform takes is several entries (SPEC 15); the first is returned."""
         if account_id is None and agent_id is not None and agent_id in self.agents:
             account_id = self.agents[agent_id].account_id
-        entry = self._entry("manual", channel, to, account_id, agent_id, None, text, None)
-        try:
-            await self.queue.enqueue(entry)
-        except OSError as exc:
-            if not is_no_space(exc):
-                raise
-            raise InsufficientStorageError(f"the delivery queue's disk is full: {exc.strerror}") from None
-        except OutcomeUnknown as exc:
-            raise InsufficientStorageError(f"the delivery queue's disk is not answering: {exc}") from None
-        self._enqueued(entry)
-        return entry
+        entries = self._entries("manual", channel, to, account_id, agent_id, None, text, None)
+        for entry in entries:
+            try:
+                await self.queue.enqueue(entry)
+            except OSError as exc:
+                if not is_no_space(exc):
+                    raise
+                raise InsufficientStorageError(f"the delivery queue's disk is full: {exc.strerror}") from None
+            except OutcomeUnknown as exc:
+                raise InsufficientStorageError(f"the delivery queue's disk is not answering: {exc}") from None
+            self._enqueued(entry)
+        return entries[0]
 
     async def _enqueue_until_kept(self, entry: DeliveryEntry) -> None:
         """Accepted work's notices are never dropped because the disk is full or stuck: the
