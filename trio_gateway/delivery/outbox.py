@@ -33,6 +33,18 @@ ENQUEUE_RETRY_FIRST_SECONDS = 0.5
 ENQUEUE_RETRY_MAX_SECONDS = 30.0
 
 
+@attrs.frozen
+class _Address:
+    """Where a notice goes and on whose behalf: what each of its entries shares."""
+
+    kind: DeliveryKind
+    channel: str
+    to: str | None
+    account_id: str | None
+    agent_id: str | None
+    origin: Origin | None
+
+
 class Notice(TypedDict):
     """What `submit` takes (its keywords), as `submit_all` names them."""
 
@@ -91,34 +103,22 @@ class Outbox:
                 "DELIVERY",
                 f"No requester origin channel; delivering {kind} to agent {agent_id}'s first channel {route.channel}",
             )
-        entries = self._entries(
-            kind, route.channel, route.to, route.account_id, agent_id, origin, text, idempotency_key
-        )
+        to = _Address(kind, route.channel, route.to, route.account_id, agent_id, origin)
+        entries = self._entries(to, text, idempotency_key)
         for entry in entries:  # one after another: each chunk is on disk before the next
             await self._enqueue_until_kept(entry)
         return entries
 
-    def _entries(
-        self,
-        kind: DeliveryKind,
-        channel: str,
-        to: str | None,
-        account_id: str | None,
-        agent_id: str | None,
-        origin: Origin | None,
-        text: str,
-        idempotency_key: str | None,
-    ) -> list[DeliveryEntry]:
+    def _entries(self, to: _Address, text: str, idempotency_key: str | None) -> list[DeliveryEntry]:
         """One entry per chunk, in order, keyed `<key>:<n>`; a text that fits keeps its key."""
-        pieces = self.chunks(channel, account_id, text)
-        first = self._entry(kind, channel, to, account_id, agent_id, origin, pieces[0], None)
+        pieces = self.chunks(to.channel, to.account_id, text)
+        first = self._entry(to, pieces[0])
         key = idempotency_key or first.id
         if len(pieces) == 1:
             return [attrs.evolve(first, idempotency_key=key)]
         entries = [attrs.evolve(first, idempotency_key=f"{key}:1")]
         for n, piece in enumerate(pieces[1:], 2):
-            more = self._entry(kind, channel, to, account_id, agent_id, origin, piece, None)
-            entries.append(attrs.evolve(more, idempotency_key=f"{key}:{n}"))
+            entries.append(attrs.evolve(self._entry(to, piece), idempotency_key=f"{key}:{n}"))
         return entries
 
     def chunks(self, channel: str, account_id: str | None, text: str) -> list[str]:
@@ -136,7 +136,7 @@ class Outbox:
         longer than the platform takes is several entries (SPEC 15); the first is returned."""
         if account_id is None and agent_id is not None and agent_id in self.agents:
             account_id = self.agents[agent_id].account_id
-        entries = self._entries("manual", channel, to, account_id, agent_id, None, text, None)
+        entries = self._entries(_Address("manual", channel, to, account_id, agent_id, None), text, None)
         for entry in entries:
             try:
                 await self.queue.enqueue(entry)
@@ -181,18 +181,9 @@ class Outbox:
         if self.on_enqueued is not None:
             self.on_enqueued(entry)
 
-    def _entry(
-        self,
-        kind: DeliveryKind,
-        channel: str,
-        to: str | None,
-        account_id: str | None,
-        agent_id: str | None,
-        origin: Origin | None,
-        text: str,
-        idempotency_key: str | None,
-    ) -> DeliveryEntry:
-        """A validated, routed entry, not written yet."""
+    def _entry(self, address: _Address, text: str) -> DeliveryEntry:
+        """A validated, routed entry, not written yet (keyed by its id)."""
+        channel, to = address.channel, address.to
         try:
             warning = check_address(channel, to)
         except DeliveryValidationError:
@@ -203,17 +194,16 @@ class Outbox:
         assert to is not None  # check_address refuses an empty address
         now = self.clock.now()
         entry_id = self.queue.new_id(now)
-        entry = DeliveryEntry(
+        return DeliveryEntry(
             id=entry_id,
-            kind=kind,
+            kind=address.kind,
             channel=channel,
             to=to,
-            account_id=account_id,
-            agent_id=agent_id,
-            requester_origin=origin,
+            account_id=address.account_id,
+            agent_id=address.agent_id,
+            requester_origin=address.origin,
             payload=Payload(text),
-            idempotency_key=idempotency_key or entry_id,
+            idempotency_key=entry_id,
             created_at=now,
             next_attempt_at=now,
         )
-        return entry
