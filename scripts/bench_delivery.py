@@ -5,7 +5,9 @@
 One delivery through the project: `Outbox.submit_manual` (validate, write the entry file with
 fsync + rename + dir fsync) -> `DeliveryWorker` (claim by rename and record `sendStartedAt` by a
 second rename, one dir fsync per batch; send; ack = unlink, one dir fsync per batch), at worker
-concurrency C with C producers. Two channels:
+concurrency C with C producers, the entries spread over 100 recipients (one conversation is
+sent one entry at a time, SPEC 15; the last table says what that costs when every entry goes to
+ONE recipient). Two channels:
 
 - `null`: an in-memory channel that answers ok at once, so the figure is the queue's own cost;
 - `telegram@loopback`: the real `TelegramChannel` adapter over httpx to a loopback fake Bot API
@@ -106,7 +108,13 @@ class CountingQueue(DeliveryQueue):
             type(self).all_done.set()
 
 
-async def project_run(root: Path, channel: Any, channel_name: str, to: str, n: int, c: int) -> float:
+# Recipients the entries are spread over: SPEC 15 sends each conversation one entry at a time.
+RECIPIENTS = 100
+
+
+async def project_run(
+    root: Path, channel: Any, channel_name: str, to: str, n: int, c: int, recipients: int = RECIPIENTS
+) -> float:
     config = quick_config(**{"delivery.concurrency": c, "delivery.rescanIntervalSeconds": 3600})
     log = EventLog([])
     CountingQueue.acked, CountingQueue.target, CountingQueue.all_done = 0, n, trio.Event()
@@ -117,13 +125,13 @@ async def project_run(root: Path, channel: Any, channel_name: str, to: str, n: i
         await nursery.start(service.run)
         t0 = time.perf_counter()
 
-        async def produce(count: int) -> None:
-            for _ in range(count):
-                await service.outbox.submit_manual(channel_name, to, None, None, TEXT)
+        async def produce(first: int, count: int) -> None:
+            for k in range(first, first + count):
+                await service.outbox.submit_manual(channel_name, f"{to}{k % recipients}", None, None, TEXT)
 
         async with trio.open_nursery() as producers:
             for i in range(c):
-                producers.start_soon(produce, n // c + (1 if i < n % c else 0))
+                producers.start_soon(produce, i * (n // c + 1), n // c + (1 if i < n % c else 0))
         await CountingQueue.all_done.wait()
         took = time.perf_counter() - t0
         nursery.cancel_scope.cancel()
@@ -392,8 +400,24 @@ def measure(args: argparse.Namespace) -> None:
         "fsyncs per delivery: project 2 + 2 shared by a batch (enqueue: file + dir; claim with sendStartedAt:"
         " 1 dir per batch; ack: 1 dir per batch); before the group commit 7; (a) 3"
     )
+    ordering_cost(args)
     if args.profile:
         profile(args)
+
+
+def ordering_cost(args: argparse.Namespace) -> None:
+    """SPEC 15's order, priced: every entry to ONE recipient (sent one after another, by design)
+    against the same entries over 100 recipients, null channel, same run, best of rounds."""
+    c = 8
+    best = {1: float("inf"), RECIPIENTS: float("inf")}
+    for _ in range(args.rounds):
+        for recipients in random.sample(list(best), len(best)):
+            with temp_home("bench-delivery-") as home:
+                took = trio.run(project_run, home, NullChannel(), "console", "bench", args.n, c, recipients)
+            best[recipients] = min(best[recipients], took)
+    rows = [[r, c, args.n / best[r]] for r in (RECIPIENTS, 1)]
+    table(["recipients", "C", "deliveries/s"], rows, title="What ordering per conversation costs (null channel)")
+    print(f"one recipient / {RECIPIENTS} recipients: {best[RECIPIENTS] / best[1]:.2f}")
 
 
 def profile(args: argparse.Namespace) -> None:

@@ -240,7 +240,7 @@ async def test_telegram_request_shape(channels: ChannelSet, fakes: FakeChannels)
     assert (await telegram.send(entry("telegram", "@news"))).ok
     first, second = fakes.requests_to("telegram")
     assert first.path == f"/bot{TELEGRAM_TOKEN}/sendMessage"
-    assert first.body == {"chat_id": -100200300, "text": "hello"}
+    assert first.body == {"chat_id": -100200300, "text": "hello", "parse_mode": "HTML"}
     assert second.body["chat_id"] == "@news"
     assert telegram.deduplicates is False
 

@@ -93,9 +93,17 @@ async def cluster(pg_dsn: str) -> AsyncIterator[Callable[[str], trio.lowlevel.Ta
         db.pool.close()
 
 
-async def add(node: Node, n: int, key: str | None = None) -> list[DeliveryEntry]:
+async def add(node: Node, n: int, key: str | None = None, *, spread: bool = False) -> list[DeliveryEntry]:
+    """`n` replies to ME, or with `spread` each to its own recipient (parallel: SPEC 15 sends one
+    conversation one entry at a time)."""
     return [
-        await node.outbox.submit(kind="reply", origin=ME, agent_id="main", text=f"t{i}", idempotency_key=key)
+        await node.outbox.submit(
+            kind="reply",
+            origin=Origin("console", f"me-{i}") if spread else ME,
+            agent_id="main",
+            text=f"t{i}",
+            idempotency_key=key,
+        )
         for i in range(n)
     ]
 
@@ -149,7 +157,7 @@ async def test_an_idempotency_key_is_enqueued_once(cluster: Callable[..., object
 
 async def test_two_nodes_claim_disjoint_batches(cluster: Callable[..., object]) -> None:
     a, b = await cluster("a"), await cluster("b")  # type: ignore[misc]
-    await add(a, 10)
+    await add(a, 10, spread=True)
     now = T0 + dt.timedelta(seconds=1)
     first, second = await a.queue.claim_due(now, 6), await b.queue.claim_due(now, 6)
     assert len(first) == 6
@@ -223,8 +231,9 @@ async def test_release_keeps_the_send_mark_and_retry_dead_resets(cluster: Callab
 
 async def test_leaving_releases_claims_and_status_shows_nodes(cluster: Callable[..., object]) -> None:
     a, b = await cluster("a"), await cluster("b")  # type: ignore[misc]
-    await add(a, 3)
-    await a.queue.claim_due(T1, 2)
+    await add(a, 3, spread=True)
+    # Due by then however long the three writes took on a busy machine (the clock is real time).
+    assert len(await a.queue.claim_due(T0 + dt.timedelta(seconds=30), 2)) == 2
     nodes = {n["nodeId"]: n for n in await cluster_status(b.db, T0, CLUSTER.dead_after_seconds)}
     assert (nodes["a"]["state"], nodes["a"]["claimsHeld"], nodes["b"]["claimsHeld"]) == ("running", 2, 0)
     a.node.db.pool.close = lambda **_kw: None  # type: ignore[method-assign]  # the fixture closes it
@@ -283,7 +292,7 @@ def worker_for(node: Node, channel: Recorder, **config: float) -> PgDeliveryWork
 async def test_two_workers_deliver_every_entry_once(cluster: Callable[..., object], autojump_clock: object) -> None:
     a, b = await cluster("a"), await cluster("b")  # type: ignore[misc]
     ch_a, ch_b = Recorder(delay=0.05, node="a"), Recorder(delay=0.05, node="b")
-    entries = await add(a, 60)
+    entries = await add(a, 60, spread=True)
     async with trio.open_nursery() as nursery:
         await nursery.start(worker_for(a, ch_a, concurrency=4).run)
         await nursery.start(worker_for(b, ch_b, concurrency=4).run)
@@ -323,3 +332,69 @@ async def test_dead_letters_are_read_a_page_at_a_time(cluster: Callable[..., obj
     assert [e.id for e in (await a.queue.failed_page(ids[3], 10))[0]] == ids[4:]
     with pytest.raises(BadRequestError, match="is not a delivery id"):
         await a.queue.retry_dead("../../x", T1)
+
+
+# --- the order of a conversation (SPEC 15) ---------------------------------------------------
+
+
+async def test_only_the_head_of_a_conversation_is_claimed(cluster: Callable[..., object]) -> None:
+    a, b = await cluster("a"), await cluster("b")  # type: ignore[misc]
+    chat = await add(a, 3)  # one recipient
+    others = await add(a, 2, spread=True)
+    [head, *rest] = chat
+    first = await a.queue.claim_due(T1, 10)
+    assert {c.entry.id for c in first} == {head.id, *(e.id for e in others)}
+    assert await b.queue.claim_due(T1, 10) == []  # another node sees the head in flight
+    [held] = [c for c in first if c.entry.id == head.id]
+    # A retry of the head: pending again, waiting, and holding the rest of its conversation.
+    await a.queue.retry_later(held, "HTTP 503", T1 + dt.timedelta(seconds=30))
+    assert await b.queue.claim_due(T1 + dt.timedelta(seconds=29), 10) == []
+    [again] = await b.queue.claim_due(T1 + dt.timedelta(seconds=30), 10)
+    assert again.entry.id == head.id
+    await b.queue.dead_letter(again, "gave up", T1)  # dead-lettered: the next one may go
+    [second] = await a.queue.claim_due(T1, 10)
+    assert second.entry.id == rest[0].id
+    # `delivery retry` revives the older dead letter while `second` is in flight: it waits.
+    await a.queue.retry_dead(head.id, T1)
+    assert await b.queue.claim_due(T1, 10) == []
+    await a.queue.ack(second)
+    [revived] = await b.queue.claim_due(T1, 10)
+    assert revived.entry.id == head.id  # the oldest goes first again
+    await b.queue.ack(revived)
+    [third] = await b.queue.claim_due(T1, 10)
+    assert third.entry.id == rest[1].id
+
+
+@attrs.define
+class OrderRecorder(Recorder):
+    """Also checks, at every send, that nothing else of the same recipient is in flight."""
+
+    in_flight: set[str] = attrs.Factory(set)
+    by_to: dict[str, list[str]] = attrs.Factory(dict)
+
+    async def send(self, entry: DeliveryEntry) -> Outcome:
+        assert entry.to not in self.in_flight, f"two sends in flight for {entry.to}"
+        self.in_flight.add(entry.to)
+        self.by_to.setdefault(entry.to, []).append(entry.id)
+        try:
+            return await super().send(entry)
+        finally:
+            self.in_flight.discard(entry.to)
+
+
+async def test_two_nodes_keep_each_conversation_in_order(
+    cluster: Callable[..., object], autojump_clock: object
+) -> None:
+    a, b = await cluster("a"), await cluster("b")  # type: ignore[misc]
+    shared = OrderRecorder(delay=0.05)  # both nodes' sends, to see them together
+    entries = []
+    for _ in range(6):  # six rounds of one reply to each of five recipients
+        entries += await add(a, 5, spread=True)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(worker_for(a, shared, concurrency=4).run)
+        await nursery.start(worker_for(b, shared, concurrency=4).run)
+        await wait_drained(a.queue)
+        nursery.cancel_scope.cancel()
+    for to, sent in shared.by_to.items():
+        assert sent == sorted(e.id for e in entries if e.to == to), to
+    assert sum(len(v) for v in shared.by_to.values()) == 30

@@ -83,8 +83,15 @@ class Rig:
     sink: MemorySink
     work: WorkRegistry
 
-    async def add(self, n: int = 1, channel: str = "console", to: str = "someone") -> list[DeliveryEntry]:
-        return [await self.outbox.submit_manual(channel, to, None, "main", f"text {i}") for i in range(n)]
+    async def add(
+        self, n: int = 1, channel: str = "console", to: str = "someone", *, spread: bool = False
+    ) -> list[DeliveryEntry]:
+        """`n` entries to `to`, or with `spread` each to its own recipient (`to-<i>`): one
+        conversation is sent one entry at a time (SPEC 15), different ones in parallel."""
+        return [
+            await self.outbox.submit_manual(channel, f"{to}-{i}" if spread else to, None, "main", f"text {i}")
+            for i in range(n)
+        ]
 
     async def run_for(self, seconds: float) -> None:
         async with trio.open_nursery() as nursery:
@@ -275,7 +282,7 @@ async def test_an_attempt_past_its_timeout_is_a_counted_retry(tmp_path: Path, au
 async def test_concurrency_bound_is_respected(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     console = ScriptedChannel("console", delay=1.0)
     rig = make_rig(tmp_path, console, concurrency=4)
-    await rig.add(30)
+    await rig.add(30, spread=True)
     await rig.run_for(20)
     assert len(console.sends) == 30
     assert console.max_in_flight == 4
@@ -287,7 +294,7 @@ async def test_a_drain_during_backoff_waits_is_immediate_and_loses_nothing(
 ) -> None:
     console = ScriptedChannel("console", lambda _e, _n: retry())
     rig = make_rig(tmp_path, console, initial_backoff_seconds=30, max_backoff_seconds=60)
-    await rig.add(20)
+    await rig.add(20, spread=True)
     async with trio.open_nursery() as nursery:
         await nursery.start(rig.worker.run)
         await trio.sleep(5)  # every entry has failed once and waits 30..60 s
@@ -379,12 +386,13 @@ async def test_repair_over_a_seed_style_queue(tmp_path: Path) -> None:
 # --- start-up from the directory listing ------------------------------------------------------
 
 
-async def test_start_up_schedules_from_the_listing_and_parses_only_at_claim(
+async def test_start_up_reads_each_listed_entry_before_scheduling_it_and_keeps_its_order(
     tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """At start every pending file is read (its recipient decides its place: SPEC 15) before any
+    claim; one recipient's entries go oldest first, and one waiting on a backoff holds the rest."""
     console = ScriptedChannel("console")
-    # One at a time, so the order of the sends is the order of scheduling.
-    rig = make_rig(tmp_path, console, concurrency=1, rescan_interval_seconds=3600)
+    rig = make_rig(tmp_path, console, concurrency=4, rescan_interval_seconds=3600)
     writer = Outbox(rig.queue, AGENTS, rig.worker.clock, EventLog())  # an earlier life: no notify
     entries = [await writer.submit_manual("console", "x", None, "main", f"m{i}") for i in range(5)]
     later = attrs.evolve(entries[2], next_attempt_at=entries[2].next_attempt_at + dt.timedelta(seconds=30))
@@ -392,16 +400,16 @@ async def test_start_up_schedules_from_the_listing_and_parses_only_at_claim(
     (tmp_path / "delivery-queue" / "torn.json").write_text("{")
 
     def no_full_scan(_self: DeliveryQueue) -> list[DeliveryEntry]:
-        raise AssertionError("start-up must not parse the whole queue")
+        raise AssertionError("start-up reads the listed entries by id, not the whole folder")
 
     monkeypatch.setattr(DeliveryQueue, "_scan_sync", no_full_scan)
     async with trio.open_nursery() as nursery:
         await nursery.start(rig.worker.run)
-        assert rig.worker.pending_count() == 6  # known from the listing, nothing parsed yet
+        assert rig.worker.pending_count() == 6
         await trio.sleep(60)
         nursery.cancel_scope.cancel()
-    due_ids = [e.id for e in entries if e.id != later.id]
-    assert console.sends == [(0.0, i) for i in due_ids] + [(30.0, later.id)]  # oldest first
+    ids = [e.id for e in entries]
+    assert console.sends == [(0.0, ids[0]), (0.0, ids[1]), (30.0, ids[2]), (30.0, ids[3]), (30.0, ids[4])]
     assert (tmp_path / "delivery-queue" / "quarantine" / "torn.json").exists()
     assert rig.worker.pending_count() == 0
 

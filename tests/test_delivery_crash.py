@@ -18,6 +18,8 @@ import trio
 
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.log import EventLog
+from trio_gateway.policy.config import AgentConfig
+from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import in_thread
 from trio_gateway.storage.queue import DeliveryQueue
 from trio_gateway.work.clock import WallClock
@@ -85,7 +87,7 @@ class SlowConsole:
 class One:
     channel: SlowConsole
     def get(self, channel, account_id):
-        return self.channel if channel == "console" else None
+        return self.channel if channel in ("console", "telegram") else None
 
 async def main():
     log = open_log(home / "worker.log", echo=None)
@@ -142,13 +144,7 @@ def test_sigkill_mid_way_loses_nothing(tmp_path: Path) -> None:
 
     # Kill on an observed state, not after a sleep: a third sent and acknowledged, then one send
     # per slot that reached the platform (its line is written) and never came back.
-    first = _worker(tmp_path, script, f"hang_after={HANG_AFTER}")
-    _poll_until(
-        lambda: len(_delivered(tmp_path)) == HANG_AFTER + CONCURRENCY and len(_marked(tmp_path)) == CONCURRENCY,
-        lambda: f"{len(_delivered(tmp_path))} delivered, {len(_marked(tmp_path))} sending",
-    )
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
+    _kill_mid_way(tmp_path, script, HANG_AFTER, CONCURRENCY)
     at_kill = len(_delivered(tmp_path))
     assert at_kill == HANG_AFTER + CONCURRENCY, "the kill lands mid-way"
     inflight = [n for n in os.listdir(tmp_path / "delivery-queue" / "inflight") if not n.startswith(".")]
@@ -169,6 +165,18 @@ def test_sigkill_mid_way_loses_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "delivery-queue" / "failed").exists()
     assert int(out) >= ENTRIES - at_kill  # the second run sent at least what the first had not
     assert "Recovered entry" in (tmp_path / "worker.log").read_text()
+
+
+def _kill_mid_way(home: Path, script: Path, hang_after: int, in_flight: int) -> None:
+    """Run the worker until `hang_after` sends are done and `in_flight` more reached the platform
+    and never came back, then SIGKILL it."""
+    first = _worker(home, script, f"hang_after={hang_after}")
+    _poll_until(
+        lambda: len(_delivered(home)) == hang_after + in_flight and len(_marked(home)) == in_flight,
+        lambda: f"{len(_delivered(home))} delivered, {len(_marked(home))} sending",
+    )
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
 
 
 def _marked(home: Path) -> set[str]:
@@ -205,3 +213,51 @@ def test_sigkill_inside_a_batched_ack_resends_only_that_batch_and_says_so(tmp_pa
     for key in resent:  # every resend of a send that may have happened is logged as such
         assert f"id={key} Possible duplicate" in log
     assert os.listdir(tmp_path / "delivery-queue" / "inflight") == []
+
+
+# --- a long reply's chunks, ordered per recipient, across a SIGKILL (SPEC 15) ---------------
+
+RECIPIENTS = 5
+REPLIES = 30  # per recipient: six each, every one a few Telegram chunks
+
+
+async def _enqueue_replies(home: Path) -> dict[str, list[str]]:
+    """Long replies to a few Telegram chats, each cut into chunks by the outbox: the keys of
+    every chat's chunks in the order they were written."""
+    log = EventLog()
+    queue = DeliveryQueue(home / "delivery-queue", in_thread, log)
+    outbox = Outbox(queue, {"main": AgentConfig()}, WallClock.start(), log)
+    by_chat: dict[str, list[str]] = collections.defaultdict(list)
+    for i in range(REPLIES):
+        chat = str(100 + i % RECIPIENTS)
+        text = "\n\n".join(f"Reply {i}, paragraph {p}: " + "word " * 300 for p in range(4))
+        entries = await outbox.submit_all(
+            kind="reply", origin=Origin("telegram", chat), agent_id="main", text=text, idempotency_key=f"turn-{i}"
+        )
+        assert len(entries) > 1
+        by_chat[chat] += [e.idempotency_key for e in entries]
+    return by_chat
+
+
+@pytest.mark.e2e
+def test_sigkill_with_chunked_replies_loses_no_chunk_and_keeps_each_chats_order(tmp_path: Path) -> None:
+    by_chat = trio.run(_enqueue_replies, tmp_path)
+    keys = {k for chunks in by_chat.values() for k in chunks}
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    # One send per chat in flight at most (SPEC 15), however many slots the worker has.
+    _kill_mid_way(tmp_path, script, len(keys) // 3, RECIPIENTS)
+    second = _worker(tmp_path, script)
+    _out, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+
+    delivered = _delivered(tmp_path)
+    counts = collections.Counter(delivered)
+    assert set(counts) == keys  # no chunk lost
+    assert sum(n - 1 for n in counts.values()) <= RECIPIENTS  # only the sends in flight at the kill, once
+    seen: list[str] = []
+    for key in delivered:
+        if key not in seen:
+            seen.append(key)
+    for chat, chunks in by_chat.items():
+        assert [k for k in seen if k in set(chunks)] == chunks, chat  # each chat's chunks in order

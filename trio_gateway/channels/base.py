@@ -17,11 +17,12 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
 from trio_gateway.channels.inbound import Event, Listener, WebhookRequest, WebSocketConnect
+from trio_gateway.channels.markdown import TextForm
 from trio_gateway.errors import ConfigError, DeliveryValidationError
 from trio_gateway.policy.config import AccountConfig, AccountKind
 from trio_gateway.policy.entry import DeliveryEntry
@@ -153,6 +154,15 @@ class Channel(Protocol):
     async def send(self, entry: DeliveryEntry) -> Outcome: ...
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class ShowsTyping(Protocol):
+    """An adapter that can show the platform's typing indicator (SPEC 15 "Typing"). One call
+    shows it once (the platform lets it fade after a few seconds); the caller repeats it every
+    `ChannelKind.typing_every` seconds, bounds each call and ignores what it answers."""
+
+    async def show_typing(self, to: str, context_token: str | None) -> None: ...
 
 
 # --- addresses (SPEC 7) --------------------------------------------------------------------------
@@ -320,6 +330,11 @@ class ChannelKind:
     # What this version can listen with, by inbound mode (`poll`, `socket`).
     listeners: Mapping[str, ListenerOpener] = attrs.field(factory=dict)
     webhook: Webhook | None = None
+    # How a reply is sent (SPEC 15): its length limit as the platform counts it, and its
+    # formatting. None: as written, any length (`console`).
+    text: TextForm | None = None
+    # How often its typing indicator is shown again while a turn runs; None: it has none.
+    typing_every: float | None = None
 
     @property
     def needs_account(self) -> bool:

@@ -38,6 +38,7 @@ from trio_gateway.channels.inbound import (
     beside,
     leaf_errors,
 )
+from trio_gateway.channels.markdown import TextForm
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
@@ -72,6 +73,12 @@ def message_body(entry: DeliveryEntry) -> dict[str, object]:
     return {"content": entry.payload.text, "nonce": nonce, "enforce_nonce": True}
 
 
+# How a reply is sent (SPEC 15): Discord renders Markdown itself, so as written. `content` holds
+# at most 2,000 characters (https://discord.com/developers/docs/resources/message#create-message);
+# counted here in UTF-16 code units, which is never less than Discord's own count.
+TEXT = TextForm(2000, "utf16", style=None)
+
+
 @attrs.define
 class DiscordChannel:
     http: JsonClient
@@ -97,6 +104,13 @@ class DiscordChannel:
         if isinstance(reply, Outcome):
             return reply
         return classify(reply.status, reply.body, reply.headers)
+
+    async def show_typing(self, to: str, context_token: str | None) -> None:
+        """`POST /channels/{id}/typing`: shown for 10 s or until the next message."""
+        kind, ident = parse_address(to)
+        channel_id = await self._dm_channel(ident) if kind == "user" else ident
+        if isinstance(channel_id, str):
+            await self.http.post(f"/channels/{channel_id}/typing", {})
 
     async def _dm_channel(self, user_id: str) -> str | Outcome:
         cached = self.dm_channels.get(user_id)
@@ -365,4 +379,6 @@ KIND = ChannelKind(
     open_sender=_open_sender,
     default_mode=lambda _: "socket",
     listeners={"socket": _open_listener},
+    text=TEXT,
+    typing_every=8.0,  # the indicator shows for 10 s
 )

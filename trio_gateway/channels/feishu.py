@@ -50,6 +50,7 @@ from trio_gateway.channels.inbound import (
     message_event,
     socket_error,
 )
+from trio_gateway.channels.markdown import PLAIN, TextForm
 from trio_gateway.errors import BadRequestError, UnauthorizedError
 from trio_gateway.policy import strict_json
 from trio_gateway.policy.config import AccountConfig, AccountKind
@@ -90,11 +91,18 @@ def receive_id_type(to: str) -> str:
     return "user_id"
 
 
+# How a reply is sent (SPEC 15): a `text` message, Markdown as plain text. The request body may
+# be 150 KB (https://open.feishu.cn/document/server-docs/im-v1/message/create); the text is
+# JSON-escaped twice on its way into it (once into `content`, once into the body), so we cut at
+# 20,000 UTF-8 bytes, which stays under it for any text.
+TEXT = TextForm(20_000, "utf8", PLAIN)
+
+
 def message_body(entry: DeliveryEntry) -> dict[str, str]:
     return {
         "receive_id": entry.to,
         "msg_type": "text",
-        "content": json.dumps({"text": entry.payload.text}, ensure_ascii=False),
+        "content": json.dumps({"text": TEXT.render(entry.payload.text)}, ensure_ascii=False),
         "uuid": stable_key(entry.idempotency_key, UUID_LIMIT),
     }
 
@@ -764,4 +772,5 @@ KIND = ChannelKind(
     default_mode=lambda _: "socket",
     listeners={"socket": _open_listener},
     webhook=Webhook(check_webhook_headers, parse_webhook),
+    text=TEXT,
 )

@@ -44,6 +44,7 @@ from trio_gateway.channels.inbound import (
     message_event,
     socket_error,
 )
+from trio_gateway.channels.markdown import Style, TextForm, html_escape
 from trio_gateway.errors import UnauthorizedError
 from trio_gateway.policy.config import AccountConfig, AccountKind
 from trio_gateway.policy.entry import DeliveryEntry
@@ -92,6 +93,34 @@ def classify(status: int, body: object, headers: Headers) -> Outcome:
     return by_status(status, headers, reason)
 
 
+# --- how a reply is sent (SPEC 15): mrkdwn ------------------------------------------------------
+# chat.postMessage's `text`: Slack truncates past 40,000 characters and asks clients to keep a
+# message to 4,000 (https://api.slack.com/methods/chat.postMessage, "Truncating content";
+# https://api.slack.com/changelog/2018-04-truncating-really-long-messages). We keep to 4,000.
+
+
+def _link(text: str, url: str) -> str:
+    if "|" in url or ">" in url:  # cannot be written inside <url|text>
+        return f"{text} ({html_escape(url)})"
+    return f"<{url}|{text}>" if text != html_escape(url) else f"<{url}>"
+
+
+TEXT = TextForm(
+    4000,
+    "codepoints",
+    Style(
+        escape=html_escape,  # mrkdwn's three: & < >
+        strong=("*", "*"),
+        em=("_", "_"),
+        strike=("~", "~"),
+        heading=("*", "*"),
+        code=lambda code: f"`{code}`",
+        fence=lambda _language, code: f"```\n{code.rstrip()}\n```",
+        link=_link,
+    ),
+)
+
+
 @attrs.define
 class SlackChannel:
     http: JsonClient
@@ -104,7 +133,8 @@ class SlackChannel:
         return cls(JsonClient.open(base_url, transport, headers=headers, secrets=[token]))
 
     async def send(self, entry: DeliveryEntry) -> Outcome:
-        return await self.http.send(SEND_PATH, {"channel": entry.to, "text": entry.payload.text}, classify)
+        body = {"channel": entry.to, "text": TEXT.render(entry.payload.text)}  # mrkdwn is the default
+        return await self.http.send(SEND_PATH, body, classify)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -288,4 +318,5 @@ KIND = ChannelKind(
     default_mode=_default_mode,
     listeners={"socket": _open_listener},
     webhook=Webhook(check_webhook_headers, parse_webhook),
+    text=TEXT,
 )

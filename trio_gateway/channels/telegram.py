@@ -7,6 +7,7 @@ no URL we log, raise or report can carry it."""
 from __future__ import annotations
 
 import hmac
+import html
 import re
 
 import attrs
@@ -41,6 +42,7 @@ from trio_gateway.channels.inbound import (
     json_dict,
     message_event,
 )
+from trio_gateway.channels.markdown import Style, TextForm, html_escape
 from trio_gateway.errors import UnauthorizedError
 from trio_gateway.policy.config import AccountConfig, AccountKind
 from trio_gateway.policy.entry import DeliveryEntry
@@ -48,8 +50,56 @@ from trio_gateway.upstream import AsyncBaseTransport
 
 TOKEN_PLACEHOLDER = "TOKEN"
 SEND_PATH = f"/bot{TOKEN_PLACEHOLDER}/sendMessage"
+TYPING_PATH = f"/bot{TOKEN_PLACEHOLDER}/sendChatAction"
 # Anything that looks like a bot token in a URL (`/bot123456:AA.../`), for text we did not build.
 _TOKEN_IN_URL = re.compile(r"/bot\d+:[A-Za-z0-9_-]+")
+
+
+# --- how a reply is sent (SPEC 15): HTML with Telegram's tag set --------------------------------
+# https://core.telegram.org/bots/api#sendmessage: "1-4096 characters after entities parsing",
+# counted in UTF-16 code units (as every Bot API length is). We measure the HTML as sent, tags
+# included, which is never less than what Telegram counts.
+
+_LINK_SCHEMES = ("http://", "https://", "tg://", "mailto:")
+
+
+def _link(text: str, url: str) -> str:
+    if not url.lower().startswith(_LINK_SCHEMES):  # Telegram refuses other hrefs
+        return text if text == html_escape(url) else f"{text} ({html_escape(url)})"
+    return f'<a href="{html.escape(url, quote=True)}">{text}</a>'
+
+
+def _fence(language: str, code: str) -> str:
+    code = code.rstrip("\n")
+    if language:
+        return f'<pre><code class="language-{language}">{code}</code></pre>'
+    return f"<pre>{code}</pre>"
+
+
+TEXT = TextForm(
+    4096,
+    "utf16",
+    Style(
+        escape=html_escape,
+        strong=("<b>", "</b>"),
+        em=("<i>", "</i>"),
+        strike=("<s>", "</s>"),
+        heading=("<b>", "</b>"),
+        code=lambda code: f"<code>{code}</code>",
+        fence=_fence,
+        link=_link,
+        quote=lambda inner: f"<blockquote>{inner}</blockquote>",
+    ),
+)
+
+# What Telegram answers when the HTML does not parse: the same entry goes again as plain text.
+_MALFORMED = re.compile(r"can't parse entities|unsupported start tag|can't find end tag", re.IGNORECASE)
+
+
+def refused_markup(outcome: Outcome) -> bool:
+    return outcome.kind == "permanent" and bool(_MALFORMED.search(outcome.reason))
+
+
 ADDRESS = AddressRule(re.compile(r"^(?:-?\d+|@[A-Za-z][A-Za-z0-9_]{3,31})$"), "a numeric chat id or @username")
 
 
@@ -92,9 +142,18 @@ class TelegramChannel:
         return cls(JsonClient.open(base_url, wire, secrets=[token]))
 
     async def send(self, entry: DeliveryEntry) -> Outcome:
-        body = {"chat_id": chat_id(entry.to), "text": entry.payload.text}
+        body = {"chat_id": chat_id(entry.to), "text": TEXT.render(entry.payload.text), "parse_mode": "HTML"}
         outcome = await self.http.send(SEND_PATH, body, classify)
+        if refused_markup(outcome):
+            # Our HTML is at fault, not the message: once more as plain text, in the same attempt
+            # (same entry, same idempotency key) rather than a dead letter.
+            plain = {"chat_id": chat_id(entry.to), "text": TEXT.plain(entry.payload.text)}
+            outcome = await self.http.send(SEND_PATH, plain, classify)
         return attrs.evolve(outcome, reason=_scrub_url(outcome.reason))
+
+    async def show_typing(self, to: str, context_token: str | None) -> None:
+        """`sendChatAction` `typing`: shown for 5 s or until the next message."""
+        await self.http.send(TYPING_PATH, {"chat_id": chat_id(to), "action": "typing"}, classify)
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -226,4 +285,6 @@ KIND = ChannelKind(
     default_mode=_default_mode,
     listeners={"poll": _open_listener},
     webhook=Webhook(verify_secret_token, parse_webhook),
+    text=TEXT,
+    typing_every=4.0,  # the action shows for 5 s
 )

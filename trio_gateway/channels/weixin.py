@@ -32,6 +32,7 @@ from trio_gateway.channels.base import (
 )
 from trio_gateway.channels.http import JsonClient, post_json
 from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, ListenError, WebSocketConnect
+from trio_gateway.channels.markdown import PLAIN, TextForm
 from trio_gateway.policy.config import AccountKind
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
@@ -41,6 +42,9 @@ SEND_PATH = "/ilink/bot/sendmessage"
 POLL_PATH = "/ilink/bot/getupdates"
 NOTIFY_START_PATH = "/ilink/bot/msg/notifystart"
 NOTIFY_STOP_PATH = "/ilink/bot/msg/notifystop"
+CONFIG_PATH = "/ilink/bot/getconfig"
+TYPING_PATH = "/ilink/bot/sendtyping"
+TYPING_ON = 1
 CHANNEL_VERSION = "trio-gateway/0.1"
 MESSAGE_TYPE_USER = 1
 MESSAGE_TYPE_BOT = 2
@@ -83,13 +87,18 @@ def _reply_context(entry: DeliveryEntry, fallback: str | None) -> str | None:
     return fallback
 
 
+# How a reply is sent (SPEC 15): WeChat shows text as it is, so Markdown goes as plain text. The
+# iLink bot API documents no length limit; 2,000 characters is a conservative figure (README).
+TEXT = TextForm(2000, "codepoints", PLAIN)
+
+
 def message_body(entry: DeliveryEntry, context_token: str | None) -> dict[str, Any]:
     msg: dict[str, Any] = {
         "to_user_id": entry.to,
         "client_id": entry.idempotency_key,
         "message_type": MESSAGE_TYPE_BOT,
         "message_state": MESSAGE_STATE_FINISH,
-        "item_list": [{"type": ITEM_TYPE_TEXT, "text_item": {"text": entry.payload.text}}],
+        "item_list": [{"type": ITEM_TYPE_TEXT, "text_item": {"text": TEXT.render(entry.payload.text)}}],
     }
     if context_token:
         msg["context_token"] = context_token
@@ -100,6 +109,7 @@ def message_body(entry: DeliveryEntry, context_token: str | None) -> dict[str, A
 class WeixinChannel:
     http: JsonClient
     context_token: str | None = None
+    typing_tickets: dict[str, str] = attrs.Factory(dict)
     name: str = CHANNEL
     deduplicates: bool = True
 
@@ -110,6 +120,18 @@ class WeixinChannel:
     async def send(self, entry: DeliveryEntry) -> Outcome:
         body = message_body(entry, _reply_context(entry, self.context_token))
         return await self.http.send(SEND_PATH, body, classify)
+
+    async def show_typing(self, to: str, context_token: str | None) -> None:
+        """`sendtyping` needs a ticket `getconfig` hands out per user: asked once, kept."""
+        ticket = self.typing_tickets.get(to)
+        if ticket is None:
+            token = context_token or self.context_token
+            reply = await self.http.post(CONFIG_PATH, {"ilink_user_id": to, "context_token": token})
+            found = field(reply.body, "typing_ticket") if not isinstance(reply, Outcome) else None
+            if not isinstance(found, str) or not found:
+                return
+            ticket = self.typing_tickets[to] = found
+        await self.http.post(TYPING_PATH, {"ilink_user_id": to, "typing_ticket": ticket, "status": TYPING_ON})
 
     async def aclose(self) -> None:
         await self.http.aclose()
@@ -219,4 +241,6 @@ KIND = ChannelKind(
     open_sender=_open_sender,
     default_mode=lambda _: "poll",
     listeners={"poll": _open_listener},
+    text=TEXT,
+    typing_every=5.0,
 )

@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
-from trio_gateway.delivery.outbox import Outbox
+from trio_gateway.delivery.outbox import Outbox, text_chunk_limits
 from trio_gateway.delivery.service import ClosableChannels
 from trio_gateway.delivery.worker import DeliveryWorker
 from trio_gateway.errors import ClusterDatabaseError
@@ -104,7 +104,9 @@ class PgDelivery:
         worker = PgDeliveryWorker.for_config(
             queue, channels, config, clock, log, work, rng, pg=queue, poll_seconds=config.cluster.poll_seconds
         )
-        outbox = Outbox(queue, config.agents, clock, log, on_enqueued=worker.notify)
+        outbox = Outbox(
+            queue, config.agents, clock, log, on_enqueued=worker.notify, chunk_limits=text_chunk_limits(config)
+        )
         return cls(outbox, worker, channels, queue)
 
     @property

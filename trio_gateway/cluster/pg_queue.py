@@ -33,6 +33,16 @@ from trio_gateway.storage.ids import IdGenerator
 
 _ENTRY_COLUMNS = "entry, send_started_at"
 
+# SPEC 15 "Order", the rule of `delivery.scheduler` as the database states it (only the database
+# sees what other nodes have in flight): an entry `d` may be claimed only when no other unsettled
+# entry of its conversation is older, or claimed. An entry in flight stays `pending` (claimed)
+# until it is acked (deleted) or dead-lettered (`failed`), so the next one waits for exactly that;
+# a head waiting for its retry is pending and older, so it holds the rest.
+HEAD_OF_CONVERSATION = (
+    "NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.conversation = d.conversation AND o.state = 'pending'"
+    " AND o.id <> d.id AND (o.id < d.id OR o.claim_node IS NOT NULL))"
+)
+
 
 def _entry(row_entry: Any, send_started_at: dt.datetime | None) -> DeliveryEntry:
     # The column is the truth for the send mark (a claim sets it without rewriting `entry`).
@@ -159,9 +169,10 @@ class PgDeliveryQueue:
 
         def claim(conn: Conn) -> list[Claimed]:
             rows = conn.execute(
-                "WITH due AS (SELECT id, send_started_at AS before FROM deliveries"
-                "  WHERE state = 'pending' AND claim_node IS NULL AND next_attempt_at <= %(now)s"
-                "  ORDER BY next_attempt_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+                "WITH due AS (SELECT d.id, d.send_started_at AS before FROM deliveries d"
+                "  WHERE d.state = 'pending' AND d.claim_node IS NULL AND d.next_attempt_at <= %(now)s"
+                f"  AND {HEAD_OF_CONVERSATION}"
+                "  ORDER BY d.next_attempt_at, d.id LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED)"
                 " UPDATE deliveries d SET claim_node = %(node)s, claim_fence = d.claim_fence + 1,"
                 "  lease_until = %(lease)s, send_started_at = %(now)s"
                 " FROM due WHERE d.id = due.id RETURNING d.claim_fence, due.before, d.entry",

@@ -1,20 +1,26 @@
 """The `Outbox` (SPEC 7): what agents, cron and the edges call to send something. It routes
 (from the requester's origin), validates the address, and writes the entry durably; the
 worker is told at once, so a new entry is sent now rather than at the next rescan.
+
+A notice longer than its platform takes (SPEC 15) becomes one entry per chunk, here, where the
+reply becomes entries: cut by the platform's `TextForm` (its limit as it counts it, measured on
+the text as sent) or the account's `textChunkLimit`, enqueued in order, keys `<key>:1`, `<key>:2`…
+The worker sends one conversation's entries one at a time, so the chunks arrive in order.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import NotRequired, TypedDict, Unpack
 
 import attrs
 import trio
 
-from trio_gateway.channels.registry import check_address
+from trio_gateway.channels.registry import check_address, kind_of
 from trio_gateway.errors import DeliveryValidationError, InsufficientStorageError
 from trio_gateway.log import EventLog
 from trio_gateway.policy import routing
-from trio_gateway.policy.config import AgentConfig
+from trio_gateway.policy.config import AgentConfig, Config
 from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind, Payload
 from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.base import DeliveryStore, OutcomeUnknown
@@ -25,6 +31,38 @@ from trio_gateway.work.clock import WallClock
 # up to the maximum: a full disk is freed by a person, in minutes, not milliseconds.
 ENQUEUE_RETRY_FIRST_SECONDS = 0.5
 ENQUEUE_RETRY_MAX_SECONDS = 30.0
+
+
+@attrs.frozen
+class _Address:
+    """Where a notice goes and on whose behalf: what each of its entries shares."""
+
+    kind: DeliveryKind
+    channel: str
+    to: str | None
+    account_id: str | None
+    agent_id: str | None
+    origin: Origin | None
+
+
+class Notice(TypedDict):
+    """What `submit` takes (its keywords), as `submit_all` names them."""
+
+    kind: DeliveryKind
+    origin: Origin | None
+    agent_id: str
+    text: str
+    idempotency_key: NotRequired[str | None]
+
+
+def text_chunk_limits(config: Config) -> dict[tuple[str, str | None], int]:
+    """Every account's `textChunkLimit` that is set, by (channel, account)."""
+    return {
+        (channel, account_id): account.text_chunk_limit
+        for channel, section in config.channels.items()
+        for account_id, account in section.accounts.items()
+        if account.text_chunk_limit is not None
+    }
 
 
 @attrs.define
@@ -39,8 +77,14 @@ class Outbox:
     on_enqueued: Callable[[DeliveryEntry], None] | None = None
     # Told while accepted work waits for a full queue disk, so intake refuses new work (507).
     storage: StorageHealth = attrs.Factory(StorageHealth)
+    # `textChunkLimit` by (channel, account): an account's own chunk size, below its platform's.
+    chunk_limits: Mapping[tuple[str, str | None], int] = attrs.Factory(dict)
 
-    async def submit(
+    async def submit(self, **notice: Unpack[Notice]) -> DeliveryEntry:
+        """Route, validate and enqueue a notice; the first of its entries (a long one is several)."""
+        return (await self.submit_all(**notice))[0]
+
+    async def submit_all(
         self,
         *,
         kind: DeliveryKind,
@@ -48,7 +92,8 @@ class Outbox:
         agent_id: str,
         text: str,
         idempotency_key: str | None = None,
-    ) -> DeliveryEntry:
+    ) -> list[DeliveryEntry]:
+        """Route, validate and enqueue a notice, one entry per chunk, in order."""
         agent = self.agents.get(agent_id)
         if agent is None:
             raise DeliveryValidationError(f"no agent named {agent_id!r}")
@@ -58,27 +103,51 @@ class Outbox:
                 "DELIVERY",
                 f"No requester origin channel; delivering {kind} to agent {agent_id}'s first channel {route.channel}",
             )
-        entry = self._entry(kind, route.channel, route.to, route.account_id, agent_id, origin, text, idempotency_key)
-        await self._enqueue_until_kept(entry)
-        return entry
+        to = _Address(kind, route.channel, route.to, route.account_id, agent_id, origin)
+        entries = self._entries(to, text, idempotency_key)
+        for entry in entries:  # one after another: each chunk is on disk before the next
+            await self._enqueue_until_kept(entry)
+        return entries
+
+    def _entries(self, to: _Address, text: str, idempotency_key: str | None) -> list[DeliveryEntry]:
+        """One entry per chunk, in order, keyed `<key>:<n>`; a text that fits keeps its key."""
+        pieces = self.chunks(to.channel, to.account_id, text)
+        first = self._entry(to, pieces[0])
+        key = idempotency_key or first.id
+        if len(pieces) == 1:
+            return [attrs.evolve(first, idempotency_key=key)]
+        entries = [attrs.evolve(first, idempotency_key=f"{key}:1")]
+        for n, piece in enumerate(pieces[1:], 2):
+            entries.append(attrs.evolve(self._entry(to, piece), idempotency_key=f"{key}:{n}"))
+        return entries
+
+    def chunks(self, channel: str, account_id: str | None, text: str) -> list[str]:
+        """`text` as the platform takes it: one piece, or several that each fit as sent."""
+        kind = kind_of(channel)
+        form = kind.text if kind is not None else None
+        if form is None:
+            return [text]
+        return form.chunks(text, self.chunk_limits.get((channel, account_id)))
 
     async def submit_manual(
         self, channel: str, to: str, account_id: str | None, agent_id: str | None, text: str
     ) -> DeliveryEntry:
-        """`delivery create` and `POST /v1/deliveries`: an explicit address, no routing."""
+        """`delivery create` and `POST /v1/deliveries`: an explicit address, no routing. A text
+        longer than the platform takes is several entries (SPEC 15); the first is returned."""
         if account_id is None and agent_id is not None and agent_id in self.agents:
             account_id = self.agents[agent_id].account_id
-        entry = self._entry("manual", channel, to, account_id, agent_id, None, text, None)
-        try:
-            await self.queue.enqueue(entry)
-        except OSError as exc:
-            if not is_no_space(exc):
-                raise
-            raise InsufficientStorageError(f"the delivery queue's disk is full: {exc.strerror}") from None
-        except OutcomeUnknown as exc:
-            raise InsufficientStorageError(f"the delivery queue's disk is not answering: {exc}") from None
-        self._enqueued(entry)
-        return entry
+        entries = self._entries(_Address("manual", channel, to, account_id, agent_id, None), text, None)
+        for entry in entries:
+            try:
+                await self.queue.enqueue(entry)
+            except OSError as exc:
+                if not is_no_space(exc):
+                    raise
+                raise InsufficientStorageError(f"the delivery queue's disk is full: {exc.strerror}") from None
+            except OutcomeUnknown as exc:
+                raise InsufficientStorageError(f"the delivery queue's disk is not answering: {exc}") from None
+            self._enqueued(entry)
+        return entries[0]
 
     async def _enqueue_until_kept(self, entry: DeliveryEntry) -> None:
         """Accepted work's notices are never dropped because the disk is full or stuck: the
@@ -112,18 +181,9 @@ class Outbox:
         if self.on_enqueued is not None:
             self.on_enqueued(entry)
 
-    def _entry(
-        self,
-        kind: DeliveryKind,
-        channel: str,
-        to: str | None,
-        account_id: str | None,
-        agent_id: str | None,
-        origin: Origin | None,
-        text: str,
-        idempotency_key: str | None,
-    ) -> DeliveryEntry:
-        """A validated, routed entry, not written yet."""
+    def _entry(self, address: _Address, text: str) -> DeliveryEntry:
+        """A validated, routed entry, not written yet (keyed by its id)."""
+        channel, to = address.channel, address.to
         try:
             warning = check_address(channel, to)
         except DeliveryValidationError:
@@ -134,17 +194,16 @@ class Outbox:
         assert to is not None  # check_address refuses an empty address
         now = self.clock.now()
         entry_id = self.queue.new_id(now)
-        entry = DeliveryEntry(
+        return DeliveryEntry(
             id=entry_id,
-            kind=kind,
+            kind=address.kind,
             channel=channel,
             to=to,
-            account_id=account_id,
-            agent_id=agent_id,
-            requester_origin=origin,
+            account_id=address.account_id,
+            agent_id=address.agent_id,
+            requester_origin=address.origin,
             payload=Payload(text),
-            idempotency_key=idempotency_key or entry_id,
+            idempotency_key=entry_id,
             created_at=now,
             next_attempt_at=now,
         )
-        return entry

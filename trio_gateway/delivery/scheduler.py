@@ -4,17 +4,25 @@ The worker asks this module three kinds of question and acts on the answers:
 
 - `Schedule`: which pending entry is due next, which ids are being attempted, which accounts are
   paused until when. Times are seconds on the trio clock, as the worker passes them.
+- The order of a conversation (SPEC 15, "Order"), written here once: an entry is sent only when
+  it is the oldest (lowest id: ids sort by creation) unsettled entry of its conversation (same
+  channel, account and `to`) and no send of that conversation is in flight. A conversation's
+  head waiting for its retry holds the rest of it; it moves on when the head is delivered or
+  dead-lettered. Different conversations go in parallel. The PostgreSQL queue states the same
+  rule in its claim statement (`cluster.pg_queue.HEAD_OF_CONVERSATION`), because there only the
+  database sees what other nodes have in flight.
 - `plan_retry`: after a failed attempt, wait how long, or give up and why (`policy.backoff`).
 - `plan_repair`: what `delivery repair` does with one pending entry, or nothing when it is sound.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import heapq
 import math
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import attrs
 
@@ -28,6 +36,8 @@ from trio_gateway.policy.entry import DeliveryEntry
 PAUSE_PROBE_SECONDS = 300.0
 
 AccountKey = tuple[str, str | None]
+# (channel, account, to): whose entries are sent one at a time, in the order they were created.
+Conversation = tuple[str, str | None, str]
 
 
 # --- the schedule -------------------------------------------------------------------------------
@@ -40,6 +50,13 @@ class Slot:
     due: float  # trio clock; -inf when not known yet (the claim reads the file and finds out)
     channel: str | None  # None until parsed: no account pause applies before the claim
     account_id: str | None
+    to: str | None = None  # None: the conversation is not known, so no order applies to it
+
+    @property
+    def conversation(self) -> Conversation | None:
+        if self.channel is None or self.to is None:
+            return None
+        return (self.channel, self.account_id, self.to)
 
 
 # Every entry known only from the directory listing shares this one slot: due at once, oldest
@@ -66,34 +83,125 @@ class Schedule:
     _heap: list[tuple[float, str]] = attrs.Factory(list)
     _active: set[str] = attrs.Factory(set)
     _paused: dict[AccountKey, float] = attrs.Factory(dict)
+    # Scheduled ids of each known conversation, oldest first, and the one being attempted.
+    _lines: dict[Conversation, list[str]] = attrs.Factory(dict)
+    _sending: dict[Conversation, str] = attrs.Factory(dict)
+    _sending_of: dict[str, Conversation] = attrs.Factory(dict)
+    # Listed ids whose recipient is not read yet, oldest first: none of them is sent, and no
+    # entry younger than the oldest of them either (it could belong to the same conversation).
+    _unresolved: list[str] = attrs.Factory(list)
 
     def put(self, entry_id: str, slot: Slot) -> None:
+        old = self._slots.get(entry_id)
+        if old is not None and old.conversation != slot.conversation:
+            self._leave_line(entry_id, old.conversation)
         self._slots[entry_id] = slot
+        self._join_line(entry_id, slot.conversation)
         heapq.heappush(self._heap, (slot.due, entry_id))
 
     def drop(self, entry_id: str) -> None:
         """Settled, gone, or failed on disk: forget it until a listing names it again."""
-        self._slots.pop(entry_id, None)
+        slot = self._slots.pop(entry_id, None)
+        if slot is not None:
+            self._leave_line(entry_id, slot.conversation)
 
     def retime(self, entry_id: str, slot: Slot) -> bool:
         """A claim found the entry not due yet: keep its true slot (no heap item: `finish`
-        pushes one when the attempt ends). False when the id was dropped meanwhile."""
-        if self._slots.pop(entry_id, None) is None:
+        pushes one when the attempt ends). False when the id was dropped meanwhile. The
+        conversation already known is kept (a claim that refuses reports no address)."""
+        old = self._slots.pop(entry_id, None)
+        if old is None:
             return False
-        self._slots[entry_id] = slot
+        self._slots[entry_id] = slot if old.conversation is None else attrs.evolve(old, due=slot.due)
+        if old.conversation is None:
+            self._join_line(entry_id, slot.conversation)
         return True
+
+    # --- the order of a conversation ----------------------------------------------------------
+
+    def _join_line(self, entry_id: str, conversation: Conversation | None) -> None:
+        if conversation is None:
+            return
+        line = self._lines.setdefault(conversation, [])
+        at = bisect.bisect_left(line, entry_id)
+        if at == len(line) or line[at] != entry_id:
+            line.insert(at, entry_id)
+
+    def _leave_line(self, entry_id: str, conversation: Conversation | None) -> None:
+        line = self._lines.get(conversation) if conversation is not None else None
+        if line is None:
+            return
+        at = bisect.bisect_left(line, entry_id)
+        if at < len(line) and line[at] == entry_id:
+            del line[at]
+            if at == 0:
+                self._push_head(conversation)
+        if not line:
+            del self._lines[conversation]  # type: ignore[arg-type]  # not None: a line was found
+
+    def _push_head(self, conversation: Conversation | None) -> None:
+        """The conversation's next entry may be sent now: put it back among the candidates."""
+        line = self._lines.get(conversation) if conversation is not None else None
+        if line:
+            head = line[0]
+            slot = self._slots.get(head)
+            if slot is not None:
+                heapq.heappush(self._heap, (slot.due, head))
+
+    def _in_turn(self, entry_id: str, slot: Slot) -> bool:
+        """May this entry be sent now as far as its conversation goes: it is the oldest one
+        scheduled and none of the conversation is being sent."""
+        conversation = slot.conversation
+        if conversation is None:
+            return True
+        if conversation in self._sending or (self._unresolved and entry_id > self._unresolved[0]):
+            return False
+        line = self._lines.get(conversation)
+        return not line or line[0] == entry_id
+
+    def sending_to(self, conversation: Conversation) -> str | None:
+        """The id whose send to this conversation is in flight, if any."""
+        return self._sending.get(conversation)
 
     def is_waiting(self, entry_id: str) -> bool:
         """Scheduled and not being attempted right now."""
         return entry_id in self._slots and entry_id not in self._active
 
     def pending_count(self) -> int:
-        return len(self._slots) + sum(1 for i in self._active if i not in self._slots)
+        return len(self._slots) + sum(1 for i in self._active if i not in self._slots) + len(self._unresolved)
 
-    def take_listing(self, ids: Iterable[str], now: float) -> Listing:
-        """A directory listing: a new id is due at once (parsed when claimed); ids being
-        attempted are left alone. Adds only: an id that vanished is dropped when its claim
-        finds nothing."""
+    def unknown(self, ids: Iterable[str]) -> list[str]:
+        """Ids of a listing this schedule has never heard of (neither scheduled nor in flight)."""
+        pending = set(self._unresolved)
+        return [i for i in ids if i not in self._slots and i not in self._active and i not in pending]
+
+    def expect(self, ids: Iterable[str]) -> None:
+        """Listed ids whose recipients are being read: they hold back every younger entry until
+        `resolve` says where each belongs, so the oldest can be sent as soon as they are read."""
+        self._unresolved = sorted({*self._unresolved, *ids})
+
+    def resolve(self, ids: Iterable[str], known: Mapping[str, Slot]) -> None:
+        """These listed ids were read: each is scheduled with its slot from `known`, or with no
+        known conversation (a file that did not read: its claim quarantines it). An id in neither
+        is forgotten until a listing names it again."""
+        done = set(ids)
+        self._unresolved = [i for i in self._unresolved if i not in done]
+        for entry_id in sorted(done):
+            if entry_id in known:
+                self.put(entry_id, known[entry_id])
+        for conversation in list(self._lines):
+            self._push_head(conversation)  # the barrier moved: heads held by it may go now
+
+    def waiting(self, ids: Iterable[str], now: float) -> list[str]:
+        """Ids of a listing scheduled for later than `now` and not in flight."""
+        return [i for i in ids if i not in self._active and (s := self._slots.get(i)) is not None and s.due > now]
+
+    def take_listing(self, ids: Iterable[str], now: float, known: Mapping[str, Slot] | None = None) -> Listing:
+        """A directory listing: a new id gets its slot from `known` (the worker read its
+        recipient before any claim: the order of its conversation needs it), else it is due at
+        once with no known conversation (a file that did not read; its claim quarantines it).
+        Ids being attempted are left alone. Adds only: an id that vanished is dropped when its
+        claim finds nothing."""
         added = False
         waiting = []
         for entry_id in ids:
@@ -101,7 +209,7 @@ class Schedule:
                 continue
             slot = self._slots.get(entry_id)
             if slot is None:
-                self.put(entry_id, LISTED)
+                self.put(entry_id, (known or {}).get(entry_id, LISTED))
                 added = True
             elif slot.due > now:
                 waiting.append(entry_id)
@@ -120,8 +228,9 @@ class Schedule:
         while self._heap:
             when, entry_id = self._heap[0]
             slot = self._slots.get(entry_id)
-            if slot is not None and entry_id not in self._active and when >= slot.due:
+            if slot is not None and entry_id not in self._active and when >= slot.due and self._in_turn(entry_id, slot):
                 return when, entry_id
+            # Stale, or not its conversation's turn: pushed again when it is (`_push_head`).
             heapq.heappop(self._heap)
         return None
 
@@ -140,12 +249,23 @@ class Schedule:
         return None
 
     def start(self, entry_id: str) -> None:
-        """An attempt at this id begins: it is no candidate until `finish`."""
+        """An attempt at this id begins: it is no candidate until `finish`, and nothing else of
+        its conversation is either."""
         self._active.add(entry_id)
+        slot = self._slots.get(entry_id)
+        conversation = slot.conversation if slot is not None else None
+        if conversation is not None:
+            self._sending[conversation] = entry_id
+            self._sending_of[entry_id] = conversation
 
     def finish(self, entry_id: str) -> None:
-        """The attempt ended; an id still scheduled (not due yet, or cut off) goes back on the heap."""
+        """The attempt ended; an id still scheduled (not due yet, or cut off) goes back on the
+        heap, and its conversation's head (itself, or the next entry) is a candidate again."""
         self._active.discard(entry_id)
+        conversation = self._sending_of.pop(entry_id, None)
+        if conversation is not None and self._sending.get(conversation) == entry_id:
+            del self._sending[conversation]
+            self._push_head(conversation)
         slot = self._slots.get(entry_id)
         if slot is not None:
             heapq.heappush(self._heap, (slot.due, entry_id))

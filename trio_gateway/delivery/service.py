@@ -13,7 +13,7 @@ from typing import Protocol
 import attrs
 import trio
 
-from trio_gateway.delivery.outbox import Outbox
+from trio_gateway.delivery.outbox import Outbox, text_chunk_limits
 from trio_gateway.delivery.worker import ChannelLookup, DeliveryWorker, OutcomeTally
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import Config
@@ -54,7 +54,15 @@ class QueueDelivery:
         worker = DeliveryWorker.for_config(
             queue, channels, config, clock, log, work, rng, outcomes=outcomes or OutcomeTally()
         )
-        outbox = Outbox(queue, config.agents, clock, log, on_enqueued=worker.notify, storage=storage or StorageHealth())
+        outbox = Outbox(
+            queue,
+            config.agents,
+            clock,
+            log,
+            on_enqueued=worker.notify,
+            storage=storage or StorageHealth(),
+            chunk_limits=text_chunk_limits(config),
+        )
         return cls(outbox, worker, channels)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

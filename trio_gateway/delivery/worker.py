@@ -11,6 +11,7 @@ does the waiting, the sending and the disk work.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import random
@@ -21,7 +22,7 @@ import attrs
 import trio
 
 from trio_gateway.channels.base import Channel, Outcome
-from trio_gateway.delivery.scheduler import PAUSE_PROBE_SECONDS, GiveUp, Schedule, Slot, plan_retry
+from trio_gateway.delivery.scheduler import LISTED, PAUSE_PROBE_SECONDS, GiveUp, Schedule, Slot, plan_retry
 from trio_gateway.errors import WorkAbortedError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import Config, DeliveryConfig
@@ -29,6 +30,10 @@ from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.storage.base import Claimed, DeliveryStore, NotDue, OutcomeUnknown
 from trio_gateway.work.clock import WallClock
 from trio_gateway.work.units import WorkRegistry
+
+# Listed entries read per step at start: the oldest are scheduled (and sent) while the rest
+# are still being read, so a long queue does not delay the first delivery.
+PEEK_BATCH = 256
 
 # A cancelled attempt's entry must get back to pending even while the worker is being torn
 # down; disk work is milliseconds, so a short shielded bound is plenty.
@@ -116,45 +121,67 @@ class DeliveryWorker:
 
     # --- scheduling -------------------------------------------------------------------------
 
+    def _slot(self, entry: DeliveryEntry | None) -> Slot:
+        """Where an entry is scheduled; a listed file that did not read: due now, no conversation."""
+        if entry is None:
+            return LISTED
+        return Slot(self.clock.trio_time(entry.next_attempt_at), entry.channel, entry.account_id, entry.to)
+
     def notify(self, entry: DeliveryEntry) -> None:
         """A new or rescheduled entry: wake the dispatcher if it is now the earliest."""
-        self._schedule.put(entry.id, Slot(self.clock.trio_time(entry.next_attempt_at), entry.channel, entry.account_id))
+        self._schedule.put(entry.id, self._slot(entry))
         self._wake.set()
 
     def pending_count(self) -> int:
         return self._schedule.pending_count()
 
-    async def _rescan(self) -> None:
-        """Pick up what other processes wrote (and what this one recovered) from the directory
-        listing alone. Entries known to be waiting are re-read, only those whose file changed,
-        in case another process rescheduled one (`delivery repair` makes a waiting entry due
-        now)."""
+    async def _rescan(self, listed: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Pick up what other processes wrote (and what this one recovered, and everything at
+        start). A new entry is read before it is scheduled: its conversation must be known
+        before any claim, or it could overtake an older reply to the same person (SPEC 15).
+        Entries known to be waiting are re-read, only those whose file changed, in case another
+        process rescheduled one (`delivery repair` makes a waiting entry due now)."""
         await self.queue.recover()
-        listing = self._schedule.take_listing(await self.queue.pending_ids(), trio.current_time())
-        if listing.added:
-            self._wake.set()
-        for entry in (await self.queue.peek(listing.waiting)).values() if listing.waiting else ():
+        ids = await self.queue.pending_ids()
+        new = self._schedule.unknown(ids)
+        waiting = self._schedule.waiting(ids, trio.current_time())
+        self._schedule.expect(new)
+        listed.started()  # the queue's size is known; its entries are read from here on
+        try:
+            # Oldest first, in batches: the first replies go out while the rest are still read.
+            for at in range(0, len(new), PEEK_BATCH):
+                batch = new[at : at + PEEK_BATCH]
+                entries = await self.queue.peek(batch)
+                self._schedule.resolve(batch, {i: self._slot(entries.get(i)) for i in batch})
+                self._wake.set()
+        finally:
+            self._schedule.resolve(new, {})  # any not read (a failing disk): the next rescan lists them
+        for entry in (await self.queue.peek(waiting)).values() if waiting else ():
             if self._schedule.is_waiting(entry.id):
                 self.notify(entry)
 
-    async def _rescan_safely(self) -> None:
+    async def _rescan_safely(self, listed: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await self._rescan()
+            await self._rescan(listed)
         except (OSError, OutcomeUnknown) as exc:  # a full or failing disk: the next rescan tries again
             self.log.error("DELIVERY", "Queue rescan failed; retrying at the next interval", error=repr(exc))
+        finally:
+            with contextlib.suppress(RuntimeError):  # already told (the listing was taken)
+                listed.started()
 
-    async def _rescan_loop(self) -> None:
+    async def _rescan_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._rescan_safely(task_status)
         while True:
             await trio.sleep(self.config.rescan_interval_seconds)
             await self._rescan_safely()
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Deliver continuously until cancelled. Started once the channels are up."""
-        await self._rescan_safely()
-        task_status.started()
+        """Deliver continuously until cancelled. Started once the channels are up and the queue
+        is listed; its entries are read (and the oldest sent) while the dispatcher runs."""
         limiter = trio.Semaphore(self.config.concurrency)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._rescan_loop)
+            await nursery.start(self._rescan_loop)
+            task_status.started()
             while True:
                 await self._sleep_until_due(free=limiter.value > 0)
                 # Start every due attempt there is room for without yielding: they reach the
@@ -185,19 +212,43 @@ class DeliveryWorker:
             self._wake.set()  # its new due time (or a free slot) may change what comes next
 
     async def process_once(self) -> list[AttemptResult]:
-        """Deliver every due pending entry once (`delivery process --once`)."""
+        """Deliver every due pending entry once (`delivery process --once`), each conversation
+        in order by the scheduler's rule: an entry whose older one was not delivered or
+        dead-lettered in this pass is left for later, untouched."""
         await self.queue.recover()
         due = await self.queue.due(self.clock.now())
+        schedule = Schedule()
+        slots = {entry.id: attrs.evolve(self._slot(entry), due=-math.inf) for entry in due}
+        for entry_id, slot in slots.items():
+            schedule.put(entry_id, slot)
         results: list[AttemptResult] = []
         limiter = trio.Semaphore(self.config.concurrency)
+        finished = trio.Event()
 
         async def one(entry_id: str) -> None:
-            async with limiter:
-                results.append(await self.attempt(entry_id))
+            nonlocal finished
+            try:
+                result = await self.attempt(entry_id)
+                results.append(result)
+                if result.kind in ("ok", "failed", "skipped"):
+                    schedule.drop(entry_id)  # settled: its conversation moves on
+                else:
+                    schedule.put(entry_id, attrs.evolve(slots[entry_id], due=math.inf))  # holds the rest
+            finally:
+                schedule.finish(entry_id)
+                limiter.release()
+                finished.set()
 
         async with trio.open_nursery() as nursery:
-            for entry in due:
-                nursery.start_soon(one, entry.id)
+            while True:
+                while limiter.value > 0 and (next_id := schedule.pop_due(0.0)) is not None:
+                    limiter.acquire_nowait()
+                    schedule.start(next_id)
+                    nursery.start_soon(one, next_id)
+                if limiter.value == self.config.concurrency:
+                    break  # nothing in flight and nothing more in turn
+                await finished.wait()
+                finished = trio.Event()
         return sorted(results, key=lambda r: r.id)
 
     # --- one attempt ------------------------------------------------------------------------

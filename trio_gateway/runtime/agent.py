@@ -79,7 +79,8 @@ async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> N
         refused = model_calls.over_daily_cap(rt, record.agent)
         if refused is not None:
             raise TokenCapError(refused)
-        text = await _agent_loop(rt, session, record.agent, messages, turn.origin, depth=0)
+        async with rt.typing_in(turn.origin):
+            text = await _agent_loop(rt, session, record.agent, messages, turn.origin, depth=0)
     except trio.Cancelled:
         await _cut(rt, session, turn)
         raise

@@ -168,6 +168,7 @@ class Gateway:
             resources.push_async_callback(self._close_bounded, tools.aclose, config)
             rt = Runtime(config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now, tools)
             rt.ledger = self.deps.model_ledger  # tokens and cool-downs outlive the generation
+            rt.show_typing_through(getattr(delivery, "channels", None), self.state)  # stops when draining
             self.watchdog = StallWatchdog(
                 self.registry, config.gateway.stalled_task_detection, self.log, self.table.queue_depth
             )

@@ -8,13 +8,18 @@ notice to the outbox and never raises.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, Literal, Protocol
 
 import attrs
 import trio
+from trio_util import AsyncValue
 
+from trio_gateway.delivery.typing import TypingIndicators
+from trio_gateway.delivery.worker import ChannelLookup
 from trio_gateway.errors import DeliveryValidationError, GatewayError, only_gateway_error
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import Model
@@ -59,6 +64,17 @@ class Runtime:
     stalls: ModelStalls = attrs.Factory(ModelStalls)
     # Tokens, call outcomes and cool-downs (SPEC 16); the gateway's own, across generations.
     ledger: ModelLedger = attrs.Factory(ModelLedger)
+
+    # The typing indicator shown while a turn runs (SPEC 15); None: none is shown.
+    typing: TypingIndicators | None = None
+
+    def typing_in(self, origin: Origin | None) -> AbstractAsyncContextManager[None]:
+        return self.typing.during(origin) if self.typing is not None else contextlib.nullcontext()
+
+    def show_typing_through(self, channels: ChannelLookup | None, gateway_state: AsyncValue[Any]) -> None:
+        """Turns show typing through the generation's channel adapters (none without them),
+        until the gateway's state reads "draining"."""
+        self.typing = TypingIndicators.through(channels, self.log, gateway_state)
 
     def model(self, name: str, session_id: str) -> Model:
         """The model a session's next call goes to (stalling when the test endpoint armed it)."""

@@ -144,7 +144,8 @@ class KillUpstream:
 
 @attrs.frozen
 class InjectDeliveries:
-    """`count` entries enqueued straight into the delivery queue (as `delivery create` does)."""
+    """`count` entries enqueued straight into the delivery queue (as `delivery create` does);
+    `{i}` in `to` is replaced by 0..count-1 (each its own conversation, sent in parallel)."""
 
     at: float
     channel: str

@@ -95,8 +95,9 @@ class Player:
     async def _inject(self, action: InjectDeliveries) -> None:
         delivery = self.harness.current
         assert delivery is not None  # generation 1 built it before the first action
-        for _ in range(action.count):
-            await delivery.outbox.submit_manual(action.channel, action.to, action.account, action.agent, action.text)
+        for i in range(action.count):
+            to = action.to.replace("{i}", str(i))
+            await delivery.outbox.submit_manual(action.channel, to, action.account, action.agent, action.text)
         self.note(f"inject_deliveries x{action.count} to {action.channel}:{action.to}")
 
     def _inbound(self, action: Inbound) -> None:

@@ -195,6 +195,8 @@ async def _send(ws: trio_websocket.WebSocketConnection, frame: dict[str, Any]) -
 # --- the REST API --------------------------------------------------------------------------------
 
 NAME = "discord"
+# `content`'s limit, counted in characters (code points) as Discord counts it.
+MAX_CONTENT = 2000
 UNAUTHORIZED = {"message": "401: Unauthorized", "code": 0}
 
 
@@ -204,6 +206,7 @@ class DiscordFake(SocketFake):
     routes = (
         (re.compile(r"/users/@me/channels$"), "dm"),
         (re.compile(r"/channels/(?P<id>\d+)/messages$"), "send"),
+        (re.compile(r"/channels/(?P<id>\d+)/typing$"), "typing"),
         (re.compile(r"/gateway/bot$"), "gateway"),
     )
     reject_default = (404, 10003, "Unknown Channel")
@@ -232,6 +235,8 @@ class DiscordFake(SocketFake):
     async def answer(self, server: FakeServer, request: FakeRequest, op: str, params: Params) -> FakeResponse:
         if not server.credential_ok(NAME, bearer(request.headers, "Bot")):
             return bad(401, UNAUTHORIZED)
+        if op == "typing":  # Trigger Typing Indicator: 204, recorded in `requests`
+            return FakeResponse(204, b"")
         return self._dm(server, request) if op == "dm" else self._send(server, request, params["id"])
 
     def _dm(self, server: FakeServer, request: FakeRequest) -> FakeResponse:
@@ -244,8 +249,12 @@ class DiscordFake(SocketFake):
     def _send(self, server: FakeServer, request: FakeRequest, channel_id: str) -> FakeResponse:
         body = body_dict(request)
         nonce = body.get("nonce")
-        if not body.get("content") or (nonce is not None and len(str(nonce)) > 25):
+        content = body.get("content")
+        if not content or (nonce is not None and len(str(nonce)) > 25):
             return bad(400, {"message": "Invalid Form Body", "code": 50035})
+        if len(str(content)) > MAX_CONTENT:
+            too_long = {"_errors": [{"code": "BASE_TYPE_MAX_LENGTH", "message": "Must be 2000 or fewer in length."}]}
+            return bad(400, {"message": "Invalid Form Body", "code": 50035, "errors": {"content": too_long}})
         users = {cid: uid for uid, cid in self.dm_channels.items()}
         to = f"user:{users[channel_id]}" if channel_id in users else f"channel:{channel_id}"
         answer = {"id": server.next_id(), "channel_id": channel_id, "content": body["content"], "nonce": nonce}

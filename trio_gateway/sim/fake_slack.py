@@ -105,6 +105,11 @@ class FakeSlackSocket(SteerableSocket):
 NAME = "slack"
 
 
+# chat.postMessage's `text` limit: past it the real API truncates; `msg_too_long` is its refusal
+# of a message too long to post, which the fake gives instead, so a test sees the overflow.
+MAX_TEXT = 40_000
+
+
 @attrs.define
 class SlackFake(SocketFake):
     name = NAME
@@ -137,7 +142,12 @@ class SlackFake(SocketFake):
         body = body_dict(request)
         if not body.get("channel"):
             return FakeResponse(200, {"ok": False, "error": "channel_not_found"})
-        if not body.get("text"):
+        text = body.get("text")
+        if not text or not isinstance(text, str):
             return FakeResponse(200, {"ok": False, "error": "no_text"})
-        server.messages.append(Delivered(NAME, body["channel"], body["text"]))
+        if len(text) > MAX_TEXT:
+            return FakeResponse(200, {"ok": False, "error": "msg_too_long"})
+        # What a person reads: mrkdwn's three escapes shown as the characters they stand for.
+        shown = text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+        server.messages.append(Delivered(NAME, body["channel"], shown))
         return FakeResponse(200, {"ok": True, "channel": body["channel"], "ts": f"{server.serial()}.000100"})

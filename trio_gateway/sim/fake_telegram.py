@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from html.parser import HTMLParser
 
 import attrs
 
@@ -27,12 +28,66 @@ NAME = "telegram"
 UNAUTHORIZED = {"ok": False, "error_code": 401, "description": "Unauthorized"}
 
 
+# sendMessage's limit: "1-4096 characters after entities parsing", in UTF-16 code units.
+MAX_TEXT = 4096
+# The tags `parse_mode: "HTML"` takes (https://core.telegram.org/bots/api#html-style).
+HTML_TAGS = frozenset(
+    {"b", "strong", "i", "em", "u", "ins", "s", "strike", "del", "span", "tg-spoiler", "a", "code", "pre"}
+    | {"blockquote", "tg-emoji"}
+)
+
+
+class EntityError(ValueError):
+    pass
+
+
+class _Entities(HTMLParser):
+    """Telegram's reading of an HTML text: its tag set, properly nested, entities decoded."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.open: list[str] = []
+        self.shown: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag not in HTML_TAGS:
+            raise EntityError(f'Unsupported start tag "{tag}"')
+        self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        if not self.open or self.open[-1] != tag:
+            raise EntityError(f'Unexpected end tag "{tag}"')
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.shown.append(data)
+
+
+def shown_text(text: str, parse_mode: object) -> str:
+    """What the person sees of `text`; `EntityError` where Telegram can't parse entities."""
+    if parse_mode is None:
+        return text
+    if parse_mode != "HTML":
+        raise EntityError(f"unsupported parse_mode {parse_mode!r} in this fake")
+    reader = _Entities()
+    reader.feed(text)
+    reader.close()
+    if reader.open:
+        raise EntityError(f'Can\'t find end tag corresponding to start tag "{reader.open[-1]}"')
+    return "".join(reader.shown)
+
+
+def _refused(why: str) -> FakeResponse:
+    return bad(400, {"ok": False, "error_code": 400, "description": f"Bad Request: {why}"})
+
+
 @attrs.define
 class TelegramFake(LongPollFake):
     name = NAME
     routes = (
         (re.compile(r"/bot(?P<token>[^/]+)/sendMessage$"), "send"),
         (re.compile(r"/bot(?P<token>[^/]+)/getUpdates$"), "poll"),
+        (re.compile(r"/bot(?P<token>[^/]+)/sendChatAction$"), "typing"),
     )
     reject_default = (400, 400, "Bad Request: chat not found")
 
@@ -55,6 +110,10 @@ class TelegramFake(LongPollFake):
             return bad(401, UNAUTHORIZED)
         if op == "send":
             return self._send(server, request)
+        if op == "typing":  # recorded in `requests` (`requests_to("telegram", "typing")`)
+            if body_dict(request).get("action") != "typing":
+                return _refused("wrong action type")
+            return FakeResponse(200, {"ok": True, "result": True})
         if NAME in server.inbound.auth_rejected:
             return FakeResponse(401, UNAUTHORIZED)
         return await self._poll(server, body_dict(request))
@@ -62,9 +121,15 @@ class TelegramFake(LongPollFake):
     def _send(self, server: FakeServer, request: FakeRequest) -> FakeResponse:
         body = body_dict(request)
         if body.get("chat_id") in (None, "") or not body.get("text"):
-            return bad(400, {"ok": False, "error_code": 400, "description": "Bad Request: message text is empty"})
+            return _refused("message text is empty")
         chat = body["chat_id"]
-        server.messages.append(Delivered(NAME, str(chat), body["text"]))
+        try:
+            shown = shown_text(str(body["text"]), body.get("parse_mode"))
+        except EntityError as exc:
+            return _refused(f"can't parse entities: {exc}")
+        if len(shown.encode("utf-16-le")) // 2 > MAX_TEXT:
+            return _refused("message is too long")
+        server.messages.append(Delivered(NAME, str(chat), shown))
         result = {"message_id": server.serial(), "chat": {"id": chat}, "text": body["text"]}
         return FakeResponse(200, {"ok": True, "result": result})
 

@@ -38,6 +38,8 @@ class WeixinFake(LongPollFake):
         (re.compile(r"/ilink/bot/getupdates$"), "poll"),
         (re.compile(r"/ilink/bot/msg/notifystart$"), "notifystart"),
         (re.compile(r"/ilink/bot/msg/notifystop$"), "notifystop"),
+        (re.compile(r"/ilink/bot/getconfig$"), "getconfig"),
+        (re.compile(r"/ilink/bot/sendtyping$"), "typing"),
     )
     reject_default = (200, -14, "session expired")
     hold_ms: int = _HOLD_MS
@@ -56,6 +58,11 @@ class WeixinFake(LongPollFake):
             return self._send(server, request)
         if NAME in server.inbound.auth_rejected:
             return FakeResponse(200, {"ret": -14, "errcode": -14, "errmsg": "session expired"})
+        if op == "getconfig":
+            return FakeResponse(200, {"ret": 0, "typing_ticket": f"ticket-{server.serial()}"})
+        if op == "typing":  # recorded in `requests`; a ticket is what the real API checks
+            ok = str(body_dict(request).get("typing_ticket", "")).startswith("ticket-")
+            return FakeResponse(200, {"ret": 0} if ok else {"ret": -1, "errmsg": "invalid typing_ticket"})
         if op in ("notifystart", "notifystop"):
             server.inbound.notified.append((NAME, op.removeprefix("notify")))
             return FakeResponse(200, {"ret": 0})

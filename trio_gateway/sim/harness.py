@@ -25,7 +25,7 @@ import trio
 from trio_util import AsyncValue, move_on_when
 
 from trio_gateway.app.assemble import listeners, queue_delivery
-from trio_gateway.channels.base import Channel, Outcome
+from trio_gateway.channels.base import Channel, Outcome, ShowsTyping
 from trio_gateway.delivery.service import ClosableChannels, QueueDelivery
 from trio_gateway.errors import ModelCallError
 from trio_gateway.log import EventLog, FileSink, MemorySink
@@ -174,6 +174,11 @@ class TappedChannel:
         outcome = await self.inner.send(entry)
         self.tap.record(entry, outcome)
         return outcome
+
+    async def show_typing(self, to: str, context_token: str | None) -> None:
+        """Passed through untapped: a typing call is no delivery (asked only where the kind has one)."""
+        if isinstance(self.inner, ShowsTyping):
+            await self.inner.show_typing(to, context_token)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
