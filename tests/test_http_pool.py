@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import trio
+from trio_util import AsyncValue
 
 from trio_gateway import upstream as http_client
 from trio_gateway.models.openai import OpenAIModel
@@ -74,11 +75,12 @@ async def unaccepting_url() -> AsyncIterator[str]:
     sock.close()
 
 
-async def _stream_call(client: Any, url: str, prompt: str = "hi") -> None:
+async def _stream_call(client: Any, url: str, prompt: str = "hi", read: AsyncValue[int] | None = None) -> None:
     body = {**BODY, "messages": [{"role": "user", "content": prompt}]}
     async with client.stream("POST", url + "/chat/completions", json=body) as response:
         async for _ in response.aiter_bytes():
-            pass
+            if read is not None:
+                read.value += 1
 
 
 def _pool_client(lib: ModuleType) -> Any:
@@ -91,14 +93,18 @@ def _pool_client(lib: ModuleType) -> Any:
 
 
 @pytest.mark.parametrize("lib", LIBRARIES, indirect=True)
-@pytest.mark.parametrize("prompt", ["/stall before headers", "/stall-after 2 mid stream"])
-async def test_abort_closes_upstream_connection(lib: ModuleType, fake: tuple[FakeModel, str], prompt: str) -> None:
+@pytest.mark.parametrize(("prompt", "chunks"), [("/stall before headers", 0), ("/stall-after 2 mid stream", 1)])
+async def test_abort_closes_upstream_connection(
+    lib: ModuleType, fake: tuple[FakeModel, str], prompt: str, chunks: int
+) -> None:
     server, url = fake
+    read = AsyncValue(0)
     async with lib.AsyncClient(timeout=None) as client:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stream_call, client, url, prompt)
-            await server.received.wait_value(1)
-            await trio.sleep(0.02)  # let the first chunks of the mid-stream case arrive
+            nursery.start_soon(_stream_call, client, url, prompt, read)
+            with trio.fail_after(BOUND):
+                await server.received.wait_value(1)
+                await read.wait_value(lambda n: n >= chunks)  # the mid-stream case: its first chunks arrived
             nursery.cancel_scope.cancel()
         assert server.connections_opened == 1
         # Still inside the client: nothing but the abort itself can have closed it (a pool
