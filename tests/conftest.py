@@ -1,8 +1,16 @@
 """Shared test setup. The gateway fixtures are the ones users get from the installed plugin."""
 
-from collections.abc import Iterator
+import contextlib
+import functools
+import inspect
+import threading
+from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
+from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import HealthCheck, settings
 
 from trio_gateway.sim.postgres import PgServer, missing_reason
@@ -34,3 +42,75 @@ def pg_server() -> Iterator[PgServer]:
 def pg_dsn(pg_server: PgServer) -> str:
     """A fresh, empty database of its own for each test."""
     return pg_server.create_database()
+
+
+# --- every test has a bound ------------------------------------------------------------------------
+# A broken promise (a drain without its deadline, a wait on an event nobody sets) must fail its
+# test by name, not hang the run until CI's job timeout. A trio test is bounded inside its own
+# run: on a MockClock by virtual time (free: the clock jumps there when nothing else runs) and,
+# for any clock, by wall time through a watchdog thread that cancels the test's scope (a loop that
+# keeps the virtual clock from jumping is caught there). pytest-timeout (`timeout` in
+# pyproject.toml) bounds every other test, and is the backstop of a trio test whose loop is
+# blocked outright. Generous: a busy machine's slow test is never one that hangs.
+VIRTUAL_BOUND_SECONDS = 86_400.0
+WALL_BOUND_SECONDS = 120.0
+BACKSTOP_SECONDS = WALL_BOUND_SECONDS + 60.0
+
+
+class TestBoundExceeded(Exception):
+    """The test ran past its bound: what it waits for never came."""
+
+
+TestFn = Callable[..., Awaitable[Any]]
+
+
+def bounded(test: TestFn) -> TestFn:
+    """The async test function `test`, under the bounds (its fixtures are pytest-trio's)."""
+
+    @functools.wraps(test)
+    async def run_bounded(**kwargs: Any) -> Any:
+        return await _within_bounds(partial(test, **kwargs))
+
+    return run_bounded
+
+
+async def _within_bounds(fn: Callable[[], Awaitable[Any]]) -> Any:
+    virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
+    finished = threading.Event()
+    with trio.CancelScope() as scope:
+        if virtual:
+            scope.deadline = trio.current_time() + VIRTUAL_BOUND_SECONDS
+        token = trio.lowlevel.current_trio_token()
+        threading.Thread(target=_watch, args=(scope, token, finished), name="test-bound", daemon=True).start()
+        try:
+            result = await fn()
+        finally:
+            finished.set()
+    if not (scope.cancelled_caught or scope.cancel_called):
+        return result
+    if virtual and trio.current_time() >= scope.deadline:
+        raise TestBoundExceeded(f"still running after {VIRTUAL_BOUND_SECONDS:g} virtual seconds (MockClock)")
+    raise TestBoundExceeded(f"still running after {WALL_BOUND_SECONDS:g} s of wall time")
+
+
+def _watch(scope: trio.CancelScope, token: trio.lowlevel.TrioToken, finished: threading.Event) -> None:
+    if finished.wait(WALL_BOUND_SECONDS):
+        return
+    cancel = partial(scope.cancel, reason=f"the test's wall-clock bound ({WALL_BOUND_SECONDS:g} s) ran out")
+    with contextlib.suppress(trio.RunFinishedError):  # it ended meanwhile
+        token.run_sync_soon(cancel)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)  # before pytest-trio wraps the test in its runner
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    test = getattr(item, "obj", None)
+    if item.get_closest_marker("trio") is not None and inspect.iscoroutinefunction(test):
+        item.obj = bounded(test)  # type: ignore[attr-defined]
+    yield
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-trio marked the async tests
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("trio") is not None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(BACKSTOP_SECONDS))
