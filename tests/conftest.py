@@ -50,11 +50,10 @@ def pg_dsn(pg_server: PgServer) -> str:
 # run: on a MockClock by virtual time (free: the clock jumps there when nothing else runs) and,
 # for any clock, by wall time through a watchdog thread that cancels the test's scope (a loop that
 # keeps the virtual clock from jumping is caught there). pytest-timeout (`timeout` in
-# pyproject.toml) bounds every other test, and is the backstop of a trio test whose loop is
-# blocked outright. Generous: a busy machine's slow test is never one that hangs.
+# pyproject.toml, 180 s) bounds every other test, and is the backstop of a trio test whose loop
+# is blocked outright. Generous: a busy machine's slow test is never one that hangs.
 VIRTUAL_BOUND_SECONDS = 86_400.0
 WALL_BOUND_SECONDS = 120.0
-BACKSTOP_SECONDS = WALL_BOUND_SECONDS + 60.0
 
 
 class TestBoundExceeded(Exception):
@@ -107,10 +106,3 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if item.get_closest_marker("trio") is not None and inspect.iscoroutinefunction(test):
         item.obj = bounded(test)  # type: ignore[attr-defined]
     yield
-
-
-@pytest.hookimpl(trylast=True)  # after pytest-trio marked the async tests
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("trio") is not None and item.get_closest_marker("timeout") is None:
-            item.add_marker(pytest.mark.timeout(BACKSTOP_SECONDS))
