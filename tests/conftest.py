@@ -4,10 +4,12 @@ import contextlib
 import functools
 import inspect
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.testing
@@ -46,14 +48,17 @@ def pg_dsn(pg_server: PgServer) -> str:
 
 # --- every test has a bound ------------------------------------------------------------------------
 # A broken promise (a drain without its deadline, a wait on an event nobody sets) must fail its
-# test by name, not hang the run until CI's job timeout. A trio test is bounded inside its own
-# run: on a MockClock by virtual time (free: the clock jumps there when nothing else runs) and,
-# for any clock, by wall time through a watchdog thread that cancels the test's scope (a loop that
-# keeps the virtual clock from jumping is caught there). pytest-timeout (`timeout` in
-# pyproject.toml, 180 s) bounds every other test, and is the backstop of a trio test whose loop
-# is blocked outright. Generous: a busy machine's slow test is never one that hangs.
+# test by name, not hang the run until CI's job timeout. A trio test is watched from a thread
+# that cancels the test's scope once it has run for a virtual day (MockClock: a drain that never
+# ends gets there in a second or two of wall time, its timers jumping) or 120 s of wall time (a
+# loop that keeps the virtual clock from jumping). Watched from outside, not as a deadline of the
+# test's own: the autojump clock jumps to the next deadline whenever every task waits on
+# something else (a thread, a socket), and would jump straight to the bound. pytest-timeout
+# (`timeout` in pyproject.toml, 180 s) bounds every other test, and is the backstop of a trio
+# test whose loop is blocked outright. Generous: a busy machine's slow test is never one that hangs.
 VIRTUAL_BOUND_SECONDS = 86_400.0
 WALL_BOUND_SECONDS = 120.0
+WATCH_EVERY_SECONDS = 0.5
 
 
 class TestBoundExceeded(Exception):
@@ -73,31 +78,43 @@ def bounded(test: TestFn) -> TestFn:
     return run_bounded
 
 
+@attrs.define
+class _Watch:
+    """What the watchdog thread saw: which bound ran out, if one did."""
+
+    scope: trio.CancelScope
+    clock: trio.abc.Clock
+    token: trio.lowlevel.TrioToken
+    finished: threading.Event = attrs.Factory(threading.Event)
+    exceeded: str | None = None
+
+    def run(self) -> None:
+        virtual = isinstance(self.clock, trio.testing.MockClock)
+        started, wall_started = self.clock.current_time(), time.monotonic()
+        while not self.finished.wait(WATCH_EVERY_SECONDS):
+            if virtual and self.clock.current_time() - started > VIRTUAL_BOUND_SECONDS:
+                self.exceeded = f"{VIRTUAL_BOUND_SECONDS:g} virtual seconds (MockClock)"
+            elif time.monotonic() - wall_started > WALL_BOUND_SECONDS:
+                self.exceeded = f"{WALL_BOUND_SECONDS:g} s of wall time"
+            else:
+                continue
+            cancel = partial(self.scope.cancel, reason=f"the test's bound ran out: {self.exceeded}")
+            with contextlib.suppress(trio.RunFinishedError):  # it ended meanwhile
+                self.token.run_sync_soon(cancel)
+            return
+
+
 async def _within_bounds(fn: Callable[[], Awaitable[Any]]) -> Any:
-    virtual = isinstance(trio.lowlevel.current_clock(), trio.testing.MockClock)
-    finished = threading.Event()
     with trio.CancelScope() as scope:
-        if virtual:
-            scope.deadline = trio.current_time() + VIRTUAL_BOUND_SECONDS
-        token = trio.lowlevel.current_trio_token()
-        threading.Thread(target=_watch, args=(scope, token, finished), name="test-bound", daemon=True).start()
+        watch = _Watch(scope, trio.lowlevel.current_clock(), trio.lowlevel.current_trio_token())
+        threading.Thread(target=watch.run, name="test-bound", daemon=True).start()
         try:
             result = await fn()
         finally:
-            finished.set()
-    if not (scope.cancelled_caught or scope.cancel_called):
+            watch.finished.set()
+    if watch.exceeded is None:
         return result
-    if virtual and trio.current_time() >= scope.deadline:
-        raise TestBoundExceeded(f"still running after {VIRTUAL_BOUND_SECONDS:g} virtual seconds (MockClock)")
-    raise TestBoundExceeded(f"still running after {WALL_BOUND_SECONDS:g} s of wall time")
-
-
-def _watch(scope: trio.CancelScope, token: trio.lowlevel.TrioToken, finished: threading.Event) -> None:
-    if finished.wait(WALL_BOUND_SECONDS):
-        return
-    cancel = partial(scope.cancel, reason=f"the test's wall-clock bound ({WALL_BOUND_SECONDS:g} s) ran out")
-    with contextlib.suppress(trio.RunFinishedError):  # it ended meanwhile
-        token.run_sync_soon(cancel)
+    raise TestBoundExceeded(f"still running after {watch.exceeded}")
 
 
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)  # before pytest-trio wraps the test in its runner
