@@ -314,6 +314,33 @@ MUTANTS: list[Mutant] = [
         "            await intake.accept_batch([h for h in map(heard, updates) if h is not None])\n",
         "tests/test_inbound_cursor.py",
     ),
+    m(
+        "slack-ack-first",
+        "a Slack envelope is acknowledged only after its turn is durable",
+        "trio_gateway/channels/slack.py",
+        "            if found is not None:\n                await intake.accept(found)\n"
+        '        ident = envelope.get("envelope_id") if isinstance(envelope, dict) else None\n',
+        '            ident = envelope.get("envelope_id")\n'
+        "            if isinstance(ident, str):\n"
+        '                await ws.send_message(json.dumps({"envelope_id": ident}))\n'
+        "            if found is not None:\n                await intake.accept(found)\n"
+        "            return\n"
+        '        ident = envelope.get("envelope_id") if isinstance(envelope, dict) else None\n',
+        "tests/test_inbound_slack.py",
+        "tests/test_inbound_cursor.py",
+    ),
+    m(
+        "feishu-ack-first",
+        "a Feishu event is acknowledged only after its turn is durable",
+        "trio_gateway/channels/feishu.py",
+        "        if found is not None:\n            await intake.accept(found)\n",
+        "        if found is not None:\n"
+        "            ack0 = attrs.evolve(frame, payload=b'{\"code\": 200}')\n"
+        "            await ws.send_message(encode_frame(ack0))\n"
+        "            await intake.accept(found)\n",
+        "tests/test_inbound_feishu.py",
+        "tests/test_inbound_cursor.py",
+    ),
     # --- cluster/: fencing --------------------------------------------------------------------------
     m(
         "ack-unfenced",

@@ -2,6 +2,8 @@
 `get_updates_buf` and Telegram's offset stay where they were while a message cannot be written
 as a turn (a full sessions disk, by the fault kit), so the message is read again and answered
 once space returns. A cursor saved before the turn would lose it: the next poll starts past it.
+The socket listeners' acknowledgement is their cursor: Slack's envelope and Feishu's frame are
+acknowledged only after the turn, so the platform redelivers what could not be written.
 On trio's MockClock, through the production listeners, turns and queue against the fakes."""
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ CONFIG = quick_config(
         "gateway.channelStopTimeoutSeconds": 2,
         f"channels.{WX}.accounts.{ACCOUNT}": fake_account(WX),
         f"channels.telegram.accounts.{ACCOUNT}": fake_account("telegram"),
-        "agents.main.channels": [WX, "telegram"],
+        f"channels.slack.accounts.{ACCOUNT}": {**fake_account("slack"), "appTokenEnv": "FAKE_SLACK_APP_TOKEN"},
+        f"channels.feishu.accounts.{ACCOUNT}": fake_account("feishu"),
+        "agents.main.channels": [WX, "telegram", "slack", "feishu"],
     }
 )
-SENDERS = {WX: "dan@im.wechat", "telegram": "555"}
+SENDERS = {WX: "dan@im.wechat", "telegram": "555", "slack": "C0123456789", "feishu": "ou_abc123"}
 
 
 async def soon(predicate: Callable[[], object]) -> None:
@@ -48,7 +52,7 @@ def answers(harness: Harness, channel: str) -> list[str]:
 
 
 def failed_polls(harness: Harness, channel: str) -> int:
-    """How often the listener gave up on a poll and reconnects (here: the turn was not written)."""
+    """How often the listener gave up on its poll or socket and reconnects (here: a turn not written)."""
     return sum(f"Reconnecting channel={channel} " in e.message for e in harness.sink.tagged("CHANNEL"))
 
 
@@ -76,4 +80,22 @@ async def test_the_cursor_stays_behind_a_message_whose_turn_cannot_be_written(
         assert cursor(harness, channel) != kept
         await trio.sleep(60)
         assert answers(harness, channel) == ["echo: before", "echo: while full"]
+        harness.gateway.request_drain("stop", force=True)
+
+
+@pytest.mark.parametrize("channel", ["slack", "feishu"])
+async def test_a_message_whose_turn_cannot_be_written_is_not_acknowledged(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, channel: str
+) -> None:
+    harness = Harness.build(tmp_path, CONFIG, faults=Faults(sessions_disk="enospc"))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(harness.gateway.serve)
+        harness.faults.arm()
+        harness.channels.push(channel, "while full", sender=SENDERS[channel])
+        await soon(lambda: failed_polls(harness, channel) >= 2)  # heard, refused, redelivered, refused
+        assert answers(harness, channel) == []
+        harness.faults.clear()
+        await soon(lambda: answers(harness, channel) == ["echo: while full"])
+        await trio.sleep(60)
+        assert answers(harness, channel) == ["echo: while full"]
         harness.gateway.request_drain("stop", force=True)
