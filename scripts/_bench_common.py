@@ -99,10 +99,6 @@ def median(values: Sequence[float]) -> float:
     return percentile(values, 50)
 
 
-def fmt_ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
-
-
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
     """A small Markdown table, printed and returned (so a README can take it as is)."""
     cells = [[str(h) for h in headers]] + [[_cell(c) for c in row] for row in rows]
@@ -132,17 +128,6 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
 
-@contextmanager
-def stopwatch() -> Iterator[list[float]]:
-    """`with stopwatch() as t: ...` then `t[0]` is the elapsed seconds."""
-    out: list[float] = []
-    start = time.perf_counter()
-    try:
-        yield out
-    finally:
-        out.append(time.perf_counter() - start)
-
-
 # --- memory -----------------------------------------------------------------------------------
 
 
@@ -163,15 +148,6 @@ def rss_mb(pid: int | None = None) -> float:
 
 def peak_rss_mb(pid: int | None = None) -> float:
     return proc_status_kb(pid or os.getpid(), "VmHWM") / 1024.0
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's VmHWM (Linux >= 4.0: write 5 to clear_refs). False if refused."""
-    try:
-        Path(f"/proc/{os.getpid()}/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
 
 
 # --- temporary homes and a real gateway process ----------------------------------------------

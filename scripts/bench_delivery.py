@@ -183,7 +183,7 @@ def raw_same_steps_one(d: str, i: int, data: bytes) -> None:
     os.rename(os.path.join(d, name), os.path.join(inflight, f"{i:012d}.1.json"))  # claim
     _fsync_dir(inflight)
     _fsync_dir(d)
-    _write_durable(inflight, f"{i:012d}.1.json", data)  # mark_sending: rewrite the claimed file
+    _write_durable(inflight, f"{i:012d}.1.json", data)  # mark the send: rewrite the claimed file
     os.unlink(os.path.join(inflight, f"{i:012d}.1.json"))  # ack
     _fsync_dir(inflight)
 

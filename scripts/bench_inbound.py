@@ -39,6 +39,7 @@ from _bench_common import banner, percentile, table, temp_home, verdict, write_c
 
 from trio_gateway import upstream as http
 from trio_gateway.app.assemble import production_gateway
+from trio_gateway.channels import registry
 from trio_gateway.channels.listen import ListenerSupervisor
 from trio_gateway.log import EventLog, open_log
 from trio_gateway.policy import config as cfg
@@ -60,7 +61,8 @@ def config_for(url: str) -> cfg.Config:
             "channels": {WX: {"accounts": {"bench": {"baseUrl": url, "tokenEnv": TOKEN_ENV}}}},
             "agents": {"main": {"channels": [WX]}},
             "delivery": {"concurrency": 32},
-        }
+        },
+        registry.account_kinds(),
     )
 
 

@@ -35,7 +35,7 @@ from _bench_common import banner, peak_rss_mb, rss_mb, table, temp_home
 def write_entries(queue_dir: Path, n: int) -> float:
     """Write n due entries, oldest first; returns the seconds it took (setup, not measured)."""
     from trio_gateway.policy.entry import DeliveryEntry, Payload, entry_to_json
-    from trio_gateway.storage.queue import IdGenerator
+    from trio_gateway.storage.ids import IdGenerator
 
     queue_dir.mkdir(parents=True, exist_ok=True)
     ids = IdGenerator()

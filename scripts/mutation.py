@@ -5,6 +5,7 @@ tests named beside it must fail. A mutant that survives is a promise nobody woul
     .venv/bin/python scripts/mutation.py fence cursor    # those whose name contains a word
     .venv/bin/python scripts/mutation.py --list          # what there is, and where
     .venv/bin/python scripts/mutation.py --baseline      # first check the tests pass unmutated
+    .venv/bin/python scripts/mutation.py --check         # after a refactor: every mutant still applies
 
 Each mutant is a text substitution (file, the original snippet, its replacement) applied to a
 copy of the tree in a temporary folder, never to this one: the tests run there (PYTHONPATH puts
@@ -228,7 +229,7 @@ MUTANTS: list[Mutant] = [
     m(
         "pid-reuse-ignored",
         "a claim whose process died is recovered even when its pid was reused",
-        QUEUE,
+        "trio_gateway/storage/recovery.py",
         "    return not zombie and started <= claimed_at + 2.0",
         "    return not zombie",
         "tests/test_queue.py",
@@ -280,18 +281,34 @@ MUTANTS: list[Mutant] = [
         "classify-session-expired",
         "WeChat's errcode -14 pauses the account",
         WEIXIN,
-        "    if code == ERRCODE_SESSION_EXPIRED:\n",
-        "    if code == ERRCODE_SESSION_EXPIRED and status != 200:\n",
+        '    if code == ERRCODE_SESSION_EXPIRED:\n        return Outcome("paused"',
+        '    if code == ERRCODE_SESSION_EXPIRED and status != 200:\n        return Outcome("paused"',
         "tests/test_classify.py",
     ),
     m(
-        "address-search-not-fullmatch",
-        "an address must be one of the platform's, whole (not containing one)",
+        "address-foreign-suffix-ignored",
+        "a WeChat id is refused as a Feishu address (the seed's notice reached Feishu)",
         "trio_gateway/channels/base.py",
-        "not rule.pattern.fullmatch(to)",
-        "not rule.pattern.search(to.replace('\\n', ''))",
+        "if to.lower().endswith(rule.foreign_suffixes) or not rule.pattern.fullmatch(to):",
+        "if not rule.pattern.fullmatch(to):",
         "tests/test_validation.py",
         "tests/test_channels.py",
+    ),
+    m(
+        "address-foreign-suffix-case",
+        "a foreign suffix is refused in any case",
+        "trio_gateway/channels/base.py",
+        "if to.lower().endswith(rule.foreign_suffixes) or not rule.pattern.fullmatch(to):",
+        "if to.endswith(rule.foreign_suffixes) or not rule.pattern.fullmatch(to):",
+        "tests/test_validation.py",
+    ),
+    m(
+        "address-partial-match",
+        "an address must be one of the platform's whole, not merely start like one",
+        "trio_gateway/channels/base.py",
+        "if to.lower().endswith(rule.foreign_suffixes) or not rule.pattern.fullmatch(to):",
+        "if to.lower().endswith(rule.foreign_suffixes) or not re.match(rule.pattern.pattern.rstrip('$'), to):",
+        "tests/test_validation.py",
     ),
     # --- the listeners' cursor code ---------------------------------------------------------------
     m(
@@ -590,6 +607,20 @@ def report(results: list[Result]) -> int:
     return 0 if not survivors and not errors else 1
 
 
+def check(mutants: Sequence[Mutant]) -> int:
+    """After a refactor: every original found exactly once, every test file there."""
+    stale = 0
+    for mu in mutants:
+        path = REPO / mu.file
+        found = path.read_text(encoding="utf-8").count(mu.original) if path.exists() else 0
+        missing = [t for t in mu.tests if not (REPO / t.split("::")[0]).exists()]
+        if found != 1 or missing:
+            stale += 1
+            print(f"STALE {mu.name}: original found {found} time(s) in {mu.file}; missing tests {missing}")
+    print(f"{len(mutants) - stale}/{len(mutants)} mutants apply")
+    return 1 if stale else 0
+
+
 def _exit_on_term(signum: int, frame: object) -> None:
     # A terminated run still removes its copy of the tree (the `with` blocks unwind).
     raise SystemExit(128 + signum)
@@ -600,6 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("names", nargs="*", help="run only the mutants whose name contains one of these")
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
+    parser.add_argument("--check", action="store_true", help="check each original is found once, run nothing")
     parser.add_argument("--baseline", action="store_true", help="first run every named test file unmutated")
     parser.add_argument("--timeout", type=float, default=RUN_SECONDS, help="seconds per mutant's test run")
     args = parser.parse_args(argv)
@@ -608,6 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for mu in mutants:
             print(f"{mu.name:32} {mu.file:40} {' '.join(mu.tests)}")
         return 0
+    if args.check:
+        return check(mutants)
     with tempfile.TemporaryDirectory(prefix="mutation-") as scratch:
         tree = copy_tree(Path(scratch))
         if args.baseline:

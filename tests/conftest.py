@@ -7,12 +7,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 import trio
 import trio.testing
+from helpers import Proc, gateway_processes
 from hypothesis import HealthCheck, settings
 
 from trio_gateway.sim.postgres import PgServer, missing_reason
@@ -44,6 +46,12 @@ def pg_server() -> Iterator[PgServer]:
 def pg_dsn(pg_server: PgServer) -> str:
     """A fresh, empty database of its own for each test."""
     return pg_server.create_database()
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """`start_gateway(home=None, **gateway)`: a real gateway process (tests/helpers.py)."""
+    yield from gateway_processes(tmp_path)
 
 
 # --- every test has a bound ------------------------------------------------------------------------

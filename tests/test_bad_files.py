@@ -36,7 +36,6 @@ def _session_json(session_id: str) -> dict[str, object]:
                 "status": "running",
                 "resumes": 0,
                 "acceptedAt": "2026-06-15T03:21:00+00:00",
-                "stallSeconds": None,
             }
         ],
     }

@@ -15,14 +15,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import test_e2e
 import trio
-from test_e2e import Proc, console_texts, poll, stall
+from helpers import Proc, console_texts, poll, stall
 
 from trio_gateway.log import EventLog
 from trio_gateway.policy.entry import DeliveryEntry, Payload
 from trio_gateway.storage.atomic import inline
-from trio_gateway.storage.queue import Claimed, DeliveryQueue
+from trio_gateway.storage.base import Claimed
+from trio_gateway.storage.queue import DeliveryQueue
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import WebDriverException  # noqa: E402
@@ -33,8 +33,6 @@ from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
-# The end-to-end tests' gateway process fixture (`start_gateway`), registered here as `gateway_process`.
-gateway_process = test_e2e.start_gateway
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -106,9 +104,9 @@ def save_screenshot(driver: WebDriver, name: str, tmp_path: Path) -> Path:
 
 
 def test_restart_from_the_page_shows_the_countdown_its_blocker_and_generation_2(
-    gateway_process: Callable[..., Proc], browser: WebDriver, tmp_path: Path
+    start_gateway: Callable[..., Proc], browser: WebDriver, tmp_path: Path
 ) -> None:
-    gw = gateway_process(drain={"timeoutSeconds": DRAIN_SECONDS}, stalledTaskDetection=STALL_REPORTED_ONLY)
+    gw = start_gateway(drain={"timeoutSeconds": DRAIN_SECONDS}, stalledTaskDetection=STALL_REPORTED_ONLY)
     session = stall(gw)
     open_dashboard(browser, gw)
     assert text(browser, "generation") == "1"
@@ -191,11 +189,11 @@ def seed_dead_letter(home: Path, text: str) -> str:
 
 
 def test_retry_a_dead_letter_from_the_page(
-    gateway_process: Callable[..., Proc], browser: WebDriver, tmp_path: Path
+    start_gateway: Callable[..., Proc], browser: WebDriver, tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
     entry_id = seed_dead_letter(home, "sent again from the Control UI")
-    gw = gateway_process(home)
+    gw = start_gateway(home)
     open_dashboard(browser, gw)
     row_css = f"#dead-letters tr[data-id='{entry_id}']"
     row = wait(browser, "the dead letter", lambda d: d.find_elements(By.CSS_SELECTOR, row_css))
@@ -208,9 +206,9 @@ def test_retry_a_dead_letter_from_the_page(
 
 
 def test_stop_from_the_page_asks_first_then_stops_the_gateway(
-    gateway_process: Callable[..., Proc], browser: WebDriver, tmp_path: Path
+    start_gateway: Callable[..., Proc], browser: WebDriver, tmp_path: Path
 ) -> None:
-    gw = gateway_process()
+    gw = start_gateway()
     open_dashboard(browser, gw)
     browser.find_element(By.ID, "stop").click()
     wait(browser, "the confirmation", lambda d: d.find_element(By.ID, "confirm-no").is_displayed())
@@ -228,12 +226,12 @@ def test_stop_from_the_page_asks_first_then_stops_the_gateway(
 
 
 def test_channel_accounts_render_with_paused_ones_highlighted(
-    gateway_process: Callable[..., Proc], browser: WebDriver
+    start_gateway: Callable[..., Proc], browser: WebDriver
 ) -> None:
     """The `channels` list of SPEC 11's status, fed to the page's own renderer (the gateway in
     this test has no listening accounts): one script call renders and reads back, so the next
     live snapshot cannot race the assertion."""
-    gw = gateway_process()
+    gw = start_gateway()
     open_dashboard(browser, gw)
     status = gw.http("GET", "/v1/status").json() | {
         "channels": [

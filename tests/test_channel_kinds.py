@@ -26,9 +26,19 @@ import pytest
 import trio_gateway
 from trio_gateway import scenario
 from trio_gateway.channels import registry
-from trio_gateway.channels.base import AccountSpec, AddressRule, Channel, ChannelKind, Outcome
+from trio_gateway.channels.base import (
+    AccountSpec,
+    AddressRule,
+    Channel,
+    ChannelKind,
+    Outcome,
+    TokenAccount,
+    account_as,
+    require_base_url,
+)
+from trio_gateway.cli import main
 from trio_gateway.errors import ConfigError, DeliveryValidationError
-from trio_gateway.policy.config import AccountConfig
+from trio_gateway.policy.config import AccountConfig, AccountKind
 from trio_gateway.sim import fake_channels
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.fake_platform import FakeResponse, Json, PlatformFake, Rule
@@ -163,10 +173,29 @@ def _pigeon_sender(spec: AccountSpec) -> Channel:
     raise AssertionError("not opened here")
 
 
-# Its module (`channels/pigeon.py`): an address rule, its replies' classifier, its sender.
+LOFT = AddressRule(re.compile(r"loft-[0-9]+"), "loft-<number>")
+
+
+@attrs.frozen
+class PigeonAccount(TokenAccount):
+    """Its accounts' own key, besides the bot token: the loft its birds fly home to."""
+
+    home_loft: str | None = None
+
+
+def _pigeon_account_rules(path: str, account: AccountConfig) -> None:
+    require_base_url(path, account)
+    loft = account_as(PigeonAccount, account).home_loft
+    if loft is not None and not LOFT.pattern.fullmatch(loft):
+        raise ConfigError(f"{path}.homeLoft", f"must look like loft-<number>, got {loft!r}")
+
+
+# Its module (`channels/pigeon.py`): an address rule, its accounts' keys and rules, its
+# replies' classifier, its sender.
 PIGEON = ChannelKind(
     name="pigeon",
-    address=AddressRule(re.compile(r"loft-[0-9]+"), "loft-<number>"),
+    address=LOFT,
+    accounts=AccountKind(PigeonAccount, _pigeon_account_rules),
     classify=_pigeon_classify,
     open_sender=_pigeon_sender,
 )
@@ -196,9 +225,9 @@ def seventh(monkeypatch: pytest.MonkeyPatch) -> ChannelKind:
     return PIGEON
 
 
-def _pigeon_config(tmp_path: Path) -> Path:
+def _pigeon_config(tmp_path: Path, **keys: str) -> Path:
     raw = {
-        "channels": {"pigeon": {"accounts": {"a": fake_account("pigeon")}}},
+        "channels": {"pigeon": {"accounts": {"a": {**fake_account("pigeon"), **keys}}}},
         "agents": {"main": {"channels": ["pigeon"]}},
     }
     path = tmp_path / "gateway.json"
@@ -229,6 +258,36 @@ def test_a_seventh_kind_is_its_module_an_entry_in_the_registry_and_a_fake(sevent
     # A scenario's `[channels.pigeon]` gets a fake account from the fake.
     parsed = scenario.parse_text('[channels.pigeon]\naccounts = ["a"]\n')
     assert parsed.config.channels["pigeon"].accounts["a"].token_env == "FAKE_PIGEON_TOKEN"
+
+
+def test_a_seventh_kind_declares_its_own_account_key_and_only_it_takes_it(
+    seventh: ChannelKind, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Config learns a kind's account keys and rules from the registry: pigeon's `homeLoft` is
+    read for pigeon, checked by pigeon's rule, and an unknown key under every other kind."""
+    path = _pigeon_config(tmp_path, homeLoft="loft-3")
+    account = registry.load_config(path).channels["pigeon"].accounts["a"]
+    assert isinstance(account, PigeonAccount)
+    assert (account.home_loft, account.token_env, account.dm_policy) == ("loft-3", "FAKE_PIGEON_TOKEN", "pairing")
+    with pytest.raises(
+        ConfigError, match=r"^channels\.pigeon\.accounts\.a\.homeLoft: must look like loft-<number>, got 'attic'$"
+    ):
+        registry.load_config(_pigeon_config(tmp_path, homeLoft="attic"))
+    for other in registry.NAMES[:-1]:
+        raw = {"channels": {other: {"accounts": {"x": {"baseUrl": FAKE_BASE_URL, "homeLoft": "loft-3"}}}}}
+        path.write_text(json.dumps(raw))
+        with pytest.raises(ConfigError) as bad:
+            registry.load_config(path)
+        assert str(bad.value) == f"channels.{other}.accounts.x: unknown key(s): homeLoft"
+    # The CLI asks the same registry: `config set` takes it for pigeon, and refuses it elsewhere.
+    home = tmp_path / "home"
+    cli = ["--home", str(home), "config", "set"]
+    assert main([*cli, "channels.pigeon.accounts.a", json.dumps(fake_account("pigeon"))]) == 0
+    assert main([*cli, "channels.pigeon.accounts.a.homeLoft", "loft-9"]) == 0
+    assert main(["--home", str(home), "config", "get", "channels.pigeon.accounts.a.homeLoft"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "loft-9"
+    assert main([*cli, "channels.telegram.accounts.t", json.dumps({"baseUrl": FAKE_BASE_URL, "homeLoft": "x"})]) == 2
+    assert "channels.telegram.accounts.t: unknown key(s): homeLoft" in capsys.readouterr().err
 
 
 def test_without_its_registry_entry_a_seventh_channel_is_refused(

@@ -14,13 +14,15 @@ import pytest
 import trio
 
 from trio_gateway import upstream as httpx
+from trio_gateway.channels import registry
 from trio_gateway.channels.base import Channel
 from trio_gateway.channels.console import ConsoleChannel
-from trio_gateway.channels.feishu import receive_id_type
+from trio_gateway.channels.feishu import FeishuAccount, receive_id_type
 from trio_gateway.channels.http import stable_key
 from trio_gateway.channels.registry import ChannelSet
+from trio_gateway.channels.slack import SlackAccount
 from trio_gateway.errors import ConfigError
-from trio_gateway.policy.config import AccountConfig, ChannelConfig, Config
+from trio_gateway.policy.config import ChannelConfig, Config
 from trio_gateway.policy.entry import DeliveryEntry, Payload
 from trio_gateway.sim.fake_channels import FakeChannels, serve_fake_channels
 from trio_gateway.storage.atomic import in_thread
@@ -38,18 +40,19 @@ BASE = "http://fake.test"
 
 
 def make_config(base_url: str = BASE, context_token: str | None = "ctx-1") -> Config:
-    def one(**kwargs: str | None) -> ChannelConfig:
-        return ChannelConfig({"acct": AccountConfig(base_url=base_url, **kwargs)})
+    def one(channel: str, **kwargs: str | None) -> ChannelConfig:
+        # Each kind's account class, with its own keys, as gateway.json's parse builds it.
+        account = registry.BY_NAME[channel].accounts.account
+        return ChannelConfig({"acct": account(base_url=base_url, **kwargs)})
 
-    return Config(
-        channels={
-            "feishu": one(app_id="cli_app", app_secret_env="FEISHU_SECRET"),
-            "openclaw-weixin": one(token_env="WEIXIN_TOKEN", context_token=context_token),
-            "slack": one(token_env="SLACK_TOKEN"),
-            "discord": one(token_env="DISCORD_TOKEN"),
-            "telegram": one(token_env="TELEGRAM_TOKEN"),
-        }
-    )
+    channels = {
+        "feishu": {"app_id": "cli_app", "app_secret_env": "FEISHU_SECRET"},
+        "openclaw-weixin": {"token_env": "WEIXIN_TOKEN", "context_token": context_token},
+        "slack": {"token_env": "SLACK_TOKEN"},
+        "discord": {"token_env": "DISCORD_TOKEN"},
+        "telegram": {"token_env": "TELEGRAM_TOKEN"},
+    }
+    return Config(channels={name: one(name, **keys) for name, keys in channels.items()})
 
 
 def entry(channel: str, to: str, text: str = "hello", key: str = "key-1", entry_id: str = "e1") -> DeliveryEntry:
@@ -381,8 +384,20 @@ def test_missing_env_var_is_config_error(tmp_path: Path) -> None:
     assert caught.value.what == "environment variable SLACK_TOKEN is not set"
 
 
+def test_a_named_but_unset_slack_app_token_is_config_error_before_anything_opens(tmp_path: Path) -> None:
+    """Slack's own check (`appTokenEnv` is its key): named, its variable must be set; unnamed,
+    the account sends and takes webhooks without it."""
+    named = SlackAccount(base_url=BASE, token_env="SLACK_TOKEN", app_token_env="SLACK_APP")
+    with pytest.raises(ConfigError) as caught:
+        registry.check(Config(channels={"slack": ChannelConfig({"s": named})}), ENV)
+    assert str(caught.value) == "channels.slack.accounts.s.appTokenEnv: environment variable SLACK_APP is not set"
+    registry.check(Config(channels={"slack": ChannelConfig({"s": named})}), {**ENV, "SLACK_APP": "xapp"})
+    unnamed = SlackAccount(base_url=BASE, token_env="SLACK_TOKEN")
+    registry.check(Config(channels={"slack": ChannelConfig({"s": unnamed})}), ENV)
+
+
 def test_missing_feishu_app_id_is_config_error(tmp_path: Path) -> None:
-    config = Config(channels={"feishu": ChannelConfig({"a": AccountConfig(base_url=BASE, app_secret_env="X")})})
+    config = Config(channels={"feishu": ChannelConfig({"a": FeishuAccount(base_url=BASE, app_secret_env="X")})})
     with pytest.raises(ConfigError, match=r"channels\.feishu\.accounts\.a\.appId"):
         ChannelSet.build(config, Home(tmp_path), {"X": "1"}, None, in_thread)
 

@@ -20,7 +20,8 @@ from trio_gateway.log import EventLog
 from trio_gateway.policy.entry import DeliveryEntry, Payload
 from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import inline
-from trio_gateway.storage.queue import Claimed, DeliveryQueue
+from trio_gateway.storage.base import Claimed
+from trio_gateway.storage.queue import DeliveryQueue
 
 NOW = dt.datetime.now(dt.UTC)
 

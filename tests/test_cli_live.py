@@ -11,11 +11,9 @@ from pathlib import Path
 
 import httpx2
 import pytest
-import test_e2e
-from test_e2e import Proc, cli
+from helpers import Proc, cli
 
 pytestmark = pytest.mark.e2e
-gateway_process = test_e2e.start_gateway
 
 
 def closed_port() -> int:
@@ -39,11 +37,11 @@ def with_broken_agent(home: Path) -> None:
 
 
 def test_session_start_wait_prints_the_reply_or_the_failure_notice(
-    gateway_process: Callable[..., Proc], tmp_path: Path
+    start_gateway: Callable[..., Proc], tmp_path: Path
 ) -> None:
     home = tmp_path / "home"
     with_broken_agent(home)
-    gw = gateway_process(home)
+    gw = start_gateway(home)
     origin = ["--channel", "console", "--to", "ops"]
     ok = cli(home, "session", "start", "--agent", "main", *origin, "--prompt", "hello, wait for me", "--wait")
     assert ok.returncode == 0, ok.stderr
@@ -54,8 +52,8 @@ def test_session_start_wait_prints_the_reply_or_the_failure_notice(
     assert gw.health()["status"] == "ok"
 
 
-def test_dashboard_prints_a_url_whose_code_logs_in_once(gateway_process: Callable[..., Proc]) -> None:
-    gw = gateway_process()
+def test_dashboard_prints_a_url_whose_code_logs_in_once(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
     done = cli(gw.home, "dashboard")
     assert done.returncode == 0, done.stderr
     url = done.stdout.splitlines()[0]
@@ -70,8 +68,8 @@ def test_dashboard_prints_a_url_whose_code_logs_in_once(gateway_process: Callabl
     assert again.status_code == 401
 
 
-def test_doctor_and_logs_while_the_gateway_runs(gateway_process: Callable[..., Proc]) -> None:
-    gw = gateway_process()
+def test_doctor_and_logs_while_the_gateway_runs(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
     doctor = cli(gw.home, "doctor", "--offline")
     assert doctor.returncode == 0, doctor.stdout
     assert f"running: pid {gw.popen.pid}" in doctor.stdout
@@ -80,8 +78,8 @@ def test_doctor_and_logs_while_the_gateway_runs(gateway_process: Callable[..., P
     assert {"tag": "RESTART", "message": "generation=1 accepting work"}.items() <= records[-1].items()
 
 
-def test_an_open_event_stream_does_not_hold_up_a_stop(gateway_process: Callable[..., Proc]) -> None:
-    gw = gateway_process()
+def test_an_open_event_stream_does_not_hold_up_a_stop(start_gateway: Callable[..., Proc]) -> None:
+    gw = start_gateway()
     auth = {"Authorization": f"Bearer {gw.token}"}
     with (
         httpx2.Client(trust_env=False, timeout=30) as client,

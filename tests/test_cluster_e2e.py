@@ -19,7 +19,7 @@ import attrs
 import httpx2
 import psycopg
 import pytest
-from test_e2e import poll as e2e_poll
+from helpers import poll as e2e_poll
 
 from trio_gateway.sim.slow_slack import SlowSlack
 
@@ -34,7 +34,7 @@ TO = "C0123456789"
 def poll(
     what: str, check: Callable[[], Any], timeout: float = WAIT_SECONDS, explain: Callable[[], str] = lambda: ""
 ) -> Any:
-    """test_e2e's poll with this file's longer bound (two nodes and a database on a busy machine)."""
+    """helpers' poll with this file's longer bound (two nodes and a database on a busy machine)."""
     return e2e_poll(what, check, timeout, every=0.02, explain=explain)
 
 

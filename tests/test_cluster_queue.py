@@ -24,7 +24,7 @@ from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.policy.config import AgentConfig, ClusterConfig, DeliveryConfig
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.policy.origin import Origin
-from trio_gateway.storage.queue import Claimed
+from trio_gateway.storage.base import Claimed
 from trio_gateway.work.clock import WallClock
 from trio_gateway.work.units import WorkRegistry
 

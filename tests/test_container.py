@@ -20,7 +20,7 @@ from pathlib import Path
 import attrs
 import httpx2
 import pytest
-from test_e2e import poll
+from helpers import poll
 
 pytestmark = pytest.mark.e2e
 

@@ -25,7 +25,8 @@ from trio_gateway.policy.config import AgentConfig, DeliveryConfig
 from trio_gateway.policy.entry import DeliveryEntry, Payload
 from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import inline
-from trio_gateway.storage.queue import Claimed, DeliveryQueue
+from trio_gateway.storage.base import Claimed
+from trio_gateway.storage.queue import DeliveryQueue
 from trio_gateway.work.clock import WallClock
 from trio_gateway.work.units import WorkRegistry
 
@@ -176,6 +177,7 @@ async def test_permanent_rejection_goes_to_failed_at_once(tmp_path: Path, autoju
     assert [r.kind for r in results] == ["failed"]
     (dead,) = await rig.queue.list_failed()
     assert dead.failed_reason == "HTTP 400 feishu_code 99992360 Invalid ids"
+    assert dead.attempts == 1  # the attempt was made and answered: it counts
     assert len(feishu.sends) == 1
     assert rig.messages("Failed: HTTP 400 feishu_code 99992360 Invalid ids")
 

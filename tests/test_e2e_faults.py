@@ -8,10 +8,9 @@ import os
 from collections.abc import Callable
 
 import pytest
-from test_e2e import CLEANUP_BOUND_SECONDS, Proc, cli, poll, stall, start_gateway
+from helpers import CLEANUP_BOUND_SECONDS, Proc, cli, poll, stall
 
 pytestmark = pytest.mark.e2e
-__all__ = ["start_gateway"]  # the fixture, used by name
 
 
 def test_restart_completes_with_the_console_file_a_fifo(start_gateway: Callable[..., Proc], tmp_path: object) -> None:

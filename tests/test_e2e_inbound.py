@@ -16,8 +16,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-
-from tests.test_e2e import STARTUP_SECONDS, WAIT_SECONDS, Proc, cli, poll
+from helpers import STARTUP_SECONDS, WAIT_SECONDS, Proc, cli, poll
 
 pytestmark = pytest.mark.e2e
 WX = "openclaw-weixin"

@@ -14,10 +14,10 @@ import trio
 from test_http_api import SESSION, TOKEN, Driver
 
 from trio_gateway.errors import GatewayError, InsufficientStorageError
+from trio_gateway.http import views
 from trio_gateway.http.app import GatewayApp
 from trio_gateway.log import Event, EventLog, FileSink
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime import views
 from trio_gateway.sim.faults import SUBSYSTEMS, Faults
 from trio_gateway.sim.harness import Harness
 from trio_gateway.sim.runtime import quick_config

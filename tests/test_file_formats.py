@@ -52,7 +52,18 @@ async def test_an_old_session_file_loads_and_writes_back_the_same_bytes(tmp_path
     assert record.origin == WX.conversation
     assert record.turns[0].origin == WX
     await store.save(record)
-    assert (tmp_path / "s-1-1.json").read_bytes() == OLD_SESSION
+    # The one key retired since (issue 19: the test stall is armed in memory) is not written back.
+    assert (tmp_path / "s-1-1.json").read_bytes() == OLD_SESSION.replace(b'"stallSeconds": null, ', b"")
+
+
+async def test_a_session_file_with_an_armed_stall_loads_without_it(tmp_path: Path) -> None:
+    """Written before issue 19 by a turn the test endpoint armed: the stall is dropped, the turn
+    kept (it resumes as an ordinary turn, as a resumed turn always did), nothing quarantined."""
+    armed = OLD_SESSION.replace(b'"stallSeconds": null', b'"stallSeconds": 600.0')
+    (tmp_path / "s-1-1.json").write_bytes(armed)
+    [record] = await SessionStore(tmp_path, inline, EventLog()).load_all()
+    assert [t.id for t in record.turns] == ["turn-1"]
+    assert not (tmp_path / "quarantine").exists()
 
 
 def test_an_origin_written_before_it_had_a_context_token_still_loads() -> None:
@@ -90,3 +101,35 @@ def test_a_file_of_the_wrong_type_is_refused_not_coerced() -> None:
     bad = json.loads(OLD_ENTRY) | {"attempts": "3"}
     with pytest.raises(cattrs.BaseValidationError):
         codec.structure(bad, DeliveryEntry)
+
+
+# A gateway.json written before each kind declared its own account keys (issue 19): every
+# platform's keys, each under its own platform.
+OLD_GATEWAY_JSON = b"""{"channels": {
+  "feishu": {"accounts": {"f": {"baseUrl": "https://open.feishu.cn", "appId": "cli_1", "appSecretEnv": "FS",
+    "verificationTokenEnv": "FS_VERIFY", "encryptKeyEnv": "FS_KEY", "inbound": {"mode": "webhook"}}}},
+  "openclaw-weixin": {"accounts": {"w": {"baseUrl": "https://wx.example", "tokenEnv": "WX", "contextToken": "c"}}},
+  "slack": {"accounts": {"s": {"baseUrl": "https://slack.com/api", "tokenEnv": "SL", "signingSecretEnv": "SL_SIGN",
+    "appTokenEnv": "SL_APP"}}},
+  "discord": {"accounts": {"d": {"baseUrl": "https://discord.com/api/v10", "tokenEnv": "DC"}}},
+  "telegram": {"accounts": {"t": {"baseUrl": "https://api.telegram.org", "tokenEnv": "TG", "secretTokenEnv": "TG_S"}}}
+},
+"agents": {"main": {"channels": ["console", "feishu", "openclaw-weixin", "slack", "discord", "telegram"]}}}
+"""
+
+
+def test_an_old_gateway_json_with_every_platforms_keys_loads_the_same(tmp_path: Path) -> None:
+    from trio_gateway.channels import registry
+
+    path = tmp_path / "gateway.json"
+    path.write_bytes(OLD_GATEWAY_JSON)
+    config = registry.load_config(path)
+    assert path.read_bytes() == OLD_GATEWAY_JSON
+    written = cfg.to_json(config)["channels"]
+    for channel, section in json.loads(OLD_GATEWAY_JSON)["channels"].items():
+        for account_id, old in section["accounts"].items():
+            new = written[channel]["accounts"][account_id]
+            # Every key it had reads back as it was; what it lacked is its default (None, or
+            # SPEC 15's for the new common keys).
+            assert {key: new[key] for key in old} == old
+            assert new["dmPolicy"] == "pairing"

@@ -136,10 +136,11 @@ async def test_reload_with_a_missing_secret_keeps_the_running_config(
     tmp_path: Path, autojump_clock: trio.abc.Clock
 ) -> None:
     from trio_gateway.app.assemble import preflight
+    from trio_gateway.channels.registry import account_kinds
     from trio_gateway.policy.config import parse
 
     fakes = FakeChannels()
-    bad = parse({**seed_raw("http://x"), "cron": []})
+    bad = parse({**seed_raw("http://x"), "cron": []}, account_kinds())
     reload = {"load_config": lambda: bad, "preflight": lambda config: preflight(config, {})}
     gateway, sink = real_gateway(tmp_path, fakes, reload, cron=[])
     with pytest.raises(ConfigError, match="environment variable FEISHU_APP_SECRET is not set"):

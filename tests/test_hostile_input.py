@@ -19,6 +19,7 @@ import trio
 from test_http_api import ENV, NOW, SESSION, SLACK_MESSAGE, TOKEN, Driver, Reply, config, slack_headers
 
 from trio_gateway import log as log_mod
+from trio_gateway.channels import registry
 from trio_gateway.cli import main
 from trio_gateway.errors import ConfigError, InsufficientStorageError
 from trio_gateway.http import auth
@@ -26,6 +27,7 @@ from trio_gateway.http.app import GatewayApp
 from trio_gateway.http.asgi import Message
 from trio_gateway.log import MemorySink
 from trio_gateway.policy import config as cfg
+from trio_gateway.policy import config_keys
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.runtime import build_gateway
@@ -115,7 +117,7 @@ def test_log_durations_never_raise() -> None:
 )
 def test_an_out_of_range_config_value_is_a_config_error_naming_the_key(key: str, value: object) -> None:
     with pytest.raises(ConfigError) as info:
-        cfg.set_key({}, key, value)
+        config_keys.set_key({}, key, value)
     assert info.value.path == key
     assert "must be between" in info.value.what or "finite" in info.value.what
 
@@ -211,7 +213,7 @@ async def test_a_failed_save_of_a_new_session_forgets_the_session(
                 raise OSError(28, "No space left on device")
             await super().save(record)
 
-    gateway.store = FullDisk(gateway.store.root, gateway.store.runner, gateway.store.log)
+    gateway.table.store = FullDisk(gateway.store.root, gateway.store.runner, gateway.store.log)
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)
         with pytest.raises(InsufficientStorageError, match="No space"):  # 507 (SPEC 5)
@@ -621,7 +623,7 @@ async def test_an_event_for_an_unknown_account_is_refused_without_waiting_for_it
 async def test_unverified_bodies_read_at_once_are_capped(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
     raw = cfg.to_json(config())
     raw["gateway"]["maxUnverifiedBodies"] = 1
-    gateway, _ = build_gateway(tmp_path, cfg.parse(raw))
+    gateway, _ = build_gateway(tmp_path, cfg.parse(raw, registry.account_kinds()))
     headers = {"x-slack-request-timestamp": str(int(NOW)), "x-slack-signature": "v0=" + "0" * 64}
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)
@@ -644,7 +646,8 @@ async def test_a_restart_resizes_the_unverified_body_slots(tmp_path: Path, autoj
     raw["gateway"]["maxUnverifiedBodies"] = 1
     reloaded = cfg.to_json(config())
     reloaded["gateway"]["maxUnverifiedBodies"] = 2
-    gateway, _ = build_gateway(tmp_path, cfg.parse(raw), load_config=lambda: cfg.parse(reloaded))
+    kinds = registry.account_kinds()
+    gateway, _ = build_gateway(tmp_path, cfg.parse(raw, kinds), load_config=lambda: cfg.parse(reloaded, kinds))
     headers = {"x-slack-request-timestamp": str(int(NOW)), "x-slack-signature": "v0=" + "0" * 64}
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)

@@ -15,6 +15,7 @@ import pytest
 import trio
 
 import trio_gateway
+from trio_gateway.channels import registry
 from trio_gateway.http.app import GatewayApp
 from trio_gateway.http.asgi import Message
 from trio_gateway.http.server import HttpServer
@@ -114,7 +115,7 @@ def config() -> cfg.Config:
         "stalledTaskDetection": {"enabled": False},
         "drain": {"timeoutSeconds": 10},
     }
-    return cfg.parse(raw)
+    return cfg.parse(raw, registry.account_kinds())
 
 
 @pytest.fixture

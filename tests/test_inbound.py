@@ -11,9 +11,9 @@ import pytest
 import trio
 
 from trio_gateway.channels.listen import BACKOFF_MAX_SECONDS
+from trio_gateway.http import views
 from trio_gateway.log import MemorySink
 from trio_gateway.policy.config import Config
-from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.harness import Harness, fake_account
@@ -228,7 +228,8 @@ def test_backoff_is_full_jitter_between_one_second_and_a_minute() -> None:
 
 
 async def test_channels_routes_and_metrics(gateway: Gateway, fake_channels: FakeChannels) -> None:
-    from tests.test_http_api import TOKEN, Driver
+    from test_http_api import TOKEN, Driver
+
     from trio_gateway.http.app import GatewayApp
 
     call = Driver(GatewayApp(gateway, TOKEN, {}))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import trio
+from test_inbound import until
 
-from tests.test_inbound import until
+from trio_gateway.http import views
 from trio_gateway.log import MemorySink
 from trio_gateway.policy.config import Config
-from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.harness import fake_account

@@ -8,10 +8,10 @@ import trio.testing
 
 from trio_gateway import __version__
 from trio_gateway.errors import GatewayDrainingError
+from trio_gateway.http import views
 from trio_gateway.log import MemorySink
 from trio_gateway.policy.config import Config
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.harness import DeliveryTap, Harness, HarnessModel, fake_account

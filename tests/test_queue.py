@@ -19,7 +19,10 @@ from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.policy.entry import DeliveryEntry, Payload, entry_to_json
 from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import inline
-from trio_gateway.storage.queue import Claimed, DeliveryQueue, GroupCommit, NotDue, claimer_alive
+from trio_gateway.storage.base import Claimed, NotDue
+from trio_gateway.storage.group_commit import GroupCommit
+from trio_gateway.storage.queue import DeliveryQueue
+from trio_gateway.storage.recovery import claimer_alive
 
 T0 = dt.datetime(2026, 6, 15, 3, 21, tzinfo=dt.UTC)
 
@@ -49,6 +52,12 @@ def make_entry(q: DeliveryQueue, when: dt.datetime = T0, to: str = "o9cq80abc@im
 
 async def claim(q: DeliveryQueue, entry_id: str, now: dt.datetime = T0) -> Claimed:
     claimed = await q.claim(entry_id, now)
+    assert isinstance(claimed, Claimed)
+    return claimed
+
+
+async def claim_to_send(q: DeliveryQueue, entry_id: str, now: dt.datetime = T0) -> Claimed:
+    claimed = await q.claim_to_send(entry_id, now)
     assert isinstance(claimed, Claimed)
     return claimed
 
@@ -119,14 +128,14 @@ async def test_retry_later_counts_release_does_not(tmp_path: Path) -> None:
     q = make_queue(tmp_path)
     entry = make_entry(q)
     await q.enqueue(entry)
-    c = await q.mark_sending(await claim(q, entry.id), T0)
+    c = await claim_to_send(q, entry.id)
     later = T0 + dt.timedelta(seconds=5)
     await q.retry_later(c, "HTTP 503", later)
     (pending,) = await q.list_pending()
     assert (pending.attempts, pending.last_error, pending.next_attempt_at) == (1, "HTTP 503", later)
     assert pending.send_started_at is None
 
-    c = await q.mark_sending(await claim(q, entry.id, later), later)
+    c = await claim_to_send(q, entry.id, later)
     await q.release(c)
     (pending,) = await q.list_pending()
     assert pending.attempts == 1

@@ -18,7 +18,9 @@ from test_delivery import ScriptedChannel, make_rig
 from test_queue import T0, make_entry, make_queue
 
 from trio_gateway.log import MemorySink
-from trio_gateway.storage.queue import Claimed, DeliveryQueue, GroupCommit, OutcomeUnknown
+from trio_gateway.storage.base import Claimed, OutcomeUnknown
+from trio_gateway.storage.group_commit import GroupCommit
+from trio_gateway.storage.queue import DeliveryQueue
 
 
 def _interleave(q: DeliveryQueue, monkeypatch: pytest.MonkeyPatch, method: str) -> list[str]:

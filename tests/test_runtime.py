@@ -9,9 +9,9 @@ import pytest
 import trio
 
 from trio_gateway.errors import GatewayDrainingError
+from trio_gateway.http import views
 from trio_gateway.log import MemorySink
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.runtime import Notice, build_gateway, quick_config
 

@@ -28,6 +28,7 @@ from trio_gateway.sim.runtime import (
 )
 from trio_gateway.storage import sessions as sessions_store
 from trio_gateway.storage.atomic import inline
+from trio_gateway.storage.disk import DiskRunners
 from trio_gateway.storage.home import Home
 
 CONSOLE = Origin("console", "ops", None)
@@ -241,7 +242,7 @@ async def test_forced_restart_does_not_wait_for_a_stuck_session_write(
     """Real clock: a fsync that hangs must not hold a forced restart. The write is held until
     the test lets it go, so "did not wait" is an observed order, not a wall-clock figure."""
     gateway, _ = build_gateway(tmp_path, quick_config(**NO_STALL))
-    gateway.store.runner = sessions_store.in_thread_abandoning
+    gateway.store.runner = DiskRunners.threads().sessions  # production: abandonable threads
     real = sessions_store.atomic_write_bytes
     stuck, release, finished = threading.Event(), threading.Event(), threading.Event()
     calls = 0

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import trio
 
+from trio_gateway.http import views
 from trio_gateway.policy.config import Config
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.harness import DeliveryTap
 from trio_gateway.sim.runtime import quick_config

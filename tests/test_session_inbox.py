@@ -10,7 +10,7 @@ from functools import partial
 
 import trio
 
-from trio_gateway.runtime.agent import Session, SessionInbox, serve_session
+from trio_gateway.runtime.session import Session, SessionInbox, serve_session
 from trio_gateway.storage.sessions import SessionRecord
 
 STEPS = 12  # checkpoints swept after the session's last job ends: past its whole close

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from trio_gateway.http import views
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime import views
 from trio_gateway.sim.runtime import Notice, build_gateway, quick_config
 
 WEIXIN = Origin("openclaw-weixin", "o9cq80abc@im.wechat", "2005b227a854-im-bot")

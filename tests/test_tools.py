@@ -14,10 +14,11 @@ import trio
 
 from trio_gateway import upstream as http
 from trio_gateway.errors import ConfigError
+from trio_gateway.http import views
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.policy import config as cfg
+from trio_gateway.policy import config_keys
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.sim.runtime import Notice, build_gateway
@@ -32,7 +33,7 @@ def tools_config(**overrides: Any) -> cfg.Config:
         "agents": {"main": {"tools": ["files.*"]}},
     }
     for key, value in overrides.items():
-        raw, _ = cfg.set_key(raw, key, value)
+        raw, _ = config_keys.set_key(raw, key, value)
     return cfg.parse(raw)
 
 

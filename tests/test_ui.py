@@ -19,7 +19,7 @@ from trio_gateway.http.asgi import Message
 from trio_gateway.policy import config as cfg
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.runtime import build_gateway
-from trio_gateway.storage.queue import Claimed
+from trio_gateway.storage.base import Claimed
 
 TOKEN = "ui-test-token"
 HOST = "127.0.0.1:18789"

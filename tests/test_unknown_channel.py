@@ -14,11 +14,11 @@ from test_http_api import TOKEN, Driver
 
 import trio_gateway
 from trio_gateway import scenario
+from trio_gateway.app.assemble import load_config_from
 from trio_gateway.channels import registry
 from trio_gateway.cli import main
 from trio_gateway.errors import ConfigError
 from trio_gateway.http.app import GatewayApp
-from trio_gateway.runtime.gateway import load_config_from
 from trio_gateway.scenario import ScenarioError
 from trio_gateway.sim.runtime import build_gateway, quick_config
 from trio_gateway.storage.home import Home

@@ -14,10 +14,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-# The one place the version is written: pyproject.toml reads it from here
-# ([tool.setuptools.dynamic]), so the package metadata and `trio-gateway --version` agree,
-# and the CLI gets it without importing importlib.metadata.
-__version__ = "0.1.0"
+# Written in version.py (bottom floor: the rooms read it there, never from this package top).
+from trio_gateway.version import __version__
 
 if TYPE_CHECKING:
     from trio_gateway.channels.registry import load_config

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 
 from trio_gateway import upstream as http
 from trio_gateway.channels import registry as channel_registry
+from trio_gateway.channels.heard import Submit
 from trio_gateway.channels.inbound import WebSocketConnect, open_websocket
 from trio_gateway.channels.listen import (
     AccountGate,
@@ -22,27 +23,31 @@ from trio_gateway.channels.listen import (
     SenderControl,
 )
 from trio_gateway.channels.registry import ChannelSet, build_listeners
+from trio_gateway.channels.registry import load_config as load_config_file
 from trio_gateway.delivery.service import ClosableChannels, QueueDelivery
 from trio_gateway.delivery.worker import DeliveryWorker, OutcomeTally
 from trio_gateway.errors import ConfigError
 from trio_gateway.log import EventLog
 from trio_gateway.models import build_model
 from trio_gateway.policy.config import Config
-from trio_gateway.runtime.gateway import (
+from trio_gateway.runtime.deps import (
     DeliveryFactory,
+    DeliveryHost,
     DeliveryService,
-    Gateway,
     GatewayDeps,
     ListenerFactory,
     Server,
+    SessionStoreFactory,
     ToolsFactory,
-    load_config_from,
 )
+from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.disk import DiskRunners
 from trio_gateway.storage.home import Home
 from trio_gateway.storage.queue import DeliveryQueue
+from trio_gateway.storage.sessions import SessionStore
 from trio_gateway.tools import registry as tool_registry
+from trio_gateway.work.units import WorkRegistry
 
 
 def queue_delivery(
@@ -63,7 +68,7 @@ def queue_delivery(
     queue = DeliveryQueue(home.queue_dir, runner, log)
     outcomes = OutcomeTally()  # like the queue, one per process: counters survive restarts
 
-    async def factory(config: Config, gateway: Gateway) -> QueueDelivery:
+    async def factory(config: Config, gateway: DeliveryHost) -> QueueDelivery:
         assert gateway.wall is not None
         channels = around(ChannelSet.build(config, home, env, transport, console_runner))
         return QueueDelivery.build(
@@ -90,13 +95,13 @@ def listeners(
         cursors = CursorStore(home.inbound_dir, runner, log)
     stats = InboundStats()
 
-    async def factory(config: Config, gateway: Gateway, delivery: DeliveryService) -> ListenerSupervisor:
+    async def factory(config: Config, submit: Submit, delivery: DeliveryService) -> ListenerSupervisor:
         # Files or cluster (PgDelivery's worker is a DeliveryWorker too): an auth pause stops sends.
         worker = getattr(delivery, "worker", None)
         sender: SenderControl = worker if isinstance(worker, DeliveryWorker) else NoSender()
         return ListenerSupervisor(
             build_listeners(config, env, log, transport, connect),
-            gateway.submit_inbound,
+            submit,
             cursors,
             log,
             config.gateway.channel_stop_timeout_seconds,
@@ -113,10 +118,20 @@ def _production_tools(home: Home, log: EventLog, env: Mapping[str, str]) -> Tool
     """Per generation: real stdio processes (stderr to logs/mcp-NAME.stderr.log) and HTTP."""
     openers = tool_registry.production_openers(env, str(home.logs_dir))
 
-    def factory(config: Config, gateway: Gateway) -> tool_registry.ToolBox:
-        return tool_registry.build_toolbox(config, gateway.registry, log, openers)
+    def factory(config: Config, registry: WorkRegistry, log: EventLog) -> tool_registry.ToolBox:
+        return tool_registry.build_toolbox(config, registry, log, openers)
 
     return factory
+
+
+def file_sessions(home: Home, runner: BlockingRunner, log: EventLog) -> SessionStoreFactory:
+    """Sessions as files under the home (no other node can take one over)."""
+    return lambda _on_lost: SessionStore(home.sessions_dir, runner, log)
+
+
+def load_config_from(home: Home) -> Callable[[], Config]:
+    """The gateway's reader of `gateway.json`, run at start and at every restart."""
+    return lambda: load_config_file(home.config_path)
 
 
 def production_gateway(
@@ -143,7 +158,8 @@ def production_gateway(
         delivery_factory=queue_delivery(home, log, env, disks.queue, console_runner=disks.console),
         listener_factory=listeners(home, log, env, disks.cursors),
         runner=runner,
-        session_runner=disks.sessions,
+        # Production abandons a cancelled session write's thread (its own disk runner).
+        session_store=file_sessions(home, disks.sessions, log),
         servers=servers or [],
         preflight=lambda new_config: preflight(new_config, env),
         tools_factory=_production_tools(home, log, env),

@@ -24,7 +24,7 @@ from trio_gateway.cluster.pg_sessions import PgSessionStore
 from trio_gateway.errors import ConfigError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import Config
-from trio_gateway.runtime.gateway import DeliveryFactory, Gateway
+from trio_gateway.runtime.deps import DeliveryFactory, DeliveryHost
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.home import Home
 
@@ -78,7 +78,7 @@ def cluster_parts(
 ) -> tuple[ClusterNode, DeliveryFactory]:
     node = _node_for(config, database(config, env, inline=inline), log)
 
-    async def factory(config: Config, gateway: Gateway) -> PgDelivery:
+    async def factory(config: Config, gateway: DeliveryHost) -> PgDelivery:
         assert gateway.wall is not None
         channels = ChannelSet.build(config, home, env, transport, console_runner)
         return PgDelivery.build(node.queue, channels, config, gateway.wall, log, gateway.registry, rng)
@@ -86,9 +86,9 @@ def cluster_parts(
     return node, factory
 
 
-def session_store_for(node: ClusterNode) -> Callable[[Gateway], PgSessionStore]:
-    def make(gateway: Gateway) -> PgSessionStore:
-        node.sessions.on_lost = gateway.forget_session
+def session_store_for(node: ClusterNode) -> Callable[[Callable[[str], None]], PgSessionStore]:
+    def make(on_lost: Callable[[str], None]) -> PgSessionStore:
+        node.sessions.on_lost = on_lost
         return node.sessions
 
     return make

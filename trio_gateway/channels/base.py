@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import attrs
 
 from trio_gateway.channels.inbound import Event, Listener, WebhookRequest, WebSocketConnect
 from trio_gateway.errors import ConfigError, DeliveryValidationError
-from trio_gateway.policy.config import AccountConfig
+from trio_gateway.policy.config import AccountConfig, AccountKind
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.storage.atomic import BlockingRunner
 from trio_gateway.storage.home import Home
@@ -195,6 +195,37 @@ def check_address(channel: str, to: str | None, rule: AddressRule | None) -> str
     return None
 
 
+# --- an account's keys --------------------------------------------------------------------------
+
+A = TypeVar("A", bound=AccountConfig)
+
+
+def account_as(cls: type[A], account: AccountConfig) -> A:
+    """The account as its kind's class (`ChannelKind.accounts`), which `config.parse` builds
+    when told the kinds. One built otherwise (in code, or parsed without the kinds) has only the
+    common keys: it is taken with the kind's own keys unset, as a file that omits them."""
+    if isinstance(account, cls):
+        return account
+    return cls(**{field.name: getattr(account, field.name) for field in attrs.fields(AccountConfig)})
+
+
+@attrs.frozen
+class TokenAccount(AccountConfig):
+    """An account of a platform that sends with one bot token, named by environment variable."""
+
+    token_env: str | None = None
+
+
+def require_base_url(path: str, account: AccountConfig) -> None:
+    """The account rule of every platform with an HTTP API: where to send."""
+    if not account.base_url:
+        raise ConfigError(f"{path}.baseUrl", "required")
+
+
+# The accounts of most platforms: `baseUrl` and a bot token.
+TOKEN_ACCOUNTS = AccountKind(TokenAccount, require_base_url)
+
+
 # --- one account being opened -------------------------------------------------------------------
 
 
@@ -235,7 +266,7 @@ class AccountSpec:
     @property
     def token(self) -> str:
         """The bot token most platforms authenticate with (`tokenEnv`)."""
-        return self.secret("tokenEnv", self.account.token_env)
+        return self.secret("tokenEnv", account_as(TokenAccount, self.account).token_env)
 
 
 def check_token_account(spec: AccountSpec) -> None:
@@ -273,6 +304,9 @@ class ChannelKind:
     # The name in `gateway.json` (`channels.<name>`), in origins and delivery entries.
     name: str
     address: AddressRule
+    # What its accounts may say (`channels.<name>.accounts.<id>`) beyond the common keys, and
+    # the rules `config` holds them to; secrets are `check_account`'s, with the environment.
+    accounts: AccountKind = TOKEN_ACCOUNTS
     # The send API's reply rule (None: no HTTP replies, as `console`).
     classify: Classifier | None = None
     # One send adapter per configured account...

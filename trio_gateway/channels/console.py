@@ -19,6 +19,7 @@ import attrs
 import trio
 
 from trio_gateway.channels.base import OK, AddressRule, ChannelKind, Outcome
+from trio_gateway.policy.config import AccountKind
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.home import Home
@@ -144,4 +145,5 @@ def _open_standalone(home: Home, runner: BlockingRunner) -> ConsoleChannel:
     return ConsoleChannel(home.console_path, runner)
 
 
-KIND = ChannelKind(name="console", address=ADDRESS, open_standalone=_open_standalone)
+# No accounts of its own: an account under `channels.console` says only the common keys.
+KIND = ChannelKind(name="console", address=ADDRESS, accounts=AccountKind(), open_standalone=_open_standalone)

@@ -26,10 +26,12 @@ from trio_gateway.channels.base import (
     Headers,
     Outcome,
     Webhook,
+    account_as,
     by_status,
     field,
     header,
     reason_prefix,
+    require_base_url,
     retry_after,
     seconds,
 )
@@ -49,6 +51,7 @@ from trio_gateway.channels.inbound import (
 )
 from trio_gateway.errors import BadRequestError, UnauthorizedError
 from trio_gateway.policy import strict_json
+from trio_gateway.policy.config import AccountConfig, AccountKind
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
@@ -290,13 +293,13 @@ def event_signature(timestamp: str, nonce: str, encrypt_key: str, body: bytes) -
 
 def check_webhook_headers(request: WebhookRequest) -> None:
     """Feishu's token is in the body; before it arrives, only that we could check it."""
-    request.secret(request.account.verification_token_env, "verificationTokenEnv")
+    request.secret(_keys(request.account).verification_token_env, "verificationTokenEnv")
 
 
 def verify_token(event: JsonObject, request: WebhookRequest) -> None:
     """Feishu puts its verification token in the body: `token` (schema 1 and the URL
     challenge) or `header.token` (schema 2)."""
-    secret = request.secret(request.account.verification_token_env, "verificationTokenEnv")
+    secret = request.secret(_keys(request.account).verification_token_env, "verificationTokenEnv")
     header = event.get("header")
     given = event.get("token") or (header.get("token") if isinstance(header, dict) else None)
     if not isinstance(given, str) or not hmac.compare_digest(given.encode(), secret.encode()):
@@ -306,7 +309,7 @@ def verify_token(event: JsonObject, request: WebhookRequest) -> None:
 def _decrypted(data: JsonObject, request: WebhookRequest) -> JsonObject:
     """An encrypted event (`encryptKeyEnv`): the signature headers, when sent, must match; the
     body must decrypt with the key; the verification token inside is then checked as usual."""
-    env_name = request.account.encrypt_key_env
+    env_name = _keys(request.account).encrypt_key_env
     key = request.env.get(env_name) if env_name else None
     if not key:
         raise UnauthorizedError("encrypted Feishu event, but encryptKeyEnv is not configured for this account")
@@ -610,26 +613,44 @@ class FeishuListener:
 # --- the record the registry lists -------------------------------------------------------------
 
 
+@attrs.frozen
+class FeishuAccount(AccountConfig):
+    """A Feishu app: its id and secret; the webhook's verification token and encrypt key (SPEC
+    5, 11). Secrets are named by environment variable."""
+
+    app_id: str | None = None
+    app_secret_env: str | None = None
+    verification_token_env: str | None = None
+    encrypt_key_env: str | None = None
+
+
+def _keys(account: AccountConfig) -> FeishuAccount:
+    return account_as(FeishuAccount, account)
+
+
 def _check_account(a: AccountSpec) -> None:
     _ = a.base_url
-    a.required("appId", a.account.app_id)
-    a.secret("appSecretEnv", a.account.app_secret_env)
+    a.required("appId", _keys(a.account).app_id)
+    a.secret("appSecretEnv", _keys(a.account).app_secret_env)
 
 
 def _open_sender(a: AccountSpec) -> FeishuChannel:
-    app_id = a.required("appId", a.account.app_id)
-    return FeishuChannel.open(a.base_url, app_id, a.secret("appSecretEnv", a.account.app_secret_env), a.transport())
+    keys = _keys(a.account)
+    app_id = a.required("appId", keys.app_id)
+    return FeishuChannel.open(a.base_url, app_id, a.secret("appSecretEnv", keys.app_secret_env), a.transport())
 
 
 def _open_listener(a: AccountSpec, connect: WebSocketConnect) -> FeishuListener:
-    app_id = a.required("appId", a.account.app_id)
-    secret = a.secret("appSecretEnv", a.account.app_secret_env)
+    keys = _keys(a.account)
+    app_id = a.required("appId", keys.app_id)
+    secret = a.secret("appSecretEnv", keys.app_secret_env)
     return FeishuListener.open(a.base_url, app_id, secret, a.account_id, a.transport(), connect)
 
 
 KIND = ChannelKind(
     name="feishu",
     address=ADDRESS,
+    accounts=AccountKind(FeishuAccount, require_base_url),
     classify=classify,
     open_sender=_open_sender,
     check_account=_check_account,

@@ -28,7 +28,9 @@ class AuthFailed(Exception):
 class Heard:
     """One message from a person, as the gateway needs it."""
 
-    id: str  # the platform's id for it, unique per account: the dedupe key
+    # The platform's id for it, unique per account: the dedupe key. None: the platform gave
+    # none (a webhook event without an id), so a repeat of it cannot be recognised.
+    id: str | None
     to: str  # where the reply goes
     text: str
     context_token: str | None = None

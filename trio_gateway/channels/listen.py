@@ -28,13 +28,13 @@ from typing import Any, Literal, Protocol
 import attrs
 import trio
 
-from trio_gateway.channels.base import AddressRule, check_address
+from trio_gateway.channels.base import AddressRule
+from trio_gateway.channels.heard import HeardOn, Submit, submit_heard
 from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, Listener, ListenError
 from trio_gateway.errors import DeliveryValidationError, GatewayDrainingError, described
 from trio_gateway.log import EventLog, ms
 from trio_gateway.policy import backoff
 from trio_gateway.policy.config import AgentConfig
-from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import BlockingRunner, atomic_write_json, durable_rename
 
 ListenState = Literal["listening", "reconnecting", "paused", "off"]
@@ -98,11 +98,6 @@ class CursorStore:
 # --- one account ---------------------------------------------------------------------------------
 
 
-class Submit(Protocol):
-    async def __call__(self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str) -> tuple[str, str] | None:
-        """(session, turn) of a new durable turn; None: the message was known already."""
-
-
 @attrs.define(eq=False)
 class AccountListener:
     channel: str
@@ -152,13 +147,10 @@ class AccountIntake:
         a = self.account
         assert a.agent_id is not None
         try:
-            check_address(a.channel, heard.to, a.address)
+            new = await submit_heard(self.submit, HeardOn(a.channel, a.account_id, a.agent_id, a.address), heard)
         except DeliveryValidationError as exc:
             self.log.warn("CHANNEL", f"Skipped message channel={a.channel} account={a.account_id}: {exc}")
             return
-        origin = Origin(a.channel, heard.to, a.account_id, context_token=heard.context_token)
-        try:
-            new = await self.submit(agent_id=a.agent_id, origin=origin, prompt=heard.text, inbound_id=heard.id)
         except GatewayDrainingError:
             # A drain cancels this listener's scope at its request, so this is only reached
             # when intake is closed otherwise (a generation starting): retry after a backoff.

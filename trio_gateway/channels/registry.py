@@ -26,7 +26,7 @@ from trio_gateway.channels.listen import AccountListener, account_file_ok, agent
 from trio_gateway.errors import ConfigError, DeliveryValidationError
 from trio_gateway.log import EventLog
 from trio_gateway.policy import config as cfg
-from trio_gateway.policy.config import AccountConfig, ChannelConfig, Config
+from trio_gateway.policy.config import AccountConfig, AccountKind, ChannelConfig, Config
 from trio_gateway.storage import config_file
 from trio_gateway.storage.atomic import BlockingRunner
 from trio_gateway.storage.home import Home
@@ -41,20 +41,26 @@ def kind_of(channel: str) -> ChannelKind | None:
     return BY_NAME.get(channel)
 
 
+def account_kinds() -> Mapping[str, AccountKind]:
+    """What each kind's accounts may say, by name, for `policy.config` (which names no kind):
+    every reader of gateway.json hands these down."""
+    return {kind.name: attrs.evolve(kind.accounts, standalone=not kind.needs_account) for kind in BY_NAME.values()}
+
+
 # --- gateway.json's channel names (SPEC 3) -------------------------------------------------------
 
 
 def check_names(config: Config) -> Config:
-    """Refuse a `channels.<name>` this version cannot speak, in a config built without the names
-    (policy is pure and sits below the channels: only the registry knows which names exist, and
-    `policy.config.check` takes them from its caller)."""
-    return cfg.check(config, NAMES)
+    """Refuse a `channels.<name>` this version cannot speak, and an account its kind refuses, in
+    a config built without the kinds (policy is pure and sits below the channels: only the
+    registry knows which kinds exist, and `policy.config.check` takes them from its caller)."""
+    return cfg.check(config, account_kinds())
 
 
 def load_config(path: Path) -> Config:
     """`gateway.json` as every reader takes it (start, restart, the CLI): the file's strict parse
-    (`storage.config_file`), told the channel names this version speaks."""
-    return config_file.load(path, NAMES)
+    (`storage.config_file`), told the channel kinds this version speaks."""
+    return config_file.load(path, account_kinds())
 
 
 # --- addresses (SPEC 7) --------------------------------------------------------------------------
@@ -130,8 +136,6 @@ def _validate(openings: list[Opening]) -> None:
     for opening in openings:
         spec = opening.spec
         opening.kind.check_account(spec)
-        if spec.account.app_token_env:
-            spec.secret("appTokenEnv", spec.account.app_token_env)
 
 
 @attrs.define

@@ -21,9 +21,13 @@ from trio_gateway.channels.base import (
     ChannelKind,
     Headers,
     Outcome,
+    TokenAccount,
     Webhook,
+    account_as,
     by_status,
+    check_token_account,
     field,
+    require_base_url,
     retry_after,
     short,
 )
@@ -41,7 +45,7 @@ from trio_gateway.channels.inbound import (
     socket_error,
 )
 from trio_gateway.errors import UnauthorizedError
-from trio_gateway.policy.config import AccountConfig
+from trio_gateway.policy.config import AccountConfig, AccountKind
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
@@ -192,6 +196,20 @@ class SlackSocketListener:
 
 # --- the Events API webhook (SPEC 5): signed with the app's signing secret ---------------------
 
+
+@attrs.frozen
+class SlackAccount(TokenAccount):
+    """A Slack app: its bot token; the Events API's signing secret; Socket Mode's app-level
+    token (SPEC 5, 11). Secrets are named by environment variable."""
+
+    signing_secret_env: str | None = None
+    app_token_env: str | None = None
+
+
+def _keys(account: AccountConfig) -> SlackAccount:
+    return account_as(SlackAccount, account)
+
+
 # Slack rejects signatures older than this to stop replays; so do we.
 REPLAY_WINDOW_SECONDS = 300.0
 
@@ -199,7 +217,7 @@ REPLAY_WINDOW_SECONDS = 300.0
 def check_webhook_headers(request: WebhookRequest) -> tuple[str, str, str]:
     """What can be checked before the body arrives: a signing secret, a timestamp inside the
     replay window, a signature header. Returns (secret, timestamp, signature)."""
-    secret = request.secret(request.account.signing_secret_env, "signingSecretEnv")
+    secret = request.secret(_keys(request.account).signing_secret_env, "signingSecretEnv")
     stamp = request.headers.get("x-slack-request-timestamp", "")
     given = request.headers.get("x-slack-signature", "")
     # Whole seconds, as Slack sends them: `float()` would take "nan", whose age compares
@@ -242,17 +260,27 @@ def _open_sender(a: AccountSpec) -> SlackChannel:
 
 
 def _open_listener(a: AccountSpec, connect: WebSocketConnect) -> SlackSocketListener:
-    app_token = a.secret("appTokenEnv", a.account.app_token_env)
+    app_token = a.secret("appTokenEnv", _keys(a.account).app_token_env)
     return SlackSocketListener.open(a.base_url, app_token, a.account_id, a.transport(), connect)
 
 
+def _check_account(a: AccountSpec) -> None:
+    """The bot token's keys; an app-level token, when named, must be set (Socket Mode)."""
+    check_token_account(a)
+    app_token_env = _keys(a.account).app_token_env
+    if app_token_env:
+        a.secret("appTokenEnv", app_token_env)
+
+
 def _default_mode(account: AccountConfig) -> str:
-    return "socket" if account.app_token_env else "webhook"
+    return "socket" if _keys(account).app_token_env else "webhook"
 
 
 KIND = ChannelKind(
     name="slack",
     address=ADDRESS,
+    accounts=AccountKind(SlackAccount, require_base_url),
+    check_account=_check_account,
     classify=classify,
     open_sender=_open_sender,
     default_mode=_default_mode,

@@ -18,10 +18,13 @@ from trio_gateway.channels.base import (
     ChannelKind,
     Headers,
     Outcome,
+    TokenAccount,
     Webhook,
+    account_as,
     by_status,
     field,
     reason_prefix,
+    require_base_url,
     retry_after,
     seconds,
     short,
@@ -39,7 +42,7 @@ from trio_gateway.channels.inbound import (
     message_event,
 )
 from trio_gateway.errors import UnauthorizedError
-from trio_gateway.policy.config import AccountConfig
+from trio_gateway.policy.config import AccountConfig, AccountKind
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
@@ -164,8 +167,15 @@ class TelegramListener:
 # --- the webhook (SPEC 5): `X-Telegram-Bot-Api-Secret-Token` ----------------------------------
 
 
+@attrs.frozen
+class TelegramAccount(TokenAccount):
+    """A Telegram bot: its token; with a webhook, the secret token Telegram sends back (SPEC 5)."""
+
+    secret_token_env: str | None = None
+
+
 def verify_secret_token(request: WebhookRequest) -> None:
-    secret = request.secret(request.account.secret_token_env, "secretTokenEnv")
+    secret = request.secret(account_as(TelegramAccount, request.account).secret_token_env, "secretTokenEnv")
     given = request.headers.get("x-telegram-bot-api-secret-token", "")
     if not hmac.compare_digest(given.encode(), secret.encode()):
         raise UnauthorizedError("bad X-Telegram-Bot-Api-Secret-Token")
@@ -200,12 +210,13 @@ def _open_listener(a: AccountSpec, _: WebSocketConnect) -> TelegramListener:
 
 def _default_mode(account: AccountConfig) -> str:
     # Telegram refuses getUpdates while a webhook is set: a secret token means a webhook.
-    return "webhook" if account.secret_token_env else "poll"
+    return "webhook" if account_as(TelegramAccount, account).secret_token_env else "poll"
 
 
 KIND = ChannelKind(
     name="telegram",
     address=ADDRESS,
+    accounts=AccountKind(TelegramAccount, require_base_url),
     classify=classify,
     open_sender=_open_sender,
     default_mode=_default_mode,

@@ -23,12 +23,16 @@ from trio_gateway.channels.base import (
     ChannelKind,
     Headers,
     Outcome,
+    TokenAccount,
+    account_as,
     by_status,
     field,
     reason_prefix,
+    require_base_url,
 )
 from trio_gateway.channels.http import JsonClient, post_json
 from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, ListenError, WebSocketConnect
+from trio_gateway.policy.config import AccountKind
 from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.upstream import AsyncBaseTransport
 
@@ -191,8 +195,16 @@ class WeixinListener:
 # --- the record the registry lists -------------------------------------------------------------
 
 
+@attrs.frozen
+class WeixinAccount(TokenAccount):
+    """A WeChat bot: its token, and the deprecated static context token (see the docstring)."""
+
+    context_token: str | None = None
+
+
 def _open_sender(a: AccountSpec) -> WeixinChannel:
-    return WeixinChannel.open(a.base_url, a.token, a.account.context_token, a.transport())
+    context_token = account_as(WeixinAccount, a.account).context_token
+    return WeixinChannel.open(a.base_url, a.token, context_token, a.transport())
 
 
 def _open_listener(a: AccountSpec, _: WebSocketConnect) -> WeixinListener:
@@ -202,6 +214,7 @@ def _open_listener(a: AccountSpec, _: WebSocketConnect) -> WeixinListener:
 KIND = ChannelKind(
     name=CHANNEL,
     address=ADDRESS,
+    accounts=AccountKind(WeixinAccount, require_base_url),
     classify=classify,
     open_sender=_open_sender,
     default_mode=lambda _: "poll",

@@ -20,10 +20,10 @@ import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from trio_gateway import __version__
 from trio_gateway.errors import GatewayError, UsageError
 from trio_gateway.policy import strict_json
 from trio_gateway.storage.home import Home
+from trio_gateway.version import __version__
 
 if TYPE_CHECKING:
     from trio_gateway.log import LogFormat

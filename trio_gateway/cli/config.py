@@ -6,11 +6,13 @@ import argparse
 import json
 import os
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from trio_gateway.cli import add_commands
 from trio_gateway.errors import ConfigError
 from trio_gateway.policy import config as cfg
+from trio_gateway.policy import config_keys
 from trio_gateway.policy.env_check import missing_secrets
 from trio_gateway.storage.atomic import atomic_write_json
 from trio_gateway.storage.config_file import read_raw
@@ -37,30 +39,33 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _get(args: argparse.Namespace, ctx: Context) -> int:
-    value = cfg.get_key(read_raw(ctx.home.config_path), args.key)
+    raw = read_raw(ctx.home.config_path)
+    value = config_keys.get_key(raw, args.key, _kinds() if _names_a_channel(raw) else None)
     print(json.dumps(value) if not isinstance(value, str) else value)
     return 0
 
 
 def _set(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    new_raw, _ = cfg.set_key(read_raw(path), args.key, cfg.parse_value(args.value), _channel_names())
+    kinds = _kinds()
+    new_raw, _ = config_keys.set_key(read_raw(path), args.key, config_keys.parse_value(args.value), kinds)
     atomic_write_json(path, new_raw)
-    print(f"{args.key} = {json.dumps(cfg.get_key(new_raw, args.key))}")
+    print(f"{args.key} = {json.dumps(config_keys.get_key(new_raw, args.key, kinds))}")
     return 0
 
 
 def _unset(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    new_raw, _ = cfg.unset_key(read_raw(path), args.key, _channel_names())
+    kinds = _kinds()
+    new_raw, _ = config_keys.unset_key(read_raw(path), args.key, kinds)
     atomic_write_json(path, new_raw)
-    print(f"{args.key} unset; default {json.dumps(cfg.get_key(new_raw, args.key), default=str)}")
+    print(f"{args.key} unset; default {json.dumps(config_keys.get_key(new_raw, args.key, kinds), default=str)}")
     return 0
 
 
 def _validate(args: argparse.Namespace, ctx: Context) -> int:
     path = ctx.home.config_path
-    cfg.parse(read_raw(path), _channel_names())
+    cfg.parse(read_raw(path), _kinds())
     if args.env:
         missing = missing_secrets(read_raw(path), os.environ)
         for secret in missing:
@@ -71,9 +76,17 @@ def _validate(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _channel_names() -> tuple[str, ...]:
-    """The channel names this version speaks. Imported here, not at the top: the registry loads
-    every platform module, which `config get` has no use for."""
-    from trio_gateway.channels.registry import NAMES
+def _names_a_channel(raw: Mapping[str, Any]) -> bool:
+    """Whether the file says anything the channel kinds are needed to read (a `channels`
+    section, an agent's bound channels): `config get` on a file naming none skips loading them."""
+    agents = raw.get("agents")
+    bound = isinstance(agents, Mapping) and any(isinstance(a, Mapping) and "channels" in a for a in agents.values())
+    return "channels" in raw or bound
 
-    return NAMES
+
+def _kinds() -> Mapping[str, cfg.AccountKind]:
+    """The channel kinds this version speaks, with their account keys. Imported here, not at the
+    top: the registry loads every platform module, which the rest of the CLI has no use for."""
+    from trio_gateway.channels.registry import account_kinds
+
+    return account_kinds()

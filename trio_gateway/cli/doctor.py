@@ -59,9 +59,10 @@ def _diagnose(home: Home, env: Mapping[str, str], *, reach: Callable[[str], str 
         return
     yield from _secrets(raw, env)
     yield _token(home, env)
+    from trio_gateway.channels.registry import account_kinds
     from trio_gateway.policy import config as cfg
 
-    parsed = cfg.parse(raw)
+    parsed = cfg.parse(raw, account_kinds())
     yield _gateway_or_port(home, parsed)
     if reach is not None:
         yield from _upstreams(parsed, reach)

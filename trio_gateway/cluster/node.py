@@ -48,7 +48,6 @@ class ClusterNode:
     # The gateway's wall clock, bound when the gateway starts serving.
     now: Callable[[], dt.datetime]
     state: Callable[[], tuple[str, int]] = lambda: ("running", 0)
-    last_heartbeat: float | None = None
     ready: bool = False
 
     @classmethod
@@ -99,7 +98,6 @@ class ClusterNode:
             )
 
         await self.db.run(beat)
-        self.last_heartbeat = trio.current_time()
 
     async def run(self) -> None:
         """Heartbeat until cancelled; then leave the cluster (bounded)."""

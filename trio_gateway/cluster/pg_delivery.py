@@ -23,8 +23,7 @@ from trio_gateway.errors import ClusterDatabaseError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import Config
 from trio_gateway.policy.entry import DeliveryEntry
-from trio_gateway.storage.base import DeliveryStore
-from trio_gateway.storage.queue import Claimed
+from trio_gateway.storage.base import Claimed, DeliveryStore
 from trio_gateway.work.clock import WallClock
 from trio_gateway.work.units import WorkRegistry
 

@@ -27,7 +27,9 @@ from trio_gateway.cluster.db import Conn, Database
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.entry import DeliveryEntry, entry_from_json, entry_to_json
-from trio_gateway.storage.queue import Claimed, GroupCommit, IdGenerator, NotDue
+from trio_gateway.storage.base import Claimed, NotDue
+from trio_gateway.storage.group_commit import GroupCommit
+from trio_gateway.storage.ids import IdGenerator
 
 _ENTRY_COLUMNS = "entry, send_started_at"
 

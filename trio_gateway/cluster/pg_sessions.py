@@ -28,7 +28,7 @@ from trio_gateway.errors import CronSlotTakenError
 from trio_gateway.log import EventLog
 from trio_gateway.policy import codec
 from trio_gateway.storage.base import CRON_SLOT
-from trio_gateway.storage.sessions import SessionRecord
+from trio_gateway.storage.sessions import SessionRecord, record_from_json
 
 # Ownership is judged by heartbeat; the expiry is only a backstop for a live node that stopped
 # writing its heartbeat and still runs. A session lease never needs renewing while its node lives.
@@ -159,7 +159,7 @@ class PgSessionStore:
         if doc is None:
             return None
         try:
-            return codec.structure(doc, SessionRecord)
+            return record_from_json(doc)
         except Exception as exc:  # a row this version cannot read: leave it for a person
             self.log.error("CLUSTER", "Unreadable session row left alone", sessionId=session_id, error=str(exc)[:200])
             return None

@@ -17,9 +17,8 @@ from trio_gateway.policy import routing
 from trio_gateway.policy.config import AgentConfig
 from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind, Payload
 from trio_gateway.policy.origin import Origin
-from trio_gateway.storage.base import DeliveryStore
+from trio_gateway.storage.base import DeliveryStore, OutcomeUnknown
 from trio_gateway.storage.disk import StorageHealth, is_no_space
-from trio_gateway.storage.queue import OutcomeUnknown
 from trio_gateway.work.clock import WallClock
 
 # A notice of accepted work that the queue disk refused is retried from this delay, doubling

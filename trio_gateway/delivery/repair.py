@@ -15,8 +15,7 @@ from trio_gateway.channels.registry import check_address
 from trio_gateway.delivery.scheduler import RepairAction, Reroute, plan_repair
 from trio_gateway.policy.config import AgentConfig
 from trio_gateway.policy.entry import DeliveryEntry
-from trio_gateway.storage.base import DeliveryStore
-from trio_gateway.storage.queue import Claimed
+from trio_gateway.storage.base import Claimed, DeliveryStore
 from trio_gateway.work.clock import WallClock
 
 

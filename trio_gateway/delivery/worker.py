@@ -26,8 +26,7 @@ from trio_gateway.errors import WorkAbortedError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import Config, DeliveryConfig
 from trio_gateway.policy.entry import DeliveryEntry
-from trio_gateway.storage.base import DeliveryStore
-from trio_gateway.storage.queue import Claimed, NotDue, OutcomeUnknown
+from trio_gateway.storage.base import Claimed, DeliveryStore, NotDue, OutcomeUnknown
 from trio_gateway.work.clock import WallClock
 from trio_gateway.work.units import WorkRegistry
 

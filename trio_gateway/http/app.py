@@ -15,9 +15,11 @@ from collections.abc import Awaitable, Callable, Mapping
 import attrs
 import trio
 
+from trio_gateway.channels.heard import HeardOn, submit_heard
+from trio_gateway.channels.inbound import Heard
 from trio_gateway.channels.listen import agent_for
 from trio_gateway.channels.registry import NAMES as CHANNEL_NAMES
-from trio_gateway.channels.registry import check_address, check_configured
+from trio_gateway.channels.registry import check_address, check_configured, kind_of
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import (
     BadRequestError,
@@ -30,7 +32,7 @@ from trio_gateway.errors import (
     RequestTimeoutError,
     chosen,
 )
-from trio_gateway.http import inbound, metrics, turns, ui
+from trio_gateway.http import inbound, metrics, turns, ui, views
 from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
 from trio_gateway.http.base import Request, Response, Route, delivery_store, error_response, json_response
 from trio_gateway.http.body import JsonObject, opt_bool, opt_number, opt_str, req_obj, req_str
@@ -38,8 +40,8 @@ from trio_gateway.http.ui_auth import UiAuth
 from trio_gateway.policy.config import RANGES, AccountConfig, Config
 from trio_gateway.policy.entry import entry_to_json
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime import views
-from trio_gateway.runtime.gateway import Gateway, ServiceOutbox
+from trio_gateway.runtime.deps import ServiceOutbox
+from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.storage.base import DeliveryStore
 from trio_gateway.work.drain import DrainKind, DrainRequest
 
@@ -305,20 +307,16 @@ class GatewayApp:
             return json_response(200, {"challenge": event.challenge})
         if event.message is None:
             return json_response(200, {"ignored": event.ignored or "not a message"})
-        agent_id = self._agent_for(channel, account_id)
-        try:
-            check_address(channel, event.message.to)
-        except DeliveryValidationError as exc:
-            raise BadRequestError(f"sender: {exc}") from None
-        origin = Origin(channel, event.message.to, account_id)
-        if event.message.event_id is None:
-            session_id, turn_id = await self.gateway.submit(agent_id=agent_id, origin=origin, prompt=event.message.text)
-            return json_response(200, {"sessionId": session_id, "turnId": turn_id})
+        kind = kind_of(channel)
+        on = HeardOn(channel, account_id, self._agent_for(channel, account_id), kind.address if kind else None)
+        message = event.message
         # A platform retries a delivery it thinks failed (Slack retries, Telegram and Feishu
         # resend): the event id, recorded with the turn, makes the retry a no-op (SPEC 11).
-        accepted = await self.gateway.submit_inbound(
-            agent_id=agent_id, origin=origin, prompt=event.message.text, inbound_id=event.message.event_id
-        )
+        heard = Heard(message.event_id, message.to, message.text)
+        try:
+            accepted = await submit_heard(self.gateway.submit_inbound, on, heard)
+        except DeliveryValidationError as exc:
+            raise BadRequestError(f"sender: {exc}") from None
         if accepted is None:
             return json_response(200, {"duplicate": True})
         return json_response(200, {"sessionId": accepted[0], "turnId": accepted[1]})

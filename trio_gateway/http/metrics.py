@@ -24,7 +24,7 @@ from prometheus_client import generate_latest as _generate
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from trio_gateway import __version__
+from trio_gateway.version import __version__
 
 if TYPE_CHECKING:
     from trio_gateway.runtime.gateway import Gateway

@@ -16,15 +16,14 @@ from typing import Any
 
 import trio
 
-from trio_gateway import __version__
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import NotFoundError, UnauthorizedError
-from trio_gateway.http import events, ui_auth
+from trio_gateway.http import events, ui_auth, views
 from trio_gateway.http.base import Request, Response, Route, delivery_store, json_response
 from trio_gateway.http.body import opt_str
 from trio_gateway.http.ui_auth import UiAuth
-from trio_gateway.runtime import views
 from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.version import __version__
 
 STATIC = {
     "index.html": "text/html; charset=utf-8",

@@ -18,11 +18,12 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeVar, get_args
 
 import attrs
 import cattrs
+from cattrs.cols import list_structure_factory
 from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
 from cattrs.preconf.json import make_converter
 
@@ -97,6 +98,12 @@ def _strict_literal(value: object, tp: Any) -> object:
     return value
 
 
+def _is_list(tp: Any) -> bool:
+    """`list[X]`, as a field is typed."""
+    origin: object = typing.get_origin(tp)
+    return origin is list
+
+
 def _make_converter() -> cattrs.Converter:
     conv = make_converter(forbid_extra_keys=True, prefer_attrib_converters=False)
     conv.register_structure_hook(bool, _strict_bool)
@@ -113,8 +120,27 @@ def _make_converter() -> cattrs.Converter:
         return make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames(cls))
 
     def unstructure_factory(cls: type) -> Any:
-        return make_dict_unstructure_fn(cls, conv, **renames(cls))
+        write: Callable[[Any], Any] = make_dict_unstructure_fn(cls, conv, **renames(cls))
 
+        def unstructure(obj: Any) -> Any:
+            # A field typed as a base class may hold a subclass (an account of one channel
+            # kind, with its own keys): written as what it is, so no key is lost.
+            return write(obj) if type(obj) is cls else conv.unstructure(obj, unstructure_as=type(obj))
+
+        return unstructure
+
+    def list_factory(tp: Any) -> Any:
+        items = list_structure_factory(tp, conv)
+
+        def structure(value: object, _: type) -> Any:
+            # A string is iterable: `"allowFrom": "123"` would otherwise become ["1", "2", "3"].
+            if not isinstance(value, list):
+                raise TypeError(f"expected a list, got {json.dumps(value)}")
+            return items(value, tp)
+
+        return structure
+
+    conv.register_structure_hook_factory(_is_list, list_factory)
     conv.register_structure_hook_factory(attrs.has, structure_factory)
     conv.register_unstructure_hook_factory(attrs.has, unstructure_factory)
     return conv

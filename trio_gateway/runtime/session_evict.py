@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from trio_gateway.runtime.agent import Session
+from trio_gateway.runtime.session import Session
 
 # How often the sweep runs, as a fraction of the idle bound, within these limits.
 MIN_SWEEP_SECONDS = 1.0

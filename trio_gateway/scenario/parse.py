@@ -105,7 +105,7 @@ def _config(raw: object, channels: dict[str, ChannelSpec], lines: _Lines, source
                 merged.setdefault("channels", {})[name] = {"accounts": {a: fake_account(name) for a in spec.accounts}}
         for key, value in raw.items():
             _merge(merged, key, value)
-        return cfg.parse(merged, channel_registry.NAMES)
+        return cfg.parse(merged, channel_registry.account_kinds())
     except ConfigError as exc:
         raise _fail(source, lines.header("config"), f"config.{exc.path}", exc.what) from None
 

@@ -46,10 +46,11 @@ import trio.testing
 
 if TYPE_CHECKING:
     from trio_gateway import upstream as http
+    from trio_gateway.log import EventLog
     from trio_gateway.policy.config import Config, McpServerConfig
-    from trio_gateway.runtime.gateway import Gateway
     from trio_gateway.tools.registry import ToolBox
     from trio_gateway.tools.transport import Link, Opener
+    from trio_gateway.work.units import WorkRegistry
 
 _TOOLS: list[dict[str, Any]] = [
     {
@@ -276,13 +277,13 @@ def in_process_opener(fake: FakeMcpServer) -> Opener:
 
 def in_process_tools(
     fakes: FakeMcpServers, http_transport: http.AsyncBaseTransport | None = None
-) -> Callable[[Config, Gateway], ToolBox]:
+) -> Callable[[Config, WorkRegistry, EventLog], ToolBox]:
     """A gateway `tools_factory` whose MCP servers are `fakes` (and HTTP, `http_transport`)."""
 
-    def factory(config: Config, gateway: Gateway) -> ToolBox:
+    def factory(config: Config, registry: WorkRegistry, log: EventLog) -> ToolBox:
         from trio_gateway.tools.registry import build_toolbox
 
-        return build_toolbox(config, gateway.registry, gateway.log, fakes.opener_for, http_transport=http_transport)
+        return build_toolbox(config, registry, log, fakes.opener_for, http_transport=http_transport)
 
     return factory
 

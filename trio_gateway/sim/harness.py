@@ -30,7 +30,8 @@ from trio_gateway.log import EventLog, FileSink, MemorySink
 from trio_gateway.models.base import Message, ModelReply, Progress
 from trio_gateway.policy import config as cfg
 from trio_gateway.policy.entry import DeliveryEntry
-from trio_gateway.runtime.gateway import DeliveryFactory, Gateway
+from trio_gateway.runtime.deps import DeliveryFactory
+from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import Delivered, FakeChannels, platform_fake
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.sim.faults import FaultKit, Faults, FaultSwitch, faulty_opener, faulty_runner
@@ -201,8 +202,10 @@ def fake_env(config: cfg.Config) -> dict[str, str]:
     env: dict[str, str] = {}
     for channel, section in config.channels.items():
         for account in section.accounts.values():
-            for name in (account.app_secret_env, account.token_env, account.app_token_env):
-                if name:
+            # The secrets an adapter opens with, as each kind's account names them (if it has the key).
+            for key in ("app_secret_env", "token_env", "app_token_env"):
+                name = getattr(account, key, None)
+                if isinstance(name, str) and name:
                     env[name] = f"fake-{channel}-secret"
     return env
 

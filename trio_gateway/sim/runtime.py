@@ -16,6 +16,7 @@ from typing import Any
 import attrs
 import trio
 
+from trio_gateway.app.assemble import file_sessions
 from trio_gateway.channels import registry
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import DeliveryValidationError, ModelCallError
@@ -23,17 +24,12 @@ from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.models.base import Message, Model, ModelReply, Progress, ToolCall
 from trio_gateway.models.echo import offers_tool, parse_tool, tool_result_reply
 from trio_gateway.policy import config as cfg
+from trio_gateway.policy import config_keys
 from trio_gateway.policy.entry import DeliveryEntry, DeliveryKind
 from trio_gateway.policy.origin import Origin
 from trio_gateway.policy.routing import resolve
-from trio_gateway.runtime.gateway import (
-    DeliveryFactory,
-    Gateway,
-    GatewayDeps,
-    ListenerFactory,
-    Server,
-    ToolsFactory,
-)
+from trio_gateway.runtime.deps import DeliveryFactory, DeliveryHost, GatewayDeps, ListenerFactory, Server, ToolsFactory
+from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
 from trio_gateway.storage.atomic import BlockingRunner, inline
 from trio_gateway.storage.base import DeliveryStore
@@ -88,10 +84,8 @@ class RecordingDelivery:
     outbox: RecordingOutbox
     # The queue on disk (nothing sends from it here): what the API lists and retries.
     store: DeliveryStore
-    worker_runs: int = 0
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        self.worker_runs += 1
         task_status.started()
         await trio.sleep_forever()
 
@@ -103,14 +97,14 @@ class RecordingDelivery:
 
 
 def recording_delivery(notices: list[Notice]) -> DeliveryFactory:
-    async def factory(config: cfg.Config, gateway: Gateway) -> RecordingDelivery:
+    async def factory(config: cfg.Config, gateway: DeliveryHost) -> RecordingDelivery:
         await trio.lowlevel.checkpoint()
         return recording(gateway, RecordingOutbox(config, notices))
 
     return factory
 
 
-def recording(gateway: Gateway, outbox: RecordingOutbox) -> RecordingDelivery:
+def recording(gateway: DeliveryHost, outbox: RecordingOutbox) -> RecordingDelivery:
     """A delivery side that records `outbox`'s notices, over the gateway's queue on disk."""
     assert gateway.wall is not None
     store = DeliveryQueue(gateway.deps.home.queue_dir, gateway.deps.runner, gateway.log)
@@ -171,8 +165,8 @@ def quick_config(**overrides: Any) -> cfg.Config:
     """Built-in defaults with dotted camelCase overrides: `quick_config(**{"gateway.drain.timeoutSeconds": 5})`."""
     raw: dict[str, Any] = {}
     for key, value in overrides.items():
-        raw, _ = cfg.set_key(raw, key, value)
-    return cfg.parse(raw, registry.NAMES)
+        raw, _ = config_keys.set_key(raw, key, value, registry.account_kinds())
+    return cfg.parse(raw, registry.account_kinds())
 
 
 def build_gateway(home: Path, config: cfg.Config, **parts: Any) -> tuple[Gateway, MemorySink]:
@@ -208,7 +202,7 @@ def gateway_deps(
         runner=inline,
         wall_base=dt.datetime(2026, 6, 15, 3, 21, tzinfo=dt.UTC),
         servers=servers or [],
-        session_runner=session_runner,
+        session_store=file_sessions(Home(home), session_runner or inline, log),
         tools_factory=tools_factory or in_process_tools(FakeMcpServers()),
         listener_factory=listener_factory,
         **more,  # any other `GatewayDeps` field as given (`preflight`, `describe_storage`, ...)

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Protocol
 
+import attrs
+
 from trio_gateway.policy.entry import DeliveryEntry
-from trio_gateway.storage.queue import Claimed, NotDue
 from trio_gateway.storage.sessions import SessionRecord
 
 # The cron entry (id, everySeconds) whose run is being submitted (set by runtime/cron.py around
@@ -22,6 +24,41 @@ from trio_gateway.storage.sessions import SessionRecord
 # (cluster/pg_sessions.py); the file store ignores it. Part of the session store's contract, so
 # it lives here, below both the cron that sets it and the store that reads it.
 CRON_SLOT: ContextVar[tuple[str, float] | None] = ContextVar("CRON_SLOT", default=None)
+
+
+@attrs.frozen
+class Claimed:
+    """An entry this process has claimed: in the file queue, with the inflight file that
+    holds it; in the PostgreSQL queue (`cluster.pg_queue`), with the claim's fencing token."""
+
+    entry: DeliveryEntry
+    path: Path | None = None
+    # The `sendStartedAt` found on disk when this send was marked: an earlier send that may
+    # have reached the channel (a crash or a drain cut it), so this one may be a duplicate.
+    resend_of: dt.datetime | None = None
+    # PostgreSQL only: the claim counter at this claim. A settle carrying an older one (the
+    # claim was taken over meanwhile) changes nothing.
+    fence: int = 0
+
+    @property
+    def file(self) -> Path:
+        assert self.path is not None, "a claim of the file queue has its file"
+        return self.path
+
+
+@attrs.frozen
+class NotDue:
+    """Claim refused: the entry on disk is not due yet (another worker rescheduled it)."""
+
+    next_attempt_at: dt.datetime
+    # What the worker needs to schedule it, learnt by the claim (a lazily listed entry had none).
+    channel: str | None = attrs.field(default=None, eq=False)
+    account_id: str | None = attrs.field(default=None, eq=False)
+
+
+class OutcomeUnknown(Exception):
+    """The caller was cut from a disk write before it learnt how the write ended: it may be on
+    disk or not. Retrying with the same entry id is safe (enqueue is idempotent by id)."""
 
 
 class SessionStorage(Protocol):

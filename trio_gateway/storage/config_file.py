@@ -2,13 +2,13 @@
 
 The runtime (`gateway.py` reloads it at every restart, `process.py` at start) and the CLI's
 `config` commands share this; it lives outside the CLI so the gateway never imports the CLI.
-They read it through `channels.registry.load_config`, which hands in the channel names the
-kinds have: this room sits below the channels and knows none of them.
+They read it through `channels.registry.load_config`, which hands in the channel kinds (their
+names and account keys): this room sits below the channels and knows none of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,6 @@ def read_raw(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load(path: Path, channels: Collection[str] | None = None) -> cfg.Config:
-    """The parsed file; `channels`, the names this version speaks, as `policy.config.check` takes them."""
-    return cfg.parse(read_raw(path), channels)
+def load(path: Path, kinds: Mapping[str, cfg.AccountKind] | None = None) -> cfg.Config:
+    """The parsed file; `kinds`, the channel kinds this version speaks, as `policy.config.check` takes them."""
+    return cfg.parse(read_raw(path), kinds)

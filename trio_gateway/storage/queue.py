@@ -20,295 +20,53 @@ dir fsync for the batch). `sendStartedAt` is
 recorded by the second rename, into a name that carries the time: a rename is all a durable
 mark needs, where a rewrite needs a file fsync too. The claim's own rename is not synced: a
 claim lost in a crash leaves the entry pending, which is what recovery makes of it anyway.
+
+One entry's file (names, parsing, quarantine) is `entry_files.py`; taking back the claims of
+dead processes is `recovery.py`; the group commit is `group_commit.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import attrs
-import cattrs
-import trio
 
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
-from trio_gateway.policy.entry import DeliveryEntry, entry_from_json, entry_to_json
+from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.storage.atomic import (
     BlockingRunner,
     atomic_create_bytes,
     atomic_write_bytes,
-    compact_json,
     durable_rename,
     fsync_dir,
 )
+from trio_gateway.storage.base import Claimed, NotDue
+from trio_gateway.storage.entry_files import (
+    EntryGone,
+    entry_bytes,
+    entry_files,
+    inflight_name,
+    load_entry,
+    parse_entry,
+    parse_inflight_name,
+    quarantine,
+    read_entry_file,
+)
+from trio_gateway.storage.group_commit import GroupCommit
+from trio_gateway.storage.ids import IdGenerator
+from trio_gateway.storage.recovery import recover_inflight
 
 _T = TypeVar("_T")
-_I = TypeVar("_I")  # an item of a group commit
-_R = TypeVar("_R")  # its result
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_RANDOM_BITS = 80
-
-
-def _base32(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
-
-
-@attrs.define
-class IdGenerator:
-    """ULID-style ids (48-bit milliseconds + 80 random bits, Crockford base32): they sort by
-    creation time as strings, and within one millisecond by order of creation (the random
-    part is incremented, as the ULID spec's monotonic mode does)."""
-
-    _last_ms: int = -1
-    _last_rand: int = 0
-
-    def new(self, when: dt.datetime) -> str:
-        ms = max(int(when.timestamp() * 1000), 0)
-        if ms <= self._last_ms:
-            ms, rand = self._last_ms, self._last_rand + 1
-        else:
-            rand = int.from_bytes(os.urandom(_RANDOM_BITS // 8), "big") >> 1  # room to increment
-        self._last_ms, self._last_rand = ms, rand
-        return _base32(ms, 10) + _base32(rand, 16)
-
 
 # Entries this process wrote and has not claimed yet, kept with their bytes so the claim that
 # normally follows within milliseconds skips the parse. Bounded: past it, claims just parse.
 _FRESH_CACHE_LIMIT = 4096
-
-
-@attrs.frozen
-class Claimed:
-    """An entry this process has claimed: in the file queue, with the inflight file that
-    holds it; in the PostgreSQL queue (`cluster.pg_queue`), with the claim's fencing token."""
-
-    entry: DeliveryEntry
-    path: Path | None = None
-    # The `sendStartedAt` found on disk when this send was marked: an earlier send that may
-    # have reached the channel (a crash or a drain cut it), so this one may be a duplicate.
-    resend_of: dt.datetime | None = None
-    # PostgreSQL only: the claim counter at this claim. A settle carrying an older one (the
-    # claim was taken over meanwhile) changes nothing.
-    fence: int = 0
-
-    @property
-    def file(self) -> Path:
-        assert self.path is not None, "a claim of the file queue has its file"
-        return self.path
-
-
-@attrs.frozen
-class NotDue:
-    """Claim refused: the entry on disk is not due yet (another worker rescheduled it)."""
-
-    next_attempt_at: dt.datetime
-    # What the worker needs to schedule it, learnt by the claim (a lazily listed entry had none).
-    channel: str | None = attrs.field(default=None, eq=False)
-    account_id: str | None = attrs.field(default=None, eq=False)
-
-
-@attrs.define(eq=False)
-class _Ticket(Generic[_I, _R]):
-    item: _I
-    done: trio.Event = attrs.Factory(trio.Event)
-    finished: bool = False
-    result: _R | None = None
-    error: BaseException | None = None
-
-    def value(self) -> _R:
-        if self.error is not None:
-            raise self.error
-        return self.result  # type: ignore[return-value]  # set with finished, _R may be None
-
-
-class OutcomeUnknown(Exception):
-    """The caller was cut from a disk write before it learnt how the write ended: it may be on
-    disk or not. Retrying with the same entry id is safe (enqueue is idempotent by id)."""
-
-
-# How long a caller waits for its group-committed batch before it is told "outcome unknown".
-# Generous: disk work is milliseconds; this only bounds a disk that stopped answering.
-_DISK_WAIT_SECONDS = 10.0
-
-
-@attrs.define
-class GroupCommit(Generic[_I, _R]):
-    """Callers that arrive while a batch is on disk join the next batch: one thread hand-off
-    and one directory fsync for all of them (group commit), instead of one each.
-
-    The first caller leads: it runs the batch, then hands leadership to the oldest waiter, so
-    no caller is kept working for others indefinitely. Every wait is bounded: by the caller's
-    own cancellation and by `timeout`. A caller cut from the wait before its item joined a
-    batch withdraws it (nothing was written for it); one cut while its batch was on disk gets
-    `OutcomeUnknown` (or its `Cancelled`) and may retry. A leader cut mid-batch (its thread is
-    abandoned) tells the rest of the batch `OutcomeUnknown`, and hands the lead on.
-    `run_batch` answers items in order.
-    """
-
-    run_batch: Callable[[list[_I]], Awaitable[list[_R]]]
-    timeout: float = _DISK_WAIT_SECONDS
-    _waiting: list[_Ticket[_I, _R]] = attrs.Factory(list)
-    _leading: bool = False
-
-    async def submit(self, item: _I) -> _R:
-        ticket: _Ticket[_I, _R] = _Ticket(item)
-        self._waiting.append(ticket)
-        try:
-            with trio.move_on_after(self.timeout) as bound:
-                if self._leading:
-                    await ticket.done.wait()
-                if not ticket.finished:  # no batch was running, or leadership was handed to us
-                    await self._lead()
-        except BaseException:
-            self._withdraw(ticket)
-            raise
-        if bound.cancelled_caught and not ticket.finished:
-            self._withdraw(ticket)
-            raise OutcomeUnknown(f"disk did not answer within {self.timeout:g}s")
-        return ticket.value()
-
-    def _withdraw(self, ticket: _Ticket[_I, _R]) -> None:
-        if ticket not in self._waiting:
-            return  # its batch is on disk or in flight: the batch settles it
-        self._waiting.remove(ticket)
-        if ticket.done.is_set() and not ticket.finished:
-            self._hand_over()  # it had been handed the lead and leaves without using it
-
-    def _hand_over(self) -> None:
-        if self._waiting:
-            self._waiting[0].done.set()  # not finished: it leads the next batch
-        else:
-            self._leading = False
-
-    async def _lead(self) -> None:
-        self._leading = True
-        batch: list[_Ticket[_I, _R]] = []
-        try:
-            # Callers already runnable (the dispatcher starts several attempts in one go) join now.
-            await trio.lowlevel.checkpoint()
-            batch, self._waiting = self._waiting, []
-            results = await self.run_batch([t.item for t in batch])
-            for ticket, result in zip(batch, results, strict=True):
-                ticket.result = result
-        except BaseException as exc:
-            # A leader cut mid-batch does not know the outcome, nor do its followers; they
-            # must never re-raise the leader's own `Cancelled`.
-            shared = OutcomeUnknown("the batch's disk write was abandoned") if isinstance(exc, trio.Cancelled) else exc
-            for ticket in batch:
-                ticket.error = shared
-            raise
-        finally:
-            for ticket in batch:
-                ticket.finished = True
-                ticket.done.set()
-            self._hand_over()
-
-
-def _inflight_name(entry_id: str, pid: int, send_started_at: dt.datetime | None) -> str:
-    if send_started_at is None:
-        return f"{entry_id}.{pid}.json"
-    return f"{entry_id}.{pid}.{int(send_started_at.timestamp() * 1000)}.json"
-
-
-def _parse_inflight_name(name: str) -> tuple[str, int, dt.datetime | None] | None:
-    """(id, claimer pid, send started at) of `<id>.<pid>[.<ms>].json`; None for anything else."""
-    parts = name.removesuffix(".json").split(".")
-    if not name.endswith(".json") or len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[1:]):
-        return None
-    started = None if len(parts) == 2 else dt.datetime.fromtimestamp(int(parts[2]) / 1000, dt.UTC)
-    return parts[0], int(parts[1]), started
-
-
-class EntryGone(Exception):
-    """The entry's file vanished under us (deleted by hand): skip it, it is not an error."""
-
-
-def _what(exc: BaseException, _type: object) -> str:
-    return str(exc.args[0]) if isinstance(exc, (TypeError, ValueError)) and exc.args else repr(exc)
-
-
-def _parse(data: bytes, name: str) -> DeliveryEntry:
-    """Raises ValueError (with the cattrs detail) for anything that is not a whole entry."""
-    try:
-        entry = entry_from_json(json.loads(data))
-    except cattrs.BaseValidationError as exc:
-        detail = "; ".join(cattrs.transform_error(exc, path="entry", format_exception=_what))
-        raise ValueError(f"not a delivery entry: {detail}") from exc
-    except Exception as exc:
-        raise ValueError(f"not a delivery entry: {type(exc).__name__}: {exc}") from exc
-    if entry.id != name.split(".", 1)[0]:
-        raise ValueError(f"id {entry.id!r} does not match the file name")
-    return entry
-
-
-def _read(path: Path) -> bytes:
-    """Raises FileNotFoundError, or ValueError for a name that is not a regular file (a
-    directory called `<id>.json` must be quarantined, not crash every start)."""
-    try:
-        return path.read_bytes()
-    except (IsADirectoryError, PermissionError) as exc:
-        raise ValueError(f"not a readable entry file: {exc.strerror}") from None
-
-
-def _load(path: Path) -> DeliveryEntry:
-    """Raises FileNotFoundError, or ValueError for anything that is not a whole entry."""
-    return _parse(_read(path), path.name)
-
-
-def _entry_bytes(entry: DeliveryEntry) -> bytes:
-    return compact_json(entry_to_json(entry))
-
-
-def _entry_files(directory: Path) -> list[Path]:
-    """Entry files of one folder, oldest id first. Dot-files are `store`'s temporary files."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    return [directory / n for n in sorted(names) if n.endswith(".json") and not n.startswith(".")]
-
-
-def _process_start(pid: int) -> tuple[float, bool] | None:
-    """(start time since the epoch, is a zombie) of `pid`, from /proc; None off Linux."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime"))
-    except (OSError, StopIteration):
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    started = int(boot.split()[1]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    return started, fields[0] == "Z"
-
-
-def claimer_alive(pid: int, claimed_at: float) -> bool:
-    """Is the process that claimed a file at `claimed_at` (its mtime) still running?
-
-    A pid can be reused: a process that started after the claim was written is not the
-    claimer. A zombie is dead for our purposes.
-    """
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # alive, but someone else's
-    info = _process_start(pid)
-    if info is None:
-        return True
-    started, zombie = info
-    # /proc/stat's btime has one-second resolution: allow two seconds of slack.
-    return not zombie and started <= claimed_at + 2.0
 
 
 @attrs.define
@@ -377,7 +135,7 @@ class DeliveryQueue:
         for entry in entries:
             if entry.id in self._uncertain and self._already_written_sync(entry.id):
                 continue  # a retry of a write that did happen: enqueue is idempotent by id
-            data = _entry_bytes(entry)
+            data = entry_bytes(entry)
             # Ids are unique: no one else writes the name. Each file is fsynced before its
             # rename; the folder once, after every rename of the batch, before any caller returns.
             atomic_create_bytes(self.pending_path(entry.id), data, sync_dir=False)
@@ -408,14 +166,14 @@ class DeliveryQueue:
         st = path.stat()
         key = (st.st_mtime_ns, st.st_size)
         cached = self._cache.get(path.name)
-        entry = cached[1] if cached is not None and cached[0] == key else _load(path)
+        entry = cached[1] if cached is not None and cached[0] == key else load_entry(path)
         self._cache[path.name] = (key, entry)
         return entry
 
     def _scan_sync(self) -> list[DeliveryEntry]:
         entries: list[DeliveryEntry] = []
         seen: set[str] = set()
-        for path in _entry_files(self.root):
+        for path in entry_files(self.root):
             try:
                 entry = self._read_cached_sync(path)
             except FileNotFoundError:
@@ -462,10 +220,10 @@ class DeliveryQueue:
 
     def _read_folder_sync(self, directory: Path) -> list[DeliveryEntry]:
         entries = []
-        for path in _entry_files(directory):
+        for path in entry_files(directory):
             with contextlib.suppress(FileNotFoundError, ValueError):
-                entry = _load(path)
-                parsed = _parse_inflight_name(path.name) if directory == self.inflight_dir else None
+                entry = load_entry(path)
+                parsed = parse_inflight_name(path.name) if directory == self.inflight_dir else None
                 if parsed is not None and parsed[2] is not None:
                     entry = attrs.evolve(entry, send_started_at=parsed[2])  # recorded by the name
                 entries.append(entry)
@@ -484,11 +242,11 @@ class DeliveryQueue:
 
     def _read_claimed_sync(self, entry_id: str, path: Path) -> DeliveryEntry:
         """The entry we just renamed to `path`; its own bytes when we wrote them (no parse)."""
-        data = _read(path)
+        data = read_entry_file(path)
         fresh = self._fresh.pop(entry_id, None)
         if fresh is not None and fresh[0] == data:
             return fresh[1]
-        return _parse(data, path.name)
+        return parse_entry(data, path.name)
 
     def _claim_sync(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
         # Marked ours BEFORE the rename: from the instant the inflight file exists, a
@@ -507,7 +265,7 @@ class DeliveryQueue:
 
     def _claim_marked_sync(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
         # Not synced: a claim lost in a crash leaves the entry pending, as recovery would.
-        path = self.inflight_dir / _inflight_name(entry_id, self.pid, None)
+        path = self.inflight_dir / inflight_name(entry_id, self.pid, None)
         try:
             os.rename(self.pending_path(entry_id), path)
         except FileNotFoundError:
@@ -550,23 +308,13 @@ class DeliveryQueue:
     def _mark_sync(self, claimed: Claimed, now: dt.datetime) -> Claimed:
         """Rename to the name that records the send's start; the caller syncs the folder."""
         entry = claimed.entry
-        path = self.inflight_dir / _inflight_name(entry.id, self.pid, now)
+        path = self.inflight_dir / inflight_name(entry.id, self.pid, now)
         try:
             os.rename(claimed.file, path)
         except FileNotFoundError:
             self._claimed.discard(entry.id)
             raise EntryGone(entry.id) from None
         return Claimed(attrs.evolve(entry, send_started_at=now), path, resend_of=entry.send_started_at)
-
-    async def mark_sending(self, claimed: Claimed, now: dt.datetime) -> Claimed:
-        """Record `sendStartedAt` before the send, so a crash mid-send is recognisable."""
-
-        def work() -> Claimed:
-            marked = self._mark_sync(claimed, now)
-            fsync_dir(self.inflight_dir)
-            return marked
-
-        return await self._run(work)
 
     def _claim_to_send_sync(self, items: list[tuple[str, dt.datetime]]) -> list[Claimed | NotDue | None]:
         results: list[Claimed | NotDue | None] = []
@@ -583,9 +331,9 @@ class DeliveryQueue:
         return results
 
     async def claim_to_send(self, entry_id: str, now: dt.datetime) -> Claimed | NotDue | None:
-        """`claim` and `mark_sending` at once, group-committed with concurrent callers: when
-        this returns a `Claimed`, its `sendStartedAt` is on disk and the send may start. A
-        caller cut from the wait (cancelled, `OutcomeUnknown`) must `let_go` of the id."""
+        """`claim`, then record `sendStartedAt` (a rename), group-committed with concurrent
+        callers: when this returns a `Claimed`, its `sendStartedAt` is on disk and the send may
+        start. A caller cut from the wait (cancelled, `OutcomeUnknown`) must `let_go` of the id."""
         self._let_go.discard(entry_id)
         return await self._sends.submit((entry_id, now))
 
@@ -594,7 +342,7 @@ class DeliveryQueue:
     def _rewrite_sync(self, claimed: Claimed, entry: DeliveryEntry) -> None:
         if not claimed.file.exists():
             raise EntryGone(claimed.entry.id)
-        atomic_write_bytes(claimed.file, _entry_bytes(entry))
+        atomic_write_bytes(claimed.file, entry_bytes(entry))
 
     def _finish_sync(self, claimed: Claimed, entry: DeliveryEntry | None, dest: Path) -> bool:
         """Move the claimed file to `dest`, rewritten to `entry` first when given. False when
@@ -649,7 +397,7 @@ class DeliveryQueue:
         logged as a possible duplicate where the channel cannot deduplicate. A marked claim
         holds it in its name only, so the file is rewritten to carry it.
         """
-        marked = _parse_inflight_name(claimed.file.name)
+        marked = parse_inflight_name(claimed.file.name)
         entry = claimed.entry if marked is not None and marked[2] is not None else None
         await self._run(lambda: self._finish_sync(claimed, entry, self.pending_path(claimed.entry.id)))
 
@@ -671,11 +419,11 @@ class DeliveryQueue:
     def _retry_dead_sync(self, entry_id: str, now: dt.datetime) -> DeliveryEntry:
         path = self.failed_dir / f"{entry_id}.json"
         try:
-            entry = _load(path)
+            entry = load_entry(path)
         except FileNotFoundError:
             raise NotFoundError(f"no dead letter with id {entry_id}") from None
         entry = entry.revived(now)
-        atomic_write_bytes(path, _entry_bytes(entry))
+        atomic_write_bytes(path, entry_bytes(entry))
         durable_rename(path, self.pending_path(entry_id))
         return entry
 
@@ -683,57 +431,10 @@ class DeliveryQueue:
         """`delivery retry ID`: a dead letter back to pending, attempts and budget reset."""
         return await self._run(lambda: self._retry_dead_sync(entry_id, now))
 
-    def _remove_dead_temporaries_sync(self) -> None:
-        # `.<id>.<pid>[.<ms>].json.XXXX.tmp`: a rewrite cut by a crash. The claimed file beside
-        # it is whole (the rename never happened), so removing the temporary loses nothing.
-        try:
-            names = [n for n in os.listdir(self.inflight_dir) if n.startswith(".") and n.endswith(".tmp")]
-        except FileNotFoundError:
-            return
-        for name in names:
-            pid_text = name[1:].split(".")[1]
-            path = self.inflight_dir / name
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                if int(pid_text) != self.pid and not claimer_alive(int(pid_text), path.stat().st_mtime):
-                    path.unlink()
-
-    def _return_to_pending_sync(self, path: Path, entry_id: str, send_started_at: dt.datetime | None) -> None:
-        """A dead claimer's entry back to pending. A send it had started is written into the
-        file first (in place, so a crash here only means doing it again), because the pending
-        name cannot carry it."""
-        if send_started_at is not None:
-            entry = _load(path)
-            if entry.send_started_at != send_started_at:
-                atomic_write_bytes(path, _entry_bytes(attrs.evolve(entry, send_started_at=send_started_at)))
-        durable_rename(path, self.pending_path(entry_id))
-
     def _recover_sync(self) -> list[str]:
-        self._remove_dead_temporaries_sync()
-        recovered = []
-        for path in _entry_files(self.inflight_dir):
-            parsed = _parse_inflight_name(path.name)
-            if parsed is None:
-                self._quarantine_sync(path, "inflight file name is not <id>.<pid>[.<ms>].json")
-                continue
-            entry_id, pid, started = parsed
-            if pid == self.pid and entry_id in self._claimed:
-                continue
-            try:
-                mtime = path.stat().st_mtime
-            except FileNotFoundError:
-                continue
-            if pid != self.pid and claimer_alive(pid, mtime):
-                continue
-            try:
-                self._return_to_pending_sync(path, entry_id, started)
-            except FileNotFoundError:
-                continue
-            except ValueError as exc:
-                self._quarantine_sync(path, str(exc), name=f"{entry_id}.json")
-                continue
-            recovered.append(entry_id)
-            self.log.warn("DELIVERY", f"Recovered entry {entry_id} claimed by pid {pid}, which is gone")
-        return recovered
+        return recover_inflight(
+            self.inflight_dir, self.pid, self._claimed, self.pending_path, self._quarantine_sync, self.log
+        )
 
     async def recover(self) -> list[str]:
         """Move entries claimed by dead processes (or by an earlier life of this one) back to
@@ -741,15 +442,5 @@ class DeliveryQueue:
         return await self._run(self._recover_sync)
 
     def _quarantine_sync(self, path: Path, reason: str, *, name: str | None = None) -> None:
-        """Move `path` aside under `name` (its own by default), never over an earlier file."""
-        base = name or path.name
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        dest = self.quarantine_dir / base
-        n = 1
-        while dest.exists():
-            dest = self.quarantine_dir / f"{base}.{n}"
-            n += 1
-        with contextlib.suppress(FileNotFoundError):
-            durable_rename(path, dest)
-            self.log.warn("QUARANTINE", f"Moved unparseable {base} to quarantine/{dest.name}: {reason}")
+        quarantine(self.quarantine_dir, path, reason, self.log, name=name)
         self._cache.pop(path.name, None)

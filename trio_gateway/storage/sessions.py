@@ -14,18 +14,17 @@ import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
-import trio
 
 from trio_gateway.log import EventLog
 from trio_gateway.policy import codec
 from trio_gateway.policy.entry import DeliveryKind
 from trio_gateway.policy.origin import Origin
-from trio_gateway.storage.atomic import BlockingRunner, T, atomic_write_bytes, durable_rename
+from trio_gateway.storage.atomic import BlockingRunner, atomic_write_bytes, durable_rename
 
 TurnKind = Literal["inbound", "cron", "internal"]
 TurnStatus = Literal["accepted", "running", "interrupted"]
@@ -49,8 +48,6 @@ class TurnRecord:
     status: TurnStatus = "accepted"
     resumes: int = 0
     accepted_at: dt.datetime | None = None
-    # A turn armed to stall its model call (the test endpoint), in seconds.
-    stall_seconds: float | None = None
     # The reply (or notice) this turn owes its requester, once known but not yet enqueued
     # (a full queue disk): a resumed turn delivers it instead of running the model again.
     reply: str | None = None
@@ -85,15 +82,24 @@ class SessionRecord:
         del self.history[:-_MAX_HISTORY]
 
 
-async def in_thread_abandoning(fn: Callable[[], T]) -> T:
-    """Session writes in production: a thread the caller may abandon when cancelled, so a
-    stuck disk cannot hold a forced restart past its deadline. Safe because every write is
-    atomic and `SessionStore` drops a write older than one already on disk."""
-    return await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+# Keys a turn no longer has, still found in files written before: read and ignored (written
+# back without them). `stallSeconds`: the test endpoint's stall, armed in memory since issue 19.
+_RETIRED_TURN_KEYS = ("stallSeconds",)
+
+
+def record_from_json(data: Any) -> SessionRecord:
+    """A stored session (file or row) as a record: the one strict codec, after dropping the
+    retired keys it must not reject."""
+    if isinstance(data, dict) and isinstance(data.get("turns"), list):
+        for turn in data["turns"]:
+            if isinstance(turn, dict):
+                for key in _RETIRED_TURN_KEYS:
+                    turn.pop(key, None)
+    return codec.structure(data, SessionRecord)
 
 
 def _read_record(path: Path) -> SessionRecord:
-    record = codec.structure(json.loads(path.read_bytes()), SessionRecord)
+    record = record_from_json(json.loads(path.read_bytes()))
     # The id names the file the gateway writes back: `"id": "../../EVIL"` would write outside
     # the home, and an id that disagrees with its file name would fork the session in two.
     if not SESSION_ID.fullmatch(record.id) or f"{record.id}.json" != path.name:

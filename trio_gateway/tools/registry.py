@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 SEPARATOR = "__"
 # OpenAI function names: a tool whose full name does not fit is not offered (and logged).
 FUNCTION_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
-OUTCOMES = ("ok", "tool_error", "failed", "denied", "aborted", "cancelled")
 
 # Per server: how to open one connection to it (stdio process, HTTP, or a test's fake).
 OpenerFactory = Callable[[str, McpServerConfig, Config], "Opener"]

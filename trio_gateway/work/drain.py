@@ -82,6 +82,21 @@ class DrainRequest:
     def deadline(self) -> float:
         return self.requested_at + (0.0 if self.force else self.timeout_seconds)
 
+    def finish(self, timed_out: bool, left: DrainCounts) -> DrainReport:
+        """The drain's report, now that its work is gone: what the deadline cut off, if it did."""
+        cut = left.blockers if timed_out else ()
+        self.report = DrainReport(
+            kind=self.kind,
+            forced=self.force,
+            timed_out=timed_out,
+            timeout_seconds=self.timeout_seconds,
+            started_at=self.requested_at,
+            waited_seconds=trio.current_time() - self.requested_at,
+            aborted_tasks=left.tasks if timed_out else 0,
+            aborted_work=tuple(f"{u.kind} session={u.session_id or '-'}" for u in cut),
+        )
+        return self.report
+
 
 async def drain(
     request: DrainRequest,

@@ -10,9 +10,9 @@ from typing import Any
 
 import trio
 
-from trio_gateway import __version__
-from trio_gateway.runtime import agent
 from trio_gateway.runtime.gateway import Gateway
+from trio_gateway.runtime.session import Session
+from trio_gateway.version import __version__
 from trio_gateway.work.drain import DrainReport, DrainRequest
 
 
@@ -70,14 +70,14 @@ def sessions(gateway: Gateway) -> list[dict[str, Any]]:
     return [_session(gateway, s) for s in gateway.sessions.values()]
 
 
-def _session(gateway: Gateway, session: agent.Session) -> dict[str, Any]:
+def _session(gateway: Gateway, session: Session) -> dict[str, Any]:
     o = session.record.origin
     subagents = [{"id": s.id, "agent": s.agent, "depth": s.depth, "state": s.state} for s in session.subagents.values()]
     return {
         "id": session.id,
         "agent": session.record.agent,
         "state": "processing" if session.busy else "idle",
-        "queueDepth": gateway.queue_depth(session.id),
+        "queueDepth": gateway.table.queue_depth(session.id),
         "origin": None if o is None else {"channel": o.channel, "to": o.to, "accountId": o.account_id},
         "subagents": subagents,
         "pendingTurns": len(session.record.turns),

@@ -1,0 +1,63 @@
+"""Turns a drain deadline or a crash left behind (SPEC 6): each runs once more, delivers the
+reply it already had, or its requester is told it was lost to a restart.
+
+The gateway hands over the leftover turns (taken before the generation accepted anything),
+what the generation runs turns with, and how to start one; nothing here knows generations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from trio_gateway.runtime import agent
+from trio_gateway.runtime.session import Runtime, Session
+from trio_gateway.storage.sessions import TurnRecord
+
+Leftover = list[tuple[Session, TurnRecord]]
+
+
+async def resume_each(
+    rt: Runtime,
+    leftover: Leftover,
+    *,
+    accepting: Callable[[], bool],
+    start: Callable[[Session, TurnRecord], Awaitable[None]],
+) -> None:
+    """`accepting()`: False once a drain began (the rest stay on disk for the next generation)."""
+    for session, turn in leftover:
+        if not accepting():
+            return
+        if turn.reply is not None:
+            # Its reply was known but not enqueued (a full queue disk): deliver that,
+            # never run the model again for it.
+            rt.log.info("RESTART", "Delivering the kept reply of a turn", sessionId=session.id, turnId=turn.id)
+            await agent.finish_turn(rt, session, turn)
+            continue
+        why = why_not_resume(rt, session, turn)
+        if why is not None:
+            await _give_up(rt, session, turn, why)
+            continue
+        turn.resumes += 1
+        turn.status = "accepted"
+        rt.log.info("RESTART", "Resuming interrupted turn", sessionId=session.id, turnId=turn.id)
+        # Durable before it runs, so a crash mid-turn cannot resume it forever.
+        await rt.store.save(session.record)
+        await start(session, turn)
+
+
+def why_not_resume(rt: Runtime, session: Session, turn: TurnRecord) -> str | None:
+    if session.record.agent not in rt.config.agents:
+        return f"agent {session.record.agent!r} is no longer configured"
+    if not rt.config.gateway.drain.resume_interrupted:
+        return "it was interrupted by a gateway restart"
+    if turn.resumes >= 1:
+        return "it was interrupted by gateway restarts twice"
+    return None
+
+
+async def _give_up(rt: Runtime, session: Session, turn: TurnRecord, why: str) -> None:
+    text = f"Sorry, this request was not completed: {why}."
+    rt.log.warn("RESTART", "Interrupted turn not resumed", sessionId=session.id, turnId=turn.id, why=why)
+    # Through the agent's own path: an undeliverable notice is logged, never raised, so a
+    # bad leftover turn cannot stop the generation that found it.
+    await agent.drop_turn(rt, session, turn, text)
