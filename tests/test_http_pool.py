@@ -120,20 +120,23 @@ async def test_aborting_the_model_unit_closes_upstream(fake: tuple[FakeModel, st
     model = OpenAIModel(ModelConfig(base_url=url, model="m"), {})
     now = trio.current_time()
     unit = WorkUnit(1, "model_call", "s1", now, now, "model_call:started")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_run_in_unit, model, unit, "/stall-after 3 streaming then silence")
-        with trio.fail_after(BOUND):
-            await server.received.wait_value(1)
-        # The three chunks before the silence arrive (observed, not slept for: a busy machine
-        # can take longer than any fixed pause to deliver them).
-        with trio.fail_after(BOUND):
-            while unit.last_progress != "model_call:streaming":  # noqa: ASYNC110
-                await trio.sleep(0.01)
-        unit.abort("stalled")
+    with trio.fail_after(BOUND):  # an abort that cuts nothing off would hold the nursery forever
+        await _abort_mid_stream(server, model, unit)
     with trio.fail_after(BOUND):
         await server.open_connections.wait_value(0)
     await model.aclose()
     assert unit.scope.cancelled_caught
+
+
+async def _abort_mid_stream(server: FakeModel, model: OpenAIModel, unit: WorkUnit) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_run_in_unit, model, unit, "/stall-after 3 streaming then silence")
+        await server.received.wait_value(1)
+        # The three chunks before the silence arrive (observed, not slept for: a busy machine
+        # can take longer than any fixed pause to deliver them).
+        while unit.last_progress != "model_call:streaming":  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        unit.abort("stalled")
 
 
 async def _run_in_unit(model: OpenAIModel, unit: WorkUnit, prompt: str) -> None:
