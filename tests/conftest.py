@@ -61,7 +61,8 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
 # ends gets there in a second or two of wall time, its timers jumping) or 120 s of wall time (a
 # loop that keeps the virtual clock from jumping). Watched from outside, not as a deadline of the
 # test's own: the autojump clock jumps to the next deadline whenever every task waits on
-# something else (a thread, a socket), and would jump straight to the bound. pytest-timeout
+# something else (a thread, a socket), and would jump straight to the bound; virtual time that
+# passes while a worker thread runs is not counted either. pytest-timeout
 # (`timeout` in pyproject.toml, 180 s) bounds every other test, and is the backstop of a trio
 # test whose loop is blocked outright. Generous: a busy machine's slow test is never one that hangs.
 VIRTUAL_BOUND_SECONDS = 86_400.0
@@ -93,14 +94,22 @@ class _Watch:
     scope: trio.CancelScope
     clock: trio.abc.Clock
     token: trio.lowlevel.TrioToken
+    # trio.to_thread's default limiter: while a worker thread runs (Hypothesis driving a
+    # gateway from a thread), the autojump clock races from timer to timer as the test waits
+    # on real work, so that virtual time is not the test's own and is not counted.
+    threads: trio.CapacityLimiter
     finished: threading.Event = attrs.Factory(threading.Event)
     exceeded: str | None = None
 
     def run(self) -> None:
         virtual = isinstance(self.clock, trio.testing.MockClock)
-        started, wall_started = self.clock.current_time(), time.monotonic()
+        counted, seen, wall_started = 0.0, self.clock.current_time(), time.monotonic()
         while not self.finished.wait(WATCH_EVERY_SECONDS):
-            if virtual and self.clock.current_time() - started > VIRTUAL_BOUND_SECONDS:
+            now = self.clock.current_time()
+            if self.threads.borrowed_tokens == 0:
+                counted += now - seen
+            seen = now
+            if virtual and counted > VIRTUAL_BOUND_SECONDS:
                 self.exceeded = f"{VIRTUAL_BOUND_SECONDS:g} virtual seconds (MockClock)"
             elif time.monotonic() - wall_started > WALL_BOUND_SECONDS:
                 self.exceeded = f"{WALL_BOUND_SECONDS:g} s of wall time"
@@ -114,7 +123,12 @@ class _Watch:
 
 async def _within_bounds(fn: Callable[[], Awaitable[Any]]) -> Any:
     with trio.CancelScope() as scope:
-        watch = _Watch(scope, trio.lowlevel.current_clock(), trio.lowlevel.current_trio_token())
+        watch = _Watch(
+            scope,
+            trio.lowlevel.current_clock(),
+            trio.lowlevel.current_trio_token(),
+            trio.to_thread.current_default_thread_limiter(),
+        )
         threading.Thread(target=watch.run, name="test-bound", daemon=True).start()
         try:
             result = await fn()
