@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import attrs
 import psycopg
@@ -398,3 +398,43 @@ async def test_two_nodes_keep_each_conversation_in_order(
     for to, sent in shared.by_to.items():
         assert sent == sorted(e.id for e in entries if e.to == to), to
     assert sum(len(v) for v in shared.by_to.values()) == 30
+
+
+# --- fencing on every settle ----------------------------------------------------------------------
+
+Settle = Callable[[PgDeliveryQueue, Claimed], Awaitable[object]]
+SETTLES: dict[str, Settle] = {
+    "retry": lambda q, c: q.retry_later(c, "HTTP 503", T0),
+    "hold": lambda q, c: q.hold(c, "account paused", T0),
+    "release": lambda q, c: q.release(c),
+    "dead letter": lambda q, c: q.dead_letter(c, "HTTP 400", T0),
+    "reroute": lambda q, c: q.reroute(c, channel="console", to="ops", account_id=None, now=T0, why="unroutable"),
+}
+
+
+@pytest.mark.parametrize("settle", SETTLES.values(), ids=list(SETTLES))
+async def test_a_stale_settle_after_a_lone_node_took_back_its_claim_changes_nothing(
+    cluster: Callable[..., object], settle: Settle
+) -> None:
+    # Same node, so only the fence tells the two claims apart: the attempt that lost its claim
+    # (lease ran out, taken back by this node's own sweep) finishes late, after the new claim.
+    a = await cluster("a")  # type: ignore[misc]
+    [entry] = await add(a, 1)
+    [lost] = await a.queue.claim_due(T1, 1)
+    later = T1 + dt.timedelta(seconds=61)
+    a.queue.now = lambda: later
+    assert await a.queue.recover() == [entry.id]
+    [again] = await a.queue.claim_due(later, 1)
+    await settle(a.queue, lost)
+    assert len(a.lines("claim lost")) == 1
+    [held] = await a.queue.list_inflight()  # still the new claim's, untouched
+    assert (held.channel, held.to, held.attempts, held.last_error, held.failed_reason) == (
+        entry.channel,
+        entry.to,
+        0,
+        None,
+        None,
+    )
+    assert (await a.queue.list_pending(), await a.queue.list_failed()) == ([], [])
+    await a.queue.ack(again)  # the holder's own settle still lands
+    assert await a.queue.counts() == {"pending": 0, "failed": 0}

@@ -93,6 +93,7 @@ def clean_venv(tmp_path: Path) -> Path:
     return venv
 
 
+@pytest.mark.timeout(2 * INSTALL_TIMEOUT + 120)  # a wheel built and installed, then the gateway run
 def test_the_images_entry_command_serves_healthz_and_drains_on_its_stop_signal(tmp_path: Path) -> None:
     image = read_dockerfile(REPO / "Dockerfile")
     venv = clean_venv(tmp_path)

@@ -63,6 +63,18 @@ def start(home: Path, fake: str) -> Proc:
     return Proc(home, popen).wait_ready()
 
 
+def quiet(home: Path, total: int) -> bool:
+    cursor = json.loads((home / "inbound" / WX / "bot1.json").read_text())["cursor"]
+    shown = cli(home, "gateway", "status", "--json")
+    status = json.loads(shown.stdout) if shown.returncode == 0 else {}
+    return bool(
+        cursor == str(total)
+        and status.get("queue", {}).get("pending") == 0
+        and status.get("work") == []
+        and all(s["state"] == "idle" and s["pendingTurns"] == 0 for s in status.get("sessions", []))
+    )
+
+
 def test_restart_and_sigkill_mid_traffic_lose_nothing_and_answer_nothing_twice(tmp_path: Path, fake_url: str) -> None:
     home = tmp_path / "home"
     gw = start(home, fake_url)
@@ -92,7 +104,9 @@ def test_restart_and_sigkill_mid_traffic_lose_nothing_and_answer_nothing_twice(t
         gw = start(home, fake_url)
         writer.join(STARTUP_SECONDS)
         poll("every message answered", lambda: len(answers(fake_url)) >= total, timeout=STARTUP_SECONDS)
-        time.sleep(1.0)  # room for a duplicate to show up, were there one
+        # Nothing left that could still send a duplicate: the cursor past every message (none
+        # will be read again), no turn running, no delivery waiting.
+        poll("the gateway quiet", lambda: quiet(home, total), timeout=STARTUP_SECONDS)
         texts = [m["text"] for m in answers(fake_url)]
         status = cli(home, "channels", "status", "--json")
         assert status.returncode == 0, status.stderr

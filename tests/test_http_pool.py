@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import trio
+from trio_util import AsyncValue
 
 from trio_gateway import upstream as http_client
 from trio_gateway.models.openai import OpenAIModel
@@ -30,7 +31,11 @@ from trio_gateway.testing import FakeBehaviour, FakeModel, serve_fake_model
 from trio_gateway.work.units import WorkUnit
 
 POOL_SIZE = 10
-POOL_WAIT = 3.0
+# How long a call waits for a pool slot before PoolTimeout. A leaked slot is caught by the
+# capacity check (POOL_SIZE calls must each hold a connection at once, within BOUND), not by
+# this wait: it only has to outlast a busy machine's slow but healthy calls (3 s did not, with
+# the CI run beside eight other jobs on two cores).
+POOL_WAIT = 10.0
 BOUND = 20.0  # fails only a hung run
 BODY = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -74,11 +79,12 @@ async def unaccepting_url() -> AsyncIterator[str]:
     sock.close()
 
 
-async def _stream_call(client: Any, url: str, prompt: str = "hi") -> None:
+async def _stream_call(client: Any, url: str, prompt: str = "hi", read: AsyncValue[int] | None = None) -> None:
     body = {**BODY, "messages": [{"role": "user", "content": prompt}]}
     async with client.stream("POST", url + "/chat/completions", json=body) as response:
         async for _ in response.aiter_bytes():
-            pass
+            if read is not None:
+                read.value += 1
 
 
 def _pool_client(lib: ModuleType) -> Any:
@@ -91,14 +97,18 @@ def _pool_client(lib: ModuleType) -> Any:
 
 
 @pytest.mark.parametrize("lib", LIBRARIES, indirect=True)
-@pytest.mark.parametrize("prompt", ["/stall before headers", "/stall-after 2 mid stream"])
-async def test_abort_closes_upstream_connection(lib: ModuleType, fake: tuple[FakeModel, str], prompt: str) -> None:
+@pytest.mark.parametrize(("prompt", "chunks"), [("/stall before headers", 0), ("/stall-after 2 mid stream", 1)])
+async def test_abort_closes_upstream_connection(
+    lib: ModuleType, fake: tuple[FakeModel, str], prompt: str, chunks: int
+) -> None:
     server, url = fake
+    read = AsyncValue(0)
     async with lib.AsyncClient(timeout=None) as client:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_stream_call, client, url, prompt)
-            await server.received.wait_value(1)
-            await trio.sleep(0.02)  # let the first chunks of the mid-stream case arrive
+            nursery.start_soon(_stream_call, client, url, prompt, read)
+            with trio.fail_after(BOUND):
+                await server.received.wait_value(1)
+                await read.wait_value(lambda n: n >= chunks)  # the mid-stream case: its first chunks arrived
             nursery.cancel_scope.cancel()
         assert server.connections_opened == 1
         # Still inside the client: nothing but the abort itself can have closed it (a pool
@@ -114,20 +124,23 @@ async def test_aborting_the_model_unit_closes_upstream(fake: tuple[FakeModel, st
     model = OpenAIModel(ModelConfig(base_url=url, model="m"), {})
     now = trio.current_time()
     unit = WorkUnit(1, "model_call", "s1", now, now, "model_call:started")
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_run_in_unit, model, unit, "/stall-after 3 streaming then silence")
-        with trio.fail_after(BOUND):
-            await server.received.wait_value(1)
-        # The three chunks before the silence arrive (observed, not slept for: a busy machine
-        # can take longer than any fixed pause to deliver them).
-        with trio.fail_after(BOUND):
-            while unit.last_progress != "model_call:streaming":  # noqa: ASYNC110
-                await trio.sleep(0.01)
-        unit.abort("stalled")
+    with trio.fail_after(BOUND):  # an abort that cuts nothing off would hold the nursery forever
+        await _abort_mid_stream(server, model, unit)
     with trio.fail_after(BOUND):
         await server.open_connections.wait_value(0)
     await model.aclose()
     assert unit.scope.cancelled_caught
+
+
+async def _abort_mid_stream(server: FakeModel, model: OpenAIModel, unit: WorkUnit) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_run_in_unit, model, unit, "/stall-after 3 streaming then silence")
+        await server.received.wait_value(1)
+        # The three chunks before the silence arrive (observed, not slept for: a busy machine
+        # can take longer than any fixed pause to deliver them).
+        while unit.last_progress != "model_call:streaming":  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        unit.abort("stalled")
 
 
 async def _run_in_unit(model: OpenAIModel, unit: WorkUnit, prompt: str) -> None:

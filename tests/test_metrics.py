@@ -13,7 +13,9 @@ from trio_gateway import __version__
 from trio_gateway.http import metrics
 from trio_gateway.http.server import HttpServer
 from trio_gateway.policy import config as cfg
-from trio_gateway.sim.runtime import build_gateway
+from trio_gateway.policy.origin import Origin
+from trio_gateway.sim.harness import Harness, fake_account
+from trio_gateway.sim.runtime import build_gateway, quick_config
 
 TOKEN = "metrics-token"
 
@@ -65,9 +67,42 @@ async def test_every_spec_family_is_read_at_scrape_time(tmp_path: Path, autojump
     assert after[("trio_gateway_drains_total", frozenset({("kind", "restart"), ("outcome", "timed_out")}))] == 1
     assert after[("trio_gateway_drain_duration_seconds_count", frozenset())] == 1
     assert 5 <= after[("trio_gateway_drain_duration_seconds_sum", frozenset())] < 7
-    assert after[("trio_gateway_delivery_queue_pending", frozenset())] >= 0
+    assert ("trio_gateway_delivery_queue_pending", frozenset()) in after  # counted: below
     assert ("trio_gateway_delivery_dead_letters", frozenset()) in after
     assert after[("process_resident_memory_bytes", frozenset())] > 0
+
+
+async def test_the_queue_gauges_count_what_the_queue_holds(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """Real queue, real worker, the fake Telegram: 2 replies it refuses (dead letters), then 3
+    it keeps failing with 503 (pending, retried with backoff). The gauges say 3 and 2."""
+    config = quick_config(
+        **{
+            "channels.telegram.accounts.bot1": fake_account("telegram"),
+            "agents.main.channels": ["telegram"],
+            "delivery.initialBackoffSeconds": 60,
+            "delivery.rescanIntervalSeconds": 1,
+        }
+    )
+    harness = Harness.build(tmp_path, config)
+    gateway, fakes = harness.gateway, harness.channels
+    chat = Origin("telegram", "555", "bot1")
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        fakes.reject("telegram", status=400, times=2)
+        for text in ("a", "b"):
+            await gateway.submit(agent_id="main", origin=chat, prompt=text)
+        await harness.tap.wait_attempts(2)
+        fakes.fail("telegram", times=None)
+        for text in ("c", "d", "e"):
+            await gateway.submit(agent_id="main", origin=chat, prompt=text)
+        tried = await harness.tap.wait_attempts(5)  # every one tried once, and failed
+        await trio.sleep(2)  # a rescan: the dead-letter count is read from the disk
+        scraped = samples(metrics.render(gateway))
+        assert [a.outcome for a in tried] == ["permanent"] * 2 + ["retry"] * 3
+        assert (len(await harness.pending()), len(await harness.dead_letters())) == (3, 2)
+        gateway.request_drain("stop", force=True)
+    assert scraped[("trio_gateway_delivery_queue_pending", frozenset())] == 3
+    assert scraped[("trio_gateway_delivery_dead_letters", frozenset())] == 2
 
 
 async def test_scraped_through_hypercorn_under_trio(tmp_path: Path) -> None:

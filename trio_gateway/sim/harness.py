@@ -156,6 +156,11 @@ class DeliveryTap:
         await self._count.wait_value(lambda _: len(self.delivered(channel)) >= count)
         return self.delivered(channel)
 
+    async def wait_attempts(self, count: int) -> list[Attempt]:
+        """Until `count` sends were made, whatever the channel answered."""
+        await self._count.wait_value(lambda n: n >= count)
+        return self.attempts
+
 
 @attrs.define
 class TappedChannel:
