@@ -46,7 +46,8 @@ def tool(sent: list[str]) -> HttpTool:
         sent.append(str(request.url.host))
         return http.Response(200, content=b"ok")
 
-    return HttpTool(CONFIG, http.AsyncClient(transport=http.MockTransport(handler)))
+    # A minute for the whole call (issue 25's deadline): these answers come at once.
+    return HttpTool(CONFIG, http.AsyncClient(transport=http.MockTransport(handler)), 60.0)
 
 
 @pytest.mark.parametrize("url", LOOKALIKES.values(), ids=list(LOOKALIKES))

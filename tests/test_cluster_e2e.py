@@ -28,7 +28,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 STARTUP_SECONDS = 60.0
 WAIT_SECONDS = 90.0
 ACCOUNT = "ws"
-TO = "C0123456789"
+
+
+def _chat(i: int) -> str:
+    """One of 16 Slack channels: one conversation is sent one entry at a time (SPEC 15), so the
+    300 entries go to 16 conversations for both nodes to have several sends in flight."""
+    return f"C01234567{i % 16:02d}"
 
 
 def poll(
@@ -170,7 +175,7 @@ def test_sigkill_of_one_node_mid_delivery_loses_nothing(
     for i in range(300):
         node = (a, b)[i % 2]
         reply = node.http(
-            "POST", "/v1/deliveries", {"channel": "slack", "to": TO, "accountId": ACCOUNT, "text": f"m{i}"}
+            "POST", "/v1/deliveries", {"channel": "slack", "to": _chat(i), "accountId": ACCOUNT, "text": f"m{i}"}
         )
         assert reply.status_code == 202, reply.text
     slack.gate.set()
