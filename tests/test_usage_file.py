@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import threading
 from pathlib import Path
 
 import trio
@@ -18,7 +20,7 @@ from trio_gateway.runtime.usage import ModelLedger
 from trio_gateway.sim.runtime import Notice, build_gateway, quick_config
 from trio_gateway.storage.atomic import inline
 from trio_gateway.storage.home import Home
-from trio_gateway.storage.usage_file import UsageFile, read_day
+from trio_gateway.storage.usage_file import MAX_USAGE_FILE_BYTES, UsageFile, read_day
 
 DAY = dt.date(2026, 6, 15)  # the sim gateway's wall clock starts on this day
 
@@ -89,3 +91,22 @@ def test_the_production_ledger_starts_from_the_homes_file(tmp_path: Path) -> Non
     ledger = _model_ledger(home, inline, EventLog([MemorySink()]))
     assert ledger.spent_today("main", today) == 7
     assert ledger.save is not None
+
+
+def test_a_usage_file_that_is_not_a_regular_file_is_quarantined(tmp_path: Path) -> None:
+    """Issue 25's bounded reads hold for usage.json too: a FIFO there (nobody writing) no longer
+    freezes the start in open(), and a huge file is not read into memory."""
+    sink = MemorySink()
+    fifo = tmp_path / "usage.json"
+    os.mkfifo(fifo)
+    got: list[dict[str, int]] = []
+    reader = threading.Thread(target=lambda: got.append(read_day(fifo, DAY, EventLog([sink]))), daemon=True)
+    reader.start()
+    reader.join(timeout=30)  # microseconds when fixed; blocked in open() for ever when not
+    assert got == [{}]
+    assert (tmp_path / "quarantine" / "usage.json").exists()
+    big = tmp_path / "big" / "usage.json"
+    big.parent.mkdir()
+    big.write_bytes(b" " * (MAX_USAGE_FILE_BYTES + 1))
+    assert read_day(big, DAY, EventLog([sink])) == {}
+    assert (big.parent / "quarantine" / "usage.json").exists()

@@ -6,7 +6,8 @@ holds across a process restart (a deploy must not hand every agent a fresh allow
 Written atomically (tmp, fsync, rename) after answered model calls, coalesced: while one write
 is on disk, later calls only mark the file stale, and the writer goes round once more. Best
 effort: a failed write is logged and the next call tries again; at worst a crash forgets the
-last few calls' tokens. A file that does not parse is quarantined and the day starts from zero.
+last few calls' tokens. A file that does not parse, is not a regular file, or is larger than
+`MAX_USAGE_FILE_BYTES` is quarantined and the day starts from zero.
 """
 
 from __future__ import annotations
@@ -19,16 +20,19 @@ from pathlib import Path
 import attrs
 
 from trio_gateway.log import EventLog
-from trio_gateway.storage.atomic import BlockingRunner, atomic_write_bytes, compact_json
+from trio_gateway.storage.atomic import BlockingRunner, atomic_write_bytes, compact_json, read_regular
 from trio_gateway.storage.entry_files import quarantine
 
 Spent = dict[str, int]
+
+# A day's spend of a few thousand agents is well under this; anything larger is not ours.
+MAX_USAGE_FILE_BYTES = 1 << 20
 
 
 def read_day(path: Path, today: dt.date, log: EventLog) -> Spent:
     """Today's spend per agent from the file; {} when absent, from another day, or unreadable."""
     try:
-        raw = json.loads(path.read_bytes())
+        raw = json.loads(read_regular(path, MAX_USAGE_FILE_BYTES))
         day = dt.date.fromisoformat(raw["day"])
         agents = {str(k): int(v) for k, v in raw["agents"].items() if isinstance(v, int) and v >= 0}
     except FileNotFoundError:
