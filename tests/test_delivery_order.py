@@ -188,12 +188,14 @@ def test_entries_being_read_hold_every_younger_one_back() -> None:
     assert schedule.pending_count() == 2
 
 
+@pytest.mark.parametrize("disk", ["full", "hung"])
 async def test_an_attempt_that_fails_on_disk_holds_its_chat_until_a_rescan_reads_it_again(
-    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch, disk: str
 ) -> None:
-    """The head's send failed and its retry could not be written (a full disk): the entry is
-    left on disk for the next rescan. Until that rescan reads it again it still holds its chat;
-    dropped from the schedule at once, the chunk after it was sent first."""
+    """The head's send failed and its retry could not be written (a full disk), or not within
+    the settling bound (a hung one): the entry is left on disk for the next rescan. Until that
+    rescan reads it again it still holds its chat; dropped from the schedule at once, the chunk
+    after it was sent first."""
     first: list[str] = []
 
     def script(entry: DeliveryEntry, n: int) -> Outcome:
@@ -210,6 +212,8 @@ async def test_an_attempt_that_fails_on_disk_holds_its_chat_until_a_rescan_reads
     async def full_once(self: DeliveryQueue, claimed: Claimed, reason: str, when: dt.datetime) -> DeliveryEntry:
         if not refused:
             refused.append(claimed.entry.id)
+            if disk == "hung":
+                await trio.sleep_forever()
             raise OSError(errno.ENOSPC, "No space left on device")
         return await real_retry_later(self, claimed, reason, when)
 

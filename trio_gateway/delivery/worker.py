@@ -306,6 +306,7 @@ class DeliveryWorker:
             # after the channel answered: an `ok` lost here would be re-sent after a restart.
             with trio.move_on_after(self.cleanup_timeout, shield=True):
                 return await self._settle(claimed, outcome)
+        self._schedule.hold(entry.id)  # left on disk: its conversation waits for the rescan
         return AttemptResult(
             entry.id, "released", entry.channel, entry.to, "settling timed out; recovered at the next rescan"
         )
