@@ -5,8 +5,11 @@ file queue on trio's MockClock."""
 
 from __future__ import annotations
 
+import datetime as dt
+import errno
 from pathlib import Path
 
+import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,6 +18,8 @@ from test_delivery import ScriptedChannel, make_rig
 from trio_gateway.channels.base import OK, Outcome
 from trio_gateway.delivery.scheduler import Schedule, Slot
 from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.storage.base import Claimed
+from trio_gateway.storage.queue import DeliveryQueue
 
 
 def _slot(to: str, due: float = 0.0) -> Slot:
@@ -181,3 +186,56 @@ def test_entries_being_read_hold_every_younger_one_back() -> None:
     assert schedule.pop_due(0.0) == "05"
     schedule.resolve(["09"], {})  # never listed again: forgotten, holds nothing
     assert schedule.pending_count() == 2
+
+
+@pytest.mark.parametrize("disk", ["full", "hung"])
+async def test_an_attempt_that_fails_on_disk_holds_its_chat_until_a_rescan_reads_it_again(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch, disk: str
+) -> None:
+    """The head's send failed and its retry could not be written (a full disk), or not within
+    the settling bound (a hung one): the entry is left on disk for the next rescan. Until that
+    rescan reads it again it still holds its chat; dropped from the schedule at once, the chunk
+    after it was sent first."""
+    first: list[str] = []
+
+    def script(entry: DeliveryEntry, n: int) -> Outcome:
+        if not first:
+            first.append(entry.id)
+        return Outcome("retry", "HTTP 503") if entry.id == first[0] and n == 1 else OK
+
+    console = ScriptedChannel("console", script)
+    rig = make_rig(tmp_path, console, rescan_interval_seconds=5, initial_backoff_seconds=1, max_backoff_seconds=1)
+    head, *rest = await rig.add(3, to="chat-1")
+    real_retry_later = DeliveryQueue.retry_later
+    refused: list[str] = []
+
+    async def full_once(self: DeliveryQueue, claimed: Claimed, reason: str, when: dt.datetime) -> DeliveryEntry:
+        if not refused:
+            refused.append(claimed.entry.id)
+            if disk == "hung":
+                await trio.sleep_forever()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return await real_retry_later(self, claimed, reason, when)
+
+    monkeypatch.setattr(DeliveryQueue, "retry_later", full_once)
+    await rig.run_for(60)
+    assert refused == [head.id]
+    assert [i for _, i in console.sends] == [head.id, head.id, rest[0].id, rest[1].id]
+    assert await rig.queue.list_pending() == []
+
+
+def test_a_held_entry_holds_its_conversation_until_released() -> None:
+    """`hold`: never due, still the head; `release` (a rescan that no longer lists it: gone)
+    lets the conversation move on."""
+    schedule = Schedule()
+    schedule.put("01", _slot("alice"))
+    schedule.put("02", _slot("alice"))
+    assert schedule.pop_due(0.0) == "01"
+    schedule.start("01")
+    schedule.drop("01")  # claimed
+    schedule.hold("01")  # ... and its settling failed on disk
+    schedule.finish("01")
+    assert schedule.pop_due(1e9) is None
+    assert schedule.held() == {"01"}
+    schedule.release({"01"})
+    assert schedule.pop_due(0.0) == "02"

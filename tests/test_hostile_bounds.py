@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
 import socket
 import threading
 import time
@@ -22,10 +23,13 @@ from test_http_api import Running, running
 from test_inbound import ACCOUNT, WX, gateway_config, until
 
 from trio_gateway import upstream as http
+from trio_gateway.channels.listen import MAX_CURSOR_FILE_BYTES, CursorStore
 from trio_gateway.cli import main
+from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_channels import FakeChannels
 from trio_gateway.sim.harness import Harness
+from trio_gateway.storage.atomic import inline
 
 # The fixtures used here: the harness's config (WeChat and Telegram listening), an HTTP API.
 __all__ = ["gateway_config", "running"]
@@ -489,3 +493,24 @@ async def test_dead_letters_are_listed_a_page_at_a_time(running: Running, autoju
     )
     rest = (await running.call("GET", f"/v1/deliveries?state=failed&limit=10&after={dead[0]}")).json
     assert ([e["id"] for e in rest["failed"]], rest["next"]) == (dead[1:], {"failed": None})
+
+
+def test_a_cursor_file_that_is_not_a_regular_file_is_quarantined(tmp_path: Path) -> None:
+    """inbound/<channel>/<account>.json is read like the sessions and the queue: a FIFO there
+    (nobody writing) no longer holds the account's listener in open() for ever, and a file
+    past the cap is not read into memory; either is quarantined and the account starts from
+    the platform's default."""
+    store = CursorStore(tmp_path, inline, EventLog([MemorySink()]))
+    fifo = store.path("telegram", "a1")
+    fifo.parent.mkdir()
+    os.mkfifo(fifo)
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.append(store._load_sync(fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=30)  # microseconds when fixed; blocked in open() for ever when not
+    assert got == [None]
+    assert (fifo.parent / "quarantine" / "a1.json").exists()
+    big = store.path("telegram", "a2")
+    big.write_bytes(b" " * (MAX_CURSOR_FILE_BYTES + 1))
+    assert store._load_sync(big) is None
+    assert (big.parent / "quarantine" / "a2.json").exists()

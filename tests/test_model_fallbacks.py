@@ -263,3 +263,20 @@ async def test_a_restart_keeps_the_day_spend_and_the_cool_downs(tmp_path: Path, 
         r.gateway.request_drain("stop")
     assert "has used its 20 tokens for today" in refused
     assert set(cooling) == {"claude"}
+
+
+async def test_a_turn_that_fails_after_a_failover_names_the_model_that_failed(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """With fallbacks, "model upstream answered HTTP 400" alone does not say which upstream:
+    the operator reading the turn's failure must not have to guess along the chain."""
+    r = rig(tmp_path, FakeBehaviour(mode="overloaded"))
+    r.backup.behaviour = FakeBehaviour(mode="fail", status=400)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(r.gateway.serve)
+        text = await r.turn("hello")
+        r.gateway.request_drain("stop")
+    assert text.startswith("Sorry, this request failed: model upstream answered HTTP 400")
+    assert "(model backup)" in text
+    failed = [e for e in r.sink.tagged("TURN") if e.message == "Turn ended with a failure"]
+    assert "(model backup)" in str(failed[0].fields["error"])

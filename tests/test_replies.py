@@ -3,10 +3,12 @@ formatted text as sent, and Telegram's plain-text second try."""
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 from pathlib import Path
 
+import pytest
 import trio
 from test_channels import ENV, channels, entry, fakes, get, make_config
 from test_delivery import ScriptedChannel, make_rig
@@ -16,6 +18,8 @@ from trio_gateway.channels import discord, slack, telegram
 from trio_gateway.channels.markdown import TextForm
 from trio_gateway.channels.registry import ChannelSet
 from trio_gateway.delivery.outbox import text_chunk_limits
+from trio_gateway.errors import InsufficientStorageError
+from trio_gateway.policy.entry import DeliveryEntry
 from trio_gateway.policy.origin import Origin
 from trio_gateway.sim.fake_channels import Delivered, FakeChannels
 from trio_gateway.sim.fake_telegram import shown_text
@@ -200,3 +204,27 @@ async def test_a_long_manual_delivery_is_chunked_too(tmp_path: Path) -> None:
     assert len(pending) == 3
     assert pending[0].id == first.id
     assert [e.idempotency_key for e in pending] == [f"{first.id}:{n}" for n in (1, 2, 3)]
+
+
+async def test_a_full_disk_midway_through_a_manual_delivery_says_what_was_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 507 after some chunks were already queued must say so: those will be sent, and a
+    client that just retries the whole text sends them twice."""
+    rig = make_rig(tmp_path, ScriptedChannel("telegram"))
+    queue_type = type(rig.queue)
+    real_enqueue = queue_type.enqueue
+    calls: list[str] = []
+
+    async def full_after_one(self: object, entry: DeliveryEntry) -> None:
+        calls.append(entry.id)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        await real_enqueue(self, entry)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(queue_type, "enqueue", full_after_one)
+    with pytest.raises(InsufficientStorageError) as caught:
+        await rig.outbox.submit_manual("telegram", "42", None, "main", "word " * 2000)
+    assert "1 of 3 chunks" in str(caught.value)
+    assert calls[0] in str(caught.value)
+    assert [e.id for e in await rig.queue.list_pending()] == calls[:1]

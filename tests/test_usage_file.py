@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import threading
 from pathlib import Path
 
 import trio
@@ -18,7 +20,7 @@ from trio_gateway.runtime.usage import ModelLedger
 from trio_gateway.sim.runtime import Notice, build_gateway, quick_config
 from trio_gateway.storage.atomic import inline
 from trio_gateway.storage.home import Home
-from trio_gateway.storage.usage_file import UsageFile, read_day
+from trio_gateway.storage.usage_file import MAX_USAGE_FILE_BYTES, UsageFile, read_day
 
 DAY = dt.date(2026, 6, 15)  # the sim gateway's wall clock starts on this day
 
@@ -89,3 +91,58 @@ def test_the_production_ledger_starts_from_the_homes_file(tmp_path: Path) -> Non
     ledger = _model_ledger(home, inline, EventLog([MemorySink()]))
     assert ledger.spent_today("main", today) == 7
     assert ledger.save is not None
+
+
+async def test_a_writers_own_call_is_not_held_by_later_saves(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """The caller whose save starts a write waits for at most two writes, however many calls
+    keep answering meanwhile: before, it went round once more for each call that came in while
+    a write was on disk, so under steady load one turn's reply waited for everyone's tokens."""
+    path, log = tmp_path / "usage.json", EventLog([MemorySink()])
+
+    async def slow_runner(fn: object) -> None:
+        await trio.sleep(1.0)  # a write takes 1 s of virtual time
+        assert callable(fn)
+        fn()
+
+    ledger = ModelLedger(save=UsageFile(path, slow_runner, log).save)
+    returned_at: list[float] = []
+
+    async def first_call() -> None:
+        ledger.record("s0", "main", "default", Usage(input=1), DAY)
+        await ledger.persist(DAY)
+        returned_at.append(trio.current_time())
+
+    async def steady_load() -> None:
+        for i in range(1, 100):  # an answered call every 0.5 s for 50 s
+            await trio.sleep(0.5)
+            ledger.record(f"s{i}", "main", "default", Usage(input=1), DAY)
+            nursery.start_soon(ledger.persist, DAY)
+
+    with trio.fail_after(600):
+        async with trio.open_nursery() as nursery:
+            start = trio.current_time()
+            nursery.start_soon(first_call)
+            nursery.start_soon(steady_load)
+    assert returned_at
+    assert returned_at[0] - start <= 2.0
+    # Every call's tokens reached the file once the load stopped.
+    assert json.loads(path.read_text()) == {"day": "2026-06-15", "agents": {"main": 100}}
+
+
+def test_a_usage_file_that_is_not_a_regular_file_is_quarantined(tmp_path: Path) -> None:
+    """Issue 25's bounded reads hold for usage.json too: a FIFO there (nobody writing) no longer
+    freezes the start in open(), and a huge file is not read into memory."""
+    sink = MemorySink()
+    fifo = tmp_path / "usage.json"
+    os.mkfifo(fifo)
+    got: list[dict[str, int]] = []
+    reader = threading.Thread(target=lambda: got.append(read_day(fifo, DAY, EventLog([sink]))), daemon=True)
+    reader.start()
+    reader.join(timeout=30)  # microseconds when fixed; blocked in open() for ever when not
+    assert got == [{}]
+    assert (tmp_path / "quarantine" / "usage.json").exists()
+    big = tmp_path / "big" / "usage.json"
+    big.parent.mkdir()
+    big.write_bytes(b" " * (MAX_USAGE_FILE_BYTES + 1))
+    assert read_day(big, DAY, EventLog([sink])) == {}
+    assert (big.parent / "quarantine" / "usage.json").exists()

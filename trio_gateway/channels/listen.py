@@ -37,12 +37,14 @@ from trio_gateway.errors import DeliveryValidationError, GatewayDrainingError, d
 from trio_gateway.log import EventLog, ms
 from trio_gateway.policy import backoff
 from trio_gateway.policy.config import AgentConfig
-from trio_gateway.storage.atomic import BlockingRunner, atomic_write_json, durable_rename
+from trio_gateway.storage.atomic import BlockingRunner, atomic_write_json, durable_rename, read_regular
 
 # `connecting`: a socket's first connection until its handshake is answered (Discord's READY).
 ListenState = Literal["connecting", "listening", "reconnecting", "paused", "off"]
 BACKOFF_INITIAL_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
+# A cursor is an offset or a short token; a file larger than this is not one of ours.
+MAX_CURSOR_FILE_BYTES = 64 * 1024
 # Account ids name files under inbound/: never a path.
 ACCOUNT_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
 
@@ -76,8 +78,8 @@ class CursorStore:
         return await self.runner(lambda: self._load_sync(path))
 
     def _load_sync(self, path: Path) -> Any:
-        try:
-            data = json.loads(path.read_bytes())
+        try:  # bounded, and a FIFO or a device is refused, not read (issue 25)
+            data = json.loads(read_regular(path, MAX_CURSOR_FILE_BYTES))
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:

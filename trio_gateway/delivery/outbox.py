@@ -137,15 +137,17 @@ class Outbox:
         if account_id is None and agent_id is not None and agent_id in self.agents:
             account_id = self.agents[agent_id].account_id
         entries = self._entries(_Address("manual", channel, to, account_id, agent_id, None), text, None)
-        for entry in entries:
+        for n, entry in enumerate(entries):
             try:
                 await self.queue.enqueue(entry)
             except OSError as exc:
                 if not is_no_space(exc):
                     raise
-                raise InsufficientStorageError(f"the delivery queue's disk is full: {exc.strerror}") from None
+                why = f"the delivery queue's disk is full: {exc.strerror}{_partly(entries, n)}"
+                raise InsufficientStorageError(why) from None
             except OutcomeUnknown as exc:
-                raise InsufficientStorageError(f"the delivery queue's disk is not answering: {exc}") from None
+                why = f"the delivery queue's disk is not answering: {exc}{_partly(entries, n)}"
+                raise InsufficientStorageError(why) from None
             self._enqueued(entry)
         return entries[0]
 
@@ -207,3 +209,14 @@ class Outbox:
             created_at=now,
             next_attempt_at=now,
         )
+
+
+def _partly(entries: list[DeliveryEntry], queued: int) -> str:
+    """What a refusal must add when some chunks were queued already: they will be sent, so a
+    client that retries the whole text would send them twice."""
+    if queued == 0:
+        return ""
+    return (
+        f" ({queued} of {len(entries)} chunks were queued and will be sent, the first {entries[0].id}; "
+        "the rest was not)"
+    )

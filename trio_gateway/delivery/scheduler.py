@@ -90,8 +90,12 @@ class Schedule:
     # Listed ids whose recipient is not read yet, oldest first: none of them is sent, and no
     # entry younger than the oldest of them either (it could belong to the same conversation).
     _unresolved: list[str] = attrs.Factory(list)
+    # Ids whose attempt failed with the entry left on disk (`hold`): never due, each keeps its
+    # place at the head of its conversation until a rescan lists (and reads) it again.
+    _held: set[str] = attrs.Factory(set)
 
     def put(self, entry_id: str, slot: Slot) -> None:
+        self._held.discard(entry_id)
         old = self._slots.get(entry_id)
         if old is not None and old.conversation != slot.conversation:
             self._leave_line(entry_id, old.conversation)
@@ -100,7 +104,8 @@ class Schedule:
         heapq.heappush(self._heap, (slot.due, entry_id))
 
     def drop(self, entry_id: str) -> None:
-        """Settled, gone, or failed on disk: forget it until a listing names it again."""
+        """Settled or gone: forget it until a listing names it again."""
+        self._held.discard(entry_id)
         slot = self._slots.pop(entry_id, None)
         if slot is not None:
             self._leave_line(entry_id, slot.conversation)
@@ -158,6 +163,27 @@ class Schedule:
             return False
         line = self._lines.get(conversation)
         return not line or line[0] == entry_id
+
+    def hold(self, entry_id: str) -> None:
+        """The attempt at this id (in flight) failed on disk, the entry left there for the next
+        rescan: until a rescan reads it again it is never due, and it still holds its
+        conversation, so the entry after it cannot overtake it (SPEC 15)."""
+        conversation = self._sending_of.get(entry_id)
+        if conversation is None:
+            self.drop(entry_id)
+            return
+        self.put(entry_id, Slot(math.inf, *conversation))
+        self._held.add(entry_id)
+
+    def held(self) -> set[str]:
+        return set(self._held)
+
+    def release(self, entry_ids: Iterable[str]) -> None:
+        """A rescan is about to read the listing: these held ids are forgotten, so a listed one
+        is read again as new (held back by nothing younger: `expect`), and a gone one is gone."""
+        for entry_id in entry_ids:
+            if entry_id in self._held:
+                self.drop(entry_id)
 
     def sending_to(self, conversation: Conversation) -> str | None:
         """The id whose send to this conversation is in flight, if any."""

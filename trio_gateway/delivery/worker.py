@@ -141,8 +141,10 @@ class DeliveryWorker:
         before any claim, or it could overtake an older reply to the same person (SPEC 15).
         Entries known to be waiting are re-read, only those whose file changed, in case another
         process rescheduled one (`delivery repair` makes a waiting entry due now)."""
+        held = self._schedule.held()  # before the recovery that returns them to pending
         await self.queue.recover()
         ids = await self.queue.pending_ids()
+        self._schedule.release(held)
         new = self._schedule.unknown(ids)
         waiting = self._schedule.waiting(ids, trio.current_time())
         self._schedule.expect(new)
@@ -205,7 +207,7 @@ class DeliveryWorker:
             # worker, the generation and the process down with it: the entry stays where it is
             # on disk and the next rescan (or start) picks it up again.
             self.log.error("DELIVERY", f"Attempt at entry {entry_id} failed; left for a later rescan", error=repr(exc))
-            self._schedule.drop(entry_id)
+            self._schedule.hold(entry_id)  # its conversation waits for it, not overtaken
         finally:
             self._schedule.finish(entry_id)
             limiter.release()
@@ -304,6 +306,7 @@ class DeliveryWorker:
             # after the channel answered: an `ok` lost here would be re-sent after a restart.
             with trio.move_on_after(self.cleanup_timeout, shield=True):
                 return await self._settle(claimed, outcome)
+        self._schedule.hold(entry.id)  # left on disk: its conversation waits for the rescan
         return AttemptResult(
             entry.id, "released", entry.channel, entry.to, "settling timed out; recovered at the next rescan"
         )

@@ -129,10 +129,11 @@ async def _try(rt: Seams, name: str, call: Call) -> ModelReply:
             reply = await rt.model(name, call.session_id).complete(prompt, call.tools, unit.progress)
     except ModelCallError as exc:
         rt.ledger.count(name, exc.failover or "error")
+        named = _naming(exc, name)
         if exc.failover is None:
-            raise
+            raise named from None
         _cool(rt, name, exc.retry_after)
-        raise _FailOver(exc, exc.failover, exc.retry_after) from None
+        raise _FailOver(named, exc.failover, exc.retry_after) from None
     except WorkAbortedError as exc:
         # Only the watchdog's abort fails over; an operator's abort of the session ends the turn.
         stalled = unit is not None and unit.stall_reported
@@ -147,6 +148,12 @@ async def _try(rt: Seams, name: str, call: Call) -> ModelReply:
     rt.ledger.record(call.session_id, call.agent_id, name, reply.usage, day)
     await rt.ledger.persist(day)
     return reply
+
+
+def _naming(exc: ModelCallError, name: str) -> ModelCallError:
+    """The same error, saying which model of the chain gave it: with fallbacks, "model upstream
+    answered HTTP 400" alone leaves the operator guessing which upstream."""
+    return ModelCallError(f"{exc} (model {name})", failover=exc.failover, retry_after=exc.retry_after)
 
 
 def _cool(rt: Seams, name: str, retry_after: float | None) -> None:

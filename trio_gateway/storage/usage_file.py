@@ -3,10 +3,14 @@ holds across a process restart (a deploy must not hand every agent a fresh allow
 
     {"day": "2026-12-07", "agents": {"main": 1234}}
 
-Written atomically (tmp, fsync, rename) after answered model calls, coalesced: while one write
-is on disk, later calls only mark the file stale, and the writer goes round once more. Best
-effort: a failed write is logged and the next call tries again; at worst a crash forgets the
-last few calls' tokens. A file that does not parse is quarantined and the day starts from zero.
+Written atomically (tmp, fsync, rename) after answered model calls, coalesced: a call waits
+for the write on disk (if any), then for one write that began after its tokens were counted,
+which it makes itself unless another waiting call does first; so no call waits for more than
+two writes however busy the gateway is (a writer that went round for every later call held
+its own turn's reply for as long as the load lasted). Best effort: a failed write is logged and
+the next call tries again; at worst a crash forgets the last few calls' tokens. A file that
+does not parse, is not a regular file, or is larger than `MAX_USAGE_FILE_BYTES` is quarantined
+and the day starts from zero.
 """
 
 from __future__ import annotations
@@ -17,18 +21,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import attrs
+import trio
 
 from trio_gateway.log import EventLog
-from trio_gateway.storage.atomic import BlockingRunner, atomic_write_bytes, compact_json
+from trio_gateway.storage.atomic import BlockingRunner, atomic_write_bytes, compact_json, read_regular
 from trio_gateway.storage.entry_files import quarantine
 
 Spent = dict[str, int]
+
+# A day's spend of a few thousand agents is well under this; anything larger is not ours.
+MAX_USAGE_FILE_BYTES = 1 << 20
 
 
 def read_day(path: Path, today: dt.date, log: EventLog) -> Spent:
     """Today's spend per agent from the file; {} when absent, from another day, or unreadable."""
     try:
-        raw = json.loads(path.read_bytes())
+        raw = json.loads(read_regular(path, MAX_USAGE_FILE_BYTES))
         day = dt.date.fromisoformat(raw["day"])
         agents = {str(k): int(v) for k, v in raw["agents"].items() if isinstance(v, int) and v >= 0}
     except FileNotFoundError:
@@ -47,21 +55,30 @@ class UsageFile:
     runner: BlockingRunner
     log: EventLog
     _writing: bool = False
-    _stale: bool = False
+    # Writes begun and writes finished (a cancelled one does not finish): one at a time.
+    _begun: int = 0
+    _finished: int = 0
+    _idle: trio.Event = attrs.Factory(trio.Event)
 
     async def save(self, snapshot: Callable[[], tuple[dt.date, Mapping[str, int]]]) -> None:
-        self._stale = True
-        if self._writing:
-            return  # the write on disk now goes round once more with this call's tokens
+        wanted = self._begun + 1  # the first write to begin from now on holds this call's tokens
+        while self._finished < wanted:
+            if self._writing:
+                await self._idle.wait()
+            else:
+                await self._write_once(snapshot)
+
+    async def _write_once(self, snapshot: Callable[[], tuple[dt.date, Mapping[str, int]]]) -> None:
         self._writing = True
+        self._begun += 1
         try:
-            while self._stale:
-                self._stale = False
-                day, spent = snapshot()
-                data = compact_json({"day": day.isoformat(), "agents": dict(spent)})
-                await self._write(data)
+            day, spent = snapshot()
+            await self._write(compact_json({"day": day.isoformat(), "agents": dict(spent)}))
+            self._finished = self._begun
         finally:
             self._writing = False
+            self._idle.set()
+            self._idle = trio.Event()
 
     async def _write(self, data: bytes) -> None:
         try:
