@@ -49,6 +49,7 @@ from trio_gateway.storage.disk import StorageHealth
 from trio_gateway.storage.sessions import SessionRecord, TurnKind, TurnRecord
 from trio_gateway.tools.registry import ToolBox
 from trio_gateway.tools.registry import preload as preload_tools
+from trio_gateway.work import drain as shutdown
 from trio_gateway.work.clock import WallClock
 from trio_gateway.work.drain import DrainCounts, DrainKind, DrainReport, DrainRequest, collector_paused, drain
 from trio_gateway.work.loop import LoopWatch
@@ -157,7 +158,7 @@ class Gateway:
         async with AsyncExitStack() as resources:
             models = await self._open_models(config, resources)
             delivery = await self.deps.delivery_factory(config, self)
-            resources.push_async_callback(self._close_bounded, delivery.aclose, config)
+            resources.push_async_callback(self._close_bounded(delivery.aclose, config))
             self.delivery = delivery
             assert self.wall is not None
             await preload_tools(config)
@@ -165,7 +166,7 @@ class Gateway:
             tools.inherit(self.tools)
             tools.outcomes = self.tool_outcomes  # a counter for /metrics: it never goes back
             self.tools = tools
-            resources.push_async_callback(self._close_bounded, tools.aclose, config)
+            resources.push_async_callback(self._close_bounded(tools.aclose, config))
             rt = Runtime(config, models, self.registry, delivery.outbox, self.store, self.log, self.wall.now, tools)
             rt.ledger = self.deps.model_ledger  # tokens and cool-downs outlive the generation
             rt.show_typing_through(getattr(delivery, "channels", None), self.state)  # stops when draining
@@ -228,19 +229,14 @@ class Gateway:
         return self.listeners
 
     async def _open_models(self, config: Config, resources: AsyncExitStack) -> dict[str, Model]:
-        models = {}
-        for name, model_config in config.models.items():
-            model = self.deps.model_factory(model_config)
-            resources.push_async_callback(self._close_bounded, model.aclose, config)
-            models[name] = model
+        models = {name: self.deps.model_factory(model_config) for name, model_config in config.models.items()}
+        for model in models.values():
+            resources.push_async_callback(self._close_bounded(model.aclose, config))
         return models
 
     @staticmethod
-    async def _close_bounded(close: Callable[[], Awaitable[None]], config: Config) -> None:
-        # Closing clients must not hang a restart either: bounded, and shielded because it
-        # runs while the generation may be cancelled.
-        with trio.move_on_after(config.gateway.channel_stop_timeout_seconds, shield=True):
-            await close()
+    def _close_bounded(close: Callable[[], Awaitable[None]], config: Config) -> Callable[[], Awaitable[None]]:
+        return partial(shutdown.close_bounded, close, config.gateway.channel_stop_timeout_seconds)
 
     async def _run_cron(self, scope: trio.CancelScope, config: Config) -> None:
         """Cron stops the moment a drain starts: a scheduled run is not owed to anyone."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -144,6 +144,13 @@ async def drain(
     log.warn("DRAINING", f"Aborting {len(left.blockers)} unit(s) of work", **({"kinds": summary} if summary else {}))
     work_scope.cancel()
     return True, left
+
+
+async def close_bounded(close: Callable[[], Awaitable[None]], seconds: float) -> None:
+    """Close a client after (or during) a drain: bounded, so closing cannot hang a restart
+    either, and shielded, because it runs while the generation may be cancelled."""
+    with trio.move_on_after(seconds, shield=True):
+        await close()
 
 
 @contextmanager
