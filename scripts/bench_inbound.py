@@ -13,9 +13,12 @@ both sides' instants are read on one clock.
     Reference, same run: a bare httpx long poll against the same server, cancelled by a scope.
     Target: <= 50 ms (the incident: "channel stop exceeded 5000ms").
 (b) Inbound -> durable turn: a message pushed to the fake, until the listener's `submit` has
-    returned (the turn and the message id fsynced in `sessions/`). Sequential. Reference, same
-    run: a bare long-poll wake-up on loopback plus one atomic fsynced write of a session-sized
-    file (the floor of the two things the path must do). Target: p50 <= 5 ms.
+    returned (the turn and the message id fsynced in `sessions/`). One message at a time, as a
+    person sends them: the previous reply sent and acknowledged first, so the write does not
+    share the disk with that turn's own writes. Reference, same run: a bare long-poll wake-up
+    on loopback plus one atomic fsynced write of a session-sized file in a worker thread (the
+    floor of the two things the path must do, the write off the event loop as issue 25 wants
+    every file write). Target: p50 <= 1.5x that floor (issue 21).
 (c) Throughput: 1,000 messages across 100 conversations pushed at once; until every reply has
     reached the fake. Checked: each answered exactly once, in order within its conversation
     (SPEC 15: the worker sends one entry per conversation at a time). Reference, same run: the
@@ -30,7 +33,6 @@ import collections
 import functools
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -181,6 +183,10 @@ async def to_durable_turn(count: int) -> tuple[list[float], list[float], list[fl
     async def body(gateway: Gateway, url: str) -> None:
         for i in range(count):
             text = f"latency {i}"
+            # One message at a time, as a person sends them: the previous reply is sent and
+            # acknowledged first, so this write does not share the disk with that turn's own.
+            await until(lambda: len(fakes.delivered(WX)) >= i)  # noqa: B023
+            await trio.sleep(0.02)  # and its ack (an unlink and a folder fsync) is done
             await until(lambda: fakes.inbound.polls_open[WX] == 1)
             pushed = trio.current_time()
             fakes.push(WX, text, sender=f"u{i % 10}@im.wechat")
@@ -190,7 +196,7 @@ async def to_durable_turn(count: int) -> tuple[list[float], list[float], list[fl
     with temp_home("bench-inbound-") as home:
         await with_gateway(home, fakes, body, accepted)
         wakes = await bare_wakeups(count)
-        writes = bare_writes(home, count)
+        writes = await bare_writes(home, count)
     return latencies, wakes, writes
 
 
@@ -220,16 +226,18 @@ async def bare_wakeups(count: int) -> list[float]:
     return out
 
 
-def bare_writes(home: Path, count: int) -> list[float]:
-    """Reference: one atomic fsynced write of a session-sized file (what accepting must do)."""
+async def bare_writes(home: Path, count: int) -> list[float]:
+    """Reference: one atomic fsynced write of a session-sized file (what accepting must do),
+    made as a Trio program must make it: in a worker thread, off the event loop (issue 25)."""
     session_files = list((home / "sessions").glob("*.json"))
     size = max((p.stat().st_size for p in session_files), default=2048)
     data = os.urandom(size // 2).hex().encode()
     out = []
     for i in range(count):
-        began = time.perf_counter()
-        atomic_write_bytes(home / "bare" / f"{i % 10}.json", data)
-        out.append(time.perf_counter() - began)
+        await trio.sleep(0.02)  # the pace of (b): one write at a time on a quiet disk
+        began = trio.current_time()
+        await trio.to_thread.run_sync(atomic_write_bytes, home / "bare" / f"{i % 10}.json", data)
+        out.append(trio.current_time() - began)
     return out
 
 
@@ -285,6 +293,8 @@ def main() -> None:
     finally:
         setattr(Schedule, "_in_turn", ordered_rule)  # noqa: B010
 
+    floor = percentile(wakes, 50) + percentile(writes, 50)
+
     def ms(values: list[float], q: float) -> str:
         return f"{percentile(values, q) * 1000:.2f}"
 
@@ -297,7 +307,7 @@ def main() -> None:
             ["message pushed -> durable turn", ms(latencies, 50), ms(latencies, 99),
              f"{max(latencies) * 1000:.2f}",
              f"{ms(wakes, 50)} / {ms(wakes, 99)} (wake) + {ms(writes, 50)} / {ms(writes, 99)} (fsync write)",
-             "p50 <= 5 ms", verdict(percentile(latencies, 50) <= 0.005)],
+             "p50 <= 1.5x (wake + write)", verdict(percentile(latencies, 50) <= 1.5 * floor)],
         ],
         title="latency",
     )  # fmt: skip
@@ -312,6 +322,7 @@ def main() -> None:
         ],
         title="throughput (WeChat fake, echo model, every reply sent back through the queue)",
     )  # fmt: skip
+    print(f"message -> durable turn p50 / floor p50: {percentile(latencies, 50) / floor:.2f} (target <= 1.5)")
     print(
         f"ordered / unordered messages/s: {ratio:.2f} (target >= 0.9: {verdict(ratio >= 0.9)}); "
         f"out of order: {disorder} (target 0: {verdict(disorder == 0)})"
