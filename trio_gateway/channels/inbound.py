@@ -34,6 +34,9 @@ class Heard:
     to: str  # where the reply goes
     text: str
     context_token: str | None = None
+    # The platform's user id of who wrote it (SPEC 15); None: the platform module does not say,
+    # and `to` (a direct chat's address) stands for it.
+    sender: str | None = None
 
 
 class Intake(Protocol):
