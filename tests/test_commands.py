@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -19,8 +19,9 @@ from trio_gateway.policy import config as cfg
 from trio_gateway.policy.commands import parse_command
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.sim.fake_mcp import FakeMcpServers, in_process_tools
-from trio_gateway.sim.runtime import Notice, build_gateway
+from trio_gateway.sim.runtime import Notice, ScriptedModel, build_gateway
 
+T = TypeVar("T")
 ON = HeardOn("telegram", "bot", "main", None)
 NO_STALL = {"gateway": {"stalledTaskDetection": {"enabled": False}}}
 
@@ -124,6 +125,8 @@ async def test_stop_cancels_the_running_turn_at_once_and_it_is_never_resumed(
         await chat.say("hello after")
         await until(lambda: len(chat.notices) == 2)
         assert chat.texts()[-1] == "echo: hello after"
+        # Saved again since (the new turn): the stopped turns still read `stopped`.
+        assert [t["status"] for t in on_disk(tmp_path, sid)["stopped"]] == ["stopped", "stopped"]
         gateway.request_drain("stop")
 
 
@@ -250,4 +253,61 @@ async def test_status_names_agent_model_session_and_running_work(
         assert "- model_call running 1m 15s" in text
         await chat.say("/help")
         assert chat.texts()[-1] == commands.HELP
+        gateway.request_drain("stop")
+
+
+async def slow_disk(fn: Callable[[], T]) -> T:
+    """A sessions disk where every read and write takes a virtual second."""
+    await trio.sleep(1)
+    return fn()
+
+
+async def test_a_turn_whose_accepting_write_a_stop_overtook_never_runs(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """The person wrote "second" and then "/stop"; "second" was still being written when the
+    stop came. It was sent before the stop, so it is stopped with the rest, and never runs."""
+    async with trio.open_nursery() as nursery:
+        gateway, chat = await started(nursery, tmp_path, session_runner=slow_disk)
+        await chat.say("/stall")
+        nursery.start_soon(chat.say, "second")
+        await trio.sleep(0.5)  # "second" is on its way to disk
+        await chat.say("/stop")
+        await trio.sleep(5)
+        assert chat.texts() == [commands.STOPPED]
+        assert all(not s.record.turns for s in gateway.sessions.values())
+        gateway.request_drain("stop")
+
+
+async def test_stop_reaches_turns_waiting_to_be_resumed(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """A crash left two turns; the next process resumes them one by one. A `/stop` heard before
+    the resume reached them stops both: neither goes to the model."""
+    async with trio.open_nursery() as nursery:
+        _, chat = await started(nursery, tmp_path)
+        await chat.say("/stall")
+        await chat.say("queued")
+        await trio.sleep(1)
+        nursery.cancel_scope.cancel(reason="crash")
+    model = ScriptedModel()
+    async with trio.open_nursery() as nursery:
+        gateway, chat = await started(nursery, tmp_path, session_runner=slow_disk, model=model)
+        await chat.say("/stop")
+        await trio.sleep(10)
+        assert chat.texts() == [commands.STOPPED]
+        assert model.calls == 0
+        gateway.request_drain("stop")
+
+
+async def test_new_before_any_next_message_survives_a_restart(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    async with trio.open_nursery() as nursery:
+        gateway, chat = await started(nursery, tmp_path)
+        first = await chat.say("hi")
+        await chat.say("/new")
+        gateway.request_drain("stop")
+    async with trio.open_nursery() as nursery:
+        gateway, chat = await started(nursery, tmp_path)
+        after = await chat.say("hello")
+        assert first is not None
+        assert after is not None
+        assert after[0] != first[0]  # the ended session is not the conversation's again
         gateway.request_drain("stop")
