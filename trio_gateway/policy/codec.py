@@ -114,7 +114,12 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook_func(lambda t: getattr(t, "__origin__", None) is Literal, _strict_literal)
 
     def renames(cls: type) -> dict[str, Any]:
-        return {a.name: override(rename=key_name(cls, a.name)) for a in attrs.fields(cls)}
+        # `__omit_if_default__`: keys added later, written only when they say something, so a
+        # file that never needed them reads back byte for byte and an older version reads it.
+        omit = getattr(cls, "__omit_if_default__", ())
+        return {
+            a.name: override(rename=key_name(cls, a.name), omit_if_default=a.name in omit) for a in attrs.fields(cls)
+        }
 
     def structure_factory(cls: type) -> Any:
         return make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames(cls))

@@ -61,6 +61,9 @@ class TurnRecord:
 
 @attrs.define
 class SessionRecord:
+    # Added by the chat commands (issue 20): absent from a session that never used them.
+    __omit_if_default__ = ("stopped", "ended_at")
+
     id: str
     agent: str
     origin: Origin | None
