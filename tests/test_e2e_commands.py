@@ -20,6 +20,7 @@ import pytest
 import trio
 from helpers import WAIT_SECONDS, Proc, cli, poll
 
+from trio_gateway.sim.fake_mcp import STDIO_COMMAND, read_events
 from trio_gateway.sim.fake_model import FakeModel, serve_fake_model
 
 pytestmark = pytest.mark.e2e
@@ -80,15 +81,17 @@ def answers(url: str) -> list[str]:
     return [m["text"] for m in reply.json() if m["channel"] == TG]
 
 
-def start(home: Path, fake: str, model_url: str) -> Proc:
-    config = {
+def start(home: Path, fake: str, model_url: str | None, **more: object) -> Proc:
+    config: dict[str, object] = {
         "gateway": {"drain": {"timeoutSeconds": 2}, "channelStopTimeoutSeconds": 2},
         # After the merge with issue 20's access check, this account also needs "dmPolicy": "open".
         "channels": {TG: {"accounts": {"tg": {"baseUrl": fake, "tokenEnv": "E2E_TG_TOKEN"}}}},
         "agents": {"main": {"channels": [TG], "accountId": "tg"}},
-        "models": {"default": {"baseUrl": model_url, "model": "fake", "stream": True}},
         "delivery": {"initialBackoffSeconds": 0.2, "maxBackoffSeconds": 1},
+        **more,
     }
+    if model_url is not None:
+        config["models"] = {"default": {"baseUrl": model_url, "model": "fake", "stream": True}}
     home.mkdir(parents=True, exist_ok=True)
     (home / "gateway.json").write_text(json.dumps(config))
     cmd = [sys.executable, "-m", "trio_gateway", "--home", str(home), "gateway", "start", "--port", "0"]
@@ -126,5 +129,23 @@ def test_stop_closes_the_upstream_answers_and_the_turn_is_never_resumed(
         poll("the next reply", lambda: len(answers(fake_url)) == 2, explain=lambda: str(answers(fake_url)))
         assert answers(fake_url) == ["Stopped.", "hello again"]
         assert fake.received.value == 2  # the stopped turn never went upstream again
+    finally:
+        gw.stop_hard()
+
+
+def test_stop_tells_a_stdio_mcp_server_its_call_is_cancelled(tmp_path: Path, fake_url: str) -> None:
+    events = tmp_path / "mcp-events.jsonl"
+    home = tmp_path / "home"
+    tools = {"mcpServers": {"files": {"command": [*STDIO_COMMAND, "--events", str(events)]}}}
+    agents = {"main": {"channels": [TG], "accountId": "tg", "tools": ["files.*"]}}
+    gw = start(home, fake_url, None, tools=tools, agents=agents)  # the built-in echo model
+    try:
+        push(fake_url, "/tool files__hang {}")
+        poll("the tool call at the server", lambda: any(e["event"] == "call" for e in read_events(events)))
+        push(fake_url, "/stop")
+        poll(
+            "notifications/cancelled at the server", lambda: any(e["event"] == "cancelled" for e in read_events(events))
+        )
+        poll("Stopped. on Telegram", lambda: answers(fake_url) == ["Stopped."], explain=lambda: str(answers(fake_url)))
     finally:
         gw.stop_hard()
