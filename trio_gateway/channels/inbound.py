@@ -34,8 +34,7 @@ class Heard:
     to: str  # where the reply goes
     text: str
     context_token: str | None = None
-    # The platform's user id of who wrote it (SPEC 15); None: the platform module does not say,
-    # and `to` (a direct chat's address) stands for it.
+    # Who wrote it: the platform's user id, as SPEC 15 lists it (None: the platform said not).
     sender: str | None = None
 
 

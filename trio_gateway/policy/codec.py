@@ -114,11 +114,11 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook_func(lambda t: getattr(t, "__origin__", None) is Literal, _strict_literal)
 
     def renames(cls: type) -> dict[str, Any]:
-        # `__omit_if_default__`: keys added later, written only when they say something, so a
-        # file that never needed them reads back byte for byte and an older version reads it.
-        omit = getattr(cls, "__omit_if_default__", ())
+        # A field added after files were written may say `omit_if_default` in its metadata:
+        # unset, it is not written, so a file from before it reads and writes back the same.
         return {
-            a.name: override(rename=key_name(cls, a.name), omit_if_default=a.name in omit) for a in attrs.fields(cls)
+            a.name: override(rename=key_name(cls, a.name), omit_if_default=a.metadata.get("omit_if_default"))
+            for a in attrs.fields(cls)
         }
 
     def structure_factory(cls: type) -> Any:

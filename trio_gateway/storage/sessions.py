@@ -61,9 +61,6 @@ class TurnRecord:
 
 @attrs.define
 class SessionRecord:
-    # Added by the chat commands (issue 20): absent from a session that never used them.
-    __omit_if_default__ = ("stopped", "ended_at")
-
     id: str
     agent: str
     origin: Origin | None
@@ -79,10 +76,10 @@ class SessionRecord:
     seq: int = 0
     # Turns a `/stop` cut off, status `stopped`: out of `turns`, so neither a restart nor an
     # adopting node ever resumes them (SPEC 15); the last `_MAX_STOPPED` only.
-    stopped: list[TurnRecord] = attrs.Factory(list)
+    stopped: list[TurnRecord] = attrs.field(factory=list, metadata={"omit_if_default": True})
     # When `/new` ended this session: the conversation's next message starts a new one, and a
     # restart never maps the conversation back here. The session itself stays on disk.
-    ended_at: dt.datetime | None = None
+    ended_at: dt.datetime | None = attrs.field(default=None, metadata={"omit_if_default": True})
 
     def stop(self, turn: TurnRecord) -> None:
         """`turn` will never run (again): out of the pending turns, kept as `stopped`."""
