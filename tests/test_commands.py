@@ -247,7 +247,7 @@ async def test_status_names_agent_model_session_and_running_work(
         await trio.sleep(75)
         await chat.say("/status")
         text = chat.texts()[-1]
-        assert "Agent: main (model: default)" in text
+        assert "Agent: main (model: default, echo)" in text
         assert f"Session: {accepted[0]}, started 1m 15s ago" in text
         assert "Turns: 1 running, 0 waiting" in text
         assert "- model_call running 1m 15s" in text

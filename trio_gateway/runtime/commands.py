@@ -96,7 +96,9 @@ async def stop(rt: Runtime, session: Session | None, reason: str, *, end: Sessio
 def status_text(rt: Runtime, agent_id: str, session: Session | None) -> str:
     """`/status`: agent and model, the session, and what runs now with its age."""
     agent = rt.config.agents[agent_id]
-    lines = [f"Agent: {agent_id} (model: {agent.model})"]
+    model = rt.config.models.get(agent.model)
+    upstream = "" if model is None else f", {model.kind}" + (f" {model.model}" if model.model else "")
+    lines = [f"Agent: {agent_id} (model: {agent.model}{upstream})"]
     if session is None:
         lines.append("Session: none yet (your next message starts one)")
         return "\n".join(lines)
