@@ -121,6 +121,26 @@ async def test_a_leaving_node_hands_its_pending_sessions_over_at_once(
     assert adopted.id == record().id
 
 
+async def test_a_stopped_turn_is_kept_in_the_row_and_never_adopted(
+    members: Callable[[str], Awaitable[Member]], pg_dsn: str
+) -> None:
+    """`/stop` (SPEC 15) on the owner, which then leaves: the stopped turn is in the stored
+    record as `stopped`, and no peer takes it over to run it."""
+    a, b = await members("a"), await members("b")
+    rec = record(turns=2)
+    await a.node.sessions.save(rec)
+    rec.stop(rec.turns[0])
+    rec.stop(rec.turns[0])
+    await a.node.sessions.save(rec)
+    a.node.db.pool.close = lambda **_kw: None  # type: ignore[method-assign]  # the fixture closes it
+    await a.node.leave()
+    assert await b.node.sessions.adopt_orphans() == []
+    assert stored(pg_dsn) == [(rec.id, 0, None)]
+    back = await b.node.sessions.load(rec.id)
+    assert back is not None
+    assert [(t.id, t.status) for t in back.stopped] == [("turn-s-1-0", "stopped"), ("turn-s-1-1", "stopped")]
+
+
 async def test_a_cron_slot_fires_once_in_the_cluster(members: Callable[[str], Awaitable[Member]], pg_dsn: str) -> None:
     a, b = await members("a"), await members("b")
     every = 60.0

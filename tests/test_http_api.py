@@ -439,6 +439,21 @@ async def test_telegram_secret_token(running: Running, autojump_clock: trio.abc.
     assert origin.to == "-100123"
 
 
+async def test_a_webhook_stop_stops_the_running_turn_at_once(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    """SPEC 15 by webhook: `/stop` is answered within the request (the 200 comes once
+    `Stopped.` is durable), while the conversation's turn runs."""
+    headers = {"authorization": "", "x-telegram-bot-api-secret-token": "tg-secret"}
+    stall = {"update_id": 7, "message": {"chat": {"id": 555}, "text": "/stall"}}
+    turn = await running.call("POST", "/channels/telegram/bot1/events", stall, headers)
+    session = running.gateway.sessions[turn.json["sessionId"]]
+    await trio.sleep(1)
+    stop = {"update_id": 8, "message": {"chat": {"id": 555}, "text": "/stop"}}
+    reply = await running.call("POST", "/channels/telegram/bot1/events", stop, headers)
+    assert (reply.status, reply.json) == (200, {"sessionId": session.id, "turnId": "cmd-telegram-bot1-8"})
+    assert [t.status for t in session.record.stopped] == ["stopped"]
+    assert session.record.turns == []
+
+
 async def test_feishu_verification_token_and_challenge(running: Running, autojump_clock: trio.abc.Clock) -> None:
     challenge = {"type": "url_verification", "challenge": "fc", "token": "fs-verify"}
     assert (await running.call("POST", "/channels/feishu/app1/events", challenge)).json == {"challenge": "fc"}

@@ -16,6 +16,7 @@ import attrs
 
 from trio_gateway.channels.base import AddressRule, check_address
 from trio_gateway.channels.inbound import Heard
+from trio_gateway.policy.commands import CommandName, parse_command
 from trio_gateway.policy.origin import Origin
 
 
@@ -23,10 +24,19 @@ class Submit(Protocol):
     """The gateway's intake for a heard message (`Gateway.submit_inbound`)."""
 
     async def __call__(
-        self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str | None
+        self,
+        *,
+        agent_id: str,
+        origin: Origin,
+        prompt: str,
+        inbound_id: str | None,
+        sender: str | None = None,
+        command: CommandName | None = None,
     ) -> tuple[str, str] | None:
         """(session, turn) of a new durable turn; None: the message was known already. An
-        `inbound_id` of None (a webhook event without an id) cannot be recognised again."""
+        `inbound_id` of None (a webhook event without an id) cannot be recognised again.
+        `command`: the text is a chat command (SPEC 15), answered by the gateway at once;
+        (session, the reply's key) once its reply is durable."""
 
 
 @attrs.frozen
@@ -47,4 +57,10 @@ async def submit_heard(submit: Submit, on: HeardOn, heard: Heard) -> tuple[str, 
     nothing is written."""
     check_address(on.channel, heard.to, on.address)
     origin = Origin(on.channel, heard.to, on.account_id, context_token=heard.context_token)
+    command = parse_command(heard.text)  # after the access check: commands are for allowed senders
+    if command is not None:
+        sender = heard.sender or heard.to
+        return await submit(
+            agent_id=on.agent_id, origin=origin, prompt=heard.text, inbound_id=heard.id, sender=sender, command=command
+        )
     return await submit(agent_id=on.agent_id, origin=origin, prompt=heard.text, inbound_id=heard.id)

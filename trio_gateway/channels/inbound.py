@@ -34,6 +34,8 @@ class Heard:
     to: str  # where the reply goes
     text: str
     context_token: str | None = None
+    # Who wrote it: the platform's user id, as SPEC 15 lists it (None: the platform said not).
+    sender: str | None = None
 
 
 class Intake(Protocol):

@@ -45,6 +45,8 @@ def queue_turn(session: Session, rt: Runtime, turn: TurnRecord) -> bool:
 
 
 async def _run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
+    if turn.status == "stopped":
+        return  # a `/stop` came while its accepting write was under way: it never runs
     session.waiting += 1
     try:
         await session.lock.acquire()
@@ -70,7 +72,7 @@ async def _run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
 async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> None:
     record = session.record
     turn.status = "running"
-    await _save_best_effort(rt, record)
+    await save_best_effort(rt, record)
     agent = rt.config.agents.get(record.agent)
     messages = _initial_messages(agent.system_prompt if agent else "", record.history, turn.prompt)
     kind: DeliveryKind = "cron_result" if turn.kind == "cron" else "reply"
@@ -113,10 +115,10 @@ async def finish_turn(rt: Runtime, session: Session, turn: TurnRecord, *, ok: bo
     session.finish(turn.id, ok=ok, text=turn.reply)
     if turn in session.record.turns:
         session.record.turns.remove(turn)
-    await _save_best_effort(rt, session.record)
+    await save_best_effort(rt, session.record)
 
 
-async def _save_best_effort(rt: Runtime, record: SessionRecord) -> None:
+async def save_best_effort(rt: Runtime, record: SessionRecord) -> None:
     """Save a session whose turn is already accepted. A failure (full disk) is logged, not
     raised: the file on disk is older, which is safe (it still lists the turn, so a crash
     re-runs it), and the turn must not be dropped over it."""
@@ -136,6 +138,8 @@ async def _save_best_effort(rt: Runtime, record: SessionRecord) -> None:
 async def _cut(rt: Runtime, session: Session, turn: TurnRecord) -> None:
     """A cancellation reached this turn (drain deadline, operator abort). Called with the
     `Cancelled` in flight; the caller re-raises it."""
+    if turn.status == "stopped":
+        return  # `/stop` (runtime/commands.py): already out of the record, its requester told
     if _kept_for_resume(rt, session, turn):
         return
     why = "aborted by the operator" if turn.id in session.aborted else "interrupted by a gateway restart"

@@ -36,9 +36,10 @@ from trio_gateway.errors import (
 )
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import Model
+from trio_gateway.policy.commands import CommandName
 from trio_gateway.policy.config import Config
 from trio_gateway.policy.origin import Origin
-from trio_gateway.runtime import agent
+from trio_gateway.runtime import agent, commands
 from trio_gateway.runtime.cron import run_cron
 from trio_gateway.runtime.deps import DeliveryService, GatewayDeps
 from trio_gateway.runtime.resume import resume_each
@@ -312,13 +313,14 @@ class Gateway:
         assert accepted is not None
         return accepted
 
-    async def submit_inbound(
-        self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str | None
-    ) -> tuple[str, str] | None:
-        """A message a channel heard (SPEC 11): (session id, turn id) when it became a new
-        durable turn, None when this conversation already had a message with that platform id
-        (a re-read after a crash, a webhook retry). The id is written in the same atomic write
-        as the turn; None (a webhook event without one) is always a new turn."""
+    async def submit_inbound(self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str | None,
+        sender: str | None = None, command: CommandName | None = None) -> tuple[str, str] | None:  # fmt: skip
+        """A message a channel heard (SPEC 11): (session id, turn id) of a new durable turn, None
+        when its platform id was heard in this conversation already (a re-read, a webhook retry;
+        the id is saved with the turn). A chat command is answered at once (runtime/commands.py)."""
+        if command is not None:
+            return await commands.handle(self.table, self._accepting().runtime, command, agent_id=agent_id,
+                                         origin=origin, sender=sender, inbound_id=inbound_id)  # fmt: skip
         return await self._accept(agent_id, origin, prompt, "inbound", None, inbound_id)
 
     async def _accept(

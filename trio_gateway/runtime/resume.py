@@ -27,6 +27,8 @@ async def resume_each(
     for session, turn in leftover:
         if not accepting():
             return
+        if turn.status == "stopped":
+            continue  # a `/stop` reached it while it waited here: never run again
         if turn.reply is not None:
             # Its reply was known but not enqueued (a full queue disk): deliver that,
             # never run the model again for it.

@@ -57,7 +57,8 @@ class SessionTable:
 
     def _add(self, session: Session) -> None:
         self.sessions[session.id] = session
-        self._by_origin[_key(session.record)] = session.id
+        if session.record.ended_at is None:  # a session `/new` ended is no conversation's any more
+            self._by_origin[_key(session.record)] = session.id
 
     def leftover(self) -> Leftover:
         """Every turn the table holds: at a generation's start, the ones a drain or crash left."""
@@ -84,6 +85,17 @@ class SessionTable:
         self.sessions[record.id] = session
         self._by_origin[_key(record)] = record.id
         return session, True
+
+    async def existing(self, agent_id: str, origin: Origin | None) -> Session | None:
+        """The conversation's session, read back from disk when evicted; None: it has none."""
+        await self._restore_evicted(self.known_id(agent_id, origin))
+        return self.sessions.get(self.known_id(agent_id, origin) or "")
+
+    def end(self, session: Session) -> None:
+        """`/new`: the conversation's next turn starts a new session; this one stays stored
+        (`ended_at`, saved by the caller), so a restart does not map the conversation back."""
+        session.record.ended_at = self.now()
+        self._drop_key(session)
 
     def known_id(self, agent_id: str, origin: Origin | None) -> str | None:
         """The id of the session this conversation's next turn joins, if it has one."""

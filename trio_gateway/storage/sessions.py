@@ -27,7 +27,8 @@ from trio_gateway.policy.origin import Origin
 from trio_gateway.storage.atomic import BlockingRunner, atomic_write_bytes, durable_rename, read_regular
 
 TurnKind = Literal["inbound", "cron", "internal"]
-TurnStatus = Literal["accepted", "running", "interrupted"]
+# `stopped`: a person sent `/stop` (SPEC 15); such a turn is never run again, by any node.
+TurnStatus = Literal["accepted", "running", "interrupted", "stopped"]
 
 # Session ids name files under sessions/: a plain name, never a path.
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -37,6 +38,8 @@ _MAX_HISTORY = 40
 # Platform message ids heard in this conversation (SPEC 11): far more than one poll batch or
 # webhook retry window, so a message read again after a crash is recognised.
 _MAX_INBOUND_IDS = 256
+# Stopped turns kept in the record, for a person reading it: the last few are enough.
+_MAX_STOPPED = 16
 # 40 messages of history, each at most a model's answer or a request body: far under this.
 MAX_SESSION_FILE_BYTES = 256 * 1024 * 1024
 
@@ -71,6 +74,20 @@ class SessionRecord:
     # session read back after a restart (or adopted by another node) never reuses a turn id:
     # turn ids are the replies' idempotency keys, and a platform drops a reused one as a repeat.
     seq: int = 0
+    # Turns a `/stop` cut off, status `stopped`: out of `turns`, so neither a restart nor an
+    # adopting node ever resumes them (SPEC 15); the last `_MAX_STOPPED` only.
+    stopped: list[TurnRecord] = attrs.field(factory=list, metadata={"omit_if_default": True})
+    # When `/new` ended this session: the conversation's next message starts a new one, and a
+    # restart never maps the conversation back here. The session itself stays on disk.
+    ended_at: dt.datetime | None = attrs.field(default=None, metadata={"omit_if_default": True})
+
+    def stop(self, turn: TurnRecord) -> None:
+        """`turn` will never run (again): out of the pending turns, kept as `stopped`."""
+        turn.status = "stopped"
+        if turn in self.turns:
+            self.turns.remove(turn)
+        self.stopped.append(turn)
+        del self.stopped[:-_MAX_STOPPED]
 
     def heard(self, inbound_id: str) -> bool:
         return inbound_id in self.inbound_ids
