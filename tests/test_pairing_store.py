@@ -1,0 +1,199 @@
+"""The file pairing book (storage/access.py, SPEC 15 "Access"): the code rules, expiry, the
+per-account limit, approving and revoking, a corrupt file quarantined, and no lost update
+when calls race on one file."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from trio_gateway.errors import BadRequestError, NotFoundError
+from trio_gateway.log import EventLog, MemorySink
+from trio_gateway.policy.pairing import CODE_ALPHABET, CODE_LENGTH, CODE_TTL, MAX_PENDING_PER_ACCOUNT
+from trio_gateway.storage.access import AccountRecord, FileAccessBook, new_code
+from trio_gateway.storage.atomic import in_thread, inline
+
+T0 = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
+MINUTE = dt.timedelta(minutes=1)
+
+
+def codes(*fixed: str) -> object:
+    it = iter(fixed) if fixed else (f"CODE{n:04d}".replace("0", "A").replace("1", "B") for n in itertools.count())
+    return lambda: next(it)
+
+
+def book_at(root: Path, sink: MemorySink | None = None, **kw: object) -> FileAccessBook:
+    return FileAccessBook(root, inline, EventLog([sink or MemorySink()]), **kw)  # type: ignore[arg-type]
+
+
+def test_codes_are_eight_characters_without_look_alikes() -> None:
+    made = {new_code() for _ in range(500)}
+    assert len(made) == 500
+    for code in made:
+        assert len(code) == CODE_LENGTH == 8
+        assert set(code) <= set(CODE_ALPHABET)
+    assert not set("".join(made)) & set("0O1I")
+
+
+async def test_one_code_message_per_sender_per_hour(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    book = book_at(tmp_path, make_code=codes("AAAA2222", "BBBB3333"))
+    first = await book.offer_code("telegram", "bot", "42", T0)
+    assert first is not None
+    assert first.code == "AAAA2222"
+    assert first.expires_at == T0 + CODE_TTL
+    for minutes in (1, 30, 59):
+        assert await book.offer_code("telegram", "bot", "42", T0 + minutes * MINUTE) is None
+    again = await book.offer_code("telegram", "bot", "42", T0 + 60 * MINUTE)
+    assert again is not None
+    assert again.code == "BBBB3333"
+    # The expired code is gone: one live code per sender.
+    assert [p.code for p in await book.pending("telegram", T0 + 61 * MINUTE)] == ["BBBB3333"]
+
+
+async def test_codes_expire_after_an_hour(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    book = book_at(tmp_path, make_code=codes("AAAA2222"))
+    await book.offer_code("telegram", "bot", "42", T0)
+    assert [p.sender for p in await book.pending(None, T0 + 59 * MINUTE)] == ["42"]
+    assert await book.pending(None, T0 + 60 * MINUTE) == []
+    with pytest.raises(NotFoundError, match="AAAA2222"):
+        await book.approve("telegram", "AAAA2222", T0 + 60 * MINUTE)
+    assert not await book.is_approved("telegram", "bot", "42")
+
+
+async def test_at_most_three_live_codes_per_account(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    book = book_at(tmp_path, make_code=codes())
+    offered = [await book.offer_code("telegram", "bot", f"s{i}", T0 + i * MINUTE) for i in range(5)]
+    assert [o is not None for o in offered] == [True] * MAX_PENDING_PER_ACCOUNT + [False, False]
+    # Another account has its own three.
+    assert await book.offer_code("telegram", "other", "s9", T0 + 5 * MINUTE) is not None
+    # Expired codes do not count: once the first has expired, a new sender gets one.
+    assert await book.offer_code("telegram", "bot", "s3", T0 + 59 * MINUTE) is None
+    assert await book.offer_code("telegram", "bot", "s3", T0 + 60 * MINUTE) is not None
+    # An approval frees a place at once.
+    live = [p for p in await book.pending("telegram", T0 + 60 * MINUTE) if p.account_id == "bot"]
+    assert [p.sender for p in live] == ["s1", "s2", "s3"]
+    assert await book.offer_code("telegram", "bot", "s4", T0 + 60 * MINUTE) is None
+    await book.approve("telegram", live[0].code, T0 + 60 * MINUTE)
+    assert await book.offer_code("telegram", "bot", "s4", T0 + 60 * MINUTE) is not None
+
+
+async def test_approve_finds_the_code_across_the_channels_accounts(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    sink = MemorySink()
+    book = book_at(tmp_path, sink, make_code=codes("AAAA2222", "BBBB3333", "CCCC4444"))
+    await book.offer_code("telegram", "bot1", "42", T0)
+    await book.offer_code("telegram", "bot2", "43", T0 + MINUTE)
+    await book.offer_code("discord", "main", "44", T0 + 2 * MINUTE)
+    with pytest.raises(NotFoundError):  # a code of another channel
+        await book.approve("telegram", "CCCC4444", T0 + 3 * MINUTE)
+    approval = await book.approve("telegram", " bbbb3333 ", T0 + 3 * MINUTE)  # as typed
+    assert (approval.account_id, approval.sender, approval.approved_at) == ("bot2", "43", T0 + 3 * MINUTE)
+    assert await book.is_approved("telegram", "bot2", "43")
+    assert not await book.is_approved("telegram", "bot1", "43")  # per account
+    with pytest.raises(NotFoundError, match="approved"):
+        await book.approve("telegram", "BBBB3333", T0 + 3 * MINUTE)
+    assert [p.code for p in await book.pending(None, T0 + 3 * MINUTE)] == ["AAAA2222", "CCCC4444"]
+    assert [(a.channel, a.account_id, a.sender) for a in await book.approvals(None)] == [("telegram", "bot2", "43")]
+    # An approved sender is never offered a code.
+    assert await book.offer_code("telegram", "bot2", "43", T0 + 2 * CODE_TTL) is None
+    assert [e.fields.get("sender") for e in sink.tagged("ACCESS")][-1] == "43"
+
+
+async def test_revoke(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    book = book_at(tmp_path, make_code=codes("AAAA2222"))
+    assert not await book.revoke("telegram", "bot", "42")
+    await book.offer_code("telegram", "bot", "42", T0)
+    await book.approve("telegram", "AAAA2222", T0)
+    assert await book.revoke("telegram", "bot", "42")
+    assert not await book.is_approved("telegram", "bot", "42")
+    assert await book.approvals("telegram") == []
+    # Revoked within the hour: no second code message that hour.
+    assert await book.offer_code("telegram", "bot", "42", T0 + 30 * MINUTE) is None
+
+
+async def test_changes_are_on_disk_for_the_next_process(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    book = book_at(tmp_path, make_code=codes("AAAA2222", "BBBB3333"))
+    await book.offer_code("telegram", "bot", "42", T0)
+    await book.offer_code("telegram", "bot", "43", T0)
+    await book.approve("telegram", "AAAA2222", T0)
+    path = tmp_path / "telegram" / "bot.json"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert [p["code"] for p in json.loads(path.read_text())["pending"]] == ["BBBB3333"]
+    again = book_at(tmp_path)
+    assert await again.is_approved("telegram", "bot", "42")
+    assert [p.code for p in await again.pending("telegram", T0)] == ["BBBB3333"]
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"approvals": [{"sender": 42}]}', b"[]", b"\xff\xfe"])
+async def test_a_corrupt_file_is_quarantined_and_the_account_starts_empty(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, content: bytes
+) -> None:
+    sink = MemorySink()
+    path = tmp_path / "telegram" / "bot.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    book = book_at(tmp_path, sink, make_code=codes("AAAA2222"))
+    assert not await book.is_approved("telegram", "bot", "42")
+    assert (tmp_path / "quarantine" / "telegram.bot.json").read_bytes() == content
+    assert [e.level for e in sink.tagged("ACCESS")] == ["ERROR"]
+    assert "starts with no approvals" in sink.tagged("ACCESS")[0].text()
+    # The account works again from empty, and a second bad file does not overwrite the first.
+    assert await book.offer_code("telegram", "bot", "42", T0) is not None
+    path.write_bytes(b"{")
+    assert await book.pending(None, T0) == []
+    assert (tmp_path / "quarantine" / "telegram.bot.json.1").read_bytes() == b"{"
+
+
+async def test_a_fifo_is_quarantined_not_waited_on(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    path = tmp_path / "telegram" / "bot.json"
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)
+    book = book_at(tmp_path)
+    assert not await book.is_approved("telegram", "bot", "42")
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(("channel", "account"), [("../etc", "bot"), ("telegram", "../../x"), ("", "bot")])
+async def test_names_that_are_paths_are_refused(tmp_path: Path, channel: str, account: str) -> None:
+    book = book_at(tmp_path)
+    with pytest.raises(BadRequestError, match="not a plain name"):
+        await book.revoke(channel, account, "42")
+    with pytest.raises(BadRequestError):
+        await book.pending("../x", T0)
+
+
+def test_a_record_round_trips() -> None:
+    record = AccountRecord({"42": T0}, [("43", "AAAA2222", T0, T0 + CODE_TTL)], {"43": T0})
+    assert AccountRecord.from_json(json.loads(json.dumps(record.to_json()))) == record
+
+
+class SlowReads(FileAccessBook):
+    """Reads that take a while in their thread: a read-modify-write without the file's lock
+    would lose the updates of the calls racing it."""
+
+    def _read_sync(self, path: Path) -> AccountRecord:
+        time.sleep(0.005)
+        return super()._read_sync(path)
+
+
+async def test_racing_calls_on_one_file_lose_no_update(tmp_path: Path) -> None:
+    n = iter(range(100))
+    book = SlowReads(tmp_path, in_thread, EventLog([MemorySink()]), make_code=lambda: f"CODE{next(n):04d}")
+    async with trio.open_nursery() as nursery:
+        for i in range(MAX_PENDING_PER_ACCOUNT):
+            nursery.start_soon(book.offer_code, "telegram", "bot", f"s{i}", T0)
+    live = await book.pending("telegram", T0)
+    assert len(live) == MAX_PENDING_PER_ACCOUNT
+    async with trio.open_nursery() as nursery:
+        for p in live:
+            nursery.start_soon(book.approve, "telegram", p.code, T0)
+    assert sorted(a.sender for a in await book.approvals("telegram")) == ["s0", "s1", "s2"]
+    assert await book.pending("telegram", T0) == []
