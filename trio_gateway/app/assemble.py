@@ -183,6 +183,7 @@ def production_gateway(
         deps.cluster_status = node.status
         deps.session_store = wiring.session_store_for(node)
         deps.session_id_prefix = wiring.session_id_prefix()
+        deps.pairing = wiring.pairing_book(node)
         # One node at a time listens to an account (SPEC 12): under a lease per account.
         # Cursors live in the database, so the node that takes an account over goes on from there.
         deps.listener_factory = listeners(
