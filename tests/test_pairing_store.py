@@ -1,6 +1,7 @@
-"""The file pairing book (storage/access.py, SPEC 15 "Access"): the code rules, expiry, the
-per-account limit, approving and revoking, a corrupt file quarantined, and no lost update
-when calls race on one file."""
+"""The pairing books (SPEC 15 "Access"): the code rules, expiry, the per-account limit,
+approving and revoking, each on files (storage/access.py) and in PostgreSQL (cluster mode,
+cluster/pg_pairing.py); on files, a corrupt file quarantined and no lost update when calls
+race on one file."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ import itertools
 import json
 import os
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 import trio
 
+from trio_gateway.cluster.db import Database
+from trio_gateway.cluster.pg_pairing import PgPairingBook
+from trio_gateway.cluster.schema import migrate
 from trio_gateway.errors import BadRequestError, NotFoundError
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.policy.pairing import CODE_ALPHABET, CODE_LENGTH, CODE_TTL, MAX_PENDING_PER_ACCOUNT
@@ -24,13 +29,31 @@ T0 = dt.datetime(2026, 6, 15, 12, 0, tzinfo=dt.UTC)
 MINUTE = dt.timedelta(minutes=1)
 
 
-def codes(*fixed: str) -> object:
-    it = iter(fixed) if fixed else (f"CODE{n:04d}".replace("0", "A").replace("1", "B") for n in itertools.count())
+def codes(*fixed: str) -> Callable[[], str]:
+    it = iter(fixed) if fixed else (f"CODE{n:04d}" for n in itertools.count())
     return lambda: next(it)
 
 
-def book_at(root: Path, sink: MemorySink | None = None, **kw: object) -> FileAccessBook:
-    return FileAccessBook(root, inline, EventLog([sink or MemorySink()]), **kw)  # type: ignore[arg-type]
+def book_at(root: Path, sink: MemorySink | None = None, make_code: Callable[[], str] = new_code) -> FileAccessBook:
+    return FileAccessBook(root, inline, EventLog([sink or MemorySink()]), make_code)
+
+
+Book = FileAccessBook | PgPairingBook
+MakeBook = Callable[..., Book]
+
+
+@pytest.fixture(params=["files", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def make_book(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeBook]:
+    """`make_book(make_code, sink)`: a fresh book of the parameter's kind; on PostgreSQL, every
+    book of one test shares its database (as nodes do)."""
+    if request.param == "files":
+        yield lambda make_code=new_code, sink=None: book_at(tmp_path, sink, make_code)
+        return
+    db = Database.create(request.getfixturevalue("pg_dsn"), statement_timeout=5, inline=True, max_size=2)
+    await db.open()
+    await db.run(migrate)
+    yield lambda make_code=new_code, sink=None: PgPairingBook(db, EventLog([sink or MemorySink()]), make_code)
+    db.pool.close()
 
 
 def test_codes_are_eight_characters_without_look_alikes() -> None:
@@ -42,8 +65,8 @@ def test_codes_are_eight_characters_without_look_alikes() -> None:
     assert not set("".join(made)) & set("0O1I")
 
 
-async def test_one_code_message_per_sender_per_hour(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
-    book = book_at(tmp_path, make_code=codes("AAAA2222", "BBBB3333"))
+async def test_one_code_message_per_sender_per_hour(make_book: MakeBook, autojump_clock: trio.abc.Clock) -> None:
+    book = make_book(codes("AAAA2222", "BBBB3333"))
     first = await book.offer_code("telegram", "bot", "42", T0)
     assert first is not None
     assert first.code == "AAAA2222"
@@ -57,8 +80,8 @@ async def test_one_code_message_per_sender_per_hour(tmp_path: Path, autojump_clo
     assert [p.code for p in await book.pending("telegram", T0 + 61 * MINUTE)] == ["BBBB3333"]
 
 
-async def test_codes_expire_after_an_hour(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
-    book = book_at(tmp_path, make_code=codes("AAAA2222"))
+async def test_codes_expire_after_an_hour(make_book: MakeBook, autojump_clock: trio.abc.Clock) -> None:
+    book = make_book(codes("AAAA2222"))
     await book.offer_code("telegram", "bot", "42", T0)
     assert [p.sender for p in await book.pending(None, T0 + 59 * MINUTE)] == ["42"]
     assert await book.pending(None, T0 + 60 * MINUTE) == []
@@ -67,8 +90,8 @@ async def test_codes_expire_after_an_hour(tmp_path: Path, autojump_clock: trio.a
     assert not await book.is_approved("telegram", "bot", "42")
 
 
-async def test_at_most_three_live_codes_per_account(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
-    book = book_at(tmp_path, make_code=codes())
+async def test_at_most_three_live_codes_per_account(make_book: MakeBook, autojump_clock: trio.abc.Clock) -> None:
+    book = make_book(codes())
     offered = [await book.offer_code("telegram", "bot", f"s{i}", T0 + i * MINUTE) for i in range(5)]
     assert [o is not None for o in offered] == [True] * MAX_PENDING_PER_ACCOUNT + [False, False]
     # Another account has its own three.
@@ -85,10 +108,10 @@ async def test_at_most_three_live_codes_per_account(tmp_path: Path, autojump_clo
 
 
 async def test_approve_finds_the_code_across_the_channels_accounts(
-    tmp_path: Path, autojump_clock: trio.abc.Clock
+    make_book: MakeBook, autojump_clock: trio.abc.Clock
 ) -> None:
     sink = MemorySink()
-    book = book_at(tmp_path, sink, make_code=codes("AAAA2222", "BBBB3333", "CCCC4444"))
+    book = make_book(codes("AAAA2222", "BBBB3333", "CCCC4444"), sink)
     await book.offer_code("telegram", "bot1", "42", T0)
     await book.offer_code("telegram", "bot2", "43", T0 + MINUTE)
     await book.offer_code("discord", "main", "44", T0 + 2 * MINUTE)
@@ -107,8 +130,8 @@ async def test_approve_finds_the_code_across_the_channels_accounts(
     assert [e.fields.get("sender") for e in sink.tagged("ACCESS")][-1] == "43"
 
 
-async def test_revoke(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
-    book = book_at(tmp_path, make_code=codes("AAAA2222"))
+async def test_revoke(make_book: MakeBook, autojump_clock: trio.abc.Clock) -> None:
+    book = make_book(codes("AAAA2222"))
     assert not await book.revoke("telegram", "bot", "42")
     await book.offer_code("telegram", "bot", "42", T0)
     await book.approve("telegram", "AAAA2222", T0)
@@ -197,3 +220,32 @@ async def test_racing_calls_on_one_file_lose_no_update(tmp_path: Path) -> None:
             nursery.start_soon(book.approve, "telegram", p.code, T0)
     assert sorted(a.sender for a in await book.approvals("telegram")) == ["s0", "s1", "s2"]
     assert await book.pending("telegram", T0) == []
+
+
+@pytest.mark.postgres
+async def test_two_nodes_hearing_strangers_at_once_give_three_codes_in_all(pg_dsn: str) -> None:
+    """Real threads, two pools (two nodes): the count and the insert of one account's codes
+    are one step under its advisory lock, so racing offers never make a fourth live code; an
+    approval through one node is seen by the other with its next call."""
+    dbs = [Database.create(pg_dsn, statement_timeout=5, max_size=4) for _ in range(2)]
+    for db in dbs:
+        await db.open()
+    await dbs[0].run(migrate)
+    n = itertools.count()
+    nodes = [PgPairingBook(db, EventLog([MemorySink()]), lambda: f"CODE{next(n):04d}") for db in dbs]
+    offered: list[object] = []
+
+    async def stranger(i: int) -> None:
+        offered.append(await nodes[i % 2].offer_code("telegram", "bot", f"s{i}", T0))
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(stranger, i)
+        live = await nodes[0].pending("telegram", T0)
+        assert len(live) == len([o for o in offered if o is not None]) == MAX_PENDING_PER_ACCOUNT
+        await nodes[0].approve("telegram", live[0].code, T0)
+        assert await nodes[1].is_approved("telegram", "bot", live[0].sender)
+    finally:
+        for db in dbs:
+            await db.close()
