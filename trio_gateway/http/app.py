@@ -204,7 +204,7 @@ class GatewayApp:
         return json_response(200, views.health(self.gateway))
 
     async def _status(self, request: Request) -> Response:
-        return json_response(200, views.status(self.gateway))
+        return json_response(200, views.status(self.gateway) | {"pairing": await pairing.status_row(self.gateway)})
 
     async def _cluster(self, request: Request) -> Response:
         """What `cluster status --json` prints (SPEC 12), as this node sees the database."""
