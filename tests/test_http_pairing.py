@@ -12,6 +12,8 @@ import trio
 from test_http_api import ENV, TOKEN, Driver, Running, config
 
 from trio_gateway.http.app import GatewayApp
+from trio_gateway.http.pairing import STATUS_READ_SECONDS
+from trio_gateway.policy.pairing import PendingCode
 from trio_gateway.sim.runtime import build_gateway
 from trio_gateway.storage.access import FileAccessBook
 
@@ -122,3 +124,27 @@ async def test_every_route_needs_the_admin_token(running: Running, method: str, 
     assert reply.status == 401
     assert not await running.gateway.deps.pairing.approvals(None)
     assert len(await running.gateway.deps.pairing.pending(None, now(running))) == 3
+
+
+async def test_the_status_has_a_pairing_row(running: Running) -> None:
+    await strangers(running)
+    codes = [p.code for p in await running.gateway.deps.pairing.pending(None, now(running))]
+    await running.call("POST", "/v1/pairing/approve", {"channel": "telegram", "code": codes[0]})
+    status = await running.call("GET", "/v1/status")
+    assert status.json["pairing"] == {"pending": 2, "approvals": 1}
+
+
+class HungBook(FileAccessBook):
+    async def pending(self, channel: str | None, now: dt.datetime) -> list[PendingCode]:
+        await trio.sleep_forever()
+        raise AssertionError
+
+
+async def test_a_hung_book_does_not_hang_the_status(running: Running, autojump_clock: trio.abc.Clock) -> None:
+    deps = running.gateway.deps
+    deps.pairing = HungBook(deps.home.access_dir, deps.runner, deps.log)
+    started = trio.current_time()
+    status = await running.call("GET", "/v1/status")
+    assert status.status == 200
+    assert status.json["pairing"] == {"error": "TooSlowError"}
+    assert trio.current_time() - started == pytest.approx(STATUS_READ_SECONDS)
