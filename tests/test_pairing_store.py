@@ -249,3 +249,15 @@ async def test_two_nodes_hearing_strangers_at_once_give_three_codes_in_all(pg_ds
     finally:
         for db in dbs:
             await db.close()
+
+
+async def test_a_sender_that_cannot_be_stored_is_neither_approved_nor_given_a_code(
+    make_book: MakeBook, autojump_clock: trio.abc.Clock
+) -> None:
+    book = make_book(codes("AAAA2222", "BBBB3333"))
+    for bad in ("\ud800", ""):
+        assert await book.offer_code("telegram", "bot", bad, T0) is None
+        assert not await book.is_approved("telegram", "bot", bad)
+    # The account is untouched and still readable.
+    assert await book.offer_code("telegram", "bot", "42", T0) is not None
+    assert [p.sender for p in await book.pending("telegram", T0)] == ["42"]

@@ -21,7 +21,7 @@ from trio_gateway.cluster.db import Conn, Database
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.pairing import CODE_MESSAGE_EVERY, CODE_TTL, MAX_PENDING_PER_ACCOUNT, Approval, PendingCode
-from trio_gateway.storage.access import new_code, normalise_code
+from trio_gateway.storage.access import new_code, normalise_code, storable
 
 # The advisory lock space of one account's pairing rules (the first key of the two-int form).
 _LOCK_SPACE = 0x70616972  # "pair"
@@ -37,6 +37,9 @@ class PgPairingBook:
     make_code: Callable[[], str] = new_code
 
     async def is_approved(self, channel: str, account_id: str, sender: str) -> bool:
+        if not storable(sender):
+            return False
+
         def read(conn: Conn) -> bool:
             row = conn.execute(
                 "SELECT 1 FROM pairing_approvals WHERE channel = %s AND account_id = %s AND sender = %s",
@@ -47,6 +50,9 @@ class PgPairingBook:
         return await self.db.run(read)
 
     async def offer_code(self, channel: str, account_id: str, sender: str, now: dt.datetime) -> PendingCode | None:
+        if not storable(sender):
+            return None
+
         def offer(conn: Conn) -> PendingCode | None:
             key = {"ch": channel, "acc": account_id, "sender": sender, "now": now}
             conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, f"{channel}\x1f{account_id}"))

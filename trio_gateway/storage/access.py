@@ -43,6 +43,7 @@ from trio_gateway.policy.pairing import (
     Approval,
     PendingCode,
 )
+from trio_gateway.policy.strict_json import bad_text
 from trio_gateway.storage.atomic import BlockingRunner, atomic_write_bytes, read_regular
 from trio_gateway.storage.entry_files import quarantine
 
@@ -62,6 +63,13 @@ def new_code() -> str:
 def normalise_code(code: str) -> str:
     """What an operator typed, as stored: case and surrounding space do not matter."""
     return code.strip().upper()
+
+
+def storable(sender: str) -> bool:
+    """A sender id that can be written (file or row): not empty, valid Unicode. Anything else
+    (a lone surrogate from a hostile event) is never approved nor given a code, and never
+    reaches the file, where it would make the whole account unreadable."""
+    return bool(sender) and bad_text(sender) is None
 
 
 def check_name(what: str, value: str) -> str:
@@ -150,11 +158,15 @@ class FileAccessBook:
 
     async def is_approved(self, channel: str, account_id: str, sender: str) -> bool:
         path = self.path(channel, account_id)
+        if not storable(sender):
+            return False
         record = await self.runner(lambda: self._read_sync(path))
         return sender in record.approvals
 
     async def offer_code(self, channel: str, account_id: str, sender: str, now: dt.datetime) -> PendingCode | None:
         path = self.path(channel, account_id)
+        if not storable(sender):
+            return None
 
         def change(record: AccountRecord) -> PendingCode | None:
             if sender in record.approvals or sender in record.code_messages:
