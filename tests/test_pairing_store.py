@@ -261,3 +261,18 @@ async def test_a_sender_that_cannot_be_stored_is_neither_approved_nor_given_a_co
     # The account is untouched and still readable.
     assert await book.offer_code("telegram", "bot", "42", T0) is not None
     assert [p.sender for p in await book.pending("telegram", T0)] == ["42"]
+
+
+async def test_a_change_by_another_book_is_seen_at_once(tmp_path: Path, autojump_clock: trio.abc.Clock) -> None:
+    """The gateway keeps the record it parsed while the file stays the same; a change made
+    elsewhere (the CLI with no gateway, another process) is a new file, read at the next call."""
+    gateway, other = book_at(tmp_path, make_code=codes("AAAA2222", "BBBB3333")), book_at(tmp_path)
+    await gateway.offer_code("telegram", "bot", "42", T0)
+    await gateway.offer_code("telegram", "bot", "43", T0)
+    assert not await gateway.is_approved("telegram", "bot", "42")
+    await other.approve("telegram", "AAAA2222", T0)
+    assert await gateway.is_approved("telegram", "bot", "42")
+    await other.approve("telegram", "BBBB3333", T0)
+    await other.revoke("telegram", "bot", "42")
+    assert not await gateway.is_approved("telegram", "bot", "42")
+    assert await gateway.is_approved("telegram", "bot", "43")

@@ -150,6 +150,11 @@ class FileAccessBook:
     _trio_locks: dict[Path, trio.Lock] = attrs.Factory(dict)
     _thread_locks: dict[Path, threading.Lock] = attrs.Factory(dict)
     _guard: threading.Lock = attrs.Factory(threading.Lock)
+    # The last record read of each file with that file's identity (inode, size, mtime): the
+    # access check asks `is_approved` of every message, and an unchanged file is not parsed
+    # again. Every write here is a new file renamed over the old, so a new inode: no change
+    # made by this book can look unchanged.
+    _seen: dict[Path, tuple[tuple[int, int, int], AccountRecord]] = attrs.Factory(dict)
 
     def path(self, channel: str, account_id: str) -> Path:
         return self.root / check_name("channel", channel) / f"{check_name('accountId', account_id)}.json"
@@ -160,7 +165,7 @@ class FileAccessBook:
         path = self.path(channel, account_id)
         if not storable(sender):
             return False
-        record = await self.runner(lambda: self._read_sync(path))
+        record = await self.runner(lambda: self._read_known_sync(path))
         return sender in record.approvals
 
     async def offer_code(self, channel: str, account_id: str, sender: str, now: dt.datetime) -> PendingCode | None:
@@ -261,6 +266,7 @@ class FileAccessBook:
                 if after != before:
                     data = json.dumps(after, ensure_ascii=False, indent=1).encode() + b"\n"
                     atomic_write_bytes(path, data, mode=0o600)
+                    self._seen.pop(path, None)
                 return result
 
         async with self._trio_locks.setdefault(path, trio.Lock()):
@@ -269,6 +275,22 @@ class FileAccessBook:
     def _thread_lock(self, path: Path) -> threading.Lock:
         with self._guard:
             return self._thread_locks.setdefault(path, threading.Lock())
+
+    def _read_known_sync(self, path: Path) -> AccountRecord:
+        """`_read_sync` for a question that only reads: the record parsed last while the file
+        is still that one. Replaced between the `stat` and the read, the newer record is kept
+        under the older identity, so the next call reads it again: never a stale answer."""
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return AccountRecord()
+        identity = (info.st_ino, info.st_size, info.st_mtime_ns)
+        known = self._seen.get(path)
+        if known is not None and known[0] == identity:
+            return known[1]
+        record = self._read_sync(path)
+        self._seen[path] = (identity, record)
+        return record
 
     def _read_sync(self, path: Path) -> AccountRecord:
         try:
