@@ -6,6 +6,7 @@ race on one file."""
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import itertools
 import json
 import os
@@ -19,9 +20,10 @@ import trio
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.pg_pairing import PgPairingBook
 from trio_gateway.cluster.schema import migrate
-from trio_gateway.errors import BadRequestError, NotFoundError
+from trio_gateway.errors import BadRequestError, InsufficientStorageError, NotFoundError
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.policy.pairing import CODE_ALPHABET, CODE_LENGTH, CODE_TTL, MAX_PENDING_PER_ACCOUNT
+from trio_gateway.storage import access
 from trio_gateway.storage.access import AccountRecord, FileAccessBook, new_code
 from trio_gateway.storage.atomic import in_thread, inline
 
@@ -276,3 +278,32 @@ async def test_a_change_by_another_book_is_seen_at_once(tmp_path: Path, autojump
     await other.revoke("telegram", "bot", "42")
     assert not await gateway.is_approved("telegram", "bot", "42")
     assert await gateway.is_approved("telegram", "bot", "43")
+
+
+async def test_a_change_past_the_files_cap_is_refused_and_the_file_kept(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Written past its cap, the file would read back as corrupt and be quarantined with every
+    approval in it: the change is refused instead, naming the way out."""
+    book = book_at(tmp_path, make_code=codes("AAAA2222", "BBBB3333"))
+    await book.offer_code("telegram", "bot", "42", T0)
+    await book.approve("telegram", "AAAA2222", T0)
+    size = (tmp_path / "telegram" / "bot.json").stat().st_size
+    monkeypatch.setattr(access, "MAX_ACCESS_FILE_BYTES", size + 10)
+    with pytest.raises(InsufficientStorageError, match=r"access/telegram/bot\.json would pass .* revoke approvals"):
+        await book.offer_code("telegram", "bot", "a-sender-with-a-long-id", T0)
+    assert await book.is_approved("telegram", "bot", "42")
+    assert await book.pending(None, T0) == []
+
+
+async def test_a_full_disk_is_an_insufficient_storage_error(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    book = book_at(tmp_path)
+    monkeypatch.setattr(access, "atomic_write_bytes", full)
+    with pytest.raises(InsufficientStorageError, match=r"access/telegram/bot\.json not written: No space left"):
+        await book.offer_code("telegram", "bot", "42", T0)
+    assert not (tmp_path / "telegram" / "bot.json").exists()

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
-from trio_gateway.errors import BadRequestError, NotFoundError
+from trio_gateway.errors import BadRequestError, InsufficientStorageError, NotFoundError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.pairing import (
     CODE_ALPHABET,
@@ -45,6 +45,7 @@ from trio_gateway.policy.pairing import (
 )
 from trio_gateway.policy.strict_json import bad_text
 from trio_gateway.storage.atomic import BlockingRunner, atomic_write_bytes, read_regular
+from trio_gateway.storage.disk import is_no_space
 from trio_gateway.storage.entry_files import quarantine
 
 R = TypeVar("R")
@@ -265,12 +266,21 @@ class FileAccessBook:
                 after = record.to_json()
                 if after != before:
                     data = json.dumps(after, ensure_ascii=False, indent=1).encode() + b"\n"
+                    if len(data) > MAX_ACCESS_FILE_BYTES:  # past the cap it would read as corrupt
+                        raise InsufficientStorageError(
+                            f"{_shown(path)} would pass its {MAX_ACCESS_FILE_BYTES} bytes; revoke approvals first"
+                        )
                     atomic_write_bytes(path, data, mode=0o600)
                     self._seen.pop(path, None)
                 return result
 
         async with self._trio_locks.setdefault(path, trio.Lock()):
-            return await self.runner(step)
+            try:
+                return await self.runner(step)
+            except OSError as exc:
+                if is_no_space(exc):  # as the HTTP edge answers a full disk: 507, nothing changed
+                    raise InsufficientStorageError(f"{_shown(path)} not written: {exc.strerror}") from None
+                raise
 
     def _thread_lock(self, path: Path) -> threading.Lock:
         with self._guard:
@@ -318,6 +328,11 @@ class FileAccessBook:
             for name in _plain_entries(self.root / ch, dirs=False):
                 account = name.removesuffix(".json")
                 yield ch, account, self._read_sync(self.root / ch / name)
+
+
+def _shown(path: Path) -> str:
+    """`access/<channel>/<account>.json`: where the file is, without the home's own path."""
+    return f"access/{path.parent.name}/{path.name}"
 
 
 def _plain_entries(directory: Path, *, dirs: bool) -> list[str]:
