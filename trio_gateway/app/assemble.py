@@ -177,7 +177,7 @@ def production_gateway(
         tools_factory=_production_tools(home, log, env),
         model_ledger=_model_ledger(home, runner, log),
         # Approvals and pairing codes (SPEC 15), one book for the process's life.
-        pairing=file_book(home, runner, log),
+        pairing=file_book(home, disks.access, log),
     )
     if config.cluster.backend == "postgres":
         # Imported here: a gateway on files never loads psycopg.
