@@ -14,6 +14,7 @@ from test_cli_pairing import strangers
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -41,3 +42,25 @@ def test_approve_a_pending_code_from_the_page(
     assert [a["sender"] for a in listed["approvals"]] == ["43"]
     assert [p["code"] for p in listed["pending"]] == [code42]
     assert browser.find_elements(By.CSS_SELECTOR, f"#pairing-pending tr[data-code='{code42}']")
+
+
+def test_an_approval_made_elsewhere_leaves_the_page_by_its_log_line(
+    start_gateway: Callable[..., Proc],
+    browser: WebDriver,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The card is read again on each `[ACCESS]` log line the page hears (not only every
+    minute): a code approved from the CLI or the API leaves the open page."""
+    home = tmp_path / "home"
+    home.mkdir()
+    [code] = strangers(home, "42")
+    gw = start_gateway(home)
+    open_dashboard(browser, gw)
+    row_css = f"#pairing-pending tr[data-code='{code}']"
+    wait(browser, "the pending code", lambda d: d.find_elements(By.CSS_SELECTOR, row_css))
+    assert gw.http("POST", "/v1/pairing/approve", {"channel": "telegram", "code": code}).status_code == 200
+    # Well inside the minute of the page's backstop refresh.
+    WebDriverWait(browser, 20, poll_frequency=0.1).until(
+        lambda d: not d.find_elements(By.CSS_SELECTOR, row_css), message="the approved code to leave the page"
+    )
+    assert "42" in browser.find_element(By.ID, "pairing-approved").text
