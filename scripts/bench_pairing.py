@@ -63,6 +63,14 @@ async def approved_account(root: Path, approvals: int) -> FileAccessBook:
     return FileAccessBook(root, in_thread, EventLog())
 
 
+async def timed_write(source: Path, target: Path) -> float:
+    """One fsynced atomic write of `source`'s bytes to `target`, alone: the floor of a change."""
+    data = await in_thread(source.read_bytes)
+    began = time.perf_counter()
+    await in_thread(lambda: atomic_write_bytes(target, data))
+    return time.perf_counter() - began
+
+
 async def approved_rows(root: Path, approvals: int, n: int) -> list[list[str]]:
     book = await approved_account(root, approvals)
     path = root / "telegram" / "bot.json"
@@ -86,21 +94,22 @@ async def main(n: int) -> None:
         flood_root = Path(tmp) / "flood"
         flood = FileAccessBook(flood_root, in_thread, EventLog())
         writes = 0
-        real_write = access.atomic_write_bytes
+        # Every write of the book goes through its module's `atomic_write_bytes`: counted there.
+        real_write = vars(access)["atomic_write_bytes"]
 
         def counting(*args: object, **kw: object) -> None:
             nonlocal writes
             writes += 1
-            real_write(*args, **kw)  # type: ignore[arg-type]
+            real_write(*args, **kw)
 
-        access.atomic_write_bytes = counting  # type: ignore[assignment]
+        vars(access)["atomic_write_bytes"] = counting
 
         async def message() -> None:
             if not await flood.is_approved("telegram", "bot", "stranger"):
                 await flood.offer_code("telegram", "bot", "stranger", NOW)
 
         times = await timed(message, 1000)
-        access.atomic_write_bytes = real_write
+        vars(access)["atomic_write_bytes"] = real_write
         rows.append(row("stranger's message (is_approved + offer_code)", times))
 
         codes = iter(range(10**6))
@@ -112,10 +121,9 @@ async def main(n: int) -> None:
             began = time.perf_counter()
             await approve_book.approve("telegram", offered.code, NOW)
             approve_times.append(time.perf_counter() - began)
-            data = (Path(tmp) / "approve" / "telegram" / "bot.json").read_bytes()
-            began = time.perf_counter()
-            await in_thread(lambda data=data: atomic_write_bytes(Path(tmp) / "ref.json", data))
-            write_times.append(time.perf_counter() - began)
+            write_times.append(
+                await timed_write(Path(tmp) / "approve" / "telegram" / "bot.json", Path(tmp) / "ref.json")
+            )
         rows.append(row("approve", approve_times))
         rows.append(row("  floor: atomic_write_bytes alone", write_times))
     table(["call", "p50 µs", "p99 µs"], rows)
