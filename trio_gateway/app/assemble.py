@@ -32,6 +32,7 @@ from trio_gateway.log import EventLog
 from trio_gateway.models import build_model
 from trio_gateway.models.registry import load_config as load_config_file
 from trio_gateway.policy.config import Config
+from trio_gateway.policy.pairing import PairingBook
 from trio_gateway.runtime.deps import (
     DeliveryFactory,
     DeliveryHost,
@@ -44,6 +45,7 @@ from trio_gateway.runtime.deps import (
 )
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.runtime.usage import ModelLedger
+from trio_gateway.storage.access import FileAccessBook
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.disk import DiskRunners
 from trio_gateway.storage.home import Home
@@ -129,6 +131,11 @@ def _production_tools(home: Home, log: EventLog, env: Mapping[str, str]) -> Tool
     return factory
 
 
+def file_book(home: Home, runner: BlockingRunner, log: EventLog) -> PairingBook:
+    """The process's pairing book on files: `access/<channel>/<accountId>.json` (SPEC 15)."""
+    return FileAccessBook(home.access_dir, runner, log)
+
+
 def file_sessions(home: Home, runner: BlockingRunner, log: EventLog) -> SessionStoreFactory:
     """Sessions as files under the home (no other node can take one over)."""
     return lambda _on_lost: SessionStore(home.sessions_dir, runner, log)
@@ -169,6 +176,8 @@ def production_gateway(
         preflight=lambda new_config: preflight(new_config, env),
         tools_factory=_production_tools(home, log, env),
         model_ledger=_model_ledger(home, runner, log),
+        # Approvals and pairing codes (SPEC 15), one book for the process's life.
+        pairing=file_book(home, disks.access, log),
     )
     if config.cluster.backend == "postgres":
         # Imported here: a gateway on files never loads psycopg.
@@ -183,6 +192,8 @@ def production_gateway(
         deps.cluster_status = node.status
         deps.session_store = wiring.session_store_for(node)
         deps.session_id_prefix = wiring.session_id_prefix()
+        # Approvals and codes in the database: one approval counts on every node at once.
+        deps.pairing = wiring.pairing_book(node)
         # One node at a time listens to an account (SPEC 12): under a lease per account.
         # Cursors live in the database, so the node that takes an account over goes on from there.
         deps.listener_factory = listeners(
