@@ -23,7 +23,7 @@ from test_http_api import Running, running
 from test_inbound import ACCOUNT, WX, gateway_config, until
 
 from trio_gateway import upstream as http
-from trio_gateway.channels.listen import MAX_CURSOR_FILE_BYTES, CursorStore
+from trio_gateway.channels.cursors import MAX_CURSOR_FILE_BYTES, CursorStore
 from trio_gateway.cli import main
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.runtime.gateway import Gateway

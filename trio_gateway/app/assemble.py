@@ -11,13 +11,14 @@ import random
 from collections.abc import Callable, Mapping
 
 from trio_gateway import upstream as http
+from trio_gateway.app.memory_book import MemoryBook
 from trio_gateway.channels import registry as channel_registry
+from trio_gateway.channels.access import Access, Say
+from trio_gateway.channels.cursors import Cursors, CursorStore
 from trio_gateway.channels.heard import Submit
 from trio_gateway.channels.inbound import WebSocketConnect, open_websocket
 from trio_gateway.channels.listen import (
     AccountGate,
-    Cursors,
-    CursorStore,
     InboundStats,
     ListenerSupervisor,
     NoSender,
@@ -32,6 +33,8 @@ from trio_gateway.log import EventLog
 from trio_gateway.models import build_model
 from trio_gateway.models.registry import load_config as load_config_file
 from trio_gateway.policy.config import Config
+from trio_gateway.policy.origin import Origin
+from trio_gateway.policy.pairing import PairingBook
 from trio_gateway.runtime.deps import (
     DeliveryFactory,
     DeliveryHost,
@@ -39,6 +42,7 @@ from trio_gateway.runtime.deps import (
     GatewayDeps,
     ListenerFactory,
     Server,
+    ServiceOutbox,
     SessionStoreFactory,
     ToolsFactory,
 )
@@ -93,16 +97,22 @@ def listeners(
     connect: WebSocketConnect = open_websocket,
     gate: AccountGate | None = None,
     cursors: Cursors | None = None,
+    book: PairingBook | None = None,
 ) -> ListenerFactory:
-    """Per generation: a listener for every account of that generation's config (SPEC 11)."""
+    """Per generation: a listener for every account of that generation's config (SPEC 11),
+    each message checked by the one `Access` of the process (SPEC 15), which the webhook
+    route reaches through the supervisor. `book`: the pairing book (default: files under
+    `access/`)."""
     if cursors is None:
         cursors = CursorStore(home.inbound_dir, runner, log)
     stats = InboundStats()
+    access = Access(book if book is not None else file_book(home, runner, log), log, _utc_now)
 
     async def factory(config: Config, submit: Submit, delivery: DeliveryService) -> ListenerSupervisor:
         # Files or cluster (PgDelivery's worker is a DeliveryWorker too): an auth pause stops sends.
         worker = getattr(delivery, "worker", None)
         sender: SenderControl = worker if isinstance(worker, DeliveryWorker) else NoSender()
+        access.say = replies_through(delivery.outbox)
         return ListenerSupervisor(
             build_listeners(config, env, log, transport, connect),
             submit,
@@ -114,9 +124,30 @@ def listeners(
             stats,
             gate,
             RejectedStore(home.inbound_dir, runner, log),
+            access,
         )
 
     return factory
+
+
+def replies_through(outbox: ServiceOutbox) -> Say:
+    """The access check's one reply (a pairing code, the media notice): a durable delivery
+    through the generation's outbox, like any reply, sent back to where the message came from."""
+
+    async def say(agent_id: str, origin: Origin, text: str, key: str) -> object:
+        return await outbox.submit(kind="reply", origin=origin, agent_id=agent_id, text=text, idempotency_key=key)
+
+    return say
+
+
+def file_book(home: Home, runner: BlockingRunner, log: EventLog) -> PairingBook:
+    """The process's pairing book. STAND-IN: in memory until the file-backed book
+    (`storage/access.py`, `access/<channel>/<accountId>.json`) is merged."""
+    return MemoryBook()
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _production_tools(home: Home, log: EventLog, env: Mapping[str, str]) -> ToolsFactory:
