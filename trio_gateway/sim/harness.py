@@ -240,7 +240,9 @@ def fake_account(channel: str) -> dict[str, str]:
     """An account's config for the fake: every key the channel's adapter requires, as its
     platform's fake (`sim/fake_<platform>.py`) names them."""
     env_prefix = "FAKE_" + channel.upper().replace("-", "_")
-    return {"baseUrl": FAKE_BASE_URL, **platform_fake(channel).account_keys(env_prefix)}
+    # Anyone may talk to a fake's bot (SPEC 15's default is `pairing`): a scenario is about
+    # something else; one about access says so in its own config.
+    return {"baseUrl": FAKE_BASE_URL, "dmPolicy": "open", **platform_fake(channel).account_keys(env_prefix)}
 
 
 def _tapped_delivery(
