@@ -352,7 +352,7 @@ def test_an_endless_platform_answer_costs_a_real_gateway_the_cap_not_its_memory(
     monkeypatch.setenv("E2E_TG_TOKEN", "123:e2e")
     home = tmp_path / "home"
     home.mkdir()
-    account = {"baseUrl": platform.url, "tokenEnv": "E2E_TG_TOKEN"}
+    account = {"baseUrl": platform.url, "tokenEnv": "E2E_TG_TOKEN", "dmPolicy": "open"}
     config = {"channels": {"telegram": {"accounts": {"bot": account}}}, "agents": {"main": {"channels": ["telegram"]}}}
     (home / "gateway.json").write_text(json.dumps(config))
     try:
@@ -399,7 +399,7 @@ def telegram_home(tmp_path: Path, base_url: str, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("E2E_TG_TOKEN", "123:e2e")
     home = tmp_path / "home"
     home.mkdir()
-    account = {"baseUrl": base_url, "tokenEnv": "E2E_TG_TOKEN"}
+    account = {"baseUrl": base_url, "tokenEnv": "E2E_TG_TOKEN", "dmPolicy": "open"}
     config = {"channels": {"telegram": {"accounts": {"bot": account}}}, "agents": {"main": {"channels": ["telegram"]}}}
     (home / "gateway.json").write_text(json.dumps(config))
     return home

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import attrs
-import httpx
 import trio
 
 from trio_gateway.channels.base import (
@@ -58,7 +57,7 @@ from trio_gateway.errors import BadRequestError, UnauthorizedError
 from trio_gateway.policy import strict_json
 from trio_gateway.policy.config import AccountConfig, AccountKind
 from trio_gateway.policy.entry import DeliveryEntry
-from trio_gateway.upstream import AsyncBaseTransport
+from trio_gateway.upstream import AsyncBaseTransport, HTTPError
 
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 MESSAGES_PATH = "/open-apis/im/v1/messages"
@@ -249,7 +248,7 @@ class FeishuChannel:
         try:
             response = await self.http.client.get(BOT_INFO_PATH, headers={"Authorization": f"Bearer {token}"})
             body = response.json()
-        except (httpx.HTTPError, ValueError) as exc:
+        except (HTTPError, ValueError) as exc:
             raise ListenError(f"bot info: {type(exc).__name__}") from None
         open_id = field(field(body, "bot"), "open_id")
         if response.status_code in (401, 403):
@@ -621,7 +620,7 @@ def heard_event(event: object, me: BotSelf = UNKNOWN_BOT) -> Heard | None:
     text = _webhook_text(message.get("content")) if kind == "text" else None
     media = kind in _MEDIA_TYPES
     ident = header.get("event_id") or message.get("message_id")
-    if not isinstance(open_id, str) or not open_id or not ident or not ((text and text.strip()) or media):
+    if not isinstance(open_id, str) or not open_id or not ((text and text.strip()) or media):
         return None
     addressed, text = _mentions(text or "", message.get("mentions"), me)
     group = message.get("chat_type") == "group"
@@ -629,7 +628,7 @@ def heard_event(event: object, me: BotSelf = UNKNOWN_BOT) -> Heard | None:
     if group and not isinstance(chat_ident, str):
         return None
     return Heard(
-        str(ident),
+        str(ident) if ident else None,  # none: a repeat cannot be recognised (a webhook's)
         str(chat_ident) if group else open_id,
         text,
         sender=open_id,
@@ -665,7 +664,7 @@ class FeishuListener:
     channel: str = "feishu"
     ping_seconds: float = DEFAULT_PING_SECONDS
     splits: SplitEvents = attrs.Factory(SplitEvents)
-    # The bot (`bot/v3/info`), asked at the first message: a mention of it addresses the bot.
+    # The bot (`bot/v3/info`), asked at the first group message: a mention of it addresses it.
     me: BotSelf | None = None
 
     @classmethod
@@ -727,9 +726,12 @@ class FeishuListener:
         payload = self._joined(frame)
         if payload is None:
             return
-        if self.me is None:
+        event = _json_or_none(payload)
+        found = heard_event(event, self.me or UNKNOWN_BOT)
+        if found is not None and found.chat == "group" and self.me is None:
+            # Who the bot is matters only in a group: asked once, at the first group message.
             self.me = await FeishuChannel(self.http, self.app_id, self.app_secret).whoami()
-        found = heard_event(_json_or_none(payload), self.me)
+            found = heard_event(event, self.me)
         if found is not None:
             await intake.accept(found)
         # Acknowledged after acceptance, never before: the platform redelivers what it was not told.

@@ -194,7 +194,7 @@ def heard(update: object, me: BotSelf = UNKNOWN_BOT) -> Heard | None:
     author = json_dict(message.get("from"))
     chat = json_dict(message.get("chat"))
     sender, chat_ident = author.get("id"), chat.get("id")
-    if author.get("is_bot") or not _is_int(sender) or not _is_int(chat_ident):
+    if author.get("is_bot") or not _is_int(chat_ident):
         return None
     text = message.get("text", message.get("caption"))
     text = text if isinstance(text, str) else ""
@@ -210,7 +210,7 @@ def heard(update: object, me: BotSelf = UNKNOWN_BOT) -> Heard | None:
         str(update.get("update_id")),
         str(chat_ident),
         text,
-        sender=str(sender),
+        sender=str(sender) if _is_int(sender) else None,
         chat="direct" if chat.get("type") == "private" else "group",
         addressed=addressed,
         thread=str(thread) if _is_int(thread) else None,
@@ -272,12 +272,6 @@ class TelegramListener:
 
     async def listen(self, intake: Intake) -> None:
         offset = await intake.load_cursor()
-        if self.me is None:
-            try:
-                self.me = await get_me(self.http)
-            except (ListenError, AuthFailed) as exc:
-                raise type(exc)(_scrub_url(str(exc))) from None
-        me = self.me
         while True:
             body: dict[str, object] = {"timeout": POLL_SECONDS, "allowed_updates": ["message"]}
             if isinstance(offset, int) and not isinstance(offset, bool):
@@ -290,11 +284,23 @@ class TelegramListener:
                 raise ListenError(f"getUpdates: {_scrub_url(str(reply))[:200]}")
             intake.connected()
             updates = [u for u in reply["result"] if isinstance(u, dict) and isinstance(u.get("update_id"), int)]
-            await intake.accept_batch([h for u in updates if (h := heard(u, me)) is not None])
+            await intake.accept_batch(await self._read(updates))
             if updates:
                 # Confirmed to Telegram by the next poll's offset, after every turn is durable.
                 offset = max(u["update_id"] for u in updates) + 1
                 await intake.save_cursor(offset)
+
+    async def _read(self, updates: list[dict[str, object]]) -> list[Heard]:
+        """The batch as the webhook reads it. Who the bot is (`getMe`, asked once) matters only
+        for a group message, so a bot that is only written to directly never asks."""
+        found = [h for u in updates if (h := heard(u, self.me or UNKNOWN_BOT)) is not None]
+        if self.me is not None or not any(h.chat == "group" for h in found):
+            return found
+        try:
+            self.me = await get_me(self.http)
+        except (ListenError, AuthFailed) as exc:
+            raise type(exc)(_scrub_url(str(exc))) from None
+        return [h for u in updates if (h := heard(u, self.me)) is not None]
 
     async def stop(self) -> None:
         # Telegram has no stop call: an unconfirmed offset is simply read again next time.

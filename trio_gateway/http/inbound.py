@@ -83,9 +83,12 @@ class Webhooks:
 
     async def event(self, request: Request, channel: str, account_id: str) -> Response:
         account = self.account(channel, account_id)
-        check_headers(channel, request.headers, account, self.env, self.wall_time)  # before any call out
-        me = await self._me(channel, account_id, account)
-        event = parse(channel, request.headers, request.body, account, self.env, self.wall_time, me)
+        event = parse(channel, request.headers, request.body, account, self.env, self.wall_time)
+        if event.message is not None and event.message.chat == "group" and account.group_policy == "mention":
+            # Only here does it matter whether the message addresses the bot: read it again
+            # knowing who the bot is (asked of the platform once per account, then kept).
+            me = await self._me(channel, account_id, account)
+            event = parse(channel, request.headers, request.body, account, self.env, self.wall_time, me)
         if event.challenge is not None:
             return json_response(200, {"challenge": event.challenge})
         if event.message is None:

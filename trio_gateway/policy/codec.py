@@ -114,7 +114,12 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook_func(lambda t: getattr(t, "__origin__", None) is Literal, _strict_literal)
 
     def renames(cls: type) -> dict[str, Any]:
-        return {a.name: override(rename=key_name(cls, a.name)) for a in attrs.fields(cls)}
+        # A field added after files were written may say `omit_if_default` in its metadata:
+        # unset, it is not written, so a file from before it reads and writes back the same.
+        return {
+            a.name: override(rename=key_name(cls, a.name), omit_if_default=a.metadata.get("omit_if_default"))
+            for a in attrs.fields(cls)
+        }
 
     def structure_factory(cls: type) -> Any:
         return make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True, **renames(cls))

@@ -27,7 +27,7 @@ class Origin:
     # The platform's thread the conversation sits in (Slack `thread_ts`, Telegram
     # `message_thread_id`): replies and notices go back into it. Part of the conversation: two
     # threads of one group are two conversations.
-    thread: str | None = None
+    thread: str | None = attrs.field(default=None, metadata={"omit_if_default": True})
 
     @property
     def conversation(self) -> Origin:
