@@ -225,7 +225,10 @@ def _is_int(value: object) -> TypeGuard[int]:
 def _addressed(text: str, entities: list[object], me: BotSelf) -> tuple[bool, str]:
     """(does the text mention the bot, the text without those mentions). Entity offsets count
     UTF-16 code units, as every Bot API offset does."""
-    units = text.encode("utf-16-le")
+    if not entities:
+        return False, text
+    # `surrogatepass`: a lone surrogate is the poison check's to refuse (`rejected.py`), not ours.
+    units = text.encode("utf-16-le", errors="surrogatepass")
     name = f"@{me.username}".lower() if me.username else None
     cut: list[tuple[int, int]] = []
     addressed = False
@@ -234,7 +237,7 @@ def _addressed(text: str, entities: list[object], me: BotSelf) -> tuple[bool, st
         if not _is_int(start) or not _is_int(length):
             continue
         span = (2 * start, 2 * (start + length))
-        said = units[span[0] : span[1]].decode("utf-16-le", errors="replace").lower()
+        said = units[span[0] : span[1]].decode("utf-16-le", errors="surrogatepass").lower()
         kind = entity.get("type")
         named = str(json_dict(entity.get("user")).get("id"))
         if (kind == "mention" and said == name) or (kind == "text_mention" and named == me.user_id):
@@ -244,7 +247,7 @@ def _addressed(text: str, entities: list[object], me: BotSelf) -> tuple[bool, st
             addressed = True  # `/stop@bot` in a group: the command stays whole for its handler
     for begin, end in sorted(cut, reverse=True):
         units = units[:begin] + units[end:]
-    return addressed, " ".join(units.decode("utf-16-le", errors="replace").split()) if cut else text
+    return addressed, " ".join(units.decode("utf-16-le", errors="surrogatepass").split()) if cut else text
 
 
 async def get_me(http: JsonClient) -> BotSelf:
