@@ -294,7 +294,7 @@ class FakeChannels:
             "rate_limit": self.rate_limit,
             "delay": self.delay,
             "expire_feishu_tokens": self.expire_feishu_tokens,
-            "push": self.push,
+            "push": self._push_json,
             "drop_connection": self.drop_connection,
             "reject_auth": self.reject_auth,
             "accept_auth": self.accept_auth,
@@ -307,6 +307,10 @@ class FakeChannels:
         except (TypeError, ValueError) as exc:
             return bad(400, {"error": str(exc)})
         return FakeResponse(200, {"ok": True})
+
+    def _push_json(self, channel: str, text: str, *, speech: dict[str, Json] | None = None, **rest: Any) -> str:
+        """`push` over HTTP: `speech` as a JSON object of `Speech`'s fields."""
+        return self.push(channel, text, speech=Speech(**speech) if speech else DIRECT, **rest)
 
     # --- ASGI, for a real loopback server ---
 
