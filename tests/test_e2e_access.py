@@ -124,10 +124,10 @@ def test_groups_answer_mentions_in_the_group_and_its_topic_and_photos_get_the_no
     got = sorted((m["to"], m["text"]) for m in delivered(fake_url))
     assert got == sorted(
         [
-            (group, "echo: what time is it?"),  # the mention is not in the prompt
-            (group, "echo: and now?"),
+            (group, "what time is it?"),  # the mention is not in the prompt
+            (group, "and now?"),
             ("4242", "Sorry, I can only read text messages."),
-            ("4243", "echo: look at this"),
+            ("4243", "look at this"),
         ]
     )
     [in_topic] = [b for b in sent_bodies(fake_url) if "what time" in b["text"]]
@@ -174,9 +174,9 @@ def test_the_webhook_takes_and_refuses_what_the_long_poll_does(
     ]
     poll("three answers", lambda: len(delivered(fake_url)) >= 3)
     assert sorted((m["to"], m["text"]) for m in delivered(fake_url)) == [
-        (str(group), "echo: what time is it?"),
+        (str(group), "what time is it?"),
         ("4242", "Sorry, I can only read text messages."),
-        ("4242", "echo: hello"),
+        ("4242", "hello"),
     ]
     assert metric(proc, "not-addressed", "hook") == 1
     assert f"@{BOT_USERNAME}" not in json.dumps(sent_bodies(fake_url))
