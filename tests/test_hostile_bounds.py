@@ -414,8 +414,10 @@ def test_a_poison_message_in_a_real_gateway_is_set_aside_and_the_good_one_answer
     listener reread that batch forever and answered neither."""
     batch = (
         b'{"ok": true, "result": ['
-        b'{"update_id": 7, "message": {"chat": {"id": 555, "type": "private"}, "from": {"is_bot": false}, "text": "bad \\ud800"}},'
-        b'{"update_id": 8, "message": {"chat": {"id": 556, "type": "private"}, "from": {"is_bot": false}, "text": "good"}}]}'
+        b'{"update_id": 7, "message": {"chat": {"id": 555, "type": "private"}, "from": {"is_bot": false},'
+        b' "text": "bad \\ud800"}},'
+        b'{"update_id": 8, "message": {"chat": {"id": 556, "type": "private"}, "from": {"is_bot": false},'
+        b' "text": "good"}}]}'
     )
 
     def answer(platform: LoopbackPlatform, path: str, body: bytes, conn: socket.socket) -> None:

@@ -434,7 +434,8 @@ async def test_slack_url_verification_answers_the_challenge(running: Running, au
 
 
 async def test_telegram_secret_token(running: Running, autojump_clock: trio.abc.Clock) -> None:
-    update = {"update_id": 1, "message": {"from": {"id": 42, "is_bot": False}, "chat": {"id": -100123}, "text": "hello"}}
+    person = {"id": 42, "is_bot": False}
+    update = {"update_id": 1, "message": {"from": person, "chat": {"id": -100123}, "text": "hello"}}
     bad = await running.call("POST", "/channels/telegram/bot1/events", update, {"authorization": ""})
     assert bad.status == 401
     headers = {"authorization": "", "x-telegram-bot-api-secret-token": "tg-secret"}
