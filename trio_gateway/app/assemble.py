@@ -11,7 +11,6 @@ import random
 from collections.abc import Callable, Mapping
 
 from trio_gateway import upstream as http
-from trio_gateway.app.memory_book import MemoryBook
 from trio_gateway.channels import registry as channel_registry
 from trio_gateway.channels.access import Access, Say
 from trio_gateway.channels.cursors import Cursors, CursorStore
@@ -48,6 +47,7 @@ from trio_gateway.runtime.deps import (
 )
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.runtime.usage import ModelLedger
+from trio_gateway.storage.access import FileAccessBook
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.disk import DiskRunners
 from trio_gateway.storage.home import Home
@@ -140,12 +140,6 @@ def replies_through(outbox: ServiceOutbox) -> Say:
     return say
 
 
-def file_book(home: Home, runner: BlockingRunner, log: EventLog) -> PairingBook:
-    """The process's pairing book. STAND-IN: in memory until the file-backed book
-    (`storage/access.py`, `access/<channel>/<accountId>.json`) is merged."""
-    return MemoryBook()
-
-
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -158,6 +152,11 @@ def _production_tools(home: Home, log: EventLog, env: Mapping[str, str]) -> Tool
         return tool_registry.build_toolbox(config, registry, log, openers)
 
     return factory
+
+
+def file_book(home: Home, runner: BlockingRunner, log: EventLog) -> PairingBook:
+    """The process's pairing book on files: `access/<channel>/<accountId>.json` (SPEC 15)."""
+    return FileAccessBook(home.access_dir, runner, log)
 
 
 def file_sessions(home: Home, runner: BlockingRunner, log: EventLog) -> SessionStoreFactory:
@@ -186,13 +185,16 @@ def production_gateway(
     `inline_database`: cluster mode's database calls without threads (a MockClock run)."""
     preflight(config, env)
     home.ensure()
+    # Approvals and pairing codes (SPEC 15), one book for the process's life: the access
+    # check asks it, the approval surfaces change it.
+    book = file_book(home, disks.access, log)
     deps = GatewayDeps(
         home=home,
         log=log,
         load_config=load_config_from(home),
         model_factory=lambda model_config: build_model(model_config, env),
         delivery_factory=queue_delivery(home, log, env, disks.queue, console_runner=disks.console),
-        listener_factory=listeners(home, log, env, disks.cursors),
+        listener_factory=listeners(home, log, env, disks.cursors, book=book),
         runner=runner,
         # Production abandons a cancelled session write's thread (its own disk runner).
         session_store=file_sessions(home, disks.sessions, log),
@@ -200,6 +202,7 @@ def production_gateway(
         preflight=lambda new_config: preflight(new_config, env),
         tools_factory=_production_tools(home, log, env),
         model_ledger=_model_ledger(home, runner, log),
+        pairing=book,
     )
     if config.cluster.backend == "postgres":
         # Imported here: a gateway on files never loads psycopg.
@@ -214,10 +217,18 @@ def production_gateway(
         deps.cluster_status = node.status
         deps.session_store = wiring.session_store_for(node)
         deps.session_id_prefix = wiring.session_id_prefix()
+        # Approvals and codes in the database: one approval counts on every node at once.
+        deps.pairing = wiring.pairing_book(node)
         # One node at a time listens to an account (SPEC 12): under a lease per account.
         # Cursors live in the database, so the node that takes an account over goes on from there.
         deps.listener_factory = listeners(
-            home, log, env, runner, gate=wiring.inbound_gate(node, config), cursors=wiring.inbound_cursors(node)
+            home,
+            log,
+            env,
+            runner,
+            gate=wiring.inbound_gate(node, config),
+            cursors=wiring.inbound_cursors(node),
+            book=deps.pairing,
         )
     return Gateway(deps, config)
 

@@ -19,6 +19,7 @@ from trio_gateway.cluster.db import CANCEL_BOUND_SECONDS, Database
 from trio_gateway.cluster.inbound import InboundLeases, PgCursors
 from trio_gateway.cluster.node import ClusterNode, default_node_id
 from trio_gateway.cluster.pg_delivery import PgDelivery
+from trio_gateway.cluster.pg_pairing import PgPairingBook
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
 from trio_gateway.cluster.pg_sessions import PgSessionStore
 from trio_gateway.errors import ConfigError
@@ -100,6 +101,11 @@ def inbound_gate(node: ClusterNode, config: Config) -> InboundLeases:
     return InboundLeases(
         node.leases, lambda: node.now(), node.log, cluster.heartbeat_seconds, cluster.dead_after_seconds
     )
+
+
+def pairing_book(node: ClusterNode) -> PgPairingBook:
+    """Approvals and pairing codes in the shared database: one approval counts on every node."""
+    return PgPairingBook(node.db, node.log)
 
 
 def inbound_cursors(node: ClusterNode) -> PgCursors:

@@ -43,6 +43,7 @@ GROUPS: dict[str, str] = {
     "completion": 'print a shell completion script: eval "$(trio-gateway completion bash)"',
     "channels": "listening channels: state per account, resume a paused one",
     "cluster": "the nodes sharing the cluster database",
+    "pairing": "who may talk to the agent: pending pairing codes, approve, revoke",
 }
 # Global options that take a value: skipped when looking for the group name in argv.
 _VALUED_OPTIONS = ("--home", "--log-format")

@@ -219,6 +219,16 @@ def _storage_line(storage: dict[str, Any]) -> str:
     return f"storage: {storage.get('backend', 'files')}{node}"
 
 
+def _pairing_line(pairing: dict[str, Any] | None) -> list[str]:
+    """SPEC 15: codes waiting for the operator's approval, and senders approved."""
+    if pairing is None:  # a gateway from before pairing
+        return []
+    if "error" in pairing:
+        return [f"pairing: unreadable ({pairing['error']})"]
+    hint = "  (trio-gateway pairing list)" if pairing["pending"] else ""
+    return [f"pairing: {pairing['pending']} pending code(s), {pairing['approvals']} approved sender(s){hint}"]
+
+
 def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
     queue = status.get("queue", {})
     lines = [
@@ -226,6 +236,7 @@ def status_lines(status: dict[str, Any], pid: int, url: str) -> list[str]:
         f"  pid: {pid}  {url}" + (f"  version: {status['version']}" if "version" in status else ""),
         f"queue: {queue.get('pending', 0)} pending, {queue.get('failed', 0)} dead letter(s)",
         _storage_line(status.get("storage", {})),
+        *_pairing_line(status.get("pairing")),
         f"stalled sessions: {', '.join(status.get('stalled', [])) or 'none'}",
         f"sessions ({len(status['sessions'])}):",
     ]

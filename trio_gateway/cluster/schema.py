@@ -95,6 +95,32 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX deliveries_conversation ON deliveries (conversation, id) WHERE state = 'pending';
         """,
     ),
+    (
+        6,
+        # SPEC 15 "Access": who may talk to the agent, shared by every node (cluster/pg_pairing.py).
+        # A code row stays after its approval or expiry while it still rules "one code message per
+        # sender per hour" (`created_at`); `approved_at` set: no longer pending.
+        """
+        CREATE TABLE pairing_approvals (
+            channel     text NOT NULL,
+            account_id  text NOT NULL,
+            sender      text NOT NULL,
+            approved_at timestamptz NOT NULL,
+            PRIMARY KEY (channel, account_id, sender)
+        );
+        CREATE TABLE pairing_codes (
+            channel     text NOT NULL,
+            account_id  text NOT NULL,
+            sender      text NOT NULL,
+            code        text NOT NULL,
+            created_at  timestamptz NOT NULL,      -- when the code message went out
+            expires_at  timestamptz NOT NULL,
+            approved_at timestamptz,
+            PRIMARY KEY (channel, account_id, sender)
+        );
+        CREATE INDEX pairing_codes_by_code ON pairing_codes (channel, code) WHERE approved_at IS NULL;
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -30,7 +30,7 @@ from trio_gateway.errors import (
     UnauthorizedError,
     chosen,
 )
-from trio_gateway.http import auth, deliveries, inbound, metrics, turns, ui, views
+from trio_gateway.http import auth, deliveries, inbound, metrics, pairing, turns, ui, views
 from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
 from trio_gateway.http.base import Request, Response, Route, delivery_store, error_response, json_response
 from trio_gateway.http.body import JsonObject, opt_bool, opt_number, opt_str, req_obj, req_str
@@ -93,6 +93,7 @@ class GatewayApp:
             r("POST", ("internal", "test", "stall-model-call"), self._stall_model_call),
             *ui.routes(self.gateway, self.ui_auth),
             *turns.routes(self.gateway),
+            *pairing.routes(self.gateway),
         ]
 
     @property
@@ -195,7 +196,7 @@ class GatewayApp:
         return json_response(200, views.health(self.gateway))
 
     async def _status(self, request: Request) -> Response:
-        return json_response(200, views.status(self.gateway))
+        return json_response(200, views.status(self.gateway) | {"pairing": await pairing.status_row(self.gateway)})
 
     async def _cluster(self, request: Request) -> Response:
         """What `cluster status --json` prints (SPEC 12), as this node sees the database."""

@@ -18,8 +18,10 @@ from trio_gateway.log import EventLog
 from trio_gateway.models.base import Model
 from trio_gateway.policy.config import Config, ModelConfig
 from trio_gateway.policy.entry import DeliveryEntry
+from trio_gateway.policy.pairing import PairingBook
 from trio_gateway.runtime.session import Outbox
 from trio_gateway.runtime.usage import ModelLedger
+from trio_gateway.storage.access import FileAccessBook
 from trio_gateway.storage.atomic import BlockingRunner, in_thread
 from trio_gateway.storage.base import DeliveryStore, SessionStorage
 from trio_gateway.storage.disk import StorageHealth
@@ -117,3 +119,9 @@ class GatewayDeps:
     # Tokens, model call outcomes and cool-downs (SPEC 16): one for the gateway's life, handed
     # to every generation's runtime, so a restart neither forgets a cool-down nor a day's spend.
     model_ledger: ModelLedger = attrs.Factory(ModelLedger)
+    # Who may talk to the agent (SPEC 15): approvals and pending pairing codes, for the access
+    # check and the approval surfaces. Files under `access/` by default; the database in
+    # cluster mode (app/assemble.py). One for the gateway's life: a restart keeps it.
+    pairing: PairingBook = attrs.Factory(
+        lambda self: FileAccessBook(self.home.access_dir, self.runner, self.log), takes_self=True
+    )

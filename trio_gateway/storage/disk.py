@@ -1,6 +1,6 @@
 """How each subsystem's blocking disk work is run: one thread pool bound per subsystem.
 
-Every subsystem that touches the disk (queue, sessions, logs, console, cursors) gets its own
+Every subsystem that touches the disk (queue, sessions, logs, console, cursors, access) gets its own
 `trio.CapacityLimiter`, so one stuck directory (an NFS mount gone away, a FIFO nobody reads)
 uses up only its own threads: the queue hanging never stops sessions from being saved, and
 the reverse. Threads are abandonable (`abandon_on_cancel=True`): a cancelled caller leaves
@@ -29,7 +29,9 @@ from trio_gateway.storage.atomic import BlockingRunner, T
 # suffice. Every accepted turn waits on its own session fsync before its 202, so sessions get
 # trio's usual 40: at 50 concurrent clients the 202's p50 was 943 ms with 8 threads and 396 ms
 # with 40 (scripts/soak_turns.py --modes plain, 2,000 turns, load average ~8).
-_LIMITS: dict[str, int] = {"queue": 8, "sessions": 40, "logs": 1, "console": 2, "cursors": 2}
+# The pairing book (`access/`) is read for every message heard; a few threads are plenty, and
+# its own pool keeps a hung `access/` from using up the threads HTTP reads share.
+_LIMITS: dict[str, int] = {"queue": 8, "sessions": 40, "logs": 1, "console": 2, "cursors": 2, "access": 4}
 
 # errno values that mean "no room", which the HTTP edge answers with 507.
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -56,6 +58,7 @@ class DiskRunners:
     sessions: BlockingRunner
     console: BlockingRunner
     cursors: BlockingRunner
+    access: BlockingRunner
 
     @classmethod
     def threads(cls) -> DiskRunners:
@@ -65,7 +68,7 @@ class DiskRunners:
     @classmethod
     def same(cls, runner: BlockingRunner) -> DiskRunners:
         """Every subsystem on one runner (`inline` on a MockClock)."""
-        return cls(runner, runner, runner, runner)
+        return cls(runner, runner, runner, runner, runner)
 
 
 SUBSYSTEMS = tuple(a.name for a in attrs.fields(DiskRunners))

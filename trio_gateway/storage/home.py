@@ -77,6 +77,11 @@ class Home(NamedTuple):
     def inbound_dir(self) -> Path:
         return self.root / "inbound"
 
+    @property
+    def access_dir(self) -> Path:
+        """Approvals and pending pairing codes (SPEC 15): `access/<channel>/<accountId>.json`."""
+        return self.root / "access"
+
     def ensure(self) -> Home:
         for d in (self.root, self.logs_dir, self.queue_dir, self.sessions_dir):
             d.mkdir(parents=True, exist_ok=True)

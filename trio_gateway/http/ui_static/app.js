@@ -102,6 +102,8 @@ async function start() {
   $("restart").addEventListener("click", () => confirmDrain("restart"));
   $("stop").addEventListener("click", () => confirmDrain("stop"));
   requestAnimationFrame(tick);
+  // Codes expire with no event to say so: the list is read again every minute as well.
+  setInterval(() => { if (!$("dashboard").hidden) refreshPairing(); }, 60000);
 
   // `trio-gateway dashboard` puts a one-time code in the fragment (never sent to a server).
   const code = new URLSearchParams(location.hash.slice(1)).get("code");
@@ -131,6 +133,7 @@ async function connect() {
   source = new EventSource("/v1/events");
   source.addEventListener("status", (event) => render(JSON.parse(event.data)));
   source.addEventListener("log", (event) => appendLog(JSON.parse(event.data)));
+  refreshPairing();
   source.addEventListener("error", () => {
     setState("offline");
     // The browser reconnects by itself; if the cookie is gone, the status call shows the login.
@@ -326,7 +329,51 @@ async function retry(id) {
   refreshQueue();
 }
 
+// --- pairing: pending codes with an Approve button (SPEC 15) -------------------------------
+
+// An [ACCESS] log line (a code offered, a sender approved or revoked) refreshes the list; a
+// stranger's flood of refusals refreshes it at most once a second.
+const PAIRING_REFRESH_MS = 1000;
+let pairingTimer = null;
+
+function schedulePairing() {
+  if (pairingTimer === null) pairingTimer = setTimeout(() => { pairingTimer = null; refreshPairing(); }, PAIRING_REFRESH_MS);
+}
+
+function minutesLeft(iso) {
+  const left = Math.max(0, (Date.parse(iso) - Date.now()) / 1000);
+  return `in ${Math.floor(left / 60)} min`;
+}
+
+async function refreshPairing() {
+  let data;
+  try {
+    data = await api("GET", "/v1/pairing");
+  } catch (err) {
+    return;
+  }
+  $("pairing-pending").replaceChildren(...data.pending.map((p) => el("tr", { "data-code": p.code },
+    el("td", {}, p.channel), el("td", {}, p.accountId), el("td", {}, p.sender), el("td", { class: "code" }, p.code),
+    el("td", {}, minutesLeft(p.expiresAt)),
+    el("td", {}, el("button", { type: "button", class: "approve", onclick: () => approve(p) }, "Approve")))));
+  $("pairing-empty").hidden = data.pending.length > 0;
+  $("pairing-approved").replaceChildren(...data.approvals.map((a) => el("tr", {},
+    el("td", {}, a.channel), el("td", {}, a.accountId), el("td", {}, a.sender), el("td", {}, a.approvedAt))));
+  $("pairing-approved-empty").hidden = data.approvals.length > 0;
+}
+
+async function approve(p) {
+  $("pairing-error").textContent = "";
+  try {
+    await api("POST", "/v1/pairing/approve", { channel: p.channel, code: p.code });
+  } catch (err) {
+    $("pairing-error").textContent = err.message;
+  }
+  refreshPairing();
+}
+
 function appendLog(record) {
+  if (record.tag === "ACCESS") schedulePairing();
   const fields = Object.entries(record)
     .filter(([k]) => !["ts", "level", "tag", "message"].includes(k))
     .map(([k, v]) => ` ${k}=${typeof v === "string" ? v : JSON.stringify(v)}`).join("");
