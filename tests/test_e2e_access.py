@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx2
 import pytest
-from helpers import WAIT_SECONDS, Proc, poll
+from helpers import WAIT_SECONDS, Proc, cli, poll
 from test_e2e_inbound import control, fake_url
 
 from trio_gateway.sim.fake_inbound import Speech
@@ -99,6 +99,14 @@ def test_a_strangers_thousand_messages_get_one_code_and_no_turn(
     assert "[ACCESS] Refused channel=telegram account=poll sender=4242 reason=pairing" in proc.log
     assert proc.log.count("Pairing code sent channel=telegram account=poll sender=4242") == 1
     assert code.group(1) not in proc.log  # the code is told to the sender, not to the log
+    # The operator approves as the message says: the sender is answered from then on, without
+    # a restart; the messages before the approval stay unanswered.
+    approved = cli(proc.home, "pairing", "approve", TG, code.group(1))
+    assert approved.returncode == 0, approved.stderr
+    push(fake_url, "and now?")
+    poll("the approved sender's answer", lambda: len(delivered(fake_url)) >= 2)
+    assert [m["text"] for m in delivered(fake_url)][1:] == ["and now?"]
+    assert len(sessions(proc)) == 1
 
 
 @pytest.mark.usefixtures("telegram_env")
