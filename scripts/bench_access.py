@@ -29,6 +29,7 @@ from trio_gateway.app.assemble import production_gateway
 from trio_gateway.channels import registry
 from trio_gateway.policy import config as cfg
 from trio_gateway.sim.fake_channels import FakeChannels, serve_fake_channels
+from trio_gateway.storage.access import FileAccessBook
 from trio_gateway.storage.disk import DiskRunners
 from trio_gateway.storage.home import Home
 
@@ -74,6 +75,23 @@ async def one_round(policy: str, count: int) -> list[float]:
     return latencies
 
 
+async def book_alone(count: int) -> list[float]:
+    """Reference, same run: the one thing the check adds, `is_approved` on the file book
+    through the production access runner (a thread hop and a `stat`), on its own."""
+    out = []
+    with temp_home("bench-access-book-") as home:
+        book = FileAccessBook(Home(home).access_dir, DiskRunners.threads().access, LOG)
+        now = dt.datetime.now(dt.UTC)
+        code = await book.offer_code(WX, "bench", SENDERS[0], now)
+        assert code is not None
+        await book.approve(WX, code.code, now)
+        for _ in range(count):
+            began = trio.current_time()
+            assert await book.is_approved(WX, "bench", SENDERS[0])
+            out.append(trio.current_time() - began)
+    return out
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 rounds of 50 messages per policy")
@@ -89,6 +107,9 @@ async def main() -> None:
         for policy, values in results.items()
     ]
     table(["dmPolicy", "n", "p50 ms", "p99 ms"], rows)
+    alone = await book_alone(len(results["pairing"]))
+    p50, p99 = percentile(alone, 50) * 1e3, percentile(alone, 99) * 1e3
+    print(f"reference: is_approved alone, p50 {p50:.2f} ms, p99 {p99:.2f} ms")
     ratio = percentile(results["pairing"], 50) / percentile(results["open"], 50)
     print(f"pairing (approved sender) / open, p50: {ratio:.3f} (target <= 1.05: {verdict(ratio <= 1.05)})")
 
