@@ -608,7 +608,7 @@ def heard_event(event: object, me: BotSelf = UNKNOWN_BOT) -> Heard | None:
     connection and the webhook alike. A group message answers to the group (`chat_id`), a
     direct one to the sender's `open_id`; `mentions` holding the bot address it, and their
     `@_user_N` placeholders are taken out of the text (another person's becomes `@name`)."""
-    header = json_dict(event).get("header") if isinstance(event, dict) else None
+    header = json_dict(event).get("header")
     if not isinstance(header, dict) or header.get("event_type") != "im.message.receive_v1":
         return None
     body = json_dict(json_dict(event).get("event"))
