@@ -144,6 +144,37 @@ async def test_telegram_allowlist_groups_and_group_senders_and_a_silent_media_re
     assert any(line in logged for logged in gateway_log.lines())
 
 
+async def test_socket_platforms_skip_bots_edits_and_service_messages_and_answer_a_photo_with_the_notice(
+    gateway: Gateway, fake_channels: FakeChannels
+) -> None:
+    """SPEC 15 "consistency": what is not a turn on Telegram is not one on Slack, Discord and
+    Feishu either; a direct photo gets the account's `unsupportedMediaReply` on each."""
+    await until(lambda: fake_channels.slack_socket.connections_open == 1)
+    await until(lambda: fake_channels.discord_gateway.connections_open == 1)
+    for channel, dm in (("slack", "D0DIRECT01"), ("discord", "1234567890123456700")):
+        fake_channels.push(channel, "beep", sender=dm, bot=True)
+        fake_channels.push(channel, "fixed typo", sender=dm, speech=Speech(edited=True))
+        fake_channels.push(channel, "", sender=dm, speech=Speech(media=True))
+    fake_channels.push("discord", "joined", sender="1234567890123456700", speech=Speech(service=True))
+    fake_channels.push("feishu", "beep", bot=True)
+    fake_channels.push("feishu", "", speech=Speech(media=True))
+    notice = "Sorry, I can only read text messages."
+    await until(lambda: all(fake_channels.delivered(c) for c in ("slack", "discord", "feishu")))
+    await trio.sleep(10)
+    assert [m.text for m in fake_channels.delivered()] == [notice] * 3
+    assert gateway.sessions == {}
+
+
+def test_a_wechat_group_message_is_a_group_message_never_addressed() -> None:
+    from trio_gateway.channels.weixin import heard
+
+    msg = {"message_type": 1, "message_id": 9, "from_user_id": "a@im.wechat", "group_id": "g1@im.wechat",
+           "item_list": [{"type": 1, "text_item": {"text": "@bot hi"}}]}  # fmt: skip
+    found = heard(msg)
+    assert found is not None
+    assert (found.chat, found.to, found.sender, found.addressed) == ("group", "g1@im.wechat", "a@im.wechat", False)
+
+
 # --- the rules, as a table ----------------------------------------------------------------------
 
 DM = Facts("direct", "7", "7", addressed=False)

@@ -92,8 +92,8 @@ class FakeDiscordGateway(SteerableSocket):
             data.update(type=19, referenced_message={"id": str(int(ident) - 1), "author": me})
         if speech.media:
             data["attachments"] = [{"id": f"a{n}", "filename": "cat.png", "content_type": "image/png"}]
-        if speech.service:
-            data["type"] = 7  # USER_JOIN
+        if speech.service:  # THREAD_CREATED: a service message whose content is the thread's name
+            data.update(type=18, content=text)
         self._dispatch("*", "MESSAGE_UPDATE" if speech.edited else "MESSAGE_CREATE", data)
         return ident
 
