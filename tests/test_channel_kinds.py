@@ -238,7 +238,8 @@ def _pigeon_config(tmp_path: Path, **keys: str) -> Path:
 def test_a_seventh_kind_is_its_module_an_entry_in_the_registry_and_a_fake(seventh: ChannelKind, tmp_path: Path) -> None:
     assert_complete(seventh)
     # Its fake names the account's secrets; the harness asks it, with no branch of its own.
-    assert fake_account("pigeon") == {"baseUrl": FAKE_BASE_URL, "tokenEnv": "FAKE_PIGEON_TOKEN"}
+    # Anyone may talk to a fake's bot (SPEC 15's `pairing` default is for real accounts).
+    assert fake_account("pigeon") == {"baseUrl": FAKE_BASE_URL, "dmPolicy": "open", "tokenEnv": "FAKE_PIGEON_TOKEN"}
     # gateway.json takes it (the names are the registry's), and its accounts are checked by it.
     config = registry.load_config(_pigeon_config(tmp_path))
     registry.check(config, {"FAKE_PIGEON_TOKEN": "t"})
@@ -268,7 +269,7 @@ def test_a_seventh_kind_declares_its_own_account_key_and_only_it_takes_it(
     path = _pigeon_config(tmp_path, homeLoft="loft-3")
     account = registry.load_config(path).channels["pigeon"].accounts["a"]
     assert isinstance(account, PigeonAccount)
-    assert (account.home_loft, account.token_env, account.dm_policy) == ("loft-3", "FAKE_PIGEON_TOKEN", "pairing")
+    assert (account.home_loft, account.token_env, account.dm_policy) == ("loft-3", "FAKE_PIGEON_TOKEN", "open")
     with pytest.raises(
         ConfigError, match=r"^channels\.pigeon\.accounts\.a\.homeLoft: must look like loft-<number>, got 'attic'$"
     ):

@@ -84,8 +84,7 @@ def answers(url: str) -> list[str]:
 def start(home: Path, fake: str, model_url: str | None, **more: object) -> Proc:
     config: dict[str, object] = {
         "gateway": {"drain": {"timeoutSeconds": 2}, "channelStopTimeoutSeconds": 2},
-        # After the merge with issue 20's access check, this account also needs "dmPolicy": "open".
-        "channels": {TG: {"accounts": {"tg": {"baseUrl": fake, "tokenEnv": "E2E_TG_TOKEN"}}}},
+        "channels": {TG: {"accounts": {"tg": {"baseUrl": fake, "tokenEnv": "E2E_TG_TOKEN", "dmPolicy": "open"}}}},
         "agents": {"main": {"channels": [TG], "accountId": "tg"}},
         "delivery": {"initialBackoffSeconds": 0.2, "maxBackoffSeconds": 1},
         **more,

@@ -48,7 +48,7 @@ def answers(url: str) -> list[dict[str, str]]:
 def start(home: Path, fake: str) -> Proc:
     config = {
         "gateway": {"drain": {"timeoutSeconds": 5}, "channelStopTimeoutSeconds": 2},
-        "channels": {WX: {"accounts": {"bot1": {"baseUrl": fake, "tokenEnv": "E2E_WX_TOKEN"}}}},
+        "channels": {WX: {"accounts": {"bot1": {"baseUrl": fake, "tokenEnv": "E2E_WX_TOKEN", "dmPolicy": "open"}}}},
         "agents": {"main": {"channels": [WX], "accountId": "bot1"}},
         # One send at a time: turns run in order per conversation, but above concurrency 1 the
         # delivery worker does not order sends per recipient (README: benchmarks), and this test

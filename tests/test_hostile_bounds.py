@@ -23,7 +23,7 @@ from test_http_api import Running, running
 from test_inbound import ACCOUNT, WX, gateway_config, until
 
 from trio_gateway import upstream as http
-from trio_gateway.channels.listen import MAX_CURSOR_FILE_BYTES, CursorStore
+from trio_gateway.channels.cursors import MAX_CURSOR_FILE_BYTES, CursorStore
 from trio_gateway.cli import main
 from trio_gateway.log import EventLog, MemorySink
 from trio_gateway.runtime.gateway import Gateway
@@ -352,7 +352,7 @@ def test_an_endless_platform_answer_costs_a_real_gateway_the_cap_not_its_memory(
     monkeypatch.setenv("E2E_TG_TOKEN", "123:e2e")
     home = tmp_path / "home"
     home.mkdir()
-    account = {"baseUrl": platform.url, "tokenEnv": "E2E_TG_TOKEN"}
+    account = {"baseUrl": platform.url, "tokenEnv": "E2E_TG_TOKEN", "dmPolicy": "open"}
     config = {"channels": {"telegram": {"accounts": {"bot": account}}}, "agents": {"main": {"channels": ["telegram"]}}}
     (home / "gateway.json").write_text(json.dumps(config))
     try:
@@ -399,7 +399,7 @@ def telegram_home(tmp_path: Path, base_url: str, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("E2E_TG_TOKEN", "123:e2e")
     home = tmp_path / "home"
     home.mkdir()
-    account = {"baseUrl": base_url, "tokenEnv": "E2E_TG_TOKEN"}
+    account = {"baseUrl": base_url, "tokenEnv": "E2E_TG_TOKEN", "dmPolicy": "open"}
     config = {"channels": {"telegram": {"accounts": {"bot": account}}}, "agents": {"main": {"channels": ["telegram"]}}}
     (home / "gateway.json").write_text(json.dumps(config))
     return home
@@ -414,8 +414,10 @@ def test_a_poison_message_in_a_real_gateway_is_set_aside_and_the_good_one_answer
     listener reread that batch forever and answered neither."""
     batch = (
         b'{"ok": true, "result": ['
-        b'{"update_id": 7, "message": {"chat": {"id": 555}, "from": {"is_bot": false}, "text": "bad \\ud800"}},'
-        b'{"update_id": 8, "message": {"chat": {"id": 556}, "from": {"is_bot": false}, "text": "good"}}]}'
+        b'{"update_id": 7, "message": {"chat": {"id": 555, "type": "private"}, "from": {"is_bot": false},'
+        b' "text": "bad \\ud800"}},'
+        b'{"update_id": 8, "message": {"chat": {"id": 556, "type": "private"}, "from": {"is_bot": false},'
+        b' "text": "good"}}]}'
     )
 
     def answer(platform: LoopbackPlatform, path: str, body: bytes, conn: socket.socket) -> None:

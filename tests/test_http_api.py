@@ -28,16 +28,19 @@ TOKEN = "test-token-123"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 NOW = 1_800_000_000.0
 SLACK_SECRET = "slack-signing-secret"
+# These tests are about webhooks, not access (tests/test_access*.py): anyone, anywhere.
+OPEN = {"dmPolicy": "open", "groupPolicy": "open"}
 CHANNELS = {
     "channels": {
-        "slack": {"accounts": {"T1": {"baseUrl": "http://127.0.0.1:9", "signingSecretEnv": "SLACK_SIGNING"}}},
-        "telegram": {"accounts": {"bot1": {"baseUrl": "http://127.0.0.1:9", "secretTokenEnv": "TG_SECRET"}}},
+        "slack": {"accounts": {"T1": {"baseUrl": "http://127.0.0.1:9", "signingSecretEnv": "SLACK_SIGNING", **OPEN}}},
+        "telegram": {"accounts": {"bot1": {"baseUrl": "http://127.0.0.1:9", "secretTokenEnv": "TG_SECRET", **OPEN}}},
         "feishu": {
             "accounts": {
                 "app1": {
                     "baseUrl": "http://127.0.0.1:9",
                     "verificationTokenEnv": "FEISHU_VERIFY",
                     "encryptKeyEnv": "FEISHU_ENCRYPT",
+                    **OPEN,
                 }
             }
         },
@@ -388,7 +391,10 @@ def slack_headers(body: bytes, ts: float = NOW, secret: str = SLACK_SECRET) -> d
 
 
 SLACK_MESSAGE = json.dumps(
-    {"type": "event_callback", "event": {"type": "message", "channel": "C0123456789", "user": "U1", "text": "hi"}}
+    {
+        "type": "event_callback",
+        "event": {"type": "message", "channel": "C0123456789", "user": "U1", "text": "hi", "ts": "1700000000.000100"},
+    }
 ).encode()
 
 
@@ -428,7 +434,8 @@ async def test_slack_url_verification_answers_the_challenge(running: Running, au
 
 
 async def test_telegram_secret_token(running: Running, autojump_clock: trio.abc.Clock) -> None:
-    update = {"update_id": 1, "message": {"chat": {"id": -100123}, "text": "hello"}}
+    person = {"id": 42, "is_bot": False}
+    update = {"update_id": 1, "message": {"from": person, "chat": {"id": -100123}, "text": "hello"}}
     bad = await running.call("POST", "/channels/telegram/bot1/events", update, {"authorization": ""})
     assert bad.status == 401
     headers = {"authorization": "", "x-telegram-bot-api-secret-token": "tg-secret"}
@@ -485,7 +492,7 @@ async def test_replayed_webhook_events_start_one_turn(running: Running, autojump
     """Issue 9 item 9: a signed retry (Slack `event_id`, Telegram `update_id`, Feishu
     `header.event_id`) is a no-op, recorded with the turn in the session file."""
     slack = json.dumps({**json.loads(SLACK_MESSAGE), "event_id": "Ev01"}).encode()
-    telegram = {"update_id": 77, "message": {"chat": {"id": 5}, "text": "hello"}}
+    telegram = {"update_id": 77, "message": {"from": {"id": 5, "is_bot": False}, "chat": {"id": 5}, "text": "hello"}}
     tg_headers = {"authorization": "", "x-telegram-bot-api-secret-token": "tg-secret"}
     feishu = {
         "schema": "2.0",
@@ -504,7 +511,9 @@ async def test_replayed_webhook_events_start_one_turn(running: Running, autojump
     assert len(running.gateway.sessions) == 3
     assert len(turns) <= 3  # each answered once (some may have finished already)
     histories = [s.record.inbound_ids for s in running.gateway.sessions.values()]
-    assert sorted(histories) == [["77"], ["Ev01"], ["fe-1"]]
+    # Slack's is the message's channel and `ts` (issue 20): its `message` and `app_mention`
+    # events carry different event ids for one message, and must make one turn.
+    assert sorted(histories) == [["77"], ["C0123456789:1700000000.000100"], ["fe-1"]]
 
 
 async def test_encrypted_feishu_events_are_decrypted_and_checked(

@@ -369,5 +369,5 @@ def test_every_heard_message_goes_through_the_one_submit_step() -> None:
     ]
     assert direct == []
     edges = graph()
-    for user in ("trio_gateway.channels.listen", "trio_gateway.http.app"):
+    for user in ("trio_gateway.channels.listen", "trio_gateway.http.inbound"):
         assert "trio_gateway.channels.heard" in edges[user], user

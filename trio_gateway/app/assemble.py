@@ -12,12 +12,12 @@ from collections.abc import Callable, Mapping
 
 from trio_gateway import upstream as http
 from trio_gateway.channels import registry as channel_registry
+from trio_gateway.channels.access import Access, Say
+from trio_gateway.channels.cursors import Cursors, CursorStore
 from trio_gateway.channels.heard import Submit
 from trio_gateway.channels.inbound import WebSocketConnect, open_websocket
 from trio_gateway.channels.listen import (
     AccountGate,
-    Cursors,
-    CursorStore,
     InboundStats,
     ListenerSupervisor,
     NoSender,
@@ -32,6 +32,7 @@ from trio_gateway.log import EventLog
 from trio_gateway.models import build_model
 from trio_gateway.models.registry import load_config as load_config_file
 from trio_gateway.policy.config import Config
+from trio_gateway.policy.origin import Origin
 from trio_gateway.policy.pairing import PairingBook
 from trio_gateway.runtime.deps import (
     DeliveryFactory,
@@ -40,6 +41,7 @@ from trio_gateway.runtime.deps import (
     GatewayDeps,
     ListenerFactory,
     Server,
+    ServiceOutbox,
     SessionStoreFactory,
     ToolsFactory,
 )
@@ -95,16 +97,22 @@ def listeners(
     connect: WebSocketConnect = open_websocket,
     gate: AccountGate | None = None,
     cursors: Cursors | None = None,
+    book: PairingBook | None = None,
 ) -> ListenerFactory:
-    """Per generation: a listener for every account of that generation's config (SPEC 11)."""
+    """Per generation: a listener for every account of that generation's config (SPEC 11),
+    each message checked by the one `Access` of the process (SPEC 15), which the webhook
+    route reaches through the supervisor. `book`: the pairing book (default: files under
+    `access/`)."""
     if cursors is None:
         cursors = CursorStore(home.inbound_dir, runner, log)
     stats = InboundStats()
+    access = Access(book if book is not None else file_book(home, runner, log), log, _utc_now)
 
     async def factory(config: Config, submit: Submit, delivery: DeliveryService) -> ListenerSupervisor:
         # Files or cluster (PgDelivery's worker is a DeliveryWorker too): an auth pause stops sends.
         worker = getattr(delivery, "worker", None)
         sender: SenderControl = worker if isinstance(worker, DeliveryWorker) else NoSender()
+        access.say = replies_through(delivery.outbox)
         return ListenerSupervisor(
             build_listeners(config, env, log, transport, connect),
             submit,
@@ -116,9 +124,24 @@ def listeners(
             stats,
             gate,
             RejectedStore(home.inbound_dir, runner, log),
+            access,
         )
 
     return factory
+
+
+def replies_through(outbox: ServiceOutbox) -> Say:
+    """The access check's one reply (a pairing code, the media notice): a durable delivery
+    through the generation's outbox, like any reply, sent back to where the message came from."""
+
+    async def say(agent_id: str, origin: Origin, text: str, key: str) -> object:
+        return await outbox.submit(kind="reply", origin=origin, agent_id=agent_id, text=text, idempotency_key=key)
+
+    return say
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def _production_tools(home: Home, log: EventLog, env: Mapping[str, str]) -> ToolsFactory:
@@ -162,13 +185,16 @@ def production_gateway(
     `inline_database`: cluster mode's database calls without threads (a MockClock run)."""
     preflight(config, env)
     home.ensure()
+    # Approvals and pairing codes (SPEC 15), one book for the process's life: the access
+    # check asks it, the approval surfaces change it.
+    book = file_book(home, disks.access, log)
     deps = GatewayDeps(
         home=home,
         log=log,
         load_config=load_config_from(home),
         model_factory=lambda model_config: build_model(model_config, env),
         delivery_factory=queue_delivery(home, log, env, disks.queue, console_runner=disks.console),
-        listener_factory=listeners(home, log, env, disks.cursors),
+        listener_factory=listeners(home, log, env, disks.cursors, book=book),
         runner=runner,
         # Production abandons a cancelled session write's thread (its own disk runner).
         session_store=file_sessions(home, disks.sessions, log),
@@ -176,8 +202,7 @@ def production_gateway(
         preflight=lambda new_config: preflight(new_config, env),
         tools_factory=_production_tools(home, log, env),
         model_ledger=_model_ledger(home, runner, log),
-        # Approvals and pairing codes (SPEC 15), one book for the process's life.
-        pairing=file_book(home, disks.access, log),
+        pairing=book,
     )
     if config.cluster.backend == "postgres":
         # Imported here: a gateway on files never loads psycopg.
@@ -197,7 +222,13 @@ def production_gateway(
         # One node at a time listens to an account (SPEC 12): under a lease per account.
         # Cursors live in the database, so the node that takes an account over goes on from there.
         deps.listener_factory = listeners(
-            home, log, env, runner, gate=wiring.inbound_gate(node, config), cursors=wiring.inbound_cursors(node)
+            home,
+            log,
+            env,
+            runner,
+            gate=wiring.inbound_gate(node, config),
+            cursors=wiring.inbound_cursors(node),
+            book=deps.pairing,
         )
     return Gateway(deps, config)
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
-from trio_gateway.channels.inbound import Event, Listener, WebhookRequest, WebSocketConnect
+from trio_gateway.channels.inbound import BotSelf, Event, Listener, WebhookRequest, WebSocketConnect
 from trio_gateway.channels.markdown import TextForm
 from trio_gateway.errors import ConfigError, DeliveryValidationError
 from trio_gateway.policy.config import AccountConfig, AccountKind
@@ -205,6 +205,15 @@ def check_address(channel: str, to: str | None, rule: AddressRule | None) -> str
     return None
 
 
+def reply_thread(entry: DeliveryEntry, channel: str) -> str | None:
+    """The platform thread a reply goes back into: its requester origin's (SPEC 15), when
+    the entry goes to that same conversation."""
+    origin = entry.requester_origin
+    if origin is None or origin.thread is None or origin.channel != channel or origin.to != entry.to:
+        return None
+    return origin.thread
+
+
 # --- an account's keys --------------------------------------------------------------------------
 
 A = TypeVar("A", bound=AccountConfig)
@@ -299,6 +308,9 @@ class Webhook:
     check_headers: Callable[[WebhookRequest], object]
     # The whole request: verify its signature (401), then read who wrote what (400 when malformed).
     parse: Callable[[WebhookRequest], Event]
+    # Who the bot is, where `parse` needs it to read mentions (Telegram `getMe`): asked once
+    # per account and kept (`registry.Identities`), handed to `parse` as `request.me`.
+    whoami: Callable[[AccountSpec], Awaitable[BotSelf]] | None = None
 
 
 def _never_listens(_: AccountConfig) -> str:

@@ -30,12 +30,15 @@ from trio_gateway.channels.base import (
 from trio_gateway.channels.http import JsonClient, scrub, stable_key
 from trio_gateway.channels.inbound import (
     DISCONNECT_SECONDS,
+    UNKNOWN_BOT,
     AuthFailed,
+    BotSelf,
     Heard,
     Intake,
     ListenError,
     WebSocketConnect,
     beside,
+    json_dict,
     leaf_errors,
 )
 from trio_gateway.channels.markdown import TextForm
@@ -161,17 +164,41 @@ class WebSocket(Protocol):
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None: ...
 
 
-def heard(event: object) -> Heard | None:
-    """A `MESSAGE_CREATE` from a person (not a bot, our own replies included) with text."""
+# Message types a person writes (DEFAULT, REPLY); the others are service messages (a member
+# joined, a pin, a boost): never a turn.
+_PERSON_TYPES = (0, 19)
+
+
+def heard(event: object, me: BotSelf = UNKNOWN_BOT) -> Heard | None:
+    """A `MESSAGE_CREATE` from a person (not a bot, our own replies included; not a service
+    message). In a guild it is a group message, addressed when `mentions` holds the bot or it
+    replies to one of the bot's messages; `<@BOT>` is taken out of the text. A thread is a
+    channel of its own on Discord, so the reply reaches the thread by its channel id."""
     if not isinstance(event, dict):
         return None
-    author = event.get("author")
-    if not isinstance(author, dict) or author.get("bot") or event.get("webhook_id"):
+    author = json_dict(event.get("author"))
+    if not author or author.get("bot") or event.get("webhook_id") or event.get("type", 0) not in _PERSON_TYPES:
         return None
     content, channel_id, ident = event.get("content"), event.get("channel_id"), event.get("id")
-    if not isinstance(content, str) or not content.strip() or not isinstance(channel_id, str) or not ident:
+    content = content if isinstance(content, str) else ""
+    media = not content.strip() and bool(event.get("attachments") or event.get("sticker_items"))
+    if (not content.strip() and not media) or not isinstance(channel_id, str) or not ident:
         return None
-    return Heard(str(ident), f"channel:{channel_id}", content)
+    bot = me.user_id
+    mentioned = any(json_dict(user).get("id") == bot for user in event.get("mentions") or []) if bot else False
+    replied = bot is not None and json_dict(json_dict(event.get("referenced_message")).get("author")).get("id") == bot
+    if bot:
+        content = " ".join(re.sub(rf"<@!?{re.escape(bot)}>", " ", content).split())
+    sender = author.get("id")
+    return Heard(
+        str(ident),
+        f"channel:{channel_id}",
+        content,
+        sender=sender if isinstance(sender, str) else None,
+        chat="group" if event.get("guild_id") else "direct",
+        addressed=mentioned or replied,
+        media=media,
+    )
 
 
 @attrs.define
@@ -188,6 +215,8 @@ class DiscordListener:
     session_id: str | None = None
     seq: int | None = None
     resume_url: str | None = None
+    # The bot user (READY's `user`): a message mentioning it addresses the bot.
+    me: BotSelf = UNKNOWN_BOT
 
     @classmethod
     def open(
@@ -309,11 +338,13 @@ class DiscordListener:
             self.session_id = data.get("session_id")
             resume = data.get("resume_gateway_url")
             self.resume_url = resume if isinstance(resume, str) else None
+            user = json_dict(data.get("user")).get("id")
+            self.me = BotSelf(user if isinstance(user, str) else None)
             intake.connected()
         elif kind == "RESUMED":
             intake.connected()
         elif kind == "MESSAGE_CREATE":
-            found = heard(data)
+            found = heard(data, self.me)
             if found is not None:
                 await intake.accept(found)
         seq = frame.get("s")

@@ -38,7 +38,9 @@ from trio_gateway.channels.base import (
 )
 from trio_gateway.channels.http import JsonClient, Reply, post_json, stable_key
 from trio_gateway.channels.inbound import (
+    UNKNOWN_BOT,
     AuthFailed,
+    BotSelf,
     Event,
     Heard,
     Intake,
@@ -55,10 +57,11 @@ from trio_gateway.errors import BadRequestError, UnauthorizedError
 from trio_gateway.policy import strict_json
 from trio_gateway.policy.config import AccountConfig, AccountKind
 from trio_gateway.policy.entry import DeliveryEntry
-from trio_gateway.upstream import AsyncBaseTransport
+from trio_gateway.upstream import AsyncBaseTransport, HTTPError
 
 TOKEN_PATH = "/open-apis/auth/v3/tenant_access_token/internal"
 MESSAGES_PATH = "/open-apis/im/v1/messages"
+BOT_INFO_PATH = "/open-apis/bot/v3/info"
 # Feishu rejects a `uuid` longer than 50 characters.
 UUID_LIMIT = 50
 # Refresh this long before the token expires, so a send never races its expiry in flight.
@@ -237,6 +240,23 @@ class FeishuChannel:
             self.token.store(value, float(expire) if isinstance(expire, (int, float)) and expire > 0 else 7200.0)
             return value
 
+    async def whoami(self) -> BotSelf:
+        """`GET /open-apis/bot/v3/info`: the bot's `open_id`, as `mentions` name it."""
+        token = await self._tenant_token()
+        if isinstance(token, Outcome):
+            raise ListenError(f"tenant token: {token.reason}")
+        try:
+            response = await self.http.client.get(BOT_INFO_PATH, headers={"Authorization": f"Bearer {token}"})
+            body = response.json()
+        except (HTTPError, ValueError) as exc:
+            raise ListenError(f"bot info: {type(exc).__name__}") from None
+        open_id = field(field(body, "bot"), "open_id")
+        if response.status_code in (401, 403):
+            raise AuthFailed(f"bot info: HTTP {response.status_code}")
+        if not isinstance(open_id, str):
+            raise ListenError(f"bot info: code {field(body, 'code')}")
+        return BotSelf(open_id)
+
     async def aclose(self) -> None:
         await self.http.aclose()
 
@@ -350,13 +370,8 @@ def parse_webhook(request: WebhookRequest) -> Event:
     verify_token(data, request)
     if data.get("type") == "url_verification":
         return Event(challenge=str(data.get("challenge", "")))
-    head = json_dict(data.get("header"))
-    if head.get("event_type") != "im.message.receive_v1":
-        return Event(ignored=f"feishu event {head.get('event_type')!r}")
-    event = json_dict(data.get("event"))
-    sender = json_dict(json_dict(event.get("sender")).get("sender_id")).get("open_id")
-    text = _webhook_text(json_dict(event.get("message")).get("content"))
-    return message_event(sender, text, "event.sender.sender_id.open_id", "event.message.content", head.get("event_id"))
+    what = f"feishu event {json_dict(data.get('header')).get('event_type')!r}"
+    return message_event(heard_event(data, request.me), what)
 
 
 def _webhook_text(content: Any) -> str | None:
@@ -584,29 +599,55 @@ def split_header(frame: Frame) -> tuple[int, int] | None:
     return int(total), int(index)
 
 
-def heard_event(event: object) -> Heard | None:
-    """An `im.message.receive_v1` text message from a person, or None."""
-    if not isinstance(event, dict):
-        return None
-    header = event.get("header")
+# Message types that carry something other than text: a direct one gets the media notice.
+_MEDIA_TYPES = frozenset({"image", "file", "audio", "media", "sticker"})
+
+
+def heard_event(event: object, me: BotSelf = UNKNOWN_BOT) -> Heard | None:
+    """An `im.message.receive_v1` message from a person, or None: the one reading for the long
+    connection and the webhook alike. A group message answers to the group (`chat_id`), a
+    direct one to the sender's `open_id`; `mentions` holding the bot address it, and their
+    `@_user_N` placeholders are taken out of the text (another person's becomes `@name`)."""
+    header = json_dict(event).get("header")
     if not isinstance(header, dict) or header.get("event_type") != "im.message.receive_v1":
         return None
-    body = event.get("event")
-    sender = body.get("sender") if isinstance(body, dict) else None
-    message = body.get("message") if isinstance(body, dict) else None
-    if not isinstance(sender, dict) or sender.get("sender_type") not in (None, "user") or not isinstance(message, dict):
+    body = json_dict(json_dict(event).get("event"))
+    sender, message = json_dict(body.get("sender")), json_dict(body.get("message"))
+    if not sender or sender.get("sender_type") not in (None, "user") or not message:
         return None
-    sender_id = sender.get("sender_id")
-    open_id = sender_id.get("open_id") if isinstance(sender_id, dict) else None
-    try:
-        content = json.loads(message.get("content") or "")
-    except (TypeError, ValueError):
-        return None
-    text = content.get("text") if isinstance(content, dict) else None
+    open_id = json_dict(sender.get("sender_id")).get("open_id")
+    kind = message.get("message_type", "text")
+    text = _webhook_text(message.get("content")) if kind == "text" else None
+    media = kind in _MEDIA_TYPES
     ident = header.get("event_id") or message.get("message_id")
-    if not isinstance(open_id, str) or not open_id or not isinstance(text, str) or not text.strip() or not ident:
+    if not isinstance(open_id, str) or not open_id or not ((text and text.strip()) or media):
         return None
-    return Heard(str(ident), open_id, text)
+    addressed, text = _mentions(text or "", message.get("mentions"), me)
+    group = message.get("chat_type") == "group"
+    chat_ident = message.get("chat_id")
+    if group and not isinstance(chat_ident, str):
+        return None
+    return Heard(
+        str(ident) if ident else None,  # none: a repeat cannot be recognised (a webhook's)
+        str(chat_ident) if group else open_id,
+        text,
+        sender=open_id,
+        chat="group" if group else "direct",
+        addressed=addressed,
+        media=media and not text.strip(),
+    )
+
+
+def _mentions(text: str, mentions: object, me: BotSelf) -> tuple[bool, str]:
+    addressed = False
+    for mention in mentions if isinstance(mentions, list) else []:
+        key, name = json_dict(mention).get("key"), json_dict(mention).get("name")
+        if not isinstance(key, str) or not key:
+            continue
+        is_bot = me.user_id is not None and json_dict(json_dict(mention).get("id")).get("open_id") == me.user_id
+        addressed = addressed or is_bot
+        text = text.replace(key, " " if is_bot else f"@{name}" if isinstance(name, str) else " ")
+    return addressed, " ".join(text.split()) if addressed else text.strip()
 
 
 @attrs.define
@@ -623,6 +664,8 @@ class FeishuListener:
     channel: str = "feishu"
     ping_seconds: float = DEFAULT_PING_SECONDS
     splits: SplitEvents = attrs.Factory(SplitEvents)
+    # The bot (`bot/v3/info`), asked at the first group message: a mention of it addresses it.
+    me: BotSelf | None = None
 
     @classmethod
     def open(
@@ -683,7 +726,12 @@ class FeishuListener:
         payload = self._joined(frame)
         if payload is None:
             return
-        found = heard_event(_json_or_none(payload))
+        event = _json_or_none(payload)
+        found = heard_event(event, self.me or UNKNOWN_BOT)
+        if found is not None and found.chat == "group" and self.me is None:
+            # Who the bot is matters only in a group: asked once, at the first group message.
+            self.me = await FeishuChannel(self.http, self.app_id, self.app_secret).whoami()
+            found = heard_event(event, self.me)
         if found is not None:
             await intake.accept(found)
         # Acknowledged after acceptance, never before: the platform redelivers what it was not told.
@@ -755,6 +803,14 @@ def _open_sender(a: AccountSpec) -> FeishuChannel:
     return FeishuChannel.open(a.base_url, app_id, a.secret("appSecretEnv", keys.app_secret_env), a.transport())
 
 
+async def _whoami(a: AccountSpec) -> BotSelf:
+    channel = _open_sender(a)
+    try:
+        return await channel.whoami()
+    finally:
+        await channel.aclose()
+
+
 def _open_listener(a: AccountSpec, connect: WebSocketConnect) -> FeishuListener:
     keys = _keys(a.account)
     app_id = a.required("appId", keys.app_id)
@@ -771,6 +827,6 @@ KIND = ChannelKind(
     check_account=_check_account,
     default_mode=lambda _: "socket",
     listeners={"socket": _open_listener},
-    webhook=Webhook(check_webhook_headers, parse_webhook),
+    webhook=Webhook(check_webhook_headers, parse_webhook, _whoami),
     text=TEXT,
 )

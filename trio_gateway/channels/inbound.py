@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 
-from trio_gateway.errors import BadRequestError, UnauthorizedError, leaves, note_others
+from trio_gateway.errors import UnauthorizedError, leaves, note_others
 from trio_gateway.policy.config import AccountConfig
 
 
@@ -24,18 +24,43 @@ class AuthFailed(Exception):
     """The platform refused our credentials (401/403, WeChat errcode -14): pause the account."""
 
 
+ChatKind = Literal["direct", "group"]
+
+
 @attrs.frozen
 class Heard:
-    """One message from a person, as the gateway needs it."""
+    """One message from a person, as the gateway needs it: what the platform's module read
+    from it, the same whether it came by webhook, poll or socket (SPEC 11, 15)."""
 
     # The platform's id for it, unique per account: the dedupe key. None: the platform gave
     # none (a webhook event without an id), so a repeat of it cannot be recognised.
     id: str | None
-    to: str  # where the reply goes
-    text: str
+    to: str  # where the reply goes: the person in a direct chat, the group in a group
+    text: str  # the prompt: a caption counts as text; a mention of the bot is taken out
     context_token: str | None = None
     # Who wrote it: the platform's user id, as SPEC 15 lists it (None: the platform said not).
     sender: str | None = None
+    chat: ChatKind = "direct"
+    # It mentions the bot or replies to one of the bot's messages (groups need it).
+    addressed: bool = False
+    # The platform's thread the message sits in (Slack `thread_ts`, Telegram
+    # `message_thread_id`): the reply goes back into it.
+    thread: str | None = None
+    # It carried something other than text (an image, a voice note, a sticker) and no text.
+    media: bool = False
+
+
+@attrs.frozen
+class BotSelf:
+    """Who the bot is on one account, to tell whether a message addresses it: its user id and,
+    where mentions name it so (Telegram), its username. Unknown parts are None."""
+
+    user_id: str | None = None
+    username: str | None = None
+
+
+# Nothing known about the bot: no message can be read as addressing it.
+UNKNOWN_BOT = BotSelf()
 
 
 class Intake(Protocol):
@@ -133,6 +158,8 @@ class WebhookRequest:
     env: Mapping[str, str]
     wall_time: Callable[[], float]
     read_json: Callable[[bytes], JsonObject]
+    # Who the bot is on this account, when the platform's module needs it to read mentions.
+    me: BotSelf = UNKNOWN_BOT
 
     def json(self) -> JsonObject:
         return self.read_json(self.body)
@@ -147,17 +174,9 @@ class WebhookRequest:
 
 
 @attrs.frozen
-class Message:
-    to: str  # where a reply goes: the conversation or sender on that channel
-    text: str
-    # The platform's id for the event (Slack `event_id`, Telegram `update_id`, Feishu
-    # `header.event_id`): a retried delivery carries the same one and is not a second turn.
-    event_id: str | None = None
-
-
-@attrs.frozen
 class Event:
-    message: Message | None = None
+    # A message from a person, read as the listener reads it (the platform's one `heard`).
+    message: Heard | None = None
     challenge: str | None = None
     ignored: str | None = None
 
@@ -166,16 +185,15 @@ def json_dict(value: object) -> JsonObject:
     return value if isinstance(value, dict) else {}
 
 
-def message_event(to: object, text: object, to_field: str, text_field: str, event_id: object = None) -> Event:
-    """The `Event` for a message a webhook carried: a missing sender is the request's fault
-    (400), a message without text is ignored (an image, a sticker)."""
-    if not isinstance(to, str) or not to:
-        raise BadRequestError(f"{to_field}: missing sender")
-    if not isinstance(text, str) or not text.strip():
-        return Event(ignored=f"{text_field}: no text")
-    ident = (
-        str(event_id)
-        if isinstance(event_id, (str, int)) and not isinstance(event_id, bool) and event_id != ""
-        else None
-    )
-    return Event(message=Message(to, text, ident))
+def event_id(value: object) -> str | None:
+    """The platform's id for an event as a string (Slack `event_id`, Telegram `update_id`):
+    a retried delivery carries the same one and is not a second turn."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and value != "":
+        return str(value)
+    return None
+
+
+def message_event(found: Heard | None, what: str) -> Event:
+    """The `Event` for a webhook's message: the turn-to-be, or ignored (a bot, an edit, a
+    service message: the same verdict the listener reaches on the same message)."""
+    return Event(message=found) if found is not None else Event(ignored=f"{what}: not a message from a person")

@@ -19,85 +19,31 @@ shared vocabulary (`Heard`, `Intake`, `Listener`) in `inbound.py`.
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import attrs
 import trio
 
+from trio_gateway.channels.access import Access
 from trio_gateway.channels.base import AddressRule
-from trio_gateway.channels.heard import HeardOn, Submit, submit_heard
+from trio_gateway.channels.cursors import Cursors
+from trio_gateway.channels.heard import HeardOn, NotATurn, Submit, submit_heard
 from trio_gateway.channels.inbound import AuthFailed, Heard, Intake, Listener, ListenError
 from trio_gateway.channels.rejected import RejectedStore, poison
 from trio_gateway.errors import DeliveryValidationError, GatewayDrainingError, described
 from trio_gateway.log import EventLog, ms
 from trio_gateway.policy import backoff
-from trio_gateway.policy.config import AgentConfig
-from trio_gateway.storage.atomic import BlockingRunner, atomic_write_json, durable_rename, read_regular
+from trio_gateway.policy.config import AccountConfig, AgentConfig
 
 # `connecting`: a socket's first connection until its handshake is answered (Discord's READY).
 ListenState = Literal["connecting", "listening", "reconnecting", "paused", "off"]
 BACKOFF_INITIAL_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
-# A cursor is an offset or a short token; a file larger than this is not one of ours.
-MAX_CURSOR_FILE_BYTES = 64 * 1024
 # Account ids name files under inbound/: never a path.
 ACCOUNT_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}")
-
-
-# --- cursors -------------------------------------------------------------------------------------
-
-
-class Cursors(Protocol):
-    """Where listeners keep their place: files under `inbound/` (`CursorStore`), or the
-    cluster database (`cluster.inbound.PgCursors`, SPEC 12)."""
-
-    async def load(self, channel: str, account_id: str) -> Any: ...
-
-    async def save(self, channel: str, account_id: str, cursor: Any) -> None: ...
-
-
-@attrs.define
-class CursorStore:
-    """`inbound/<channel>/<accountId>.json`: `{"cursor": …}`, replaced atomically. An unreadable
-    file is quarantined (never deleted) and the account starts from the platform's default."""
-
-    root: Path
-    runner: BlockingRunner
-    log: EventLog
-
-    def path(self, channel: str, account_id: str) -> Path:
-        return self.root / channel / f"{account_id}.json"
-
-    async def load(self, channel: str, account_id: str) -> Any:
-        path = self.path(channel, account_id)
-        return await self.runner(lambda: self._load_sync(path))
-
-    def _load_sync(self, path: Path) -> Any:
-        try:  # bounded, and a FIFO or a device is refused, not read (issue 25)
-            data = json.loads(read_regular(path, MAX_CURSOR_FILE_BYTES))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            self._quarantine(path, exc)
-            return None
-        if not isinstance(data, dict):
-            self._quarantine(path, ValueError("not a JSON object"))
-            return None
-        return data.get("cursor")
-
-    def _quarantine(self, path: Path, exc: Exception) -> None:
-        target = path.parent / "quarantine" / path.name
-        durable_rename(path, target)
-        self.log.error("CHANNEL", "Unreadable cursor file quarantined", file=str(target), error=str(exc)[:200])
-
-    async def save(self, channel: str, account_id: str, cursor: Any) -> None:
-        path = self.path(channel, account_id)
-        await self.runner(lambda: atomic_write_json(path, {"cursor": cursor}))
 
 
 # --- one account ---------------------------------------------------------------------------------
@@ -124,6 +70,8 @@ class AccountListener:
     # Cluster mode: another node holds this account's lease, so this one is not listening and
     # must not make the platform's stop call at a drain (it would stop the holder's connection).
     standby: bool = False
+    # Its keys (the access rules of SPEC 15); None only where a test builds one by hand.
+    account: AccountConfig | None = None
 
     def status(self, now: float) -> dict[str, Any]:
         age = None if self.last_message_at is None else round(now - self.last_message_at, 3)
@@ -149,6 +97,7 @@ class AccountIntake:
     on_message: Callable[[str, str], None]
     stats: InboundStats
     rejected: RejectedStore | None = None
+    access: Access | None = None
 
     async def accept(self, heard: Heard) -> None:
         a = self.account
@@ -158,7 +107,8 @@ class AccountIntake:
             await self._set_aside(heard, problem)
             return
         try:
-            new = await submit_heard(self.submit, HeardOn(a.channel, a.account_id, a.agent_id, a.address), heard)
+            on = HeardOn(a.channel, a.account_id, a.agent_id, a.address, a.account, self.access)
+            new = await submit_heard(self.submit, on, heard)
         except DeliveryValidationError as exc:
             self.log.warn("CHANNEL", f"Skipped message channel={a.channel} account={a.account_id}: {exc}")
             return
@@ -172,6 +122,8 @@ class AccountIntake:
             # What the message holds, not the gateway's state (a disk fault is an OSError and
             # is retried): the same message would fail the same way at every re-read.
             await self._set_aside(heard, f"{type(exc).__name__}: {exc}")
+            return
+        if isinstance(new, NotATurn):
             return
         if new is not None:
             a.messages += 1
@@ -298,6 +250,8 @@ class ListenerSupervisor:
     stats: InboundStats = attrs.Factory(InboundStats)
     gate: AccountGate | None = None
     rejected: RejectedStore | None = None
+    # The access check (SPEC 15), shared with the webhook route; None: every message is a turn.
+    access: Access | None = None
     _stopped: bool = False
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -338,7 +292,7 @@ class ListenerSupervisor:
         listener = account.listener
         assert listener is not None
         intake = AccountIntake(
-            account, self.submit, self.cursors, self.log, self.stats.count, self.stats, self.rejected
+            account, self.submit, self.cursors, self.log, self.stats.count, self.stats, self.rejected, self.access
         )
         with account.scope:
             if self.gate is None:

@@ -21,7 +21,7 @@ from trio_gateway.channels import console, discord, feishu, slack, telegram, wei
 from trio_gateway.channels.base import AccountSpec, Channel, ChannelKind
 from trio_gateway.channels.base import check_address as check_by_rule
 from trio_gateway.channels.http import make_transport, new_ssl_context
-from trio_gateway.channels.inbound import Listener, WebSocketConnect, open_websocket
+from trio_gateway.channels.inbound import UNKNOWN_BOT, BotSelf, Listener, WebSocketConnect, open_websocket
 from trio_gateway.channels.listen import AccountListener, account_file_ok, agent_for
 from trio_gateway.errors import ConfigError, DeliveryValidationError
 from trio_gateway.log import EventLog
@@ -241,7 +241,9 @@ def build_listeners(
         if why is not None:
             log.warn("CHANNEL", f"Not listening channel={spec.channel} account={spec.account_id}: {why}")
         address = opening.kind.address
-        accounts.append(AccountListener(spec.channel, spec.account_id, mode, agent_id, listener, address))
+        accounts.append(
+            AccountListener(spec.channel, spec.account_id, mode, agent_id, listener, address, account=spec.account)
+        )
     return accounts
 
 
@@ -262,3 +264,30 @@ def _open_listener(
         return opener(spec, connect), None
     except ConfigError as exc:  # e.g. socket mode without appTokenEnv: the account still sends
         return None, str(exc)
+
+
+# --- who the bot is, for webhooks (SPEC 15) --------------------------------------------------
+
+
+@attrs.define
+class Identities:
+    """Who the bot is on each webhook account, where its platform's `parse` needs it to read
+    mentions (Telegram `getMe`): asked at the first event and kept while the account's keys
+    stay the same (a reload with another token asks again). Listeners ask for themselves."""
+
+    env: Mapping[str, str]
+    transport: AsyncBaseTransport | None = None
+    known: dict[tuple[str, str], tuple[AccountConfig, BotSelf]] = attrs.Factory(dict)
+
+    async def of(self, channel: str, account_id: str, account: AccountConfig) -> BotSelf:
+        """Raises `ListenError` / `AuthFailed` when the platform would not say."""
+        kind = kind_of(channel)
+        whoami = kind.webhook.whoami if kind is not None and kind.webhook is not None else None
+        if whoami is None:
+            return UNKNOWN_BOT
+        known = self.known.get((channel, account_id))
+        if known is not None and known[0] == account:
+            return known[1]
+        me = await whoami(AccountSpec(channel, account_id, account, self.env, _transport_factory(self.transport)))
+        self.known[(channel, account_id)] = (account, me)
+        return me

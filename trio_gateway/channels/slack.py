@@ -27,13 +27,16 @@ from trio_gateway.channels.base import (
     by_status,
     check_token_account,
     field,
+    reply_thread,
     require_base_url,
     retry_after,
     short,
 )
 from trio_gateway.channels.http import JsonClient, post_json
 from trio_gateway.channels.inbound import (
+    UNKNOWN_BOT,
     AuthFailed,
+    BotSelf,
     Event,
     Heard,
     Intake,
@@ -134,6 +137,9 @@ class SlackChannel:
 
     async def send(self, entry: DeliveryEntry) -> Outcome:
         body = {"channel": entry.to, "text": TEXT.render(entry.payload.text)}  # mrkdwn is the default
+        thread = reply_thread(entry, self.name)
+        if thread is not None:  # the message was in a thread: the reply goes into it
+            body["thread_ts"] = thread
         return await self.http.send(SEND_PATH, body, classify)
 
     async def aclose(self) -> None:
@@ -146,19 +152,55 @@ CONNECT_PATH = "/apps.connections.open"
 AUTH_ERRORS = ("invalid_auth", "not_authed", "account_inactive", "token_revoked", "not_allowed_token_type")
 
 
-def heard(payload: object) -> Heard | None:
-    """An Events API `message` from a person (no `bot_id`, no subtype: our own replies come
-    back as bot messages, and answering them would loop), or None."""
+# A subtype still written by a person: a message with a file (its text, if any, is read).
+_PERSON_SUBTYPES = frozenset({"file_share"})
+
+
+def heard(payload: object, me: BotSelf = UNKNOWN_BOT) -> Heard | None:
+    """An Events API `message` or `app_mention` from a person, or None: the one reading for
+    Socket Mode and the webhook alike. Not a turn: bot messages (our own replies come back as
+    those, and answering them would loop), edits and other subtypes. The bot's user id comes
+    with the event (`authorizations`), else `me`; `<@BOT>` or an `app_mention` addresses it,
+    and the mention is taken out of the text. Both events of one message (`message` and
+    `app_mention`) carry the same id, channel and `ts`, so the second is a duplicate."""
     if not isinstance(payload, dict):
         return None
-    event = payload.get("event")
-    if not isinstance(event, dict) or event.get("type") != "message" or event.get("bot_id") or event.get("subtype"):
+    event = json_dict(payload.get("event"))
+    kind, subtype = event.get("type"), event.get("subtype")
+    if kind not in ("message", "app_mention") or event.get("bot_id") or (subtype and subtype not in _PERSON_SUBTYPES):
         return None
-    channel, text = event.get("channel"), event.get("text")
-    ident = payload.get("event_id") or event.get("client_msg_id") or event.get("ts")
-    if not isinstance(channel, str) or not channel or not isinstance(text, str) or not text.strip() or not ident:
+    channel, text, ts, user = event.get("channel"), event.get("text") or "", event.get("ts"), event.get("user")
+    bot = _bot_user(payload) or me.user_id
+    if not isinstance(channel, str) or not channel or not isinstance(text, str) or not ts or user == bot:
         return None
-    return Heard(str(ident), channel, text)
+    media = not text.strip() and bool(event.get("files"))
+    if not text.strip() and not media:
+        return None
+    mention = re.compile(rf"<@{re.escape(bot)}(?:\|[^>]*)?>") if bot else None
+    addressed = kind == "app_mention" or (mention is not None and mention.search(text) is not None)
+    if mention is not None:
+        text = " ".join(mention.sub(" ", text).split())
+    direct = event.get("channel_type") == "im" or (kind == "message" and channel.startswith("D"))
+    thread = event.get("thread_ts")
+    return Heard(
+        f"{channel}:{ts}",
+        channel,
+        text,
+        sender=user if isinstance(user, str) else None,
+        chat="direct" if direct else "group",
+        addressed=addressed,
+        thread=thread if isinstance(thread, str) and thread else None,
+        media=media,
+    )
+
+
+def _bot_user(payload: dict[str, Any]) -> str | None:
+    """The bot's own user id, as the Events API names it in each event's `authorizations`."""
+    for grant in payload.get("authorizations") or []:
+        user = json_dict(grant).get("user_id")
+        if json_dict(grant).get("is_bot") and isinstance(user, str):
+            return user
+    return None
 
 
 @attrs.define
@@ -277,11 +319,7 @@ def parse_webhook(request: WebhookRequest) -> Event:
     data = request.json()
     if data.get("type") == "url_verification":
         return Event(challenge=str(data.get("challenge", "")))
-    event = json_dict(data.get("event"))
-    if event.get("type") != "message" or event.get("bot_id") or event.get("subtype"):
-        # Our own replies come back as bot messages: answering them would loop forever.
-        return Event(ignored=f"slack event {event.get('type')!r} {event.get('subtype') or ''}".strip())
-    return message_event(event.get("channel"), event.get("text"), "event.channel", "event.text", data.get("event_id"))
+    return message_event(heard(data, request.me), f"slack event {json_dict(data.get('event')).get('type')!r}")
 
 
 # --- the record the registry lists -------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import html
 import re
+from typing import TypeGuard
 
 import attrs
 
@@ -25,6 +26,7 @@ from trio_gateway.channels.base import (
     by_status,
     field,
     reason_prefix,
+    reply_thread,
     require_base_url,
     retry_after,
     seconds,
@@ -32,7 +34,9 @@ from trio_gateway.channels.base import (
 )
 from trio_gateway.channels.http import JsonClient, SecretPathTransport, post_json
 from trio_gateway.channels.inbound import (
+    UNKNOWN_BOT,
     AuthFailed,
+    BotSelf,
     Event,
     Heard,
     Intake,
@@ -142,12 +146,16 @@ class TelegramChannel:
         return cls(JsonClient.open(base_url, wire, secrets=[token]))
 
     async def send(self, entry: DeliveryEntry) -> Outcome:
-        body = {"chat_id": chat_id(entry.to), "text": TEXT.render(entry.payload.text), "parse_mode": "HTML"}
+        where: dict[str, object] = {"chat_id": chat_id(entry.to)}
+        thread = reply_thread(entry, self.name)
+        if thread is not None and thread.isdigit():  # a forum topic: the reply stays in it
+            where["message_thread_id"] = int(thread)
+        body = {**where, "text": TEXT.render(entry.payload.text), "parse_mode": "HTML"}
         outcome = await self.http.send(SEND_PATH, body, classify)
         if refused_markup(outcome):
             # Our HTML is at fault, not the message: once more as plain text, in the same attempt
             # (same entry, same idempotency key) rather than a dead letter.
-            plain = {"chat_id": chat_id(entry.to), "text": TEXT.plain(entry.payload.text)}
+            plain = {**where, "text": TEXT.plain(entry.payload.text)}
             outcome = await self.http.send(SEND_PATH, plain, classify)
         return attrs.evolve(outcome, reason=_scrub_url(outcome.reason))
 
@@ -166,22 +174,90 @@ POLL_SECONDS = 30
 READ_MARGIN_SECONDS = 10.0
 
 
-def heard(update: object) -> Heard | None:
-    """Text from a person (not a bot) in a chat, or None."""
+ME_PATH = f"/bot{TOKEN_PLACEHOLDER}/getMe"
+# What a message may carry instead of text; one with none of these and no text is a service
+# message (a member joined, a title changed, a pin): never a turn.
+_MEDIA_KEYS = ("photo", "voice", "audio", "video", "video_note", "document", "sticker", "animation")
+
+
+def heard(update: object, me: BotSelf = UNKNOWN_BOT) -> Heard | None:
+    """A message from a person (not a bot), in a private chat or a group, or None: the one
+    reading of an update for the long poll and the webhook alike (SPEC 15 "consistency").
+    Only `message`: an `edited_message` or a channel post is never a turn. A photo's caption
+    is its text; a mention of the bot (`@username` entity, or a reply to one of its messages)
+    makes it `addressed`, and is taken out of the text."""
     if not isinstance(update, dict):
         return None
     message = update.get("message")
     if not isinstance(message, dict):
         return None
-    sender = message.get("from")
-    if isinstance(sender, dict) and sender.get("is_bot"):
+    author = json_dict(message.get("from"))
+    chat = json_dict(message.get("chat"))
+    sender, chat_ident = author.get("id"), chat.get("id")
+    if author.get("is_bot") or not _is_int(chat_ident):
         return None
-    chat = message.get("chat")
-    chat_ident = chat.get("id") if isinstance(chat, dict) else None
-    text = message.get("text")
-    if isinstance(chat_ident, bool) or not isinstance(chat_ident, int) or not isinstance(text, str) or not text.strip():
+    text = message.get("text", message.get("caption"))
+    text = text if isinstance(text, str) else ""
+    media = not text.strip() and any(key in message for key in _MEDIA_KEYS)
+    if not text.strip() and not media:
         return None
-    return Heard(str(update.get("update_id")), str(chat_ident), text)
+    entities = message.get("entities", message.get("caption_entities"))
+    addressed, text = _addressed(text, entities if isinstance(entities, list) else [], me)
+    reply_to = json_dict(json_dict(message.get("reply_to_message")).get("from"))
+    addressed = addressed or (me.user_id is not None and str(reply_to.get("id")) == me.user_id)
+    thread = message.get("message_thread_id") if message.get("is_topic_message") else None
+    return Heard(
+        str(update.get("update_id")),
+        str(chat_ident),
+        text,
+        sender=str(sender) if _is_int(sender) else None,
+        chat="direct" if chat.get("type") == "private" else "group",
+        addressed=addressed,
+        thread=str(thread) if _is_int(thread) else None,
+        media=media,
+    )
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _addressed(text: str, entities: list[object], me: BotSelf) -> tuple[bool, str]:
+    """(does the text mention the bot, the text without those mentions). Entity offsets count
+    UTF-16 code units, as every Bot API offset does."""
+    if not entities:
+        return False, text
+    # `surrogatepass`: a lone surrogate is the poison check's to refuse (`rejected.py`), not ours.
+    units = text.encode("utf-16-le", errors="surrogatepass")
+    name = f"@{me.username}".lower() if me.username else None
+    cut: list[tuple[int, int]] = []
+    addressed = False
+    for entity in map(json_dict, entities):
+        start, length = entity.get("offset"), entity.get("length")
+        if not _is_int(start) or not _is_int(length):
+            continue
+        span = (2 * start, 2 * (start + length))
+        said = units[span[0] : span[1]].decode("utf-16-le", errors="surrogatepass").lower()
+        kind = entity.get("type")
+        named = str(json_dict(entity.get("user")).get("id"))
+        if (kind == "mention" and said == name) or (kind == "text_mention" and named == me.user_id):
+            addressed = True
+            cut.append(span)
+        elif kind == "bot_command" and name is not None and said.endswith(name):
+            addressed = True  # `/stop@bot` in a group: the command stays whole for its handler
+    for begin, end in sorted(cut, reverse=True):
+        units = units[:begin] + units[end:]
+    return addressed, " ".join(units.decode("utf-16-le", errors="surrogatepass").split()) if cut else text
+
+
+async def get_me(http: JsonClient) -> BotSelf:
+    """`getMe`: the bot's user id and username (a mention names the username)."""
+    reply = await post_json(http, ME_PATH, {}, read_seconds=READ_MARGIN_SECONDS)
+    me = json_dict(json_dict(reply).get("result"))
+    username, ident = me.get("username"), me.get("id")
+    if not isinstance(username, str) or not _is_int(ident):
+        raise ListenError(f"getMe: {_scrub_url(str(reply))[:200]}")
+    return BotSelf(str(ident), username)
 
 
 @attrs.define
@@ -189,6 +265,8 @@ class TelegramListener:
     http: JsonClient
     account_id: str
     channel: str = "telegram"
+    # Who the bot is (`getMe`), asked once per listener: it does not change while it runs.
+    me: BotSelf | None = None
 
     @classmethod
     def open(cls, base_url: str, token: str, account_id: str, transport: AsyncBaseTransport) -> TelegramListener:
@@ -209,11 +287,23 @@ class TelegramListener:
                 raise ListenError(f"getUpdates: {_scrub_url(str(reply))[:200]}")
             intake.connected()
             updates = [u for u in reply["result"] if isinstance(u, dict) and isinstance(u.get("update_id"), int)]
-            await intake.accept_batch([h for h in map(heard, updates) if h is not None])
+            await intake.accept_batch(await self._read(updates))
             if updates:
                 # Confirmed to Telegram by the next poll's offset, after every turn is durable.
                 offset = max(u["update_id"] for u in updates) + 1
                 await intake.save_cursor(offset)
+
+    async def _read(self, updates: list[dict[str, object]]) -> list[Heard]:
+        """The batch as the webhook reads it. Who the bot is (`getMe`, asked once) matters only
+        for a group message, so a bot that is only written to directly never asks."""
+        found = [h for u in updates if (h := heard(u, self.me or UNKNOWN_BOT)) is not None]
+        if self.me is not None or not any(h.chat == "group" for h in found):
+            return found
+        try:
+            self.me = await get_me(self.http)
+        except (ListenError, AuthFailed) as exc:
+            raise type(exc)(_scrub_url(str(exc))) from None
+        return [h for u in updates if (h := heard(u, self.me)) is not None]
 
     async def stop(self) -> None:
         # Telegram has no stop call: an unconfirmed offset is simply read again next time.
@@ -241,23 +331,18 @@ def verify_secret_token(request: WebhookRequest) -> None:
 
 
 def parse_webhook(request: WebhookRequest) -> Event:
+    """The same reading as the long poll's (`heard`): an edit, a bot or a service message is
+    ignored here as it is skipped there."""
     verify_secret_token(request)
-    data = request.json()
-    message = json_dict(data.get("message") or data.get("edited_message"))
-    if not message:
-        return Event(ignored="telegram update without a message")
-    if json_dict(message.get("from")).get("is_bot"):
-        # As the poll (`heard`): another bot's message in a group is never a turn (two bots
-        # answering each other would loop).
-        return Event(ignored="telegram message from a bot")
-    chat_ident = json_dict(message.get("chat")).get("id")
-    return message_event(
-        str(chat_ident) if isinstance(chat_ident, int) else None,
-        message.get("text"),
-        "message.chat.id",
-        "message.text",
-        data.get("update_id"),
-    )
+    return message_event(heard(request.json(), request.me), "telegram update")
+
+
+async def _whoami(a: AccountSpec) -> BotSelf:
+    http = TelegramChannel.open(a.base_url, a.token, a.transport()).http
+    try:
+        return await get_me(http)
+    finally:
+        await http.aclose()
 
 
 # --- the record the registry lists -------------------------------------------------------------
@@ -284,7 +369,7 @@ KIND = ChannelKind(
     open_sender=_open_sender,
     default_mode=_default_mode,
     listeners={"poll": _open_listener},
-    webhook=Webhook(verify_secret_token, parse_webhook),
+    webhook=Webhook(verify_secret_token, parse_webhook, _whoami),
     text=TEXT,
     typing_every=4.0,  # the action shows for 5 s
 )

@@ -141,21 +141,38 @@ class WeixinChannel:
 
 
 def heard(msg: object) -> Heard | None:
-    """A message from a person with text, or None (bots, our own replies, media, junk)."""
+    """A message from a person, or None (bots, our own replies, junk). Without text (an image,
+    a voice note, a file) it is `media`. The ilink bot API speaks to one person at a time: a
+    message naming a `group_id` is a group message, which the API gives no way to tell
+    addressed to the bot, so `mention` groups never take it (SPEC 15; `groupPolicy: open`
+    answers it, to the group when its id is an address, else to the sender)."""
     if not isinstance(msg, dict) or msg.get("message_type") != MESSAGE_TYPE_USER:
         return None
     sender = msg.get("from_user_id")
+    items = [item for item in msg.get("item_list") or [] if isinstance(item, dict)]
     texts = [
         item["text_item"].get("text")
-        for item in msg.get("item_list") or []
-        if isinstance(item, dict) and item.get("type") == ITEM_TYPE_TEXT and isinstance(item.get("text_item"), dict)
+        for item in items
+        if item.get("type") == ITEM_TYPE_TEXT and isinstance(item.get("text_item"), dict)
     ]
     text = "\n".join(t for t in texts if isinstance(t, str) and t.strip())
+    media = not text and any(item.get("type") != ITEM_TYPE_TEXT for item in items)
     ident = msg.get("message_id") or msg.get("seq") or msg.get("client_id")
-    if not isinstance(sender, str) or not sender or not text or ident is None:
+    if not isinstance(sender, str) or not sender or not (text or media) or ident is None:
         return None
     token = msg.get("context_token")
-    return Heard(str(ident), sender, text, token if isinstance(token, str) and token else None)
+    group = msg.get("group_id")
+    group = group if isinstance(group, str) and group else None
+    to = group if group is not None and ADDRESS.pattern.fullmatch(group) else sender
+    return Heard(
+        str(ident),
+        to,
+        text,
+        token if isinstance(token, str) and token else None,
+        sender=sender,
+        chat="group" if group is not None else "direct",
+        media=media,
+    )
 
 
 def _check(reply: Any) -> dict[str, Any]:

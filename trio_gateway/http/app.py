@@ -16,15 +16,11 @@ from pathlib import Path
 import attrs
 import trio
 
-from trio_gateway.channels.heard import HeardOn, submit_heard
-from trio_gateway.channels.inbound import Heard
-from trio_gateway.channels.listen import agent_for
 from trio_gateway.channels.registry import NAMES as CHANNEL_NAMES
-from trio_gateway.channels.registry import check_address, check_configured, kind_of
+from trio_gateway.channels.registry import check_address, check_configured
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.errors import (
     BadRequestError,
-    DeliveryValidationError,
     GatewayBusyError,
     GatewayDrainingError,
     GatewayError,
@@ -39,7 +35,7 @@ from trio_gateway.http.asgi import Receive, Scope, Send, lifespan
 from trio_gateway.http.base import Request, Response, Route, delivery_store, error_response, json_response
 from trio_gateway.http.body import JsonObject, opt_bool, opt_number, opt_str, req_obj, req_str
 from trio_gateway.http.ui_auth import UiAuth
-from trio_gateway.policy.config import RANGES, AccountConfig, Config
+from trio_gateway.policy.config import RANGES, Config
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.deps import ServiceOutbox
 from trio_gateway.runtime.gateway import Gateway
@@ -68,11 +64,14 @@ class GatewayApp:
     routes: list[Route] = attrs.field(init=False)
     # The bearer token, or the Control UI's session cookie (SPEC 13).
     ui_auth: UiAuth = attrs.field(init=False)
+    # `POST /channels/{channel}/{accountId}/events` (SPEC 11, 15).
+    _webhooks: inbound.Webhooks = attrs.field(init=False)
     # Unauthenticated bodies being read now (sized from the running config at each use).
     _unverified: trio.CapacityLimiter | None = None
 
     def __attrs_post_init__(self) -> None:
         self.ui_auth = UiAuth(self.token)
+        self._webhooks = inbound.Webhooks(self.gateway, self.env, self.wall_time)
         r = Route
         self.routes = [
             r("GET", ("healthz",), self._healthz, auth=False),
@@ -88,14 +87,7 @@ class GatewayApp:
             r("POST", ("v1", "sessions", "{session_id}", "abort"), self._abort_session),
             r("GET", ("v1", "deliveries"), self._list_deliveries),
             r("POST", ("v1", "deliveries"), self._create_delivery),
-            # A platform cannot send our bearer token: each channel's own signature is checked.
-            r(
-                "POST",
-                ("channels", "{channel}", "{account_id}", "events"),
-                self._channel_event,
-                auth=False,
-                before_body=self._channel_before_body,
-            ),
+            *self._webhooks.routes(),
             r("GET", ("v1", "channels"), self._channels),
             r("POST", ("v1", "channels", "{channel}", "{account_id}", "resume"), self._resume_channel),
             r("POST", ("internal", "test", "stall-model-call"), self._stall_model_call),
@@ -318,47 +310,6 @@ class GatewayApp:
         assert self.gateway.wall is not None
         return Outbox(self._queue(), self.config.agents, self.gateway.wall, self.gateway.log)
 
-    # --- inbound -------------------------------------------------------------------------
-
-    async def _channel_event(self, request: Request, channel: str, account_id: str) -> Response:
-        account = self._account(channel, account_id)
-        event = inbound.parse(channel, request.headers, request.body, account, self.env, self.wall_time)
-        if event.challenge is not None:
-            return json_response(200, {"challenge": event.challenge})
-        if event.message is None:
-            return json_response(200, {"ignored": event.ignored or "not a message"})
-        kind = kind_of(channel)
-        on = HeardOn(channel, account_id, self._agent_for(channel, account_id), kind.address if kind else None)
-        message = event.message
-        # A platform retries a delivery it thinks failed (Slack retries, Telegram and Feishu
-        # resend): the event id, recorded with the turn, makes the retry a no-op (SPEC 11).
-        heard = Heard(message.event_id, message.to, message.text)
-        try:
-            accepted = await submit_heard(self.gateway.submit_inbound, on, heard)
-        except DeliveryValidationError as exc:
-            raise BadRequestError(f"sender: {exc}") from None
-        if accepted is None:
-            return json_response(200, {"duplicate": True})
-        return json_response(200, {"sessionId": accepted[0], "turnId": accepted[1]})
-
-    def _channel_before_body(self, headers: Mapping[str, str], channel: str, account_id: str) -> None:
-        """The account exists and the headers could carry a valid signature: else 404 / 401
-        without reading a byte of the body."""
-        inbound.check_headers(channel, headers, self._account(channel, account_id), self.env, self.wall_time)
-
-    def _account(self, channel: str, account_id: str) -> AccountConfig:
-        section = self.config.channels.get(channel)
-        account = section.accounts.get(account_id) if section is not None else None
-        if account is None:
-            raise NotFoundError(f"no account {account_id!r} configured for channel {channel!r}")
-        return account
-
-    def _agent_for(self, channel: str, account_id: str) -> str:
-        name = agent_for(self.config.agents, channel, account_id)
-        if name is not None:
-            return name
-        raise NotFoundError(f"no agent is bound to channel {channel!r} with account {account_id!r}")
-
     # --- listening channels (SPEC 11) ----------------------------------------------------
 
     async def _channels(self, request: Request) -> Response:
@@ -366,7 +317,7 @@ class GatewayApp:
         return json_response(200, {"channels": listeners.status() if listeners is not None else []})
 
     async def _resume_channel(self, request: Request, channel: str, account_id: str) -> Response:
-        self._account(channel, account_id)  # 404 for an account that is not configured
+        self._webhooks.account(channel, account_id)  # 404 for an account that is not configured
         listeners = self.gateway.listeners
         resumed = listeners.resume(channel, account_id) if listeners is not None else False
         return json_response(200, {"channel": channel, "accountId": account_id, "resumed": resumed})

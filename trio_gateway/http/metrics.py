@@ -185,6 +185,10 @@ def _inbound(out: _Exposition, gateway: Gateway) -> None:
         out.sample("inbound_rejected_total", n, {"channel": channel, "account": account})
     out.family("channel_stop_seconds", "histogram", "Seconds from a drain's start to a listener stopped")
     _histogram(out, "channel_stop_seconds", stats.stop_seconds if stats else [], _CHANNEL_STOP_BUCKETS)
+    access = gateway.listeners.access if gateway.listeners is not None else None
+    out.family("inbound_refused_total", "counter", "Messages heard that the access rules kept from the agent (SPEC 15)")
+    for (channel, account, reason), n in sorted(access.refused.items() if access else []):
+        out.sample("inbound_refused_total", n, {"channel": channel, "account": account, "reason": reason})
 
 
 def _outcomes(delivery: Any) -> dict[tuple[str, str], int]:

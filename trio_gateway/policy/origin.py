@@ -24,6 +24,10 @@ class Origin:
     # The conversation's reply context where the platform needs one (WeChat's `context_token`,
     # sent back as `msg.context_token`): it changes per message, so it travels with the turn.
     context_token: str | None = None
+    # The platform's thread the conversation sits in (Slack `thread_ts`, Telegram
+    # `message_thread_id`): replies and notices go back into it. Part of the conversation: two
+    # threads of one group are two conversations.
+    thread: str | None = attrs.field(default=None, metadata={"omit_if_default": True})
 
     @property
     def conversation(self) -> Origin:

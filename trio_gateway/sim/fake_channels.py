@@ -35,19 +35,21 @@ from trio_gateway.sim.fake_discord import DiscordFake, FakeDiscordGateway
 from trio_gateway.sim.fake_feishu import FakeFeishuSocket, FeishuFake
 from trio_gateway.sim.fake_inbound import Dropped, FakeInbound
 from trio_gateway.sim.fake_platform import (
+    DIRECT,
     Delivered,
     FakeRequest,
     FakeResponse,
     Json,
     PlatformFake,
     Rule,
+    Speech,
     bad,
 )
 from trio_gateway.sim.fake_slack import FakeSlackSocket, SlackFake
 from trio_gateway.sim.fake_telegram import TelegramFake
 from trio_gateway.sim.fake_weixin import WeixinFake
 
-__all__ = ["Delivered", "FakeChannels", "FakeRequest", "FakeResponse", "Rule", "serve_fake_channels"]
+__all__ = ["Delivered", "FakeChannels", "FakeRequest", "FakeResponse", "Rule", "Speech", "serve_fake_channels"]
 
 # Every platform the fake speaks: one `fake_<platform>.py` each.
 PLATFORMS: tuple[type[PlatformFake], ...] = (FeishuFake, WeixinFake, SlackFake, DiscordFake, TelegramFake)
@@ -134,11 +136,11 @@ class FakeChannels:
     # --- commands ---
 
     def push(self, channel: str, text: str, *, sender: str | None = None, context_token: str | None = None,
-             bot: bool = False) -> str:  # fmt: skip
+             bot: bool = False, speech: Speech = DIRECT) -> str:  # fmt: skip
         """A person writes to the bot: the next long poll of `channel` hears it, or its socket
-        sends it (`sender`: the conversation, e.g. the Discord channel id). Returns the platform's
-        id for it."""
-        return self.platform(channel).push(self, text, sender, context_token, bot)
+        sends it (`sender`: the conversation, e.g. the Discord channel id; `speech`: in a group,
+        mentioning the bot, a photo... SPEC 15). Returns the platform's id for it."""
+        return self.platform(channel).push(self, text, sender, context_token, bot, speech)
 
     def drop_connection(self, channel: str) -> None:
         self.platform(channel).drop_connection(self)
@@ -292,7 +294,7 @@ class FakeChannels:
             "rate_limit": self.rate_limit,
             "delay": self.delay,
             "expire_feishu_tokens": self.expire_feishu_tokens,
-            "push": self.push,
+            "push": self._push_json,
             "drop_connection": self.drop_connection,
             "reject_auth": self.reject_auth,
             "accept_auth": self.accept_auth,
@@ -305,6 +307,10 @@ class FakeChannels:
         except (TypeError, ValueError) as exc:
             return bad(400, {"error": str(exc)})
         return FakeResponse(200, {"ok": True})
+
+    def _push_json(self, channel: str, text: str, *, speech: dict[str, Json] | None = None, **rest: Any) -> str:
+        """`push` over HTTP: `speech` as a JSON object of `Speech`'s fields."""
+        return self.push(channel, text, speech=Speech(**speech) if speech else DIRECT, **rest)
 
     # --- ASGI, for a real loopback server ---
 

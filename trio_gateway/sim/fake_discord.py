@@ -25,6 +25,7 @@ import trio_websocket
 
 from trio_gateway.sim.fake_inbound import SteerableSocket, in_memory_websocket
 from trio_gateway.sim.fake_platform import (
+    DIRECT,
     Delivered,
     FakeRequest,
     FakeResponse,
@@ -33,6 +34,7 @@ from trio_gateway.sim.fake_platform import (
     Params,
     Rule,
     SocketFake,
+    Speech,
     bad,
     bearer,
     body_dict,
@@ -41,6 +43,8 @@ from trio_gateway.sim.fake_platform import (
 
 _HEARTBEAT_INTERVAL_MS = 41_250
 HOST = "gateway.fake.invalid"
+# The fake's bot user (READY's `user`): `<@BOT_USER_ID>` mentions it.
+BOT_USER_ID = "1000000000000000077"
 
 
 @attrs.define
@@ -70,12 +74,27 @@ class FakeDiscordGateway(SteerableSocket):
 
     # --- steering ---
 
-    def push(self, text: str, channel_id: str | None = None, *, bot: bool = False) -> str:
+    def push(self, text: str, channel_id: str | None = None, *, bot: bool = False, speech: Speech = DIRECT) -> str:
+        """A `MESSAGE_CREATE`: a DM unless `speech.group` (a guild channel); a mention of the
+        bot is `<@BOT>` in the content and the bot in `mentions`."""
         n = next(self._ids)
         ident = str(1_100_000_000_000_000_000 + n)
-        author = {"id": str(900 + n), "username": "bot" if bot else "person", "bot": bot}
-        data = {"id": ident, "channel_id": channel_id or "4242", "author": author, "content": text}
-        self._dispatch("*", "MESSAGE_CREATE", data)
+        author = {"id": speech.user or str(900 + n), "username": "bot" if bot else "person", "bot": bot}
+        me = {"id": BOT_USER_ID, "username": "fakebot", "bot": True}
+        data: dict[str, Any] = {"id": ident, "channel_id": speech.group or channel_id or "4242", "author": author,
+                                "content": "" if speech.media or speech.service else text, "type": 0,
+                                "mentions": [me] if speech.mention else []}  # fmt: skip
+        if speech.group is not None:
+            data["guild_id"] = "5150"
+        if speech.mention:
+            data["content"] = f"<@{BOT_USER_ID}> {data['content']}"
+        if speech.reply_to_bot:
+            data.update(type=19, referenced_message={"id": str(int(ident) - 1), "author": me})
+        if speech.media:
+            data["attachments"] = [{"id": f"a{n}", "filename": "cat.png", "content_type": "image/png"}]
+        if speech.service:  # THREAD_CREATED: a service message whose content is the thread's name
+            data.update(type=18, content=text)
+        self._dispatch("*", "MESSAGE_UPDATE" if speech.edited else "MESSAGE_CREATE", data)
         return ident
 
     def answer_handshakes(self) -> None:
@@ -175,7 +194,8 @@ class FakeDiscordGateway(SteerableSocket):
             return self.dispatches[-1][0]
         self.identifies += 1
         session.append(f"session-{self.identifies}")
-        self._dispatch(session[0], "READY", {"session_id": session[0], "resume_gateway_url": f"wss://{HOST}"})
+        ready = {"session_id": session[0], "resume_gateway_url": f"wss://{HOST}", "user": {"id": BOT_USER_ID}}
+        self._dispatch(session[0], "READY", ready)
         await _send(ws, self.dispatches[-1][2])
         return self.dispatches[-1][0]
 

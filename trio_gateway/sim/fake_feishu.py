@@ -24,6 +24,7 @@ import trio_websocket
 from trio_gateway.channels.feishu import METHOD_CONTROL, METHOD_DATA, Frame, decode_frame, encode_frame
 from trio_gateway.sim.fake_inbound import SteerableSocket, in_memory_websocket
 from trio_gateway.sim.fake_platform import (
+    DIRECT,
     Delivered,
     FakeRequest,
     FakeResponse,
@@ -32,6 +33,7 @@ from trio_gateway.sim.fake_platform import (
     Params,
     Rule,
     SocketFake,
+    Speech,
     bad,
     bearer,
     body_dict,
@@ -41,6 +43,8 @@ from trio_gateway.sim.fake_platform import (
 HOST = "feishu-ws.fake.invalid"
 # The app id a fake account names (`account_keys`) and the fake's events carry.
 _APP_ID = "cli_fake_app"
+# The fake app's bot (`bot/v3/info`): a `mentions` entry with this open_id addresses it.
+BOT_OPEN_ID = "ou_fake_bot"
 _SERVICE_ID = 7
 
 
@@ -61,21 +65,10 @@ class FakeFeishuSocket(SteerableSocket):
         self.injected.append(encode_frame(frame))
         self._wake()
 
-    def push(self, text: str, open_id: str | None = None, *, bot: bool = False) -> str:
+    def push(self, text: str, open_id: str | None = None, *, bot: bool = False, speech: Speech = DIRECT) -> str:
         n = next(self._ids)
         event_id = f"fs-ev-{n}"
-        event = {
-            "schema": "2.0",
-            "header": {"event_id": event_id, "event_type": "im.message.receive_v1", "app_id": _APP_ID},
-            "event": {
-                "sender": {
-                    "sender_id": {"open_id": open_id or "ou_fake_user"},
-                    "sender_type": "app" if bot else "user",
-                },
-                "message": {"message_id": f"om_{n}", "message_type": "text", "content": json.dumps({"text": text})},
-            },
-        }
-        self.events.append((f"msg-{n}", json.dumps(event).encode()))
+        self.events.append((f"msg-{n}", json.dumps(message_event(n, text, open_id, bot, speech)).encode()))
         self._wake()
         return event_id
 
@@ -132,6 +125,33 @@ NAME = "feishu"
 _TOKEN_INVALID = 99991663
 
 
+def message_event(n: int, text: str, open_id: str | None, bot: bool, speech: Speech = DIRECT) -> dict[str, Any]:
+    """An `im.message.receive_v1` event as Feishu sends it (long connection or webhook): in a
+    `p2p` chat, or in the group `speech.group`; a mention of the bot is the `@_user_1`
+    placeholder in the text and the bot in `mentions`."""
+    sender = speech.user or open_id or "ou_fake_user"
+    message: dict[str, Any] = {
+        "message_id": f"om_{n}",
+        "chat_id": speech.group or f"oc_p2p_{sender}",
+        "chat_type": "group" if speech.group else "p2p",
+        "message_type": "image" if speech.media else "text",
+        "content": json.dumps({"image_key": f"img_{n}"} if speech.media else {"text": text}),
+    }
+    if speech.mention and not speech.media:
+        message["content"] = json.dumps({"text": f"@_user_1 {text}"})
+        message["mentions"] = [{"key": "@_user_1", "id": {"open_id": BOT_OPEN_ID}, "name": "Fake bot"}]
+    if speech.thread is not None:
+        message["thread_id"] = speech.thread
+    return {
+        "schema": "2.0",
+        "header": {"event_id": f"fs-ev-{n}", "event_type": "im.message.receive_v1", "app_id": _APP_ID},
+        "event": {
+            "sender": {"sender_id": {"open_id": sender}, "sender_type": "app" if bot else "user"},
+            "message": message,
+        },
+    }
+
+
 @attrs.define
 class FeishuFake(SocketFake):
     name = NAME
@@ -139,6 +159,7 @@ class FeishuFake(SocketFake):
         (re.compile(r"/open-apis/auth/v3/tenant_access_token/internal$"), "token"),
         (re.compile(r"/open-apis/im/v1/messages$"), "send"),
         (re.compile(r"/callback/ws/endpoint$"), "endpoint"),
+        (re.compile(r"/open-apis/bot/v3/info$"), "bot"),
     )
     reject_default = (400, 99992360, "Invalid ids")
     websocket_host = HOST
@@ -168,6 +189,11 @@ class FeishuFake(SocketFake):
     async def answer_any_method(
         self, server: FakeServer, request: FakeRequest, op: str, params: Params
     ) -> FakeResponse | None:
+        if op == "bot":  # a GET, with a tenant token
+            token = bearer(request.headers)
+            if token is None or self.tokens.get(token, -math.inf) <= trio.current_time():
+                return bad(400, {"code": _TOKEN_INVALID, "msg": "Invalid access token for authorization"})
+            return FakeResponse(200, {"code": 0, "msg": "ok", "bot": {"open_id": BOT_OPEN_ID, "app_name": "Fake"}})
         if op != "endpoint":
             return None
         body = body_dict(request)

@@ -53,6 +53,27 @@ async def in_memory_websocket(
             nursery.cancel_scope.cancel()
 
 
+@attrs.frozen
+class Speech:
+    """How a pushed message is said (SPEC 15): who writes it, in which chat, and whether it
+    addresses the bot. The default is a person's direct message of plain text."""
+
+    # The group chat's id on the platform (Telegram a negative chat id, Slack/Discord a
+    # channel id, Feishu an `oc_` chat id, WeChat a `group_id`); None: a direct message.
+    group: str | None = None
+    # Who writes, in a group (default: the platform's usual person, or `sender`).
+    user: str | None = None
+    mention: bool = False  # it mentions the bot (`@bot`, `<@BOT>`, a Feishu `mentions` entry)
+    reply_to_bot: bool = False  # it replies to one of the bot's messages
+    media: bool = False  # an image; its text, if any, is the caption
+    thread: str | None = None  # the platform thread it sits in (Slack `thread_ts`, Telegram topic)
+    edited: bool = False  # an edit of an earlier message (Telegram `edited_message`)
+    service: bool = False  # a service message (a member joined): no text at all
+
+
+DIRECT = Speech()
+
+
 @attrs.define
 class SteerableSocket:
     """What the websocket fakes share: drop the connection, refuse the credentials."""
@@ -78,9 +99,9 @@ class SteerableSocket:
         finally:
             self.connections_open -= 1
 
-    def push(self, text: str, sender: str | None = None, *, bot: bool = False) -> str:
-        """A person (or, with `bot`, a bot) writes `text` in conversation `sender`; returns the
-        platform's id for the message."""
+    def push(self, text: str, sender: str | None = None, *, bot: bool = False, speech: Speech = DIRECT) -> str:
+        """A person (or, with `bot`, a bot) writes `text` in conversation `sender`, as `speech`
+        says (a group, a mention of the bot, a photo: SPEC 15); returns the platform's id."""
         raise NotImplementedError
 
     def connect(self, url: str) -> AbstractAsyncContextManager[trio_websocket.WebSocketConnection]:

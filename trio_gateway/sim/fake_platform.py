@@ -21,7 +21,9 @@ from typing import Any, ClassVar, Literal, Protocol
 
 import attrs
 
-from trio_gateway.sim.fake_inbound import FakeInbound, SteerableSocket
+from trio_gateway.sim.fake_inbound import DIRECT, FakeInbound, Speech, SteerableSocket
+
+__all__ = ["DIRECT", "Speech"]
 
 Json = Any
 Action = Literal["reject", "fail", "rate_limit"]
@@ -159,8 +161,17 @@ class PlatformFake:
 
     # --- the listening side (SPEC 11) ---
 
-    def push(self, server: FakeServer, text: str, sender: str | None, context_token: str | None, bot: bool) -> str:
-        """A person (or, with `bot`, a bot) writes `text`; returns the platform's id for it."""
+    def push(
+        self,
+        server: FakeServer,
+        text: str,
+        sender: str | None,
+        context_token: str | None,
+        bot: bool,
+        speech: Speech = DIRECT,
+    ) -> str:
+        """A person (or, with `bot`, a bot) writes `text`, as `speech` says; returns the
+        platform's id for it."""
         raise NotImplementedError
 
     def drop_connection(self, server: FakeServer) -> None:
@@ -203,8 +214,16 @@ class SocketFake(PlatformFake):
     def accept_auth(self, server: FakeServer) -> None:
         self.socket.accept_auth()
 
-    def push(self, server: FakeServer, text: str, sender: str | None, context_token: str | None, bot: bool) -> str:
-        return self.socket.push(text, sender, bot=bot)
+    def push(
+        self,
+        server: FakeServer,
+        text: str,
+        sender: str | None,
+        context_token: str | None,
+        bot: bool,
+        speech: Speech = DIRECT,
+    ) -> str:
+        return self.socket.push(text, sender, bot=bot, speech=speech)
 
     def connect(self, url: str) -> AbstractAsyncContextManager[Any]:
         return self.socket.connect(url)

@@ -23,6 +23,7 @@ import trio_websocket
 
 from trio_gateway.sim.fake_inbound import SteerableSocket, in_memory_websocket
 from trio_gateway.sim.fake_platform import (
+    DIRECT,
     Delivered,
     FakeRequest,
     FakeResponse,
@@ -31,12 +32,15 @@ from trio_gateway.sim.fake_platform import (
     Params,
     Rule,
     SocketFake,
+    Speech,
     bearer,
     body_dict,
     retry_after_header,
 )
 
 HOST = "slack.fake.invalid"
+# The fake app's bot user: `<@U0FAKEBOT>` mentions it.
+BOT_USER = "U0FAKEBOT"
 
 
 @attrs.define
@@ -46,15 +50,35 @@ class FakeSlackSocket(SteerableSocket):
     _disconnects: list[str] = attrs.Factory(list)
     _ids: itertools.count[int] = attrs.Factory(lambda: itertools.count(1))
 
-    def push(self, text: str, channel: str | None = None, *, bot: bool = False) -> str:
+    def push(self, text: str, channel: str | None = None, *, bot: bool = False, speech: Speech = DIRECT) -> str:
+        """A `message` event (in a direct chat unless `speech.group`); one mentioning the bot
+        comes twice, as `message` and as `app_mention`, as Slack sends it to an app subscribed
+        to both. Returns the (first) event id."""
         n = next(self._ids)
-        event: dict[str, Any] = {"type": "message", "channel": channel or "C0FAKE0001", "user": "U0FAKE", "text": text,
-                                 "ts": f"{1_700_000_000 + n}.000100"}  # fmt: skip
+        where = speech.group or channel or "C0FAKE0001"
+        event: dict[str, Any] = {"type": "message", "channel": where, "user": speech.user or "U0FAKE",
+                                 "text": f"<@{BOT_USER}> {text}" if speech.mention else text,
+                                 "ts": f"{1_700_000_000 + n}.000100",
+                                 "channel_type": "channel" if speech.group else "im"}  # fmt: skip
         if bot:
             event["bot_id"] = "B0FAKE"
-        event_id = f"Ev{n:08d}"
-        payload = {"type": "event_callback", "event_id": event_id, "event": event}
-        self.envelopes.append({"envelope_id": f"env-{n}", "type": "events_api", "payload": payload,
+        if speech.thread is not None:
+            event["thread_ts"] = speech.thread
+        if speech.media:
+            event.update(subtype="file_share", files=[{"id": f"F{n:08d}", "mimetype": "image/png"}])
+        if speech.edited:
+            event["subtype"] = "message_changed"
+        first = self._envelope(n, event)
+        if speech.mention:
+            mention = {k: v for k, v in event.items() if k != "channel_type"}
+            self._envelope(n, {**mention, "type": "app_mention"}, "m")
+        return first
+
+    def _envelope(self, n: int, event: dict[str, Any], suffix: str = "") -> str:
+        event_id = f"Ev{n:08d}{suffix}"
+        payload = {"type": "event_callback", "event_id": event_id, "event": event,
+                   "authorizations": [{"user_id": BOT_USER, "is_bot": True}]}  # fmt: skip
+        self.envelopes.append({"envelope_id": f"env-{n}{suffix}", "type": "events_api", "payload": payload,
                                "accepts_response_payload": False, "retry_attempt": 0})  # fmt: skip
         self._wake()
         return event_id

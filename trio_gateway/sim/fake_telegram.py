@@ -11,6 +11,7 @@ import attrs
 
 from trio_gateway.sim.fake_inbound import BATCH
 from trio_gateway.sim.fake_platform import (
+    DIRECT,
     Delivered,
     FakeRequest,
     FakeResponse,
@@ -19,12 +20,16 @@ from trio_gateway.sim.fake_platform import (
     LongPollFake,
     Params,
     Rule,
+    Speech,
     bad,
     body_dict,
     number_text,
 )
 
 NAME = "telegram"
+# Who the fake's bot is (`getMe`): a mention names the username; the id is the token's prefix.
+BOT_ID = 7_000_001
+BOT_USERNAME = "trio_fake_bot"
 UNAUTHORIZED = {"ok": False, "error_code": 401, "description": "Unauthorized"}
 
 
@@ -88,6 +93,7 @@ class TelegramFake(LongPollFake):
         (re.compile(r"/bot(?P<token>[^/]+)/sendMessage$"), "send"),
         (re.compile(r"/bot(?P<token>[^/]+)/getUpdates$"), "poll"),
         (re.compile(r"/bot(?P<token>[^/]+)/sendChatAction$"), "typing"),
+        (re.compile(r"/bot(?P<token>[^/]+)/getMe$"), "me"),
     )
     reject_default = (400, 400, "Bad Request: chat not found")
 
@@ -110,6 +116,11 @@ class TelegramFake(LongPollFake):
             return bad(401, UNAUTHORIZED)
         if op == "send":
             return self._send(server, request)
+        if op == "me":
+            if NAME in server.inbound.auth_rejected:
+                return FakeResponse(401, UNAUTHORIZED)
+            me = {"id": BOT_ID, "is_bot": True, "first_name": "Fake", "username": BOT_USERNAME}
+            return FakeResponse(200, {"ok": True, "result": me})
         if op == "typing":  # recorded in `requests` (`requests_to("telegram", "typing")`)
             if body_dict(request).get("action") != "typing":
                 return _refused("wrong action type")
@@ -145,18 +156,59 @@ class TelegramFake(LongPollFake):
 
         return FakeResponse(200, {"ok": True, "result": await server.inbound.hold(NAME, due, hold)})
 
-    def push(self, server: FakeServer, text: str, sender: str | None, context_token: str | None, bot: bool) -> str:
+    def push(
+        self,
+        server: FakeServer,
+        text: str,
+        sender: str | None,
+        context_token: str | None,
+        bot: bool,
+        speech: Speech = DIRECT,
+    ) -> str:
         n = server.inbound.serial()
-        chat = int(sender) if sender and sender.lstrip("-").isdigit() else 4242
         update = {
             "update_id": 90_000 + n,
-            "message": {
-                "message_id": n,
-                "from": {"id": chat, "is_bot": bot, "first_name": "Tess"},
-                "chat": {"id": chat, "type": "private"},
-                "date": 1_700_000_000 + n,
-                "text": text,
-            },
+            "edited_message" if speech.edited else "message": message(n, text, sender, bot, speech),
         }
         server.inbound.add(NAME, update)
         return str(update["update_id"])
+
+
+def message(n: int, text: str, sender: str | None, bot: bool, speech: Speech = DIRECT) -> dict[str, Json]:
+    """A Bot API `Message` as Telegram sends it: in a private chat (the chat id is the
+    person's), or in the group `speech.group` names; a mention of the bot is an `@username`
+    entity, a photo carries its text as the caption."""
+    person = int(sender) if sender and sender.lstrip("-").isdigit() else 4242
+    if speech.group is not None:
+        author = int(speech.user) if speech.user and speech.user.isdigit() else person
+        chat: dict[str, Json] = {"id": int(speech.group), "type": "supergroup", "title": "Fake group"}
+    else:
+        author, chat = person, {"id": person, "type": "private"}
+    body: dict[str, Json] = {
+        "message_id": n,
+        "from": {"id": author, "is_bot": bot, "first_name": "Tess"},
+        "chat": chat,
+        "date": 1_700_000_000 + n,
+    }
+    entities: list[Json] = []
+    if speech.mention:
+        name = f"@{BOT_USERNAME}"
+        entities.append({"type": "mention", "offset": 0, "length": len(name)})
+        text = f"{name} {text}"
+    if speech.reply_to_bot:
+        body["reply_to_message"] = {"message_id": n - 1, "from": {"id": BOT_ID, "is_bot": True}, "chat": chat}
+    if speech.thread is not None:
+        body["message_thread_id"] = int(speech.thread)
+        body["is_topic_message"] = True
+    if speech.service:
+        body["new_chat_members"] = [{"id": author + 1, "is_bot": False, "first_name": "New"}]
+    elif speech.media:
+        body["photo"] = [{"file_id": f"photo-{n}", "file_unique_id": f"u{n}", "width": 90, "height": 90}]
+        if text:
+            body["caption"] = text
+            body["caption_entities"] = entities
+    else:
+        body["text"] = text
+        if entities:
+            body["entities"] = entities
+    return body

@@ -11,6 +11,7 @@ import attrs
 
 from trio_gateway.sim.fake_inbound import BATCH
 from trio_gateway.sim.fake_platform import (
+    DIRECT,
     Delivered,
     FakeRequest,
     FakeResponse,
@@ -19,6 +20,7 @@ from trio_gateway.sim.fake_platform import (
     LongPollFake,
     Params,
     Rule,
+    Speech,
     bad,
     bearer,
     body_dict,
@@ -88,7 +90,15 @@ class WeixinFake(LongPollFake):
              "longpolling_timeout_ms": self.hold_ms},
         )  # fmt: skip
 
-    def push(self, server: FakeServer, text: str, sender: str | None, context_token: str | None, bot: bool) -> str:
+    def push(
+        self,
+        server: FakeServer,
+        text: str,
+        sender: str | None,
+        context_token: str | None,
+        bot: bool,
+        speech: Speech = DIRECT,
+    ) -> str:
         n = server.inbound.serial()
         sender = sender or "user1@im.wechat"
         message = {
@@ -101,5 +111,9 @@ class WeixinFake(LongPollFake):
             "context_token": context_token or f"ctx-{sender}-{n}",
             "item_list": [{"type": 1, "text_item": {"text": text}}],
         }
+        if speech.media:  # an image (item type 2), no text
+            message["item_list"] = [{"type": 2, "image_item": {"url": f"https://fake.invalid/{n}.jpg"}}]
+        if speech.group is not None:
+            message["group_id"] = speech.group
         server.inbound.add(NAME, message)
         return str(message["message_id"])

@@ -240,7 +240,9 @@ def fake_account(channel: str) -> dict[str, str]:
     """An account's config for the fake: every key the channel's adapter requires, as its
     platform's fake (`sim/fake_<platform>.py`) names them."""
     env_prefix = "FAKE_" + channel.upper().replace("-", "_")
-    return {"baseUrl": FAKE_BASE_URL, **platform_fake(channel).account_keys(env_prefix)}
+    # Anyone may talk to a fake's bot (SPEC 15's default is `pairing`): a scenario is about
+    # something else; one about access says so in its own config.
+    return {"baseUrl": FAKE_BASE_URL, "dmPolicy": "open", **platform_fake(channel).account_keys(env_prefix)}
 
 
 def _tapped_delivery(
@@ -322,18 +324,22 @@ class Harness:
             session_runner=faulty_runner(inline, kit.switch("sessions_disk")),
             delivery_factory=_tapped_delivery(the_home, log, the_env, kit, the_channels, tap, seed),
             tools_factory=in_process_tools(the_mcp),
-            # The listeners are production's too, long-polling the same fake (SPEC 11).
-            listener_factory=listeners(
-                the_home,
-                log,
-                the_env,
-                inline,
-                transport=the_channels.transport(),
-                rng=random.Random(seed),
-                connect=the_channels.connect_websocket,
-            ),
         )
-        deps = attrs.evolve(deps, model_factory=_model_factory(config, the_model, fakes, the_env))
+        # The listeners are production's too, long-polling the same fake (SPEC 11), and ask
+        # the one pairing book the approval surfaces change (SPEC 15).
+        listening = listeners(
+            the_home,
+            log,
+            the_env,
+            inline,
+            transport=the_channels.transport(),
+            rng=random.Random(seed),
+            connect=the_channels.connect_websocket,
+            book=deps.pairing,
+        )
+        deps = attrs.evolve(
+            deps, listener_factory=listening, model_factory=_model_factory(config, the_model, fakes, the_env)
+        )
         return cls(Gateway(deps, config), sink, the_model, the_channels, tap, the_home, kit, the_mcp, fakes)
 
     @property
