@@ -18,6 +18,7 @@ from trio_gateway.channels.registry import ChannelSet
 from trio_gateway.cluster.db import CANCEL_BOUND_SECONDS, Database
 from trio_gateway.cluster.inbound import InboundLeases, PgCursors
 from trio_gateway.cluster.node import ClusterNode, default_node_id
+from trio_gateway.cluster.notify import DELIVERY
 from trio_gateway.cluster.pg_delivery import PgDelivery
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
 from trio_gateway.cluster.pg_sessions import PgSessionStore
@@ -81,7 +82,16 @@ def cluster_parts(
     async def factory(config: Config, gateway: DeliveryHost) -> PgDelivery:
         assert gateway.wall is not None
         channels = ChannelSet.build(config, home, env, transport, console_runner)
-        return PgDelivery.build(node.queue, channels, config, gateway.wall, log, gateway.registry, rng)
+        return PgDelivery.build(
+            node.queue,
+            channels,
+            config,
+            gateway.wall,
+            log,
+            gateway.registry,
+            rng,
+            on_peer_delivery=lambda wake: node.on_peers(DELIVERY, wake),
+        )
 
     return node, factory
 

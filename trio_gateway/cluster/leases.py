@@ -25,6 +25,7 @@ from typing import cast
 import attrs
 
 from trio_gateway.cluster.db import Conn, Database
+from trio_gateway.cluster.notify import RELEASED, notify
 
 
 @attrs.frozen
@@ -106,6 +107,8 @@ class Leases:
                 "UPDATE leases SET node_id = NULL, expires_at = NULL WHERE key = %s AND node_id = %s AND epoch = %s",
                 (lease.key, self.node_id, lease.epoch),
             )
+            if cur.rowcount == 1:
+                notify(conn, RELEASED, self.node_id)  # a peer takes the key now, not at its poll
             return cur.rowcount == 1
 
         return await self.db.run(free)
@@ -127,6 +130,8 @@ class Leases:
             cur = conn.execute(
                 "UPDATE leases SET node_id = NULL, expires_at = NULL WHERE node_id = %s", (self.node_id,)
             )
+            if cur.rowcount:
+                notify(conn, RELEASED, self.node_id)
             return cur.rowcount
 
         return await self.db.run(free)

@@ -24,6 +24,7 @@ import trio
 from trio_gateway.cluster import schema
 from trio_gateway.cluster.db import CANCEL_BOUND_SECONDS, Conn, Database
 from trio_gateway.cluster.leases import Leases
+from trio_gateway.cluster.notify import RELEASED, Notifier, notify
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
 from trio_gateway.cluster.pg_sessions import PgSessionStore
 from trio_gateway.errors import ClusterDatabaseError
@@ -49,6 +50,9 @@ class ClusterNode:
     now: Callable[[], dt.datetime]
     state: Callable[[], tuple[str, int]] = lambda: ("running", 0)
     ready: bool = False
+    # LISTEN/NOTIFY wake-ups; None on trio's MockClock (inline database calls), where the
+    # polls alone move work between nodes.
+    notifier: Notifier | None = None
 
     @classmethod
     def create(
@@ -59,7 +63,20 @@ class ClusterNode:
             db, node_id, log, now, lease_seconds=lease_seconds, dead_after_seconds=config.dead_after_seconds
         )
         leases = Leases(db, node_id, config.dead_after_seconds)
-        return cls(db, config, node_id, log, queue, leases, PgSessionStore(db, leases, log, now), now)
+        notifier = None
+        if not db.inline and db.conninfo:
+            # Probed after a heartbeat's silence: a lost listener is found as soon as a lost peer.
+            probe = max(1.0, config.heartbeat_seconds)
+            notifier = Notifier(db.conninfo, log, node_id, probe_seconds=probe)
+        sessions = PgSessionStore(db, leases, log, now)
+        return cls(db, config, node_id, log, queue, leases, sessions, now, notifier=notifier)
+
+    def on_peers(self, channel: str, wake: Callable[[], None]) -> Callable[[], None]:
+        """`wake()` at each notification of `channel` sent by another node (and after each
+        reconnection of the listener); returns the unsubscribe function (a no-op without one)."""
+        if self.notifier is None:
+            return lambda: None
+        return self.notifier.on(channel, lambda sender: None if sender == self.node_id else wake())
 
     async def start(self) -> None:
         """Connect, migrate, register, and take back claims an earlier life of this node id
@@ -127,15 +144,26 @@ class ClusterNode:
         """At the short poll: take over the delivery claims of dead nodes, and adopt sessions
         left with turns pending. Run this often (not at the heartbeat) so work moves within
         `deadAfterSeconds` + `pollSeconds` of a death, and within `pollSeconds` of a leave."""
-        while True:
-            try:
-                await self.queue.recover()
-                records = await self.sessions.adopt_orphans()
-                if records:
-                    adopt(records)
-            except ClusterDatabaseError as exc:
-                self.log.error("CLUSTER", "Takeover sweep failed; retrying", node=self.node_id, error=str(exc))
-            await trio.sleep(self.config.poll_seconds)
+        woken = trio.Event()
+
+        def wake() -> None:
+            woken.set()
+
+        unsubscribe = self.on_peers(RELEASED, wake)  # a peer released its sessions: adopt now
+        try:
+            while True:
+                try:
+                    await self.queue.recover()
+                    records = await self.sessions.adopt_orphans()
+                    if records:
+                        adopt(records)
+                except ClusterDatabaseError as exc:
+                    self.log.error("CLUSTER", "Takeover sweep failed; retrying", node=self.node_id, error=str(exc))
+                with trio.move_on_after(self.config.poll_seconds):
+                    await woken.wait()
+                woken = trio.Event()
+        finally:
+            unsubscribe()
 
     async def leave(self, *, forget: bool = False) -> None:
         """Release every claim and mark this node stopped (or, for a CLI command's node,
@@ -143,7 +171,12 @@ class ClusterNode:
         sql = "DELETE FROM nodes" if forget else "UPDATE nodes SET state = 'stopped'"
         try:
             released = await self.queue.release_own() + await self.leases.release_all()
-            await self.db.run(lambda conn: conn.execute(f"{sql} WHERE node_id = %s", (self.node_id,)))
+
+            def gone(conn: Conn) -> None:
+                conn.execute(f"{sql} WHERE node_id = %s", (self.node_id,))
+                notify(conn, RELEASED, self.node_id)  # peers adopt what this node left, now
+
+            await self.db.run(gone)
             if not forget:
                 self.log.info("CLUSTER", f"Node {self.node_id} left the cluster", released=released)
         except ClusterDatabaseError as exc:
@@ -166,8 +199,10 @@ class ClusterNode:
         self.now = self.queue.now = self.sessions.now = lambda: gateway.wall.now()
         self.state = lambda: (str(gateway.state.value), int(gateway.generation_number))
         await self.start()
-        task_status.started()
         async with trio.open_nursery() as nursery:
+            if self.notifier is not None:
+                await nursery.start(self.notifier.run)
+            task_status.started()
             nursery.start_soon(self.sweep, gateway.adopt_sessions)
             await self.run()
 

@@ -24,6 +24,7 @@ import attrs
 from psycopg.types.json import Jsonb
 
 from trio_gateway.cluster.db import Conn, Database
+from trio_gateway.cluster.notify import DELIVERY, notify
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.entry import DeliveryEntry, check_id, entry_from_json, entry_to_json
@@ -63,6 +64,8 @@ class PgDeliveryQueue:
     now: Callable[[], dt.datetime]
     lease_seconds: float = 60.0
     dead_after_seconds: float = 10.0
+    # NOTIFY peers of claimable entries (False: a poll-only reference, `bench_wakeup.py`).
+    wake_peers: bool = True
     _ids: IdGenerator = attrs.Factory(IdGenerator)
     _enqueues: GroupCommit[DeliveryEntry, None] = attrs.field(init=False)
     _acks: GroupCommit[Claimed, None] = attrs.field(init=False)
@@ -92,6 +95,8 @@ class PgDeliveryQueue:
                     [_doc(e) for e in entries],
                 ),
             ).fetchall()
+            if rows:
+                self._wake(conn)
             return [str(r[0]) for r in rows]
 
         written = set(await self.db.run(insert))
@@ -104,6 +109,11 @@ class PgDeliveryQueue:
                     idempotencyKey=entry.idempotency_key,
                 )
         return [None] * len(entries)
+
+    def _wake(self, conn: Conn) -> None:
+        """Peers' delivery workers claim at once (on commit), not at their next poll."""
+        if self.wake_peers:
+            notify(conn, DELIVERY, self.node_id)
 
     async def enqueue(self, entry: DeliveryEntry) -> None:
         """Durable when this returns (committed); group-committed with concurrent enqueues."""
@@ -229,9 +239,10 @@ class PgDeliveryQueue:
         """Nothing to drop (see `holds`): a claim this node cannot finish ends with its lease,
         and `recover` (this node's or another's) returns the row to pending."""
 
-    async def _settle(self, claimed: Claimed, assignments: str, params: tuple[Any, ...]) -> bool:
+    async def _settle(self, claimed: Claimed, assignments: str, params: tuple[Any, ...], *, wake: bool = False) -> bool:
         """Apply `assignments` to the claimed row and end the claim; False (and nothing
-        changed) when this node no longer holds it under this fence."""
+        changed) when this node no longer holds it under this fence. `wake`: the row is
+        claimable by anyone now (released, or due at once): tell the peers."""
 
         def update(conn: Conn) -> bool:
             cur = conn.execute(
@@ -239,6 +250,8 @@ class PgDeliveryQueue:
                 " WHERE id = %s AND claim_node = %s AND claim_fence = %s",
                 (*params, claimed.entry.id, self.node_id, claimed.fence),
             )
+            if wake and cur.rowcount == 1:
+                self._wake(conn)
             return cur.rowcount == 1
 
         held = await self.db.run(update)
@@ -273,11 +286,12 @@ class PgDeliveryQueue:
         """The channel accepted it: the row goes. Group-committed with concurrent acks."""
         await self._acks.submit(claimed)
 
-    async def _back_to_pending(self, claimed: Claimed, entry: DeliveryEntry) -> DeliveryEntry:
+    async def _back_to_pending(self, claimed: Claimed, entry: DeliveryEntry, *, wake: bool = False) -> DeliveryEntry:
         await self._settle(
             claimed,
             "state = 'pending', entry = %s, next_attempt_at = %s, send_started_at = NULL",
             (_doc(entry), entry.next_attempt_at),
+            wake=wake,
         )
         return entry
 
@@ -292,7 +306,7 @@ class PgDeliveryQueue:
     async def release(self, claimed: Claimed) -> None:
         """A drain or a crash cut the attempt: unclaimed as it is, attempts unchanged, its
         `send_started_at` kept (the send may have reached the channel)."""
-        await self._settle(claimed, "state = 'pending'", ())
+        await self._settle(claimed, "state = 'pending'", (), wake=True)
 
     async def dead_letter(self, claimed: Claimed, reason: str, now: dt.datetime) -> DeliveryEntry:
         entry = claimed.entry.dead(reason, now)
@@ -303,7 +317,7 @@ class PgDeliveryQueue:
         self, claimed: Claimed, *, channel: str, to: str, account_id: str | None, now: dt.datetime, why: str
     ) -> DeliveryEntry:
         entry = claimed.entry.rerouted(channel=channel, to=to, account_id=account_id, now=now, why=why)
-        return await self._back_to_pending(claimed, entry)
+        return await self._back_to_pending(claimed, entry, wake=True)
 
     # --- operator actions and recovery ----------------------------------------------------
 
@@ -322,6 +336,7 @@ class PgDeliveryQueue:
                 " claim_node = NULL, lease_until = NULL WHERE id = %s",
                 (_doc(entry), now, entry_id),
             )
+            self._wake(conn)
             return entry
 
         return await self.db.run(move)
@@ -347,6 +362,8 @@ class PgDeliveryQueue:
                 " WHERE d.id = gone.id RETURNING d.id, gone.claim_node",
                 {"me": self.node_id, "cutoff": cutoff, "now": now},
             ).fetchall()
+            if rows:
+                self._wake(conn)
             return [(str(r[0]), str(r[1])) for r in rows]
 
         taken = await self.db.run(take)
@@ -369,6 +386,8 @@ class PgDeliveryQueue:
             cur = conn.execute(
                 "UPDATE deliveries SET claim_node = NULL, lease_until = NULL WHERE claim_node = %s", (self.node_id,)
             )
+            if cur.rowcount:
+                self._wake(conn)
             return cur.rowcount
 
         return await self.db.run(release)
