@@ -105,11 +105,9 @@ def session_store_for(node: ClusterNode) -> Callable[[Callable[[str], None]], Pg
 
 
 def inbound_gate(node: ClusterNode, config: Config) -> InboundLeases:
-    """The listeners' gate: `node.now` is read at each call (bound when the node serves)."""
+    """The listeners' gate: leases judged on the database's clock."""
     cluster = config.cluster
-    return InboundLeases(
-        node.leases, lambda: node.now(), node.log, cluster.heartbeat_seconds, cluster.dead_after_seconds
-    )
+    return InboundLeases(node.leases, node.log, cluster.heartbeat_seconds, cluster.dead_after_seconds)
 
 
 def inbound_cursors(node: ClusterNode) -> PgCursors:
