@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import attrs
 import pytest
+from helpers import age_heartbeat
 
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode
@@ -27,16 +28,6 @@ class Clock:
 
     def now(self) -> dt.datetime:
         return self.at
-
-
-async def age_heartbeat(node: ClusterNode, seconds: float) -> None:
-    """`node` last heartbeat `seconds` ago on the database's clock (it stopped beating)."""
-    await node.db.run(
-        lambda conn: conn.execute(
-            "UPDATE nodes SET heartbeat_at = now() - make_interval(secs => %s::float8) WHERE node_id = %s",
-            (seconds, node.node_id),
-        )
-    )
 
 
 @pytest.fixture
