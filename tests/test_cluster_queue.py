@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import attrs
 import psycopg
 import pytest
-from helpers import age_heartbeat
 import trio
+from helpers import age_heartbeat
 
 from trio_gateway.channels.base import OK, Outcome
 from trio_gateway.cluster import schema
@@ -193,7 +193,7 @@ async def test_a_node_that_lost_its_claim_changes_nothing(cluster: Callable[...,
     assert await b.queue.list_pending() == []
 
 
-async def expire_leases(member: Any) -> None:
+async def expire_leases(member: Node) -> None:
     """Every claim's lease ran out, on the database's clock (60 s after the claim there)."""
     await member.db.run(lambda conn: conn.execute("UPDATE deliveries SET lease_until = now() - interval '1 second'"))
 
