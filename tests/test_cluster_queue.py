@@ -14,7 +14,7 @@ import trio
 from helpers import age_heartbeat
 
 from trio_gateway.channels.base import OK, Outcome
-from trio_gateway.cluster import schema
+from trio_gateway.cluster import pg_queue, schema
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode, cluster_status
 from trio_gateway.cluster.pg_delivery import PgDeliveryWorker
@@ -443,3 +443,21 @@ async def test_a_stale_settle_after_a_lone_node_took_back_its_claim_changes_noth
     assert (await a.queue.list_pending(), await a.queue.list_failed()) == ([], [])
     await a.queue.ack(again)  # the holder's own settle still lands
     assert await a.queue.counts() == {"pending": 0, "failed": 0}
+
+
+async def test_a_conversation_another_claimer_is_claiming_is_skipped_this_round(
+    cluster: Callable[..., object], pg_dsn: str
+) -> None:
+    """The claim's per-conversation transaction lock (the READ COMMITTED race: two claimers each
+    seeing a different head of one conversation free): while another claimer holds a
+    conversation's lock, this claim leaves that conversation alone, without waiting."""
+    a = await cluster("a")  # type: ignore[misc]
+    first, second = await add(a, 2, spread=True)
+    key = f"console\x1f\x1f{first.to}"
+    with psycopg.connect(pg_dsn) as other:  # another node, mid-claim (its transaction open)
+        other.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (pg_queue._CLAIM_LOCK_CLASS, key))
+        claims = await a.queue.claim_due(T1 + dt.timedelta(seconds=30), 10)
+        assert [c.entry.id for c in claims] == [second.id]
+        other.rollback()
+    [later] = await a.queue.claim_due(T1 + dt.timedelta(seconds=30), 10)
+    assert later.entry.id == first.id
