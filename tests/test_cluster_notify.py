@@ -98,7 +98,8 @@ async def test_a_notification_arrives_on_commit_only(members: Callable[[str], Aw
     async with trio.open_nursery() as nursery:
         with b.notifier.subscribe(DELIVERY) as wakes:
             await nursery.start(b.notifier.run)
-            assert await wakes.get() is None  # connected: "look at everything"
+            with trio.fail_after(BOUND):
+                assert await wakes.get() is None  # connected: "look at everything"
             with psycopg.connect(pg_dsn) as conn:
                 notify(conn, DELIVERY, "rolled back")
                 conn.rollback()
@@ -148,7 +149,8 @@ async def test_a_killed_listener_is_reestablished_and_wakes_again(
     async with trio.open_nursery() as nursery:
         with b.notifier.subscribe(DELIVERY) as wakes:
             await nursery.start(b.notifier.run)
-            assert await wakes.get() is None
+            with trio.fail_after(BOUND):
+                assert await wakes.get() is None  # connected: "look at everything"
             pid = b.notifier.backend_pid
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
                 assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
@@ -176,7 +178,8 @@ async def test_a_silent_listener_is_probed_and_replaced(
     async with trio.open_nursery() as nursery:
         with b.notifier.subscribe(DELIVERY) as wakes:
             await nursery.start(b.notifier.run)
-            assert await wakes.get() is None
+            with trio.fail_after(BOUND):
+                assert await wakes.get() is None  # connected: "look at everything"
             pid = b.notifier.backend_pid
             assert pid is not None
             os.kill(pid, signal.SIGSTOP)
