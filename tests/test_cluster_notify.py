@@ -18,8 +18,9 @@ import trio
 
 from trio_gateway.channels.base import OK, Outcome
 from trio_gateway.cluster.db import Database
+from trio_gateway.cluster.inbound import InboundLeases
 from trio_gateway.cluster.node import ClusterNode
-from trio_gateway.cluster.notify import DELIVERY, Notifier, notify
+from trio_gateway.cluster.notify import DELIVERY, RELEASED, Notifier, notify
 from trio_gateway.cluster.pg_delivery import PgDeliveryWorker
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.log import EventLog, MemorySink
@@ -98,7 +99,8 @@ async def test_a_notification_arrives_on_commit_only(members: Callable[[str], Aw
     async with trio.open_nursery() as nursery:
         with b.notifier.subscribe(DELIVERY) as wakes:
             await nursery.start(b.notifier.run)
-            assert await wakes.get() is None  # connected: "look at everything"
+            with trio.fail_after(BOUND):
+                assert await wakes.get() is None  # connected: "look at everything"
             with psycopg.connect(pg_dsn) as conn:
                 notify(conn, DELIVERY, "rolled back")
                 conn.rollback()
@@ -148,7 +150,8 @@ async def test_a_killed_listener_is_reestablished_and_wakes_again(
     async with trio.open_nursery() as nursery:
         with b.notifier.subscribe(DELIVERY) as wakes:
             await nursery.start(b.notifier.run)
-            assert await wakes.get() is None
+            with trio.fail_after(BOUND):
+                assert await wakes.get() is None  # connected: "look at everything"
             pid = b.notifier.backend_pid
             with psycopg.connect(pg_dsn, autocommit=True) as conn:
                 assert conn.execute("SELECT pg_terminate_backend(%s)", (pid,)).fetchone() == (True,)
@@ -176,7 +179,8 @@ async def test_a_silent_listener_is_probed_and_replaced(
     async with trio.open_nursery() as nursery:
         with b.notifier.subscribe(DELIVERY) as wakes:
             await nursery.start(b.notifier.run)
-            assert await wakes.get() is None
+            with trio.fail_after(BOUND):
+                assert await wakes.get() is None  # connected: "look at everything"
             pid = b.notifier.backend_pid
             assert pid is not None
             os.kill(pid, signal.SIGSTOP)
@@ -217,3 +221,27 @@ async def test_a_released_session_is_adopted_at_once(members: Callable[[str], Aw
             await got.wait()
         nursery.cancel_scope.cancel(reason="test over")
     assert adopted == [record.id]
+
+
+async def test_a_listener_standing_by_takes_a_released_account_at_once(
+    members: Callable[[str], Awaitable[Member]],
+) -> None:
+    a, b = await members("a"), await members("b")
+    gates = [InboundLeases(m.node.leases, m.node.log, renew_seconds=HOUR, ttl_seconds=HOUR) for m in (a, b)]
+    gates[1].on_released = lambda wake: b.node.on_peers(RELEASED, wake)
+    key = gates[0].key("telegram", "bot-1")
+    held = await gates[0].take(key)
+    assert held is not None
+    assert await gates[1].take(key) is None
+    async with trio.open_nursery() as nursery:
+        await nursery.start(b.notifier.run)
+
+        async def release_soon() -> None:
+            await trio.sleep(1)  # b stands by first
+            await gates[0].give_up(held)  # a's drain
+
+        nursery.start_soon(release_soon)
+        with trio.fail_after(BOUND):
+            await gates[1].standby()  # an hour, unless a release wakes it
+        assert await gates[1].take(key) is not None
+        nursery.cancel_scope.cancel(reason="test over")

@@ -18,7 +18,7 @@ from trio_gateway.channels.registry import ChannelSet
 from trio_gateway.cluster.db import CANCEL_BOUND_SECONDS, Database
 from trio_gateway.cluster.inbound import InboundLeases, PgCursors
 from trio_gateway.cluster.node import ClusterNode, default_node_id
-from trio_gateway.cluster.notify import DELIVERY
+from trio_gateway.cluster.notify import DELIVERY, RELEASED
 from trio_gateway.cluster.pg_delivery import PgDelivery
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
 from trio_gateway.cluster.pg_sessions import PgSessionStore
@@ -107,7 +107,9 @@ def session_store_for(node: ClusterNode) -> Callable[[Callable[[str], None]], Pg
 def inbound_gate(node: ClusterNode, config: Config) -> InboundLeases:
     """The listeners' gate: leases judged on the database's clock."""
     cluster = config.cluster
-    return InboundLeases(node.leases, node.log, cluster.heartbeat_seconds, cluster.dead_after_seconds)
+    gate = InboundLeases(node.leases, node.log, cluster.heartbeat_seconds, cluster.dead_after_seconds)
+    gate.on_released = lambda wake: node.on_peers(RELEASED, wake)  # a drained peer's account: take it now
+    return gate
 
 
 def inbound_cursors(node: ClusterNode) -> PgCursors:
