@@ -79,9 +79,8 @@ class ClusterIntake:
         for _ in range(_PLACEMENTS):
             where = await self._place(asked.agent_id, asked.origin, asked.session_id, adopt)
             if isinstance(where, Located):
-                turn = TurnRecord(
-                    f"turn-{where.session_id}-{secrets.token_hex(5)}", asked.prompt, asked.origin, asked.kind
-                )
+                turn_id = f"turn-{where.session_id}-{secrets.token_hex(5)}"  # the owner's counter is not ours
+                turn = TurnRecord(turn_id, asked.prompt, asked.origin, asked.kind, accepted_at=self.table.now())
                 handed = await self.directory.hand_off(where.session_id, asked.agent_id, turn, asked.inbound_id)
                 if handed == "written":
                     self.log.info("CLUSTER", "Turn handed to the session's owner", sessionId=where.session_id)
