@@ -128,12 +128,16 @@ class ClusterIntake:
             try:
                 await self.table.save_accepted(session)
             except Exception as exc:
-                for item in handed:
-                    self.directory.unabsorb(item)
-                for turn in turns:
-                    self.table.forget_unsaved(session, turn, False, None)
-                self.log.error("CLUSTER", "Handed-off turns not taken; retrying", sessionId=session_id, error=str(exc))
-                continue
+                # These turns were accepted (another node answered 202): never dropped here. The
+                # write may even have committed (a connection lost at the commit). They stay in
+                # the record and run; the session's next write records them and deletes their
+                # rows, and until then the rows are there for an adopter if this node dies.
+                self.log.error(
+                    "CLUSTER",
+                    "Handed-off turns taken without their write; running them",
+                    sessionId=session_id,
+                    error=str(exc),
+                )
             if not self.table.holds(session):
                 continue  # the write was refused: another node owns the session now
             self.table.touch(session_id)
