@@ -74,7 +74,7 @@ class ClusterIntake:
         return cls(store, table, log, generation) if isinstance(store, SessionDirectory) else None
 
     async def accept(
-        self, asked: TurnAsked, here: AcceptHere, adopt: Callable[[list[SessionRecord]], None]
+        self, asked: TurnAsked, here: AcceptHere, adopt: Callable[[list[SessionRecord]], Awaitable[None]]
     ) -> Accepted:
         for _ in range(_PLACEMENTS):
             where = await self._place(asked.agent_id, asked.origin, asked.session_id, adopt)
@@ -99,7 +99,7 @@ class ClusterIntake:
         agent_id: str,
         origin: Origin | None,
         session_id: str | None,
-        adopt: Callable[[list[SessionRecord]], None],
+        adopt: Callable[[list[SessionRecord]], Awaitable[None]],
     ) -> str | Located:
         """The id of the session held here that the turn joins, or where a peer holds it."""
         local = session_id or self.table.known_id(agent_id, origin)
@@ -111,7 +111,7 @@ class ClusterIntake:
         if located.owner is not None:
             return located
         if located.record is not None:
-            adopt([located.record])  # its pending turns resume; the new one joins after them
+            await adopt([located.record])  # its pending turns are queued first: the new one after them
         return located.session_id
 
     async def take(self, items: list[HandedOff], start: Callable[[Session, TurnRecord], Awaitable[None]]) -> None:
