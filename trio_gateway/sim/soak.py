@@ -37,6 +37,7 @@ WX = "openclaw-weixin"
 ACCOUNT = "bot1"
 _START_SECONDS = 90.0
 _REQUEST_SECONDS = 10.0
+_QUIET_SECONDS = 10.0
 
 
 @attrs.frozen
@@ -242,7 +243,10 @@ class Soak:
         return sent
 
     async def settle(self) -> None:
-        """Until every accepted turn is answered, nothing is pending, and the queue is empty."""
+        """Until nothing is pending and the queue is empty, and either every accepted turn is
+        answered or nothing was sent for `_QUIET_SECONDS` (some ended in failure notices, or
+        were lost: the checker says which)."""
+        quiet_since, seen = trio.current_time(), -1
         with trio.move_on_after(self.settings.settle_seconds) as bound:
             while True:
                 await trio.sleep(1.0)
@@ -250,9 +254,13 @@ class Soak:
                     _, left, pending = await trio.to_thread.run_sync(self._database)
                 except psycopg.Error:
                     continue
-                texts = {s.text for s in await self._sent()}
+                sent = await self._sent()
+                if len(sent) != seen:
+                    quiet_since, seen = trio.current_time(), len(sent)
+                texts = {s.text for s in sent}
                 missing = [t for t in self.turns if t.accepted and t.text not in texts]
-                if not missing and left == 0 and pending == 0:
+                quiet = trio.current_time() - quiet_since >= _QUIET_SECONDS
+                if left == 0 and pending == 0 and (not missing or quiet):
                     await trio.sleep(2.0)  # stragglers (a possible duplicate) still arrive now
                     return
         if bound.cancelled_caught:
