@@ -141,7 +141,8 @@ class Notifier:
     slice_seconds: float = 0.25
     probe_seconds: float = 5.0
     probe_bound_seconds: float = 2.0
-    backoff_seconds: tuple[float, float] = (0.1, 5.0)
+    # Short: the polls cover the gap, but every second without a listener is a second of polls.
+    backoff_seconds: tuple[float, float] = (0.1, 2.0)
     connected: bool = False
     # The listening backend's process id (`pg_stat_activity.pid`), while connected.
     backend_pid: int | None = None
