@@ -227,7 +227,7 @@ async def test_a_listener_standing_by_takes_a_released_account_at_once(
     members: Callable[[str], Awaitable[Member]],
 ) -> None:
     a, b = await members("a"), await members("b")
-    gates = [InboundLeases(m.node.leases, m.node.now, m.node.log, renew_seconds=HOUR, ttl_seconds=HOUR) for m in (a, b)]
+    gates = [InboundLeases(m.node.leases, m.node.log, renew_seconds=HOUR, ttl_seconds=HOUR) for m in (a, b)]
     gates[1].on_released = lambda wake: b.node.on_peers(RELEASED, wake)
     key = gates[0].key("telegram", "bot-1")
     held = await gates[0].take(key)

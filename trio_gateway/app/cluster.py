@@ -105,11 +105,9 @@ def session_store_for(node: ClusterNode) -> Callable[[Callable[[str], None]], Pg
 
 
 def inbound_gate(node: ClusterNode, config: Config) -> InboundLeases:
-    """The listeners' gate: `node.now` is read at each call (bound when the node serves)."""
+    """The listeners' gate: leases judged on the database's clock."""
     cluster = config.cluster
-    gate = InboundLeases(
-        node.leases, lambda: node.now(), node.log, cluster.heartbeat_seconds, cluster.dead_after_seconds
-    )
+    gate = InboundLeases(node.leases, node.log, cluster.heartbeat_seconds, cluster.dead_after_seconds)
     gate.on_released = lambda wake: node.on_peers(RELEASED, wake)  # a drained peer's account: take it now
     return gate
 

@@ -9,7 +9,6 @@ A database error counts as "not held": a node that cannot reach the database sto
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
@@ -26,7 +25,6 @@ from trio_gateway.log import EventLog
 @attrs.define
 class InboundLeases:
     leases: Leases
-    now: Callable[[], dt.datetime]
     log: EventLog
     # Renewed every heartbeat; the expiry is a backstop (a dead holder is taken over when its
     # heartbeat stops, as for every lease).
@@ -41,7 +39,7 @@ class InboundLeases:
 
     async def take(self, key: str) -> Lease | None:
         try:
-            return await self.leases.acquire(key, self.now(), ttl=self.ttl_seconds)
+            return await self.leases.acquire(key, ttl=self.ttl_seconds)
         except ClusterDatabaseError as exc:
             self.log.warn("CLUSTER", f"Could not take the lease {key}", error=str(exc)[:200])
             return None
@@ -49,7 +47,7 @@ class InboundLeases:
     async def keep(self, held: Any) -> Lease | None:
         assert isinstance(held, Lease)
         try:
-            return await self.leases.renew(held, self.now(), ttl=self.ttl_seconds)
+            return await self.leases.renew(held, ttl=self.ttl_seconds)
         except ClusterDatabaseError as exc:
             self.log.warn("CLUSTER", f"Could not renew the lease {held.key}", error=str(exc)[:200])
             return None

@@ -113,6 +113,11 @@ class SessionTable:
         self.sessions[session_id] = Session(record)
         self._last_active[session_id] = trio.current_time()
 
+    async def restore(self, session_id: str) -> Session | None:
+        """A session held here, read back first when evicted; None when not held here."""
+        await self._restore_evicted(session_id)
+        return self.sessions.get(session_id)
+
     async def save_accepted(self, session: Session) -> None:
         """The write that makes a turn accepted, bounded: a full or stuck sessions disk
         refuses the turn with 507 (the caller forgets the turn: it was never accepted)."""
@@ -172,10 +177,15 @@ class SessionTable:
         return leftover
 
     def forget(self, session_id: str) -> Session | None:
-        """Cluster mode: another node owns this session now; the table keeps nothing of it."""
+        """Cluster mode: another node owns this session now (a write here was refused): its
+        work here stops and the table keeps nothing of it; its turns are the owner's."""
         session = self.sessions.pop(session_id, None)
-        if session is not None:
-            self._drop_key(session)
+        if session is None:
+            return None
+        self._drop_key(session)
+        if session.inbox is not None:
+            session.inbox.cancel(reason="session owned by another node")
+        self.log.warn("CLUSTER", "Session owned by another node; its work here is cancelled", sessionId=session_id)
         return session
 
     def _drop_key(self, session: Session) -> None:
