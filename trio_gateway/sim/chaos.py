@@ -90,6 +90,7 @@ class Turn:
     text: str
     accepted: bool
     session_id: str | None = None
+    turn_id: str | None = None  # from the 202 (HTTP): what the nodes' logs name
 
 
 @attrs.frozen
@@ -168,7 +169,10 @@ def _noticed(verdict: Verdict, unanswered: dict[str, list[Turn]], notices: dict[
             ended += len(told)
             continue
         for turn in waiting:
-            verdict.fail(f"accepted turn never answered: {turn.text!r} (to {to}; {len(told)} failure notice(s) there)")
+            named = f", turn {turn.turn_id}" if turn.turn_id else ""
+            verdict.fail(
+                f"accepted turn never answered: {turn.text!r} (to {to}{named}; {len(told)} failure notice(s) there)"
+            )
         if len(told) > len(waiting):
             verdict.fail(f"{len(told)} failure notice(s) to {to} for {len(waiting)} unanswered turn(s)")
     return ended
@@ -199,7 +203,8 @@ def _in_order(verdict: Verdict, accepted: Sequence[Turn], sent: Sequence[Sent], 
         turn = by_text[s.text]
         before = last.get(turn.to)
         if before is not None and before.index > turn.index:
-            verdict.fail(f"out of order in {turn.to}: reply to {turn.text!r} arrived after {before.text!r}")
+            ids = f" (turns {turn.turn_id}, {before.turn_id})" if turn.turn_id else ""
+            verdict.fail(f"out of order in {turn.to}: reply to {turn.text!r} arrived after {before.text!r}{ids}")
         last[turn.to] = turn
 
 

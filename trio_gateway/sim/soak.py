@@ -195,7 +195,8 @@ class Soak:
                     self.turns.append(Turn(to, k, text, accepted=False))
                     continue
                 if reply.status_code == 202:
-                    self.turns.append(Turn(to, k, text, accepted=True, session_id=reply.json()["sessionId"]))
+                    ids = reply.json()
+                    self.turns.append(Turn(to, k, text, True, ids["sessionId"], ids["turnId"]))
                     break
                 if reply.status_code in (400, 401, 404):
                     raise RuntimeError(f"the soak's own request was refused: {reply.status_code} {reply.text}")
