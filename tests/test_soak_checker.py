@@ -38,6 +38,8 @@ def test_each_broken_invariant_is_named() -> None:
     assert told_other.failures == ["conversation u1 has 2 sessions: ['s-1', 's-9']"]
     left = check(TURNS, CLEAN, SESSIONS, 2)
     assert left.failures == ["2 queue entries left in the database"]
+    stuck = check(TURNS, CLEAN, SESSIONS, 0, ["session s-1 (u1): 1 turn(s) pending"])
+    assert stuck.failures == ["left to run: session s-1 (u1): 1 turn(s) pending"]
     stranger = check(TURNS, [*CLEAN, Sent("u2", "Hello there", "k5")], SESSIONS, 0)
     assert stranger.failures == ["a message nobody asked for: 'Hello there' to u2"]
     extra_notice = check(TURNS, [*CLEAN, Sent("u2", "Sorry, this request failed: boom", "k5")], SESSIONS, 0)

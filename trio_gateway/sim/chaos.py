@@ -115,8 +115,16 @@ class Verdict:
         self.failures.append(what)
 
 
-def check(turns: Sequence[Turn], sent: Sequence[Sent], sessions: Sequence[tuple[str, str]], queue_left: int) -> Verdict:
-    """`sessions`: (session id, conversation `to`) of every session in the database."""
+def check(
+    turns: Sequence[Turn],
+    sent: Sequence[Sent],
+    sessions: Sequence[tuple[str, str]],
+    queue_left: int,
+    waiting: Sequence[str] = (),
+) -> Verdict:
+    """`sessions`: (session id, conversation `to`) of every session in the database; `waiting`:
+    what the database still holds to run (turns pending in a session, handed-off turns), each
+    a failure once the cluster settled, named for the logs."""
     verdict = Verdict()
     keys: dict[str, set[str | None]] = defaultdict(set)
     sends_per_key: Counter[tuple[str, str | None]] = Counter()
@@ -130,6 +138,8 @@ def check(turns: Sequence[Turn], sent: Sequence[Sent], sessions: Sequence[tuple[
     ended_in_notice = _noticed(verdict, unanswered, notices)
     _in_order(verdict, accepted, sent, by_text)
     _one_session(verdict, accepted, sessions)
+    for what in waiting:
+        verdict.fail(f"left to run: {what}")
     if queue_left:
         verdict.fail(f"{queue_left} queue entr{'y' if queue_left == 1 else 'ies'} left in the database")
     verdict.counts = {
@@ -144,6 +154,7 @@ def check(turns: Sequence[Turn], sent: Sequence[Sent], sessions: Sequence[tuple[
         "conversations": len({t.to for t in turns}),
         "sessions": len(sessions),
         "queue left": queue_left,
+        "left to run": len(waiting),
     }
     return verdict
 

@@ -226,12 +226,17 @@ class Soak:
 
     # --- the end --------------------------------------------------------------------------
 
-    def _database(self) -> tuple[list[tuple[str, str]], int, int]:
+    def _database(self) -> tuple[list[tuple[str, str]], int, list[str]]:
+        """Sessions (id, conversation), queue entries left, and what still waits to run:
+        sessions with pending turns, and turns handed to an owner (when the schema has them)."""
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
             sessions = conn.execute("SELECT id, record->'origin'->>'to', pending_turns FROM sessions").fetchall()
             [(left,)] = conn.execute("SELECT count(*) FROM deliveries").fetchall()
-        pending = sum(int(row[2]) for row in sessions)
-        return [(str(r[0]), str(r[1])) for r in sessions], int(left), pending
+            waiting = [f"session {r[0]} ({r[1]}): {r[2]} turn(s) pending" for r in sessions if r[2]]
+            if conn.execute("SELECT to_regclass('handoffs')").fetchone() != (None,):
+                handed = conn.execute("SELECT session_id, count(*) FROM handoffs GROUP BY session_id").fetchall()
+                waiting += [f"session {r[0]}: {r[1]} handed-off turn(s) not taken" for r in handed]
+        return [(str(r[0]), str(r[1])) for r in sessions], int(left), waiting
 
     async def _sent(self) -> list[Sent]:
         requests = (await self.client.get(self.fake_url + "/_fake/requests", timeout=60)).json()
@@ -244,15 +249,16 @@ class Soak:
         return sent
 
     async def settle(self) -> None:
-        """Until nothing is pending and the queue is empty, and either every accepted turn is
+        """Until nothing waits to run and the queue is empty, and either every accepted turn is
         answered or nothing was sent for `_QUIET_SECONDS` (some ended in failure notices, or
-        were lost: the checker says which)."""
+        were lost: the checker says which); or until nothing was sent for three times that
+        (something is stuck: the checker names it)."""
         quiet_since, seen = trio.current_time(), -1
         with trio.move_on_after(self.settings.settle_seconds) as bound:
             while True:
                 await trio.sleep(1.0)
                 try:
-                    _, left, pending = await trio.to_thread.run_sync(self._database)
+                    _, left, waiting = await trio.to_thread.run_sync(self._database)
                 except psycopg.Error:
                     continue
                 sent = await self._sent()
@@ -260,16 +266,17 @@ class Soak:
                     quiet_since, seen = trio.current_time(), len(sent)
                 texts = {s.text for s in sent}
                 missing = [t for t in self.turns if t.accepted and t.text not in texts]
-                quiet = trio.current_time() - quiet_since >= _QUIET_SECONDS
-                if left == 0 and pending == 0 and (not missing or quiet):
+                quiet = trio.current_time() - quiet_since
+                settled = left == 0 and not waiting and (not missing or quiet >= _QUIET_SECONDS)
+                if settled or quiet >= 3 * _QUIET_SECONDS:  # stuck: nothing moves any more
                     await trio.sleep(2.0)  # stragglers (a possible duplicate) still arrive now
                     return
         if bound.cancelled_caught:
             self.say(f"not settled within {self.settings.settle_seconds:g}s: checking what there is")
 
     async def verdict(self) -> Verdict:
-        sessions, left, _ = await trio.to_thread.run_sync(self._database)
-        return check(self.turns, await self._sent(), sessions, left)
+        sessions, left, waiting = await trio.to_thread.run_sync(self._database)
+        return check(self.turns, await self._sent(), sessions, left, waiting)
 
 
 def _start_fake() -> tuple[subprocess.Popen[str], str]:
