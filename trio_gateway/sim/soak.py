@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx2
 import psycopg
 import trio
 
+from trio_gateway import upstream as http
 from trio_gateway.sim.chaos import POSTGRES, Fault, Sent, Turn, Verdict, check, schedule
 from trio_gateway.sim.postgres import PgServer, _free_port
 
@@ -103,7 +103,7 @@ class Soak:
     faults: list[Fault]
     say: Callable[[str], None]
     turns: list[Turn] = attrs.Factory(list)
-    client: httpx2.AsyncClient = attrs.Factory(lambda: httpx2.AsyncClient(timeout=_REQUEST_SECONDS, trust_env=False))
+    client: http.AsyncClient = attrs.Factory(lambda: http.AsyncClient(timeout=_REQUEST_SECONDS, trust_env=False))
     traffic_done: bool = False
 
     # --- processes ------------------------------------------------------------------------
@@ -119,7 +119,7 @@ class Soak:
                     if reply.status_code == 200 and token.exists():
                         node.token = token.read_text().strip()
                         return
-                except httpx2.HTTPError:
+                except http.HTTPError:
                     pass
                 await trio.sleep(0.2)
 
@@ -188,10 +188,10 @@ class Soak:
                     reply = await self.client.post(
                         node.url + "/v1/sessions", json=body, headers={"Authorization": f"Bearer {node.token}"}
                     )
-                except httpx2.ConnectError:
+                except http.ConnectError:
                     await trio.sleep(0.2)  # nothing reached the node: no submission
                     continue
-                except httpx2.HTTPError:
+                except http.HTTPError:
                     self.turns.append(Turn(to, k, text, accepted=False))
                     continue
                 if reply.status_code == 202:
