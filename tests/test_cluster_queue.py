@@ -461,3 +461,36 @@ async def test_a_conversation_another_claimer_is_claiming_is_skipped_this_round(
         other.rollback()
     [later] = await a.queue.claim_due(T1 + dt.timedelta(seconds=30), 10)
     assert later.entry.id == first.id
+
+
+@attrs.define
+class DatabaseAway:
+    """The queue while PostgreSQL restarts: the first `times` enqueues fail."""
+
+    queue: PgDeliveryQueue
+    times: int = 2
+
+    def new_id(self, when: dt.datetime) -> str:
+        return self.queue.new_id(when)
+
+    async def enqueue(self, entry: DeliveryEntry) -> None:
+        if self.times:
+            self.times -= 1
+            raise ClusterDatabaseError("cluster database unavailable: server closed the connection unexpectedly")
+        await self.queue.enqueue(entry)
+
+
+async def test_a_reply_enqueued_while_the_database_restarts_waits_for_it(
+    cluster: Callable[..., object], autojump_clock: object
+) -> None:
+    """A turn's reply is accepted work: with the database away (a restart) the outbox retries
+    it as it retries a full disk, instead of leaving the turn with its reply until the next
+    generation, which in cluster mode nobody starts (the chaos soak found one such turn)."""
+    a = await cluster("a")  # type: ignore[misc]
+    away = DatabaseAway(a.queue)
+    outbox = Outbox(away, AGENTS, WallClock.start(T0), EventLog([a.sink]))  # type: ignore[arg-type]
+    await outbox.submit(kind="reply", origin=ME, agent_id="main", text="kept", idempotency_key="turn-x-1")
+    [entry] = await a.queue.list_pending()
+    assert (entry.payload.text, away.times) == ("kept", 0)
+    assert a.lines("not enqueued yet; retrying until the queue takes it")
+    assert outbox.storage.full == {}  # recovered

@@ -141,7 +141,7 @@ class ClusterNode:
                     node=self.node_id,
                 )
 
-    async def sweep(self, adopt: Callable[[list[SessionRecord]], None]) -> None:
+    async def sweep(self, adopt: Callable[[list[SessionRecord]], Awaitable[None]]) -> None:
         """At the short poll: take over the delivery claims of dead nodes, and adopt sessions
         left with turns pending. Run this often (not at the heartbeat) so work moves within
         `deadAfterSeconds` + `pollSeconds` of a death, and within `pollSeconds` of a leave."""
@@ -157,7 +157,7 @@ class ClusterNode:
                     await self.queue.recover()
                     records = await self.sessions.adopt_orphans()
                     if records:
-                        adopt(records)
+                        await adopt(records)
                 except ClusterDatabaseError as exc:
                     self.log.error("CLUSTER", "Takeover sweep failed; retrying", node=self.node_id, error=str(exc))
                 with trio.move_on_after(self.config.poll_seconds):

@@ -239,12 +239,6 @@ class PgSessionStore:
         self._taking.add(item.seq)
         self._absorbed.setdefault(item.session_id, []).append(item.seq)
 
-    def unabsorb(self, item: HandedOff) -> None:
-        self._taking.discard(item.seq)
-        kept = self._absorbed.get(item.session_id, [])
-        if item.seq in kept:
-            kept.remove(item.seq)
-
     def note_outcome(self, session_id: str, turn_id: str, ok: bool, text: str) -> None:
         self._outcomes.setdefault(session_id, []).append((session_id, turn_id, ok, text))
 

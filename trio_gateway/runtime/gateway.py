@@ -391,15 +391,15 @@ class Gateway:
 
     # --- cluster mode: sessions moving between nodes ---------------------------------------
 
-    def adopt_sessions(self, records: list[SessionRecord]) -> None:
+    async def adopt_sessions(self, records: list[SessionRecord]) -> None:
         """Sessions a peer left (it stopped or died) with turns pending, now owned here: their
-        turns resume through the same path as after a restart, at once when running, else in
-        the next generation."""
+        turns resume through the same path as after a restart, at once when running (queued
+        before this returns: a turn accepted next runs after them), else in the next generation."""
         leftover = self.table.adopt(records)
         gen = self.current
         if leftover and gen is not None and self.state.value == "running":
             self.busy.value += 1
-            gen.work.start_soon(self._resume_turns, gen, leftover)
+            await self._resume_turns(gen, leftover)
 
     async def take_handoffs(self, items: list[HandedOff]) -> None:
         """Turns peers accepted for sessions owned here: run here, in order (`handoff.py`)."""

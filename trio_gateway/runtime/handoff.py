@@ -74,14 +74,13 @@ class ClusterIntake:
         return cls(store, table, log, generation) if isinstance(store, SessionDirectory) else None
 
     async def accept(
-        self, asked: TurnAsked, here: AcceptHere, adopt: Callable[[list[SessionRecord]], None]
+        self, asked: TurnAsked, here: AcceptHere, adopt: Callable[[list[SessionRecord]], Awaitable[None]]
     ) -> Accepted:
         for _ in range(_PLACEMENTS):
             where = await self._place(asked.agent_id, asked.origin, asked.session_id, adopt)
             if isinstance(where, Located):
-                turn = TurnRecord(
-                    f"turn-{where.session_id}-{secrets.token_hex(5)}", asked.prompt, asked.origin, asked.kind
-                )
+                turn_id = f"turn-{where.session_id}-{secrets.token_hex(5)}"  # the owner's counter is not ours
+                turn = TurnRecord(turn_id, asked.prompt, asked.origin, asked.kind, accepted_at=self.table.now())
                 handed = await self.directory.hand_off(where.session_id, asked.agent_id, turn, asked.inbound_id)
                 if handed == "written":
                     self.log.info("CLUSTER", "Turn handed to the session's owner", sessionId=where.session_id)
@@ -100,7 +99,7 @@ class ClusterIntake:
         agent_id: str,
         origin: Origin | None,
         session_id: str | None,
-        adopt: Callable[[list[SessionRecord]], None],
+        adopt: Callable[[list[SessionRecord]], Awaitable[None]],
     ) -> str | Located:
         """The id of the session held here that the turn joins, or where a peer holds it."""
         local = session_id or self.table.known_id(agent_id, origin)
@@ -112,7 +111,7 @@ class ClusterIntake:
         if located.owner is not None:
             return located
         if located.record is not None:
-            adopt([located.record])  # its pending turns resume; the new one joins after them
+            await adopt([located.record])  # its pending turns are queued first: the new one after them
         return located.session_id
 
     async def take(self, items: list[HandedOff], start: Callable[[Session, TurnRecord], Awaitable[None]]) -> None:
@@ -129,12 +128,16 @@ class ClusterIntake:
             try:
                 await self.table.save_accepted(session)
             except Exception as exc:
-                for item in handed:
-                    self.directory.unabsorb(item)
-                for turn in turns:
-                    self.table.forget_unsaved(session, turn, False, None)
-                self.log.error("CLUSTER", "Handed-off turns not taken; retrying", sessionId=session_id, error=str(exc))
-                continue
+                # These turns were accepted (another node answered 202): never dropped here. The
+                # write may even have committed (a connection lost at the commit). They stay in
+                # the record and run; the session's next write records them and deletes their
+                # rows, and until then the rows are there for an adopter if this node dies.
+                self.log.error(
+                    "CLUSTER",
+                    "Handed-off turns taken without their write; running them",
+                    sessionId=session_id,
+                    error=str(exc),
+                )
             if not self.table.holds(session):
                 continue  # the write was refused: another node owns the session now
             self.table.touch(session_id)

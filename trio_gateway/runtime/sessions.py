@@ -169,8 +169,14 @@ class SessionTable:
         """Cluster mode: sessions a peer left, now held here; their turns to resume."""
         leftover: Leftover = []
         for record in records:
-            if record.id in self.sessions:
-                continue
+            known = self.sessions.get(record.id)
+            if known is not None and known.record is record:
+                continue  # handed over twice
+            if known is not None:
+                # A copy from an earlier ownership: another node held the session since (this
+                # node was judged dead, or the session moved), so the database's is the truth.
+                self.forget(record.id)
+            self._evicted.pop(record.id, None)
             session = Session(record)
             self._add(session)
             leftover += [(session, turn) for turn in record.turns]

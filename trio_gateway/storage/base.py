@@ -127,10 +127,6 @@ class SessionDirectory(Protocol):
         """`item` is in its session's record now: the session's next write deletes its row."""
         ...
 
-    def unabsorb(self, item: HandedOff) -> None:
-        """Taking `item` failed: leave its row to the next look."""
-        ...
-
     def note_outcome(self, session_id: str, turn_id: str, ok: bool, text: str) -> None:
         """How a turn ended, written with the session's next write (for `outcome`)."""
         ...
