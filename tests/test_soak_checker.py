@@ -25,7 +25,7 @@ def test_a_clean_run_passes_and_counts_what_it_saw() -> None:
 
 def test_each_broken_invariant_is_named() -> None:
     missing = check(TURNS, CLEAN[:2], SESSIONS, 0)
-    assert missing.failures == ["accepted turn never answered: 'a1-1' (to u1)"]
+    assert missing.failures == ["accepted turn never answered: 'a1-1' (to u1; 0 failure notice(s) there)"]
     twice = check(TURNS, [*CLEAN, Sent("u1", "a0", "k9")], SESSIONS, 0)
     assert twice.failures == ["accepted turn answered 2 times: 'a0', keys ['k1', 'k9']"]
     unknown_twice = check(TURNS, [*CLEAN, Sent("u1", "a1-0", "x"), Sent("u1", "a1-0", "y")], SESSIONS, 0)
@@ -38,8 +38,21 @@ def test_each_broken_invariant_is_named() -> None:
     assert told_other.failures == ["conversation u1 has 2 sessions: ['s-1', 's-9']"]
     left = check(TURNS, CLEAN, SESSIONS, 2)
     assert left.failures == ["2 queue entries left in the database"]
-    stranger = check(TURNS, [*CLEAN, Sent("u2", "Sorry, that failed", "k5")], SESSIONS, 0)
-    assert stranger.failures == ["a message nobody asked for: 'Sorry, that failed' (a failure notice?) to u2"]
+    stuck = check(TURNS, CLEAN, SESSIONS, 0, ["session s-1 (u1): 1 turn(s) pending"])
+    assert stuck.failures == ["left to run: session s-1 (u1): 1 turn(s) pending"]
+    stranger = check(TURNS, [*CLEAN, Sent("u2", "Hello there", "k5")], SESSIONS, 0)
+    assert stranger.failures == ["a message nobody asked for: 'Hello there' to u2"]
+    extra_notice = check(TURNS, [*CLEAN, Sent("u2", "Sorry, this request failed: boom", "k5")], SESSIONS, 0)
+    assert extra_notice.failures == ["1 failure notice(s) to u2 for 0 unanswered turn(s)"]
+
+
+def test_a_turn_may_end_in_one_failure_notice_instead_of_a_reply() -> None:
+    """SPEC 12: every accepted turn ends in one reply or one failure notice (a turn cut by two
+    restarts is given up); the notice does not quote the prompt, so it counts per conversation."""
+    notice = Sent("u1", "Sorry, this request was not completed: it was interrupted by gateway restarts twice.", "k2")
+    verdict = check(TURNS, [CLEAN[0], CLEAN[1], notice], SESSIONS, 0)
+    assert verdict.failures == []
+    assert verdict.counts["ended in a failure notice"] == 1
 
 
 def test_a_seed_draws_one_schedule_that_always_leaves_a_node_untouched() -> None:

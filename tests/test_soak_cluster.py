@@ -24,7 +24,7 @@ def test_a_small_chaos_soak_keeps_every_invariant(tmp_path: Path) -> None:
     said: list[str] = []
     settings = Settings(seed=23, work=tmp_path, turns=60, conversations=6, traffic_seconds=15, settle_seconds=120)
     verdict = trio.run(run_soak, settings, said.append)
-    report = "\n".join([*said, *(f"{k}: {v}" for k, v in verdict.counts.items())])
+    report = "\n".join([*said, *(f"{k}: {v}" for k, v in verdict.counts.items()), *verdict.failures])
     assert verdict.failures == [], report
     assert verdict.counts["accepted"] == verdict.counts["answered"] >= 60
     assert verdict.counts["faults"] >= 3, report

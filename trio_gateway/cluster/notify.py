@@ -100,11 +100,13 @@ class _Listen:
     _busy: bool = False
     _doomed: bool = False
 
-    def enter(self) -> None:
-        with self._lock:
-            self._busy = True
-
     def call(self, fn: Callable[[Conn], T]) -> T:
+        # Busy from inside the thread: a call abandoned before its thread ran leaves nothing
+        # behind, and one that starts after the close touches nothing.
+        with self._lock:
+            if self._doomed:
+                raise _Lost("the notification connection was closed")
+            self._busy = True
         try:
             return fn(self.conn)
         finally:
@@ -141,7 +143,8 @@ class Notifier:
     slice_seconds: float = 0.25
     probe_seconds: float = 5.0
     probe_bound_seconds: float = 2.0
-    backoff_seconds: tuple[float, float] = (0.1, 5.0)
+    # Short: the polls cover the gap, but every second without a listener is a second of polls.
+    backoff_seconds: tuple[float, float] = (0.1, 2.0)
     connected: bool = False
     # The listening backend's process id (`pg_stat_activity.pid`), while connected.
     backend_pid: int | None = None
@@ -238,7 +241,6 @@ class Notifier:
         return _Listen(conn)
 
     async def _call(self, listen: _Listen, fn: Callable[[Conn], T]) -> T:
-        listen.enter()
         try:
             return await trio.to_thread.run_sync(listen.call, fn, abandon_on_cancel=True, limiter=self._threads)
         except trio.Cancelled:

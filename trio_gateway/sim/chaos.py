@@ -13,7 +13,10 @@ exist and what is left in the queue. It asserts SPEC 12 and 15 across the cluste
 
 - every accepted turn answered exactly once: its reply carries one idempotency key (a second
   key would be a second run of the turn; the same key sent again is a possible duplicate of a
-  send cut by a fault, counted and reported, as SPEC 12 allows);
+  send cut by a fault, counted and reported, as SPEC 12 allows), or it ended in one failure
+  notice (SPEC 12: "one reply or one failure notice"; a turn cut by two restarts is given up).
+  A notice does not quote its prompt, so it is matched by conversation: each conversation has
+  as many notices (distinct keys) as accepted turns without a reply;
 - a submission of unknown fate (its HTTP answer lost to a fault) answered at most once;
 - replies of each conversation arrive in the order their turns were accepted;
 - one session id per conversation;
@@ -31,6 +34,8 @@ import attrs
 
 FaultKind = Literal["kill", "stop", "restart", "pg"]
 POSTGRES = "postgres"
+# How the gateway's failure notices begin (`runtime/resume.py`, `runtime/agent.py`).
+FAILURE_NOTICE = "Sorry, "
 _KINDS: tuple[FaultKind, ...] = ("kill", "stop", "restart", "pg")
 _WEIGHTS = (3, 3, 2, 1)
 # After a fault's hold, a node needs a few seconds to be back and useful (start, join).
@@ -85,6 +90,7 @@ class Turn:
     text: str
     accepted: bool
     session_id: str | None = None
+    turn_id: str | None = None  # from the 202 (HTTP): what the nodes' logs name
 
 
 @attrs.frozen
@@ -109,8 +115,16 @@ class Verdict:
         self.failures.append(what)
 
 
-def check(turns: Sequence[Turn], sent: Sequence[Sent], sessions: Sequence[tuple[str, str]], queue_left: int) -> Verdict:
-    """`sessions`: (session id, conversation `to`) of every session in the database."""
+def check(
+    turns: Sequence[Turn],
+    sent: Sequence[Sent],
+    sessions: Sequence[tuple[str, str]],
+    queue_left: int,
+    waiting: Sequence[str] = (),
+) -> Verdict:
+    """`sessions`: (session id, conversation `to`) of every session in the database; `waiting`:
+    what the database still holds to run (turns pending in a session, handed-off turns), each
+    a failure once the cluster settled, named for the logs."""
     verdict = Verdict()
     keys: dict[str, set[str | None]] = defaultdict(set)
     sends_per_key: Counter[tuple[str, str | None]] = Counter()
@@ -119,11 +133,13 @@ def check(turns: Sequence[Turn], sent: Sequence[Sent], sessions: Sequence[tuple[
         sends_per_key[(s.text, s.key)] += 1
     by_text = {t.text: t for t in turns}
     accepted = [t for t in turns if t.accepted]
-    _answered(verdict, turns, keys)
-    for text in sorted(set(keys) - set(by_text)):
-        verdict.fail(f"a message nobody asked for: {text!r} (a failure notice?) to {_to_of(sent, text)}")
+    notices = _notices(verdict, sent, set(by_text))
+    unanswered = _answered(verdict, turns, keys)
+    ended_in_notice = _noticed(verdict, unanswered, notices)
     _in_order(verdict, accepted, sent, by_text)
     _one_session(verdict, accepted, sessions)
+    for what in waiting:
+        verdict.fail(f"left to run: {what}")
     if queue_left:
         verdict.fail(f"{queue_left} queue entr{'y' if queue_left == 1 else 'ies'} left in the database")
     verdict.counts = {
@@ -132,27 +148,58 @@ def check(turns: Sequence[Turn], sent: Sequence[Sent], sessions: Sequence[tuple[
         "unknown fate": len(turns) - len(accepted),
         "unknown fate answered": sum(1 for t in turns if not t.accepted and keys.get(t.text)),
         "answered": sum(1 for t in accepted if keys.get(t.text)),
+        "ended in a failure notice": ended_in_notice,
         "send requests": len(sent),
         "duplicate sends (same key)": sum(n - 1 for n in sends_per_key.values()),
         "conversations": len({t.to for t in turns}),
         "sessions": len(sessions),
         "queue left": queue_left,
+        "left to run": len(waiting),
     }
     return verdict
 
 
-def _to_of(sent: Sequence[Sent], text: str) -> str:
-    return next((s.to for s in sent if s.text == text), "?")
+def _notices(verdict: Verdict, sent: Sequence[Sent], asked: set[str]) -> dict[str, set[str | None]]:
+    """Failure notices (distinct keys) by conversation; any other text nobody asked for fails."""
+    notices: dict[str, set[str | None]] = defaultdict(set)
+    for s in sent:
+        if s.text in asked:
+            continue
+        if s.text.startswith(FAILURE_NOTICE):
+            notices[s.to].add(s.key)
+        else:
+            verdict.fail(f"a message nobody asked for: {s.text!r} to {s.to}")
+    return notices
 
 
-def _answered(verdict: Verdict, turns: Sequence[Turn], keys: dict[str, set[str | None]]) -> None:
+def _noticed(verdict: Verdict, unanswered: dict[str, list[Turn]], notices: dict[str, set[str | None]]) -> int:
+    ended = 0
+    for to in sorted(set(unanswered) | set(notices)):
+        waiting, told = unanswered.get(to, []), notices.get(to, set())
+        if len(waiting) == len(told):
+            ended += len(told)
+            continue
+        for turn in waiting:
+            named = f", turn {turn.turn_id}" if turn.turn_id else ""
+            verdict.fail(
+                f"accepted turn never answered: {turn.text!r} (to {to}{named}; {len(told)} failure notice(s) there)"
+            )
+        if len(told) > len(waiting):
+            verdict.fail(f"{len(told)} failure notice(s) to {to} for {len(waiting)} unanswered turn(s)")
+    return ended
+
+
+def _answered(verdict: Verdict, turns: Sequence[Turn], keys: dict[str, set[str | None]]) -> dict[str, list[Turn]]:
+    """Fails turns answered twice; returns the accepted turns without a reply, by conversation."""
+    unanswered: dict[str, list[Turn]] = defaultdict(list)
     for turn in turns:
         found = keys.get(turn.text, set())
         if turn.accepted and not found:
-            verdict.fail(f"accepted turn never answered: {turn.text!r} (to {turn.to})")
+            unanswered[turn.to].append(turn)
         elif len(found) > 1:
             said = "accepted turn" if turn.accepted else "submission of unknown fate"
             verdict.fail(f"{said} answered {len(found)} times: {turn.text!r}, keys {sorted(map(str, found))}")
+    return unanswered
 
 
 def _in_order(verdict: Verdict, accepted: Sequence[Turn], sent: Sequence[Sent], by_text: dict[str, Turn]) -> None:
@@ -167,7 +214,8 @@ def _in_order(verdict: Verdict, accepted: Sequence[Turn], sent: Sequence[Sent], 
         turn = by_text[s.text]
         before = last.get(turn.to)
         if before is not None and before.index > turn.index:
-            verdict.fail(f"out of order in {turn.to}: reply to {turn.text!r} arrived after {before.text!r}")
+            ids = f" (turns {turn.turn_id}, {before.turn_id})" if turn.turn_id else ""
+            verdict.fail(f"out of order in {turn.to}: reply to {turn.text!r} arrived after {before.text!r}{ids}")
         last[turn.to] = turn
 
 

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import httpx2
 import psycopg
 import trio
 
+from trio_gateway import upstream as http
 from trio_gateway.sim.chaos import POSTGRES, Fault, Sent, Turn, Verdict, check, schedule
 from trio_gateway.sim.postgres import PgServer, _free_port
 
@@ -37,6 +37,7 @@ WX = "openclaw-weixin"
 ACCOUNT = "bot1"
 _START_SECONDS = 90.0
 _REQUEST_SECONDS = 10.0
+_QUIET_SECONDS = 10.0
 
 
 @attrs.frozen
@@ -102,7 +103,7 @@ class Soak:
     faults: list[Fault]
     say: Callable[[str], None]
     turns: list[Turn] = attrs.Factory(list)
-    client: httpx2.AsyncClient = attrs.Factory(lambda: httpx2.AsyncClient(timeout=_REQUEST_SECONDS, trust_env=False))
+    client: http.AsyncClient = attrs.Factory(lambda: http.AsyncClient(timeout=_REQUEST_SECONDS, trust_env=False))
     traffic_done: bool = False
 
     # --- processes ------------------------------------------------------------------------
@@ -118,7 +119,7 @@ class Soak:
                     if reply.status_code == 200 and token.exists():
                         node.token = token.read_text().strip()
                         return
-                except httpx2.HTTPError:
+                except http.HTTPError:
                     pass
                 await trio.sleep(0.2)
 
@@ -187,14 +188,15 @@ class Soak:
                     reply = await self.client.post(
                         node.url + "/v1/sessions", json=body, headers={"Authorization": f"Bearer {node.token}"}
                     )
-                except httpx2.ConnectError:
+                except http.ConnectError:
                     await trio.sleep(0.2)  # nothing reached the node: no submission
                     continue
-                except httpx2.HTTPError:
+                except http.HTTPError:
                     self.turns.append(Turn(to, k, text, accepted=False))
                     continue
                 if reply.status_code == 202:
-                    self.turns.append(Turn(to, k, text, accepted=True, session_id=reply.json()["sessionId"]))
+                    ids = reply.json()
+                    self.turns.append(Turn(to, k, text, True, ids["sessionId"], ids["turnId"]))
                     break
                 if reply.status_code in (400, 401, 404):
                     raise RuntimeError(f"the soak's own request was refused: {reply.status_code} {reply.text}")
@@ -224,12 +226,17 @@ class Soak:
 
     # --- the end --------------------------------------------------------------------------
 
-    def _database(self) -> tuple[list[tuple[str, str]], int, int]:
+    def _database(self) -> tuple[list[tuple[str, str]], int, list[str]]:
+        """Sessions (id, conversation), queue entries left, and what still waits to run:
+        sessions with pending turns, and turns handed to an owner (when the schema has them)."""
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
             sessions = conn.execute("SELECT id, record->'origin'->>'to', pending_turns FROM sessions").fetchall()
             [(left,)] = conn.execute("SELECT count(*) FROM deliveries").fetchall()
-        pending = sum(int(row[2]) for row in sessions)
-        return [(str(r[0]), str(r[1])) for r in sessions], int(left), pending
+            waiting = [f"session {r[0]} ({r[1]}): {r[2]} turn(s) pending" for r in sessions if r[2]]
+            if conn.execute("SELECT to_regclass('handoffs')").fetchone() != (None,):
+                handed = conn.execute("SELECT session_id, count(*) FROM handoffs GROUP BY session_id").fetchall()
+                waiting += [f"session {r[0]}: {r[1]} handed-off turn(s) not taken" for r in handed]
+        return [(str(r[0]), str(r[1])) for r in sessions], int(left), waiting
 
     async def _sent(self) -> list[Sent]:
         requests = (await self.client.get(self.fake_url + "/_fake/requests", timeout=60)).json()
@@ -242,25 +249,34 @@ class Soak:
         return sent
 
     async def settle(self) -> None:
-        """Until every accepted turn is answered, nothing is pending, and the queue is empty."""
+        """Until nothing waits to run and the queue is empty, and either every accepted turn is
+        answered or nothing was sent for `_QUIET_SECONDS` (some ended in failure notices, or
+        were lost: the checker says which); or until nothing was sent for three times that
+        (something is stuck: the checker names it)."""
+        quiet_since, seen = trio.current_time(), -1
         with trio.move_on_after(self.settings.settle_seconds) as bound:
             while True:
                 await trio.sleep(1.0)
                 try:
-                    _, left, pending = await trio.to_thread.run_sync(self._database)
+                    _, left, waiting = await trio.to_thread.run_sync(self._database)
                 except psycopg.Error:
                     continue
-                texts = {s.text for s in await self._sent()}
+                sent = await self._sent()
+                if len(sent) != seen:
+                    quiet_since, seen = trio.current_time(), len(sent)
+                texts = {s.text for s in sent}
                 missing = [t for t in self.turns if t.accepted and t.text not in texts]
-                if not missing and left == 0 and pending == 0:
+                quiet = trio.current_time() - quiet_since
+                settled = left == 0 and not waiting and (not missing or quiet >= _QUIET_SECONDS)
+                if settled or quiet >= 3 * _QUIET_SECONDS:  # stuck: nothing moves any more
                     await trio.sleep(2.0)  # stragglers (a possible duplicate) still arrive now
                     return
         if bound.cancelled_caught:
             self.say(f"not settled within {self.settings.settle_seconds:g}s: checking what there is")
 
     async def verdict(self) -> Verdict:
-        sessions, left, _ = await trio.to_thread.run_sync(self._database)
-        return check(self.turns, await self._sent(), sessions, left)
+        sessions, left, waiting = await trio.to_thread.run_sync(self._database)
+        return check(self.turns, await self._sent(), sessions, left, waiting)
 
 
 def _start_fake() -> tuple[subprocess.Popen[str], str]:
