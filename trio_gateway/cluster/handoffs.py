@@ -97,13 +97,14 @@ def _heard(conn: Conn, session_id: str, inbound_id: str) -> bool:
     return bool(row and row[0])
 
 
-def owned_handoffs(conn: Conn, me: str, skip: list[int]) -> list[HandedOff]:
-    """Turns handed to sessions whose lease this node holds, oldest first."""
+def owned_handoffs(conn: Conn, me: str, skip: list[int], session_id: str | None) -> list[HandedOff]:
+    """Turns handed to sessions whose lease this node holds (or to that one), oldest first."""
     rows = conn.execute(
         "SELECT h.seq, h.session_id, h.agent, h.turn, h.inbound_id FROM handoffs h"
         " JOIN leases l ON l.key = 'session:' || h.session_id AND l.node_id = %s"
-        " WHERE NOT h.seq = ANY(%s::bigint[]) ORDER BY h.seq LIMIT 500",
-        (me, skip),
+        " WHERE NOT h.seq = ANY(%s::bigint[]) AND (%s::text IS NULL OR h.session_id = %s)"
+        " ORDER BY h.seq LIMIT 500",
+        (me, skip, session_id, session_id),
     ).fetchall()
     return [_handed(row) for row in rows]
 
