@@ -145,3 +145,13 @@ def gateway_processes(tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     yield start
     for proc in procs:
         proc.stop_hard()
+
+
+async def age_heartbeat(node: Any, seconds: float) -> None:
+    """`node` last heartbeat `seconds` ago on the database's clock (it stopped beating)."""
+    await node.db.run(
+        lambda conn: conn.execute(
+            "UPDATE nodes SET heartbeat_at = now() - make_interval(secs => %s::float8) WHERE node_id = %s",
+            (seconds, node.node_id),
+        )
+    )

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from helpers import poll as e2e_poll
 
+from trio_gateway.app.assemble import CLOCK_SKEW_ENV
 from trio_gateway.sim.slow_slack import SlowSlack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -124,14 +125,15 @@ def slack() -> Iterator[SlowSlack]:
 
 
 @pytest.fixture
-def start_node(tmp_path: Path, pg_dsn: str, slack: SlowSlack) -> Iterator[Callable[[str], Node]]:
+def start_node(tmp_path: Path, pg_dsn: str, slack: SlowSlack) -> Iterator[Callable[..., Node]]:
     nodes: list[Node] = []
 
-    def start(name: str) -> Node:
+    def start(name: str, skew: float = 0.0) -> Node:
         home = tmp_path / name
         home.mkdir(exist_ok=True)
         (home / "gateway.json").write_text(json.dumps(node_config(name, slack.url)))
         env = os.environ | {"TRIO_GATEWAY_PG_DSN": pg_dsn, "SLACK_BOT_TOKEN": f"token-{name}"}
+        env[CLOCK_SKEW_ENV] = str(skew)  # this node's wall clock runs `skew` seconds off
         cmd = [sys.executable, "-m", "trio_gateway", "--home", str(home), "gateway", "start", "--port", "0"]
         popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True, env=env)
         node = Node(name, home, popen)
@@ -235,6 +237,38 @@ def test_sigkill_with_a_stalled_turn_the_survivor_finishes_it_once(start_node: C
         "b's session idle", lambda: all(s["pendingTurns"] == 0 for s in b.http("GET", "/v1/status").json()["sessions"])
     )
     assert len(console_replies(b, turn_id)) == 1
+
+
+def test_with_clocks_30_s_apart_a_killed_nodes_turn_is_taken_over_within_dead_after_plus_1_s(
+    start_node: Callable[..., Node], pg_dsn: str
+) -> None:
+    """SPEC 12: judged on the database's clock. a's clock runs 30 s ahead, b's 30 s behind: on
+    b's own clock a's heartbeats would look a minute fresh, and the takeover would wait for it.
+    Measured on the database's timestamps: a's last heartbeat, and b's taking of the session's
+    lease (its expiry minus the lease's length, both written by the database's `now()`)."""
+    a, b = start_node("a", skew=30.0), start_node("b", skew=-30.0)
+    stalled = a.http("POST", "/internal/test/stall-model-call", {"durationMs": 600_000}).json()
+    poll(
+        "a's stalled model call",
+        lambda: any(w["kind"] == "model_call" for w in a.http("GET", "/v1/status").json()["work"]),
+    )
+    with psycopg.connect(pg_dsn) as conn:
+        a.kill()
+        killed_at = conn.execute("SELECT now()").fetchone()
+    [reply] = poll("b's reply to the resumed turn", lambda: console_replies(b, stalled["turnId"]))
+    assert reply["kind"] == "reply"
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM (expires_at - interval '7 days') - %s), node_id FROM leases WHERE key = %s",
+            (killed_at[0] if killed_at else None, f"session:{stalled['sessionId']}"),
+        ).fetchone()
+    assert row is not None
+    took, holder = float(row[0]), row[1]
+    assert holder == "b"
+    config = node_config("a", "")["cluster"]
+    # Never before a's last heartbeat (at most one heartbeat before the kill) is deadAfterSeconds
+    # old, and at most 1 s after deadAfterSeconds from the kill.
+    assert config["deadAfterSeconds"] - config["heartbeatSeconds"] <= took <= config["deadAfterSeconds"] + 1.0, took
 
 
 def test_a_rolling_restart_under_steady_traffic_loses_no_turn_and_answers_none_twice(

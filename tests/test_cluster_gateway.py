@@ -48,8 +48,8 @@ async def test_an_adopted_sessions_turns_resume_once(tmp_path: Path, autojump_cl
         record = SessionRecord("s-peer-1-1", "main", CONSOLE, gateway.wall.now())  # type: ignore[union-attr]
         record.turns = [TurnRecord("turn-s-peer-1-1-1", "left by a peer", CONSOLE, status="running")]
         record.seq = 1
-        gateway.adopt_sessions([record])
-        gateway.adopt_sessions([record])  # found twice by the sweep: still once
+        await gateway.adopt_sessions([record])
+        await gateway.adopt_sessions([record])  # found twice by the sweep: still once
         await trio.sleep(5)
         assert [n.text for n in notices] == ["echo: left by a peer"]  # the turn ran, once
         assert gateway.sessions["s-peer-1-1"].record.turns == []
@@ -72,10 +72,33 @@ async def test_an_adopted_wechat_session_is_found_by_its_conversations_next_mess
     async with trio.open_nursery() as nursery:
         await nursery.start(gateway.serve)
         record = SessionRecord("s-peer-1-1", "main", first, gateway.wall.now())  # type: ignore[union-attr]
-        gateway.adopt_sessions([record])
+        await gateway.adopt_sessions([record])
         sid, _ = await gateway.submit(agent_id="main", origin=attrs.evolve(first, context_token="ctx-2"), prompt="hi")
         assert sid == "s-peer-1-1"
         gateway.forget_session(sid)
         other, _ = await gateway.submit(agent_id="main", origin=first, prompt="hi again")
         assert other != sid  # forgotten under the same key it was found by
+        gateway.request_drain("stop")
+
+
+async def test_adopting_a_session_held_here_from_an_earlier_ownership_takes_the_databases_copy(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    """This node held the session, another node owned it since (this one was judged dead while
+    stopped) and wrote to it, now this node adopts it back: the adopted record, with the other
+    node's history and pending turns, replaces the stale copy (which used to be kept, and its
+    next write dropped the turns handed to the session meanwhile)."""
+    notices: list[Notice] = []
+    gateway, _ = build_gateway(tmp_path, quick_config(**NO_STALL), notices=notices)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        sid, _ = await gateway.submit(agent_id="main", origin=CONSOLE, prompt="one")
+        await trio.sleep(1)
+        newer = SessionRecord(sid, "main", CONSOLE, gateway.wall.now())  # type: ignore[union-attr]
+        newer.history = [{"role": "user", "content": "elsewhere"}, {"role": "assistant", "content": "ok"}]
+        newer.turns = [TurnRecord(f"turn-{sid}-abc", "handed meanwhile", CONSOLE)]
+        await gateway.adopt_sessions([newer])
+        await trio.sleep(5)
+        assert [n.text for n in notices] == ["echo: one", "echo: handed meanwhile"]
+        assert gateway.sessions[sid].record.history[:2] == newer.history[:2]
         gateway.request_drain("stop")

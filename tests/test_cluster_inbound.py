@@ -80,7 +80,7 @@ async def nodes(pg_dsn: str) -> AsyncIterator[Callable[[str], Awaitable[ClusterN
 def supervisor(node: ClusterNode, listener: FakeListener) -> ListenerSupervisor:
     log = EventLog([])
     account = AccountListener("telegram", "bot-1", "poll", "main", listener, telegram.ADDRESS)
-    gate = InboundLeases(node.leases, lambda: T0, log, renew_seconds=1, ttl_seconds=5)
+    gate = InboundLeases(node.leases, log, renew_seconds=1, ttl_seconds=5)
     return ListenerSupervisor([account], never, PgCursors(node.db, node.node_id, log), log, 5.0, gate=gate)
 
 

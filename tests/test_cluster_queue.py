@@ -11,9 +11,10 @@ import attrs
 import psycopg
 import pytest
 import trio
+from helpers import age_heartbeat
 
 from trio_gateway.channels.base import OK, Outcome
-from trio_gateway.cluster import schema
+from trio_gateway.cluster import pg_queue, schema
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode, cluster_status
 from trio_gateway.cluster.pg_delivery import PgDeliveryWorker
@@ -173,7 +174,7 @@ async def test_a_node_that_lost_its_claim_changes_nothing(cluster: Callable[...,
     [entry] = await add(a, 1)
     [old] = await a.queue.claim_due(T1, 1)
     # Node a falls silent: b judges it dead and takes the claim over.
-    b.node.now = b.queue.now = lambda: T0 + dt.timedelta(seconds=CLUSTER.dead_after_seconds + 1)
+    await age_heartbeat(a.node, CLUSTER.dead_after_seconds + 1)  # on the database's clock
     await b.node.heartbeat()
     assert await b.queue.recover() == [entry.id]
     assert b.lines("Took over 1 delivery claim(s) of node a")
@@ -192,15 +193,19 @@ async def test_a_node_that_lost_its_claim_changes_nothing(cluster: Callable[...,
     assert await b.queue.list_pending() == []
 
 
+async def expire_leases(member: Node) -> None:
+    """Every claim's lease ran out, on the database's clock (60 s after the claim there)."""
+    await member.db.run(lambda conn: conn.execute("UPDATE deliveries SET lease_until = now() - interval '1 second'"))
+
+
 async def test_a_lone_node_takes_back_its_own_claim_once_the_lease_ran_out(cluster: Callable[..., object]) -> None:
     # A claim this node holds but no attempt here finishes (the claim committed after the call
     # was given up, or its settle failed): with no live peer, only its own sweep can free it.
     a = await cluster("a")  # type: ignore[misc]
     [entry] = await add(a, 1)
     [lost] = await a.queue.claim_due(T1, 1)
-    a.queue.now = lambda: T1 + dt.timedelta(seconds=59)
     assert await a.queue.recover() == []  # within its lease the claim may still be live
-    a.queue.now = lambda: T1 + dt.timedelta(seconds=61)
+    await expire_leases(a)
     assert await a.queue.recover() == [entry.id]
     assert a.lines("Took back 1 delivery claim(s) of this node whose lease ran out")
     [again] = await a.queue.claim_due(T1 + dt.timedelta(seconds=61), 1)
@@ -234,15 +239,15 @@ async def test_leaving_releases_claims_and_status_shows_nodes(cluster: Callable[
     await add(a, 3, spread=True)
     # Due by then however long the three writes took on a busy machine (the clock is real time).
     assert len(await a.queue.claim_due(T0 + dt.timedelta(seconds=30), 2)) == 2
-    nodes = {n["nodeId"]: n for n in await cluster_status(b.db, T0, CLUSTER.dead_after_seconds)}
+    nodes = {n["nodeId"]: n for n in await cluster_status(b.db, CLUSTER.dead_after_seconds)}
     assert (nodes["a"]["state"], nodes["a"]["claimsHeld"], nodes["b"]["claimsHeld"]) == ("running", 2, 0)
     a.node.db.pool.close = lambda **_kw: None  # type: ignore[method-assign]  # the fixture closes it
     await a.node.leave()
-    nodes = {n["nodeId"]: n for n in await cluster_status(b.db, T0, CLUSTER.dead_after_seconds)}
+    nodes = {n["nodeId"]: n for n in await cluster_status(b.db, CLUSTER.dead_after_seconds)}
     assert (nodes["a"]["state"], nodes["a"]["claimsHeld"]) == ("stopped", 0)
     assert len(await b.queue.list_pending()) == 3
-    later = T0 + dt.timedelta(seconds=60)
-    assert {n["state"] for n in await cluster_status(b.db, later, CLUSTER.dead_after_seconds)} == {"dead", "stopped"}
+    await age_heartbeat(b.node, 60)  # b falls silent: dead, on the database's clock
+    assert {n["state"] for n in await cluster_status(b.db, CLUSTER.dead_after_seconds)} == {"dead", "stopped"}
 
 
 # --- every call has a deadline ----------------------------------------------------------------
@@ -422,7 +427,7 @@ async def test_a_stale_settle_after_a_lone_node_took_back_its_claim_changes_noth
     [entry] = await add(a, 1)
     [lost] = await a.queue.claim_due(T1, 1)
     later = T1 + dt.timedelta(seconds=61)
-    a.queue.now = lambda: later
+    await expire_leases(a)
     assert await a.queue.recover() == [entry.id]
     [again] = await a.queue.claim_due(later, 1)
     await settle(a.queue, lost)
@@ -438,3 +443,54 @@ async def test_a_stale_settle_after_a_lone_node_took_back_its_claim_changes_noth
     assert (await a.queue.list_pending(), await a.queue.list_failed()) == ([], [])
     await a.queue.ack(again)  # the holder's own settle still lands
     assert await a.queue.counts() == {"pending": 0, "failed": 0}
+
+
+async def test_a_conversation_another_claimer_is_claiming_is_skipped_this_round(
+    cluster: Callable[..., object], pg_dsn: str
+) -> None:
+    """The claim's per-conversation transaction lock (the READ COMMITTED race: two claimers each
+    seeing a different head of one conversation free): while another claimer holds a
+    conversation's lock, this claim leaves that conversation alone, without waiting."""
+    a = await cluster("a")  # type: ignore[misc]
+    first, second = await add(a, 2, spread=True)
+    key = f"console\x1f\x1f{first.to}"
+    with psycopg.connect(pg_dsn) as other:  # another node, mid-claim (its transaction open)
+        other.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (pg_queue._CLAIM_LOCK_CLASS, key))
+        claims = await a.queue.claim_due(T1 + dt.timedelta(seconds=30), 10)
+        assert [c.entry.id for c in claims] == [second.id]
+        other.rollback()
+    [later] = await a.queue.claim_due(T1 + dt.timedelta(seconds=30), 10)
+    assert later.entry.id == first.id
+
+
+@attrs.define
+class DatabaseAway:
+    """The queue while PostgreSQL restarts: the first `times` enqueues fail."""
+
+    queue: PgDeliveryQueue
+    times: int = 2
+
+    def new_id(self, when: dt.datetime) -> str:
+        return self.queue.new_id(when)
+
+    async def enqueue(self, entry: DeliveryEntry) -> None:
+        if self.times:
+            self.times -= 1
+            raise ClusterDatabaseError("cluster database unavailable: server closed the connection unexpectedly")
+        await self.queue.enqueue(entry)
+
+
+async def test_a_reply_enqueued_while_the_database_restarts_waits_for_it(
+    cluster: Callable[..., object], autojump_clock: object
+) -> None:
+    """A turn's reply is accepted work: with the database away (a restart) the outbox retries
+    it as it retries a full disk, instead of leaving the turn with its reply until the next
+    generation, which in cluster mode nobody starts (the chaos soak found one such turn)."""
+    a = await cluster("a")  # type: ignore[misc]
+    away = DatabaseAway(a.queue)
+    outbox = Outbox(away, AGENTS, WallClock.start(T0), EventLog([a.sink]))  # type: ignore[arg-type]
+    await outbox.submit(kind="reply", origin=ME, agent_id="main", text="kept", idempotency_key="turn-x-1")
+    [entry] = await a.queue.list_pending()
+    assert (entry.payload.text, away.times) == ("kept", 0)
+    assert a.lines("not enqueued yet; retrying until the queue takes it")
+    assert outbox.storage.full == {}  # recovered

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import attrs
 import psycopg
 import pytest
+from helpers import age_heartbeat
 
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode
@@ -95,7 +96,7 @@ async def test_a_dead_owners_pending_session_is_adopted_and_its_old_owner_fenced
     a, b = await members("a"), await members("b")
     await a.node.sessions.save(record())
     assert await b.node.sessions.adopt_orphans() == []  # a is alive
-    b.clock.at = T0 + dt.timedelta(seconds=CLUSTER.dead_after_seconds + 1)
+    await age_heartbeat(a.node, CLUSTER.dead_after_seconds + 1)  # on the database's clock
     await b.node.heartbeat()
     [adopted] = await b.node.sessions.adopt_orphans()
     assert [t.id for t in adopted.turns] == ["turn-s-1-0"]

@@ -295,7 +295,11 @@ def test_the_storage_contract_stands_apart_from_the_file_backend() -> None:
     edges = graph()
     shared = ["trio_gateway.storage.base", "trio_gateway.storage.group_commit", "trio_gateway.storage.ids"]
     assert {m: sorted(edges[m]) for m in shared} == {
-        "trio_gateway.storage.base": ["trio_gateway.policy.entry", "trio_gateway.storage.sessions"],
+        "trio_gateway.storage.base": [
+            "trio_gateway.policy.entry",
+            "trio_gateway.policy.origin",
+            "trio_gateway.storage.sessions",
+        ],
         "trio_gateway.storage.group_commit": ["trio_gateway.storage.base"],
         "trio_gateway.storage.ids": [],
     }

@@ -204,6 +204,7 @@ def production_gateway(
         model_ledger=_model_ledger(home, runner, log),
         pairing=book,
     )
+    deps.wall_base = _skewed_wall(config, env)
     if config.cluster.backend == "postgres":
         # Imported here: a gateway on files never loads psycopg.
         from trio_gateway.app import cluster as wiring
@@ -231,6 +232,19 @@ def production_gateway(
             book=deps.pairing,
         )
     return Gateway(deps, config)
+
+
+# A test seam (honoured only with `gateway.testEndpoints.enabled`): this process's wall clock
+# runs this many seconds off, as a badly synchronised machine's would. Cluster mode must not
+# care (SPEC 12: leases and deaths are judged on the database's clock).
+CLOCK_SKEW_ENV = "TRIO_GATEWAY_TEST_CLOCK_SKEW_SECONDS"
+
+
+def _skewed_wall(config: Config, env: Mapping[str, str]) -> dt.datetime | None:
+    skew = env.get(CLOCK_SKEW_ENV)
+    if not skew or not config.gateway.test_endpoints.enabled:
+        return None
+    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=float(skew))
 
 
 def _model_ledger(home: Home, runner: BlockingRunner, log: EventLog) -> ModelLedger:

@@ -18,6 +18,7 @@ from trio_gateway.channels.registry import ChannelSet
 from trio_gateway.cluster.db import CANCEL_BOUND_SECONDS, Database
 from trio_gateway.cluster.inbound import InboundLeases, PgCursors
 from trio_gateway.cluster.node import ClusterNode, default_node_id
+from trio_gateway.cluster.notify import DELIVERY, RELEASED
 from trio_gateway.cluster.pg_delivery import PgDelivery
 from trio_gateway.cluster.pg_pairing import PgPairingBook
 from trio_gateway.cluster.pg_queue import PgDeliveryQueue
@@ -82,7 +83,16 @@ def cluster_parts(
     async def factory(config: Config, gateway: DeliveryHost) -> PgDelivery:
         assert gateway.wall is not None
         channels = ChannelSet.build(config, home, env, transport, console_runner)
-        return PgDelivery.build(node.queue, channels, config, gateway.wall, log, gateway.registry, rng)
+        return PgDelivery.build(
+            node.queue,
+            channels,
+            config,
+            gateway.wall,
+            log,
+            gateway.registry,
+            rng,
+            on_peer_delivery=lambda wake: node.on_peers(DELIVERY, wake),
+        )
 
     return node, factory
 
@@ -96,11 +106,11 @@ def session_store_for(node: ClusterNode) -> Callable[[Callable[[str], None]], Pg
 
 
 def inbound_gate(node: ClusterNode, config: Config) -> InboundLeases:
-    """The listeners' gate: `node.now` is read at each call (bound when the node serves)."""
+    """The listeners' gate: leases judged on the database's clock."""
     cluster = config.cluster
-    return InboundLeases(
-        node.leases, lambda: node.now(), node.log, cluster.heartbeat_seconds, cluster.dead_after_seconds
-    )
+    gate = InboundLeases(node.leases, node.log, cluster.heartbeat_seconds, cluster.dead_after_seconds)
+    gate.on_released = lambda wake: node.on_peers(RELEASED, wake)  # a drained peer's account: take it now
+    return gate
 
 
 def pairing_book(node: ClusterNode) -> PgPairingBook:

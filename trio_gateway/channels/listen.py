@@ -213,6 +213,10 @@ class AccountGate(Protocol):
     async def give_up(self, held: Any) -> None:
         """At a drain: peers may take the key at once."""
 
+    async def standby(self) -> None:
+        """Wait before trying for a key another node holds: `renew_seconds`, or less when a
+        peer lets a lease go (its drain gave the key up)."""
+
 
 # --- the supervisor ------------------------------------------------------------------------------
 
@@ -312,7 +316,7 @@ class ListenerSupervisor:
             account.standby = held is None
             if held is None:
                 account.state = "off"
-                await trio.sleep(gate.renew_seconds)
+                await gate.standby()
                 continue
             self.log.info("CHANNEL", f"Listening channel={account.channel} account={account.account_id} (lease {key})")
             try:

@@ -6,7 +6,6 @@ down. Only this command group loads psycopg."""
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 from typing import TYPE_CHECKING, Any
@@ -50,7 +49,7 @@ async def _read(config: Any) -> list[dict[str, Any]]:
     db = database(config, os.environ)
     await db.open()
     try:
-        return await cluster_status(db, dt.datetime.now(dt.UTC), config.cluster.dead_after_seconds)
+        return await cluster_status(db, config.cluster.dead_after_seconds)
     finally:
         await db.close()
 

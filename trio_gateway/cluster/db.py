@@ -62,6 +62,8 @@ class Database:
     pool: ConnectionPool[Conn]
     statement_timeout: float
     inline: bool = False
+    # The DSN, for a connection outside the pool (the LISTEN connection, `notify.py`).
+    conninfo: str = ""
     # Threads of their own (like `disk.DiskRunners`): a thread abandoned to a hung database
     # keeps its limiter token until it ends, so a hung database starves only its own calls,
     # never the disks or HTTP reads on trio's default limiter. One call thread per pooled
@@ -87,7 +89,7 @@ class Database:
             kwargs={"options": options, "connect_timeout": max(2, int(statement_timeout))},
             name="trio-gateway",
         )
-        return cls(pool, statement_timeout, inline)
+        return cls(pool, statement_timeout, inline, dsn)
 
     async def open(self) -> None:
         """Connect (bounded): a wrong DSN or a database that is down is a clear error."""

@@ -9,11 +9,11 @@ A database error counts as "not held": a node that cannot reach the database sto
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+import trio
 from psycopg.types.json import Jsonb
 
 from trio_gateway.cluster.db import Conn, Database
@@ -25,19 +25,21 @@ from trio_gateway.log import EventLog
 @attrs.define
 class InboundLeases:
     leases: Leases
-    now: Callable[[], dt.datetime]
     log: EventLog
     # Renewed every heartbeat; the expiry is a backstop (a dead holder is taken over when its
     # heartbeat stops, as for every lease).
     renew_seconds: float
     ttl_seconds: float
+    # Subscribes a wake-up to peers releasing a lease (`ClusterNode.on_peers(RELEASED, ...)`);
+    # returns the unsubscribe function. The default: none, `standby` waits `renew_seconds`.
+    on_released: Callable[[Callable[[], None]], Callable[[], None]] = lambda _wake: lambda: None
 
     def key(self, channel: str, account_id: str) -> str:
         return _inbound_key(channel, account_id)
 
     async def take(self, key: str) -> Lease | None:
         try:
-            return await self.leases.acquire(key, self.now(), ttl=self.ttl_seconds)
+            return await self.leases.acquire(key, ttl=self.ttl_seconds)
         except ClusterDatabaseError as exc:
             self.log.warn("CLUSTER", f"Could not take the lease {key}", error=str(exc)[:200])
             return None
@@ -45,10 +47,19 @@ class InboundLeases:
     async def keep(self, held: Any) -> Lease | None:
         assert isinstance(held, Lease)
         try:
-            return await self.leases.renew(held, self.now(), ttl=self.ttl_seconds)
+            return await self.leases.renew(held, ttl=self.ttl_seconds)
         except ClusterDatabaseError as exc:
             self.log.warn("CLUSTER", f"Could not renew the lease {held.key}", error=str(exc)[:200])
             return None
+
+    async def standby(self) -> None:
+        released = trio.Event()
+        unsubscribe = self.on_released(released.set)
+        try:
+            with trio.move_on_after(self.renew_seconds):
+                await released.wait()
+        finally:
+            unsubscribe()
 
     async def give_up(self, held: Any) -> None:
         assert isinstance(held, Lease)

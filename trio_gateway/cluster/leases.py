@@ -2,8 +2,8 @@
 listener's cursor never forks) or `session:<id>` (so a session's turns run on one node).
 
     leases = Leases(db, node_id, dead_after_seconds)
-    lease = await leases.acquire("inbound:telegram:bot-1", now, ttl=30)   # None: another node has it
-    lease = await leases.renew(lease, now, ttl=30)                        # None: lost it; stop at once
+    lease = await leases.acquire("inbound:telegram:bot-1", ttl=30)   # None: another node has it
+    lease = await leases.renew(lease, ttl=30)                        # None: lost it; stop at once
     ok = await leases.still_held(lease)                                   # before a fenced write
     await leases.release(lease)                                           # at a drain: peers take it now
 
@@ -11,7 +11,9 @@ A key is free when nobody holds it, when its lease ran out, or when its holder i
 heartbeat for `dead_after_seconds`, or stopped): takeover follows the heartbeat, the expiry is
 only a backstop. The epoch moves on at every change of holder, never on a renewal, so a write
 stamped with an epoch is refused once anyone else has held the key since. Every operation is
-one statement; the renew and release are fenced by the epoch.
+one statement; the renew and release are fenced by the epoch. Every time in a decision (expiry,
+"dead after") is the database's `now()`, never a node's clock (SPEC 12): nodes need no
+synchronised clocks, and a node whose clock is 30 s off neither steals nor keeps a key by it.
 
 (Used by session ownership, `cluster status` (which counts `session:` leases as sessions owned)
 and the inbound listeners, `cluster/inbound.py`.)
@@ -25,6 +27,14 @@ from typing import cast
 import attrs
 
 from trio_gateway.cluster.db import Conn, Database
+from trio_gateway.cluster.notify import RELEASED, notify
+
+# SQL: node `{node}` is alive, judged on the database's clock: it has not stopped and its last
+# heartbeat (written as the database's `now()`) is at most `%(dead_after)s` seconds old.
+LIVE_NODE = (
+    "EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = {node} AND n.state <> 'stopped'"
+    " AND n.heartbeat_at >= now() - make_interval(secs => %(dead_after)s::float8))"
+)
 
 
 @attrs.frozen
@@ -48,25 +58,19 @@ class Leases:
     node_id: str
     dead_after_seconds: float
 
-    async def acquire(self, key: str, now: dt.datetime, *, ttl: float) -> Lease | None:
+    async def acquire(self, key: str, *, ttl: float) -> Lease | None:
         """Take (or renew, keeping the epoch) `key` if it is free or already ours."""
-        params = {
-            "key": key,
-            "me": self.node_id,
-            "now": now,
-            "until": now + dt.timedelta(seconds=ttl),
-            "cutoff": now - dt.timedelta(seconds=self.dead_after_seconds),
-        }
+        params = {"key": key, "me": self.node_id, "ttl": ttl, "dead_after": self.dead_after_seconds}
 
         def take(conn: Conn) -> Lease | None:
             return _lease(
                 conn.execute(
-                    "INSERT INTO leases AS l (key, node_id, epoch, expires_at) VALUES (%(key)s, %(me)s, 1, %(until)s)"
-                    " ON CONFLICT (key) DO UPDATE SET node_id = %(me)s, expires_at = %(until)s,"
+                    "INSERT INTO leases AS l (key, node_id, epoch, expires_at)"
+                    " VALUES (%(key)s, %(me)s, 1, now() + make_interval(secs => %(ttl)s::float8))"
+                    " ON CONFLICT (key) DO UPDATE SET node_id = %(me)s, expires_at = EXCLUDED.expires_at,"
                     "  epoch = l.epoch + CASE WHEN l.node_id = %(me)s THEN 0 ELSE 1 END"
-                    " WHERE l.node_id IS NULL OR l.node_id = %(me)s OR l.expires_at < %(now)s"
-                    "  OR NOT EXISTS (SELECT 1 FROM nodes n WHERE n.node_id = l.node_id"
-                    "                 AND n.state <> 'stopped' AND n.heartbeat_at >= %(cutoff)s)"
+                    " WHERE l.node_id IS NULL OR l.node_id = %(me)s OR l.expires_at < now()"
+                    f"  OR NOT {LIVE_NODE.format(node='l.node_id')}"
                     " RETURNING key, node_id, epoch, expires_at",
                     params,
                 ).fetchone()
@@ -74,15 +78,15 @@ class Leases:
 
         return await self.db.run(take)
 
-    async def renew(self, lease: Lease, now: dt.datetime, *, ttl: float) -> Lease | None:
+    async def renew(self, lease: Lease, *, ttl: float) -> Lease | None:
         """Extend a lease still held under its epoch; None when it was lost."""
 
         def extend(conn: Conn) -> Lease | None:
             return _lease(
                 conn.execute(
-                    "UPDATE leases SET expires_at = %s WHERE key = %s AND node_id = %s AND epoch = %s"
-                    " RETURNING key, node_id, epoch, expires_at",
-                    (now + dt.timedelta(seconds=ttl), lease.key, self.node_id, lease.epoch),
+                    "UPDATE leases SET expires_at = now() + make_interval(secs => %s::float8)"
+                    " WHERE key = %s AND node_id = %s AND epoch = %s RETURNING key, node_id, epoch, expires_at",
+                    (ttl, lease.key, self.node_id, lease.epoch),
                 ).fetchone()
             )
 
@@ -106,6 +110,8 @@ class Leases:
                 "UPDATE leases SET node_id = NULL, expires_at = NULL WHERE key = %s AND node_id = %s AND epoch = %s",
                 (lease.key, self.node_id, lease.epoch),
             )
+            if cur.rowcount == 1:
+                notify(conn, RELEASED, self.node_id)  # a peer takes the key now, not at its poll
             return cur.rowcount == 1
 
         return await self.db.run(free)
@@ -127,6 +133,8 @@ class Leases:
             cur = conn.execute(
                 "UPDATE leases SET node_id = NULL, expires_at = NULL WHERE node_id = %s", (self.node_id,)
             )
+            if cur.rowcount:
+                notify(conn, RELEASED, self.node_id)
             return cur.rowcount
 
         return await self.db.run(free)

@@ -3,13 +3,15 @@ classify, ack / retry / dead letter, each in its own cancel scope), fed by batch
 due entries from the shared queue instead of a directory listing.
 
 The dispatcher claims as many due entries as it has free slots, in one statement; with nothing
-due it waits for a local enqueue or a short poll (`cluster.pollSeconds`), which is how work
-other nodes queued, retried or released reaches this one.
+due it waits for a local enqueue, a peer's notification (an entry it enqueued, released or took
+over: `notify.py`), or a short poll (`cluster.pollSeconds`), the backstop for what no
+notification announces (a retry coming due) or a notification lost with its connection.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -38,6 +40,10 @@ class PgDeliveryWorker(DeliveryWorker):
         """A new or rescheduled entry: claim now if it is due; a later one the poll finds."""
         if entry.next_attempt_at <= self.clock.now():
             self._wake.set()
+
+    def wake(self) -> None:
+        """A peer made an entry claimable: claim now rather than at the next poll."""
+        self._wake.set()
 
     def pending_count(self) -> int:
         return self.pending
@@ -88,6 +94,8 @@ class PgDelivery:
     worker: PgDeliveryWorker
     channels: ClosableChannels
     queue: PgDeliveryQueue
+    # Subscribes `wake` to peers' delivery notifications; returns the unsubscribe function.
+    on_peer_delivery: Callable[[Callable[[], None]], Callable[[], None]] = lambda _wake: lambda: None
     _failed: int = 0
 
     @classmethod
@@ -100,6 +108,7 @@ class PgDelivery:
         log: EventLog,
         work: WorkRegistry,
         rng: random.Random | None = None,
+        on_peer_delivery: Callable[[Callable[[], None]], Callable[[], None]] | None = None,
     ) -> PgDelivery:
         worker = PgDeliveryWorker.for_config(
             queue, channels, config, clock, log, work, rng, pg=queue, poll_seconds=config.cluster.poll_seconds
@@ -107,17 +116,24 @@ class PgDelivery:
         outbox = Outbox(
             queue, config.agents, clock, log, on_enqueued=worker.notify, chunk_limits=text_chunk_limits(config)
         )
-        return cls(outbox, worker, channels, queue)
+        delivery = cls(outbox, worker, channels, queue)
+        if on_peer_delivery is not None:
+            delivery.on_peer_delivery = on_peer_delivery
+        return delivery
 
     @property
     def store(self) -> DeliveryStore:
         return self.queue
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.worker.run)
-            task_status.started()
-            nursery.start_soon(self._count)
+        unsubscribe = self.on_peer_delivery(self.worker.wake)  # this generation's worker only
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.worker.run)
+                task_status.started()
+                nursery.start_soon(self._count)
+        finally:
+            unsubscribe()
 
     async def _count(self) -> None:
         while True:

@@ -24,6 +24,8 @@ import attrs
 from psycopg.types.json import Jsonb
 
 from trio_gateway.cluster.db import Conn, Database
+from trio_gateway.cluster.leases import LIVE_NODE
+from trio_gateway.cluster.notify import DELIVERY, notify
 from trio_gateway.errors import NotFoundError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.entry import DeliveryEntry, check_id, entry_from_json, entry_to_json
@@ -44,6 +46,14 @@ HEAD_OF_CONVERSATION = (
 )
 
 
+# What the claim's transaction lock is taken on: an entry without a conversation (no `to`) is
+# its own. The lock's first key keeps these apart from any other advisory lock in the database.
+_CONVERSATION_KEY = "coalesce(d.conversation, d.id)"
+_CLAIM_LOCK_CLASS = 0x74726963  # "tric"
+# A claim's lease ends on the database's clock, like every lease (SPEC 12).
+_LEASE_UNTIL = "now() + make_interval(secs => %(lease)s::float8)"
+
+
 def _entry(row_entry: Any, send_started_at: dt.datetime | None) -> DeliveryEntry:
     # The column is the truth for the send mark (a claim sets it without rewriting `entry`).
     return attrs.evolve(entry_from_json(row_entry), send_started_at=send_started_at)
@@ -58,11 +68,13 @@ class PgDeliveryQueue:
     db: Database
     node_id: str
     log: EventLog
-    # The gateway's wall clock (virtual under a MockClock): due times, leases and heartbeats
-    # are all compared on it, so nodes need synchronised clocks, as any lease does.
+    # The gateway's wall clock (virtual under a MockClock), for due times and the send mark:
+    # leases and deaths are judged on the database's clock, never on this one (SPEC 12).
     now: Callable[[], dt.datetime]
     lease_seconds: float = 60.0
     dead_after_seconds: float = 10.0
+    # NOTIFY peers of claimable entries (False: a poll-only reference, `bench_wakeup.py`).
+    wake_peers: bool = True
     _ids: IdGenerator = attrs.Factory(IdGenerator)
     _enqueues: GroupCommit[DeliveryEntry, None] = attrs.field(init=False)
     _acks: GroupCommit[Claimed, None] = attrs.field(init=False)
@@ -73,9 +85,6 @@ class PgDeliveryQueue:
 
     def new_id(self, when: dt.datetime) -> str:
         return self._ids.new(when)
-
-    def _lease(self, now: dt.datetime) -> dt.datetime:
-        return now + dt.timedelta(seconds=self.lease_seconds)
 
     # --- writing new entries ----------------------------------------------------------------
 
@@ -92,6 +101,8 @@ class PgDeliveryQueue:
                     [_doc(e) for e in entries],
                 ),
             ).fetchall()
+            if rows:
+                self._wake(conn)
             return [str(r[0]) for r in rows]
 
         written = set(await self.db.run(insert))
@@ -104,6 +115,11 @@ class PgDeliveryQueue:
                     idempotencyKey=entry.idempotency_key,
                 )
         return [None] * len(entries)
+
+    def _wake(self, conn: Conn) -> None:
+        """Peers' delivery workers claim at once (on commit), not at their next poll."""
+        if self.wake_peers:
+            notify(conn, DELIVERY, self.node_id)
 
     async def enqueue(self, entry: DeliveryEntry) -> None:
         """Durable when this returns (committed); group-committed with concurrent enqueues."""
@@ -167,16 +183,36 @@ class PgDeliveryQueue:
         sending in one statement. `SKIP LOCKED`: nodes claiming at once never wait on each
         other and never get the same row."""
 
+        params = {"now": now, "limit": limit, "node": self.node_id, "lease": self.lease_seconds}
+
         def claim(conn: Conn) -> list[Claimed]:
+            # Under READ COMMITTED two claimers' snapshots may each see a different head of one
+            # conversation as free (one's claim of the head not yet committed, the other past
+            # an ack): each claims "its" head and two sends of one conversation are in flight.
+            # So first the conversations with a due head, then a transaction lock on each (one
+            # another claimer holds is skipped this round, never waited for), then the claim,
+            # whose statement reads a snapshot taken after every lock was granted.
+            heads = conn.execute(
+                f"SELECT {_CONVERSATION_KEY} FROM deliveries d WHERE d.state = 'pending' AND d.claim_node IS NULL"
+                f" AND d.next_attempt_at <= %(now)s AND {HEAD_OF_CONVERSATION}"
+                " ORDER BY d.next_attempt_at, d.id LIMIT %(limit)s",
+                params,
+            ).fetchall()
+            mine = conn.execute(
+                "SELECT array_agg(c) FROM unnest(%s::text[]) AS c WHERE pg_try_advisory_xact_lock(%s, hashtext(c))",
+                (sorted({str(r[0]) for r in heads}), _CLAIM_LOCK_CLASS),
+            ).fetchone()
+            if mine is None or not mine[0]:
+                return []
             rows = conn.execute(
                 "WITH due AS (SELECT d.id, d.send_started_at AS before FROM deliveries d"
                 "  WHERE d.state = 'pending' AND d.claim_node IS NULL AND d.next_attempt_at <= %(now)s"
-                f"  AND {HEAD_OF_CONVERSATION}"
+                f"  AND {_CONVERSATION_KEY} = ANY(%(mine)s) AND {HEAD_OF_CONVERSATION}"
                 "  ORDER BY d.next_attempt_at, d.id LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED)"
                 " UPDATE deliveries d SET claim_node = %(node)s, claim_fence = d.claim_fence + 1,"
-                "  lease_until = %(lease)s, send_started_at = %(now)s"
+                f"  lease_until = {_LEASE_UNTIL}, send_started_at = %(now)s"
                 " FROM due WHERE d.id = due.id RETURNING d.claim_fence, due.before, d.entry",
-                {"now": now, "limit": limit, "node": self.node_id, "lease": self._lease(now)},
+                {**params, "mine": mine[0]},
             ).fetchall()
             claims = [
                 Claimed(_entry(r[2], now), resend_of=cast(dt.datetime | None, r[1]), fence=cast(int, r[0]))
@@ -201,9 +237,10 @@ class PgDeliveryQueue:
                 return NotDue(entry.next_attempt_at, entry.channel, entry.account_id)
             started = now if mark else before
             fence = conn.execute(
-                "UPDATE deliveries SET claim_node = %s, claim_fence = claim_fence + 1, lease_until = %s,"
+                "UPDATE deliveries SET claim_node = %s, claim_fence = claim_fence + 1,"
+                " lease_until = now() + make_interval(secs => %s::float8),"
                 " send_started_at = %s WHERE id = %s RETURNING claim_fence",
-                (self.node_id, self._lease(now), started, entry_id),
+                (self.node_id, self.lease_seconds, started, entry_id),
             ).fetchone()
             assert fence is not None
             claimed = attrs.evolve(entry, send_started_at=started)
@@ -229,9 +266,10 @@ class PgDeliveryQueue:
         """Nothing to drop (see `holds`): a claim this node cannot finish ends with its lease,
         and `recover` (this node's or another's) returns the row to pending."""
 
-    async def _settle(self, claimed: Claimed, assignments: str, params: tuple[Any, ...]) -> bool:
+    async def _settle(self, claimed: Claimed, assignments: str, params: tuple[Any, ...], *, wake: bool = False) -> bool:
         """Apply `assignments` to the claimed row and end the claim; False (and nothing
-        changed) when this node no longer holds it under this fence."""
+        changed) when this node no longer holds it under this fence. `wake`: the row is
+        claimable by anyone now (released, or due at once): tell the peers."""
 
         def update(conn: Conn) -> bool:
             cur = conn.execute(
@@ -239,6 +277,8 @@ class PgDeliveryQueue:
                 " WHERE id = %s AND claim_node = %s AND claim_fence = %s",
                 (*params, claimed.entry.id, self.node_id, claimed.fence),
             )
+            if wake and cur.rowcount == 1:
+                self._wake(conn)
             return cur.rowcount == 1
 
         held = await self.db.run(update)
@@ -273,11 +313,12 @@ class PgDeliveryQueue:
         """The channel accepted it: the row goes. Group-committed with concurrent acks."""
         await self._acks.submit(claimed)
 
-    async def _back_to_pending(self, claimed: Claimed, entry: DeliveryEntry) -> DeliveryEntry:
+    async def _back_to_pending(self, claimed: Claimed, entry: DeliveryEntry, *, wake: bool = False) -> DeliveryEntry:
         await self._settle(
             claimed,
             "state = 'pending', entry = %s, next_attempt_at = %s, send_started_at = NULL",
             (_doc(entry), entry.next_attempt_at),
+            wake=wake,
         )
         return entry
 
@@ -292,7 +333,7 @@ class PgDeliveryQueue:
     async def release(self, claimed: Claimed) -> None:
         """A drain or a crash cut the attempt: unclaimed as it is, attempts unchanged, its
         `send_started_at` kept (the send may have reached the channel)."""
-        await self._settle(claimed, "state = 'pending'", ())
+        await self._settle(claimed, "state = 'pending'", (), wake=True)
 
     async def dead_letter(self, claimed: Claimed, reason: str, now: dt.datetime) -> DeliveryEntry:
         entry = claimed.entry.dead(reason, now)
@@ -303,7 +344,7 @@ class PgDeliveryQueue:
         self, claimed: Claimed, *, channel: str, to: str, account_id: str | None, now: dt.datetime, why: str
     ) -> DeliveryEntry:
         entry = claimed.entry.rerouted(channel=channel, to=to, account_id=account_id, now=now, why=why)
-        return await self._back_to_pending(claimed, entry)
+        return await self._back_to_pending(claimed, entry, wake=True)
 
     # --- operator actions and recovery ----------------------------------------------------
 
@@ -322,6 +363,7 @@ class PgDeliveryQueue:
                 " claim_node = NULL, lease_until = NULL WHERE id = %s",
                 (_doc(entry), now, entry_id),
             )
+            self._wake(conn)
             return entry
 
         return await self.db.run(move)
@@ -333,20 +375,19 @@ class PgDeliveryQueue:
         settle failed, is held by no attempt here, and with no live peer nobody else would
         ever take it back. Their `send_started_at` stays: the next send of each is logged as
         a possible duplicate."""
-        now = self.now()
-        cutoff = now - dt.timedelta(seconds=self.dead_after_seconds)
 
         def take(conn: Conn) -> list[tuple[str, str]]:
             rows = conn.execute(
-                "WITH gone AS (SELECT d.id, d.claim_node FROM deliveries d LEFT JOIN nodes n"
-                "  ON n.node_id = d.claim_node"
-                "  WHERE d.claim_node IS NOT NULL AND (d.lease_until < %(now)s OR (d.claim_node <> %(me)s"
-                "   AND (n.node_id IS NULL OR n.state = 'stopped' OR n.heartbeat_at < %(cutoff)s)))"
+                "WITH gone AS (SELECT d.id, d.claim_node FROM deliveries d"
+                "  WHERE d.claim_node IS NOT NULL AND (d.lease_until < now() OR (d.claim_node <> %(me)s"
+                f"   AND NOT {LIVE_NODE.format(node='d.claim_node')}))"
                 "  FOR UPDATE OF d SKIP LOCKED)"
                 " UPDATE deliveries d SET claim_node = NULL, lease_until = NULL FROM gone"
                 " WHERE d.id = gone.id RETURNING d.id, gone.claim_node",
-                {"me": self.node_id, "cutoff": cutoff, "now": now},
+                {"me": self.node_id, "dead_after": self.dead_after_seconds},
             ).fetchall()
+            if rows:
+                self._wake(conn)
             return [(str(r[0]), str(r[1])) for r in rows]
 
         taken = await self.db.run(take)
@@ -369,6 +410,8 @@ class PgDeliveryQueue:
             cur = conn.execute(
                 "UPDATE deliveries SET claim_node = NULL, lease_until = NULL WHERE claim_node = %s", (self.node_id,)
             )
+            if cur.rowcount:
+                self._wake(conn)
             return cur.rowcount
 
         return await self.db.run(release)

@@ -121,6 +121,39 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX pairing_codes_by_code ON pairing_codes (channel, code) WHERE approved_at IS NULL;
         """,
     ),
+    (
+        7,
+        # SPEC 12 "one conversation, one session": the session a conversation's turns join,
+        # cluster-wide (a new one is claimed here in the same transaction as its first write,
+        # so two nodes never open two), turns accepted on a node for a session a peer owns
+        # (the owner moves each into its record, deleting the row in that same write), and how
+        # each turn ended, for a `wait` asked on any node.
+        """
+        CREATE TABLE conversations (
+            key        text PRIMARY KEY,           -- agent and origin without its context token
+            session_id text NOT NULL
+        );
+        CREATE TABLE handoffs (
+            seq         bigserial PRIMARY KEY,     -- the order the owner takes them in
+            session_id  text NOT NULL,
+            agent       text NOT NULL,
+            turn        jsonb NOT NULL,            -- the accepted TurnRecord
+            inbound_id  text,
+            from_node   text NOT NULL,
+            accepted_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX handoffs_session ON handoffs (session_id, seq);
+        CREATE TABLE turn_outcomes (
+            session_id  text NOT NULL,
+            turn_id     text NOT NULL,
+            ok          boolean NOT NULL,
+            text        text NOT NULL,
+            finished_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (session_id, turn_id)
+        );
+        CREATE INDEX turn_outcomes_age ON turn_outcomes (finished_at);
+        """,
+    ),
 ]
 LATEST = MIGRATIONS[-1][0]
 

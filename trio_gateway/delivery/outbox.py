@@ -17,7 +17,7 @@ import attrs
 import trio
 
 from trio_gateway.channels.registry import check_address, kind_of
-from trio_gateway.errors import DeliveryValidationError, InsufficientStorageError
+from trio_gateway.errors import ClusterDatabaseError, DeliveryValidationError, InsufficientStorageError
 from trio_gateway.log import EventLog
 from trio_gateway.policy import routing
 from trio_gateway.policy.config import AgentConfig, Config
@@ -162,12 +162,14 @@ class Outbox:
             try:
                 await self.queue.enqueue(entry)
                 break
-            except (OSError, OutcomeUnknown) as exc:
+            except (OSError, OutcomeUnknown, ClusterDatabaseError) as exc:
+                # (Cluster mode: the database is the queue; away for a restart, it is retried
+                # like a full disk, or the turn would sit with its reply until a restart.)
                 self.storage.failed("queue", exc)
                 if attempt == 1:
                     self.log.error(
                         "DELIVERY",
-                        f"Entry {entry.id} not enqueued yet; retrying until the queue disk takes it",
+                        f"Entry {entry.id} not enqueued yet; retrying until the queue takes it",
                         kind=entry.kind,
                         error=repr(exc),
                     )

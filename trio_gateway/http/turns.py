@@ -3,7 +3,8 @@
 For `session start --wait`: answers as soon as the turn's reply (or failure notice) is durably
 enqueued, `{"state": "done", "ok": true|false, "text"}`, or `{"state": "pending"}` when the
 timeout passes first; the client asks again. A long poll bounded by its timeout (at most
-`MAX_WAIT_SECONDS`) and by the client staying connected.
+`MAX_WAIT_SECONDS`) and by the client staying connected. In cluster mode a turn another node
+runs (handed to its session's owner) is answered from the database, as that node records it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def routes(gateway: Gateway) -> list[Route]:
         with trio.move_on_after(seconds):
             while True:
                 session = gateway.sessions.get(session_id)
+                if session is None and gateway.cluster is not None:
+                    # Cluster mode: held by another node (a turn handed to its owner).
+                    found = await gateway.cluster.outcome(session_id, turn_id)
+                    if found is None:
+                        raise NotFoundError(f"no session {session_id!r} with turn {turn_id!r}")
+                    ok, text = found
+                    return json_response(200, {"state": "done", "ok": ok, "text": text})
                 if session is None:
                     raise NotFoundError(f"no session {session_id!r}")
                 outcome = session.outcomes.get(turn_id)

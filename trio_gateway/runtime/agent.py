@@ -20,6 +20,7 @@ from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import model_calls
 from trio_gateway.runtime.session import Runtime, Session, deliver, gateway_error, serve_session
 from trio_gateway.runtime.subagents import SPAWN_TOOL, spawn_subagent
+from trio_gateway.storage.base import SessionDirectory
 from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 from trio_gateway.work.units import WorkUnit
 
@@ -113,6 +114,9 @@ async def finish_turn(rt: Runtime, session: Session, turn: TurnRecord, *, ok: bo
         turn.status = "interrupted"
         return
     session.finish(turn.id, ok=ok, text=turn.reply)
+    if isinstance(rt.store, SessionDirectory):
+        # Cluster mode: written with the save below, for a `wait` asked on another node.
+        rt.store.note_outcome(session.id, turn.id, ok, turn.reply)
     if turn in session.record.turns:
         session.record.turns.remove(turn)
     await save_best_effort(rt, session.record)

@@ -42,10 +42,11 @@ from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import agent, commands
 from trio_gateway.runtime.cron import run_cron
 from trio_gateway.runtime.deps import DeliveryService, GatewayDeps
+from trio_gateway.runtime.handoff import ClusterIntake, TurnAsked
 from trio_gateway.runtime.resume import resume_each
 from trio_gateway.runtime.session import Runtime, Session
 from trio_gateway.runtime.sessions import SessionTable
-from trio_gateway.storage.base import SessionStorage
+from trio_gateway.storage.base import HandedOff, SessionStorage
 from trio_gateway.storage.disk import StorageHealth
 from trio_gateway.storage.sessions import SessionRecord, TurnKind, TurnRecord
 from trio_gateway.tools.registry import ToolBox
@@ -76,6 +77,7 @@ class Gateway:
     generation_number: int = 0
     current: Generation | None = None
     table: SessionTable = attrs.field(init=False)
+    cluster: ClusterIntake | None = attrs.field(init=False)  # one conversation, one session, any node
     busy: AsyncValue[int] = attrs.Factory(lambda: AsyncValue(0))
     registry: WorkRegistry = attrs.field(init=False)
     drains: list[DrainReport] = attrs.Factory(list)
@@ -96,6 +98,7 @@ class Gateway:
         self.registry = WorkRegistry(self.deps.log)
         store = self.deps.session_store(self.forget_session)
         self.table = SessionTable(store, self.deps.log, self._now, self.deps.session_id_prefix)
+        self.cluster = ClusterIntake.over(store, self.table, self.log, self)
 
     @property
     def store(self) -> SessionStorage:
@@ -309,33 +312,31 @@ class Gateway:
     ) -> tuple[str, str]:
         """Accept one turn: written to `sessions/` before this returns, then started.
         Returns (session id, turn id). Raises `GatewayDrainingError` while draining."""
-        accepted = await self._accept(agent_id, origin, prompt, kind, session_id, None)
+        accepted = await self._accept(TurnAsked(agent_id, origin, prompt, kind, session_id, None))
         assert accepted is not None
         return accepted
 
     async def submit_inbound(self, *, agent_id: str, origin: Origin, prompt: str, inbound_id: str | None,
         sender: str | None = None, command: CommandName | None = None) -> tuple[str, str] | None:  # fmt: skip
-        """A message a channel heard (SPEC 11): (session id, turn id) of a new durable turn, None
-        when its platform id was heard in this conversation already (a re-read, a webhook retry;
-        the id is saved with the turn). A chat command is answered at once (runtime/commands.py)."""
+        """A heard message (SPEC 11): (session, turn) of a new durable turn; None: its platform id was
+        heard in this conversation already. A chat command is answered at once (runtime/commands.py)."""
         if command is not None:
             return await commands.handle(self.table, self._accepting().runtime, command, agent_id=agent_id,
                                          origin=origin, sender=sender, inbound_id=inbound_id)  # fmt: skip
-        return await self._accept(agent_id, origin, prompt, "inbound", None, inbound_id)
+        return await self._accept(TurnAsked(agent_id, origin, prompt, "inbound", None, inbound_id))
 
-    async def _accept(
-        self,
-        agent_id: str,
-        origin: Origin | None,
-        prompt: str,
-        kind: TurnKind,
-        session_id: str | None,
-        inbound_id: str | None,
-    ) -> tuple[str, str] | None:
+    async def _accept(self, asked: TurnAsked) -> tuple[str, str] | None:
         gen = self._accepting()
-        if agent_id not in gen.config.agents:
-            raise BadRequestError(f"agent: no agent named {agent_id!r}")
+        if asked.agent_id not in gen.config.agents:
+            raise BadRequestError(f"agent: no agent named {asked.agent_id!r}")
         self.storage.check()  # a full disk refuses new work (507); accepted work is retried
+        if self.cluster is None:
+            return await self._accept_here(gen, asked)
+        return await self.cluster.accept(asked, partial(self._accept_here, gen))
+
+    async def _accept_here(self, gen: Generation, asked: TurnAsked) -> tuple[str, str] | None:
+        """Accept a turn into the session held here (or a new one here)."""
+        agent_id, origin, prompt, kind, session_id, inbound_id = attrs.astuple(asked, recurse=False)
         session, created = await self.table.session_for(agent_id, origin, session_id, self.generation_number)
         if inbound_id is not None and session.record.heard(inbound_id):
             return None
@@ -350,7 +351,7 @@ class Gateway:
             raise
         if not self.table.holds(session):
             # Cluster mode: the write was refused, another node owns the session (forgotten
-            # here meanwhile); the caller retries and gets a session of its own.
+            # here meanwhile); the turn is placed again (`handoff.py`).
             raise SessionElsewhereError(f"session {session.id} is owned by another node; try again")
         self.table.touch(session.id)
         # Saving yields: a drain may have begun meanwhile. The turn is on disk as accepted,
@@ -391,25 +392,25 @@ class Gateway:
 
     # --- cluster mode: sessions moving between nodes ---------------------------------------
 
-    def adopt_sessions(self, records: list[SessionRecord]) -> None:
+    async def adopt_sessions(self, records: list[SessionRecord]) -> None:
         """Sessions a peer left (it stopped or died) with turns pending, now owned here: their
-        turns resume through the same path as after a restart, at once when running, else in
-        the next generation."""
+        turns resume through the same path as after a restart, at once when running (queued
+        before this returns: a turn accepted next runs after them), else in the next generation."""
         leftover = self.table.adopt(records)
         gen = self.current
         if leftover and gen is not None and self.state.value == "running":
             self.busy.value += 1
-            gen.work.start_soon(self._resume_turns, gen, leftover)
+            await self._resume_turns(gen, leftover)
+
+    async def take_handoffs(self, items: list[HandedOff]) -> None:
+        """Turns peers accepted for sessions owned here: run here, in order (`handoff.py`)."""
+        gen = self.current
+        if self.cluster is not None and gen is not None and self.state.value == "running":
+            await self.cluster.take(items, partial(self._start_turn, gen))
 
     def forget_session(self, session_id: str) -> None:
-        """Another node owns this session now (a write here was refused): stop its work here
-        and keep nothing of it; its turns are the owner's."""
-        session = self.table.forget(session_id)
-        if session is None:
-            return
-        if session.inbox is not None:
-            session.inbox.cancel(reason="session owned by another node")
-        self.log.warn("CLUSTER", "Session owned by another node; its work here is cancelled", sessionId=session_id)
+        """Another node owns this session now (a write here was refused): `SessionTable.forget`."""
+        self.table.forget(session_id)
 
     # --- operations ----------------------------------------------------------------------
 

@@ -125,6 +125,11 @@ class SessionTable:
         self.sessions[session_id] = Session(record)
         self._last_active[session_id] = trio.current_time()
 
+    async def restore(self, session_id: str) -> Session | None:
+        """A session held here, read back first when evicted; None when not held here."""
+        await self._restore_evicted(session_id)
+        return self.sessions.get(session_id)
+
     async def save_accepted(self, session: Session) -> None:
         """The write that makes a turn accepted, bounded: a full or stuck sessions disk
         refuses the turn with 507 (the caller forgets the turn: it was never accepted)."""
@@ -176,18 +181,29 @@ class SessionTable:
         """Cluster mode: sessions a peer left, now held here; their turns to resume."""
         leftover: Leftover = []
         for record in records:
-            if record.id in self.sessions:
-                continue
+            known = self.sessions.get(record.id)
+            if known is not None and known.record is record:
+                continue  # handed over twice
+            if known is not None:
+                # A copy from an earlier ownership: another node held the session since (this
+                # node was judged dead, or the session moved), so the database's is the truth.
+                self.forget(record.id)
+            self._evicted.pop(record.id, None)
             session = Session(record)
             self._add(session)
             leftover += [(session, turn) for turn in record.turns]
         return leftover
 
     def forget(self, session_id: str) -> Session | None:
-        """Cluster mode: another node owns this session now; the table keeps nothing of it."""
+        """Cluster mode: another node owns this session now (a write here was refused): its
+        work here stops and the table keeps nothing of it; its turns are the owner's."""
         session = self.sessions.pop(session_id, None)
-        if session is not None:
-            self._drop_key(session)
+        if session is None:
+            return None
+        self._drop_key(session)
+        if session.inbox is not None:
+            session.inbox.cancel(reason="session owned by another node")
+        self.log.warn("CLUSTER", "Session owned by another node; its work here is cancelled", sessionId=session_id)
         return session
 
     def _drop_key(self, session: Session) -> None:

@@ -2,7 +2,9 @@
 
 `PgServer.start()` runs `initdb` into a fresh directory and `pg_ctl start` on a free loopback
 port; `create_database()` gives each test its own database; `stop()` is `pg_ctl -m immediate`
-(nothing in a test database is worth a checkpoint). PostgreSQL refuses to run as root, so as
+(nothing in a test database is worth a checkpoint). `restart()` is a crash and a recovery
+(`-m immediate`, then a start on the same port and data: what was committed survives), for the
+cluster soak (`scripts/soak_cluster.py`). PostgreSQL refuses to run as root, so as
 root every server command runs as the `postgres` user (`runuser -u postgres --`) in a
 directory that user owns, which is not pytest's tmp dir (root-only, mode 0700).
 
@@ -86,15 +88,31 @@ class PgServer:
         server = cls(bin_dir, root, port or _free_port(), user)
         try:
             server._run("initdb", "-D", str(server.data_dir), "-A", "trust", "-U", user, "--no-sync", "-E", "UTF8")
-            options = f"-c listen_addresses=127.0.0.1 -c port={server.port} -c unix_socket_directories={root} "
-            # fsync stays on: the queue's durability figures would be meaningless without it.
-            options += "-c max_connections=200 -c shared_buffers=32MB"
-            server._run("pg_ctl", "start", "-D", str(server.data_dir), "-w", "-t", "30", "-o", options,
-                        "-l", str(root / "server.log"))  # fmt: skip
+            server._launch()
         except BaseException:
             server.stop()
             raise
         return server
+
+    def _launch(self) -> None:
+        options = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.root} "
+        # fsync stays on: the queue's durability figures would be meaningless without it.
+        options += "-c max_connections=200 -c shared_buffers=32MB"
+        self._run("pg_ctl", "start", "-D", str(self.data_dir), "-w", "-t", "30", "-o", options,
+                  "-l", str(self.root / "server.log"))  # fmt: skip
+
+    def halt(self) -> None:
+        """Stop as a crash would (`-m immediate`: every connection cut, no checkpoint); the
+        data stays for `launch()`, which recovers it from the WAL."""
+        self._run("pg_ctl", "stop", "-D", str(self.data_dir), "-m", "immediate", "-w", "-t", "30")
+
+    def launch(self) -> None:
+        """Start the halted server again, on the same port and data."""
+        self._launch()
+
+    def restart(self) -> None:
+        self.halt()
+        self._launch()
 
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self.bin_dir / tool), *args]

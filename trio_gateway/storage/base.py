@@ -11,12 +11,13 @@ from __future__ import annotations
 import datetime as dt
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import attrs
 
 from trio_gateway.policy.entry import DeliveryEntry
-from trio_gateway.storage.sessions import SessionRecord
+from trio_gateway.policy.origin import Origin
+from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 
 # The cron entry (id, everySeconds) whose run is being submitted (set by runtime/cron.py around
 # its submit). In cluster mode the session store claims the entry's current slot in the same
@@ -70,6 +71,67 @@ class SessionStorage(Protocol):
     async def load(self, session_id: str) -> SessionRecord | None: ...
 
     async def load_all(self) -> list[SessionRecord]: ...
+
+
+@attrs.frozen
+class Located:
+    """Where a conversation's session lives, cluster-wide (`SessionDirectory.locate`)."""
+
+    session_id: str
+    # A live peer owns it: the turn is handed to that node (`hand_off`).
+    owner: str | None = None
+    # Taken over here just now (its owner died or left), with its whole history and the turns
+    # handed to it: adopt it. None (and no owner): a session this node creates under that id.
+    record: SessionRecord | None = None
+
+
+@attrs.frozen
+class HandedOff:
+    """A turn a peer accepted for a session this node owns: one row until the owner's next
+    write of the session, which moves it into the record (`SessionDirectory.absorb`)."""
+
+    seq: int
+    session_id: str
+    agent: str
+    turn: TurnRecord
+    inbound_id: str | None = None
+
+
+HandOff = Literal["written", "heard", "free"]
+# How a turn ended, for a `wait` on any node: (ok, text), or still "pending", or "unknown".
+RemoteOutcome = tuple[bool, str] | Literal["pending", "unknown"]
+
+
+@runtime_checkable
+class SessionDirectory(Protocol):
+    """Cluster mode (SPEC 12): one conversation, one session, cluster-wide. The session store
+    in PostgreSQL is also this; the file store is not (one gateway per home)."""
+
+    async def locate(
+        self, agent_id: str, conversation: Origin | None, session_id: str | None, candidate: str
+    ) -> Located:
+        """The session a turn of this conversation joins (`session_id`: the one asked for);
+        with none anywhere, `candidate` is reserved for it."""
+        ...
+
+    async def hand_off(self, session_id: str, agent_id: str, turn: TurnRecord, inbound_id: str | None) -> HandOff:
+        """Write `turn` as an accepted turn of a session a live peer owns ("written"); "heard":
+        that platform message is a turn already; "free": the owner left meanwhile (locate again)."""
+        ...
+
+    async def handed_off(self, session_id: str | None = None) -> list[HandedOff]:
+        """Turns handed to sessions this node owns (or to that one), not yet taken, oldest first."""
+        ...
+
+    def absorb(self, item: HandedOff) -> None:
+        """`item` is in its session's record now: the session's next write deletes its row."""
+        ...
+
+    def note_outcome(self, session_id: str, turn_id: str, ok: bool, text: str) -> None:
+        """How a turn ended, written with the session's next write (for `outcome`)."""
+        ...
+
+    async def outcome(self, session_id: str, turn_id: str) -> RemoteOutcome: ...
 
 
 class DeliveryStore(Protocol):

@@ -96,6 +96,16 @@ class SessionRecord:
         self.inbound_ids.append(inbound_id)
         del self.inbound_ids[:-_MAX_INBOUND_IDS]
 
+    def join(self, turn: TurnRecord, inbound_id: str | None) -> bool:
+        """A turn another node accepted for this session (cluster mode) joins its turns; False
+        when it is here already, or its platform message is a turn here already."""
+        if any(t.id == turn.id for t in self.turns) or (inbound_id is not None and self.heard(inbound_id)):
+            return False
+        if inbound_id is not None:
+            self.remember_inbound(inbound_id)
+        self.turns.append(turn)
+        return True
+
     def remember(self, messages: list[dict[str, Any]]) -> None:
         self.history.extend(messages)
         del self.history[:-_MAX_HISTORY]
