@@ -207,3 +207,19 @@ async def test_a_new_conversation_heard_on_two_nodes_at_once_opens_one_session(
     assert len(set(got)) == 1
     await until("both replies", lambda: len(a.replies() + b.replies()) == 2)
     assert sessions_in(pg_dsn) == got[:1]
+
+
+async def test_a_turn_accepted_on_the_owner_runs_after_one_handed_to_it_before(
+    members: tuple[Start, RecordingModel],
+) -> None:
+    """SPEC 15 order across nodes: a turn handed to the owner and answered 202 comes before the
+    conversation's next turn, even when that one reaches the owner itself before the owner
+    looked for handed-off turns (the chaos soak, seed 14: the later reply came first)."""
+    start, _ = members
+    a, b = await start("a"), await start("b")
+    await a.gateway.submit(agent_id="main", origin=ALICE, prompt="one")
+    await until("a's first reply", lambda: a.replies() == ["echo: one"])
+    await b.gateway.submit(agent_id="main", origin=ALICE, prompt="two")  # a's look is asleep
+    await a.gateway.submit(agent_id="main", origin=ALICE, prompt="three")
+    await until("three replies", lambda: len(a.replies()) == 3)
+    assert a.replies() == ["echo: one", "echo: two", "echo: three"]

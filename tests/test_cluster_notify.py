@@ -207,7 +207,8 @@ async def test_a_released_session_is_adopted_at_once(members: Callable[[str], Aw
     adopted: list[str] = []
     got = trio.Event()
 
-    def adopt(records: list[SessionRecord]) -> None:
+    async def adopt(records: list[SessionRecord]) -> None:
+        await trio.lowlevel.checkpoint()
         adopted.extend(r.id for r in records)
         got.set()
 

@@ -97,13 +97,14 @@ def _heard(conn: Conn, session_id: str, inbound_id: str) -> bool:
     return bool(row and row[0])
 
 
-def owned_handoffs(conn: Conn, me: str, skip: list[int]) -> list[HandedOff]:
-    """Turns handed to sessions whose lease this node holds, oldest first."""
+def owned_handoffs(conn: Conn, me: str, skip: list[int], session_id: str | None) -> list[HandedOff]:
+    """Turns handed to sessions whose lease this node holds (or to that one), oldest first."""
     rows = conn.execute(
         "SELECT h.seq, h.session_id, h.agent, h.turn, h.inbound_id FROM handoffs h"
         " JOIN leases l ON l.key = 'session:' || h.session_id AND l.node_id = %s"
-        " WHERE NOT h.seq = ANY(%s::bigint[]) ORDER BY h.seq LIMIT 500",
-        (me, skip),
+        " WHERE NOT h.seq = ANY(%s::bigint[]) AND (%s::text IS NULL OR h.session_id = %s)"
+        " ORDER BY h.seq LIMIT 500",
+        (me, skip, session_id, session_id),
     ).fetchall()
     return [_handed(row) for row in rows]
 
@@ -135,17 +136,19 @@ def settle_absorbed(conn: Conn, seqs: list[int], outcomes: list[tuple[str, str, 
 
 
 def outcome(conn: Conn, session_id: str, turn_id: str) -> RemoteOutcome:
+    # One statement, so one snapshot: in two, a turn taken and finished between them would be
+    # found in neither place (READ COMMITTED gives each statement its own).
     row = conn.execute(
-        "SELECT ok, text FROM turn_outcomes WHERE session_id = %s AND turn_id = %s", (session_id, turn_id)
-    ).fetchone()
-    if row is not None:
-        return bool(row[0]), str(row[1])
-    waiting = conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM handoffs WHERE session_id = %(s)s AND turn->>'id' = %(t)s)"
-        " OR EXISTS (SELECT 1 FROM sessions WHERE id = %(s)s AND record->'turns' @> %(match)s)",
+        "SELECT o.ok, o.text, EXISTS (SELECT 1 FROM handoffs WHERE session_id = %(s)s AND turn->>'id' = %(t)s)"
+        " OR EXISTS (SELECT 1 FROM sessions WHERE id = %(s)s AND record->'turns' @> %(match)s)"
+        " FROM (SELECT 1) AS one LEFT JOIN turn_outcomes o ON o.session_id = %(s)s AND o.turn_id = %(t)s",
         {"s": session_id, "t": turn_id, "match": _jsonb([{"id": turn_id}])},
     ).fetchone()
-    return "pending" if waiting and waiting[0] else "unknown"
+    assert row is not None
+    ok, text, waiting = row
+    if ok is not None:
+        return bool(ok), str(text)
+    return "pending" if waiting else "unknown"
 
 
 def forget_old_outcomes(conn: Conn) -> None:

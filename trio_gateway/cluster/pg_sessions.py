@@ -231,9 +231,9 @@ class PgSessionStore:
             lambda conn: handoffs.hand_off(conn, session_id, agent_id, turn, inbound_id, self.me, dead_after)
         )
 
-    async def handed_off(self) -> list[HandedOff]:
+    async def handed_off(self, session_id: str | None = None) -> list[HandedOff]:
         skip = sorted(self._taking)
-        return await self.db.run(lambda conn: handoffs.owned_handoffs(conn, self.me, skip))
+        return await self.db.run(lambda conn: handoffs.owned_handoffs(conn, self.me, skip, session_id))
 
     def absorb(self, item: HandedOff) -> None:
         self._taking.add(item.seq)

@@ -97,7 +97,7 @@ class Gateway:
         self.registry = WorkRegistry(self.deps.log)
         store = self.deps.session_store(self.forget_session)
         self.table = SessionTable(store, self.deps.log, self._now, self.deps.session_id_prefix)
-        self.cluster = ClusterIntake.over(store, self.table, self.log, lambda: self.generation_number)
+        self.cluster = ClusterIntake.over(store, self.table, self.log, self)
 
     @property
     def store(self) -> SessionStorage:
@@ -331,7 +331,7 @@ class Gateway:
         self.storage.check()  # a full disk refuses new work (507); accepted work is retried
         if self.cluster is None:
             return await self._accept_here(gen, asked)
-        return await self.cluster.accept(asked, partial(self._accept_here, gen), self.adopt_sessions)
+        return await self.cluster.accept(asked, partial(self._accept_here, gen))
 
     async def _accept_here(self, gen: Generation, asked: TurnAsked) -> tuple[str, str] | None:
         """Accept a turn into the session held here (or a new one here)."""

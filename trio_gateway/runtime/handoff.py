@@ -20,6 +20,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 from itertools import groupby
+from typing import Protocol
 
 import attrs
 import trio
@@ -58,26 +59,32 @@ class TurnAsked:
 AcceptHere = Callable[[TurnAsked], Awaitable[Accepted]]
 
 
+class IntakeHost(Protocol):
+    """What cluster intake needs from the gateway."""
+
+    @property
+    def generation_number(self) -> int: ...  # new session ids carry it
+
+    async def adopt_sessions(self, records: list[SessionRecord]) -> None: ...
+
+    async def take_handoffs(self, items: list[HandedOff]) -> None: ...
+
+
 @attrs.define(eq=False)
 class ClusterIntake:
     directory: SessionDirectory
     table: SessionTable
     log: EventLog
-    # The gateway's generation number (new session ids carry it).
-    generation: Callable[[], int]
+    host: IntakeHost
 
     @classmethod
-    def over(
-        cls, store: SessionStorage, table: SessionTable, log: EventLog, generation: Callable[[], int]
-    ) -> ClusterIntake | None:
+    def over(cls, store: SessionStorage, table: SessionTable, log: EventLog, host: IntakeHost) -> ClusterIntake | None:
         """Cluster mode's intake when `store` is a session directory (PostgreSQL), else None."""
-        return cls(store, table, log, generation) if isinstance(store, SessionDirectory) else None
+        return cls(store, table, log, host) if isinstance(store, SessionDirectory) else None
 
-    async def accept(
-        self, asked: TurnAsked, here: AcceptHere, adopt: Callable[[list[SessionRecord]], Awaitable[None]]
-    ) -> Accepted:
+    async def accept(self, asked: TurnAsked, here: AcceptHere) -> Accepted:
         for _ in range(_PLACEMENTS):
-            where = await self._place(asked.agent_id, asked.origin, asked.session_id, adopt)
+            where = await self._place(asked.agent_id, asked.origin, asked.session_id)
             if isinstance(where, Located):
                 turn_id = f"turn-{where.session_id}-{secrets.token_hex(5)}"  # the owner's counter is not ours
                 turn = TurnRecord(turn_id, asked.prompt, asked.origin, asked.kind, accepted_at=self.table.now())
@@ -88,6 +95,11 @@ class ClusterIntake:
                 if handed == "heard":
                     return None
                 continue  # its owner left meanwhile: place it again
+            # Turns handed to this session before this one was sent run before it (SPEC 15),
+            # even when this node has not been woken for them yet.
+            earlier = await self.directory.handed_off(where)
+            if earlier:
+                await self.host.take_handoffs(earlier)
             try:
                 return await here(attrs.evolve(asked, session_id=where))
             except SessionElsewhereError:
@@ -99,19 +111,20 @@ class ClusterIntake:
         agent_id: str,
         origin: Origin | None,
         session_id: str | None,
-        adopt: Callable[[list[SessionRecord]], Awaitable[None]],
     ) -> str | Located:
         """The id of the session held here that the turn joins, or where a peer holds it."""
         local = session_id or self.table.known_id(agent_id, origin)
         if local is not None and (local in self.table.sessions or self.table.evicted(local)):
             return local
-        candidate = session_id or self.table.new_id(self.generation())
+        candidate = session_id or self.table.new_id(self.host.generation_number)
         conversation = None if origin is None else origin.conversation
         located = await self.directory.locate(agent_id, conversation, session_id, candidate)
         if located.owner is not None:
             return located
         if located.record is not None:
-            await adopt([located.record])  # its pending turns are queued first: the new one after them
+            await self.host.adopt_sessions(
+                [located.record]
+            )  # its pending turns are queued first: the new one after them
         return located.session_id
 
     async def take(self, items: list[HandedOff], start: Callable[[Session, TurnRecord], Awaitable[None]]) -> None:

@@ -42,6 +42,10 @@ async def resume_each(
         rt.log.info("RESTART", "Resuming interrupted turn", sessionId=session.id, turnId=turn.id)
         # Durable before it runs, so a crash mid-turn cannot resume it forever.
         await rt.store.save(session.record)
+        if not accepting():
+            # A drain began during the save. (Cluster mode resumes from outside the work
+            # nursery, which a drain's deadline may have closed by now.) It stays for later.
+            return
         await start(session, turn)
 
 

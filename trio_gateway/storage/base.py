@@ -119,8 +119,8 @@ class SessionDirectory(Protocol):
         that platform message is a turn already; "free": the owner left meanwhile (locate again)."""
         ...
 
-    async def handed_off(self) -> list[HandedOff]:
-        """Turns handed to sessions this node owns, not yet taken, oldest first."""
+    async def handed_off(self, session_id: str | None = None) -> list[HandedOff]:
+        """Turns handed to sessions this node owns (or to that one), not yet taken, oldest first."""
         ...
 
     def absorb(self, item: HandedOff) -> None:
