@@ -137,9 +137,9 @@ class Soak:
     async def apply(self, fault: Fault) -> None:
         self.say(f"fault  {fault.describe()}")
         if fault.target == POSTGRES:
-            await trio.to_thread.run_sync(self.pg.halt)
+            await trio.to_thread.run_sync(self.pg.halt, abandon_on_cancel=True)
             await trio.sleep(fault.hold)
-            await trio.to_thread.run_sync(self.pg.launch)
+            await trio.to_thread.run_sync(self.pg.launch, abandon_on_cancel=True)
             return
         node = next(n for n in self.nodes if n.name == fault.target)
         node.down = True
@@ -258,7 +258,7 @@ class Soak:
             while True:
                 await trio.sleep(1.0)
                 try:
-                    _, left, waiting = await trio.to_thread.run_sync(self._database)
+                    _, left, waiting = await trio.to_thread.run_sync(self._database, abandon_on_cancel=True)
                 except psycopg.Error:
                     continue
                 sent = await self._sent()
@@ -275,7 +275,7 @@ class Soak:
             self.say(f"not settled within {self.settings.settle_seconds:g}s: checking what there is")
 
     async def verdict(self) -> Verdict:
-        sessions, left, waiting = await trio.to_thread.run_sync(self._database)
+        sessions, left, waiting = await trio.to_thread.run_sync(self._database, abandon_on_cancel=True)
         return check(self.turns, await self._sent(), sessions, left, waiting)
 
 
@@ -298,8 +298,8 @@ async def run_soak(settings: Settings, say: Callable[[str], None] = print) -> Ve
         f" nodes, traffic over {settings.traffic_seconds:g}s; replay with --seed {settings.seed}"
     )
     say("fault schedule:" + "".join(f"\n  {f.describe()}" for f in faults))
-    pg = await trio.to_thread.run_sync(PgServer.start)
-    fake, fake_url = await trio.to_thread.run_sync(_start_fake)
+    pg = await trio.to_thread.run_sync(PgServer.start, abandon_on_cancel=True)
+    fake, fake_url = await trio.to_thread.run_sync(_start_fake, abandon_on_cancel=True)
     nodes: list[Node] = []
     try:
         dsn = pg.create_database("soak")
@@ -337,4 +337,4 @@ async def run_soak(settings: Settings, say: Callable[[str], None] = print) -> Ve
                 node.popen.wait(30)
         fake.kill()
         fake.wait(30)
-        await trio.to_thread.run_sync(pg.stop)
+        await trio.to_thread.run_sync(pg.stop, abandon_on_cancel=True)
