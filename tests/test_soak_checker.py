@@ -44,6 +44,10 @@ def test_each_broken_invariant_is_named() -> None:
     assert stranger.failures == ["a message nobody asked for: 'Hello there' to u2"]
     extra_notice = check(TURNS, [*CLEAN, Sent("u2", "Sorry, this request failed: boom", "k5")], SESSIONS, 0)
     assert extra_notice.failures == ["1 failure notice(s) to u2 for 0 unanswered turn(s)"]
+    both = check(TURNS, [*CLEAN, Sent("u2", "Sorry, this request failed: boom", "k3")], SESSIONS, 0)
+    assert both.failures == [
+        "1 failure notice(s) to u2 for 0 unanswered turn(s); a reply too, under the same key: 'b0'"
+    ]
 
 
 def test_a_turn_may_end_in_one_failure_notice_instead_of_a_reply() -> None:

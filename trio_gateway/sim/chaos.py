@@ -135,7 +135,8 @@ def check(
     accepted = [t for t in turns if t.accepted]
     notices = _notices(verdict, sent, set(by_text))
     unanswered = _answered(verdict, turns, keys)
-    ended_in_notice = _noticed(verdict, unanswered, notices)
+    replied = {key: text for text, found in keys.items() if text in by_text for key in found}
+    ended_in_notice = _noticed(verdict, unanswered, notices, replied)
     _in_order(verdict, accepted, sent, by_text)
     _one_session(verdict, accepted, sessions)
     for what in waiting:
@@ -172,7 +173,13 @@ def _notices(verdict: Verdict, sent: Sequence[Sent], asked: set[str]) -> dict[st
     return notices
 
 
-def _noticed(verdict: Verdict, unanswered: dict[str, list[Turn]], notices: dict[str, set[str | None]]) -> int:
+def _noticed(
+    verdict: Verdict,
+    unanswered: dict[str, list[Turn]],
+    notices: dict[str, set[str | None]],
+    replied: dict[str | None, str],
+) -> int:
+    """`replied`: the text each reply's key answered, to name a turn that got a notice too."""
     ended = 0
     for to in sorted(set(unanswered) | set(notices)):
         waiting, told = unanswered.get(to, []), notices.get(to, set())
@@ -185,7 +192,9 @@ def _noticed(verdict: Verdict, unanswered: dict[str, list[Turn]], notices: dict[
                 f"accepted turn never answered: {turn.text!r} (to {to}{named}; {len(told)} failure notice(s) there)"
             )
         if len(told) > len(waiting):
-            verdict.fail(f"{len(told)} failure notice(s) to {to} for {len(waiting)} unanswered turn(s)")
+            also = [f"{replied[k]!r}" for k in sorted(told, key=str) if k in replied]
+            both = f"; a reply too, under the same key: {', '.join(also)}" if also else ""
+            verdict.fail(f"{len(told)} failure notice(s) to {to} for {len(waiting)} unanswered turn(s){both}")
     return ended
 
 
