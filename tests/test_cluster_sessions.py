@@ -13,11 +13,12 @@ from helpers import age_heartbeat
 
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode
-from trio_gateway.errors import CronSlotTakenError
+from trio_gateway.errors import CronSlotTakenError, SessionElsewhereError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.config import ClusterConfig
+from trio_gateway.policy.entry import DeliveryEntry, Payload
 from trio_gateway.policy.origin import Origin
-from trio_gateway.storage.base import CRON_SLOT
+from trio_gateway.storage.base import CRON_SLOT, TURN_SESSION
 from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 
 pytestmark = pytest.mark.postgres
@@ -167,3 +168,57 @@ async def test_a_cron_slot_fires_once_in_the_cluster(members: Callable[[str], Aw
         CRON_SLOT.reset(token)
     # The refused runs wrote nothing: the turn and the slot are one transaction.
     assert sorted(str(row[0]) for row in stored(pg_dsn)) == ["s-a-1", "s-b-2"]
+
+
+def notice(member: Member, text: str) -> DeliveryEntry:
+    when = member.clock.now()
+    entry_id = member.node.queue.new_id(when)
+    origin = Origin("console", "me")
+    return DeliveryEntry(
+        id=entry_id,
+        kind="reply",
+        channel="console",
+        to="me",
+        account_id=None,
+        agent_id="main",
+        requester_origin=origin,
+        payload=Payload(text),
+        idempotency_key=f"key-{text}",
+        created_at=when,
+        next_attempt_at=when,
+    )
+
+
+def queued(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT entry->'payload'->>'text' FROM deliveries").fetchall()
+        return [str(r[0]) for r in rows]
+
+
+async def test_a_turns_notice_is_enqueued_only_under_its_sessions_lease(
+    members: Callable[[str], Awaitable[Member]], pg_dsn: str
+) -> None:
+    """A node stalled mid-turn (SIGSTOP) while a peer adopted the session and ended the turn:
+    its late reply is refused, in the transaction that would have written it, and the session
+    is forgotten here; the owner's notice and any notice of no session go through."""
+    a, b = await members("a"), await members("b")
+    rec = record()
+    await a.node.sessions.save(rec)
+    mine = TURN_SESSION.set(rec.id)
+    try:
+        await a.node.queue.enqueue(notice(a, "a owns it"))
+        await age_heartbeat(a.node, CLUSTER.dead_after_seconds + 1)
+        await b.node.heartbeat()
+        assert [r.id for r in await b.node.sessions.adopt_orphans()] == [rec.id]
+        await b.node.queue.enqueue(notice(b, "b gave it up"))
+        with pytest.raises(SessionElsewhereError):
+            await a.node.queue.enqueue(notice(a, "a's late reply"))
+        assert a.lost == [rec.id]
+        assert a.node.sessions.epoch_of(rec.id) is None
+        with pytest.raises(SessionElsewhereError):  # and stays refused
+            await a.node.queue.enqueue(notice(a, "a's late reply, again"))
+    finally:
+        TURN_SESSION.reset(mine)
+    await a.node.queue.enqueue(notice(a, "no session"))  # a manual delivery: not fenced
+    assert sorted(queued(pg_dsn)) == ["a owns it", "b gave it up", "no session"]
+    assert b.lost == []

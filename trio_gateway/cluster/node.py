@@ -70,6 +70,7 @@ class ClusterNode:
             probe = max(1.0, config.heartbeat_seconds)
             notifier = Notifier(db.conninfo, log, node_id, probe_seconds=probe)
         sessions = PgSessionStore(db, leases, log, now)
+        queue.fence = sessions  # a turn's notice is written under its session's lease
         return cls(db, config, node_id, log, queue, leases, sessions, now, notifier=notifier)
 
     def on_peers(self, channel: str, wake: Callable[[], None]) -> Callable[[], None]:

@@ -10,6 +10,13 @@ node that lost the claim can never undo the new holder's work. An enqueue is `IN
 CONFLICT (idempotency_key) DO NOTHING`: a notice enqueued twice (a turn resumed by another
 node) is one row.
 
+A notice of a session's turn (`TURN_SESSION`) is fenced like the session's own writes
+(`pg_sessions.py`): its transaction takes a share lock on the session's lease row and writes
+the entry only while this node holds it at the epoch the session store knows. A node that lost
+the session (SIGSTOPped while a peer took it over and ended the turn with a notice) is refused:
+nothing written, the session forgotten here, `SessionElsewhereError` raised (never retried),
+so a turn ends in one reply or one notice (SPEC 12).
+
 Enqueues and acks from concurrent callers share one statement (`GroupCommit`): the database's
 group commit does the rest.
 """
@@ -24,12 +31,13 @@ import attrs
 from psycopg.types.json import Jsonb
 
 from trio_gateway.cluster.db import Conn, Database
+from trio_gateway.cluster.fence import SessionFence, TurnNotice, fenced_out
 from trio_gateway.cluster.leases import LIVE_NODE
 from trio_gateway.cluster.notify import DELIVERY, notify
-from trio_gateway.errors import NotFoundError
+from trio_gateway.errors import NotFoundError, SessionElsewhereError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.entry import DeliveryEntry, check_id, entry_from_json, entry_to_json
-from trio_gateway.storage.base import Claimed, NotDue
+from trio_gateway.storage.base import TURN_SESSION, Claimed, NotDue
 from trio_gateway.storage.group_commit import GroupCommit
 from trio_gateway.storage.ids import IdGenerator
 
@@ -75,8 +83,10 @@ class PgDeliveryQueue:
     dead_after_seconds: float = 10.0
     # NOTIFY peers of claimable entries (False: a poll-only reference, `bench_wakeup.py`).
     wake_peers: bool = True
+    # Fences turns' notices (set by `ClusterNode`); None: no notice is fenced.
+    fence: SessionFence | None = None
     _ids: IdGenerator = attrs.Factory(IdGenerator)
-    _enqueues: GroupCommit[DeliveryEntry, None] = attrs.field(init=False)
+    _enqueues: GroupCommit[TurnNotice, bool] = attrs.field(init=False)
     _acks: GroupCommit[Claimed, None] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
@@ -88,8 +98,14 @@ class PgDeliveryQueue:
 
     # --- writing new entries ----------------------------------------------------------------
 
-    async def _enqueue_batch(self, entries: list[DeliveryEntry]) -> list[None]:
-        def insert(conn: Conn) -> list[str]:
+    async def _enqueue_batch(self, items: list[TurnNotice]) -> list[bool]:
+        """Write the entries not fenced out; True for each that was (or exists already)."""
+
+        def insert(conn: Conn) -> tuple[set[int], list[str]]:
+            out = fenced_out(conn, self.node_id, items)
+            entries = [item.entry for n, item in enumerate(items) if n not in out]
+            if not entries:
+                return out, []
             rows = conn.execute(
                 "INSERT INTO deliveries (id, idempotency_key, state, next_attempt_at, entry)"
                 " SELECT i, k, 'pending', n, e FROM unnest(%s::text[], %s::text[], %s::timestamptz[], %s::jsonb[])"
@@ -103,18 +119,20 @@ class PgDeliveryQueue:
             ).fetchall()
             if rows:
                 self._wake(conn)
-            return [str(r[0]) for r in rows]
+            return out, [str(r[0]) for r in rows]
 
-        written = set(await self.db.run(insert))
-        for entry in entries:
-            if entry.id not in written:
+        out, ids = await self.db.run(insert)
+        written = set(ids)
+        for n, item in enumerate(items):
+            entry = item.entry
+            if n not in out and entry.id not in written:
                 self.log.info(
                     "DELIVERY",
                     f"Channel={entry.channel} id={entry.id} not enqueued: an entry with its idempotency key "
                     "exists already",
                     idempotencyKey=entry.idempotency_key,
                 )
-        return [None] * len(entries)
+        return [n not in out for n in range(len(items))]
 
     def _wake(self, conn: Conn) -> None:
         """Peers' delivery workers claim at once (on commit), not at their next poll."""
@@ -122,8 +140,22 @@ class PgDeliveryQueue:
             notify(conn, DELIVERY, self.node_id)
 
     async def enqueue(self, entry: DeliveryEntry) -> None:
-        """Durable when this returns (committed); group-committed with concurrent enqueues."""
-        await self._enqueues.submit(entry)
+        """Durable when this returns (committed); group-committed with concurrent enqueues.
+        Raises `SessionElsewhereError` (nothing written) for a notice of a session this node
+        lost (module docstring)."""
+        session_id = TURN_SESSION.get() if self.fence is not None else None
+        if session_id is None or self.fence is None:
+            await self._enqueues.submit(TurnNotice(entry))
+            return
+        epoch = self.fence.epoch_of(session_id)
+        if not await self._enqueues.submit(TurnNotice(entry, session_id, epoch)):
+            self.log.warn(
+                "DELIVERY",
+                f"Channel={entry.channel} id={entry.id} not enqueued: another node owns session {session_id} now",
+                idempotencyKey=entry.idempotency_key,
+            )
+            self.fence.refused(session_id)
+            raise SessionElsewhereError(f"session {session_id} is owned by another node; its notice is theirs")
 
     # --- reading --------------------------------------------------------------------------
 

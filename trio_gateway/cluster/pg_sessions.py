@@ -144,6 +144,14 @@ class PgSessionStore:
 
         return await self.db.run(write)
 
+    # --- fencing the session's notices (`pg_queue.SessionFence`) ------------------------------
+
+    def epoch_of(self, session_id: str) -> int | None:
+        return self._epochs.get(session_id)
+
+    def refused(self, session_id: str) -> None:
+        self._lost(session_id)
+
     def _lost(self, session_id: str) -> None:
         self._epochs.pop(session_id, None)
         # Rows it had absorbed stay in the database: the owner takes them.

@@ -108,11 +108,19 @@ async def finish_turn(rt: Runtime, session: Session, turn: TurnRecord, *, ok: bo
     assert turn.reply is not None
     kind = turn.reply_kind or "reply"
     outcome = await deliver(
-        rt, kind=kind, origin=turn.origin, agent_id=session.record.agent, text=turn.reply, key=turn.id
+        rt,
+        session_id=session.id,
+        kind=kind,
+        origin=turn.origin,
+        agent_id=session.record.agent,
+        text=turn.reply,
+        key=turn.id,
     )
     if outcome == "failed":
         turn.status = "interrupted"
         return
+    if outcome == "lost":
+        return  # another node owns the session and ends this turn: nothing here to write
     session.finish(turn.id, ok=ok, text=turn.reply)
     if isinstance(rt.store, SessionDirectory):
         # Cluster mode: written with the save below, for a `wait` asked on another node.

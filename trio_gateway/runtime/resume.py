@@ -23,10 +23,14 @@ async def resume_each(
     accepting: Callable[[], bool],
     start: Callable[[Session, TurnRecord], Awaitable[None]],
 ) -> None:
-    """`accepting()`: False once a drain began (the rest stay on disk for the next generation)."""
+    """`accepting()`: False once a drain began (the rest stay on disk for the next generation).
+    A session lost to another node meanwhile (cluster mode: a write of it refused, say after
+    this node was stopped for a while) is skipped: its turns are the new owner's to resume."""
     for session, turn in leftover:
         if not accepting():
             return
+        if session.lost:
+            continue
         if turn.status == "stopped":
             continue  # a `/stop` reached it while it waited here: never run again
         if turn.reply is not None:
@@ -41,9 +45,15 @@ async def resume_each(
             continue
         turn.resumes += 1
         turn.status = "accepted"
-        rt.log.info("RESTART", "Resuming interrupted turn", sessionId=session.id, turnId=turn.id)
         # Durable before it runs, so a crash mid-turn cannot resume it forever.
         await rt.store.save(session.record)
+        if session.lost:
+            # The write was refused (another node owns the session): it must not run here.
+            rt.log.warn(
+                "RESTART", "Interrupted turn left to the session's new owner", sessionId=session.id, turnId=turn.id
+            )
+            continue
+        rt.log.info("RESTART", "Resuming interrupted turn", sessionId=session.id, turnId=turn.id)
         if not accepting():
             # A drain began during the save. (Cluster mode resumes from outside the work
             # nursery, which a drain's deadline may have closed by now.) It stays for later.

@@ -20,7 +20,7 @@ from trio_util import AsyncValue
 
 from trio_gateway.delivery.typing import TypingIndicators
 from trio_gateway.delivery.worker import ChannelLookup
-from trio_gateway.errors import DeliveryValidationError, GatewayError, only_gateway_error
+from trio_gateway.errors import DeliveryValidationError, GatewayError, SessionElsewhereError, only_gateway_error
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import Model
 from trio_gateway.policy.config import Config
@@ -28,7 +28,7 @@ from trio_gateway.policy.entry import DeliveryKind
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime.stalls import ModelStalls
 from trio_gateway.runtime.usage import ModelLedger
-from trio_gateway.storage.base import SessionStorage
+from trio_gateway.storage.base import TURN_SESSION, SessionStorage
 from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 from trio_gateway.tools.registry import ToolBox
 from trio_gateway.work.units import WorkRegistry
@@ -169,6 +169,8 @@ class Session:
     outcomes: dict[str, TurnOutcome] = attrs.Factory(dict)
     # Set (and replaced) each time a turn ends: what a waiter for an outcome sleeps on.
     ended: trio.Event = attrs.Factory(trio.Event)
+    # Cluster mode: another node owns it now (`SessionTable.forget`); nothing here runs its turns.
+    lost: bool = False
 
     @property
     def id(self) -> str:
@@ -231,18 +233,31 @@ def gateway_error(exc: BaseException) -> GatewayError | None:
     return None
 
 
-DeliverOutcome = Literal["enqueued", "no_route", "failed"]
+DeliverOutcome = Literal["enqueued", "no_route", "failed", "lost"]
 
 
 async def deliver(
-    rt: Runtime, *, kind: DeliveryKind, origin: Origin | None, agent_id: str, text: str, key: str | None
+    rt: Runtime,
+    *,
+    session_id: str,
+    kind: DeliveryKind,
+    origin: Origin | None,
+    agent_id: str,
+    text: str,
+    key: str | None,
 ) -> DeliverOutcome:
-    """Hand a notice to the outbox. Never raises (but `Cancelled`): a notice that cannot be
-    enqueued is logged loudly with its text, and the caller decides what to keep. (The queue's
-    outbox itself retries a full disk until cancelled; `failed` is what any other error or
-    outbox gives.)"""
+    """Hand a notice of `session_id`'s work to the outbox. Never raises (but `Cancelled`): a
+    notice that cannot be enqueued is logged loudly with its text, and the caller decides what
+    to keep. (The queue's outbox itself retries a full disk until cancelled; `failed` is what
+    any other error or outbox gives.) `lost` (cluster mode): another node owns the session now
+    and the queue refused the notice; the session is forgotten here, its turns are the owner's."""
+    fence = TURN_SESSION.set(session_id)
     try:
         await rt.outbox.submit(kind=kind, origin=origin, agent_id=agent_id, text=text, idempotency_key=key)
+    except SessionElsewhereError as exc:
+        # Not retried: the owner ends this turn (one reply or one notice, SPEC 12), not us.
+        rt.log.warn("DELIVERY", "Notice not enqueued: another node owns the session", kind=kind, error=str(exc))
+        return "lost"
     except DeliveryValidationError as exc:
         # The origin itself is unusable (validated at intake, so this means a stale session or
         # a removed agent): there is nowhere correct to send it.
@@ -251,4 +266,6 @@ async def deliver(
     except Exception as exc:  # disk full, I/O error: say so, keep going
         rt.log.error("DELIVERY", "Notice not enqueued", kind=kind, error=repr(exc), text=text[:200])
         return "failed"
+    finally:
+        TURN_SESSION.reset(fence)
     return "enqueued"

@@ -201,6 +201,7 @@ class SessionTable:
         if session is None:
             return None
         self._drop_key(session)
+        session.lost = True  # a resume loop holding it skips its turns (`resume.py`)
         if session.inbox is not None:
             session.inbox.cancel(reason="session owned by another node")
         self.log.warn("CLUSTER", "Session owned by another node; its work here is cancelled", sessionId=session_id)

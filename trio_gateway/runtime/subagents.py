@@ -118,9 +118,13 @@ async def _hand_over_notice(
     try:
         if _being_cancelled():
             with trio.move_on_after(rt.cleanup_timeout, shield=True):
-                outcome = await deliver(rt, kind=kind, origin=origin, agent_id=sub.agent, text=text, key=sub.id)
+                outcome = await deliver(
+                    rt, session_id=session.id, kind=kind, origin=origin, agent_id=sub.agent, text=text, key=sub.id
+                )
         else:
-            outcome = await deliver(rt, kind=kind, origin=origin, agent_id=sub.agent, text=text, key=sub.id)
+            outcome = await deliver(
+                rt, session_id=session.id, kind=kind, origin=origin, agent_id=sub.agent, text=text, key=sub.id
+            )
     finally:
         if outcome == "failed":
             await _keep_notice(rt, session, sub, origin, kind, text)

@@ -26,6 +26,13 @@ from trio_gateway.storage.sessions import SessionRecord, TurnRecord
 # it lives here, below both the cron that sets it and the store that reads it.
 CRON_SLOT: ContextVar[tuple[str, float] | None] = ContextVar("CRON_SLOT", default=None)
 
+# The session whose turn (or subagent) a notice being enqueued belongs to (set by
+# `runtime.session.deliver` around its submit). In cluster mode the queue writes the entry only
+# in a transaction that finds this node still holding the session's lease at the epoch it knows
+# (`cluster/pg_queue.py`), so a node that lost the session (back from a stall) never answers
+# for it; the file queue ignores it (one node).
+TURN_SESSION: ContextVar[str | None] = ContextVar("TURN_SESSION", default=None)
+
 
 @attrs.frozen
 class Claimed:
