@@ -4,8 +4,10 @@ the store's verdicts are what the PostgreSQL store hands to these two methods)."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import attrs
+import pytest
 import trio
 
 from trio_gateway.policy.origin import Origin
@@ -102,3 +104,41 @@ async def test_adopting_a_session_held_here_from_an_earlier_ownership_takes_the_
         assert [n.text for n in notices] == ["echo: one", "echo: handed meanwhile"]
         assert gateway.sessions[sid].record.history[:2] == newer.history[:2]
         gateway.request_drain("stop")
+
+
+async def test_a_resume_skips_a_session_whose_write_was_refused(
+    tmp_path: Path, autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node back from a stall (SIGSTOP) resumes turns of sessions adopted before it: one
+    whose resume write is refused (a peer owns it now) must not run here; the others do."""
+    notices: list[Notice] = []
+    gateway, sink = build_gateway(tmp_path, quick_config(**NO_STALL), notices=notices)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gateway.serve)
+        assert gateway.current is not None
+        store_type = type(gateway.current.runtime.store)
+        save = store_type.save
+
+        async def refusing(store: Any, record: SessionRecord) -> None:
+            if record.id == "s-peer-1-1":  # as the PostgreSQL store does on a refused write
+                gateway.forget_session(record.id)
+                return
+            await save(store, record)
+
+        monkeypatch.setattr(store_type, "save", refusing)
+        adopted = []
+        for n, who in enumerate(["lost", "kept"], 1):
+            origin = Origin("console", who, None)
+            record = SessionRecord(f"s-peer-1-{n}", "main", origin, gateway.wall.now())  # type: ignore[union-attr]
+            record.turns = [TurnRecord(f"turn-s-peer-1-{n}-1", f"for {who}", origin, status="running")]
+            record.seq = 1
+            adopted.append(record)
+        await gateway.adopt_sessions(adopted)
+        await trio.sleep(5)
+        assert [n.text for n in notices] == ["echo: for kept"]
+        assert "s-peer-1-1" not in gateway.sessions
+        gateway.request_drain("stop")
+    assert [(e.message, e.fields.get("sessionId")) for e in sink.tagged("RESTART") if "turn" in e.message] == [
+        ("Interrupted turn left to the session's new owner", "s-peer-1-1"),
+        ("Resuming interrupted turn", "s-peer-1-2"),
+    ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import attrs
 import psycopg
@@ -19,12 +19,23 @@ from helpers import age_heartbeat
 from trio_gateway.app.cluster import session_store_for
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode
+from trio_gateway.delivery.outbox import Notice as NoticeArgs
+from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import Message, ModelReply
-from trio_gateway.policy.config import ClusterConfig
+from trio_gateway.policy.config import ClusterConfig, Config
 from trio_gateway.policy.origin import Origin
+from trio_gateway.runtime.deps import DeliveryFactory, DeliveryHost
 from trio_gateway.runtime.gateway import Gateway
-from trio_gateway.sim.runtime import Notice, ScriptedModel, gateway_deps, quick_config
+from trio_gateway.sim.runtime import (
+    Notice,
+    RecordingDelivery,
+    RecordingOutbox,
+    ScriptedModel,
+    gateway_deps,
+    quick_config,
+    recording,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -44,9 +55,38 @@ class RecordingModel(ScriptedModel):
         return await super().complete(messages, tools, progress)
 
 
+@attrs.define
+class QueuedRecordingOutbox(RecordingOutbox):
+    """Records a notice only once the shared queue took it, fenced as in production (a node
+    that lost the session is refused); nothing sends from that queue here."""
+
+    queued: Outbox | None = None
+
+    async def submit(self, **notice: Unpack[NoticeArgs]) -> Notice:
+        assert self.queued is not None
+        await self.queued.submit(**notice)
+        return await super().submit(**notice)
+
+
+def queued_recording(node: ClusterNode, notices: list[Notice]) -> DeliveryFactory:
+    async def factory(config: Config, gateway: DeliveryHost) -> RecordingDelivery:
+        await trio.lowlevel.checkpoint()
+        assert gateway.wall is not None
+        queued = Outbox(node.queue, config.agents, gateway.wall, gateway.log)
+        return recording(gateway, QueuedRecordingOutbox(config, notices, queued=queued))
+
+    return factory
+
+
 @attrs.define(eq=False)
 class KillableNode(ClusterNode):
     killed: bool = False
+    # As SIGSTOP, for what peers see: no heartbeat (its turns go on, as after a SIGCONT).
+    stalled: bool = False
+
+    async def heartbeat(self) -> None:
+        if not self.stalled:
+            await super().heartbeat()
 
     async def leave(self, *, forget: bool = False) -> None:
         if not self.killed:  # killed: no release, no goodbye; peers judge it by its heartbeat
@@ -95,7 +135,7 @@ async def members(
                 config,
                 EventLog([]),
                 model=model,
-                notices=notices,
+                delivery_factory=queued_recording(node, notices),
                 servers=[node.serve],
                 session_id_prefix=f"s-{name}",
             )
@@ -247,3 +287,26 @@ async def test_new_on_one_node_starts_the_conversations_next_session_on_any_node
     await until("b's two replies", lambda: b.replies() == ["echo: two", "echo: three"])
     assert history_of(model.requests[-1]) == ["two", "echo: two", "three"]  # the old history is not in it
     assert sessions_in(pg_dsn) == sorted([old, new])
+
+
+async def test_a_node_stalled_mid_turn_never_answers_for_the_session_a_peer_took_over(
+    members: tuple[Start, RecordingModel], pg_dsn: str
+) -> None:
+    """The chaos soak (seeds 1, 6, 10): a node SIGSTOPped mid-turn is judged dead, a peer
+    adopts the session and ends the turn; back, the stalled node finishes the turn too. Its
+    reply's enqueue is refused (fenced by the session's lease epoch), so the person gets one
+    answer, and it forgets the session."""
+    start, _ = members
+    a, b = await start("a"), await start("b")
+    sid, _ = await a.gateway.submit(agent_id="main", origin=ALICE, prompt="/slow 1 20")
+    await trio.sleep(1)
+    assert isinstance(a.node, KillableNode)
+    a.node.stalled = True
+    await age_heartbeat(a.node, CLUSTER.dead_after_seconds + 0.5)
+    await until("b adopts the session", lambda: sid in b.gateway.sessions)
+    await until("a forgets the session", lambda: sid not in a.gateway.sessions)
+    await until("b's reply", lambda: len(a.replies() + b.replies()) >= 1)
+    await trio.sleep(30)  # time for a second answer, were there one
+    assert a.replies() + b.replies() == ["slow done: /slow 1 20"], (a.replies(), b.replies())
+    assert b.gateway.sessions[sid].record.turns == []
+    assert sessions_in(pg_dsn) == [sid]
