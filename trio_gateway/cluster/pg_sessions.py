@@ -191,6 +191,11 @@ class PgSessionStore:
         lease = await self.leases.acquire(lease_key(session_id), ttl=_SESSION_LEASE_SECONDS)
         if lease is None:
             return None
+        if self._epochs.get(session_id) == lease.epoch:
+            # Ours already, in this very ownership: the copy here is newer than the row (a
+            # turn ended here may not be written yet). Read back, it would replace that copy
+            # and run or give up its ended turns again (chaos soak, seed 6: a second notice).
+            return None
         self._epochs[session_id] = lease.epoch
 
         def read(conn: Conn) -> tuple[Any, list[HandedOff]]:
