@@ -222,3 +222,16 @@ async def test_a_turns_notice_is_enqueued_only_under_its_sessions_lease(
     await a.node.queue.enqueue(notice(a, "no session"))  # a manual delivery: not fenced
     assert sorted(queued(pg_dsn)) == ["a owns it", "b gave it up", "no session"]
     assert b.lost == []
+
+
+async def test_taking_over_a_session_held_here_in_the_same_ownership_reads_nothing_back(
+    members: Callable[[str], Awaitable[Member]],
+) -> None:
+    """The copy in memory is newer than the row (a turn ended here may not be written yet):
+    read back, it would replace that copy and end that turn a second time (soak seed 6)."""
+    a = await members("a")
+    rec = record()
+    await a.node.sessions.save(rec)
+    located = await a.node.sessions.locate("main", rec.origin, rec.id, "s-ab12cd34-1-9")
+    assert (located.session_id, located.owner, located.record) == (rec.id, None, None)
+    assert a.lost == []
