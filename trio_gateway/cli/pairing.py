@@ -126,13 +126,14 @@ def list_lines(listing: dict[str, Any], now: dt.datetime) -> list[str]:
 
 def _approve(args: argparse.Namespace, ctx: Context) -> int:
     from trio_gateway.http import pairing as surfaces
+    from trio_gateway.policy import codec
 
     if _running(ctx):
         with GatewayClient.connect(ctx.home) as client:
             approval = client.post("/v1/pairing/approve", {"channel": args.channel, "code": args.code})["approval"]
     else:
         made = _offline(ctx, lambda book, now: surfaces.approve(book, args.channel, args.code, now))
-        approval = surfaces.approval_json(made)
+        approval = codec.unstructure(made)
     print(f"approved {approval['channel']} {approval['accountId']} sender={approval['sender']}")
     return 0
 

@@ -23,7 +23,8 @@ from trio_gateway.channels.registry import NAMES as CHANNEL_NAMES
 from trio_gateway.errors import BadRequestError, GatewayError, NotFoundError
 from trio_gateway.http.base import Request, Response, Route, json_response
 from trio_gateway.http.body import req_str
-from trio_gateway.policy.pairing import Approval, PairingBook, PendingCode
+from trio_gateway.policy import codec
+from trio_gateway.policy.pairing import Approval, PairingBook
 from trio_gateway.runtime.gateway import Gateway
 from trio_gateway.storage.access import check_name
 
@@ -37,33 +38,14 @@ def check_channel(channel: str) -> str:
     return channel
 
 
-def pending_json(p: PendingCode) -> dict[str, Any]:
-    return {
-        "channel": p.channel,
-        "accountId": p.account_id,
-        "sender": p.sender,
-        "code": p.code,
-        "createdAt": p.created_at.isoformat(),
-        "expiresAt": p.expires_at.isoformat(),
-    }
-
-
-def approval_json(a: Approval) -> dict[str, Any]:
-    return {
-        "channel": a.channel,
-        "accountId": a.account_id,
-        "sender": a.sender,
-        "approvedAt": a.approved_at.isoformat(),
-    }
-
-
 async def listing(book: PairingBook, channel: str | None, now: dt.datetime) -> dict[str, Any]:
     """What `GET /v1/pairing` answers and `pairing list --json` prints (with or without a gateway)."""
     if channel is not None:
         check_channel(channel)
     pending = await book.pending(channel, now)
     approvals = await book.approvals(channel)
-    return {"pending": [pending_json(p) for p in pending], "approvals": [approval_json(a) for a in approvals]}
+    # The codec writes them as every record the API shows: camelCase keys, ISO 8601 times.
+    return {"pending": codec.unstructure(pending), "approvals": codec.unstructure(approvals)}
 
 
 async def approve(book: PairingBook, channel: str, code: str, now: dt.datetime) -> Approval:
@@ -127,7 +109,7 @@ def routes(gateway: Gateway) -> list[Route]:
     async def approve_code(request: Request) -> Response:
         data = request.json()
         approval = await approve(gateway.deps.pairing, _field(data, "channel"), _field(data, "code"), now())
-        return json_response(200, {"approval": approval_json(approval)})
+        return json_response(200, {"approval": codec.unstructure(approval)})
 
     async def revoke_sender(request: Request) -> Response:
         data = request.json()
