@@ -113,11 +113,11 @@ class Soak:
             while True:
                 if node.exited() and not node.down:
                     node.launch()
-                token = node.home / "gateway.token"
+                token = trio.Path(node.home / "gateway.token")  # read in a thread, off the loop
                 try:
                     reply = await self.client.get(node.url + "/healthz", timeout=1.0)
-                    if reply.status_code == 200 and token.exists():
-                        node.token = token.read_text().strip()
+                    if reply.status_code == 200 and await token.exists():
+                        node.token = (await token.read_text()).strip()
                         return
                 except http.HTTPError:
                     pass
@@ -306,8 +306,8 @@ async def run_soak(settings: Settings, say: Callable[[str], None] = print) -> Ve
         env = os.environ | {"TRIO_GATEWAY_PG_DSN": dsn, "SOAK_WX_TOKEN": "wx-soak-secret"}
         for name in names:
             home = settings.work / name
-            home.mkdir(parents=True, exist_ok=True)
-            (home / "gateway.json").write_text(json.dumps(node_config(name, fake_url)))
+            await trio.Path(home).mkdir(parents=True, exist_ok=True)
+            await trio.Path(home / "gateway.json").write_text(json.dumps(node_config(name, fake_url)))
             nodes.append(Node(name, home, _free_port(), env))
         soak = Soak(settings, pg, dsn, fake_url, nodes, faults, say)
         for node in nodes:
