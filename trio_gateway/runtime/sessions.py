@@ -88,8 +88,8 @@ class SessionTable:
 
     async def existing(self, agent_id: str, origin: Origin | None) -> Session | None:
         """The conversation's session, read back from disk when evicted; None: it has none."""
-        await self._restore_evicted(self.known_id(agent_id, origin))
-        return self.sessions.get(self.known_id(agent_id, origin) or "")
+        session_id = self.known_id(agent_id, origin)
+        return None if session_id is None else await self.restore(session_id)
 
     def end(self, session: Session) -> None:
         """`/new`: the conversation's next turn starts a new session; this one stays stored
