@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Any, Protocol, Unpack
 
 import attrs
 import psycopg
@@ -19,6 +19,7 @@ from helpers import age_heartbeat
 from trio_gateway.app.cluster import session_store_for
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode
+from trio_gateway.cluster.pg_sessions import PgSessionStore
 from trio_gateway.delivery.outbox import Notice as NoticeArgs
 from trio_gateway.delivery.outbox import Outbox
 from trio_gateway.log import EventLog
@@ -36,6 +37,8 @@ from trio_gateway.sim.runtime import (
     quick_config,
     recording,
 )
+from trio_gateway.storage.base import HandedOff
+from trio_gateway.storage.sessions import SessionRecord
 
 pytestmark = pytest.mark.postgres
 
@@ -111,7 +114,8 @@ class Member:
         self.scope.cancel(reason="killed")
 
 
-Start = Callable[[str], Awaitable[Member]]
+class Start(Protocol):
+    def __call__(self, name: str, *, store: type[PgSessionStore] = PgSessionStore) -> Awaitable[Member]: ...
 
 
 @pytest.fixture
@@ -122,12 +126,14 @@ async def members(
     made: list[Member] = []
     async with trio.open_nursery() as nursery:
 
-        async def start(name: str) -> Member:
+        async def start(name: str, *, store: type[PgSessionStore] = PgSessionStore) -> Member:
             db = Database.create(pg_dsn, statement_timeout=5, inline=True, max_size=4)
             # The node's clock is bound to its gateway's when it serves.
             node = KillableNode.create(
                 db, attrs.evolve(CLUSTER, node_id=name), EventLog([]), dt.datetime.now, lease_seconds=60
             )
+            if store is not PgSessionStore:
+                node.sessions = node.queue.fence = store(db, node.leases, node.log, node.now)
             notices: list[Notice] = []
             config = quick_config(**NO_STALL)
             deps = gateway_deps(
@@ -263,6 +269,85 @@ async def test_a_turn_accepted_on_the_owner_runs_after_one_handed_to_it_before(
     await a.gateway.submit(agent_id="main", origin=ALICE, prompt="three")
     await until("three replies", lambda: len(a.replies()) == 3)
     assert a.replies() == ["echo: one", "echo: two", "echo: three"]
+
+
+@attrs.define
+class HeldLooks(PgSessionStore):
+    """Its looks for handed-off turns wait while `held`: the turns then found in one look."""
+
+    held: bool = False
+    released: trio.Event = attrs.Factory(trio.Event)
+
+    async def handed_off(self, session_id: str | None = None) -> list[HandedOff]:
+        while self.held:
+            await self.released.wait()
+        return await super().handed_off(session_id)
+
+    def release(self) -> None:
+        self.held = False
+        self.released.set()
+
+
+async def test_turns_handed_to_a_busy_owner_in_one_look_run_in_the_order_they_were_accepted(
+    members: tuple[Start, RecordingModel],
+) -> None:
+    """The owner queues every turn one look found in one step. Their places in line are taken
+    then, not when their tasks first run: trio runs the tasks started in one step in either
+    order (it reverses a batch half the time), so six conversations make a swap near certain
+    were the places taken in the tasks."""
+    start, _ = members
+    a, b = await start("a", store=HeldLooks), await start("b")
+    people = [Origin("console", f"person-{i}", None) for i in range(6)]
+    for person in people:
+        await a.gateway.submit(agent_id="main", origin=person, prompt="/slow 1 3")  # a's, busy
+    assert isinstance(a.node.sessions, HeldLooks)
+    a.node.sessions.held = True
+    for person in people:
+        for prompt in ("two", "three", "four"):
+            await b.gateway.submit(agent_id="main", origin=person, prompt=prompt)
+    a.node.sessions.release()  # its next look finds three turns of each conversation
+    await until("every reply", lambda: len(a.replies()) == 4 * len(people))
+    for person in people:
+        theirs = [n.text for n in a.notices if n.origin == person]
+        assert theirs == ["slow done: /slow 1 3", "echo: two", "echo: three", "echo: four"], (person, theirs)
+
+
+@attrs.define
+class SlowResumes(PgSessionStore):
+    """The write that makes the first resumed turn durable takes a second (of virtual time):
+    the window in which the adopting node accepts the conversation's next turn."""
+
+    slowed: trio.Event = attrs.Factory(trio.Event)
+
+    async def save(self, record: SessionRecord) -> None:
+        if not self.slowed.is_set() and any(turn.resumes for turn in record.turns):
+            self.slowed.set()
+            await trio.sleep(1)
+        await super().save(record)
+
+
+async def test_a_turn_accepted_while_the_sweep_resumes_an_adopted_session_runs_after_its_turns(
+    members: tuple[Start, RecordingModel], pg_dsn: str
+) -> None:
+    """The chaos soak (seed 10): b's sweep adopts the session of a dead a and resumes its turn,
+    writing it before it starts it; a turn of that conversation accepted on b during the write
+    joins the session b now holds, and must still run after the resumed one (SPEC 15)."""
+    start, _ = members
+    a = await start("a")
+    b = await start("b", store=SlowResumes)
+    sid, _ = await a.gateway.submit(agent_id="main", origin=ALICE, prompt="/slow 1 4")
+    await trio.sleep(1)
+    a.kill()
+    await age_heartbeat(a.node, CLUSTER.dead_after_seconds + 0.5)
+    assert isinstance(b.node.sessions, SlowResumes)
+    with trio.fail_after(30):
+        await b.node.sessions.slowed.wait()  # the sweep adopted it and is writing the resumed turn
+    assert sid in b.gateway.sessions
+    again, _ = await b.gateway.submit(agent_id="main", origin=ALICE, prompt="after")
+    assert again == sid
+    await until("b's replies", lambda: len(b.replies()) == 2)
+    assert b.replies() == ["slow done: /slow 1 4", "echo: after"]
+    assert sessions_in(pg_dsn) == [sid]
 
 
 async def test_new_on_one_node_starts_the_conversations_next_session_on_any_node(

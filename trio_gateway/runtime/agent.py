@@ -40,23 +40,32 @@ async def run_session(rt: Runtime, session: Session, turn: TurnRecord, *, task_s
 def queue_turn(session: Session, rt: Runtime, turn: TurnRecord) -> bool:
     """Add a turn to a session whose task is alive; False when the caller must start one
     (no task, or a task that is closing or that an abort or a drain is unwinding)."""
+    # Its place in line now, in this call: the order turns were queued in (`TurnOrder`).
+    session.order.join(turn.id)
     inbox = session.inbox
     # A cancelled session task would cut the turn at once: a new task runs it instead.
     return inbox is not None and not inbox.cancelled and inbox.start_soon(_run_turn, rt, session, turn)
 
 
 async def _run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
-    if turn.status == "stopped":
-        return  # a `/stop` came while its accepting write was under way: it never runs
-    session.waiting += 1
     try:
-        await session.lock.acquire()
-    except trio.Cancelled:
-        # Cut while queued behind another turn: the same rules as a running turn.
+        if turn.status == "stopped":
+            return  # a `/stop` came while its accepting write was under way: it never runs
+        session.waiting += 1
+        try:
+            await session.order.wait(turn.id)
+        except trio.Cancelled:
+            # Cut while queued behind another turn: the same rules as a running turn.
+            session.waiting -= 1
+            await _cut(rt, session, turn)
+            raise
         session.waiting -= 1
-        await _cut(rt, session, turn)
-        raise
-    session.waiting -= 1
+        await _run_turn_in_order(rt, session, turn)
+    finally:
+        session.order.leave(turn.id)
+
+
+async def _run_turn_in_order(rt: Runtime, session: Session, turn: TurnRecord) -> None:
     session.current = turn
     try:
         await _run_turn_locked(rt, session, turn)
@@ -67,7 +76,6 @@ async def _run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
         await drop_turn(rt, session, turn, "Sorry, this request failed with an internal error.")
     finally:
         session.current = None
-        session.lock.release()
 
 
 async def _run_turn_locked(rt: Runtime, session: Session, turn: TurnRecord) -> None:

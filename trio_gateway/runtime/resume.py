@@ -25,22 +25,47 @@ async def resume_each(
 ) -> None:
     """`accepting()`: False once a drain began (the rest stay on disk for the next generation).
     A session lost to another node meanwhile (cluster mode: a write of it refused, say after
-    this node was stopped for a while) is skipped: its turns are the new owner's to resume."""
+    this node was stopped for a while) is skipped: its turns are the new owner's to resume.
+
+    Every turn takes its place in its session's line first, in this call's first step: the
+    write before each start yields, and a turn accepted meanwhile (just after a restart, or on
+    the node that just took the session over) must run after them (SPEC 15), not before."""
+    for session, turn in leftover:
+        session.order.join(turn.id)
+    started: set[str] = set()
+    try:
+        await _resume(rt, leftover, started, accepting, start)
+    finally:
+        for session, turn in leftover:
+            if turn.id not in started:
+                session.order.leave(turn.id)
+
+
+async def _resume(
+    rt: Runtime,
+    leftover: Leftover,
+    started: set[str],
+    accepting: Callable[[], bool],
+    start: Callable[[Session, TurnRecord], Awaitable[None]],
+) -> None:
     for session, turn in leftover:
         if not accepting():
             return
-        if session.lost:
+        if session.lost or turn.status == "stopped":
+            # Lost: its turns are the new owner's. Stopped: a `/stop` reached it while it
+            # waited here, never run again. Either way it leaves the line at once.
+            session.order.leave(turn.id)
             continue
-        if turn.status == "stopped":
-            continue  # a `/stop` reached it while it waited here: never run again
         if turn.reply is not None:
             # Its reply was known but not enqueued (a full queue disk): deliver that,
             # never run the model again for it.
             rt.log.info("RESTART", "Delivering the kept reply of a turn", sessionId=session.id, turnId=turn.id)
+            session.order.leave(turn.id)
             await agent.finish_turn(rt, session, turn)
             continue
         why = why_not_resume(rt, session, turn)
         if why is not None:
+            session.order.leave(turn.id)
             await _give_up(rt, session, turn, why)
             continue
         turn.resumes += 1
@@ -52,12 +77,14 @@ async def resume_each(
             rt.log.warn(
                 "RESTART", "Interrupted turn left to the session's new owner", sessionId=session.id, turnId=turn.id
             )
+            session.order.leave(turn.id)
             continue
         rt.log.info("RESTART", "Resuming interrupted turn", sessionId=session.id, turnId=turn.id)
         if not accepting():
             # A drain began during the save. (Cluster mode resumes from outside the work
             # nursery, which a drain's deadline may have closed by now.) It stays for later.
             return
+        started.add(turn.id)  # its task leaves the line when it ends (`agent._run_turn`)
         await start(session, turn)
 
 

@@ -155,11 +155,45 @@ class SessionInbox:
 
 
 @attrs.define(eq=False)
+class TurnOrder:
+    """A session's turns run one at a time, in the order they joined it.
+
+    A turn takes its place by a plain call (`join`) when it is queued, never in its own task:
+    trio may run tasks started in one step in either order (it reverses a batch half the time,
+    to shake out exactly such assumptions), so a lock taken in each turn's task would let two
+    turns queued together run swapped. A place can also be taken before its turn may start
+    (`resume.py`: turns a restart or a take-over left, each saved first), which keeps a turn
+    accepted meanwhile behind them. Whoever joins a turn makes it `leave`, run or not."""
+
+    _queue: list[str] = attrs.Factory(list)  # turn ids: the head runs, the rest wait
+    _moved: trio.Event = attrs.Factory(trio.Event)
+
+    def join(self, turn_id: str) -> None:
+        """Take the turn's place at the end; a turn already in line keeps its place."""
+        if turn_id not in self._queue:
+            self._queue.append(turn_id)
+
+    async def wait(self, turn_id: str) -> None:
+        """Until every turn that joined before this one has left: a checkpoint even when
+        none did (as acquiring a free lock is), so a cancelled task stops here."""
+        self.join(turn_id)
+        await trio.lowlevel.checkpoint()
+        while self._queue[0] != turn_id:
+            await self._moved.wait()
+
+    def leave(self, turn_id: str) -> None:
+        if turn_id in self._queue:
+            self._queue.remove(turn_id)
+            self._moved.set()
+            self._moved = trio.Event()
+
+
+@attrs.define(eq=False)
 class Session:
     record: SessionRecord
     # While the session's task runs (`run_session`): where its later work joins it.
     inbox: SessionInbox | None = None
-    lock: trio.Lock = attrs.Factory(trio.Lock)
+    order: TurnOrder = attrs.Factory(lambda: TurnOrder())
     waiting: int = 0
     current: TurnRecord | None = None
     subagents: dict[str, Subagent] = attrs.Factory(dict)
