@@ -64,10 +64,14 @@ class QueuedRecordingOutbox(RecordingOutbox):
     that lost the session is refused); nothing sends from that queue here."""
 
     queued: Outbox | None = None
+    node: KillableNode | None = None
 
     async def submit(self, **notice: Unpack[NoticeArgs]) -> Notice:
         assert self.queued is not None
         await self.queued.submit(**notice)
+        if self.node is not None and self.node.on_enqueued is not None:
+            self.node.on_enqueued()  # a test's kill, the entry in the queue
+            await trio.lowlevel.checkpoint()
         return await super().submit(**notice)
 
 
@@ -76,7 +80,8 @@ def queued_recording(node: ClusterNode, notices: list[Notice]) -> DeliveryFactor
         await trio.lowlevel.checkpoint()
         assert gateway.wall is not None
         queued = Outbox(node.queue, config.agents, gateway.wall, gateway.log)
-        return recording(gateway, QueuedRecordingOutbox(config, notices, queued=queued))
+        killable = node if isinstance(node, KillableNode) else None
+        return recording(gateway, QueuedRecordingOutbox(config, notices, queued=queued, node=killable))
 
     return factory
 
@@ -86,6 +91,8 @@ class KillableNode(ClusterNode):
     killed: bool = False
     # As SIGSTOP, for what peers see: no heartbeat (its turns go on, as after a SIGCONT).
     stalled: bool = False
+    # Called once a notice of this node is in the shared queue (a test's kill at that instant).
+    on_enqueued: Callable[[], None] | None = None
 
     async def heartbeat(self) -> None:
         if not self.stalled:
@@ -348,6 +355,31 @@ async def test_a_turn_accepted_while_the_sweep_resumes_an_adopted_session_runs_a
     await until("b's replies", lambda: len(b.replies()) == 2)
     assert b.replies() == ["slow done: /slow 1 4", "echo: after"]
     assert sessions_in(pg_dsn) == [sid]
+
+
+async def test_a_node_killed_between_a_reply_and_its_turns_end_leaves_the_reply_not_the_turn(
+    members: tuple[Start, RecordingModel], pg_dsn: str
+) -> None:
+    """The reply is written into the session before it is enqueued (cluster mode): the adopter
+    of a node killed right after the enqueue delivers that reply under the same key, one row,
+    and never runs the model for the turn again (nor, for a turn resumed once already, gives
+    it up with a failure notice after the person had the reply)."""
+    start, model = members
+    a, b = await start("a"), await start("b")
+    assert isinstance(a.node, KillableNode)
+    a.node.on_enqueued = a.kill
+    sid, turn_id = await a.gateway.submit(agent_id="main", origin=ALICE, prompt="hello")
+    await until("a killed after enqueueing its reply", lambda: a.node.killed)
+    await age_heartbeat(a.node, CLUSTER.dead_after_seconds + 0.5)
+    await until("b adopts the session", lambda: sid in b.gateway.sessions)
+    await until("b ends the turn", lambda: b.gateway.sessions[sid].record.turns == [])
+    assert b.replies() == ["echo: hello"]
+    assert len(model.requests) == 1  # the model was asked once
+    with psycopg.connect(pg_dsn) as conn:
+        keys = conn.execute("SELECT idempotency_key FROM deliveries").fetchall()
+    assert keys == [(turn_id,)]
+    history = b.gateway.sessions[sid].record.history
+    assert [m["content"] for m in history] == ["hello", "echo: hello"]
 
 
 async def test_new_on_one_node_starts_the_conversations_next_session_on_any_node(

@@ -112,9 +112,17 @@ async def finish_turn(rt: Runtime, session: Session, turn: TurnRecord, *, ok: bo
     it. A reply the outbox could not take keeps the turn, reply and all, for the next
     generation: accepted work is never dropped because its reply could not be enqueued. `ok`
     is the outcome a waiting requester is told (`Session.finish`); a reply kept across a
-    restart does not record it and counts as ok."""
+    restart does not record it and counts as ok.
+
+    Cluster mode writes the reply into the session first: a node that dies between the enqueue
+    and the turn's end would leave the turn to an adopter that runs the model again, or, for a
+    turn resumed once already, gives it up with a failure notice after the person had the
+    reply. Kept, the adopter delivers the same reply under the same key instead (`resume.py`):
+    one row while it is queued, at most a possible duplicate once sent (SPEC 12)."""
     assert turn.reply is not None
     kind = turn.reply_kind or "reply"
+    if isinstance(rt.store, SessionDirectory):
+        await save_best_effort(rt, session.record)
     outcome = await deliver(
         rt,
         session_id=session.id,
