@@ -19,7 +19,7 @@ from trio_gateway.errors import BadRequestError, InsufficientStorageError
 from trio_gateway.log import EventLog
 from trio_gateway.policy.origin import Origin
 from trio_gateway.runtime import session_evict
-from trio_gateway.runtime.session import Session
+from trio_gateway.runtime.session import Session, TurnOrder
 from trio_gateway.runtime.session_evict import Evicted
 from trio_gateway.storage.base import SessionStorage
 from trio_gateway.storage.disk import is_no_space
@@ -61,7 +61,13 @@ class SessionTable:
             self._by_origin[_key(session.record)] = session.id
 
     def leftover(self) -> Leftover:
-        """Every turn the table holds: at a generation's start, the ones a drain or crash left."""
+        """Every turn the table holds: at a generation's start, the ones a drain or crash left.
+
+        Every session's line starts empty then: no turn of the last generation runs any more,
+        and a place taken by a turn whose task never started (the drain closed the nursery
+        first) would stop the line for good, were its turn gone from the record since."""
+        for session in self.sessions.values():
+            session.order = TurnOrder()
         return [(s, t) for s in self.sessions.values() for t in s.record.turns]
 
     async def session_for(
