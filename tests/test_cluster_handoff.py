@@ -357,6 +357,49 @@ async def test_a_turn_accepted_while_the_sweep_resumes_an_adopted_session_runs_a
     assert sessions_in(pg_dsn) == [sid]
 
 
+@attrs.define
+class SlowTakeOvers(PgSessionStore):
+    """Its first take-over that reads a record takes a second (of virtual time) after that:
+    the lease is this node's, the record not yet in its table."""
+
+    slowed: trio.Event = attrs.Factory(trio.Event)
+
+    async def _take_over_now(self, session_id: str) -> SessionRecord | None:
+        record = await super()._take_over_now(session_id)
+        if record is not None and not self.slowed.is_set():
+            self.slowed.set()
+            await trio.sleep(1)
+        return record
+
+
+async def test_a_turn_arriving_while_the_sweep_takes_its_session_over_joins_it(
+    members: tuple[Start, RecordingModel], pg_dsn: str
+) -> None:
+    """The chaos soak (seed 5): b's sweep took the lease of a dead a's session; before the
+    record reached b's table, a turn of that conversation came to b, found the lease b's and
+    the table empty, and opened a fresh record over the stored one (the history gone), which
+    the sweep's adoption then threw away with the turn: accepted, never answered. The turn
+    waits for the take-over in flight and joins the session it brings."""
+    start, model = members
+    a = await start("a")
+    b = await start("b", store=SlowTakeOvers)
+    sid, _ = await a.gateway.submit(agent_id="main", origin=ALICE, prompt="one")
+    await until("a's reply", lambda: a.replies() == ["echo: one"])
+    await a.gateway.submit(agent_id="main", origin=ALICE, prompt="/slow 1 4")
+    await trio.sleep(1)
+    a.kill()
+    await age_heartbeat(a.node, CLUSTER.dead_after_seconds + 0.5)
+    assert isinstance(b.node.sessions, SlowTakeOvers)
+    with trio.fail_after(30):
+        await b.node.sessions.slowed.wait()
+    again, _ = await b.gateway.submit(agent_id="main", origin=ALICE, prompt="after")
+    assert again == sid
+    await until("b's replies", lambda: len(b.replies()) == 2)
+    assert b.replies() == ["slow done: /slow 1 4", "echo: after"]
+    assert history_of(model.requests[-1]) == ["one", "echo: one", "/slow 1 4", "slow done: /slow 1 4", "after"]
+    assert sessions_in(pg_dsn) == [sid]
+
+
 async def test_a_node_killed_between_a_reply_and_its_turns_end_leaves_the_reply_not_the_turn(
     members: tuple[Start, RecordingModel], pg_dsn: str
 ) -> None:

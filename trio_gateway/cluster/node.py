@@ -156,9 +156,7 @@ class ClusterNode:
             while True:
                 try:
                     await self.queue.recover()
-                    records = await self.sessions.adopt_orphans()
-                    if records:
-                        await adopt(records)
+                    await self.sessions.adopt_orphans(adopt)
                 except ClusterDatabaseError as exc:
                     self.log.error("CLUSTER", "Takeover sweep failed; retrying", node=self.node_id, error=str(exc))
                 with trio.move_on_after(self.config.poll_seconds):

@@ -21,7 +21,7 @@ database's clock.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -62,6 +62,10 @@ def _claim_cron_slot(conn: Conn, slot: tuple[str, float], now: dt.datetime) -> N
         raise CronSlotTakenError(f"cron {cron_id}: this slot fired on another node")
 
 
+# The gateway's table taking sessions over (`Gateway.adopt_sessions`).
+Adopt = Callable[[list[SessionRecord]], Awaitable[None]]
+
+
 @attrs.define
 class PgSessionStore:
     db: Database
@@ -78,6 +82,10 @@ class PgSessionStore:
     _taking: set[int] = attrs.Factory(set)
     # How turns ended, by session, written with the session's next write.
     _outcomes: dict[str, list[tuple[str, str, bool, str]]] = attrs.Factory(dict)
+    # Sessions being taken over here, until their records are in the gateway's table
+    # (`arrived`): another take-over of one waits, or it would find the lease ours already and
+    # the table without the session, and its turn would open a fresh record over the stored one.
+    _arriving: dict[str, trio.Event] = attrs.Factory(dict)
 
     @property
     def me(self) -> str:
@@ -160,9 +168,12 @@ class PgSessionStore:
         self.log.warn("CLUSTER", "Session write refused: another node owns it", sessionId=session_id)
         self.on_lost(session_id)
 
-    async def adopt_orphans(self) -> list[SessionRecord]:
+    async def adopt_orphans(self, adopt: Adopt | None = None) -> list[SessionRecord]:
         """Take over sessions with pending turns (in their record, or handed to them) whose
-        owner is gone; returns their records, the handed-off turns merged in."""
+        owner is gone; returns their records, the handed-off turns merged in. Each goes to
+        `adopt` (the gateway's table) as soon as it is taken over, before the next one: a turn
+        of its conversation arriving meanwhile waits for it (`_take_over`), and a failure half
+        way leaves no session taken here but missing from the table."""
         params = {"me": self.me, "dead_after": self.leases.dead_after_seconds, "limit": _ADOPT_BATCH}
 
         def candidates(conn: Conn) -> list[str]:
@@ -180,14 +191,40 @@ class PgSessionStore:
         adopted = []
         for session_id in await self.db.run(candidates):
             record = await self._take_over(session_id)
-            if record is not None:
-                adopted.append(record)
+            if record is None:
+                continue
+            try:
                 self.log.warn("CLUSTER", "Adopted a session left with turns pending", sessionId=session_id)
+                if adopt is not None:
+                    await adopt([record])
+            finally:
+                self.arrived(session_id)
+            adopted.append(record)
         return adopted
+
+    def arrived(self, session_id: str) -> None:
+        """A record `_take_over` returned is in the gateway's table now (or will never be)."""
+        arriving = self._arriving.pop(session_id, None)
+        if arriving is not None:
+            arriving.set()
 
     async def _take_over(self, session_id: str) -> SessionRecord | None:
         """The session's lease, then its record with the turns handed to it (None: another
-        node was quicker, or there is nothing to read)."""
+        node was quicker, or there is nothing to read). A record returned is arriving until
+        the caller says `arrived`; one take-over of a session at a time here, each after the
+        last one's record arrived."""
+        while (arriving := self._arriving.get(session_id)) is not None:
+            await arriving.wait()
+        self._arriving[session_id] = trio.Event()
+        record = None
+        try:
+            record = await self._take_over_now(session_id)
+        finally:
+            if record is None:
+                self.arrived(session_id)
+        return record
+
+    async def _take_over_now(self, session_id: str) -> SessionRecord | None:
         lease = await self.leases.acquire(lease_key(session_id), ttl=_SESSION_LEASE_SECONDS)
         if lease is None:
             return None

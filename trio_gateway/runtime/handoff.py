@@ -122,9 +122,11 @@ class ClusterIntake:
         if located.owner is not None:
             return located
         if located.record is not None:
-            await self.host.adopt_sessions(
-                [located.record]
-            )  # its pending turns are queued first: the new one after them
+            try:
+                # Its pending turns are queued first: the new one after them.
+                await self.host.adopt_sessions([located.record])
+            finally:
+                self.directory.arrived(located.session_id)
         return located.session_id
 
     async def take(self, items: list[HandedOff], start: Callable[[Session, TurnRecord], Awaitable[None]]) -> None:

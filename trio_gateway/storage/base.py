@@ -121,6 +121,11 @@ class SessionDirectory(Protocol):
         with none anywhere, `candidate` is reserved for it."""
         ...
 
+    def arrived(self, session_id: str) -> None:
+        """The record `locate` returned to take over is in the gateway's table now (or never
+        will be): a take-over of that session waiting meanwhile goes on."""
+        ...
+
     async def hand_off(self, session_id: str, agent_id: str, turn: TurnRecord, inbound_id: str | None) -> HandOff:
         """Write `turn` as an accepted turn of a session a live peer owns ("written"); "heard":
         that platform message is a turn already; "free": the owner left meanwhile (locate again)."""
