@@ -22,6 +22,7 @@ from trio_gateway.cluster.node import ClusterNode
 from trio_gateway.cluster.pg_sessions import PgSessionStore
 from trio_gateway.delivery.outbox import Notice as NoticeArgs
 from trio_gateway.delivery.outbox import Outbox
+from trio_gateway.errors import ClusterDatabaseError
 from trio_gateway.log import EventLog
 from trio_gateway.models.base import Message, ModelReply
 from trio_gateway.policy.config import ClusterConfig, Config
@@ -355,6 +356,38 @@ async def test_a_turn_accepted_while_the_sweep_resumes_an_adopted_session_runs_a
     await until("b's replies", lambda: len(b.replies()) == 2)
     assert b.replies() == ["slow done: /slow 1 4", "echo: after"]
     assert sessions_in(pg_dsn) == [sid]
+
+
+@attrs.define
+class LostResumeWrite(PgSessionStore):
+    """The write that makes the first resumed turn durable fails as when PostgreSQL restarts."""
+
+    failed: bool = False
+
+    async def save(self, record: SessionRecord) -> None:
+        if not self.failed and any(turn.resumes for turn in record.turns):
+            self.failed = True
+            await trio.lowlevel.checkpoint()
+            raise ClusterDatabaseError("cluster database unavailable: the server restarted (a test's)")
+        await super().save(record)
+
+
+async def test_an_adopted_turn_runs_even_when_its_resume_write_fails(
+    members: tuple[Start, RecordingModel],
+) -> None:
+    """A write of a resumed turn that fails (the database restarting) is logged and the turn
+    runs: raised, it left the turn in a session held here that nothing would start again."""
+    start, _ = members
+    a = await start("a")
+    b = await start("b", store=LostResumeWrite)
+    sid, _ = await a.gateway.submit(agent_id="main", origin=ALICE, prompt="/slow 1 4")
+    await trio.sleep(1)
+    a.kill()
+    await age_heartbeat(a.node, CLUSTER.dead_after_seconds + 0.5)
+    await until("b's reply", lambda: b.replies() == ["slow done: /slow 1 4"], seconds=20)
+    assert isinstance(b.node.sessions, LostResumeWrite)
+    assert b.node.sessions.failed
+    await until("the turn's end written", lambda: b.gateway.sessions[sid].record.turns == [])
 
 
 @attrs.define

@@ -70,8 +70,10 @@ async def _resume(
             continue
         turn.resumes += 1
         turn.status = "accepted"
-        # Durable before it runs, so a crash mid-turn cannot resume it forever.
-        await rt.store.save(session.record)
+        # Durable before it runs, so a crash mid-turn cannot resume it forever. A write that
+        # fails (a full disk, the cluster database restarting) is logged and the turn runs:
+        # raised, it would leave this turn and the rest held here and never started.
+        await agent.save_best_effort(rt, session.record)
         if session.lost:
             # The write was refused (another node owns the session): it must not run here.
             rt.log.warn(
