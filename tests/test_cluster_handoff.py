@@ -320,6 +320,16 @@ async def test_turns_handed_to_a_busy_owner_in_one_look_run_in_the_order_they_we
         assert theirs == ["slow done: /slow 1 3", "echo: two", "echo: three", "echo: four"], (person, theirs)
 
 
+async def dies_mid_turn(member: Member) -> str:
+    """`member` killed a second into ALICE's 4-second turn, and dead on the database's clock
+    (its peers' sweeps adopt the session now); the session's id."""
+    sid, _ = await member.gateway.submit(agent_id="main", origin=ALICE, prompt="/slow 1 4")
+    await trio.sleep(1)
+    member.kill()
+    await age_heartbeat(member.node, CLUSTER.dead_after_seconds + 0.5)
+    return sid
+
+
 @attrs.define
 class SlowResumes(PgSessionStore):
     """The write that makes the first resumed turn durable takes a second (of virtual time):
@@ -343,10 +353,7 @@ async def test_a_turn_accepted_while_the_sweep_resumes_an_adopted_session_runs_a
     start, _ = members
     a = await start("a")
     b = await start("b", store=SlowResumes)
-    sid, _ = await a.gateway.submit(agent_id="main", origin=ALICE, prompt="/slow 1 4")
-    await trio.sleep(1)
-    a.kill()
-    await age_heartbeat(a.node, CLUSTER.dead_after_seconds + 0.5)
+    sid = await dies_mid_turn(a)
     assert isinstance(b.node.sessions, SlowResumes)
     with trio.fail_after(30):
         await b.node.sessions.slowed.wait()  # the sweep adopted it and is writing the resumed turn
@@ -380,10 +387,7 @@ async def test_an_adopted_turn_runs_even_when_its_resume_write_fails(
     start, _ = members
     a = await start("a")
     b = await start("b", store=LostResumeWrite)
-    sid, _ = await a.gateway.submit(agent_id="main", origin=ALICE, prompt="/slow 1 4")
-    await trio.sleep(1)
-    a.kill()
-    await age_heartbeat(a.node, CLUSTER.dead_after_seconds + 0.5)
+    sid = await dies_mid_turn(a)
     await until("b's reply", lambda: b.replies() == ["slow done: /slow 1 4"], seconds=20)
     assert isinstance(b.node.sessions, LostResumeWrite)
     assert b.node.sessions.failed
@@ -418,10 +422,7 @@ async def test_a_turn_arriving_while_the_sweep_takes_its_session_over_joins_it(
     b = await start("b", store=SlowTakeOvers)
     sid, _ = await a.gateway.submit(agent_id="main", origin=ALICE, prompt="one")
     await until("a's reply", lambda: a.replies() == ["echo: one"])
-    await a.gateway.submit(agent_id="main", origin=ALICE, prompt="/slow 1 4")
-    await trio.sleep(1)
-    a.kill()
-    await age_heartbeat(a.node, CLUSTER.dead_after_seconds + 0.5)
+    await dies_mid_turn(a)
     assert isinstance(b.node.sessions, SlowTakeOvers)
     with trio.fail_after(30):
         await b.node.sessions.slowed.wait()
