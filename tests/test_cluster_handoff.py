@@ -17,6 +17,7 @@ import trio
 from helpers import age_heartbeat
 
 from trio_gateway.app.cluster import session_store_for
+from trio_gateway.cluster import handoffs
 from trio_gateway.cluster.db import Database
 from trio_gateway.cluster.node import ClusterNode
 from trio_gateway.cluster.pg_sessions import PgSessionStore
@@ -392,6 +393,32 @@ async def test_an_adopted_turn_runs_even_when_its_resume_write_fails(
     assert isinstance(b.node.sessions, LostResumeWrite)
     assert b.node.sessions.failed
     await until("the turn's end written", lambda: b.gateway.sessions[sid].record.turns == [])
+
+
+async def test_a_take_over_whose_read_failed_is_tried_again_by_the_sweep(
+    members: tuple[Start, RecordingModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """b's sweep took the lease of a dead a's session, then its read of the record failed
+    (PostgreSQL restarting): no peer adopts a session whose lease a live node holds, so b's
+    next sweep reads it again, and the turn runs with its history."""
+    start, model = members
+    a, b = await start("a"), await start("b")
+    read_handoffs = handoffs.handoffs_of
+    failures: list[str] = []
+
+    def fails_once(conn: psycopg.Connection[Any], session_id: str) -> list[HandedOff]:
+        if not failures:
+            failures.append(session_id)
+            raise psycopg.OperationalError("server closed the connection unexpectedly (a test's)")
+        return read_handoffs(conn, session_id)
+
+    monkeypatch.setattr(handoffs, "handoffs_of", fails_once)
+    await a.gateway.submit(agent_id="main", origin=ALICE, prompt="one")
+    await until("a's reply", lambda: a.replies() == ["echo: one"])
+    sid = await dies_mid_turn(a)
+    await until("b's reply", lambda: b.replies() == ["slow done: /slow 1 4"], seconds=20)
+    assert failures == [sid]
+    assert history_of(model.requests[-1]) == ["one", "echo: one", "/slow 1 4"]
 
 
 @attrs.define

@@ -86,6 +86,10 @@ class PgSessionStore:
     # (`arrived`): another take-over of one waits, or it would find the lease ours already and
     # the table without the session, and its turn would open a fresh record over the stored one.
     _arriving: dict[str, trio.Event] = attrs.Factory(dict)
+    # Sessions whose lease a take-over here took but whose record it could not read (the
+    # database failed meanwhile): no peer adopts them (the lease is a live node's), so this
+    # node's sweep tries them again.
+    _unread: set[str] = attrs.Factory(set)
 
     @property
     def me(self) -> str:
@@ -189,7 +193,7 @@ class PgSessionStore:
             return [str(r[0]) for r in rows]
 
         adopted = []
-        for session_id in await self.db.run(candidates):
+        for session_id in sorted(set(await self.db.run(candidates)) | self._unread):
             record = await self._take_over(session_id)
             if record is None:
                 continue
@@ -227,19 +231,25 @@ class PgSessionStore:
     async def _take_over_now(self, session_id: str) -> SessionRecord | None:
         lease = await self.leases.acquire(lease_key(session_id), ttl=_SESSION_LEASE_SECONDS)
         if lease is None:
+            self._unread.discard(session_id)  # another node's now: its to read
             return None
         if self._epochs.get(session_id) == lease.epoch:
             # Ours already, in this very ownership: the copy here is newer than the row (a
             # turn ended here may not be written yet). Read back, it would replace that copy
             # and run or give up its ended turns again (chaos soak, seed 6: a second notice).
             return None
-        self._epochs[session_id] = lease.epoch
 
         def read(conn: Conn) -> tuple[Any, list[HandedOff]]:
             row = conn.execute("SELECT record FROM sessions WHERE id = %s", (session_id,)).fetchone()
             return None if row is None else row[0], handoffs.handoffs_of(conn, session_id)
 
+        # The epoch is known here only once the record is read: known before, a failed read
+        # left the session "ours already" to the next look, which then opened a fresh record
+        # over the stored one.
+        self._unread.add(session_id)
         doc, handed = await self.db.run(read)
+        self._unread.discard(session_id)
+        self._epochs[session_id] = lease.epoch
         record = self._decode(session_id, doc) if doc is not None else None
         if record is None and handed:
             # Reserved and handed turns before its first write: it starts from them.
