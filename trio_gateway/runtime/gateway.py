@@ -366,7 +366,8 @@ class Gateway:
         return self.current
 
     async def _start_turn(self, gen: Generation, session: Session, turn: TurnRecord) -> None:
-        if not agent.queue_turn(session, gen.runtime, turn):
+        # A caller that waited while a drain began (`take`'s write) leaves it to the next one.
+        if self.current is gen and self.state.value == "running" and not agent.queue_turn(session, gen.runtime, turn):
             await gen.work.start(self._session_task, gen.runtime, session, turn)
 
     async def _session_task(self, rt: Runtime, session: Session, turn: TurnRecord, *, task_status: Any) -> None:
@@ -404,8 +405,7 @@ class Gateway:
 
     async def take_handoffs(self, items: list[HandedOff]) -> None:
         """Turns peers accepted for sessions owned here: run here, in order (`handoff.py`)."""
-        gen = self.current
-        if self.cluster is not None and gen is not None and self.state.value == "running":
+        if self.cluster is not None and (gen := self.current) is not None and self.state.value == "running":
             await self.cluster.take(items, partial(self._start_turn, gen))
 
     def forget_session(self, session_id: str) -> None:
