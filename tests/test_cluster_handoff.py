@@ -486,6 +486,41 @@ async def test_a_node_killed_between_a_reply_and_its_turns_end_leaves_the_reply_
     assert [m["content"] for m in history] == ["hello", "echo: hello"]
 
 
+@attrs.define
+class SlowKeptReply(PgSessionStore):
+    """The first write of a record holding a turn's reply (the adopter's, before it delivers
+    the reply a dead node kept) takes a second of virtual time."""
+
+    slowed: trio.Event = attrs.Factory(trio.Event)
+
+    async def save(self, record: SessionRecord) -> None:
+        if not self.slowed.is_set() and any(turn.reply is not None for turn in record.turns):
+            self.slowed.set()
+            await trio.sleep(1)
+        await super().save(record)
+
+
+async def test_a_turn_accepted_while_the_adopter_delivers_a_kept_reply_answers_after_it(
+    members: tuple[Start, RecordingModel],
+) -> None:
+    """The kept reply's turn keeps its place in the line until its reply is enqueued: a turn
+    of that conversation accepted meanwhile on the adopter answers after it (SPEC 15)."""
+    start, _ = members
+    a = await start("a")
+    b = await start("b", store=SlowKeptReply)
+    assert isinstance(a.node, KillableNode)
+    a.node.on_enqueued = a.kill
+    await a.gateway.submit(agent_id="main", origin=ALICE, prompt="hello")
+    await until("a killed after enqueueing its reply", lambda: a.node.killed)
+    await age_heartbeat(a.node, CLUSTER.dead_after_seconds + 0.5)
+    assert isinstance(b.node.sessions, SlowKeptReply)
+    with trio.fail_after(30):
+        await b.node.sessions.slowed.wait()  # b adopted the session and writes the kept reply
+    await b.gateway.submit(agent_id="main", origin=ALICE, prompt="after")
+    await until("b's replies", lambda: len(b.replies()) == 2)
+    assert b.replies() == ["echo: hello", "echo: after"]
+
+
 async def test_new_on_one_node_starts_the_conversations_next_session_on_any_node(
     members: tuple[Start, RecordingModel], pg_dsn: str
 ) -> None:

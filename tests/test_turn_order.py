@@ -4,7 +4,7 @@ the order of `join` calls, never the order in which trio first runs the turns' t
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, cast
+from typing import cast
 
 import trio
 import trio.testing
@@ -53,10 +53,13 @@ async def test_a_turn_cancelled_while_it_waits_gives_its_place_up(autojump_clock
     assert ran == ["one", "three"]
 
 
-async def test_a_generation_starts_every_sessions_line_empty(autojump_clock: trio.abc.Clock) -> None:
+async def test_a_generation_starts_every_sessions_line_anew_with_its_leftover_first(
+    autojump_clock: trio.abc.Clock,
+) -> None:
     """A place left by a turn whose task never started (the drain closed its nursery first),
-    its turn gone from the record since, must not stop the session's turns for good: the
-    next generation's `leftover()` starts each line empty, and its leftover turns join anew."""
+    its turn gone from the record since, must not stop the session's turns for good; and a
+    turn accepted before the resume's first step runs after the leftover: the next
+    generation's `leftover()` starts each line anew with its leftover turns in it."""
     table = SessionTable(cast(SessionStorage, None), EventLog([]), lambda: dt.datetime.now(dt.UTC))
     record = SessionRecord("s-1-1", "main", None, dt.datetime.now(dt.UTC))
     record.turns.append(TurnRecord("turn-s-1-1-2", "left by the drain", None))
@@ -64,7 +67,11 @@ async def test_a_generation_starts_every_sessions_line_empty(autojump_clock: tri
     table.sessions[session.id] = session
     session.order.join("turn-s-1-1-1")  # its task never ran; a `/stop` took it out of the record
     assert [turn.id for _, turn in table.leftover()] == ["turn-s-1-1-2"]
-    ran: list[Any] = []
+    ran: list[str] = []
     with trio.fail_after(5):
-        await _take_turn(session.order, "turn-s-1-1-2", ran)
-    assert ran == ["turn-s-1-1-2"]
+        async with trio.open_nursery() as nursery:
+            session.order.join("turn-s-1-1-3")  # accepted before the resume started
+            nursery.start_soon(_take_turn, session.order, "turn-s-1-1-3", ran)
+            await trio.testing.wait_all_tasks_blocked()
+            await _take_turn(session.order, "turn-s-1-1-2", ran)
+    assert ran == ["turn-s-1-1-2", "turn-s-1-1-3"]

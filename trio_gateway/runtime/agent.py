@@ -48,12 +48,13 @@ def queue_turn(session: Session, rt: Runtime, turn: TurnRecord) -> bool:
 
 
 async def _run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
+    order = session.order  # the line `queue_turn` joined, in this generation
     try:
         if turn.status == "stopped":
             return  # a `/stop` came while its accepting write was under way: it never runs
         session.waiting += 1
         try:
-            await session.order.wait(turn.id)
+            await order.wait(turn.id)
         except trio.Cancelled:
             # Cut while queued behind another turn: the same rules as a running turn.
             session.waiting -= 1
@@ -62,7 +63,7 @@ async def _run_turn(rt: Runtime, session: Session, turn: TurnRecord) -> None:
         session.waiting -= 1
         await _run_turn_in_order(rt, session, turn)
     finally:
-        session.order.leave(turn.id)
+        order.leave(turn.id)
 
 
 async def _run_turn_in_order(rt: Runtime, session: Session, turn: TurnRecord) -> None:

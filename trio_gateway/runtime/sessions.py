@@ -63,12 +63,16 @@ class SessionTable:
     def leftover(self) -> Leftover:
         """Every turn the table holds: at a generation's start, the ones a drain or crash left.
 
-        Every session's line starts empty then: no turn of the last generation runs any more,
-        and a place taken by a turn whose task never started (the drain closed the nursery
-        first) would stop the line for good, were its turn gone from the record since."""
+        Every session's line starts anew then, the leftover turns first, in this call: no turn
+        of the last generation runs any more (a place it kept would stop the line for good),
+        and a turn accepted before the resume's first step runs after them (`resume.py`)."""
+        leftover = []
         for session in self.sessions.values():
             session.order = TurnOrder()
-        return [(s, t) for s in self.sessions.values() for t in s.record.turns]
+            for turn in session.record.turns:
+                session.order.join(turn.id)
+                leftover.append((session, turn))
+        return leftover
 
     async def session_for(
         self, agent_id: str, origin: Origin | None, session_id: str | None, generation: int
