@@ -34,6 +34,7 @@ import trio
 
 from trio_gateway.errors import BadRequestError, InsufficientStorageError, NotFoundError
 from trio_gateway.log import EventLog
+from trio_gateway.policy import codec
 from trio_gateway.policy.pairing import (
     CODE_ALPHABET,
     CODE_LENGTH,
@@ -88,12 +89,8 @@ def _iso(moment: dt.datetime) -> str:
 
 
 def _when(value: Any) -> dt.datetime:
-    if not isinstance(value, str):
-        raise ValueError(f"not a timestamp: {value!r}")
-    moment = dt.datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        raise ValueError(f"timestamp without a time zone: {value!r}")
-    return moment
+    # The one strict reading of a stored time (ISO 8601 with an offset), as every record has.
+    return codec.structure(value, dt.datetime)
 
 
 @attrs.define
