@@ -332,17 +332,29 @@ async def dies_mid_turn(member: Member) -> str:
 
 
 @attrs.define
-class SlowResumes(PgSessionStore):
-    """The write that makes the first resumed turn durable takes a second (of virtual time):
-    the window in which the adopting node accepts the conversation's next turn."""
+class SlowFirstWrite(PgSessionStore):
+    """The first write of a record that `picks` takes a second (of virtual time): the window
+    in which a test sends the conversation's next turn."""
 
     slowed: trio.Event = attrs.Factory(trio.Event)
 
+    def picks(self, record: SessionRecord) -> bool:
+        raise NotImplementedError
+
     async def save(self, record: SessionRecord) -> None:
-        if not self.slowed.is_set() and any(turn.resumes for turn in record.turns):
+        if not self.slowed.is_set() and self.picks(record):
             self.slowed.set()
             await trio.sleep(1)
         await super().save(record)
+
+
+@attrs.define
+class SlowResumes(SlowFirstWrite):
+    """The write that makes the first resumed turn durable: the adopting node accepts the
+    conversation's next turn meanwhile."""
+
+    def picks(self, record: SessionRecord) -> bool:
+        return any(turn.resumes for turn in record.turns)
 
 
 async def test_a_turn_accepted_while_the_sweep_resumes_an_adopted_session_runs_after_its_turns(
@@ -487,17 +499,12 @@ async def test_a_node_killed_between_a_reply_and_its_turns_end_leaves_the_reply_
 
 
 @attrs.define
-class SlowKeptReply(PgSessionStore):
-    """The first write of a record holding a turn's reply (the adopter's, before it delivers
-    the reply a dead node kept) takes a second of virtual time."""
+class SlowKeptReply(SlowFirstWrite):
+    """The first write of a record holding a turn's reply: the adopter's, before it delivers
+    the reply a dead node kept."""
 
-    slowed: trio.Event = attrs.Factory(trio.Event)
-
-    async def save(self, record: SessionRecord) -> None:
-        if not self.slowed.is_set() and any(turn.reply is not None for turn in record.turns):
-            self.slowed.set()
-            await trio.sleep(1)
-        await super().save(record)
+    def picks(self, record: SessionRecord) -> bool:
+        return any(turn.reply is not None for turn in record.turns)
 
 
 async def test_a_turn_accepted_while_the_adopter_delivers_a_kept_reply_answers_after_it(
