@@ -193,7 +193,7 @@ class Session:
     record: SessionRecord
     # While the session's task runs (`run_session`): where its later work joins it.
     inbox: SessionInbox | None = None
-    order: TurnOrder = attrs.Factory(lambda: TurnOrder())
+    order: TurnOrder = attrs.Factory(TurnOrder)
     waiting: int = 0
     current: TurnRecord | None = None
     subagents: dict[str, Subagent] = attrs.Factory(dict)
